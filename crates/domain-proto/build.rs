@@ -1,0 +1,25 @@
+//! Compiles `proto/` with protox (no system `protoc` exists on our build machines)
+//! and exports the descriptor set for gRPC reflection.
+use prost::Message as _;
+
+const PROTOS: &[&str] = &[
+    "domain/v1/common.proto",
+    "domain/v1/sequencer.proto",
+    "domain/v1/sequencer_admin.proto",
+    "domain/v1/topology.proto",
+    "domain/v1/mediator.proto",
+    "domain/v1/domain_admin.proto",
+    "domain/v1/participant_admin.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    println!("cargo:rerun-if-changed={}", proto_root.display());
+    let fds = protox::compile(PROTOS, [&proto_root])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("domain_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .bytes(".domain.v1.Envelope.content")
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,544 @@
+//! Logging set-up and W3C trace-context propagation over gRPC.
+//!
+//! Logs go to stderr (stdout is kept for command output such as `--dump-config`), filtered by
+//! `RUST_LOG` (default `info`), as text or as one JSON object per line.
+//!
+//! Every incoming request handled behind [`TraceContextLayer`] runs inside a `grpc_request`
+//! span carrying `trace_id` and `span_id`, so JSON log lines emitted while handling it include
+//! them (under `span` and `spans`). The trace id comes from the caller's `traceparent`
+//! metadata (`00-<32 hex>-<16 hex>-<2 hex>`) when that is valid, and is freshly generated
+//! otherwise.
+//!
+//! **Current trace context.** The context of the request being handled is kept in a tokio
+//! `task_local` (not in span extensions): it needs no cooperating subscriber layer and is
+//! visible to any code polled inside the request future, including tonic client calls made
+//! from a handler, where [`TraceContextInterceptor`] injects it into outgoing `traceparent`
+//! metadata. It does not follow `tokio::spawn`; wrap spawned futures with
+//! [`TraceContext::scope`] to carry it over.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::task::futures::TaskLocalFuture;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tracing::Instrument as _;
+use tracing::instrument::Instrumented;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// Name of the W3C trace-context header / gRPC metadata key.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Log line format, chosen with `--log-format`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with event fields flattened and span fields included.
+    Json,
+}
+
+/// Logging could not be initialised (usually: a global subscriber is already installed).
+#[derive(Debug, thiserror::Error)]
+#[error("failed to initialise logging: {0}")]
+pub struct TelemetryError(String);
+
+/// Installs the global tracing subscriber for `component` in the given format, writing to
+/// stderr, filtered by `RUST_LOG` (default `info`). Fails if a global subscriber is already set.
+pub fn init_logging(component: &str, format: LogFormat) -> Result<(), TelemetryError> {
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .from_env_lossy();
+    subscriber(format, filter, std::io::stderr)
+        .try_init()
+        .map_err(|e| TelemetryError(e.to_string()))?;
+    tracing::info!(component, ?format, "logging initialised");
+    Ok(())
+}
+
+/// Builds the subscriber [`init_logging`] installs, writing to `writer`; exposed so tests can
+/// capture log lines with `tracing::subscriber::with_default`.
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    match format {
+        LogFormat::Json => Box::new(
+            tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                // Also list enclosing spans: a handler's own span becomes the current span,
+                // and the request span with `trace_id` must still appear on the line.
+                .with_span_list(true)
+                .with_env_filter(filter)
+                .with_writer(writer)
+                .finish(),
+        ),
+        LogFormat::Text => Box::new(
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(writer)
+                .finish(),
+        ),
+    }
+}
+
+tokio::task_local! {
+    static CURRENT: TraceContext;
+}
+
+/// A W3C trace context: trace id, the id of the current span, and trace flags.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    flags: u8,
+}
+
+impl fmt::Debug for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceContext({self})")
+    }
+}
+
+/// A `traceparent` value that does not follow the W3C format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid traceparent: {0}")]
+pub struct InvalidTraceparent(&'static str);
+
+impl TraceContext {
+    /// Creates a new trace (random trace and span ids, sampled flag set).
+    pub fn generate() -> Self {
+        let mut trace_id = [0u8; 16];
+        fill_nonzero(&mut trace_id);
+        Self {
+            trace_id,
+            span_id: new_span_id(),
+            flags: 0x01,
+        }
+    }
+
+    /// Returns a context for a child span: same trace id and flags, new span id.
+    pub fn child(&self) -> Self {
+        Self {
+            span_id: new_span_id(),
+            ..*self
+        }
+    }
+
+    /// Parses a `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`, lowercase).
+    ///
+    /// Follows the W3C rules: version `ff` and all-zero ids are invalid, version `00` must be
+    /// exactly 55 characters, and later versions may append `-`-separated fields.
+    pub fn parse_traceparent(value: &str) -> Result<Self, InvalidTraceparent> {
+        let value = value.trim();
+        if !value.is_ascii() {
+            // Also keeps the byte-offset slicing below on character boundaries.
+            return Err(InvalidTraceparent("not ascii"));
+        }
+        let bytes = value.as_bytes();
+        if bytes.len() < 55 {
+            return Err(InvalidTraceparent("too short"));
+        }
+        let version = decode_hex::<1>(&value[0..2]).ok_or(InvalidTraceparent("bad version"))?[0];
+        if version == 0xff {
+            return Err(InvalidTraceparent("version ff is forbidden"));
+        }
+        if version == 0 && bytes.len() != 55 {
+            return Err(InvalidTraceparent("version 00 must be 55 characters"));
+        }
+        if bytes.len() > 55 && bytes[55] != b'-' {
+            return Err(InvalidTraceparent("bad field separator"));
+        }
+        if bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
+            return Err(InvalidTraceparent("bad field separator"));
+        }
+        let trace_id = decode_hex::<16>(&value[3..35]).ok_or(InvalidTraceparent("bad trace id"))?;
+        let span_id = decode_hex::<8>(&value[36..52]).ok_or(InvalidTraceparent("bad parent id"))?;
+        let flags = decode_hex::<1>(&value[53..55]).ok_or(InvalidTraceparent("bad flags"))?[0];
+        if trace_id == [0; 16] {
+            return Err(InvalidTraceparent("all-zero trace id"));
+        }
+        if span_id == [0; 8] {
+            return Err(InvalidTraceparent("all-zero parent id"));
+        }
+        Ok(Self {
+            trace_id,
+            span_id,
+            flags,
+        })
+    }
+
+    /// Formats as a version-00 `traceparent` value.
+    pub fn to_traceparent(&self) -> String {
+        self.to_string()
+    }
+
+    /// Returns the trace id as 32 lowercase hex digits.
+    pub fn trace_id(&self) -> String {
+        hex::encode(self.trace_id)
+    }
+
+    /// Returns the span id as 16 lowercase hex digits.
+    pub fn span_id(&self) -> String {
+        hex::encode(self.span_id)
+    }
+
+    /// Returns the trace flags (bit 0 is "sampled").
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+
+    /// Returns the context of the request being handled on this task, if any.
+    pub fn current() -> Option<Self> {
+        CURRENT.try_with(|ctx| *ctx).ok()
+    }
+
+    /// Runs `future` with `self` as the current trace context.
+    pub fn scope<F: Future>(self, future: F) -> TaskLocalFuture<TraceContext, F> {
+        CURRENT.scope(self, future)
+    }
+
+    /// Reads a valid `traceparent` from gRPC metadata.
+    pub fn from_metadata(metadata: &MetadataMap) -> Option<Self> {
+        Self::from_headers(&metadata.clone().into_headers())
+    }
+
+    /// Reads a valid `traceparent` from HTTP headers.
+    pub fn from_headers(headers: &http::HeaderMap) -> Option<Self> {
+        let value = headers.get(TRACEPARENT)?.to_str().ok()?;
+        Self::parse_traceparent(value).ok()
+    }
+}
+
+impl fmt::Display for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "00-{}-{}-{:02x}",
+            hex::encode(self.trace_id),
+            hex::encode(self.span_id),
+            self.flags
+        )
+    }
+}
+
+impl FromStr for TraceContext {
+    type Err = InvalidTraceparent;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse_traceparent(s)
+    }
+}
+
+/// Decodes exactly `N` bytes of lowercase hex.
+fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
+fn new_span_id() -> [u8; 8] {
+    let mut id = [0u8; 8];
+    fill_nonzero(&mut id);
+    id
+}
+
+/// Fills `buf` with random bytes, never all zero (the W3C "invalid" value).
+fn fill_nonzero(buf: &mut [u8]) {
+    if getrandom::fill(buf).is_err() {
+        // The OS RNG failing is not worth failing a request for: ids only need to be unique
+        // enough to correlate logs, so fall back to a clock-seeded counter.
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut state = nanos ^ COUNTER.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        for chunk in buf.chunks_mut(8) {
+            state = splitmix64(state);
+            let bytes = state.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+    if buf.iter().all(|b| *b == 0) {
+        buf[buf.len() - 1] = 1;
+    }
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Server-side tower layer: gives every request a trace context (from `traceparent` or new),
+/// runs it inside a `grpc_request` span with `trace_id`, and makes the context current.
+///
+/// Use with `tonic::transport::Server::builder().layer(TraceContextLayer)`. The context is
+/// also inserted into the request extensions, so handlers can read it with
+/// `request.extensions().get::<TraceContext>()`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceContextLayer;
+
+impl<S> tower::Layer<S> for TraceContextLayer {
+    type Service = TraceContextService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceContextService { inner }
+    }
+}
+
+/// The service made by [`TraceContextLayer`].
+#[derive(Debug, Clone)]
+pub struct TraceContextService<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for TraceContextService<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Instrumented<TaskLocalFuture<TraceContext, S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let parent = TraceContext::from_headers(request.headers());
+        let ctx = parent.map_or_else(TraceContext::generate, |p| p.child());
+        request.extensions_mut().insert(ctx);
+        let span = tracing::info_span!(
+            "grpc_request",
+            trace_id = %ctx.trace_id(),
+            span_id = %ctx.span_id(),
+            parent_span_id = tracing::field::Empty,
+            rpc = %request.uri().path(),
+        );
+        if let Some(parent) = parent {
+            span.record("parent_span_id", tracing::field::display(parent.span_id()));
+        }
+        let future = {
+            let _entered = span.enter();
+            CURRENT.scope(ctx, self.inner.call(request))
+        };
+        future.instrument(span)
+    }
+}
+
+/// Client-side interceptor that sends `traceparent` for the current trace context (a child
+/// span of it), or for a new trace when there is none.
+///
+/// `Client::with_interceptor(channel, TraceContextInterceptor)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceContextInterceptor;
+
+impl tonic::service::Interceptor for TraceContextInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        inject_traceparent(request.metadata_mut());
+        Ok(request)
+    }
+}
+
+/// Sets `traceparent` in outgoing metadata to a child of the current trace context (or a new
+/// trace), and returns the context sent.
+pub fn inject_traceparent(metadata: &mut MetadataMap) -> TraceContext {
+    let ctx = TraceContext::current().map_or_else(TraceContext::generate, |c| c.child());
+    if let Ok(value) = MetadataValue::try_from(ctx.to_traceparent()) {
+        metadata.insert(TRACEPARENT, value);
+    }
+    ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn parses_and_formats_traceparent() {
+        let ctx = TraceContext::parse_traceparent(SAMPLE).expect("valid sample");
+        assert_eq!(ctx.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ctx.span_id(), "00f067aa0ba902b7");
+        assert_eq!(ctx.flags(), 1);
+        assert_eq!(ctx.to_traceparent(), SAMPLE);
+        assert_eq!(SAMPLE.parse::<TraceContext>(), Ok(ctx));
+    }
+
+    #[test]
+    fn future_versions_may_carry_extra_fields() {
+        let value = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future";
+        let ctx = TraceContext::parse_traceparent(value).expect("future version is accepted");
+        assert_eq!(ctx.to_traceparent(), SAMPLE);
+    }
+
+    #[test]
+    fn rejects_invalid_traceparents() {
+        for bad in [
+            "",
+            "garbage",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+            "é0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(
+                TraceContext::parse_traceparent(bad).is_err(),
+                "accepted {bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn generated_ids_are_fresh_and_valid() {
+        let a = TraceContext::generate();
+        let b = TraceContext::generate();
+        assert_ne!(a.trace_id(), b.trace_id());
+        assert_eq!(TraceContext::parse_traceparent(&a.to_traceparent()), Ok(a));
+        let child = a.child();
+        assert_eq!(child.trace_id(), a.trace_id());
+        assert_ne!(child.span_id(), a.span_id());
+    }
+
+    /// Collects everything the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("capture lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'w self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    impl Capture {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().expect("capture lock").clone()).expect("utf-8 logs")
+        }
+    }
+
+    /// What the inner service saw: extension, current context, context sent on an outgoing call.
+    type Seen = (Option<TraceContext>, Option<TraceContext>, TraceContext);
+
+    /// Sends one request with `traceparent` through the layer and returns what the handler saw
+    /// and the JSON logs.
+    fn handle(traceparent: Option<&str>) -> (Seen, String) {
+        use tower::{Layer as _, Service as _, ServiceExt as _};
+
+        let capture = Capture::default();
+        let subscriber = subscriber(LogFormat::Json, EnvFilter::new("info"), capture.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let seen = tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(async {
+                let inner = tower::service_fn(|request: http::Request<()>| async move {
+                    tracing::info!("handling request");
+                    let mut outgoing = MetadataMap::new();
+                    let sent = inject_traceparent(&mut outgoing);
+                    assert_eq!(TraceContext::from_metadata(&outgoing), Some(sent));
+                    let extension = request.extensions().get::<TraceContext>().copied();
+                    Ok::<Seen, std::convert::Infallible>((extension, TraceContext::current(), sent))
+                });
+                let mut service = TraceContextLayer.layer(inner);
+                let mut request = http::Request::builder().uri("/domain.v1.Test/Call");
+                if let Some(value) = traceparent {
+                    request = request.header(TRACEPARENT, value);
+                }
+                let request = request.body(()).expect("request");
+                let ready = service.ready().await.expect("ready");
+                ready.call(request).await.expect("call")
+            })
+        });
+        (seen, capture.text())
+    }
+
+    #[test]
+    fn server_layer_continues_a_valid_incoming_trace() {
+        let ((extension, current, sent), logs) = handle(Some(SAMPLE));
+        let current = current.expect("context is current inside the handler");
+        assert_eq!(extension, Some(current));
+        assert_eq!(current.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(current.span_id(), "00f067aa0ba902b7", "server span is a child");
+        assert_eq!(sent.trace_id(), current.trace_id(), "outgoing calls continue the trace");
+        assert_ne!(sent.span_id(), current.span_id());
+
+        let line = logs
+            .lines()
+            .find(|line| line.contains("handling request"))
+            .expect("handler log line");
+        assert!(
+            line.contains(r#""trace_id":"4bf92f3577b34da6a3ce929d0e0e4736""#),
+            "{line}"
+        );
+        assert!(line.contains(r#""parent_span_id":"00f067aa0ba902b7""#), "{line}");
+    }
+
+    #[test]
+    fn server_layer_replaces_invalid_or_missing_traceparent() {
+        let invalid = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+        for header in [Some(invalid), Some("nonsense"), None] {
+            let ((_, current, _), logs) = handle(header);
+            let current = current.expect("a fresh context is current");
+            assert_ne!(current.trace_id(), "00000000000000000000000000000000");
+            assert_eq!(
+                TraceContext::parse_traceparent(&current.to_traceparent()),
+                Ok(current)
+            );
+            let expected = format!(r#""trace_id":"{}""#, current.trace_id());
+            assert!(logs.contains(&expected), "{logs}");
+        }
+    }
+
+    #[test]
+    fn interceptor_starts_a_trace_outside_requests() {
+        let mut metadata = MetadataMap::new();
+        let sent = inject_traceparent(&mut metadata);
+        assert_eq!(TraceContext::from_metadata(&metadata), Some(sent));
+    }
+
+    #[test]
+    fn fallback_ids_are_never_zero() {
+        let mut buf = [0u8; 8];
+        fill_nonzero(&mut buf);
+        assert_ne!(buf, [0; 8]);
+    }
+}

@@ -1,0 +1,196 @@
+//! The ops HTTP server over a real TCP connection: Prometheus exposition and health endpoints.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use domain_runtime::metrics::build_recorder;
+use domain_runtime::ops::{Readiness, serve_ops};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends a raw HTTP/1.1 GET and reads the reply until the server closes the connection.
+async fn get(addr: SocketAddr, path: &str) -> Reply {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+        .await
+        .expect("reply within 5s")
+        .expect("read reply");
+    let raw = String::from_utf8(raw).expect("utf-8 reply");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("header/body separator");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// Checks one sample line: `name{label="value",...} value` (labels optional).
+fn check_sample_line(line: &str) -> Result<(), String> {
+    let name_end = line
+        .find(['{', ' '])
+        .ok_or_else(|| format!("no value: {line}"))?;
+    let name = &line[..name_end];
+    let valid_name = name
+        .chars()
+        .enumerate()
+        .all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()));
+    if name.is_empty() || !valid_name {
+        return Err(format!("bad metric name `{name}`: {line}"));
+    }
+    let mut rest = &line[name_end..];
+    if let Some(labels) = rest.strip_prefix('{') {
+        let close = labels
+            .rfind('}')
+            .ok_or_else(|| format!("unclosed labels: {line}"))?;
+        for pair in labels[..close].split(',').filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("bad label `{pair}`: {line}"))?;
+            let key_ok = !key.is_empty()
+                && key
+                    .chars()
+                    .enumerate()
+                    .all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || (i > 0 && c.is_ascii_digit()));
+            if !key_ok || !(value.len() >= 2 && value.starts_with('"') && value.ends_with('"')) {
+                return Err(format!("bad label `{pair}`: {line}"));
+            }
+        }
+        rest = &labels[close + 1..];
+    }
+    let value = rest
+        .strip_prefix(' ')
+        .ok_or_else(|| format!("no space before value: {line}"))?;
+    let value = value.split(' ').next().unwrap_or_default();
+    let parses = matches!(value, "+Inf" | "-Inf" | "NaN") || value.parse::<f64>().is_ok();
+    if parses {
+        Ok(())
+    } else {
+        Err(format!("bad value `{value}`: {line}"))
+    }
+}
+
+#[tokio::test]
+async fn metrics_endpoint_serves_valid_prometheus_histograms() {
+    let recorder = build_recorder("test-component").expect("recorder");
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        metrics::counter!("ops_test_events_total", "kind" => "a").increment(3);
+        metrics::histogram!("ops_test_latency_seconds").record(0.003);
+        metrics::histogram!("ops_test_latency_seconds").record(0.2);
+        metrics::histogram!("ops_test_batch_size").record(7.0);
+        metrics::histogram!("ops_test_other").record(0.5);
+    });
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let server = serve_ops(listener, handle, Readiness::new(), shutdown.clone());
+
+    let reply = get(addr, "/metrics").await;
+    assert_eq!(reply.status, 200);
+    let content_type = reply.header("content-type").expect("content type");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = reply.body;
+
+    assert!(!text.contains("quantile="), "histograms must not be summaries:\n{text}");
+    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        check_sample_line(line).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    }
+    assert!(text.contains("# TYPE ops_test_latency_seconds histogram"), "{text}");
+    assert!(text.contains("# TYPE ops_test_events_total counter"), "{text}");
+    assert!(
+        text.contains(r#"ops_test_events_total{component="test-component",kind="a"} 3"#),
+        "{text}"
+    );
+    for expected in [
+        r#"ops_test_latency_seconds_bucket{component="test-component",le="0.0025"} 0"#,
+        r#"ops_test_latency_seconds_bucket{component="test-component",le="0.005"} 1"#,
+        r#"ops_test_latency_seconds_bucket{component="test-component",le="0.25"} 2"#,
+        r#"ops_test_latency_seconds_bucket{component="test-component",le="+Inf"} 2"#,
+        r#"ops_test_latency_seconds_sum{component="test-component"} 0.203"#,
+        r#"ops_test_latency_seconds_count{component="test-component"} 2"#,
+        // `_size` histograms use count buckets.
+        r#"ops_test_batch_size_bucket{component="test-component",le="5"} 0"#,
+        r#"ops_test_batch_size_bucket{component="test-component",le="10"} 1"#,
+        r#"ops_test_batch_size_bucket{component="test-component",le="1000"} 1"#,
+        // Histograms with other names still get (latency) buckets, never a summary.
+        r#"ops_test_other_bucket{component="test-component",le="0.5"} 1"#,
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+    assert!(
+        !text.contains(r#"ops_test_batch_size_bucket{component="test-component",le="0.005"}"#),
+        "{text}"
+    );
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("ops server stops within 5s")
+        .expect("ops task");
+}
+
+#[tokio::test]
+async fn health_endpoints_follow_readiness() {
+    let recorder = build_recorder("test-component").expect("recorder");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let readiness = Readiness::new();
+    let shutdown = CancellationToken::new();
+    let server = serve_ops(listener, recorder.handle(), readiness.clone(), shutdown.clone());
+
+    assert_eq!(get(addr, "/health/live").await.status, 200);
+    assert_eq!(get(addr, "/health/ready").await.status, 503);
+    readiness.set_ready(true);
+    assert_eq!(get(addr, "/health/ready").await.status, 200);
+    readiness.set_ready(false);
+    assert_eq!(get(addr, "/health/ready").await.status, 503);
+    assert_eq!(get(addr, "/health/live").await.status, 200);
+    assert_eq!(get(addr, "/nope").await.status, 404);
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("ops server stops within 5s")
+        .expect("ops task");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "listener is closed after shutdown"
+    );
+}

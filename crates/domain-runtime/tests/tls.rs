@@ -1,0 +1,257 @@
+//! TLS and mutual TLS against a real gRPC server on 127.0.0.1, with certificates from a
+//! per-test CA.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use domain_runtime::grpc::{self, GrpcServerConfig};
+use domain_runtime::tls::{self, ClientTlsFiles, ServerTlsFiles, TlsError};
+use domain_testkit::certs::{PkiFiles, TestPki};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+fn install_provider() {
+    // Several tests race to install it; only the first call wins, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), grpc::GrpcError>>,
+}
+
+impl TestServer {
+    async fn start(tls: ServerTlsFiles) -> Self {
+        install_provider();
+        let config = GrpcServerConfig {
+            tls: Some(tls),
+            ..GrpcServerConfig::with_listen("127.0.0.1:0".parse().expect("addr"))
+        };
+        let listener = grpc::bind(&config).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (health, health_service) = grpc::health_service(config.max_message_size).await;
+        health.set_ready(true).await;
+        let router = grpc::server_builder(&config)
+            .expect("server builder")
+            .add_service(health_service);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(grpc::serve(router, listener, shutdown.clone()));
+        Self {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("server stops within 5s")
+            .expect("server task")
+            .expect("server result");
+    }
+}
+
+fn server_files(files: &PkiFiles, require_client_cert: bool) -> ServerTlsFiles {
+    ServerTlsFiles {
+        cert: files.server_cert.clone(),
+        key: files.server_key.clone(),
+        client_ca: require_client_cert.then(|| files.ca.clone()),
+        require_client_cert,
+    }
+}
+
+fn client_files(ca: &Path, identity: Option<(&Path, &Path)>) -> ClientTlsFiles {
+    ClientTlsFiles {
+        ca: ca.to_owned(),
+        cert: identity.map(|(cert, _)| cert.to_owned()),
+        key: identity.map(|(_, key)| key.to_owned()),
+        domain_name: Some("localhost".to_owned()),
+    }
+}
+
+/// Connects over TLS and calls `Health/Check` for `service`; any failure is returned as text.
+async fn check(
+    addr: SocketAddr,
+    files: &ClientTlsFiles,
+    service: &str,
+) -> Result<ServingStatus, String> {
+    let tls = tls::client_tls_config(files).map_err(|e| e.to_string())?;
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .map_err(|status| format!("check: {status:?}"))?;
+    Ok(response.into_inner().status())
+}
+
+#[tokio::test]
+async fn client_trusting_the_ca_gets_serving_and_others_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::new().expect("pki");
+    let files = pki.write_files(dir.path()).expect("write pki");
+    let server = TestServer::start(server_files(&files, false)).await;
+
+    let trusting = client_files(&files.ca, None);
+    assert_eq!(
+        check(server.addr, &trusting, "").await,
+        Ok(ServingStatus::Serving)
+    );
+    assert_eq!(
+        check(server.addr, &trusting, grpc::LIVENESS_SERVICE).await,
+        Ok(ServingStatus::Serving)
+    );
+
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = TestPki::with_name("some other ca")
+        .expect("other pki")
+        .write_files(other_dir.path())
+        .expect("write other pki");
+    let distrusting = client_files(&other.ca, None);
+    let refused = check(server.addr, &distrusting, "").await;
+    assert!(refused.is_err(), "client with another CA got {refused:?}");
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::new().expect("pki");
+    let files = pki.write_files(dir.path()).expect("write pki");
+    let server = TestServer::start(server_files(&files, true)).await;
+
+    let anonymous = client_files(&files.ca, None);
+    let refused = check(server.addr, &anonymous, "").await;
+    assert!(refused.is_err(), "client without certificate got {refused:?}");
+
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = TestPki::with_name("rogue ca")
+        .expect("rogue pki")
+        .write_files(other_dir.path())
+        .expect("write rogue pki");
+    let rogue = client_files(&files.ca, Some((&other.client_cert, &other.client_key)));
+    let refused = check(server.addr, &rogue, "").await;
+    assert!(refused.is_err(), "client with foreign certificate got {refused:?}");
+
+    let authenticated = client_files(&files.ca, Some((&files.client_cert, &files.client_key)));
+    assert_eq!(
+        check(server.addr, &authenticated, "").await,
+        Ok(ServingStatus::Serving)
+    );
+
+    server.stop().await;
+}
+
+fn expect_invalid(result: Result<impl std::fmt::Debug, TlsError>, path: &Path, problem: &str) {
+    let error = result.expect_err("must be rejected");
+    let message = error.to_string();
+    assert!(
+        message.contains(&path.display().to_string()),
+        "names the file: {message}"
+    );
+    assert!(message.contains(problem), "says `{problem}`: {message}");
+}
+
+#[test]
+fn tls_file_errors_name_the_file_and_the_problem() {
+    install_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = TestPki::new()
+        .expect("pki")
+        .write_files(dir.path())
+        .expect("write pki");
+
+    let missing = dir.path().join("absent.pem");
+    expect_invalid(
+        tls::server_tls_config(&ServerTlsFiles {
+            cert: missing.clone(),
+            key: files.server_key.clone(),
+            client_ca: None,
+            require_client_cert: false,
+        }),
+        &missing,
+        "does not exist",
+    );
+
+    let garbage: PathBuf = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not pem at all\n").expect("write");
+    expect_invalid(
+        tls::server_tls_config(&ServerTlsFiles {
+            cert: garbage.clone(),
+            key: files.server_key.clone(),
+            client_ca: None,
+            require_client_cert: false,
+        }),
+        &garbage,
+        "no certificate found",
+    );
+
+    // A certificate where the key should be.
+    expect_invalid(
+        tls::server_tls_config(&ServerTlsFiles {
+            cert: files.server_cert.clone(),
+            key: files.server_cert.clone(),
+            client_ca: None,
+            require_client_cert: false,
+        }),
+        &files.server_cert,
+        "no private key found",
+    );
+
+    // The client key does not belong to the server certificate.
+    expect_invalid(
+        tls::server_tls_config(&ServerTlsFiles {
+            cert: files.server_cert.clone(),
+            key: files.client_key.clone(),
+            client_ca: None,
+            require_client_cert: false,
+        }),
+        &files.client_key,
+        "unusable",
+    );
+
+    expect_invalid(
+        tls::client_tls_config(&ClientTlsFiles {
+            ca: garbage.clone(),
+            cert: None,
+            key: None,
+            domain_name: None,
+        }),
+        &garbage,
+        "no certificate found",
+    );
+
+    let contradictory = tls::server_tls_config(&ServerTlsFiles {
+        cert: files.server_cert.clone(),
+        key: files.server_key.clone(),
+        client_ca: None,
+        require_client_cert: true,
+    });
+    assert!(matches!(contradictory, Err(TlsError::Settings(_))));
+
+    let half_identity = tls::client_tls_config(&ClientTlsFiles {
+        ca: files.ca.clone(),
+        cert: Some(files.client_cert.clone()),
+        key: None,
+        domain_name: None,
+    });
+    assert!(matches!(half_identity, Err(TlsError::Settings(_))));
+}

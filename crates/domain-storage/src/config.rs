@@ -1,0 +1,517 @@
+//! The `[database]` section shared by every component, and the translation of it into
+//! driver configurations for sqlx and tokio-postgres.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::StorageError;
+
+/// Connection settings for one PostgreSQL database, as read from a component's `[database]`
+/// section.
+///
+/// Every component owns its own database (or schema-separated database); the same struct
+/// feeds the sqlx pool (migrations, low-rate queries), the deadpool hot pool and dedicated
+/// connections (leases, LISTEN/NOTIFY).
+///
+/// Secrets: the password should not live in the TOML file. Put it in a file mounted from a
+/// Kubernetes Secret (`password-file`) or in an environment variable named by
+/// `password-env`. A password embedded in `url` still works but is never printed: the
+/// `Display`, `Debug` and `Serialize` forms of [`DatabaseUrl`] redact it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct DatabaseConfig {
+    /// Connection URL, `postgres://user@host:port/dbname[?param=value...]`.
+    ///
+    /// Must be in URL form (key/value strings are not accepted by sqlx). TLS to PostgreSQL
+    /// is not supported yet, so `sslmode` must be `disable` or `prefer` (the default).
+    /// Default: `postgres://postgres@127.0.0.1:5432/postgres`. Since 0.1.0.
+    pub url: DatabaseUrl,
+
+    /// File holding the password (trailing newline stripped), e.g. a mounted Kubernetes
+    /// Secret. Takes precedence over `password-env` and a password in `url`.
+    /// Default: unset. Since 0.1.0.
+    pub password_file: Option<PathBuf>,
+
+    /// Name of an environment variable holding the password, e.g.
+    /// `SEQUENCER_DB_PASSWORD`. Takes precedence over a password in `url`; it is an error if
+    /// the variable is named but not set. Default: unset. Since 0.1.0.
+    pub password_env: Option<String>,
+
+    /// Maximum number of connections in the hot-path pool. The sqlx pool used for
+    /// migrations and admin queries is capped separately at
+    /// [`SQLX_POOL_MAX_SIZE`](crate::SQLX_POOL_MAX_SIZE). Default: 16. Since 0.1.0.
+    pub pool_max_size: usize,
+
+    /// How long a caller waits for a free pooled connection before failing with a pool
+    /// timeout, so an exhausted pool surfaces as an error instead of a hang.
+    /// Default: 2s. Since 0.1.0.
+    #[serde(with = "humantime_serde")]
+    pub pool_wait_timeout: Duration,
+
+    /// How long the hot pool may take to open (connect and authenticate) a new connection.
+    /// Default: 3s. Since 0.1.0.
+    #[serde(with = "humantime_serde")]
+    pub pool_create_timeout: Duration,
+
+    /// How long the hot pool may take to verify a returned connection before reuse
+    /// (recycling runs a trivial query, see `RecyclingMethod::Verified`).
+    /// Default: 1s. Since 0.1.0.
+    #[serde(with = "humantime_serde")]
+    pub pool_recycle_timeout: Duration,
+
+    /// TCP connect timeout for every connection, pooled or dedicated. Default: 3s.
+    /// Since 0.1.0.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+
+    /// Server-side `statement_timeout` applied to every connection as a startup option;
+    /// a statement running longer is cancelled by PostgreSQL. `0s` disables it.
+    /// Migrations run without it. Default: 10s. Since 0.1.0.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+
+    /// Idle time before TCP keepalive probes start (keepalives are always on for
+    /// tokio-postgres connections). Default: 10s. Since 0.1.0.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive_idle: Duration,
+
+    /// `TCP_USER_TIMEOUT`: how long sent data (and, on Linux, keepalive probes) may stay
+    /// unacknowledged before the kernel drops the connection. This is what bounds how long
+    /// a lease holder can go on believing a dead connection is alive. `0s` uses the OS
+    /// default. Default: 5s. Since 0.1.0.
+    #[serde(with = "humantime_serde")]
+    pub tcp_user_timeout: Duration,
+
+    /// Which server to accept when `url` lists several hosts: `read-write` lands on the
+    /// primary after a managed-PostgreSQL failover, `any` accepts a standby.
+    /// Default: `read-write`. Since 0.1.0.
+    pub target_session_attrs: TargetSessionAttrs,
+
+    /// Allow running against a database whose `synchronous_commit` is `off`. With it off,
+    /// a crash can lose commits that were already acknowledged to clients, so start-up
+    /// refuses unless this is set. Default: false. Since 0.1.0.
+    pub allow_async_commit: bool,
+
+    /// `application_name` reported to PostgreSQL (visible in `pg_stat_activity`). When
+    /// unset, a value from `url` is kept, else `domain-runtime` is used.
+    /// Default: unset. Since 0.1.0.
+    pub application_name: Option<String>,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: DatabaseUrl::new("postgres://postgres@127.0.0.1:5432/postgres"),
+            password_file: None,
+            password_env: None,
+            pool_max_size: 16,
+            pool_wait_timeout: Duration::from_secs(2),
+            pool_create_timeout: Duration::from_secs(3),
+            pool_recycle_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(10),
+            tcp_keepalive_idle: Duration::from_secs(10),
+            tcp_user_timeout: Duration::from_secs(5),
+            target_session_attrs: TargetSessionAttrs::ReadWrite,
+            allow_async_commit: false,
+            application_name: None,
+        }
+    }
+}
+
+/// Application name used when neither the config nor the URL sets one.
+const DEFAULT_APPLICATION_NAME: &str = "domain-runtime";
+
+impl DatabaseConfig {
+    /// Returns a config for `url` with every other setting at its default.
+    pub fn from_url(url: impl Into<String>) -> Self {
+        Self {
+            url: DatabaseUrl::new(url),
+            ..Self::default()
+        }
+    }
+
+    /// Returns the password from `password-file` or `password-env`, or `None` when neither
+    /// is configured (a password in `url`, if any, then applies).
+    pub fn resolve_password(&self) -> Result<Option<String>, StorageError> {
+        if let Some(path) = &self.password_file {
+            let raw =
+                std::fs::read_to_string(path).map_err(|source| StorageError::PasswordFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            return Ok(Some(raw.trim_end_matches(['\r', '\n']).to_owned()));
+        }
+        if let Some(var) = &self.password_env {
+            return match std::env::var(var) {
+                Ok(value) => Ok(Some(value)),
+                Err(_) => Err(StorageError::PasswordEnv { var: var.clone() }),
+            };
+        }
+        Ok(None)
+    }
+
+    /// Returns the tokio-postgres configuration used by the hot pool and dedicated
+    /// connections: keepalives on, `keepalives_idle`, `tcp_user_timeout`, `connect_timeout`,
+    /// `target_session_attrs`, `application_name` and `statement_timeout` as a startup option.
+    pub fn tokio_postgres_config(&self) -> Result<tokio_postgres::Config, StorageError> {
+        let mut pg = tokio_postgres::Config::from_str(self.url.expose()).map_err(|e| {
+            StorageError::InvalidConfig {
+                reason: format!("cannot parse database url {}: {e}", self.url),
+            }
+        })?;
+        if let Some(password) = self.resolve_password()? {
+            pg.password(password);
+        }
+        pg.connect_timeout(self.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(self.tcp_keepalive_idle)
+            .tcp_user_timeout(self.tcp_user_timeout)
+            .target_session_attrs(match self.target_session_attrs {
+                TargetSessionAttrs::Any => tokio_postgres::config::TargetSessionAttrs::Any,
+                TargetSessionAttrs::ReadWrite => {
+                    tokio_postgres::config::TargetSessionAttrs::ReadWrite
+                }
+            });
+        match (&self.application_name, pg.get_application_name()) {
+            (Some(name), _) => {
+                pg.application_name(name.as_str());
+            }
+            (None, Some(_)) => {}
+            (None, None) => {
+                pg.application_name(DEFAULT_APPLICATION_NAME);
+            }
+        }
+        if let Some(timeout) = self.statement_timeout_option() {
+            let options = match pg.get_options() {
+                Some(existing) if !existing.trim().is_empty() => format!("{existing} {timeout}"),
+                _ => timeout,
+            };
+            pg.options(options);
+        }
+        Ok(pg)
+    }
+
+    /// Returns the sqlx connection options: the same URL, password, application name and
+    /// statement timeout as [`tokio_postgres_config`](Self::tokio_postgres_config).
+    ///
+    /// sqlx has no keepalive, `tcp_user_timeout` or `target_session_attrs` settings; the
+    /// pool built by [`connect_sqlx`](crate::connect_sqlx) checks for a writable session
+    /// after connecting instead.
+    pub fn sqlx_options(&self) -> Result<sqlx::postgres::PgConnectOptions, StorageError> {
+        let mut opts =
+            sqlx::postgres::PgConnectOptions::from_str(self.url.expose()).map_err(|e| {
+                StorageError::InvalidConfig {
+                    reason: format!("cannot parse database url {}: {e}", self.url),
+                }
+            })?;
+        if let Some(password) = self.resolve_password()? {
+            opts = opts.password(&password);
+        }
+        match (&self.application_name, opts.get_application_name()) {
+            (Some(name), _) => opts = opts.application_name(name),
+            (None, Some(_)) => {}
+            (None, None) => opts = opts.application_name(DEFAULT_APPLICATION_NAME),
+        }
+        if !self.statement_timeout.is_zero() {
+            opts = opts.options([(
+                "statement_timeout",
+                self.statement_timeout.as_millis().to_string(),
+            )]);
+        }
+        Ok(opts)
+    }
+
+    /// Returns `-c statement_timeout=<ms>`, or `None` when the timeout is disabled.
+    fn statement_timeout_option(&self) -> Option<String> {
+        (!self.statement_timeout.is_zero()).then(|| {
+            format!(
+                "-c statement_timeout={}",
+                self.statement_timeout.as_millis()
+            )
+        })
+    }
+}
+
+/// Session properties required of the server, see `target-session-attrs` in libpq.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetSessionAttrs {
+    /// Accept any server, including a read-only standby.
+    Any,
+    /// Accept only a server that allows writes (the primary).
+    #[default]
+    ReadWrite,
+}
+
+/// A PostgreSQL connection URL whose password never leaves the process in text form.
+///
+/// `Display`, `Debug` and `Serialize` replace the password (in the userinfo part or a
+/// `password=` query parameter) with `***`, so logging the config or `--dump-config` is
+/// safe. Use [`expose`](Self::expose) only to hand the URL to a driver.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// Returns the URL including any password. Do not log the result.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Returns the URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DatabaseUrl")
+            .field(&self.redacted())
+            .finish()
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl From<&str> for DatabaseUrl {
+    fn from(url: &str) -> Self {
+        Self(url.to_owned())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    // Serialization is how `--dump-config` prints the config, so it redacts too. A URL
+    // without a password (the recommended form) round-trips unchanged.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self)
+    }
+}
+
+/// Replaces the password in a `postgres://` URL (userinfo and `password=` query parameter)
+/// or in a libpq key/value string with `***`.
+fn redact_url(url: &str) -> String {
+    const MASK: &str = "***";
+    let Some(scheme_end) = url.find("://") else {
+        return redact_key_value(url);
+    };
+    let (scheme, rest) = url.split_at(scheme_end + 3);
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let mut out = String::with_capacity(url.len());
+    out.push_str(scheme);
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..colon]);
+                    out.push(':');
+                    out.push_str(MASK);
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    match tail.find('?') {
+        Some(q) => {
+            out.push_str(&tail[..=q]);
+            let params: Vec<String> = tail[q + 1..]
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}={MASK}")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            out.push_str(&params.join("&"));
+        }
+        None => out.push_str(tail),
+    }
+    out
+}
+
+/// Redacts `password=value` (value bare or single-quoted) in a libpq key/value string.
+fn redact_key_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = find_password_key(rest) {
+        let after_key = &rest[pos + "password".len()..];
+        let trimmed = after_key.trim_start();
+        let Some(value) = trimmed.strip_prefix('=') else {
+            out.push_str(&rest[..pos + "password".len()]);
+            rest = after_key;
+            continue;
+        };
+        let value = value.trim_start();
+        let value_len = if let Some(quoted) = value.strip_prefix('\'') {
+            // Skip to the closing quote, honouring backslash escapes.
+            let mut escaped = false;
+            let mut end = quoted.len();
+            for (i, c) in quoted.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '\'' => {
+                        end = i + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            1 + end
+        } else {
+            value.find(char::is_whitespace).unwrap_or(value.len())
+        };
+        out.push_str(&rest[..pos]);
+        out.push_str("password=***");
+        rest = &value[value_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Finds `password` at the start of the string or after whitespace.
+fn find_password_key(s: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(found) = s[from..].find("password") {
+        let pos = from + found;
+        if pos == 0 || s[..pos].ends_with(char::is_whitespace) {
+            return Some(pos);
+        }
+        from = pos + "password".len();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_userinfo_password() {
+        let url = DatabaseUrl::new("postgres://seq:s3cret@db:5432/seq?sslmode=disable");
+        assert_eq!(
+            url.to_string(),
+            "postgres://seq:***@db:5432/seq?sslmode=disable"
+        );
+        assert!(!format!("{url:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn redacts_query_password() {
+        let url = DatabaseUrl::new("postgresql://db/seq?user=seq&password=s3cret&x=1");
+        assert_eq!(
+            url.to_string(),
+            "postgresql://db/seq?user=seq&password=***&x=1"
+        );
+    }
+
+    #[test]
+    fn keeps_url_without_password() {
+        let raw = "postgres://postgres@127.0.0.1:5432/postgres";
+        assert_eq!(DatabaseUrl::new(raw).to_string(), raw);
+    }
+
+    #[test]
+    fn redacts_key_value_password() {
+        let url = DatabaseUrl::new("host=db password = 'a b\\'c' user=x");
+        assert_eq!(url.to_string(), "host=db password=*** user=x");
+        let url = DatabaseUrl::new("password=abc host=db");
+        assert_eq!(url.to_string(), "password=*** host=db");
+    }
+
+    #[test]
+    fn toml_round_trip_redacts_and_parses_durations() {
+        let cfg: DatabaseConfig = toml::from_str(
+            r#"
+            url = "postgres://u:pw@h/d"
+            pool-max-size = 4
+            pool-wait-timeout = "250ms"
+            target-session-attrs = "any"
+            "#,
+        )
+        .expect("valid toml");
+        assert_eq!(cfg.pool_max_size, 4);
+        assert_eq!(cfg.pool_wait_timeout, Duration::from_millis(250));
+        assert_eq!(cfg.statement_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.target_session_attrs, TargetSessionAttrs::Any);
+        let dumped = toml::to_string(&cfg).expect("serializable");
+        assert!(
+            dumped.contains("url = \"postgres://u:***@h/d\""),
+            "{dumped}"
+        );
+        assert!(!dumped.contains("pw@"), "{dumped}");
+        assert!(toml::from_str::<DatabaseConfig>("pool-size = 3").is_err());
+    }
+
+    #[test]
+    fn statement_timeout_is_a_startup_option() {
+        let cfg = DatabaseConfig {
+            statement_timeout: Duration::from_millis(250),
+            ..DatabaseConfig::from_url("postgres://u@h/d?options=-c%20search_path%3Dx")
+        };
+        let pg = cfg.tokio_postgres_config().expect("valid config");
+        assert_eq!(
+            pg.get_options(),
+            Some("-c search_path=x -c statement_timeout=250")
+        );
+        assert_eq!(pg.get_application_name(), Some("domain-runtime"));
+        assert!(pg.get_keepalives());
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn password_env_overrides_and_must_exist() {
+        let cfg = DatabaseConfig {
+            password_env: Some("DOMAIN_STORAGE_TEST_SURELY_UNSET_VAR".into()),
+            ..DatabaseConfig::default()
+        };
+        let err = cfg.tokio_postgres_config().expect_err("unset variable");
+        assert!(
+            err.to_string()
+                .contains("DOMAIN_STORAGE_TEST_SURELY_UNSET_VAR")
+        );
+    }
+
+    #[test]
+    fn password_file_is_trimmed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "hunter2\n").expect("write");
+        let cfg = DatabaseConfig {
+            password_file: Some(path),
+            ..DatabaseConfig::default()
+        };
+        let pg = cfg.tokio_postgres_config().expect("valid config");
+        assert_eq!(pg.get_password(), Some(&b"hunter2"[..]));
+    }
+}

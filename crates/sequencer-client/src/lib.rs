@@ -1,0 +1,240 @@
+//! Client side of the sequencer API: challenge/authenticate, signed sends, and
+//! verification of every received event (signature, envelope hashes, counter
+//! continuity, increasing timestamps).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain_identity::{MemberId, PublicKey, Signature, SignaturePurpose, SigningKeyPair};
+use domain_proto::v1::{self as pb, sequencer_service_client::SequencerServiceClient};
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::RwLock;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid endpoint {endpoint}: {reason}")]
+    Endpoint { endpoint: String, reason: String },
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("sequencer returned {0}")]
+    Status(#[from] Status),
+    #[error("invalid domain info: {0}")]
+    DomainInfo(String),
+    #[error("event validation failed: {0}")]
+    InvalidEvent(String),
+}
+
+/// A member's identity: its id and signing key.
+#[derive(Clone)]
+pub struct MemberIdentity {
+    pub id: MemberId,
+    pub key: Arc<SigningKeyPair>,
+}
+
+/// Opens a channel to one sequencer endpoint (`https://host:port` with TLS).
+pub async fn connect_channel(endpoint: &str, tls: Option<ClientTlsConfig>, timeout: Duration) -> Result<Channel, ClientError> {
+    let mut ep = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| ClientError::Endpoint { endpoint: endpoint.into(), reason: e.to_string() })?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    if let Some(tls) = tls {
+        ep = ep
+            .tls_config(tls)
+            .map_err(|e| ClientError::Endpoint { endpoint: endpoint.into(), reason: e.to_string() })?;
+    }
+    ep.connect()
+        .await
+        .map_err(|e| ClientError::Connect { endpoint: endpoint.into(), reason: format!("{e:?}") })
+}
+
+/// An authenticated connection of one member to one sequencer endpoint.
+#[derive(Clone)]
+pub struct SequencerConnection {
+    client: SequencerServiceClient<Channel>,
+    pub member: MemberIdentity,
+    pub domain_id: String,
+    pub sequencer_key: PublicKey,
+    token: Arc<RwLock<Option<(String, i64)>>>,
+}
+
+impl SequencerConnection {
+    /// Fetches domain info over `channel`; call [`Self::authenticate`] next.
+    pub async fn new(channel: Channel, member: MemberIdentity) -> Result<Self, ClientError> {
+        let mut client = SequencerServiceClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        let info = client.get_domain_info(pb::GetDomainInfoRequest {}).await?.into_inner();
+        let key = info
+            .sequencer_public_key
+            .ok_or_else(|| ClientError::DomainInfo("no sequencer public key".into()))?;
+        let sequencer_key = PublicKey::from_bytes(&key.key).map_err(|e| ClientError::DomainInfo(e.to_string()))?;
+        Ok(Self { client, member, domain_id: info.domain_id, sequencer_key, token: Arc::new(RwLock::new(None)) })
+    }
+
+    /// Runs challenge → signature → token and keeps the token for later calls.
+    pub async fn authenticate(&self) -> Result<(), ClientError> {
+        let mut client = self.client.clone();
+        let challenge = client
+            .challenge(pb::ChallengeRequest {
+                member: self.member.id.to_string(),
+                public_key: Some(pb::PublicKey {
+                    algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                    key: self.member.key.public_key().to_bytes().to_vec(),
+                }),
+            })
+            .await?
+            .into_inner();
+        let sig = self
+            .member
+            .key
+            .sign_with_domain_str(SignaturePurpose::AuthChallenge, &challenge.domain_id, &challenge.nonce)
+            .map_err(|e| ClientError::DomainInfo(e.to_string()))?;
+        let resp = client
+            .authenticate(pb::AuthenticateRequest {
+                member: self.member.id.to_string(),
+                nonce: challenge.nonce,
+                signature: Some(to_proto_signature(&sig, SignaturePurpose::AuthChallenge)),
+            })
+            .await?
+            .into_inner();
+        *self.token.write().await = Some((resp.token, resp.expires_at_micros));
+        Ok(())
+    }
+
+    /// Returns the current token, if authenticated.
+    pub async fn token(&self) -> Option<String> {
+        self.token.read().await.as_ref().map(|(t, _)| t.clone())
+    }
+
+    async fn authed<T>(&self, msg: T) -> Result<Request<T>, ClientError> {
+        let token = self.token().await.ok_or_else(|| Status::unauthenticated("not authenticated"))?;
+        let mut req = Request::new(msg);
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::internal("token is not valid metadata"))?;
+        req.metadata_mut().insert("authorization", value);
+        Ok(req)
+    }
+
+    /// Encodes and signs a submission.
+    pub fn sign_submission(&self, submission: &pb::SubmissionRequest) -> pb::SendRequest {
+        let bytes = submission.encode_to_vec();
+        let sig = self
+            .member
+            .key
+            .sign_with_domain_str(SignaturePurpose::Submission, &self.domain_id, &bytes)
+            .ok();
+        pb::SendRequest { submission: bytes, signature: sig.map(|s| to_proto_signature(&s, SignaturePurpose::Submission)) }
+    }
+
+    /// Sends an already signed request.
+    pub async fn send_signed(&self, request: pb::SendRequest) -> Result<pb::SendResponse, ClientError> {
+        let req = self.authed(request).await?;
+        Ok(self.client.clone().send(req).await?.into_inner())
+    }
+
+    /// Builds, signs and sends a submission.
+    pub async fn send(
+        &self,
+        message_id: &str,
+        envelopes: Vec<pb::Envelope>,
+        max_sequencing_time_micros: i64,
+    ) -> Result<pb::SendResponse, ClientError> {
+        let sub = pb::SubmissionRequest {
+            sender: self.member.id.to_string(),
+            message_id: message_id.to_string(),
+            envelopes,
+            max_sequencing_time_micros,
+            time_proof: false,
+        };
+        self.send_signed(self.sign_submission(&sub)).await
+    }
+
+    /// Opens the member's event stream from `from_counter`.
+    pub async fn subscribe(&self, from_counter: i64) -> Result<tonic::Streaming<pb::SubscribeResponse>, ClientError> {
+        let req = self
+            .authed(pb::SubscribeRequest { member: self.member.id.to_string(), from_counter })
+            .await?;
+        Ok(self.client.clone().subscribe(req).await?.into_inner())
+    }
+
+    pub async fn acknowledge(&self, timestamp_micros: i64) -> Result<(), ClientError> {
+        let req = self
+            .authed(pb::AcknowledgeRequest { member: self.member.id.to_string(), timestamp_micros })
+            .await?;
+        self.client.clone().acknowledge(req).await?;
+        Ok(())
+    }
+
+    /// Verifies an event's sequencer signature and that every delivered envelope
+    /// is one the signature covers.
+    pub fn verify_event(&self, event: &pb::SequencedEvent) -> Result<pb::SignedEventContent, ClientError> {
+        verify_event(&self.sequencer_key, &self.domain_id, event)
+    }
+}
+
+/// Verifies an event against the sequencer key and domain id.
+pub fn verify_event(key: &PublicKey, domain_id: &str, event: &pb::SequencedEvent) -> Result<pb::SignedEventContent, ClientError> {
+    let sig = event.signature.as_ref().ok_or_else(|| ClientError::InvalidEvent("missing signature".into()))?;
+    let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
+        .map_err(|e| ClientError::InvalidEvent(e.to_string()))?;
+    key.verify_with_domain_str(SignaturePurpose::SequencedEvent, domain_id, &event.content, &signature)
+        .map_err(|e| ClientError::InvalidEvent(format!("bad sequencer signature: {e}")))?;
+    let content = pb::SignedEventContent::decode(event.content.as_slice())
+        .map_err(|e| ClientError::InvalidEvent(format!("undecodable content: {e}")))?;
+    if content.timestamp_micros != event.timestamp_micros {
+        return Err(ClientError::InvalidEvent("timestamp differs from the signed one".into()));
+    }
+    for d in &event.envelopes {
+        let env = d.envelope.as_ref().ok_or_else(|| ClientError::InvalidEvent("empty envelope".into()))?;
+        let hash = Sha256::digest(env.encode_to_vec()).to_vec();
+        if content.envelope_hashes.get(d.index as usize) != Some(&hash) {
+            return Err(ClientError::InvalidEvent(format!("envelope {} is not covered by the signature", d.index)));
+        }
+    }
+    if !event.message_id.is_empty() && Sha256::digest(event.message_id.as_bytes()).as_slice() != content.message_id_hash.as_slice() {
+        return Err(ClientError::InvalidEvent("message id does not match the signed hash".into()));
+    }
+    Ok(content)
+}
+
+/// Checks counter continuity and increasing timestamps across a stream.
+#[derive(Debug, Clone, Default)]
+pub struct StreamValidator {
+    last: Option<(i64, i64)>,
+}
+
+impl StreamValidator {
+    pub fn starting_after(counter: i64, timestamp: i64) -> Self {
+        Self { last: Some((counter, timestamp)) }
+    }
+
+    pub fn check(&mut self, event: &pb::SequencedEvent) -> Result<(), ClientError> {
+        if let Some((c, ts)) = self.last {
+            if event.counter != c + 1 {
+                return Err(ClientError::InvalidEvent(format!("counter gap: expected {}, got {}", c + 1, event.counter)));
+            }
+            if event.timestamp_micros <= ts {
+                return Err(ClientError::InvalidEvent(format!("timestamp {} not after {ts}", event.timestamp_micros)));
+            }
+            if event.previous_timestamp_micros != ts {
+                return Err(ClientError::InvalidEvent(format!(
+                    "previous timestamp {} differs from the last seen {ts}",
+                    event.previous_timestamp_micros
+                )));
+            }
+        }
+        self.last = Some((event.counter, event.timestamp_micros));
+        Ok(())
+    }
+}
+
+pub fn to_proto_signature(sig: &Signature, purpose: SignaturePurpose) -> pb::Signature {
+    pb::Signature { signature: sig.to_bytes().to_vec(), signer_fingerprint: sig.signer().to_string(), purpose: purpose.as_i32() }
+}

@@ -1,0 +1,189 @@
+//! Sequencer configuration. Every field is documented with its unit and
+//! default; `sequencer --dump-config` prints the effective values.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use domain_runtime::grpc::GrpcServerConfig;
+use domain_storage::DatabaseConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct SequencerConfig {
+    /// Domain id (`name::1220…`) every signature is bound to. Required.
+    pub domain_id: String,
+    /// Name part of the sequencer id `SEQ::<name>::<fingerprint>`. Default: `sequencer`.
+    pub name: String,
+    /// PKCS#8 PEM ed25519 key shared by every instance of this sequencer. Required.
+    pub signing_key_file: PathBuf,
+    /// Shared PostgreSQL database of all instances.
+    pub database: DatabaseConfig,
+    /// Public API (participants, mediator, domain manager). Default listen `0.0.0.0:5001`.
+    pub public_api: GrpcServerConfig,
+    /// Admin API (operators, bootstrap). Default listen `127.0.0.1:5002`: loopback only.
+    pub admin_api: GrpcServerConfig,
+    /// Plaintext ops HTTP port: `/metrics`, `/health/live`, `/health/ready`. Default `0.0.0.0:5003`.
+    pub ops_listen: SocketAddr,
+    /// Address peers and operators can reach this instance's public API at (informational).
+    pub advertised_address: String,
+    /// Largest accepted submission in bytes. Default 1 MiB.
+    pub max_request_size: usize,
+    /// Members registered at start-up (until topology from the domain manager drives membership).
+    pub bootstrap_members: Vec<String>,
+    pub ha: HaConfig,
+    pub writer: WriterConfig,
+    pub reader: ReaderConfig,
+    pub auth: AuthConfig,
+    pub pruning: PruningConfig,
+    /// How long shutdown waits for in-flight calls to drain. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for SequencerConfig {
+    fn default() -> Self {
+        Self {
+            domain_id: String::new(),
+            name: "sequencer".into(),
+            signing_key_file: PathBuf::new(),
+            database: DatabaseConfig::default(),
+            public_api: GrpcServerConfig::with_listen(SocketAddr::from(([0, 0, 0, 0], 5001))),
+            admin_api: GrpcServerConfig::with_listen(SocketAddr::from(([127, 0, 0, 1], 5002))),
+            ops_listen: SocketAddr::from(([0, 0, 0, 0], 5003)),
+            advertised_address: String::new(),
+            max_request_size: 1024 * 1024,
+            bootstrap_members: Vec::new(),
+            ha: HaConfig::default(),
+            writer: WriterConfig::default(),
+            reader: ReaderConfig::default(),
+            auth: AuthConfig::default(),
+            pruning: PruningConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Active-active settings; must be identical on every instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct HaConfig {
+    /// Modulus of timestamp partitioning = most instances that can be online at once. Default 32.
+    pub total_node_count: u16,
+    /// Idle instances advance their watermark this often. Default `50ms`.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// A peer whose watermark has not advanced for this long is marked offline. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub offline_after: Duration,
+    /// How often each instance checks its peers. Default `200ms`.
+    #[serde(with = "humantime_serde")]
+    pub online_check_interval: Duration,
+    /// Health turns NOT_SERVING when the database has not answered for this long. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub db_health_grace: Duration,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            total_node_count: 32,
+            keepalive_interval: Duration::from_millis(50),
+            offline_after: Duration::from_secs(1),
+            online_check_interval: Duration::from_millis(200),
+            db_health_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct WriterConfig {
+    /// Most submissions per batch transaction. Default 1000.
+    pub max_batch: usize,
+    /// Submissions queued for the writer before sends get RESOURCE_EXHAUSTED. Default 20000.
+    pub queue_size: usize,
+    /// A batch commit or heartbeat taking longer than this fails the instance over. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub commit_timeout: Duration,
+    /// Max sequencing time applied when a submission leaves it at 0. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub default_max_sequencing: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 1000,
+            queue_size: 20_000,
+            commit_timeout: Duration::from_secs(2),
+            default_max_sequencing: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ReaderConfig {
+    /// Fallback polling when no notification arrives. Default `200ms`.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Events per read query. Default 1000.
+    pub page_size: i64,
+    /// Batches the shared feed buffers for each subscriber before it is cut. Default 1024.
+    pub feed_buffer: usize,
+    /// Events buffered per subscription towards the client. Default 256.
+    pub subscription_buffer: usize,
+    /// Counter checkpoints are written this often. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// A member gets a new checkpoint after this many new events. Default 512.
+    pub checkpoint_every_events: i64,
+}
+
+impl Default for ReaderConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(200),
+            page_size: 1000,
+            feed_buffer: 1024,
+            subscription_buffer: 256,
+            checkpoint_interval: Duration::from_secs(2),
+            checkpoint_every_events: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct AuthConfig {
+    /// Lifetime of a challenge nonce. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub nonce_ttl: Duration,
+    /// Lifetime of a token. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { nonce_ttl: Duration::from_secs(60), token_ttl: Duration::from_secs(3600) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct PruningConfig {
+    /// Automatic pruning of acknowledged events; `0s` disables it. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Rows per delete statement. Default 10000.
+    pub batch_size: i64,
+}
+
+impl Default for PruningConfig {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(60), batch_size: 10_000 }
+    }
+}

@@ -1,0 +1,155 @@
+//! The sequencer's closed set of service errors, mapped to gRPC status in
+//! exactly one place ([`SequencerError::into_status`]). docs/errors.md lists
+//! every code; renaming one is a breaking change.
+
+use tonic::{Code, Status, metadata::MetadataValue};
+
+/// Metadata key carrying the stable error code of a failed call.
+pub const ERROR_CODE_METADATA: &str = "domain-error-code";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SequencerError {
+    #[error("missing or malformed authorization metadata: {0}")]
+    MissingCredentials(&'static str),
+    #[error("token is unknown, expired or revoked")]
+    TokenInvalid,
+    #[error("nonce is unknown, expired, already used or issued to another member")]
+    NonceInvalid,
+    #[error("challenge signature does not verify: {0}")]
+    ChallengeSignatureInvalid(String),
+    #[error("public key fingerprint {key} does not match member {member}")]
+    KeyMismatch { member: String, key: String },
+    #[error("member {0} is not registered on this domain")]
+    MemberUnknown(String),
+    #[error("member {0} is disabled")]
+    MemberDisabled(String),
+    #[error("authenticated as {authenticated} but the request is for {requested}")]
+    MemberMismatch { authenticated: String, requested: String },
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("submission signature does not verify: {0}")]
+    SubmissionSignatureInvalid(String),
+    #[error("recipient {0} is not registered on this domain")]
+    RecipientUnknown(String),
+    #[error("recipient {0} is disabled")]
+    RecipientDisabled(String),
+    #[error("submission has no envelope with content")]
+    EmptySubmission,
+    #[error("request of {size} bytes exceeds the limit of {limit} bytes")]
+    RequestTooLarge { size: usize, limit: usize },
+    #[error("max sequencing time {max_sequencing_time} passed before sequencing (sequencer time {now})")]
+    MaxSequencingTimeExceeded { max_sequencing_time: i64, now: i64 },
+    #[error("sequencer is overloaded, retry later with the same message id")]
+    Overloaded,
+    #[error("subscriber fell behind by more than its buffer and was disconnected; resume from counter {resume_from}")]
+    SubscriberTooSlow { resume_from: i64 },
+    #[error("counter {counter} lies below the pruning bound; the oldest retained counter is {oldest}")]
+    EventsPruned { counter: i64, oldest: i64 },
+    #[error("this sequencer instance is not online: {0}")]
+    InstanceOffline(String),
+    #[error("outcome unknown after a database failure; retry with the same message id")]
+    OutcomeUnknown,
+    #[error("database unavailable: {0}")]
+    Database(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl SequencerError {
+    /// Stable, documented code of the error (docs/errors.md).
+    pub fn code(&self) -> &'static str {
+        use SequencerError::*;
+        match self {
+            MissingCredentials(_) => "SEQ_MISSING_CREDENTIALS",
+            TokenInvalid => "SEQ_TOKEN_INVALID",
+            NonceInvalid => "SEQ_NONCE_INVALID",
+            ChallengeSignatureInvalid(_) => "SEQ_CHALLENGE_SIGNATURE_INVALID",
+            KeyMismatch { .. } => "SEQ_KEY_MISMATCH",
+            MemberUnknown(_) => "SEQ_MEMBER_UNKNOWN",
+            MemberDisabled(_) => "SEQ_MEMBER_DISABLED",
+            MemberMismatch { .. } => "SEQ_MEMBER_MISMATCH",
+            Malformed(_) => "SEQ_MALFORMED_REQUEST",
+            SubmissionSignatureInvalid(_) => "SEQ_SUBMISSION_SIGNATURE_INVALID",
+            RecipientUnknown(_) => "SEQ_RECIPIENT_UNKNOWN",
+            RecipientDisabled(_) => "SEQ_RECIPIENT_DISABLED",
+            EmptySubmission => "SEQ_EMPTY_SUBMISSION",
+            RequestTooLarge { .. } => "SEQ_REQUEST_TOO_LARGE",
+            MaxSequencingTimeExceeded { .. } => "SEQ_MAX_SEQUENCING_TIME_EXCEEDED",
+            Overloaded => "SEQ_OVERLOADED",
+            SubscriberTooSlow { .. } => "SEQ_SUBSCRIBER_TOO_SLOW",
+            EventsPruned { .. } => "SEQ_EVENTS_PRUNED",
+            InstanceOffline(_) => "SEQ_INSTANCE_OFFLINE",
+            OutcomeUnknown => "SEQ_OUTCOME_UNKNOWN",
+            Database(_) => "SEQ_DATABASE_UNAVAILABLE",
+            Internal(_) => "SEQ_INTERNAL",
+        }
+    }
+
+    /// gRPC status code of the error.
+    pub fn grpc_code(&self) -> Code {
+        use SequencerError::*;
+        match self {
+            MissingCredentials(_) | TokenInvalid | NonceInvalid | ChallengeSignatureInvalid(_) | KeyMismatch { .. } => {
+                Code::Unauthenticated
+            }
+            MemberUnknown(_) | MemberDisabled(_) | MemberMismatch { .. } => Code::PermissionDenied,
+            Malformed(_) | SubmissionSignatureInvalid(_) | RecipientUnknown(_) | EmptySubmission => {
+                Code::InvalidArgument
+            }
+            RecipientDisabled(_) | MaxSequencingTimeExceeded { .. } => Code::FailedPrecondition,
+            RequestTooLarge { .. } | Overloaded | SubscriberTooSlow { .. } => Code::ResourceExhausted,
+            EventsPruned { .. } => Code::OutOfRange,
+            InstanceOffline(_) | OutcomeUnknown | Database(_) => Code::Unavailable,
+            Internal(_) => Code::Internal,
+        }
+    }
+
+    /// Converts the error into the status sent to the peer, with the code in metadata.
+    pub fn into_status(self) -> Status {
+        let mut status = Status::new(self.grpc_code(), self.to_string());
+        if let Ok(v) = MetadataValue::try_from(self.code()) {
+            status.metadata_mut().insert(ERROR_CODE_METADATA, v);
+        }
+        status
+    }
+}
+
+impl From<SequencerError> for Status {
+    fn from(e: SequencerError) -> Self {
+        e.into_status()
+    }
+}
+
+impl From<crate::store::StoreError> for SequencerError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Fenced { .. } => SequencerError::InstanceOffline(e.to_string()),
+            other => SequencerError::Database(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_in_metadata() {
+        let all = [
+            SequencerError::TokenInvalid,
+            SequencerError::NonceInvalid,
+            SequencerError::EmptySubmission,
+            SequencerError::Overloaded,
+            SequencerError::OutcomeUnknown,
+            SequencerError::MemberUnknown("x".into()),
+            SequencerError::RecipientUnknown("x".into()),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for e in all {
+            assert!(seen.insert(e.code()));
+            let code = e.code();
+            let st = e.into_status();
+            assert_eq!(st.metadata().get(ERROR_CODE_METADATA).and_then(|v| v.to_str().ok()), Some(code));
+        }
+    }
+}

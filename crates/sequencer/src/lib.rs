@@ -1,0 +1,445 @@
+//! The sequencer: active-active, totally ordered, durable, signed multicast
+//! over one shared PostgreSQL. Owns the `sequencer` binary's logic; see
+//! docs/architecture.md for the ordering protocol.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod members;
+pub mod metrics;
+pub mod reader;
+pub mod service;
+pub mod store;
+pub mod subscription;
+pub mod timestamp;
+pub mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
+use domain_proto::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
+use domain_proto::v1::sequencer_service_server::SequencerServiceServer;
+use domain_runtime::ops::Readiness;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::SequencerConfig;
+
+use crate::members::Members;
+use crate::reader::SharedReader;
+use crate::service::{SequencerApi, SequencerCore, ServiceSettings};
+use crate::store::FaultHooks;
+use crate::writer::Writer;
+
+/// Embedded migrations of the sequencer's database (`migrations/sequencer/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sequencer");
+
+/// Already-bound listeners, so tests and binaries choose ports the same way.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+    pub ops: TcpListener,
+}
+
+/// Test-only faults, read from the environment when the `fault-injection`
+/// feature is compiled in (`SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS`).
+fn fault_hooks() -> FaultHooks {
+    #[cfg(feature = "fault-injection")]
+    {
+        let delay = std::env::var("SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis);
+        if delay.is_some() {
+            tracing::warn!(?delay, "fault injection active: delaying every batch before commit");
+        }
+        FaultHooks { delay_before_commit: delay }
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    FaultHooks::default()
+}
+
+/// Runs one sequencer instance until `shutdown` is cancelled.
+pub async fn run(
+    config: SequencerConfig,
+    listeners: Listeners,
+    metrics_handle: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    crate::metrics::describe();
+    let domain_id = DomainId::parse(&config.domain_id).with_context(|| format!("invalid `domain-id` {:?}", config.domain_id))?;
+    let key = Arc::new(
+        SigningKeyPair::load_pem(&config.signing_key_file)
+            .with_context(|| format!("cannot load `signing-key-file` {}", config.signing_key_file.display()))?,
+    );
+    let sequencer_id = MemberId::new(
+        MemberRole::Sequencer,
+        UniqueId::new(config.name.clone(), *key.fingerprint()).context("invalid `name`")?,
+    );
+    tracing::info!(%domain_id, %sequencer_id, database = %config.database.url.redacted(), "starting sequencer");
+
+    let sqlx_pool = domain_storage::connect_sqlx(&config.database).await.context("cannot connect to the database")?;
+    domain_storage::run_migrations(&sqlx_pool, &MIGRATOR).await.context("cannot migrate the database")?;
+    domain_storage::check_commit_mode(&sqlx_pool, config.database.allow_async_commit).await?;
+    sqlx_pool.close().await;
+    let pool = domain_storage::hot_pool(&config.database).context("cannot build the database pool")?;
+
+    let tasks = TaskTracker::new();
+    let internal = shutdown.child_token();
+    let members = Members::new(pool.clone());
+    members.reload().await.context("cannot load members")?;
+
+    let (_tx, rx, state_tx, writer_handle) = writer::channel(config.writer.queue_size);
+    let (peer_tx, peer_rx) = watch::channel(0i64);
+    let last_db_success = Arc::new(AtomicI64::new(0));
+    let writer = Writer {
+        settings: writer::WriterSettings {
+            modulus: config.ha.total_node_count,
+            max_batch: config.writer.max_batch,
+            keepalive: config.ha.keepalive_interval,
+            commit_timeout: config.writer.commit_timeout,
+            address: config.advertised_address.clone(),
+            faults: fault_hooks(),
+        },
+        db: config.database.clone(),
+        domain_id: domain_id.to_string(),
+        sequencer_id: sequencer_id.to_string(),
+        key: key.clone(),
+        peer_event_watermark: peer_rx,
+        last_db_success: last_db_success.clone(),
+    };
+    let writer_shutdown = CancellationToken::new();
+    let writer_task = tokio::spawn(writer.run(rx, state_tx, writer_shutdown.clone()));
+
+    let reader = SharedReader::new(config.reader.feed_buffer);
+    tasks.spawn(reader.clone().run(pool.clone(), config.reader.poll_interval, config.reader.page_size, internal.clone()));
+
+    let core = SequencerCore::new(
+        ServiceSettings {
+            domain_id: domain_id.to_string(),
+            sequencer_id: sequencer_id.to_string(),
+            public_key: key.public_key().clone(),
+            max_request_size: config.max_request_size,
+            nonce_ttl: config.auth.nonce_ttl,
+            token_ttl: config.auth.token_ttl,
+            default_max_sequencing: config.writer.default_max_sequencing,
+            subscription_buffer: config.reader.subscription_buffer,
+            read_page: config.reader.page_size,
+        },
+        pool.clone(),
+        members.clone(),
+        writer_handle.clone(),
+        reader.clone(),
+        internal.clone(),
+    );
+
+    tasks.spawn(listen_loop(
+        config.database.clone(),
+        writer_handle.watch_state(),
+        peer_tx,
+        reader.clone(),
+        core.clone(),
+        internal.clone(),
+    ));
+    tasks.spawn(offline_checker(pool.clone(), writer_handle.watch_state(), config.ha.clone(), internal.clone()));
+    tasks.spawn(checkpointer(pool.clone(), config.reader.clone(), internal.clone()));
+    if !config.pruning.interval.is_zero() {
+        tasks.spawn(pruner(pool.clone(), config.pruning.clone(), internal.clone()));
+    }
+    tasks.spawn(gauges(pool.clone(), internal.clone()));
+
+    // Readiness: online writer and a database that answered recently.
+    let readiness = Readiness::new();
+    tasks.spawn(health_loop(
+        writer_handle.watch_state(),
+        last_db_success.clone(),
+        config.ha.db_health_grace,
+        readiness.clone(),
+        internal.clone(),
+    ));
+    tasks.spawn(bootstrap_members(writer_handle.clone(), members.clone(), config.bootstrap_members.clone(), internal.clone()));
+
+    let max_msg = config.public_api.max_message_size;
+    let (health, health_server) = domain_runtime::grpc::health_service(max_msg).await;
+    let _follow = health.follow(&readiness);
+    let api = SequencerServiceServer::new(SequencerApi(core.clone()))
+        .max_decoding_message_size(max_msg)
+        .max_encoding_message_size(max_msg);
+    let public = domain_runtime::grpc::server_builder(&config.public_api)?
+        .layer(domain_runtime::telemetry::TraceContextLayer)
+        .layer(domain_runtime::metrics::GrpcMetricsLayer)
+        .add_service(health_server.clone())
+        .add_service(domain_runtime::grpc::reflection_service()?)
+        .add_service(api);
+    let admin_api = SequencerAdminServiceServer::new(admin::SequencerAdmin { core: core.clone(), prune_batch: config.pruning.batch_size });
+    let admin = domain_runtime::grpc::server_builder(&config.admin_api)?
+        .layer(domain_runtime::telemetry::TraceContextLayer)
+        .add_service(health_server)
+        .add_service(domain_runtime::grpc::reflection_service()?)
+        .add_service(admin_api);
+
+    let servers_stop = CancellationToken::new();
+    let public_task = tokio::spawn(domain_runtime::grpc::serve(public, listeners.public, servers_stop.clone()));
+    let admin_task = tokio::spawn(domain_runtime::grpc::serve(admin, listeners.admin, servers_stop.clone()));
+    let ops_task = domain_runtime::ops::serve_ops(listeners.ops, metrics_handle, readiness.clone(), servers_stop.clone());
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: draining subscriptions and in-flight sends");
+    readiness.set_ready(false);
+    // Subscriptions end with UNAVAILABLE so clients resume elsewhere; then the
+    // servers drain in-flight calls, then the writer leaves the online set.
+    internal.cancel();
+    servers_stop.cancel();
+    let grace = config.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        let _ = public_task.await;
+        let _ = admin_task.await;
+        let _ = ops_task.await;
+    })
+    .await;
+    writer_shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    if drained.is_err() {
+        anyhow::bail!("shutdown grace period of {grace:?} exceeded");
+    }
+    tracing::info!("sequencer stopped");
+    Ok(())
+}
+
+/// LISTENs for watermark and member notifications; reconnects when the
+/// connection drops (readers fall back to polling meanwhile).
+async fn listen_loop(
+    db: domain_storage::DatabaseConfig,
+    state: watch::Receiver<writer::WriterState>,
+    peer_tx: watch::Sender<i64>,
+    reader: Arc<SharedReader>,
+    core: Arc<SequencerCore>,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let conn = domain_storage::listen_connection(&db, &[store::WATERMARK_CHANNEL, store::MEMBERS_CHANNEL]).await;
+        let (_client, mut rx, task) = match conn {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, "cannot open listen connection");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        // Anything missed while disconnected is picked up by this wake-up.
+        reader.wake.notify_one();
+        let _ = core.members.reload().await;
+        loop {
+            let n = tokio::select! {
+                _ = shutdown.cancelled() => { task.abort(); return; }
+                n = rx.recv() => n,
+            };
+            let Some(n) = n else { break };
+            if n.channel() == store::WATERMARK_CHANNEL {
+                reader.wake.notify_one();
+                let mut parts = n.payload().split(':');
+                let idx = parts.next().and_then(|s| s.parse::<i16>().ok());
+                let wm = parts.next().and_then(|s| s.parse::<i64>().ok());
+                let kind = parts.next();
+                if let (Some(idx), Some(wm), Some("e")) = (idx, wm, kind)
+                    && state.borrow().index != Some(idx)
+                {
+                    peer_tx.send_if_modified(|cur| {
+                        if wm > *cur {
+                            *cur = wm;
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                }
+            } else if n.channel() == store::MEMBERS_CHANNEL {
+                if let Some(member) = n.payload().strip_prefix("disabled:") {
+                    core.forget_tokens(member).await;
+                }
+                if let Err(error) = core.members.reload().await {
+                    tracing::warn!(%error, "cannot reload members");
+                }
+            }
+        }
+        task.abort();
+        tracing::warn!("listen connection lost; reconnecting");
+    }
+}
+
+async fn offline_checker(
+    pool: deadpool_postgres::Pool,
+    state: watch::Receiver<writer::WriterState>,
+    ha: config::HaConfig,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(ha.online_check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // Only an online instance judges its peers: one that lost the database
+        // would otherwise be the one lagging.
+        let Some(own) = state.borrow().index.filter(|_| state.borrow().online) else { continue };
+        let Ok(mut client) = pool.get().await else { continue };
+        match store::mark_lagging_offline(&mut client, own, ha.offline_after).await {
+            Ok(marked) => {
+                for idx in marked {
+                    ::metrics::counter!(crate::metrics::INSTANCES_MARKED_OFFLINE).increment(1);
+                    tracing::warn!(instance = idx, "marked stalled peer offline");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "offline check failed"),
+        }
+    }
+}
+
+async fn checkpointer(pool: deadpool_postgres::Pool, cfg: config::ReaderConfig, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(cfg.checkpoint_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(mut client) = pool.get().await else { continue };
+        let safe = match store::safe_watermark(&**client).await {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        match store::write_checkpoints(&mut client, safe, cfg.checkpoint_every_events).await {
+            Ok(n) => ::metrics::counter!(crate::metrics::CHECKPOINTS_WRITTEN).increment(n),
+            Err(error) => tracing::warn!(%error, "checkpoint write failed"),
+        }
+    }
+}
+
+async fn pruner(pool: deadpool_postgres::Pool, cfg: config::PruningConfig, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(mut client) = pool.get().await else { continue };
+        // One instance prunes at a time; the others skip this round.
+        let locked = client
+            .query_one("SELECT pg_try_advisory_lock(7301002)", &[])
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false);
+        if !locked {
+            continue;
+        }
+        let result = match store::safe_watermark(&**client).await {
+            Ok(safe) => store::prune(&mut client, safe, cfg.batch_size).await,
+            Err(e) => Err(e),
+        };
+        let _ = client.execute("SELECT pg_advisory_unlock(7301002)", &[]).await;
+        match result {
+            Ok((bound, deleted)) if deleted > 0 => {
+                ::metrics::counter!(crate::metrics::EVENTS_PRUNED).increment(deleted);
+                tracing::info!(bound, deleted, "pruned acknowledged events");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "pruning failed"),
+        }
+    }
+}
+
+async fn gauges(pool: deadpool_postgres::Pool, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let status = pool.status();
+        let in_use = status.size.saturating_sub(status.available);
+        ::metrics::gauge!(crate::metrics::DB_POOL, "state" => "in_use").set(in_use as f64);
+        ::metrics::gauge!(crate::metrics::DB_POOL, "state" => "idle").set(status.available as f64);
+        ::metrics::gauge!(crate::metrics::DB_POOL, "state" => "max").set(status.max_size as f64);
+        let Ok(client) = pool.get().await else { continue };
+        if let Ok(instances) = store::list_instances(&**client).await {
+            let online = instances.iter().filter(|i| i.online).count();
+            ::metrics::gauge!(crate::metrics::INSTANCES_ONLINE).set(online as f64);
+            for i in instances {
+                ::metrics::gauge!(crate::metrics::WATERMARK_LAG, "instance" => i.index.to_string())
+                    .set(i.lag_micros as f64 / 1e6);
+            }
+        }
+    }
+}
+
+async fn health_loop(
+    state: watch::Receiver<writer::WriterState>,
+    last_db_success: Arc<AtomicI64>,
+    grace: Duration,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => { readiness.set_ready(false); return; }
+            _ = tick.tick() => {}
+        }
+        let age = timestamp::now_micros() - last_db_success.load(Ordering::Relaxed);
+        let ready = state.borrow().online && age < grace.as_micros() as i64;
+        if readiness.is_ready() != ready {
+            tracing::info!(ready, "readiness changed");
+            readiness.set_ready(ready);
+        }
+    }
+}
+
+async fn bootstrap_members(
+    writer: writer::WriterHandle,
+    members: Arc<Members>,
+    list: Vec<String>,
+    shutdown: CancellationToken,
+) {
+    for member in list {
+        if MemberId::parse(&member).is_err() {
+            tracing::error!(%member, "ignoring malformed bootstrap member");
+            continue;
+        }
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if let Ok(Some(row)) = members.get(&member).await
+                && row.enabled
+            {
+                break;
+            }
+            let mut state = writer.watch_state();
+            let _ = state.wait_for(|s| s.online).await;
+            match writer.register(member.clone(), None).await {
+                Ok(ts) => {
+                    tracing::info!(%member, registered_ts = ts, "bootstrap member registered");
+                    let _ = members.reload().await;
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%member, %error, "bootstrap registration failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}

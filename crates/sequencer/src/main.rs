@@ -1,0 +1,83 @@
+//! `sequencer` binary: parses config, installs telemetry, and runs one instance.
+
+use clap::{Parser, Subcommand};
+use domain_runtime::config::{CommonArgs, EXIT_USAGE, load_or_exit};
+use domain_sequencer::{Listeners, SequencerConfig};
+
+/// An active-active sequencer instance of a Canton-style domain.
+#[derive(Parser)]
+#[command(name = "sequencer", version)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generates the shared sequencer signing key (PKCS#8 PEM, mode 0600) and prints its fingerprint.
+    GenerateKey {
+        /// Where to write the key; an existing file is never overwritten.
+        path: std::path::PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(Command::GenerateKey { path }) = cli.command {
+        let key = domain_identity::SigningKeyPair::generate();
+        if let Err(error) = key.save_pem(&path) {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        }
+        println!("{}", key.fingerprint());
+        return;
+    }
+    let config: SequencerConfig = load_or_exit("sequencer", "SEQUENCER", &cli.common);
+    if let Err(error) = domain_runtime::telemetry::init_logging("sequencer", cli.common.log_format) {
+        eprintln!("error: {error}");
+        std::process::exit(EXIT_USAGE);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        // One crypto provider for the whole process (ring); rustls refuses to guess.
+        if rustls::crypto::ring::default_provider().install_default().is_err() {
+            tracing::error!("cannot install the rustls crypto provider");
+            return 1;
+        }
+        match serve(config).await {
+            Ok(()) => 0,
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "sequencer failed");
+                1
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
+async fn serve(config: SequencerConfig) -> anyhow::Result<()> {
+    let metrics = domain_runtime::metrics::install_recorder("sequencer")?;
+    let shutdown = domain_runtime::shutdown::shutdown_signal()?;
+    let listeners = Listeners {
+        public: domain_runtime::grpc::bind(&config.public_api).await?,
+        admin: domain_runtime::grpc::bind(&config.admin_api).await?,
+        ops: tokio::net::TcpListener::bind(config.ops_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind `ops-listen` {}: {e}", config.ops_listen))?,
+    };
+    tracing::info!(
+        public = %listeners.public.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        ops = %listeners.ops.local_addr()?,
+        "listening"
+    );
+    domain_sequencer::run(config, listeners, metrics, shutdown).await
+}

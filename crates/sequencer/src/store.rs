@@ -1,0 +1,840 @@
+//! All SQL of the sequencer. Hot paths (batch commit, heartbeats, reads) go
+//! through tokio-postgres; the schema lives in `migrations/sequencer/`.
+//!
+//! Ordering invariant (see docs/architecture.md): a writer's events and its
+//! watermark advance commit in one transaction guarded by `owner` and `online`,
+//! so every committed event of an instance is at or below its watermark, and
+//! readers deliver only events at or below the safe watermark
+//! (min over online instances). No event can ever commit below a position a
+//! reader has already passed.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, GenericClient, error::SqlState, types::ToSql};
+
+/// Pseudo member id under which broadcast events are indexed.
+pub const BROADCAST_MEMBER_ID: i32 = -1;
+
+/// Failures of the sequencer store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("database pool error: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The instance lost its index (marked offline or taken over): it must recover.
+    #[error("instance {index} is fenced: marked offline or owned by another process")]
+    Fenced { index: i16 },
+    #[error("all {0} instance indexes are in use")]
+    NoFreeIndex(u16),
+    #[error("database operation timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// Returns true when the error means the database could not be reached or answered.
+    pub fn is_connection_error(&self) -> bool {
+        match self {
+            StoreError::Db(e) => e.is_closed() || e.code().is_none(),
+            StoreError::Pool(_) | StoreError::Timeout(_) | StoreError::Connect(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A registered member as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    pub id: i32,
+    pub member: String,
+    pub public_key: Option<Vec<u8>>,
+    pub enabled: bool,
+    pub registered_ts: i64,
+    pub acknowledged_ts: Option<i64>,
+}
+
+/// An event about to be written by a writer batch.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub ts: i64,
+    pub sender: i32,
+    pub message_id: String,
+    /// Member ids, sender included; `[BROADCAST_MEMBER_ID]` for a broadcast.
+    pub recipients: Vec<i32>,
+    pub submission: Vec<u8>,
+    pub content: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub max_sequencing_ts: i64,
+}
+
+/// A member registration sequenced inside a writer batch.
+#[derive(Debug, Clone)]
+pub struct NewRegistration {
+    pub member: String,
+    pub public_key: Option<Vec<u8>>,
+    pub ts: i64,
+}
+
+/// A stored event as read back.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub ts: i64,
+    pub sender: i32,
+    pub message_id: String,
+    pub recipients: Vec<i32>,
+    pub submission: Vec<u8>,
+    pub content: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// What happened to each submission of a committed batch.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// `(sender, message_id)` of submissions that were already sequenced, with the original timestamp.
+    pub duplicates: Vec<((i32, String), i64)>,
+    /// Registered (or re-enabled) members with their registration timestamp.
+    pub registered: Vec<(String, i64)>,
+}
+
+/// One row of `seq_instances`.
+#[derive(Debug, Clone)]
+pub struct InstanceRow {
+    pub index: i16,
+    pub online: bool,
+    pub watermark_ts: i64,
+    pub lag_micros: i64,
+    pub address: Option<String>,
+}
+
+pub const WATERMARK_CHANNEL: &str = "seq_watermark";
+pub const MEMBERS_CHANNEL: &str = "seq_members";
+
+/// Claims a free instance index (random among those not online) and brings it
+/// online above every existing watermark and the wall clock. Runs on the
+/// writer's own connection so its backend pid is recorded for peers.
+pub async fn go_online(
+    client: &mut Client,
+    modulus: u16,
+    owner: uuid_like::Owner,
+    now_micros: i64,
+    address: &str,
+    preferred: Option<i16>,
+) -> Result<(i16, i64), StoreError> {
+    let tx = client.transaction().await?;
+    // Serialises against every watermark update, so the max we read stays the max
+    // until we are online (a reader can never have passed our first timestamp).
+    tx.batch_execute("SET LOCAL lock_timeout = '2s'; LOCK TABLE seq_instances IN SHARE ROW EXCLUSIVE MODE")
+        .await?;
+    let rows = tx
+        .query("SELECT instance_index, online, watermark_ts FROM seq_instances", &[])
+        .await?;
+    let mut busy = std::collections::HashSet::new();
+    let mut max_wm = 0i64;
+    for row in &rows {
+        let idx: i16 = row.get(0);
+        let online: bool = row.get(1);
+        let wm: i64 = row.get(2);
+        max_wm = max_wm.max(wm);
+        if online {
+            busy.insert(idx);
+        }
+    }
+    let free: Vec<i16> = (0..modulus as i16).filter(|i| !busy.contains(i)).collect();
+    let Some(first) = free.first().copied() else {
+        return Err(StoreError::NoFreeIndex(modulus));
+    };
+    let index = match preferred {
+        Some(p) if free.contains(&p) => p,
+        _ => {
+            let mut b = [0u8; 2];
+            let _ = getrandom::fill(&mut b);
+            let pick = usize::from(u16::from_le_bytes(b)) % free.len();
+            free.get(pick).copied().unwrap_or(first)
+        }
+    };
+    let watermark = max_wm.max(now_micros);
+    tx.execute(
+        "INSERT INTO seq_instances (instance_index, owner, online, watermark_ts, heartbeat_at, writer_pid, public_address)
+         VALUES ($1, $2::text::uuid, true, $3, clock_timestamp(), pg_backend_pid(), $4)
+         ON CONFLICT (instance_index) DO UPDATE SET owner = EXCLUDED.owner, online = true,
+             watermark_ts = greatest(seq_instances.watermark_ts, EXCLUDED.watermark_ts),
+             heartbeat_at = EXCLUDED.heartbeat_at, writer_pid = EXCLUDED.writer_pid,
+             public_address = EXCLUDED.public_address",
+        &[&index, &owner.0, &watermark, &address],
+    )
+    .await?;
+    tx.execute("SELECT pg_notify($1, $2)", &[&WATERMARK_CHANNEL, &format!("{index}:{watermark}")])
+        .await?;
+    tx.commit().await?;
+    Ok((index, watermark))
+}
+
+/// Marks this instance offline (best effort, on shutdown) so peers stop waiting for it.
+pub async fn go_offline(client: &Client, index: i16, owner: &uuid_like::Owner) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE seq_instances SET online = false WHERE instance_index = $1 AND owner = $2::text::uuid",
+            &[&index, &owner.0],
+        )
+        .await?;
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&WATERMARK_CHANNEL, &format!("{index}:offline")])
+        .await?;
+    Ok(())
+}
+
+/// Prepared statements of the writer connection.
+pub struct WriterStatements {
+    dedup: tokio_postgres::Statement,
+    dedup_lookup: tokio_postgres::Statement,
+    events: tokio_postgres::Statement,
+    recipients: tokio_postgres::Statement,
+    watermark: tokio_postgres::Statement,
+}
+
+impl WriterStatements {
+    pub async fn prepare(client: &Client) -> Result<Self, StoreError> {
+        Ok(Self {
+            dedup: client
+                .prepare(
+                    "INSERT INTO seq_dedup (sender, message_id, ts, max_sequencing_ts)
+                     SELECT * FROM unnest($1::int[], $2::text[], $3::bigint[], $4::bigint[])
+                     ON CONFLICT (sender, message_id) DO UPDATE
+                        SET ts = EXCLUDED.ts, max_sequencing_ts = EXCLUDED.max_sequencing_ts
+                        WHERE seq_dedup.max_sequencing_ts < EXCLUDED.ts
+                     RETURNING sender, message_id",
+                )
+                .await?,
+            dedup_lookup: client
+                .prepare(
+                    "SELECT d.sender, d.message_id, d.ts FROM seq_dedup d
+                     JOIN unnest($1::int[], $2::text[]) AS k(sender, message_id)
+                       ON d.sender = k.sender AND d.message_id = k.message_id",
+                )
+                .await?,
+            events: client
+                .prepare(
+                    "INSERT INTO seq_events (ts, instance_index, sender, message_id, recipients, submission, content, signature)
+                     SELECT t.ts, $2, t.sender, t.message_id, t.recipients::int[], t.submission, t.content, t.signature
+                     FROM unnest($1::bigint[], $3::int[], $4::text[], $5::text[], $6::bytea[], $7::bytea[], $8::bytea[])
+                       AS t(ts, sender, message_id, recipients, submission, content, signature)",
+                )
+                .await?,
+            recipients: client
+                .prepare("INSERT INTO seq_recipients (member_id, ts) SELECT * FROM unnest($1::int[], $2::bigint[])")
+                .await?,
+            watermark: client
+                .prepare(
+                    "WITH u AS (
+                        UPDATE seq_instances SET watermark_ts = $1, heartbeat_at = clock_timestamp()
+                        WHERE instance_index = $2 AND owner = $3::text::uuid AND online
+                        RETURNING instance_index)
+                     SELECT pg_notify('seq_watermark', $2::text || ':' || $1::text || ':' || $4::text) FROM u",
+                )
+                .await?,
+        })
+    }
+}
+
+/// Test-only fault injection: a pause right before the batch's COMMIT.
+#[derive(Debug, Clone, Default)]
+pub struct FaultHooks {
+    pub delay_before_commit: Option<Duration>,
+}
+
+/// Commits one writer batch: dedup, events, recipients, registrations and the
+/// watermark advance in a single transaction (one fsync for the whole batch).
+#[allow(clippy::too_many_arguments)]
+pub async fn commit_batch(
+    client: &mut Client,
+    stmts: &WriterStatements,
+    index: i16,
+    owner: &uuid_like::Owner,
+    events: &[NewEvent],
+    registrations: &[NewRegistration],
+    watermark: i64,
+    faults: &FaultHooks,
+) -> Result<BatchOutcome, StoreError> {
+    let tx = client.transaction().await?;
+    let mut outcome = BatchOutcome::default();
+    let mut fresh = std::collections::HashSet::new();
+    if !events.is_empty() {
+        // Keys are sorted by the caller so concurrent batches lock dedup rows in
+        // one global order and cannot deadlock.
+        let senders: Vec<i32> = events.iter().map(|e| e.sender).collect();
+        let ids: Vec<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
+        let tss: Vec<i64> = events.iter().map(|e| e.ts).collect();
+        let msts: Vec<i64> = events.iter().map(|e| e.max_sequencing_ts).collect();
+        for row in tx.query(&stmts.dedup, &[&senders, &ids, &tss, &msts]).await? {
+            let s: i32 = row.get(0);
+            let m: String = row.get(1);
+            fresh.insert((s, m));
+        }
+        if fresh.len() < events.len() {
+            let dup: Vec<&NewEvent> = events
+                .iter()
+                .filter(|e| !fresh.contains(&(e.sender, e.message_id.clone())))
+                .collect();
+            let ds: Vec<i32> = dup.iter().map(|e| e.sender).collect();
+            let di: Vec<&str> = dup.iter().map(|e| e.message_id.as_str()).collect();
+            for row in tx.query(&stmts.dedup_lookup, &[&ds, &di]).await? {
+                outcome.duplicates.push(((row.get(0), row.get(1)), row.get(2)));
+            }
+        }
+        let new: Vec<&NewEvent> = events
+            .iter()
+            .filter(|e| fresh.contains(&(e.sender, e.message_id.clone())))
+            .collect();
+        if !new.is_empty() {
+            let ts: Vec<i64> = new.iter().map(|e| e.ts).collect();
+            let sender: Vec<i32> = new.iter().map(|e| e.sender).collect();
+            let mid: Vec<&str> = new.iter().map(|e| e.message_id.as_str()).collect();
+            let rec: Vec<String> = new.iter().map(|e| int_array_literal(&e.recipients)).collect();
+            let sub: Vec<&[u8]> = new.iter().map(|e| e.submission.as_slice()).collect();
+            let con: Vec<&[u8]> = new.iter().map(|e| e.content.as_slice()).collect();
+            let sig: Vec<&[u8]> = new.iter().map(|e| e.signature.as_slice()).collect();
+            let params: [&(dyn ToSql + Sync); 8] = [&ts, &index, &sender, &mid, &rec, &sub, &con, &sig];
+            tx.execute(&stmts.events, &params).await?;
+            let mut rm = Vec::new();
+            let mut rt = Vec::new();
+            for e in &new {
+                for r in &e.recipients {
+                    rm.push(*r);
+                    rt.push(e.ts);
+                }
+            }
+            tx.execute(&stmts.recipients, &[&rm, &rt]).await?;
+        }
+    }
+    for reg in registrations {
+        let row = tx
+            .query_one(
+                "INSERT INTO seq_members (member, public_key, registered_ts) VALUES ($1, $2, $3)
+                 ON CONFLICT (member) DO UPDATE SET enabled = true,
+                     public_key = coalesce(seq_members.public_key, EXCLUDED.public_key)
+                 RETURNING id, registered_ts",
+                &[&reg.member, &reg.public_key, &reg.ts],
+            )
+            .await?;
+        let id: i32 = row.get(0);
+        let registered_ts: i64 = row.get(1);
+        tx.execute(
+            "INSERT INTO seq_checkpoints (member_id, counter, ts) VALUES ($1, -1, $2) ON CONFLICT DO NOTHING",
+            &[&id, &registered_ts],
+        )
+        .await?;
+        outcome.registered.push((reg.member.clone(), registered_ts));
+    }
+    if !registrations.is_empty() {
+        tx.execute("SELECT pg_notify($1, 'registered')", &[&MEMBERS_CHANNEL]).await?;
+    }
+    if let Some(delay) = faults.delay_before_commit {
+        tokio::time::sleep(delay).await;
+    }
+    let kind = if events.is_empty() { "h" } else { "e" };
+    let updated = tx.query(&stmts.watermark, &[&watermark, &index, &owner.0, &kind]).await?;
+    if updated.is_empty() {
+        // Dropping the transaction rolls it back: nothing of this batch is visible.
+        return Err(StoreError::Fenced { index });
+    }
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Advances the watermark without events (idle keep-alive).
+pub async fn heartbeat(
+    client: &Client,
+    stmts: &WriterStatements,
+    index: i16,
+    owner: &uuid_like::Owner,
+    watermark: i64,
+) -> Result<(), StoreError> {
+    let rows = client.query(&stmts.watermark, &[&watermark, &index, &owner.0, &"h"]).await?;
+    if rows.is_empty() {
+        return Err(StoreError::Fenced { index });
+    }
+    Ok(())
+}
+
+/// Marks peers whose heartbeat is older than `offline_after` offline. A peer
+/// stuck inside a transaction holds its row lock; after `lock_timeout` we abort
+/// its backend so the row can be marked. Returns the indexes marked offline.
+pub async fn mark_lagging_offline(
+    client: &mut impl GenericClientExt,
+    own_index: i16,
+    offline_after: Duration,
+) -> Result<Vec<i16>, StoreError> {
+    let secs = offline_after.as_secs_f64();
+    match client.mark_offline(own_index, secs).await {
+        Ok(v) => Ok(v),
+        Err(StoreError::Db(e)) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+            client.terminate_stuck(own_index, secs).await?;
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The two statements of offline detection, implemented for pooled clients.
+pub trait GenericClientExt {
+    fn mark_offline(
+        &mut self,
+        own_index: i16,
+        secs: f64,
+    ) -> impl std::future::Future<Output = Result<Vec<i16>, StoreError>> + Send;
+    fn terminate_stuck(&mut self, own_index: i16, secs: f64) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl GenericClientExt for deadpool_postgres::Object {
+    async fn mark_offline(&mut self, own_index: i16, secs: f64) -> Result<Vec<i16>, StoreError> {
+        let tx = self.transaction().await?;
+        tx.batch_execute("SET LOCAL lock_timeout = '200ms'").await?;
+        let rows = tx
+            .query(
+                "UPDATE seq_instances SET online = false
+                 WHERE online AND instance_index <> $1
+                   AND heartbeat_at < clock_timestamp() - make_interval(secs => $2)
+                 RETURNING instance_index",
+                &[&own_index, &secs],
+            )
+            .await?;
+        let marked: Vec<i16> = rows.iter().map(|r| r.get(0)).collect();
+        for idx in &marked {
+            tx.execute("SELECT pg_notify($1, $2)", &[&WATERMARK_CHANNEL, &format!("{idx}:offline")])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(marked)
+    }
+
+    async fn terminate_stuck(&mut self, own_index: i16, secs: f64) -> Result<(), StoreError> {
+        let rows = self
+            .query(
+                "SELECT instance_index, writer_pid, pg_terminate_backend(writer_pid) FROM seq_instances
+                 WHERE online AND instance_index <> $1 AND writer_pid IS NOT NULL
+                   AND heartbeat_at < clock_timestamp() - make_interval(secs => $2)",
+                &[&own_index, &secs],
+            )
+            .await?;
+        for row in rows {
+            let idx: i16 = row.get(0);
+            let pid: i32 = row.get(1);
+            tracing::warn!(instance = idx, pid, "aborted writer stuck inside a transaction");
+        }
+        Ok(())
+    }
+}
+
+/// Returns the safe watermark: readers may deliver every event at or below it.
+pub async fn safe_watermark(client: &impl GenericClient) -> Result<i64, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(min(watermark_ts) FILTER (WHERE online), max(watermark_ts), 0)::bigint FROM seq_instances",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+pub async fn list_instances(client: &impl GenericClient) -> Result<Vec<InstanceRow>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT instance_index, online, watermark_ts,
+                    (extract(epoch FROM clock_timestamp()) * 1000000)::bigint - watermark_ts, public_address
+             FROM seq_instances ORDER BY instance_index",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| InstanceRow {
+            index: r.get(0),
+            online: r.get(1),
+            watermark_ts: r.get(2),
+            lag_micros: r.get(3),
+            address: r.get(4),
+        })
+        .collect())
+}
+
+const EVENT_COLUMNS: &str = "e.ts, e.sender, e.message_id, e.recipients, e.submission, e.content, e.signature";
+
+fn event_from_row(r: &tokio_postgres::Row) -> StoredEvent {
+    StoredEvent {
+        ts: r.get(0),
+        sender: r.get(1),
+        message_id: r.get(2),
+        recipients: r.get(3),
+        submission: r.get(4),
+        content: r.get(5),
+        signature: r.get(6),
+    }
+}
+
+/// Reads all events in `(after, up_to]`, at most `limit`, in timestamp order.
+pub async fn read_global(
+    client: &impl GenericClient,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM seq_events e WHERE e.ts > $1 AND e.ts <= $2 ORDER BY e.ts LIMIT $3");
+    let rows = client.query(&sql, &[&after, &up_to, &limit]).await?;
+    Ok(rows.iter().map(event_from_row).collect())
+}
+
+/// The member's event timestamps in `(after, up_to]`: its own recipient rows
+/// merged with broadcasts after its registration, via two ordered index scans.
+const MEMBER_TS_UNION: &str = "(SELECT ts FROM seq_recipients WHERE member_id = $1 AND ts > $2 AND ts <= $3 ORDER BY ts LIMIT $4)
+     UNION ALL
+     (SELECT ts FROM seq_recipients WHERE member_id = -1 AND ts > greatest($2, $5) AND ts <= $3 ORDER BY ts LIMIT $4)";
+
+/// Returns up to `limit` timestamps of the member's events in `(after, up_to]`.
+pub async fn member_timestamps(
+    client: &impl GenericClient,
+    member_id: i32,
+    registered_ts: i64,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let sql = format!("SELECT ts FROM ({MEMBER_TS_UNION}) u ORDER BY ts LIMIT $4");
+    let rows = client
+        .query(&sql, &[&member_id, &after, &up_to, &limit, &registered_ts])
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Returns up to `limit` of the member's full events in `(after, up_to]`.
+pub async fn member_events(
+    client: &impl GenericClient,
+    member_id: i32,
+    registered_ts: i64,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM ({MEMBER_TS_UNION}) u JOIN seq_events e ON e.ts = u.ts ORDER BY e.ts LIMIT $4"
+    );
+    let rows = client
+        .query(&sql, &[&member_id, &after, &up_to, &limit, &registered_ts])
+        .await?;
+    Ok(rows.iter().map(event_from_row).collect())
+}
+
+/// Returns the nearest checkpoint `(counter, ts)` strictly below `counter`.
+pub async fn checkpoint_below(
+    client: &impl GenericClient,
+    member_id: i32,
+    counter: i64,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT counter, ts FROM seq_checkpoints WHERE member_id = $1 AND counter < $2 ORDER BY counter DESC LIMIT 1",
+            &[&member_id, &counter],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Writes checkpoints at `up_to` (a safe watermark) for every member with at
+/// least `min_new` events since its last checkpoint. Deterministic, so several
+/// instances may run it; an advisory lock keeps them from doing it at once.
+pub async fn write_checkpoints(
+    client: &mut deadpool_postgres::Object,
+    up_to: i64,
+    min_new: i64,
+) -> Result<u64, StoreError> {
+    let tx = client.transaction().await?;
+    // Arbitrary but stable advisory lock key: "seq checkpointer".
+    let locked: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock(7_301_001)", &[])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(0);
+    }
+    let n = tx
+        .execute(
+            "INSERT INTO seq_checkpoints (member_id, counter, ts)
+             SELECT m.id, cp.counter + x.n, x.max_ts
+             FROM seq_members m
+             CROSS JOIN LATERAL (SELECT counter, ts FROM seq_checkpoints c WHERE c.member_id = m.id
+                                 ORDER BY counter DESC LIMIT 1) cp
+             CROSS JOIN LATERAL (
+                 SELECT count(*) AS n, max(u.ts) AS max_ts FROM (
+                     SELECT r.ts FROM seq_recipients r WHERE r.member_id = m.id AND r.ts > cp.ts AND r.ts <= $1
+                     UNION ALL
+                     SELECT r.ts FROM seq_recipients r WHERE r.member_id = -1 AND r.ts > greatest(cp.ts, m.registered_ts)
+                                                         AND r.ts <= $1) u) x
+             WHERE x.n >= $2
+             ON CONFLICT DO NOTHING",
+            &[&up_to, &min_new],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+pub async fn load_members(client: &impl GenericClient) -> Result<Vec<MemberRow>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT id, member, public_key, enabled, registered_ts, acknowledged_ts FROM seq_members",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| MemberRow {
+            id: r.get(0),
+            member: r.get(1),
+            public_key: r.get(2),
+            enabled: r.get(3),
+            registered_ts: r.get(4),
+            acknowledged_ts: r.get(5),
+        })
+        .collect())
+}
+
+/// Binds a member's public key if none is bound yet; returns the bound key.
+pub async fn bind_public_key(client: &impl GenericClient, member: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    let row = client
+        .query_opt(
+            "UPDATE seq_members SET public_key = coalesce(public_key, $2) WHERE member = $1 RETURNING public_key",
+            &[&member, &key],
+        )
+        .await?;
+    Ok(row.and_then(|r| r.get(0)))
+}
+
+/// Disables a member, revokes its tokens and nonces, and tells every instance.
+pub async fn disable_member(client: &mut deadpool_postgres::Object, member: &str) -> Result<bool, StoreError> {
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute("UPDATE seq_members SET enabled = false WHERE member = $1", &[&member])
+        .await?;
+    tx.execute("DELETE FROM seq_tokens WHERE member = $1", &[&member]).await?;
+    tx.execute("DELETE FROM seq_nonces WHERE member = $1", &[&member]).await?;
+    tx.execute("SELECT pg_notify($1, $2)", &[&MEMBERS_CHANNEL, &format!("disabled:{member}")])
+        .await?;
+    tx.commit().await?;
+    Ok(n > 0)
+}
+
+pub async fn insert_nonce(
+    client: &impl GenericClient,
+    nonce: &[u8],
+    member: &str,
+    public_key: &[u8],
+    ttl: Duration,
+) -> Result<i64, StoreError> {
+    let row = client
+        .query_one(
+            "INSERT INTO seq_nonces (nonce, member, public_key, expires_at)
+             VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4))
+             RETURNING (extract(epoch FROM expires_at) * 1000000)::bigint",
+            &[&nonce, &member, &public_key, &ttl.as_secs_f64()],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Consumes a nonce (single use). Returns the public key it was issued for,
+/// or None when it is unknown, expired, already used or for another member.
+pub async fn take_nonce(client: &impl GenericClient, nonce: &[u8], member: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let row = client
+        .query_opt(
+            "DELETE FROM seq_nonces WHERE nonce = $1 AND member = $2 RETURNING public_key, expires_at > clock_timestamp()",
+            &[&nonce, &member],
+        )
+        .await?;
+    Ok(row.and_then(|r| if r.get::<_, bool>(1) { Some(r.get(0)) } else { None }))
+}
+
+pub async fn insert_token(
+    client: &impl GenericClient,
+    token_hash: &[u8],
+    member: &str,
+    ttl: Duration,
+) -> Result<i64, StoreError> {
+    let row = client
+        .query_one(
+            "INSERT INTO seq_tokens (token_hash, member, expires_at)
+             VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3))
+             RETURNING (extract(epoch FROM expires_at) * 1000000)::bigint",
+            &[&token_hash, &member, &ttl.as_secs_f64()],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Returns the member and expiry (micros) of a live token.
+pub async fn lookup_token(client: &impl GenericClient, token_hash: &[u8]) -> Result<Option<(String, i64)>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT member, (extract(epoch FROM expires_at) * 1000000)::bigint FROM seq_tokens
+             WHERE token_hash = $1 AND expires_at > clock_timestamp()",
+            &[&token_hash],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Moves a member's acknowledgement forward (never backwards).
+pub async fn acknowledge(client: &impl GenericClient, member_id: i32, ts: i64) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE seq_members SET acknowledged_ts = greatest(coalesce(acknowledged_ts, 0), $2) WHERE id = $1",
+            &[&member_id, &ts],
+        )
+        .await?;
+    Ok(())
+}
+
+pub async fn lower_bound(client: &impl GenericClient) -> Result<i64, StoreError> {
+    Ok(client.query_one("SELECT ts FROM seq_lower_bound", &[]).await?.get(0))
+}
+
+/// Prunes events acknowledged by every enabled member, in bounded batches.
+/// First writes a checkpoint at the pruning point for every member so that
+/// counters stay derivable, then raises the lower bound, then deletes.
+/// Returns (new lower bound, events deleted).
+pub async fn prune(
+    client: &mut deadpool_postgres::Object,
+    safe_watermark: i64,
+    batch: i64,
+) -> Result<(i64, u64), StoreError> {
+    let row = client
+        .query_one(
+            "SELECT min(coalesce(acknowledged_ts, registered_ts)) FILTER (WHERE enabled) FROM seq_members",
+            &[],
+        )
+        .await?;
+    let bound: Option<i64> = row.get(0);
+    let current = lower_bound(&***client).await?;
+    let Some(bound) = bound.map(|b| b.min(safe_watermark)) else {
+        return Ok((current, 0));
+    };
+    if bound <= current {
+        return Ok((current, 0));
+    }
+    // Checkpoints at exactly `bound` (minimum 1 new event), then the bound itself.
+    {
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO seq_checkpoints (member_id, counter, ts)
+             SELECT m.id, cp.counter + x.n, x.max_ts
+             FROM seq_members m
+             CROSS JOIN LATERAL (SELECT counter, ts FROM seq_checkpoints c WHERE c.member_id = m.id AND c.ts <= $1
+                                 ORDER BY counter DESC LIMIT 1) cp
+             CROSS JOIN LATERAL (
+                 SELECT count(*) AS n, max(u.ts) AS max_ts FROM (
+                     SELECT r.ts FROM seq_recipients r WHERE r.member_id = m.id AND r.ts > cp.ts AND r.ts <= $1
+                     UNION ALL
+                     SELECT r.ts FROM seq_recipients r WHERE r.member_id = -1 AND r.ts > greatest(cp.ts, m.registered_ts)
+                                                         AND r.ts <= $1) u) x
+             WHERE x.n >= 1
+             ON CONFLICT DO NOTHING",
+            &[&bound],
+        )
+        .await?;
+        tx.execute("UPDATE seq_lower_bound SET ts = greatest(ts, $1)", &[&bound])
+            .await?;
+        tx.commit().await?;
+    }
+    let mut deleted = 0u64;
+    loop {
+        // Bounded deletes keep each transaction short; writers insert above the
+        // bound and never touch these rows, so nothing blocks them.
+        let n = client
+            .execute(
+                "DELETE FROM seq_events WHERE ts IN (SELECT ts FROM seq_events WHERE ts <= $1 ORDER BY ts LIMIT $2)",
+                &[&bound, &batch],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM seq_recipients WHERE (member_id, ts) IN
+                   (SELECT member_id, ts FROM seq_recipients WHERE ts <= $1 LIMIT $2)",
+                &[&bound, &batch],
+            )
+            .await?;
+        deleted += n;
+        if n < batch as u64 {
+            break;
+        }
+    }
+    client
+        .execute(
+            "DELETE FROM seq_recipients WHERE ts <= $1",
+            &[&bound],
+        )
+        .await?;
+    client
+        .execute(
+            "DELETE FROM seq_dedup WHERE max_sequencing_ts < $1",
+            &[&bound],
+        )
+        .await?;
+    client
+        .execute("DELETE FROM seq_nonces WHERE expires_at < clock_timestamp()", &[])
+        .await?;
+    client
+        .execute("DELETE FROM seq_tokens WHERE expires_at < clock_timestamp()", &[])
+        .await?;
+    Ok((bound, deleted))
+}
+
+fn int_array_literal(v: &[i32]) -> String {
+    let mut s = String::with_capacity(2 + v.len() * 4);
+    s.push('{');
+    for (i, x) in v.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&x.to_string());
+    }
+    s.push('}');
+    s
+}
+
+/// The owner token of a writer process (a random UUID in text form, so we need
+/// no uuid crate; Postgres parses it).
+pub mod uuid_like {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Owner(pub String);
+
+    impl Owner {
+        pub fn random() -> Self {
+            let mut b = [0u8; 16];
+            let _ = getrandom::fill(&mut b);
+            b[6] = (b[6] & 0x0f) | 0x40;
+            b[8] = (b[8] & 0x3f) | 0x80;
+            let h = hex::encode(b);
+            Owner(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int_array_literal_formats() {
+        assert_eq!(int_array_literal(&[]), "{}");
+        assert_eq!(int_array_literal(&[1, -1, 30]), "{1,-1,30}");
+    }
+
+    #[test]
+    fn owner_is_uuid_shaped() {
+        let o = uuid_like::Owner::random();
+        assert_eq!(o.0.len(), 36);
+        assert_eq!(o.0.matches('-').count(), 4);
+    }
+}

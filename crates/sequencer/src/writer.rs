@@ -1,0 +1,407 @@
+//! The writer: one task per instance that owns an instance index, assigns
+//! partitioned timestamps, signs each event once, and group-commits batches
+//! together with its watermark (one fsync per batch).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use domain_identity::{SignaturePurpose, SigningKeyPair};
+use domain_proto::v1::SignedEventContent;
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::SequencerError;
+use crate::metrics as m;
+use crate::store::{self, FaultHooks, NewEvent, NewRegistration, StoreError, WriterStatements, uuid_like::Owner};
+use crate::timestamp::{PartitionedTimestampGenerator, now_micros};
+
+/// A validated submission waiting to be sequenced.
+pub struct Submission {
+    pub sender_id: i32,
+    pub sender: String,
+    pub message_id: String,
+    /// Resolved recipient ids, sender included; `[BROADCAST_MEMBER_ID]` for a broadcast.
+    pub recipients: Vec<i32>,
+    pub submission: Vec<u8>,
+    pub envelope_hashes: Vec<Vec<u8>>,
+    pub time_proof: bool,
+    pub max_sequencing_ts: i64,
+    pub reply: oneshot::Sender<Result<SendOutcome, SequencerError>>,
+    pub enqueued: Instant,
+}
+
+/// Result of a successful send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendOutcome {
+    pub ts: i64,
+    pub deduplicated: bool,
+}
+
+pub enum WriteCommand {
+    Submit(Submission),
+    Register {
+        member: String,
+        public_key: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<i64, SequencerError>>,
+    },
+}
+
+/// What the writer publishes about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriterState {
+    pub online: bool,
+    pub index: Option<i16>,
+    pub watermark: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    pub modulus: u16,
+    pub max_batch: usize,
+    pub keepalive: Duration,
+    pub commit_timeout: Duration,
+    pub address: String,
+    pub faults: FaultHooks,
+}
+
+/// Cheap handle used by the gRPC handlers.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<WriteCommand>,
+    state: watch::Receiver<WriterState>,
+}
+
+impl WriterHandle {
+    pub fn state(&self) -> WriterState {
+        *self.state.borrow()
+    }
+
+    pub fn watch_state(&self) -> watch::Receiver<WriterState> {
+        self.state.clone()
+    }
+
+    /// Queues a command; a full queue is an explicit, retryable overload.
+    pub fn try_enqueue(&self, cmd: WriteCommand) -> Result<(), SequencerError> {
+        if !self.state.borrow().online {
+            return Err(SequencerError::InstanceOffline("writer is recovering".into()));
+        }
+        self.tx.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SequencerError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => SequencerError::InstanceOffline("writer stopped".into()),
+        })
+    }
+
+    /// Registers a member through the writer so its registration timestamp is
+    /// covered by the watermark protocol like any event.
+    pub async fn register(&self, member: String, public_key: Option<Vec<u8>>) -> Result<i64, SequencerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(WriteCommand::Register { member, public_key, reply })
+            .await
+            .map_err(|_| SequencerError::InstanceOffline("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| SequencerError::InstanceOffline("writer dropped the request".into()))?
+    }
+}
+
+pub struct Writer {
+    pub settings: WriterSettings,
+    pub db: domain_storage::DatabaseConfig,
+    pub domain_id: String,
+    pub sequencer_id: String,
+    pub key: Arc<SigningKeyPair>,
+    /// Highest watermark another instance announced with an event batch.
+    pub peer_event_watermark: watch::Receiver<i64>,
+    pub last_db_success: Arc<std::sync::atomic::AtomicI64>,
+}
+
+pub fn channel(queue: usize) -> (mpsc::Sender<WriteCommand>, mpsc::Receiver<WriteCommand>, watch::Sender<WriterState>, WriterHandle) {
+    let (tx, rx) = mpsc::channel(queue);
+    let (state_tx, state_rx) = watch::channel(WriterState::default());
+    let handle = WriterHandle { tx: tx.clone(), state: state_rx };
+    (tx, rx, state_tx, handle)
+}
+
+impl Writer {
+    /// Runs until `shutdown`: connect, go online, write; on any failure go
+    /// through recovery (a fresh online transition) before writing again.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<WriteCommand>,
+        state: watch::Sender<WriterState>,
+        shutdown: CancellationToken,
+    ) {
+        let owner = Owner::random();
+        let mut backoff = Duration::from_millis(50);
+        let mut preferred = None;
+        while !shutdown.is_cancelled() {
+            match self.run_online(&owner, &mut rx, &state, &shutdown, &mut preferred).await {
+                Ok(()) => break,
+                Err(e) => {
+                    state.send_modify(|s| s.online = false);
+                    metrics::gauge!(m::WRITER_ONLINE).set(0.0);
+                    tracing::warn!(error = %e, "writer left online state; recovering");
+                    fail_queued(&mut rx, || SequencerError::InstanceOffline("writer is recovering".into()));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        state.send_modify(|s| s.online = false);
+        fail_queued(&mut rx, || SequencerError::InstanceOffline("sequencer is shutting down".into()));
+    }
+
+    async fn run_online(
+        &mut self,
+        owner: &Owner,
+        rx: &mut mpsc::Receiver<WriteCommand>,
+        state: &watch::Sender<WriterState>,
+        shutdown: &CancellationToken,
+        preferred: &mut Option<i16>,
+    ) -> Result<(), StoreError> {
+        let (mut client, conn_task) = domain_storage::dedicated_connection(&self.db)
+            .await
+            .map_err(|e| StoreError::Connect(e.to_string()))?;
+        let _abort_conn = AbortOnDrop(conn_task);
+        let stmts = WriterStatements::prepare(&client).await?;
+        let (index, floor) =
+            store::go_online(&mut client, self.settings.modulus, owner.clone(), now_micros(), &self.settings.address, *preferred)
+                .await?;
+        *preferred = Some(index);
+        let mut generator = PartitionedTimestampGenerator::new(index as u16, self.settings.modulus, floor);
+        tracing::info!(instance = index, watermark = floor, "writer online");
+        self.mark_db_success();
+        state.send_replace(WriterState { online: true, index: Some(index), watermark: floor });
+        metrics::gauge!(m::WRITER_ONLINE).set(1.0);
+        metrics::gauge!(m::INSTANCE_INDEX).set(f64::from(index));
+
+        let mut keepalive = tokio::time::interval(self.settings.keepalive);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_write = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    let _ = store::go_offline(&client, index, owner).await;
+                    return Ok(());
+                }
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { return Ok(()) };
+                    let mut batch = vec![cmd];
+                    // Group commit: take whatever queued up while the last batch
+                    // committed, so batches grow with load and latency stays low when idle.
+                    while batch.len() < self.settings.max_batch {
+                        match rx.try_recv() {
+                            Ok(c) => batch.push(c),
+                            Err(_) => break,
+                        }
+                    }
+                    self.write_batch(&mut client, &stmts, index, owner, &mut generator, batch, state).await?;
+                    last_write = Instant::now();
+                }
+                changed = self.peer_event_watermark.changed() => {
+                    if changed.is_err() { continue; }
+                    let peer = *self.peer_event_watermark.borrow_and_update();
+                    // Readers wait for min(watermarks): overtake a peer's event batch at
+                    // once instead of at the next keep-alive.
+                    if peer >= generator.last() {
+                        let wm = generator.next_above(now_micros(), peer);
+                        self.heartbeat(&client, &stmts, index, owner, wm, state).await?;
+                        last_write = Instant::now();
+                    }
+                }
+                _ = keepalive.tick() => {
+                    if last_write.elapsed() >= self.settings.keepalive {
+                        let wm = generator.next(now_micros());
+                        self.heartbeat(&client, &stmts, index, owner, wm, state).await?;
+                        last_write = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        client: &tokio_postgres::Client,
+        stmts: &WriterStatements,
+        index: i16,
+        owner: &Owner,
+        wm: i64,
+        state: &watch::Sender<WriterState>,
+    ) -> Result<(), StoreError> {
+        match tokio::time::timeout(self.settings.commit_timeout, store::heartbeat(client, stmts, index, owner, wm)).await {
+            Ok(Ok(())) => {
+                self.mark_db_success();
+                state.send_modify(|s| s.watermark = wm);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::Timeout(self.settings.commit_timeout)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_batch(
+        &self,
+        client: &mut tokio_postgres::Client,
+        stmts: &WriterStatements,
+        index: i16,
+        owner: &Owner,
+        generator: &mut PartitionedTimestampGenerator,
+        batch: Vec<WriteCommand>,
+        state: &watch::Sender<WriterState>,
+    ) -> Result<(), StoreError> {
+        let now = now_micros();
+        let peer = *self.peer_event_watermark.borrow();
+        let mut events: Vec<NewEvent> = Vec::with_capacity(batch.len());
+        let mut pending: Vec<(Submission, i64)> = Vec::with_capacity(batch.len());
+        let mut registrations = Vec::new();
+        let mut reg_replies = Vec::new();
+        let mut seen = std::collections::HashMap::new();
+        let mut first = true;
+        for cmd in batch {
+            let ts = if first { generator.next_above(now, peer) } else { generator.next(now) };
+            first = false;
+            match cmd {
+                WriteCommand::Register { member, public_key, reply } => {
+                    registrations.push(NewRegistration { member, public_key, ts });
+                    reg_replies.push(reply);
+                }
+                WriteCommand::Submit(sub) => {
+                    if ts > sub.max_sequencing_ts {
+                        metrics::counter!(m::SENDS, "outcome" => "max_sequencing_time_exceeded").increment(1);
+                        let _ = sub.reply.send(Err(SequencerError::MaxSequencingTimeExceeded {
+                            max_sequencing_time: sub.max_sequencing_ts,
+                            now: ts,
+                        }));
+                        continue;
+                    }
+                    let key = (sub.sender_id, sub.message_id.clone());
+                    if seen.contains_key(&key) {
+                        // Same (sender, message id) twice in one batch: the second is a retry.
+                        pending.push((sub, i64::MIN));
+                        continue;
+                    }
+                    seen.insert(key, ts);
+                    let content = SignedEventContent {
+                        domain_id: self.domain_id.clone(),
+                        timestamp_micros: ts,
+                        sender: sub.sender.clone(),
+                        message_id_hash: Sha256::digest(sub.message_id.as_bytes()).to_vec(),
+                        envelope_hashes: sub.envelope_hashes.clone(),
+                        time_proof: sub.time_proof,
+                    }
+                    .encode_to_vec();
+                    let signature = self
+                        .key
+                        .sign_with_domain_str(SignaturePurpose::SequencedEvent, &self.domain_id, &content)
+                        .map_err(|e| StoreError::Internal(format!("cannot sign event: {e}")))?;
+                    events.push(NewEvent {
+                        ts,
+                        sender: sub.sender_id,
+                        message_id: sub.message_id.clone(),
+                        recipients: sub.recipients.clone(),
+                        submission: sub.submission.clone(),
+                        content,
+                        signature: signature.to_bytes().to_vec(),
+                        max_sequencing_ts: sub.max_sequencing_ts,
+                    });
+                    pending.push((sub, ts));
+                }
+            }
+        }
+        // Dedup rows are locked in one global order so concurrent batches on
+        // different instances cannot deadlock.
+        events.sort_by(|a, b| (a.sender, &a.message_id).cmp(&(b.sender, &b.message_id)));
+        let watermark = generator.last();
+        metrics::histogram!(m::BATCH_SIZE).record(events.len() as f64);
+        let started = Instant::now();
+        let result = tokio::time::timeout(
+            self.settings.commit_timeout,
+            store::commit_batch(client, stmts, index, owner, &events, &registrations, watermark, &self.settings.faults),
+        )
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Timeout(self.settings.commit_timeout)));
+        metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(outcome) => {
+                self.mark_db_success();
+                state.send_modify(|s| s.watermark = watermark);
+                let dups: std::collections::HashMap<(i32, String), i64> = outcome.duplicates.into_iter().collect();
+                for (sub, ts) in pending {
+                    let key = (sub.sender_id, sub.message_id.clone());
+                    let result = if let Some(orig) = dups.get(&key) {
+                        SendOutcome { ts: *orig, deduplicated: true }
+                    } else if ts == i64::MIN {
+                        match dups.get(&key).copied().or_else(|| seen.get(&key).copied()) {
+                            Some(orig) => SendOutcome { ts: orig, deduplicated: true },
+                            None => continue,
+                        }
+                    } else {
+                        SendOutcome { ts, deduplicated: false }
+                    };
+                    let outcome = if result.deduplicated { "deduplicated" } else { "sequenced" };
+                    metrics::counter!(m::SENDS, "outcome" => outcome).increment(1);
+                    metrics::histogram!(m::SEND_LATENCY).record(sub.enqueued.elapsed().as_secs_f64());
+                    let _ = sub.reply.send(Ok(result));
+                }
+                for ((_, ts), reply) in outcome.registered.into_iter().zip(reg_replies) {
+                    let _ = reply.send(Ok(ts));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Fenced means the transaction rolled back: nothing was written and a
+                // retry is safe. Any other failure may have committed: the sender must
+                // retry with the same message id, which deduplication makes exactly-once.
+                let fenced = matches!(e, StoreError::Fenced { .. });
+                for (sub, _) in pending {
+                    metrics::counter!(m::SENDS, "outcome" => "failed").increment(1);
+                    let err = if fenced {
+                        SequencerError::InstanceOffline("instance was fenced; retry".into())
+                    } else {
+                        SequencerError::OutcomeUnknown
+                    };
+                    let _ = sub.reply.send(Err(err));
+                }
+                for reply in reg_replies {
+                    let _ = reply.send(Err(SequencerError::OutcomeUnknown));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn mark_db_success(&self) {
+        self.last_db_success
+            .store(now_micros(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn fail_queued(rx: &mut mpsc::Receiver<WriteCommand>, err: impl Fn() -> SequencerError) {
+    while let Ok(cmd) = rx.try_recv() {
+        match cmd {
+            WriteCommand::Submit(s) => {
+                let _ = s.reply.send(Err(err()));
+            }
+            WriteCommand::Register { reply, .. } => {
+                let _ = reply.send(Err(err()));
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
