@@ -205,7 +205,11 @@ where
     }
 
     let env_entries = env_entries(env, env_prefix)?;
-    apply_entries::<T>(&mut tree, &env_entries, Origin::Env(format!("{env_prefix}__*")))?;
+    apply_entries::<T>(
+        &mut tree,
+        &env_entries,
+        Origin::Env(format!("{env_prefix}__*")),
+    )?;
 
     let flag_entries = overrides
         .iter()
@@ -255,7 +259,16 @@ where
     if args.dump_config {
         match dump(&config) {
             Ok(text) => {
-                print!("{text}");
+                use std::io::Write as _;
+                let mut stdout = std::io::stdout().lock();
+                // `exit` skips destructors, so flush explicitly.
+                if stdout
+                    .write_all(text.as_bytes())
+                    .and_then(|()| stdout.flush())
+                    .is_err()
+                {
+                    std::process::exit(EXIT_USAGE);
+                }
                 std::process::exit(0);
             }
             Err(error) => exit_usage(component, &error),
@@ -563,6 +576,9 @@ mod tests {
         tree.insert("a".into(), Value::Integer(1));
         let error = set_path(&mut tree, &["a".into(), "b".into()], Value::Integer(2))
             .expect_err("a is not a table");
-        assert!(error.contains("`a` already holds a value of type integer"), "{error}");
+        assert!(
+            error.contains("`a` already holds a value of type integer"),
+            "{error}"
+        );
     }
 }

@@ -54,10 +54,7 @@ pub struct GrpcServerConfig {
     pub http2_keepalive_timeout: Duration,
     /// Close connections after this age (with a grace period of the same length), so clients
     /// behind an L4 load balancer re-spread over replicas. Default: unset (never).
-    #[serde(
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub max_connection_age: Option<Duration>,
     /// TLS for this listener; plaintext when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -152,10 +149,8 @@ pub async fn serve<L, ResBody>(
 ) -> Result<(), GrpcError>
 where
     L: tower::Layer<Routes>,
-    L::Service: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<ResBody>,
-        > + Clone
+    L::Service: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
+        + Clone
         + Send
         + 'static,
     <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send,
@@ -179,7 +174,9 @@ pub struct HealthHandle {
 
 /// Creates the `grpc.health.v1.Health` service: `""` NOT_SERVING until
 /// [`HealthHandle::set_ready`], `"liveness"` SERVING.
-pub async fn health_service(max_message_size: usize) -> (HealthHandle, HealthServer<HealthService>) {
+pub async fn health_service(
+    max_message_size: usize,
+) -> (HealthHandle, HealthServer<HealthService>) {
     let reporter = HealthReporter::new();
     reporter
         .set_service_status("", ServingStatus::NotServing)

@@ -28,9 +28,7 @@ pub const SECONDS_BUCKETS: &[f64] = &[
 ];
 
 /// Buckets for count-style histograms (names ending `_size` / `_batch_size`).
-pub const COUNT_BUCKETS: &[f64] = &[
-    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0,
-];
+pub const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
 /// Name of the counter of RPCs started.
 pub const GRPC_SERVER_STARTED: &str = "grpc_server_started_total";

@@ -97,10 +97,17 @@ mod tests {
     async fn drain_tracker_waits_for_tasks() {
         let tracker = TaskTracker::new();
         tracker.spawn(tokio::time::sleep(Duration::from_millis(10)));
-        assert_eq!(drain_tracker(Duration::from_secs(1), &tracker).await, Ok(()));
+        assert_eq!(
+            drain_tracker(Duration::from_secs(1), &tracker).await,
+            Ok(())
+        );
 
         let tracker = TaskTracker::new();
         tracker.spawn(tokio::time::sleep(Duration::from_secs(60)));
-        assert!(drain_tracker(Duration::from_millis(50), &tracker).await.is_err());
+        assert!(
+            drain_tracker(Duration::from_millis(50), &tracker)
+                .await
+                .is_err()
+        );
     }
 }

@@ -35,7 +35,15 @@ pub const TRACEPARENT: &str = "traceparent";
 
 /// Log line format, chosen with `--log-format`.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
@@ -327,7 +335,9 @@ where
         let parent = TraceContext::from_headers(request.headers());
         let ctx = parent.map_or_else(TraceContext::generate, |p| p.child());
         request.extensions_mut().insert(ctx);
-        let span = tracing::info_span!(
+        // ERROR level so the span is enabled under any filter: with `RUST_LOG=warn` an info
+        // span would be filtered out and warnings inside the request would lose `trace_id`.
+        let span = tracing::error_span!(
             "grpc_request",
             trace_id = %ctx.trace_id(),
             span_id = %ctx.span_id(),
@@ -497,8 +507,16 @@ mod tests {
         let current = current.expect("context is current inside the handler");
         assert_eq!(extension, Some(current));
         assert_eq!(current.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(current.span_id(), "00f067aa0ba902b7", "server span is a child");
-        assert_eq!(sent.trace_id(), current.trace_id(), "outgoing calls continue the trace");
+        assert_ne!(
+            current.span_id(),
+            "00f067aa0ba902b7",
+            "server span is a child"
+        );
+        assert_eq!(
+            sent.trace_id(),
+            current.trace_id(),
+            "outgoing calls continue the trace"
+        );
         assert_ne!(sent.span_id(), current.span_id());
 
         let line = logs
@@ -509,7 +527,10 @@ mod tests {
             line.contains(r#""trace_id":"4bf92f3577b34da6a3ce929d0e0e4736""#),
             "{line}"
         );
-        assert!(line.contains(r#""parent_span_id":"00f067aa0ba902b7""#), "{line}");
+        assert!(
+            line.contains(r#""parent_span_id":"00f067aa0ba902b7""#),
+            "{line}"
+        );
     }
 
     #[test]

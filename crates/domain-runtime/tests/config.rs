@@ -246,7 +246,10 @@ fn malformed_inputs_are_reported() {
 
     for bad in ["no-equals-sign", "=1", "a..b=1"] {
         let error = load(None, &[], &[bad]).expect_err("malformed flag");
-        assert!(matches!(error, ConfigError::Malformed { .. }), "{bad}: {error:?}");
+        assert!(
+            matches!(error, ConfigError::Malformed { .. }),
+            "{bad}: {error:?}"
+        );
     }
 
     let error = load(None, &[("SEQUENCER____X", "1")], &[]).expect_err("empty segment");
@@ -271,7 +274,10 @@ fn dumped_config_round_trips() {
     .expect("config");
     let text = config::dump(&cfg).expect("dump");
     assert!(text.contains("max-message-size = 4194304"), "{text}");
-    assert!(text.contains("http2-keepalive-interval = \"10s\""), "{text}");
+    assert!(
+        text.contains("http2-keepalive-interval = \"10s\""),
+        "{text}"
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let file = write(dir.path(), &text);

@@ -63,10 +63,9 @@ fn check_sample_line(line: &str) -> Result<(), String> {
         .find(['{', ' '])
         .ok_or_else(|| format!("no value: {line}"))?;
     let name = &line[..name_end];
-    let valid_name = name
-        .chars()
-        .enumerate()
-        .all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()));
+    let valid_name = name.chars().enumerate().all(|(i, c)| {
+        c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+    });
     if name.is_empty() || !valid_name {
         return Err(format!("bad metric name `{name}`: {line}"));
     }
@@ -80,11 +79,11 @@ fn check_sample_line(line: &str) -> Result<(), String> {
                 .split_once('=')
                 .ok_or_else(|| format!("bad label `{pair}`: {line}"))?;
             let key_ok = !key.is_empty()
-                && key
-                    .chars()
-                    .enumerate()
-                    .all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || (i > 0 && c.is_ascii_digit()));
-            if !key_ok || !(value.len() >= 2 && value.starts_with('"') && value.ends_with('"')) {
+                && key.chars().enumerate().all(|(i, c)| {
+                    c.is_ascii_alphabetic() || c == '_' || (i > 0 && c.is_ascii_digit())
+                });
+            let quoted = value.len() >= 2 && value.starts_with('"') && value.ends_with('"');
+            if !(key_ok && quoted) {
                 return Err(format!("bad label `{pair}`: {line}"));
             }
         }
@@ -128,12 +127,24 @@ async fn metrics_endpoint_serves_valid_prometheus_histograms() {
     );
     let text = reply.body;
 
-    assert!(!text.contains("quantile="), "histograms must not be summaries:\n{text}");
-    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    assert!(
+        !text.contains("quantile="),
+        "histograms must not be summaries:\n{text}"
+    );
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         check_sample_line(line).unwrap_or_else(|e| panic!("{e}\n{text}"));
     }
-    assert!(text.contains("# TYPE ops_test_latency_seconds histogram"), "{text}");
-    assert!(text.contains("# TYPE ops_test_events_total counter"), "{text}");
+    assert!(
+        text.contains("# TYPE ops_test_latency_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE ops_test_events_total counter"),
+        "{text}"
+    );
     assert!(
         text.contains(r#"ops_test_events_total{component="test-component",kind="a"} 3"#),
         "{text}"
@@ -173,7 +184,12 @@ async fn health_endpoints_follow_readiness() {
     let addr = listener.local_addr().expect("addr");
     let readiness = Readiness::new();
     let shutdown = CancellationToken::new();
-    let server = serve_ops(listener, recorder.handle(), readiness.clone(), shutdown.clone());
+    let server = serve_ops(
+        listener,
+        recorder.handle(),
+        readiness.clone(),
+        shutdown.clone(),
+    );
 
     assert_eq!(get(addr, "/health/live").await.status, 200);
     assert_eq!(get(addr, "/health/ready").await.status, 503);

@@ -140,7 +140,10 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
 
     let anonymous = client_files(&files.ca, None);
     let refused = check(server.addr, &anonymous, "").await;
-    assert!(refused.is_err(), "client without certificate got {refused:?}");
+    assert!(
+        refused.is_err(),
+        "client without certificate got {refused:?}"
+    );
 
     let other_dir = tempfile::tempdir().expect("tempdir");
     let other = TestPki::with_name("rogue ca")
@@ -149,7 +152,10 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
         .expect("write rogue pki");
     let rogue = client_files(&files.ca, Some((&other.client_cert, &other.client_key)));
     let refused = check(server.addr, &rogue, "").await;
-    assert!(refused.is_err(), "client with foreign certificate got {refused:?}");
+    assert!(
+        refused.is_err(),
+        "client with foreign certificate got {refused:?}"
+    );
 
     let authenticated = client_files(&files.ca, Some((&files.client_cert, &files.client_key)));
     assert_eq!(

@@ -13,7 +13,9 @@ use tonic::transport::{Certificate, ClientTlsConfig};
 
 use crate::certs::{PkiFiles, TestPki};
 use crate::pg::TestDatabase;
-use crate::process::{ManagedProcess, ProcessBuilder, TestLogs, binary_path, free_port, wait_for_health};
+use crate::process::{
+    ManagedProcess, ProcessBuilder, TestLogs, binary_path, free_port, wait_for_health,
+};
 
 /// Ports and files of one sequencer instance.
 pub struct SequencerNode {
@@ -53,7 +55,24 @@ pub struct SequencerCluster {
 
 impl SequencerCluster {
     /// Writes configs for `instances` sequencers and starts them all.
-    pub async fn start(logs: TestLogs, database: TestDatabase, instances: usize, extra_config: &str) -> anyhow::Result<Self> {
+    pub async fn start(
+        logs: TestLogs,
+        database: TestDatabase,
+        instances: usize,
+        extra_config: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_with_env(logs, database, instances, extra_config, &[]).await
+    }
+
+    /// Like [`Self::start`], with extra environment variables per instance
+    /// (`node_env[i]` for instance `i`), e.g. fault-injection hooks.
+    pub async fn start_with_env(
+        logs: TestLogs,
+        database: TestDatabase,
+        instances: usize,
+        extra_config: &str,
+        node_env: &[Vec<(String, String)>],
+    ) -> anyhow::Result<Self> {
         let dir = logs.dir().to_path_buf();
         let pki = TestPki::new()?;
         let pki_files = pki.write_files(&dir)?;
@@ -99,10 +118,17 @@ listen = "127.0.0.1:{admin_port}"
                 ops_port,
                 config_path,
                 process: None,
-                extra_env: Vec::new(),
+                extra_env: node_env.get(i).cloned().unwrap_or_default(),
             });
         }
-        let mut cluster = Self { logs, pki, pki_files, domain_id, database, nodes };
+        let mut cluster = Self {
+            logs,
+            pki,
+            pki_files,
+            domain_id,
+            database,
+            nodes,
+        };
         for i in 0..instances {
             cluster.start_node(i).await?;
         }
@@ -132,13 +158,22 @@ listen = "127.0.0.1:{admin_port}"
             builder = builder.env(k, v);
         }
         node.process = Some(builder.spawn()?);
-        wait_for_health(&node.public_endpoint(), Some(tls), "", Duration::from_secs(30))
-            .await
-            .with_context(|| format!("{} did not become healthy", node.name))
+        wait_for_health(
+            &node.public_endpoint(),
+            Some(tls),
+            "",
+            Duration::from_secs(30),
+        )
+        .await
+        .with_context(|| format!("{} did not become healthy", node.name))
     }
 
     /// Generates a member identity and registers it through instance 0's admin API.
-    pub async fn add_member(&self, role: MemberRole, name: &str) -> anyhow::Result<(MemberId, Arc<SigningKeyPair>)> {
+    pub async fn add_member(
+        &self,
+        role: MemberRole,
+        name: &str,
+    ) -> anyhow::Result<(MemberId, Arc<SigningKeyPair>)> {
         let key = SigningKeyPair::generate();
         let id = MemberId::new(role, UniqueId::new(name, *key.fingerprint())?);
         self.register(&id).await?;
@@ -149,12 +184,18 @@ listen = "127.0.0.1:{admin_port}"
         let node = self.nodes.first().context("no instance")?;
         let mut admin = SequencerAdminServiceClient::connect(node.admin_endpoint()).await?;
         admin
-            .register_member(pb::RegisterMemberRequest { member: id.to_string(), public_key: None })
+            .register_member(pb::RegisterMemberRequest {
+                member: id.to_string(),
+                public_key: None,
+            })
             .await?;
         Ok(())
     }
 
-    pub async fn admin(&self, i: usize) -> anyhow::Result<SequencerAdminServiceClient<tonic::transport::Channel>> {
+    pub async fn admin(
+        &self,
+        i: usize,
+    ) -> anyhow::Result<SequencerAdminServiceClient<tonic::transport::Channel>> {
         let node = self.nodes.get(i).context("no such instance")?;
         Ok(SequencerAdminServiceClient::connect(node.admin_endpoint()).await?)
     }

@@ -826,4 +826,36 @@ mod tests {
         .await
         .expect("ready after one 503");
     }
+
+    #[tokio::test]
+    async fn health_wait_until_serving() {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("liveness", tonic_health::ServingStatus::NotServing)
+            .await;
+        reporter
+            .set_service_status("stuck", tonic_health::ServingStatus::NotServing)
+            .await;
+        let port = free_port();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve(([127, 0, 0, 1], port).into()),
+        );
+        let flip = reporter.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            flip.set_service_status("liveness", tonic_health::ServingStatus::Serving)
+                .await;
+        });
+        let endpoint = format!("http://127.0.0.1:{port}");
+        wait_for_health(&endpoint, None, "liveness", Duration::from_secs(10))
+            .await
+            .expect("serving after the flip");
+        let err = wait_for_health(&endpoint, None, "stuck", Duration::from_millis(300))
+            .await
+            .expect_err("never serving");
+        assert!(format!("{err:#}").contains("NOT_SERVING"), "{err:#}");
+        server.abort();
+    }
 }

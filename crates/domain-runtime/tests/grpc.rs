@@ -1,0 +1,121 @@
+//! A plaintext gRPC server built from the runtime pieces: health following readiness,
+//! reflection, trace-context and RPC-metrics layers, and graceful shutdown.
+
+use std::time::Duration;
+
+use domain_runtime::grpc::{self, GrpcServerConfig};
+use domain_runtime::metrics::{GrpcMetricsLayer, build_recorder};
+use domain_runtime::ops::Readiness;
+use domain_runtime::telemetry::{TraceContextInterceptor, TraceContextLayer};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Polls `f` until it returns true, for at most 5 s.
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// A current-thread runtime keeps every server task on this thread, where the local recorder
+// is the default; the global recorder is never touched.
+#[tokio::test(flavor = "current_thread")]
+async fn health_follows_readiness_and_rpcs_are_measured() {
+    let recorder = build_recorder("test-component").expect("recorder");
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let handle = recorder.handle();
+
+    let config = GrpcServerConfig::with_listen("127.0.0.1:0".parse().expect("addr"));
+    let listener = grpc::bind(&config).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (health, health_service) = grpc::health_service(config.max_message_size).await;
+    let readiness = Readiness::new();
+    let follower = health.follow(&readiness);
+    let router = grpc::server_builder(&config)
+        .expect("builder")
+        .layer(TraceContextLayer)
+        .layer(GrpcMetricsLayer)
+        .add_service(health_service)
+        .add_service(grpc::reflection_service().expect("reflection"));
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(grpc::serve(router, listener, shutdown.clone()));
+
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = HealthClient::with_interceptor(channel, TraceContextInterceptor);
+    let mut status = async |service: &str| {
+        client
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .map(|r| r.into_inner().status())
+            .map_err(|s| s.code())
+    };
+
+    assert_eq!(status("").await, Ok(ServingStatus::NotServing));
+    assert_eq!(
+        status(grpc::LIVENESS_SERVICE).await,
+        Ok(ServingStatus::Serving)
+    );
+    assert_eq!(status("no.such.Service").await, Err(tonic::Code::NotFound));
+
+    readiness.set_ready(true);
+    eventually("readiness to reach grpc health", async || {
+        status("").await == Ok(ServingStatus::Serving)
+    })
+    .await;
+    readiness.set_ready(false);
+    eventually("not-ready to reach grpc health", async || {
+        status("").await == Ok(ServingStatus::NotServing)
+    })
+    .await;
+
+    let labels =
+        r#"component="test-component",grpc_service="grpc.health.v1.Health",grpc_method="Check""#;
+    let ok = format!(r#"grpc_server_handled_total{{{labels},grpc_code="OK"}}"#);
+    let not_found = format!(r#"grpc_server_handled_total{{{labels},grpc_code="NotFound"}} 1"#);
+    eventually("handled counters", async || {
+        let text = handle.render();
+        text.contains(&ok) && text.contains(&not_found)
+    })
+    .await;
+    let text = handle.render();
+    assert!(
+        text.contains(&format!("grpc_server_started_total{{{labels}}}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE grpc_server_handling_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            r#"grpc_server_handling_seconds_bucket{{{labels},le="+Inf"}}"#
+        )),
+        "{text}"
+    );
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("server drains within 5s")
+        .expect("server task")
+        .expect("server result");
+    drop(readiness);
+    tokio::time::timeout(Duration::from_secs(5), follower)
+        .await
+        .expect("follower ends once readiness is dropped")
+        .expect("follower task");
+}

@@ -1,0 +1,221 @@
+//! A small TCP proxy for fault injection between a process and its database (or
+//! any TCP peer): it forwards `127.0.0.1:<port>` to a target address and can cut
+//! the link on demand.
+//!
+//! - [`TcpProxy::block`] closes every current connection (both directions) and
+//!   refuses new ones (accepted, then closed at once) until [`TcpProxy::unblock`]:
+//!   the peer sees its connections die, like a restarted server or a firewall
+//!   sending resets.
+//! - [`TcpProxy::stall`] black-holes the link: current connections stay open but
+//!   nothing is forwarded any more, and new connections are accepted but never
+//!   answered, like a network partition. [`TcpProxy::unblock`] resumes forwarding
+//!   on the stalled connections.
+//!
+//! ```no_run
+//! # async fn t() -> anyhow::Result<()> {
+//! use domain_e2e::proxy::TcpProxy;
+//! let proxy = TcpProxy::start("127.0.0.1:5432".parse()?).await?;
+//! let url = format!("postgres://postgres@{}/db", proxy.local_addr());
+//! proxy.block();
+//! proxy.unblock();
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// State of the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Bytes flow both ways.
+    Open,
+    /// Connections are closed and new ones refused.
+    Blocked,
+    /// Nothing is forwarded; connections stay open (black hole).
+    Stalled,
+}
+
+/// A running proxy; stops (closing every connection) when dropped.
+pub struct TcpProxy {
+    local: SocketAddr,
+    target: SocketAddr,
+    state: watch::Sender<LinkState>,
+    /// Incremented by `block()`: every connection of an older generation closes.
+    generation: watch::Sender<u64>,
+    accepted: Arc<AtomicU64>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Listens on `127.0.0.1:0` and forwards every connection to `target`.
+    pub async fn start(target: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let local = listener.local_addr()?;
+        let (state, _) = watch::channel(LinkState::Open);
+        let (generation, _) = watch::channel(0u64);
+        let accepted = Arc::new(AtomicU64::new(0));
+        let accept_task = tokio::spawn(accept_loop(
+            listener,
+            target,
+            state.subscribe(),
+            generation.clone(),
+            accepted.clone(),
+        ));
+        Ok(Self { local, target, state, generation, accepted, accept_task })
+    }
+
+    /// Address clients connect to (`127.0.0.1:<port>`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Address connections are forwarded to.
+    pub fn target(&self) -> SocketAddr {
+        self.target
+    }
+
+    /// Connections accepted so far (including refused ones).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    pub fn state(&self) -> LinkState {
+        *self.state.borrow()
+    }
+
+    /// Closes every current connection and refuses new ones.
+    pub fn block(&self) {
+        self.state.send_replace(LinkState::Blocked);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Stops forwarding without closing anything (black hole).
+    pub fn stall(&self) {
+        self.state.send_replace(LinkState::Stalled);
+    }
+
+    /// Opens the link again: new connections are forwarded, stalled ones resume.
+    pub fn unblock(&self) {
+        self.state.send_replace(LinkState::Open);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    state: watch::Receiver<LinkState>,
+    generation: watch::Sender<u64>,
+    accepted: Arc<AtomicU64>,
+) {
+    // Owns the connection tasks: aborting the accept task (drop) aborts them all.
+    let mut connections = JoinSet::new();
+    loop {
+        let (client, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+            // Reap finished connection tasks so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        accepted.fetch_add(1, Ordering::Relaxed);
+        let _ = client.set_nodelay(true);
+        let current = *state.borrow();
+        match current {
+            LinkState::Blocked => {
+                // Refuse: close at once (with a reset, not an orderly FIN).
+                let _ = client.set_zero_linger();
+                drop(client);
+            }
+            LinkState::Open | LinkState::Stalled => {
+                let state = state.clone();
+                let gen_rx = generation.subscribe();
+                connections.spawn(serve(client, target, state, gen_rx));
+            }
+        }
+    }
+}
+
+/// Forwards one connection until either side closes or the link is blocked.
+async fn serve(
+    client: TcpStream,
+    target: SocketAddr,
+    mut state: watch::Receiver<LinkState>,
+    mut generation: watch::Receiver<u64>,
+) {
+    // `subscribe()` in the accept loop marked the generation seen at accept time, so
+    // any later block() wakes `generation.changed()` below.
+    // A connection accepted while stalled must not even reach the target yet.
+    if wait_open(&mut state).await.is_err() {
+        return;
+    }
+    if *state.borrow() == LinkState::Blocked {
+        return;
+    }
+    let Ok(server) = TcpStream::connect(target).await else { return };
+    let _ = server.set_nodelay(true);
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let up = pump(client_read, server_write, state.clone());
+    let down = pump(server_read, client_write, state.clone());
+    let blocked = async {
+        // Ends when block() bumps the generation (or the proxy is dropped).
+        let _ = generation.changed().await;
+    };
+    tokio::select! {
+        _ = async { tokio::join!(up, down) } => {}
+        _ = blocked => {}
+    }
+    // Dropping both halves of both sockets closes the connection both ways.
+}
+
+/// Copies `from` to `to`, holding data back while the link is stalled.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut state: watch::Receiver<LinkState>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if wait_open(&mut state).await.is_err() {
+            return;
+        }
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            // Re-check the state while a read is pending: a stall must also hold back
+            // data that arrives after it began.
+            _ = state.changed() => continue,
+        };
+        if wait_open(&mut state).await.is_err() || *state.borrow() == LinkState::Blocked {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Waits while the link is stalled; returns Err when the proxy is gone.
+async fn wait_open(state: &mut watch::Receiver<LinkState>) -> Result<(), ()> {
+    state
+        .wait_for(|s| *s != LinkState::Stalled)
+        .await
+        .map(|_| ())
+        .map_err(|_| ())
+}

@@ -1,0 +1,976 @@
+//! Acceptance tests of the sequencer's public and admin API against real
+//! `sequencer` processes over one PostgreSQL:
+//!
+//! - a retried send is sequenced once, whichever instance the retry reaches;
+//! - bad inputs are rejected with the documented gRPC code and `domain-error-code`
+//!   and leave no trace in the database;
+//! - a disabled member is cut off at once;
+//! - acknowledged events are pruned and resuming below the bound is refused;
+//! - health turns NOT_SERVING when the database becomes unreachable.
+//!
+//! The tests of this file run one at a time (they share 2 cores and measure times).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use domain_e2e::proxy::TcpProxy;
+use domain_e2e::{connect, envelope, now_micros};
+use domain_identity::{MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
+use domain_proto::v1::{self as pb, sequencer_service_client::SequencerServiceClient};
+use domain_sequencer_client::{
+    ClientError, SequencerConnection, StreamValidator, connect_channel, to_proto_signature,
+};
+use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use prost::Message as _;
+use prost::bytes::{Buf as _, BufMut as _};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Serialises the tests of this file: each starts its own cluster, and two clusters
+/// on 2 cores would distort the measured times.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const ERROR_CODE: &str = "domain-error-code";
+
+// ---------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------
+
+async fn db_client(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connect to {url}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Row counts of the tables a send or an authentication may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    events: i64,
+    recipients: i64,
+    dedup: i64,
+    tokens: i64,
+    nonces: i64,
+    members: i64,
+}
+
+async fn counts(db: &tokio_postgres::Client) -> anyhow::Result<Counts> {
+    let r = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM seq_events), (SELECT count(*) FROM seq_recipients),
+                    (SELECT count(*) FROM seq_dedup), (SELECT count(*) FROM seq_tokens),
+                    (SELECT count(*) FROM seq_nonces), (SELECT count(*) FROM seq_members)",
+            &[],
+        )
+        .await?;
+    Ok(Counts {
+        events: r.get(0),
+        recipients: r.get(1),
+        dedup: r.get(2),
+        tokens: r.get(3),
+        nonces: r.get(4),
+        members: r.get(5),
+    })
+}
+
+/// Asserts the database did not change since `before`, and that nothing was
+/// recorded under `message_id`.
+async fn assert_no_trace(
+    db: &tokio_postgres::Client,
+    before: Counts,
+    message_id: Option<&str>,
+    case: &str,
+) -> anyhow::Result<()> {
+    let after = counts(db).await?;
+    ensure!(after == before, "{case}: database changed: before {before:?}, after {after:?}");
+    if let Some(id) = message_id {
+        let r = db
+            .query_one(
+                "SELECT (SELECT count(*) FROM seq_events WHERE message_id = $1),
+                        (SELECT count(*) FROM seq_dedup WHERE message_id = $1)",
+                &[&id],
+            )
+            .await?;
+        let (events, dedup): (i64, i64) = (r.get(0), r.get(1));
+        ensure!(
+            events == 0 && dedup == 0,
+            "{case}: message id {id} left {events} event(s) and {dedup} dedup row(s)"
+        );
+    }
+    Ok(())
+}
+
+fn error_code(st: &Status) -> Option<&str> {
+    st.metadata().get(ERROR_CODE).and_then(|v| v.to_str().ok())
+}
+
+/// Checks the gRPC code and the `domain-error-code` metadata (None: must be absent).
+fn expect_status(st: &Status, code: Code, domain_code: Option<&str>, case: &str) -> anyhow::Result<()> {
+    println!(
+        "  {case}: {:?} {ERROR_CODE}={:?} message={:?}",
+        st.code(),
+        error_code(st),
+        st.message()
+    );
+    ensure!(
+        st.code() == code && error_code(st) == domain_code,
+        "{case}: expected {code:?} with {ERROR_CODE}={domain_code:?}, got {:?} with {:?}: {}",
+        st.code(),
+        error_code(st),
+        st.message()
+    );
+    Ok(())
+}
+
+/// Extracts the gRPC status of a call that must fail.
+fn status_of<T: std::fmt::Debug>(r: Result<T, ClientError>, case: &str) -> anyhow::Result<Status> {
+    match r {
+        Ok(v) => bail!("{case}: expected a rejection, got {v:?}"),
+        Err(ClientError::Status(st)) => Ok(st),
+        Err(e) => bail!("{case}: expected a gRPC status, got {e}"),
+    }
+}
+
+fn raw_status_of<T: std::fmt::Debug>(r: Result<tonic::Response<T>, Status>, case: &str) -> anyhow::Result<Status> {
+    match r {
+        Ok(v) => bail!("{case}: expected a rejection, got {:?}", v.into_inner()),
+        Err(st) => Ok(st),
+    }
+}
+
+/// The status a subscription fails with: either the call itself or the first
+/// stream item. An event or an orderly end instead is an error.
+async fn subscribe_error(conn: &SequencerConnection, from: i64, case: &str) -> anyhow::Result<Status> {
+    let mut stream = match conn.subscribe(from).await {
+        Err(ClientError::Status(st)) => return Ok(st),
+        Err(e) => bail!("{case}: subscribe failed without a status: {e}"),
+        Ok(s) => s,
+    };
+    match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+        Err(_) => bail!("{case}: neither an event nor an error within 10s"),
+        Ok(Err(st)) => Ok(st),
+        Ok(Ok(Some(r))) => bail!("{case}: expected an error, got event {:?}", r.event.map(|e| e.counter)),
+        Ok(Ok(None)) => bail!("{case}: stream ended without an error"),
+    }
+}
+
+/// Reads the next event of a stream (10 s limit).
+async fn next_event(
+    stream: &mut tonic::Streaming<pb::SubscribeResponse>,
+    what: &str,
+) -> anyhow::Result<pb::SequencedEvent> {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .with_context(|| format!("{what}: no event within 10s"))?
+        .with_context(|| format!("{what}: stream failed"))?
+        .and_then(|r| r.event)
+        .with_context(|| format!("{what}: stream ended"))
+}
+
+fn submission(sender: &MemberId, message_id: &str, envelopes: Vec<pb::Envelope>) -> pb::SubmissionRequest {
+    pb::SubmissionRequest {
+        sender: sender.to_string(),
+        message_id: message_id.to_string(),
+        envelopes,
+        max_sequencing_time_micros: now_micros() + 60_000_000,
+        time_proof: false,
+    }
+}
+
+/// Content of the first delivered envelope of an event.
+fn content_of(e: &pb::SequencedEvent) -> Vec<u8> {
+    e.envelopes
+        .first()
+        .and_then(|d| d.envelope.as_ref())
+        .map(|env| env.content.to_vec())
+        .unwrap_or_default()
+}
+
+async fn member_db_id(db: &tokio_postgres::Client, member: &MemberId) -> anyhow::Result<i32> {
+    Ok(db
+        .query_one("SELECT id FROM seq_members WHERE member = $1", &[&member.to_string()])
+        .await?
+        .get(0))
+}
+
+async fn channel_to(cluster: &SequencerCluster, i: usize) -> anyhow::Result<Channel> {
+    let node = cluster.nodes.get(i).context("no such instance")?;
+    Ok(connect_channel(&node.public_endpoint(), Some(cluster.client_tls()), Duration::from_secs(5)).await?)
+}
+
+/// A codec that sends and receives raw message bytes, so a test can put anything
+/// on the wire.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+#[derive(Debug, Clone, Copy, Default)]
+struct RawEncoder;
+#[derive(Debug, Clone, Copy, Default)]
+struct RawDecoder;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let n = src.remaining();
+        Ok(Some(src.copy_to_bytes(n).to_vec()))
+    }
+}
+
+/// Calls unary method `path` with `body` as the encoded request message.
+async fn raw_unary(
+    channel: Channel,
+    path: &'static str,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> Result<Vec<u8>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
+    let mut req = tonic::Request::new(body);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::internal("token is not valid metadata"))?;
+        req.metadata_mut().insert("authorization", value);
+    }
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary(req, path, RawCodec).await.map(tonic::Response::into_inner)
+}
+
+/// `grpc.health.v1.HealthCheckResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+const SERVING: i32 = 1;
+const NOT_SERVING: i32 = 2;
+
+/// One `grpc.health.v1.Health/Check` for the whole server (service ""), bounded to 500 ms.
+async fn health(channel: &Channel) -> anyhow::Result<i32> {
+    let body = HealthCheckRequest { service: String::new() }.encode_to_vec();
+    let call = raw_unary(channel.clone(), "/grpc.health.v1.Health/Check", body, None);
+    let bytes = tokio::time::timeout(Duration::from_millis(500), call)
+        .await
+        .context("health check timed out")?
+        .map_err(|st| anyhow::anyhow!("health check failed: {st}"))?;
+    Ok(HealthCheckResponse::decode(bytes.as_slice())?.status)
+}
+
+/// Polls health every 20 ms until it reports `want`; returns the time it took.
+async fn wait_health(channel: &Channel, want: i32, limit: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < limit {
+        match health(channel).await {
+            Ok(s) if s == want => return Ok(start.elapsed()),
+            Ok(s) => last = format!("status {s}"),
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("health did not report {want} within {limit:?}; last: {last}")
+}
+
+// ---------------------------------------------------------------------------
+// A. retries are deduplicated across instances
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_on_other_instance_is_deduplicated() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("retry_on_other_instance_is_deduplicated");
+    let database = PgCluster::shared().create_database("seq_api_dedup").await;
+    let cluster = SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
+    let db = db_client(&database.url).await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let a0 = connect(&cluster, 0, &alice).await?;
+    let a1 = connect(&cluster, 1, &alice).await?;
+    let alice_db = member_db_id(&db, &alice.0).await?;
+
+    // Sequential: the retry reaches the other instance after the first send answered.
+    let req = a0.sign_submission(&submission(&alice.0, "retry-1", vec![envelope(b"payload retry-1".to_vec(), &[&bob.0])]));
+    let first = a0.send_signed(req.clone()).await?;
+    let second = a1.send_signed(req.clone()).await?;
+    let third = a0.send_signed(req.clone()).await?;
+    println!("sequential: first {first:?}, retry on instance 1 {second:?}, retry on instance 0 {third:?}");
+    ensure!(!first.deduplicated, "the first send is not a duplicate");
+    ensure!(second.deduplicated && third.deduplicated, "retries are reported as deduplicated");
+    ensure!(
+        second.sequencing_timestamp_micros == first.sequencing_timestamp_micros
+            && third.sequencing_timestamp_micros == first.sequencing_timestamp_micros,
+        "a retry answers with the original sequencing timestamp"
+    );
+
+    // Concurrent: the same request reaches both instances at once.
+    let mut ids = vec!["retry-1".to_string()];
+    let mut timestamps = BTreeMap::new();
+    timestamps.insert(first.sequencing_timestamp_micros, "retry-1".to_string());
+    for k in 0..5 {
+        let id = format!("race-{k}");
+        let req = a0.sign_submission(&submission(
+            &alice.0,
+            &id,
+            vec![envelope(format!("payload {id}").into_bytes(), &[&bob.0])],
+        ));
+        let (r0, r1) = tokio::join!(a0.send_signed(req.clone()), a1.send_signed(req));
+        let (r0, r1) = (r0.with_context(|| format!("{id} on instance 0"))?, r1.with_context(|| format!("{id} on instance 1"))?);
+        println!("concurrent {id}: instance 0 {r0:?}, instance 1 {r1:?}");
+        ensure!(
+            r0.sequencing_timestamp_micros == r1.sequencing_timestamp_micros,
+            "{id}: both answers carry the same sequencing timestamp"
+        );
+        ensure!(
+            r0.deduplicated != r1.deduplicated,
+            "{id}: exactly one of the concurrent sends is the original"
+        );
+        timestamps.insert(r0.sequencing_timestamp_micros, id.clone());
+        ids.push(id);
+    }
+
+    // Exactly one stored event, recipient rows and dedup row per (sender, message id).
+    for id in &ids {
+        let r = db
+            .query_one(
+                "SELECT (SELECT count(*) FROM seq_events WHERE sender = $1 AND message_id = $2),
+                        (SELECT count(*) FROM seq_dedup WHERE sender = $1 AND message_id = $2),
+                        (SELECT count(*) FROM seq_recipients r JOIN seq_events e ON e.ts = r.ts
+                          WHERE e.sender = $1 AND e.message_id = $2)",
+                &[&alice_db, id],
+            )
+            .await?;
+        let (events, dedup, recipients): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        println!("db {id}: {events} event row(s), {dedup} dedup row(s), {recipients} recipient row(s)");
+        ensure!(events == 1 && dedup == 1, "{id}: {events} events and {dedup} dedup rows, expected 1 and 1");
+        ensure!(recipients == 2, "{id}: {recipients} recipient rows, expected 2 (sender and bob)");
+    }
+
+    // A marker sent last: everything before it in a stream has been delivered.
+    let marker = a1.send("marker", vec![envelope(b"marker".to_vec(), &[&bob.0])], now_micros() + 60_000_000).await?;
+    timestamps.insert(marker.sequencing_timestamp_micros, "marker".to_string());
+    let expected: Vec<Vec<u8>> = timestamps
+        .values()
+        .map(|id| if id == "marker" { b"marker".to_vec() } else { format!("payload {id}").into_bytes() })
+        .collect();
+
+    // Bob reads exactly one event per message id, the same on both instances.
+    let mut per_instance = Vec::new();
+    for i in 0..2 {
+        let b = connect(&cluster, i, &bob).await?;
+        let mut stream = b.subscribe(0).await?;
+        let mut validator = StreamValidator::default();
+        let mut events = Vec::new();
+        loop {
+            let e = next_event(&mut stream, &format!("bob on instance {i}")).await?;
+            b.verify_event(&e)?;
+            validator.check(&e)?;
+            let done = content_of(&e) == b"marker";
+            events.push(e);
+            if done {
+                break;
+            }
+        }
+        let contents: Vec<Vec<u8>> = events.iter().map(content_of).collect();
+        println!(
+            "bob on instance {i}: {} events: {:?}",
+            events.len(),
+            contents.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>()
+        );
+        ensure!(contents == expected, "bob on instance {i} got {contents:?}, expected {expected:?}");
+        // Nothing else follows (a duplicate would be sequenced after the marker at the latest).
+        if let Ok(extra) = tokio::time::timeout(Duration::from_millis(300), stream.message()).await {
+            bail!("bob on instance {i}: unexpected item after the marker: {extra:?}");
+        }
+        per_instance.push(events);
+    }
+    ensure!(per_instance[0] == per_instance[1], "both instances deliver identical events");
+
+    // Alice gets exactly one receipt per message id.
+    let mut stream = a1.subscribe(0).await?;
+    let mut receipts: BTreeMap<String, usize> = BTreeMap::new();
+    loop {
+        let e = next_event(&mut stream, "alice receipts").await?;
+        a1.verify_event(&e)?;
+        *receipts.entry(e.message_id.clone()).or_default() += 1;
+        if e.message_id == "marker" {
+            break;
+        }
+    }
+    println!("alice receipts: {receipts:?}");
+    ensure!(receipts.len() == ids.len() + 1 && receipts.values().all(|n| *n == 1), "one receipt per message id: {receipts:?}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// B. bad inputs are rejected and leave no trace
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("bad_inputs_are_rejected_without_trace");
+    let database = PgCluster::shared().create_database("seq_api_bad").await;
+    // Tokens live 1 s (case 6), so every case re-authenticates right before it.
+    let config = "max-request-size = 10000\nauth.token-ttl = \"1s\"\npruning.interval = \"0s\"";
+    let cluster = SequencerCluster::start(logs, database.clone(), 2, config).await?;
+    let db = db_client(&database.url).await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let a = connect(&cluster, 0, &alice).await?;
+    let b = connect(&cluster, 1, &bob).await?;
+    let far = || now_micros() + 60_000_000;
+
+    // (1a) Garbage as the whole request body: tonic's decoder rejects it before the
+    // handler runs.
+    for (n, garbage) in [vec![0xffu8; 16], vec![0x0a, 0x50, 0x01], vec![0x12, 0x03, 0xff]].into_iter().enumerate() {
+        a.authenticate().await?;
+        let token = a.token().await.context("token")?;
+        let before = counts(&db).await?;
+        let case = format!("(1a) garbage body #{n} {garbage:02x?}");
+        let r = raw_unary(channel_to(&cluster, 0).await?, "/domain.v1.SequencerService/Send", garbage, Some(&token)).await;
+        let st = match r {
+            Ok(v) => bail!("{case}: accepted, answered {v:02x?}"),
+            Err(st) => st,
+        };
+        // tonic maps a prost DecodeError to INTERNAL "failed to decode Protobuf message",
+        // without our metadata.
+        expect_status(&st, Code::Internal, None, &case)?;
+        ensure!(st.message().contains("failed to decode"), "{case}: {}", st.message());
+        assert_no_trace(&db, before, None, &case).await?;
+    }
+
+    // (1b) Garbage inside SendRequest.submission, correctly signed.
+    {
+        a.authenticate().await?;
+        let before = counts(&db).await?;
+        let garbage = vec![0xffu8; 32];
+        let sig = alice.1.sign_with_domain_str(SignaturePurpose::Submission, &a.domain_id, &garbage)?;
+        let req = pb::SendRequest { submission: garbage, signature: Some(to_proto_signature(&sig, SignaturePurpose::Submission)) };
+        let st = status_of(a.send_signed(req).await, "(1b)")?;
+        expect_status(&st, Code::InvalidArgument, Some("SEQ_MALFORMED_REQUEST"), "(1b) garbage submission")?;
+        assert_no_trace(&db, before, None, "(1b)").await?;
+    }
+
+    // (2a) Submission above max-request-size (10000 bytes).
+    {
+        a.authenticate().await?;
+        let before = counts(&db).await?;
+        let id = "too-large";
+        let req = a.sign_submission(&submission(&alice.0, id, vec![envelope(vec![7u8; 20_000], &[&bob.0])]));
+        println!("  (2a) submission of {} bytes", req.submission.len());
+        let st = status_of(a.send_signed(req).await, "(2a)")?;
+        expect_status(&st, Code::ResourceExhausted, Some("SEQ_REQUEST_TOO_LARGE"), "(2a) 20 KB submission")?;
+        assert_no_trace(&db, before, Some(id), "(2a)").await?;
+    }
+
+    // (2b) A message above the gRPC limit (4 MiB): tonic refuses it while decoding.
+    {
+        a.authenticate().await?;
+        let before = counts(&db).await?;
+        let id = "above-grpc-limit";
+        let req = a.sign_submission(&submission(&alice.0, id, vec![envelope(vec![7u8; 5 * 1024 * 1024], &[&bob.0])]));
+        println!("  (2b) message of {} bytes", req.encoded_len());
+        let st = status_of(a.send_signed(req).await, "(2b)")?;
+        // tonic 0.14's decoder answers OUT_OF_RANGE ("decoded message length too large"),
+        // not the RESOURCE_EXHAUSTED the gRPC spec asks for; no domain metadata.
+        expect_status(&st, Code::OutOfRange, None, "(2b) 5 MiB message")?;
+        ensure!(st.message().contains("too large"), "(2b): {}", st.message());
+        assert_no_trace(&db, before, Some(id), "(2b)").await?;
+    }
+
+    // (3) Bad signature: a flipped signature byte, and a submission changed after signing.
+    {
+        a.authenticate().await?;
+        let before = counts(&db).await?;
+        let id = "bad-signature";
+        let mut req = a.sign_submission(&submission(&alice.0, id, vec![envelope(b"hello".to_vec(), &[&bob.0])]));
+        if let Some(sig) = req.signature.as_mut() {
+            sig.signature[10] ^= 0x01;
+        }
+        let st = status_of(a.send_signed(req).await, "(3a)")?;
+        expect_status(&st, Code::InvalidArgument, Some("SEQ_SUBMISSION_SIGNATURE_INVALID"), "(3a) flipped signature byte")?;
+
+        let mut req = a.sign_submission(&submission(&alice.0, id, vec![envelope(b"hello".to_vec(), &[&bob.0])]));
+        let pos = req.submission.windows(5).position(|w| w == b"hello").context("content in submission")?;
+        req.submission[pos] = b'j';
+        let st = status_of(a.send_signed(req).await, "(3b)")?;
+        expect_status(&st, Code::InvalidArgument, Some("SEQ_SUBMISSION_SIGNATURE_INVALID"), "(3b) submission changed after signing")?;
+        assert_no_trace(&db, before, Some(id), "(3)").await?;
+    }
+
+    // (4) Bob's token with a submission alice signed for herself.
+    {
+        b.authenticate().await?;
+        let before = counts(&db).await?;
+        let id = "other-members-token";
+        let req = a.sign_submission(&submission(&alice.0, id, vec![envelope(b"hello".to_vec(), &[&bob.0])]));
+        let st = status_of(b.send_signed(req).await, "(4)")?;
+        expect_status(&st, Code::PermissionDenied, Some("SEQ_MEMBER_MISMATCH"), "(4) bob's token, alice's submission")?;
+        assert_no_trace(&db, before, Some(id), "(4)").await?;
+    }
+
+    // (5) A replayed AuthenticateRequest.
+    {
+        let mut raw = SequencerServiceClient::new(channel_to(&cluster, 0).await?);
+        let challenge = raw
+            .challenge(pb::ChallengeRequest {
+                member: alice.0.to_string(),
+                public_key: Some(pb::PublicKey {
+                    algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                    key: alice.1.public_key().to_bytes().to_vec(),
+                }),
+            })
+            .await?
+            .into_inner();
+        let sig = alice.1.sign_with_domain_str(SignaturePurpose::AuthChallenge, &challenge.domain_id, &challenge.nonce)?;
+        let auth = pb::AuthenticateRequest {
+            member: alice.0.to_string(),
+            nonce: challenge.nonce.clone(),
+            signature: Some(to_proto_signature(&sig, SignaturePurpose::AuthChallenge)),
+        };
+        let before_first = counts(&db).await?;
+        let token = raw.authenticate(auth.clone()).await?.into_inner();
+        ensure!(!token.token.is_empty(), "the first authentication succeeds");
+        let before = counts(&db).await?;
+        ensure!(
+            before.tokens == before_first.tokens + 1 && before.nonces == before_first.nonces - 1,
+            "the first authentication stores a token and consumes the nonce: {before_first:?} -> {before:?}"
+        );
+        let st = raw_status_of(raw.authenticate(auth.clone()).await, "(5)")?;
+        expect_status(&st, Code::Unauthenticated, Some("SEQ_NONCE_INVALID"), "(5) replayed nonce, same instance")?;
+        let mut raw1 = SequencerServiceClient::new(channel_to(&cluster, 1).await?);
+        let st = raw_status_of(raw1.authenticate(auth).await, "(5)")?;
+        expect_status(&st, Code::Unauthenticated, Some("SEQ_NONCE_INVALID"), "(5) replayed nonce, other instance")?;
+        assert_no_trace(&db, before, None, "(5) no second token").await?;
+    }
+
+    // (6) An expired token (token-ttl 1 s).
+    {
+        a.authenticate().await?;
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        let before = counts(&db).await?;
+        let id = "expired-token";
+        let st = status_of(a.send(id, vec![envelope(b"hello".to_vec(), &[&bob.0])], far()).await, "(6)")?;
+        expect_status(&st, Code::Unauthenticated, Some("SEQ_TOKEN_INVALID"), "(6) expired token, send")?;
+        let st = subscribe_error(&a, 0, "(6)").await?;
+        expect_status(&st, Code::Unauthenticated, Some("SEQ_TOKEN_INVALID"), "(6) expired token, subscribe")?;
+        assert_no_trace(&db, before, Some(id), "(6)").await?;
+    }
+
+    // (7) A well-formed recipient that was never registered.
+    let ghost_key = SigningKeyPair::generate();
+    let ghost = MemberId::new(MemberRole::Participant, UniqueId::new("ghost", *ghost_key.fingerprint())?);
+    {
+        a.authenticate().await?;
+        let before = counts(&db).await?;
+        let id = "unknown-recipient";
+        let st = status_of(a.send(id, vec![envelope(b"hello".to_vec(), &[&bob.0, &ghost])], far()).await, "(7)")?;
+        expect_status(&st, Code::InvalidArgument, Some("SEQ_RECIPIENT_UNKNOWN"), "(7) unknown recipient")?;
+        assert_no_trace(&db, before, Some(id), "(7)").await?;
+    }
+
+    // (8) An unregistered member cannot even get a challenge.
+    {
+        let before = counts(&db).await?;
+        let mut raw = SequencerServiceClient::new(channel_to(&cluster, 1).await?);
+        let r = raw
+            .challenge(pb::ChallengeRequest {
+                member: ghost.to_string(),
+                public_key: Some(pb::PublicKey {
+                    algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                    key: ghost_key.public_key().to_bytes().to_vec(),
+                }),
+            })
+            .await;
+        let st = raw_status_of(r, "(8)")?;
+        expect_status(&st, Code::PermissionDenied, Some("SEQ_MEMBER_UNKNOWN"), "(8) unknown member challenge")?;
+        assert_no_trace(&db, before, None, "(8) no nonce").await?;
+    }
+
+    // (9) Max sequencing time already passed.
+    {
+        a.authenticate().await?;
+        let before = counts(&db).await?;
+        let id = "deadline-passed";
+        let st = status_of(a.send(id, vec![envelope(b"hello".to_vec(), &[&bob.0])], now_micros() - 1_000_000).await, "(9)")?;
+        expect_status(&st, Code::FailedPrecondition, Some("SEQ_MAX_SEQUENCING_TIME_EXCEEDED"), "(9) deadline in the past")?;
+        assert_no_trace(&db, before, Some(id), "(9)").await?;
+    }
+
+    // (10) No envelope with content: empty content, and no envelopes at all.
+    {
+        a.authenticate().await?;
+        let before = counts(&db).await?;
+        let id = "empty";
+        let st = status_of(a.send(id, vec![envelope(Vec::new(), &[&bob.0])], far()).await, "(10a)")?;
+        expect_status(&st, Code::InvalidArgument, Some("SEQ_EMPTY_SUBMISSION"), "(10a) empty content")?;
+        let st = status_of(a.send(id, Vec::new(), far()).await, "(10b)")?;
+        expect_status(&st, Code::InvalidArgument, Some("SEQ_EMPTY_SUBMISSION"), "(10b) no envelopes")?;
+        assert_no_trace(&db, before, Some(id), "(10)").await?;
+    }
+
+    // (11) A challenge with a key whose fingerprint is not the member id's.
+    {
+        let before = counts(&db).await?;
+        let mut raw = SequencerServiceClient::new(channel_to(&cluster, 0).await?);
+        let other = SigningKeyPair::generate();
+        let r = raw
+            .challenge(pb::ChallengeRequest {
+                member: alice.0.to_string(),
+                public_key: Some(pb::PublicKey {
+                    algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                    key: other.public_key().to_bytes().to_vec(),
+                }),
+            })
+            .await;
+        let st = raw_status_of(r, "(11)")?;
+        expect_status(&st, Code::Unauthenticated, Some("SEQ_KEY_MISMATCH"), "(11) key does not match the id")?;
+        assert_no_trace(&db, before, None, "(11) no nonce").await?;
+    }
+
+    // Control: the same checks see a valid send.
+    {
+        a.authenticate().await?;
+        let before = counts(&db).await?;
+        let sent = a.send("valid", vec![envelope(b"hello".to_vec(), &[&bob.0])], far()).await?;
+        ensure!(!sent.deduplicated);
+        let after = counts(&db).await?;
+        println!("  control: a valid send changed {before:?} -> {after:?}");
+        ensure!(
+            after.events == before.events + 1 && after.recipients == before.recipients + 2 && after.dedup == before.dedup + 1,
+            "a valid send writes one event, two recipient rows and one dedup row"
+        );
+        let mut stream = b.subscribe(0).await?;
+        let first = next_event(&mut stream, "bob").await?;
+        ensure!(content_of(&first) == b"hello" && first.counter == 0, "bob's only event is the valid send");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// C. a disabled member is cut off
+// ---------------------------------------------------------------------------
+
+/// Waits for a live stream to fail; returns the status and when it arrived.
+async fn stream_end(mut stream: tonic::Streaming<pb::SubscribeResponse>, what: String) -> anyhow::Result<(Status, Instant)> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+            Err(_) => bail!("{what}: still open 10 s after the member was disabled"),
+            Ok(Err(st)) => return Ok((st, Instant::now())),
+            Ok(Ok(None)) => bail!("{what}: ended without a status"),
+            Ok(Ok(Some(r))) => println!("  {what}: event {:?} before the end", r.event.map(|e| e.counter)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_member_is_cut_off() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("disabled_member_is_cut_off");
+    let database = PgCluster::shared().create_database("seq_api_disable").await;
+    let cluster = SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
+    let db = db_client(&database.url).await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let carol = cluster.add_member(MemberRole::Participant, "carol").await?;
+    let a0 = connect(&cluster, 0, &alice).await?;
+    let a1 = connect(&cluster, 1, &alice).await?;
+    let b0 = connect(&cluster, 0, &bob).await?;
+    let b1 = connect(&cluster, 1, &bob).await?;
+
+    // Alice follows her stream live on both instances.
+    let mut s0 = a0.subscribe(0).await?;
+    let mut s1 = a1.subscribe(0).await?;
+    b0.send("hi", vec![envelope(b"hi alice".to_vec(), &[&alice.0])], now_micros() + 60_000_000).await?;
+    for (i, s) in [&mut s0, &mut s1].into_iter().enumerate() {
+        let e = next_event(s, &format!("alice live on instance {i}")).await?;
+        ensure!(e.counter == 0 && content_of(&e) == b"hi alice");
+    }
+
+    let t0 = Instant::now();
+    cluster
+        .admin(0)
+        .await?
+        .disable_member(pb::DisableMemberRequest { member: alice.0.to_string() })
+        .await?;
+    let admin_done = t0.elapsed();
+    let (r0, r1) = tokio::join!(stream_end(s0, "alice on instance 0".into()), stream_end(s1, "alice on instance 1".into()));
+    let ((st0, at0), (st1, at1)) = (r0?, r1?);
+    let (d0, d1) = (at0 - t0, at1 - t0);
+    println!(
+        "disable call took {admin_done:?}; alice's stream ended after {d0:?} on instance 0 (the admin's) and {d1:?} on instance 1"
+    );
+    expect_status(&st0, Code::PermissionDenied, Some("SEQ_MEMBER_DISABLED"), "stream on instance 0")?;
+    expect_status(&st1, Code::PermissionDenied, Some("SEQ_MEMBER_DISABLED"), "stream on instance 1")?;
+    let bound = Duration::from_millis(1500);
+    ensure!(d0 <= bound && d1 <= bound, "streams must end within ~1 s (bound {bound:?}): {d0:?}, {d1:?}");
+
+    let r = db
+        .query_one(
+            "SELECT enabled, (SELECT count(*) FROM seq_tokens WHERE member = $1) FROM seq_members WHERE member = $1",
+            &[&alice.0.to_string()],
+        )
+        .await?;
+    let (enabled, tokens): (bool, i64) = (r.get(0), r.get(1));
+    ensure!(!enabled && tokens == 0, "alice disabled ({enabled}) with her tokens revoked ({tokens} left)");
+
+    // Her token no longer works, on either instance, for any call.
+    let before = counts(&db).await?;
+    for (i, a) in [&a0, &a1].into_iter().enumerate() {
+        let checks = [
+            ("send", status_of(a.send(&format!("after-disable-{i}"), vec![envelope(b"x".to_vec(), &[&bob.0])], now_micros() + 60_000_000).await, "send")?),
+            ("subscribe", subscribe_error(a, 1, "subscribe").await?),
+            ("acknowledge", status_of(a.acknowledge(now_micros()).await, "acknowledge")?),
+        ];
+        for (call, st) in checks {
+            let case = format!("alice's token on instance {i}: {call}");
+            match st.code() {
+                Code::Unauthenticated => expect_status(&st, Code::Unauthenticated, Some("SEQ_TOKEN_INVALID"), &case)?,
+                _ => expect_status(&st, Code::PermissionDenied, Some("SEQ_MEMBER_DISABLED"), &case)?,
+            }
+        }
+        // She cannot get a new token either.
+        let st = status_of(a.authenticate().await, "challenge")?;
+        expect_status(&st, Code::PermissionDenied, Some("SEQ_MEMBER_DISABLED"), &format!("alice's challenge on instance {i}"))?;
+    }
+
+    // Nobody can address her any more.
+    for (i, b) in [&b0, &b1].into_iter().enumerate() {
+        let id = format!("to-disabled-{i}");
+        let st = status_of(b.send(&id, vec![envelope(b"x".to_vec(), &[&carol.0, &alice.0])], now_micros() + 60_000_000).await, "send")?;
+        expect_status(&st, Code::FailedPrecondition, Some("SEQ_RECIPIENT_DISABLED"), &format!("bob addresses alice via instance {i}"))?;
+        assert_no_trace(&db, before, Some(&id), "sends to a disabled member").await?;
+    }
+    assert_no_trace(&db, before, Some("after-disable-0"), "alice's sends").await?;
+    assert_no_trace(&db, before, Some("after-disable-1"), "alice's sends").await?;
+
+    // Others are unaffected.
+    b1.send("to-carol", vec![envelope(b"x".to_vec(), &[&carol.0])], now_micros() + 60_000_000).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// D. acknowledged events are pruned
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_are_pruned() -> anyhow::Result<()> {
+    const N: usize = 20;
+    const K: usize = 9; // everyone acknowledges the timestamp of bob's event K
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("acknowledged_events_are_pruned");
+    let database = PgCluster::shared().create_database("seq_api_prune").await;
+    let cluster = SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
+    let db = db_client(&database.url).await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let a = connect(&cluster, 0, &alice).await?;
+    let b = connect(&cluster, 1, &bob).await?;
+
+    for i in 0..N {
+        a.send(&format!("m-{i}"), vec![envelope(format!("event {i}").into_bytes(), &[&bob.0])], now_micros() + 60_000_000)
+            .await?;
+    }
+    let read_all = |conn: SequencerConnection, from: i64, n: usize, what: &'static str| async move {
+        let mut stream = conn.subscribe(from).await?;
+        let mut events = Vec::new();
+        for _ in 0..n {
+            let e = next_event(&mut stream, what).await?;
+            conn.verify_event(&e)?;
+            events.push(e);
+        }
+        anyhow::Ok(events)
+    };
+    let bob_events = read_all(b.clone(), 0, N, "bob before pruning").await?;
+    let alice_events = read_all(a.clone(), 0, N, "alice before pruning").await?;
+    for (i, e) in bob_events.iter().enumerate() {
+        ensure!(e.counter == i as i64 && content_of(e) == format!("event {i}").into_bytes(), "bob's event {i}");
+    }
+    let ack = bob_events[K].timestamp_micros;
+    ensure!(alice_events[K].timestamp_micros == ack, "alice's receipts have the same timestamps");
+
+    let mut admin = cluster.admin(1).await?;
+    // Only alice acknowledged: nothing may go.
+    a.acknowledge(ack).await?;
+    let partial = admin.prune(pb::PruneRequest {}).await?.into_inner();
+    println!("prune with only alice's acknowledgement: {partial:?}");
+    ensure!(partial.events_deleted == 0, "events bob did not acknowledge were pruned: {partial:?}");
+    ensure!(
+        db.query_one("SELECT count(*) FROM seq_events", &[]).await?.get::<_, i64>(0) == N as i64,
+        "all events still stored"
+    );
+
+    b.acknowledge(ack).await?;
+    let pruned = admin.prune(pb::PruneRequest {}).await?.into_inner();
+    println!("prune after everyone acknowledged {ack}: {pruned:?}");
+    ensure!(pruned.events_deleted > 0, "nothing pruned");
+    ensure!(pruned.events_deleted == (K + 1) as u64, "expected the {} acknowledged events pruned: {pruned:?}", K + 1);
+    ensure!(pruned.pruned_below_micros == ack, "pruning bound {} != acknowledged {ack}", pruned.pruned_below_micros);
+    let r = db
+        .query_one("SELECT count(*), min(ts) FROM seq_events", &[])
+        .await?;
+    let (left, min_ts): (i64, Option<i64>) = (r.get(0), r.get(1));
+    println!("{left} events left, oldest at {min_ts:?}");
+    ensure!(left == (N - K - 1) as i64 && min_ts.is_some_and(|t| t > ack), "only unacknowledged events remain");
+
+    // Below the bound: refused, on both instances, for both members.
+    for i in 0..2 {
+        let b_i = connect(&cluster, i, &bob).await?;
+        for from in [0, K as i64] {
+            let st = subscribe_error(&b_i, from, "pruned").await?;
+            expect_status(&st, Code::OutOfRange, Some("SEQ_EVENTS_PRUNED"), &format!("bob from {from} on instance {i}"))?;
+        }
+        let a_i = connect(&cluster, i, &alice).await?;
+        let st = subscribe_error(&a_i, 0, "pruned").await?;
+        expect_status(&st, Code::OutOfRange, Some("SEQ_EVENTS_PRUNED"), &format!("alice from 0 on instance {i}"))?;
+    }
+
+    // From the first retained counter: exactly the events delivered before pruning.
+    for i in 0..2 {
+        let b_i = connect(&cluster, i, &bob).await?;
+        let again = read_all(b_i, (K + 1) as i64, N - K - 1, "bob after pruning").await?;
+        ensure!(again.as_slice() == &bob_events[K + 1..], "bob's retained events differ after pruning (instance {i})");
+        let a_i = connect(&cluster, i, &alice).await?;
+        let again = read_all(a_i, (K + 1) as i64, N - K - 1, "alice after pruning").await?;
+        ensure!(again.as_slice() == &alice_events[K + 1..], "alice's retained receipts differ after pruning (instance {i})");
+        println!("instance {i}: counters {}..{} re-delivered identically", K + 1, N - 1);
+    }
+    // The stream continues normally after the retained events.
+    let mut stream = b.subscribe((K + 1) as i64).await?;
+    let mut validator = StreamValidator::starting_after(K as i64, ack);
+    for _ in K + 1..N {
+        validator.check(&next_event(&mut stream, "bob").await?)?;
+    }
+    let last = a.send("after-prune", vec![envelope(b"after prune".to_vec(), &[&bob.0])], now_micros() + 60_000_000).await?;
+    let e = next_event(&mut stream, "bob live after pruning").await?;
+    validator.check(&e)?;
+    ensure!(e.counter == N as i64 && e.timestamp_micros == last.sequencing_timestamp_micros && content_of(&e) == b"after prune");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// E. health follows database reachability
+// ---------------------------------------------------------------------------
+
+/// `host:port` of a `postgres://user@host:port/db` URL.
+fn db_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url.split_once("://").context("url scheme")?.1;
+    let authority = rest.split(['/', '?']).next().context("url authority")?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    Ok(host_port.parse()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_not_serving_when_database_unreachable() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("health_turns_not_serving_when_database_unreachable");
+    let database = PgCluster::shared().create_database("seq_api_health").await;
+    let mut cluster = SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+
+    // Restart instance 1 with its database behind the proxy.
+    let target = db_addr(&database.url)?;
+    let proxy = TcpProxy::start(target).await?;
+    let proxied_url = database.url.replacen(&target.to_string(), &proxy.local_addr().to_string(), 1);
+    ensure!(proxied_url != database.url, "proxy url");
+    let node = &mut cluster.nodes[1];
+    node.process()?.terminate(Duration::from_secs(15)).await?;
+    let config = std::fs::read_to_string(&node.config_path)?;
+    let needle = format!("url = \"{}\"", database.url);
+    ensure!(config.contains(&needle), "config has the database url");
+    std::fs::write(&node.config_path, config.replace(&needle, &format!("url = \"{proxied_url}\"")))?;
+    cluster.start_node(1).await?;
+    ensure!(proxy.accepted() > 0, "instance 1 reaches the database through the proxy");
+    println!("instance 1 uses the database through {} ({} connections so far)", proxy.local_addr(), proxy.accepted());
+
+    let ch0 = channel_to(&cluster, 0).await?;
+    let ch1 = channel_to(&cluster, 1).await?;
+    ensure!(health(&ch1).await? == SERVING && health(&ch0).await? == SERVING, "both SERVING before the cut");
+    let a1 = connect(&cluster, 1, &alice).await?;
+    a1.send("before-cut", vec![envelope(b"x".to_vec(), &[&bob.0])], now_micros() + 60_000_000).await?;
+
+    let bound = Duration::from_secs(2);
+    for (mode, cut) in [("connections closed and refused", false), ("black hole (stalled)", true)] {
+        if cut {
+            proxy.stall();
+        } else {
+            proxy.block();
+        }
+        let down = wait_health(&ch1, NOT_SERVING, Duration::from_secs(10))
+            .await
+            .with_context(|| format!("{mode}: instance 1 never reported NOT_SERVING"))?;
+        println!("{mode}: instance 1 NOT_SERVING after {down:?}");
+        ensure!(health(&ch0).await? == SERVING, "{mode}: instance 0 (direct database) stays SERVING");
+        ensure!(down <= bound, "{mode}: NOT_SERVING after {down:?}, bound {bound:?}");
+        // A send on the cut instance fails fast and explicitly instead of hanging.
+        let send_started = Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(15),
+            a1.send(&format!("during-cut-{cut}"), vec![envelope(b"x".to_vec(), &[&bob.0])], now_micros() + 60_000_000),
+        )
+        .await;
+        match &r {
+            Ok(Err(ClientError::Status(st))) => println!(
+                "  {mode}: send during the cut -> {:?} {ERROR_CODE}={:?} after {:?}",
+                st.code(),
+                error_code(st),
+                send_started.elapsed()
+            ),
+            other => println!("  {mode}: send during the cut -> {other:?} after {:?}", send_started.elapsed()),
+        }
+        // Keep the cut a little longer than the writer's commit timeout, so recovery runs.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        ensure!(health(&ch1).await? == NOT_SERVING, "{mode}: still NOT_SERVING while cut");
+
+        proxy.unblock();
+        let up = wait_health(&ch1, SERVING, Duration::from_secs(30))
+            .await
+            .with_context(|| format!("{mode}: instance 1 did not return to SERVING"))?;
+        println!("{mode}: instance 1 SERVING again {up:?} after the link was restored");
+        // SERVING means usable: a send through instance 1 works at once.
+        a1.authenticate().await?;
+        let sent = a1
+            .send(&format!("after-cut-{cut}"), vec![envelope(b"x".to_vec(), &[&bob.0])], now_micros() + 60_000_000)
+            .await
+            .with_context(|| format!("{mode}: send after recovery"))?;
+        ensure!(!sent.deduplicated);
+    }
+    drop(proxy);
+    Ok(())
+}
