@@ -20,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out.join("domain_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
         .bytes(".domain.v1.Envelope.content")
+        .codec_path("crate::codec::DomainCodec")
         .compile_fds(fds)?;
     Ok(())
 }

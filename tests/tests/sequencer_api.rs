@@ -675,6 +675,7 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
             after.events == before.events + 1 && after.recipients == before.recipients + 2 && after.dedup == before.dedup + 1,
             "a valid send writes one event, two recipient rows and one dedup row"
         );
+        b.authenticate().await?;
         let mut stream = b.subscribe(0).await?;
         let first = next_event(&mut stream, "bob").await?;
         ensure!(content_of(&first) == b"hello" && first.counter == 0, "bob's only event is the valid send");

@@ -1,5 +1,7 @@
 //! Generated protobuf messages and gRPC clients/servers for the domain protocol (`domain.v1`).
 
+pub mod codec;
+
 /// Version 1 of the domain protocol.
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
