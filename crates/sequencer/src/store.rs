@@ -553,7 +553,7 @@ pub async fn write_checkpoints(
     let tx = client.transaction().await?;
     // Arbitrary but stable advisory lock key: "seq checkpointer".
     let locked: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock(7_301_001)", &[])
+        .query_one("SELECT pg_try_advisory_xact_lock(7301001)", &[])
         .await?
         .get(0);
     if !locked {
