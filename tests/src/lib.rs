@@ -16,15 +16,33 @@ pub async fn connect(
     i: usize,
     member: &(MemberId, Arc<SigningKeyPair>),
 ) -> anyhow::Result<SequencerConnection> {
-    let node = cluster.nodes.get(i).ok_or_else(|| anyhow::anyhow!("no instance {i}"))?;
-    let channel = connect_channel(&node.public_endpoint(), Some(cluster.client_tls()), Duration::from_secs(5)).await?;
-    let conn = SequencerConnection::new(channel, MemberIdentity { id: member.0.clone(), key: member.1.clone() }).await?;
+    let node = cluster
+        .nodes
+        .get(i)
+        .ok_or_else(|| anyhow::anyhow!("no instance {i}"))?;
+    let channel = connect_channel(
+        &node.public_endpoint(),
+        Some(cluster.client_tls()),
+        Duration::from_secs(5),
+    )
+    .await?;
+    let conn = SequencerConnection::new(
+        channel,
+        MemberIdentity {
+            id: member.0.clone(),
+            key: member.1.clone(),
+        },
+    )
+    .await?;
     conn.authenticate().await?;
     Ok(conn)
 }
 
 /// A one-envelope payload addressed to `recipients`.
-pub fn envelope(content: impl Into<Vec<u8>>, recipients: &[&MemberId]) -> domain_proto::v1::Envelope {
+pub fn envelope(
+    content: impl Into<Vec<u8>>,
+    recipients: &[&MemberId],
+) -> domain_proto::v1::Envelope {
     domain_proto::v1::Envelope {
         content: content.into().into(),
         recipients: recipients.iter().map(|r| r.to_string()).collect(),

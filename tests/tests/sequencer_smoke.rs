@@ -18,7 +18,11 @@ async fn send_and_receive_across_instances() -> anyhow::Result<()> {
     let a0 = connect(&cluster, 0, &alice).await?;
     let b1 = connect(&cluster, 1, &bob).await?;
     let sent = a0
-        .send("m-1", vec![envelope(b"hello".to_vec(), &[&bob.0])], now_micros() + 10_000_000)
+        .send(
+            "m-1",
+            vec![envelope(b"hello".to_vec(), &[&bob.0])],
+            now_micros() + 10_000_000,
+        )
         .await?;
     assert!(!sent.deduplicated);
 
@@ -32,7 +36,10 @@ async fn send_and_receive_across_instances() -> anyhow::Result<()> {
     assert_eq!(event.counter, 0);
     assert_eq!(event.timestamp_micros, sent.sequencing_timestamp_micros);
     assert_eq!(event.envelopes.len(), 1);
-    assert!(event.message_id.is_empty(), "recipients never see the message id");
+    assert!(
+        event.message_id.is_empty(),
+        "recipients never see the message id"
+    );
 
     // The sender gets a receipt carrying its message id.
     let a1 = connect(&cluster, 1, &alice).await?;

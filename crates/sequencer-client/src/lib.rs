@@ -35,22 +35,31 @@ pub struct MemberIdentity {
 }
 
 /// Opens a channel to one sequencer endpoint (`https://host:port` with TLS).
-pub async fn connect_channel(endpoint: &str, tls: Option<ClientTlsConfig>, timeout: Duration) -> Result<Channel, ClientError> {
+pub async fn connect_channel(
+    endpoint: &str,
+    tls: Option<ClientTlsConfig>,
+    timeout: Duration,
+) -> Result<Channel, ClientError> {
     let mut ep = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| ClientError::Endpoint { endpoint: endpoint.into(), reason: e.to_string() })?
+        .map_err(|e| ClientError::Endpoint {
+            endpoint: endpoint.into(),
+            reason: e.to_string(),
+        })?
         .connect_timeout(timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
     if let Some(tls) = tls {
-        ep = ep
-            .tls_config(tls)
-            .map_err(|e| ClientError::Endpoint { endpoint: endpoint.into(), reason: e.to_string() })?;
+        ep = ep.tls_config(tls).map_err(|e| ClientError::Endpoint {
+            endpoint: endpoint.into(),
+            reason: e.to_string(),
+        })?;
     }
-    ep.connect()
-        .await
-        .map_err(|e| ClientError::Connect { endpoint: endpoint.into(), reason: format!("{e:?}") })
+    ep.connect().await.map_err(|e| ClientError::Connect {
+        endpoint: endpoint.into(),
+        reason: format!("{e:?}"),
+    })
 }
 
 /// An authenticated connection of one member to one sequencer endpoint.
@@ -69,12 +78,22 @@ impl SequencerConnection {
         let mut client = SequencerServiceClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
-        let info = client.get_domain_info(pb::GetDomainInfoRequest {}).await?.into_inner();
+        let info = client
+            .get_domain_info(pb::GetDomainInfoRequest {})
+            .await?
+            .into_inner();
         let key = info
             .sequencer_public_key
             .ok_or_else(|| ClientError::DomainInfo("no sequencer public key".into()))?;
-        let sequencer_key = PublicKey::from_bytes(&key.key).map_err(|e| ClientError::DomainInfo(e.to_string()))?;
-        Ok(Self { client, member, domain_id: info.domain_id, sequencer_key, token: Arc::new(RwLock::new(None)) })
+        let sequencer_key =
+            PublicKey::from_bytes(&key.key).map_err(|e| ClientError::DomainInfo(e.to_string()))?;
+        Ok(Self {
+            client,
+            member,
+            domain_id: info.domain_id,
+            sequencer_key,
+            token: Arc::new(RwLock::new(None)),
+        })
     }
 
     /// Runs challenge → signature → token and keeps the token for later calls.
@@ -93,7 +112,11 @@ impl SequencerConnection {
         let sig = self
             .member
             .key
-            .sign_with_domain_str(SignaturePurpose::AuthChallenge, &challenge.domain_id, &challenge.nonce)
+            .sign_with_domain_str(
+                SignaturePurpose::AuthChallenge,
+                &challenge.domain_id,
+                &challenge.nonce,
+            )
             .map_err(|e| ClientError::DomainInfo(e.to_string()))?;
         let resp = client
             .authenticate(pb::AuthenticateRequest {
@@ -113,7 +136,10 @@ impl SequencerConnection {
     }
 
     async fn authed<T>(&self, msg: T) -> Result<Request<T>, ClientError> {
-        let token = self.token().await.ok_or_else(|| Status::unauthenticated("not authenticated"))?;
+        let token = self
+            .token()
+            .await
+            .ok_or_else(|| Status::unauthenticated("not authenticated"))?;
         let mut req = Request::new(msg);
         let value = format!("Bearer {token}")
             .parse()
@@ -130,11 +156,17 @@ impl SequencerConnection {
             .key
             .sign_with_domain_str(SignaturePurpose::Submission, &self.domain_id, &bytes)
             .ok();
-        pb::SendRequest { submission: bytes, signature: sig.map(|s| to_proto_signature(&s, SignaturePurpose::Submission)) }
+        pb::SendRequest {
+            submission: bytes,
+            signature: sig.map(|s| to_proto_signature(&s, SignaturePurpose::Submission)),
+        }
     }
 
     /// Sends an already signed request.
-    pub async fn send_signed(&self, request: pb::SendRequest) -> Result<pb::SendResponse, ClientError> {
+    pub async fn send_signed(
+        &self,
+        request: pb::SendRequest,
+    ) -> Result<pb::SendResponse, ClientError> {
         let req = self.authed(request).await?;
         Ok(self.client.clone().send(req).await?.into_inner())
     }
@@ -157,16 +189,25 @@ impl SequencerConnection {
     }
 
     /// Opens the member's event stream from `from_counter`.
-    pub async fn subscribe(&self, from_counter: i64) -> Result<tonic::Streaming<pb::SubscribeResponse>, ClientError> {
+    pub async fn subscribe(
+        &self,
+        from_counter: i64,
+    ) -> Result<tonic::Streaming<pb::SubscribeResponse>, ClientError> {
         let req = self
-            .authed(pb::SubscribeRequest { member: self.member.id.to_string(), from_counter })
+            .authed(pb::SubscribeRequest {
+                member: self.member.id.to_string(),
+                from_counter,
+            })
             .await?;
         Ok(self.client.clone().subscribe(req).await?.into_inner())
     }
 
     pub async fn acknowledge(&self, timestamp_micros: i64) -> Result<(), ClientError> {
         let req = self
-            .authed(pb::AcknowledgeRequest { member: self.member.id.to_string(), timestamp_micros })
+            .authed(pb::AcknowledgeRequest {
+                member: self.member.id.to_string(),
+                timestamp_micros,
+            })
             .await?;
         self.client.clone().acknowledge(req).await?;
         Ok(())
@@ -174,32 +215,60 @@ impl SequencerConnection {
 
     /// Verifies an event's sequencer signature and that every delivered envelope
     /// is one the signature covers.
-    pub fn verify_event(&self, event: &pb::SequencedEvent) -> Result<pb::SignedEventContent, ClientError> {
+    pub fn verify_event(
+        &self,
+        event: &pb::SequencedEvent,
+    ) -> Result<pb::SignedEventContent, ClientError> {
         verify_event(&self.sequencer_key, &self.domain_id, event)
     }
 }
 
 /// Verifies an event against the sequencer key and domain id.
-pub fn verify_event(key: &PublicKey, domain_id: &str, event: &pb::SequencedEvent) -> Result<pb::SignedEventContent, ClientError> {
-    let sig = event.signature.as_ref().ok_or_else(|| ClientError::InvalidEvent("missing signature".into()))?;
+pub fn verify_event(
+    key: &PublicKey,
+    domain_id: &str,
+    event: &pb::SequencedEvent,
+) -> Result<pb::SignedEventContent, ClientError> {
+    let sig = event
+        .signature
+        .as_ref()
+        .ok_or_else(|| ClientError::InvalidEvent("missing signature".into()))?;
     let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
         .map_err(|e| ClientError::InvalidEvent(e.to_string()))?;
-    key.verify_with_domain_str(SignaturePurpose::SequencedEvent, domain_id, &event.content, &signature)
-        .map_err(|e| ClientError::InvalidEvent(format!("bad sequencer signature: {e}")))?;
+    key.verify_with_domain_str(
+        SignaturePurpose::SequencedEvent,
+        domain_id,
+        &event.content,
+        &signature,
+    )
+    .map_err(|e| ClientError::InvalidEvent(format!("bad sequencer signature: {e}")))?;
     let content = pb::SignedEventContent::decode(event.content.as_slice())
         .map_err(|e| ClientError::InvalidEvent(format!("undecodable content: {e}")))?;
     if content.timestamp_micros != event.timestamp_micros {
-        return Err(ClientError::InvalidEvent("timestamp differs from the signed one".into()));
+        return Err(ClientError::InvalidEvent(
+            "timestamp differs from the signed one".into(),
+        ));
     }
     for d in &event.envelopes {
-        let env = d.envelope.as_ref().ok_or_else(|| ClientError::InvalidEvent("empty envelope".into()))?;
+        let env = d
+            .envelope
+            .as_ref()
+            .ok_or_else(|| ClientError::InvalidEvent("empty envelope".into()))?;
         let hash = Sha256::digest(env.encode_to_vec()).to_vec();
         if content.envelope_hashes.get(d.index as usize) != Some(&hash) {
-            return Err(ClientError::InvalidEvent(format!("envelope {} is not covered by the signature", d.index)));
+            return Err(ClientError::InvalidEvent(format!(
+                "envelope {} is not covered by the signature",
+                d.index
+            )));
         }
     }
-    if !event.message_id.is_empty() && Sha256::digest(event.message_id.as_bytes()).as_slice() != content.message_id_hash.as_slice() {
-        return Err(ClientError::InvalidEvent("message id does not match the signed hash".into()));
+    if !event.message_id.is_empty()
+        && Sha256::digest(event.message_id.as_bytes()).as_slice()
+            != content.message_id_hash.as_slice()
+    {
+        return Err(ClientError::InvalidEvent(
+            "message id does not match the signed hash".into(),
+        ));
     }
     Ok(content)
 }
@@ -212,16 +281,25 @@ pub struct StreamValidator {
 
 impl StreamValidator {
     pub fn starting_after(counter: i64, timestamp: i64) -> Self {
-        Self { last: Some((counter, timestamp)) }
+        Self {
+            last: Some((counter, timestamp)),
+        }
     }
 
     pub fn check(&mut self, event: &pb::SequencedEvent) -> Result<(), ClientError> {
         if let Some((c, ts)) = self.last {
             if event.counter != c + 1 {
-                return Err(ClientError::InvalidEvent(format!("counter gap: expected {}, got {}", c + 1, event.counter)));
+                return Err(ClientError::InvalidEvent(format!(
+                    "counter gap: expected {}, got {}",
+                    c + 1,
+                    event.counter
+                )));
             }
             if event.timestamp_micros <= ts {
-                return Err(ClientError::InvalidEvent(format!("timestamp {} not after {ts}", event.timestamp_micros)));
+                return Err(ClientError::InvalidEvent(format!(
+                    "timestamp {} not after {ts}",
+                    event.timestamp_micros
+                )));
             }
             if event.previous_timestamp_micros != ts {
                 return Err(ClientError::InvalidEvent(format!(
@@ -236,5 +314,9 @@ impl StreamValidator {
 }
 
 pub fn to_proto_signature(sig: &Signature, purpose: SignaturePurpose) -> pb::Signature {
-    pb::Signature { signature: sig.to_bytes().to_vec(), signer_fingerprint: sig.signer().to_string(), purpose: purpose.as_i32() }
+    pb::Signature {
+        signature: sig.to_bytes().to_vec(),
+        signer_fingerprint: sig.signer().to_string(),
+        purpose: purpose.as_i32(),
+    }
 }

@@ -23,29 +23,55 @@ fn st(e: impl Into<SequencerError>) -> Status {
 
 #[tonic::async_trait]
 impl SequencerAdminService for SequencerAdmin {
-    async fn register_member(&self, req: Request<pb::RegisterMemberRequest>) -> Result<Response<pb::RegisterMemberResponse>, Status> {
+    async fn register_member(
+        &self,
+        req: Request<pb::RegisterMemberRequest>,
+    ) -> Result<Response<pb::RegisterMemberResponse>, Status> {
         let r = req.into_inner();
-        let member = MemberId::parse(&r.member).map_err(|e| st(SequencerError::Malformed(format!("member id: {e}"))))?;
+        let member = MemberId::parse(&r.member)
+            .map_err(|e| st(SequencerError::Malformed(format!("member id: {e}"))))?;
         let key = match r.public_key {
             Some(pk) => {
-                let key = PublicKey::from_bytes(&pk.key).map_err(|e| st(SequencerError::Malformed(format!("public key: {e}"))))?;
+                let key = PublicKey::from_bytes(&pk.key)
+                    .map_err(|e| st(SequencerError::Malformed(format!("public key: {e}"))))?;
                 if !member.matches_key(&key) {
-                    return Err(st(SequencerError::KeyMismatch { member: r.member, key: key.fingerprint().to_string() }));
+                    return Err(st(SequencerError::KeyMismatch {
+                        member: r.member,
+                        key: key.fingerprint().to_string(),
+                    }));
                 }
                 Some(key.to_bytes().to_vec())
             }
             None => None,
         };
-        let ts = self.core.writer.register(member.to_string(), key).await.map_err(st)?;
+        let ts = self
+            .core
+            .writer
+            .register(member.to_string(), key)
+            .await
+            .map_err(st)?;
         self.core.members.reload().await.map_err(st)?;
         tracing::info!(member = %member, registered_ts = ts, "member registered");
-        Ok(Response::new(pb::RegisterMemberResponse { registered_at_micros: ts }))
+        Ok(Response::new(pb::RegisterMemberResponse {
+            registered_at_micros: ts,
+        }))
     }
 
-    async fn disable_member(&self, req: Request<pb::DisableMemberRequest>) -> Result<Response<pb::DisableMemberResponse>, Status> {
+    async fn disable_member(
+        &self,
+        req: Request<pb::DisableMemberRequest>,
+    ) -> Result<Response<pb::DisableMemberResponse>, Status> {
         let r = req.into_inner();
-        let mut client = self.core.pool.get().await.map_err(|e| st(SequencerError::Database(e.to_string())))?;
-        if !store::disable_member(&mut client, &r.member).await.map_err(st)? {
+        let mut client = self
+            .core
+            .pool
+            .get()
+            .await
+            .map_err(|e| st(SequencerError::Database(e.to_string())))?;
+        if !store::disable_member(&mut client, &r.member)
+            .await
+            .map_err(st)?
+        {
             return Err(st(SequencerError::MemberUnknown(r.member)));
         }
         self.core.forget_tokens(&r.member).await;
@@ -54,8 +80,16 @@ impl SequencerAdminService for SequencerAdmin {
         Ok(Response::new(pb::DisableMemberResponse {}))
     }
 
-    async fn list_members(&self, _req: Request<pb::ListMembersRequest>) -> Result<Response<pb::ListMembersResponse>, Status> {
-        let client = self.core.pool.get().await.map_err(|e| st(SequencerError::Database(e.to_string())))?;
+    async fn list_members(
+        &self,
+        _req: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let client = self
+            .core
+            .pool
+            .get()
+            .await
+            .map_err(|e| st(SequencerError::Database(e.to_string())))?;
         let mut members: Vec<pb::MemberInfo> = store::load_members(&**client)
             .await
             .map_err(st)?
@@ -71,8 +105,16 @@ impl SequencerAdminService for SequencerAdmin {
         Ok(Response::new(pb::ListMembersResponse { members }))
     }
 
-    async fn list_instances(&self, _req: Request<pb::ListInstancesRequest>) -> Result<Response<pb::ListInstancesResponse>, Status> {
-        let client = self.core.pool.get().await.map_err(|e| st(SequencerError::Database(e.to_string())))?;
+    async fn list_instances(
+        &self,
+        _req: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let client = self
+            .core
+            .pool
+            .get()
+            .await
+            .map_err(|e| st(SequencerError::Database(e.to_string())))?;
         let instances = store::list_instances(&**client)
             .await
             .map_err(st)?
@@ -88,11 +130,24 @@ impl SequencerAdminService for SequencerAdmin {
         Ok(Response::new(pb::ListInstancesResponse { instances }))
     }
 
-    async fn prune(&self, _req: Request<pb::PruneRequest>) -> Result<Response<pb::PruneResponse>, Status> {
-        let mut client = self.core.pool.get().await.map_err(|e| st(SequencerError::Database(e.to_string())))?;
+    async fn prune(
+        &self,
+        _req: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
+        let mut client = self
+            .core
+            .pool
+            .get()
+            .await
+            .map_err(|e| st(SequencerError::Database(e.to_string())))?;
         let safe = store::safe_watermark(&**client).await.map_err(st)?;
-        let (bound, deleted) = store::prune(&mut client, safe, self.prune_batch).await.map_err(st)?;
+        let (bound, deleted) = store::prune(&mut client, safe, self.prune_batch)
+            .await
+            .map_err(st)?;
         metrics::counter!(m::EVENTS_PRUNED).increment(deleted);
-        Ok(Response::new(pb::PruneResponse { pruned_below_micros: bound, events_deleted: deleted }))
+        Ok(Response::new(pb::PruneResponse {
+            pruned_below_micros: bound,
+            events_deleted: deleted,
+        }))
     }
 }

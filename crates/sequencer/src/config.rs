@@ -168,7 +168,10 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { nonce_ttl: Duration::from_secs(60), token_ttl: Duration::from_secs(3600) }
+        Self {
+            nonce_ttl: Duration::from_secs(60),
+            token_ttl: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -184,6 +187,9 @@ pub struct PruningConfig {
 
 impl Default for PruningConfig {
     fn default() -> Self {
-        Self { interval: Duration::from_secs(60), batch_size: 10_000 }
+        Self {
+            interval: Duration::from_secs(60),
+            batch_size: 10_000,
+        }
     }
 }

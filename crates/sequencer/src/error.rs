@@ -24,7 +24,10 @@ pub enum SequencerError {
     #[error("member {0} is disabled")]
     MemberDisabled(String),
     #[error("authenticated as {authenticated} but the request is for {requested}")]
-    MemberMismatch { authenticated: String, requested: String },
+    MemberMismatch {
+        authenticated: String,
+        requested: String,
+    },
     #[error("malformed request: {0}")]
     Malformed(String),
     #[error("submission signature does not verify: {0}")]
@@ -37,13 +40,19 @@ pub enum SequencerError {
     EmptySubmission,
     #[error("request of {size} bytes exceeds the limit of {limit} bytes")]
     RequestTooLarge { size: usize, limit: usize },
-    #[error("max sequencing time {max_sequencing_time} passed before sequencing (sequencer time {now})")]
+    #[error(
+        "max sequencing time {max_sequencing_time} passed before sequencing (sequencer time {now})"
+    )]
     MaxSequencingTimeExceeded { max_sequencing_time: i64, now: i64 },
     #[error("sequencer is overloaded, retry later with the same message id")]
     Overloaded,
-    #[error("subscriber fell behind by more than its buffer and was disconnected; resume from counter {resume_from}")]
+    #[error(
+        "subscriber fell behind by more than its buffer and was disconnected; resume from counter {resume_from}"
+    )]
     SubscriberTooSlow { resume_from: i64 },
-    #[error("counter {counter} lies below the pruning bound; the oldest retained counter is {oldest}")]
+    #[error(
+        "counter {counter} lies below the pruning bound; the oldest retained counter is {oldest}"
+    )]
     EventsPruned { counter: i64, oldest: i64 },
     #[error("this sequencer instance is not online: {0}")]
     InstanceOffline(String),
@@ -89,15 +98,20 @@ impl SequencerError {
     pub fn grpc_code(&self) -> Code {
         use SequencerError::*;
         match self {
-            MissingCredentials(_) | TokenInvalid | NonceInvalid | ChallengeSignatureInvalid(_) | KeyMismatch { .. } => {
-                Code::Unauthenticated
-            }
+            MissingCredentials(_)
+            | TokenInvalid
+            | NonceInvalid
+            | ChallengeSignatureInvalid(_)
+            | KeyMismatch { .. } => Code::Unauthenticated,
             MemberUnknown(_) | MemberDisabled(_) | MemberMismatch { .. } => Code::PermissionDenied,
-            Malformed(_) | SubmissionSignatureInvalid(_) | RecipientUnknown(_) | EmptySubmission => {
-                Code::InvalidArgument
-            }
+            Malformed(_)
+            | SubmissionSignatureInvalid(_)
+            | RecipientUnknown(_)
+            | EmptySubmission => Code::InvalidArgument,
             RecipientDisabled(_) | MaxSequencingTimeExceeded { .. } => Code::FailedPrecondition,
-            RequestTooLarge { .. } | Overloaded | SubscriberTooSlow { .. } => Code::ResourceExhausted,
+            RequestTooLarge { .. } | Overloaded | SubscriberTooSlow { .. } => {
+                Code::ResourceExhausted
+            }
             EventsPruned { .. } => Code::OutOfRange,
             InstanceOffline(_) | OutcomeUnknown | Database(_) => Code::Unavailable,
             Internal(_) => Code::Internal,
@@ -123,7 +137,9 @@ impl From<SequencerError> for Status {
 impl From<crate::store::StoreError> for SequencerError {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
-            crate::store::StoreError::Fenced { .. } => SequencerError::InstanceOffline(e.to_string()),
+            crate::store::StoreError::Fenced { .. } => {
+                SequencerError::InstanceOffline(e.to_string())
+            }
             other => SequencerError::Database(other.to_string()),
         }
     }
@@ -149,7 +165,12 @@ mod tests {
             assert!(seen.insert(e.code()));
             let code = e.code();
             let st = e.into_status();
-            assert_eq!(st.metadata().get(ERROR_CODE_METADATA).and_then(|v| v.to_str().ok()), Some(code));
+            assert_eq!(
+                st.metadata()
+                    .get(ERROR_CODE_METADATA)
+                    .and_then(|v| v.to_str().ok()),
+                Some(code)
+            );
         }
     }
 }

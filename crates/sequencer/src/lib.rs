@@ -57,9 +57,14 @@ fn fault_hooks() -> FaultHooks {
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_millis);
         if delay.is_some() {
-            tracing::warn!(?delay, "fault injection active: delaying every batch before commit");
+            tracing::warn!(
+                ?delay,
+                "fault injection active: delaying every batch before commit"
+            );
         }
-        FaultHooks { delay_before_commit: delay }
+        FaultHooks {
+            delay_before_commit: delay,
+        }
     }
     #[cfg(not(feature = "fault-injection"))]
     FaultHooks::default()
@@ -73,10 +78,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     crate::metrics::describe();
-    let domain_id = DomainId::parse(&config.domain_id).with_context(|| format!("invalid `domain-id` {:?}", config.domain_id))?;
+    let domain_id = DomainId::parse(&config.domain_id)
+        .with_context(|| format!("invalid `domain-id` {:?}", config.domain_id))?;
     let key = Arc::new(
-        SigningKeyPair::load_pem(&config.signing_key_file)
-            .with_context(|| format!("cannot load `signing-key-file` {}", config.signing_key_file.display()))?,
+        SigningKeyPair::load_pem(&config.signing_key_file).with_context(|| {
+            format!(
+                "cannot load `signing-key-file` {}",
+                config.signing_key_file.display()
+            )
+        })?,
     );
     let sequencer_id = MemberId::new(
         MemberRole::Sequencer,
@@ -84,11 +94,16 @@ pub async fn run(
     );
     tracing::info!(%domain_id, %sequencer_id, database = %config.database.url.redacted(), "starting sequencer");
 
-    let sqlx_pool = domain_storage::connect_sqlx(&config.database).await.context("cannot connect to the database")?;
-    domain_storage::run_migrations(&sqlx_pool, &MIGRATOR).await.context("cannot migrate the database")?;
+    let sqlx_pool = domain_storage::connect_sqlx(&config.database)
+        .await
+        .context("cannot connect to the database")?;
+    domain_storage::run_migrations(&sqlx_pool, &MIGRATOR)
+        .await
+        .context("cannot migrate the database")?;
     domain_storage::check_commit_mode(&sqlx_pool, config.database.allow_async_commit).await?;
     sqlx_pool.close().await;
-    let pool = domain_storage::hot_pool(&config.database).context("cannot build the database pool")?;
+    let pool =
+        domain_storage::hot_pool(&config.database).context("cannot build the database pool")?;
 
     let tasks = TaskTracker::new();
     let internal = shutdown.child_token();
@@ -118,7 +133,12 @@ pub async fn run(
     let writer_task = tokio::spawn(writer.run(rx, state_tx, writer_shutdown.clone()));
 
     let reader = SharedReader::new(config.reader.feed_buffer);
-    tasks.spawn(reader.clone().run(pool.clone(), config.reader.poll_interval, config.reader.page_size, internal.clone()));
+    tasks.spawn(reader.clone().run(
+        pool.clone(),
+        config.reader.poll_interval,
+        config.reader.page_size,
+        internal.clone(),
+    ));
 
     let core = SequencerCore::new(
         ServiceSettings {
@@ -147,10 +167,23 @@ pub async fn run(
         core.clone(),
         internal.clone(),
     ));
-    tasks.spawn(offline_checker(pool.clone(), writer_handle.watch_state(), config.ha.clone(), internal.clone()));
-    tasks.spawn(checkpointer(pool.clone(), config.reader.clone(), internal.clone()));
+    tasks.spawn(offline_checker(
+        pool.clone(),
+        writer_handle.watch_state(),
+        config.ha.clone(),
+        internal.clone(),
+    ));
+    tasks.spawn(checkpointer(
+        pool.clone(),
+        config.reader.clone(),
+        internal.clone(),
+    ));
     if !config.pruning.interval.is_zero() {
-        tasks.spawn(pruner(pool.clone(), config.pruning.clone(), internal.clone()));
+        tasks.spawn(pruner(
+            pool.clone(),
+            config.pruning.clone(),
+            internal.clone(),
+        ));
     }
     tasks.spawn(gauges(pool.clone(), internal.clone()));
 
@@ -163,7 +196,12 @@ pub async fn run(
         readiness.clone(),
         internal.clone(),
     ));
-    tasks.spawn(bootstrap_members(writer_handle.clone(), members.clone(), config.bootstrap_members.clone(), internal.clone()));
+    tasks.spawn(bootstrap_members(
+        writer_handle.clone(),
+        members.clone(),
+        config.bootstrap_members.clone(),
+        internal.clone(),
+    ));
 
     let max_msg = config.public_api.max_message_size;
     let (health, health_server) = domain_runtime::grpc::health_service(max_msg).await;
@@ -177,7 +215,10 @@ pub async fn run(
         .add_service(health_server.clone())
         .add_service(domain_runtime::grpc::reflection_service()?)
         .add_service(api);
-    let admin_api = SequencerAdminServiceServer::new(admin::SequencerAdmin { core: core.clone(), prune_batch: config.pruning.batch_size });
+    let admin_api = SequencerAdminServiceServer::new(admin::SequencerAdmin {
+        core: core.clone(),
+        prune_batch: config.pruning.batch_size,
+    });
     let admin = domain_runtime::grpc::server_builder(&config.admin_api)?
         .layer(domain_runtime::telemetry::TraceContextLayer)
         .add_service(health_server)
@@ -185,9 +226,22 @@ pub async fn run(
         .add_service(admin_api);
 
     let servers_stop = CancellationToken::new();
-    let public_task = tokio::spawn(domain_runtime::grpc::serve(public, listeners.public, servers_stop.clone()));
-    let admin_task = tokio::spawn(domain_runtime::grpc::serve(admin, listeners.admin, servers_stop.clone()));
-    let ops_task = domain_runtime::ops::serve_ops(listeners.ops, metrics_handle, readiness.clone(), servers_stop.clone());
+    let public_task = tokio::spawn(domain_runtime::grpc::serve(
+        public,
+        listeners.public,
+        servers_stop.clone(),
+    ));
+    let admin_task = tokio::spawn(domain_runtime::grpc::serve(
+        admin,
+        listeners.admin,
+        servers_stop.clone(),
+    ));
+    let ops_task = domain_runtime::ops::serve_ops(
+        listeners.ops,
+        metrics_handle,
+        readiness.clone(),
+        servers_stop.clone(),
+    );
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: draining subscriptions and in-flight sends");
@@ -225,7 +279,11 @@ async fn listen_loop(
     shutdown: CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
-        let conn = domain_storage::listen_connection(&db, &[store::WATERMARK_CHANNEL, store::MEMBERS_CHANNEL]).await;
+        let conn = domain_storage::listen_connection(
+            &db,
+            &[store::WATERMARK_CHANNEL, store::MEMBERS_CHANNEL],
+        )
+        .await;
         let (_client, mut rx, task) = match conn {
             Ok(c) => c,
             Err(error) => {
@@ -292,8 +350,12 @@ async fn offline_checker(
         }
         // Only an online instance judges its peers: one that lost the database
         // would otherwise be the one lagging.
-        let Some(own) = state.borrow().index.filter(|_| state.borrow().online) else { continue };
-        let Ok(mut client) = pool.get().await else { continue };
+        let Some(own) = state.borrow().index.filter(|_| state.borrow().online) else {
+            continue;
+        };
+        let Ok(mut client) = pool.get().await else {
+            continue;
+        };
         match store::mark_lagging_offline(&mut client, own, ha.offline_after).await {
             Ok(marked) => {
                 for idx in marked {
@@ -306,7 +368,11 @@ async fn offline_checker(
     }
 }
 
-async fn checkpointer(pool: deadpool_postgres::Pool, cfg: config::ReaderConfig, shutdown: CancellationToken) {
+async fn checkpointer(
+    pool: deadpool_postgres::Pool,
+    cfg: config::ReaderConfig,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(cfg.checkpoint_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -314,7 +380,9 @@ async fn checkpointer(pool: deadpool_postgres::Pool, cfg: config::ReaderConfig, 
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Ok(mut client) = pool.get().await else { continue };
+        let Ok(mut client) = pool.get().await else {
+            continue;
+        };
         let safe = match store::safe_watermark(&**client).await {
             Ok(s) => s,
             Err(_) => continue,
@@ -326,7 +394,11 @@ async fn checkpointer(pool: deadpool_postgres::Pool, cfg: config::ReaderConfig, 
     }
 }
 
-async fn pruner(pool: deadpool_postgres::Pool, cfg: config::PruningConfig, shutdown: CancellationToken) {
+async fn pruner(
+    pool: deadpool_postgres::Pool,
+    cfg: config::PruningConfig,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -335,7 +407,9 @@ async fn pruner(pool: deadpool_postgres::Pool, cfg: config::PruningConfig, shutd
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Ok(mut client) = pool.get().await else { continue };
+        let Ok(mut client) = pool.get().await else {
+            continue;
+        };
         // One instance prunes at a time; the others skip this round.
         let locked = client
             .query_one("SELECT pg_try_advisory_lock(7301002)", &[])
@@ -349,7 +423,9 @@ async fn pruner(pool: deadpool_postgres::Pool, cfg: config::PruningConfig, shutd
             Ok(safe) => store::prune(&mut client, safe, cfg.batch_size).await,
             Err(e) => Err(e),
         };
-        let _ = client.execute("SELECT pg_advisory_unlock(7301002)", &[]).await;
+        let _ = client
+            .execute("SELECT pg_advisory_unlock(7301002)", &[])
+            .await;
         match result {
             Ok((bound, deleted)) if deleted > 0 => {
                 ::metrics::counter!(crate::metrics::EVENTS_PRUNED).increment(deleted);
@@ -373,7 +449,9 @@ async fn gauges(pool: deadpool_postgres::Pool, shutdown: CancellationToken) {
         ::metrics::gauge!(crate::metrics::DB_POOL, "state" => "in_use").set(in_use as f64);
         ::metrics::gauge!(crate::metrics::DB_POOL, "state" => "idle").set(status.available as f64);
         ::metrics::gauge!(crate::metrics::DB_POOL, "state" => "max").set(status.max_size as f64);
-        let Ok(client) = pool.get().await else { continue };
+        let Ok(client) = pool.get().await else {
+            continue;
+        };
         if let Ok(instances) = store::list_instances(&**client).await {
             let online = instances.iter().filter(|i| i.online).count();
             ::metrics::gauge!(crate::metrics::INSTANCES_ONLINE).set(online as f64);

@@ -35,11 +35,15 @@ fn main() {
         return;
     }
     let config: SequencerConfig = load_or_exit("sequencer", "SEQUENCER", &cli.common);
-    if let Err(error) = domain_runtime::telemetry::init_logging("sequencer", cli.common.log_format) {
+    if let Err(error) = domain_runtime::telemetry::init_logging("sequencer", cli.common.log_format)
+    {
         eprintln!("error: {error}");
         std::process::exit(EXIT_USAGE);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -48,7 +52,10 @@ fn main() {
     };
     let code = runtime.block_on(async move {
         // One crypto provider for the whole process (ring); rustls refuses to guess.
-        if rustls::crypto::ring::default_provider().install_default().is_err() {
+        if rustls::crypto::ring::default_provider()
+            .install_default()
+            .is_err()
+        {
             tracing::error!("cannot install the rustls crypto provider");
             return 1;
         }

@@ -29,7 +29,11 @@ const MISS_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 impl Members {
     pub fn new(pool: deadpool_postgres::Pool) -> Arc<Self> {
         let (revoked, _) = broadcast::channel(256);
-        Arc::new(Self { inner: RwLock::new(Inner::default()), pool, revoked })
+        Arc::new(Self {
+            inner: RwLock::new(Inner::default()),
+            pool,
+            revoked,
+        })
     }
 
     pub async fn reload(&self) -> Result<(), StoreError> {
@@ -65,7 +69,10 @@ impl Members {
             if let Some(m) = inner.by_name.get(member) {
                 return Ok(Some(m.clone()));
             }
-            if inner.loaded_at.is_some_and(|t| t.elapsed() < MISS_RELOAD_INTERVAL) {
+            if inner
+                .loaded_at
+                .is_some_and(|t| t.elapsed() < MISS_RELOAD_INTERVAL)
+            {
                 return Ok(None);
             }
         }

@@ -23,21 +23,57 @@ pub const CHECKPOINTS_WRITTEN: &str = "sequencer_checkpoints_written_total";
 /// Registers descriptions so `/metrics` carries HELP lines.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(SENDS, "Submissions answered, by outcome (sequenced, deduplicated, failed, max_sequencing_time_exceeded)");
-    describe_counter!(SEND_REJECTIONS, "Submissions rejected by validation before any write, by error code");
-    describe_histogram!(BATCH_SIZE, "Events per committed writer batch (group commit)");
-    describe_histogram!(SEND_LATENCY, Unit::Seconds, "Time from a validated submission entering the writer queue to its durable acknowledgement");
-    describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Duration of one writer batch transaction, commit included");
-    describe_gauge!(WATERMARK_LAG, Unit::Seconds, "Database clock minus the instance's watermark, per instance index");
+    describe_counter!(
+        SENDS,
+        "Submissions answered, by outcome (sequenced, deduplicated, failed, max_sequencing_time_exceeded)"
+    );
+    describe_counter!(
+        SEND_REJECTIONS,
+        "Submissions rejected by validation before any write, by error code"
+    );
+    describe_histogram!(
+        BATCH_SIZE,
+        "Events per committed writer batch (group commit)"
+    );
+    describe_histogram!(
+        SEND_LATENCY,
+        Unit::Seconds,
+        "Time from a validated submission entering the writer queue to its durable acknowledgement"
+    );
+    describe_histogram!(
+        COMMIT_SECONDS,
+        Unit::Seconds,
+        "Duration of one writer batch transaction, commit included"
+    );
+    describe_gauge!(
+        WATERMARK_LAG,
+        Unit::Seconds,
+        "Database clock minus the instance's watermark, per instance index"
+    );
     describe_gauge!(INSTANCES_ONLINE, "Writer instances currently marked online");
-    describe_counter!(INSTANCES_MARKED_OFFLINE, "Peers this instance marked offline after their heartbeat stalled");
+    describe_counter!(
+        INSTANCES_MARKED_OFFLINE,
+        "Peers this instance marked offline after their heartbeat stalled"
+    );
     describe_counter!(EVENTS_READ, "Events read by this instance's shared reader");
-    describe_counter!(EVENTS_DELIVERED, "Events delivered to subscribers of this instance");
+    describe_counter!(
+        EVENTS_DELIVERED,
+        "Events delivered to subscribers of this instance"
+    );
     describe_gauge!(ACTIVE_SUBSCRIPTIONS, "Open subscriptions on this instance");
-    describe_counter!(SUBSCRIBERS_CUT, "Subscriptions cut with RESOURCE_EXHAUSTED because the subscriber fell behind");
-    describe_gauge!(WRITER_ONLINE, "1 while this instance's writer is online, else 0");
+    describe_counter!(
+        SUBSCRIBERS_CUT,
+        "Subscriptions cut with RESOURCE_EXHAUSTED because the subscriber fell behind"
+    );
+    describe_gauge!(
+        WRITER_ONLINE,
+        "1 while this instance's writer is online, else 0"
+    );
     describe_gauge!(INSTANCE_INDEX, "Instance index this process holds");
-    describe_gauge!(DB_POOL, "Hot-path connection pool: connections by state (in_use, idle, max)");
+    describe_gauge!(
+        DB_POOL,
+        "Hot-path connection pool: connections by state (in_use, idle, max)"
+    );
     describe_counter!(AUTH, "Challenge/authenticate outcomes");
     describe_counter!(EVENTS_PRUNED, "Events deleted by pruning");
     describe_counter!(CHECKPOINTS_WRITTEN, "Counter checkpoints written");

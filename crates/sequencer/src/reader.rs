@@ -147,7 +147,9 @@ impl SharedReader {
         let client = pool.get().await.map_err(|e| e.to_string())?;
         loop {
             let position = self.inner.lock().await.position;
-            let safe = store::safe_watermark(&**client).await.map_err(|e| e.to_string())?;
+            let safe = store::safe_watermark(&**client)
+                .await
+                .map_err(|e| e.to_string())?;
             if safe <= position {
                 return Ok(());
             }
@@ -155,12 +157,22 @@ impl SharedReader {
                 .await
                 .map_err(|e| e.to_string())?;
             let full = events.len() as i64 >= page;
-            let up_to = if full { events.last().map_or(safe, |e| e.ts) } else { safe };
-            let events: Vec<Arc<GlobalEvent>> =
-                events.into_iter().map(|e| Arc::new(GlobalEvent::from_stored(e))).collect();
+            let up_to = if full {
+                events.last().map_or(safe, |e| e.ts)
+            } else {
+                safe
+            };
+            let events: Vec<Arc<GlobalEvent>> = events
+                .into_iter()
+                .map(|e| Arc::new(GlobalEvent::from_stored(e)))
+                .collect();
             metrics::counter!(m::EVENTS_READ).increment(events.len() as u64);
             let mut inner = self.inner.lock().await;
-            let batch = Arc::new(EventBatch { after: inner.position, up_to, events });
+            let batch = Arc::new(EventBatch {
+                after: inner.position,
+                up_to,
+                events,
+            });
             inner.position = up_to;
             // No receivers is fine: nobody is subscribed on this instance.
             let _ = inner.tx.send(batch);

@@ -61,7 +61,15 @@ impl SequencerCore {
         reader: Arc<SharedReader>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        Arc::new(Self { settings, pool, members, writer, reader, shutdown, tokens: Mutex::new(HashMap::new()) })
+        Arc::new(Self {
+            settings,
+            pool,
+            members,
+            writer,
+            reader,
+            shutdown,
+            tokens: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Forgets cached tokens of a member (called when it is disabled).
@@ -70,7 +78,10 @@ impl SequencerCore {
     }
 
     async fn db(&self) -> Result<deadpool_postgres::Object, SequencerError> {
-        self.pool.get().await.map_err(|e| SequencerError::Database(e.to_string()))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| SequencerError::Database(e.to_string()))
     }
 
     /// Resolves the bearer token to an enabled member.
@@ -78,12 +89,18 @@ impl SequencerCore {
         let header = req
             .metadata()
             .get("authorization")
-            .ok_or(SequencerError::MissingCredentials("no authorization metadata"))?
+            .ok_or(SequencerError::MissingCredentials(
+                "no authorization metadata",
+            ))?
             .to_str()
-            .map_err(|_| SequencerError::MissingCredentials("authorization metadata is not ASCII"))?;
+            .map_err(|_| {
+                SequencerError::MissingCredentials("authorization metadata is not ASCII")
+            })?;
         let token = header
             .strip_prefix("Bearer ")
-            .ok_or(SequencerError::MissingCredentials("authorization must be `Bearer <token>`"))?;
+            .ok_or(SequencerError::MissingCredentials(
+                "authorization must be `Bearer <token>`",
+            ))?;
         let hash = Sha256::digest(token.as_bytes()).to_vec();
         let now = now_micros();
         let cached = {
@@ -97,7 +114,9 @@ impl SequencerCore {
             Some(m) => m,
             None => {
                 let client = self.db().await?;
-                let (member, expiry) = store::lookup_token(&**client, &hash).await?.ok_or(SequencerError::TokenInvalid)?;
+                let (member, expiry) = store::lookup_token(&**client, &hash)
+                    .await?
+                    .ok_or(SequencerError::TokenInvalid)?;
                 let mut cache = self.tokens.lock().await;
                 if cache.len() > 100_000 {
                     cache.clear();
@@ -106,12 +125,22 @@ impl SequencerCore {
                 member
             }
         };
-        if let Some(claimed) = req.metadata().get("domain-member").and_then(|v| v.to_str().ok())
+        if let Some(claimed) = req
+            .metadata()
+            .get("domain-member")
+            .and_then(|v| v.to_str().ok())
             && claimed != member
         {
-            return Err(SequencerError::MemberMismatch { authenticated: member, requested: claimed.to_string() });
+            return Err(SequencerError::MemberMismatch {
+                authenticated: member,
+                requested: claimed.to_string(),
+            });
         }
-        let row = self.members.get(&member).await?.ok_or_else(|| SequencerError::MemberUnknown(member.clone()))?;
+        let row = self
+            .members
+            .get(&member)
+            .await?
+            .ok_or_else(|| SequencerError::MemberUnknown(member.clone()))?;
         if !row.enabled {
             return Err(SequencerError::MemberDisabled(member));
         }
@@ -119,18 +148,34 @@ impl SequencerCore {
     }
 
     /// Validates a send completely before anything is written.
-    async fn validate(&self, sender: &MemberRow, req: &pb::SendRequest) -> Result<Submission, SequencerError> {
+    async fn validate(
+        &self,
+        sender: &MemberRow,
+        req: &pb::SendRequest,
+    ) -> Result<Submission, SequencerError> {
         if req.submission.len() > self.settings.max_request_size {
-            return Err(SequencerError::RequestTooLarge { size: req.submission.len(), limit: self.settings.max_request_size });
+            return Err(SequencerError::RequestTooLarge {
+                size: req.submission.len(),
+                limit: self.settings.max_request_size,
+            });
         }
-        let sub = pb::SubmissionRequest::decode(req.submission.as_slice())
-            .map_err(|e| SequencerError::Malformed(format!("submission is not a SubmissionRequest: {e}")))?;
+        let sub = pb::SubmissionRequest::decode(req.submission.as_slice()).map_err(|e| {
+            SequencerError::Malformed(format!("submission is not a SubmissionRequest: {e}"))
+        })?;
         if sub.sender != sender.member {
-            return Err(SequencerError::MemberMismatch { authenticated: sender.member.clone(), requested: sub.sender });
+            return Err(SequencerError::MemberMismatch {
+                authenticated: sender.member.clone(),
+                requested: sub.sender,
+            });
         }
-        let sig = req.signature.as_ref().ok_or_else(|| SequencerError::Malformed("missing signature".into()))?;
+        let sig = req
+            .signature
+            .as_ref()
+            .ok_or_else(|| SequencerError::Malformed("missing signature".into()))?;
         if sig.purpose != pb::SignaturePurpose::Submission as i32 {
-            return Err(SequencerError::SubmissionSignatureInvalid("signature purpose is not SUBMISSION".into()));
+            return Err(SequencerError::SubmissionSignatureInvalid(
+                "signature purpose is not SUBMISSION".into(),
+            ));
         }
         let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
             .map_err(|e| SequencerError::SubmissionSignatureInvalid(e.to_string()))?;
@@ -143,19 +188,28 @@ impl SequencerCore {
         } else {
             sender
         };
-        let key_bytes = key_source
-            .public_key
-            .as_ref()
-            .ok_or_else(|| SequencerError::SubmissionSignatureInvalid("no key bound to the sender".into()))?;
-        let key = PublicKey::from_bytes(key_bytes).map_err(|e| SequencerError::Internal(format!("stored key invalid: {e}")))?;
-        key.verify_with_domain_str(SignaturePurpose::Submission, &self.settings.domain_id, &req.submission, &signature)
-            .map_err(|e| SequencerError::SubmissionSignatureInvalid(e.to_string()))?;
+        let key_bytes = key_source.public_key.as_ref().ok_or_else(|| {
+            SequencerError::SubmissionSignatureInvalid("no key bound to the sender".into())
+        })?;
+        let key = PublicKey::from_bytes(key_bytes)
+            .map_err(|e| SequencerError::Internal(format!("stored key invalid: {e}")))?;
+        key.verify_with_domain_str(
+            SignaturePurpose::Submission,
+            &self.settings.domain_id,
+            &req.submission,
+            &signature,
+        )
+        .map_err(|e| SequencerError::SubmissionSignatureInvalid(e.to_string()))?;
         if sub.message_id.is_empty() || sub.message_id.len() > MAX_MESSAGE_ID_LEN {
-            return Err(SequencerError::Malformed(format!("message id must have 1..={MAX_MESSAGE_ID_LEN} bytes")));
+            return Err(SequencerError::Malformed(format!(
+                "message id must have 1..={MAX_MESSAGE_ID_LEN} bytes"
+            )));
         }
         if sub.time_proof {
             if !sub.envelopes.is_empty() {
-                return Err(SequencerError::Malformed("a time proof carries no envelopes".into()));
+                return Err(SequencerError::Malformed(
+                    "a time proof carries no envelopes".into(),
+                ));
             }
         } else if !sub.envelopes.iter().any(|e| !e.content.is_empty()) {
             return Err(SequencerError::EmptySubmission);
@@ -165,11 +219,17 @@ impl SequencerCore {
         recipients.insert(sender.id);
         for env in &sub.envelopes {
             if env.recipients.is_empty() && !env.broadcast {
-                return Err(SequencerError::Malformed("an envelope has no recipients".into()));
+                return Err(SequencerError::Malformed(
+                    "an envelope has no recipients".into(),
+                ));
             }
             broadcast |= env.broadcast;
             for r in &env.recipients {
-                let row = self.members.get(r).await?.ok_or_else(|| SequencerError::RecipientUnknown(r.clone()))?;
+                let row = self
+                    .members
+                    .get(r)
+                    .await?
+                    .ok_or_else(|| SequencerError::RecipientUnknown(r.clone()))?;
                 if !row.enabled {
                     return Err(SequencerError::RecipientDisabled(r.clone()));
                 }
@@ -183,15 +243,26 @@ impl SequencerCore {
             sub.max_sequencing_time_micros
         };
         if max_sequencing_ts < now {
-            return Err(SequencerError::MaxSequencingTimeExceeded { max_sequencing_time: max_sequencing_ts, now });
+            return Err(SequencerError::MaxSequencingTimeExceeded {
+                max_sequencing_time: max_sequencing_ts,
+                now,
+            });
         }
-        let envelope_hashes = sub.envelopes.iter().map(|e| Sha256::digest(e.encode_to_vec()).to_vec()).collect();
+        let envelope_hashes = sub
+            .envelopes
+            .iter()
+            .map(|e| Sha256::digest(e.encode_to_vec()).to_vec())
+            .collect();
         let (reply, _) = oneshot::channel();
         Ok(Submission {
             sender_id: sender.id,
             sender: sender.member.clone(),
             message_id: sub.message_id,
-            recipients: if broadcast { vec![BROADCAST_MEMBER_ID] } else { recipients.into_iter().collect() },
+            recipients: if broadcast {
+                vec![BROADCAST_MEMBER_ID]
+            } else {
+                recipients.into_iter().collect()
+            },
             submission: req.submission.clone(),
             envelope_hashes,
             time_proof: sub.time_proof,
@@ -213,8 +284,15 @@ fn reject(e: SequencerError) -> Status {
 
 #[tonic::async_trait]
 impl SequencerService for SequencerApi {
-    async fn handshake(&self, req: Request<pb::HandshakeRequest>) -> Result<Response<pb::HandshakeResponse>, Status> {
-        let accepted = req.get_ref().client_protocol_versions.iter().any(|v| v == domain_proto::PROTOCOL_VERSION);
+    async fn handshake(
+        &self,
+        req: Request<pb::HandshakeRequest>,
+    ) -> Result<Response<pb::HandshakeResponse>, Status> {
+        let accepted = req
+            .get_ref()
+            .client_protocol_versions
+            .iter()
+            .any(|v| v == domain_proto::PROTOCOL_VERSION);
         Ok(Response::new(pb::HandshakeResponse {
             server_protocol_version: domain_proto::PROTOCOL_VERSION.to_string(),
             accepted,
@@ -226,7 +304,10 @@ impl SequencerService for SequencerApi {
         }))
     }
 
-    async fn get_domain_info(&self, _req: Request<pb::GetDomainInfoRequest>) -> Result<Response<pb::GetDomainInfoResponse>, Status> {
+    async fn get_domain_info(
+        &self,
+        _req: Request<pb::GetDomainInfoRequest>,
+    ) -> Result<Response<pb::GetDomainInfoResponse>, Status> {
         let s = &self.0.settings;
         Ok(Response::new(pb::GetDomainInfoResponse {
             domain_id: s.domain_id.clone(),
@@ -240,106 +321,200 @@ impl SequencerService for SequencerApi {
         }))
     }
 
-    async fn challenge(&self, req: Request<pb::ChallengeRequest>) -> Result<Response<pb::ChallengeResponse>, Status> {
+    async fn challenge(
+        &self,
+        req: Request<pb::ChallengeRequest>,
+    ) -> Result<Response<pb::ChallengeResponse>, Status> {
         let core = &self.0;
         let r = req.into_inner();
         let result: Result<_, SequencerError> = async {
-            let member = MemberId::parse(&r.member).map_err(|e| SequencerError::Malformed(format!("member id: {e}")))?;
-            let pk = r.public_key.ok_or_else(|| SequencerError::Malformed("missing public key".into()))?;
+            let member = MemberId::parse(&r.member)
+                .map_err(|e| SequencerError::Malformed(format!("member id: {e}")))?;
+            let pk = r
+                .public_key
+                .ok_or_else(|| SequencerError::Malformed("missing public key".into()))?;
             if pk.algorithm != pb::KeyAlgorithm::Ed25519 as i32 {
-                return Err(SequencerError::Malformed("only ed25519 keys are supported".into()));
+                return Err(SequencerError::Malformed(
+                    "only ed25519 keys are supported".into(),
+                ));
             }
-            let key = PublicKey::from_bytes(&pk.key).map_err(|e| SequencerError::Malformed(format!("public key: {e}")))?;
+            let key = PublicKey::from_bytes(&pk.key)
+                .map_err(|e| SequencerError::Malformed(format!("public key: {e}")))?;
             if !member.matches_key(&key) {
-                return Err(SequencerError::KeyMismatch { member: r.member.clone(), key: key.fingerprint().to_string() });
+                return Err(SequencerError::KeyMismatch {
+                    member: r.member.clone(),
+                    key: key.fingerprint().to_string(),
+                });
             }
-            let row = core.members.get(&r.member).await?.ok_or_else(|| SequencerError::MemberUnknown(r.member.clone()))?;
+            let row = core
+                .members
+                .get(&r.member)
+                .await?
+                .ok_or_else(|| SequencerError::MemberUnknown(r.member.clone()))?;
             if !row.enabled {
                 return Err(SequencerError::MemberDisabled(r.member.clone()));
             }
             if let Some(bound) = &row.public_key
                 && bound.as_slice() != key.as_bytes()
             {
-                return Err(SequencerError::KeyMismatch { member: r.member.clone(), key: key.fingerprint().to_string() });
+                return Err(SequencerError::KeyMismatch {
+                    member: r.member.clone(),
+                    key: key.fingerprint().to_string(),
+                });
             }
             let mut nonce = [0u8; 32];
-            getrandom::fill(&mut nonce).map_err(|e| SequencerError::Internal(format!("no randomness: {e}")))?;
+            getrandom::fill(&mut nonce)
+                .map_err(|e| SequencerError::Internal(format!("no randomness: {e}")))?;
             let client = core.db().await?;
-            let expires = store::insert_nonce(&**client, &nonce, &r.member, key.as_bytes(), core.settings.nonce_ttl).await?;
-            Ok(pb::ChallengeResponse { nonce: nonce.to_vec(), domain_id: core.settings.domain_id.clone(), expires_at_micros: expires })
+            let expires = store::insert_nonce(
+                &**client,
+                &nonce,
+                &r.member,
+                key.as_bytes(),
+                core.settings.nonce_ttl,
+            )
+            .await?;
+            Ok(pb::ChallengeResponse {
+                nonce: nonce.to_vec(),
+                domain_id: core.settings.domain_id.clone(),
+                expires_at_micros: expires,
+            })
         }
         .await;
-        let outcome = if result.is_ok() { "challenged" } else { "challenge_refused" };
+        let outcome = if result.is_ok() {
+            "challenged"
+        } else {
+            "challenge_refused"
+        };
         metrics::counter!(m::AUTH, "outcome" => outcome).increment(1);
-        result.map(Response::new).map_err(SequencerError::into_status)
+        result
+            .map(Response::new)
+            .map_err(SequencerError::into_status)
     }
 
-    async fn authenticate(&self, req: Request<pb::AuthenticateRequest>) -> Result<Response<pb::AuthenticateResponse>, Status> {
+    async fn authenticate(
+        &self,
+        req: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let core = &self.0;
         let r = req.into_inner();
         let result: Result<_, SequencerError> = async {
-            MemberId::parse(&r.member).map_err(|e| SequencerError::Malformed(format!("member id: {e}")))?;
-            let sig = r.signature.ok_or_else(|| SequencerError::Malformed("missing signature".into()))?;
+            MemberId::parse(&r.member)
+                .map_err(|e| SequencerError::Malformed(format!("member id: {e}")))?;
+            let sig = r
+                .signature
+                .ok_or_else(|| SequencerError::Malformed("missing signature".into()))?;
             let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
                 .map_err(|e| SequencerError::ChallengeSignatureInvalid(e.to_string()))?;
             let client = core.db().await?;
             // Consumed before verification: a nonce is single-use even when the signature is wrong.
-            let key_bytes = store::take_nonce(&**client, &r.nonce, &r.member).await?.ok_or(SequencerError::NonceInvalid)?;
-            let key = PublicKey::from_bytes(&key_bytes).map_err(|e| SequencerError::Internal(e.to_string()))?;
-            key.verify_with_domain_str(SignaturePurpose::AuthChallenge, &core.settings.domain_id, &r.nonce, &signature)
-                .map_err(|e| SequencerError::ChallengeSignatureInvalid(e.to_string()))?;
-            let row = core.members.get(&r.member).await?.ok_or_else(|| SequencerError::MemberUnknown(r.member.clone()))?;
+            let key_bytes = store::take_nonce(&**client, &r.nonce, &r.member)
+                .await?
+                .ok_or(SequencerError::NonceInvalid)?;
+            let key = PublicKey::from_bytes(&key_bytes)
+                .map_err(|e| SequencerError::Internal(e.to_string()))?;
+            key.verify_with_domain_str(
+                SignaturePurpose::AuthChallenge,
+                &core.settings.domain_id,
+                &r.nonce,
+                &signature,
+            )
+            .map_err(|e| SequencerError::ChallengeSignatureInvalid(e.to_string()))?;
+            let row = core
+                .members
+                .get(&r.member)
+                .await?
+                .ok_or_else(|| SequencerError::MemberUnknown(r.member.clone()))?;
             if !row.enabled {
                 return Err(SequencerError::MemberDisabled(r.member.clone()));
             }
             let bound = store::bind_public_key(&**client, &r.member, key.as_bytes()).await?;
             if bound.as_deref() != Some(key.as_bytes().as_slice()) {
-                return Err(SequencerError::KeyMismatch { member: r.member.clone(), key: key.fingerprint().to_string() });
+                return Err(SequencerError::KeyMismatch {
+                    member: r.member.clone(),
+                    key: key.fingerprint().to_string(),
+                });
             }
             if row.public_key.is_none() {
                 core.members.reload().await?;
             }
             let mut raw = [0u8; 32];
-            getrandom::fill(&mut raw).map_err(|e| SequencerError::Internal(format!("no randomness: {e}")))?;
+            getrandom::fill(&mut raw)
+                .map_err(|e| SequencerError::Internal(format!("no randomness: {e}")))?;
             let token = hex::encode(raw);
             let hash = Sha256::digest(token.as_bytes()).to_vec();
-            let expires = store::insert_token(&**client, &hash, &r.member, core.settings.token_ttl).await?;
-            Ok(pb::AuthenticateResponse { token, expires_at_micros: expires })
+            let expires =
+                store::insert_token(&**client, &hash, &r.member, core.settings.token_ttl).await?;
+            Ok(pb::AuthenticateResponse {
+                token,
+                expires_at_micros: expires,
+            })
         }
         .await;
-        let outcome = if result.is_ok() { "authenticated" } else { "refused" };
+        let outcome = if result.is_ok() {
+            "authenticated"
+        } else {
+            "refused"
+        };
         metrics::counter!(m::AUTH, "outcome" => outcome).increment(1);
-        result.map(Response::new).map_err(SequencerError::into_status)
+        result
+            .map(Response::new)
+            .map_err(SequencerError::into_status)
     }
 
-    async fn send(&self, req: Request<pb::SendRequest>) -> Result<Response<pb::SendResponse>, Status> {
+    async fn send(
+        &self,
+        req: Request<pb::SendRequest>,
+    ) -> Result<Response<pb::SendResponse>, Status> {
         let core = &self.0;
         let sender = core.authenticate(&req).await.map_err(reject)?;
-        let mut submission = core.validate(&sender, req.get_ref()).await.map_err(reject)?;
+        let mut submission = core
+            .validate(&sender, req.get_ref())
+            .await
+            .map_err(reject)?;
         let (reply, rx) = oneshot::channel();
         submission.reply = reply;
-        core.writer.try_enqueue(WriteCommand::Submit(submission)).map_err(reject)?;
+        core.writer
+            .try_enqueue(WriteCommand::Submit(submission))
+            .map_err(reject)?;
         let outcome = rx
             .await
             .map_err(|_| SequencerError::OutcomeUnknown.into_status())?
             .map_err(SequencerError::into_status)?;
-        Ok(Response::new(pb::SendResponse { sequencing_timestamp_micros: outcome.ts, deduplicated: outcome.deduplicated }))
+        Ok(Response::new(pb::SendResponse {
+            sequencing_timestamp_micros: outcome.ts,
+            deduplicated: outcome.deduplicated,
+        }))
     }
 
     type SubscribeStream = ReceiverStream<Result<pb::SubscribeResponse, Status>>;
 
-    async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         let core = &self.0;
-        let member = core.authenticate(&req).await.map_err(SequencerError::into_status)?;
+        let member = core
+            .authenticate(&req)
+            .await
+            .map_err(SequencerError::into_status)?;
         let r = req.get_ref();
         if r.member != member.member {
-            return Err(SequencerError::MemberMismatch { authenticated: member.member.clone(), requested: r.member.clone() }.into_status());
+            return Err(SequencerError::MemberMismatch {
+                authenticated: member.member.clone(),
+                requested: r.member.clone(),
+            }
+            .into_status());
         }
         if r.from_counter < 0 {
-            return Err(SequencerError::Malformed("from_counter must be >= 0".into()).into_status());
+            return Err(
+                SequencerError::Malformed("from_counter must be >= 0".into()).into_status(),
+            );
         }
         if !core.writer.state().online {
-            return Err(SequencerError::InstanceOffline("writer is not online".into()).into_status());
+            return Err(
+                SequencerError::InstanceOffline("writer is not online".into()).into_status(),
+            );
         }
         let (tx, rx) = mpsc::channel(core.settings.subscription_buffer);
         let ctx = SubscriptionContext {
@@ -354,12 +529,22 @@ impl SequencerService for SequencerApi {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn acknowledge(&self, req: Request<pb::AcknowledgeRequest>) -> Result<Response<pb::AcknowledgeResponse>, Status> {
+    async fn acknowledge(
+        &self,
+        req: Request<pb::AcknowledgeRequest>,
+    ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
         let core = &self.0;
-        let member = core.authenticate(&req).await.map_err(SequencerError::into_status)?;
+        let member = core
+            .authenticate(&req)
+            .await
+            .map_err(SequencerError::into_status)?;
         let r = req.get_ref();
         if r.member != member.member {
-            return Err(SequencerError::MemberMismatch { authenticated: member.member.clone(), requested: r.member.clone() }.into_status());
+            return Err(SequencerError::MemberMismatch {
+                authenticated: member.member.clone(),
+                requested: r.member.clone(),
+            }
+            .into_status());
         }
         let client = core.db().await.map_err(SequencerError::into_status)?;
         store::acknowledge(&**client, member.id, r.timestamp_micros)

@@ -127,10 +127,15 @@ pub async fn go_online(
     let tx = client.transaction().await?;
     // Serialises against every watermark update, so the max we read stays the max
     // until we are online (a reader can never have passed our first timestamp).
-    tx.batch_execute("SET LOCAL lock_timeout = '2s'; LOCK TABLE seq_instances IN SHARE ROW EXCLUSIVE MODE")
-        .await?;
+    tx.batch_execute(
+        "SET LOCAL lock_timeout = '2s'; LOCK TABLE seq_instances IN SHARE ROW EXCLUSIVE MODE",
+    )
+    .await?;
     let rows = tx
-        .query("SELECT instance_index, online, watermark_ts FROM seq_instances", &[])
+        .query(
+            "SELECT instance_index, online, watermark_ts FROM seq_instances",
+            &[],
+        )
         .await?;
     let mut busy = std::collections::HashSet::new();
     let mut max_wm = 0i64;
@@ -167,14 +172,21 @@ pub async fn go_online(
         &[&index, &owner.0, &watermark, &address],
     )
     .await?;
-    tx.execute("SELECT pg_notify($1, $2)", &[&WATERMARK_CHANNEL, &format!("{index}:{watermark}")])
-        .await?;
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&WATERMARK_CHANNEL, &format!("{index}:{watermark}")],
+    )
+    .await?;
     tx.commit().await?;
     Ok((index, watermark))
 }
 
 /// Marks this instance offline (best effort, on shutdown) so peers stop waiting for it.
-pub async fn go_offline(client: &Client, index: i16, owner: &uuid_like::Owner) -> Result<(), StoreError> {
+pub async fn go_offline(
+    client: &Client,
+    index: i16,
+    owner: &uuid_like::Owner,
+) -> Result<(), StoreError> {
     client
         .execute(
             "UPDATE seq_instances SET online = false WHERE instance_index = $1 AND owner = $2::text::uuid",
@@ -182,7 +194,10 @@ pub async fn go_offline(client: &Client, index: i16, owner: &uuid_like::Owner) -
         )
         .await?;
     client
-        .execute("SELECT pg_notify($1, $2)", &[&WATERMARK_CHANNEL, &format!("{index}:offline")])
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&WATERMARK_CHANNEL, &format!("{index}:offline")],
+        )
         .await?;
     Ok(())
 }
@@ -269,7 +284,10 @@ pub async fn commit_batch(
         let ids: Vec<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
         let tss: Vec<i64> = events.iter().map(|e| e.ts).collect();
         let msts: Vec<i64> = events.iter().map(|e| e.max_sequencing_ts).collect();
-        for row in tx.query(&stmts.dedup, &[&senders, &ids, &tss, &msts]).await? {
+        for row in tx
+            .query(&stmts.dedup, &[&senders, &ids, &tss, &msts])
+            .await?
+        {
             let s: i32 = row.get(0);
             let m: String = row.get(1);
             fresh.insert((s, m));
@@ -282,7 +300,9 @@ pub async fn commit_batch(
             let ds: Vec<i32> = dup.iter().map(|e| e.sender).collect();
             let di: Vec<&str> = dup.iter().map(|e| e.message_id.as_str()).collect();
             for row in tx.query(&stmts.dedup_lookup, &[&ds, &di]).await? {
-                outcome.duplicates.push(((row.get(0), row.get(1)), row.get(2)));
+                outcome
+                    .duplicates
+                    .push(((row.get(0), row.get(1)), row.get(2)));
             }
         }
         let new: Vec<&NewEvent> = events
@@ -293,11 +313,15 @@ pub async fn commit_batch(
             let ts: Vec<i64> = new.iter().map(|e| e.ts).collect();
             let sender: Vec<i32> = new.iter().map(|e| e.sender).collect();
             let mid: Vec<&str> = new.iter().map(|e| e.message_id.as_str()).collect();
-            let rec: Vec<String> = new.iter().map(|e| int_array_literal(&e.recipients)).collect();
+            let rec: Vec<String> = new
+                .iter()
+                .map(|e| int_array_literal(&e.recipients))
+                .collect();
             let sub: Vec<&[u8]> = new.iter().map(|e| e.submission.as_slice()).collect();
             let con: Vec<&[u8]> = new.iter().map(|e| e.content.as_slice()).collect();
             let sig: Vec<&[u8]> = new.iter().map(|e| e.signature.as_slice()).collect();
-            let params: [&(dyn ToSql + Sync); 8] = [&ts, &index, &sender, &mid, &rec, &sub, &con, &sig];
+            let params: [&(dyn ToSql + Sync); 8] =
+                [&ts, &index, &sender, &mid, &rec, &sub, &con, &sig];
             tx.execute(&stmts.events, &params).await?;
             let mut rm = Vec::new();
             let mut rt = Vec::new();
@@ -330,13 +354,16 @@ pub async fn commit_batch(
         outcome.registered.push((reg.member.clone(), registered_ts));
     }
     if !registrations.is_empty() {
-        tx.execute("SELECT pg_notify($1, 'registered')", &[&MEMBERS_CHANNEL]).await?;
+        tx.execute("SELECT pg_notify($1, 'registered')", &[&MEMBERS_CHANNEL])
+            .await?;
     }
     if let Some(delay) = faults.delay_before_commit {
         tokio::time::sleep(delay).await;
     }
     let kind = if events.is_empty() { "h" } else { "e" };
-    let updated = tx.query(&stmts.watermark, &[&watermark, &index, &owner.0, &kind]).await?;
+    let updated = tx
+        .query(&stmts.watermark, &[&watermark, &index, &owner.0, &kind])
+        .await?;
     if updated.is_empty() {
         // Dropping the transaction rolls it back: nothing of this batch is visible.
         return Err(StoreError::Fenced { index });
@@ -353,7 +380,9 @@ pub async fn heartbeat(
     owner: &uuid_like::Owner,
     watermark: i64,
 ) -> Result<(), StoreError> {
-    let rows = client.query(&stmts.watermark, &[&watermark, &index, &owner.0, &"h"]).await?;
+    let rows = client
+        .query(&stmts.watermark, &[&watermark, &index, &owner.0, &"h"])
+        .await?;
     if rows.is_empty() {
         return Err(StoreError::Fenced { index });
     }
@@ -386,7 +415,11 @@ pub trait GenericClientExt {
         own_index: i16,
         secs: f64,
     ) -> impl std::future::Future<Output = Result<Vec<i16>, StoreError>> + Send;
-    fn terminate_stuck(&mut self, own_index: i16, secs: f64) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+    fn terminate_stuck(
+        &mut self,
+        own_index: i16,
+        secs: f64,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
 }
 
 impl GenericClientExt for deadpool_postgres::Object {
@@ -404,8 +437,11 @@ impl GenericClientExt for deadpool_postgres::Object {
             .await?;
         let marked: Vec<i16> = rows.iter().map(|r| r.get(0)).collect();
         for idx in &marked {
-            tx.execute("SELECT pg_notify($1, $2)", &[&WATERMARK_CHANNEL, &format!("{idx}:offline")])
-                .await?;
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&WATERMARK_CHANNEL, &format!("{idx}:offline")],
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(marked)
@@ -423,7 +459,11 @@ impl GenericClientExt for deadpool_postgres::Object {
         for row in rows {
             let idx: i16 = row.get(0);
             let pid: i32 = row.get(1);
-            tracing::warn!(instance = idx, pid, "aborted writer stuck inside a transaction");
+            tracing::warn!(
+                instance = idx,
+                pid,
+                "aborted writer stuck inside a transaction"
+            );
         }
         Ok(())
     }
@@ -461,7 +501,8 @@ pub async fn list_instances(client: &impl GenericClient) -> Result<Vec<InstanceR
         .collect())
 }
 
-const EVENT_COLUMNS: &str = "e.ts, e.sender, e.message_id, e.recipients, e.submission, e.content, e.signature";
+const EVENT_COLUMNS: &str =
+    "e.ts, e.sender, e.message_id, e.recipients, e.submission, e.content, e.signature";
 
 fn event_from_row(r: &tokio_postgres::Row) -> StoredEvent {
     StoredEvent {
@@ -482,7 +523,9 @@ pub async fn read_global(
     up_to: i64,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM seq_events e WHERE e.ts > $1 AND e.ts <= $2 ORDER BY e.ts LIMIT $3");
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM seq_events e WHERE e.ts > $1 AND e.ts <= $2 ORDER BY e.ts LIMIT $3"
+    );
     let rows = client.query(&sql, &[&after, &up_to, &limit]).await?;
     Ok(rows.iter().map(event_from_row).collect())
 }
@@ -602,7 +645,11 @@ pub async fn load_members(client: &impl GenericClient) -> Result<Vec<MemberRow>,
 }
 
 /// Binds a member's public key if none is bound yet; returns the bound key.
-pub async fn bind_public_key(client: &impl GenericClient, member: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+pub async fn bind_public_key(
+    client: &impl GenericClient,
+    member: &str,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, StoreError> {
     let row = client
         .query_opt(
             "UPDATE seq_members SET public_key = coalesce(public_key, $2) WHERE member = $1 RETURNING public_key",
@@ -613,15 +660,26 @@ pub async fn bind_public_key(client: &impl GenericClient, member: &str, key: &[u
 }
 
 /// Disables a member, revokes its tokens and nonces, and tells every instance.
-pub async fn disable_member(client: &mut deadpool_postgres::Object, member: &str) -> Result<bool, StoreError> {
+pub async fn disable_member(
+    client: &mut deadpool_postgres::Object,
+    member: &str,
+) -> Result<bool, StoreError> {
     let tx = client.transaction().await?;
     let n = tx
-        .execute("UPDATE seq_members SET enabled = false WHERE member = $1", &[&member])
+        .execute(
+            "UPDATE seq_members SET enabled = false WHERE member = $1",
+            &[&member],
+        )
         .await?;
-    tx.execute("DELETE FROM seq_tokens WHERE member = $1", &[&member]).await?;
-    tx.execute("DELETE FROM seq_nonces WHERE member = $1", &[&member]).await?;
-    tx.execute("SELECT pg_notify($1, $2)", &[&MEMBERS_CHANNEL, &format!("disabled:{member}")])
+    tx.execute("DELETE FROM seq_tokens WHERE member = $1", &[&member])
         .await?;
+    tx.execute("DELETE FROM seq_nonces WHERE member = $1", &[&member])
+        .await?;
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&MEMBERS_CHANNEL, &format!("disabled:{member}")],
+    )
+    .await?;
     tx.commit().await?;
     Ok(n > 0)
 }
@@ -646,14 +704,24 @@ pub async fn insert_nonce(
 
 /// Consumes a nonce (single use). Returns the public key it was issued for,
 /// or None when it is unknown, expired, already used or for another member.
-pub async fn take_nonce(client: &impl GenericClient, nonce: &[u8], member: &str) -> Result<Option<Vec<u8>>, StoreError> {
+pub async fn take_nonce(
+    client: &impl GenericClient,
+    nonce: &[u8],
+    member: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
     let row = client
         .query_opt(
             "DELETE FROM seq_nonces WHERE nonce = $1 AND member = $2 RETURNING public_key, expires_at > clock_timestamp()",
             &[&nonce, &member],
         )
         .await?;
-    Ok(row.and_then(|r| if r.get::<_, bool>(1) { Some(r.get(0)) } else { None }))
+    Ok(row.and_then(|r| {
+        if r.get::<_, bool>(1) {
+            Some(r.get(0))
+        } else {
+            None
+        }
+    }))
 }
 
 pub async fn insert_token(
@@ -674,7 +742,10 @@ pub async fn insert_token(
 }
 
 /// Returns the member and expiry (micros) of a live token.
-pub async fn lookup_token(client: &impl GenericClient, token_hash: &[u8]) -> Result<Option<(String, i64)>, StoreError> {
+pub async fn lookup_token(
+    client: &impl GenericClient,
+    token_hash: &[u8],
+) -> Result<Option<(String, i64)>, StoreError> {
     let row = client
         .query_opt(
             "SELECT member, (extract(epoch FROM expires_at) * 1000000)::bigint FROM seq_tokens
@@ -686,7 +757,11 @@ pub async fn lookup_token(client: &impl GenericClient, token_hash: &[u8]) -> Res
 }
 
 /// Moves a member's acknowledgement forward (never backwards).
-pub async fn acknowledge(client: &impl GenericClient, member_id: i32, ts: i64) -> Result<(), StoreError> {
+pub async fn acknowledge(
+    client: &impl GenericClient,
+    member_id: i32,
+    ts: i64,
+) -> Result<(), StoreError> {
     client
         .execute(
             "UPDATE seq_members SET acknowledged_ts = greatest(coalesce(acknowledged_ts, 0), $2) WHERE id = $1",
@@ -697,7 +772,10 @@ pub async fn acknowledge(client: &impl GenericClient, member_id: i32, ts: i64) -
 }
 
 pub async fn lower_bound(client: &impl GenericClient) -> Result<i64, StoreError> {
-    Ok(client.query_one("SELECT ts FROM seq_lower_bound", &[]).await?.get(0))
+    Ok(client
+        .query_one("SELECT ts FROM seq_lower_bound", &[])
+        .await?
+        .get(0))
 }
 
 /// Prunes events acknowledged by every enabled member, in bounded batches.
@@ -743,8 +821,11 @@ pub async fn prune(
             &[&bound],
         )
         .await?;
-        tx.execute("UPDATE seq_lower_bound SET ts = greatest(ts, $1)", &[&bound])
-            .await?;
+        tx.execute(
+            "UPDATE seq_lower_bound SET ts = greatest(ts, $1)",
+            &[&bound],
+        )
+        .await?;
         tx.commit().await?;
     }
     let mut deleted = 0u64;
@@ -770,10 +851,7 @@ pub async fn prune(
         }
     }
     client
-        .execute(
-            "DELETE FROM seq_recipients WHERE ts <= $1",
-            &[&bound],
-        )
+        .execute("DELETE FROM seq_recipients WHERE ts <= $1", &[&bound])
         .await?;
     client
         .execute(
@@ -782,10 +860,16 @@ pub async fn prune(
         )
         .await?;
     client
-        .execute("DELETE FROM seq_nonces WHERE expires_at < clock_timestamp()", &[])
+        .execute(
+            "DELETE FROM seq_nonces WHERE expires_at < clock_timestamp()",
+            &[],
+        )
         .await?;
     client
-        .execute("DELETE FROM seq_tokens WHERE expires_at < clock_timestamp()", &[])
+        .execute(
+            "DELETE FROM seq_tokens WHERE expires_at < clock_timestamp()",
+            &[],
+        )
         .await?;
     Ok((bound, deleted))
 }
@@ -816,7 +900,14 @@ pub mod uuid_like {
             b[6] = (b[6] & 0x0f) | 0x40;
             b[8] = (b[8] & 0x3f) | 0x80;
             let h = hex::encode(b);
-            Owner(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
+            Owner(format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            ))
         }
     }
 }

@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use domain_proto::v1::{DeliveredEnvelope, SequencedEvent, Signature as ProtoSignature, SignaturePurpose, SubscribeResponse};
+use domain_proto::v1::{
+    DeliveredEnvelope, SequencedEvent, Signature as ProtoSignature, SignaturePurpose,
+    SubscribeResponse,
+};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -108,7 +111,11 @@ async fn catch_up(
     up_to: i64,
     out: &mpsc::Sender<Result<SubscribeResponse, Status>>,
 ) -> Result<Cursor, SequencerError> {
-    let client = ctx.pool.get().await.map_err(|e| SequencerError::Database(e.to_string()))?;
+    let client = ctx
+        .pool
+        .get()
+        .await
+        .map_err(|e| SequencerError::Database(e.to_string()))?;
     let lower = store::lower_bound(&**client).await?;
     if lower > member.registered_ts {
         // Events at or below the pruning bound are gone: the member's last checkpoint
@@ -122,7 +129,10 @@ async fn catch_up(
             .map_err(|e| SequencerError::Database(e.to_string()))?;
         let pruned_through: i64 = row.map_or(-1, |r| r.get(0));
         if from_counter <= pruned_through {
-            return Err(SequencerError::EventsPruned { counter: from_counter, oldest: pruned_through + 1 });
+            return Err(SequencerError::EventsPruned {
+                counter: from_counter,
+                oldest: pruned_through + 1,
+            });
         }
     }
     let (cp_counter, cp_ts) = store::checkpoint_below(&**client, member.id, from_counter)
@@ -135,7 +145,15 @@ async fn catch_up(
     };
     // Skip phase: count timestamps only, from the checkpoint to the requested counter.
     while cursor.counter + 1 < from_counter {
-        let tss = store::member_timestamps(&**client, member.id, member.registered_ts, cursor.position, up_to, 10_000).await?;
+        let tss = store::member_timestamps(
+            &**client,
+            member.id,
+            member.registered_ts,
+            cursor.position,
+            up_to,
+            10_000,
+        )
+        .await?;
         if tss.is_empty() {
             break;
         }
@@ -150,7 +168,15 @@ async fn catch_up(
     }
     // Delivery phase: full events in pages up to where the live feed starts.
     loop {
-        let events = store::member_events(&**client, member.id, member.registered_ts, cursor.position, up_to, ctx.page).await?;
+        let events = store::member_events(
+            &**client,
+            member.id,
+            member.registered_ts,
+            cursor.position,
+            up_to,
+            ctx.page,
+        )
+        .await?;
         let n = events.len() as i64;
         for e in events {
             let event = GlobalEvent::from_stored(e);
@@ -179,25 +205,42 @@ async fn deliver(
     if cursor.counter < from_counter {
         return Ok(());
     }
-    let sequenced = to_member_event(event, member, cursor.counter, prev, &ctx.sequencer_fingerprint);
+    let sequenced = to_member_event(
+        event,
+        member,
+        cursor.counter,
+        prev,
+        &ctx.sequencer_fingerprint,
+    );
     // Waiting here is the subscriber's bounded buffer: if it stays full, the
     // shared feed overtakes us and the subscription is cut as too slow.
-    out.send(Ok(SubscribeResponse { event: Some(sequenced) }))
-        .await
-        .map_err(|_| SequencerError::Internal("client went away".into()))?;
+    out.send(Ok(SubscribeResponse {
+        event: Some(sequenced),
+    }))
+    .await
+    .map_err(|_| SequencerError::Internal("client went away".into()))?;
     metrics::counter!(m::EVENTS_DELIVERED).increment(1);
     Ok(())
 }
 
 /// Builds the member's view: its own envelopes, the shared signed content, and
 /// the message id only in the sender's receipt.
-pub fn to_member_event(event: &GlobalEvent, member: &MemberRow, counter: i64, prev_ts: i64, fingerprint: &str) -> SequencedEvent {
+pub fn to_member_event(
+    event: &GlobalEvent,
+    member: &MemberRow,
+    counter: i64,
+    prev_ts: i64,
+    fingerprint: &str,
+) -> SequencedEvent {
     let envelopes = event
         .envelopes
         .iter()
         .enumerate()
         .filter(|(_, e)| e.broadcast || e.recipients.iter().any(|r| r == &member.member))
-        .map(|(i, e)| DeliveredEnvelope { index: i as u32, envelope: Some(e.clone()) })
+        .map(|(i, e)| DeliveredEnvelope {
+            index: i as u32,
+            envelope: Some(e.clone()),
+        })
         .collect();
     SequencedEvent {
         counter,
@@ -210,6 +253,10 @@ pub fn to_member_event(event: &GlobalEvent, member: &MemberRow, counter: i64, pr
             purpose: SignaturePurpose::SequencedEvent as i32,
         }),
         envelopes,
-        message_id: if event.sender == member.id { event.message_id.clone() } else { String::new() },
+        message_id: if event.sender == member.id {
+            event.message_id.clone()
+        } else {
+            String::new()
+        },
     }
 }

@@ -30,7 +30,9 @@ impl PartitionedTimestampGenerator {
     /// Like [`Self::next`], but also strictly above `at_least_above` (used to
     /// overtake another instance's watermark when readers wait on ours).
     pub fn next_above(&mut self, now_micros: i64, at_least_above: i64) -> i64 {
-        let lower = now_micros.max(self.last.saturating_add(1)).max(at_least_above.saturating_add(1));
+        let lower = now_micros
+            .max(self.last.saturating_add(1))
+            .max(at_least_above.saturating_add(1));
         // Round up to the next value congruent to `index` modulo `modulus`.
         let rem = lower.rem_euclid(self.modulus);
         let delta = (self.index - rem).rem_euclid(self.modulus);

@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::SequencerError;
 use crate::metrics as m;
-use crate::store::{self, FaultHooks, NewEvent, NewRegistration, StoreError, WriterStatements, uuid_like::Owner};
+use crate::store::{
+    self, FaultHooks, NewEvent, NewRegistration, StoreError, WriterStatements, uuid_like::Owner,
+};
 use crate::timestamp::{PartitionedTimestampGenerator, now_micros};
 
 /// A validated submission waiting to be sequenced.
@@ -85,20 +87,32 @@ impl WriterHandle {
     /// Queues a command; a full queue is an explicit, retryable overload.
     pub fn try_enqueue(&self, cmd: WriteCommand) -> Result<(), SequencerError> {
         if !self.state.borrow().online {
-            return Err(SequencerError::InstanceOffline("writer is recovering".into()));
+            return Err(SequencerError::InstanceOffline(
+                "writer is recovering".into(),
+            ));
         }
         self.tx.try_send(cmd).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SequencerError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => SequencerError::InstanceOffline("writer stopped".into()),
+            mpsc::error::TrySendError::Closed(_) => {
+                SequencerError::InstanceOffline("writer stopped".into())
+            }
         })
     }
 
     /// Registers a member through the writer so its registration timestamp is
     /// covered by the watermark protocol like any event.
-    pub async fn register(&self, member: String, public_key: Option<Vec<u8>>) -> Result<i64, SequencerError> {
+    pub async fn register(
+        &self,
+        member: String,
+        public_key: Option<Vec<u8>>,
+    ) -> Result<i64, SequencerError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(WriteCommand::Register { member, public_key, reply })
+            .send(WriteCommand::Register {
+                member,
+                public_key,
+                reply,
+            })
             .await
             .map_err(|_| SequencerError::InstanceOffline("writer stopped".into()))?;
         rx.await
@@ -117,10 +131,20 @@ pub struct Writer {
     pub last_db_success: Arc<std::sync::atomic::AtomicI64>,
 }
 
-pub fn channel(queue: usize) -> (mpsc::Sender<WriteCommand>, mpsc::Receiver<WriteCommand>, watch::Sender<WriterState>, WriterHandle) {
+pub fn channel(
+    queue: usize,
+) -> (
+    mpsc::Sender<WriteCommand>,
+    mpsc::Receiver<WriteCommand>,
+    watch::Sender<WriterState>,
+    WriterHandle,
+) {
     let (tx, rx) = mpsc::channel(queue);
     let (state_tx, state_rx) = watch::channel(WriterState::default());
-    let handle = WriterHandle { tx: tx.clone(), state: state_rx };
+    let handle = WriterHandle {
+        tx: tx.clone(),
+        state: state_rx,
+    };
     (tx, rx, state_tx, handle)
 }
 
@@ -137,13 +161,18 @@ impl Writer {
         let mut backoff = Duration::from_millis(50);
         let mut preferred = None;
         while !shutdown.is_cancelled() {
-            match self.run_online(&owner, &mut rx, &state, &shutdown, &mut preferred).await {
+            match self
+                .run_online(&owner, &mut rx, &state, &shutdown, &mut preferred)
+                .await
+            {
                 Ok(()) => break,
                 Err(e) => {
                     state.send_modify(|s| s.online = false);
                     metrics::gauge!(m::WRITER_ONLINE).set(0.0);
                     tracing::warn!(error = %e, "writer left online state; recovering");
-                    fail_queued(&mut rx, || SequencerError::InstanceOffline("writer is recovering".into()));
+                    fail_queued(&mut rx, || {
+                        SequencerError::InstanceOffline("writer is recovering".into())
+                    });
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff) => {}
@@ -153,7 +182,9 @@ impl Writer {
             }
         }
         state.send_modify(|s| s.online = false);
-        fail_queued(&mut rx, || SequencerError::InstanceOffline("sequencer is shutting down".into()));
+        fail_queued(&mut rx, || {
+            SequencerError::InstanceOffline("sequencer is shutting down".into())
+        });
     }
 
     async fn run_online(
@@ -169,14 +200,25 @@ impl Writer {
             .map_err(|e| StoreError::Connect(e.to_string()))?;
         let _abort_conn = AbortOnDrop(conn_task);
         let stmts = WriterStatements::prepare(&client).await?;
-        let (index, floor) =
-            store::go_online(&mut client, self.settings.modulus, owner.clone(), now_micros(), &self.settings.address, *preferred)
-                .await?;
+        let (index, floor) = store::go_online(
+            &mut client,
+            self.settings.modulus,
+            owner.clone(),
+            now_micros(),
+            &self.settings.address,
+            *preferred,
+        )
+        .await?;
         *preferred = Some(index);
-        let mut generator = PartitionedTimestampGenerator::new(index as u16, self.settings.modulus, floor);
+        let mut generator =
+            PartitionedTimestampGenerator::new(index as u16, self.settings.modulus, floor);
         tracing::info!(instance = index, watermark = floor, "writer online");
         self.mark_db_success();
-        state.send_replace(WriterState { online: true, index: Some(index), watermark: floor });
+        state.send_replace(WriterState {
+            online: true,
+            index: Some(index),
+            watermark: floor,
+        });
         metrics::gauge!(m::WRITER_ONLINE).set(1.0);
         metrics::gauge!(m::INSTANCE_INDEX).set(f64::from(index));
 
@@ -235,7 +277,12 @@ impl Writer {
         wm: i64,
         state: &watch::Sender<WriterState>,
     ) -> Result<(), StoreError> {
-        match tokio::time::timeout(self.settings.commit_timeout, store::heartbeat(client, stmts, index, owner, wm)).await {
+        match tokio::time::timeout(
+            self.settings.commit_timeout,
+            store::heartbeat(client, stmts, index, owner, wm),
+        )
+        .await
+        {
             Ok(Ok(())) => {
                 self.mark_db_success();
                 state.send_modify(|s| s.watermark = wm);
@@ -266,20 +313,35 @@ impl Writer {
         let mut seen = std::collections::HashMap::new();
         let mut first = true;
         for cmd in batch {
-            let ts = if first { generator.next_above(now, peer) } else { generator.next(now) };
+            let ts = if first {
+                generator.next_above(now, peer)
+            } else {
+                generator.next(now)
+            };
             first = false;
             match cmd {
-                WriteCommand::Register { member, public_key, reply } => {
-                    registrations.push(NewRegistration { member, public_key, ts });
+                WriteCommand::Register {
+                    member,
+                    public_key,
+                    reply,
+                } => {
+                    registrations.push(NewRegistration {
+                        member,
+                        public_key,
+                        ts,
+                    });
                     reg_replies.push(reply);
                 }
                 WriteCommand::Submit(sub) => {
                     if ts > sub.max_sequencing_ts {
-                        metrics::counter!(m::SENDS, "outcome" => "max_sequencing_time_exceeded").increment(1);
-                        let _ = sub.reply.send(Err(SequencerError::MaxSequencingTimeExceeded {
-                            max_sequencing_time: sub.max_sequencing_ts,
-                            now: ts,
-                        }));
+                        metrics::counter!(m::SENDS, "outcome" => "max_sequencing_time_exceeded")
+                            .increment(1);
+                        let _ = sub
+                            .reply
+                            .send(Err(SequencerError::MaxSequencingTimeExceeded {
+                                max_sequencing_time: sub.max_sequencing_ts,
+                                now: ts,
+                            }));
                         continue;
                     }
                     let key = (sub.sender_id, sub.message_id.clone());
@@ -300,7 +362,11 @@ impl Writer {
                     .encode_to_vec();
                     let signature = self
                         .key
-                        .sign_with_domain_str(SignaturePurpose::SequencedEvent, &self.domain_id, &content)
+                        .sign_with_domain_str(
+                            SignaturePurpose::SequencedEvent,
+                            &self.domain_id,
+                            &content,
+                        )
                         .map_err(|e| StoreError::Internal(format!("cannot sign event: {e}")))?;
                     events.push(NewEvent {
                         ts,
@@ -324,7 +390,16 @@ impl Writer {
         let started = Instant::now();
         let result = tokio::time::timeout(
             self.settings.commit_timeout,
-            store::commit_batch(client, stmts, index, owner, &events, &registrations, watermark, &self.settings.faults),
+            store::commit_batch(
+                client,
+                stmts,
+                index,
+                owner,
+                &events,
+                &registrations,
+                watermark,
+                &self.settings.faults,
+            ),
         )
         .await
         .unwrap_or_else(|_| Err(StoreError::Timeout(self.settings.commit_timeout)));
@@ -333,22 +408,37 @@ impl Writer {
             Ok(outcome) => {
                 self.mark_db_success();
                 state.send_modify(|s| s.watermark = watermark);
-                let dups: std::collections::HashMap<(i32, String), i64> = outcome.duplicates.into_iter().collect();
+                let dups: std::collections::HashMap<(i32, String), i64> =
+                    outcome.duplicates.into_iter().collect();
                 for (sub, ts) in pending {
                     let key = (sub.sender_id, sub.message_id.clone());
                     let result = if let Some(orig) = dups.get(&key) {
-                        SendOutcome { ts: *orig, deduplicated: true }
+                        SendOutcome {
+                            ts: *orig,
+                            deduplicated: true,
+                        }
                     } else if ts == i64::MIN {
                         match dups.get(&key).copied().or_else(|| seen.get(&key).copied()) {
-                            Some(orig) => SendOutcome { ts: orig, deduplicated: true },
+                            Some(orig) => SendOutcome {
+                                ts: orig,
+                                deduplicated: true,
+                            },
                             None => continue,
                         }
                     } else {
-                        SendOutcome { ts, deduplicated: false }
+                        SendOutcome {
+                            ts,
+                            deduplicated: false,
+                        }
                     };
-                    let outcome = if result.deduplicated { "deduplicated" } else { "sequenced" };
+                    let outcome = if result.deduplicated {
+                        "deduplicated"
+                    } else {
+                        "sequenced"
+                    };
                     metrics::counter!(m::SENDS, "outcome" => outcome).increment(1);
-                    metrics::histogram!(m::SEND_LATENCY).record(sub.enqueued.elapsed().as_secs_f64());
+                    metrics::histogram!(m::SEND_LATENCY)
+                        .record(sub.enqueued.elapsed().as_secs_f64());
                     let _ = sub.reply.send(Ok(result));
                 }
                 for ((_, ts), reply) in outcome.registered.into_iter().zip(reg_replies) {
@@ -404,4 +494,3 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
-
