@@ -67,7 +67,14 @@ impl TcpProxy {
             generation.clone(),
             accepted.clone(),
         ));
-        Ok(Self { local, target, state, generation, accepted, accept_task })
+        Ok(Self {
+            local,
+            target,
+            state,
+            generation,
+            accepted,
+            accept_task,
+        })
     }
 
     /// Address clients connect to (`127.0.0.1:<port>`).
@@ -164,7 +171,9 @@ async fn serve(
     if *state.borrow() == LinkState::Blocked {
         return;
     }
-    let Ok(server) = TcpStream::connect(target).await else { return };
+    let Ok(server) = TcpStream::connect(target).await else {
+        return;
+    };
     let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();

@@ -39,6 +39,21 @@ const ERROR_CODE: &str = "domain-error-code";
 // helpers
 // ---------------------------------------------------------------------------
 
+/// A test that returns `Err` does not panic: mark its logs failed so their tails
+/// are printed, and mark a passing test so its logs are deleted.
+async fn keep_logs_on_error<T>(
+    logs: &TestLogs,
+    body: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let result = body.await;
+    if result.is_err() {
+        logs.mark_failed();
+    } else {
+        logs.passed();
+    }
+    result
+}
+
 async fn db_client(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -88,7 +103,10 @@ async fn assert_no_trace(
     case: &str,
 ) -> anyhow::Result<()> {
     let after = counts(db).await?;
-    ensure!(after == before, "{case}: database changed: before {before:?}, after {after:?}");
+    ensure!(
+        after == before,
+        "{case}: database changed: before {before:?}, after {after:?}"
+    );
     if let Some(id) = message_id {
         let r = db
             .query_one(
@@ -111,7 +129,12 @@ fn error_code(st: &Status) -> Option<&str> {
 }
 
 /// Checks the gRPC code and the `domain-error-code` metadata (None: must be absent).
-fn expect_status(st: &Status, code: Code, domain_code: Option<&str>, case: &str) -> anyhow::Result<()> {
+fn expect_status(
+    st: &Status,
+    code: Code,
+    domain_code: Option<&str>,
+    case: &str,
+) -> anyhow::Result<()> {
     println!(
         "  {case}: {:?} {ERROR_CODE}={:?} message={:?}",
         st.code(),
@@ -137,7 +160,10 @@ fn status_of<T: std::fmt::Debug>(r: Result<T, ClientError>, case: &str) -> anyho
     }
 }
 
-fn raw_status_of<T: std::fmt::Debug>(r: Result<tonic::Response<T>, Status>, case: &str) -> anyhow::Result<Status> {
+fn raw_status_of<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, Status>,
+    case: &str,
+) -> anyhow::Result<Status> {
     match r {
         Ok(v) => bail!("{case}: expected a rejection, got {:?}", v.into_inner()),
         Err(st) => Ok(st),
@@ -146,7 +172,11 @@ fn raw_status_of<T: std::fmt::Debug>(r: Result<tonic::Response<T>, Status>, case
 
 /// The status a subscription fails with: either the call itself or the first
 /// stream item. An event or an orderly end instead is an error.
-async fn subscribe_error(conn: &SequencerConnection, from: i64, case: &str) -> anyhow::Result<Status> {
+async fn subscribe_error(
+    conn: &SequencerConnection,
+    from: i64,
+    case: &str,
+) -> anyhow::Result<Status> {
     let mut stream = match conn.subscribe(from).await {
         Err(ClientError::Status(st)) => return Ok(st),
         Err(e) => bail!("{case}: subscribe failed without a status: {e}"),
@@ -155,7 +185,10 @@ async fn subscribe_error(conn: &SequencerConnection, from: i64, case: &str) -> a
     match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
         Err(_) => bail!("{case}: neither an event nor an error within 10s"),
         Ok(Err(st)) => Ok(st),
-        Ok(Ok(Some(r))) => bail!("{case}: expected an error, got event {:?}", r.event.map(|e| e.counter)),
+        Ok(Ok(Some(r))) => bail!(
+            "{case}: expected an error, got event {:?}",
+            r.event.map(|e| e.counter)
+        ),
         Ok(Ok(None)) => bail!("{case}: stream ended without an error"),
     }
 }
@@ -173,7 +206,11 @@ async fn next_event(
         .with_context(|| format!("{what}: stream ended"))
 }
 
-fn submission(sender: &MemberId, message_id: &str, envelopes: Vec<pb::Envelope>) -> pb::SubmissionRequest {
+fn submission(
+    sender: &MemberId,
+    message_id: &str,
+    envelopes: Vec<pb::Envelope>,
+) -> pb::SubmissionRequest {
     pb::SubmissionRequest {
         sender: sender.to_string(),
         message_id: message_id.to_string(),
@@ -194,14 +231,22 @@ fn content_of(e: &pb::SequencedEvent) -> Vec<u8> {
 
 async fn member_db_id(db: &tokio_postgres::Client, member: &MemberId) -> anyhow::Result<i32> {
     Ok(db
-        .query_one("SELECT id FROM seq_members WHERE member = $1", &[&member.to_string()])
+        .query_one(
+            "SELECT id FROM seq_members WHERE member = $1",
+            &[&member.to_string()],
+        )
         .await?
         .get(0))
 }
 
 async fn channel_to(cluster: &SequencerCluster, i: usize) -> anyhow::Result<Channel> {
     let node = cluster.nodes.get(i).context("no such instance")?;
-    Ok(connect_channel(&node.public_endpoint(), Some(cluster.client_tls()), Duration::from_secs(5)).await?)
+    Ok(connect_channel(
+        &node.public_endpoint(),
+        Some(cluster.client_tls()),
+        Duration::from_secs(5),
+    )
+    .await?)
 }
 
 /// A codec that sends and receives raw message bytes, so a test can put anything
@@ -263,7 +308,9 @@ async fn raw_unary(
         req.metadata_mut().insert("authorization", value);
     }
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
-    grpc.unary(req, path, RawCodec).await.map(tonic::Response::into_inner)
+    grpc.unary(req, path, RawCodec)
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 /// `grpc.health.v1.HealthCheckResponse`.
@@ -282,7 +329,10 @@ const NOT_SERVING: i32 = 2;
 
 /// One `grpc.health.v1.Health/Check` for the whole server (service ""), bounded to 500 ms.
 async fn health(channel: &Channel) -> anyhow::Result<i32> {
-    let body = HealthCheckRequest { service: String::new() }.encode_to_vec();
+    let body = HealthCheckRequest {
+        service: String::new(),
+    }
+    .encode_to_vec();
     let call = raw_unary(channel.clone(), "/grpc.health.v1.Health/Check", body, None);
     let bytes = tokio::time::timeout(Duration::from_millis(500), call)
         .await
@@ -314,8 +364,17 @@ async fn wait_health(channel: &Channel, want: i32, limit: Duration) -> anyhow::R
 async fn retry_on_other_instance_is_deduplicated() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let logs = TestLogs::new("retry_on_other_instance_is_deduplicated");
+    keep_logs_on_error(
+        &logs,
+        retry_on_other_instance_is_deduplicated_body(logs.clone()),
+    )
+    .await
+}
+
+async fn retry_on_other_instance_is_deduplicated_body(logs: TestLogs) -> anyhow::Result<()> {
     let database = PgCluster::shared().create_database("seq_api_dedup").await;
-    let cluster = SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
+    let cluster =
+        SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
     let db = db_client(&database.url).await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
@@ -324,13 +383,22 @@ async fn retry_on_other_instance_is_deduplicated() -> anyhow::Result<()> {
     let alice_db = member_db_id(&db, &alice.0).await?;
 
     // Sequential: the retry reaches the other instance after the first send answered.
-    let req = a0.sign_submission(&submission(&alice.0, "retry-1", vec![envelope(b"payload retry-1".to_vec(), &[&bob.0])]));
+    let req = a0.sign_submission(&submission(
+        &alice.0,
+        "retry-1",
+        vec![envelope(b"payload retry-1".to_vec(), &[&bob.0])],
+    ));
     let first = a0.send_signed(req.clone()).await?;
     let second = a1.send_signed(req.clone()).await?;
     let third = a0.send_signed(req.clone()).await?;
-    println!("sequential: first {first:?}, retry on instance 1 {second:?}, retry on instance 0 {third:?}");
+    println!(
+        "sequential: first {first:?}, retry on instance 1 {second:?}, retry on instance 0 {third:?}"
+    );
     ensure!(!first.deduplicated, "the first send is not a duplicate");
-    ensure!(second.deduplicated && third.deduplicated, "retries are reported as deduplicated");
+    ensure!(
+        second.deduplicated && third.deduplicated,
+        "retries are reported as deduplicated"
+    );
     ensure!(
         second.sequencing_timestamp_micros == first.sequencing_timestamp_micros
             && third.sequencing_timestamp_micros == first.sequencing_timestamp_micros,
@@ -349,7 +417,10 @@ async fn retry_on_other_instance_is_deduplicated() -> anyhow::Result<()> {
             vec![envelope(format!("payload {id}").into_bytes(), &[&bob.0])],
         ));
         let (r0, r1) = tokio::join!(a0.send_signed(req.clone()), a1.send_signed(req));
-        let (r0, r1) = (r0.with_context(|| format!("{id} on instance 0"))?, r1.with_context(|| format!("{id} on instance 1"))?);
+        let (r0, r1) = (
+            r0.with_context(|| format!("{id} on instance 0"))?,
+            r1.with_context(|| format!("{id} on instance 1"))?,
+        );
         println!("concurrent {id}: instance 0 {r0:?}, instance 1 {r1:?}");
         ensure!(
             r0.sequencing_timestamp_micros == r1.sequencing_timestamp_micros,
@@ -375,17 +446,37 @@ async fn retry_on_other_instance_is_deduplicated() -> anyhow::Result<()> {
             )
             .await?;
         let (events, dedup, recipients): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
-        println!("db {id}: {events} event row(s), {dedup} dedup row(s), {recipients} recipient row(s)");
-        ensure!(events == 1 && dedup == 1, "{id}: {events} events and {dedup} dedup rows, expected 1 and 1");
-        ensure!(recipients == 2, "{id}: {recipients} recipient rows, expected 2 (sender and bob)");
+        println!(
+            "db {id}: {events} event row(s), {dedup} dedup row(s), {recipients} recipient row(s)"
+        );
+        ensure!(
+            events == 1 && dedup == 1,
+            "{id}: {events} events and {dedup} dedup rows, expected 1 and 1"
+        );
+        ensure!(
+            recipients == 2,
+            "{id}: {recipients} recipient rows, expected 2 (sender and bob)"
+        );
     }
 
     // A marker sent last: everything before it in a stream has been delivered.
-    let marker = a1.send("marker", vec![envelope(b"marker".to_vec(), &[&bob.0])], now_micros() + 60_000_000).await?;
+    let marker = a1
+        .send(
+            "marker",
+            vec![envelope(b"marker".to_vec(), &[&bob.0])],
+            now_micros() + 60_000_000,
+        )
+        .await?;
     timestamps.insert(marker.sequencing_timestamp_micros, "marker".to_string());
     let expected: Vec<Vec<u8>> = timestamps
         .values()
-        .map(|id| if id == "marker" { b"marker".to_vec() } else { format!("payload {id}").into_bytes() })
+        .map(|id| {
+            if id == "marker" {
+                b"marker".to_vec()
+            } else {
+                format!("payload {id}").into_bytes()
+            }
+        })
         .collect();
 
     // Bob reads exactly one event per message id, the same on both instances.
@@ -409,16 +500,26 @@ async fn retry_on_other_instance_is_deduplicated() -> anyhow::Result<()> {
         println!(
             "bob on instance {i}: {} events: {:?}",
             events.len(),
-            contents.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>()
+            contents
+                .iter()
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect::<Vec<_>>()
         );
-        ensure!(contents == expected, "bob on instance {i} got {contents:?}, expected {expected:?}");
+        ensure!(
+            contents == expected,
+            "bob on instance {i} got {contents:?}, expected {expected:?}"
+        );
         // Nothing else follows (a duplicate would be sequenced after the marker at the latest).
-        if let Ok(extra) = tokio::time::timeout(Duration::from_millis(300), stream.message()).await {
+        if let Ok(extra) = tokio::time::timeout(Duration::from_millis(300), stream.message()).await
+        {
             bail!("bob on instance {i}: unexpected item after the marker: {extra:?}");
         }
         per_instance.push(events);
     }
-    ensure!(per_instance[0] == per_instance[1], "both instances deliver identical events");
+    ensure!(
+        per_instance[0] == per_instance[1],
+        "both instances deliver identical events"
+    );
 
     // Alice gets exactly one receipt per message id.
     let mut stream = a1.subscribe(0).await?;
@@ -432,7 +533,10 @@ async fn retry_on_other_instance_is_deduplicated() -> anyhow::Result<()> {
         }
     }
     println!("alice receipts: {receipts:?}");
-    ensure!(receipts.len() == ids.len() + 1 && receipts.values().all(|n| *n == 1), "one receipt per message id: {receipts:?}");
+    ensure!(
+        receipts.len() == ids.len() + 1 && receipts.values().all(|n| *n == 1),
+        "one receipt per message id: {receipts:?}"
+    );
     Ok(())
 }
 
@@ -444,6 +548,14 @@ async fn retry_on_other_instance_is_deduplicated() -> anyhow::Result<()> {
 async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let logs = TestLogs::new("bad_inputs_are_rejected_without_trace");
+    keep_logs_on_error(
+        &logs,
+        bad_inputs_are_rejected_without_trace_body(logs.clone()),
+    )
+    .await
+}
+
+async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::Result<()> {
     let database = PgCluster::shared().create_database("seq_api_bad").await;
     // Tokens live 1 s (case 6), so every case re-authenticates right before it.
     let config = "max-request-size = 10000\nauth.token-ttl = \"1s\"\npruning.interval = \"0s\"";
@@ -455,22 +567,45 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
     let b = connect(&cluster, 1, &bob).await?;
     let far = || now_micros() + 60_000_000;
 
-    // (1a) Garbage as the whole request body: tonic's decoder rejects it before the
-    // handler runs.
-    for (n, garbage) in [vec![0xffu8; 16], vec![0x0a, 0x50, 0x01], vec![0x12, 0x03, 0xff]].into_iter().enumerate() {
+    // (1a) Garbage as the whole request body: the codec rejects it before the handler
+    // runs.
+    for (n, garbage) in [
+        vec![0xffu8; 16],
+        vec![0x0a, 0x50, 0x01],
+        vec![0x12, 0x03, 0xff],
+    ]
+    .into_iter()
+    .enumerate()
+    {
         a.authenticate().await?;
         let token = a.token().await.context("token")?;
         let before = counts(&db).await?;
         let case = format!("(1a) garbage body #{n} {garbage:02x?}");
-        let r = raw_unary(channel_to(&cluster, 0).await?, "/domain.v1.SequencerService/Send", garbage, Some(&token)).await;
+        let r = raw_unary(
+            channel_to(&cluster, 0).await?,
+            "/domain.v1.SequencerService/Send",
+            garbage,
+            Some(&token),
+        )
+        .await;
         let st = match r {
             Ok(v) => bail!("{case}: accepted, answered {v:02x?}"),
             Err(st) => st,
         };
-        // tonic maps a prost DecodeError to INTERNAL "failed to decode Protobuf message",
-        // without our metadata.
-        expect_status(&st, Code::Internal, None, &case)?;
-        ensure!(st.message().contains("failed to decode"), "{case}: {}", st.message());
+        // Plain tonic-prost answers INTERNAL "failed to decode Protobuf message" with no
+        // metadata; the generated services use domain_proto::codec::DomainCodec, which
+        // remaps that to INVALID_ARGUMENT with code MALFORMED_PROTOBUF (docs/errors.md).
+        expect_status(
+            &st,
+            Code::InvalidArgument,
+            Some("MALFORMED_PROTOBUF"),
+            &case,
+        )?;
+        ensure!(
+            st.message().contains("failed to decode"),
+            "{case}: {}",
+            st.message()
+        );
         assert_no_trace(&db, before, None, &case).await?;
     }
 
@@ -479,10 +614,21 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
         a.authenticate().await?;
         let before = counts(&db).await?;
         let garbage = vec![0xffu8; 32];
-        let sig = alice.1.sign_with_domain_str(SignaturePurpose::Submission, &a.domain_id, &garbage)?;
-        let req = pb::SendRequest { submission: garbage, signature: Some(to_proto_signature(&sig, SignaturePurpose::Submission)) };
+        let sig =
+            alice
+                .1
+                .sign_with_domain_str(SignaturePurpose::Submission, &a.domain_id, &garbage)?;
+        let req = pb::SendRequest {
+            submission: garbage,
+            signature: Some(to_proto_signature(&sig, SignaturePurpose::Submission)),
+        };
         let st = status_of(a.send_signed(req).await, "(1b)")?;
-        expect_status(&st, Code::InvalidArgument, Some("SEQ_MALFORMED_REQUEST"), "(1b) garbage submission")?;
+        expect_status(
+            &st,
+            Code::InvalidArgument,
+            Some("SEQ_MALFORMED_REQUEST"),
+            "(1b) garbage submission",
+        )?;
         assert_no_trace(&db, before, None, "(1b)").await?;
     }
 
@@ -491,10 +637,19 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
         a.authenticate().await?;
         let before = counts(&db).await?;
         let id = "too-large";
-        let req = a.sign_submission(&submission(&alice.0, id, vec![envelope(vec![7u8; 20_000], &[&bob.0])]));
+        let req = a.sign_submission(&submission(
+            &alice.0,
+            id,
+            vec![envelope(vec![7u8; 20_000], &[&bob.0])],
+        ));
         println!("  (2a) submission of {} bytes", req.submission.len());
         let st = status_of(a.send_signed(req).await, "(2a)")?;
-        expect_status(&st, Code::ResourceExhausted, Some("SEQ_REQUEST_TOO_LARGE"), "(2a) 20 KB submission")?;
+        expect_status(
+            &st,
+            Code::ResourceExhausted,
+            Some("SEQ_REQUEST_TOO_LARGE"),
+            "(2a) 20 KB submission",
+        )?;
         assert_no_trace(&db, before, Some(id), "(2a)").await?;
     }
 
@@ -503,11 +658,16 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
         a.authenticate().await?;
         let before = counts(&db).await?;
         let id = "above-grpc-limit";
-        let req = a.sign_submission(&submission(&alice.0, id, vec![envelope(vec![7u8; 5 * 1024 * 1024], &[&bob.0])]));
+        let req = a.sign_submission(&submission(
+            &alice.0,
+            id,
+            vec![envelope(vec![7u8; 5 * 1024 * 1024], &[&bob.0])],
+        ));
         println!("  (2b) message of {} bytes", req.encoded_len());
         let st = status_of(a.send_signed(req).await, "(2b)")?;
-        // tonic 0.14's decoder answers OUT_OF_RANGE ("decoded message length too large"),
-        // not the RESOURCE_EXHAUSTED the gRPC spec asks for; no domain metadata.
+        // tonic 0.14's framing decoder answers OUT_OF_RANGE ("decoded message length too
+        // large") before any codec runs, no domain metadata. NOTE: docs/errors.md and the
+        // gRPC spec say RESOURCE_EXHAUSTED; this asserts what the server does today.
         expect_status(&st, Code::OutOfRange, None, "(2b) 5 MiB message")?;
         ensure!(st.message().contains("too large"), "(2b): {}", st.message());
         assert_no_trace(&db, before, Some(id), "(2b)").await?;
@@ -518,18 +678,40 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
         a.authenticate().await?;
         let before = counts(&db).await?;
         let id = "bad-signature";
-        let mut req = a.sign_submission(&submission(&alice.0, id, vec![envelope(b"hello".to_vec(), &[&bob.0])]));
+        let mut req = a.sign_submission(&submission(
+            &alice.0,
+            id,
+            vec![envelope(b"hello".to_vec(), &[&bob.0])],
+        ));
         if let Some(sig) = req.signature.as_mut() {
             sig.signature[10] ^= 0x01;
         }
         let st = status_of(a.send_signed(req).await, "(3a)")?;
-        expect_status(&st, Code::InvalidArgument, Some("SEQ_SUBMISSION_SIGNATURE_INVALID"), "(3a) flipped signature byte")?;
+        expect_status(
+            &st,
+            Code::InvalidArgument,
+            Some("SEQ_SUBMISSION_SIGNATURE_INVALID"),
+            "(3a) flipped signature byte",
+        )?;
 
-        let mut req = a.sign_submission(&submission(&alice.0, id, vec![envelope(b"hello".to_vec(), &[&bob.0])]));
-        let pos = req.submission.windows(5).position(|w| w == b"hello").context("content in submission")?;
+        let mut req = a.sign_submission(&submission(
+            &alice.0,
+            id,
+            vec![envelope(b"hello".to_vec(), &[&bob.0])],
+        ));
+        let pos = req
+            .submission
+            .windows(5)
+            .position(|w| w == b"hello")
+            .context("content in submission")?;
         req.submission[pos] = b'j';
         let st = status_of(a.send_signed(req).await, "(3b)")?;
-        expect_status(&st, Code::InvalidArgument, Some("SEQ_SUBMISSION_SIGNATURE_INVALID"), "(3b) submission changed after signing")?;
+        expect_status(
+            &st,
+            Code::InvalidArgument,
+            Some("SEQ_SUBMISSION_SIGNATURE_INVALID"),
+            "(3b) submission changed after signing",
+        )?;
         assert_no_trace(&db, before, Some(id), "(3)").await?;
     }
 
@@ -538,9 +720,18 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
         b.authenticate().await?;
         let before = counts(&db).await?;
         let id = "other-members-token";
-        let req = a.sign_submission(&submission(&alice.0, id, vec![envelope(b"hello".to_vec(), &[&bob.0])]));
+        let req = a.sign_submission(&submission(
+            &alice.0,
+            id,
+            vec![envelope(b"hello".to_vec(), &[&bob.0])],
+        ));
         let st = status_of(b.send_signed(req).await, "(4)")?;
-        expect_status(&st, Code::PermissionDenied, Some("SEQ_MEMBER_MISMATCH"), "(4) bob's token, alice's submission")?;
+        expect_status(
+            &st,
+            Code::PermissionDenied,
+            Some("SEQ_MEMBER_MISMATCH"),
+            "(4) bob's token, alice's submission",
+        )?;
         assert_no_trace(&db, before, Some(id), "(4)").await?;
     }
 
@@ -557,7 +748,11 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
             })
             .await?
             .into_inner();
-        let sig = alice.1.sign_with_domain_str(SignaturePurpose::AuthChallenge, &challenge.domain_id, &challenge.nonce)?;
+        let sig = alice.1.sign_with_domain_str(
+            SignaturePurpose::AuthChallenge,
+            &challenge.domain_id,
+            &challenge.nonce,
+        )?;
         let auth = pb::AuthenticateRequest {
             member: alice.0.to_string(),
             nonce: challenge.nonce.clone(),
@@ -572,10 +767,20 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
             "the first authentication stores a token and consumes the nonce: {before_first:?} -> {before:?}"
         );
         let st = raw_status_of(raw.authenticate(auth.clone()).await, "(5)")?;
-        expect_status(&st, Code::Unauthenticated, Some("SEQ_NONCE_INVALID"), "(5) replayed nonce, same instance")?;
+        expect_status(
+            &st,
+            Code::Unauthenticated,
+            Some("SEQ_NONCE_INVALID"),
+            "(5) replayed nonce, same instance",
+        )?;
         let mut raw1 = SequencerServiceClient::new(channel_to(&cluster, 1).await?);
         let st = raw_status_of(raw1.authenticate(auth).await, "(5)")?;
-        expect_status(&st, Code::Unauthenticated, Some("SEQ_NONCE_INVALID"), "(5) replayed nonce, other instance")?;
+        expect_status(
+            &st,
+            Code::Unauthenticated,
+            Some("SEQ_NONCE_INVALID"),
+            "(5) replayed nonce, other instance",
+        )?;
         assert_no_trace(&db, before, None, "(5) no second token").await?;
     }
 
@@ -585,22 +790,52 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(1600)).await;
         let before = counts(&db).await?;
         let id = "expired-token";
-        let st = status_of(a.send(id, vec![envelope(b"hello".to_vec(), &[&bob.0])], far()).await, "(6)")?;
-        expect_status(&st, Code::Unauthenticated, Some("SEQ_TOKEN_INVALID"), "(6) expired token, send")?;
+        let st = status_of(
+            a.send(id, vec![envelope(b"hello".to_vec(), &[&bob.0])], far())
+                .await,
+            "(6)",
+        )?;
+        expect_status(
+            &st,
+            Code::Unauthenticated,
+            Some("SEQ_TOKEN_INVALID"),
+            "(6) expired token, send",
+        )?;
         let st = subscribe_error(&a, 0, "(6)").await?;
-        expect_status(&st, Code::Unauthenticated, Some("SEQ_TOKEN_INVALID"), "(6) expired token, subscribe")?;
+        expect_status(
+            &st,
+            Code::Unauthenticated,
+            Some("SEQ_TOKEN_INVALID"),
+            "(6) expired token, subscribe",
+        )?;
         assert_no_trace(&db, before, Some(id), "(6)").await?;
     }
 
     // (7) A well-formed recipient that was never registered.
     let ghost_key = SigningKeyPair::generate();
-    let ghost = MemberId::new(MemberRole::Participant, UniqueId::new("ghost", *ghost_key.fingerprint())?);
+    let ghost = MemberId::new(
+        MemberRole::Participant,
+        UniqueId::new("ghost", *ghost_key.fingerprint())?,
+    );
     {
         a.authenticate().await?;
         let before = counts(&db).await?;
         let id = "unknown-recipient";
-        let st = status_of(a.send(id, vec![envelope(b"hello".to_vec(), &[&bob.0, &ghost])], far()).await, "(7)")?;
-        expect_status(&st, Code::InvalidArgument, Some("SEQ_RECIPIENT_UNKNOWN"), "(7) unknown recipient")?;
+        let st = status_of(
+            a.send(
+                id,
+                vec![envelope(b"hello".to_vec(), &[&bob.0, &ghost])],
+                far(),
+            )
+            .await,
+            "(7)",
+        )?;
+        expect_status(
+            &st,
+            Code::InvalidArgument,
+            Some("SEQ_RECIPIENT_UNKNOWN"),
+            "(7) unknown recipient",
+        )?;
         assert_no_trace(&db, before, Some(id), "(7)").await?;
     }
 
@@ -618,7 +853,12 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
             })
             .await;
         let st = raw_status_of(r, "(8)")?;
-        expect_status(&st, Code::PermissionDenied, Some("SEQ_MEMBER_UNKNOWN"), "(8) unknown member challenge")?;
+        expect_status(
+            &st,
+            Code::PermissionDenied,
+            Some("SEQ_MEMBER_UNKNOWN"),
+            "(8) unknown member challenge",
+        )?;
         assert_no_trace(&db, before, None, "(8) no nonce").await?;
     }
 
@@ -627,8 +867,21 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
         a.authenticate().await?;
         let before = counts(&db).await?;
         let id = "deadline-passed";
-        let st = status_of(a.send(id, vec![envelope(b"hello".to_vec(), &[&bob.0])], now_micros() - 1_000_000).await, "(9)")?;
-        expect_status(&st, Code::FailedPrecondition, Some("SEQ_MAX_SEQUENCING_TIME_EXCEEDED"), "(9) deadline in the past")?;
+        let st = status_of(
+            a.send(
+                id,
+                vec![envelope(b"hello".to_vec(), &[&bob.0])],
+                now_micros() - 1_000_000,
+            )
+            .await,
+            "(9)",
+        )?;
+        expect_status(
+            &st,
+            Code::FailedPrecondition,
+            Some("SEQ_MAX_SEQUENCING_TIME_EXCEEDED"),
+            "(9) deadline in the past",
+        )?;
         assert_no_trace(&db, before, Some(id), "(9)").await?;
     }
 
@@ -637,10 +890,24 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
         a.authenticate().await?;
         let before = counts(&db).await?;
         let id = "empty";
-        let st = status_of(a.send(id, vec![envelope(Vec::new(), &[&bob.0])], far()).await, "(10a)")?;
-        expect_status(&st, Code::InvalidArgument, Some("SEQ_EMPTY_SUBMISSION"), "(10a) empty content")?;
+        let st = status_of(
+            a.send(id, vec![envelope(Vec::new(), &[&bob.0])], far())
+                .await,
+            "(10a)",
+        )?;
+        expect_status(
+            &st,
+            Code::InvalidArgument,
+            Some("SEQ_EMPTY_SUBMISSION"),
+            "(10a) empty content",
+        )?;
         let st = status_of(a.send(id, Vec::new(), far()).await, "(10b)")?;
-        expect_status(&st, Code::InvalidArgument, Some("SEQ_EMPTY_SUBMISSION"), "(10b) no envelopes")?;
+        expect_status(
+            &st,
+            Code::InvalidArgument,
+            Some("SEQ_EMPTY_SUBMISSION"),
+            "(10b) no envelopes",
+        )?;
         assert_no_trace(&db, before, Some(id), "(10)").await?;
     }
 
@@ -659,7 +926,12 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
             })
             .await;
         let st = raw_status_of(r, "(11)")?;
-        expect_status(&st, Code::Unauthenticated, Some("SEQ_KEY_MISMATCH"), "(11) key does not match the id")?;
+        expect_status(
+            &st,
+            Code::Unauthenticated,
+            Some("SEQ_KEY_MISMATCH"),
+            "(11) key does not match the id",
+        )?;
         assert_no_trace(&db, before, None, "(11) no nonce").await?;
     }
 
@@ -667,18 +939,25 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
     {
         a.authenticate().await?;
         let before = counts(&db).await?;
-        let sent = a.send("valid", vec![envelope(b"hello".to_vec(), &[&bob.0])], far()).await?;
+        let sent = a
+            .send("valid", vec![envelope(b"hello".to_vec(), &[&bob.0])], far())
+            .await?;
         ensure!(!sent.deduplicated);
         let after = counts(&db).await?;
         println!("  control: a valid send changed {before:?} -> {after:?}");
         ensure!(
-            after.events == before.events + 1 && after.recipients == before.recipients + 2 && after.dedup == before.dedup + 1,
+            after.events == before.events + 1
+                && after.recipients == before.recipients + 2
+                && after.dedup == before.dedup + 1,
             "a valid send writes one event, two recipient rows and one dedup row"
         );
         b.authenticate().await?;
         let mut stream = b.subscribe(0).await?;
         let first = next_event(&mut stream, "bob").await?;
-        ensure!(content_of(&first) == b"hello" && first.counter == 0, "bob's only event is the valid send");
+        ensure!(
+            content_of(&first) == b"hello" && first.counter == 0,
+            "bob's only event is the valid send"
+        );
     }
     Ok(())
 }
@@ -688,13 +967,19 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------
 
 /// Waits for a live stream to fail; returns the status and when it arrived.
-async fn stream_end(mut stream: tonic::Streaming<pb::SubscribeResponse>, what: String) -> anyhow::Result<(Status, Instant)> {
+async fn stream_end(
+    mut stream: tonic::Streaming<pb::SubscribeResponse>,
+    what: String,
+) -> anyhow::Result<(Status, Instant)> {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
             Err(_) => bail!("{what}: still open 10 s after the member was disabled"),
             Ok(Err(st)) => return Ok((st, Instant::now())),
             Ok(Ok(None)) => bail!("{what}: ended without a status"),
-            Ok(Ok(Some(r))) => println!("  {what}: event {:?} before the end", r.event.map(|e| e.counter)),
+            Ok(Ok(Some(r))) => println!(
+                "  {what}: event {:?} before the end",
+                r.event.map(|e| e.counter)
+            ),
         }
     }
 }
@@ -703,8 +988,13 @@ async fn stream_end(mut stream: tonic::Streaming<pb::SubscribeResponse>, what: S
 async fn disabled_member_is_cut_off() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let logs = TestLogs::new("disabled_member_is_cut_off");
+    keep_logs_on_error(&logs, disabled_member_is_cut_off_body(logs.clone())).await
+}
+
+async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
     let database = PgCluster::shared().create_database("seq_api_disable").await;
-    let cluster = SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
+    let cluster =
+        SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
     let db = db_client(&database.url).await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
@@ -717,7 +1007,12 @@ async fn disabled_member_is_cut_off() -> anyhow::Result<()> {
     // Alice follows her stream live on both instances.
     let mut s0 = a0.subscribe(0).await?;
     let mut s1 = a1.subscribe(0).await?;
-    b0.send("hi", vec![envelope(b"hi alice".to_vec(), &[&alice.0])], now_micros() + 60_000_000).await?;
+    b0.send(
+        "hi",
+        vec![envelope(b"hi alice".to_vec(), &[&alice.0])],
+        now_micros() + 60_000_000,
+    )
+    .await?;
     for (i, s) in [&mut s0, &mut s1].into_iter().enumerate() {
         let e = next_event(s, &format!("alice live on instance {i}")).await?;
         ensure!(e.counter == 0 && content_of(&e) == b"hi alice");
@@ -727,19 +1022,37 @@ async fn disabled_member_is_cut_off() -> anyhow::Result<()> {
     cluster
         .admin(0)
         .await?
-        .disable_member(pb::DisableMemberRequest { member: alice.0.to_string() })
+        .disable_member(pb::DisableMemberRequest {
+            member: alice.0.to_string(),
+        })
         .await?;
     let admin_done = t0.elapsed();
-    let (r0, r1) = tokio::join!(stream_end(s0, "alice on instance 0".into()), stream_end(s1, "alice on instance 1".into()));
+    let (r0, r1) = tokio::join!(
+        stream_end(s0, "alice on instance 0".into()),
+        stream_end(s1, "alice on instance 1".into())
+    );
     let ((st0, at0), (st1, at1)) = (r0?, r1?);
     let (d0, d1) = (at0 - t0, at1 - t0);
     println!(
         "disable call took {admin_done:?}; alice's stream ended after {d0:?} on instance 0 (the admin's) and {d1:?} on instance 1"
     );
-    expect_status(&st0, Code::PermissionDenied, Some("SEQ_MEMBER_DISABLED"), "stream on instance 0")?;
-    expect_status(&st1, Code::PermissionDenied, Some("SEQ_MEMBER_DISABLED"), "stream on instance 1")?;
+    expect_status(
+        &st0,
+        Code::PermissionDenied,
+        Some("SEQ_MEMBER_DISABLED"),
+        "stream on instance 0",
+    )?;
+    expect_status(
+        &st1,
+        Code::PermissionDenied,
+        Some("SEQ_MEMBER_DISABLED"),
+        "stream on instance 1",
+    )?;
     let bound = Duration::from_millis(1500);
-    ensure!(d0 <= bound && d1 <= bound, "streams must end within ~1 s (bound {bound:?}): {d0:?}, {d1:?}");
+    ensure!(
+        d0 <= bound && d1 <= bound,
+        "streams must end within ~1 s (bound {bound:?}): {d0:?}, {d1:?}"
+    );
 
     let r = db
         .query_one(
@@ -748,40 +1061,87 @@ async fn disabled_member_is_cut_off() -> anyhow::Result<()> {
         )
         .await?;
     let (enabled, tokens): (bool, i64) = (r.get(0), r.get(1));
-    ensure!(!enabled && tokens == 0, "alice disabled ({enabled}) with her tokens revoked ({tokens} left)");
+    ensure!(
+        !enabled && tokens == 0,
+        "alice disabled ({enabled}) with her tokens revoked ({tokens} left)"
+    );
 
     // Her token no longer works, on either instance, for any call.
     let before = counts(&db).await?;
     for (i, a) in [&a0, &a1].into_iter().enumerate() {
         let checks = [
-            ("send", status_of(a.send(&format!("after-disable-{i}"), vec![envelope(b"x".to_vec(), &[&bob.0])], now_micros() + 60_000_000).await, "send")?),
+            (
+                "send",
+                status_of(
+                    a.send(
+                        &format!("after-disable-{i}"),
+                        vec![envelope(b"x".to_vec(), &[&bob.0])],
+                        now_micros() + 60_000_000,
+                    )
+                    .await,
+                    "send",
+                )?,
+            ),
             ("subscribe", subscribe_error(a, 1, "subscribe").await?),
-            ("acknowledge", status_of(a.acknowledge(now_micros()).await, "acknowledge")?),
+            (
+                "acknowledge",
+                status_of(a.acknowledge(now_micros()).await, "acknowledge")?,
+            ),
         ];
         for (call, st) in checks {
             let case = format!("alice's token on instance {i}: {call}");
             match st.code() {
-                Code::Unauthenticated => expect_status(&st, Code::Unauthenticated, Some("SEQ_TOKEN_INVALID"), &case)?,
-                _ => expect_status(&st, Code::PermissionDenied, Some("SEQ_MEMBER_DISABLED"), &case)?,
+                Code::Unauthenticated => {
+                    expect_status(&st, Code::Unauthenticated, Some("SEQ_TOKEN_INVALID"), &case)?
+                }
+                _ => expect_status(
+                    &st,
+                    Code::PermissionDenied,
+                    Some("SEQ_MEMBER_DISABLED"),
+                    &case,
+                )?,
             }
         }
         // She cannot get a new token either.
         let st = status_of(a.authenticate().await, "challenge")?;
-        expect_status(&st, Code::PermissionDenied, Some("SEQ_MEMBER_DISABLED"), &format!("alice's challenge on instance {i}"))?;
+        expect_status(
+            &st,
+            Code::PermissionDenied,
+            Some("SEQ_MEMBER_DISABLED"),
+            &format!("alice's challenge on instance {i}"),
+        )?;
     }
 
     // Nobody can address her any more.
     for (i, b) in [&b0, &b1].into_iter().enumerate() {
         let id = format!("to-disabled-{i}");
-        let st = status_of(b.send(&id, vec![envelope(b"x".to_vec(), &[&carol.0, &alice.0])], now_micros() + 60_000_000).await, "send")?;
-        expect_status(&st, Code::FailedPrecondition, Some("SEQ_RECIPIENT_DISABLED"), &format!("bob addresses alice via instance {i}"))?;
+        let st = status_of(
+            b.send(
+                &id,
+                vec![envelope(b"x".to_vec(), &[&carol.0, &alice.0])],
+                now_micros() + 60_000_000,
+            )
+            .await,
+            "send",
+        )?;
+        expect_status(
+            &st,
+            Code::FailedPrecondition,
+            Some("SEQ_RECIPIENT_DISABLED"),
+            &format!("bob addresses alice via instance {i}"),
+        )?;
         assert_no_trace(&db, before, Some(&id), "sends to a disabled member").await?;
     }
     assert_no_trace(&db, before, Some("after-disable-0"), "alice's sends").await?;
     assert_no_trace(&db, before, Some("after-disable-1"), "alice's sends").await?;
 
     // Others are unaffected.
-    b1.send("to-carol", vec![envelope(b"x".to_vec(), &[&carol.0])], now_micros() + 60_000_000).await?;
+    b1.send(
+        "to-carol",
+        vec![envelope(b"x".to_vec(), &[&carol.0])],
+        now_micros() + 60_000_000,
+    )
+    .await?;
     Ok(())
 }
 
@@ -791,12 +1151,17 @@ async fn disabled_member_is_cut_off() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_are_pruned() -> anyhow::Result<()> {
-    const N: usize = 20;
-    const K: usize = 9; // everyone acknowledges the timestamp of bob's event K
     let _serial = SERIAL.lock().await;
     let logs = TestLogs::new("acknowledged_events_are_pruned");
+    keep_logs_on_error(&logs, acknowledged_events_are_pruned_body(logs.clone())).await
+}
+
+async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<()> {
+    const N: usize = 20;
+    const K: usize = 9; // everyone acknowledges the timestamp of bob's event K
     let database = PgCluster::shared().create_database("seq_api_prune").await;
-    let cluster = SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
+    let cluster =
+        SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
     let db = db_client(&database.url).await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
@@ -804,8 +1169,12 @@ async fn acknowledged_events_are_pruned() -> anyhow::Result<()> {
     let b = connect(&cluster, 1, &bob).await?;
 
     for i in 0..N {
-        a.send(&format!("m-{i}"), vec![envelope(format!("event {i}").into_bytes(), &[&bob.0])], now_micros() + 60_000_000)
-            .await?;
+        a.send(
+            &format!("m-{i}"),
+            vec![envelope(format!("event {i}").into_bytes(), &[&bob.0])],
+            now_micros() + 60_000_000,
+        )
+        .await?;
     }
     let read_all = |conn: SequencerConnection, from: i64, n: usize, what: &'static str| async move {
         let mut stream = conn.subscribe(from).await?;
@@ -820,19 +1189,31 @@ async fn acknowledged_events_are_pruned() -> anyhow::Result<()> {
     let bob_events = read_all(b.clone(), 0, N, "bob before pruning").await?;
     let alice_events = read_all(a.clone(), 0, N, "alice before pruning").await?;
     for (i, e) in bob_events.iter().enumerate() {
-        ensure!(e.counter == i as i64 && content_of(e) == format!("event {i}").into_bytes(), "bob's event {i}");
+        ensure!(
+            e.counter == i as i64 && content_of(e) == format!("event {i}").into_bytes(),
+            "bob's event {i}"
+        );
     }
     let ack = bob_events[K].timestamp_micros;
-    ensure!(alice_events[K].timestamp_micros == ack, "alice's receipts have the same timestamps");
+    ensure!(
+        alice_events[K].timestamp_micros == ack,
+        "alice's receipts have the same timestamps"
+    );
 
     let mut admin = cluster.admin(1).await?;
     // Only alice acknowledged: nothing may go.
     a.acknowledge(ack).await?;
     let partial = admin.prune(pb::PruneRequest {}).await?.into_inner();
     println!("prune with only alice's acknowledgement: {partial:?}");
-    ensure!(partial.events_deleted == 0, "events bob did not acknowledge were pruned: {partial:?}");
     ensure!(
-        db.query_one("SELECT count(*) FROM seq_events", &[]).await?.get::<_, i64>(0) == N as i64,
+        partial.events_deleted == 0,
+        "events bob did not acknowledge were pruned: {partial:?}"
+    );
+    ensure!(
+        db.query_one("SELECT count(*) FROM seq_events", &[])
+            .await?
+            .get::<_, i64>(0)
+            == N as i64,
         "all events still stored"
     );
 
@@ -840,36 +1221,67 @@ async fn acknowledged_events_are_pruned() -> anyhow::Result<()> {
     let pruned = admin.prune(pb::PruneRequest {}).await?.into_inner();
     println!("prune after everyone acknowledged {ack}: {pruned:?}");
     ensure!(pruned.events_deleted > 0, "nothing pruned");
-    ensure!(pruned.events_deleted == (K + 1) as u64, "expected the {} acknowledged events pruned: {pruned:?}", K + 1);
-    ensure!(pruned.pruned_below_micros == ack, "pruning bound {} != acknowledged {ack}", pruned.pruned_below_micros);
+    ensure!(
+        pruned.events_deleted == (K + 1) as u64,
+        "expected the {} acknowledged events pruned: {pruned:?}",
+        K + 1
+    );
+    ensure!(
+        pruned.pruned_below_micros == ack,
+        "pruning bound {} != acknowledged {ack}",
+        pruned.pruned_below_micros
+    );
     let r = db
         .query_one("SELECT count(*), min(ts) FROM seq_events", &[])
         .await?;
     let (left, min_ts): (i64, Option<i64>) = (r.get(0), r.get(1));
     println!("{left} events left, oldest at {min_ts:?}");
-    ensure!(left == (N - K - 1) as i64 && min_ts.is_some_and(|t| t > ack), "only unacknowledged events remain");
+    ensure!(
+        left == (N - K - 1) as i64 && min_ts.is_some_and(|t| t > ack),
+        "only unacknowledged events remain"
+    );
 
     // Below the bound: refused, on both instances, for both members.
     for i in 0..2 {
         let b_i = connect(&cluster, i, &bob).await?;
         for from in [0, K as i64] {
             let st = subscribe_error(&b_i, from, "pruned").await?;
-            expect_status(&st, Code::OutOfRange, Some("SEQ_EVENTS_PRUNED"), &format!("bob from {from} on instance {i}"))?;
+            expect_status(
+                &st,
+                Code::OutOfRange,
+                Some("SEQ_EVENTS_PRUNED"),
+                &format!("bob from {from} on instance {i}"),
+            )?;
         }
         let a_i = connect(&cluster, i, &alice).await?;
         let st = subscribe_error(&a_i, 0, "pruned").await?;
-        expect_status(&st, Code::OutOfRange, Some("SEQ_EVENTS_PRUNED"), &format!("alice from 0 on instance {i}"))?;
+        expect_status(
+            &st,
+            Code::OutOfRange,
+            Some("SEQ_EVENTS_PRUNED"),
+            &format!("alice from 0 on instance {i}"),
+        )?;
     }
 
     // From the first retained counter: exactly the events delivered before pruning.
     for i in 0..2 {
         let b_i = connect(&cluster, i, &bob).await?;
         let again = read_all(b_i, (K + 1) as i64, N - K - 1, "bob after pruning").await?;
-        ensure!(again.as_slice() == &bob_events[K + 1..], "bob's retained events differ after pruning (instance {i})");
+        ensure!(
+            again.as_slice() == &bob_events[K + 1..],
+            "bob's retained events differ after pruning (instance {i})"
+        );
         let a_i = connect(&cluster, i, &alice).await?;
         let again = read_all(a_i, (K + 1) as i64, N - K - 1, "alice after pruning").await?;
-        ensure!(again.as_slice() == &alice_events[K + 1..], "alice's retained receipts differ after pruning (instance {i})");
-        println!("instance {i}: counters {}..{} re-delivered identically", K + 1, N - 1);
+        ensure!(
+            again.as_slice() == &alice_events[K + 1..],
+            "alice's retained receipts differ after pruning (instance {i})"
+        );
+        println!(
+            "instance {i}: counters {}..{} re-delivered identically",
+            K + 1,
+            N - 1
+        );
     }
     // The stream continues normally after the retained events.
     let mut stream = b.subscribe((K + 1) as i64).await?;
@@ -877,10 +1289,20 @@ async fn acknowledged_events_are_pruned() -> anyhow::Result<()> {
     for _ in K + 1..N {
         validator.check(&next_event(&mut stream, "bob").await?)?;
     }
-    let last = a.send("after-prune", vec![envelope(b"after prune".to_vec(), &[&bob.0])], now_micros() + 60_000_000).await?;
+    let last = a
+        .send(
+            "after-prune",
+            vec![envelope(b"after prune".to_vec(), &[&bob.0])],
+            now_micros() + 60_000_000,
+        )
+        .await?;
     let e = next_event(&mut stream, "bob live after pruning").await?;
     validator.check(&e)?;
-    ensure!(e.counter == N as i64 && e.timestamp_micros == last.sequencing_timestamp_micros && content_of(&e) == b"after prune");
+    ensure!(
+        e.counter == N as i64
+            && e.timestamp_micros == last.sequencing_timestamp_micros
+            && content_of(&e) == b"after prune"
+    );
     Ok(())
 }
 
@@ -900,34 +1322,69 @@ fn db_addr(url: &str) -> anyhow::Result<SocketAddr> {
 async fn health_turns_not_serving_when_database_unreachable() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let logs = TestLogs::new("health_turns_not_serving_when_database_unreachable");
+    keep_logs_on_error(
+        &logs,
+        health_turns_not_serving_when_database_unreachable_body(logs.clone()),
+    )
+    .await
+}
+
+async fn health_turns_not_serving_when_database_unreachable_body(
+    logs: TestLogs,
+) -> anyhow::Result<()> {
     let database = PgCluster::shared().create_database("seq_api_health").await;
-    let mut cluster = SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
+    let mut cluster =
+        SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
 
     // Restart instance 1 with its database behind the proxy.
     let target = db_addr(&database.url)?;
     let proxy = TcpProxy::start(target).await?;
-    let proxied_url = database.url.replacen(&target.to_string(), &proxy.local_addr().to_string(), 1);
+    let proxied_url =
+        database
+            .url
+            .replacen(&target.to_string(), &proxy.local_addr().to_string(), 1);
     ensure!(proxied_url != database.url, "proxy url");
     let node = &mut cluster.nodes[1];
     node.process()?.terminate(Duration::from_secs(15)).await?;
     let config = std::fs::read_to_string(&node.config_path)?;
     let needle = format!("url = \"{}\"", database.url);
     ensure!(config.contains(&needle), "config has the database url");
-    std::fs::write(&node.config_path, config.replace(&needle, &format!("url = \"{proxied_url}\"")))?;
+    std::fs::write(
+        &node.config_path,
+        config.replace(&needle, &format!("url = \"{proxied_url}\"")),
+    )?;
     cluster.start_node(1).await?;
-    ensure!(proxy.accepted() > 0, "instance 1 reaches the database through the proxy");
-    println!("instance 1 uses the database through {} ({} connections so far)", proxy.local_addr(), proxy.accepted());
+    ensure!(
+        proxy.accepted() > 0,
+        "instance 1 reaches the database through the proxy"
+    );
+    println!(
+        "instance 1 uses the database through {} ({} connections so far)",
+        proxy.local_addr(),
+        proxy.accepted()
+    );
 
     let ch0 = channel_to(&cluster, 0).await?;
     let ch1 = channel_to(&cluster, 1).await?;
-    ensure!(health(&ch1).await? == SERVING && health(&ch0).await? == SERVING, "both SERVING before the cut");
+    ensure!(
+        health(&ch1).await? == SERVING && health(&ch0).await? == SERVING,
+        "both SERVING before the cut"
+    );
     let a1 = connect(&cluster, 1, &alice).await?;
-    a1.send("before-cut", vec![envelope(b"x".to_vec(), &[&bob.0])], now_micros() + 60_000_000).await?;
+    a1.send(
+        "before-cut",
+        vec![envelope(b"x".to_vec(), &[&bob.0])],
+        now_micros() + 60_000_000,
+    )
+    .await?;
 
     let bound = Duration::from_secs(2);
-    for (mode, cut) in [("connections closed and refused", false), ("black hole (stalled)", true)] {
+    for (mode, cut) in [
+        ("connections closed and refused", false),
+        ("black hole (stalled)", true),
+    ] {
         if cut {
             proxy.stall();
         } else {
@@ -937,13 +1394,23 @@ async fn health_turns_not_serving_when_database_unreachable() -> anyhow::Result<
             .await
             .with_context(|| format!("{mode}: instance 1 never reported NOT_SERVING"))?;
         println!("{mode}: instance 1 NOT_SERVING after {down:?}");
-        ensure!(health(&ch0).await? == SERVING, "{mode}: instance 0 (direct database) stays SERVING");
-        ensure!(down <= bound, "{mode}: NOT_SERVING after {down:?}, bound {bound:?}");
+        ensure!(
+            health(&ch0).await? == SERVING,
+            "{mode}: instance 0 (direct database) stays SERVING"
+        );
+        ensure!(
+            down <= bound,
+            "{mode}: NOT_SERVING after {down:?}, bound {bound:?}"
+        );
         // A send on the cut instance fails fast and explicitly instead of hanging.
         let send_started = Instant::now();
         let r = tokio::time::timeout(
             Duration::from_secs(15),
-            a1.send(&format!("during-cut-{cut}"), vec![envelope(b"x".to_vec(), &[&bob.0])], now_micros() + 60_000_000),
+            a1.send(
+                &format!("during-cut-{cut}"),
+                vec![envelope(b"x".to_vec(), &[&bob.0])],
+                now_micros() + 60_000_000,
+            ),
         )
         .await;
         match &r {
@@ -953,11 +1420,17 @@ async fn health_turns_not_serving_when_database_unreachable() -> anyhow::Result<
                 error_code(st),
                 send_started.elapsed()
             ),
-            other => println!("  {mode}: send during the cut -> {other:?} after {:?}", send_started.elapsed()),
+            other => println!(
+                "  {mode}: send during the cut -> {other:?} after {:?}",
+                send_started.elapsed()
+            ),
         }
         // Keep the cut a little longer than the writer's commit timeout, so recovery runs.
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        ensure!(health(&ch1).await? == NOT_SERVING, "{mode}: still NOT_SERVING while cut");
+        ensure!(
+            health(&ch1).await? == NOT_SERVING,
+            "{mode}: still NOT_SERVING while cut"
+        );
 
         proxy.unblock();
         let up = wait_health(&ch1, SERVING, Duration::from_secs(30))
@@ -967,7 +1440,11 @@ async fn health_turns_not_serving_when_database_unreachable() -> anyhow::Result<
         // SERVING means usable: a send through instance 1 works at once.
         a1.authenticate().await?;
         let sent = a1
-            .send(&format!("after-cut-{cut}"), vec![envelope(b"x".to_vec(), &[&bob.0])], now_micros() + 60_000_000)
+            .send(
+                &format!("after-cut-{cut}"),
+                vec![envelope(b"x".to_vec(), &[&bob.0])],
+                now_micros() + 60_000_000,
+            )
             .await
             .with_context(|| format!("{mode}: send after recovery"))?;
         ensure!(!sent.deduplicated);

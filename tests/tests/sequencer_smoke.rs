@@ -52,5 +52,6 @@ async fn send_and_receive_across_instances() -> anyhow::Result<()> {
     assert_eq!(receipt.message_id, "m-1");
     assert_eq!(receipt.timestamp_micros, sent.sequencing_timestamp_micros);
     assert!(receipt.envelopes.is_empty());
+    cluster.logs.passed();
     Ok(())
 }

@@ -145,6 +145,7 @@ struct LogsInner {
     dir: PathBuf,
     failed: AtomicBool,
     keep: AtomicBool,
+    passed: AtomicBool,
 }
 
 impl TestLogs {
@@ -169,6 +170,11 @@ impl TestLogs {
         let dir = target_dir()
             .join("test-logs")
             .join(format!("{clean}-{}-{n}", std::process::id()));
+        // Logs of runs that never reached `passed()` are kept; sweep old ones so
+        // target/ does not grow without bound.
+        if let Some(parent) = dir.parent() {
+            sweep_old_logs(parent, std::time::Duration::from_secs(6 * 3600));
+        }
         if let Err(e) = fs::create_dir_all(&dir) {
             panic!("cannot create test log directory {}: {e}", dir.display());
         }
@@ -177,6 +183,7 @@ impl TestLogs {
                 dir,
                 failed: AtomicBool::new(false),
                 keep: AtomicBool::new(false),
+                passed: AtomicBool::new(false),
             }),
         }
     }
@@ -201,6 +208,13 @@ impl TestLogs {
     /// Keeps the directory even if the test passes.
     pub fn keep(&self) {
         self.inner.keep.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks the test as passed: the directory is deleted at drop (unless `keep` or
+    /// `DOMAIN_KEEP_LOGS=1`). Without this call the directory is kept, so a test
+    /// that returns `Err` instead of panicking still leaves its logs behind.
+    pub fn passed(&self) {
+        self.inner.passed.store(true, Ordering::Relaxed);
     }
 
     /// Marks the test as failed: the directory is kept and log tails are printed at drop.
@@ -235,11 +249,35 @@ impl Drop for LogsInner {
             return;
         }
         let keep_env = std::env::var("DOMAIN_KEEP_LOGS").is_ok_and(|v| v == "1");
+        if !self.passed.load(Ordering::Relaxed) {
+            eprintln!(
+                "test did not reach passed(); logs kept in {}",
+                self.dir.display()
+            );
+            return;
+        }
         if self.keep.load(Ordering::Relaxed) || keep_env {
             eprintln!("test logs kept in {}", self.dir.display());
             return;
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn sweep_old_logs(dir: &Path, older_than: std::time::Duration) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > older_than);
+        if old {
+            let _ = fs::remove_dir_all(entry.path());
+        }
     }
 }
 

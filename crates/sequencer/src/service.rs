@@ -78,10 +78,13 @@ impl SequencerCore {
     }
 
     async fn db(&self) -> Result<deadpool_postgres::Object, SequencerError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| SequencerError::Database(e.to_string()))
+        self.pool.get().await.map_err(|e| match e {
+            // Every connection is busy: the instance is saturated, not broken.
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                SequencerError::Overloaded
+            }
+            other => SequencerError::Database(other.to_string()),
+        })
     }
 
     /// Resolves the bearer token to an enabled member.
@@ -193,12 +196,21 @@ impl SequencerCore {
         })?;
         let key = PublicKey::from_bytes(key_bytes)
             .map_err(|e| SequencerError::Internal(format!("stored key invalid: {e}")))?;
-        key.verify_with_domain_str(
-            SignaturePurpose::Submission,
-            &self.settings.domain_id,
-            &req.submission,
-            &signature,
-        )
+        // ed25519 verification is the heaviest CPU step of a send: run it on the
+        // blocking pool so a burst of sends cannot starve the writer task and the
+        // reader on the async workers (the OS schedules both fairly instead).
+        let domain_id = self.settings.domain_id.clone();
+        let payload = req.submission.clone();
+        tokio::task::spawn_blocking(move || {
+            key.verify_with_domain_str(
+                SignaturePurpose::Submission,
+                &domain_id,
+                &payload,
+                &signature,
+            )
+        })
+        .await
+        .map_err(|e| SequencerError::Internal(format!("verification task failed: {e}")))?
         .map_err(|e| SequencerError::SubmissionSignatureInvalid(e.to_string()))?;
         if sub.message_id.is_empty() || sub.message_id.len() > MAX_MESSAGE_ID_LEN {
             return Err(SequencerError::Malformed(format!(

@@ -111,12 +111,23 @@ async fn catch_up(
     up_to: i64,
     out: &mpsc::Sender<Result<SubscribeResponse, Status>>,
 ) -> Result<Cursor, SequencerError> {
-    let client = ctx
+    let mut conn = ctx
         .pool
         .get()
         .await
         .map_err(|e| SequencerError::Database(e.to_string()))?;
-    let lower = store::lower_bound(&**client).await?;
+    // One snapshot for the whole catch-up: a prune running concurrently must not
+    // delete rows between the bound check and the counting, or counters would shift.
+    // Everything up to `up_to` was committed before the reader published it, so the
+    // snapshot sees all of it.
+    let client = conn
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| SequencerError::Database(e.to_string()))?;
+    let lower = store::lower_bound(&*client).await?;
     if lower > member.registered_ts {
         // Events at or below the pruning bound are gone: the member's last checkpoint
         // at or below the bound tells which counters they had.
@@ -135,7 +146,7 @@ async fn catch_up(
             });
         }
     }
-    let (cp_counter, cp_ts) = store::checkpoint_below(&**client, member.id, from_counter)
+    let (cp_counter, cp_ts) = store::checkpoint_below(&*client, member.id, from_counter)
         .await?
         .unwrap_or((-1, member.registered_ts));
     let mut cursor = Cursor {
@@ -146,7 +157,7 @@ async fn catch_up(
     // Skip phase: count timestamps only, from the checkpoint to the requested counter.
     while cursor.counter + 1 < from_counter {
         let tss = store::member_timestamps(
-            &**client,
+            &*client,
             member.id,
             member.registered_ts,
             cursor.position,
@@ -169,7 +180,7 @@ async fn catch_up(
     // Delivery phase: full events in pages up to where the live feed starts.
     loop {
         let events = store::member_events(
-            &**client,
+            &*client,
             member.id,
             member.registered_ts,
             cursor.position,
@@ -186,6 +197,10 @@ async fn catch_up(
             break;
         }
     }
+    client
+        .commit()
+        .await
+        .map_err(|e| SequencerError::Database(e.to_string()))?;
     cursor.position = cursor.position.max(up_to);
     Ok(cursor)
 }
