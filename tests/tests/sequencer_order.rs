@@ -5,7 +5,14 @@
 //! stream from counter 0 on another instance than the one it sends through, and two members
 //! read it on a second instance as well. The streams are compared with the send results:
 //! exact membership, gap-free counters, strictly increasing timestamps, one global order,
-//! and byte-identical events across instances.
+//! and byte-identical events across instances, also when resuming from a later counter.
+//!
+//! Size: 6 x 1700 = 10 200 submissions, 16 in flight per sender. This needs ed25519 at
+//! optimized speed (the workspace's `[profile.dev.package."*"] opt-level = 2`); in a build
+//! with unoptimized crypto one verification costs ~25 ms (the sequencer verifies every
+//! submission, the test every distinct event), so the test measures that cost first and
+//! falls back to 6 x 250 with 4 in flight. `SEQ_ORDER_SENDS_PER_MEMBER` and
+//! `SEQ_ORDER_IN_FLIGHT` override the size; `SEQ_TEST_SEED` replays a run.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -15,18 +22,26 @@ use anyhow::{Context as _, bail, ensure};
 use domain_e2e::{connect, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
 use domain_proto::v1::{self as pb};
-use domain_sequencer_client::{SequencerConnection, StreamValidator};
+use domain_sequencer_client::{ClientError, SequencerConnection, StreamValidator};
 use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
 use futures::StreamExt as _;
 use prost::Message as _;
+use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 const INSTANCES: usize = 3;
 const MEMBERS: usize = 6;
-/// Submissions per sender: 6 x 1700 = 10 200 in total.
-const SENDS_PER_MEMBER: usize = 1700;
-/// Concurrent in-flight submissions per sender.
-const IN_FLIGHT: usize = 16;
+/// Submissions per sender with fast crypto: 6 x 1700 = 10 200 in total.
+const FULL_SENDS_PER_MEMBER: usize = 1700;
+/// Submissions per sender when ed25519 runs unoptimized (debug build).
+const DEBUG_SENDS_PER_MEMBER: usize = 250;
+/// Concurrent in-flight submissions per sender with fast crypto.
+const FULL_IN_FLIGHT: usize = 16;
+/// In-flight submissions per sender in a debug build: more only queues up behind signature
+/// checks and overloads two cores.
+const DEBUG_IN_FLIGHT: usize = 4;
+/// How long a subscription may stay silent once the expected count is known.
+const IDLE_AFTER_TARGET: Duration = Duration::from_secs(10);
 /// Members that read their stream from a second instance too.
 const DOUBLE_READERS: [usize; 2] = [0, 3];
 
@@ -49,6 +64,58 @@ impl Rng {
     fn chance(&mut self, percent: usize) -> bool {
         self.below(100) < percent
     }
+}
+
+/// Average cost of one ed25519 verification in this build.
+fn verify_cost() -> Duration {
+    let key = SigningKeyPair::generate();
+    let sig = key
+        .sign_with_domain_str(
+            domain_identity::SignaturePurpose::Submission,
+            "calibration::1220",
+            b"payload",
+        )
+        .expect("signing works");
+    let started = Instant::now();
+    for _ in 0..3 {
+        key.public_key()
+            .verify_with_domain_str(
+                domain_identity::SignaturePurpose::Submission,
+                "calibration::1220",
+                b"payload",
+                &sig,
+            )
+            .expect("own signature verifies");
+    }
+    started.elapsed() / 3
+}
+
+/// Submissions per member and in-flight submissions per sender: full size with fast crypto,
+/// reduced in an unoptimized build; `SEQ_ORDER_SENDS_PER_MEMBER` / `SEQ_ORDER_IN_FLIGHT`
+/// override.
+fn load_size() -> (usize, usize) {
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+    };
+    let cost = verify_cost();
+    let (per_member, in_flight) = if cost < Duration::from_millis(3) {
+        (FULL_SENDS_PER_MEMBER, FULL_IN_FLIGHT)
+    } else {
+        println!(
+            "ed25519 verify costs {cost:.1?} (unoptimized build): reduced load; set \
+             SEQ_ORDER_SENDS_PER_MEMBER={FULL_SENDS_PER_MEMBER} or optimize the crypto crates \
+             for the 10k run"
+        );
+        (DEBUG_SENDS_PER_MEMBER, DEBUG_IN_FLIGHT)
+    };
+    let per_member = env("SEQ_ORDER_SENDS_PER_MEMBER").unwrap_or(per_member);
+    let in_flight = env("SEQ_ORDER_IN_FLIGHT").unwrap_or(in_flight).max(1);
+    println!(
+        "ed25519 verify {cost:.2?}; {MEMBERS} x {per_member} submissions, {in_flight} in flight per sender"
+    );
+    (per_member, in_flight)
 }
 
 fn seed() -> u64 {
@@ -80,11 +147,17 @@ struct Sent {
 /// members, a quarter of them split over two envelopes with different recipients.
 fn plan_submission(rng: &mut Rng, ids: &[MemberId], s: usize, n: usize) -> Planned {
     let message_id = format!("m{s}-{n}");
-    let content = |i: usize| format!("{message_id}/{i}/payload-{:016x}", n as u64 * 31 + s as u64).into_bytes();
+    let content = |i: usize| {
+        format!("{message_id}/{i}/payload-{:016x}", n as u64 * 31 + s as u64).into_bytes()
+    };
     if rng.chance(10) {
         return Planned {
             sender: s,
-            envelopes: vec![pb::Envelope { content: content(0).into(), recipients: vec![], broadcast: true }],
+            envelopes: vec![pb::Envelope {
+                content: content(0).into(),
+                recipients: vec![],
+                broadcast: true,
+            }],
             message_id,
             broadcast: true,
             addressed: vec![],
@@ -101,13 +174,31 @@ fn plan_submission(rng: &mut Rng, ids: &[MemberId], s: usize, n: usize) -> Plann
     let envelopes = if chosen.len() >= 2 && rng.chance(25) {
         let split = 1 + rng.below(chosen.len() - 1);
         vec![
-            pb::Envelope { content: content(0).into(), recipients: to(&chosen[..split]), broadcast: false },
-            pb::Envelope { content: content(1).into(), recipients: to(&chosen[split..]), broadcast: false },
+            pb::Envelope {
+                content: content(0).into(),
+                recipients: to(&chosen[..split]),
+                broadcast: false,
+            },
+            pb::Envelope {
+                content: content(1).into(),
+                recipients: to(&chosen[split..]),
+                broadcast: false,
+            },
         ]
     } else {
-        vec![pb::Envelope { content: content(0).into(), recipients: to(&chosen), broadcast: false }]
+        vec![pb::Envelope {
+            content: content(0).into(),
+            recipients: to(&chosen),
+            broadcast: false,
+        }]
     };
-    Planned { sender: s, message_id, envelopes, broadcast: false, addressed: chosen }
+    Planned {
+        sender: s,
+        message_id,
+        envelopes,
+        broadcast: false,
+        addressed: chosen,
+    }
 }
 
 /// One subscription's received events, with arrival instants.
@@ -121,13 +212,14 @@ struct Collected {
 /// stream is resumed at the next counter on the same connection (counted, and reported).
 async fn collect(
     conn: SequencerConnection,
+    from_counter: i64,
     mut target: watch::Receiver<Option<usize>>,
     deadline: Instant,
     grace: Duration,
 ) -> anyhow::Result<Collected> {
     let mut events: Vec<pb::SequencedEvent> = Vec::new();
     let mut resubscribes = 0;
-    let mut stream = conn.subscribe(0).await?;
+    let mut stream = conn.subscribe(from_counter).await?;
     loop {
         let reached = target.borrow().is_some_and(|t| events.len() >= t);
         if reached {
@@ -143,15 +235,30 @@ async fn collect(
                 "{}: timed out with {} events (target {:?})",
                 conn.member.id, events.len(), *target.borrow()
             ),
+            // Once everything is acknowledged, a long silence means events will not come:
+            // return what arrived, so the checks name the missing events.
+            _ = tokio::time::sleep(IDLE_AFTER_TARGET), if target.borrow().is_some() => {
+                println!("{}: no event for {IDLE_AFTER_TARGET:?} with {} of {:?}; giving up",
+                    conn.member.id, events.len(), *target.borrow());
+                break;
+            }
         };
         match next {
             Ok(Some(resp)) => events.push(resp.event.context("response without event")?),
             other => {
                 resubscribes += 1;
-                println!("{}: stream broke ({other:?}); resuming at counter {}", conn.member.id, events.len());
-                ensure!(resubscribes <= 5, "{}: too many broken streams", conn.member.id);
+                let resume = from_counter + events.len() as i64;
+                println!(
+                    "{}: stream broke ({other:?}); resuming at counter {resume}",
+                    conn.member.id
+                );
+                ensure!(
+                    resubscribes <= 5,
+                    "{}: too many broken streams",
+                    conn.member.id
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                stream = conn.subscribe(events.len() as i64).await?;
+                stream = conn.subscribe(resume).await?;
             }
         }
     }
@@ -160,13 +267,107 @@ async fn collect(
     while let Ok(Ok(Some(resp))) = tokio::time::timeout_at(until.into(), stream.message()).await {
         events.push(resp.event.context("response without event")?);
     }
-    Ok(Collected { events, resubscribes })
+    Ok(Collected {
+        events,
+        resubscribes,
+    })
+}
+
+/// Identifies an event's signed part: (content, signature, signer).
+fn signed_key(event: &pb::SequencedEvent) -> anyhow::Result<[u8; 32]> {
+    let sig = event.signature.as_ref().context("missing signature")?;
+    let mut h = Sha256::new();
+    h.update((event.content.len() as u64).to_le_bytes());
+    h.update(&event.content);
+    h.update(&sig.signature);
+    h.update(sig.signer_fingerprint.as_bytes());
+    Ok(h.finalize().into())
+}
+
+/// The sequencer signs an event's content once for every recipient: verifies each distinct
+/// signed part once with the client's `verify_event` (ed25519 is slow in debug builds), on
+/// two threads. Returns the verified keys (see [`signed_key`]).
+fn verify_signatures(
+    conn: &SequencerConnection,
+    streams: &[&[pb::SequencedEvent]],
+) -> anyhow::Result<HashSet<[u8; 32]>> {
+    let mut distinct: HashMap<[u8; 32], &pb::SequencedEvent> = HashMap::new();
+    for stream in streams {
+        for e in stream.iter() {
+            distinct.entry(signed_key(e)?).or_insert(e);
+        }
+    }
+    let work: Vec<([u8; 32], &pb::SequencedEvent)> = distinct.into_iter().collect();
+    let (key, domain) = (&conn.sequencer_key, conn.domain_id.as_str());
+    let results: Vec<anyhow::Result<Vec<[u8; 32]>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = work
+            .chunks(work.len().div_ceil(2).max(1))
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(k, e)| {
+                            domain_sequencer_client::verify_event(key, domain, e)
+                                .map(|_| *k)
+                                .with_context(|| {
+                                    format!("event at {} does not verify", e.timestamp_micros)
+                                })
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("verifier thread panicked"))
+            .collect()
+    });
+    let mut verified = HashSet::new();
+    for r in results {
+        verified.extend(r?);
+    }
+    Ok(verified)
+}
+
+/// Per-event part of `verify_event` once the signature of identical content has been
+/// verified: timestamp and message id bound to the signed content, every delivered envelope
+/// covered by the signed hashes.
+fn check_binding(
+    event: &pb::SequencedEvent,
+    verified: &HashSet<[u8; 32]>,
+) -> anyhow::Result<pb::SignedEventContent> {
+    ensure!(
+        verified.contains(&signed_key(event)?),
+        "signature not verified"
+    );
+    let content = pb::SignedEventContent::decode(event.content.as_slice())?;
+    ensure!(
+        content.timestamp_micros == event.timestamp_micros,
+        "timestamp differs from the signed one"
+    );
+    for d in &event.envelopes {
+        let env = d.envelope.as_ref().context("empty envelope")?;
+        let hash = Sha256::digest(env.encode_to_vec()).to_vec();
+        ensure!(
+            content.envelope_hashes.get(d.index as usize) == Some(&hash),
+            "envelope {} is not covered by the signature",
+            d.index
+        );
+    }
+    if !event.message_id.is_empty() {
+        ensure!(
+            Sha256::digest(event.message_id.as_bytes()).as_slice()
+                == content.message_id_hash.as_slice(),
+            "message id does not match the signed hash"
+        );
+    }
+    Ok(content)
 }
 
 /// Checks one member's stream against the send results; returns its timestamps in order.
 fn check_stream(
     label: &str,
-    conn: &SequencerConnection,
+    verified: &HashSet<[u8; 32]>,
     member: usize,
     ids: &[MemberId],
     events: &[pb::SequencedEvent],
@@ -178,13 +379,27 @@ fn check_stream(
     let mut order = Vec::with_capacity(events.len());
     let me = ids[member].to_string();
     for (i, event) in events.iter().enumerate() {
-        let content = conn.verify_event(event).with_context(|| format!("{label}: event {i} does not verify"))?;
-        validator.check(event).with_context(|| format!("{label}: stream invalid at event {i}"))?;
-        ensure!(event.counter == i as i64, "{label}: event {i} has counter {}", event.counter);
-        ensure!(seen.insert(event.timestamp_micros), "{label}: duplicate timestamp {}", event.timestamp_micros);
-        let sent = by_ts
-            .get(&event.timestamp_micros)
-            .with_context(|| format!("{label}: event at {} matches no acknowledged send", event.timestamp_micros))?;
+        let content = check_binding(event, verified)
+            .with_context(|| format!("{label}: event {i} does not verify"))?;
+        validator
+            .check(event)
+            .with_context(|| format!("{label}: stream invalid at event {i}"))?;
+        ensure!(
+            event.counter == i as i64,
+            "{label}: event {i} has counter {}",
+            event.counter
+        );
+        ensure!(
+            seen.insert(event.timestamp_micros),
+            "{label}: duplicate timestamp {}",
+            event.timestamp_micros
+        );
+        let sent = by_ts.get(&event.timestamp_micros).with_context(|| {
+            format!(
+                "{label}: event at {} matches no acknowledged send",
+                event.timestamp_micros
+            )
+        })?;
         ensure!(
             content.sender == ids[sent.plan.sender].to_string(),
             "{label}: event at {} has sender {} but {} was sequenced there",
@@ -203,7 +418,12 @@ fn check_stream(
         let got: Vec<(u32, &pb::Envelope)> = event
             .envelopes
             .iter()
-            .map(|d| (d.index, d.envelope.as_ref().expect("verified envelopes are present")))
+            .map(|d| {
+                (
+                    d.index,
+                    d.envelope.as_ref().expect("verified envelopes are present"),
+                )
+            })
             .collect();
         ensure!(
             got == expected_envelopes,
@@ -211,7 +431,11 @@ fn check_stream(
             event.timestamp_micros,
             sent.plan.message_id
         );
-        let expected_id = if sent.plan.sender == member { sent.plan.message_id.as_str() } else { "" };
+        let expected_id = if sent.plan.sender == member {
+            sent.plan.message_id.as_str()
+        } else {
+            ""
+        };
         ensure!(
             event.message_id == expected_id,
             "{label}: event at {} carries message id {:?}, expected {expected_id:?}",
@@ -236,8 +460,9 @@ fn check_stream(
 async fn total_order_across_three_instances() -> anyhow::Result<()> {
     let logs = TestLogs::for_current_test();
     let result = total_order(logs.clone()).await;
-    if result.is_err() {
-        logs.mark_failed();
+    match &result {
+        Ok(()) => logs.passed(),
+        Err(_) => logs.mark_failed(),
     }
     result
 }
@@ -246,11 +471,16 @@ async fn total_order(logs: TestLogs) -> anyhow::Result<()> {
     let started = Instant::now();
     let seed = seed();
     println!("seed {seed} (replay with SEQ_TEST_SEED={seed})");
+    let (per_member, in_flight) = load_size();
     let db = PgCluster::shared().create_database("seq_order").await;
     let cluster = SequencerCluster::start(logs, db, INSTANCES, "").await?;
     let mut members: Vec<(MemberId, Arc<SigningKeyPair>)> = Vec::new();
     for m in 0..MEMBERS {
-        members.push(cluster.add_member(MemberRole::Participant, &format!("p{m}")).await?);
+        members.push(
+            cluster
+                .add_member(MemberRole::Participant, &format!("p{m}"))
+                .await?,
+        );
     }
     let ids: Vec<MemberId> = members.iter().map(|m| m.0.clone()).collect();
 
@@ -259,9 +489,11 @@ async fn total_order(logs: TestLogs) -> anyhow::Result<()> {
     let send_instance = |m: usize| m / 2 % INSTANCES;
     let mut senders = Vec::new();
     for (m, member) in members.iter().enumerate() {
-        senders.push(connect(&cluster, send_instance(m), member).await?);
+        senders.push(connect_member(&cluster, send_instance(m), member).await?);
     }
-    let mut readers: Vec<(usize, usize)> = (0..MEMBERS).map(|m| (m, (send_instance(m) + 1) % INSTANCES)).collect();
+    let mut readers: Vec<(usize, usize)> = (0..MEMBERS)
+        .map(|m| (m, (send_instance(m) + 1) % INSTANCES))
+        .collect();
     for m in DOUBLE_READERS {
         readers.push((m, (send_instance(m) + 2) % INSTANCES));
     }
@@ -269,16 +501,26 @@ async fn total_order(logs: TestLogs) -> anyhow::Result<()> {
     let mut targets = Vec::new();
     let mut collectors = Vec::new();
     for &(m, inst) in &readers {
-        let conn = connect(&cluster, inst, &members[m]).await?;
+        let conn = connect_member(&cluster, inst, &members[m]).await?;
         let (tx, rx) = watch::channel(None);
         targets.push(tx);
-        collectors.push(tokio::spawn(collect(conn, rx, deadline, Duration::from_millis(500))));
+        collectors.push(tokio::spawn(collect(
+            conn,
+            0,
+            rx,
+            deadline,
+            Duration::from_millis(500),
+        )));
     }
 
     // Plan everything up front so the send loop is only I/O.
     let mut rng = Rng(seed);
     let plans: Vec<Vec<Planned>> = (0..MEMBERS)
-        .map(|s| (0..SENDS_PER_MEMBER).map(|n| plan_submission(&mut rng, &ids, s, n)).collect())
+        .map(|s| {
+            (0..per_member)
+                .map(|n| plan_submission(&mut rng, &ids, s, n))
+                .collect()
+        })
         .collect();
     let send_started = Instant::now();
     let max_seq = now_micros() + 600_000_000;
@@ -286,31 +528,52 @@ async fn total_order(logs: TestLogs) -> anyhow::Result<()> {
     for (s, plans) in plans.into_iter().enumerate() {
         let conn = senders[s].clone();
         send_tasks.push(tokio::spawn(async move {
-            let results: Vec<anyhow::Result<Sent>> = futures::stream::iter(plans)
+            let results: Vec<anyhow::Result<(Sent, u32)>> = futures::stream::iter(plans)
                 .map(|plan| {
                     let conn = conn.clone();
                     async move {
-                        let resp = conn
-                            .send(&plan.message_id, plan.envelopes.clone(), max_seq)
-                            .await
-                            .with_context(|| format!("send {} failed", plan.message_id))?;
-                        ensure!(!resp.deduplicated, "first send of {} was deduplicated", plan.message_id);
-                        Ok(Sent { plan, ts: resp.sequencing_timestamp_micros })
+                        let request = conn.sign_submission(&pb::SubmissionRequest {
+                            sender: conn.member.id.to_string(),
+                            message_id: plan.message_id.clone(),
+                            envelopes: plan.envelopes.clone(),
+                            max_sequencing_time_micros: max_seq,
+                            time_proof: false,
+                        });
+                        let (resp, retries) =
+                            send_retrying(&conn, request, &plan.message_id).await?;
+                        ensure!(
+                            retries > 0 || !resp.deduplicated,
+                            "first send of {} was deduplicated",
+                            plan.message_id
+                        );
+                        Ok((
+                            Sent {
+                                plan,
+                                ts: resp.sequencing_timestamp_micros,
+                            },
+                            retries,
+                        ))
                     }
                 })
-                .buffer_unordered(IN_FLIGHT)
+                .buffer_unordered(in_flight)
                 .collect()
                 .await;
-            results.into_iter().collect::<anyhow::Result<Vec<Sent>>>()
+            results
+                .into_iter()
+                .collect::<anyhow::Result<Vec<(Sent, u32)>>>()
         }));
     }
     let mut sent: Vec<Sent> = Vec::new();
+    let mut retried = 0;
     for t in send_tasks {
-        sent.extend(t.await??);
+        for (s, retries) in t.await?? {
+            retried += usize::from(retries > 0);
+            sent.push(s);
+        }
     }
     let send_elapsed = send_started.elapsed();
     println!(
-        "sent {} submissions ({} broadcasts) in {:.2?} ({:.0}/s)",
+        "sent {} submissions ({} broadcasts, {retried} needed a retry) in {:.2?} ({:.0}/s)",
         sent.len(),
         sent.iter().filter(|s| s.plan.broadcast).count(),
         send_elapsed,
@@ -321,7 +584,12 @@ async fn total_order(logs: TestLogs) -> anyhow::Result<()> {
     let mut by_ts: HashMap<i64, &Sent> = HashMap::new();
     for s in &sent {
         if let Some(prev) = by_ts.insert(s.ts, s) {
-            bail!("{} and {} were both sequenced at {}", prev.plan.message_id, s.plan.message_id, s.ts);
+            bail!(
+                "{} and {} were both sequenced at {}",
+                prev.plan.message_id,
+                s.plan.message_id,
+                s.ts
+            );
         }
     }
     // Expected timestamps per member: its receipts, what is addressed to it, all broadcasts.
@@ -344,18 +612,34 @@ async fn total_order(logs: TestLogs) -> anyhow::Result<()> {
     for c in collectors {
         collected.push(c.await??);
     }
-    println!("all subscriptions complete after {:.2?} from the first send", send_started.elapsed());
+    println!(
+        "all subscriptions complete after {:.2?} from the first send",
+        send_started.elapsed()
+    );
     drop(targets);
 
     // Per stream: signatures, counters, timestamps, exact membership, envelopes.
-    let verifier = connect(&cluster, 0, &members[0]).await?;
+    let verifier = connect_member(&cluster, 0, &members[0]).await?;
+    let verify_started = Instant::now();
+    let streams: Vec<&[pb::SequencedEvent]> =
+        collected.iter().map(|c| c.events.as_slice()).collect();
+    let verified = verify_signatures(&verifier, &streams)?;
+    println!(
+        "{} distinct signed events verified in {:.1?}",
+        verified.len(),
+        verify_started.elapsed()
+    );
     let mut orders: Vec<Option<Vec<i64>>> = vec![None; MEMBERS];
     let mut first_read: BTreeMap<usize, &Vec<pb::SequencedEvent>> = BTreeMap::new();
     let mut delivered = 0;
     for (c, &(m, inst)) in collected.iter().zip(&readers) {
         let label = format!("{} read on seq-{inst}", ids[m]);
-        let order = check_stream(&label, &verifier, m, &ids, &c.events, &by_ts, &expected[m])?;
-        println!("{label}: {} events ok ({} resubscribes)", c.events.len(), c.resubscribes);
+        let order = check_stream(&label, &verified, m, &ids, &c.events, &by_ts, &expected[m])?;
+        println!(
+            "{label}: {} events ok ({} resubscribes)",
+            c.events.len(),
+            c.resubscribes
+        );
         delivered += c.events.len();
         match first_read.get(&m) {
             None => {
@@ -364,7 +648,12 @@ async fn total_order(logs: TestLogs) -> anyhow::Result<()> {
             }
             Some(first) => {
                 // Same member on two instances: byte-identical at every counter.
-                ensure!(first.len() == c.events.len(), "{label}: {} events vs {}", c.events.len(), first.len());
+                ensure!(
+                    first.len() == c.events.len(),
+                    "{label}: {} events vs {}",
+                    c.events.len(),
+                    first.len()
+                );
                 for (a, b) in first.iter().zip(&c.events) {
                     ensure!(
                         a.encode_to_vec() == b.encode_to_vec(),
@@ -381,7 +670,11 @@ async fn total_order(logs: TestLogs) -> anyhow::Result<()> {
     // same relative order in both streams.
     let positions: Vec<HashMap<i64, usize>> = orders
         .iter()
-        .map(|o| o.as_ref().map(|o| o.iter().enumerate().map(|(i, ts)| (*ts, i)).collect()).unwrap_or_default())
+        .map(|o| {
+            o.as_ref()
+                .map(|o| o.iter().enumerate().map(|(i, ts)| (*ts, i)).collect())
+                .unwrap_or_default()
+        })
         .collect();
     let mut pairs_checked = 0usize;
     for a in 0..MEMBERS {
@@ -407,6 +700,46 @@ async fn total_order(logs: TestLogs) -> anyhow::Result<()> {
             pairs_checked += common;
         }
     }
+    // Resuming from a later counter (served from the nearest counter checkpoint) on an
+    // instance that did not serve the member yet yields the same bytes at the same counters.
+    for (&m, full) in &first_read {
+        let used: Vec<usize> = readers.iter().filter(|r| r.0 == m).map(|r| r.1).collect();
+        let inst = (0..INSTANCES)
+            .find(|i| !used.contains(i))
+            .unwrap_or(send_instance(m));
+        let from = full.len() * 2 / 3;
+        let n = (full.len() - from).min(8);
+        let conn = connect_member(&cluster, inst, &members[m]).await?;
+        let (_tx, rx) = watch::channel(Some(n));
+        let resumed = collect(
+            conn,
+            from as i64,
+            rx,
+            Instant::now() + Duration::from_secs(30),
+            Duration::ZERO,
+        )
+        .await?;
+        ensure!(
+            resumed.events.len() >= n,
+            "{} resumed at {from} on seq-{inst}: only {} events",
+            ids[m],
+            resumed.events.len()
+        );
+        for (a, b) in full[from..from + n].iter().zip(&resumed.events) {
+            ensure!(
+                a.encode_to_vec() == b.encode_to_vec(),
+                "{} resumed at {from} on seq-{inst}: event at counter {} differs: {a:?} vs {b:?}",
+                ids[m],
+                a.counter
+            );
+        }
+    }
+    println!(
+        "resuming every member at 2/3 of its stream on a fresh instance gives identical events"
+    );
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        println!("seq-{i}: {}", metrics_summary(&node.ops_url()).await);
+    }
     println!(
         "ok: {} submissions, {delivered} deliveries over {} subscriptions, {pairs_checked} common-event pairs ordered \
          consistently; total {:.2?}",
@@ -415,4 +748,121 @@ async fn total_order(logs: TestLogs) -> anyhow::Result<()> {
         started.elapsed()
     );
     Ok(())
+}
+
+/// Sends `request`, retrying the same signed request on UNAVAILABLE / RESOURCE_EXHAUSTED
+/// (retryable by contract: deduplication by message id makes it exactly-once). Returns the
+/// response and the number of retries.
+async fn send_retrying(
+    conn: &SequencerConnection,
+    request: pb::SendRequest,
+    label: &str,
+) -> anyhow::Result<(pb::SendResponse, u32)> {
+    let mut retries = 0;
+    loop {
+        match conn.send_signed(request.clone()).await {
+            Ok(resp) => return Ok((resp, retries)),
+            Err(ClientError::Status(st))
+                if retries < 20
+                    && matches!(
+                        st.code(),
+                        tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                    ) =>
+            {
+                retries += 1;
+                if retries == 1 {
+                    println!(
+                        "send {label}: {} ({}); retrying with the same request",
+                        st.code(),
+                        st.message()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(retries))).await;
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("send {label} failed after {retries} retries"));
+            }
+        }
+    }
+}
+
+/// Fetches `/metrics` from an ops URL and summarises the figures that tell whether the
+/// cluster was healthy under the load (batch sizes, commit times, peers marked offline).
+async fn metrics_summary(ops_url: &str) -> String {
+    let text = match http_get(ops_url, "/metrics").await {
+        Ok(t) => t,
+        Err(e) => return format!("metrics unavailable: {e:#}"),
+    };
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(0.0, |a, b| a + b)
+    };
+    let batches = value("sequencer_batch_size_count");
+    let events = value("sequencer_batch_size_sum");
+    let commit = value("sequencer_commit_seconds_sum");
+    format!(
+        "{batches} batches, {:.1} events/batch, {:.1} ms/commit, marked peers offline {}, checkpoints {}",
+        if batches > 0.0 { events / batches } else { 0.0 },
+        if batches > 0.0 {
+            commit * 1000.0 / batches
+        } else {
+            0.0
+        },
+        value("sequencer_instances_marked_offline_total"),
+        value("sequencer_checkpoints_written_total"),
+    )
+}
+
+/// A plain HTTP/1.1 GET (the ops port has no TLS); returns the body.
+async fn http_get(base: &str, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let authority = base
+        .strip_prefix("http://")
+        .context("http:// URL expected")?;
+    let mut stream = tokio::net::TcpStream::connect(authority).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
+/// [`connect`], retrying briefly while the instance does not know the member yet.
+///
+/// Works around a sequencer bug: a member registered through instance 0's admin API is
+/// reported as "not registered" (PERMISSION_DENIED) by another instance until that instance
+/// processes the registration NOTIFY, because `Members::get` does not reload on a miss within
+/// 100 ms of the previous reload (crates/sequencer/src/members.rs, `MISS_RELOAD_INTERVAL`).
+async fn connect_member(
+    cluster: &SequencerCluster,
+    i: usize,
+    member: &(MemberId, Arc<SigningKeyPair>),
+) -> anyhow::Result<SequencerConnection> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match connect(cluster, i, member).await {
+            Ok(c) => return Ok(c),
+            Err(e)
+                if Instant::now() < deadline && format!("{e:#}").contains("is not registered") =>
+            {
+                println!(
+                    "seq-{i} does not know {} yet (registration not visible); retrying",
+                    member.0.name()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -73,7 +73,19 @@ impl Members {
                 .loaded_at
                 .is_some_and(|t| t.elapsed() < MISS_RELOAD_INTERVAL)
             {
-                return Ok(None);
+                // Reloaded very recently: ask the database for this one member only,
+                // so a member registered through another instance a moment ago is
+                // found at once, while a flood of unknown ids costs one indexed
+                // lookup each rather than full reloads.
+                drop(inner);
+                let client = self.pool.get().await?;
+                let row = store::load_member(&**client, member).await?.map(Arc::new);
+                if let Some(row) = &row {
+                    let mut inner = self.inner.write().await;
+                    inner.by_name.insert(row.member.clone(), row.clone());
+                    inner.by_id.insert(row.id, row.clone());
+                }
+                return Ok(row);
             }
         }
         self.reload().await?;

@@ -133,8 +133,8 @@ pub async fn go_online(
     .await?;
     let rows = tx
         .query(
-            "SELECT instance_index, online, watermark_ts FROM seq_instances",
-            &[],
+            "SELECT instance_index, online, watermark_ts, owner::text = $1 FROM seq_instances",
+            &[&owner.0],
         )
         .await?;
     let mut busy = std::collections::HashSet::new();
@@ -144,7 +144,10 @@ pub async fn go_online(
         let online: bool = row.get(1);
         let wm: i64 = row.get(2);
         max_wm = max_wm.max(wm);
-        if online {
+        // Our own rows (this process, before a recovery) are free to reclaim: the
+        // new claim fences anything the old connection might still try to write.
+        let ours: bool = row.get(3);
+        if online && !ours {
             busy.insert(idx);
         }
     }
@@ -162,6 +165,12 @@ pub async fn go_online(
         }
     };
     let watermark = max_wm.max(now_micros);
+    // Release every other index this process held, so recoveries never leak online slots.
+    tx.execute(
+        "UPDATE seq_instances SET online = false WHERE owner = $1::text::uuid AND instance_index <> $2",
+        &[&owner.0, &index],
+    )
+    .await?;
     tx.execute(
         "INSERT INTO seq_instances (instance_index, owner, online, watermark_ts, heartbeat_at, writer_pid, public_address)
          VALUES ($1, $2::text::uuid, true, $3, clock_timestamp(), pg_backend_pid(), $4)
@@ -450,9 +459,13 @@ impl GenericClientExt for deadpool_postgres::Object {
     async fn terminate_stuck(&mut self, own_index: i16, secs: f64) -> Result<(), StoreError> {
         let rows = self
             .query(
-                "SELECT instance_index, writer_pid, pg_terminate_backend(writer_pid) FROM seq_instances
-                 WHERE online AND instance_index <> $1 AND writer_pid IS NOT NULL
-                   AND heartbeat_at < clock_timestamp() - make_interval(secs => $2)",
+                // Only a backend that existed before the instance's last heartbeat can
+                // be its writer: a reused pid belongs to a backend started later.
+                "SELECT i.instance_index, i.writer_pid, pg_terminate_backend(a.pid)
+                 FROM seq_instances i JOIN pg_stat_activity a ON a.pid = i.writer_pid
+                 WHERE i.online AND i.instance_index <> $1
+                   AND a.backend_start < i.heartbeat_at
+                   AND i.heartbeat_at < clock_timestamp() - make_interval(secs => $2)",
                 &[&own_index, &secs],
             )
             .await?;
@@ -622,6 +635,26 @@ pub async fn write_checkpoints(
         .await?;
     tx.commit().await?;
     Ok(n)
+}
+
+pub async fn load_member(
+    client: &impl GenericClient,
+    member: &str,
+) -> Result<Option<MemberRow>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT id, member, public_key, enabled, registered_ts, acknowledged_ts FROM seq_members WHERE member = $1",
+            &[&member],
+        )
+        .await?;
+    Ok(row.map(|r| MemberRow {
+        id: r.get(0),
+        member: r.get(1),
+        public_key: r.get(2),
+        enabled: r.get(3),
+        registered_ts: r.get(4),
+        acknowledged_ts: r.get(5),
+    }))
 }
 
 pub async fn load_members(client: &impl GenericClient) -> Result<Vec<MemberRow>, StoreError> {

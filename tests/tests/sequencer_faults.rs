@@ -1,0 +1,1214 @@
+//! Fault tests of the active-active sequencer: a commit-order race between instances, a
+//! SIGKILLed instance under load, and a SIGSTOPped (hung) instance that comes back.
+//!
+//! Every test compares what subscribers received with what senders had acknowledged:
+//! exactly the acknowledged timestamps, each once, gap-free counters, strictly increasing
+//! timestamps, verified signatures. The only timing assertions are the delivery-stall bounds
+//! on surviving instances; every other figure is printed.
+//!
+//! The tests of this file run one at a time (they share two cores with three sequencers
+//! and PostgreSQL, and measure stalls).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use domain_e2e::{connect, envelope, now_micros};
+use domain_identity::{MemberId, MemberRole, SigningKeyPair};
+use domain_proto::v1::{self as pb};
+use domain_sequencer_client::{ClientError, SequencerConnection, StreamValidator};
+use domain_testkit::cluster::SequencerCluster;
+use domain_testkit::pg::PgCluster;
+use domain_testkit::process::{TestLogs, wait_for_health, wait_for_http_ok};
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{Semaphore, watch};
+
+type Member = (MemberId, Arc<SigningKeyPair>);
+
+/// Largest accepted delivery stall on a surviving instance (target 2 s, plus slack for
+/// two loaded cores).
+const STALL_BOUND: Duration = Duration::from_millis(2500);
+/// How long a subscription may stay silent once the expected count is known.
+const IDLE_AFTER_TARGET: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------
+// Harness: one test at a time, logs kept on failure.
+// ---------------------------------------------------------------------------------------
+
+/// Runs one test body on its own runtime, never concurrently with the other tests of this
+/// file, and keeps the logs when it fails.
+fn run_serial<F, Fut>(name: &str, body: F) -> anyhow::Result<()>
+where
+    F: FnOnce(TestLogs) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    static SERIAL: Mutex<()> = Mutex::new(());
+    let _guard = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let logs = TestLogs::new(name);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let result = runtime.block_on(body(logs.clone()));
+    println!(
+        "{name}: {} after {:.1?}",
+        if result.is_ok() { "passed" } else { "FAILED" },
+        started.elapsed()
+    );
+    match &result {
+        Ok(()) => logs.passed(),
+        Err(_) => logs.mark_failed(),
+    }
+    result
+}
+
+// ---------------------------------------------------------------------------------------
+// Sending with failover: the same signed request until it is acknowledged.
+// ---------------------------------------------------------------------------------------
+
+/// One acknowledged submission.
+#[derive(Debug, Clone)]
+struct Ack {
+    sender: String,
+    message_id: String,
+    ts: i64,
+    acked_at: Instant,
+    /// Instance that acknowledged it.
+    via: usize,
+    attempts: u32,
+    deduplicated: bool,
+}
+
+/// A load-generating sender: one member, connections to one or more instances (the first
+/// is its home), pacing and a bound on in-flight submissions.
+struct LoadSender {
+    conns: Vec<(usize, SequencerConnection)>,
+    recipients: Vec<MemberId>,
+    /// Pause between starting two submissions; zero means "as fast as `in_flight` allows".
+    interval: Duration,
+    in_flight: usize,
+    attempt_timeout: Duration,
+    prefix: String,
+    /// Index into `conns` of the connection to use next; failures move it on, the test may
+    /// move it back (e.g. to a recovered instance).
+    preferred: Arc<AtomicUsize>,
+}
+
+/// Whether an error may be retried with the same request (possibly elsewhere).
+fn retryable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Status(st) => !matches!(
+            st.code(),
+            tonic::Code::InvalidArgument
+                | tonic::Code::PermissionDenied
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::Unauthenticated
+                | tonic::Code::OutOfRange
+        ),
+        _ => true,
+    }
+}
+
+/// Sends `request` through `conns[preferred]`; on a retryable failure or a timeout moves on to
+/// the next connection and retries the SAME signed request (same message id), so that
+/// deduplication makes it exactly-once. Gives up at `deadline`.
+async fn send_with_failover(
+    conns: &[(usize, SequencerConnection)],
+    preferred: &AtomicUsize,
+    request: pb::SendRequest,
+    attempt_timeout: Duration,
+    deadline: Instant,
+    label: &str,
+) -> anyhow::Result<(pb::SendResponse, usize, u32)> {
+    let mut attempts = 0u32;
+    loop {
+        let i = preferred.load(Ordering::Relaxed) % conns.len();
+        let (instance, conn) = &conns[i];
+        attempts += 1;
+        let outcome =
+            tokio::time::timeout(attempt_timeout, conn.send_signed(request.clone())).await;
+        let error = match outcome {
+            Ok(Ok(resp)) => return Ok((resp, *instance, attempts)),
+            Ok(Err(e)) if !retryable(&e) => {
+                return Err(e).with_context(|| format!("send {label} via seq-{instance}"));
+            }
+            Ok(Err(e)) => format!("{e}"),
+            Err(_) => format!("no answer within {attempt_timeout:?}"),
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "send {label}: giving up after {attempts} attempts; last via seq-{instance}: {error}"
+            );
+        }
+        if attempts <= 2 {
+            println!("send {label} via seq-{instance} failed ({error}); retrying the same request");
+        }
+        // Move on to the next instance unless a concurrent send already did.
+        if conns.len() > 1 {
+            let _ = preferred.compare_exchange(
+                i,
+                (i + 1) % conns.len(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl LoadSender {
+    /// Sends until `stop` is set, then waits for every started submission to be acknowledged.
+    async fn run(self, stop: Arc<AtomicBool>, deadline: Instant) -> anyhow::Result<Vec<Ack>> {
+        let conns = Arc::new(self.conns);
+        let preferred = self.preferred;
+        let permits = Arc::new(Semaphore::new(self.in_flight));
+        let recipients: Vec<&MemberId> = self.recipients.iter().collect();
+        let sender = conns[0].1.member.id.to_string();
+        let max_seq = now_micros() + 300_000_000;
+        let mut tasks = Vec::new();
+        let mut n = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let permit = permits.clone().acquire_owned().await?;
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let message_id = format!("{}-{n}", self.prefix);
+            let request = conns[0].1.sign_submission(&pb::SubmissionRequest {
+                sender: sender.clone(),
+                message_id: message_id.clone(),
+                envelopes: vec![envelope(
+                    format!("payload of {message_id}").into_bytes(),
+                    &recipients,
+                )],
+                max_sequencing_time_micros: max_seq,
+                time_proof: false,
+            });
+            let (conns, preferred, sender) = (conns.clone(), preferred.clone(), sender.clone());
+            let timeout = self.attempt_timeout;
+            tasks.push(tokio::spawn(async move {
+                let _permit = permit;
+                let (resp, via, attempts) =
+                    send_with_failover(&conns, &preferred, request, timeout, deadline, &message_id)
+                        .await?;
+                ensure!(
+                    attempts > 1 || !resp.deduplicated,
+                    "first attempt of {message_id} was deduplicated"
+                );
+                Ok::<_, anyhow::Error>(Ack {
+                    sender,
+                    message_id,
+                    ts: resp.sequencing_timestamp_micros,
+                    acked_at: Instant::now(),
+                    via,
+                    attempts,
+                    deduplicated: resp.deduplicated,
+                })
+            }));
+            n += 1;
+            if !self.interval.is_zero() {
+                tokio::time::sleep(self.interval).await;
+            }
+        }
+        let mut acks = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            acks.push(t.await??);
+        }
+        Ok(acks)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Subscribing and checking streams.
+// ---------------------------------------------------------------------------------------
+
+/// One subscription's events with their arrival instants.
+struct Collected {
+    events: Vec<pb::SequencedEvent>,
+    arrivals: Vec<Instant>,
+    resubscribes: usize,
+}
+
+/// Reads `conn`'s stream from `from_counter` until the target count is known and reached
+/// (then listens `grace` longer for extra events). A broken stream is resumed at the next
+/// counter on the same connection, counted in `resubscribes`.
+async fn collect(
+    conn: SequencerConnection,
+    from_counter: i64,
+    mut target: watch::Receiver<Option<usize>>,
+    deadline: Instant,
+    grace: Duration,
+) -> anyhow::Result<Collected> {
+    let mut c = Collected {
+        events: Vec::new(),
+        arrivals: Vec::new(),
+        resubscribes: 0,
+    };
+    let who = conn.member.id.to_string();
+    let mut stream = conn.subscribe(from_counter).await?;
+    loop {
+        if target.borrow().is_some_and(|t| c.events.len() >= t) {
+            break;
+        }
+        let next = tokio::select! {
+            m = stream.message() => m,
+            changed = target.changed() => {
+                changed.context("target sender dropped")?;
+                continue;
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => bail!(
+                "{who}: timed out with {} events (target {:?})", c.events.len(), *target.borrow()
+            ),
+            // Once everything is acknowledged, a long silence means events will not come:
+            // return what arrived, so the checks name the missing events.
+            _ = tokio::time::sleep(IDLE_AFTER_TARGET), if target.borrow().is_some() => {
+                println!("{who}: no event for {IDLE_AFTER_TARGET:?} with {} of {:?}; giving up",
+                    c.events.len(), *target.borrow());
+                break;
+            }
+        };
+        match next {
+            Ok(Some(resp)) => {
+                c.arrivals.push(Instant::now());
+                c.events.push(resp.event.context("response without event")?);
+            }
+            broken => {
+                c.resubscribes += 1;
+                let resume = from_counter + c.events.len() as i64;
+                println!("{who}: stream broke ({broken:?}); resuming at counter {resume}");
+                ensure!(c.resubscribes <= 10, "{who}: too many broken streams");
+                stream = loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    match conn.subscribe(resume).await {
+                        Ok(s) => break s,
+                        Err(e) if Instant::now() < deadline => {
+                            println!("{who}: resubscribe failed: {e}")
+                        }
+                        Err(e) => return Err(e).context("resubscribe"),
+                    }
+                };
+            }
+        }
+    }
+    let until = Instant::now() + grace;
+    while let Ok(Ok(Some(resp))) = tokio::time::timeout_at(until.into(), stream.message()).await {
+        c.arrivals.push(Instant::now());
+        c.events.push(resp.event.context("response without event")?);
+    }
+    Ok(c)
+}
+
+/// Verifies events. The sequencer signs an event's content once for all recipients, so the
+/// signature over identical (content, signature) bytes is checked once with
+/// [`SequencerConnection::verify_event`] (ed25519 verification is slow in debug builds); every
+/// event still gets the per-recipient checks: timestamp and message id bound to the signed
+/// content, each delivered envelope covered by the signed hashes.
+#[derive(Default)]
+struct EventVerifier {
+    verified: HashSet<[u8; 32]>,
+    full_checks: usize,
+}
+
+impl EventVerifier {
+    fn verify(
+        &mut self,
+        conn: &SequencerConnection,
+        event: &pb::SequencedEvent,
+    ) -> anyhow::Result<pb::SignedEventContent> {
+        let sig = event.signature.as_ref().context("missing signature")?;
+        let mut h = Sha256::new();
+        h.update((event.content.len() as u64).to_le_bytes());
+        h.update(&event.content);
+        h.update(&sig.signature);
+        h.update(sig.signer_fingerprint.as_bytes());
+        let key: [u8; 32] = h.finalize().into();
+        if !self.verified.contains(&key) {
+            let content = conn.verify_event(event)?;
+            self.verified.insert(key);
+            self.full_checks += 1;
+            return Ok(content);
+        }
+        let content = pb::SignedEventContent::decode(event.content.as_slice())?;
+        ensure!(
+            content.timestamp_micros == event.timestamp_micros,
+            "timestamp differs from the signed one"
+        );
+        for d in &event.envelopes {
+            let env = d.envelope.as_ref().context("empty envelope")?;
+            let hash = Sha256::digest(env.encode_to_vec()).to_vec();
+            ensure!(
+                content.envelope_hashes.get(d.index as usize) == Some(&hash),
+                "envelope {} is not covered by the signature",
+                d.index
+            );
+        }
+        if !event.message_id.is_empty() {
+            ensure!(
+                Sha256::digest(event.message_id.as_bytes()).as_slice()
+                    == content.message_id_hash.as_slice(),
+                "message id does not match the signed hash"
+            );
+        }
+        Ok(content)
+    }
+}
+
+/// Checks a stream read from `first_counter`: verified events, gap-free counters, strictly
+/// increasing and chained timestamps, no duplicate message, and exactly the `expected`
+/// acknowledged timestamps, each event carrying the acknowledged sender and message.
+fn check_stream(
+    label: &str,
+    verifier: &mut EventVerifier,
+    conn: &SequencerConnection,
+    events: &[pb::SequencedEvent],
+    first_counter: i64,
+    expected: &HashMap<i64, &Ack>,
+) -> anyhow::Result<()> {
+    let mut validator = StreamValidator::default();
+    let mut seen_ts = HashSet::new();
+    let mut seen_payload: HashMap<Vec<u8>, i64> = HashMap::new();
+    for (i, event) in events.iter().enumerate() {
+        let content = verifier
+            .verify(conn, event)
+            .with_context(|| format!("{label}: event {i} does not verify"))?;
+        if i == 0 && first_counter > 0 {
+            validator =
+                StreamValidator::starting_after(first_counter - 1, event.previous_timestamp_micros);
+        }
+        validator
+            .check(event)
+            .with_context(|| format!("{label}: stream invalid at event {i}"))?;
+        ensure!(
+            event.counter == first_counter + i as i64,
+            "{label}: event {i} has counter {}, expected {}",
+            event.counter,
+            first_counter + i as i64
+        );
+        ensure!(
+            seen_ts.insert(event.timestamp_micros),
+            "{label}: timestamp {} delivered twice",
+            event.timestamp_micros
+        );
+        let payload: Vec<u8> = event
+            .envelopes
+            .iter()
+            .filter_map(|d| d.envelope.as_ref())
+            .flat_map(|e| e.content.to_vec())
+            .collect();
+        // A sender's own copy (receipt) carries the message id instead of envelopes.
+        let payload = if event.message_id.is_empty() {
+            payload
+        } else {
+            ensure!(
+                payload.is_empty(),
+                "{label}: receipt at {} carries envelopes",
+                event.timestamp_micros
+            );
+            format!("payload of {}", event.message_id).into_bytes()
+        };
+        if let Some(prev) = seen_payload.insert(payload.clone(), event.timestamp_micros) {
+            bail!(
+                "{label}: the same submission ({}) was sequenced twice, at {prev} and {}",
+                String::from_utf8_lossy(&payload),
+                event.timestamp_micros
+            );
+        }
+        let ack = expected.get(&event.timestamp_micros).with_context(|| {
+            format!(
+                "{label}: event at {} ({}) matches no acknowledged send",
+                event.timestamp_micros,
+                String::from_utf8_lossy(&payload)
+            )
+        })?;
+        ensure!(
+            content.sender == ack.sender
+                && payload == format!("payload of {}", ack.message_id).into_bytes(),
+            "{label}: event at {} is {} from {}, but {} was acknowledged at that timestamp",
+            event.timestamp_micros,
+            String::from_utf8_lossy(&payload),
+            content.sender,
+            ack.message_id
+        );
+    }
+    let got: HashSet<i64> = seen_ts;
+    let mut missing: Vec<&i64> = expected.keys().filter(|ts| !got.contains(ts)).collect();
+    missing.sort();
+    ensure!(
+        missing.is_empty(),
+        "{label}: {} acknowledged events missing (first: {:?})",
+        missing.len(),
+        missing
+            .iter()
+            .take(10)
+            .map(|ts| (**ts, expected[ts].message_id.as_str()))
+            .collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// Indexes acknowledgements by timestamp; two acknowledged messages must never share one,
+/// and one message must never be acknowledged with two different timestamps.
+fn index_acks(acks: &[Ack]) -> anyhow::Result<HashMap<i64, &Ack>> {
+    let mut by_ts = HashMap::new();
+    let mut by_id: HashMap<(&str, &str), i64> = HashMap::new();
+    for a in acks {
+        if let Some(prev) = by_ts.insert(a.ts, a) {
+            bail!(
+                "{} and {} were both acknowledged at {}",
+                prev.message_id,
+                a.message_id,
+                a.ts
+            );
+        }
+        if let Some(prev) = by_id.insert((&a.sender, &a.message_id), a.ts) {
+            bail!(
+                "{} acknowledged twice, at {prev} and {}",
+                a.message_id,
+                a.ts
+            );
+        }
+    }
+    Ok(by_ts)
+}
+
+/// Largest gap between consecutive arrivals that ended within `[from, to]` (so a stall that
+/// began before `from` counts in full), with the instant it ended.
+fn largest_gap(arrivals: &[Instant], from: Instant, to: Instant) -> (Duration, Option<Instant>) {
+    let mut best = (Duration::ZERO, None);
+    for w in arrivals.windows(2) {
+        if w[1] < from || w[1] > to {
+            continue;
+        }
+        let gap = w[1] - w[0];
+        if gap > best.0 {
+            best = (gap, Some(w[1]));
+        }
+    }
+    best
+}
+
+/// The `n` largest gaps between consecutive arrivals after `from`, as (end offset from
+/// `reference`, gap) in milliseconds, for the log.
+fn top_gaps(
+    arrivals: &[Instant],
+    from: Instant,
+    reference: Instant,
+    n: usize,
+) -> Vec<(i128, u128)> {
+    let mut gaps: Vec<(i128, u128)> = arrivals
+        .windows(2)
+        .filter(|w| w[1] >= from)
+        .map(|w| {
+            let end = if w[1] >= reference {
+                (w[1] - reference).as_millis() as i128
+            } else {
+                -((reference - w[1]).as_millis() as i128)
+            };
+            (end, (w[1] - w[0]).as_millis())
+        })
+        .collect();
+    gaps.sort_by_key(|g| std::cmp::Reverse(g.1));
+    gaps.truncate(n);
+    gaps
+}
+
+fn summarize_acks(label: &str, acks: &[Ack], t0: Instant) {
+    let mut via: BTreeMap<usize, usize> = BTreeMap::new();
+    for a in acks {
+        *via.entry(a.via).or_default() += 1;
+    }
+    let retried = acks.iter().filter(|a| a.attempts > 1).count();
+    let dedup = acks.iter().filter(|a| a.deduplicated).count();
+    let last = acks
+        .iter()
+        .map(|a| a.acked_at)
+        .max()
+        .map(|t| t - t0)
+        .unwrap_or_default();
+    println!(
+        "{label}: {} acknowledged (via {via:?}), {retried} retried, {dedup} deduplicated, last ack at +{last:.1?}",
+        acks.len()
+    );
+}
+
+/// Counts "writer online" lines in an instance's log (each is one go-online transition).
+fn writer_online_count(cluster: &SequencerCluster, i: usize) -> usize {
+    cluster.nodes[i]
+        .process
+        .as_ref()
+        .map_or(0, |p| p.read_log().matches("\"writer online\"").count())
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Commit-order race between instances.
+// ---------------------------------------------------------------------------------------
+
+/// Instance 0 holds every batch 300 ms before COMMIT (below the 1 s offline threshold), so
+/// instance 1 commits and acknowledges later timestamps while instance 0's earlier ones are
+/// still invisible. Readers must wait for them instead of skipping them.
+#[test]
+fn commit_order_race_never_skips() -> anyhow::Result<()> {
+    run_serial("commit_order_race_never_skips", commit_order_race)
+}
+
+async fn commit_order_race(logs: TestLogs) -> anyhow::Result<()> {
+    let db = PgCluster::shared().create_database("seq_race").await;
+    let env = vec![
+        vec![(
+            "SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS".to_string(),
+            "300".to_string(),
+        )],
+        vec![],
+    ];
+    let cluster = SequencerCluster::start_with_env(logs, db, 2, "", &env).await?;
+    let a = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let b = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let r = cluster
+        .add_member(MemberRole::Participant, "reader")
+        .await?;
+
+    // Every event reaches all three members: alice -> {reader, bob}, bob -> {reader, alice}.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let subs: Vec<(&Member, usize)> = vec![(&r, 0), (&r, 1), (&a, 1), (&b, 0)];
+    let mut targets = Vec::new();
+    let mut collectors = Vec::new();
+    let mut sub_conns = Vec::new();
+    for &(m, inst) in &subs {
+        let conn = connect_member(&cluster, inst, m).await?;
+        let (tx, rx) = watch::channel(None);
+        targets.push(tx);
+        collectors.push(tokio::spawn(collect(
+            conn.clone(),
+            0,
+            rx,
+            deadline,
+            Duration::from_millis(500),
+        )));
+        sub_conns.push(conn);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let alice = LoadSender {
+        conns: vec![(0, connect_member(&cluster, 0, &a).await?)],
+        recipients: vec![r.0.clone(), b.0.clone()],
+        interval: Duration::ZERO,
+        in_flight: 3,
+        attempt_timeout: Duration::from_secs(10),
+        prefix: "alice".into(),
+        preferred: Arc::default(),
+    };
+    let bob = LoadSender {
+        conns: vec![(1, connect_member(&cluster, 1, &b).await?)],
+        recipients: vec![r.0.clone(), a.0.clone()],
+        interval: Duration::from_millis(70),
+        in_flight: 4,
+        attempt_timeout: Duration::from_secs(10),
+        prefix: "bob".into(),
+        preferred: Arc::default(),
+    };
+    let t0 = Instant::now();
+    let alice_task = tokio::spawn(alice.run(stop.clone(), deadline));
+    let bob_task = tokio::spawn(bob.run(stop.clone(), deadline));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    let alice_acks = alice_task.await??;
+    let bob_acks = bob_task.await??;
+    summarize_acks("alice via seq-0 (delayed commits)", &alice_acks, t0);
+    summarize_acks("bob via seq-1", &bob_acks, t0);
+    ensure!(
+        !alice_acks.is_empty() && !bob_acks.is_empty(),
+        "both senders must have been acknowledged"
+    );
+
+    // The race happened: some event of instance 0 got a smaller timestamp than an event of
+    // instance 1 that was acknowledged earlier.
+    let mut inversions = 0usize;
+    let mut overtaken = 0usize;
+    let mut widest = Duration::ZERO;
+    for x in &alice_acks {
+        let mut hit = false;
+        for y in &bob_acks {
+            if x.ts < y.ts && y.acked_at < x.acked_at {
+                inversions += 1;
+                hit = true;
+                widest = widest.max(x.acked_at - y.acked_at);
+            }
+        }
+        overtaken += usize::from(hit);
+    }
+    println!(
+        "commit-order inversions: {inversions} (instance-1 ack before an earlier-stamped instance-0 ack); \
+         {overtaken} of {} instance-0 events overtaken; widest ack gap {widest:.0?}",
+        alice_acks.len()
+    );
+    ensure!(
+        inversions >= 1,
+        "the fault did not produce a single commit-order inversion; the test proves nothing"
+    );
+
+    let all: Vec<Ack> = alice_acks.iter().chain(&bob_acks).cloned().collect();
+    let by_ts = index_acks(&all)?;
+    for tx in &targets {
+        tx.send_replace(Some(all.len()));
+    }
+    let mut collected = Vec::new();
+    for c in collectors {
+        collected.push(c.await??);
+    }
+    let mut verifier = EventVerifier::default();
+    for ((c, &(m, inst)), conn) in collected.iter().zip(&subs).zip(&sub_conns) {
+        let label = format!("{} on seq-{inst}", m.0.name());
+        check_stream(&label, &mut verifier, conn, &c.events, 0, &by_ts)?;
+        println!(
+            "{label}: all {} events, in order, gap-free ({} resubscribes)",
+            c.events.len(),
+            c.resubscribes
+        );
+    }
+    // The reader's stream is byte-identical on both instances.
+    for (x, y) in collected[0].events.iter().zip(&collected[1].events) {
+        ensure!(
+            x.encode_to_vec() == y.encode_to_vec(),
+            "reader's event {} differs between instances",
+            x.counter
+        );
+    }
+    println!(
+        "{} distinct events signature-verified",
+        verifier.full_checks
+    );
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        println!("seq-{i}: {}", metrics_summary(&node.ops_url()).await);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. SIGKILL of one instance under load.
+// ---------------------------------------------------------------------------------------
+
+/// Kills instance 0 mid-load. Surviving instances stall delivery only until the peer is
+/// marked offline (~1 s), senders fail over with the same request, nothing is lost or
+/// duplicated, and the restarted instance serves the same history and new sends.
+#[test]
+fn sigkill_one_instance_under_load() -> anyhow::Result<()> {
+    run_serial("sigkill_one_instance_under_load", sigkill_under_load)
+}
+
+async fn sigkill_under_load(logs: TestLogs) -> anyhow::Result<()> {
+    let db = PgCluster::shared().create_database("seq_kill").await;
+    let mut cluster = SequencerCluster::start(logs, db, 3, "").await?;
+    let mut senders: Vec<Member> = Vec::new();
+    for i in 0..3 {
+        senders.push(
+            cluster
+                .add_member(MemberRole::Participant, &format!("sender{i}"))
+                .await?,
+        );
+    }
+    let o1 = cluster
+        .add_member(MemberRole::Participant, "observer1")
+        .await?;
+    let o2 = cluster
+        .add_member(MemberRole::Participant, "observer2")
+        .await?;
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let obs: Vec<(&Member, usize)> = vec![(&o1, 1), (&o2, 2)];
+    let mut targets = Vec::new();
+    let mut collectors = Vec::new();
+    let mut obs_conns = Vec::new();
+    for &(m, inst) in &obs {
+        let conn = connect_member(&cluster, inst, m).await?;
+        let (tx, rx) = watch::channel(None);
+        targets.push(tx);
+        collectors.push(tokio::spawn(collect(
+            conn.clone(),
+            0,
+            rx,
+            deadline,
+            Duration::from_millis(500),
+        )));
+        obs_conns.push(conn);
+    }
+
+    // sender0 lives on instance 0 and fails over to 1 and 2; sender1/2 on 1/2 fail over to
+    // the other survivor.
+    let homes = [vec![0, 1, 2], vec![1, 2], vec![2, 1]];
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, order) in homes.iter().enumerate() {
+        let mut conns = Vec::new();
+        for &inst in order {
+            conns.push((inst, connect_member(&cluster, inst, &senders[i]).await?));
+        }
+        let sender = LoadSender {
+            conns,
+            recipients: vec![o1.0.clone(), o2.0.clone()],
+            interval: Duration::from_millis(90),
+            in_flight: 6,
+            attempt_timeout: Duration::from_secs(3),
+            prefix: format!("s{i}"),
+            preferred: Arc::default(),
+        };
+        tasks.push(tokio::spawn(sender.run(stop.clone(), deadline)));
+    }
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed_at = Instant::now();
+    let status = cluster.nodes[0].process()?.kill()?;
+    println!("SIGKILLed seq-0 at +{:.1?} ({status})", killed_at - t0);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, Ordering::Relaxed);
+    let stopped_at = Instant::now();
+    let mut acks = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let a = t.await??;
+        summarize_acks(&format!("sender{i}"), &a, t0);
+        acks.extend(a);
+    }
+    let by_ts = index_acks(&acks)?;
+    for tx in &targets {
+        tx.send_replace(Some(acks.len()));
+    }
+    let mut collected = Vec::new();
+    for c in collectors {
+        collected.push(c.await??);
+    }
+
+    // Delivery stall on the survivors around the kill.
+    let mut worst = Duration::ZERO;
+    for (c, &(m, inst)) in collected.iter().zip(&obs) {
+        let (before, _) = largest_gap(&c.arrivals, t0 + Duration::from_millis(500), killed_at);
+        let (gap, ended) =
+            largest_gap(&c.arrivals, killed_at, stopped_at + Duration::from_secs(60));
+        println!(
+            "{} on seq-{inst}: largest delivery gap before the kill {} ms, after the kill {} ms \
+             (ended at kill+{} ms); largest gaps (end ms rel. to kill, gap ms): {:?}",
+            m.0.name(),
+            before.as_millis(),
+            gap.as_millis(),
+            ended.map(|e| e - killed_at).unwrap_or_default().as_millis(),
+            top_gaps(&c.arrivals, t0, killed_at, 4)
+        );
+        worst = worst.max(gap);
+    }
+    println!(
+        "delivery stall on surviving instances after SIGKILL: {} ms (bound {STALL_BOUND:?})",
+        worst.as_millis()
+    );
+    ensure!(
+        worst <= STALL_BOUND,
+        "delivery stalled for {worst:?} after the kill (bound {STALL_BOUND:?})"
+    );
+    let marked = (1..3).any(|i| {
+        cluster.nodes[i]
+            .process
+            .as_ref()
+            .is_some_and(|p| p.read_log().contains("marked stalled peer offline"))
+    });
+    ensure!(marked, "no survivor marked the killed seq-0 offline");
+
+    // No loss, no duplicate, identical streams.
+    let mut verifier = EventVerifier::default();
+    for ((c, &(m, inst)), conn) in collected.iter().zip(&obs).zip(&obs_conns) {
+        let label = format!("{} on seq-{inst}", m.0.name());
+        check_stream(&label, &mut verifier, conn, &c.events, 0, &by_ts)?;
+        println!(
+            "{label}: all {} acknowledged events exactly once ({} resubscribes)",
+            c.events.len(),
+            c.resubscribes
+        );
+    }
+    for (x, y) in collected[0].events.iter().zip(&collected[1].events) {
+        ensure!(
+            x.timestamp_micros == y.timestamp_micros,
+            "observers disagree on the order at counter {}",
+            x.counter
+        );
+    }
+
+    // Restart instance 0: it serves the same history, byte for byte, and accepts sends.
+    let restart = Instant::now();
+    cluster.start_node(0).await?;
+    println!(
+        "seq-0 restarted and SERVING after {:.1?}",
+        restart.elapsed()
+    );
+    let s0 = connect_member(&cluster, 0, &senders[0]).await?;
+    let mut after = Vec::new();
+    for n in 0..10 {
+        let message_id = format!("after-restart-{n}");
+        let resp = s0
+            .send(
+                &message_id,
+                vec![envelope(
+                    format!("payload of {message_id}").into_bytes(),
+                    &[&o1.0, &o2.0],
+                )],
+                now_micros() + 60_000_000,
+            )
+            .await
+            .with_context(|| format!("send {message_id} via restarted seq-0"))?;
+        ensure!(!resp.deduplicated, "{message_id} deduplicated");
+        after.push(Ack {
+            sender: senders[0].0.to_string(),
+            message_id,
+            ts: resp.sequencing_timestamp_micros,
+            acked_at: Instant::now(),
+            via: 0,
+            attempts: 1,
+            deduplicated: false,
+        });
+    }
+    let all: Vec<Ack> = acks.iter().chain(&after).cloned().collect();
+    let by_ts_all = index_acks(&all)?;
+    let history = collected[0].events.len();
+    let o1_on_0 = connect_member(&cluster, 0, &o1).await?;
+    let (tx, rx) = watch::channel(Some(all.len()));
+    let replay = collect(
+        o1_on_0.clone(),
+        0,
+        rx,
+        Instant::now() + Duration::from_secs(30),
+        Duration::from_millis(300),
+    )
+    .await?;
+    drop(tx);
+    check_stream(
+        "observer1 on restarted seq-0",
+        &mut verifier,
+        &o1_on_0,
+        &replay.events,
+        0,
+        &by_ts_all,
+    )?;
+    for (x, y) in collected[0].events.iter().zip(&replay.events) {
+        ensure!(
+            x.encode_to_vec() == y.encode_to_vec(),
+            "observer1's event {} differs between seq-1 and restarted seq-0",
+            x.counter
+        );
+    }
+    // The new events reach instance 2's subscribers too.
+    let o2_conn = &obs_conns[1];
+    let (tx, rx) = watch::channel(Some(after.len()));
+    let tail = collect(
+        o2_conn.clone(),
+        history as i64,
+        rx,
+        Instant::now() + Duration::from_secs(30),
+        Duration::from_millis(300),
+    )
+    .await?;
+    drop(tx);
+    let after_ts: HashMap<i64, &Ack> = after.iter().map(|a| (a.ts, a)).collect();
+    check_stream(
+        "observer2 on seq-2 after the restart",
+        &mut verifier,
+        o2_conn,
+        &tail.events,
+        history as i64,
+        &after_ts,
+    )?;
+    println!(
+        "restarted seq-0 replays {history} events byte-identically and sequenced {} new sends; {} distinct events verified",
+        after.len(),
+        verifier.full_checks
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. A paused (hung) instance is excluded and recovers.
+// ---------------------------------------------------------------------------------------
+
+/// SIGSTOPs instance 0: instance 1 marks it offline and resumes delivery; after SIGCONT
+/// instance 0 is fenced, goes through recovery, reports SERVING again, and its subscribers
+/// see the complete, consistent stream.
+#[test]
+fn paused_instance_is_excluded_and_recovers() -> anyhow::Result<()> {
+    run_serial("paused_instance_is_excluded_and_recovers", paused_instance)
+}
+
+async fn paused_instance(logs: TestLogs) -> anyhow::Result<()> {
+    let db = PgCluster::shared().create_database("seq_pause").await;
+    let mut cluster = SequencerCluster::start(logs, db, 2, "").await?;
+    let s0m = cluster
+        .add_member(MemberRole::Participant, "sender0")
+        .await?;
+    let s1m = cluster
+        .add_member(MemberRole::Participant, "sender1")
+        .await?;
+    let r = cluster
+        .add_member(MemberRole::Participant, "reader")
+        .await?;
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let subs: Vec<(&Member, usize)> = vec![(&r, 1), (&r, 0)];
+    let mut targets = Vec::new();
+    let mut collectors = Vec::new();
+    let mut sub_conns = Vec::new();
+    for &(m, inst) in &subs {
+        let conn = connect_member(&cluster, inst, m).await?;
+        let (tx, rx) = watch::channel(None);
+        targets.push(tx);
+        collectors.push(tokio::spawn(collect(
+            conn.clone(),
+            0,
+            rx,
+            deadline,
+            Duration::from_millis(500),
+        )));
+        sub_conns.push(conn);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender1 = LoadSender {
+        conns: vec![(1, connect_member(&cluster, 1, &s1m).await?)],
+        recipients: vec![r.0.clone()],
+        interval: Duration::from_millis(60),
+        in_flight: 6,
+        attempt_timeout: Duration::from_secs(5),
+        prefix: "s1".into(),
+        preferred: Arc::default(),
+    };
+    // sender0 prefers the paused instance and fails over to instance 1 on timeouts.
+    let sender0 = LoadSender {
+        conns: vec![
+            (0, connect_member(&cluster, 0, &s0m).await?),
+            (1, connect_member(&cluster, 1, &s0m).await?),
+        ],
+        recipients: vec![r.0.clone()],
+        interval: Duration::from_millis(150),
+        in_flight: 4,
+        attempt_timeout: Duration::from_millis(1500),
+        prefix: "s0".into(),
+        preferred: Arc::default(),
+    };
+    let sender0_preferred = sender0.preferred.clone();
+    let t0 = Instant::now();
+    let tasks = [
+        tokio::spawn(sender1.run(stop.clone(), deadline)),
+        tokio::spawn(sender0.run(stop.clone(), deadline)),
+    ];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let onlines_before = writer_online_count(&cluster, 0);
+    let paused_at = Instant::now();
+    cluster.nodes[0].process()?.pause()?;
+    println!("SIGSTOPped seq-0 at +{:.1?}", paused_at - t0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let resumed_at = Instant::now();
+    cluster.nodes[0].process()?.resume()?;
+    println!(
+        "SIGCONTed seq-0 after a {:.1?} pause",
+        resumed_at - paused_at
+    );
+
+    // Recovery: a fresh go-online transition, then ready on the ops port and SERVING on gRPC.
+    let recover_deadline = Instant::now() + Duration::from_secs(20);
+    while writer_online_count(&cluster, 0) <= onlines_before {
+        ensure!(
+            Instant::now() < recover_deadline,
+            "seq-0's writer never went online again after SIGCONT"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let writer_back = resumed_at.elapsed();
+    let node = &cluster.nodes[0];
+    wait_for_http_ok(
+        &format!("{}/health/ready", node.ops_url()),
+        Duration::from_secs(15),
+    )
+    .await?;
+    wait_for_health(
+        &node.public_endpoint(),
+        Some(cluster.client_tls()),
+        "",
+        Duration::from_secs(15),
+    )
+    .await?;
+    println!(
+        "seq-0 recovered: writer online again {writer_back:.0?} and SERVING {:.0?} after SIGCONT",
+        resumed_at.elapsed()
+    );
+    // sender0 goes back to its (recovered) home instance.
+    sender0_preferred.store(0, Ordering::Relaxed);
+    let recovered_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let stopped_at = Instant::now();
+    let mut acks = Vec::new();
+    for (name, t) in ["sender1", "sender0"].iter().zip(tasks) {
+        let a = t.await??;
+        summarize_acks(name, &a, t0);
+        acks.extend(a);
+    }
+    let via0_after = acks
+        .iter()
+        .filter(|a| a.via == 0 && a.acked_at > recovered_at)
+        .count();
+    println!("sends acknowledged by seq-0 after its recovery: {via0_after}");
+    ensure!(via0_after > 0, "the recovered seq-0 acknowledged no send");
+
+    let by_ts = index_acks(&acks)?;
+    for tx in &targets {
+        tx.send_replace(Some(acks.len()));
+    }
+    let mut collected = Vec::new();
+    for c in collectors {
+        collected.push(c.await??);
+    }
+    // Delivery on instance 1 resumes once seq-0 is marked offline.
+    let (before, _) = largest_gap(
+        &collected[0].arrivals,
+        t0 + Duration::from_millis(500),
+        paused_at,
+    );
+    let (gap, ended) = largest_gap(
+        &collected[0].arrivals,
+        paused_at,
+        stopped_at + Duration::from_secs(60),
+    );
+    println!(
+        "reader on seq-1: largest delivery gap before the pause {} ms, during/after it {} ms \
+         (resumed at pause+{} ms; bound {STALL_BOUND:?}); largest gaps (end ms rel. to pause, gap ms): {:?}",
+        before.as_millis(),
+        gap.as_millis(),
+        ended.map(|e| e - paused_at).unwrap_or_default().as_millis(),
+        top_gaps(&collected[0].arrivals, t0, paused_at, 4)
+    );
+    ensure!(
+        gap <= STALL_BOUND,
+        "delivery on seq-1 stalled for {gap:?} while seq-0 was paused"
+    );
+    let during = collected[0]
+        .arrivals
+        .iter()
+        .filter(|t| **t > paused_at && **t < resumed_at)
+        .count();
+    println!("reader on seq-1 received {during} events while seq-0 was stopped");
+    ensure!(
+        during > 0,
+        "seq-1 delivered nothing while seq-0 was stopped: it was never excluded"
+    );
+    let seq1_log = cluster.nodes[1]
+        .process
+        .as_ref()
+        .map(|p| p.read_log())
+        .unwrap_or_default();
+    ensure!(
+        seq1_log.contains("marked stalled peer offline"),
+        "seq-1 never marked the stopped seq-0 offline"
+    );
+
+    let mut verifier = EventVerifier::default();
+    for ((c, &(m, inst)), conn) in collected.iter().zip(&subs).zip(&sub_conns) {
+        let label = format!("{} on seq-{inst}", m.0.name());
+        check_stream(&label, &mut verifier, conn, &c.events, 0, &by_ts)?;
+        println!(
+            "{label}: all {} events exactly once, consistent ({} resubscribes)",
+            c.events.len(),
+            c.resubscribes
+        );
+    }
+    for (x, y) in collected[0].events.iter().zip(&collected[1].events) {
+        ensure!(
+            x.encode_to_vec() == y.encode_to_vec(),
+            "reader's event {} differs between instances",
+            x.counter
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Diagnostics.
+// ---------------------------------------------------------------------------------------
+
+/// Fetches `/metrics` from an ops URL and summarises the figures that tell whether the
+/// cluster was healthy under the load (batch sizes, commit times, peers marked offline).
+async fn metrics_summary(ops_url: &str) -> String {
+    let text = match http_get(ops_url, "/metrics").await {
+        Ok(t) => t,
+        Err(e) => return format!("metrics unavailable: {e:#}"),
+    };
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(0.0, |a, b| a + b)
+    };
+    let batches = value("sequencer_batch_size_count");
+    let events = value("sequencer_batch_size_sum");
+    let commit = value("sequencer_commit_seconds_sum");
+    format!(
+        "{batches} batches, {:.1} events/batch, {:.1} ms/commit, marked peers offline {}, checkpoints {}",
+        if batches > 0.0 { events / batches } else { 0.0 },
+        if batches > 0.0 {
+            commit * 1000.0 / batches
+        } else {
+            0.0
+        },
+        value("sequencer_instances_marked_offline_total"),
+        value("sequencer_checkpoints_written_total"),
+    )
+}
+
+/// A plain HTTP/1.1 GET (the ops port has no TLS); returns the body.
+async fn http_get(base: &str, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let authority = base
+        .strip_prefix("http://")
+        .context("http:// URL expected")?;
+    let mut stream = tokio::net::TcpStream::connect(authority).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
+/// [`connect`], retrying briefly while the instance does not know the member yet.
+///
+/// Works around a sequencer bug: a member registered through instance 0's admin API is
+/// reported as "not registered" (PERMISSION_DENIED) by another instance until that instance
+/// processes the registration NOTIFY, because `Members::get` does not reload on a miss within
+/// 100 ms of the previous reload (crates/sequencer/src/members.rs, `MISS_RELOAD_INTERVAL`).
+async fn connect_member(
+    cluster: &SequencerCluster,
+    i: usize,
+    member: &(MemberId, Arc<SigningKeyPair>),
+) -> anyhow::Result<SequencerConnection> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match connect(cluster, i, member).await {
+            Ok(c) => return Ok(c),
+            Err(e)
+                if Instant::now() < deadline && format!("{e:#}").contains("is not registered") =>
+            {
+                println!(
+                    "seq-{i} does not know {} yet (registration not visible); retrying",
+                    member.0.name()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
