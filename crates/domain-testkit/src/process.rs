@@ -804,6 +804,7 @@ mod tests {
         assert!(!status.success());
         assert!(p.pause().is_err(), "signals after exit are refused");
         let dir = logs.dir().to_path_buf();
+        logs.passed();
         drop(p);
         drop(logs);
         if std::env::var("DOMAIN_KEEP_LOGS").is_err() {
