@@ -1,0 +1,114 @@
+//! PostgreSQL-side counters per phase: transactions, rows, WAL volume, and the
+//! commits and rollbacks of the bench database, from `pg_stat_database` and the
+//! WAL position.
+
+use anyhow::Context as _;
+use tokio_postgres::NoTls;
+
+#[derive(Debug, Clone, Default)]
+pub struct PgSample {
+    xact_commit: i64,
+    xact_rollback: i64,
+    tup_inserted: i64,
+    tup_returned: i64,
+    tup_fetched: i64,
+    wal_lsn_bytes: i64,
+    /// Per table: (scans = seq_scan + idx_scan, rows written = ins + upd + del).
+    tables: std::collections::BTreeMap<String, (i64, i64)>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PgDelta {
+    pub commits_per_sec: f64,
+    pub rollbacks_per_sec: f64,
+    pub rows_inserted_per_sec: f64,
+    pub rows_read_per_sec: f64,
+    /// Server-wide WAL (other databases on the server count too).
+    pub wal_mb_per_sec: f64,
+    pub commits_per_event: f64,
+    pub wal_bytes_per_event: f64,
+    /// Per table: scans (index or sequential) per acknowledged event. Shows how
+    /// many lookups each event causes: token checks, watermark reads, event reads.
+    pub table_scans_per_event: std::collections::BTreeMap<String, f64>,
+    /// Per table: rows inserted, updated or deleted per acknowledged event.
+    pub table_writes_per_event: std::collections::BTreeMap<String, f64>,
+}
+
+pub async fn sample(url: &str) -> anyhow::Result<PgSample> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .context("pg stats connect")?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let row = client
+        .query_one(
+            "SELECT xact_commit, xact_rollback, tup_inserted, tup_returned, tup_fetched,
+                    (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint
+             FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await?;
+    let mut tables = std::collections::BTreeMap::new();
+    for r in client
+        .query(
+            "SELECT relname::text, seq_scan + coalesce(idx_scan, 0), n_tup_ins + n_tup_upd + n_tup_del
+             FROM pg_stat_user_tables WHERE relname LIKE 'seq\\_%'",
+            &[],
+        )
+        .await?
+    {
+        tables.insert(r.get::<_, String>(0), (r.get::<_, i64>(1), r.get::<_, i64>(2)));
+    }
+    Ok(PgSample {
+        tables,
+        xact_commit: row.get(0),
+        xact_rollback: row.get(1),
+        tup_inserted: row.get(2),
+        tup_returned: row.get(3),
+        tup_fetched: row.get(4),
+        wal_lsn_bytes: row.get(5),
+    })
+}
+
+impl PgDelta {
+    /// Statistics are flushed by backends with a delay of up to a second, so
+    /// rates are approximate for short windows.
+    pub fn between(a: &PgSample, b: &PgSample, seconds: f64, events: u64) -> Self {
+        let per_s = |x: i64| x as f64 / seconds.max(1e-9);
+        let ev = (events as f64).max(1.0);
+        let commits = b.xact_commit - a.xact_commit;
+        let wal = b.wal_lsn_bytes - a.wal_lsn_bytes;
+        Self {
+            commits_per_sec: per_s(commits),
+            rollbacks_per_sec: per_s(b.xact_rollback - a.xact_rollback),
+            rows_inserted_per_sec: per_s(b.tup_inserted - a.tup_inserted),
+            rows_read_per_sec: per_s(
+                (b.tup_returned - a.tup_returned) + (b.tup_fetched - a.tup_fetched),
+            ),
+            wal_mb_per_sec: per_s(wal) / 1e6,
+            commits_per_event: commits as f64 / ev,
+            wal_bytes_per_event: wal as f64 / ev,
+            table_scans_per_event: b
+                .tables
+                .iter()
+                .map(|(t, (s, _))| {
+                    (
+                        t.clone(),
+                        (s - a.tables.get(t).map_or(0, |x| x.0)) as f64 / ev,
+                    )
+                })
+                .collect(),
+            table_writes_per_event: b
+                .tables
+                .iter()
+                .map(|(t, (_, w))| {
+                    (
+                        t.clone(),
+                        (w - a.tables.get(t).map_or(0, |x| x.1)) as f64 / ev,
+                    )
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The result types of a run, the printed table, and the JSON summary.
+
+use serde::Serialize;
+
+use crate::Percentiles;
+use crate::prom::SequencerMetrics;
+use crate::rawpg::RawResult;
+use crate::sysstat::CpuUsage;
+
+/// Durable (acknowledged) events/s the sequencer should sustain on this box.
+pub const TARGET_EVENTS_PER_SEC: f64 = 20_000.0;
+/// Send→deliver latency targets at a quarter of the target rate.
+pub const TARGET_P50_MS: f64 = 2.0;
+pub const TARGET_P99_MS: f64 = 10.0;
+
+/// One measured load phase (2 or 3).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PhaseResult {
+    pub name: String,
+    /// Target events/s of the token bucket; None = unbounded.
+    pub target_rate: Option<f64>,
+    pub seconds: f64,
+    pub acked: u64,
+    pub acked_per_sec: f64,
+    pub delivered: u64,
+    pub delivered_per_sec: f64,
+    /// Send instant (embedded in the payload) to receipt by a subscriber.
+    pub send_to_deliver: Percentiles,
+    /// Send call to durable acknowledgement.
+    pub send_to_ack: Percentiles,
+    /// Paced phases only: lateness of sends against their token-bucket slot.
+    pub schedule_lag: Option<Percentiles>,
+    pub send_errors: u64,
+    pub resubscribes: u64,
+    pub cpu: CpuUsage,
+    /// CPU time per acknowledged event, µs, by process group: what one event costs
+    /// regardless of how busy the machine was.
+    pub cpu_micros_per_event: CpuPerEvent,
+    pub sequencer: SequencerMetrics,
+    pub postgres: crate::pgstat::PgDelta,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuPerEvent {
+    pub sequencer: f64,
+    pub postgres: f64,
+    pub bench: f64,
+}
+
+impl CpuPerEvent {
+    pub fn of(cpu: &CpuUsage, events_per_sec: f64) -> Self {
+        let per = |pct: f64| {
+            if events_per_sec > 0.0 {
+                pct / 100.0 * 1e6 / events_per_sec
+            } else {
+                0.0
+            }
+        };
+        Self {
+            sequencer: per(cpu.sequencer_pct),
+            postgres: per(cpu.postgres_pct),
+            bench: per(cpu.bench_pct),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu_model: String,
+    pub mem_gib: f64,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kb: f64 = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        Self {
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            cpu_model,
+            mem_gib: (mem_kb / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Shape {
+    pub instances: usize,
+    pub senders: usize,
+    pub subscribers: usize,
+    pub fanout: usize,
+    pub payload_bytes: usize,
+    pub in_flight_per_sender: usize,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    pub tls: bool,
+    pub sequencer_config: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Targets {
+    pub events_per_sec: f64,
+    pub throughput_met: Option<bool>,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub latency_met: Option<bool>,
+    /// True when phase 3 ran at or above a quarter of the throughput target.
+    pub latency_rate_at_target: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub command: String,
+    pub unix_time: u64,
+    pub machine: Machine,
+    pub shape: Shape,
+    pub crypto: Option<crate::crypto::CryptoCost>,
+    pub raw_postgres: Option<RawResult>,
+    pub throughput: Option<PhaseResult>,
+    pub latency: Option<PhaseResult>,
+    pub targets: Targets,
+}
+
+impl Summary {
+    pub fn evaluate_targets(&mut self) {
+        self.targets = Targets {
+            events_per_sec: TARGET_EVENTS_PER_SEC,
+            throughput_met: self
+                .throughput
+                .as_ref()
+                .map(|p| p.acked_per_sec >= TARGET_EVENTS_PER_SEC),
+            p50_ms: TARGET_P50_MS,
+            p99_ms: TARGET_P99_MS,
+            latency_met: self.latency.as_ref().map(|p| {
+                p.send_to_deliver.p50_ms <= TARGET_P50_MS
+                    && p.send_to_deliver.p99_ms <= TARGET_P99_MS
+            }),
+            latency_rate_at_target: self
+                .latency
+                .as_ref()
+                .map(|p| p.acked_per_sec >= TARGET_EVENTS_PER_SEC / 4.0 * 0.95),
+        };
+    }
+
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let s = &self.shape;
+        let m = &self.machine;
+        o += "\n=== seqbench ===\n";
+        o += &format!("command : {}\n", self.command);
+        o += &format!(
+            "machine : {} cores ({}), {} GiB, kernel {}; sequencers, PostgreSQL and the bench share it\n",
+            m.cores, m.cpu_model, m.mem_gib, m.kernel
+        );
+        o += &format!(
+            "shape   : {} instances (TLS on, loopback), {} senders x {} in flight, {} subscribers, fanout {}, {}-byte payloads, warm-up {:.0}s, window {:.0}s\n",
+            s.instances,
+            s.senders,
+            s.in_flight_per_sender,
+            s.subscribers,
+            s.fanout,
+            s.payload_bytes,
+            s.warmup_s,
+            s.duration_s
+        );
+        if !s.sequencer_config.is_empty() {
+            o += &format!("config  : {:?}\n", s.sequencer_config);
+        }
+        if let Some(c) = &self.crypto {
+            o += &format!(
+                "\nPhase 0 ed25519 on this box (single thread, {}-byte message): sign {:.1} us, verify {:.1} us\n",
+                c.message_bytes, c.sign_us, c.verify_us
+            );
+            o += &format!(
+                "  signature work alone caps the box at {:.0} events/s (client sign + sequencer verify + sequencer sign + \
+                 {} subscriber verify); the sequencer's share alone at {:.0}/s\n",
+                c.ceiling_events_per_sec, s.fanout, c.sequencer_only_ceiling_events_per_sec
+            );
+        }
+        if let Some(r) = &self.raw_postgres {
+            let settings: Vec<String> =
+                r.settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            o += &format!(
+                "\nPhase 1 raw PostgreSQL ({} conns x {} rows/txn, unnest, synchronous_commit on; {})\n",
+                r.connections,
+                r.rows_per_txn,
+                settings.join(" ")
+            );
+            o += &format!(
+                "  {:>10.0} rows/s ({} txns in {:.1}s)   txn latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n",
+                r.rows_per_sec,
+                r.transactions,
+                r.seconds,
+                r.txn_latency.p50_ms,
+                r.txn_latency.p99_ms,
+                r.txn_latency.max_ms
+            );
+            o += &format!(
+                "  CPU (% of one core): postgres {:.0}, bench {:.0}, other {:.0}, idle {:.0}; postgres CPU per row {:.0} us\n",
+                r.cpu.postgres_pct,
+                r.cpu.bench_pct,
+                r.cpu.other_pct,
+                r.cpu.machine_idle_pct,
+                r.postgres_cpu_micros_per_row
+            );
+        }
+        let phases: Vec<&PhaseResult> = [&self.throughput, &self.latency]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !phases.is_empty() {
+            o += "\nPhases 2-3 (acked = durable; latency send->deliver in ms, from the send instant in the payload)\n";
+            o += &format!(
+                "  {:<11} {:>9} {:>9} {:>11} | {:>7} {:>7} {:>7} {:>7} {:>7} | {:>9} {:>9} | {:>4} {:>5}\n",
+                "phase",
+                "target/s",
+                "acked/s",
+                "deliv'd/s",
+                "p50",
+                "p90",
+                "p99",
+                "p99.9",
+                "max",
+                "ack p50",
+                "ack p99",
+                "errs",
+                "resub"
+            );
+            for p in &phases {
+                let l = &p.send_to_deliver;
+                o += &format!(
+                    "  {:<11} {:>9} {:>9.0} {:>11.0} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.1} | {:>9.2} {:>9.2} | {:>4} {:>5}\n",
+                    p.name,
+                    p.target_rate
+                        .map_or("unbound".to_string(), |r| format!("{r:.0}")),
+                    p.acked_per_sec,
+                    p.delivered_per_sec,
+                    l.p50_ms,
+                    l.p90_ms,
+                    l.p99_ms,
+                    l.p999_ms,
+                    l.max_ms,
+                    p.send_to_ack.p50_ms,
+                    p.send_to_ack.p99_ms,
+                    p.send_errors,
+                    p.resubscribes
+                );
+            }
+            for p in &phases {
+                if let Some(lag) = &p.schedule_lag {
+                    o += &format!(
+                        "  {} pacing: sends started p50 {:.2} ms / p99 {:.2} ms after their slot\n",
+                        p.name, lag.p50_ms, lag.p99_ms
+                    );
+                }
+            }
+            o += "\nSequencer metrics over each window (all instances; quantiles interpolated in Prometheus buckets)\n";
+            o += &format!(
+                "  {:<11} {:>8} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>10} {:>10} | {:>6} {:>6}\n",
+                "phase",
+                "batches",
+                "batch avg",
+                "batch p99",
+                "commit ms",
+                "c p50",
+                "c p99",
+                "queue+c ms",
+                "q+c p99",
+                "cuts",
+                "ckpts"
+            );
+            for p in &phases {
+                let q = &p.sequencer;
+                o += &format!(
+                    "  {:<11} {:>8.0} {:>9.1} {:>9.0} | {:>9.2} {:>9.2} {:>9.2} | {:>10.2} {:>10.2} | {:>6.0} {:>6.0}\n",
+                    p.name,
+                    q.batch_size.count,
+                    q.batch_size.mean,
+                    q.batch_size.p99,
+                    q.commit_seconds.mean * 1e3,
+                    q.commit_seconds.p50 * 1e3,
+                    q.commit_seconds.p99 * 1e3,
+                    q.send_latency_seconds.mean * 1e3,
+                    q.send_latency_seconds.p99 * 1e3,
+                    q.subscribers_cut,
+                    q.checkpoints_written
+                );
+            }
+            o += "\nPostgreSQL over each window (bench database; WAL is server-wide)\n";
+            o += &format!(
+                "  {:<11} {:>10} {:>11} {:>12} {:>11} {:>9} | {:>13} {:>14}\n",
+                "phase",
+                "commits/s",
+                "rollbacks/s",
+                "rows ins/s",
+                "rows read/s",
+                "WAL MB/s",
+                "commits/event",
+                "WAL bytes/event"
+            );
+            for p in &phases {
+                let g = &p.postgres;
+                o += &format!(
+                    "  {:<11} {:>10.0} {:>11.1} {:>12.0} {:>11.0} {:>9.1} | {:>13.3} {:>14.0}\n",
+                    p.name,
+                    g.commits_per_sec,
+                    g.rollbacks_per_sec,
+                    g.rows_inserted_per_sec,
+                    g.rows_read_per_sec,
+                    g.wal_mb_per_sec,
+                    g.commits_per_event,
+                    g.wal_bytes_per_event
+                );
+            }
+            for p in &phases {
+                let scans: Vec<String> = p
+                    .postgres
+                    .table_scans_per_event
+                    .iter()
+                    .filter(|(_, v)| **v >= 0.005)
+                    .map(|(t, v)| format!("{t} {v:.2}"))
+                    .collect();
+                o += &format!(
+                    "  {:<11} table scans per event: {}\n",
+                    p.name,
+                    scans.join(", ")
+                );
+            }
+            o += &format!(
+                "\nCPU over each window, % of one core (this box has {} cores = {}%)\n",
+                m.cores,
+                m.cores * 100
+            );
+            o += &format!(
+                "  {:<11} {:>10} {:>9} {:>7} {:>7} | {:>6} {:>7} {:>7} {:>6} {:>6} | {}\n",
+                "phase",
+                "sequencers",
+                "postgres",
+                "bench",
+                "other",
+                "user",
+                "system",
+                "iowait",
+                "idle",
+                "steal",
+                "CPU us per acked event: seq / pg / bench"
+            );
+            for p in &phases {
+                let c = &p.cpu;
+                o += &format!(
+                    "  {:<11} {:>10.0} {:>9.0} {:>7.0} {:>7.0} | {:>6.0} {:>7.0} {:>7.0} {:>6.0} {:>6.0} | {:.0} / {:.0} / {:.0}\n",
+                    p.name,
+                    c.sequencer_pct,
+                    c.postgres_pct,
+                    c.bench_pct,
+                    c.other_pct,
+                    c.machine_user_pct,
+                    c.machine_system_pct,
+                    c.machine_iowait_pct,
+                    c.machine_idle_pct,
+                    c.machine_steal_pct,
+                    p.cpu_micros_per_event.sequencer,
+                    p.cpu_micros_per_event.postgres,
+                    p.cpu_micros_per_event.bench
+                );
+            }
+        }
+        let t = &self.targets;
+        o += "\nTargets\n";
+        if let (Some(met), Some(p)) = (t.throughput_met, &self.throughput) {
+            o += &format!(
+                "  throughput >= {:.0} durable events/s: {} ({:.0}/s, {:.0}% of target)\n",
+                t.events_per_sec,
+                if met { "MET" } else { "NOT MET" },
+                p.acked_per_sec,
+                p.acked_per_sec / t.events_per_sec * 100.0
+            );
+        }
+        if let (Some(met), Some(p)) = (t.latency_met, &self.latency) {
+            o += &format!(
+                "  latency p50 <= {} ms, p99 <= {} ms: {} (p50 {:.2} ms, p99 {:.2} ms at {:.0}/s){}\n",
+                t.p50_ms,
+                t.p99_ms,
+                if met { "MET" } else { "NOT MET" },
+                p.send_to_deliver.p50_ms,
+                p.send_to_deliver.p99_ms,
+                p.acked_per_sec,
+                if t.latency_rate_at_target == Some(false) {
+                    format!(
+                        " -- but below a quarter of the {:.0}/s target rate",
+                        t.events_per_sec
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+        o
+    }
+}

@@ -1,0 +1,426 @@
+//! Orchestration of `seqbench`: a fresh database, phase 1 (raw PostgreSQL), a
+//! real sequencer cluster with TLS, members, verifying subscribers, phase 2
+//! (unbounded throughput) and phase 3 (paced latency), then the report.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use domain_identity::MemberRole;
+use domain_sequencer_client::SequencerConnection;
+use domain_testkit::cluster::SequencerCluster;
+use domain_testkit::pg::PgCluster;
+use domain_testkit::process::TestLogs;
+
+use crate::cli::Args;
+use crate::load::{self, SendConfig, SenderSet, Stats};
+use crate::prom::{self, Scrape, SequencerMetrics};
+use crate::report::{CpuPerEvent, Machine, PhaseResult, Shape, Summary};
+use crate::sysstat::{self, CpuUsage};
+use crate::{Percentiles, rawpg};
+
+/// How long subscribers may take to receive everything acknowledged after a phase.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs every phase and returns the summary; fails on any verification error.
+pub async fn run(args: Args) -> anyhow::Result<Summary> {
+    args.validate()?;
+    let mut summary = Summary {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        unix_time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        machine: Machine::detect(),
+        shape: Shape {
+            instances: args.instances,
+            senders: args.senders,
+            subscribers: args.subscribers,
+            fanout: args.fanout,
+            payload_bytes: args.payload_bytes,
+            in_flight_per_sender: args.in_flight,
+            warmup_s: args.warmup.as_secs_f64(),
+            duration_s: args.duration.as_secs_f64(),
+            tls: true,
+            sequencer_config: args.sequencer_config.clone(),
+        },
+        ..Summary::default()
+    };
+
+    let crypto = crate::crypto::measure(args.payload_bytes, args.fanout)?;
+    eprintln!(
+        "seqbench: phase 0: ed25519 sign {:.1} us, verify {:.1} us",
+        crypto.sign_us, crypto.verify_us
+    );
+    summary.crypto = Some(crypto);
+
+    let pg = PgCluster::shared();
+    let db = pg
+        .try_create_database("bench")
+        .await
+        .context("cannot create the bench database")?;
+    eprintln!(
+        "seqbench: database {} on {}",
+        db.name,
+        redact(pg.admin_url())
+    );
+
+    if !args.skip_raw {
+        eprintln!(
+            "seqbench: phase 1: raw PostgreSQL, {} connections x {} rows/txn for {:?}",
+            args.raw_connections, args.raw_batch, args.raw_duration
+        );
+        let raw = rawpg::run(
+            &db.url,
+            args.raw_connections,
+            args.raw_batch,
+            args.raw_duration,
+            args.payload_bytes,
+        )
+        .await?;
+        eprintln!(
+            "seqbench: phase 1: {:.0} rows/s, txn p50 {:.2} ms p99 {:.2} ms",
+            raw.rows_per_sec, raw.txn_latency.p50_ms, raw.txn_latency.p99_ms
+        );
+        summary.raw_postgres = Some(raw);
+    }
+
+    let logs = TestLogs::new("seqbench");
+    if args.keep_logs {
+        logs.keep();
+    }
+    let extra = args.sequencer_config.replace("\\n", "\n");
+    let mut cluster = SequencerCluster::start(logs.clone(), db.clone(), args.instances, &extra)
+        .await
+        .context("cannot start the sequencer cluster")?;
+    eprintln!(
+        "seqbench: {} sequencer instances up; logs in {}",
+        args.instances,
+        logs.dir().display()
+    );
+    let result = drive(&args, &cluster, &mut summary).await;
+    match &result {
+        Ok(()) => logs.passed(),
+        Err(_) => logs.mark_failed(),
+    }
+    for node in &mut cluster.nodes {
+        if let Some(p) = node.process.as_mut()
+            && let Err(e) = p.terminate(Duration::from_secs(10)).await
+        {
+            eprintln!("seqbench: {e:#}");
+        }
+    }
+    drop(cluster);
+    if result.is_ok() && !args.keep_logs {
+        if let Err(e) = pg.drop_database(&db).await {
+            eprintln!("seqbench: could not drop database {}: {e:#}", db.name);
+        }
+    } else {
+        eprintln!("seqbench: database {} kept", db.name);
+    }
+    result?;
+    summary.evaluate_targets();
+    Ok(summary)
+}
+
+async fn drive(
+    args: &Args,
+    cluster: &SequencerCluster,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let instances = cluster.nodes.len();
+    let mut senders = Vec::new();
+    for i in 0..args.senders {
+        senders.push(
+            cluster
+                .add_member(MemberRole::Participant, &format!("sender-{i}"))
+                .await?,
+        );
+    }
+    let mut subscribers = Vec::new();
+    for i in 0..args.subscribers {
+        subscribers.push(
+            cluster
+                .add_member(MemberRole::Participant, &format!("subscriber-{i}"))
+                .await?,
+        );
+    }
+    let mut sender_conns: Vec<SequencerConnection> = Vec::new();
+    for (i, m) in senders.iter().enumerate() {
+        sender_conns.push(
+            load::connect(cluster, i % instances, m)
+                .await
+                .with_context(|| format!("sender {i}"))?,
+        );
+    }
+    let stats = Stats::new(args.subscribers);
+    let subscriber_ids: Arc<Vec<String>> =
+        Arc::new(subscribers.iter().map(|m| m.0.to_string()).collect());
+    let mut sub_tasks = Vec::new();
+    for (i, m) in subscribers.iter().enumerate() {
+        let conn = load::connect(cluster, i % instances, m)
+            .await
+            .with_context(|| format!("subscriber {i}"))?;
+        sub_tasks.push(load::spawn_subscriber(
+            i,
+            conn,
+            stats.clone(),
+            args.payload_bytes,
+            args.inject_fault.filter(|_| i == 0),
+        ));
+    }
+    let pids: Vec<u32> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| n.process.as_ref().map(|p| p.pid()))
+        .collect();
+    let ops: Vec<String> = cluster.nodes.iter().map(|n| n.ops_url()).collect();
+
+    let result = async {
+        let cfg = SendConfig {
+            phase: 2,
+            in_flight: args.in_flight,
+            rate: None,
+            payload_bytes: args.payload_bytes,
+            fanout: args.fanout,
+        };
+        let mut measured = 0.0;
+        if !args.skip_throughput {
+            let p2 = run_phase(
+                "throughput",
+                args,
+                &sender_conns,
+                &subscriber_ids,
+                &stats,
+                cfg,
+                &pids,
+                &ops,
+                &cluster.database.url,
+            )
+            .await?;
+            measured = p2.acked_per_sec;
+            summary.throughput = Some(p2);
+        }
+        if !args.skip_latency {
+            let rate = match args.rate {
+                Some(0) => None,
+                Some(r) => Some(r as f64),
+                None => Some((measured / 4.0).max(1.0)),
+            };
+            let cfg = SendConfig {
+                phase: 3,
+                in_flight: args.in_flight,
+                rate,
+                payload_bytes: args.payload_bytes,
+                fanout: args.fanout,
+            };
+            summary.latency = Some(
+                run_phase(
+                    "latency",
+                    args,
+                    &sender_conns,
+                    &subscriber_ids,
+                    &stats,
+                    cfg,
+                    &pids,
+                    &ops,
+                    &cluster.database.url,
+                )
+                .await?,
+            );
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    for t in sub_tasks {
+        t.abort();
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_phase(
+    name: &str,
+    args: &Args,
+    sender_conns: &[SequencerConnection],
+    subscriber_ids: &Arc<Vec<String>>,
+    stats: &Arc<Stats>,
+    cfg: SendConfig,
+    pids: &[u32],
+    ops: &[String],
+    db_url: &str,
+) -> anyhow::Result<PhaseResult> {
+    let phase = cfg.phase;
+    let target_rate = cfg.rate;
+    eprintln!(
+        "seqbench: phase {phase} ({name}): {} senders x {} in flight, rate {}; warm-up {:?}, window {:?}",
+        sender_conns.len(),
+        cfg.in_flight,
+        target_rate.map_or("unbounded".to_string(), |r| format!("{r:.0}/s")),
+        args.warmup,
+        args.duration
+    );
+    stats.reset_window();
+    let set = SenderSet::start(sender_conns, subscriber_ids.clone(), stats.clone(), cfg);
+    let measured = async {
+        wait_checking(stats, args.warmup, None).await?;
+        let scrapes_before = scrape_all(ops).await?;
+        let pg_before = crate::pgstat::sample(db_url).await?;
+        let cpu_before = sysstat::sample(pids);
+        let started = Instant::now();
+        stats.recording.store(true, Ordering::SeqCst);
+        wait_checking(stats, args.duration, Some(phase)).await?;
+        stats.recording.store(false, Ordering::SeqCst);
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu_after = sysstat::sample(pids);
+        let pg_after = crate::pgstat::sample(db_url).await?;
+        let scrapes_after = scrape_all(ops).await?;
+        anyhow::Ok((
+            seconds,
+            scrapes_before,
+            scrapes_after,
+            pg_before,
+            pg_after,
+            cpu_before,
+            cpu_after,
+        ))
+    }
+    .await;
+    let (seconds, scrapes_before, scrapes_after, pg_before, pg_after, cpu_before, cpu_after) =
+        match measured {
+            Ok(m) => m,
+            Err(e) => {
+                set.abort();
+                return Err(e);
+            }
+        };
+
+    set.stop_and_join().await?;
+    let drained = Instant::now();
+    load::drain(stats, DRAIN_TIMEOUT).await?;
+    eprintln!(
+        "seqbench: phase {phase}: all acknowledged events delivered and verified (drain {:?})",
+        drained.elapsed()
+    );
+
+    let acked = stats.acks_window.load(Ordering::SeqCst);
+    let cpu = CpuUsage::between(&cpu_before, &cpu_after);
+    let delivered = stats.delivered_window.load(Ordering::SeqCst);
+    let result = PhaseResult {
+        name: name.to_string(),
+        target_rate,
+        seconds,
+        acked,
+        acked_per_sec: acked as f64 / seconds,
+        delivered,
+        delivered_per_sec: delivered as f64 / seconds,
+        send_to_deliver: Percentiles::of(
+            &stats
+                .e2e
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ),
+        send_to_ack: Percentiles::of(
+            &stats
+                .ack
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ),
+        schedule_lag: target_rate.map(|_| {
+            Percentiles::of(
+                &stats
+                    .sched_lag
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
+        }),
+        send_errors: stats.send_errors.load(Ordering::SeqCst),
+        resubscribes: stats.resubscribes.load(Ordering::SeqCst),
+        cpu_micros_per_event: CpuPerEvent::of(&cpu, acked as f64 / seconds),
+        cpu,
+        sequencer: SequencerMetrics::between(&scrapes_before, &scrapes_after),
+        postgres: crate::pgstat::PgDelta::between(&pg_before, &pg_after, seconds, acked),
+    };
+    if result.send_errors > 0 {
+        let first = stats
+            .first_send_error
+            .lock()
+            .ok()
+            .and_then(|f| f.clone())
+            .unwrap_or_default();
+        anyhow::bail!(
+            "phase {phase}: {} sends failed; first: {first}",
+            result.send_errors
+        );
+    }
+    Ok(result)
+}
+
+/// Sleeps `total`, aborting on a fatal verification error; prints progress for
+/// measured windows.
+async fn wait_checking(stats: &Stats, total: Duration, progress: Option<u8>) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut last = (
+        Instant::now(),
+        stats.acks_window.load(Ordering::Relaxed),
+        stats.delivered_window.load(Ordering::Relaxed),
+    );
+    let mut next_print = Duration::from_secs(5);
+    while start.elapsed() < total {
+        if let Some(f) = stats.fatal() {
+            anyhow::bail!("{f}");
+        }
+        if stats.send_errors.load(Ordering::Relaxed) > 0 {
+            let first = stats
+                .first_send_error
+                .lock()
+                .ok()
+                .and_then(|f| f.clone())
+                .unwrap_or_default();
+            anyhow::bail!("send failed: {first}");
+        }
+        tokio::time::sleep((total - start.elapsed()).min(Duration::from_millis(100))).await;
+        if let Some(phase) = progress
+            && start.elapsed() >= next_print
+        {
+            next_print += Duration::from_secs(5);
+            let now = (
+                Instant::now(),
+                stats.acks_window.load(Ordering::Relaxed),
+                stats.delivered_window.load(Ordering::Relaxed),
+            );
+            let dt = now.0.duration_since(last.0).as_secs_f64();
+            eprintln!(
+                "seqbench: phase {phase} t={:>3.0}s  acked {:>7.0}/s  delivered {:>7.0}/s",
+                start.elapsed().as_secs_f64(),
+                (now.1 - last.1) as f64 / dt,
+                (now.2 - last.2) as f64 / dt
+            );
+            last = now;
+        }
+    }
+    Ok(())
+}
+
+async fn scrape_all(ops: &[String]) -> anyhow::Result<Vec<Scrape>> {
+    let mut out = Vec::new();
+    for url in ops {
+        out.push(
+            prom::scrape(url)
+                .await
+                .with_context(|| format!("scraping {url}/metrics"))?,
+        );
+    }
+    Ok(out)
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
+            Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
