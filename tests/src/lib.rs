@@ -4,7 +4,9 @@
 pub mod proxy;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 
 use domain_identity::{MemberId, SigningKeyPair};
 use domain_sequencer_client::{MemberIdentity, SequencerConnection, connect_channel};
@@ -56,4 +58,83 @@ pub fn now_micros() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or_default()
+}
+
+/// Fetches `/metrics` from an ops URL and summarises the figures that tell whether the
+/// cluster was healthy under the load (batch sizes, commit times, peers marked offline).
+pub async fn metrics_summary(ops_url: &str) -> String {
+    let text = match http_get(ops_url, "/metrics").await {
+        Ok(t) => t,
+        Err(e) => return format!("metrics unavailable: {e:#}"),
+    };
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(0.0, |a, b| a + b)
+    };
+    let batches = value("sequencer_batch_size_count");
+    let events = value("sequencer_batch_size_sum");
+    let commit = value("sequencer_commit_seconds_sum");
+    format!(
+        "{batches} batches, {:.1} events/batch, {:.1} ms/commit, marked peers offline {}, checkpoints {}",
+        if batches > 0.0 { events / batches } else { 0.0 },
+        if batches > 0.0 {
+            commit * 1000.0 / batches
+        } else {
+            0.0
+        },
+        value("sequencer_instances_marked_offline_total"),
+        value("sequencer_checkpoints_written_total"),
+    )
+}
+
+/// A plain HTTP/1.1 GET (the ops port has no TLS); returns the body.
+pub async fn http_get(base: &str, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let authority = base
+        .strip_prefix("http://")
+        .context("http:// URL expected")?;
+    let mut stream = tokio::net::TcpStream::connect(authority).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
+/// [`connect`], retrying briefly while the instance does not know the member yet.
+///
+/// A member registered through one instance's admin API is found by the others on a
+/// cache miss (a database lookup, since c1f8b8d); the retry only guards tests against
+/// that regression and prints when it happens.
+pub async fn connect_member(
+    cluster: &SequencerCluster,
+    i: usize,
+    member: &(MemberId, Arc<SigningKeyPair>),
+) -> anyhow::Result<SequencerConnection> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match connect(cluster, i, member).await {
+            Ok(c) => return Ok(c),
+            Err(e)
+                if Instant::now() < deadline && format!("{e:#}").contains("is not registered") =>
+            {
+                println!(
+                    "seq-{i} does not know {} yet (registration not visible); retrying",
+                    member.0.name()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

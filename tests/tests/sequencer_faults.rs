@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use domain_e2e::{connect, envelope, now_micros};
+use domain_e2e::{connect_member, envelope, metrics_summary, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
 use domain_proto::v1::{self as pb};
 use domain_sequencer_client::{ClientError, SequencerConnection, StreamValidator};
@@ -1132,83 +1132,3 @@ async fn paused_instance(logs: TestLogs) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // Diagnostics.
 // ---------------------------------------------------------------------------------------
-
-/// Fetches `/metrics` from an ops URL and summarises the figures that tell whether the
-/// cluster was healthy under the load (batch sizes, commit times, peers marked offline).
-async fn metrics_summary(ops_url: &str) -> String {
-    let text = match http_get(ops_url, "/metrics").await {
-        Ok(t) => t,
-        Err(e) => return format!("metrics unavailable: {e:#}"),
-    };
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .fold(0.0, |a, b| a + b)
-    };
-    let batches = value("sequencer_batch_size_count");
-    let events = value("sequencer_batch_size_sum");
-    let commit = value("sequencer_commit_seconds_sum");
-    format!(
-        "{batches} batches, {:.1} events/batch, {:.1} ms/commit, marked peers offline {}, checkpoints {}",
-        if batches > 0.0 { events / batches } else { 0.0 },
-        if batches > 0.0 {
-            commit * 1000.0 / batches
-        } else {
-            0.0
-        },
-        value("sequencer_instances_marked_offline_total"),
-        value("sequencer_checkpoints_written_total"),
-    )
-}
-
-/// A plain HTTP/1.1 GET (the ops port has no TLS); returns the body.
-async fn http_get(base: &str, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let authority = base
-        .strip_prefix("http://")
-        .context("http:// URL expected")?;
-    let mut stream = tokio::net::TcpStream::connect(authority).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    Ok(text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default())
-}
-
-/// [`connect`], retrying briefly while the instance does not know the member yet.
-///
-/// Works around a sequencer bug: a member registered through instance 0's admin API is
-/// reported as "not registered" (PERMISSION_DENIED) by another instance until that instance
-/// processes the registration NOTIFY, because `Members::get` does not reload on a miss within
-/// 100 ms of the previous reload (crates/sequencer/src/members.rs, `MISS_RELOAD_INTERVAL`).
-async fn connect_member(
-    cluster: &SequencerCluster,
-    i: usize,
-    member: &(MemberId, Arc<SigningKeyPair>),
-) -> anyhow::Result<SequencerConnection> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        match connect(cluster, i, member).await {
-            Ok(c) => return Ok(c),
-            Err(e)
-                if Instant::now() < deadline && format!("{e:#}").contains("is not registered") =>
-            {
-                println!(
-                    "seq-{i} does not know {} yet (registration not visible); retrying",
-                    member.0.name()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}

@@ -647,14 +647,19 @@ pub async fn load_member(
             &[&member],
         )
         .await?;
-    Ok(row.map(|r| MemberRow {
+    Ok(row.as_ref().map(member_from_row))
+}
+
+/// Maps a row of `SELECT id, member, public_key, enabled, registered_ts, acknowledged_ts`.
+fn member_from_row(r: &tokio_postgres::Row) -> MemberRow {
+    MemberRow {
         id: r.get(0),
         member: r.get(1),
         public_key: r.get(2),
         enabled: r.get(3),
         registered_ts: r.get(4),
         acknowledged_ts: r.get(5),
-    }))
+    }
 }
 
 pub async fn load_members(client: &impl GenericClient) -> Result<Vec<MemberRow>, StoreError> {
@@ -664,17 +669,7 @@ pub async fn load_members(client: &impl GenericClient) -> Result<Vec<MemberRow>,
             &[],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| MemberRow {
-            id: r.get(0),
-            member: r.get(1),
-            public_key: r.get(2),
-            enabled: r.get(3),
-            registered_ts: r.get(4),
-            acknowledged_ts: r.get(5),
-        })
-        .collect())
+    Ok(rows.iter().map(member_from_row).collect())
 }
 
 /// Binds a member's public key if none is bound yet; returns the bound key.
