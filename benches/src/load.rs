@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use domain_identity::{MemberId, SigningKeyPair};
 use domain_proto::v1 as pb;
-use domain_sequencer_client::{
-    MemberIdentity, SequencerConnection, StreamValidator, connect_channel,
-};
+use domain_sequencer_client::{MemberIdentity, SequencerConnection, StreamValidator};
 use domain_testkit::cluster::SequencerCluster;
 use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
@@ -37,22 +35,17 @@ pub async fn connect(
         .nodes
         .get(i)
         .with_context(|| format!("no instance {i}"))?;
-    let channel = connect_channel(
+    let member = MemberIdentity {
+        id: member.0.clone(),
+        key: member.1.clone(),
+    };
+    Ok(SequencerConnection::connect(
         &node.public_endpoint(),
         Some(cluster.client_tls()),
+        member,
         Duration::from_secs(5),
     )
-    .await?;
-    let conn = SequencerConnection::new(
-        channel,
-        MemberIdentity {
-            id: member.0.clone(),
-            key: member.1.clone(),
-        },
-    )
-    .await?;
-    conn.authenticate().await?;
-    Ok(conn)
+    .await?)
 }
 
 /// Counters and histograms shared by senders, subscribers and the driver.

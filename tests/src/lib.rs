@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use domain_identity::{MemberId, SigningKeyPair};
-use domain_sequencer_client::{MemberIdentity, SequencerConnection, connect_channel};
+use domain_sequencer_client::{MemberIdentity, SequencerConnection};
 use domain_testkit::cluster::SequencerCluster;
 
 /// Connects and authenticates `member` to instance `i` of the cluster.
@@ -21,23 +21,18 @@ pub async fn connect(
     let node = cluster
         .nodes
         .get(i)
-        .ok_or_else(|| anyhow::anyhow!("no instance {i}"))?;
-    let channel = connect_channel(
+        .with_context(|| format!("no instance {i}"))?;
+    let member = MemberIdentity {
+        id: member.0.clone(),
+        key: member.1.clone(),
+    };
+    Ok(SequencerConnection::connect(
         &node.public_endpoint(),
         Some(cluster.client_tls()),
+        member,
         Duration::from_secs(5),
     )
-    .await?;
-    let conn = SequencerConnection::new(
-        channel,
-        MemberIdentity {
-            id: member.0.clone(),
-            key: member.1.clone(),
-        },
-    )
-    .await?;
-    conn.authenticate().await?;
-    Ok(conn)
+    .await?)
 }
 
 /// A one-envelope payload addressed to `recipients`.

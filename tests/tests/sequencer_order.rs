@@ -22,7 +22,9 @@ use anyhow::{Context as _, bail, ensure};
 use domain_e2e::{connect_member, metrics_summary, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
 use domain_proto::v1::{self as pb};
-use domain_sequencer_client::{ClientError, SequencerConnection, StreamValidator};
+use domain_sequencer_client::{
+    ClientError, SequencerConnection, StreamValidator, check_event_content,
+};
 use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
 use futures::StreamExt as _;
 use prost::Message as _;
@@ -340,28 +342,7 @@ fn check_binding(
         verified.contains(&signed_key(event)?),
         "signature not verified"
     );
-    let content = pb::SignedEventContent::decode(event.content.as_slice())?;
-    ensure!(
-        content.timestamp_micros == event.timestamp_micros,
-        "timestamp differs from the signed one"
-    );
-    for d in &event.envelopes {
-        let env = d.envelope.as_ref().context("empty envelope")?;
-        let hash = Sha256::digest(env.encode_to_vec()).to_vec();
-        ensure!(
-            content.envelope_hashes.get(d.index as usize) == Some(&hash),
-            "envelope {} is not covered by the signature",
-            d.index
-        );
-    }
-    if !event.message_id.is_empty() {
-        ensure!(
-            Sha256::digest(event.message_id.as_bytes()).as_slice()
-                == content.message_id_hash.as_slice(),
-            "message id does not match the signed hash"
-        );
-    }
-    Ok(content)
+    Ok(check_event_content(event)?)
 }
 
 /// Checks one member's stream against the send results; returns its timestamps in order.

@@ -96,6 +96,19 @@ impl SequencerConnection {
         })
     }
 
+    /// Opens a channel to `endpoint`, fetches domain info and authenticates.
+    pub async fn connect(
+        endpoint: &str,
+        tls: Option<ClientTlsConfig>,
+        member: MemberIdentity,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let channel = connect_channel(endpoint, tls, timeout).await?;
+        let conn = Self::new(channel, member).await?;
+        conn.authenticate().await?;
+        Ok(conn)
+    }
+
     /// Runs challenge → signature → token and keeps the token for later calls.
     pub async fn authenticate(&self) -> Result<(), ClientError> {
         let mut client = self.client.clone();
@@ -223,7 +236,8 @@ impl SequencerConnection {
     }
 }
 
-/// Verifies an event against the sequencer key and domain id.
+/// Verifies an event against the sequencer key and domain id: the sequencer
+/// signature, then [`check_event_content`].
 pub fn verify_event(
     key: &PublicKey,
     domain_id: &str,
@@ -242,6 +256,16 @@ pub fn verify_event(
         &signature,
     )
     .map_err(|e| ClientError::InvalidEvent(format!("bad sequencer signature: {e}")))?;
+    check_event_content(event)
+}
+
+/// The per-recipient part of event verification, once the signature over
+/// `event.content` is known to be valid (the sequencer signs the content once for
+/// every recipient, so a verifier may cache that): the timestamp and message id
+/// are the signed ones, and every delivered envelope is covered by a signed hash.
+pub fn check_event_content(
+    event: &pb::SequencedEvent,
+) -> Result<pb::SignedEventContent, ClientError> {
     let content = pb::SignedEventContent::decode(event.content.as_slice())
         .map_err(|e| ClientError::InvalidEvent(format!("undecodable content: {e}")))?;
     if content.timestamp_micros != event.timestamp_micros {

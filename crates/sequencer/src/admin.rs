@@ -62,12 +62,7 @@ impl SequencerAdminService for SequencerAdmin {
         req: Request<pb::DisableMemberRequest>,
     ) -> Result<Response<pb::DisableMemberResponse>, Status> {
         let r = req.into_inner();
-        let mut client = self
-            .core
-            .pool
-            .get()
-            .await
-            .map_err(|e| st(SequencerError::Database(e.to_string())))?;
+        let mut client = self.core.db().await.map_err(st)?;
         if !store::disable_member(&mut client, &r.member)
             .await
             .map_err(st)?
@@ -84,12 +79,7 @@ impl SequencerAdminService for SequencerAdmin {
         &self,
         _req: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        let client = self
-            .core
-            .pool
-            .get()
-            .await
-            .map_err(|e| st(SequencerError::Database(e.to_string())))?;
+        let client = self.core.db().await.map_err(st)?;
         let mut members: Vec<pb::MemberInfo> = store::load_members(&**client)
             .await
             .map_err(st)?
@@ -109,12 +99,7 @@ impl SequencerAdminService for SequencerAdmin {
         &self,
         _req: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
-        let client = self
-            .core
-            .pool
-            .get()
-            .await
-            .map_err(|e| st(SequencerError::Database(e.to_string())))?;
+        let client = self.core.db().await.map_err(st)?;
         let instances = store::list_instances(&**client)
             .await
             .map_err(st)?
@@ -134,12 +119,7 @@ impl SequencerAdminService for SequencerAdmin {
         &self,
         _req: Request<pb::PruneRequest>,
     ) -> Result<Response<pb::PruneResponse>, Status> {
-        let mut client = self
-            .core
-            .pool
-            .get()
-            .await
-            .map_err(|e| st(SequencerError::Database(e.to_string())))?;
+        let mut client = self.core.db().await.map_err(st)?;
         let safe = store::safe_watermark(&**client).await.map_err(st)?;
         let (bound, deleted) = store::prune(&mut client, safe, self.prune_batch)
             .await

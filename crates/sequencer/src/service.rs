@@ -77,7 +77,8 @@ impl SequencerCore {
         self.tokens.lock().await.retain(|_, (m, _, _)| m != member);
     }
 
-    async fn db(&self) -> Result<deadpool_postgres::Object, SequencerError> {
+    /// Checks out a pooled connection; a full pool is `Overloaded` (retryable).
+    pub(crate) async fn db(&self) -> Result<deadpool_postgres::Object, SequencerError> {
         self.pool.get().await.map_err(|e| match e {
             // Every connection is busy: the instance is saturated, not broken.
             deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
