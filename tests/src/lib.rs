@@ -1,6 +1,7 @@
 //! Shared helpers of the end-to-end tests (tests/tests/*.rs): connecting
 //! members to a [`domain_testkit::cluster::SequencerCluster`].
 
+pub mod checks;
 pub mod proxy;
 
 use std::sync::Arc;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use domain_e2e::checks::db_client;
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::MemberRole;
 use domain_proto::v1 as pb;
@@ -46,14 +47,6 @@ const MEMBER_TS_UNION: &str = "(SELECT ts FROM seq_recipients WHERE member_id = 
 
 fn member_timestamps_sql() -> String {
     format!("SELECT ts FROM ({MEMBER_TS_UNION}) u ORDER BY ts LIMIT $4")
-}
-
-async fn db_client(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
 }
 
 /// One plan node of an EXPLAIN ANALYZE.

@@ -49,6 +49,10 @@ pub struct SequencerCluster {
     pub pki: TestPki,
     pub pki_files: PkiFiles,
     pub domain_id: DomainId,
+    /// The domain namespace key (also written to `domain_key_path`), for
+    /// signing topology transactions or running a domain manager.
+    pub domain_key: Arc<SigningKeyPair>,
+    pub domain_key_path: PathBuf,
     pub database: TestDatabase,
     pub nodes: Vec<SequencerNode>,
 }
@@ -78,6 +82,8 @@ impl SequencerCluster {
         let pki_files = pki.write_files(&dir)?;
         let domain_key = SigningKeyPair::generate();
         let domain_id = DomainId::new(UniqueId::new("testdomain", *domain_key.fingerprint())?);
+        let domain_key_path = dir.join("domain-key.pem");
+        domain_key.save_pem(&domain_key_path)?;
         let seq_key_path = dir.join("sequencer-key.pem");
         SigningKeyPair::generate().save_pem(&seq_key_path)?;
         let mut nodes = Vec::new();
@@ -126,6 +132,8 @@ listen = "127.0.0.1:{admin_port}"
             pki,
             pki_files,
             domain_id,
+            domain_key: Arc::new(domain_key),
+            domain_key_path,
             database,
             nodes,
         };

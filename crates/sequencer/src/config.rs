@@ -30,8 +30,14 @@ pub struct SequencerConfig {
     pub advertised_address: String,
     /// Largest accepted submission in bytes. Default 1 MiB.
     pub max_request_size: usize,
-    /// Members registered at start-up (until topology from the domain manager drives membership).
+    /// Members registered at start-up, before any topology (the domain manager member
+    /// `DOM::<domain>` is always registered). Participants are normally admitted by the
+    /// domain manager's allowlist instead. Default: none.
     pub bootstrap_members: Vec<String>,
+    /// `permissioned` (default): only participants the domain manager allowlisted can get
+    /// a token, send or subscribe. `open`: any participant that proves its key is admitted
+    /// on its first challenge (topology can still disable it).
+    pub access_mode: AccessMode,
     pub ha: HaConfig,
     pub writer: WriterConfig,
     pub reader: ReaderConfig,
@@ -55,6 +61,7 @@ impl Default for SequencerConfig {
             advertised_address: String::new(),
             max_request_size: 1024 * 1024,
             bootstrap_members: Vec::new(),
+            access_mode: AccessMode::Permissioned,
             ha: HaConfig::default(),
             writer: WriterConfig::default(),
             reader: ReaderConfig::default(),
@@ -63,6 +70,14 @@ impl Default for SequencerConfig {
             shutdown_grace: Duration::from_secs(10),
         }
     }
+}
+
+/// Who may join the domain as a participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccessMode {
+    Permissioned,
+    Open,
 }
 
 /// Active-active settings; must be identical on every instance.

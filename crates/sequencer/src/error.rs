@@ -58,6 +58,8 @@ pub enum SequencerError {
     InstanceOffline(String),
     #[error("outcome unknown after a database failure; retry with the same message id")]
     OutcomeUnknown,
+    #[error("topology transaction refused: {0}")]
+    TopologyInvalid(String),
     #[error("database unavailable: {0}")]
     Database(String),
     #[error("internal error: {0}")]
@@ -89,6 +91,7 @@ impl SequencerError {
             EventsPruned { .. } => "SEQ_EVENTS_PRUNED",
             InstanceOffline(_) => "SEQ_INSTANCE_OFFLINE",
             OutcomeUnknown => "SEQ_OUTCOME_UNKNOWN",
+            TopologyInvalid(_) => "SEQ_TOPOLOGY_INVALID",
             Database(_) => "SEQ_DATABASE_UNAVAILABLE",
             Internal(_) => "SEQ_INTERNAL",
         }
@@ -107,6 +110,7 @@ impl SequencerError {
             Malformed(_)
             | SubmissionSignatureInvalid(_)
             | RecipientUnknown(_)
+            | TopologyInvalid(_)
             | EmptySubmission => Code::InvalidArgument,
             RecipientDisabled(_) | MaxSequencingTimeExceeded { .. } => Code::FailedPrecondition,
             RequestTooLarge { .. } | Overloaded | SubscriberTooSlow { .. } => {

@@ -12,6 +12,7 @@ pub mod service;
 pub mod store;
 pub mod subscription;
 pub mod timestamp;
+pub mod topology;
 pub mod writer;
 
 use std::sync::Arc;
@@ -109,6 +110,15 @@ pub async fn run(
     let internal = shutdown.child_token();
     let members = Members::new(pool.clone());
     members.reload().await.context("cannot load members")?;
+    let topology = topology::TopologyCache::new();
+    {
+        let client = pool.get().await.context("cannot load topology")?;
+        topology
+            .reload(&**client, &domain_id.to_string())
+            .await
+            .context("cannot load topology")?;
+    }
+    let topology_wake = Arc::new(tokio::sync::Notify::new());
 
     let (_tx, rx, state_tx, writer_handle) = writer::channel(config.writer.queue_size);
     let (peer_tx, peer_rx) = watch::channel(0i64);
@@ -128,6 +138,7 @@ pub async fn run(
         key: key.clone(),
         peer_event_watermark: peer_rx,
         last_db_success: last_db_success.clone(),
+        topology: topology.clone(),
     };
     let writer_shutdown = CancellationToken::new();
     let writer_task = tokio::spawn(writer.run(rx, state_tx, writer_shutdown.clone()));
@@ -151,12 +162,15 @@ pub async fn run(
             default_max_sequencing: config.writer.default_max_sequencing,
             subscription_buffer: config.reader.subscription_buffer,
             read_page: config.reader.page_size,
+            open_participant_access: config.access_mode == config::AccessMode::Open,
+            domain: domain_id.clone(),
         },
         pool.clone(),
         members.clone(),
         writer_handle.clone(),
         reader.clone(),
         internal.clone(),
+        topology.clone(),
     );
 
     tasks.spawn(listen_loop(
@@ -165,6 +179,14 @@ pub async fn run(
         peer_tx,
         reader.clone(),
         core.clone(),
+        topology_wake.clone(),
+        internal.clone(),
+    ));
+    tasks.spawn(topology::run_applier(
+        pool.clone(),
+        topology.clone(),
+        domain_id.to_string(),
+        topology_wake,
         internal.clone(),
     ));
     tasks.spawn(offline_checker(
@@ -196,10 +218,14 @@ pub async fn run(
         readiness.clone(),
         internal.clone(),
     ));
+    // The domain manager member is implied by the domain id: its key is the
+    // namespace key, so it can authenticate before any topology exists.
+    let mut bootstrap = vec![domain_topology::domain_manager_member(&domain_id).to_string()];
+    bootstrap.extend(config.bootstrap_members.iter().cloned());
     tasks.spawn(bootstrap_members(
         writer_handle.clone(),
         members.clone(),
-        config.bootstrap_members.clone(),
+        bootstrap,
         internal.clone(),
     ));
 
@@ -276,12 +302,17 @@ async fn listen_loop(
     peer_tx: watch::Sender<i64>,
     reader: Arc<SharedReader>,
     core: Arc<SequencerCore>,
+    topology_wake: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
         let conn = domain_storage::listen_connection(
             &db,
-            &[store::WATERMARK_CHANNEL, store::MEMBERS_CHANNEL],
+            &[
+                store::WATERMARK_CHANNEL,
+                store::MEMBERS_CHANNEL,
+                store::TOPOLOGY_CHANNEL,
+            ],
         )
         .await;
         let (_client, mut rx, task) = match conn {
@@ -321,6 +352,8 @@ async fn listen_loop(
                         }
                     });
                 }
+            } else if n.channel() == store::TOPOLOGY_CHANNEL {
+                topology_wake.notify_one();
             } else if n.channel() == store::MEMBERS_CHANNEL {
                 if let Some(member) = n.payload().strip_prefix("disabled:") {
                     core.forget_tokens(member).await;

@@ -19,6 +19,8 @@ pub const DB_POOL: &str = "sequencer_db_pool_connections";
 pub const AUTH: &str = "sequencer_authentications_total";
 pub const EVENTS_PRUNED: &str = "sequencer_events_pruned_total";
 pub const CHECKPOINTS_WRITTEN: &str = "sequencer_checkpoints_written_total";
+pub const TOPOLOGY_APPLIED: &str = "sequencer_topology_applied_total";
+pub const TOPOLOGY_TRANSACTIONS: &str = "sequencer_topology_transactions";
 
 /// Registers descriptions so `/metrics` carries HELP lines.
 pub fn describe() {
@@ -77,4 +79,12 @@ pub fn describe() {
     describe_counter!(AUTH, "Challenge/authenticate outcomes");
     describe_counter!(EVENTS_PRUNED, "Events deleted by pruning");
     describe_counter!(CHECKPOINTS_WRITTEN, "Counter checkpoints written");
+    describe_counter!(
+        TOPOLOGY_APPLIED,
+        "Topology transactions this instance applied to the member table at their effective time, by kind"
+    );
+    describe_gauge!(
+        TOPOLOGY_TRANSACTIONS,
+        "Sequenced topology transactions known to this instance"
+    );
 }

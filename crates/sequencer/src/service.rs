@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use domain_identity::{MemberId, PublicKey, Signature, SignaturePurpose};
+use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, Signature, SignaturePurpose};
 use domain_proto::v1::{self as pb, sequencer_service_server::SequencerService};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
@@ -21,6 +21,7 @@ use crate::reader::SharedReader;
 use crate::store::{self, BROADCAST_MEMBER_ID, MemberRow};
 use crate::subscription::{self, SubscriptionContext};
 use crate::timestamp::now_micros;
+use crate::topology::TopologyCache;
 use crate::writer::{Submission, WriteCommand, WriterHandle};
 
 /// Longest accepted message id.
@@ -39,6 +40,10 @@ pub struct ServiceSettings {
     pub default_max_sequencing: Duration,
     pub subscription_buffer: usize,
     pub read_page: i64,
+    /// Open mode: any participant key gets registered on its first challenge.
+    pub open_participant_access: bool,
+    /// `domain_id`, parsed.
+    pub domain: DomainId,
 }
 
 /// Everything the handlers share.
@@ -49,6 +54,7 @@ pub struct SequencerCore {
     pub writer: WriterHandle,
     pub reader: Arc<SharedReader>,
     pub shutdown: CancellationToken,
+    pub topology: Arc<TopologyCache>,
     tokens: Mutex<HashMap<Vec<u8>, (String, i64, Instant)>>,
 }
 
@@ -60,6 +66,7 @@ impl SequencerCore {
         writer: WriterHandle,
         reader: Arc<SharedReader>,
         shutdown: CancellationToken,
+        topology: Arc<TopologyCache>,
     ) -> Arc<Self> {
         Arc::new(Self {
             settings,
@@ -68,6 +75,7 @@ impl SequencerCore {
             writer,
             reader,
             shutdown,
+            topology,
             tokens: Mutex::new(HashMap::new()),
         })
     }
@@ -157,10 +165,20 @@ impl SequencerCore {
         sender: &MemberRow,
         req: &pb::SendRequest,
     ) -> Result<Submission, SequencerError> {
-        if req.submission.len() > self.settings.max_request_size {
+        // The domain parameter (once set by topology) can only lower the
+        // instance's configured limit, which also bounds the gRPC frame size.
+        let limit =
+            self.topology
+                .max_request_size_now()
+                .map_or(self.settings.max_request_size, |p| {
+                    self.settings
+                        .max_request_size
+                        .min(usize::try_from(p).unwrap_or(usize::MAX))
+                });
+        if req.submission.len() > limit {
             return Err(SequencerError::RequestTooLarge {
                 size: req.submission.len(),
-                limit: self.settings.max_request_size,
+                limit,
             });
         }
         let sub = pb::SubmissionRequest::decode(req.submission.as_slice()).map_err(|e| {
@@ -202,6 +220,7 @@ impl SequencerCore {
         // reader on the async workers (the OS schedules both fairly instead).
         let domain_id = self.settings.domain_id.clone();
         let payload = req.submission.clone();
+        let sender_key = key.clone();
         tokio::task::spawn_blocking(move || {
             key.verify_with_domain_str(
                 SignaturePurpose::Submission,
@@ -261,6 +280,15 @@ impl SequencerCore {
                 now,
             });
         }
+        let sender_role = MemberId::parse(&sender.member)
+            .map_err(|e| SequencerError::Internal(format!("stored member id invalid: {e}")))?
+            .role();
+        let topology = crate::topology::validate_submission(
+            sender_role,
+            &sender_key,
+            &self.settings.domain,
+            &sub.envelopes,
+        )?;
         let envelope_hashes = sub
             .envelopes
             .iter()
@@ -280,6 +308,7 @@ impl SequencerCore {
             envelope_hashes,
             time_proof: sub.time_proof,
             max_sequencing_ts,
+            topology,
             reply,
             enqueued: Instant::now(),
         })
@@ -359,11 +388,21 @@ impl SequencerService for SequencerApi {
                     key: key.fingerprint().to_string(),
                 });
             }
-            let row = core
-                .members
-                .get(&r.member)
-                .await?
-                .ok_or_else(|| SequencerError::MemberUnknown(r.member.clone()))?;
+            let mut row = core.members.get(&r.member).await?;
+            if row.is_none()
+                && core.settings.open_participant_access
+                && member.role() == MemberRole::Participant
+            {
+                // Open mode: the domain admits any participant that proves its key.
+                let ts = core
+                    .writer
+                    .register(r.member.clone(), Some(key.as_bytes().to_vec()))
+                    .await?;
+                tracing::info!(member = %r.member, registered_ts = ts, "participant admitted in open mode");
+                core.members.reload().await?;
+                row = core.members.get(&r.member).await?;
+            }
+            let row = row.ok_or_else(|| SequencerError::MemberUnknown(r.member.clone()))?;
             if !row.enabled {
                 return Err(SequencerError::MemberDisabled(r.member.clone()));
             }

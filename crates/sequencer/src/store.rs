@@ -69,6 +69,8 @@ pub struct NewEvent {
     pub content: Vec<u8>,
     pub signature: Vec<u8>,
     pub max_sequencing_ts: i64,
+    /// Topology transactions the event carries (domain manager only).
+    pub topology: Vec<crate::topology::TopologyRow>,
 }
 
 /// A member registration sequenced inside a writer batch.
@@ -112,6 +114,10 @@ pub struct InstanceRow {
 
 pub const WATERMARK_CHANNEL: &str = "seq_watermark";
 pub const MEMBERS_CHANNEL: &str = "seq_members";
+/// Notified when a batch sequenced topology transactions.
+pub const TOPOLOGY_CHANNEL: &str = "seq_topology";
+/// Advisory lock key under which instances apply due topology transactions.
+const TOPOLOGY_APPLY_LOCK: i64 = 0x7365_715f_746f_706f; // "seq_topo"
 
 /// Claims a free instance index (random among those not online) and brings it
 /// online above every existing watermark and the wall clock. Runs on the
@@ -341,6 +347,31 @@ pub async fn commit_batch(
                 }
             }
             tx.execute(&stmts.recipients, &[&rm, &rt]).await?;
+            let mut any_topology = false;
+            for row in new.iter().flat_map(|e| e.topology.iter()) {
+                any_topology = true;
+                // A serial seen before (a replayed transaction under a new
+                // message id) is ignored, as every member ignores it.
+                tx.execute(
+                    "INSERT INTO seq_topology (serial, sequenced_ts, effective_ts, kind, operation, member, permission, signed)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (serial) DO NOTHING",
+                    &[
+                        &row.serial,
+                        &row.sequenced_ts,
+                        &row.effective_ts,
+                        &row.kind,
+                        &row.operation,
+                        &row.member,
+                        &row.permission,
+                        &row.signed,
+                    ],
+                )
+                .await?;
+            }
+            if any_topology {
+                tx.execute("SELECT pg_notify($1, 'sequenced')", &[&TOPOLOGY_CHANNEL])
+                    .await?;
+            }
         }
     }
     for reg in registrations {
@@ -710,6 +741,125 @@ pub async fn disable_member(
     .await?;
     tx.commit().await?;
     Ok(n > 0)
+}
+
+/// Every sequenced topology transaction: (sequenced_ts, effective_ts, signed).
+pub async fn load_topology(
+    client: &impl GenericClient,
+) -> Result<Vec<(i64, i64, Vec<u8>)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT sequenced_ts, effective_ts, signed FROM seq_topology ORDER BY serial",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// Applies every unapplied topology transaction effective at or before `now`
+/// to the member table, in (effective_ts, serial) order, and marks it applied.
+/// Returns what was applied (kind, member, effect) and the next due time.
+pub async fn apply_due_topology(
+    client: &mut deadpool_postgres::Object,
+    now: i64,
+) -> Result<
+    (
+        Vec<(&'static str, Option<String>, &'static str)>,
+        Option<i64>,
+    ),
+    StoreError,
+> {
+    use crate::topology::{MemberEffect, member_effect};
+    const NEXT_DUE: &str = "SELECT min(effective_ts) FROM seq_topology WHERE NOT applied";
+    let next: Option<i64> = client.query_one(NEXT_DUE, &[]).await?.get(0);
+    if next.is_none_or(|ts| ts > now) {
+        return Ok((Vec::new(), next));
+    }
+    let tx = client.transaction().await?;
+    // Instances take turns, so two never apply an enable and a later disable
+    // of one member in opposite orders.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TOPOLOGY_APPLY_LOCK])
+        .await?;
+    let rows = tx
+        .query(
+            "SELECT serial, effective_ts, kind, operation, member, permission FROM seq_topology
+             WHERE NOT applied AND effective_ts <= $1 ORDER BY effective_ts, serial",
+            &[&now],
+        )
+        .await?;
+    let mut applied = Vec::new();
+    for r in &rows {
+        let serial: i64 = r.get(0);
+        let effective_ts: i64 = r.get(1);
+        let kind: String = r.get(2);
+        let operation: String = r.get(3);
+        let member: Option<String> = r.get(4);
+        let permission: Option<String> = r.get(5);
+        let effect = member_effect(&kind, &operation, permission.as_deref());
+        let label = match effect {
+            MemberEffect::Enable => "enabled",
+            MemberEffect::Disable => "disabled",
+            MemberEffect::None => "recorded",
+        };
+        match (effect, &member) {
+            (MemberEffect::Enable, Some(m)) => {
+                // The member reads events after its effective time; a member that
+                // was disabled before keeps its registration (and its counters).
+                let row = tx
+                    .query_one(
+                        "INSERT INTO seq_members (member, registered_ts) VALUES ($1, $2)
+                         ON CONFLICT (member) DO UPDATE SET enabled = true
+                         RETURNING id, registered_ts",
+                        &[m, &effective_ts],
+                    )
+                    .await?;
+                let id: i32 = row.get(0);
+                let registered_ts: i64 = row.get(1);
+                tx.execute(
+                    "INSERT INTO seq_checkpoints (member_id, counter, ts) VALUES ($1, -1, $2) ON CONFLICT DO NOTHING",
+                    &[&id, &registered_ts],
+                )
+                .await?;
+                tx.execute("SELECT pg_notify($1, 'registered')", &[&MEMBERS_CHANNEL])
+                    .await?;
+            }
+            (MemberEffect::Disable, Some(m)) => {
+                tx.execute(
+                    "UPDATE seq_members SET enabled = false WHERE member = $1",
+                    &[m],
+                )
+                .await?;
+                tx.execute("DELETE FROM seq_tokens WHERE member = $1", &[m])
+                    .await?;
+                tx.execute("DELETE FROM seq_nonces WHERE member = $1", &[m])
+                    .await?;
+                tx.execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&MEMBERS_CHANNEL, &format!("disabled:{m}")],
+                )
+                .await?;
+            }
+            _ => {}
+        }
+        tx.execute(
+            "UPDATE seq_topology SET applied = true WHERE serial = $1",
+            &[&serial],
+        )
+        .await?;
+        let kind: &'static str = match kind.as_str() {
+            "participant_state" => "participant_state",
+            "mediator" => "mediator",
+            "sequencer" => "sequencer",
+            _ => "domain_parameters",
+        };
+        applied.push((kind, member, label));
+    }
+    let next: Option<i64> = tx.query_one(NEXT_DUE, &[]).await?.get(0);
+    tx.commit().await?;
+    Ok((applied, next))
 }
 
 pub async fn insert_nonce(

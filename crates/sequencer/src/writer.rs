@@ -18,6 +18,7 @@ use crate::store::{
     self, FaultHooks, NewEvent, NewRegistration, StoreError, WriterStatements, uuid_like::Owner,
 };
 use crate::timestamp::{PartitionedTimestampGenerator, now_micros};
+use crate::topology::{PendingTopology, TopologyCache, TopologyRow};
 
 /// A validated submission waiting to be sequenced.
 pub struct Submission {
@@ -30,6 +31,8 @@ pub struct Submission {
     pub envelope_hashes: Vec<Vec<u8>>,
     pub time_proof: bool,
     pub max_sequencing_ts: i64,
+    /// Verified topology transactions (domain manager submissions only).
+    pub topology: Vec<PendingTopology>,
     pub reply: oneshot::Sender<Result<SendOutcome, SequencerError>>,
     pub enqueued: Instant,
 }
@@ -129,6 +132,8 @@ pub struct Writer {
     /// Highest watermark another instance announced with an event batch.
     pub peer_event_watermark: watch::Receiver<i64>,
     pub last_db_success: Arc<std::sync::atomic::AtomicI64>,
+    /// Topology in force, for the change delay of sequenced topology transactions.
+    pub topology: Arc<TopologyCache>,
 }
 
 pub fn channel(
@@ -377,6 +382,17 @@ impl Writer {
                         content,
                         signature: signature.to_bytes().to_vec(),
                         max_sequencing_ts: sub.max_sequencing_ts,
+                        topology: sub
+                            .topology
+                            .iter()
+                            .map(|p| {
+                                TopologyRow::new(
+                                    p,
+                                    ts,
+                                    ts.saturating_add(self.topology.delay_micros_at(ts)),
+                                )
+                            })
+                            .collect(),
                     });
                     pending.push((sub, ts));
                 }

@@ -1,0 +1,332 @@
+//! The sequencer's side of topology: validating the domain manager's signed
+//! transactions before they are sequenced, recording them with their
+//! effective time in the batch that sequences them, and applying them to the
+//! member table when they become effective (allowlist, mediators).
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use domain_identity::{DomainId, MemberRole, PublicKey};
+use domain_proto::v1 as pb;
+use domain_topology::{Mapping, Operation, SequencedTopology, TopologyState, TopologyTransaction};
+use prost::Message as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::SequencerError;
+use crate::metrics as m;
+use crate::store::{self, StoreError};
+use crate::timestamp::now_micros;
+
+/// A verified topology transaction travelling with its submission to the writer.
+#[derive(Debug, Clone)]
+pub struct PendingTopology {
+    pub tx: TopologyTransaction,
+    /// Encoded SignedTopologyTransaction as received.
+    pub signed: Vec<u8>,
+}
+
+/// Row to insert into `seq_topology` inside the writer batch.
+#[derive(Debug, Clone)]
+pub struct TopologyRow {
+    pub serial: i64,
+    pub sequenced_ts: i64,
+    pub effective_ts: i64,
+    pub kind: &'static str,
+    pub operation: &'static str,
+    pub member: Option<String>,
+    pub permission: Option<&'static str>,
+    pub signed: Vec<u8>,
+}
+
+impl TopologyRow {
+    pub fn new(p: &PendingTopology, sequenced_ts: i64, effective_ts: i64) -> Self {
+        let permission = match &p.tx.mapping {
+            Mapping::Participant { permission, .. } => Some(permission.as_str()),
+            _ => None,
+        };
+        Self {
+            serial: i64::try_from(p.tx.serial).unwrap_or(i64::MAX),
+            sequenced_ts,
+            effective_ts,
+            kind: p.tx.mapping.kind(),
+            operation: match p.tx.operation {
+                Operation::Replace => "replace",
+                Operation::Remove => "remove",
+            },
+            member: p.tx.mapping.member().map(ToString::to_string),
+            permission,
+            signed: p.signed.clone(),
+        }
+    }
+}
+
+/// Checks the envelopes of a submission for topology transactions.
+///
+/// The domain manager (`DOM::` sender, whose key is the namespace key) may
+/// only send broadcast envelopes that each carry one signed topology
+/// transaction; anyone else may not send topology transactions at all.
+pub fn validate_submission(
+    sender_role: MemberRole,
+    sender_key: &PublicKey,
+    domain_id: &DomainId,
+    envelopes: &[pb::Envelope],
+) -> Result<Vec<PendingTopology>, SequencerError> {
+    let mut out = Vec::new();
+    for env in envelopes {
+        let message = pb::DomainMessage::decode(&env.content[..]).ok();
+        let topology = match message.and_then(|m| m.message) {
+            Some(pb::domain_message::Message::Topology(t)) => Some(t),
+            _ => None,
+        };
+        match (sender_role, topology) {
+            (MemberRole::DomainManager, Some(signed)) => {
+                if !env.broadcast {
+                    return Err(SequencerError::TopologyInvalid(
+                        "topology transactions must be broadcast".into(),
+                    ));
+                }
+                let tx = domain_topology::verify_signed(&signed, domain_id, sender_key)
+                    .map_err(|e| SequencerError::TopologyInvalid(e.to_string()))?;
+                out.push(PendingTopology {
+                    tx,
+                    signed: signed.encode_to_vec(),
+                });
+            }
+            (MemberRole::DomainManager, None) => {
+                return Err(SequencerError::TopologyInvalid(
+                    "the domain manager sends only topology transactions".into(),
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(SequencerError::TopologyInvalid(
+                    "only the domain manager may send topology transactions".into(),
+                ));
+            }
+            (_, None) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// This instance's copy of the sequenced topology, reloaded on notification.
+pub struct TopologyCache {
+    state: RwLock<TopologyState>,
+    /// Whether any parameters transaction exists (until then, config limits apply).
+    has_parameters: RwLock<bool>,
+}
+
+impl TopologyCache {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: RwLock::new(TopologyState::new()),
+            has_parameters: RwLock::new(false),
+        })
+    }
+
+    /// Reloads every sequenced transaction (the table holds one row per
+    /// topology change: small).
+    pub async fn reload(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        domain_id: &str,
+    ) -> Result<(), StoreError> {
+        let rows = store::load_topology(client).await?;
+        let mut state = TopologyState::new();
+        let mut has_parameters = false;
+        for (sequenced_ts, effective_ts, signed) in rows {
+            // Verified before it was sequenced; decode without re-verifying.
+            let decoded = pb::SignedTopologyTransaction::decode(signed.as_slice())
+                .ok()
+                .and_then(|s| pb::TopologyTransaction::decode(s.transaction.as_slice()).ok())
+                .and_then(|t| TopologyTransaction::from_proto(&t, domain_id).ok());
+            let Some(tx) = decoded else {
+                tracing::error!(sequenced_ts, "stored topology transaction does not decode");
+                continue;
+            };
+            has_parameters |= matches!(tx.mapping, Mapping::Parameters(_));
+            state.insert(SequencedTopology {
+                sequenced_ts,
+                effective_ts,
+                tx,
+            });
+        }
+        *self
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
+        *self
+            .has_parameters
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = has_parameters;
+        Ok(())
+    }
+
+    /// Topology change delay in force at `ts`, in microseconds.
+    pub fn delay_micros_at(&self, ts: i64) -> i64 {
+        let d = self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .parameters_at(ts)
+            .topology_change_delay;
+        i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// The max request size in force now, if a parameters transaction set one.
+    pub fn max_request_size_now(&self) -> Option<u64> {
+        if !*self
+            .has_parameters
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            return None;
+        }
+        Some(
+            self.state
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .parameters_at(now_micros())
+                .max_request_size,
+        )
+    }
+
+    pub fn transaction_count(&self) -> usize {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// Applies due topology transactions to `seq_members` at their effective
+/// time. Every instance runs one; the advisory lock inside
+/// [`store::apply_due_topology`] makes them take turns.
+pub async fn run_applier(
+    pool: deadpool_postgres::Pool,
+    cache: Arc<TopologyCache>,
+    domain_id: String,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    // Without notifications (listen connection down) changes are still seen.
+    const FALLBACK_POLL: Duration = Duration::from_millis(500);
+    loop {
+        let next_due = match pool.get().await {
+            Ok(client) => {
+                if let Err(error) = cache.reload(&**client, &domain_id).await {
+                    tracing::warn!(%error, "cannot reload topology");
+                }
+                metrics::gauge!(m::TOPOLOGY_TRANSACTIONS).set(cache.transaction_count() as f64);
+                drop(client);
+                match pool.get().await {
+                    Ok(mut client) => match store::apply_due_topology(&mut client, now_micros())
+                        .await
+                    {
+                        Ok((applied, next)) => {
+                            for (kind, member, effect) in applied {
+                                metrics::counter!(m::TOPOLOGY_APPLIED, "kind" => kind).increment(1);
+                                tracing::info!(
+                                    kind,
+                                    member = member.as_deref().unwrap_or(""),
+                                    effect,
+                                    "topology change applied"
+                                );
+                            }
+                            next
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot apply topology");
+                            None
+                        }
+                    },
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot apply topology");
+                        None
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot reload topology");
+                None
+            }
+        };
+        let sleep = match next_due {
+            Some(ts) => {
+                let wait = ts.saturating_sub(now_micros()).max(0);
+                Duration::from_micros(u64::try_from(wait).unwrap_or(0)).min(FALLBACK_POLL)
+            }
+            None => FALLBACK_POLL,
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+/// What applying a mapping does to the member table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberEffect {
+    /// Register the member (or re-enable it).
+    Enable,
+    /// Disable it: revoke tokens, end subscriptions.
+    Disable,
+    /// Nothing (sequencer registrations, parameters).
+    None,
+}
+
+/// Maps a stored row (kind, operation, permission) to its member effect.
+pub fn member_effect(kind: &str, operation: &str, permission: Option<&str>) -> MemberEffect {
+    match (kind, operation) {
+        ("participant_state", "replace") => match permission {
+            Some("disabled") | None => MemberEffect::Disable,
+            Some(_) => MemberEffect::Enable,
+        },
+        ("participant_state", _) | ("mediator", "remove") => MemberEffect::Disable,
+        ("mediator", _) => MemberEffect::Enable,
+        _ => MemberEffect::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_effects() {
+        assert_eq!(
+            member_effect("participant_state", "replace", Some("submission")),
+            MemberEffect::Enable
+        );
+        assert_eq!(
+            member_effect("participant_state", "replace", Some("observation")),
+            MemberEffect::Enable
+        );
+        assert_eq!(
+            member_effect("participant_state", "replace", Some("disabled")),
+            MemberEffect::Disable
+        );
+        assert_eq!(
+            member_effect("participant_state", "remove", Some("submission")),
+            MemberEffect::Disable
+        );
+        assert_eq!(
+            member_effect("mediator", "replace", None),
+            MemberEffect::Enable
+        );
+        assert_eq!(
+            member_effect("mediator", "remove", None),
+            MemberEffect::Disable
+        );
+        assert_eq!(
+            member_effect("sequencer", "replace", None),
+            MemberEffect::None
+        );
+        assert_eq!(
+            member_effect("domain_parameters", "replace", None),
+            MemberEffect::None
+        );
+    }
+}

@@ -1,0 +1,490 @@
+//! The sequencer enforces the domain manager's topology, with real `sequencer`
+//! processes over one PostgreSQL and topology transactions signed with the
+//! domain namespace key (the domain manager's part is covered by
+//! domain_manager.rs; here the test plays the domain manager itself):
+//!
+//! - a participant that is not allowlisted is refused a token by every instance;
+//!   once its allowlisting is effective it can authenticate, send and subscribe;
+//!   when a disabling becomes effective its live subscriptions end within 1 s and
+//!   new tokens are refused;
+//! - only the domain manager may send topology transactions, only signed by the
+//!   namespace key and for this domain; refused ones leave no trace;
+//! - domain parameters take effect: the max request size and the topology change
+//!   delay itself.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use domain_e2e::checks::{
+    content_of, db_client, expect_status, keep_logs_on_error, next_event, status_of, stream_end,
+};
+use domain_e2e::{connect, envelope, now_micros};
+use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
+use domain_proto::v1 as pb;
+use domain_sequencer_client::{ClientError, SequencerConnection};
+use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use domain_topology::{
+    DomainParameters, Mapping, Operation, Permission, TopologyTransaction, TrustLevel,
+};
+use prost::Message as _;
+use tonic::Code;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Default topology change delay (no parameters transaction yet).
+const DEFAULT_DELAY_MICROS: i64 = 250_000;
+
+type Member = (MemberId, Arc<SigningKeyPair>);
+
+fn new_participant(name: &str) -> anyhow::Result<Member> {
+    let key = SigningKeyPair::generate();
+    let id = MemberId::new(
+        MemberRole::Participant,
+        UniqueId::new(name, *key.fingerprint())?,
+    );
+    Ok((id, Arc::new(key)))
+}
+
+fn domain_manager(cluster: &SequencerCluster) -> Member {
+    (
+        domain_topology::domain_manager_member(&cluster.domain_id),
+        cluster.domain_key.clone(),
+    )
+}
+
+fn set_state(serial: u64, p: &MemberId, permission: Permission) -> TopologyTransaction {
+    TopologyTransaction {
+        serial,
+        operation: Operation::Replace,
+        mapping: Mapping::Participant {
+            participant: p.clone(),
+            permission,
+            trust_level: TrustLevel::Ordinary,
+        },
+    }
+}
+
+fn topology_envelope(signed: pb::SignedTopologyTransaction) -> pb::Envelope {
+    pb::Envelope {
+        content: pb::DomainMessage {
+            message: Some(pb::domain_message::Message::Topology(signed)),
+        }
+        .encode_to_vec()
+        .into(),
+        recipients: vec![],
+        broadcast: true,
+    }
+}
+
+/// Sends a transaction signed with the namespace key; returns its sequencing time.
+async fn send_topology(
+    cluster: &SequencerCluster,
+    dom: &SequencerConnection,
+    tx: &TopologyTransaction,
+) -> anyhow::Result<i64> {
+    let signed = tx.sign(&cluster.domain_id, &cluster.domain_key);
+    let r = dom
+        .send(
+            &domain_topology::message_id(tx.serial),
+            vec![topology_envelope(signed)],
+            now_micros() + 60_000_000,
+        )
+        .await
+        .with_context(|| format!("sequence topology serial {}", tx.serial))?;
+    Ok(r.sequencing_timestamp_micros)
+}
+
+async fn sleep_until_micros(t: i64) {
+    let wait = t - now_micros();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_micros(wait as u64)).await;
+    }
+}
+
+/// Connects once the member is admitted; returns the connection and how long
+/// after `effective` (sequencer time) that was.
+async fn connect_when_admitted(
+    cluster: &SequencerCluster,
+    i: usize,
+    member: &Member,
+    effective: i64,
+) -> anyhow::Result<(SequencerConnection, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match connect(cluster, i, member).await {
+            Ok(c) => return Ok((c, now_micros() - effective)),
+            Err(e) if Instant::now() < deadline => {
+                let text = format!("{e:#}");
+                ensure!(
+                    text.contains("not registered"),
+                    "unexpected refusal on instance {i}: {text}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => bail!("instance {i} still refuses after 5 s: {e:#}"),
+        }
+    }
+}
+
+fn auth_status(
+    r: anyhow::Result<SequencerConnection>,
+    case: &str,
+) -> anyhow::Result<tonic::Status> {
+    match r {
+        Ok(_) => bail!("{case}: expected a refused token, got a connection"),
+        Err(e) => match e.downcast::<ClientError>() {
+            Ok(ClientError::Status(st)) => Ok(st),
+            Ok(other) => bail!("{case}: expected a gRPC status, got {other}"),
+            Err(other) => bail!("{case}: expected a gRPC status, got {other:#}"),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlist_admits_and_disables_participants() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("allowlist_admits_and_disables_participants");
+    keep_logs_on_error(&logs, allowlist_body(logs.clone())).await
+}
+
+async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
+    let database = PgCluster::shared().create_database("topo_allowlist").await;
+    let cluster = SequencerCluster::start(logs, database.clone(), 2, "").await?;
+    let db = db_client(&database.url).await?;
+    let dave = new_participant("dave")?;
+
+    // 1. Not allowlisted: no token from any instance.
+    for i in 0..2 {
+        let st = auth_status(connect(&cluster, i, &dave).await, "before allowlisting")?;
+        expect_status(
+            &st,
+            Code::PermissionDenied,
+            Some("SEQ_MEMBER_UNKNOWN"),
+            &format!("dave's challenge on instance {i} before allowlisting"),
+        )?;
+    }
+
+    // 2. Allowlisted with submission permission: admitted at the effective time.
+    let dom = connect(&cluster, 0, &domain_manager(&cluster)).await?;
+    let ts = send_topology(
+        &cluster,
+        &dom,
+        &set_state(1, &dave.0, Permission::Submission),
+    )
+    .await?;
+    let effective = ts + DEFAULT_DELAY_MICROS;
+    if now_micros() < effective - 100_000 {
+        let st = auth_status(connect(&cluster, 1, &dave).await, "before effective")?;
+        expect_status(
+            &st,
+            Code::PermissionDenied,
+            Some("SEQ_MEMBER_UNKNOWN"),
+            "dave's challenge after sequencing but before the effective time",
+        )?;
+    }
+    sleep_until_micros(effective).await;
+    let (d0, lag0) = connect_when_admitted(&cluster, 0, &dave, effective).await?;
+    let (d1, lag1) = connect_when_admitted(&cluster, 1, &dave, effective).await?;
+    println!(
+        "dave admitted {:.1} ms (instance 0) and {:.1} ms (instance 1) after the effective time",
+        lag0 as f64 / 1000.0,
+        lag1 as f64 / 1000.0
+    );
+    let mut stream = d1.subscribe(0).await?;
+    d0.send(
+        "hello-self",
+        vec![envelope(b"dave to dave".to_vec(), &[&dave.0])],
+        now_micros() + 60_000_000,
+    )
+    .await?;
+    // His stream starts at his effective time: the first event he sees is his own.
+    let first = next_event(&mut stream, "dave's stream").await?;
+    ensure!(
+        first.counter == 0 && content_of(&first) == b"dave to dave",
+        "dave's first event: counter {} content {:?}",
+        first.counter,
+        String::from_utf8_lossy(&content_of(&first))
+    );
+
+    // 3. Disabled: the live stream ends within 1 s of the effective time.
+    let mut stream0 = d0.subscribe(1).await?;
+    let ts = send_topology(&cluster, &dom, &set_state(2, &dave.0, Permission::Disabled)).await?;
+    let effective = ts + DEFAULT_DELAY_MICROS;
+    let (r1, r0) = tokio::join!(
+        stream_end(stream, "dave on instance 1".into()),
+        stream_end_micros(&mut stream0)
+    );
+    let (st1, _) = r1?;
+    let (st0, ended0) = r0?;
+    let end_lag = now_micros() - effective;
+    println!(
+        "dave's subscriptions ended: instance 0 {:.1} ms after the effective time; both by {:.1} ms",
+        (ended0 - effective) as f64 / 1000.0,
+        end_lag as f64 / 1000.0
+    );
+    for (i, st) in [(0, &st0), (1, &st1)] {
+        expect_status(
+            st,
+            Code::PermissionDenied,
+            Some("SEQ_MEMBER_DISABLED"),
+            &format!("dave's stream on instance {i}"),
+        )?;
+    }
+    ensure!(
+        ended0 >= effective - 2_000,
+        "the stream ended {} µs before the effective time",
+        effective - ended0
+    );
+    ensure!(
+        end_lag <= 1_000_000,
+        "streams must end within 1 s of the effective time, took {end_lag} µs"
+    );
+    for i in 0..2 {
+        let st = auth_status(connect(&cluster, i, &dave).await, "after disabling")?;
+        expect_status(
+            &st,
+            Code::PermissionDenied,
+            Some("SEQ_MEMBER_DISABLED"),
+            &format!("dave's challenge on instance {i} after disabling"),
+        )?;
+        let old_token = status_of(
+            [&d0, &d1][i]
+                .send(
+                    &format!("after-{i}"),
+                    vec![envelope(b"x".to_vec(), &[&dave.0])],
+                    now_micros() + 60_000_000,
+                )
+                .await,
+            "send with the old token",
+        )?;
+        ensure!(
+            matches!(
+                old_token.code(),
+                Code::Unauthenticated | Code::PermissionDenied
+            ),
+            "old token on instance {i}: {old_token:?}"
+        );
+    }
+    let r = db
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE applied), (SELECT count(*) FROM seq_tokens WHERE member = $1) FROM seq_topology",
+            &[&dave.0.to_string()],
+        )
+        .await?;
+    let (rows, applied, tokens): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
+    ensure!(
+        rows == 2 && applied == 2 && tokens == 0,
+        "topology rows {rows}, applied {applied}, dave's tokens {tokens}"
+    );
+    Ok(())
+}
+
+/// Like `stream_end`, returning the status and the sequencer-clock time it arrived.
+async fn stream_end_micros(
+    stream: &mut tonic::Streaming<pb::SubscribeResponse>,
+) -> anyhow::Result<(tonic::Status, i64)> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+            Err(_) => bail!("stream still open 10 s after disabling"),
+            Ok(Err(st)) => return Ok((st, now_micros())),
+            Ok(Ok(None)) => bail!("stream ended without a status"),
+            Ok(Ok(Some(_))) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_signed_domain_topology_is_accepted_and_parameters_apply() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("only_signed_domain_topology_is_accepted_and_parameters_apply");
+    keep_logs_on_error(&logs, signed_topology_body(logs.clone())).await
+}
+
+async fn signed_topology_body(logs: TestLogs) -> anyhow::Result<()> {
+    let database = PgCluster::shared().create_database("topo_signed").await;
+    let cluster = SequencerCluster::start(logs, database.clone(), 1, "").await?;
+    let db = db_client(&database.url).await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let a = connect(&cluster, 0, &alice).await?;
+    let dom = connect(&cluster, 0, &domain_manager(&cluster)).await?;
+    let eve = new_participant("eve")?;
+    let count = async || -> anyhow::Result<(i64, i64)> {
+        let r = db
+            .query_one(
+                "SELECT (SELECT count(*) FROM seq_topology), (SELECT count(*) FROM seq_events)",
+                &[],
+            )
+            .await?;
+        Ok((r.get(0), r.get(1)))
+    };
+    let before = count().await?;
+
+    // A participant sends a correctly signed transaction: not its to send.
+    let good =
+        set_state(1, &eve.0, Permission::Submission).sign(&cluster.domain_id, &cluster.domain_key);
+    let st = status_of(
+        a.send(
+            "replay",
+            vec![topology_envelope(good)],
+            now_micros() + 60_000_000,
+        )
+        .await,
+        "participant sends topology",
+    )?;
+    expect_status(
+        &st,
+        Code::InvalidArgument,
+        Some("SEQ_TOPOLOGY_INVALID"),
+        "participant sends topology",
+    )?;
+    // The domain manager member sends one signed by another key.
+    let forged = set_state(1, &eve.0, Permission::Submission)
+        .sign(&cluster.domain_id, &SigningKeyPair::generate());
+    let st = status_of(
+        dom.send(
+            "topology-1",
+            vec![topology_envelope(forged)],
+            now_micros() + 60_000_000,
+        )
+        .await,
+        "forged signature",
+    )?;
+    expect_status(
+        &st,
+        Code::InvalidArgument,
+        Some("SEQ_TOPOLOGY_INVALID"),
+        "topology signed by another key",
+    )?;
+    // For another domain.
+    let other_domain =
+        domain_identity::DomainId::new(UniqueId::new("other", *cluster.domain_key.fingerprint())?);
+    let foreign =
+        set_state(1, &eve.0, Permission::Submission).sign(&other_domain, &cluster.domain_key);
+    let st = status_of(
+        dom.send(
+            "topology-1",
+            vec![topology_envelope(foreign)],
+            now_micros() + 60_000_000,
+        )
+        .await,
+        "other domain",
+    )?;
+    expect_status(
+        &st,
+        Code::InvalidArgument,
+        Some("SEQ_TOPOLOGY_INVALID"),
+        "topology of another domain",
+    )?;
+    // Not broadcast, and not topology at all.
+    let mut direct = topology_envelope(
+        set_state(1, &eve.0, Permission::Submission).sign(&cluster.domain_id, &cluster.domain_key),
+    );
+    direct.broadcast = false;
+    direct.recipients = vec![alice.0.to_string()];
+    let st = status_of(
+        dom.send("topology-1", vec![direct], now_micros() + 60_000_000)
+            .await,
+        "direct",
+    )?;
+    expect_status(
+        &st,
+        Code::InvalidArgument,
+        Some("SEQ_TOPOLOGY_INVALID"),
+        "topology not broadcast",
+    )?;
+    let st = status_of(
+        dom.send(
+            "chat",
+            vec![envelope(b"hello".to_vec(), &[&alice.0])],
+            now_micros() + 60_000_000,
+        )
+        .await,
+        "application payload",
+    )?;
+    expect_status(
+        &st,
+        Code::InvalidArgument,
+        Some("SEQ_TOPOLOGY_INVALID"),
+        "domain manager sends a non-topology payload",
+    )?;
+    ensure!(
+        count().await? == before,
+        "refused transactions left a trace: {before:?} -> {:?}",
+        count().await?
+    );
+    ensure!(
+        auth_status(connect(&cluster, 0, &eve).await, "eve").is_ok(),
+        "eve must still be refused"
+    );
+
+    // Parameters: a 2 KiB request limit and a 1 s change delay.
+    let params = DomainParameters {
+        max_request_size: 2048,
+        topology_change_delay: Duration::from_secs(1),
+        ..DomainParameters::default()
+    };
+    let tx = TopologyTransaction {
+        serial: 1,
+        operation: Operation::Replace,
+        mapping: Mapping::Parameters(params),
+    };
+    let ts = send_topology(&cluster, &dom, &tx).await?;
+    // 4 KiB passes before the change is effective...
+    if now_micros() < ts + DEFAULT_DELAY_MICROS - 50_000 {
+        a.send(
+            "big-before",
+            vec![envelope(vec![7u8; 4096], &[&alice.0])],
+            now_micros() + 60_000_000,
+        )
+        .await?;
+    }
+    sleep_until_micros(ts + DEFAULT_DELAY_MICROS + 50_000).await;
+    // ... and not after.
+    let st = status_of(
+        a.send(
+            "big-after",
+            vec![envelope(vec![7u8; 4096], &[&alice.0])],
+            now_micros() + 60_000_000,
+        )
+        .await,
+        "large send",
+    )?;
+    expect_status(
+        &st,
+        Code::ResourceExhausted,
+        Some("SEQ_REQUEST_TOO_LARGE"),
+        "4 KiB send under a 2 KiB limit",
+    )?;
+    a.send(
+        "small-after",
+        vec![envelope(vec![7u8; 512], &[&alice.0])],
+        now_micros() + 60_000_000,
+    )
+    .await?;
+    // The next transaction takes effect after the new 1 s delay.
+    let ts = send_topology(
+        &cluster,
+        &dom,
+        &set_state(2, &eve.0, Permission::Observation),
+    )
+    .await?;
+    let r = db
+        .query_one(
+            "SELECT sequenced_ts, effective_ts FROM seq_topology WHERE serial = 2",
+            &[],
+        )
+        .await?;
+    let (seq, eff): (i64, i64) = (r.get(0), r.get(1));
+    ensure!(
+        seq == ts && eff - seq == 1_000_000,
+        "serial 2: sequenced {seq}, effective {eff}"
+    );
+    sleep_until_micros(eff).await;
+    let (_eve, lag) = connect_when_admitted(&cluster, 0, &eve, eff).await?;
+    println!(
+        "eve (observation) admitted {:.1} ms after the 1 s delay",
+        lag as f64 / 1000.0
+    );
+    Ok(())
+}
