@@ -3,6 +3,7 @@
 
 pub mod checks;
 pub mod proxy;
+pub mod topology;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

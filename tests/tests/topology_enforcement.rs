@@ -12,95 +12,28 @@
 //! - domain parameters take effect: the max request size and the topology change
 //!   delay itself.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{bail, ensure};
 use domain_e2e::checks::{
     content_of, db_client, expect_status, keep_logs_on_error, next_event, status_of, stream_end,
 };
+use domain_e2e::topology::{
+    Member, domain_manager, new_participant, send_topology, set_state, sleep_until_micros,
+    topology_envelope,
+};
 use domain_e2e::{connect, envelope, now_micros};
-use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
+use domain_identity::{MemberRole, SigningKeyPair, UniqueId};
 use domain_proto::v1 as pb;
 use domain_sequencer_client::{ClientError, SequencerConnection};
 use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
-use domain_topology::{
-    DomainParameters, Mapping, Operation, Permission, TopologyTransaction, TrustLevel,
-};
-use prost::Message as _;
+use domain_topology::{DomainParameters, Mapping, Operation, Permission, TopologyTransaction};
 use tonic::Code;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Default topology change delay (no parameters transaction yet).
 const DEFAULT_DELAY_MICROS: i64 = 250_000;
-
-type Member = (MemberId, Arc<SigningKeyPair>);
-
-fn new_participant(name: &str) -> anyhow::Result<Member> {
-    let key = SigningKeyPair::generate();
-    let id = MemberId::new(
-        MemberRole::Participant,
-        UniqueId::new(name, *key.fingerprint())?,
-    );
-    Ok((id, Arc::new(key)))
-}
-
-fn domain_manager(cluster: &SequencerCluster) -> Member {
-    (
-        domain_topology::domain_manager_member(&cluster.domain_id),
-        cluster.domain_key.clone(),
-    )
-}
-
-fn set_state(serial: u64, p: &MemberId, permission: Permission) -> TopologyTransaction {
-    TopologyTransaction {
-        serial,
-        operation: Operation::Replace,
-        mapping: Mapping::Participant {
-            participant: p.clone(),
-            permission,
-            trust_level: TrustLevel::Ordinary,
-        },
-    }
-}
-
-fn topology_envelope(signed: pb::SignedTopologyTransaction) -> pb::Envelope {
-    pb::Envelope {
-        content: pb::DomainMessage {
-            message: Some(pb::domain_message::Message::Topology(signed)),
-        }
-        .encode_to_vec()
-        .into(),
-        recipients: vec![],
-        broadcast: true,
-    }
-}
-
-/// Sends a transaction signed with the namespace key; returns its sequencing time.
-async fn send_topology(
-    cluster: &SequencerCluster,
-    dom: &SequencerConnection,
-    tx: &TopologyTransaction,
-) -> anyhow::Result<i64> {
-    let signed = tx.sign(&cluster.domain_id, &cluster.domain_key);
-    let r = dom
-        .send(
-            &domain_topology::message_id(tx.serial),
-            vec![topology_envelope(signed)],
-            now_micros() + 60_000_000,
-        )
-        .await
-        .with_context(|| format!("sequence topology serial {}", tx.serial))?;
-    Ok(r.sequencing_timestamp_micros)
-}
-
-async fn sleep_until_micros(t: i64) {
-    let wait = t - now_micros();
-    if wait > 0 {
-        tokio::time::sleep(Duration::from_micros(wait as u64)).await;
-    }
-}
 
 /// Connects once the member is admitted; returns the connection and how long
 /// after `effective` (sequencer time) that was.
