@@ -4,5 +4,6 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod domain_manager;
 pub mod pg;
 pub mod process;

@@ -738,6 +738,21 @@ pub async fn wait_for_http_ok(url: &str, timeout: Duration) -> anyhow::Result<()
     }
 }
 
+/// One HTTP/1.1 GET of `url` (`http://host:port/path`); returns the status code.
+/// Bounded by the probe timeout.
+pub async fn http_status(url: &str) -> anyhow::Result<u16> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("http_status needs an http:// URL, got {url}"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, http_get_status(authority, path))
+        .await
+        .map_err(|_| anyhow!("GET {url} timed out after {PROBE_TIMEOUT:?}"))?
+}
+
 async fn http_get_status(authority: &str, path: &str) -> anyhow::Result<u16> {
     let mut stream = tokio::net::TcpStream::connect(authority)
         .await

@@ -1,0 +1,312 @@
+//! Subcommand execution: local validation into an [`Action`], then the RPC(s) and rendering.
+
+use domain_proto::v1 as pb;
+
+use crate::cli::{
+    Command, MediatorsCommand, OutputFormat, ParametersCommand, ParticipantsCommand,
+    SequencersCommand, SetParametersArgs, duration_to_micros, parse_participant_id,
+};
+use crate::client::Replicas;
+use crate::error::CliError;
+use crate::output::{
+    MediatorListView, MediatorView, ParametersChangeView, ParametersView, ParticipantListView,
+    ParticipantView, SequencerListView, SequencerView, StateChangeView, StatusView, render,
+    rfc3339_micros,
+};
+
+/// A validated command, ready to send. Building one checks all local input, so a command
+/// that fails validation never opens a connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// `participants set-state`.
+    SetParticipantState(pb::SetParticipantStateRequest),
+    /// `participants list`.
+    ListParticipants,
+    /// `participants get`.
+    GetParticipant(String),
+    /// `participants disable`.
+    DisableParticipant(String),
+    /// `participants remove`.
+    RemoveParticipant(String),
+    /// `mediators list`.
+    ListMediators,
+    /// `sequencers list`.
+    ListSequencers,
+    /// `parameters get`.
+    GetParameters,
+    /// `parameters set`: the fields to overlay on the current parameters.
+    SetParameters(ParameterChanges),
+    /// `status`.
+    Status,
+}
+
+/// The parameters given to `parameters set`, in protocol units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParameterChanges {
+    /// New participant response timeout, microseconds.
+    pub participant_response_timeout_micros: Option<i64>,
+    /// New max request size, bytes.
+    pub max_request_size: Option<u64>,
+    /// New topology change delay, microseconds.
+    pub topology_change_delay_micros: Option<i64>,
+}
+
+impl ParameterChanges {
+    fn from_args(args: &SetParametersArgs) -> Result<Self, CliError> {
+        let micros = |d: Option<std::time::Duration>| {
+            d.map(duration_to_micros)
+                .transpose()
+                .map_err(CliError::Usage)
+        };
+        Ok(Self {
+            participant_response_timeout_micros: micros(args.participant_response_timeout)?,
+            max_request_size: args.max_request_size,
+            topology_change_delay_micros: micros(args.topology_change_delay)?,
+        })
+    }
+
+    /// `current` with the given fields replaced.
+    #[must_use]
+    pub fn overlay(&self, current: &pb::DomainParameters) -> pb::DomainParameters {
+        pb::DomainParameters {
+            participant_response_timeout_micros: self
+                .participant_response_timeout_micros
+                .unwrap_or(current.participant_response_timeout_micros),
+            max_request_size: self.max_request_size.unwrap_or(current.max_request_size),
+            topology_change_delay_micros: self
+                .topology_change_delay_micros
+                .unwrap_or(current.topology_change_delay_micros),
+        }
+    }
+}
+
+impl Action {
+    /// Validates `command` (participant ids, durations) without any network access.
+    pub fn from_command(command: &Command) -> Result<Self, CliError> {
+        let id = |raw: &str| parse_participant_id(raw).map(|id| id.to_string());
+        Ok(match command {
+            Command::Participants(ParticipantsCommand::SetState {
+                participant_id,
+                permission,
+                trust_level,
+            }) => Action::SetParticipantState(pb::SetParticipantStateRequest {
+                participant_id: id(participant_id)?,
+                permission: pb::ParticipantPermission::from(*permission) as i32,
+                trust_level: pb::TrustLevel::from(*trust_level) as i32,
+            }),
+            Command::Participants(ParticipantsCommand::List) => Action::ListParticipants,
+            Command::Participants(ParticipantsCommand::Get { participant_id }) => {
+                Action::GetParticipant(id(participant_id)?)
+            }
+            Command::Participants(ParticipantsCommand::Disable { participant_id }) => {
+                Action::DisableParticipant(id(participant_id)?)
+            }
+            Command::Participants(ParticipantsCommand::Remove { participant_id }) => {
+                Action::RemoveParticipant(id(participant_id)?)
+            }
+            Command::Mediators(MediatorsCommand::List) => Action::ListMediators,
+            Command::Sequencers(SequencersCommand::List) => Action::ListSequencers,
+            Command::Parameters(ParametersCommand::Get) => Action::GetParameters,
+            Command::Parameters(ParametersCommand::Set(args)) => {
+                Action::SetParameters(ParameterChanges::from_args(args)?)
+            }
+            Command::Status => Action::Status,
+        })
+    }
+
+    /// Runs the action against `replicas` and renders the result in `format`.
+    pub async fn execute(
+        self,
+        replicas: &Replicas,
+        format: OutputFormat,
+    ) -> Result<String, CliError> {
+        match self {
+            Action::SetParticipantState(request) => {
+                let participant_id = request.participant_id.clone();
+                let response = replicas
+                    .call(request, |mut c, r| async move {
+                        c.set_participant_state(r).await
+                    })
+                    .await?;
+                render(&StateChangeView::new(participant_id, &response), format)
+            }
+            Action::ListParticipants => {
+                let response = replicas
+                    .call(pb::ListParticipantsRequest {}, |mut c, r| async move {
+                        c.list_participants(r).await
+                    })
+                    .await?;
+                let view = ParticipantListView {
+                    participants: response.participants.iter().map(Into::into).collect(),
+                };
+                render(&view, format)
+            }
+            Action::GetParticipant(participant_id) => {
+                let request = pb::GetParticipantRequest { participant_id };
+                let info = replicas
+                    .call(
+                        request,
+                        |mut c, r| async move { c.get_participant(r).await },
+                    )
+                    .await?;
+                render(&ParticipantView::from(&info), format)
+            }
+            Action::DisableParticipant(participant_id) => {
+                let request = pb::DisableParticipantRequest {
+                    participant_id: participant_id.clone(),
+                };
+                let response = replicas
+                    .call(
+                        request,
+                        |mut c, r| async move { c.disable_participant(r).await },
+                    )
+                    .await?;
+                render(&StateChangeView::new(participant_id, &response), format)
+            }
+            Action::RemoveParticipant(participant_id) => {
+                let request = pb::RemoveParticipantRequest {
+                    participant_id: participant_id.clone(),
+                };
+                let response = replicas
+                    .call(
+                        request,
+                        |mut c, r| async move { c.remove_participant(r).await },
+                    )
+                    .await?;
+                render(&StateChangeView::new(participant_id, &response), format)
+            }
+            Action::ListMediators => {
+                let response = replicas
+                    .call(pb::ListMediatorsRequest {}, |mut c, r| async move {
+                        c.list_mediators(r).await
+                    })
+                    .await?;
+                let view = MediatorListView {
+                    mediators: response.mediators.iter().map(MediatorView::from).collect(),
+                };
+                render(&view, format)
+            }
+            Action::ListSequencers => {
+                let response = replicas
+                    .call(pb::ListSequencersRequest {}, |mut c, r| async move {
+                        c.list_sequencers(r).await
+                    })
+                    .await?;
+                let view = SequencerListView {
+                    instances: response.instances.iter().map(SequencerView::from).collect(),
+                };
+                render(&view, format)
+            }
+            Action::GetParameters => {
+                let parameters = get_parameters(replicas).await?;
+                render(&ParametersView::from(&parameters), format)
+            }
+            Action::SetParameters(changes) => {
+                // SetParameters replaces the whole set, so unchanged fields must be sent with
+                // their current values. The read may come from a passive replica; the
+                // window for racing another operator is the same as with any
+                // read-modify-write admin tool.
+                let current = get_parameters(replicas).await?;
+                let parameters = changes.overlay(&current);
+                let request = pb::SetParametersRequest {
+                    parameters: Some(parameters),
+                };
+                let response = replicas
+                    .call(request, |mut c, r| async move { c.set_parameters(r).await })
+                    .await?;
+                let view = ParametersChangeView {
+                    serial: response.serial,
+                    effective_at_micros: response.effective_at_micros,
+                    effective_at: rfc3339_micros(response.effective_at_micros),
+                    parameters: ParametersView::from(&parameters),
+                };
+                render(&view, format)
+            }
+            Action::Status => {
+                let response = replicas
+                    .call(pb::DomainStatusRequest {}, |mut c, r| async move {
+                        c.status(r).await
+                    })
+                    .await?;
+                render(&StatusView::from(&response), format)
+            }
+        }
+    }
+}
+
+async fn get_parameters(replicas: &Replicas) -> Result<pb::DomainParameters, CliError> {
+    replicas
+        .call(pb::GetParametersRequest {}, |mut c, r| async move {
+            c.get_parameters(r).await
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Permission, Trust};
+    use std::time::Duration;
+
+    const FP: &str = "1220bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn set_state_action_carries_canonical_request() {
+        let id = format!("PAR::bob::{FP}");
+        let action = Action::from_command(&Command::Participants(ParticipantsCommand::SetState {
+            participant_id: id.clone(),
+            permission: Permission::Observation,
+            trust_level: Trust::Vip,
+        }))
+        .expect("valid");
+        assert_eq!(
+            action,
+            Action::SetParticipantState(pb::SetParticipantStateRequest {
+                participant_id: id,
+                permission: pb::ParticipantPermission::Observation as i32,
+                trust_level: pb::TrustLevel::Vip as i32,
+            })
+        );
+    }
+
+    #[test]
+    fn invalid_ids_fail_before_any_call() {
+        for command in [
+            Command::Participants(ParticipantsCommand::Get {
+                participant_id: "garbage".into(),
+            }),
+            Command::Participants(ParticipantsCommand::Disable {
+                participant_id: format!("SEQ::s::{FP}"),
+            }),
+            Command::Participants(ParticipantsCommand::Remove {
+                participant_id: format!("MED::m::{FP}"),
+            }),
+        ] {
+            let error = Action::from_command(&command).expect_err("invalid id");
+            assert_eq!(error.exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn parameter_overlay_keeps_unset_fields() {
+        let changes = ParameterChanges::from_args(&SetParametersArgs {
+            participant_response_timeout: None,
+            max_request_size: Some(2048),
+            topology_change_delay: Some(Duration::from_millis(250)),
+        })
+        .expect("valid");
+        let current = pb::DomainParameters {
+            participant_response_timeout_micros: 30_000_000,
+            max_request_size: 1024,
+            topology_change_delay_micros: 0,
+        };
+        assert_eq!(
+            changes.overlay(&current),
+            pb::DomainParameters {
+                participant_response_timeout_micros: 30_000_000,
+                max_request_size: 2048,
+                topology_change_delay_micros: 250_000,
+            }
+        );
+    }
+}
