@@ -145,6 +145,24 @@ impl PgCluster {
         })
     }
 
+    /// Starts a private cluster in `base` (created if missing; e.g. a `devnet` run's
+    /// directory), independent of the shared test cluster. The caller stops it with
+    /// [`stop`](Self::stop).
+    pub fn start_private(base: &Path) -> anyhow::Result<Self> {
+        let bin_dir = pg_bin_dir();
+        check_binaries(&bin_dir)?;
+        prepare_base_dir(base)?;
+        let port = ensure_running(base, &bin_dir)?;
+        Ok(Self {
+            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            managed: Some(ManagedCluster {
+                base: base.to_path_buf(),
+                bin_dir,
+                port,
+            }),
+        })
+    }
+
     /// Returns the URL of the maintenance database `postgres`.
     pub fn admin_url(&self) -> &str {
         &self.admin_url

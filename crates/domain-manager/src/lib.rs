@@ -1,0 +1,452 @@
+//! The domain manager: owns the domain namespace key and the topology store,
+//! and sends signed topology transactions through the sequencer. Replicas are
+//! active-passive behind a leader lease (domain-lease); see
+//! docs/domain-manager.md for configuration, bootstrap order, error codes and
+//! metrics.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod manager;
+pub mod metrics;
+pub mod status;
+pub mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use domain_identity::{DomainId, IdError, KeyError, MemberId, SigningKeyPair, UniqueId};
+use domain_lease::{LeaseHandle, LeaseKeeper, Role};
+use domain_proto::v1::domain_admin_service_server::DomainAdminServiceServer;
+use domain_runtime::grpc::HealthHandle;
+use domain_runtime::ops::Readiness;
+use domain_sequencer_client::MemberIdentity;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::DomainManagerConfig;
+
+use crate::admin::{DomainAdmin, ProbeTarget};
+use crate::config::ComponentKind;
+use crate::gateway::GrpcGateway;
+use crate::manager::{Core, CoreSettings};
+
+/// Embedded migrations of the domain manager's database (`migrations/domain-manager/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/domain-manager");
+
+/// gRPC service name whose health mirrors readiness (active and bootstrapped).
+pub const ADMIN_SERVICE_NAME: &str = "domain.v1.DomainAdminService";
+
+/// Already-bound listeners, so tests and binaries choose ports the same way.
+pub struct Listeners {
+    pub admin: TcpListener,
+    pub ops: TcpListener,
+}
+
+/// Why a namespace key could not be created or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("invalid domain name {name:?}: {error}")]
+    DomainName { name: String, error: IdError },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// The domain id of `domain_name` under `namespace_key`.
+pub fn domain_id_for(
+    domain_name: &str,
+    namespace_key: &SigningKeyPair,
+) -> Result<DomainId, IdError> {
+    Ok(DomainId::new(UniqueId::new(
+        domain_name,
+        *namespace_key.fingerprint(),
+    )?))
+}
+
+/// Creates the namespace key at `path` (mode 0600) unless it exists, then returns the
+/// domain id and whether the key was created. Never overwrites a key.
+pub fn init_namespace_key(
+    path: &Path,
+    domain_name: &str,
+) -> Result<(DomainId, bool), KeyFileError> {
+    UniqueId::validate_name(domain_name).map_err(|error| KeyFileError::DomainName {
+        name: domain_name.to_owned(),
+        error,
+    })?;
+    let (key, created) = if path.exists() {
+        (SigningKeyPair::load_pem(path)?, false)
+    } else {
+        let key = SigningKeyPair::generate();
+        match key.save_pem(path) {
+            Ok(()) => (key, true),
+            // Another `init` won the race: use its key.
+            Err(KeyError::KeyFileExists { .. }) => (SigningKeyPair::load_pem(path)?, false),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let id = domain_id_for(domain_name, &key).map_err(|error| KeyFileError::DomainName {
+        name: domain_name.to_owned(),
+        error,
+    })?;
+    Ok((id, created))
+}
+
+/// The domain id of an existing namespace key file.
+pub fn domain_id_of_key_file(path: &Path, domain_name: &str) -> Result<DomainId, KeyFileError> {
+    UniqueId::validate_name(domain_name).map_err(|error| KeyFileError::DomainName {
+        name: domain_name.to_owned(),
+        error,
+    })?;
+    let key = SigningKeyPair::load_pem(path)?;
+    domain_id_for(domain_name, &key).map_err(|error| KeyFileError::DomainName {
+        name: domain_name.to_owned(),
+        error,
+    })
+}
+
+/// Runs one domain-manager replica until `shutdown` is cancelled (or an unrecoverable
+/// error, such as a database belonging to another domain).
+pub async fn run(
+    mut config: DomainManagerConfig,
+    listeners: Listeners,
+    metrics_handle: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    crate::metrics::describe();
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let key = Arc::new(
+        SigningKeyPair::load_pem(&config.namespace_key_file).with_context(|| {
+            format!(
+                "cannot load `namespace-key-file` {}",
+                config.namespace_key_file.display()
+            )
+        })?,
+    );
+    let domain_id = domain_id_for(&config.domain_name, &key).context("invalid `domain-name`")?;
+    let member = domain_topology::domain_manager_member(&domain_id);
+    let admin_addr = listeners.admin.local_addr()?;
+    let advertised = if config.advertised_admin_address.is_empty() {
+        let scheme = if config.admin_api.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{admin_addr}")
+    } else {
+        config.advertised_admin_address.clone()
+    };
+    tracing::info!(
+        %domain_id,
+        %member,
+        advertised_admin_address = %advertised,
+        database = %config.database.url,
+        "starting domain manager"
+    );
+
+    // Database: migrations, commit mode, and refuse another domain's database.
+    let sqlx_pool = domain_storage::connect_sqlx(&config.database)
+        .await
+        .context("cannot connect to the database")?;
+    domain_storage::check_commit_mode(&sqlx_pool, config.database.allow_async_commit).await?;
+    domain_storage::run_migrations(&sqlx_pool, &MIGRATOR)
+        .await
+        .context("cannot migrate the database")?;
+    sqlx_pool.close().await;
+    let pool =
+        domain_storage::hot_pool(&config.database).context("cannot build the database pool")?;
+    {
+        let client = pool
+            .get()
+            .await
+            .context("cannot get a database connection")?;
+        store::check_domain(&**client, &domain_id).await?;
+    }
+
+    // Lease, on its own small pool so renewals never wait behind admin traffic.
+    let lease_db = domain_storage::DatabaseConfig {
+        pool_max_size: 2,
+        application_name: Some("domain-manager-lease".into()),
+        ..config.database.clone()
+    };
+    let lease_pool =
+        domain_storage::hot_pool(&lease_db).context("cannot build the lease database pool")?;
+    let mut lease_config = config.lease.clone();
+    lease_config.holder_address = advertised.clone();
+    let keeper = LeaseKeeper::new(lease_pool, lease_config).context("invalid `lease`")?;
+    let lease = keeper.handle();
+    tracing::info!(holder = keeper.holder(), lease = %keeper.config().name, "lease keeper configured");
+    let lease_stop = CancellationToken::new();
+    let lease_task = tokio::spawn(keeper.run(lease_stop.clone()));
+
+    // Core and its sequencer gateway.
+    let tls = config
+        .sequencer_tls
+        .as_ref()
+        .map(domain_runtime::tls::client_tls_config)
+        .transpose()
+        .context("invalid `sequencer-tls`")?;
+    let gateway = Arc::new(GrpcGateway::new(
+        config.sequencers.clone(),
+        tls,
+        MemberIdentity {
+            id: member,
+            key: key.clone(),
+        },
+        domain_id.clone(),
+    ));
+    let genesis_mediators = config
+        .genesis
+        .mediators
+        .iter()
+        .map(|m| MemberId::parse(m))
+        .collect::<Result<Vec<_>, _>>()
+        .context("invalid `genesis.mediators`")?;
+    let core = Core::new(
+        domain_id.clone(),
+        key,
+        pool.clone(),
+        lease.clone(),
+        gateway,
+        CoreSettings {
+            send_deadline: config.send_deadline,
+            genesis_mediators,
+            genesis_parameters: config.genesis.parameters.into(),
+            lease_name: config.lease.name.clone(),
+        },
+    );
+
+    let tasks = TaskTracker::new();
+    let internal = CancellationToken::new();
+    let readiness = Readiness::new();
+    let max_msg = config.admin_api.max_message_size;
+    let (health, health_server) = domain_runtime::grpc::health_service(max_msg).await;
+    tasks.spawn(follow_readiness(
+        health,
+        readiness.clone(),
+        internal.clone(),
+    ));
+    tasks.spawn(activity_loop(
+        core.clone(),
+        readiness.clone(),
+        config.retry_interval,
+        internal.clone(),
+    ));
+    tasks.spawn(gauge_loop(core.clone(), internal.clone()));
+
+    // Sequencer ops URLs are probed too, unless listed in `status-components` already.
+    let listed = |url: &str| config.status_components.iter().any(|c| c.ops_url == url);
+    let mut probes: Vec<ProbeTarget> = config
+        .sequencers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            s.ops_url
+                .as_ref()
+                .filter(|url| !listed(url))
+                .map(|url| ProbeTarget {
+                    name: format!("sequencer-{i}"),
+                    kind: ComponentKind::Sequencer,
+                    ops_url: url.clone(),
+                })
+        })
+        .collect();
+    probes.extend(config.status_components.iter().map(|c| ProbeTarget {
+        name: c.name.clone(),
+        kind: c.kind,
+        ops_url: c.ops_url.clone(),
+    }));
+    let admin_api = DomainAdminServiceServer::new(DomainAdmin {
+        core: core.clone(),
+        advertised_address: advertised,
+        probes: Arc::new(probes),
+    })
+    .max_decoding_message_size(max_msg)
+    .max_encoding_message_size(max_msg);
+    let admin = domain_runtime::grpc::server_builder(&config.admin_api)?
+        .layer(domain_runtime::telemetry::TraceContextLayer)
+        .layer(domain_runtime::metrics::GrpcMetricsLayer)
+        .add_service(health_server)
+        .add_service(domain_runtime::grpc::reflection_service()?)
+        .add_service(admin_api);
+
+    let servers_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(domain_runtime::grpc::serve(
+        admin,
+        listeners.admin,
+        servers_stop.clone(),
+    ));
+    let ops_task = domain_runtime::ops::serve_ops(
+        listeners.ops,
+        metrics_handle,
+        readiness.clone(),
+        servers_stop.clone(),
+    );
+
+    let fatal = tokio::select! {
+        () = shutdown.cancelled() => None,
+        () = core.fatal().cancelled() => core.fatal_reason(),
+    };
+    tracing::info!("shutting down: draining admin calls, then releasing the lease");
+    readiness.set_ready(false);
+    // Stop starting new work, let in-flight admin calls finish (each is bounded by
+    // `send-deadline`), then release the lease so a standby takes over at once.
+    internal.cancel();
+    servers_stop.cancel();
+    let grace = config.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        let _ = admin_task.await;
+        let _ = ops_task.await;
+    })
+    .await;
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    lease_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), lease_task).await;
+    if let Some(reason) = fatal {
+        anyhow::bail!(reason);
+    }
+    if drained.is_err() {
+        anyhow::bail!("shutdown grace period of {grace:?} exceeded");
+    }
+    tracing::info!("domain manager stopped");
+    Ok(())
+}
+
+/// Mirrors readiness into gRPC health: service `""` and `domain.v1.DomainAdminService`.
+async fn follow_readiness(health: HealthHandle, readiness: Readiness, shutdown: CancellationToken) {
+    let mut changes = readiness.subscribe();
+    loop {
+        let ready = *changes.borrow_and_update();
+        health.set_ready(ready).await;
+        health.set_service_ready(ADMIN_SERVICE_NAME, ready).await;
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            changed = changes.changed() => if changed.is_err() { break },
+        }
+    }
+    health.set_ready(false).await;
+    health.set_service_ready(ADMIN_SERVICE_NAME, false).await;
+}
+
+/// What the activity loop last logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Logged {
+    Nothing,
+    Active(i64),
+    Passive,
+}
+
+/// Follows the lease: on becoming active, activates the core (bootstrap, resend of
+/// pending transactions) and only then reports ready; while active, retries pending
+/// transactions; on becoming passive, reports not ready.
+pub async fn activity_loop(
+    core: Arc<Core>,
+    readiness: Readiness,
+    retry_interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let lease: LeaseHandle = core.lease().clone();
+    let mut changes = lease.subscribe();
+    let mut tick = tokio::time::interval(retry_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut logged = Logged::Nothing;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    // The keeper stopped (shutdown).
+                    readiness.set_ready(false);
+                    break;
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        let status = lease.status();
+        match status.role {
+            Role::Active { epoch } => {
+                if logged != Logged::Active(epoch) {
+                    tracing::info!(
+                        epoch,
+                        holder = status.holder.as_deref().unwrap_or_default(),
+                        "became active"
+                    );
+                    logged = Logged::Active(epoch);
+                    readiness.set_ready(false);
+                }
+                if core.is_ready() && !core.has_pending() {
+                    if !readiness.is_ready() {
+                        readiness.set_ready(true);
+                    }
+                    continue;
+                }
+                // Bootstrap (not ready yet), or resend of pending transactions left by a
+                // failed write (ready: such rows do not make the replica unready).
+                let deadline = Instant::now() + core.send_deadline();
+                // Cancellable: on shutdown a resend in progress is dropped (the row stays
+                // pending for the next active) so the lease is released at once.
+                let result = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    result = core.activate(deadline) => result,
+                };
+                match result {
+                    Ok(()) => {
+                        if failing_since.take().is_some() {
+                            tracing::info!(epoch, "topology store caught up");
+                        }
+                        if !readiness.is_ready() {
+                            tracing::info!(epoch, "ready: accepting admin writes");
+                        }
+                        readiness.set_ready(true);
+                    }
+                    Err(error) => {
+                        if failing_since.is_none() {
+                            failing_since = Some(Instant::now());
+                        }
+                        readiness.set_ready(core.is_ready());
+                        tracing::warn!(epoch, %error, "activation or resend failed; retrying");
+                    }
+                }
+            }
+            Role::Passive => {
+                if readiness.is_ready() {
+                    readiness.set_ready(false);
+                }
+                let first_news = logged == Logged::Nothing && status.holder.is_some();
+                if matches!(logged, Logged::Active(_)) || first_news {
+                    tracing::info!(
+                        active_holder = status.holder.as_deref().unwrap_or_default(),
+                        active_address = status.holder_address.as_deref().unwrap_or_default(),
+                        epoch = status.epoch,
+                        "became passive"
+                    );
+                    logged = Logged::Passive;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps `dm_allowlist_size` current on every replica (passive ones read the database).
+async fn gauge_loop(core: Arc<Core>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = core.refresh_allowlist_gauge().await {
+            tracing::debug!(%error, "cannot refresh the allowlist gauge");
+        }
+    }
+}

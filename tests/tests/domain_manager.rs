@@ -1,0 +1,623 @@
+//! Acceptance tests of the domain manager with real processes: two
+//! `domain-manager` replicas over one PostgreSQL in front of a two-instance
+//! sequencer cluster, driven through the `domainctl` CLI.
+//!
+//! 1. allowlist flow: refused everywhere → `participants set-state` → admitted on
+//!    every instance once effective → `participants disable` → live stream ends
+//!    within 1 s of the effective time, new tokens refused;
+//! 2. SIGKILL of the active replica: the other serves admin writes within 3 s and
+//!    the lease epoch grows by exactly 1;
+//! 3. split brain: the active is SIGSTOPped past its lease, the other takes over,
+//!    the old one resumes, demotes itself, and no row carries its stale epoch;
+//! 4. bad CLI input: clear errors, non-zero exit codes, nothing changed.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use domain_e2e::checks::{db_client, expect_status, keep_logs_on_error, stream_end};
+use domain_e2e::topology::new_participant;
+use domain_e2e::{connect, envelope, now_micros};
+use domain_proto::v1::{self as pb, domain_admin_service_client::DomainAdminServiceClient};
+use domain_sequencer_client::{ClientError, SequencerConnection};
+use domain_testkit::cluster::SequencerCluster;
+use domain_testkit::domain_manager::{DomainManagers, domainctl};
+use domain_testkit::{pg::PgCluster, process::TestLogs};
+use serde_json::Value;
+use tonic::Code;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs domainctl and parses its JSON output; the call must succeed.
+async fn ctl_json(dms: &DomainManagers, args: &[&str]) -> anyhow::Result<Value> {
+    let mut full = args.to_vec();
+    full.extend(["--output", "json"]);
+    let out = dms.domainctl(&full).await?;
+    ensure!(
+        out.status.success(),
+        "domainctl {args:?} failed: {}",
+        text(&out)
+    );
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("domainctl {args:?} printed no JSON: {}", text(&out)))
+}
+
+fn field_i64(v: &Value, key: &str) -> anyhow::Result<i64> {
+    v.get(key)
+        .and_then(Value::as_i64)
+        .with_context(|| format!("no integer {key:?} in {v}"))
+}
+
+async fn sleep_until_micros(t: i64) {
+    let wait = t - now_micros();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_micros(wait as u64)).await;
+    }
+}
+
+fn refusal(r: anyhow::Result<SequencerConnection>, case: &str) -> anyhow::Result<tonic::Status> {
+    match r {
+        Ok(_) => bail!("{case}: expected a refused token, got a connection"),
+        Err(e) => match e.downcast::<ClientError>() {
+            Ok(ClientError::Status(st)) => Ok(st),
+            Ok(other) => bail!("{case}: expected a gRPC status, got {other}"),
+            Err(other) => bail!("{case}: expected a gRPC status, got {other:#}"),
+        },
+    }
+}
+
+async fn lease_epoch(db: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    Ok(db
+        .query_one(
+            "SELECT epoch FROM leases WHERE name = 'domain-manager'",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+async fn start_domain(
+    logs: &TestLogs,
+    prefix: &str,
+) -> anyhow::Result<(SequencerCluster, DomainManagers)> {
+    let seq_db = PgCluster::shared()
+        .create_database(&format!("{prefix}_seq"))
+        .await;
+    let dm_db = PgCluster::shared()
+        .create_database(&format!("{prefix}_dm"))
+        .await;
+    let cluster = SequencerCluster::start(logs.clone(), seq_db, 2, "").await?;
+    let dms = DomainManagers::start(&cluster, dm_db, 2, "").await?;
+    Ok((cluster, dms))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlist_through_domainctl() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("allowlist_through_domainctl");
+    keep_logs_on_error(&logs, allowlist_body(logs.clone())).await
+}
+
+async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
+    let (cluster, dms) = start_domain(&logs, "dm_allow").await?;
+    let erin = new_participant("erin")?;
+    let erin_id = erin.0.to_string();
+
+    for i in 0..2 {
+        let st = refusal(connect(&cluster, i, &erin).await, "before")?;
+        expect_status(
+            &st,
+            Code::PermissionDenied,
+            Some("SEQ_MEMBER_UNKNOWN"),
+            &format!("erin's challenge on instance {i} before set-state"),
+        )?;
+    }
+
+    let set = ctl_json(
+        &dms,
+        &[
+            "participants",
+            "set-state",
+            &erin_id,
+            "--permission",
+            "submission",
+            "--trust-level",
+            "ordinary",
+        ],
+    )
+    .await?;
+    println!("set-state: {set}");
+    let effective = field_i64(&set, "effective_at_micros")?;
+    ensure!(
+        set.get("changed") == Some(&Value::Bool(true)),
+        "first set-state changes: {set}"
+    );
+    // Idempotent: the same state again changes nothing.
+    let again = ctl_json(
+        &dms,
+        &[
+            "participants",
+            "set-state",
+            &erin_id,
+            "--permission",
+            "submission",
+        ],
+    )
+    .await?;
+    ensure!(
+        again.get("changed") == Some(&Value::Bool(false))
+            && field_i64(&again, "serial")? == field_i64(&set, "serial")?,
+        "repeated set-state must be a no-op: {again}"
+    );
+
+    sleep_until_micros(effective).await;
+    let mut conns = Vec::new();
+    for i in 0..2 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let conn = loop {
+            match connect(&cluster, i, &erin).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    ensure!(format!("{e:#}").contains("not registered"), "{e:#}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => bail!("instance {i} refuses erin after the effective time: {e:#}"),
+            }
+        };
+        println!(
+            "erin admitted by instance {i} {:.1} ms after the effective time",
+            (now_micros() - effective) as f64 / 1000.0
+        );
+        conn.send(
+            &format!("hello-{i}"),
+            vec![envelope(b"hi".to_vec(), &[&erin.0])],
+            now_micros() + 60_000_000,
+        )
+        .await?;
+        conns.push(conn);
+    }
+    let got = ctl_json(&dms, &["participants", "get", &erin_id]).await?;
+    ensure!(
+        got.get("permission").and_then(Value::as_str) == Some("submission"),
+        "participants get: {got}"
+    );
+    let listed = ctl_json(&dms, &["participants", "list"]).await?;
+    ensure!(
+        listed.to_string().contains(&erin_id),
+        "participants list: {listed}"
+    );
+
+    // Disable while a subscription is live on each instance.
+    let s0 = conns[0].subscribe(0).await?;
+    let s1 = conns[1].subscribe(0).await?;
+    let dis = ctl_json(&dms, &["participants", "disable", &erin_id]).await?;
+    let effective = field_i64(&dis, "effective_at_micros")?;
+    let (r0, r1) = tokio::join!(
+        stream_end(s0, "erin on instance 0".into()),
+        stream_end(s1, "erin on instance 1".into())
+    );
+    let ((st0, _), (st1, _)) = (r0?, r1?);
+    let lag = now_micros() - effective;
+    println!(
+        "erin's subscriptions ended {:.1} ms after the disabling's effective time",
+        lag as f64 / 1000.0
+    );
+    for (i, st) in [(0, &st0), (1, &st1)] {
+        expect_status(
+            st,
+            Code::PermissionDenied,
+            Some("SEQ_MEMBER_DISABLED"),
+            &format!("erin's stream on instance {i}"),
+        )?;
+    }
+    ensure!(
+        lag <= 1_000_000,
+        "streams must end within 1 s of the effective time: {lag} µs"
+    );
+    for i in 0..2 {
+        let st = refusal(connect(&cluster, i, &erin).await, "after disable")?;
+        expect_status(
+            &st,
+            Code::PermissionDenied,
+            Some("SEQ_MEMBER_DISABLED"),
+            &format!("erin's challenge on instance {i} after disable"),
+        )?;
+    }
+
+    // The read-only views answer too.
+    let seqs = ctl_json(&dms, &["sequencers", "list"]).await?;
+    println!("sequencers list: {seqs}");
+    let status = ctl_json(&dms, &["status"]).await?;
+    println!("status: {status}");
+    let params = ctl_json(&dms, &["parameters", "get"]).await?;
+    println!("parameters: {params}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_active_domain_manager() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("sigkill_active_domain_manager");
+    keep_logs_on_error(&logs, sigkill_body(logs.clone())).await
+}
+
+async fn set_state_once(
+    endpoints: &[String],
+    id: &str,
+    permission: &str,
+) -> anyhow::Result<Output> {
+    domainctl(
+        endpoints,
+        &[
+            "participants",
+            "set-state",
+            id,
+            "--permission",
+            permission,
+            "--timeout",
+            "1s",
+        ],
+    )
+    .await
+}
+
+async fn sigkill_body(logs: TestLogs) -> anyhow::Result<()> {
+    let (_cluster, mut dms) = start_domain(&logs, "dm_kill").await?;
+    let db = db_client(&dms.database.url).await?;
+    let active = dms.wait_active(Duration::from_secs(10)).await?;
+    let other = 1 - active;
+    let epoch_before = lease_epoch(&db).await?;
+    let p = new_participant("frank")?;
+    let out = set_state_once(&dms.endpoints(), &p.0.to_string(), "observation").await?;
+    ensure!(
+        out.status.success(),
+        "write before the kill: {}",
+        text(&out)
+    );
+
+    let killed_at = Instant::now();
+    dms.nodes[active].process()?.kill()?;
+    // Only the surviving replica's endpoint: a write must be served by it.
+    let survivor = vec![dms.nodes[other].admin_endpoint()];
+    let mut attempts = 0;
+    let served_after = loop {
+        attempts += 1;
+        let out = set_state_once(&survivor, &p.0.to_string(), "submission").await?;
+        if out.status.success() {
+            break killed_at.elapsed();
+        }
+        ensure!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "no admin write served 10 s after the kill; last: {}",
+            text(&out)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let epoch_after = lease_epoch(&db).await?;
+    println!(
+        "SIGKILL of the active domain manager: the other replica served an admin write {:.0} ms later ({attempts} attempts); lease epoch {epoch_before} -> {epoch_after}",
+        served_after.as_secs_f64() * 1000.0
+    );
+    ensure!(
+        served_after <= Duration::from_secs(3),
+        "takeover took {served_after:?} (> 3 s)"
+    );
+    ensure!(
+        epoch_after == epoch_before + 1,
+        "epoch must grow by exactly 1"
+    );
+    let got = ctl_json(&dms, &["participants", "get", &p.0.to_string()]).await?;
+    ensure!(
+        got.get("permission").and_then(Value::as_str) == Some("submission"),
+        "the write after the takeover is in place: {got}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_brain_is_fenced() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("split_brain_is_fenced");
+    keep_logs_on_error(&logs, split_brain_body(logs.clone())).await
+}
+
+async fn split_brain_body(logs: TestLogs) -> anyhow::Result<()> {
+    let (_cluster, mut dms) = start_domain(&logs, "dm_split").await?;
+    let db = db_client(&dms.database.url).await?;
+    let old = dms.wait_active(Duration::from_secs(10)).await?;
+    let new = 1 - old;
+    let old_epoch = lease_epoch(&db).await?;
+    let new_endpoint = vec![dms.nodes[new].admin_endpoint()];
+    let p = new_participant("gina")?;
+    let pid = p.0.to_string();
+
+    dms.nodes[old].process()?.pause()?;
+    // A write reaches the paused active directly (no client-side redirect): it is
+    // handled only after SIGCONT.
+    let old_admin = dms.nodes[old].admin_endpoint();
+    let pending_write = tokio::spawn({
+        let ep = old_admin.clone();
+        let pid = pid.clone();
+        async move { raw_set_state(&ep, &pid, pb::ParticipantPermission::Confirmation).await }
+    });
+    // Past the lease (2 s TTL) and the other's takeover.
+    let new_active = dms.wait_active(Duration::from_secs(8)).await?;
+    ensure!(
+        new_active == new,
+        "replica {new} must take over, got {new_active}"
+    );
+    let new_epoch = lease_epoch(&db).await?;
+    ensure!(
+        new_epoch == old_epoch + 1,
+        "takeover epoch {old_epoch} -> {new_epoch}"
+    );
+    let out = domainctl(
+        &new_endpoint,
+        &[
+            "participants",
+            "set-state",
+            &pid,
+            "--permission",
+            "submission",
+        ],
+    )
+    .await?;
+    ensure!(
+        out.status.success(),
+        "write through the new active: {}",
+        text(&out)
+    );
+
+    dms.nodes[old].process()?.resume()?;
+    let old_write = pending_write.await.context("write task")?;
+    println!("write sent to the paused old active, answered after SIGCONT: {old_write:?}");
+    let st = match old_write {
+        Ok(r) => bail!("the old active accepted a write after its lease expired: {r:?}"),
+        Err(st) => st,
+    };
+    expect_status(
+        &st,
+        Code::Unavailable,
+        Some("DM_NOT_ACTIVE"),
+        "write queued at the paused old active",
+    )?;
+    // It stays passive, keeps refusing writes, and names the new active.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(
+        !dms.nodes[old].is_ready().await,
+        "old replica must report not ready"
+    );
+    let st = match raw_set_state(&old_admin, &pid, pb::ParticipantPermission::Observation).await {
+        Ok(r) => bail!("the old replica accepted a write: {r:?}"),
+        Err(st) => st,
+    };
+    expect_status(
+        &st,
+        Code::Unavailable,
+        Some("DM_NOT_ACTIVE"),
+        "write at the old replica",
+    )?;
+    let named = st
+        .metadata()
+        .get("domain-active-replica")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        named == dms.nodes[new].admin_endpoint(),
+        "the refusal names the new active: {named:?}"
+    );
+    // Following the named active, domainctl still gets the write done with both endpoints.
+    let out = dms
+        .domainctl(&[
+            "participants",
+            "set-state",
+            &pid,
+            "--permission",
+            "observation",
+        ])
+        .await?;
+    ensure!(
+        out.status.success(),
+        "write via both endpoints: {}",
+        text(&out)
+    );
+
+    // The database proof: nothing written with the stale epoch after the takeover.
+    let r = db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE written_epoch = $1 AND written_at >= l.acquired_at),
+                    count(*) FILTER (WHERE written_epoch = $2),
+                    min(l.acquired_at)::text
+             FROM dm_topology, leases l WHERE l.name = 'domain-manager'",
+            &[&old_epoch, &new_epoch],
+        )
+        .await?;
+    let (stale, fresh, acquired): (i64, i64, Option<String>) = (r.get(0), r.get(1), r.get(2));
+    println!(
+        "rows written with stale epoch {old_epoch} after the takeover at {acquired:?}: {stale}; rows with epoch {new_epoch}: {fresh}"
+    );
+    ensure!(
+        stale == 0,
+        "{stale} rows carry the stale epoch after the takeover"
+    );
+    ensure!(
+        fresh >= 2,
+        "the new active's writes carry its epoch ({fresh} rows)"
+    );
+    let got = ctl_json(&dms, &["participants", "get", &pid]).await?;
+    ensure!(
+        got.get("permission").and_then(Value::as_str) == Some("observation"),
+        "final state is the last accepted write: {got}"
+    );
+    Ok(())
+}
+
+/// SetParticipantState straight to one replica, without domainctl's redirects.
+async fn raw_set_state(
+    endpoint: &str,
+    participant: &str,
+    permission: pb::ParticipantPermission,
+) -> Result<pb::SetParticipantStateResponse, tonic::Status> {
+    let mut client = DomainAdminServiceClient::connect(endpoint.to_string())
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connect {endpoint}: {e}")))?;
+    let mut req = tonic::Request::new(pb::SetParticipantStateRequest {
+        participant_id: participant.to_string(),
+        permission: permission as i32,
+        trust_level: pb::TrustLevel::Ordinary as i32,
+    });
+    req.set_timeout(Duration::from_secs(20));
+    client
+        .set_participant_state(req)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_cli_input_changes_nothing() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("bad_cli_input_changes_nothing");
+    keep_logs_on_error(&logs, bad_cli_body(logs.clone())).await
+}
+
+async fn bad_cli_body(logs: TestLogs) -> anyhow::Result<()> {
+    let (cluster, dms) = start_domain(&logs, "dm_badcli").await?;
+    let db = db_client(&dms.database.url).await?;
+    let seq_db = db_client(&cluster.database.url).await?;
+    let counts = async || -> anyhow::Result<(i64, i64)> {
+        let a: i64 = db
+            .query_one("SELECT count(*) FROM dm_topology", &[])
+            .await?
+            .get(0);
+        let b: i64 = seq_db
+            .query_one("SELECT count(*) FROM seq_topology", &[])
+            .await?
+            .get(0);
+        Ok((a, b))
+    };
+    let before = counts().await?;
+    let known = new_participant("hank")?.0.to_string();
+    let ghost = new_participant("ghost")?.0.to_string();
+    let mediator_id = known.replacen("PAR::", "MED::", 1);
+    let cases: Vec<(&str, Vec<&str>, i32, &str)> = vec![
+        (
+            "malformed id",
+            vec![
+                "participants",
+                "set-state",
+                "alice",
+                "--permission",
+                "submission",
+            ],
+            2,
+            "invalid participant id",
+        ),
+        (
+            "bad fingerprint",
+            vec!["participants", "get", "PAR::alice::1220zz"],
+            2,
+            "invalid participant id",
+        ),
+        (
+            "mediator id as participant",
+            vec!["participants", "disable", &mediator_id],
+            2,
+            "invalid participant id",
+        ),
+        (
+            "invalid permission",
+            vec!["participants", "set-state", &known, "--permission", "admin"],
+            2,
+            "admin",
+        ),
+        (
+            "invalid trust level",
+            vec![
+                "participants",
+                "set-state",
+                &known,
+                "--permission",
+                "submission",
+                "--trust-level",
+                "gold",
+            ],
+            2,
+            "gold",
+        ),
+        (
+            "unknown participant: disable",
+            vec!["participants", "disable", &ghost],
+            1,
+            "DM_UNKNOWN_PARTICIPANT",
+        ),
+        (
+            "unknown participant: remove",
+            vec!["participants", "remove", &ghost],
+            1,
+            "DM_UNKNOWN_PARTICIPANT",
+        ),
+        (
+            "unknown participant: get",
+            vec!["participants", "get", &ghost],
+            1,
+            "DM_UNKNOWN_PARTICIPANT",
+        ),
+        (
+            "parameters out of range",
+            vec!["parameters", "set", "--max-request-size", "10"],
+            1,
+            "DM_INVALID_ARGUMENT",
+        ),
+    ];
+    for (case, args, code, needle) in cases {
+        let out = dms.domainctl(&args).await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!("{case}: exit {:?}: {}", out.status.code(), stderr.trim());
+        ensure!(
+            out.status.code() == Some(code),
+            "{case}: expected exit {code}: {}",
+            text(&out)
+        );
+        ensure!(
+            stderr.contains(needle),
+            "{case}: stderr must mention {needle:?}: {stderr}"
+        );
+        ensure!(
+            out.stdout.is_empty(),
+            "{case}: nothing on stdout: {}",
+            text(&out)
+        );
+    }
+    // No replica reachable: exit 3.
+    let out = domainctl(
+        &["http://127.0.0.1:1".to_string()],
+        &["participants", "list"],
+    )
+    .await?;
+    println!(
+        "unreachable: exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    ensure!(
+        out.status.code() == Some(3),
+        "unreachable endpoint: {}",
+        text(&out)
+    );
+    ensure!(
+        counts().await? == before,
+        "bad input changed topology: {before:?} -> {:?}",
+        counts().await?
+    );
+    Ok(())
+}
