@@ -302,6 +302,9 @@ impl From<&pb::MediatorInfo> for MediatorView {
             None => (pb::KeyAlgorithm::Unspecified as i32, &[][..]),
         };
         let key_algorithm = match pb::KeyAlgorithm::try_from(algorithm) {
+            // Registered by id only: the key is bound by the id's fingerprint when the
+            // mediator first authenticates.
+            _ if info.public_key.is_none() => "-".to_owned(),
             Ok(pb::KeyAlgorithm::Ed25519) => "ed25519".to_owned(),
             Ok(pb::KeyAlgorithm::Unspecified) => "unspecified".to_owned(),
             Err(_) => format!("unknown({algorithm})"),
@@ -331,9 +334,13 @@ impl Render for MediatorListView {
             table.row(vec![
                 m.mediator_id.clone(),
                 m.key_algorithm.clone(),
-                m.key_fingerprint
-                    .clone()
-                    .unwrap_or_else(|| "invalid key".to_owned()),
+                m.key_fingerprint.clone().unwrap_or_else(|| {
+                    if m.public_key_hex.is_empty() {
+                        "(bound by the id's fingerprint)".to_owned()
+                    } else {
+                        "invalid key".to_owned()
+                    }
+                }),
             ]);
         }
         table.render()
