@@ -1,6 +1,26 @@
 //! Client side of the sequencer API: challenge/authenticate, signed sends, and
 //! verification of every received event (signature, envelope hashes, counter
 //! continuity, increasing timestamps).
+//!
+//! Two levels:
+//! - [`SequencerConnection`]: one authenticated connection to one sequencer endpoint.
+//! - [`DomainClient`]: a member's connection to a domain through several endpoints, with
+//!   health checks, round-robin sends retried on another endpoint, one subscription that
+//!   fails over with fork detection, token renewal and metrics ([`metrics`]).
+
+pub mod backoff;
+pub mod domain_client;
+pub mod health;
+pub mod metrics;
+pub mod retry;
+pub mod subscription;
+
+pub use backoff::BackoffConfig;
+pub use domain_client::{
+    ClientOptions, ClientStats, ClientTlsFiles, DomainClient, DomainTls, SendReceipt, TlsError,
+};
+pub use health::DomainInfo;
+pub use subscription::{Subscription, VerifiedEvent, check_redelivered};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +45,23 @@ pub enum ClientError {
     DomainInfo(String),
     #[error("event validation failed: {0}")]
     InvalidEvent(String),
+    /// A TLS file is missing or invalid; the message names the file.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// No endpoint of the domain could be used; `details` lists each endpoint's problem.
+    #[error("cannot reach domain {alias}: {details}")]
+    Unavailable { alias: String, details: String },
+    /// An endpoint re-delivered a processed event differently: the sequencers disagree on
+    /// the history.
+    #[error("fork detected at counter {counter} on {endpoint}: {details}")]
+    ForkDetected {
+        counter: i64,
+        endpoint: String,
+        details: String,
+    },
+    /// Invalid arguments or settings.
+    #[error("invalid client settings: {0}")]
+    Config(String),
 }
 
 /// A member's identity: its id and signing key.

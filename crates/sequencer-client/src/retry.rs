@@ -1,0 +1,213 @@
+//! Which failures are worth another attempt, and whether they say the endpoint is down.
+//!
+//! Follows `docs/errors.md`: a send is retried (with the same message id and the same signed
+//! bytes, which the sequencer deduplicates) after `UNAVAILABLE` (`SEQ_INSTANCE_OFFLINE`,
+//! `SEQ_OUTCOME_UNKNOWN`, `SEQ_DATABASE_UNAVAILABLE`, transport errors), `SEQ_OVERLOADED`,
+//! `DEADLINE_EXCEEDED` (no answer in time) and the codes transport failures surface as
+//! (`UNKNOWN`, `CANCELLED`, `ABORTED`, `INTERNAL` without a `domain-error-code`). Every other
+//! answer is definitive and returned at once. `UNAUTHENTICATED` with `SEQ_TOKEN_INVALID` or
+//! `SEQ_MISSING_CREDENTIALS` asks for one re-authentication, then a retry.
+
+use tonic::{Code, Status};
+
+use crate::ClientError;
+
+/// Metadata key of the stable error code (see `docs/errors.md`).
+pub const ERROR_CODE_METADATA: &str = "domain-error-code";
+
+/// What to do after a failed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryClass {
+    /// Return the error to the caller.
+    Definitive,
+    /// Try again (on another endpoint if there is one). `endpoint_down` says the endpoint
+    /// itself failed (transport error, UNAVAILABLE, no answer) and should be marked unhealthy
+    /// until its health check passes again.
+    Retry { endpoint_down: bool },
+    /// The token was refused: authenticate again, then retry.
+    Reauthenticate,
+}
+
+/// The `domain-error-code` of a status, if any.
+pub fn error_code(status: &Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(ERROR_CODE_METADATA)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Classifies a status returned by a sequencer call (or synthesized for a timeout).
+pub fn classify_status(status: &Status) -> RetryClass {
+    let code = error_code(status);
+    match status.code() {
+        Code::Ok => RetryClass::Definitive,
+        Code::Unavailable | Code::DeadlineExceeded => RetryClass::Retry {
+            endpoint_down: true,
+        },
+        // SEQ_OVERLOADED, SEQ_SUBSCRIBER_TOO_SLOW: the instance works, it is just busy.
+        // SEQ_REQUEST_TOO_LARGE will never pass anywhere.
+        Code::ResourceExhausted => match code {
+            Some("SEQ_REQUEST_TOO_LARGE") => RetryClass::Definitive,
+            _ => RetryClass::Retry {
+                endpoint_down: false,
+            },
+        },
+        // Transport failures (reset streams, broken connections) surface as these codes
+        // without a domain error code; SEQ_INTERNAL is a server bug and definitive.
+        Code::Unknown | Code::Cancelled | Code::Aborted | Code::Internal => match code {
+            None => RetryClass::Retry {
+                endpoint_down: true,
+            },
+            Some(_) => RetryClass::Definitive,
+        },
+        Code::Unauthenticated => match code {
+            Some("SEQ_TOKEN_INVALID") | Some("SEQ_MISSING_CREDENTIALS") => {
+                RetryClass::Reauthenticate
+            }
+            _ => RetryClass::Definitive,
+        },
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::PermissionDenied
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::Unimplemented
+        | Code::DataLoss => RetryClass::Definitive,
+    }
+}
+
+/// Classifies any client error: statuses as [`classify_status`]; failures to reach an
+/// endpoint are retryable; everything else (bad events, forks, configuration) is definitive.
+pub fn classify(error: &ClientError) -> RetryClass {
+    match error {
+        ClientError::Status(st) => classify_status(st),
+        ClientError::Connect { .. } => RetryClass::Retry {
+            endpoint_down: true,
+        },
+        _ => RetryClass::Definitive,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_code(code: Code, domain_code: &str) -> Status {
+        let mut st = Status::new(code, "x");
+        st.metadata_mut().insert(
+            ERROR_CODE_METADATA,
+            domain_code.parse().expect("ascii metadata"),
+        );
+        st
+    }
+
+    #[test]
+    fn retryable_sequencer_codes() {
+        for (code, domain) in [
+            (Code::Unavailable, "SEQ_INSTANCE_OFFLINE"),
+            (Code::Unavailable, "SEQ_OUTCOME_UNKNOWN"),
+            (Code::Unavailable, "SEQ_DATABASE_UNAVAILABLE"),
+        ] {
+            assert_eq!(
+                classify_status(&with_code(code, domain)),
+                RetryClass::Retry {
+                    endpoint_down: true
+                },
+                "{domain}"
+            );
+        }
+        assert_eq!(
+            classify_status(&with_code(Code::ResourceExhausted, "SEQ_OVERLOADED")),
+            RetryClass::Retry {
+                endpoint_down: false
+            }
+        );
+        assert_eq!(
+            classify_status(&with_code(
+                Code::ResourceExhausted,
+                "SEQ_SUBSCRIBER_TOO_SLOW"
+            )),
+            RetryClass::Retry {
+                endpoint_down: false
+            }
+        );
+        // Plain transport failures and our own timeouts.
+        for st in [
+            Status::unavailable("tcp connect error"),
+            Status::deadline_exceeded("no answer"),
+            Status::unknown("h2 protocol error"),
+            Status::cancelled("stream reset"),
+            Status::internal("h2 protocol error: connection reset"),
+        ] {
+            assert_eq!(
+                classify_status(&st),
+                RetryClass::Retry {
+                    endpoint_down: true
+                },
+                "{st:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn definitive_codes() {
+        for (code, domain) in [
+            (Code::InvalidArgument, "SEQ_MALFORMED_REQUEST"),
+            (Code::InvalidArgument, "SEQ_SUBMISSION_SIGNATURE_INVALID"),
+            (Code::InvalidArgument, "SEQ_RECIPIENT_UNKNOWN"),
+            (Code::PermissionDenied, "SEQ_MEMBER_DISABLED"),
+            (Code::PermissionDenied, "SEQ_MEMBER_UNKNOWN"),
+            (Code::FailedPrecondition, "SEQ_MAX_SEQUENCING_TIME_EXCEEDED"),
+            (Code::FailedPrecondition, "SEQ_RECIPIENT_DISABLED"),
+            (Code::ResourceExhausted, "SEQ_REQUEST_TOO_LARGE"),
+            (Code::OutOfRange, "SEQ_EVENTS_PRUNED"),
+            (Code::Internal, "SEQ_INTERNAL"),
+            (Code::Unauthenticated, "SEQ_KEY_MISMATCH"),
+            (Code::Unauthenticated, "SEQ_CHALLENGE_SIGNATURE_INVALID"),
+        ] {
+            assert_eq!(
+                classify_status(&with_code(code, domain)),
+                RetryClass::Definitive,
+                "{domain}"
+            );
+        }
+        assert_eq!(
+            classify_status(&Status::invalid_argument("bad")),
+            RetryClass::Definitive
+        );
+        assert_eq!(
+            classify_status(&Status::out_of_range("decoded message length too large")),
+            RetryClass::Definitive
+        );
+    }
+
+    #[test]
+    fn token_problems_ask_for_reauthentication() {
+        assert_eq!(
+            classify_status(&with_code(Code::Unauthenticated, "SEQ_TOKEN_INVALID")),
+            RetryClass::Reauthenticate
+        );
+        assert_eq!(
+            classify_status(&with_code(Code::Unauthenticated, "SEQ_MISSING_CREDENTIALS")),
+            RetryClass::Reauthenticate
+        );
+    }
+
+    #[test]
+    fn client_errors() {
+        assert_eq!(
+            classify(&ClientError::Connect {
+                endpoint: "https://a:1".into(),
+                reason: "refused".into()
+            }),
+            RetryClass::Retry {
+                endpoint_down: true
+            }
+        );
+        assert_eq!(
+            classify(&ClientError::InvalidEvent("gap".into())),
+            RetryClass::Definitive
+        );
+    }
+}
