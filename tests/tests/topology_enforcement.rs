@@ -28,6 +28,7 @@ use domain_proto::v1 as pb;
 use domain_sequencer_client::{ClientError, SequencerConnection};
 use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TopologyTransaction};
+use prost::Message as _;
 use tonic::Code;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -131,17 +132,27 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
         now_micros() + 60_000_000,
     )
     .await?;
-    // His stream starts at his effective time: the first event he sees is his own.
+    // His stream starts with the topology history (his own allowlisting, sent by
+    // the domain manager member), then his own message.
     let first = next_event(&mut stream, "dave's stream").await?;
+    let history = pb::DomainMessage::decode(content_of(&first).as_slice())
+        .ok()
+        .and_then(|m| m.message);
     ensure!(
-        first.counter == 0 && content_of(&first) == b"dave to dave",
-        "dave's first event: counter {} content {:?}",
-        first.counter,
-        String::from_utf8_lossy(&content_of(&first))
+        first.counter == 0 && matches!(history, Some(pb::domain_message::Message::Topology(_))),
+        "dave's first event must be the topology history: counter {}",
+        first.counter
+    );
+    let own = next_event(&mut stream, "dave's stream").await?;
+    ensure!(
+        own.counter == 1 && content_of(&own) == b"dave to dave",
+        "dave's second event: counter {} content {:?}",
+        own.counter,
+        String::from_utf8_lossy(&content_of(&own))
     );
 
     // 3. Disabled: the live stream ends within 1 s of the effective time.
-    let mut stream0 = d0.subscribe(1).await?;
+    let mut stream0 = d0.subscribe(2).await?;
     let ts = send_topology(&cluster, &dom, &set_state(2, &dave.0, Permission::Disabled)).await?;
     let effective = ts + DEFAULT_DELAY_MICROS;
     let (r1, r0) = tokio::join!(

@@ -806,11 +806,18 @@ pub async fn apply_due_topology(
         };
         match (effect, &member) {
             (MemberEffect::Enable, Some(m)) => {
-                // The member reads events after its effective time; a member that
-                // was disabled before keeps its registration (and its counters).
+                // A new member's stream starts just before the domain's first
+                // topology transaction (or at the pruning bound, if that is later),
+                // so it receives the topology history (mediators, parameters, other
+                // participants) as broadcasts before anything else: every member
+                // derives the same topology state from its own stream. A member
+                // that was disabled before keeps its registration (and its counters).
                 let row = tx
                     .query_one(
-                        "INSERT INTO seq_members (member, registered_ts) VALUES ($1, $2)
+                        "INSERT INTO seq_members (member, registered_ts)
+                         VALUES ($1, least($2, greatest(
+                             (SELECT ts FROM seq_lower_bound),
+                             (SELECT min(sequenced_ts) - 1 FROM seq_topology))))
                          ON CONFLICT (member) DO UPDATE SET enabled = true
                          RETURNING id, registered_ts",
                         &[m, &effective_ts],

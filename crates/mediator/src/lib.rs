@@ -1,0 +1,322 @@
+//! The mediator: a domain member that collects confirmation responses for
+//! confirmation requests and sends exactly one verdict per request (approve,
+//! reject, or timeout) to every informee. Replicas are active-passive behind a
+//! leader lease (domain-lease); the active one persists every processed batch
+//! of events together with its position in the event stream, so a successor
+//! resumes exactly where it stopped, and verdict message ids derive from the
+//! request, so a resend is deduplicated by the sequencer. See docs/mediator.md.
+//!
+//! Layers: [`protocol`] is the pure state machine (events in, decisions out);
+//! [`store`] persists and reloads its state; [`link`] holds the connection to
+//! the sequencers; [`session`] is one active term (subscription, processing,
+//! verdict sending, time proofs); this module wires them, follows the lease and
+//! serves the admin and ops endpoints.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod link;
+pub mod metrics;
+pub mod protocol;
+pub mod session;
+pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
+use domain_lease::{LeaseHandle, LeaseKeeper};
+use domain_proto::v1::mediator_admin_service_server::MediatorAdminServiceServer;
+use domain_runtime::ops::Readiness;
+use domain_sequencer_client::MemberIdentity;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use config::MediatorConfig;
+
+use crate::link::SequencerLink;
+use crate::metrics as m;
+use crate::protocol::ProcessorSettings;
+
+/// Already-bound listeners, so tests and binaries choose ports the same way.
+pub struct Listeners {
+    pub admin: TcpListener,
+    pub ops: TcpListener,
+}
+
+/// What the admin API and the readiness logic read about the running session.
+#[derive(Debug)]
+pub struct Shared {
+    pub mediator_id: String,
+    /// A session (active term) has loaded its state and is processing.
+    pub session_running: AtomicBool,
+    pub pending: AtomicU64,
+    pub last_counter: AtomicI64,
+}
+
+/// Everything a session needs; built once per process.
+pub struct Context {
+    pub settings: ProcessorSettings,
+    pub pool: deadpool_postgres::Pool,
+    pub link: Arc<SequencerLink>,
+    pub lease: LeaseHandle,
+    pub shared: Arc<Shared>,
+    pub time_proof_interval: Duration,
+    pub max_batch_events: usize,
+    pub max_inflight_verdicts: usize,
+    pub sequencer_timeout: Duration,
+}
+
+/// Microseconds since the Unix epoch by the local clock.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// The mediator id of a key: `MED::<name>::<fingerprint>`.
+pub fn mediator_id(name: &str, key: &SigningKeyPair) -> anyhow::Result<MemberId> {
+    Ok(MemberId::new(
+        MemberRole::Mediator,
+        UniqueId::new(name, *key.fingerprint()).context("invalid `name`")?,
+    ))
+}
+
+/// Runs one mediator replica until `shutdown` is cancelled.
+pub async fn run(
+    config: MediatorConfig,
+    listeners: Listeners,
+    metrics_handle: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    crate::metrics::describe();
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let domain_id = DomainId::parse(&config.domain_id)
+        .with_context(|| format!("invalid `domain-id` {:?}", config.domain_id))?;
+    let key = Arc::new(
+        SigningKeyPair::load_pem(&config.signing_key_file).with_context(|| {
+            format!(
+                "cannot load `signing-key-file` {}",
+                config.signing_key_file.display()
+            )
+        })?,
+    );
+    let mediator_id = mediator_id(&config.name, &key)?;
+    tracing::info!(%domain_id, %mediator_id, database = %config.database.url.redacted(), "starting mediator");
+
+    let sqlx_pool = domain_storage::connect_sqlx(&config.database)
+        .await
+        .context("cannot connect to the database")?;
+    domain_storage::check_commit_mode(&sqlx_pool, config.database.allow_async_commit).await?;
+    domain_storage::run_migrations(&sqlx_pool, &store::MIGRATOR)
+        .await
+        .context("cannot migrate the database")?;
+    sqlx_pool.close().await;
+    let pool =
+        domain_storage::hot_pool(&config.database).context("cannot build the database pool")?;
+    {
+        let client = pool.get().await.context("cannot connect to the database")?;
+        store::check_owner(&client, &mediator_id.to_string(), &domain_id.to_string())
+            .await
+            .context("refusing the database")?;
+    }
+
+    // The lease has its own small pool, so renewals never wait behind processing.
+    let lease_db = domain_storage::DatabaseConfig {
+        pool_max_size: 2,
+        application_name: Some("mediator-lease".into()),
+        ..config.database.clone()
+    };
+    let lease_pool =
+        domain_storage::hot_pool(&lease_db).context("cannot build the lease database pool")?;
+    let mut lease_config = config.lease.clone();
+    lease_config.holder_address = config.advertised_admin_address.clone();
+    let keeper = LeaseKeeper::new(lease_pool, lease_config).context("invalid `lease`")?;
+    let lease = keeper.handle();
+    tracing::info!(holder = keeper.holder(), lease = %keeper.config().name, "lease keeper configured");
+    let lease_stop = CancellationToken::new();
+    let lease_task = tokio::spawn(keeper.run(lease_stop.clone()));
+
+    let tls = config
+        .sequencer_tls
+        .as_ref()
+        .map(domain_runtime::tls::client_tls_config)
+        .transpose()
+        .context("invalid `sequencer-tls`")?;
+    let link = Arc::new(SequencerLink::new(
+        config.sequencers.clone(),
+        tls,
+        MemberIdentity {
+            id: mediator_id.clone(),
+            key: key.clone(),
+        },
+        domain_id.to_string(),
+        config.sequencer_timeout,
+    ));
+    let shared = Arc::new(Shared {
+        mediator_id: mediator_id.to_string(),
+        session_running: AtomicBool::new(false),
+        pending: AtomicU64::new(0),
+        last_counter: AtomicI64::new(-1),
+    });
+    let ctx = Arc::new(Context {
+        settings: ProcessorSettings {
+            mediator_id: mediator_id.clone(),
+            domain_id: domain_id.clone(),
+            key: key.clone(),
+            verdict_ttl_micros: i64::try_from(config.verdict_ttl.as_micros()).unwrap_or(i64::MAX),
+        },
+        pool: pool.clone(),
+        link,
+        lease: lease.clone(),
+        shared: shared.clone(),
+        time_proof_interval: config.time_proof_interval,
+        max_batch_events: config.max_batch_events,
+        max_inflight_verdicts: config.max_inflight_verdicts,
+        sequencer_timeout: config.sequencer_timeout,
+    });
+
+    // Readiness: active (lease held), state loaded and subscribed.
+    let readiness = Readiness::new();
+    let max_msg = config.admin_api.max_message_size;
+    let (health, health_server) = domain_runtime::grpc::health_service(max_msg).await;
+    let _follow = health.follow(&readiness);
+    let admin_api = MediatorAdminServiceServer::new(admin::MediatorAdmin {
+        shared: shared.clone(),
+        lease: lease.clone(),
+        pool: pool.clone(),
+    })
+    .max_decoding_message_size(max_msg)
+    .max_encoding_message_size(max_msg);
+    let admin = domain_runtime::grpc::server_builder(&config.admin_api)?
+        .layer(domain_runtime::telemetry::TraceContextLayer)
+        .layer(domain_runtime::metrics::GrpcMetricsLayer)
+        .add_service(health_server)
+        .add_service(domain_runtime::grpc::reflection_service()?)
+        .add_service(admin_api);
+    let servers_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(domain_runtime::grpc::serve(
+        admin,
+        listeners.admin,
+        servers_stop.clone(),
+    ));
+    let ops_task = domain_runtime::ops::serve_ops(
+        listeners.ops,
+        metrics_handle,
+        readiness.clone(),
+        servers_stop.clone(),
+    );
+
+    let work_stop = CancellationToken::new();
+    let supervisor = tokio::spawn(supervise(ctx, readiness.clone(), work_stop.clone()));
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: stopping processing, then releasing the lease");
+    readiness.set_ready(false);
+    work_stop.cancel();
+    let grace = config.shutdown_grace;
+    if tokio::time::timeout(grace, supervisor).await.is_err() {
+        tracing::warn!("processing did not stop within the shutdown grace");
+    }
+    // Release only after processing stopped, so the successor starts from our last commit.
+    lease_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), lease_task).await;
+    servers_stop.cancel();
+    let drained = tokio::time::timeout(grace, async {
+        let _ = admin_task.await;
+        let _ = ops_task.await;
+    })
+    .await;
+    if drained.is_err() {
+        anyhow::bail!("shutdown grace period of {grace:?} exceeded");
+    }
+    tracing::info!("mediator stopped");
+    Ok(())
+}
+
+/// Follows the lease: while active, runs a session; when the lease is lost,
+/// stops it at once; when it fails, starts a new one from the database.
+async fn supervise(ctx: Arc<Context>, readiness: Readiness, stop: CancellationToken) {
+    let mut changes = ctx.lease.subscribe();
+    ::metrics::gauge!(m::ACTIVE).set(0.0);
+    loop {
+        let fence = loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            if let Some(fence) = ctx.lease.fence() {
+                break fence;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        };
+        let acquired = Instant::now();
+        tracing::info!(epoch = fence.epoch, "lease acquired: activating");
+        ::metrics::counter!(m::ACTIVATIONS).increment(1);
+        let session_stop = stop.child_token();
+        let mut session = tokio::spawn(session::run(
+            ctx.clone(),
+            fence.clone(),
+            session_stop.clone(),
+            readiness.clone(),
+            acquired,
+        ));
+        let result = loop {
+            tokio::select! {
+                r = &mut session => break Some(r),
+                _ = stop.cancelled() => break None,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            if ctx.lease.fence().as_ref() != Some(&fence) {
+                tracing::warn!(
+                    epoch = fence.epoch,
+                    "lease lost: stopping the subscription and verdict sending"
+                );
+                ::metrics::counter!(m::SESSION_FAILURES, "reason" => "lease_lost").increment(1);
+                break None;
+            }
+        };
+        session_stop.cancel();
+        readiness.set_ready(false);
+        ::metrics::gauge!(m::ACTIVE).set(0.0);
+        match result {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(error))) => {
+                tracing::error!(epoch = fence.epoch, error = %error, "processing session failed; restarting from the database");
+                ::metrics::counter!(m::SESSION_FAILURES, "reason" => error.label()).increment(1);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+            Some(Err(join)) => {
+                tracing::error!(error = %join, "processing session panicked; restarting from the database");
+                ::metrics::counter!(m::SESSION_FAILURES, "reason" => "invariant").increment(1);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            None => {
+                if tokio::time::timeout(Duration::from_secs(2), &mut session)
+                    .await
+                    .is_err()
+                {
+                    session.abort();
+                }
+            }
+        }
+        // Anything the session published is stale now (set again in case the
+        // session flipped readiness while being stopped).
+        readiness.set_ready(false);
+        ctx.shared.session_running.store(false, Ordering::SeqCst);
+    }
+}

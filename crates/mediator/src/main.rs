@@ -1,0 +1,106 @@
+//! `mediator` binary: parses config, installs telemetry, and runs one replica.
+
+use clap::{Parser, Subcommand};
+use domain_mediator::{Listeners, MediatorConfig};
+use domain_runtime::config::{CommonArgs, EXIT_USAGE, load_or_exit};
+
+/// An active-passive mediator replica of a Canton-style domain.
+#[derive(Parser)]
+#[command(name = "mediator", version)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generates the mediator signing key shared by all replicas (PKCS#8 PEM, mode 0600)
+    /// and prints its fingerprint.
+    GenerateKey {
+        /// Where to write the key; an existing file is never overwritten.
+        path: std::path::PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(Command::GenerateKey { path }) = cli.command {
+        let key = domain_identity::SigningKeyPair::generate();
+        if let Err(error) = key.save_pem(&path) {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        }
+        println!("{}", key.fingerprint());
+        return;
+    }
+    let config: MediatorConfig = load_or_exit("mediator", "MEDIATOR", &cli.common);
+    if let Err(problem) = config.validate() {
+        eprintln!("error: invalid mediator configuration: {problem}");
+        std::process::exit(EXIT_USAGE);
+    }
+    if let Err(error) = domain_runtime::telemetry::init_logging("mediator", cli.common.log_format) {
+        eprintln!("error: {error}");
+        std::process::exit(EXIT_USAGE);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        // One crypto provider for the whole process (ring); rustls refuses to guess.
+        if rustls::crypto::ring::default_provider()
+            .install_default()
+            .is_err()
+        {
+            tracing::error!("cannot install the rustls crypto provider");
+            return 1;
+        }
+        match serve(config).await {
+            Ok(()) => 0,
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "mediator failed");
+                1
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
+/// The shared recorder settings, plus wider buckets for the decision latency
+/// (it reaches the participant response timeout, 30 s by default).
+fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::Matcher;
+    let handle = domain_runtime::metrics::builder("mediator")?
+        .set_buckets_for_metric(
+            Matcher::Full(domain_mediator::metrics::DECISION_LATENCY.to_owned()),
+            domain_mediator::metrics::DECISION_BUCKETS,
+        )?
+        .install_recorder()?;
+    domain_runtime::metrics::describe_grpc_metrics();
+    Ok(handle)
+}
+
+async fn serve(config: MediatorConfig) -> anyhow::Result<()> {
+    let metrics = install_metrics()?;
+    let shutdown = domain_runtime::shutdown::shutdown_signal()?;
+    let listeners = Listeners {
+        admin: domain_runtime::grpc::bind(&config.admin_api).await?,
+        ops: tokio::net::TcpListener::bind(config.ops_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind `ops-listen` {}: {e}", config.ops_listen))?,
+    };
+    tracing::info!(
+        admin = %listeners.admin.local_addr()?,
+        ops = %listeners.ops.local_addr()?,
+        "listening"
+    );
+    domain_mediator::run(config, listeners, metrics, shutdown).await
+}

@@ -1,0 +1,581 @@
+//! The active replica's work, as one *session* per lease term: load the
+//! persisted state, subscribe from the processed counter + 1, process events
+//! in batches (each batch one fenced transaction), send decided verdicts, and
+//! request time proofs while requests are pending.
+//!
+//! A session ends when its token is cancelled (lease lost, shutdown) or on the
+//! first persistence error; the in-memory state is then dropped and the next
+//! session starts again from the database, so memory never runs ahead of what
+//! a successor would see.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use domain_lease::Fence;
+use domain_proto::v1 as pb;
+use domain_runtime::ops::Readiness;
+use domain_sequencer_client::{ClientError, StreamValidator};
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::link::{describe, is_connection_failure};
+use crate::metrics as m;
+use crate::protocol::{Event, Outcome, Processor, verdict_envelope_content, verdict_message_id};
+use crate::store::{self, OutVerdict, SendState, StoreError};
+use crate::{Context, now_micros};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Events buffered between the subscription reader and the processor.
+const EVENT_BUFFER: usize = 4096;
+/// How often acknowledged verdict sends are recorded.
+const MARK_INTERVAL: Duration = Duration::from_millis(50);
+/// Max sequencing time of a time proof, from now.
+const TIME_PROOF_TTL_MICROS: i64 = 10_000_000;
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("lease lost")]
+    LeaseLost,
+    #[error("verdict sender failed: {0}")]
+    Sender(String),
+}
+
+impl SessionError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            SessionError::Store(e) => e.label(),
+            SessionError::LeaseLost => "lease_lost",
+            SessionError::Sender(_) => "fenced",
+        }
+    }
+}
+
+/// A verdict to send, with when it was committed.
+type Outgoing = (OutVerdict, Instant);
+
+/// Runs one session until `cancel` fires or an error ends it.
+pub async fn run(
+    ctx: Arc<Context>,
+    fence: Fence,
+    cancel: CancellationToken,
+    readiness: Readiness,
+    acquired: Instant,
+) -> Result<(), SessionError> {
+    let mut client = ctx.pool.get().await.map_err(StoreError::from)?;
+    let mediator = ctx.settings.mediator_id.to_string();
+    let domain = ctx.settings.domain_id.to_string();
+    let loaded = store::load(&mut client, &fence, &mediator, &domain).await?;
+    let stmts = store::Statements::prepare(&client).await?;
+    let unsent = loaded.unsent;
+    let mut processor = Processor::restore(ctx.settings.clone(), loaded.restored);
+    publish(&ctx, &processor);
+    ctx.shared.session_running.store(true, Ordering::SeqCst);
+    let _running = scopeguard(&ctx);
+    tracing::info!(
+        epoch = fence.epoch,
+        last_counter = processor.last_counter(),
+        pending = processor.pending_count(),
+        unsent_verdicts = unsent.len(),
+        topology_transactions = processor.topology().len(),
+        "state loaded; resuming from the processed counter"
+    );
+
+    // Child tasks die with this session: cancelled on return, aborted on drop.
+    let tasks_cancel = cancel.child_token();
+    let _cancel_on_exit = tasks_cancel.clone().drop_guard();
+    let mut tasks = JoinSet::new();
+    let (event_tx, mut event_rx) = mpsc::channel::<Event>(EVENT_BUFFER);
+    let (verdict_tx, verdict_rx) = mpsc::unbounded_channel::<Outgoing>();
+    let (subscribed_tx, mut subscribed_rx) = watch::channel(false);
+    let (fail_tx, mut fail_rx) = mpsc::channel::<String>(1);
+    let validator = if processor.last_counter() >= 0 {
+        StreamValidator::starting_after(processor.last_counter(), processor.last_ts())
+    } else {
+        StreamValidator::default()
+    };
+    tasks.spawn(reader(
+        ctx.clone(),
+        processor.last_counter() + 1,
+        validator,
+        event_tx,
+        subscribed_tx,
+        tasks_cancel.clone(),
+    ));
+    tasks.spawn(sender(
+        ctx.clone(),
+        fence.clone(),
+        unsent,
+        verdict_rx,
+        fail_tx,
+        tasks_cancel.clone(),
+    ));
+    tasks.spawn(time_proofs(ctx.clone(), tasks_cancel.clone()));
+
+    let mut activated = false;
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            reason = fail_rx.recv() => {
+                return Err(SessionError::Sender(reason.unwrap_or_else(|| "stopped".into())));
+            }
+            changed = subscribed_rx.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let subscribed = *subscribed_rx.borrow_and_update();
+                if subscribed && !activated {
+                    activated = true;
+                    let took = acquired.elapsed();
+                    metrics::histogram!(m::ACTIVATION_SECONDS).record(took.as_secs_f64());
+                    tracing::info!(
+                        epoch = fence.epoch,
+                        took_ms = took.as_millis() as u64,
+                        "active: subscribed and serving"
+                    );
+                }
+                readiness.set_ready(subscribed);
+                metrics::gauge!(m::ACTIVE).set(if subscribed { 1.0 } else { 0.0 });
+                continue;
+            }
+            event = event_rx.recv() => match event {
+                Some(e) => e,
+                None => return Ok(()),
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < ctx.max_batch_events {
+            match event_rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        // A cheap local check first; the fence check inside the transaction is
+        // what actually guarantees that a stale replica writes nothing.
+        if ctx.lease.fence().as_ref() != Some(&fence) {
+            return Err(SessionError::LeaseLost);
+        }
+        let changes = processor.process_batch(&batch, now_micros());
+        let started = Instant::now();
+        store::persist(&mut client, &stmts, &fence, &changes).await?;
+        metrics::histogram!(m::PERSIST_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
+        metrics::counter!(m::EVENTS).increment(changes.events);
+        let committed = Instant::now();
+        for r in &changes.new_requests {
+            let rejected_at_once = changes.decisions.iter().any(|d| {
+                d.request_id == r.request_id
+                    && matches!(&d.outcome, Outcome::Rejected { participant, .. } if participant == processor.mediator_id())
+            });
+            let result = if rejected_at_once {
+                "rejected"
+            } else {
+                "opened"
+            };
+            metrics::counter!(m::REQUESTS, "result" => result).increment(1);
+        }
+        for (_, r) in &changes.responses {
+            metrics::counter!(m::RESPONSES, "decision" => r.decision.as_str()).increment(1);
+        }
+        for reason in &changes.ignored {
+            metrics::counter!(m::RESPONSES_IGNORED, "reason" => reason.as_str()).increment(1);
+        }
+        for reason in &changes.envelopes_ignored {
+            metrics::counter!(m::ENVELOPES_IGNORED, "reason" => *reason).increment(1);
+        }
+        for d in &changes.decisions {
+            let outcome = d.outcome.label();
+            metrics::counter!(m::VERDICTS, "outcome" => outcome).increment(1);
+            metrics::histogram!(m::DECISION_LATENCY, "outcome" => outcome)
+                .record((d.decided_ts - d.request_id) as f64 / 1e6);
+            tracing::debug!(request_id = d.request_id, outcome, "verdict decided");
+            let out = OutVerdict {
+                request_id: d.request_id,
+                signed_verdict: d.signed_verdict.clone(),
+                recipients: d.recipients.clone(),
+                max_sequencing_ts: d.max_sequencing_ts,
+            };
+            // The sender only stops with the session.
+            let _ = verdict_tx.send((out, committed));
+        }
+        publish(&ctx, &processor);
+    }
+}
+
+fn publish(ctx: &Context, processor: &Processor) {
+    let pending = processor.pending_count() as u64;
+    ctx.shared.pending.store(pending, Ordering::SeqCst);
+    ctx.shared
+        .last_counter
+        .store(processor.last_counter(), Ordering::SeqCst);
+    metrics::gauge!(m::PENDING).set(pending as f64);
+    metrics::gauge!(m::LAST_COUNTER).set(processor.last_counter() as f64);
+    metrics::gauge!(m::TOPOLOGY_TRANSACTIONS).set(processor.topology().len() as f64);
+}
+
+/// Clears `session_running` when the session ends, however it ends.
+struct RunningGuard(Arc<crate::Shared>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.session_running.store(false, Ordering::SeqCst);
+    }
+}
+
+fn scopeguard(ctx: &Context) -> RunningGuard {
+    RunningGuard(ctx.shared.clone())
+}
+
+async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Subscribes from `next` and forwards verified events in counter order;
+/// reconnects (to the next endpoint) on any stream failure, resuming after the
+/// last forwarded event.
+async fn reader(
+    ctx: Arc<Context>,
+    mut next: i64,
+    mut validator: StreamValidator,
+    tx: mpsc::Sender<Event>,
+    subscribed: watch::Sender<bool>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut reason = "activation";
+    loop {
+        let conn = tokio::select! {
+            _ = cancel.cancelled() => return,
+            c = ctx.link.get() => c,
+        };
+        let conn = match conn {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, "cannot reach any sequencer; retrying");
+                if !pause(&cancel, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => return,
+            s = conn.conn.subscribe(next) => s,
+        };
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(endpoint = %conn.endpoint, from_counter = next, error = %describe(&error), "subscribe failed");
+                ctx.link.failed(conn.generation, "subscribe failed").await;
+                if !pause(&cancel, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        metrics::counter!(m::SUBSCRIPTIONS, "reason" => reason).increment(1);
+        tracing::info!(endpoint = %conn.endpoint, from_counter = next, "subscribed");
+        subscribed.send_replace(true);
+        loop {
+            let message = tokio::select! {
+                _ = cancel.cancelled() => return,
+                m = stream.message() => m,
+            };
+            match message {
+                Ok(Some(response)) => {
+                    let Some(event) = response.event else {
+                        continue;
+                    };
+                    // Signature first: the validator only advances on events we forward.
+                    let content = match conn.conn.verify_event(&event) {
+                        Ok(c) => c,
+                        Err(error) => {
+                            tracing::error!(endpoint = %conn.endpoint, counter = event.counter, %error, "invalid event from the sequencer; resubscribing elsewhere");
+                            reason = "invalid_event";
+                            break;
+                        }
+                    };
+                    if let Err(error) = validator.check(&event) {
+                        tracing::error!(endpoint = %conn.endpoint, counter = event.counter, %error, "event stream is not continuous; resubscribing elsewhere");
+                        reason = "invalid_event";
+                        break;
+                    }
+                    next = event.counter + 1;
+                    backoff = BACKOFF_MIN;
+                    if tx
+                        .send(Event::from_verified(event, &content))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!(endpoint = %conn.endpoint, "subscription ended by the sequencer");
+                    reason = "stream_ended";
+                    break;
+                }
+                Err(status) => {
+                    tracing::warn!(endpoint = %conn.endpoint, code = ?status.code(), message = status.message(), "subscription failed");
+                    reason = "stream_error";
+                    break;
+                }
+            }
+        }
+        subscribed.send_replace(false);
+        ctx.link.failed(conn.generation, reason).await;
+        if !pause(&cancel, backoff).await {
+            return;
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Sends every decided verdict (those left unsent by a predecessor first) and
+/// records the acknowledged ones; a fenced record ends the session.
+async fn sender(
+    ctx: Arc<Context>,
+    fence: Fence,
+    unsent: Vec<OutVerdict>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    fail: mpsc::Sender<String>,
+    cancel: CancellationToken,
+) {
+    if !unsent.is_empty() {
+        tracing::info!(
+            count = unsent.len(),
+            "resending verdicts decided but not acknowledged before"
+        );
+    }
+    let now = Instant::now();
+    let mut queue: VecDeque<Outgoing> = unsent.into_iter().map(|v| (v, now)).collect();
+    let mut in_flight = FuturesUnordered::new();
+    let mut marks: Vec<(i64, SendState)> = Vec::new();
+    let mut client = None;
+    let mut tick = tokio::time::interval(MARK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        while in_flight.len() < ctx.max_inflight_verdicts {
+            let Some(item) = queue.pop_front() else { break };
+            in_flight.push(send_verdict(ctx.clone(), item));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            item = rx.recv() => match item {
+                Some(item) => queue.push_back(item),
+                None => return,
+            },
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => marks.push(done),
+            _ = tick.tick(), if !marks.is_empty() => {
+                if client.is_none() {
+                    match ctx.pool.get().await {
+                        Ok(c) => client = Some(c),
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot record verdict sends");
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = client.as_mut() else { continue };
+                match store::mark_verdicts(c, &fence, &marks).await {
+                    Ok(()) => marks.clear(),
+                    Err(error) if error.is_fenced() => {
+                        let _ = fail.send(error.to_string()).await;
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot record verdict sends; retrying");
+                        client = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn error_code(e: &ClientError) -> Option<&str> {
+    match e {
+        ClientError::Status(s) => s
+            .metadata()
+            .get("domain-error-code")
+            .and_then(|v| v.to_str().ok()),
+        _ => None,
+    }
+}
+
+/// Sends one verdict until the sequencer acknowledges it (or refuses it for
+/// good), moving between endpoints on connection failures.
+async fn send_verdict(ctx: Arc<Context>, (verdict, committed): Outgoing) -> (i64, SendState) {
+    let request_id = verdict.request_id;
+    let content = match verdict_envelope_content(&verdict.signed_verdict) {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::error!(request_id, %error, "stored verdict is undecodable; not sending it");
+            metrics::counter!(m::VERDICT_SENDS, "result" => "undeliverable").increment(1);
+            return (request_id, SendState::Undeliverable);
+        }
+    };
+    let mut recipients = verdict.recipients.clone();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let conn = match ctx.link.get().await {
+            Ok(c) => c,
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let submission = pb::SubmissionRequest {
+            sender: ctx.settings.mediator_id.to_string(),
+            message_id: verdict_message_id(request_id),
+            envelopes: vec![pb::Envelope {
+                content: content.clone().into(),
+                recipients: recipients.clone(),
+                broadcast: false,
+            }],
+            max_sequencing_time_micros: verdict.max_sequencing_ts,
+            time_proof: false,
+        };
+        let request = conn.conn.sign_submission(&submission);
+        let result =
+            tokio::time::timeout(ctx.sequencer_timeout, conn.conn.send_signed(request)).await;
+        let error = match result {
+            Ok(Ok(response)) => {
+                let result = if response.deduplicated {
+                    "deduplicated"
+                } else {
+                    "sequenced"
+                };
+                metrics::counter!(m::VERDICT_SENDS, "result" => result).increment(1);
+                metrics::histogram!(m::VERDICT_SEND_SECONDS)
+                    .record(committed.elapsed().as_secs_f64());
+                tracing::debug!(
+                    request_id,
+                    sequencing_ts = response.sequencing_timestamp_micros,
+                    result,
+                    "verdict sent"
+                );
+                return (request_id, SendState::Sent);
+            }
+            Ok(Err(error)) => error,
+            Err(_) => {
+                ctx.link
+                    .failed(conn.generation, "verdict send timed out")
+                    .await;
+                metrics::counter!(m::VERDICT_SENDS, "result" => "retried").increment(1);
+                continue;
+            }
+        };
+        match error_code(&error) {
+            Some("SEQ_MAX_SEQUENCING_TIME_EXCEEDED") => {
+                tracing::error!(request_id, max_sequencing_ts = verdict.max_sequencing_ts, error = %describe(&error), "verdict expired before the sequencer acknowledged it; participants will time out");
+                metrics::counter!(m::VERDICT_SENDS, "result" => "expired").increment(1);
+                return (request_id, SendState::Expired);
+            }
+            Some("SEQ_RECIPIENT_UNKNOWN" | "SEQ_RECIPIENT_DISABLED") => {
+                // A recipient left the domain since the request: send to the others.
+                let gone = recipients
+                    .iter()
+                    .position(|r| matches!(&error, ClientError::Status(s) if s.message().contains(r.as_str())));
+                match gone {
+                    Some(i) if recipients.len() > 1 => {
+                        let removed = recipients.remove(i);
+                        tracing::warn!(request_id, recipient = %removed, error = %describe(&error), "verdict recipient left the domain; sending to the others");
+                        continue;
+                    }
+                    _ => {
+                        tracing::error!(request_id, error = %describe(&error), "verdict has no deliverable recipient");
+                        metrics::counter!(m::VERDICT_SENDS, "result" => "undeliverable")
+                            .increment(1);
+                        return (request_id, SendState::Undeliverable);
+                    }
+                }
+            }
+            Some(
+                "SEQ_REQUEST_TOO_LARGE"
+                | "SEQ_MALFORMED_REQUEST"
+                | "SEQ_EMPTY_SUBMISSION"
+                | "SEQ_SUBMISSION_SIGNATURE_INVALID"
+                | "SEQ_MEMBER_MISMATCH",
+            ) => {
+                tracing::error!(request_id, error = %describe(&error), "sequencer refused the verdict for good");
+                metrics::counter!(m::VERDICT_SENDS, "result" => "undeliverable").increment(1);
+                return (request_id, SendState::Undeliverable);
+            }
+            _ => {
+                tracing::warn!(request_id, endpoint = %conn.endpoint, error = %describe(&error), "verdict send failed; retrying");
+                metrics::counter!(m::VERDICT_SENDS, "result" => "retried").increment(1);
+                if is_connection_failure(&error) {
+                    ctx.link
+                        .failed(conn.generation, "verdict send failed")
+                        .await;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Requests a time proof every `time-proof-interval` while requests are
+/// pending, so deadlines expire on an idle domain.
+async fn time_proofs(ctx: Arc<Context>, cancel: CancellationToken) {
+    let prefix = format!("{:08x}", getrandom::u32().unwrap_or_default());
+    let mut n: u64 = 0;
+    let mut tick = tokio::time::interval(ctx.time_proof_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if ctx.shared.pending.load(Ordering::SeqCst) == 0 {
+            continue;
+        }
+        let Ok(conn) = ctx.link.get().await else {
+            metrics::counter!(m::TIME_PROOFS, "result" => "failed").increment(1);
+            continue;
+        };
+        n += 1;
+        let submission = pb::SubmissionRequest {
+            sender: ctx.settings.mediator_id.to_string(),
+            message_id: format!("time-proof-{prefix}-{n}"),
+            envelopes: vec![],
+            max_sequencing_time_micros: now_micros() + TIME_PROOF_TTL_MICROS,
+            time_proof: true,
+        };
+        let request = conn.conn.sign_submission(&submission);
+        match tokio::time::timeout(ctx.sequencer_timeout, conn.conn.send_signed(request)).await {
+            Ok(Ok(_)) => metrics::counter!(m::TIME_PROOFS, "result" => "sent").increment(1),
+            Ok(Err(error)) => {
+                metrics::counter!(m::TIME_PROOFS, "result" => "failed").increment(1);
+                tracing::debug!(error = %describe(&error), "time proof failed");
+                if is_connection_failure(&error) {
+                    ctx.link.failed(conn.generation, "time proof failed").await;
+                }
+            }
+            Err(_) => {
+                metrics::counter!(m::TIME_PROOFS, "result" => "failed").increment(1);
+                ctx.link
+                    .failed(conn.generation, "time proof timed out")
+                    .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,780 @@
+//! Harness shared by the mediator end-to-end tests (mediator_protocol.rs,
+//! mediator_failover.rs): a 2-instance sequencer cluster, `mediator` replicas
+//! (real processes) over their own database, and participants played by the
+//! test over `SequencerConnection`: they send confirmation requests and signed
+//! responses and collect the verdicts from their own event streams, verifying
+//! the sequencer's and the mediator's signatures.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use domain_e2e::checks::db_client;
+use domain_e2e::topology::{
+    Member, domain_manager, new_participant, send_topology, set_state, sleep_until_micros,
+};
+use domain_e2e::{connect, http_get, now_micros};
+use domain_identity::{
+    DomainId, MemberId, MemberRole, PublicKey, Signature, SignaturePurpose, SigningKeyPair,
+    UniqueId,
+};
+use domain_proto::v1 as pb;
+use domain_sequencer_client::{SequencerConnection, to_proto_signature};
+use domain_testkit::cluster::SequencerCluster;
+use domain_testkit::pg::{PgCluster, TestDatabase};
+use domain_testkit::process::{ManagedProcess, ProcessBuilder, TestLogs, binary_path, free_port};
+use domain_topology::{DomainParameters, Mapping, Operation, Permission, TopologyTransaction};
+use prost::Message as _;
+
+/// Default topology change delay (no parameters transaction changes it).
+pub const CHANGE_DELAY_MICROS: i64 = 250_000;
+
+/// One `mediator` replica.
+pub struct MediatorNode {
+    pub name: String,
+    pub admin_port: u16,
+    pub ops_port: u16,
+    pub config_path: std::path::PathBuf,
+    pub process: Option<ManagedProcess>,
+}
+
+impl MediatorNode {
+    pub fn admin_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+    pub fn ops_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ops_port)
+    }
+}
+
+/// A verdict as a participant received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub verdict: pb::Verdict,
+    /// Sequencing timestamp of the verdict event.
+    pub ts: i64,
+    pub at: Instant,
+}
+
+/// Verdicts seen in one participant's stream, by request id.
+#[derive(Default)]
+pub struct VerdictLog {
+    pub by_request: HashMap<i64, Vec<Received>>,
+    /// Verdict envelopes that failed verification (must stay empty).
+    pub invalid: Vec<String>,
+    pub total: usize,
+}
+
+pub struct Participant {
+    pub member: Member,
+    pub conn: SequencerConnection,
+    pub verdicts: Arc<Mutex<VerdictLog>>,
+    collector: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        self.collector.abort();
+    }
+}
+
+/// The domain under test.
+/// Fields drop in order: participants' collectors, then mediators, then sequencers.
+pub struct MediatorDomain {
+    pub participants: BTreeMap<String, Participant>,
+    pub nodes: Vec<MediatorNode>,
+    pub logs: TestLogs,
+    pub cluster: SequencerCluster,
+    pub seq_db: tokio_postgres::Client,
+    pub med_db: TestDatabase,
+    pub mediator: Member,
+    next_id: AtomicU64,
+}
+
+impl MediatorDomain {
+    /// Starts 2 sequencers, registers the mediator, allowlists `participants`
+    /// with a `response_timeout`, starts `replicas` mediators and waits until one
+    /// is ready, then connects the participants (alternating instances).
+    pub async fn start(
+        logs: TestLogs,
+        prefix: &str,
+        replicas: usize,
+        participants: &[(&str, Permission)],
+        response_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let database = PgCluster::shared()
+            .create_database(&format!("{prefix}_seq"))
+            .await;
+        let cluster = SequencerCluster::start(logs.clone(), database.clone(), 2, "").await?;
+        let seq_db = db_client(&database.url).await?;
+        let med_db = PgCluster::shared()
+            .create_database(&format!("{prefix}_med"))
+            .await;
+
+        // The shared key, made by the binary itself.
+        let key_path = logs.dir().join("mediator-key.pem");
+        let out = std::process::Command::new(binary_path("mediator"))
+            .arg("generate-key")
+            .arg(&key_path)
+            .output()
+            .context("run mediator generate-key")?;
+        ensure!(
+            out.status.success(),
+            "mediator generate-key failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = String::from_utf8(out.stdout)?.trim().to_string();
+        let key = SigningKeyPair::load_pem(&key_path)?;
+        ensure!(
+            key.fingerprint().to_string() == printed,
+            "generate-key printed {printed}, the key's fingerprint is {}",
+            key.fingerprint()
+        );
+        let mediator_id = MemberId::new(
+            MemberRole::Mediator,
+            UniqueId::new("mediator", *key.fingerprint())?,
+        );
+        // Registered before any topology, so the mediator sees all of it.
+        cluster.register(&mediator_id).await?;
+
+        // Play the domain manager: allowlist, then the response timeout.
+        let dom = connect(&cluster, 0, &domain_manager(&cluster)).await?;
+        let mut members = Vec::new();
+        let mut serial = 0;
+        let mut last_ts = 0;
+        for (name, permission) in participants {
+            let member = new_participant(name)?;
+            serial += 1;
+            last_ts =
+                send_topology(&cluster, &dom, &set_state(serial, &member.0, *permission)).await?;
+            members.push((name.to_string(), member));
+        }
+        serial += 1;
+        let params = TopologyTransaction {
+            serial,
+            operation: Operation::Replace,
+            mapping: Mapping::Parameters(DomainParameters {
+                participant_response_timeout: response_timeout,
+                ..DomainParameters::default()
+            }),
+        };
+        last_ts = last_ts.max(send_topology(&cluster, &dom, &params).await?);
+        sleep_until_micros(last_ts + CHANGE_DELAY_MICROS + 20_000).await;
+
+        let mut domain = Self {
+            logs,
+            cluster,
+            seq_db,
+            med_db,
+            mediator: (mediator_id, Arc::new(key)),
+            nodes: Vec::new(),
+            participants: BTreeMap::new(),
+            next_id: AtomicU64::new(0),
+        };
+        for i in 0..replicas {
+            domain.add_mediator_node(i, &key_path)?;
+            domain.start_mediator(i)?;
+        }
+        let active = domain.wait_active(Duration::from_secs(30)).await?;
+        println!("mediator replica {active} is active");
+
+        for (i, (name, member)) in members.into_iter().enumerate() {
+            let conn = connect_admitted(&domain.cluster, i % 2, &member).await?;
+            let verdicts = Arc::new(Mutex::new(VerdictLog::default()));
+            let collector = tokio::spawn(collect_verdicts(
+                conn.clone(),
+                domain.mediator.0.clone(),
+                domain.cluster.domain_id.clone(),
+                verdicts.clone(),
+            ));
+            domain.participants.insert(
+                name,
+                Participant {
+                    member,
+                    conn,
+                    verdicts,
+                    collector,
+                },
+            );
+        }
+        Ok(domain)
+    }
+
+    fn add_mediator_node(&mut self, i: usize, key_path: &std::path::Path) -> anyhow::Result<()> {
+        let name = format!("mediator-{i}");
+        let (admin_port, ops_port) = (free_port(), free_port());
+        // Each replica prefers another sequencer instance.
+        let mut endpoints: Vec<String> = self
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| format!("\"{}\"", n.public_endpoint()))
+            .collect();
+        let len = endpoints.len();
+        endpoints.rotate_left(i % len);
+        let config = format!(
+            r#"name = "mediator"
+signing-key-file = "{key}"
+domain-id = "{domain}"
+sequencers = [{endpoints}]
+ops-listen = "127.0.0.1:{ops_port}"
+advertised-admin-address = "http://127.0.0.1:{admin_port}"
+
+[database]
+url = "{url}"
+
+[sequencer-tls]
+ca = "{ca}"
+
+[admin-api]
+listen = "127.0.0.1:{admin_port}"
+"#,
+            key = key_path.display(),
+            domain = self.cluster.domain_id,
+            endpoints = endpoints.join(", "),
+            url = self.med_db.url,
+            ca = self.cluster.pki_files.ca.display(),
+        );
+        let config_path = self.logs.dir().join(format!("{name}.toml"));
+        std::fs::write(&config_path, config)?;
+        self.nodes.push(MediatorNode {
+            name,
+            admin_port,
+            ops_port,
+            config_path,
+            process: None,
+        });
+        Ok(())
+    }
+
+    /// (Re)starts replica `i` (does not wait for anything).
+    pub fn start_mediator(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = self.nodes.get_mut(i).context("no such replica")?;
+        node.process = Some(
+            ProcessBuilder::new(binary_path("mediator"))
+                .arg("--config-file")
+                .arg(node.config_path.as_os_str())
+                .arg("--log-format")
+                .arg("json")
+                .env("RUST_LOG", "info")
+                .name(node.name.clone())
+                .logs(&self.logs)
+                .spawn()?,
+        );
+        Ok(())
+    }
+
+    /// Whether replica `i` answers ready on its ops port.
+    pub async fn is_ready(&self, i: usize) -> bool {
+        let Some(node) = self.nodes.get(i) else {
+            return false;
+        };
+        matches!(http_get(&node.ops_url(), "/health/ready").await, Ok(body) if body == "ready\n")
+    }
+
+    /// Waits until exactly one running replica is ready; returns its index.
+    pub async fn wait_active(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut ready = Vec::new();
+            for i in 0..self.nodes.len() {
+                if self.is_ready(i).await {
+                    ready.push(i);
+                }
+            }
+            match ready.as_slice() {
+                [one] => return Ok(*one),
+                [] if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                [] => bail!("no mediator replica became ready within {timeout:?}"),
+                many => bail!("several mediator replicas are ready at once: {many:?}"),
+            }
+        }
+    }
+
+    pub async fn status(&self, i: usize) -> anyhow::Result<pb::MediatorStatusResponse> {
+        let node = self.nodes.get(i).context("no such replica")?;
+        let mut client = pb::mediator_admin_service_client::MediatorAdminServiceClient::connect(
+            node.admin_endpoint(),
+        )
+        .await?;
+        Ok(client
+            .status(pb::MediatorStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// `grpc.health.v1.Health/Check` for service `""` on replica `i`'s admin API.
+    pub async fn grpc_health(&self, i: usize) -> anyhow::Result<ServingStatus> {
+        let node = self.nodes.get(i).context("no such replica")?;
+        let channel = tonic::transport::Endpoint::from_shared(node.admin_endpoint())?
+            .connect()
+            .await?;
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await?;
+        let path =
+            tonic::codegen::http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check");
+        let response = grpc
+            .unary(
+                tonic::Request::new(HealthCheckRequest {
+                    service: String::new(),
+                }),
+                path,
+                domain_proto::codec::DomainCodec::<HealthCheckRequest, HealthCheckResponse>::default(),
+            )
+            .await?;
+        Ok(match response.into_inner().status {
+            1 => ServingStatus::Serving,
+            2 => ServingStatus::NotServing,
+            other => ServingStatus::Other(other),
+        })
+    }
+
+    /// Sum of the samples of `name` whose labels include all of `labels`.
+    pub async fn metric(
+        &self,
+        i: usize,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<f64> {
+        let node = self.nodes.get(i).context("no such replica")?;
+        let text = http_get(&node.ops_url(), "/metrics").await?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(series, _)| {
+                (*series == name || series.starts_with(&format!("{name}{{")))
+                    && labels
+                        .iter()
+                        .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|(_, v)| v.parse::<f64>().ok())
+            .sum())
+    }
+
+    pub fn participant(&self, name: &str) -> &Participant {
+        self.participants
+            .get(name)
+            .unwrap_or_else(|| panic!("no participant {name}"))
+    }
+
+    pub fn id(&self, name: &str) -> String {
+        self.participant(name).member.0.to_string()
+    }
+
+    fn message_id(&self, kind: &str) -> String {
+        format!("{kind}-{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// `submitter` sends a confirmation request to the mediator and every
+    /// informee and confirmer; returns its request id (sequencing timestamp).
+    pub async fn request(
+        &self,
+        submitter: &str,
+        informees: &[&str],
+        confirmers: &[&str],
+        root_hash: &[u8],
+    ) -> anyhow::Result<i64> {
+        let p = self.participant(submitter);
+        let request = pb::ConfirmationRequest {
+            submitter: p.member.0.to_string(),
+            informees: informees.iter().map(|n| self.id(n)).collect(),
+            confirming_participants: confirmers.iter().map(|n| self.id(n)).collect(),
+            root_hash: root_hash.to_vec(),
+            payload: b"e2e".to_vec(),
+            mediator: self.mediator.0.to_string(),
+        };
+        let mut recipients = vec![self.mediator.0.to_string()];
+        for r in request
+            .informees
+            .iter()
+            .chain(&request.confirming_participants)
+        {
+            if !recipients.contains(r) {
+                recipients.push(r.clone());
+            }
+        }
+        let envelope = pb::Envelope {
+            content: domain_message(pb::domain_message::Message::ConfirmationRequest(request))
+                .into(),
+            recipients,
+            broadcast: false,
+        };
+        let r = p
+            .conn
+            .send(
+                &self.message_id("request"),
+                vec![envelope],
+                now_micros() + 60_000_000,
+            )
+            .await
+            .with_context(|| format!("{submitter} sends a confirmation request"))?;
+        Ok(r.sequencing_timestamp_micros)
+    }
+
+    /// A response of `who`, signed with its own key.
+    pub fn signed_response(
+        &self,
+        who: &str,
+        request_id: i64,
+        root_hash: &[u8],
+        approve: bool,
+        reason: &str,
+    ) -> pb::SignedConfirmationResponse {
+        let p = self.participant(who);
+        let response = pb::ConfirmationResponse {
+            request_id,
+            participant: p.member.0.to_string(),
+            root_hash: root_hash.to_vec(),
+            decision: if approve {
+                pb::ConfirmationDecision::Approve
+            } else {
+                pb::ConfirmationDecision::Reject
+            } as i32,
+            reason: reason.to_string(),
+            domain_id: self.cluster.domain_id.to_string(),
+        }
+        .encode_to_vec();
+        let sig = p.member.1.sign(
+            SignaturePurpose::ConfirmationResponse,
+            &self.cluster.domain_id,
+            &response,
+        );
+        pb::SignedConfirmationResponse {
+            response,
+            signature: Some(to_proto_signature(
+                &sig,
+                SignaturePurpose::ConfirmationResponse,
+            )),
+            signer_key: Some(pb::PublicKey {
+                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                key: p.member.1.public_key().to_bytes().to_vec(),
+            }),
+        }
+    }
+
+    /// `who` sends `signed` to the mediator; returns its sequencing timestamp.
+    pub async fn send_response(
+        &self,
+        who: &str,
+        signed: pb::SignedConfirmationResponse,
+    ) -> anyhow::Result<i64> {
+        let p = self.participant(who);
+        let envelope = pb::Envelope {
+            content: domain_message(pb::domain_message::Message::ConfirmationResponse(signed))
+                .into(),
+            recipients: vec![self.mediator.0.to_string()],
+            broadcast: false,
+        };
+        let r = p
+            .conn
+            .send(
+                &self.message_id("response"),
+                vec![envelope],
+                now_micros() + 60_000_000,
+            )
+            .await
+            .with_context(|| format!("{who} sends a confirmation response"))?;
+        Ok(r.sequencing_timestamp_micros)
+    }
+
+    pub async fn respond(
+        &self,
+        who: &str,
+        request_id: i64,
+        root_hash: &[u8],
+        approve: bool,
+        reason: &str,
+    ) -> anyhow::Result<i64> {
+        let signed = self.signed_response(who, request_id, root_hash, approve, reason);
+        self.send_response(who, signed).await
+    }
+
+    /// Verdict events the mediator got sequenced, by message id (sequencer database).
+    pub async fn sequenced_verdicts(&self) -> anyhow::Result<BTreeMap<String, i64>> {
+        let rows = self
+            .seq_db
+            .query(
+                "SELECT e.message_id, count(*) FROM seq_events e JOIN seq_members m ON m.id = e.sender \
+                 WHERE m.member = $1 AND e.message_id LIKE 'verdict-%' GROUP BY e.message_id",
+                &[&self.mediator.0.to_string()],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Waits until participant `name` has a verdict for every id in `ids`.
+    pub async fn wait_verdicts(
+        &self,
+        name: &str,
+        ids: &[i64],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let missing = {
+                let log = self.participant(name).verdicts.lock().expect("lock");
+                ids.iter()
+                    .filter(|id| !log.by_request.contains_key(id))
+                    .count()
+            };
+            if missing == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{name} still misses {missing} of {} verdicts after {timeout:?}",
+                    ids.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The verdicts `name` received for `request_id`.
+    pub fn verdicts_of(&self, name: &str, request_id: i64) -> Vec<pb::Verdict> {
+        let log = self.participant(name).verdicts.lock().expect("lock");
+        log.by_request
+            .get(&request_id)
+            .map(|v| v.iter().map(|r| r.verdict.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Checks that `name` got exactly one valid verdict for each of `ids` and
+    /// nothing else; returns them.
+    pub fn exactly_one_each(
+        &self,
+        name: &str,
+        ids: &[i64],
+    ) -> anyhow::Result<HashMap<i64, Received>> {
+        let log = self.participant(name).verdicts.lock().expect("lock");
+        ensure!(
+            log.invalid.is_empty(),
+            "{name} got invalid verdicts: {:?}",
+            log.invalid
+        );
+        let mut out = HashMap::new();
+        for id in ids {
+            match log.by_request.get(id).map(Vec::as_slice) {
+                Some([one]) => {
+                    out.insert(*id, one.clone());
+                }
+                Some(many) if many.len() > 1 => {
+                    bail!(
+                        "{name} got {} verdicts for request {id}: {many:?}",
+                        many.len()
+                    )
+                }
+                _ => bail!("{name} got no verdict for request {id}"),
+            }
+        }
+        let extra: Vec<&i64> = log.by_request.keys().filter(|k| !ids.contains(k)).collect();
+        ensure!(
+            extra.is_empty(),
+            "{name} got verdicts for unknown requests {extra:?}"
+        );
+        ensure!(
+            log.total == ids.len(),
+            "{name} got {} verdict envelopes for {} requests",
+            log.total,
+            ids.len()
+        );
+        Ok(out)
+    }
+}
+
+/// What a verdict should say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    Approved,
+    Rejected { participant: String, reason: String },
+    TimedOut { missing: Vec<String> },
+}
+
+pub fn check_outcome(v: &pb::Verdict, expected: &Expected) -> anyhow::Result<()> {
+    use pb::verdict::Outcome;
+    let ok = match (&v.outcome, expected) {
+        (Some(Outcome::Approved(_)), Expected::Approved) => true,
+        (
+            Some(Outcome::Rejected(r)),
+            Expected::Rejected {
+                participant,
+                reason,
+            },
+        ) => &r.participant == participant && r.reason.contains(reason.as_str()),
+        (Some(Outcome::TimedOut(t)), Expected::TimedOut { missing }) => {
+            &t.missing_confirmers == missing
+        }
+        _ => false,
+    };
+    ensure!(
+        ok,
+        "request {}: expected {expected:?}, got {:?}",
+        v.request_id,
+        v.outcome
+    );
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServingStatus {
+    Serving,
+    NotServing,
+    Other(i32),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    pub service: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+}
+
+pub fn domain_message(m: pb::domain_message::Message) -> Vec<u8> {
+    pb::DomainMessage { message: Some(m) }.encode_to_vec()
+}
+
+/// Connects once the participant's allowlisting is effective on instance `i`.
+async fn connect_admitted(
+    cluster: &SequencerCluster,
+    i: usize,
+    member: &Member,
+) -> anyhow::Result<SequencerConnection> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match connect(cluster, i, member).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() < deadline && format!("{e:#}").contains("not registered") => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Verifies a verdict the way a participant must: signed by the mediator's key
+/// (fingerprint in the mediator id) with purpose VERDICT for this domain.
+pub fn verify_verdict(
+    signed: &pb::SignedVerdict,
+    mediator: &MemberId,
+    domain_id: &DomainId,
+) -> Result<pb::Verdict, String> {
+    let key = signed.signer_key.as_ref().ok_or("no signer key")?;
+    let key = PublicKey::from_bytes(&key.key).map_err(|e| e.to_string())?;
+    if !mediator.matches_key(&key) {
+        return Err(format!("signer {} is not the mediator", key.fingerprint()));
+    }
+    let sig = signed.signature.as_ref().ok_or("no signature")?;
+    if sig.purpose != SignaturePurpose::Verdict.as_i32() {
+        return Err("signature purpose is not VERDICT".into());
+    }
+    let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
+        .map_err(|e| e.to_string())?;
+    key.verify(
+        SignaturePurpose::Verdict,
+        domain_id,
+        &signed.verdict,
+        &signature,
+    )
+    .map_err(|e| e.to_string())?;
+    let verdict = pb::Verdict::decode(signed.verdict.as_slice()).map_err(|e| e.to_string())?;
+    if verdict.mediator != mediator.to_string() || verdict.domain_id != domain_id.to_string() {
+        return Err(format!(
+            "verdict names mediator {} of domain {}",
+            verdict.mediator, verdict.domain_id
+        ));
+    }
+    Ok(verdict)
+}
+
+/// Reads a participant's stream for ever (resubscribing after errors) and
+/// records every verdict envelope.
+async fn collect_verdicts(
+    conn: SequencerConnection,
+    mediator: MemberId,
+    domain_id: DomainId,
+    log: Arc<Mutex<VerdictLog>>,
+) {
+    let mut next = 0;
+    loop {
+        let mut stream = match conn.subscribe(next).await {
+            Ok(s) => s,
+            Err(e) => {
+                println!(
+                    "  verdict collector of {}: subscribe failed: {e}",
+                    conn.member.id.name()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        loop {
+            let event = match stream.message().await {
+                Ok(Some(r)) => match r.event {
+                    Some(e) => e,
+                    None => continue,
+                },
+                Ok(None) => break,
+                Err(st) => {
+                    println!(
+                        "  verdict collector of {}: stream failed: {st}",
+                        conn.member.id.name()
+                    );
+                    break;
+                }
+            };
+            next = event.counter + 1;
+            let content = match conn.verify_event(&event) {
+                Ok(c) => c,
+                Err(e) => {
+                    log.lock()
+                        .expect("lock")
+                        .invalid
+                        .push(format!("bad event {}: {e}", event.counter));
+                    continue;
+                }
+            };
+            for d in &event.envelopes {
+                let Some(env) = &d.envelope else { continue };
+                let Ok(msg) = pb::DomainMessage::decode(&env.content[..]) else {
+                    continue;
+                };
+                let Some(pb::domain_message::Message::Verdict(signed)) = msg.message else {
+                    continue;
+                };
+                let mut log = log.lock().expect("lock");
+                log.total += 1;
+                if content.sender != mediator.to_string() {
+                    log.invalid
+                        .push(format!("verdict sent by {}", content.sender));
+                    continue;
+                }
+                match verify_verdict(&signed, &mediator, &domain_id) {
+                    Ok(verdict) => {
+                        log.by_request
+                            .entry(verdict.request_id)
+                            .or_default()
+                            .push(Received {
+                                verdict,
+                                ts: event.timestamp_micros,
+                                at: Instant::now(),
+                            })
+                    }
+                    Err(e) => log.invalid.push(e),
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,357 @@
+//! Mediator failover with real processes: the active replica is SIGKILLed
+//! with hundreds of requests in flight (some decided and being sent, most
+//! still waiting for responses); the passive replica takes over within 3 s,
+//! and every request still gets exactly one verdict, the one the protocol
+//! prescribes, sequenced once (the sequencer's record) and seen once by every
+//! participant. The killed replica comes back as the passive one.
+
+mod mediator_common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use domain_e2e::checks::{db_client, keep_logs_on_error};
+use domain_testkit::process::TestLogs;
+use domain_topology::Permission;
+use futures::{StreamExt as _, TryStreamExt as _};
+use mediator_common::{Expected, MediatorDomain, ServingStatus, check_outcome};
+
+/// Most the passive may take to become ready after the active dies.
+const TAKEOVER_LIMIT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Approve,
+    Reject,
+    Silent,
+}
+
+fn kind(i: usize) -> Kind {
+    match i % 10 {
+        3 => Kind::Reject,
+        7 => Kind::Silent,
+        _ => Kind::Approve,
+    }
+}
+
+fn parties(i: usize) -> (&'static str, &'static str) {
+    if i.is_multiple_of(2) {
+        ("alice", "bob")
+    } else {
+        ("bob", "alice")
+    }
+}
+
+fn root(i: usize) -> Vec<u8> {
+    format!("failover-{i}").into_bytes()
+}
+
+/// Sends the responses request `i` gets (the submitter always approves).
+async fn respond(d: &MediatorDomain, i: usize, id: i64) -> anyhow::Result<()> {
+    let (submitter, other) = parties(i);
+    let root = root(i);
+    match kind(i) {
+        Kind::Approve => {
+            futures::try_join!(
+                d.respond(submitter, id, &root, true, ""),
+                d.respond(other, id, &root, true, "")
+            )?;
+        }
+        Kind::Reject => {
+            let reason = format!("no-{i}");
+            futures::try_join!(
+                d.respond(submitter, id, &root, true, ""),
+                d.respond(other, id, &root, false, &reason)
+            )?;
+        }
+        Kind::Silent => {
+            d.respond(submitter, id, &root, true, "").await?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_mediator_killed_with_requests_in_flight() -> anyhow::Result<()> {
+    let logs = TestLogs::new("active_mediator_killed_with_requests_in_flight");
+    keep_logs_on_error(&logs, failover_body(logs.clone())).await
+}
+
+async fn failover_body(logs: TestLogs) -> anyhow::Result<()> {
+    const N: usize = 300;
+    /// Requests answered (and mostly decided) before the kill.
+    const BEFORE: usize = 60;
+    let mut d = MediatorDomain::start(
+        logs,
+        "med_failover",
+        2,
+        &[
+            ("alice", Permission::Submission),
+            ("bob", Permission::Submission),
+        ],
+        Duration::from_secs(8),
+    )
+    .await?;
+    let active = d.wait_active(Duration::from_secs(5)).await?;
+    let passive = 1 - active;
+    ensure!(
+        d.grpc_health(passive).await? == ServingStatus::NotServing,
+        "passive health"
+    );
+    let before = d.status(active).await?;
+    ensure!(before.active && !d.status(passive).await?.active);
+
+    // All requests first: they are pending at the active replica.
+    let ids: Vec<i64> = {
+        let d = &d;
+        let mut sent: Vec<(usize, i64)> = futures::stream::iter(0..N)
+            .map(|i| async move {
+                let (submitter, _) = parties(i);
+                let id = d
+                    .request(submitter, &["alice", "bob"], &["alice", "bob"], &root(i))
+                    .await?;
+                Ok::<_, anyhow::Error>((i, id))
+            })
+            .buffer_unordered(32)
+            .try_collect()
+            .await?;
+        sent.sort();
+        sent.into_iter().map(|(_, id)| id).collect()
+    };
+    // Responses for the first requests; wait until most of their verdicts arrived.
+    futures::stream::iter(0..BEFORE)
+        .map(|i| respond(&d, i, ids[i]))
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let decided_before: Vec<i64> = (0..BEFORE)
+        .filter(|i| kind(*i) != Kind::Silent)
+        .map(|i| ids[i])
+        .collect();
+    d.wait_verdicts("alice", &decided_before, Duration::from_secs(20))
+        .await?;
+
+    // The rest of the responses flow while the active replica is killed.
+    let mut victim = d.nodes[active]
+        .process
+        .take()
+        .context("active replica process")?;
+    let med_db = db_client(&d.med_db.url).await?;
+    let responded = AtomicUsize::new(BEFORE);
+    let responded = &responded;
+    let d_ref = &d;
+    let ids_ref = &ids;
+    let responder = async {
+        futures::stream::iter(BEFORE..N)
+            .map(|i| async move {
+                respond(d_ref, i, ids_ref[i]).await?;
+                responded.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, anyhow::Error>(())
+            })
+            .buffer_unordered(8)
+            .try_collect::<Vec<()>>()
+            .await
+    };
+    let killer = async {
+        // Kill while the active is busy with the second wave.
+        while responded.load(Ordering::SeqCst) < BEFORE + 20 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let received = d_ref
+            .participant("alice")
+            .verdicts
+            .lock()
+            .expect("lock")
+            .by_request
+            .len();
+        let row = med_db
+            .query_one(
+                "SELECT count(*) FILTER (WHERE state = 'pending'), \
+                        count(*) FILTER (WHERE verdict_state = 'unsent') FROM med_requests",
+                &[],
+            )
+            .await?;
+        let (pending, unsent): (i64, i64) = (row.get(0), row.get(1));
+        victim.kill()?;
+        let killed = Instant::now();
+        let killed_micros = domain_e2e::now_micros();
+        println!(
+            "SIGKILLed the active replica mediator-{active}: {} requests without a verdict at alice \
+             ({pending} pending and {unsent} decided-but-unsent in its last commit)",
+            N - received
+        );
+        ensure!(
+            N - received >= 100,
+            "only {} requests were in flight at the kill",
+            N - received
+        );
+        let deadline = killed + Duration::from_secs(15);
+        while !d_ref.is_ready(passive).await {
+            ensure!(
+                Instant::now() < deadline,
+                "the passive replica did not take over within 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok::<_, anyhow::Error>((killed, killed_micros, killed.elapsed()))
+    };
+    let (responses, kill) = tokio::join!(responder, killer);
+    responses?;
+    let (killed, killed_micros, takeover) = kill?;
+
+    d.wait_verdicts("alice", &ids, Duration::from_secs(30))
+        .await?;
+    d.wait_verdicts("bob", &ids, Duration::from_secs(10))
+        .await?;
+    // The first verdict the successor got sequenced (same host clock as the sequencers).
+    let first_after = {
+        let log = d.participant("alice").verdicts.lock().expect("lock");
+        log.by_request
+            .values()
+            .flatten()
+            .filter(|r| r.ts > killed_micros)
+            .map(|r| r.at.saturating_duration_since(killed))
+            .min()
+    };
+    let all_after = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    println!(
+        "takeover: mediator-{passive} ready {:.0} ms after the SIGKILL (limit {:.0} ms); first verdict \
+         sequenced after the kill received at {:.0} ms; all {N} verdicts at both participants {:.2} s after the kill",
+        takeover.as_secs_f64() * 1000.0,
+        TAKEOVER_LIMIT.as_secs_f64() * 1000.0,
+        first_after.map_or(f64::NAN, |t| t.as_secs_f64() * 1000.0),
+        all_after.as_secs_f64(),
+    );
+    ensure!(takeover <= TAKEOVER_LIMIT, "takeover took {takeover:?}");
+
+    // Exactly one verdict per request, everywhere, and the prescribed one.
+    let alice = d.exactly_one_each("alice", &ids)?;
+    let bob = d.exactly_one_each("bob", &ids)?;
+    for (i, id) in ids.iter().enumerate() {
+        let (_, other) = parties(i);
+        let expected = match kind(i) {
+            Kind::Approve => Expected::Approved,
+            Kind::Reject => Expected::Rejected {
+                participant: d.id(other),
+                reason: format!("no-{i}"),
+            },
+            Kind::Silent => Expected::TimedOut {
+                missing: vec![d.id(other)],
+            },
+        };
+        check_outcome(&alice[id].verdict, &expected)?;
+        ensure!(alice[id].verdict == bob[id].verdict && alice[id].ts == bob[id].ts);
+    }
+    let db = d.sequenced_verdicts().await?;
+    ensure!(
+        db.len() == N,
+        "{} verdict message ids sequenced, expected {N}",
+        db.len()
+    );
+    ensure!(
+        db.values().all(|n| *n == 1),
+        "a verdict was sequenced twice: {db:?}"
+    );
+
+    // The successor holds a later epoch and resumed from the shared state.
+    let after = d.status(passive).await?;
+    ensure!(
+        after.active && after.lease_epoch > before.lease_epoch && after.pending_requests == 0,
+        "successor status {after:?}, predecessor {before:?}"
+    );
+    let row = med_db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE state = 'decided'), \
+                    count(*) FILTER (WHERE verdict_state IN ('sent', 'sequenced')), \
+                    count(DISTINCT written_epoch) FROM med_requests",
+            &[],
+        )
+        .await?;
+    let (decided, delivered, epochs): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    ensure!(
+        decided == N as i64 && delivered == N as i64,
+        "mediator database: {decided} decided, {delivered} delivered of {N}"
+    );
+    let resent = d
+        .metric(
+            passive,
+            "mediator_verdict_sends_total",
+            &[("result", "deduplicated")],
+        )
+        .await?;
+    println!(
+        "successor: epoch {} (was {}), rows written by {epochs} epochs, {resent} resends deduplicated by the sequencer",
+        after.lease_epoch, before.lease_epoch
+    );
+
+    // The killed replica comes back passive.
+    d.start_mediator(active)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(st) = d.status(active).await {
+            ensure!(
+                !st.active,
+                "the restarted replica took the lease from a live active"
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the restarted replica did not answer within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(d.grpc_health(active).await? == ServingStatus::NotServing);
+    ensure!(d.is_ready(passive).await, "the successor must stay ready");
+
+    // A graceful stop (SIGTERM) releases the lease: the restarted replica takes
+    // over at its next poll, and requests keep getting exactly one verdict.
+    let mut successor = d.nodes[passive]
+        .process
+        .take()
+        .context("successor process")?;
+    let stopping = Instant::now();
+    let status = successor.terminate(Duration::from_secs(10)).await?;
+    ensure!(
+        status.success(),
+        "the successor exited with {status} on SIGTERM"
+    );
+    let handover = loop {
+        if d.is_ready(active).await {
+            break stopping.elapsed();
+        }
+        ensure!(
+            stopping.elapsed() < Duration::from_secs(10),
+            "no handover within 10 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut more = Vec::new();
+    for i in 0..10 {
+        let root = format!("after-{i}").into_bytes();
+        let id = d
+            .request("alice", &["alice", "bob"], &["alice", "bob"], &root)
+            .await?;
+        d.respond("alice", id, &root, true, "").await?;
+        d.respond("bob", id, &root, true, "").await?;
+        more.push(id);
+    }
+    d.wait_verdicts("bob", &more, Duration::from_secs(10))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let all: Vec<i64> = ids.iter().chain(&more).copied().collect();
+    for id in &more {
+        check_outcome(
+            &d.exactly_one_each("bob", &all)?[id].verdict,
+            &Expected::Approved,
+        )?;
+    }
+    println!(
+        "graceful handover: SIGTERM to ready elsewhere in {:.0} ms (stop included)",
+        handover.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
