@@ -10,8 +10,7 @@ use anyhow::{Context as _, bail};
 use crate::cluster::SequencerCluster;
 use crate::pg::TestDatabase;
 use crate::process::{
-    ManagedProcess, ProcessBuilder, TestLogs, binary_path, free_port, http_status,
-    wait_for_http_ok,
+    ManagedProcess, ProcessBuilder, TestLogs, binary_path, free_port, http_status, wait_for_http_ok,
 };
 
 /// Ports and files of one replica.
@@ -35,7 +34,10 @@ impl DomainManagerNode {
     }
     /// Whether `/health/ready` answers 200 (only the active replica is ready).
     pub async fn is_ready(&self) -> bool {
-        matches!(http_status(&format!("{}/health/ready", self.ops_url())).await, Ok(200))
+        matches!(
+            http_status(&format!("{}/health/ready", self.ops_url())).await,
+            Ok(200)
+        )
     }
 }
 
@@ -169,7 +171,10 @@ domain-name = "localhost"
 
     /// Admin endpoints of all replicas, comma-separated (for `--endpoint`).
     pub fn endpoints(&self) -> Vec<String> {
-        self.nodes.iter().map(DomainManagerNode::admin_endpoint).collect()
+        self.nodes
+            .iter()
+            .map(DomainManagerNode::admin_endpoint)
+            .collect()
     }
 
     /// Runs `domainctl` with `--endpoint` for every replica and `args`.

@@ -1,0 +1,262 @@
+//! Child processes of a devnet run: long-running components (own process group, so a
+//! Ctrl-C in the terminal reaches only `devnet`, which then stops them in order) and
+//! one-shot commands with captured output.
+
+use std::fmt;
+use std::fs::File;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// What kind of component a process is; decides how its readiness is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sequencer,
+    DomainManager,
+    Mediator,
+    Participant,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Sequencer => "sequencer",
+            Kind::DomainManager => "domain-manager",
+            Kind::Mediator => "mediator",
+            Kind::Participant => "participant",
+        }
+    }
+
+    /// Active-passive components show `active`/`passive`, others `serving`/`not-serving`.
+    pub fn role(self, ready: bool) -> &'static str {
+        match (self, ready) {
+            (Kind::DomainManager | Kind::Mediator, true) => "active",
+            (Kind::DomainManager | Kind::Mediator, false) => "passive",
+            (_, true) => "serving",
+            (_, false) => "not-serving",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to start.
+pub struct Spec<'a> {
+    pub name: &'a str,
+    pub kind: Kind,
+    pub grpc: String,
+    pub ops: String,
+    pub binary: &'a Path,
+    pub args: &'a [&'a str],
+    pub log: PathBuf,
+    /// Working directory.
+    pub dir: &'a Path,
+}
+
+/// A long-running component.
+pub struct Component {
+    pub name: String,
+    pub kind: Kind,
+    /// gRPC endpoint operators and clients use (public API for sequencers, admin API else).
+    pub grpc: String,
+    /// Ops base URL, `http://127.0.0.1:<port>`.
+    pub ops: String,
+    pub log: PathBuf,
+    child: Child,
+    exit: Option<ExitStatus>,
+}
+
+impl Component {
+    /// Starts `binary args...` with output appended to `log`, in its own process group.
+    pub fn spawn(spec: Spec<'_>) -> anyhow::Result<Self> {
+        let Spec {
+            name,
+            kind,
+            grpc,
+            ops,
+            binary,
+            args,
+            log,
+            dir,
+        } = spec;
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("cannot create log file {}", log.display()))?;
+        let child = Command::new(binary)
+            .args(args)
+            .current_dir(dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({})", binary.display()))?;
+        Ok(Self {
+            name: name.to_owned(),
+            kind,
+            grpc,
+            ops,
+            log,
+            child,
+            exit: None,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none()
+            && let Ok(Some(status)) = self.child.try_wait()
+        {
+            self.exit = Some(status);
+        }
+        self.exit
+    }
+
+    /// SIGTERM, then waits up to `grace`; SIGKILL after that. Returns the exit status and
+    /// whether the process had to be killed.
+    pub async fn stop(&mut self, grace: Duration) -> (Option<ExitStatus>, bool) {
+        if let Some(status) = self.exited() {
+            return (Some(status), false);
+        }
+        signal(self.pid(), "TERM");
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return (Some(status), false);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.child.kill();
+        let status = self.child.wait().ok();
+        self.exit = status;
+        (status, true)
+    }
+
+    /// The last `n` lines of the log.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log, n)
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// Output of a one-shot command.
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a one-shot command to completion (at most `timeout`), appending its command line
+/// and output to `log`.
+pub async fn run(
+    binary: &Path,
+    args: &[&str],
+    dir: &Path,
+    log: &Path,
+    timeout: Duration,
+) -> anyhow::Result<Output> {
+    let name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .process_group(0);
+    let output = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "`{name} {}` did not finish within {timeout:?}",
+                args.join(" ")
+            )
+        })?
+        .with_context(|| format!("cannot run {}", binary.display()))?;
+    let out = Output {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    let mut text = format!("$ {name} {}\n{}{}", args.join(" "), out.stdout, out.stderr);
+    if !out.status.success() {
+        text.push_str(&format!("(exit status {})\n", out.status));
+    }
+    use std::io::Write as _;
+    if let Ok(mut f) = File::options().create(true).append(true).open(log) {
+        let _ = f.write_all(text.as_bytes());
+    }
+    Ok(out)
+}
+
+/// Runs a one-shot command that must succeed; returns its trimmed stdout.
+pub async fn run_ok(
+    binary: &Path,
+    args: &[&str],
+    dir: &Path,
+    log: &Path,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let out = run(binary, args, dir, log, timeout).await?;
+    if !out.status.success() {
+        let name = binary
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        bail!(
+            "`{name} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            out.stderr.trim()
+        );
+    }
+    Ok(out.stdout.trim().to_owned())
+}

@@ -1,0 +1,377 @@
+use super::*;
+use domain_identity::UniqueId;
+use domain_topology::{Mapping, Operation, TrustLevel};
+
+struct World {
+    domain_key: SigningKeyPair,
+    domain: DomainId,
+    mediator_key: SigningKeyPair,
+    mediator: MemberId,
+    me_key: Arc<SigningKeyPair>,
+    me: MemberId,
+    other: MemberId,
+}
+
+fn world() -> World {
+    let domain_key = SigningKeyPair::from_seed(&[1; 32]);
+    let domain = DomainId::new(UniqueId::new("dom", *domain_key.fingerprint()).expect("uid"));
+    let mediator_key = SigningKeyPair::from_seed(&[2; 32]);
+    let mediator = MemberId::new(
+        MemberRole::Mediator,
+        UniqueId::new("mediator", *mediator_key.fingerprint()).expect("uid"),
+    );
+    let me_key = Arc::new(SigningKeyPair::from_seed(&[3; 32]));
+    let me = MemberId::new(
+        MemberRole::Participant,
+        UniqueId::new("alice", *me_key.fingerprint()).expect("uid"),
+    );
+    let other_key = SigningKeyPair::from_seed(&[4; 32]);
+    let other = MemberId::new(
+        MemberRole::Participant,
+        UniqueId::new("bob", *other_key.fingerprint()).expect("uid"),
+    );
+    World {
+        domain_key,
+        domain,
+        mediator_key,
+        mediator,
+        me_key,
+        me,
+        other,
+    }
+}
+
+fn processor(w: &World, policy: AutoConfirm, hint: bool) -> Processor {
+    Processor::new(ProcessorSettings {
+        participant: w.me.clone(),
+        domain_id: w.domain.clone(),
+        key: w.me_key.clone(),
+        policy,
+        mediator_hint: hint.then(|| w.mediator.to_string()),
+    })
+}
+
+fn env(message: pb::domain_message::Message) -> pb::Envelope {
+    pb::Envelope {
+        content: pb::DomainMessage {
+            message: Some(message),
+        }
+        .encode_to_vec()
+        .into(),
+        recipients: vec![],
+        broadcast: false,
+    }
+}
+
+fn event(counter: i64, ts: i64, sender: &str, message: pb::domain_message::Message) -> Event {
+    Event {
+        counter,
+        ts,
+        sender: sender.to_string(),
+        message_id: String::new(),
+        envelopes: vec![env(message)],
+    }
+}
+
+fn request(w: &World, submitter: &MemberId, payload: &[u8]) -> pb::ConfirmationRequest {
+    pb::ConfirmationRequest {
+        submitter: submitter.to_string(),
+        informees: vec![w.other.to_string(), w.me.to_string()],
+        confirming_participants: vec![w.other.to_string(), w.me.to_string()],
+        root_hash: vec![7; 32],
+        payload: payload.to_vec(),
+        mediator: w.mediator.to_string(),
+    }
+}
+
+fn verdict(w: &World, key: &SigningKeyPair, request_id: i64, approve: bool) -> pb::SignedVerdict {
+    let verdict = pb::Verdict {
+        request_id,
+        root_hash: vec![7; 32],
+        mediator: w.mediator.to_string(),
+        domain_id: w.domain.to_string(),
+        outcome: Some(if approve {
+            pb::verdict::Outcome::Approved(pb::Approved {})
+        } else {
+            pb::verdict::Outcome::Rejected(pb::Rejected {
+                participant: w.other.to_string(),
+                reason: "no".into(),
+            })
+        }),
+    }
+    .encode_to_vec();
+    let sig = key.sign(SignaturePurpose::Verdict, &w.domain, &verdict);
+    pb::SignedVerdict {
+        verdict,
+        signature: Some(to_proto_signature(&sig, SignaturePurpose::Verdict)),
+        signer_key: Some(pb::PublicKey {
+            algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+            key: key.public_key().to_bytes().to_vec(),
+        }),
+    }
+}
+
+use pb::domain_message::Message as M;
+
+#[test]
+fn confirms_with_a_signed_response_to_the_mediator() {
+    let w = world();
+    let mut p = processor(&w, AutoConfirm::Payload, true);
+    let mut c = Changes::default();
+    let ev = event(
+        0,
+        1_000,
+        &w.other.to_string(),
+        M::ConfirmationRequest(request(&w, &w.other, b"ping 1")),
+    );
+    p.process(&ev, vec![1], &mut c);
+    assert_eq!(c.new_pending.len(), 1);
+    assert_eq!(c.outbox.len(), 1);
+    let out = &c.outbox[0];
+    assert_eq!(out.message_id, "response-1000-alice");
+    assert!(out.approve);
+    // Default response timeout is 30 s.
+    assert_eq!(out.max_sequencing_micros, 1_000 + 30_000_000);
+    let send = pb::SendRequest::decode(out.send_request.as_slice()).expect("send");
+    let sig = send.signature.expect("sig");
+    let sig = Signature::from_parts(&sig.signature, &sig.signer_fingerprint).expect("sig");
+    w.me_key
+        .public_key()
+        .verify(
+            SignaturePurpose::Submission,
+            &w.domain,
+            &send.submission,
+            &sig,
+        )
+        .expect("submission signature");
+    let sub = pb::SubmissionRequest::decode(send.submission.as_slice()).expect("sub");
+    assert_eq!(sub.sender, w.me.to_string());
+    assert_eq!(sub.envelopes[0].recipients, vec![w.mediator.to_string()]);
+    let msg = pb::DomainMessage::decode(&sub.envelopes[0].content[..]).expect("msg");
+    let Some(M::ConfirmationResponse(signed)) = msg.message else {
+        panic!("not a response")
+    };
+    let key = PublicKey::from_bytes(&signed.signer_key.expect("key").key).expect("key");
+    assert!(w.me.matches_key(&key));
+    let sig = signed.signature.expect("sig");
+    assert_eq!(sig.purpose, SignaturePurpose::ConfirmationResponse.as_i32());
+    let sig = Signature::from_parts(&sig.signature, &sig.signer_fingerprint).expect("sig");
+    key.verify(
+        SignaturePurpose::ConfirmationResponse,
+        &w.domain,
+        &signed.response,
+        &sig,
+    )
+    .expect("response signature");
+    let resp = pb::ConfirmationResponse::decode(signed.response.as_slice()).expect("resp");
+    assert_eq!(resp.request_id, 1_000);
+    assert_eq!(resp.participant, w.me.to_string());
+    assert_eq!(resp.decision, pb::ConfirmationDecision::Approve as i32);
+    assert_eq!(resp.domain_id, w.domain.to_string());
+    assert_eq!(c.last_counter, 0);
+    assert_eq!(c.last_event, vec![1]);
+}
+
+#[test]
+fn payload_policy_rejects_and_off_stays_silent() {
+    let w = world();
+    let mut p = processor(&w, AutoConfirm::Payload, true);
+    let mut c = Changes::default();
+    let ev = event(
+        0,
+        5,
+        &w.other.to_string(),
+        M::ConfirmationRequest(request(&w, &w.other, b"reject this")),
+    );
+    p.process(&ev, vec![], &mut c);
+    assert!(!c.outbox[0].approve);
+    let mut p = processor(&w, AutoConfirm::Off, true);
+    let mut c = Changes::default();
+    p.process(&ev, vec![], &mut c);
+    assert!(c.outbox.is_empty());
+    assert_eq!(c.new_pending.len(), 1, "still tracked for the verdict");
+}
+
+#[test]
+fn requests_not_for_us_or_with_a_forged_submitter_are_ignored() {
+    let w = world();
+    let mut p = processor(&w, AutoConfirm::Payload, true);
+    let mut c = Changes::default();
+    let mut req = request(&w, &w.other, b"x");
+    req.informees = vec![w.other.to_string()];
+    req.confirming_participants = vec![w.other.to_string()];
+    p.process(
+        &event(0, 5, &w.other.to_string(), M::ConfirmationRequest(req)),
+        vec![],
+        &mut c,
+    );
+    assert!(c.new_pending.is_empty());
+    assert_eq!(c.ignored, vec!["not_informee"]);
+    let mut c = Changes::default();
+    let req = request(&w, &w.me, b"x");
+    p.process(
+        &event(1, 6, &w.other.to_string(), M::ConfirmationRequest(req)),
+        vec![],
+        &mut c,
+    );
+    assert_eq!(c.ignored, vec!["submitter_mismatch"]);
+    assert!(c.outbox.is_empty());
+}
+
+#[test]
+fn approved_verdicts_commit_and_forged_ones_do_not() {
+    let w = world();
+    let mut p = processor(&w, AutoConfirm::Payload, true);
+    let mut c = Changes::default();
+    let mut ev = event(
+        0,
+        100,
+        &w.me.to_string(),
+        M::ConfirmationRequest(request(&w, &w.me, b"ping x")),
+    );
+    ev.message_id = "ping-abc".into();
+    p.process(&ev, vec![], &mut c);
+    assert_eq!(c.new_pending[0].message_id, "ping-abc");
+
+    // Signed by a key that is not the mediator's.
+    let mut c = Changes::default();
+    let forged = verdict(&w, &w.domain_key, 100, true);
+    p.process(
+        &event(1, 200, &w.mediator.to_string(), M::Verdict(forged)),
+        vec![],
+        &mut c,
+    );
+    assert_eq!(c.ignored, vec!["bad_verdict_signature"]);
+    assert!(c.committed.is_empty());
+
+    // Valid signature, but not sent by the mediator.
+    let mut c = Changes::default();
+    let good = verdict(&w, &w.mediator_key, 100, true);
+    p.process(
+        &event(2, 300, &w.other.to_string(), M::Verdict(good.clone())),
+        vec![],
+        &mut c,
+    );
+    assert_eq!(c.ignored, vec!["bad_verdict"]);
+
+    let mut c = Changes::default();
+    p.process(
+        &event(3, 400, &w.mediator.to_string(), M::Verdict(good.clone())),
+        vec![],
+        &mut c,
+    );
+    assert_eq!(c.committed.len(), 1);
+    assert_eq!(c.committed[0].request_id, 100);
+    assert_eq!(c.committed[0].sequenced_ts, 400);
+    assert_eq!(c.committed[0].payload, b"ping x");
+    assert_eq!(c.removed_pending, vec![100]);
+    assert_eq!(c.decided[0].message_id, "ping-abc");
+    assert_eq!(c.decided[0].outcome, Outcome::Approved);
+    assert_eq!(p.pending_count(), 0);
+
+    // A second copy is for an unknown request now.
+    let mut c = Changes::default();
+    p.process(
+        &event(4, 500, &w.mediator.to_string(), M::Verdict(good)),
+        vec![],
+        &mut c,
+    );
+    assert_eq!(c.ignored, vec!["unknown_request"]);
+}
+
+#[test]
+fn rejections_are_reported_not_committed() {
+    let w = world();
+    let mut p = processor(&w, AutoConfirm::Payload, true);
+    let mut c = Changes::default();
+    p.process(
+        &event(
+            0,
+            100,
+            &w.other.to_string(),
+            M::ConfirmationRequest(request(&w, &w.other, b"x")),
+        ),
+        vec![],
+        &mut c,
+    );
+    let mut c = Changes::default();
+    let v = verdict(&w, &w.mediator_key, 100, false);
+    p.process(
+        &event(1, 200, &w.mediator.to_string(), M::Verdict(v)),
+        vec![],
+        &mut c,
+    );
+    assert!(c.committed.is_empty());
+    assert_eq!(c.decided[0].outcome.label(), "rejected");
+    assert!(
+        c.decided[0]
+            .outcome
+            .describe()
+            .contains("rejected by PAR::bob::")
+    );
+}
+
+fn topology(w: &World, serial: u64, mapping: Mapping) -> pb::SignedTopologyTransaction {
+    TopologyTransaction {
+        serial,
+        operation: Operation::Replace,
+        mapping,
+    }
+    .sign(&w.domain, &w.domain_key)
+}
+
+#[test]
+fn topology_only_from_the_domain_manager_and_mediator_from_topology() {
+    let w = world();
+    let mut p = processor(&w, AutoConfirm::Payload, false);
+    assert_eq!(p.mediator_at(0), None);
+    let dm = domain_topology::domain_manager_member(&w.domain).to_string();
+    let med = topology(
+        &w,
+        1,
+        Mapping::Mediator {
+            mediator: w.mediator.clone(),
+            public_key: None,
+        },
+    );
+    let mut c = Changes::default();
+    p.process(
+        &event(0, 1_000, &w.other.to_string(), M::Topology(med.clone())),
+        vec![],
+        &mut c,
+    );
+    assert_eq!(c.ignored, vec!["topology_not_from_domain_manager"]);
+    assert_eq!(p.mediator_at(10_000_000), None);
+    let mut c = Changes::default();
+    p.process(&event(1, 2_000, &dm, M::Topology(med)), vec![], &mut c);
+    assert_eq!(c.topology.len(), 1);
+    assert_eq!(c.topology[0].effective_ts, 2_000 + 250_000);
+    assert_eq!(p.mediator_at(2_000), None, "not effective yet");
+    assert_eq!(p.mediator_at(252_000), Some(w.mediator.to_string()));
+
+    // Disabled at request time: no response.
+    let state = topology(
+        &w,
+        2,
+        Mapping::Participant {
+            participant: w.me.clone(),
+            permission: Permission::Observation,
+            trust_level: TrustLevel::Ordinary,
+        },
+    );
+    let mut c = Changes::default();
+    p.process(&event(2, 300_000, &dm, M::Topology(state)), vec![], &mut c);
+    let mut c = Changes::default();
+    p.process(
+        &event(
+            3,
+            600_000,
+            &w.other.to_string(),
+            M::ConfirmationRequest(request(&w, &w.other, b"x")),
+        ),
+        vec![],
+        &mut c,
+    );
+    assert!(c.outbox.is_empty());
+    assert_eq!(c.ignored, vec!["cannot_confirm"]);
+}

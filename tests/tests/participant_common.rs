@@ -1,0 +1,417 @@
+//! Shared harness of the participant tests (`participant_ping.rs`,
+//! `participant_failover.rs`, which include this file as a module): a real domain
+//! (2 TLS sequencers, 1 domain manager, 1 mediator) and real `participant` nodes, set up
+//! through the CLIs the way an operator does it (`participant init`, `domainctl
+//! participants set-state`, `participant connect-multi`, `participant run`).
+//!
+//! Compiled on its own as an (empty) test target too, hence `allow(dead_code)`.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use domain_identity::SigningKeyPair;
+use domain_proto::v1::{
+    self as pb, participant_admin_service_client::ParticipantAdminServiceClient,
+};
+use domain_testkit::cluster::SequencerCluster;
+use domain_testkit::domain_manager::{DomainManagers, domainctl};
+use domain_testkit::pg::{PgCluster, TestDatabase};
+use domain_testkit::process::{
+    ManagedProcess, ProcessBuilder, TestLogs, binary_path, http_status, wait_for_health,
+    wait_for_http_ok,
+};
+
+/// A free port not handed out before by this process (the OS may return a port again
+/// once its probe socket is closed).
+pub fn free_port() -> u16 {
+    static USED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut used = USED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = domain_testkit::process::free_port();
+        if !used.contains(&port) {
+            used.push(port);
+            return port;
+        }
+    }
+}
+
+/// One participant node.
+pub struct Participant {
+    pub name: String,
+    /// `name::1220…`
+    pub uid: String,
+    /// `PAR::name::1220…`
+    pub member: String,
+    pub data_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub admin_port: u16,
+    pub ops_port: u16,
+    pub db: TestDatabase,
+    pub process: Option<ManagedProcess>,
+}
+
+impl Participant {
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+    pub fn ops_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ops_port)
+    }
+    pub async fn admin(
+        &self,
+    ) -> anyhow::Result<ParticipantAdminServiceClient<tonic::transport::Channel>> {
+        Ok(ParticipantAdminServiceClient::connect(self.admin_url()).await?)
+    }
+    /// The value of a metric line (first series whose line starts with `prefix`).
+    pub async fn metric(&self, prefix: &str) -> anyhow::Result<Option<f64>> {
+        let text = domain_e2e::http_get(&self.ops_url(), "/metrics").await?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+            .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()))
+    }
+    /// The sequencer endpoint the node's subscription currently reads from.
+    pub async fn subscribed_endpoint(&self) -> anyhow::Result<Option<String>> {
+        let text = domain_e2e::http_get(&self.ops_url(), "/metrics").await?;
+        Ok(text.lines().find_map(|l| {
+            if !l.starts_with("participant_subscription_endpoint{") || !l.ends_with(" 1") {
+                return None;
+            }
+            let (_, rest) = l.split_once("endpoint=\"")?;
+            Some(rest.split('"').next()?.to_owned())
+        }))
+    }
+}
+
+/// Which sequencer instances exist and who talks to which.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub sequencers: usize,
+    /// Instances in the mediator's `sequencers` list.
+    pub mediator_on: Vec<usize>,
+    /// Instances the participants `connect-multi` to.
+    pub participants_on: Vec<usize>,
+}
+
+impl Default for Layout {
+    /// Two instances, everyone on both.
+    fn default() -> Self {
+        Self {
+            sequencers: 2,
+            mediator_on: vec![0, 1],
+            participants_on: vec![0, 1],
+        }
+    }
+}
+
+/// A domain with participants.
+pub struct Domain {
+    pub layout: Layout,
+    pub logs: TestLogs,
+    pub cluster: SequencerCluster,
+    pub dms: DomainManagers,
+    pub mediator_id: String,
+    pub mediator: Option<ManagedProcess>,
+    pub mediator_ops: String,
+    pub participants: Vec<Participant>,
+}
+
+/// Runs `participant <args>` to completion.
+pub async fn participant_cli(args: &[&str]) -> anyhow::Result<Output> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(binary_path("participant"))
+            .args(args)
+            .env_remove("PARTICIPANT_DATA_DIR")
+            .env_remove("PARTICIPANT_ADMIN_ENDPOINT")
+            .output(),
+    )
+    .await
+    .context("participant CLI did not finish within 60 s")??;
+    Ok(out)
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `participant <args>`, which must succeed; returns trimmed stdout.
+pub async fn participant_ok(args: &[&str]) -> anyhow::Result<String> {
+    let out = participant_cli(args).await?;
+    ensure!(
+        out.status.success(),
+        "participant {args:?} failed: {}",
+        text(&out)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+impl Domain {
+    /// Starts sequencers, domain manager and mediator, then one participant per
+    /// `(name, auto-confirm policy)`, each allowlisted, connected and subscribed.
+    pub async fn start(
+        logs: TestLogs,
+        participants: &[(&str, &str)],
+        response_timeout: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(logs, Layout::default(), participants, response_timeout).await
+    }
+
+    /// [`Self::start`] with a sequencer layout.
+    pub async fn start_with(
+        logs: TestLogs,
+        layout: Layout,
+        participants: &[(&str, &str)],
+        response_timeout: &str,
+    ) -> anyhow::Result<Self> {
+        let pg = PgCluster::shared();
+        let cluster = SequencerCluster::start(
+            logs.clone(),
+            pg.create_database("pt_seq").await,
+            layout.sequencers,
+            "",
+        )
+        .await?;
+        let med_key_path = logs.path("mediator-key.pem");
+        let med_key = SigningKeyPair::generate();
+        med_key.save_pem(&med_key_path)?;
+        let mediator_id = format!("MED::mediator::{}", med_key.fingerprint());
+        let dms = DomainManagers::start(
+            &cluster,
+            pg.create_database("pt_dm").await,
+            1,
+            &format!(
+                "genesis = {{ mediators = [\"{mediator_id}\"], parameters = {{ participant-response-timeout = \"{response_timeout}\" }} }}"
+            ),
+        )
+        .await?;
+
+        let (med_admin, med_ops) = (free_port(), free_port());
+        let med_db = pg.create_database("pt_med").await;
+        let endpoints = layout
+            .mediator_on
+            .iter()
+            .map(|i| format!("\"{}\"", cluster.nodes[*i].public_endpoint()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let med_config = logs.path("mediator.toml");
+        std::fs::write(
+            &med_config,
+            format!(
+                "name = \"mediator\"\nsigning-key-file = \"{key}\"\ndomain-id = \"{domain}\"\nsequencers = [{endpoints}]\n\
+                 ops-listen = \"127.0.0.1:{med_ops}\"\n\n[database]\nurl = \"{url}\"\n\n\
+                 [sequencer-tls]\nca = \"{ca}\"\ndomain-name = \"localhost\"\n\n[admin-api]\nlisten = \"127.0.0.1:{med_admin}\"\n",
+                key = med_key_path.display(),
+                domain = cluster.domain_id,
+                url = med_db.url,
+                ca = cluster.pki_files.ca.display(),
+            ),
+        )?;
+        let mediator = ProcessBuilder::new(binary_path("mediator"))
+            .args([
+                "--config-file",
+                &med_config.to_string_lossy(),
+                "--log-format",
+                "json",
+            ])
+            .env("RUST_LOG", "info")
+            .name("mediator")
+            .logs(&logs)
+            .spawn()?;
+        let mediator_ops = format!("http://127.0.0.1:{med_ops}");
+        wait_for_http_ok(
+            &format!("{mediator_ops}/health/ready"),
+            Duration::from_secs(60),
+        )
+        .await
+        .context("the mediator did not become active")?;
+        // The genesis parameters are sequenced before the mediator's registration takes
+        // effect, so the mediator never sees them (it only receives broadcasts after its
+        // registration) and would use the default 30 s: set them again now.
+        let out = dms
+            .domainctl(&[
+                "parameters",
+                "set",
+                "--participant-response-timeout",
+                response_timeout,
+            ])
+            .await?;
+        ensure!(
+            out.status.success(),
+            "parameters set failed: {}",
+            text(&out)
+        );
+
+        let mut domain = Self {
+            layout,
+            logs,
+            cluster,
+            dms,
+            mediator_id,
+            mediator: Some(mediator),
+            mediator_ops,
+            participants: Vec::new(),
+        };
+        for (name, policy) in participants {
+            domain.add_participant(name, policy, true).await?;
+        }
+        Ok(domain)
+    }
+
+    /// The sequencer endpoints participants use (`https://localhost:<port>`).
+    pub fn sequencer_endpoints(&self) -> Vec<String> {
+        self.layout
+            .participants_on
+            .iter()
+            .map(|i| self.cluster.nodes[*i].public_endpoint())
+            .collect()
+    }
+
+    /// Initialises a participant, optionally allowlists it, connects and starts it.
+    pub async fn add_participant(
+        &mut self,
+        name: &str,
+        policy: &str,
+        allowlist: bool,
+    ) -> anyhow::Result<usize> {
+        let data_dir = self.logs.path(name);
+        let data = data_dir.to_string_lossy().into_owned();
+        let uid = participant_ok(&["init", "--name", name, "--data-dir", &data]).await?;
+        let member = format!("PAR::{uid}");
+        if allowlist {
+            let out = domainctl(
+                &self.dms.endpoints(),
+                &[
+                    "participants",
+                    "set-state",
+                    &member,
+                    "--permission",
+                    "submission",
+                    "--trust-level",
+                    "ordinary",
+                ],
+            )
+            .await?;
+            ensure!(out.status.success(), "set-state failed: {}", text(&out));
+        }
+        let ca = self.cluster.pki_files.ca.to_string_lossy().into_owned();
+        let endpoints = self.sequencer_endpoints();
+        let mut args = vec!["connect-multi", "testdomain"];
+        args.extend(endpoints.iter().map(String::as_str));
+        // No --mediator hint: the node learns the mediator from the topology history.
+        args.extend(["--ca", &ca, "--data-dir", &data]);
+        participant_ok(&args).await?;
+        let (admin_port, ops_port) = (free_port(), free_port());
+        let db = PgCluster::shared()
+            .create_database(&format!("pt_{name}"))
+            .await;
+        let config_path = self.logs.path(&format!("{name}.toml"));
+        std::fs::write(
+            &config_path,
+            format!(
+                "data-dir = \"{data}\"\nops-listen = \"127.0.0.1:{ops_port}\"\nauto-confirm = \"{policy}\"\n\n\
+                 [database]\nurl = \"{url}\"\n\n[admin-api]\nlisten = \"127.0.0.1:{admin_port}\"\n",
+                url = db.url
+            ),
+        )?;
+        self.participants.push(Participant {
+            name: name.to_owned(),
+            uid,
+            member,
+            data_dir,
+            config_path,
+            admin_port,
+            ops_port,
+            db,
+            process: None,
+        });
+        let i = self.participants.len() - 1;
+        if allowlist {
+            self.start_participant(i).await?;
+        }
+        Ok(i)
+    }
+
+    /// (Re)starts participant `i` and waits until it is connected and subscribed.
+    pub async fn start_participant(&mut self, i: usize) -> anyhow::Result<()> {
+        let logs = self.logs.clone();
+        let p = &mut self.participants[i];
+        p.process = Some(
+            ProcessBuilder::new(binary_path("participant"))
+                .args([
+                    "run",
+                    "--config-file",
+                    &p.config_path.to_string_lossy(),
+                    "--log-format",
+                    "json",
+                ])
+                .env("RUST_LOG", "info")
+                .env_remove("PARTICIPANT_DATA_DIR")
+                .name(p.name.clone())
+                .logs(&logs)
+                .spawn()?,
+        );
+        wait_for_health(&p.admin_url(), None, "", Duration::from_secs(60))
+            .await
+            .with_context(|| format!("{} did not connect", p.name))
+    }
+
+    /// Waits until `/health/ready` of participant `i` answers `status`.
+    pub async fn wait_ready_status(
+        &self,
+        i: usize,
+        status: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let url = format!("{}/health/ready", self.participants[i].ops_url());
+        let deadline = Instant::now() + timeout;
+        loop {
+            if http_status(&url).await.ok() == Some(status) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("{url} did not answer {status} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Pings `target` from the node at `from` through the admin API.
+pub async fn ping_rpc(
+    from: &mut ParticipantAdminServiceClient<tonic::transport::Channel>,
+    target: &str,
+    timeout: Duration,
+) -> Result<pb::PingResponse, tonic::Status> {
+    let mut request = tonic::Request::new(pb::PingRequest {
+        target_participant_id: target.to_owned(),
+        timeout_millis: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+    });
+    request.set_timeout(timeout + Duration::from_secs(5));
+    from.ping(request).await.map(tonic::Response::into_inner)
+}
+
+/// Rows of a participant's committed transactions: (request id, root hash, payload).
+pub async fn committed(db: &TestDatabase) -> anyhow::Result<Vec<(i64, Vec<u8>, Vec<u8>)>> {
+    let client = domain_e2e::checks::db_client(&db.url).await?;
+    let rows = client
+        .query(
+            "SELECT request_id, root_hash, payload FROM par_transactions ORDER BY request_id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
