@@ -974,7 +974,9 @@ pub async fn prune(
 ) -> Result<(i64, u64), StoreError> {
     let row = client
         .query_one(
-            "SELECT min(coalesce(acknowledged_ts, registered_ts)) FILTER (WHERE enabled) FROM seq_members",
+            // The domain manager member only sends topology and never reads its
+            // stream: its events must not hold pruning back.
+            "SELECT min(coalesce(acknowledged_ts, registered_ts)) FILTER (WHERE enabled AND member NOT LIKE 'DOM::%') FROM seq_members",
             &[],
         )
         .await?;
