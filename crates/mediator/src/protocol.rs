@@ -1004,36 +1004,14 @@ fn verify_response_signature(
     participant: &MemberId,
     domain_id: &DomainId,
 ) -> Result<(), String> {
-    let key = signed
-        .signer_key
-        .as_ref()
-        .ok_or_else(|| "no signer key".to_string())?;
-    if key.algorithm != pb::KeyAlgorithm::Ed25519 as i32 {
-        return Err("signer key is not ed25519".into());
-    }
-    let key = PublicKey::from_bytes(&key.key).map_err(|e| format!("invalid signer key: {e}"))?;
-    if !participant.matches_key(&key) {
-        return Err(format!(
-            "signer key {} is not the key of {participant}",
-            key.fingerprint()
-        ));
-    }
-    let sig = signed
-        .signature
-        .as_ref()
-        .ok_or_else(|| "no signature".to_string())?;
-    if sig.purpose != SignaturePurpose::ConfirmationResponse.as_i32() {
-        return Err("signature purpose is not CONFIRMATION_RESPONSE".into());
-    }
-    let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
-        .map_err(|e| format!("invalid signature: {e}"))?;
-    key.verify(
+    domain_sequencer_client::verify_member_signature(
+        signed.signer_key.as_ref(),
+        signed.signature.as_ref(),
+        participant,
         SignaturePurpose::ConfirmationResponse,
         domain_id,
         &signed.response,
-        &signature,
     )
-    .map_err(|e| e.to_string())
 }
 
 /// Verifies a verdict as a participant would: decodes it and checks the

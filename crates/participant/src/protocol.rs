@@ -20,9 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use domain_identity::{
-    DomainId, MemberId, MemberRole, PublicKey, Signature, SignaturePurpose, SigningKeyPair,
-};
+use domain_identity::{DomainId, MemberId, MemberRole, SignaturePurpose, SigningKeyPair};
 use domain_proto::v1 as pb;
 use domain_sequencer_client::to_proto_signature;
 use domain_topology::{Permission, SequencedTopology, TopologyState, TopologyTransaction};
@@ -623,36 +621,14 @@ pub fn verify_verdict(
     mediator: &MemberId,
     domain_id: &DomainId,
 ) -> Result<pb::Verdict, String> {
-    let key = signed
-        .signer_key
-        .as_ref()
-        .ok_or_else(|| "no signer key".to_string())?;
-    if key.algorithm != pb::KeyAlgorithm::Ed25519 as i32 {
-        return Err("signer key is not ed25519".into());
-    }
-    let key = PublicKey::from_bytes(&key.key).map_err(|e| format!("invalid signer key: {e}"))?;
-    if !mediator.matches_key(&key) {
-        return Err(format!(
-            "signer key {} is not the key of {mediator}",
-            key.fingerprint()
-        ));
-    }
-    let sig = signed
-        .signature
-        .as_ref()
-        .ok_or_else(|| "no signature".to_string())?;
-    if sig.purpose != SignaturePurpose::Verdict.as_i32() {
-        return Err("signature purpose is not VERDICT".into());
-    }
-    let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
-        .map_err(|e| format!("invalid signature: {e}"))?;
-    key.verify(
+    domain_sequencer_client::verify_member_signature(
+        signed.signer_key.as_ref(),
+        signed.signature.as_ref(),
+        mediator,
         SignaturePurpose::Verdict,
         domain_id,
         &signed.verdict,
-        &signature,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     pb::Verdict::decode(signed.verdict.as_slice()).map_err(|e| format!("undecodable verdict: {e}"))
 }
 

@@ -1,5 +1,6 @@
 use super::*;
 use domain_identity::UniqueId;
+use domain_identity::{PublicKey, Signature};
 use domain_topology::{Mapping, Operation, TrustLevel};
 
 struct World {

@@ -374,6 +374,41 @@ impl StreamValidator {
     }
 }
 
+/// Verifies a payload signed by a member that ships its own public key (confirmation
+/// responses, verdicts): the key must be ed25519 and match `member`'s fingerprint,
+/// and the signature must be for `purpose` in `domain_id` over `payload`.
+pub fn verify_member_signature(
+    signer_key: Option<&pb::PublicKey>,
+    signature: Option<&pb::Signature>,
+    member: &MemberId,
+    purpose: SignaturePurpose,
+    domain_id: &domain_identity::DomainId,
+    payload: &[u8],
+) -> Result<(), String> {
+    let key = signer_key.ok_or_else(|| "no signer key".to_string())?;
+    if key.algorithm != pb::KeyAlgorithm::Ed25519 as i32 {
+        return Err("signer key is not ed25519".into());
+    }
+    let key = PublicKey::from_bytes(&key.key).map_err(|e| format!("invalid signer key: {e}"))?;
+    if !member.matches_key(&key) {
+        return Err(format!(
+            "signer key {} is not the key of {member}",
+            key.fingerprint()
+        ));
+    }
+    let sig = signature.ok_or_else(|| "no signature".to_string())?;
+    if sig.purpose != purpose.as_i32() {
+        return Err(format!(
+            "signature purpose is not {}",
+            purpose.tag().to_uppercase().replace('-', "_")
+        ));
+    }
+    let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
+        .map_err(|e| format!("invalid signature: {e}"))?;
+    key.verify(purpose, domain_id, payload, &signature)
+        .map_err(|e| e.to_string())
+}
+
 pub fn to_proto_signature(sig: &Signature, purpose: SignaturePurpose) -> pb::Signature {
     pb::Signature {
         signature: sig.to_bytes().to_vec(),
