@@ -24,21 +24,7 @@ use domain_testkit::process::{
     wait_for_http_ok,
 };
 
-/// A free port not handed out before by this process (the OS may return a port again
-/// once its probe socket is closed).
-pub fn free_port() -> u16 {
-    static USED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut used = USED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    loop {
-        let port = domain_testkit::process::free_port();
-        if !used.contains(&port) {
-            used.push(port);
-            return port;
-        }
-    }
-}
+pub use domain_testkit::process::free_port;
 
 /// One participant node.
 pub struct Participant {

@@ -116,18 +116,75 @@ pub fn target_dir() -> PathBuf {
     std::env::temp_dir()
 }
 
-/// Returns a TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, then
-/// release). Another process may take it before it is used; callers that bind it
-/// themselves should retry on `AddrInUse`.
+/// Returns a TCP port on 127.0.0.1 that no other caller of this function, in this process
+/// or any other, holds, and that was bindable a moment ago.
+///
+/// Why not just bind port 0: the kernel hands out ports from the ephemeral range, which
+/// is also where every outgoing connection (to PostgreSQL, between services) takes its
+/// source port, and where the next test process's port-0 probe lands. Both collided in
+/// CI (`ops-listen … Address already in use`). So ports come from below (or above) the
+/// ephemeral range, and each is reserved with an exclusive `flock` on a file under the
+/// temp dir, held until this process exits; the kernel drops the lock when the process
+/// dies, so a crashed test leaves nothing stale behind.
 ///
 /// # Panics
 ///
-/// Panics if no local port can be bound at all.
+/// Panics if the lock directory cannot be created or every port in the range is taken.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .unwrap_or_else(|e| panic!("cannot bind a port on 127.0.0.1: {e}"))
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("domain-testkit-ports");
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create port lock dir {}: {e}", dir.display()));
+    let (low, high) = reservable_port_range();
+    let span = u32::from(high - low);
+    // Start at a different place in every process so concurrent test processes rarely
+    // contend for the same lock files.
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let mut held = HELD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for step in 0..span {
+        let offset = u16::try_from((seed.wrapping_add(step)) % span).unwrap_or(0);
+        let port = low + offset;
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        // flock is per open file description: a second reservation of the same port in
+        // this process fails here too.
+        if file.try_lock().is_err() {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        held.push(file);
+        return port;
+    }
+    panic!("no free port in {low}..{high}: every one is locked or bound");
+}
+
+/// The port range `free_port` draws from: outside the kernel's ephemeral range.
+fn reservable_port_range() -> (u16, u16) {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(str::parse::<u16>);
+            Some((parts.next()?.ok()?, parts.next()?.ok()?))
+        });
+    match ephemeral {
+        Some((low, _)) if low >= 12_000 => (10_000, low),
+        Some((_, high)) if high <= 55_000 => (high + 1, 65_000),
+        // Unknown or unusual layout: a range that is outside Linux's default.
+        _ => (20_000, 32_000),
+    }
 }
 
 /// The log directory of one test, shared by all processes it spawns.
@@ -787,6 +844,24 @@ mod tests {
         let port = free_port();
         assert_ne!(port, 0);
         std::net::TcpListener::bind(("127.0.0.1", port)).expect("port is free");
+    }
+
+    #[test]
+    fn free_ports_are_distinct_and_outside_the_ephemeral_range() {
+        let (low, high) = reservable_port_range();
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        assert!(ports.iter().all(|p| (low..high).contains(p)), "{ports:?}");
+        // Held by this process: another reservation of the same port must fail.
+        let dir = std::env::temp_dir().join("domain-testkit-ports");
+        let again = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(ports[0].to_string()))
+            .expect("lock file exists");
+        assert!(again.try_lock().is_err());
     }
 
     #[test]
