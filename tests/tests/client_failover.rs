@@ -31,6 +31,9 @@ type Member = (MemberId, Arc<SigningKeyPair>);
 
 /// What the client promises for a hung endpoint.
 const ABANDON_BOUND: Duration = Duration::from_secs(3);
+/// Longest interruption of the stream and of acknowledgements when the instance the
+/// client uses is SIGKILLed.
+const KILL_INTERRUPTION_BOUND: Duration = Duration::from_secs(1);
 /// Target for the interruption a client sees when an instance crashes.
 const INTERRUPTION_TARGET: Duration = Duration::from_secs(1);
 
@@ -499,10 +502,11 @@ async fn sigkill_failover(logs: TestLogs) -> anyhow::Result<()> {
         "subscription moved only after {:?}",
         resubscribed_at - killed_at
     );
-    // The interruption includes the survivor's own detection of the dead peer (it waits
-    // `offline-after` = 1 s for its watermark); the bound leaves room for two loaded cores.
+    // The interruption includes the survivor's own detection of the dead peer (its
+    // writer's backend vanishes; noticed at the next 100 ms peer check), so the issue's
+    // 1 s bound for a killed instance applies to the whole gap.
     ensure!(
-        stream_gap <= ABANDON_BOUND && ack_gap <= ABANDON_BOUND,
+        stream_gap <= KILL_INTERRUPTION_BOUND && ack_gap <= KILL_INTERRUPTION_BOUND,
         "interruption too long: stream gap {stream_gap:?}, ack gap {ack_gap:?}"
     );
     Ok(())

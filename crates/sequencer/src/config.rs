@@ -89,10 +89,12 @@ pub struct HaConfig {
     /// Idle instances advance their watermark this often. Default `50ms`.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
-    /// A peer whose watermark has not advanced for this long is marked offline. Default `1s`.
+    /// A peer whose heartbeat has not advanced for this long is marked offline. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub offline_after: Duration,
-    /// How often each instance checks its peers. Default `200ms`.
+    /// How often each instance checks its peers. Default `100ms`. A peer whose process
+    /// died (its writer's database backend is gone) is marked offline at the next check;
+    /// `offline-after` covers peers that are alive but stalled.
     #[serde(with = "humantime_serde")]
     pub online_check_interval: Duration,
     /// Health turns NOT_SERVING when the database has not answered for this long. Default `1s`.
@@ -106,7 +108,7 @@ impl Default for HaConfig {
             total_node_count: 32,
             keepalive_interval: Duration::from_millis(50),
             offline_after: Duration::from_secs(1),
-            online_check_interval: Duration::from_millis(200),
+            online_check_interval: Duration::from_millis(100),
             db_health_grace: Duration::from_secs(1),
         }
     }

@@ -429,7 +429,8 @@ pub async fn heartbeat(
     Ok(())
 }
 
-/// Marks peers whose heartbeat is older than `offline_after` offline. A peer
+/// Marks peers offline whose heartbeat is older than `offline_after` or whose writer's
+/// database backend has disappeared (the process died). A peer
 /// stuck inside a transaction holds its row lock; after `lock_timeout` we abort
 /// its backend so the row can be marked. Returns the indexes marked offline.
 pub async fn mark_lagging_offline(
@@ -468,9 +469,20 @@ impl GenericClientExt for deadpool_postgres::Object {
         tx.batch_execute("SET LOCAL lock_timeout = '200ms'").await?;
         let rows = tx
             .query(
-                "UPDATE seq_instances SET online = false
+                // Two ways a peer is known gone. Its heartbeat is stale (paused,
+                // partitioned, stuck). Or its writer's backend no longer exists: every
+                // online transition records the writer connection's pid in the same
+                // transaction, and a process that died (SIGKILL, OOM, node loss) has its
+                // connection closed by the kernel, so PostgreSQL drops the backend at once.
+                // A writer whose backend is gone cannot commit anything, so readers need
+                // not wait the full `offline-after` for it. A reused pid only delays
+                // detection to the heartbeat rule.
+                "UPDATE seq_instances i SET online = false
                  WHERE online AND instance_index <> $1
-                   AND heartbeat_at < clock_timestamp() - make_interval(secs => $2)
+                   AND (heartbeat_at < clock_timestamp() - make_interval(secs => $2)
+                        OR (writer_pid IS NOT NULL
+                            AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                                            WHERE a.pid = i.writer_pid)))
                  RETURNING instance_index",
                 &[&own_index, &secs],
             )

@@ -1,0 +1,105 @@
+//! Offline detection of peer instances against a real PostgreSQL: a peer whose writer
+//! connection is gone is marked offline at the next check, however fresh its heartbeat;
+//! a peer that is alive is not; a stale heartbeat still marks a peer whose connection
+//! looks alive.
+
+use std::time::Duration;
+
+use domain_sequencer::store::{self, uuid_like::Owner};
+use domain_storage::DatabaseConfig;
+use domain_testkit::pg::PgCluster;
+
+async fn migrated(prefix: &str) -> DatabaseConfig {
+    let db = PgCluster::shared().create_database(prefix).await;
+    let cfg = DatabaseConfig::from_url(db.url.clone());
+    let pool = domain_storage::connect_sqlx(&cfg).await.expect("sqlx pool");
+    domain_storage::run_migrations(&pool, &domain_sequencer::MIGRATOR)
+        .await
+        .expect("migrations");
+    pool.close().await;
+    cfg
+}
+
+async fn online(cfg: &DatabaseConfig) -> Vec<(i16, bool)> {
+    let (client, _task) = domain_storage::dedicated_connection(cfg)
+        .await
+        .expect("connect");
+    client
+        .query(
+            "SELECT instance_index, online FROM seq_instances ORDER BY instance_index",
+            &[],
+        )
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn dead_writer_connection_marks_peer_offline_at_once() {
+    let cfg = migrated("peer_offline").await;
+    let pool = domain_storage::hot_pool(&cfg).expect("pool");
+    let now = || {
+        i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_micros(),
+        )
+        .expect("micros")
+    };
+
+    // Three "instances", each brought online on its own writer connection.
+    let mut writers = Vec::new();
+    for i in 0..3i16 {
+        let (mut client, task) = domain_storage::dedicated_connection(&cfg)
+            .await
+            .expect("connect");
+        let (index, _) = store::go_online(&mut client, 32, Owner::random(), now(), "x", Some(i))
+            .await
+            .expect("online");
+        assert_eq!(index, i);
+        writers.push((client, task));
+    }
+    let mut checker = pool.get().await.expect("pooled client");
+    let long = Duration::from_secs(3600);
+
+    // Everyone alive, heartbeats fresh: nobody is marked.
+    let marked = store::mark_lagging_offline(&mut checker, 0, long)
+        .await
+        .expect("check");
+    assert!(marked.is_empty(), "{marked:?}");
+
+    // Instance 2's process dies: its connection closes, its heartbeat is still fresh.
+    let (client, task) = writers.pop().expect("writer 2");
+    drop(client);
+    let _ = task.await;
+    // PostgreSQL removes the backend asynchronously after the socket closes.
+    let mut marked = Vec::new();
+    for _ in 0..50 {
+        marked = store::mark_lagging_offline(&mut checker, 0, long)
+            .await
+            .expect("check");
+        if !marked.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(marked, vec![2]);
+    assert_eq!(online(&cfg).await, vec![(0, true), (1, true), (2, false)]);
+
+    // Instance 1 is alive (connection open) but silent: only the heartbeat rule marks it.
+    let marked = store::mark_lagging_offline(&mut checker, 0, long)
+        .await
+        .expect("check");
+    assert!(marked.is_empty(), "{marked:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let marked = store::mark_lagging_offline(&mut checker, 0, Duration::from_millis(200))
+        .await
+        .expect("check");
+    assert_eq!(marked, vec![1]);
+    // The checker never marks itself, whatever its own heartbeat says.
+    assert_eq!(online(&cfg).await, vec![(0, true), (1, false), (2, false)]);
+    drop(writers);
+}
