@@ -74,6 +74,18 @@ impl Participant {
     }
 }
 
+/// The sequencer endpoint the mediator's event stream is open on (from its metrics).
+pub async fn mediator_endpoint(ops_url: &str) -> anyhow::Result<Option<String>> {
+    let text = domain_e2e::http_get(ops_url, "/metrics").await?;
+    Ok(text.lines().find_map(|l| {
+        if !l.starts_with("mediator_subscription_endpoint{") || !l.ends_with(" 1") {
+            return None;
+        }
+        let (_, rest) = l.split_once("endpoint=\"")?;
+        Some(rest.split('"').next()?.to_owned())
+    }))
+}
+
 /// Which sequencer instances exist and who talks to which.
 #[derive(Debug, Clone)]
 pub struct Layout {

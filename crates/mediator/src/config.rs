@@ -62,7 +62,8 @@ pub struct MediatorConfig {
     pub max_batch_events: usize,
     /// Verdict sends in flight at once. Default 64.
     pub max_inflight_verdicts: usize,
-    /// Timeout of connecting to a sequencer endpoint and of each send. Default `5s`.
+    /// Connecting the sequencer client may take twice this; each call attempt is bounded
+    /// by `min(this, 2s)` (a send is then retried on another endpoint). Default `5s`.
     #[serde(with = "humantime_serde")]
     pub sequencer_timeout: Duration,
     /// How long shutdown waits for in-flight work. Default `10s`.

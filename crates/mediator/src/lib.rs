@@ -215,6 +215,9 @@ pub async fn run(
     );
 
     let work_stop = CancellationToken::new();
+    // Connect to the sequencers while still passive, so a takeover finds the client
+    // connected, authenticated and health-checked (a passive replica runs no subscription).
+    tokio::spawn(warm_up(ctx.clone(), work_stop.clone()));
     let supervisor = tokio::spawn(supervise(ctx, readiness.clone(), work_stop.clone()));
 
     shutdown.cancelled().await;
@@ -239,6 +242,26 @@ pub async fn run(
     }
     tracing::info!("mediator stopped");
     Ok(())
+}
+
+/// Connects the shared sequencer client, retrying until it works or `stop`.
+async fn warm_up(ctx: Arc<Context>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = ctx.link.get() => c,
+        };
+        match connected {
+            Ok(_) => return,
+            Err(error) => tracing::warn!(%error, "cannot connect to the sequencers yet; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Follows the lease: while active, runs a session; when the lease is lost,

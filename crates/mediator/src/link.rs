@@ -1,42 +1,34 @@
-//! The mediator's connection to the sequencers: one authenticated connection
-//! at a time, moved to the next configured endpoint whenever a user of it sees
-//! it fail. The subscription, verdict sends and time proofs share it.
+//! The mediator's way to the sequencers: one [`DomainClient`] (the sequencer-client
+//! library's failover client), shared by the subscription, verdict sends and time proofs.
+//! The client health-checks every endpoint, sends round-robin over the healthy ones and
+//! retries a failed send elsewhere with the same bytes (so the same message id), and keeps
+//! one subscription alive across endpoints (abandoning a hung one within about
+//! `subscription-idle` after its health check fails, with fork detection on resumption).
+//!
+//! The client is created on first use and kept for the life of the process, so a passive
+//! replica that takes over finds it connected and authenticated already.
 
 use std::time::Duration;
 
-use domain_sequencer_client::{ClientError, MemberIdentity, SequencerConnection, connect_channel};
+use domain_sequencer_client::{
+    ClientError, ClientOptions, DomainClient, DomainTls, MemberIdentity,
+};
 use tokio::sync::Mutex;
 use tonic::transport::ClientTlsConfig;
 
-use crate::config::{Scheme, endpoint_scheme};
-
-/// One connection attempt round failed on every endpoint.
+/// No endpoint could be used to connect and authenticate (for now).
 #[derive(Debug, thiserror::Error)]
 #[error("no sequencer endpoint is usable: {0}")]
 pub struct LinkError(pub String);
 
-struct LinkState {
-    current: Option<(u64, usize, SequencerConnection)>,
-    next_index: usize,
-    generation: u64,
-}
-
-/// Shared, self-healing connection to one of several sequencer endpoints.
+/// The lazily connected, shared [`DomainClient`] of this replica.
 pub struct SequencerLink {
     endpoints: Vec<String>,
     tls: Option<ClientTlsConfig>,
     member: MemberIdentity,
     domain_id: String,
     timeout: Duration,
-    state: Mutex<LinkState>,
-}
-
-/// A connection handed out by the link, with its generation (to report failures).
-#[derive(Clone)]
-pub struct Conn {
-    pub generation: u64,
-    pub endpoint: String,
-    pub conn: SequencerConnection,
+    client: Mutex<Option<DomainClient>>,
 }
 
 impl SequencerLink {
@@ -53,92 +45,42 @@ impl SequencerLink {
             member,
             domain_id,
             timeout,
-            state: Mutex::new(LinkState {
-                current: None,
-                next_index: 0,
-                generation: 0,
-            }),
+            client: Mutex::new(None),
         }
     }
 
-    /// The current connection, or a new one to the first endpoint (from the
-    /// preferred one on) that connects and authenticates.
-    pub async fn get(&self) -> Result<Conn, LinkError> {
-        let mut state = self.state.lock().await;
-        if let Some((generation, index, conn)) = &state.current {
-            return Ok(Conn {
-                generation: *generation,
-                endpoint: self.endpoints[*index].clone(),
-                conn: conn.clone(),
-            });
+    /// The client, connecting it first if this is the first use (or the last attempt
+    /// failed). Concurrent callers wait for the same attempt.
+    pub async fn get(&self) -> Result<DomainClient, LinkError> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref() {
+            return Ok(client.clone());
         }
-        let n = self.endpoints.len();
-        let mut errors = Vec::new();
-        for k in 0..n {
-            let index = (state.next_index + k) % n;
-            let endpoint = &self.endpoints[index];
-            match self.connect(endpoint).await {
-                Ok(conn) => {
-                    state.generation += 1;
-                    state.next_index = index;
-                    state.current = Some((state.generation, index, conn.clone()));
-                    tracing::info!(%endpoint, "connected to sequencer");
-                    return Ok(Conn {
-                        generation: state.generation,
-                        endpoint: endpoint.clone(),
-                        conn,
-                    });
-                }
-                Err(error) => {
-                    tracing::warn!(%endpoint, error = %error, "cannot connect to sequencer");
-                    errors.push(format!("{endpoint}: {error}"));
-                }
-            }
-        }
-        state.next_index = (state.next_index + 1) % n.max(1);
-        Err(LinkError(errors.join("; ")))
-    }
-
-    /// Reports that connection `generation` failed: the next [`get`](Self::get)
-    /// connects to the next endpoint. Stale reports are ignored.
-    pub async fn failed(&self, generation: u64, why: &str) {
-        let mut state = self.state.lock().await;
-        if let Some((current, index, _)) = &state.current
-            && *current == generation
-        {
-            tracing::warn!(endpoint = %self.endpoints[*index], reason = why, "dropping sequencer connection");
-            let n = self.endpoints.len().max(1);
-            state.next_index = (*index + 1) % n;
-            state.current = None;
-        }
-    }
-
-    async fn connect(&self, endpoint: &str) -> Result<SequencerConnection, String> {
-        let tls = match endpoint_scheme(endpoint) {
-            Some(Scheme::Https) => self.tls.clone(),
-            _ => None,
+        let tls = match &self.tls {
+            Some(config) => DomainTls::Config(config.clone()),
+            None => DomainTls::Plaintext,
         };
-        let attempt = async {
-            let channel = connect_channel(endpoint, tls, self.timeout)
-                .await
-                .map_err(|e| describe(&e))?;
-            let conn = SequencerConnection::new(channel, self.member.clone())
-                .await
-                .map_err(|e| describe(&e))?;
-            if conn.domain_id != self.domain_id {
-                return Err(format!(
-                    "serves domain {}, not {}: check `sequencers`",
-                    conn.domain_id, self.domain_id
-                ));
-            }
-            conn.authenticate()
-                .await
-                .map_err(|e| format!("authentication failed: {}", describe(&e)))?;
-            Ok(conn)
+        let options = ClientOptions {
+            connect_timeout: self.timeout * 2,
+            // One attempt of a call; a send is retried (elsewhere) until its max
+            // sequencing time, so this only bounds how long a hung endpoint holds it.
+            call_timeout: self.timeout.min(Duration::from_secs(2)),
+            ..ClientOptions::default()
         };
-        tokio::time::timeout(self.timeout * 2, attempt)
-            .await
-            .map_err(|_| format!("timed out after {:?}", self.timeout * 2))?
+        let client =
+            DomainClient::connect("domain", &self.endpoints, tls, self.member.clone(), options)
+                .await
+                .map_err(|e| LinkError(describe(&e)))?;
+        if client.domain_id() != self.domain_id {
+            return Err(LinkError(format!(
+                "the sequencers serve domain {}, not {}: check `sequencers` and `domain-id`",
+                client.domain_id(),
+                self.domain_id
+            )));
+        }
+        tracing::info!(endpoints = ?self.endpoints, "connected to the sequencers");
+        *slot = Some(client.clone());
+        Ok(client)
     }
 }
 
@@ -154,21 +96,5 @@ pub fn describe(e: &ClientError) -> String {
             format!("{:?} {code}: {}", s.code(), s.message())
         }
         other => other.to_string(),
-    }
-}
-
-/// Whether an error means the connection itself is unusable (move to another endpoint).
-pub fn is_connection_failure(e: &ClientError) -> bool {
-    match e {
-        ClientError::Status(s) => matches!(
-            s.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::Unauthenticated
-                | tonic::Code::Unknown
-                | tonic::Code::Internal
-                | tonic::Code::Cancelled
-                | tonic::Code::DeadlineExceeded
-        ),
-        _ => true,
     }
 }

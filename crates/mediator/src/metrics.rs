@@ -35,9 +35,12 @@ pub const PERSIST_SECONDS: &str = "mediator_persist_seconds";
 pub const LAST_COUNTER: &str = "mediator_last_processed_counter";
 /// Topology transactions the mediator knows (0 means it saw no allowlisting at all).
 pub const TOPOLOGY_TRANSACTIONS: &str = "mediator_topology_transactions";
-/// Subscription (re)starts, by `reason` (`activation`, `stream_error`,
-/// `invalid_event`, `stream_ended`).
+/// Subscriptions opened by the mediator, by `reason` (`activation`,
+/// `subscription_failed`, `invalid_event`, `stream_ended`); failovers within one are
+/// the client's `sequencer_client_resubscriptions_total`.
 pub const SUBSCRIPTIONS: &str = "mediator_subscriptions_total";
+/// 1 for the sequencer endpoint the active replica's stream is open on, 0 for the others.
+pub const SUBSCRIPTION_ENDPOINT: &str = "mediator_subscription_endpoint";
 /// 1 while this replica is active and subscribed (ready), else 0.
 pub const ACTIVE: &str = "mediator_active";
 /// Activations of this replica (after acquiring the lease or a failed session).
@@ -111,7 +114,11 @@ pub fn describe() {
     );
     describe_counter!(
         SUBSCRIPTIONS,
-        "Subscription starts, by reason (activation, stream_error, invalid_event, stream_ended)"
+        "Subscriptions opened, by reason (activation, subscription_failed, invalid_event, stream_ended)"
+    );
+    describe_gauge!(
+        SUBSCRIPTION_ENDPOINT,
+        "1 for the sequencer endpoint the event stream is open on, else 0"
     );
     describe_gauge!(
         ACTIVE,

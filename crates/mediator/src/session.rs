@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::link::{describe, is_connection_failure};
+use crate::link::describe;
 use crate::metrics as m;
 use crate::protocol::{Event, Outcome, Processor, verdict_envelope_content, verdict_message_id};
 use crate::store::{self, OutVerdict, SendState, StoreError};
@@ -36,8 +36,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const EVENT_BUFFER: usize = 4096;
 /// How often acknowledged verdict sends are recorded.
 const MARK_INTERVAL: Duration = Duration::from_millis(50);
-/// Max sequencing time of a time proof, from now.
-const TIME_PROOF_TTL_MICROS: i64 = 10_000_000;
 
 /// Why a session ended early.
 #[derive(Debug, thiserror::Error)]
@@ -243,9 +241,10 @@ async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
     }
 }
 
-/// Subscribes from `next` and forwards verified events in counter order;
-/// reconnects (to the next endpoint) on any stream failure, resuming after the
-/// last forwarded event.
+/// Subscribes from `next` through the domain client (which fails over between endpoints
+/// and verifies every event) and forwards events in counter order. A subscription that
+/// ends with a definitive error (invalid event, fork, refused) is opened again from the
+/// next unprocessed counter after a backoff.
 async fn reader(
     ctx: Arc<Context>,
     mut next: i64,
@@ -256,12 +255,15 @@ async fn reader(
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut reason = "activation";
+    // How often readiness follows whether the client's stream is open on some endpoint.
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let conn = tokio::select! {
+        let client = tokio::select! {
             _ = cancel.cancelled() => return,
             c = ctx.link.get() => c,
         };
-        let conn = match conn {
+        let client = match client {
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(%error, "cannot reach any sequencer; retrying");
@@ -272,15 +274,10 @@ async fn reader(
                 continue;
             }
         };
-        let stream = tokio::select! {
-            _ = cancel.cancelled() => return,
-            s = conn.conn.subscribe(next) => s,
-        };
-        let mut stream = match stream {
+        let mut subscription = match client.subscribe(next) {
             Ok(s) => s,
             Err(error) => {
-                tracing::warn!(endpoint = %conn.endpoint, from_counter = next, error = %describe(&error), "subscribe failed");
-                ctx.link.failed(conn.generation, "subscribe failed").await;
+                tracing::error!(from_counter = next, error = %describe(&error), "cannot subscribe");
                 if !pause(&cancel, backoff).await {
                     return;
                 }
@@ -289,60 +286,73 @@ async fn reader(
             }
         };
         metrics::counter!(m::SUBSCRIPTIONS, "reason" => reason).increment(1);
-        tracing::info!(endpoint = %conn.endpoint, from_counter = next, "subscribed");
-        subscribed.send_replace(true);
+        tracing::info!(from_counter = next, "subscribing");
+        let mut on_endpoint: Option<String> = None;
         loop {
-            let message = tokio::select! {
-                _ = cancel.cancelled() => return,
-                m = stream.message() => m,
-            };
-            match message {
-                Ok(Some(response)) => {
-                    let Some(event) = response.event else {
-                        continue;
-                    };
-                    // Signature first: the validator only advances on events we forward.
-                    let content = match conn.conn.verify_event(&event) {
-                        Ok(c) => c,
-                        Err(error) => {
-                            tracing::error!(endpoint = %conn.endpoint, counter = event.counter, %error, "invalid event from the sequencer; resubscribing elsewhere");
-                            reason = "invalid_event";
-                            break;
+            let item = tokio::select! {
+                _ = cancel.cancelled() => {
+                    clear_endpoint_gauge(&mut on_endpoint);
+                    return;
+                }
+                _ = tick.tick() => {
+                    let current = client.current_subscription_endpoint();
+                    if current != on_endpoint {
+                        for (url, value) in [(&on_endpoint, 0.0), (&current, 1.0)] {
+                            if let Some(url) = url {
+                                metrics::gauge!(m::SUBSCRIPTION_ENDPOINT, "endpoint" => url.clone()).set(value);
+                            }
                         }
-                    };
-                    if let Err(error) = validator.check(&event) {
-                        tracing::error!(endpoint = %conn.endpoint, counter = event.counter, %error, "event stream is not continuous; resubscribing elsewhere");
+                        on_endpoint = current;
+                    }
+                    let open = on_endpoint.is_some();
+                    subscribed.send_if_modified(|s| std::mem::replace(s, open) != open);
+                    continue;
+                }
+                item = subscription.next() => item,
+            };
+            match item {
+                Some(Ok(verified)) => {
+                    // The client checked continuity from `next`; the timestamp link to
+                    // the last event processed before this subscription is ours to check.
+                    if let Err(error) = validator.check(&verified.event) {
+                        tracing::error!(endpoint = %verified.endpoint, counter = verified.event.counter, %error, "event stream is not continuous; subscribing again");
                         reason = "invalid_event";
                         break;
                     }
-                    next = event.counter + 1;
+                    subscribed.send_if_modified(|s| !std::mem::replace(s, true));
+                    next = verified.event.counter + 1;
                     backoff = BACKOFF_MIN;
-                    if tx
-                        .send(Event::from_verified(event, &content))
-                        .await
-                        .is_err()
-                    {
+                    let event = Event::from_verified(verified.event, &verified.content);
+                    if tx.send(event).await.is_err() {
+                        clear_endpoint_gauge(&mut on_endpoint);
                         return;
                     }
                 }
-                Ok(None) => {
-                    tracing::warn!(endpoint = %conn.endpoint, "subscription ended by the sequencer");
-                    reason = "stream_ended";
+                Some(Err(error)) => {
+                    tracing::error!(from_counter = next, error = %describe(&error), "subscription failed; subscribing again");
+                    reason = "subscription_failed";
                     break;
                 }
-                Err(status) => {
-                    tracing::warn!(endpoint = %conn.endpoint, code = ?status.code(), message = status.message(), "subscription failed");
-                    reason = "stream_error";
+                None => {
+                    tracing::warn!(from_counter = next, "subscription ended; subscribing again");
+                    reason = "stream_ended";
                     break;
                 }
             }
         }
+        subscription.close();
         subscribed.send_replace(false);
-        ctx.link.failed(conn.generation, reason).await;
+        clear_endpoint_gauge(&mut on_endpoint);
         if !pause(&cancel, backoff).await {
             return;
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn clear_endpoint_gauge(on_endpoint: &mut Option<String>) {
+    if let Some(url) = on_endpoint.take() {
+        metrics::gauge!(m::SUBSCRIPTION_ENDPOINT, "endpoint" => url).set(0.0);
     }
 }
 
@@ -433,7 +443,7 @@ async fn send_verdict(ctx: Arc<Context>, (verdict, committed): Outgoing) -> (i64
     let mut recipients = verdict.recipients.clone();
     let mut backoff = BACKOFF_MIN;
     loop {
-        let conn = match ctx.link.get().await {
+        let client = match ctx.link.get().await {
             Ok(c) => c,
             Err(_) => {
                 tokio::time::sleep(backoff).await;
@@ -452,35 +462,36 @@ async fn send_verdict(ctx: Arc<Context>, (verdict, committed): Outgoing) -> (i64
             max_sequencing_time_micros: verdict.max_sequencing_ts,
             time_proof: false,
         };
-        let request = conn.conn.sign_submission(&submission);
-        let result =
-            tokio::time::timeout(ctx.sequencer_timeout, conn.conn.send_signed(request)).await;
+        // The client retries these bytes on other endpoints until the max sequencing
+        // time; what comes back is a definitive answer or the last failure after it.
+        let result = client
+            .sign_submission(&submission)
+            .map(|request| client.send_signed(request));
         let error = match result {
-            Ok(Ok(response)) => {
-                let result = if response.deduplicated {
-                    "deduplicated"
-                } else {
-                    "sequenced"
-                };
-                metrics::counter!(m::VERDICT_SENDS, "result" => result).increment(1);
-                metrics::histogram!(m::VERDICT_SEND_SECONDS)
-                    .record(committed.elapsed().as_secs_f64());
-                tracing::debug!(
-                    request_id,
-                    sequencing_ts = response.sequencing_timestamp_micros,
-                    result,
-                    "verdict sent"
-                );
-                return (request_id, SendState::Sent);
-            }
-            Ok(Err(error)) => error,
-            Err(_) => {
-                ctx.link
-                    .failed(conn.generation, "verdict send timed out")
-                    .await;
-                metrics::counter!(m::VERDICT_SENDS, "result" => "retried").increment(1);
-                continue;
-            }
+            Ok(send) => match send.await {
+                Ok(receipt) => {
+                    let response = receipt.response;
+                    let result = if response.deduplicated {
+                        "deduplicated"
+                    } else {
+                        "sequenced"
+                    };
+                    metrics::counter!(m::VERDICT_SENDS, "result" => result).increment(1);
+                    metrics::histogram!(m::VERDICT_SEND_SECONDS)
+                        .record(committed.elapsed().as_secs_f64());
+                    tracing::debug!(
+                        request_id,
+                        sequencing_ts = response.sequencing_timestamp_micros,
+                        endpoint = %receipt.endpoint,
+                        attempts = receipt.attempts,
+                        result,
+                        "verdict sent"
+                    );
+                    return (request_id, SendState::Sent);
+                }
+                Err(error) => error,
+            },
+            Err(error) => error,
         };
         match error_code(&error) {
             Some("SEQ_MAX_SEQUENCING_TIME_EXCEEDED") => {
@@ -519,13 +530,8 @@ async fn send_verdict(ctx: Arc<Context>, (verdict, committed): Outgoing) -> (i64
                 return (request_id, SendState::Undeliverable);
             }
             _ => {
-                tracing::warn!(request_id, endpoint = %conn.endpoint, error = %describe(&error), "verdict send failed; retrying");
+                tracing::warn!(request_id, error = %describe(&error), "verdict send failed; retrying");
                 metrics::counter!(m::VERDICT_SENDS, "result" => "retried").increment(1);
-                if is_connection_failure(&error) {
-                    ctx.link
-                        .failed(conn.generation, "verdict send failed")
-                        .await;
-                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
@@ -536,8 +542,6 @@ async fn send_verdict(ctx: Arc<Context>, (verdict, committed): Outgoing) -> (i64
 /// Requests a time proof every `time-proof-interval` while requests are
 /// pending, so deadlines expire on an idle domain.
 async fn time_proofs(ctx: Arc<Context>, cancel: CancellationToken) {
-    let prefix = format!("{:08x}", getrandom::u32().unwrap_or_default());
-    let mut n: u64 = 0;
     let mut tick = tokio::time::interval(ctx.time_proof_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -548,33 +552,19 @@ async fn time_proofs(ctx: Arc<Context>, cancel: CancellationToken) {
         if ctx.shared.pending.load(Ordering::SeqCst) == 0 {
             continue;
         }
-        let Ok(conn) = ctx.link.get().await else {
+        let Ok(client) = ctx.link.get().await else {
             metrics::counter!(m::TIME_PROOFS, "result" => "failed").increment(1);
             continue;
         };
-        n += 1;
-        let submission = pb::SubmissionRequest {
-            sender: ctx.settings.mediator_id.to_string(),
-            message_id: format!("time-proof-{prefix}-{n}"),
-            envelopes: vec![],
-            max_sequencing_time_micros: now_micros() + TIME_PROOF_TTL_MICROS,
-            time_proof: true,
-        };
-        let request = conn.conn.sign_submission(&submission);
-        match tokio::time::timeout(ctx.sequencer_timeout, conn.conn.send_signed(request)).await {
+        match tokio::time::timeout(ctx.sequencer_timeout, client.send_time_proof()).await {
             Ok(Ok(_)) => metrics::counter!(m::TIME_PROOFS, "result" => "sent").increment(1),
             Ok(Err(error)) => {
                 metrics::counter!(m::TIME_PROOFS, "result" => "failed").increment(1);
                 tracing::debug!(error = %describe(&error), "time proof failed");
-                if is_connection_failure(&error) {
-                    ctx.link.failed(conn.generation, "time proof failed").await;
-                }
             }
             Err(_) => {
                 metrics::counter!(m::TIME_PROOFS, "result" => "failed").increment(1);
-                ctx.link
-                    .failed(conn.generation, "time proof timed out")
-                    .await;
+                tracing::debug!("time proof timed out");
             }
         }
     }
