@@ -44,34 +44,7 @@ fn main() {
         eprintln!("error: {error}");
         std::process::exit(EXIT_USAGE);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            std::process::exit(1);
-        }
-    };
-    let code = runtime.block_on(async move {
-        // One crypto provider for the whole process (ring); rustls refuses to guess.
-        if rustls::crypto::ring::default_provider()
-            .install_default()
-            .is_err()
-        {
-            tracing::error!("cannot install the rustls crypto provider");
-            return 1;
-        }
-        match serve(config).await {
-            Ok(()) => 0,
-            Err(error) => {
-                tracing::error!(error = format!("{error:#}"), "mediator failed");
-                1
-            }
-        }
-    });
-    std::process::exit(code);
+    domain_runtime::service::run_service("mediator", || serve(config))
 }
 
 /// The shared recorder settings, plus wider buckets for the decision latency

@@ -108,12 +108,8 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    // One crypto provider for the whole process (ring); rustls refuses to guess.
-    if rustls::crypto::ring::default_provider()
-        .install_default()
-        .is_err()
-    {
-        eprintln!("error: cannot install the rustls crypto provider");
+    if let Err(error) = domain_runtime::service::install_crypto_provider() {
+        eprintln!("error: {error}");
         std::process::exit(1);
     }
     match cli.command {
@@ -334,23 +330,7 @@ fn run(common: CommonArgs, data_dir: Option<PathBuf>) {
         eprintln!("error: {error}");
         std::process::exit(EXIT_USAGE);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => fail(&format!("cannot start the async runtime: {error}")),
-    };
-    let code = runtime.block_on(async move {
-        match serve(config).await {
-            Ok(()) => 0,
-            Err(error) => {
-                tracing::error!(error = format!("{error:#}"), "participant failed");
-                1
-            }
-        }
-    });
-    std::process::exit(code);
+    domain_runtime::service::run_service("participant", || serve(config))
 }
 
 /// The shared recorder settings, plus the ping round-trip buckets.
