@@ -1113,3 +1113,87 @@ async fn paused_instance(logs: TestLogs) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // Diagnostics.
 // ---------------------------------------------------------------------------------------
+
+/// A sequencer stopped (SIGSTOP) in the middle of a batch transaction keeps the dedup rows
+/// of that batch locked. A client that retries the same message id on another instance
+/// must not wait for the stopped process: once the peers mark it offline (stale heartbeat)
+/// they terminate its writer backend, the stuck transaction aborts, and the retry is
+/// sequenced, exactly once. (Found in CI: the retry blocked the other instances' batches,
+/// their writers timed out one after the other and pings stopped for 10 s.)
+#[test]
+fn paused_inside_a_batch_does_not_block_retries() -> anyhow::Result<()> {
+    run_serial(
+        "paused_inside_a_batch_does_not_block_retries",
+        paused_inside_a_batch,
+    )
+}
+
+async fn paused_inside_a_batch(logs: TestLogs) -> anyhow::Result<()> {
+    let db = PgCluster::shared()
+        .create_database("seq_paused_batch")
+        .await;
+    let url = db.url.clone();
+    // seq-0 holds every batch open for 600 ms before its commit: time to stop it inside.
+    // (Below `offline-after`, 1 s: a batch that takes longer gets its instance marked
+    // offline by design, frozen or not.)
+    let env = vec![
+        vec![(
+            "SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS".to_string(),
+            "600".to_string(),
+        )],
+        vec![],
+    ];
+    let mut cluster = SequencerCluster::start_with_env(logs, db, 2, "", &env).await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let via0 = connect_member(&cluster, 0, &alice).await?;
+    let via1 = connect_member(&cluster, 1, &alice).await?;
+    let max_ts = now_micros() + 60_000_000;
+    let message = envelope(b"sent while the instance froze".to_vec(), &[&bob.0]);
+
+    let first = tokio::spawn({
+        let message = message.clone();
+        async move { via0.send("frozen-1", vec![message], max_ts).await }
+    });
+    // Inside seq-0's batch transaction: the dedup row is written, the commit is pending.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    cluster.nodes[0].process()?.pause()?;
+    let paused_at = Instant::now();
+    let retry = tokio::time::timeout(
+        Duration::from_secs(15),
+        via1.send("frozen-1", vec![message], max_ts),
+    )
+    .await;
+    let took = paused_at.elapsed();
+    cluster.nodes[0].process()?.resume()?;
+    first.abort();
+    let response = retry
+        .context("the retry on seq-1 was still blocked 15 s after seq-0 froze")?
+        .context("the retry on seq-1 failed")?;
+    println!(
+        "retry on seq-1 of the message seq-0 froze with: sequenced {took:?} after the freeze \
+         (deduplicated: {})",
+        response.deduplicated
+    );
+    let client = domain_e2e::checks::db_client(&url).await?;
+    let rows: i64 = client
+        .query_one(
+            "SELECT count(*) FROM seq_events WHERE message_id = 'frozen-1'",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(
+        rows == 1,
+        "{rows} events for the message, expected exactly 1"
+    );
+    ensure!(
+        !response.deduplicated,
+        "the frozen transaction cannot have committed"
+    );
+    ensure!(
+        took <= STALL_BOUND,
+        "the retry waited {took:?} for the frozen instance (bound {STALL_BOUND:?})"
+    );
+    Ok(())
+}

@@ -496,7 +496,8 @@ impl GenericClientExt for deadpool_postgres::Object {
         let rows = tx
             .query(
                 &format!(
-                    "UPDATE seq_instances i SET online = false WHERE {OFFLINE_CONDITION} RETURNING instance_index"
+                    "UPDATE seq_instances i SET online = false WHERE {OFFLINE_CONDITION}
+                     RETURNING instance_index, writer_pid, heartbeat_at"
                 ),
                 &[&own_index, &secs],
             )
@@ -510,6 +511,43 @@ impl GenericClientExt for deadpool_postgres::Object {
             .await?;
         }
         tx.commit().await?;
+        // A peer that is alive but stalled (SIGSTOP, a long GC-like pause, a partition
+        // the database has not noticed yet) may be stopped *inside* a batch transaction.
+        // Its own instance row is only locked at the end of a batch, so marking it did not
+        // wait; but the dedup rows it inserted stay locked, and a client retrying the same
+        // message id on a live instance would block that instance's whole batch behind
+        // them (seen in CI: survivors' writers timing out one after the other for 10 s).
+        // So its writer backend is terminated: the stuck transaction aborts and its locks
+        // go. The instance is offline already; when it resumes, it reconnects and goes
+        // online again like after any fencing. Only a backend older than the peer's last
+        // heartbeat can be its writer (a reused pid belongs to a later backend).
+        for row in &rows {
+            let idx: i16 = row.get(0);
+            let Some(pid) = row.get::<_, Option<i32>>(1) else {
+                continue;
+            };
+            let heartbeat: std::time::SystemTime = row.get(2);
+            let terminated = self
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE pid = $1 AND backend_start < $2",
+                    &[&pid, &heartbeat],
+                )
+                .await;
+            match terminated {
+                Ok(rows) if !rows.is_empty() => {
+                    tracing::warn!(
+                        instance = idx,
+                        pid,
+                        "terminated the writer backend of a peer marked offline"
+                    );
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(instance = idx, pid, %error, "cannot terminate the writer backend of a peer marked offline");
+                }
+            }
+        }
         Ok(marked)
     }
 

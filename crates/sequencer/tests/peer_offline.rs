@@ -1,7 +1,8 @@
 //! Offline detection of peer instances against a real PostgreSQL: a peer whose writer
 //! connection is gone is marked offline at the next check, however fresh its heartbeat;
 //! a peer that is alive is not; a stale heartbeat still marks a peer whose connection
-//! looks alive.
+//! looks alive, and terminates its writer backend so a transaction it was stopped in
+//! releases its locks.
 
 use std::time::Duration;
 
@@ -89,7 +90,21 @@ async fn dead_writer_connection_marks_peer_offline_at_once() {
     assert_eq!(marked, vec![2]);
     assert_eq!(online(&cfg).await, vec![(0, true), (1, true), (2, false)]);
 
-    // Instance 1 is alive (connection open) but silent: only the heartbeat rule marks it.
+    // Instance 1 is alive (connection open) but silent, stopped inside a transaction
+    // that holds a lock others need (as a paused writer holds the dedup rows of its
+    // batch): only the heartbeat rule marks it, and its writer backend is terminated so
+    // the lock goes.
+    let (stalled, stalled_task) = writers.pop().expect("writer 1");
+    stalled
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(4242)")
+        .await
+        .expect("lock");
+    let (other, _other_task) = domain_storage::dedicated_connection(&cfg)
+        .await
+        .expect("connect");
+    let try_lock = "SELECT pg_try_advisory_lock(4242)";
+    let taken: bool = other.query_one(try_lock, &[]).await.expect("try").get(0);
+    assert!(!taken, "the stalled transaction holds the lock");
     let marked = store::mark_lagging_offline(&mut checker, 0, long)
         .await
         .expect("check");
@@ -101,5 +116,19 @@ async fn dead_writer_connection_marks_peer_offline_at_once() {
     assert_eq!(marked, vec![1]);
     // The checker never marks itself, whatever its own heartbeat says.
     assert_eq!(online(&cfg).await, vec![(0, true), (1, false), (2, false)]);
+    let mut released = false;
+    for _ in 0..50 {
+        if other.query_one(try_lock, &[]).await.expect("try").get(0) {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(released, "the stalled writer's lock is still held");
+    assert!(
+        stalled.simple_query("SELECT 1").await.is_err(),
+        "the stalled writer's connection survived"
+    );
+    let _ = stalled_task.await;
     drop(writers);
 }
