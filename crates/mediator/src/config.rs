@@ -62,6 +62,13 @@ pub struct MediatorConfig {
     pub max_batch_events: usize,
     /// Verdict sends in flight at once. Default 64.
     pub max_inflight_verdicts: usize,
+    /// Decided requests whose verdict needs nothing more (acknowledged, sequenced, expired
+    /// or undeliverable) are deleted, with their responses, once their deadline is this far
+    /// behind the last processed event (sequencer time). At least `5m`: responses arriving
+    /// that long after a deadline are still classified as late rather than unknown.
+    /// Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub request_retention: Duration,
     /// Connecting the sequencer client may take twice this; each call attempt is bounded
     /// by `min(this, 2s)` (a send is then retried on another endpoint). Default `5s`.
     #[serde(with = "humantime_serde")]
@@ -91,6 +98,7 @@ impl Default for MediatorConfig {
             verdict_ttl: Duration::from_secs(60),
             max_batch_events: 256,
             max_inflight_verdicts: 64,
+            request_retention: Duration::from_secs(24 * 3600),
             sequencer_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
         }
@@ -181,6 +189,12 @@ impl MediatorConfig {
         if self.max_batch_events == 0 {
             return Err(problem("max-batch-events", "must be at least 1"));
         }
+        if self.request_retention < Duration::from_secs(300) {
+            return Err(problem(
+                "request-retention",
+                "must be at least 5m (late responses are classified against decided requests that long)",
+            ));
+        }
         if self.max_inflight_verdicts == 0 {
             return Err(problem("max-inflight-verdicts", "must be at least 1"));
         }
@@ -268,6 +282,10 @@ mod tests {
             (
                 Box::new(|c| c.database.pool_max_size = 1),
                 "database.pool-max-size",
+            ),
+            (
+                Box::new(|c| c.request_retention = Duration::from_secs(60)),
+                "request-retention",
             ),
         ];
         for (change, key) in cases {

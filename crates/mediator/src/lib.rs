@@ -56,6 +56,8 @@ pub struct Shared {
     pub session_running: AtomicBool,
     pub pending: AtomicU64,
     pub last_counter: AtomicI64,
+    /// Sequencing timestamp of the last processed event (0 before the first).
+    pub last_ts: AtomicI64,
 }
 
 /// Everything a session needs; built once per process.
@@ -69,6 +71,7 @@ pub struct Context {
     pub max_batch_events: usize,
     pub max_inflight_verdicts: usize,
     pub sequencer_timeout: Duration,
+    pub request_retention: Duration,
 }
 
 /// Microseconds since the Unix epoch by the local clock.
@@ -165,6 +168,7 @@ pub async fn run(
         session_running: AtomicBool::new(false),
         pending: AtomicU64::new(0),
         last_counter: AtomicI64::new(-1),
+        last_ts: AtomicI64::new(0),
     });
     let ctx = Arc::new(Context {
         settings: ProcessorSettings {
@@ -181,6 +185,7 @@ pub async fn run(
         max_batch_events: config.max_batch_events,
         max_inflight_verdicts: config.max_inflight_verdicts,
         sequencer_timeout: config.sequencer_timeout,
+        request_retention: config.request_retention,
     });
 
     // Readiness: active (lease held), state loaded and subscribed.

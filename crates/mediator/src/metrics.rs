@@ -41,6 +41,8 @@ pub const TOPOLOGY_TRANSACTIONS: &str = "mediator_topology_transactions";
 pub const SUBSCRIPTIONS: &str = "mediator_subscriptions_total";
 /// 1 for the sequencer endpoint the active replica's stream is open on, 0 for the others.
 pub const SUBSCRIPTION_ENDPOINT: &str = "mediator_subscription_endpoint";
+/// Decided requests deleted after `request-retention`.
+pub const REQUESTS_PRUNED: &str = "mediator_requests_pruned_total";
 /// 1 while this replica is active and subscribed (ready), else 0.
 pub const ACTIVE: &str = "mediator_active";
 /// Activations of this replica (after acquiring the lease or a failed session).
@@ -119,6 +121,10 @@ pub fn describe() {
     describe_gauge!(
         SUBSCRIPTION_ENDPOINT,
         "1 for the sequencer endpoint the event stream is open on, else 0"
+    );
+    describe_counter!(
+        REQUESTS_PRUNED,
+        "Decided requests deleted (with their responses) after request-retention"
     );
     describe_gauge!(
         ACTIVE,

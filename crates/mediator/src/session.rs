@@ -34,6 +34,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Events buffered between the subscription reader and the processor.
 const EVENT_BUFFER: usize = 4096;
+/// How often decided requests past `request-retention` are deleted.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// How often acknowledged verdict sends are recorded.
 const MARK_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -114,10 +116,16 @@ pub async fn run(
         fence.clone(),
         unsent,
         verdict_rx,
-        fail_tx,
+        fail_tx.clone(),
         tasks_cancel.clone(),
     ));
     tasks.spawn(time_proofs(ctx.clone(), tasks_cancel.clone()));
+    tasks.spawn(pruner(
+        ctx.clone(),
+        fence.clone(),
+        fail_tx,
+        tasks_cancel.clone(),
+    ));
 
     let mut activated = false;
     loop {
@@ -216,6 +224,9 @@ fn publish(ctx: &Context, processor: &Processor) {
     ctx.shared
         .last_counter
         .store(processor.last_counter(), Ordering::SeqCst);
+    ctx.shared
+        .last_ts
+        .store(processor.last_ts(), Ordering::SeqCst);
     metrics::gauge!(m::PENDING).set(pending as f64);
     metrics::gauge!(m::LAST_COUNTER).set(processor.last_counter() as f64);
     metrics::gauge!(m::TOPOLOGY_TRANSACTIONS).set(processor.topology().len() as f64);
@@ -534,6 +545,59 @@ async fn send_verdict(ctx: Arc<Context>, (verdict, committed): Outgoing) -> (i64
                 metrics::counter!(m::VERDICT_SENDS, "result" => "retried").increment(1);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Deletes decided requests older than `request-retention` (sequencer time of the last
+/// processed event), in chunks, once a minute. A fenced delete ends the session.
+async fn pruner(
+    ctx: Arc<Context>,
+    fence: Fence,
+    fail: mpsc::Sender<String>,
+    cancel: CancellationToken,
+) {
+    const CHUNK: i64 = 5_000;
+    let retention = i64::try_from(ctx.request_retention.as_micros()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let last_ts = ctx.shared.last_ts.load(Ordering::SeqCst);
+        if last_ts <= retention {
+            continue;
+        }
+        let before = last_ts - retention;
+        let mut client = match ctx.pool.get().await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, "cannot prune decided requests");
+                continue;
+            }
+        };
+        loop {
+            match store::prune(&mut client, &fence, before, CHUNK).await {
+                Ok(n) => {
+                    metrics::counter!(m::REQUESTS_PRUNED).increment(n);
+                    if n > 0 {
+                        tracing::info!(deleted = n, before_ts = before, "pruned decided requests");
+                    }
+                    if n < CHUNK as u64 {
+                        break;
+                    }
+                }
+                Err(error) if error.is_fenced() => {
+                    let _ = fail.send(error.to_string()).await;
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "pruning decided requests failed");
+                    break;
+                }
             }
         }
     }

@@ -489,6 +489,48 @@ pub async fn mark_verdicts(
     .await
 }
 
+/// Deletes up to `limit` decided requests whose verdict needs nothing more (`sent`,
+/// `sequenced`, `expired`, `undeliverable`) and whose deadline is before `before_ts`
+/// (sequencer time), with their responses, in one fenced transaction. Returns how many
+/// requests were deleted. Pending requests and unsent verdicts are never touched.
+pub async fn prune(
+    client: &mut Client,
+    fence: &Fence,
+    before_ts: i64,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    fenced_transaction(client, fence, async |tx: &Transaction<'_>| {
+        let ids: Vec<i64> = tx
+            .query(
+                "SELECT request_id FROM med_requests \
+                 WHERE deadline_ts < $1 AND state = 'decided' \
+                   AND verdict_state IN ('sent', 'sequenced', 'expired', 'undeliverable') \
+                 ORDER BY deadline_ts LIMIT $2",
+                &[&before_ts, &limit],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if ids.is_empty() {
+            return Ok::<_, StoreError>(0);
+        }
+        tx.execute(
+            "DELETE FROM med_responses WHERE request_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+        let deleted = tx
+            .execute(
+                "DELETE FROM med_requests WHERE request_id = ANY($1)",
+                &[&ids],
+            )
+            .await?;
+        Ok(deleted)
+    })
+    .await
+}
+
 /// What a passive replica reports: (last processed counter, pending requests).
 pub async fn status(client: &Client) -> Result<(i64, i64), StoreError> {
     let row = client

@@ -406,3 +406,108 @@ async fn a_stale_epoch_writes_nothing() {
         .await
         .expect("persist");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_deletes_only_finished_requests_past_the_retention() {
+    let mut f = fixture("med_store_prune").await;
+    let (mediator, domain) = f.ids();
+    let current = fence(1, "h1");
+    let loaded = load(&mut f.client, &current, &mediator, &domain)
+        .await
+        .expect("load");
+    let stmts = Statements::prepare(&f.client).await.expect("prepare");
+    let mut processor = Processor::restore(f.settings.clone(), loaded.restored);
+    let events = f.events();
+    let changes = processor.process_batch(&events, 1_800_000_000_000_000);
+    persist(&mut f.client, &stmts, &current, &changes)
+        .await
+        .expect("persist");
+    let count = async |client: &Client, sql: &str| -> i64 {
+        client.query_one(sql, &[]).await.expect("count").get(0)
+    };
+    let decided = count(
+        &f.client,
+        "SELECT count(*) FROM med_requests WHERE state = 'decided'",
+    )
+    .await;
+    assert!(decided >= 2, "the fixture decides at least two requests");
+    // One finished verdict per state that needs nothing more, one still unsent; and one
+    // finished request whose deadline is recent.
+    let ids: Vec<i64> = f
+        .client
+        .query(
+            "SELECT request_id FROM med_requests WHERE state = 'decided' ORDER BY request_id",
+            &[],
+        )
+        .await
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    f.client
+        .execute(
+            "UPDATE med_requests SET verdict_state = 'sequenced', deadline_ts = 10 WHERE request_id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .expect("finish");
+    f.client
+        .execute(
+            "UPDATE med_requests SET verdict_state = 'unsent', deadline_ts = 10 WHERE request_id = $1",
+            &[&ids[1]],
+        )
+        .await
+        .expect("unsent");
+    let total = count(&f.client, "SELECT count(*) FROM med_requests").await;
+
+    let deleted = prune(&mut f.client, &current, 100, 5_000)
+        .await
+        .expect("prune");
+    assert_eq!(deleted, 1);
+    let left: Vec<i64> = f
+        .client
+        .query("SELECT request_id FROM med_requests", &[])
+        .await
+        .expect("left")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left.len() as i64, total - 1);
+    assert!(!left.contains(&ids[0]) && left.contains(&ids[1]));
+    let orphans = count(
+        &f.client,
+        "SELECT count(*) FROM med_responses r WHERE NOT EXISTS \
+         (SELECT 1 FROM med_requests q WHERE q.request_id = r.request_id)",
+    )
+    .await;
+    assert_eq!(orphans, 0);
+    // Nothing else is due; a stale epoch deletes nothing.
+    assert_eq!(
+        prune(&mut f.client, &current, 100, 5_000)
+            .await
+            .expect("prune"),
+        0
+    );
+    f.client
+        .execute(
+            "UPDATE med_requests SET verdict_state = 'sequenced', deadline_ts = 10 WHERE request_id = $1",
+            &[&ids[1]],
+        )
+        .await
+        .expect("finish");
+    f.client
+        .execute(
+            "UPDATE leases SET holder = 'h2', epoch = 2 WHERE name = 'mediator'",
+            &[],
+        )
+        .await
+        .expect("takeover");
+    let err = prune(&mut f.client, &current, 100, 5_000)
+        .await
+        .expect_err("fenced");
+    assert!(err.is_fenced(), "{err}");
+    assert_eq!(
+        count(&f.client, "SELECT count(*) FROM med_requests").await,
+        total - 1
+    );
+}
