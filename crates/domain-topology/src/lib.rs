@@ -345,6 +345,25 @@ fn proto_key(key: &PublicKey) -> pb::PublicKey {
 }
 
 impl TopologyTransaction {
+    /// Decodes and validates the transaction a signed envelope carries, for domain
+    /// `domain_id`. The signature is not checked (the sequencer did, see [`verify_signed`];
+    /// members accept topology by its sender).
+    pub fn from_signed(
+        signed: &pb::SignedTopologyTransaction,
+        domain_id: &str,
+    ) -> Result<Self, TopologyError> {
+        let tx = pb::TopologyTransaction::decode(signed.transaction.as_slice())
+            .map_err(|e| TopologyError::Malformed(e.to_string()))?;
+        Self::from_proto(&tx, domain_id)
+    }
+
+    /// [`Self::from_signed`] from the encoded envelope (as stored by members).
+    pub fn from_signed_bytes(bytes: &[u8], domain_id: &str) -> Result<Self, TopologyError> {
+        let signed = pb::SignedTopologyTransaction::decode(bytes)
+            .map_err(|e| TopologyError::Malformed(e.to_string()))?;
+        Self::from_signed(&signed, domain_id)
+    }
+
     /// Validates a decoded transaction of domain `domain_id`.
     pub fn from_proto(
         tx: &pb::TopologyTransaction,
@@ -505,9 +524,7 @@ pub fn verify_signed(
             &signature,
         )
         .map_err(|e| TopologyError::BadSignature(e.to_string()))?;
-    let tx = pb::TopologyTransaction::decode(signed.transaction.as_slice())
-        .map_err(|e| TopologyError::Malformed(e.to_string()))?;
-    TopologyTransaction::from_proto(&tx, &domain_id.to_string())
+    TopologyTransaction::from_signed(signed, &domain_id.to_string())
 }
 
 /// The member id under which the domain manager sends topology transactions:

@@ -212,3 +212,24 @@ fn domain_manager_member_shares_the_domain_fingerprint() {
     assert!(m.matches_key(ns.public_key()));
     assert!(m.to_string().starts_with("DOM::dom::"));
 }
+
+#[test]
+fn signed_envelopes_decode_for_their_domain_only() {
+    let ns = SigningKeyPair::from_seed(&[1; 32]);
+    let d = domain(&ns);
+    let tx = set_state(3, &participant(2), Permission::Observation);
+    let bytes = tx.sign(&d, &ns).encode_to_vec();
+    assert_eq!(
+        TopologyTransaction::from_signed_bytes(&bytes, &d.to_string()),
+        Ok(tx)
+    );
+    let other = domain(&SigningKeyPair::from_seed(&[9; 32]));
+    assert!(matches!(
+        TopologyTransaction::from_signed_bytes(&bytes, &other.to_string()),
+        Err(TopologyError::WrongDomain { .. })
+    ));
+    assert!(matches!(
+        TopologyTransaction::from_signed_bytes(b"\xff\xff", &d.to_string()),
+        Err(TopologyError::Malformed(_))
+    ));
+}

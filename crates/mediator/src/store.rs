@@ -4,10 +4,8 @@
 use std::collections::BTreeMap;
 
 use domain_lease::{Fence, LeaseError, fenced_transaction};
-use domain_proto::v1 as pb;
 use domain_topology::{SequencedTopology, TopologyTransaction};
 use futures::future::try_join_all;
-use prost::Message as _;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
@@ -246,10 +244,7 @@ pub async fn load(
 }
 
 fn decode_topology(signed: &[u8], domain: &str) -> Result<TopologyTransaction, String> {
-    let signed = pb::SignedTopologyTransaction::decode(signed).map_err(|e| e.to_string())?;
-    let tx = pb::TopologyTransaction::decode(signed.transaction.as_slice())
-        .map_err(|e| e.to_string())?;
-    TopologyTransaction::from_proto(&tx, domain).map_err(|e| e.to_string())
+    TopologyTransaction::from_signed_bytes(signed, domain).map_err(|e| e.to_string())
 }
 
 /// Prepared statements of the processing connection.

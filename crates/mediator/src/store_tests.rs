@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use domain_identity::{DomainId, MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
 use domain_lease::Fence;
+use domain_proto::v1 as pb;
 use domain_sequencer_client::to_proto_signature;
 use domain_testkit::pg::PgCluster;
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TrustLevel};
+use prost::Message as _;
 
 use super::*;
 use crate::protocol::{Event, Processor, ProcessorSettings};

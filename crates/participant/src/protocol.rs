@@ -355,12 +355,7 @@ impl Processor {
             changes.ignored.push("topology_not_from_domain_manager");
             return;
         }
-        let tx = pb::TopologyTransaction::decode(signed.transaction.as_slice())
-            .map_err(|e| e.to_string())
-            .and_then(|tx| {
-                TopologyTransaction::from_proto(&tx, &self.domain).map_err(|e| e.to_string())
-            });
-        let tx = match tx {
+        let tx = match TopologyTransaction::from_signed(&signed, &self.domain) {
             Ok(tx) => tx,
             Err(error) => {
                 tracing::warn!(event_ts = event.ts, %error, "ignored an invalid topology transaction");

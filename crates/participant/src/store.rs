@@ -98,12 +98,8 @@ pub async fn load(pool: &PgPool, domain_id: &str) -> Result<Loaded, StoreError> 
             table: "par_topology",
             reason,
         };
-        let signed = pb::SignedTopologyTransaction::decode(signed.as_slice())
+        let tx = TopologyTransaction::from_signed_bytes(&signed, domain_id)
             .map_err(|e| corrupt(e.to_string()))?;
-        let tx = pb::TopologyTransaction::decode(signed.transaction.as_slice())
-            .map_err(|e| corrupt(e.to_string()))?;
-        let tx =
-            TopologyTransaction::from_proto(&tx, domain_id).map_err(|e| corrupt(e.to_string()))?;
         topology.push(SequencedTopology {
             sequenced_ts: r.try_get(1)?,
             effective_ts: r.try_get(2)?,
