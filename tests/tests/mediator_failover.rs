@@ -5,17 +5,15 @@
 //! prescribes, sequenced once (the sequencer's record) and seen once by every
 //! participant. The killed replica comes back as the passive one.
 
-mod mediator_common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::mediator_common::{Expected, MediatorDomain, ServingStatus, check_outcome};
 use anyhow::{Context as _, ensure};
 use domain_e2e::checks::{db_client, keep_logs_on_error};
 use domain_testkit::process::TestLogs;
 use domain_topology::Permission;
 use futures::{StreamExt as _, TryStreamExt as _};
-use mediator_common::{Expected, MediatorDomain, ServingStatus, check_outcome};
 
 /// Most the passive may take to become ready after the active dies.
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(3);

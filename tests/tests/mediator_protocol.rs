@@ -12,10 +12,9 @@
 //!   logged and counted, and never change a verdict; a request naming a
 //!   confirmer without confirmation permission is rejected by the mediator.
 
-mod mediator_common;
-
 use std::time::{Duration, Instant};
 
+use crate::mediator_common::{Expected, MediatorDomain, ServingStatus, check_outcome};
 use anyhow::ensure;
 use domain_e2e::checks::keep_logs_on_error;
 use domain_identity::SignaturePurpose;
@@ -23,7 +22,6 @@ use domain_sequencer_client::to_proto_signature;
 use domain_testkit::process::TestLogs;
 use domain_topology::Permission;
 use futures::{StreamExt as _, TryStreamExt as _};
-use mediator_common::{Expected, MediatorDomain, ServingStatus, check_outcome};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -4,7 +4,7 @@
 //! through the CLIs the way an operator does it (`participant init`, `domainctl
 //! participants set-state`, `participant connect-multi`, `participant run`).
 //!
-//! Compiled on its own as an (empty) test target too, hence `allow(dead_code)`.
+//! Not every test uses every helper, hence `allow(dead_code)`.
 #![allow(dead_code)]
 
 use std::path::PathBuf;

@@ -21,8 +21,7 @@
 //! the bounds hold either way since the mediator fails over through the same client
 //! library.
 
-#[path = "participant_common.rs"]
-mod common;
+use crate::participant_common as common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

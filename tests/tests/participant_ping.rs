@@ -16,8 +16,7 @@
 //! 6. `connect-multi` errors: a missing CA file is named, unreachable endpoints fail
 //!    with each endpoint's reason, nothing is persisted.
 
-#[path = "participant_common.rs"]
-mod common;
+use crate::participant_common as common;
 
 use std::time::Duration;
 

@@ -1,0 +1,23 @@
+//! Every cross-process test of the domain in one test binary. Each file below is a
+//! module; nextest still runs every test in its own process.
+//!
+//! One binary rather than one per file because each test binary statically links the
+//! whole dependency tree (tonic, tokio, rustls, tokio-postgres): thirteen of them took
+//! ~2 GB of disk and their link time, and ran a CI machine out of space.
+
+mod mediator_common;
+mod participant_common;
+
+mod client_failover;
+mod devnet;
+mod domain_manager;
+mod mediator_failover;
+mod mediator_protocol;
+mod participant_failover;
+mod participant_ping;
+mod sequencer_api;
+mod sequencer_faults;
+mod sequencer_order;
+mod sequencer_resume;
+mod sequencer_smoke;
+mod topology_enforcement;
