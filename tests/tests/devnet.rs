@@ -133,3 +133,119 @@ async fn devnet_runs_a_domain_pings_and_stops_cleanly() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Whether process `pid` is gone: no `/proc` entry, or a zombie nobody reaped yet.
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// Killed with SIGKILL, devnet cannot stop its children: each notices that its supervisor
+/// is gone (`DOMAIN_EXIT_WITH_PARENT`) and shuts down by itself, so no service is left
+/// holding ports, leases and database connections. Runs against the tests' PostgreSQL
+/// through `DATABASE_URL`: a throwaway server of devnet's own would outlive it (a server
+/// started by `pg_ctl` is not devnet's child; see docs/devnet.md).
+#[tokio::test]
+async fn devnet_killed_leaves_no_service_running() -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt as _;
+
+    let logs = domain_testkit::process::TestLogs::for_current_test();
+    let pg = domain_testkit::pg::PgCluster::shared();
+    let dir = logs.dir().join("devnet-run");
+    let stderr = std::fs::File::create(logs.dir().join("devnet.stderr"))?;
+    let mut devnet = tokio::process::Command::new(binary_path("devnet"))
+        .args([
+            "--duration",
+            "10m",
+            "--ping-interval",
+            "1s",
+            "--no-build",
+            "--dir",
+        ])
+        .arg(&dir)
+        .env("DATABASE_URL", pg.admin_url())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start devnet")?;
+    let stdout = devnet.stdout.take().context("no stdout pipe")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+
+    // "[  0.3s] started sequencer-1 (pid 4242)" for most components, then "domain … is up".
+    let mut pids = Vec::new();
+    let mut seen = String::new();
+    let up = tokio::time::timeout(Duration::from_secs(150), async {
+        while let Some(line) = lines.next_line().await? {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("] started ")
+                && let Some(pid) = number_after(&line, "(pid ")
+            {
+                pids.push(u32::try_from(pid)?);
+            }
+            if line.contains("] domain ") && line.contains(" is up") {
+                return Ok(true);
+            }
+        }
+        anyhow::Ok(false)
+    })
+    .await;
+    ensure!(
+        matches!(up, Ok(Ok(true))),
+        "devnet did not come up ({up:?}); its output:\n{seen}"
+    );
+    // The participants are started without a "(pid …)" line: take every child from /proc.
+    let devnet_pid = devnet.id().context("devnet already exited")?;
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{devnet_pid}/task"))? {
+        let list = std::fs::read_to_string(task?.path().join("children")).unwrap_or_default();
+        children.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    ensure!(
+        pids.iter().all(|pid| children.contains(pid)),
+        "started components {pids:?} are not all children {children:?} of devnet"
+    );
+    pids = children;
+    ensure!(
+        pids.len() >= COMPONENTS.len(),
+        "expected {} running components, devnet has children {pids:?}:\n{seen}",
+        COMPONENTS.len()
+    );
+    ensure!(
+        pids.iter().all(|&pid| !process_gone(pid)),
+        "a component is not running before the kill: {pids:?}"
+    );
+
+    devnet.start_kill().context("cannot SIGKILL devnet")?;
+    devnet.wait().await?;
+    let killed = Instant::now();
+    let mut running = pids.clone();
+    while !running.is_empty() && killed.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        running.retain(|&pid| !process_gone(pid));
+    }
+    println!(
+        "devnet SIGKILLed: {} of its {} child processes exited within {:?}",
+        pids.len() - running.len(),
+        pids.len(),
+        killed.elapsed()
+    );
+    ensure!(
+        running.is_empty(),
+        "still running 30 s after devnet was killed: pids {running:?} (logs in {})",
+        dir.display()
+    );
+    logs.passed();
+    Ok(())
+}

@@ -98,6 +98,11 @@ impl Component {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // Killed with SIGKILL, devnet cannot stop its children; they stop themselves.
+            .env(
+                domain_runtime::shutdown::EXIT_WITH_PARENT_ENV,
+                std::process::id().to_string(),
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -209,6 +214,10 @@ pub async fn run(
     let mut cmd = tokio::process::Command::new(binary);
     cmd.args(args)
         .current_dir(dir)
+        .env(
+            domain_runtime::shutdown::EXIT_WITH_PARENT_ENV,
+            std::process::id().to_string(),
+        )
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .process_group(0);

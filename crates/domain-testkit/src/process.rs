@@ -460,6 +460,12 @@ impl ProcessBuilder {
         if std::env::var_os("RUST_BACKTRACE").is_none() {
             cmd.env("RUST_BACKTRACE", "1");
         }
+        // A test process killed by a nextest timeout must not leave services behind
+        // holding ports, leases and database connections.
+        cmd.env(
+            domain_runtime::shutdown::EXIT_WITH_PARENT_ENV,
+            std::process::id().to_string(),
+        );
         for (key, value) in &self.envs {
             match value {
                 Some(value) => cmd.env(key, value),
