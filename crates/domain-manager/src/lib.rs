@@ -23,6 +23,7 @@ use domain_lease::{LeaseHandle, LeaseKeeper, Role};
 use domain_proto::v1::domain_admin_service_server::DomainAdminServiceServer;
 use domain_runtime::grpc::HealthHandle;
 use domain_runtime::ops::Readiness;
+use domain_runtime::service::Servers;
 use domain_sequencer_client::MemberIdentity;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -270,25 +271,11 @@ pub async fn run(
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);
-    let admin = domain_runtime::grpc::server_builder(&config.admin_api)?
-        .layer(domain_runtime::telemetry::TraceContextLayer)
-        .layer(domain_runtime::metrics::GrpcMetricsLayer)
-        .add_service(health_server)
-        .add_service(domain_runtime::grpc::reflection_service()?)
+    let admin = domain_runtime::grpc::service_router(&config.admin_api, health_server)?
         .add_service(admin_api);
-
-    let servers_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(domain_runtime::grpc::serve(
-        admin,
-        listeners.admin,
-        servers_stop.clone(),
-    ));
-    let ops_task = domain_runtime::ops::serve_ops(
-        listeners.ops,
-        metrics_handle,
-        readiness.clone(),
-        servers_stop.clone(),
-    );
+    let mut servers = Servers::new();
+    servers.grpc("admin", admin, listeners.admin);
+    servers.ops(listeners.ops, metrics_handle, &readiness);
 
     let fatal = tokio::select! {
         () = shutdown.cancelled() => None,
@@ -299,13 +286,8 @@ pub async fn run(
     // Stop starting new work, let in-flight admin calls finish (each is bounded by
     // `send-deadline`), then release the lease so a standby takes over at once.
     internal.cancel();
-    servers_stop.cancel();
     let grace = config.shutdown_grace;
-    let drained = tokio::time::timeout(grace, async {
-        let _ = admin_task.await;
-        let _ = ops_task.await;
-    })
-    .await;
+    let drained = servers.stop(grace).await;
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
     lease_stop.cancel();

@@ -127,6 +127,30 @@ pub fn server_builder(config: &GrpcServerConfig) -> Result<Server, GrpcError> {
     Ok(server)
 }
 
+/// A router with the layers every API of ours gets: trace context first, then gRPC metrics.
+pub type ServiceRouter = Router<
+    tower::layer::util::Stack<
+        crate::metrics::GrpcMetricsLayer,
+        tower::layer::util::Stack<
+            crate::telemetry::TraceContextLayer,
+            tower::layer::util::Identity,
+        >,
+    >,
+>;
+
+/// Returns a server on `config` (see [`server_builder`]) with the trace-context and
+/// gRPC-metrics layers, serving `health` and reflection; add the component's own services.
+pub fn service_router(
+    config: &GrpcServerConfig,
+    health: HealthServer<HealthService>,
+) -> Result<ServiceRouter, GrpcError> {
+    Ok(server_builder(config)?
+        .layer(crate::telemetry::TraceContextLayer)
+        .layer(crate::metrics::GrpcMetricsLayer)
+        .add_service(health)
+        .add_service(reflection_service()?))
+}
+
 /// Binds `config.listen`.
 pub async fn bind(config: &GrpcServerConfig) -> Result<TcpListener, GrpcError> {
     TcpListener::bind(config.listen)

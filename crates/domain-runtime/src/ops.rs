@@ -65,6 +65,16 @@ impl Readiness {
     }
 }
 
+/// Binds the ops listener; the error names the `ops-listen` setting and the address.
+pub async fn bind(listen: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(listen).await.map_err(|error| {
+        std::io::Error::new(
+            error.kind(),
+            format!("cannot bind `ops-listen` {listen}: {error}"),
+        )
+    })
+}
+
 /// Spawns [`run_ops`] on the current runtime.
 pub fn serve_ops(
     listener: TcpListener,

@@ -1,9 +1,73 @@
 //! The common entry of every service binary, after its configuration is loaded and logging
 //! is installed: a multi-threaded tokio runtime, the process-wide rustls crypto provider,
 //! the service's async `serve`, and the exit code (0 on a clean shutdown, 1 on failure,
-//! with the error chain logged).
+//! with the error chain logged), and the set of servers a service runs, stopped as one.
 
 use std::future::Future;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::server::Router;
+
+use crate::ops::Readiness;
+use crate::shutdown::DrainTimedOut;
+
+/// The servers of one service (its gRPC APIs and the ops HTTP server), all stopped by one
+/// token so that shutdown drains them together.
+#[derive(Debug, Default)]
+pub struct Servers {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves `router` on `listener` until [`Servers::stop`]; `api` names it in logs.
+    pub fn grpc<L, ResBody>(&mut self, api: &'static str, router: Router<L>, listener: TcpListener)
+    where
+        L: tower::Layer<Routes> + Send + 'static,
+        L::Service: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
+            + Clone
+            + Send
+            + 'static,
+        <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send,
+        <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
+            Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+        ResBody: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let stop = self.stop.clone();
+        self.tasks.push(tokio::spawn(async move {
+            if let Err(error) = crate::grpc::serve(router, listener, stop).await {
+                tracing::error!(api, %error, "grpc server failed");
+            }
+        }));
+    }
+
+    /// Serves `/metrics`, `/health/live` and `/health/ready` on `listener` until [`Servers::stop`].
+    pub fn ops(&mut self, listener: TcpListener, metrics: PrometheusHandle, readiness: &Readiness) {
+        self.tasks.push(crate::ops::serve_ops(
+            listener,
+            metrics,
+            readiness.clone(),
+            self.stop.clone(),
+        ));
+    }
+
+    /// Stops accepting on every server and waits, at most `grace`, for in-flight calls.
+    pub async fn stop(self, grace: Duration) -> Result<(), DrainTimedOut> {
+        self.stop.cancel();
+        crate::shutdown::drain(grace, self.tasks).await.map(drop)
+    }
+}
 
 /// Runs `serve` to completion and exits the process with its outcome.
 pub fn run_service<F, E>(component: &str, serve: impl FnOnce() -> F) -> !

@@ -210,3 +210,21 @@ async fn health_endpoints_follow_readiness() {
         "listener is closed after shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_taken_ops_address_is_named_in_the_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let error = domain_runtime::ops::bind(addr)
+        .await
+        .err()
+        .map(|e| (e.kind(), e.to_string()));
+    let Some((kind, message)) = error else {
+        panic!("binding {addr} twice succeeded");
+    };
+    assert_eq!(kind, std::io::ErrorKind::AddrInUse);
+    assert!(
+        message.starts_with(&format!("cannot bind `ops-listen` {addr}: ")),
+        "{message}"
+    );
+}

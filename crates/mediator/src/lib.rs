@@ -30,6 +30,7 @@ use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
 use domain_lease::{LeaseHandle, LeaseKeeper};
 use domain_proto::v1::mediator_admin_service_server::MediatorAdminServiceServer;
 use domain_runtime::ops::Readiness;
+use domain_runtime::service::Servers;
 use domain_sequencer_client::MemberIdentity;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -200,24 +201,11 @@ pub async fn run(
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);
-    let admin = domain_runtime::grpc::server_builder(&config.admin_api)?
-        .layer(domain_runtime::telemetry::TraceContextLayer)
-        .layer(domain_runtime::metrics::GrpcMetricsLayer)
-        .add_service(health_server)
-        .add_service(domain_runtime::grpc::reflection_service()?)
+    let admin = domain_runtime::grpc::service_router(&config.admin_api, health_server)?
         .add_service(admin_api);
-    let servers_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(domain_runtime::grpc::serve(
-        admin,
-        listeners.admin,
-        servers_stop.clone(),
-    ));
-    let ops_task = domain_runtime::ops::serve_ops(
-        listeners.ops,
-        metrics_handle,
-        readiness.clone(),
-        servers_stop.clone(),
-    );
+    let mut servers = Servers::new();
+    servers.grpc("admin", admin, listeners.admin);
+    servers.ops(listeners.ops, metrics_handle, &readiness);
 
     let work_stop = CancellationToken::new();
     // Connect to the sequencers while still passive, so a takeover finds the client
@@ -236,12 +224,7 @@ pub async fn run(
     // Release only after processing stopped, so the successor starts from our last commit.
     lease_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), lease_task).await;
-    servers_stop.cancel();
-    let drained = tokio::time::timeout(grace, async {
-        let _ = admin_task.await;
-        let _ = ops_task.await;
-    })
-    .await;
+    let drained = servers.stop(grace).await;
     if drained.is_err() {
         anyhow::bail!("shutdown grace period of {grace:?} exceeded");
     }

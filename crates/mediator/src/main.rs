@@ -66,9 +66,7 @@ async fn serve(config: MediatorConfig) -> anyhow::Result<()> {
     let shutdown = domain_runtime::shutdown::shutdown_signal()?;
     let listeners = Listeners {
         admin: domain_runtime::grpc::bind(&config.admin_api).await?,
-        ops: tokio::net::TcpListener::bind(config.ops_listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot bind `ops-listen` {}: {e}", config.ops_listen))?,
+        ops: domain_runtime::ops::bind(config.ops_listen).await?,
     };
     tracing::info!(
         admin = %listeners.admin.local_addr()?,

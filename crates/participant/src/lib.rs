@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use domain_proto::v1::participant_admin_service_server::ParticipantAdminServiceServer;
 use domain_runtime::ops::Readiness;
+use domain_runtime::service::Servers;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::Connection as _;
 use tokio::net::TcpListener;
@@ -99,24 +100,11 @@ pub async fn run(
         ParticipantAdminServiceServer::new(admin::ParticipantAdmin { node: node.clone() })
             .max_decoding_message_size(max_msg)
             .max_encoding_message_size(max_msg);
-    let admin = domain_runtime::grpc::server_builder(&config.admin_api)?
-        .layer(domain_runtime::telemetry::TraceContextLayer)
-        .layer(domain_runtime::metrics::GrpcMetricsLayer)
-        .add_service(health_server)
-        .add_service(domain_runtime::grpc::reflection_service()?)
+    let admin = domain_runtime::grpc::service_router(&config.admin_api, health_server)?
         .add_service(admin_api);
-    let servers_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(domain_runtime::grpc::serve(
-        admin,
-        listeners.admin,
-        servers_stop.clone(),
-    ));
-    let ops_task = domain_runtime::ops::serve_ops(
-        listeners.ops,
-        metrics_handle,
-        readiness.clone(),
-        servers_stop.clone(),
-    );
+    let mut servers = Servers::new();
+    servers.grpc("admin", admin, listeners.admin);
+    servers.ops(listeners.ops, metrics_handle, &readiness);
 
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -130,13 +118,8 @@ pub async fn run(
     tracing::info!("shutting down");
     readiness.set_ready(false);
     internal.cancel();
-    servers_stop.cancel();
     let grace = config.shutdown_grace;
-    let drained = tokio::time::timeout(grace, async {
-        let _ = admin_task.await;
-        let _ = ops_task.await;
-    })
-    .await;
+    let drained = servers.stop(grace).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), lock_conn.close()).await;
     pool.close().await;
     if drained.is_err() {

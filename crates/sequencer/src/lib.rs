@@ -24,6 +24,7 @@ use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
 use domain_proto::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
 use domain_proto::v1::sequencer_service_server::SequencerServiceServer;
 use domain_runtime::ops::Readiness;
+use domain_runtime::service::Servers;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -235,39 +236,18 @@ pub async fn run(
     let api = SequencerServiceServer::new(SequencerApi(core.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
-    let public = domain_runtime::grpc::server_builder(&config.public_api)?
-        .layer(domain_runtime::telemetry::TraceContextLayer)
-        .layer(domain_runtime::metrics::GrpcMetricsLayer)
-        .add_service(health_server.clone())
-        .add_service(domain_runtime::grpc::reflection_service()?)
+    let public = domain_runtime::grpc::service_router(&config.public_api, health_server.clone())?
         .add_service(api);
     let admin_api = SequencerAdminServiceServer::new(admin::SequencerAdmin {
         core: core.clone(),
         prune_batch: config.pruning.batch_size,
     });
-    let admin = domain_runtime::grpc::server_builder(&config.admin_api)?
-        .layer(domain_runtime::telemetry::TraceContextLayer)
-        .add_service(health_server)
-        .add_service(domain_runtime::grpc::reflection_service()?)
+    let admin = domain_runtime::grpc::service_router(&config.admin_api, health_server)?
         .add_service(admin_api);
-
-    let servers_stop = CancellationToken::new();
-    let public_task = tokio::spawn(domain_runtime::grpc::serve(
-        public,
-        listeners.public,
-        servers_stop.clone(),
-    ));
-    let admin_task = tokio::spawn(domain_runtime::grpc::serve(
-        admin,
-        listeners.admin,
-        servers_stop.clone(),
-    ));
-    let ops_task = domain_runtime::ops::serve_ops(
-        listeners.ops,
-        metrics_handle,
-        readiness.clone(),
-        servers_stop.clone(),
-    );
+    let mut servers = Servers::new();
+    servers.grpc("public", public, listeners.public);
+    servers.grpc("admin", admin, listeners.admin);
+    servers.ops(listeners.ops, metrics_handle, &readiness);
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: draining subscriptions and in-flight sends");
@@ -275,14 +255,8 @@ pub async fn run(
     // Subscriptions end with UNAVAILABLE so clients resume elsewhere; then the
     // servers drain in-flight calls, then the writer leaves the online set.
     internal.cancel();
-    servers_stop.cancel();
     let grace = config.shutdown_grace;
-    let drained = tokio::time::timeout(grace, async {
-        let _ = public_task.await;
-        let _ = admin_task.await;
-        let _ = ops_task.await;
-    })
-    .await;
+    let drained = servers.stop(grace).await;
     writer_shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
     tasks.close();

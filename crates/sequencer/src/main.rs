@@ -49,9 +49,7 @@ async fn serve(config: SequencerConfig) -> anyhow::Result<()> {
     let listeners = Listeners {
         public: domain_runtime::grpc::bind(&config.public_api).await?,
         admin: domain_runtime::grpc::bind(&config.admin_api).await?,
-        ops: tokio::net::TcpListener::bind(config.ops_listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot bind `ops-listen` {}: {e}", config.ops_listen))?,
+        ops: domain_runtime::ops::bind(config.ops_listen).await?,
     };
     tracing::info!(
         public = %listeners.public.local_addr()?,
