@@ -486,4 +486,69 @@ mod tests {
         let again: DomainManagerConfig = toml::from_str(&dumped).expect("re-parses");
         assert_eq!(again.sequencers, c.sequencers);
     }
+
+    /// The Kubernetes example config loads and is valid, with every sequencer pod's endpoint
+    /// and ops URL. The files it expects from Secrets (mounted at /keys and /tls in the pod)
+    /// are created in a temporary directory and the paths moved there.
+    #[test]
+    fn the_kubernetes_example_config_is_valid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("keys")).expect("keys dir");
+        std::fs::create_dir_all(root.join("tls")).expect("tls dir");
+        domain_identity::SigningKeyPair::generate()
+            .save_pem(root.join("keys/namespace.pem"))
+            .expect("write key");
+        let pki = domain_testkit::certs::TestPki::new().expect("test pki");
+        let server = pki.issue_server(&["domain-manager"]).expect("server cert");
+        for (file, pem) in [
+            ("tls/ca.crt", pki.ca_pem()),
+            ("tls/client-ca.crt", pki.ca_pem()),
+            ("tls/tls.crt", server.cert_pem.as_str()),
+            ("tls/tls.key", server.key_pem.as_str()),
+        ] {
+            std::fs::write(root.join(file), pem).expect("write pem");
+        }
+        let example = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../deploy/k8s/base/domain-manager.toml"),
+        )
+        .expect("read deploy/k8s/base/domain-manager.toml");
+        let moved = root.join("domain-manager.toml");
+        let prefix = root.display().to_string();
+        std::fs::write(
+            &moved,
+            example
+                .replace("\"/keys/", &format!("\"{prefix}/keys/"))
+                .replace("\"/tls/", &format!("\"{prefix}/tls/")),
+        )
+        .expect("write config");
+        let mut c: DomainManagerConfig =
+            domain_runtime::config::load(Some(&moved), Vec::new(), "DOMAIN_MANAGER", &[])
+                .expect("deploy/k8s/base/domain-manager.toml loads");
+        c.validate()
+            .expect("deploy/k8s/base/domain-manager.toml is valid");
+        let endpoints: Vec<_> = c
+            .sequencers
+            .iter()
+            .map(|s| (s.public_endpoint.as_str(), s.ops_url.as_deref()))
+            .collect();
+        assert_eq!(
+            endpoints,
+            [
+                (
+                    "https://sequencer-0.sequencer-pods:5001",
+                    Some("http://sequencer-0.sequencer-pods:5003")
+                ),
+                (
+                    "https://sequencer-1.sequencer-pods:5001",
+                    Some("http://sequencer-1.sequencer-pods:5003")
+                ),
+                (
+                    "https://sequencer-2.sequencer-pods:5001",
+                    Some("http://sequencer-2.sequencer-pods:5003")
+                ),
+            ]
+        );
+    }
 }

@@ -322,4 +322,24 @@ mod tests {
         assert_eq!(e.key(), Some("sequencerz"));
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// The Kubernetes example config loads and is valid once its placeholder domain id is
+    /// replaced (as an operator must), with one endpoint per sequencer pod.
+    #[test]
+    fn the_kubernetes_example_config_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/k8s/base/mediator.toml");
+        let domain_id = format!("domain-id=\"dom::1220{}\"", "a".repeat(64));
+        let c: MediatorConfig =
+            domain_runtime::config::load(Some(&path), Vec::new(), "MEDIATOR", &[domain_id])
+                .expect("deploy/k8s/base/mediator.toml loads");
+        c.validate()
+            .expect("deploy/k8s/base/mediator.toml is valid");
+        assert_eq!(
+            c.sequencers,
+            (0..3)
+                .map(|i| format!("https://sequencer-{i}.sequencer-pods:5001"))
+                .collect::<Vec<_>>()
+        );
+    }
 }

@@ -210,3 +210,22 @@ impl Default for PruningConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Kubernetes example config loads (every key known) with the values the manifests
+    /// rely on: the ports the Services point at, TLS on the public API.
+    #[test]
+    fn the_kubernetes_example_config_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/k8s/base/sequencer.toml");
+        let c: SequencerConfig =
+            domain_runtime::config::load(Some(&path), Vec::new(), "SEQUENCER", &[])
+                .expect("deploy/k8s/base/sequencer.toml loads");
+        assert_eq!(c.public_api.listen.port(), 5001);
+        assert!(c.public_api.tls.is_some());
+        assert_eq!(c.ops_listen.port(), 5003);
+    }
+}
