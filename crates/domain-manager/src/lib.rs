@@ -26,7 +26,6 @@ use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
 use domain_sequencer_client::MemberIdentity;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,10 +44,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 pub const ADMIN_SERVICE_NAME: &str = "domain.v1.DomainAdminService";
 
 /// Already-bound listeners, so tests and binaries choose ports the same way.
-pub struct Listeners {
-    pub admin: TcpListener,
-    pub ops: TcpListener,
-}
+pub use domain_runtime::service::AdminListeners as Listeners;
 
 /// Why a namespace key could not be created or loaded.
 #[derive(Debug, thiserror::Error)]

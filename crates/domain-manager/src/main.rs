@@ -96,14 +96,6 @@ fn main() {
 async fn serve(config: DomainManagerConfig) -> anyhow::Result<()> {
     let metrics = domain_runtime::metrics::install_recorder("domain-manager")?;
     let shutdown = domain_runtime::shutdown::shutdown_signal()?;
-    let listeners = Listeners {
-        admin: domain_runtime::grpc::bind(&config.admin_api).await?,
-        ops: domain_runtime::ops::bind(config.ops_listen).await?,
-    };
-    tracing::info!(
-        admin = %listeners.admin.local_addr()?,
-        ops = %listeners.ops.local_addr()?,
-        "listening"
-    );
+    let listeners = Listeners::bind(&config.admin_api, config.ops_listen).await?;
     domain_manager::run(config, listeners, metrics, shutdown).await
 }

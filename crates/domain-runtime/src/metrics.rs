@@ -78,6 +78,15 @@ static INSTALLED: Mutex<Option<(String, PrometheusHandle)>> = Mutex::new(None);
 /// component is an error. The caller must render or run upkeep periodically (the ops server
 /// does both).
 pub fn install_recorder(component: &str) -> Result<PrometheusHandle, MetricsError> {
+    install_recorder_with_buckets(component, &[])
+}
+
+/// [`install_recorder`], with buckets of its own for each named histogram (for ranges the
+/// shared buckets do not cover, e.g. a latency that reaches minutes).
+pub fn install_recorder_with_buckets(
+    component: &str,
+    buckets: &[(&str, &[f64])],
+) -> Result<PrometheusHandle, MetricsError> {
     let mut installed = INSTALLED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -91,7 +100,11 @@ pub fn install_recorder(component: &str) -> Result<PrometheusHandle, MetricsErro
             })
         };
     }
-    let handle = builder(component)?.install_recorder()?;
+    let mut builder = builder(component)?;
+    for (metric, bounds) in buckets {
+        builder = builder.set_buckets_for_metric(Matcher::Full((*metric).to_owned()), bounds)?;
+    }
+    let handle = builder.install_recorder()?;
     describe_grpc_metrics();
     *installed = Some((component.to_owned(), handle.clone()));
     Ok(handle)

@@ -16,6 +16,46 @@ use tonic::transport::server::Router;
 use crate::ops::Readiness;
 use crate::shutdown::DrainTimedOut;
 
+/// The two listeners of a service with an admin API: bound before anything else starts, so
+/// a taken port fails start-up with the setting named.
+#[derive(Debug)]
+pub struct AdminListeners {
+    /// The admin gRPC API (`admin-api.listen`).
+    pub admin: TcpListener,
+    /// The ops HTTP server (`ops-listen`).
+    pub ops: TcpListener,
+}
+
+impl AdminListeners {
+    /// Binds both and logs the bound addresses.
+    pub async fn bind(
+        admin: &crate::grpc::GrpcServerConfig,
+        ops: std::net::SocketAddr,
+    ) -> Result<Self, ListenError> {
+        let listeners = Self {
+            admin: crate::grpc::bind(admin).await?,
+            ops: crate::ops::bind(ops).await?,
+        };
+        tracing::info!(
+            admin = %listeners.admin.local_addr()?,
+            ops = %listeners.ops.local_addr()?,
+            "listening"
+        );
+        Ok(listeners)
+    }
+}
+
+/// A listener of [`AdminListeners`] could not be bound; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// `admin-api.listen`.
+    #[error(transparent)]
+    Admin(#[from] crate::grpc::GrpcError),
+    /// `ops-listen`, or reading a bound address back.
+    #[error(transparent)]
+    Ops(#[from] std::io::Error),
+}
+
 /// The servers of one service (its gRPC APIs and the ops HTTP server), all stopped by one
 /// token so that shutdown drains them together.
 #[derive(Debug, Default)]

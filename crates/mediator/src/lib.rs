@@ -33,7 +33,6 @@ use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
 use domain_sequencer_client::MemberIdentity;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -44,10 +43,7 @@ use crate::metrics as m;
 use crate::protocol::ProcessorSettings;
 
 /// Already-bound listeners, so tests and binaries choose ports the same way.
-pub struct Listeners {
-    pub admin: TcpListener,
-    pub ops: TcpListener,
-}
+pub use domain_runtime::service::AdminListeners as Listeners;
 
 /// What the admin API and the readiness logic read about the running session.
 #[derive(Debug)]

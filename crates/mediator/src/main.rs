@@ -47,31 +47,17 @@ fn main() {
     domain_runtime::service::run_service("mediator", || serve(config))
 }
 
-/// The shared recorder settings, plus wider buckets for the decision latency
-/// (it reaches the participant response timeout, 30 s by default).
-fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
-    use metrics_exporter_prometheus::Matcher;
-    let handle = domain_runtime::metrics::builder("mediator")?
-        .set_buckets_for_metric(
-            Matcher::Full(domain_mediator::metrics::DECISION_LATENCY.to_owned()),
-            domain_mediator::metrics::DECISION_BUCKETS,
-        )?
-        .install_recorder()?;
-    domain_runtime::metrics::describe_grpc_metrics();
-    Ok(handle)
-}
-
 async fn serve(config: MediatorConfig) -> anyhow::Result<()> {
-    let metrics = install_metrics()?;
+    // Wider buckets for the decision latency: it reaches the participant response timeout
+    // (30 s by default).
+    let metrics = domain_runtime::metrics::install_recorder_with_buckets(
+        "mediator",
+        &[(
+            domain_mediator::metrics::DECISION_LATENCY,
+            domain_mediator::metrics::DECISION_BUCKETS,
+        )],
+    )?;
     let shutdown = domain_runtime::shutdown::shutdown_signal()?;
-    let listeners = Listeners {
-        admin: domain_runtime::grpc::bind(&config.admin_api).await?,
-        ops: domain_runtime::ops::bind(config.ops_listen).await?,
-    };
-    tracing::info!(
-        admin = %listeners.admin.local_addr()?,
-        ops = %listeners.ops.local_addr()?,
-        "listening"
-    );
+    let listeners = Listeners::bind(&config.admin_api, config.ops_listen).await?;
     domain_mediator::run(config, listeners, metrics, shutdown).await
 }

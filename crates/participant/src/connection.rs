@@ -252,19 +252,7 @@ async fn check_one(
 }
 
 /// An error with its sources (TLS failures hide in `source()`).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
+pub use domain_sequencer_client::error_chain;
 
 /// Path of the persisted connection in `data_dir`.
 pub fn connection_path(data_dir: &Path) -> PathBuf {

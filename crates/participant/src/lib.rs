@@ -25,7 +25,6 @@ use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::Connection as _;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::ParticipantConfig;
@@ -34,10 +33,7 @@ pub use config::ParticipantConfig;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/participant");
 
 /// Already-bound listeners, so tests and binaries choose ports the same way.
-pub struct Listeners {
-    pub admin: TcpListener,
-    pub ops: TcpListener,
-}
+pub use domain_runtime::service::AdminListeners as Listeners;
 
 /// Runs the participant node until `shutdown` is cancelled.
 pub async fn run(

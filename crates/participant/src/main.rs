@@ -333,30 +333,15 @@ fn run(common: CommonArgs, data_dir: Option<PathBuf>) {
     domain_runtime::service::run_service("participant", || serve(config))
 }
 
-/// The shared recorder settings, plus the ping round-trip buckets.
-fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
-    use metrics_exporter_prometheus::Matcher;
-    let handle = domain_runtime::metrics::builder("participant")?
-        .set_buckets_for_metric(
-            Matcher::Full(domain_participant::metrics::PING_RTT.to_owned()),
-            domain_participant::metrics::PING_RTT_BUCKETS,
-        )?
-        .install_recorder()?;
-    domain_runtime::metrics::describe_grpc_metrics();
-    Ok(handle)
-}
-
 async fn serve(config: ParticipantConfig) -> anyhow::Result<()> {
-    let metrics = install_metrics()?;
+    let metrics = domain_runtime::metrics::install_recorder_with_buckets(
+        "participant",
+        &[(
+            domain_participant::metrics::PING_RTT,
+            domain_participant::metrics::PING_RTT_BUCKETS,
+        )],
+    )?;
     let shutdown = domain_runtime::shutdown::shutdown_signal()?;
-    let listeners = Listeners {
-        admin: domain_runtime::grpc::bind(&config.admin_api).await?,
-        ops: domain_runtime::ops::bind(config.ops_listen).await?,
-    };
-    tracing::info!(
-        admin = %listeners.admin.local_addr()?,
-        ops = %listeners.ops.local_addr()?,
-        "listening"
-    );
+    let listeners = Listeners::bind(&config.admin_api, config.ops_listen).await?;
     domain_participant::run(config, listeners, metrics, shutdown).await
 }

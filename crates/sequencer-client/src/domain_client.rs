@@ -992,7 +992,7 @@ fn hex_encode(bytes: &[u8]) -> String {
 
 /// An error with its sources (tonic hides the useful part, e.g. "connection refused" or
 /// "invalid peer certificate: UnknownIssuer", in `source()`).
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
