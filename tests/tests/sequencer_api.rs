@@ -269,8 +269,13 @@ async fn retry_on_other_instance_is_deduplicated() -> anyhow::Result<()> {
 
 async fn retry_on_other_instance_is_deduplicated_body(logs: TestLogs) -> anyhow::Result<()> {
     let database = PgCluster::shared().create_database("seq_api_dedup").await;
-    let cluster =
-        SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
+    let cluster = SequencerCluster::start(
+        logs,
+        database.clone(),
+        2,
+        "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
+    )
+    .await?;
     let db = db_client(&database.url).await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
@@ -871,8 +876,13 @@ async fn disabled_member_is_cut_off() -> anyhow::Result<()> {
 
 async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
     let database = PgCluster::shared().create_database("seq_api_disable").await;
-    let cluster =
-        SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
+    let cluster = SequencerCluster::start(
+        logs,
+        database.clone(),
+        2,
+        "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
+    )
+    .await?;
     let db = db_client(&database.url).await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
@@ -1038,8 +1048,13 @@ async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<(
     const N: usize = 20;
     const K: usize = 9; // everyone acknowledges the timestamp of bob's event K
     let database = PgCluster::shared().create_database("seq_api_prune").await;
-    let cluster =
-        SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
+    let cluster = SequencerCluster::start(
+        logs,
+        database.clone(),
+        2,
+        "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
+    )
+    .await?;
     let db = db_client(&database.url).await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
@@ -1081,7 +1096,7 @@ async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<(
     let mut admin = cluster.admin(1).await?;
     // Only alice acknowledged: nothing may go.
     a.acknowledge(ack).await?;
-    let partial = admin.prune(pb::PruneRequest {}).await?.into_inner();
+    let partial = admin.prune(pb::PruneRequest::default()).await?.into_inner();
     println!("prune with only alice's acknowledgement: {partial:?}");
     ensure!(
         partial.events_deleted == 0,
@@ -1096,7 +1111,7 @@ async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<(
     );
 
     b.acknowledge(ack).await?;
-    let pruned = admin.prune(pb::PruneRequest {}).await?.into_inner();
+    let pruned = admin.prune(pb::PruneRequest::default()).await?.into_inner();
     println!("prune after everyone acknowledged {ack}: {pruned:?}");
     ensure!(pruned.events_deleted > 0, "nothing pruned");
     ensure!(
@@ -1104,9 +1119,11 @@ async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<(
         "expected the {} acknowledged events pruned: {pruned:?}",
         K + 1
     );
+    // Both are done with everything up to just below their next unacknowledged event.
+    let next = bob_events[K + 1].timestamp_micros;
     ensure!(
-        pruned.pruned_below_micros == ack,
-        "pruning bound {} != acknowledged {ack}",
+        pruned.pruned_below_micros == next - 1,
+        "pruning bound {} != just below the first unacknowledged event {next}",
         pruned.pruned_below_micros
     );
     let r = db
@@ -1211,8 +1228,13 @@ async fn health_turns_not_serving_when_database_unreachable_body(
     logs: TestLogs,
 ) -> anyhow::Result<()> {
     let database = PgCluster::shared().create_database("seq_api_health").await;
-    let mut cluster =
-        SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
+    let mut cluster = SequencerCluster::start(
+        logs,
+        database.clone(),
+        2,
+        "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
+    )
+    .await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
 

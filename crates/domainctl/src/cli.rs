@@ -12,6 +12,10 @@ use crate::error::CliError;
 /// Endpoint used when neither `--endpoint` nor `DOMAINCTL_ENDPOINT` is given.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4402";
 
+/// Sequencer admin endpoint used when neither `--sequencer-admin` nor
+/// `DOMAINCTL_SEQUENCER_ADMIN` is given (the sequencer's default admin listen address).
+pub const DEFAULT_SEQUENCER_ADMIN: &str = "http://127.0.0.1:5002";
+
 const LONG_ABOUT: &str = "\
 Operator CLI for a domain's domain manager, over its gRPC admin API \
 (domain.v1.DomainAdminService).
@@ -37,8 +41,13 @@ Exit codes:
 Errors are printed on stderr as
   error: <GRPC_CODE>: <message> [<domain-error-code>]
 
+`pruning …` talks to the sequencers' admin API instead (--sequencer-admin, any instance; \
+they share one database).
+
 Examples:
   domainctl --endpoint http://dm-0:4402,http://dm-1:4402 participants list
+  domainctl --sequencer-admin http://seq-0:5002 pruning status
+  domainctl pruning force --below 2h --dry-run
   domainctl participants set-state PAR::alice::1220... --permission submission
   domainctl parameters set --participant-response-timeout 30s --output json
   DOMAINCTL_ENDPOINT=https://dm-0:4402 domainctl --ca ca.pem status";
@@ -75,6 +84,18 @@ pub struct GlobalArgs {
         global = true
     )]
     pub endpoints: Vec<String>,
+
+    /// Admin endpoint of a sequencer instance, for `pruning …` (http:// or https://);
+    /// repeatable or comma-separated. Tried in the given order.
+    #[arg(
+        long = "sequencer-admin",
+        value_name = "URL",
+        env = "DOMAINCTL_SEQUENCER_ADMIN",
+        value_delimiter = ',',
+        default_value = DEFAULT_SEQUENCER_ADMIN,
+        global = true
+    )]
+    pub sequencer_admin: Vec<String>,
 
     /// PEM CA certificate(s) that https endpoints must chain to (the only trust anchors).
     #[arg(long, value_name = "PEM", env = "DOMAINCTL_CA", global = true)]
@@ -123,6 +144,97 @@ pub enum Command {
     Parameters(ParametersCommand),
     /// Domain id, lease epoch and the state of every component.
     Status,
+    /// Sequencer pruning: status, prune now, force past lagging members (sequencer admin API).
+    #[command(subcommand)]
+    Pruning(PruningCommand),
+}
+
+/// `pruning …`
+#[derive(Debug, Subcommand)]
+pub enum PruningCommand {
+    /// The lower bound, where a prune would move it, retention, stored rows, and every
+    /// member's acknowledgement (who holds pruning back).
+    Status,
+    /// Prunes now what every member acknowledged and retention allows.
+    Prune {
+        /// Report what would be deleted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Moves the bound to a given time even past members' acknowledgements and retention.
+    /// Members that resume below it get SEQ_EVENTS_PRUNED and must be re-onboarded.
+    #[command(group(ArgGroup::new("confirm").required(true).args(["dry_run", "yes"])))]
+    Force {
+        /// New bound: RFC3339 time (2026-12-01T10:00:00Z), microseconds since the epoch, or
+        /// a duration meaning that long ago (2h, 7d).
+        #[arg(long, value_name = "TIME|DURATION", value_parser = parse_bound)]
+        below: Bound,
+        /// Report what would be deleted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Really do it.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `pruning force --below`: an absolute time, or an age relative to now (resolved when the
+/// command runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// Microseconds since the Unix epoch.
+    At(i64),
+    /// That long before now.
+    Ago(Duration),
+}
+
+impl Bound {
+    /// The bound in protocol microseconds, given the current time; refuses the future.
+    pub fn resolve(self, now_micros: i64) -> Result<i64, CliError> {
+        let micros = match self {
+            Bound::At(t) => t,
+            Bound::Ago(d) => {
+                let d = duration_to_micros(d).map_err(CliError::Usage)?;
+                now_micros.saturating_sub(d)
+            }
+        };
+        if micros <= 0 {
+            return Err(CliError::Usage(format!(
+                "invalid --below: {micros} is not after the Unix epoch"
+            )));
+        }
+        if micros > now_micros {
+            return Err(CliError::Usage(format!(
+                "invalid --below: {micros} µs lies in the future (now {now_micros} µs)"
+            )));
+        }
+        Ok(micros)
+    }
+}
+
+/// Parses `--below`: RFC3339, integer microseconds, or a humantime duration.
+fn parse_bound(input: &str) -> Result<Bound, String> {
+    let input = input.trim();
+    if let Ok(micros) = input.parse::<i64>() {
+        return Ok(Bound::At(micros));
+    }
+    if let Ok(time) = humantime::parse_rfc3339_weak(input) {
+        let since = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| "lies before the Unix epoch".to_owned())?;
+        return i64::try_from(since.as_micros())
+            .map(Bound::At)
+            .map_err(|_| "lies too far in the future".to_owned());
+    }
+    match humantime::parse_duration(input) {
+        Ok(d) => {
+            duration_to_micros(d)?;
+            Ok(Bound::Ago(d))
+        }
+        Err(_) => Err(format!(
+            "{input:?} is neither an RFC3339 time (2026-12-01T10:00:00Z), microseconds since the epoch, nor a duration (2h)"
+        )),
+    }
 }
 
 /// `participants …`
@@ -301,6 +413,53 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("domainctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn pruning_force_needs_dry_run_or_yes() {
+        let err = parse(&["pruning", "force", "--below", "2h"]).expect_err("no confirmation");
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        let err =
+            parse(&["pruning", "force", "--below", "2h", "--dry-run", "--yes"]).expect_err("both");
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+        let cli = parse(&["pruning", "force", "--below", "2h", "--yes"]).expect("valid");
+        let Command::Pruning(PruningCommand::Force { below, yes, .. }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(yes);
+        assert_eq!(below, Bound::Ago(Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn pruning_bound_forms() {
+        assert_eq!(
+            parse_bound("1700000000000000"),
+            Ok(Bound::At(1_700_000_000_000_000))
+        );
+        assert_eq!(
+            parse_bound("2023-11-14T22:13:20Z"),
+            Ok(Bound::At(1_700_000_000_000_000))
+        );
+        assert_eq!(
+            parse_bound("7d"),
+            Ok(Bound::Ago(Duration::from_secs(7 * 86_400)))
+        );
+        assert!(parse_bound("yesterday").is_err());
+        assert!(parse_bound("1969-01-01T00:00:00Z").is_err());
+        let now = 1_700_000_000_000_000;
+        assert_eq!(
+            Bound::Ago(Duration::from_secs(1)).resolve(now).ok(),
+            Some(now - 1_000_000)
+        );
+        assert!(matches!(
+            Bound::At(now + 1).resolve(now),
+            Err(CliError::Usage(_))
+        ));
+        assert!(matches!(Bound::At(0).resolve(now), Err(CliError::Usage(_))));
+        assert!(matches!(
+            Bound::Ago(Duration::from_secs(100 * 365 * 86_400 * 1000)).resolve(now),
+            Err(CliError::Usage(_))
+        ));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use domain_proto::v1::domain_admin_service_client::DomainAdminServiceClient;
+use domain_proto::v1::sequencer_admin_service_client::SequencerAdminServiceClient;
 use domain_runtime::tls::{ClientTlsFiles, client_tls_config};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Response, Status};
@@ -17,6 +18,19 @@ use crate::error::{
 
 /// The generated admin client over a tonic channel.
 pub type AdminClient = DomainAdminServiceClient<Channel>;
+
+/// The sequencer's admin client (pruning), over a tonic channel.
+pub type SequencerAdminClient = SequencerAdminServiceClient<Channel>;
+
+/// Domain-manager admin client with our response size limit.
+fn admin_client(channel: Channel) -> AdminClient {
+    AdminClient::new(channel).max_decoding_message_size(MAX_RESPONSE_SIZE)
+}
+
+/// Sequencer admin client with our response size limit.
+fn sequencer_admin_client(channel: Channel) -> SequencerAdminClient {
+    SequencerAdminClient::new(channel).max_decoding_message_size(MAX_RESPONSE_SIZE)
+}
 
 /// Largest response accepted; participant lists of big domains exceed tonic's 4 MiB default.
 const MAX_RESPONSE_SIZE: usize = 64 * 1024 * 1024;
@@ -206,10 +220,38 @@ impl Replicas {
     /// A passive replica naming an active one not in the list yet puts it next in line.
     /// Writes may reach more than one replica (e.g. the first timed out after applying it);
     /// every admin write is idempotent, so that is safe.
-    pub async fn call<Req, Resp, F, Fut>(&self, request: Req, mut send: F) -> Result<Resp, CliError>
+    pub async fn call<Req, Resp, F, Fut>(&self, request: Req, send: F) -> Result<Resp, CliError>
     where
         Req: Clone,
         F: FnMut(AdminClient, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        self.call_with(request, admin_client, send).await
+    }
+
+    /// [`Self::call`] against sequencer admin endpoints (any instance serves pruning).
+    pub async fn call_sequencer<Req, Resp, F, Fut>(
+        &self,
+        request: Req,
+        send: F,
+    ) -> Result<Resp, CliError>
+    where
+        Req: Clone,
+        F: FnMut(SequencerAdminClient, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        self.call_with(request, sequencer_admin_client, send).await
+    }
+
+    async fn call_with<C, Req, Resp, F, Fut>(
+        &self,
+        request: Req,
+        make: fn(Channel) -> C,
+        mut send: F,
+    ) -> Result<Resp, CliError>
+    where
+        Req: Clone,
+        F: FnMut(C, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         let mut queue = self.endpoints.clone();
@@ -218,7 +260,7 @@ impl Replicas {
         let mut next = 0;
         while let Some(url) = queue.get(next).cloned() {
             next += 1;
-            match self.attempt(&url, request.clone(), &mut send).await {
+            match self.attempt(&url, request.clone(), make, &mut send).await {
                 Attempt::Answered(response) => return Ok(response),
                 Attempt::Refused(status) => {
                     return Err(CliError::Refused(ServerError::from_status(&status)));
@@ -260,19 +302,20 @@ impl Replicas {
         Err(CliError::Unavailable(failures))
     }
 
-    async fn attempt<Req, Resp, F, Fut>(
+    async fn attempt<C, Req, Resp, F, Fut>(
         &self,
         url: &str,
         request: Req,
+        make: fn(Channel) -> C,
         send: &mut F,
     ) -> Attempt<Resp>
     where
-        F: FnMut(AdminClient, Request<Req>) -> Fut,
+        F: FnMut(C, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         let call = async {
             let client = match self.connect(url).await {
-                Ok(client) => client,
+                Ok(channel) => make(channel),
                 Err(reason) => {
                     return Attempt::Skipped {
                         reason,
@@ -308,7 +351,7 @@ impl Replicas {
         }
     }
 
-    async fn connect(&self, url: &str) -> Result<AdminClient, String> {
+    async fn connect(&self, url: &str) -> Result<Channel, String> {
         let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| format!("invalid endpoint: {}", error_chain(&e)))?
             .connect_timeout(self.timeout);
@@ -321,11 +364,10 @@ impl Replicas {
                 .tls_config(tls)
                 .map_err(|e| format!("invalid TLS settings: {}", error_chain(&e)))?;
         }
-        let channel = endpoint
+        endpoint
             .connect()
             .await
-            .map_err(|e| format!("cannot connect: {}", error_chain(&e)))?;
-        Ok(AdminClient::new(channel).max_decoding_message_size(MAX_RESPONSE_SIZE))
+            .map_err(|e| format!("cannot connect: {}", error_chain(&e)))
     }
 }
 

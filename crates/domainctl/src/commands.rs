@@ -4,14 +4,14 @@ use domain_proto::v1 as pb;
 
 use crate::cli::{
     Command, MediatorsCommand, OutputFormat, ParametersCommand, ParticipantsCommand,
-    SequencersCommand, SetParametersArgs, duration_to_micros, parse_participant_id,
+    PruningCommand, SequencersCommand, SetParametersArgs, duration_to_micros, parse_participant_id,
 };
 use crate::client::Replicas;
 use crate::error::CliError;
 use crate::output::{
     MediatorListView, MediatorView, ParametersChangeView, ParametersView, ParticipantListView,
-    ParticipantView, SequencerListView, SequencerView, StateChangeView, StatusView, render,
-    rfc3339_micros,
+    ParticipantView, PruneOutcomeView, PruningStatusView, SequencerListView, SequencerView,
+    StateChangeView, StatusView, render, rfc3339_micros,
 };
 
 /// A validated command, ready to send. Building one checks all local input, so a command
@@ -38,6 +38,19 @@ pub enum Action {
     SetParameters(ParameterChanges),
     /// `status`.
     Status,
+    /// `pruning status`.
+    PruningStatus,
+    /// `pruning prune`.
+    Prune { dry_run: bool },
+    /// `pruning force`: the resolved bound in microseconds.
+    ForcePrune { below_micros: i64, dry_run: bool },
+}
+
+/// The local clock in protocol microseconds (resolves `pruning force --below 2h`).
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// The parameters given to `parameters set`, in protocol units.
@@ -111,16 +124,61 @@ impl Action {
                 Action::SetParameters(ParameterChanges::from_args(args)?)
             }
             Command::Status => Action::Status,
+            Command::Pruning(PruningCommand::Status) => Action::PruningStatus,
+            Command::Pruning(PruningCommand::Prune { dry_run }) => {
+                Action::Prune { dry_run: *dry_run }
+            }
+            Command::Pruning(PruningCommand::Force { below, dry_run, .. }) => Action::ForcePrune {
+                below_micros: below.resolve(now_micros())?,
+                dry_run: *dry_run,
+            },
         })
     }
 
-    /// Runs the action against `replicas` and renders the result in `format`.
+    /// Runs the action against the domain-manager `replicas` (or, for `pruning …`, the
+    /// `sequencers`' admin endpoints) and renders the result in `format`.
     pub async fn execute(
         self,
         replicas: &Replicas,
+        sequencers: &Replicas,
         format: OutputFormat,
     ) -> Result<String, CliError> {
         match self {
+            Action::PruningStatus => {
+                let response = sequencers
+                    .call_sequencer(pb::PruningStatusRequest {}, |mut c, r| async move {
+                        c.pruning_status(r).await
+                    })
+                    .await?;
+                render(&PruningStatusView::from(&response), format)
+            }
+            Action::Prune { dry_run } => {
+                let response = sequencers
+                    .call_sequencer(pb::PruneRequest { dry_run }, |mut c, r| async move {
+                        c.prune(r).await
+                    })
+                    .await?;
+                let outcome = response.outcome.ok_or_else(|| {
+                    CliError::Local("the sequencer answered without a prune outcome".to_owned())
+                })?;
+                render(&PruneOutcomeView::from(&outcome), format)
+            }
+            Action::ForcePrune {
+                below_micros,
+                dry_run,
+            } => {
+                let request = pb::ForcePruneRequest {
+                    below_micros,
+                    dry_run,
+                };
+                let response = sequencers
+                    .call_sequencer(request, |mut c, r| async move { c.force_prune(r).await })
+                    .await?;
+                let outcome = response.outcome.ok_or_else(|| {
+                    CliError::Local("the sequencer answered without a prune outcome".to_owned())
+                })?;
+                render(&PruneOutcomeView::from(&outcome), format)
+            }
             Action::SetParticipantState(request) => {
                 let participant_id = request.participant_id.clone();
                 let response = replicas

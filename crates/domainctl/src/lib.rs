@@ -25,6 +25,11 @@
 //! domainctl parameters get
 //! domainctl parameters set --participant-response-timeout 30s --topology-change-delay 250ms
 //!
+//! # Pruning, through a sequencer instance's admin API (any instance).
+//! domainctl --sequencer-admin http://seq-0:5002 pruning status
+//! domainctl pruning prune --dry-run
+//! domainctl pruning force --below 2026-12-01T00:00:00Z --yes
+//!
 //! # TLS: https endpoints need --ca; --cert and --key add a client certificate (mTLS).
 //! domainctl --endpoint https://dm-0:4402 --ca ca.pem --cert client.pem --key client.key status
 //! ```
@@ -80,6 +85,10 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
         cli.global.key.as_deref(),
         &endpoints,
     )?;
+    let sequencer_endpoints = parse_endpoints(&cli.global.sequencer_admin)?;
+    let sequencers = Replicas::new(sequencer_endpoints, tls.clone(), cli.global.timeout);
     let replicas = Replicas::new(endpoints, tls, cli.global.timeout);
-    action.execute(&replicas, cli.global.output).await
+    action
+        .execute(&replicas, &sequencers, cli.global.output)
+        .await
 }

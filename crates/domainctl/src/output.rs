@@ -549,6 +549,237 @@ impl Render for StatusView {
     }
 }
 
+/// One member in `pruning status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemberPruningView {
+    /// Member id.
+    pub member: String,
+    /// `participant`, `mediator`, `domain-manager`, `sequencer`.
+    pub kind: String,
+    /// Whether the member is enabled.
+    pub enabled: bool,
+    /// Highest acknowledged timestamp (0: never acknowledged).
+    pub acknowledged_micros: i64,
+    /// `acknowledged_micros` as RFC3339 (`null` when never acknowledged).
+    pub acknowledged_at: Option<String>,
+    /// How far the acknowledgement lies behind the sequencer clock, microseconds
+    /// (`null` when never acknowledged).
+    pub acknowledged_age_micros: Option<i64>,
+    /// Whether the member counts for the bound at all.
+    pub counted: bool,
+    /// How far this member lets pruning go (0 when not counted).
+    pub bound_micros: i64,
+    /// Whether this member is the one holding pruning back.
+    pub holding_back: bool,
+}
+
+/// `pruning status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PruningStatusView {
+    /// Events at or below this are gone.
+    pub lower_bound_micros: i64,
+    /// `lower_bound_micros` as RFC3339.
+    pub lower_bound_at: Option<String>,
+    /// Where a prune now would move the bound.
+    pub candidate_bound_micros: i64,
+    /// `candidate_bound_micros` as RFC3339.
+    pub candidate_bound_at: Option<String>,
+    /// Retention window, microseconds.
+    pub retention_micros: i64,
+    /// The same as a humantime duration.
+    pub retention: String,
+    /// Safe watermark.
+    pub safe_watermark_micros: i64,
+    /// Sequencer clock when the status was taken.
+    pub now_micros: i64,
+    /// The member holding pruning back, if a member does.
+    pub holding_back: Option<String>,
+    /// Every member.
+    pub members: Vec<MemberPruningView>,
+    /// Exact row counts.
+    pub tables: Vec<TableRowsView>,
+}
+
+/// Rows of one table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableRowsView {
+    /// Table name.
+    pub table: String,
+    /// Rows.
+    pub rows: u64,
+}
+
+impl From<&pb::PruningStatusResponse> for PruningStatusView {
+    fn from(r: &pb::PruningStatusResponse) -> Self {
+        let members: Vec<MemberPruningView> = r
+            .members
+            .iter()
+            .map(|m| MemberPruningView {
+                member: m.member.clone(),
+                kind: m.kind.clone(),
+                enabled: m.enabled,
+                acknowledged_micros: m.acknowledged_micros,
+                acknowledged_at: (m.acknowledged_micros > 0)
+                    .then(|| rfc3339_micros(m.acknowledged_micros))
+                    .flatten(),
+                acknowledged_age_micros: (m.acknowledged_micros > 0)
+                    .then(|| r.now_micros.saturating_sub(m.acknowledged_micros)),
+                counted: m.counted,
+                bound_micros: m.bound_micros,
+                holding_back: m.holding_back,
+            })
+            .collect();
+        Self {
+            lower_bound_micros: r.lower_bound_micros,
+            lower_bound_at: rfc3339_micros(r.lower_bound_micros),
+            candidate_bound_micros: r.candidate_bound_micros,
+            candidate_bound_at: rfc3339_micros(r.candidate_bound_micros),
+            retention_micros: r.retention_micros,
+            retention: duration_text(r.retention_micros),
+            safe_watermark_micros: r.safe_watermark_micros,
+            now_micros: r.now_micros,
+            holding_back: members
+                .iter()
+                .find(|m| m.holding_back)
+                .map(|m| m.member.clone()),
+            members,
+            tables: r
+                .tables
+                .iter()
+                .map(|t| TableRowsView {
+                    table: t.table.clone(),
+                    rows: t.rows,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Render for PruningStatusView {
+    fn table(&self) -> String {
+        let age = |t: i64| duration_text(self.now_micros.saturating_sub(t));
+        let mut members = Table::new(&[
+            "MEMBER",
+            "KIND",
+            "ENABLED",
+            "ACKNOWLEDGED",
+            "ACK AGE",
+            "BOUND",
+            "HOLDING BACK",
+        ]);
+        for m in &self.members {
+            members.row(vec![
+                m.member.clone(),
+                m.kind.clone(),
+                if m.enabled { "yes" } else { "no" }.to_owned(),
+                if m.acknowledged_micros > 0 {
+                    timestamp_cell(m.acknowledged_micros)
+                } else {
+                    "never".to_owned()
+                },
+                m.acknowledged_age_micros
+                    .map_or_else(|| "-".to_owned(), duration_text),
+                if m.counted {
+                    timestamp_cell(m.bound_micros)
+                } else {
+                    "not counted".to_owned()
+                },
+                if m.holding_back { "yes" } else { "" }.to_owned(),
+            ]);
+        }
+        let mut tables = Table::new(&["TABLE", "ROWS"]).align(1, Align::Right);
+        for t in &self.tables {
+            tables.row(vec![t.table.clone(), t.rows.to_string()]);
+        }
+        let bound = if self.lower_bound_micros > 0 {
+            format!(
+                "{} (age {})",
+                timestamp_cell(self.lower_bound_micros),
+                age(self.lower_bound_micros)
+            )
+        } else {
+            "never pruned".to_owned()
+        };
+        format!(
+            "lower bound:      {bound}\ncandidate bound:  {} (age {})\nretention:        {}\nsafe watermark:   {}\nholding back:     {}\n\n{}\n{}",
+            timestamp_cell(self.candidate_bound_micros),
+            age(self.candidate_bound_micros),
+            self.retention,
+            timestamp_cell(self.safe_watermark_micros),
+            self.holding_back
+                .as_deref()
+                .map_or_else(|| "nobody (time limits it)".to_owned(), sanitize),
+            members.render(),
+            tables.render()
+        )
+    }
+}
+
+/// `pruning prune` / `pruning force`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PruneOutcomeView {
+    /// Nothing was changed.
+    pub dry_run: bool,
+    /// Bound before.
+    pub previous_bound_micros: i64,
+    /// `previous_bound_micros` as RFC3339.
+    pub previous_bound_at: Option<String>,
+    /// Bound after (or, dry, that it would move to).
+    pub bound_micros: i64,
+    /// `bound_micros` as RFC3339.
+    pub bound_at: Option<String>,
+    /// Rows deleted (dry: would be deleted) per table.
+    pub deleted: Vec<TableRowsView>,
+}
+
+impl From<&pb::PruneOutcome> for PruneOutcomeView {
+    fn from(o: &pb::PruneOutcome) -> Self {
+        Self {
+            dry_run: o.dry_run,
+            previous_bound_micros: o.previous_bound_micros,
+            previous_bound_at: rfc3339_micros(o.previous_bound_micros),
+            bound_micros: o.bound_micros,
+            bound_at: rfc3339_micros(o.bound_micros),
+            deleted: o
+                .deleted
+                .iter()
+                .map(|t| TableRowsView {
+                    table: t.table.clone(),
+                    rows: t.rows,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Render for PruneOutcomeView {
+    fn table(&self) -> String {
+        let mut table = Table::new(&[
+            "TABLE",
+            if self.dry_run {
+                "WOULD DELETE"
+            } else {
+                "DELETED"
+            },
+        ])
+        .align(1, Align::Right);
+        for t in &self.deleted {
+            table.row(vec![t.table.clone(), t.rows.to_string()]);
+        }
+        format!(
+            "{}bound:  {} -> {}\n\n{}",
+            if self.dry_run {
+                "dry run, nothing changed\n"
+            } else {
+                ""
+            },
+            timestamp_cell(self.previous_bound_micros),
+            timestamp_cell(self.bound_micros),
+            table.render()
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

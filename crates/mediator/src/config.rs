@@ -69,6 +69,11 @@ pub struct MediatorConfig {
     /// Default `24h`.
     #[serde(with = "humantime_serde")]
     pub request_retention: Duration,
+    /// How often the active replica acknowledges to the sequencer the timestamp up to
+    /// which its processed counter and pending requests are persisted, so the sequencer
+    /// can prune. Passive replicas never acknowledge. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub acknowledge_interval: Duration,
     /// Connecting the sequencer client may take twice this; each call attempt is bounded
     /// by `min(this, 2s)` (a send is then retried on another endpoint). Default `5s`.
     #[serde(with = "humantime_serde")]
@@ -99,6 +104,7 @@ impl Default for MediatorConfig {
             max_batch_events: 256,
             max_inflight_verdicts: 64,
             request_retention: Duration::from_secs(24 * 3600),
+            acknowledge_interval: Duration::from_secs(5),
             sequencer_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
         }
@@ -194,6 +200,9 @@ impl MediatorConfig {
                 "request-retention",
                 "must be at least 5m (late responses are classified against decided requests that long)",
             ));
+        }
+        if self.acknowledge_interval.is_zero() {
+            return Err(problem("acknowledge-interval", "must be greater than 0"));
         }
         if self.max_inflight_verdicts == 0 {
             return Err(problem("max-inflight-verdicts", "must be at least 1"));

@@ -69,6 +69,7 @@ pub struct Context {
     pub max_inflight_verdicts: usize,
     pub sequencer_timeout: Duration,
     pub request_retention: Duration,
+    pub acknowledge_interval: Duration,
 }
 
 /// Microseconds since the Unix epoch by the local clock.
@@ -183,6 +184,7 @@ pub async fn run(
         max_inflight_verdicts: config.max_inflight_verdicts,
         sequencer_timeout: config.sequencer_timeout,
         request_retention: config.request_retention,
+        acknowledge_interval: config.acknowledge_interval,
     });
 
     // Readiness: active (lease held), state loaded and subscribed.

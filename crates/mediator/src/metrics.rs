@@ -43,6 +43,10 @@ pub const SUBSCRIPTIONS: &str = "mediator_subscriptions_total";
 pub const SUBSCRIPTION_ENDPOINT: &str = "mediator_subscription_endpoint";
 /// Decided requests deleted after `request-retention`.
 pub const REQUESTS_PRUNED: &str = "mediator_requests_pruned_total";
+/// Acknowledgements sent to the sequencer, by `result` (`accepted`, `failed`).
+pub const ACKNOWLEDGEMENTS: &str = "mediator_acknowledgements_total";
+/// Sequencer timestamp (seconds) last acknowledged by this replica while active.
+pub const ACKNOWLEDGED_TIMESTAMP: &str = "mediator_acknowledged_timestamp_seconds";
 /// 1 while this replica is active and subscribed (ready), else 0.
 pub const ACTIVE: &str = "mediator_active";
 /// Activations of this replica (after acquiring the lease or a failed session).
@@ -125,6 +129,15 @@ pub fn describe() {
     describe_counter!(
         REQUESTS_PRUNED,
         "Decided requests deleted (with their responses) after request-retention"
+    );
+    describe_counter!(
+        ACKNOWLEDGEMENTS,
+        "Acknowledgements of persisted state sent to the sequencer, by result"
+    );
+    describe_gauge!(
+        ACKNOWLEDGED_TIMESTAMP,
+        Unit::Seconds,
+        "Sequencer timestamp last acknowledged by this replica (persisted state only)"
     );
     describe_gauge!(
         ACTIVE,

@@ -120,6 +120,7 @@ pub async fn run(
         tasks_cancel.clone(),
     ));
     tasks.spawn(time_proofs(ctx.clone(), tasks_cancel.clone()));
+    tasks.spawn(acknowledger(ctx.clone(), tasks_cancel.clone()));
     tasks.spawn(pruner(
         ctx.clone(),
         fence.clone(),
@@ -598,6 +599,54 @@ async fn pruner(
                     tracing::warn!(%error, "pruning decided requests failed");
                     break;
                 }
+            }
+        }
+    }
+}
+
+/// Acknowledges to the sequencer, every `acknowledge-interval`, the timestamp of the last
+/// event whose effects are persisted. `shared.last_ts` is only published after the fenced
+/// commit of a batch (and, at session start, from the loaded state), and this task lives
+/// only as long as the active session, so a passive replica never acknowledges and a new
+/// active starts from what its database holds.
+async fn acknowledger(ctx: Arc<Context>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(ctx.acknowledge_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut acknowledged = 0i64;
+    let mut first = true;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let persisted = ctx.shared.last_ts.load(Ordering::SeqCst);
+        if persisted <= acknowledged {
+            continue;
+        }
+        let Ok(client) = ctx.link.get().await else {
+            metrics::counter!(m::ACKNOWLEDGEMENTS, "result" => "failed").increment(1);
+            continue;
+        };
+        match client.acknowledge(persisted).await {
+            Ok(()) => {
+                acknowledged = persisted;
+                metrics::counter!(m::ACKNOWLEDGEMENTS, "result" => "accepted").increment(1);
+                metrics::gauge!(m::ACKNOWLEDGED_TIMESTAMP).set(persisted as f64 / 1e6);
+                if first {
+                    // Logged at info so an operator (and the failover test) can compare the
+                    // new active's first acknowledgement with its database.
+                    tracing::info!(
+                        timestamp = persisted,
+                        "first acknowledgement of this session"
+                    );
+                    first = false;
+                } else {
+                    tracing::debug!(timestamp = persisted, "acknowledged persisted state");
+                }
+            }
+            Err(error) => {
+                metrics::counter!(m::ACKNOWLEDGEMENTS, "result" => "failed").increment(1);
+                tracing::warn!(timestamp = persisted, error = %describe(&error), "acknowledgement failed; retried at the next interval");
             }
         }
     }

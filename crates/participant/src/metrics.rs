@@ -31,6 +31,9 @@ pub const PENDING: &str = "participant_pending_requests";
 /// 1 for the sequencer endpoint the subscription reads from, 0 for the others, by
 /// `endpoint`.
 pub const SUBSCRIBED_ENDPOINT: &str = "participant_subscription_endpoint";
+/// Acknowledgements of committed events sent to the sequencer, by `result`
+/// (`accepted`, `failed`).
+pub const ACKNOWLEDGEMENTS: &str = "participant_acknowledgements_total";
 /// Domain sessions that ended with an error, by `reason`.
 pub const SESSION_FAILURES: &str = "participant_session_failures_total";
 
@@ -69,4 +72,8 @@ pub fn describe() {
         "1 for the sequencer endpoint the subscription reads from"
     );
     describe_counter!(SESSION_FAILURES, "domain sessions that ended with an error");
+    describe_counter!(
+        ACKNOWLEDGEMENTS,
+        "acknowledgements of committed events sent to the sequencer, by result"
+    );
 }

@@ -476,10 +476,24 @@ async fn session(
     let max_batch = node.config.max_batch_events.max(1);
     let mut last_ack = Instant::now();
     let mut acked_ts = 0i64;
+    // Also acknowledge on a timer: after the last event of a burst nothing else would
+    // move the acknowledgement, and the unacknowledged tail would hold pruning back.
+    let mut ack_tick = tokio::time::interval(node.config.acknowledge_interval);
+    ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             item = subscription.next() => item,
+            _ = ack_tick.tick() => {
+                // processor.last_ts() only covers committed events here: a failed commit
+                // ends the session before this point is reached again.
+                if processor.last_ts() > acked_ts {
+                    last_ack = Instant::now();
+                    acked_ts = processor.last_ts();
+                    spawn_acknowledge(&client, acked_ts);
+                }
+                continue;
+            }
         };
         let mut items = vec![first];
         while items.len() < max_batch {
@@ -514,18 +528,27 @@ async fn session(
             {
                 last_ack = Instant::now();
                 acked_ts = processor.last_ts();
-                let client = client.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = client.acknowledge(acked_ts).await {
-                        tracing::debug!(error = %e, "acknowledgement failed (retried with the next one)");
-                    }
-                });
+                spawn_acknowledge(&client, acked_ts);
             }
         }
         if let Some(e) = end {
             return Err(e);
         }
     }
+}
+
+/// Acknowledges committed events in the background (a failure is retried with the next).
+fn spawn_acknowledge(client: &DomainClient, ts: i64) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        match client.acknowledge(ts).await {
+            Ok(()) => ::metrics::counter!(m::ACKNOWLEDGEMENTS, "result" => "accepted").increment(1),
+            Err(e) => {
+                ::metrics::counter!(m::ACKNOWLEDGEMENTS, "result" => "failed").increment(1);
+                tracing::debug!(error = %e, "acknowledgement failed (retried with the next one)");
+            }
+        }
+    });
 }
 
 fn after_commit(

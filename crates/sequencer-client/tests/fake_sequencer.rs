@@ -209,7 +209,7 @@ impl SequencerService for Fake {
         req: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
         self.check_token(&req)?;
-        Ok(Response::new(pb::AcknowledgeResponse {}))
+        Ok(Response::new(pb::AcknowledgeResponse::default()))
     }
 }
 

@@ -1,20 +1,58 @@
 //! Operator API of a sequencer instance (admin port: loopback or mTLS).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use domain_identity::{MemberId, PublicKey};
 use domain_proto::v1::{self as pb, sequencer_admin_service_server::SequencerAdminService};
 use tonic::{Request, Response, Status};
 
+use crate::config::PruningConfig;
 use crate::error::SequencerError;
-use crate::metrics as m;
+use crate::pruning;
 use crate::service::SequencerCore;
 use crate::store;
 
 #[derive(Clone)]
 pub struct SequencerAdmin {
     pub core: Arc<SequencerCore>,
-    pub prune_batch: i64,
+    pub pruning: PruningConfig,
+}
+
+/// How long an admin prune waits for a round already running elsewhere.
+const PRUNING_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+impl SequencerAdmin {
+    /// Takes the pruning lock, waiting for a running round to finish.
+    async fn lock(&self) -> Result<pruning::LockedClient, Status> {
+        let deadline = tokio::time::Instant::now() + PRUNING_LOCK_WAIT;
+        loop {
+            let client = self.core.db().await.map_err(st)?;
+            if let Some(locked) = pruning::LockedClient::try_lock(client).await.map_err(st)? {
+                return Ok(locked);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(st(SequencerError::PruningBusy));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn outcome_pb(o: &pruning::PruneOutcome) -> pb::PruneOutcome {
+    pb::PruneOutcome {
+        dry_run: o.dry_run,
+        previous_bound_micros: o.previous_bound,
+        bound_micros: o.bound,
+        deleted: o
+            .deleted
+            .iter()
+            .map(|(table, rows)| pb::TableRows {
+                table: (*table).to_owned(),
+                rows: *rows,
+            })
+            .collect(),
+    }
 }
 
 fn st(e: impl Into<SequencerError>) -> Status {
@@ -115,19 +153,151 @@ impl SequencerAdminService for SequencerAdmin {
         Ok(Response::new(pb::ListInstancesResponse { instances }))
     }
 
-    async fn prune(
+    async fn pruning_status(
         &self,
-        _req: Request<pb::PruneRequest>,
-    ) -> Result<Response<pb::PruneResponse>, Status> {
-        let mut client = self.core.db().await.map_err(st)?;
-        let safe = store::safe_watermark(&**client).await.map_err(st)?;
-        let (bound, deleted) = store::prune(&mut client, safe, self.prune_batch)
+        _req: Request<pb::PruningStatusRequest>,
+    ) -> Result<Response<pb::PruningStatusResponse>, Status> {
+        let client = self.core.db().await.map_err(st)?;
+        let view = pruning::view(&**client, self.pruning.retention)
             .await
             .map_err(st)?;
-        metrics::counter!(m::EVENTS_PRUNED).increment(deleted);
-        Ok(Response::new(pb::PruneResponse {
-            pruned_below_micros: bound,
-            events_deleted: deleted,
+        let tables = pruning::table_rows(&**client).await.map_err(st)?;
+        let members = view
+            .members
+            .iter()
+            .map(|m| pb::MemberPruningInfo {
+                member: m.member.clone(),
+                kind: m.kind.to_owned(),
+                enabled: m.enabled,
+                acknowledged_micros: m.acknowledged_ts.unwrap_or(0),
+                bound_micros: if m.counted { m.bound } else { 0 },
+                counted: m.counted,
+                holding_back: view.holding_back.as_deref() == Some(m.member.as_str()),
+            })
+            .collect();
+        Ok(Response::new(pb::PruningStatusResponse {
+            lower_bound_micros: view.lower_bound,
+            candidate_bound_micros: view.candidate,
+            retention_micros: i64::try_from(view.retention.as_micros()).unwrap_or(i64::MAX),
+            retention_bound_micros: view.retention_bound,
+            safe_watermark_micros: view.safe_watermark,
+            now_micros: view.now,
+            members,
+            tables: tables
+                .into_iter()
+                .map(|(table, rows)| pb::TableRows { table, rows })
+                .collect(),
         }))
     }
+
+    async fn prune(
+        &self,
+        req: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
+        let dry_run = req.get_ref().dry_run;
+        let (view, outcome) = if dry_run {
+            // Reads only: no lock, changes nothing.
+            let mut client = self.core.db().await.map_err(st)?;
+            pruning::prune_round(
+                &mut client,
+                self.pruning.retention,
+                self.pruning.batch_size,
+                true,
+            )
+            .await
+            .map_err(st)?
+        } else {
+            let mut locked = self.lock().await?;
+            let result = pruning::prune_round(
+                locked.client(),
+                self.pruning.retention,
+                self.pruning.batch_size,
+                false,
+            )
+            .await;
+            locked.release().await;
+            result.map_err(st)?
+        };
+        pruning::record(&outcome);
+        tracing::info!(
+            dry_run,
+            bound = outcome.bound,
+            previous = outcome.previous_bound,
+            holding_back = view.holding_back.as_deref().unwrap_or(""),
+            deleted = ?outcome.deleted,
+            "prune requested by an operator"
+        );
+        Ok(Response::new(pb::PruneResponse {
+            pruned_below_micros: outcome.bound,
+            events_deleted: outcome.deleted_from("seq_events"),
+            outcome: Some(outcome_pb(&outcome)),
+        }))
+    }
+
+    async fn force_prune(
+        &self,
+        req: Request<pb::ForcePruneRequest>,
+    ) -> Result<Response<pb::ForcePruneResponse>, Status> {
+        let r = req.into_inner();
+        let mut locked = if r.dry_run {
+            None
+        } else {
+            Some(self.lock().await?)
+        };
+        let result = async {
+            let mut plain;
+            let client = match locked.as_mut() {
+                Some(l) => l.client(),
+                None => {
+                    plain = self.core.db().await?;
+                    &mut plain
+                }
+            };
+            let view = pruning::view(&***client, self.pruning.retention).await?;
+            check_force_bound(r.below_micros, &view)?;
+            let limits = pruning::housekeeping(&view, self.pruning.batch_size);
+            let outcome = pruning::prune_to(client, r.below_micros, limits, r.dry_run).await?;
+            Ok::<_, SequencerError>((view, outcome))
+        }
+        .await;
+        if let Some(l) = locked {
+            l.release().await;
+        }
+        let (view, outcome) = result.map_err(st)?;
+        pruning::record(&outcome);
+        tracing::warn!(
+            dry_run = r.dry_run,
+            bound = outcome.bound,
+            previous = outcome.previous_bound,
+            holding_back = view.holding_back.as_deref().unwrap_or(""),
+            deleted = ?outcome.deleted,
+            "forced prune requested by an operator"
+        );
+        Ok(Response::new(pb::ForcePruneResponse {
+            outcome: Some(outcome_pb(&outcome)),
+        }))
+    }
+}
+
+/// A forced bound must name a time every instance has passed: not in the future and not
+/// above the safe watermark (events there may still be written or delivered).
+fn check_force_bound(below: i64, view: &pruning::PruningView) -> Result<(), SequencerError> {
+    if below <= 0 {
+        return Err(SequencerError::PruneBoundInvalid(format!(
+            "bound {below} is not a positive timestamp (microseconds since the epoch)"
+        )));
+    }
+    if below > view.now {
+        return Err(SequencerError::PruneBoundInvalid(format!(
+            "bound {below} lies in the future (sequencer time {})",
+            view.now
+        )));
+    }
+    if below > view.safe_watermark {
+        return Err(SequencerError::PruneBoundInvalid(format!(
+            "bound {below} lies above the safe watermark {}",
+            view.safe_watermark
+        )));
+    }
+    Ok(())
 }

@@ -200,6 +200,32 @@ pub struct PruningConfig {
     pub interval: Duration,
     /// Rows per delete statement. Default 10000.
     pub batch_size: i64,
+    /// Events stay at least this long after sequencing, even when every member has
+    /// acknowledged them; expired deduplication rows stay this long past their max
+    /// sequencing time (so a late retry can still be answered). `0s` prunes as soon as
+    /// everyone acknowledged. Default `7d` (Canton 3.x's default).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl PruningConfig {
+    /// Checks the values a typo could make dangerous or meaningless.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.batch_size < 1 {
+            anyhow::bail!(
+                "invalid `pruning.batch-size` {}: must be at least 1",
+                self.batch_size
+            );
+        }
+        // Sequencer time is i64 micros; a longer window cannot be represented.
+        if self.retention > Duration::from_secs(100 * 365 * 24 * 3600) {
+            anyhow::bail!(
+                "invalid `pruning.retention` {}: at most 100 years",
+                humantime::format_duration(self.retention)
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for PruningConfig {
@@ -207,6 +233,7 @@ impl Default for PruningConfig {
         Self {
             interval: Duration::from_secs(60),
             batch_size: 10_000,
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -60,6 +60,14 @@ pub enum SequencerError {
     OutcomeUnknown,
     #[error("topology transaction refused: {0}")]
     TopologyInvalid(String),
+    #[error(
+        "acknowledged timestamp {timestamp} lies above the safe watermark {safe_watermark}: no member can have processed it"
+    )]
+    AcknowledgeAhead { timestamp: i64, safe_watermark: i64 },
+    #[error("pruning bound refused: {0}")]
+    PruneBoundInvalid(String),
+    #[error("another pruning run holds the pruning lock; retry shortly")]
+    PruningBusy,
     #[error("database unavailable: {0}")]
     Database(String),
     #[error("internal error: {0}")]
@@ -92,6 +100,9 @@ impl SequencerError {
             InstanceOffline(_) => "SEQ_INSTANCE_OFFLINE",
             OutcomeUnknown => "SEQ_OUTCOME_UNKNOWN",
             TopologyInvalid(_) => "SEQ_TOPOLOGY_INVALID",
+            AcknowledgeAhead { .. } => "SEQ_ACKNOWLEDGE_AHEAD",
+            PruneBoundInvalid(_) => "SEQ_PRUNE_BOUND_INVALID",
+            PruningBusy => "SEQ_PRUNING_BUSY",
             Database(_) => "SEQ_DATABASE_UNAVAILABLE",
             Internal(_) => "SEQ_INTERNAL",
         }
@@ -111,6 +122,8 @@ impl SequencerError {
             | SubmissionSignatureInvalid(_)
             | RecipientUnknown(_)
             | TopologyInvalid(_)
+            | AcknowledgeAhead { .. }
+            | PruneBoundInvalid(_)
             | EmptySubmission => Code::InvalidArgument,
             RecipientDisabled(_) | MaxSequencingTimeExceeded { .. } => Code::FailedPrecondition,
             RequestTooLarge { .. } | Overloaded | SubscriberTooSlow { .. } => {
@@ -118,6 +131,7 @@ impl SequencerError {
             }
             EventsPruned { .. } => Code::OutOfRange,
             InstanceOffline(_) | OutcomeUnknown | Database(_) => Code::Unavailable,
+            PruningBusy => Code::Aborted,
             Internal(_) => Code::Internal,
         }
     }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod members;
 pub mod metrics;
+pub mod pruning;
 pub mod reader;
 pub mod service;
 pub mod store;
@@ -80,6 +81,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     crate::metrics::describe();
+    config.pruning.validate()?;
     let domain_id = DomainId::parse(&config.domain_id)
         .with_context(|| format!("invalid `domain-id` {:?}", config.domain_id))?;
     let key = Arc::new(
@@ -208,6 +210,11 @@ pub async fn run(
             internal.clone(),
         ));
     }
+    tasks.spawn(pruning_gauges(
+        pool.clone(),
+        config.pruning.retention,
+        internal.clone(),
+    ));
     tasks.spawn(gauges(pool.clone(), internal.clone()));
 
     // Readiness: online writer and a database that answered recently.
@@ -240,7 +247,7 @@ pub async fn run(
         .add_service(api);
     let admin_api = SequencerAdminServiceServer::new(admin::SequencerAdmin {
         core: core.clone(),
-        prune_batch: config.pruning.batch_size,
+        pruning: config.pruning.clone(),
     });
     let admin = domain_runtime::grpc::service_router(&config.admin_api, health_server)?
         .add_service(admin_api);
@@ -414,32 +421,65 @@ async fn pruner(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Ok(mut client) = pool.get().await else {
+        let Ok(client) = pool.get().await else {
             continue;
         };
         // One instance prunes at a time; the others skip this round.
-        let locked = client
-            .query_one("SELECT pg_try_advisory_lock(7301002)", &[])
-            .await
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false);
-        if !locked {
-            continue;
-        }
-        let result = match store::safe_watermark(&**client).await {
-            Ok(safe) => store::prune(&mut client, safe, cfg.batch_size).await,
-            Err(e) => Err(e),
-        };
-        let _ = client
-            .execute("SELECT pg_advisory_unlock(7301002)", &[])
-            .await;
-        match result {
-            Ok((bound, deleted)) if deleted > 0 => {
-                ::metrics::counter!(crate::metrics::EVENTS_PRUNED).increment(deleted);
-                tracing::info!(bound, deleted, "pruned acknowledged events");
+        let mut locked = match pruning::LockedClient::try_lock(client).await {
+            Ok(Some(locked)) => locked,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "pruning lock failed");
+                continue;
             }
-            Ok(_) => {}
+        };
+        let result =
+            pruning::prune_round(locked.client(), cfg.retention, cfg.batch_size, false).await;
+        locked.release().await;
+        match result {
+            Ok((view, outcome)) => {
+                pruning::record(&outcome);
+                if outcome.deleted.iter().any(|(_, n)| *n > 0) {
+                    tracing::info!(
+                        bound = outcome.bound,
+                        previous = outcome.previous_bound,
+                        holding_back = view.holding_back.as_deref().unwrap_or(""),
+                        deleted = ?outcome.deleted,
+                        "pruned"
+                    );
+                }
+            }
             Err(error) => tracing::warn!(%error, "pruning failed"),
+        }
+    }
+}
+
+/// Pruning gauges on every instance (whichever instance prunes), every few seconds.
+async fn pruning_gauges(
+    pool: deadpool_postgres::Pool,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut holder = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(client) = pool.get().await else {
+            continue;
+        };
+        let view = pruning::view(&**client, retention).await;
+        let oldest = pruning::oldest_event(&**client).await;
+        if let (Ok(view), Ok(oldest)) = (view, oldest) {
+            pruning::publish(&view, oldest, &mut holder);
+        }
+        if let Ok(rows) = pruning::estimated_rows(&**client).await {
+            for (table, n) in rows {
+                ::metrics::gauge!(crate::metrics::STORED_ROWS, "table" => table).set(n);
+            }
         }
     }
 }

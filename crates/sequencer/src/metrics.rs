@@ -18,6 +18,13 @@ pub const INSTANCE_INDEX: &str = "sequencer_instance_index";
 pub const DB_POOL: &str = "sequencer_db_pool_connections";
 pub const AUTH: &str = "sequencer_authentications_total";
 pub const EVENTS_PRUNED: &str = "sequencer_events_pruned_total";
+pub const PRUNED_ROWS: &str = "sequencer_pruned_rows_total";
+pub const PRUNING_BOUND_AGE: &str = "sequencer_pruning_lower_bound_age_seconds";
+pub const PRUNING_CANDIDATE_AGE: &str = "sequencer_pruning_candidate_bound_age_seconds";
+pub const PRUNING_RETENTION: &str = "sequencer_pruning_retention_seconds";
+pub const PRUNING_HOLDING_BACK: &str = "sequencer_pruning_holding_back";
+pub const STORED_ROWS: &str = "sequencer_stored_rows";
+pub const ACKNOWLEDGEMENTS: &str = "sequencer_acknowledgements_total";
 pub const CHECKPOINTS_WRITTEN: &str = "sequencer_checkpoints_written_total";
 pub const TOPOLOGY_APPLIED: &str = "sequencer_topology_applied_total";
 pub const TOPOLOGY_TRANSACTIONS: &str = "sequencer_topology_transactions";
@@ -78,6 +85,37 @@ pub fn describe() {
     );
     describe_counter!(AUTH, "Challenge/authenticate outcomes");
     describe_counter!(EVENTS_PRUNED, "Events deleted by pruning");
+    describe_counter!(
+        PRUNED_ROWS,
+        "Rows deleted by pruning and housekeeping, by table (seq_nonces and seq_tokens: expired authentication rows)"
+    );
+    describe_gauge!(
+        PRUNING_BOUND_AGE,
+        Unit::Seconds,
+        "Sequencer time minus the pruning lower bound (before the first prune: minus the oldest stored event)"
+    );
+    describe_gauge!(
+        PRUNING_CANDIDATE_AGE,
+        Unit::Seconds,
+        "Sequencer time minus the bound a prune would move to now"
+    );
+    describe_gauge!(
+        PRUNING_RETENTION,
+        Unit::Seconds,
+        "Configured pruning retention window"
+    );
+    describe_gauge!(
+        PRUNING_HOLDING_BACK,
+        "1 for the member whose unacknowledged events limit pruning, 0 for members that did before"
+    );
+    describe_gauge!(
+        STORED_ROWS,
+        "Live rows per pruned table (PostgreSQL statistics estimate, sampled)"
+    );
+    describe_counter!(
+        ACKNOWLEDGEMENTS,
+        "Acknowledge calls, by result (accepted, ahead, malformed)"
+    );
     describe_counter!(CHECKPOINTS_WRITTEN, "Counter checkpoints written");
     describe_counter!(
         TOPOLOGY_APPLIED,

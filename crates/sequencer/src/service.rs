@@ -598,10 +598,36 @@ impl SequencerService for SequencerApi {
             }
             .into_status());
         }
+        if r.timestamp_micros < 0 {
+            metrics::counter!(crate::metrics::ACKNOWLEDGEMENTS, "result" => "malformed")
+                .increment(1);
+            return Err(SequencerError::Malformed(format!(
+                "timestamp_micros {} is negative",
+                r.timestamp_micros
+            ))
+            .into_status());
+        }
         let client = core.db().await.map_err(SequencerError::into_status)?;
-        store::acknowledge(&**client, member.id, r.timestamp_micros)
+        // The safe watermark bounds everything any instance can have delivered to this
+        // member: an acknowledgement above it would let pruning delete events the member
+        // has not seen yet (and that may still be written).
+        let safe = store::safe_watermark(&**client)
             .await
             .map_err(|e| SequencerError::from(e).into_status())?;
-        Ok(Response::new(pb::AcknowledgeResponse {}))
+        if r.timestamp_micros > safe {
+            metrics::counter!(crate::metrics::ACKNOWLEDGEMENTS, "result" => "ahead").increment(1);
+            return Err(SequencerError::AcknowledgeAhead {
+                timestamp: r.timestamp_micros,
+                safe_watermark: safe,
+            }
+            .into_status());
+        }
+        let acknowledged = store::acknowledge(&**client, member.id, r.timestamp_micros)
+            .await
+            .map_err(|e| SequencerError::from(e).into_status())?;
+        metrics::counter!(crate::metrics::ACKNOWLEDGEMENTS, "result" => "accepted").increment(1);
+        Ok(Response::new(pb::AcknowledgeResponse {
+            acknowledged_micros: acknowledged,
+        }))
     }
 }

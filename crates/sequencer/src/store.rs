@@ -640,9 +640,14 @@ pub async fn read_global(
 
 /// The member's event timestamps in `(after, up_to]`: its own recipient rows
 /// merged with broadcasts after its registration, via two ordered index scans.
-const MEMBER_TS_UNION: &str = "(SELECT ts FROM seq_recipients WHERE member_id = $1 AND ts > $2 AND ts <= $3 ORDER BY ts LIMIT $4)
+/// Below the lower bound `$6` only retained topology events count
+/// ([`crate::pruning::BELOW_BOUND_RULE`]), so a half-finished prune is invisible.
+const MEMBER_TS_UNION: &str =
+    "(SELECT ts FROM seq_recipients WHERE member_id = $1 AND ts > $2 AND ts <= $3
+       AND (ts > $6 OR ts IN (SELECT sequenced_ts FROM seq_topology)) ORDER BY ts LIMIT $4)
      UNION ALL
-     (SELECT ts FROM seq_recipients WHERE member_id = -1 AND ts > greatest($2, $5) AND ts <= $3 ORDER BY ts LIMIT $4)";
+     (SELECT ts FROM seq_recipients WHERE member_id = -1 AND ts > greatest($2, $5) AND ts <= $3
+       AND (ts > $6 OR ts IN (SELECT sequenced_ts FROM seq_topology)) ORDER BY ts LIMIT $4)";
 
 /// Returns up to `limit` timestamps of the member's events in `(after, up_to]`.
 pub async fn member_timestamps(
@@ -652,10 +657,21 @@ pub async fn member_timestamps(
     after: i64,
     up_to: i64,
     limit: i64,
+    lower_bound: i64,
 ) -> Result<Vec<i64>, StoreError> {
     let sql = format!("SELECT ts FROM ({MEMBER_TS_UNION}) u ORDER BY ts LIMIT $4");
     let rows = client
-        .query(&sql, &[&member_id, &after, &up_to, &limit, &registered_ts])
+        .query(
+            &sql,
+            &[
+                &member_id,
+                &after,
+                &up_to,
+                &limit,
+                &registered_ts,
+                &lower_bound,
+            ],
+        )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
@@ -668,12 +684,23 @@ pub async fn member_events(
     after: i64,
     up_to: i64,
     limit: i64,
+    lower_bound: i64,
 ) -> Result<Vec<StoredEvent>, StoreError> {
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM ({MEMBER_TS_UNION}) u JOIN seq_events e ON e.ts = u.ts ORDER BY e.ts LIMIT $4"
     );
     let rows = client
-        .query(&sql, &[&member_id, &after, &up_to, &limit, &registered_ts])
+        .query(
+            &sql,
+            &[
+                &member_id,
+                &after,
+                &up_to,
+                &limit,
+                &registered_ts,
+                &lower_bound,
+            ],
+        )
         .await?;
     Ok(rows.iter().map(event_from_row).collect())
 }
@@ -722,7 +749,8 @@ pub async fn write_checkpoints(
                      SELECT r.ts FROM seq_recipients r WHERE r.member_id = m.id AND r.ts > cp.ts AND r.ts <= $1
                      UNION ALL
                      SELECT r.ts FROM seq_recipients r WHERE r.member_id = -1 AND r.ts > greatest(cp.ts, m.registered_ts)
-                                                         AND r.ts <= $1) u) x
+                                                         AND r.ts <= $1) u
+                 WHERE u.ts > (SELECT ts FROM seq_lower_bound) OR u.ts IN (SELECT sequenced_ts FROM seq_topology)) x
              WHERE x.n >= $2
              ON CONFLICT DO NOTHING",
             &[&up_to, &min_new],
@@ -871,17 +899,17 @@ pub async fn apply_due_topology(
         match (effect, &member) {
             (MemberEffect::Enable, Some(m)) => {
                 // A new member's stream starts just before the domain's first
-                // topology transaction (or at the pruning bound, if that is later),
-                // so it receives the topology history (mediators, parameters, other
-                // participants) as broadcasts before anything else: every member
-                // derives the same topology state from its own stream. A member
-                // that was disabled before keeps its registration (and its counters).
+                // topology transaction, so it receives the topology history
+                // (mediators, parameters, other participants) as broadcasts before
+                // anything else: every member derives the same topology state from its
+                // own stream. Pruning never deletes topology events, and below the
+                // lower bound only they count (crate::pruning), so this holds however
+                // much has been pruned. A member that was disabled before keeps its
+                // registration (and its counters).
                 let row = tx
                     .query_one(
                         "INSERT INTO seq_members (member, registered_ts)
-                         VALUES ($1, least($2, greatest(
-                             (SELECT ts FROM seq_lower_bound),
-                             (SELECT min(sequenced_ts) - 1 FROM seq_topology))))
+                         VALUES ($1, least($2, (SELECT min(sequenced_ts) - 1 FROM seq_topology)))
                          ON CONFLICT (member) DO UPDATE SET enabled = true
                          RETURNING id, registered_ts",
                         &[m, &effective_ts],
@@ -1005,19 +1033,20 @@ pub async fn lookup_token(
     Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
-/// Moves a member's acknowledgement forward (never backwards).
+/// Moves a member's acknowledgement forward (never backwards); returns the stored value.
 pub async fn acknowledge(
     client: &impl GenericClient,
     member_id: i32,
     ts: i64,
-) -> Result<(), StoreError> {
-    client
-        .execute(
-            "UPDATE seq_members SET acknowledged_ts = greatest(coalesce(acknowledged_ts, 0), $2) WHERE id = $1",
+) -> Result<i64, StoreError> {
+    let row = client
+        .query_opt(
+            "UPDATE seq_members SET acknowledged_ts = greatest(coalesce(acknowledged_ts, 0), $2) WHERE id = $1
+             RETURNING acknowledged_ts",
             &[&member_id, &ts],
         )
         .await?;
-    Ok(())
+    Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)).unwrap_or(ts))
 }
 
 pub async fn lower_bound(client: &impl GenericClient) -> Result<i64, StoreError> {
@@ -1025,104 +1054,6 @@ pub async fn lower_bound(client: &impl GenericClient) -> Result<i64, StoreError>
         .query_one("SELECT ts FROM seq_lower_bound", &[])
         .await?
         .get(0))
-}
-
-/// Prunes events acknowledged by every enabled member, in bounded batches.
-/// First writes a checkpoint at the pruning point for every member so that
-/// counters stay derivable, then raises the lower bound, then deletes.
-/// Returns (new lower bound, events deleted).
-pub async fn prune(
-    client: &mut deadpool_postgres::Object,
-    safe_watermark: i64,
-    batch: i64,
-) -> Result<(i64, u64), StoreError> {
-    let row = client
-        .query_one(
-            // The domain manager member only sends topology and never reads its
-            // stream: its events must not hold pruning back.
-            "SELECT min(coalesce(acknowledged_ts, registered_ts)) FILTER (WHERE enabled AND member NOT LIKE 'DOM::%') FROM seq_members",
-            &[],
-        )
-        .await?;
-    let bound: Option<i64> = row.get(0);
-    let current = lower_bound(&***client).await?;
-    let Some(bound) = bound.map(|b| b.min(safe_watermark)) else {
-        return Ok((current, 0));
-    };
-    if bound <= current {
-        return Ok((current, 0));
-    }
-    // Checkpoints at exactly `bound` (minimum 1 new event), then the bound itself.
-    {
-        let tx = client.transaction().await?;
-        tx.execute(
-            "INSERT INTO seq_checkpoints (member_id, counter, ts)
-             SELECT m.id, cp.counter + x.n, x.max_ts
-             FROM seq_members m
-             CROSS JOIN LATERAL (SELECT counter, ts FROM seq_checkpoints c WHERE c.member_id = m.id AND c.ts <= $1
-                                 ORDER BY counter DESC LIMIT 1) cp
-             CROSS JOIN LATERAL (
-                 SELECT count(*) AS n, max(u.ts) AS max_ts FROM (
-                     SELECT r.ts FROM seq_recipients r WHERE r.member_id = m.id AND r.ts > cp.ts AND r.ts <= $1
-                     UNION ALL
-                     SELECT r.ts FROM seq_recipients r WHERE r.member_id = -1 AND r.ts > greatest(cp.ts, m.registered_ts)
-                                                         AND r.ts <= $1) u) x
-             WHERE x.n >= 1
-             ON CONFLICT DO NOTHING",
-            &[&bound],
-        )
-        .await?;
-        tx.execute(
-            "UPDATE seq_lower_bound SET ts = greatest(ts, $1)",
-            &[&bound],
-        )
-        .await?;
-        tx.commit().await?;
-    }
-    let mut deleted = 0u64;
-    loop {
-        // Bounded deletes keep each transaction short; writers insert above the
-        // bound and never touch these rows, so nothing blocks them.
-        let n = client
-            .execute(
-                "DELETE FROM seq_events WHERE ts IN (SELECT ts FROM seq_events WHERE ts <= $1 ORDER BY ts LIMIT $2)",
-                &[&bound, &batch],
-            )
-            .await?;
-        client
-            .execute(
-                "DELETE FROM seq_recipients WHERE (member_id, ts) IN
-                   (SELECT member_id, ts FROM seq_recipients WHERE ts <= $1 LIMIT $2)",
-                &[&bound, &batch],
-            )
-            .await?;
-        deleted += n;
-        if n < batch as u64 {
-            break;
-        }
-    }
-    client
-        .execute("DELETE FROM seq_recipients WHERE ts <= $1", &[&bound])
-        .await?;
-    client
-        .execute(
-            "DELETE FROM seq_dedup WHERE max_sequencing_ts < $1",
-            &[&bound],
-        )
-        .await?;
-    client
-        .execute(
-            "DELETE FROM seq_nonces WHERE expires_at < clock_timestamp()",
-            &[],
-        )
-        .await?;
-    client
-        .execute(
-            "DELETE FROM seq_tokens WHERE expires_at < clock_timestamp()",
-            &[],
-        )
-        .await?;
-    Ok((bound, deleted))
 }
 
 fn int_array_literal(v: &[i32]) -> String {

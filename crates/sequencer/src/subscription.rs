@@ -163,6 +163,7 @@ async fn catch_up(
             cursor.position,
             up_to,
             10_000,
+            lower,
         )
         .await?;
         if tss.is_empty() {
@@ -186,6 +187,7 @@ async fn catch_up(
             cursor.position,
             up_to,
             ctx.page,
+            lower,
         )
         .await?;
         let n = events.len() as i64;
