@@ -94,6 +94,14 @@ pub struct Layout {
     pub mediator_on: Vec<usize>,
     /// Instances the participants `connect-multi` to.
     pub participants_on: Vec<usize>,
+    /// Extra top-level TOML lines of every sequencer instance's config.
+    pub sequencer_config: String,
+    /// Mediator replicas (active/passive over one database); the first becomes active.
+    pub mediator_replicas: usize,
+    /// Extra top-level TOML lines of every mediator replica's config.
+    pub mediator_config: String,
+    /// Extra top-level TOML lines of every participant's config.
+    pub participant_config: String,
 }
 
 impl Default for Layout {
@@ -103,6 +111,10 @@ impl Default for Layout {
             sequencers: 2,
             mediator_on: vec![0, 1],
             participants_on: vec![0, 1],
+            sequencer_config: String::new(),
+            mediator_replicas: 1,
+            mediator_config: String::new(),
+            participant_config: String::new(),
         }
     }
 }
@@ -116,6 +128,10 @@ pub struct Domain {
     pub mediator_id: String,
     pub mediator: Option<ManagedProcess>,
     pub mediator_ops: String,
+    /// Further mediator replicas (started passive), with their ops URLs.
+    pub standby_mediators: Vec<(Option<ManagedProcess>, String)>,
+    /// The mediator replicas' shared database.
+    pub mediator_db: TestDatabase,
     pub participants: Vec<Participant>,
 }
 
@@ -177,7 +193,7 @@ impl Domain {
             logs.clone(),
             pg.create_database("pt_seq").await,
             layout.sequencers,
-            "",
+            &layout.sequencer_config,
         )
         .await?;
         let med_key_path = logs.path("mediator-key.pem");
@@ -194,7 +210,6 @@ impl Domain {
         )
         .await?;
 
-        let (med_admin, med_ops) = (free_port(), free_port());
         let med_db = pg.create_database("pt_med").await;
         let endpoints = layout
             .mediator_on
@@ -202,48 +217,71 @@ impl Domain {
             .map(|i| format!("\"{}\"", cluster.nodes[*i].public_endpoint()))
             .collect::<Vec<_>>()
             .join(", ");
-        let med_config = logs.path("mediator.toml");
-        std::fs::write(
-            &med_config,
-            format!(
-                "name = \"mediator\"\nsigning-key-file = \"{key}\"\ndomain-id = \"{domain}\"\nsequencers = [{endpoints}]\n\
-                 ops-listen = \"127.0.0.1:{med_ops}\"\n\n[database]\nurl = \"{url}\"\n\n\
-                 [sequencer-tls]\nca = \"{ca}\"\ndomain-name = \"localhost\"\n\n[admin-api]\nlisten = \"127.0.0.1:{med_admin}\"\n",
-                key = med_key_path.display(),
-                domain = cluster.domain_id,
-                url = med_db.url,
-                ca = cluster.pki_files.ca.display(),
-            ),
-        )?;
-        let mediator = ProcessBuilder::new(binary_path("mediator"))
-            .args([
-                "--config-file",
-                &med_config.to_string_lossy(),
-                "--log-format",
-                "json",
-            ])
-            .env("RUST_LOG", "info")
-            .name("mediator")
-            .logs(&logs)
-            .spawn()?;
-        let mediator_ops = format!("http://127.0.0.1:{med_ops}");
-        wait_for_http_ok(
-            &format!("{mediator_ops}/health/ready"),
-            Duration::from_secs(60),
-        )
-        .await
-        .context("the mediator did not become active")?;
+        let mut replicas = Vec::new();
+        for r in 0..layout.mediator_replicas.max(1) {
+            let (med_admin, med_ops) = (free_port(), free_port());
+            let name = if r == 0 {
+                "mediator".to_owned()
+            } else {
+                format!("mediator-{r}")
+            };
+            let med_config = logs.path(&format!("{name}.toml"));
+            std::fs::write(
+                &med_config,
+                format!(
+                    "name = \"mediator\"\nsigning-key-file = \"{key}\"\ndomain-id = \"{domain}\"\nsequencers = [{endpoints}]\n\
+                     ops-listen = \"127.0.0.1:{med_ops}\"\nadvertised-admin-address = \"http://127.0.0.1:{med_admin}\"\n{extra}\n\n\
+                     [database]\nurl = \"{url}\"\n\n\
+                     [sequencer-tls]\nca = \"{ca}\"\ndomain-name = \"localhost\"\n\n[admin-api]\nlisten = \"127.0.0.1:{med_admin}\"\n",
+                    key = med_key_path.display(),
+                    domain = cluster.domain_id,
+                    url = med_db.url,
+                    ca = cluster.pki_files.ca.display(),
+                    extra = layout.mediator_config,
+                ),
+            )?;
+            let process = ProcessBuilder::new(binary_path("mediator"))
+                .args([
+                    "--config-file",
+                    &med_config.to_string_lossy(),
+                    "--log-format",
+                    "json",
+                ])
+                .env("RUST_LOG", "info")
+                .name(name)
+                .logs(&logs)
+                .spawn()?;
+            let ops = format!("http://127.0.0.1:{med_ops}");
+            if r == 0 {
+                wait_for_http_ok(&format!("{ops}/health/ready"), Duration::from_secs(60))
+                    .await
+                    .context("the mediator did not become active")?;
+            }
+            replicas.push((Some(process), ops));
+        }
+        let mut replicas = replicas.into_iter();
+        let (mediator, mediator_ops) = replicas.next().context("one mediator replica")?;
+        let standby_mediators: Vec<_> = replicas.collect();
         // The genesis parameters are sequenced before the mediator's registration takes
         // effect, so the mediator never sees them (it only receives broadcasts after its
         // registration) and would use the default 30 s: set them again now.
-        let out = dms
-            .domainctl(&[
-                "parameters",
-                "set",
-                "--participant-response-timeout",
-                response_timeout,
-            ])
-            .await?;
+        // Exit 3 (no replica could serve it) is retried: on a loaded 2-core machine the
+        // single domain-manager replica can miss a lease renewal and be passive for a moment.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let out = loop {
+            let out = dms
+                .domainctl(&[
+                    "parameters",
+                    "set",
+                    "--participant-response-timeout",
+                    response_timeout,
+                ])
+                .await?;
+            if out.status.code() != Some(3) || Instant::now() >= deadline {
+                break out;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
         ensure!(
             out.status.success(),
             "parameters set failed: {}",
@@ -256,8 +294,10 @@ impl Domain {
             cluster,
             dms,
             mediator_id,
-            mediator: Some(mediator),
+            mediator,
             mediator_ops,
+            standby_mediators,
+            mediator_db: med_db,
             participants: Vec::new(),
         };
         for (name, policy) in participants {
@@ -317,9 +357,10 @@ impl Domain {
         std::fs::write(
             &config_path,
             format!(
-                "data-dir = \"{data}\"\nops-listen = \"127.0.0.1:{ops_port}\"\nauto-confirm = \"{policy}\"\n\n\
+                "data-dir = \"{data}\"\nops-listen = \"127.0.0.1:{ops_port}\"\nauto-confirm = \"{policy}\"\n{extra}\n\n\
                  [database]\nurl = \"{url}\"\n\n[admin-api]\nlisten = \"127.0.0.1:{admin_port}\"\n",
-                url = db.url
+                url = db.url,
+                extra = self.layout.participant_config,
             ),
         )?;
         self.participants.push(Participant {
@@ -362,6 +403,28 @@ impl Domain {
         wait_for_health(&p.admin_url(), None, "", Duration::from_secs(60))
             .await
             .with_context(|| format!("{} did not connect", p.name))
+    }
+
+    /// (Re)starts participant `i` without waiting for it to connect.
+    pub fn start_participant_no_wait(&mut self, i: usize) -> anyhow::Result<()> {
+        let logs = self.logs.clone();
+        let p = &mut self.participants[i];
+        p.process = Some(
+            ProcessBuilder::new(binary_path("participant"))
+                .args([
+                    "run",
+                    "--config-file",
+                    &p.config_path.to_string_lossy(),
+                    "--log-format",
+                    "json",
+                ])
+                .env("RUST_LOG", "info")
+                .env_remove("PARTICIPANT_DATA_DIR")
+                .name(format!("{}-restarted", p.name))
+                .logs(&logs)
+                .spawn()?,
+        );
+        Ok(())
     }
 
     /// Waits until `/health/ready` of participant `i` answers `status`.

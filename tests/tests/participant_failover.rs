@@ -158,6 +158,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
         sequencers: 3,
         mediator_on: vec![0, 1, 2],
         participants_on: vec![0, 1, 2],
+        ..Layout::default()
     };
     let mut domain = Domain::start_with(
         logs,

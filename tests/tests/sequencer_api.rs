@@ -1352,3 +1352,227 @@ async fn health_turns_not_serving_when_database_unreachable_body(
     drop(proxy);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// F. acknowledgements are clamped; housekeeping runs when the bound cannot move
+// ---------------------------------------------------------------------------
+
+/// The member's stored acknowledgement.
+async fn stored_ack(db: &tokio_postgres::Client, member: &MemberId) -> anyhow::Result<Option<i64>> {
+    Ok(db
+        .query_one(
+            "SELECT acknowledged_ts FROM seq_members WHERE member = $1",
+            &[&member.to_string()],
+        )
+        .await?
+        .get(0))
+}
+
+/// An `Acknowledge` above the safe watermark (nothing can have been delivered there), for
+/// another member, or negative is refused with a precise code and changes nothing; a
+/// lower one than before is accepted and changes nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledge_is_clamped_to_the_delivered_head() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("acknowledge_is_clamped_to_the_delivered_head");
+    keep_logs_on_error(&logs, acknowledge_is_clamped_body(logs.clone())).await
+}
+
+async fn acknowledge_is_clamped_body(logs: TestLogs) -> anyhow::Result<()> {
+    let database = PgCluster::shared().create_database("seq_api_ack").await;
+    let cluster =
+        SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
+    let db = db_client(&database.url).await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let a = connect(&cluster, 0, &alice).await?;
+    let sent = a
+        .send(
+            "ack-1",
+            vec![envelope(b"to bob".to_vec(), &[&bob.0])],
+            now_micros() + 60_000_000,
+        )
+        .await?;
+    let ts = sent.sequencing_timestamp_micros;
+    a.acknowledge(ts).await?;
+    ensure!(
+        stored_ack(&db, &alice.0).await? == Some(ts),
+        "accepted ack stored"
+    );
+
+    // Ahead of the safe watermark: an hour in the future.
+    let ahead = now_micros() + 3_600_000_000;
+    let st = status_of_unit(a.acknowledge(ahead).await, "ack ahead")?;
+    expect_status(
+        &st,
+        Code::InvalidArgument,
+        Some("SEQ_ACKNOWLEDGE_AHEAD"),
+        "acknowledge above the safe watermark",
+    )?;
+    ensure!(
+        stored_ack(&db, &alice.0).await? == Some(ts),
+        "a refused acknowledgement changed the stored one"
+    );
+
+    // For another member, with alice's token.
+    let token = a.token().await.context("alice's token")?;
+    let mut raw = SequencerServiceClient::new(channel_to(&cluster, 1).await?);
+    let mut req = tonic::Request::new(pb::AcknowledgeRequest {
+        member: bob.0.to_string(),
+        timestamp_micros: ts,
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let st = match raw.acknowledge(req).await {
+        Ok(r) => bail!(
+            "ack for bob: expected a rejection, got {:?}",
+            r.into_inner()
+        ),
+        Err(st) => st,
+    };
+    expect_status(
+        &st,
+        Code::PermissionDenied,
+        Some("SEQ_MEMBER_MISMATCH"),
+        "alice acknowledging for bob",
+    )?;
+    ensure!(
+        stored_ack(&db, &bob.0).await?.is_none(),
+        "alice's acknowledgement for bob was stored"
+    );
+
+    // Negative.
+    let st = status_of_unit(a.acknowledge(-5).await, "negative ack")?;
+    expect_status(
+        &st,
+        Code::InvalidArgument,
+        Some("SEQ_MALFORMED_REQUEST"),
+        "negative acknowledgement",
+    )?;
+
+    // Backwards: accepted, the stored value stays.
+    a.acknowledge(ts - 1_000).await?;
+    ensure!(
+        stored_ack(&db, &alice.0).await? == Some(ts),
+        "an older acknowledgement moved the stored one backwards"
+    );
+    Ok(())
+}
+
+/// The status of a failed unit call of the connection API.
+fn status_of_unit(r: Result<(), ClientError>, case: &str) -> anyhow::Result<Status> {
+    match r {
+        Ok(()) => bail!("{case}: expected a rejection"),
+        Err(ClientError::Status(st)) => Ok(st),
+        Err(e) => bail!("{case}: expected a status, got {e}"),
+    }
+}
+
+/// Expired nonces and deduplication rows go on every pruning round, also when a member
+/// that acknowledges nothing keeps the event bound where it is (before, the cleanup sat
+/// after the early return of an unmoved bound, so these tables grew with every Challenge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_runs_when_the_bound_cannot_move() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("housekeeping_runs_when_the_bound_cannot_move");
+    keep_logs_on_error(&logs, housekeeping_body(logs.clone())).await
+}
+
+async fn housekeeping_body(logs: TestLogs) -> anyhow::Result<()> {
+    let database = PgCluster::shared()
+        .create_database("seq_api_housekeeping")
+        .await;
+    let cluster = SequencerCluster::start(
+        logs,
+        database.clone(),
+        1,
+        "pruning.interval = \"0s\"\npruning.retention = \"0s\"\nauth.nonce-ttl = \"1s\"",
+    )
+    .await?;
+    let db = db_client(&database.url).await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let a = connect(&cluster, 0, &alice).await?;
+    // An event bob never acknowledges holds the bound just below it; its deduplication
+    // row expires after one second.
+    a.send(
+        "short-lived",
+        vec![envelope(b"for bob".to_vec(), &[&bob.0])],
+        now_micros() + 1_000_000,
+    )
+    .await?;
+    let mut admin = cluster.admin(0).await?;
+    let first = admin
+        .prune(pb::PruneRequest::default())
+        .await?
+        .into_inner()
+        .outcome
+        .context("outcome")?;
+    println!("first prune: {first:?}");
+    // Nonces nobody uses: unauthenticated Challenges.
+    let mut raw = SequencerServiceClient::new(channel_to(&cluster, 0).await?);
+    for _ in 0..20 {
+        raw.challenge(pb::ChallengeRequest {
+            member: alice.0.to_string(),
+            public_key: Some(pb::PublicKey {
+                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                key: alice.1.public_key().to_bytes().to_vec(),
+            }),
+        })
+        .await?;
+    }
+    let nonces: i64 = db
+        .query_one("SELECT count(*) FROM seq_nonces", &[])
+        .await?
+        .get(0);
+    ensure!(nonces >= 20, "challenges stored {nonces} nonces");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let second = admin
+        .prune(pb::PruneRequest::default())
+        .await?
+        .into_inner()
+        .outcome
+        .context("outcome")?;
+    println!("second prune: {second:?}");
+    ensure!(
+        second.bound_micros == first.bound_micros,
+        "bob holds the bound: it must not move ({} -> {})",
+        first.bound_micros,
+        second.bound_micros
+    );
+    let left = |table: &'static str| {
+        let db = &db;
+        async move {
+            anyhow::Ok(
+                db.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                    .await?
+                    .get::<_, i64>(0),
+            )
+        }
+    };
+    ensure!(
+        left("seq_nonces").await? == 0,
+        "expired nonces survived a round whose bound did not move"
+    );
+    ensure!(
+        left("seq_dedup").await? == 0,
+        "an expired deduplication row survived a round whose bound did not move"
+    );
+    ensure!(
+        left("seq_events").await? >= 1,
+        "bob's unacknowledged event was pruned"
+    );
+    let reported = |t: &str| {
+        second
+            .deleted
+            .iter()
+            .filter(|d| d.table == t)
+            .map(|d| d.rows)
+            .sum::<u64>()
+    };
+    ensure!(
+        reported("seq_nonces") >= 20 && reported("seq_dedup") == 1,
+        "the outcome reports what housekeeping deleted: {second:?}"
+    );
+    Ok(())
+}

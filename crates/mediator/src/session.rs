@@ -636,17 +636,17 @@ async fn acknowledger(ctx: Arc<Context>, cancel: CancellationToken) {
                     // Logged at info so an operator (and the failover test) can compare the
                     // new active's first acknowledgement with its database.
                     tracing::info!(
-                        timestamp = persisted,
+                        acknowledged_ts = persisted,
                         "first acknowledgement of this session"
                     );
                     first = false;
                 } else {
-                    tracing::debug!(timestamp = persisted, "acknowledged persisted state");
+                    tracing::debug!(acknowledged_ts = persisted, "acknowledged persisted state");
                 }
             }
             Err(error) => {
                 metrics::counter!(m::ACKNOWLEDGEMENTS, "result" => "failed").increment(1);
-                tracing::warn!(timestamp = persisted, error = %describe(&error), "acknowledgement failed; retried at the next interval");
+                tracing::warn!(acknowledged_ts = persisted, error = %describe(&error), "acknowledgement failed; retried at the next interval");
             }
         }
     }

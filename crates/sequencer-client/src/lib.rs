@@ -40,7 +40,7 @@ pub enum ClientError {
     Endpoint { endpoint: String, reason: String },
     #[error("cannot connect to {endpoint}: {reason}")]
     Connect { endpoint: String, reason: String },
-    #[error("sequencer returned {0}")]
+    #[error("sequencer returned {}", status_text(.0))]
     Status(#[from] Status),
     #[error("invalid domain info: {0}")]
     DomainInfo(String),
@@ -63,6 +63,15 @@ pub enum ClientError {
     /// Invalid arguments or settings.
     #[error("invalid client settings: {0}")]
     Config(String),
+}
+
+/// A status as the server sent it, with its `domain-error-code` (the stable code operators
+/// search logs for) appended when present.
+fn status_text(status: &Status) -> String {
+    match retry::error_code(status) {
+        Some(code) => format!("{status} [{code}]"),
+        None => status.to_string(),
+    }
 }
 
 /// A member's identity: its id and signing key.

@@ -256,7 +256,9 @@ impl SequencerAdminService for SequencerAdmin {
             let view = pruning::view(&***client, self.pruning.retention).await?;
             check_force_bound(r.below_micros, &view)?;
             let limits = pruning::housekeeping(&view, self.pruning.batch_size);
-            let outcome = pruning::prune_to(client, r.below_micros, limits, r.dry_run).await?;
+            // Forced: members' acknowledgements and retention do not limit the bound.
+            let outcome =
+                pruning::prune_to(client, r.below_micros, limits, r.dry_run, None).await?;
             Ok::<_, SequencerError>((view, outcome))
         }
         .await;

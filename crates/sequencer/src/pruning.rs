@@ -105,21 +105,24 @@ pub async fn view(
     let safe_watermark = crate::store::safe_watermark(client).await?;
     let now = now_micros();
     let retention_bound = retention_bound(now, retention);
-    // A member's acknowledgement below the lower bound (it lagged and the bound was
-    // forced past it, or it was admitted with the topology history) counts as the
-    // lower bound: nothing below it is deleted any more, and what it has not read of the
-    // retained topology is never deleted.
+    // A member's next event is the first one of its stream above its acknowledgement, by
+    // the same visibility rule readers apply: below the lower bound only retained topology
+    // events count. A member admitted with the topology history therefore holds pruning
+    // until it has read (and acknowledged) that history; otherwise the checkpoint written
+    // at the next bound would count those events as pruned and refuse its first counters.
     let rows = client
         .query(
             "SELECT m.member, m.enabled, m.acknowledged_ts,
                     (SELECT min(t) FROM (
                         (SELECT r.ts AS t FROM seq_recipients r
-                          WHERE r.member_id = m.id AND r.ts > greatest(coalesce(m.acknowledged_ts, m.registered_ts), $1)
+                          WHERE r.member_id = m.id AND r.ts > coalesce(m.acknowledged_ts, m.registered_ts)
+                            AND (r.ts > $1 OR r.ts IN (SELECT sequenced_ts FROM seq_topology))
                           ORDER BY r.ts LIMIT 1)
                         UNION ALL
                         (SELECT r.ts FROM seq_recipients r
                           WHERE r.member_id = -1
-                            AND r.ts > greatest(coalesce(m.acknowledged_ts, m.registered_ts), m.registered_ts, $1)
+                            AND r.ts > greatest(coalesce(m.acknowledged_ts, m.registered_ts), m.registered_ts)
+                            AND (r.ts > $1 OR r.ts IN (SELECT sequenced_ts FROM seq_topology))
                           ORDER BY r.ts LIMIT 1)) x) AS next_event
              FROM seq_members m ORDER BY m.member",
             &[&lower_bound],
@@ -220,6 +223,7 @@ pub async fn prune_to(
     bound: i64,
     limits: Housekeeping,
     dry_run: bool,
+    respect_members: Option<Duration>,
 ) -> Result<PruneOutcome, StoreError> {
     let previous = crate::store::lower_bound(&***client).await?;
     let mut outcome = PruneOutcome {
@@ -298,6 +302,25 @@ pub async fn prune_to(
         // snapshot sees either the old bound or the new bound with its checkpoints.
         let rule = below_bound_rule(2);
         let tx = client.transaction().await?;
+        // The topology applier registers members (with the topology history, so below the
+        // bound) under this lock: holding it, every registration is either visible to the
+        // re-check below or happens after the commit, when readers already count it under
+        // the new bound's rule.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&crate::store::TOPOLOGY_APPLY_LOCK],
+        )
+        .await?;
+        let bound = match respect_members {
+            Some(retention) => bound.min(view(&*tx, retention).await?.candidate),
+            None => bound,
+        };
+        if bound <= previous {
+            tx.commit().await?;
+            outcome.bound = previous;
+            return housekeep(client, limits, outcome).await;
+        }
+        outcome.bound = bound;
         tx.execute(
             &format!(
                 "INSERT INTO seq_checkpoints (member_id, counter, ts)
@@ -361,6 +384,25 @@ pub async fn prune_to(
             )
             .await?;
     }
+    outcome.deleted = vec![
+        ("seq_events", events),
+        ("seq_recipients", recipients),
+        ("seq_checkpoints", checkpoints),
+    ];
+    housekeep(client, limits, outcome).await
+}
+
+/// Expired deduplication rows, nonces and tokens, whether or not the bound moved.
+async fn housekeep(
+    client: &deadpool_postgres::Object,
+    limits: Housekeeping,
+    mut outcome: PruneOutcome,
+) -> Result<PruneOutcome, StoreError> {
+    for table in ["seq_events", "seq_recipients", "seq_checkpoints"] {
+        if !outcome.deleted.iter().any(|(t, _)| *t == table) {
+            outcome.deleted.push((table, 0));
+        }
+    }
     let dedup = delete_in_batches(
         client,
         "seq_dedup",
@@ -385,14 +427,11 @@ pub async fn prune_to(
         limits.batch,
     )
     .await?;
-    outcome.deleted = vec![
-        ("seq_events", events),
-        ("seq_recipients", recipients),
-        ("seq_checkpoints", checkpoints),
+    outcome.deleted.extend([
         ("seq_dedup", dedup),
         ("seq_nonces", nonces),
         ("seq_tokens", tokens),
-    ];
+    ]);
     Ok(outcome)
 }
 
@@ -448,7 +487,14 @@ pub async fn prune_round(
 ) -> Result<(PruningView, PruneOutcome), StoreError> {
     let view = view(&***client, retention).await?;
     let limits = housekeeping(&view, batch);
-    let outcome = prune_to(client, view.candidate, limits, dry_run).await?;
+    let outcome = prune_to(
+        client,
+        view.candidate,
+        limits,
+        dry_run,
+        Some(view.retention),
+    )
+    .await?;
     Ok((view, outcome))
 }
 

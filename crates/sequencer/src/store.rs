@@ -117,7 +117,7 @@ pub const MEMBERS_CHANNEL: &str = "seq_members";
 /// Notified when a batch sequenced topology transactions.
 pub const TOPOLOGY_CHANNEL: &str = "seq_topology";
 /// Advisory lock key under which instances apply due topology transactions.
-const TOPOLOGY_APPLY_LOCK: i64 = 0x7365_715f_746f_706f; // "seq_topo"
+pub(crate) const TOPOLOGY_APPLY_LOCK: i64 = 0x7365_715f_746f_706f; // "seq_topo"
 
 /// Claims a free instance index (random among those not online) and brings it
 /// online above every existing watermark and the wall clock. Runs on the
