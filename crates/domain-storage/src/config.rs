@@ -550,6 +550,48 @@ mod tests {
     }
 
     #[test]
+    fn tls_keys_round_trip_and_dump_paths_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("client.key");
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nsecret-key-material\n").expect("write");
+        let cfg: DatabaseConfig = toml::from_str(&format!(
+            r#"
+            url = "postgres://u:pw@db.internal/d?sslmode=require"
+            sslmode = "verify-full"
+            sslrootcert = "/etc/db/ca.crt"
+            sslcert = "/etc/db/client.crt"
+            sslkey = "{}"
+            "#,
+            key.display()
+        ))
+        .expect("valid toml");
+        assert_eq!(cfg.sslmode, Some(SslMode::VerifyFull));
+        let dumped = toml::to_string(&cfg).expect("serializable");
+        assert!(dumped.contains("sslmode = \"verify-full\""), "{dumped}");
+        assert!(
+            dumped.contains("sslrootcert = \"/etc/db/ca.crt\""),
+            "{dumped}"
+        );
+        assert!(
+            dumped.contains(&format!("sslkey = \"{}\"", key.display())),
+            "{dumped}"
+        );
+        assert!(!dumped.contains("secret-key-material"), "{dumped}");
+        assert!(!dumped.contains("pw@"), "{dumped}");
+        let err = toml::from_str::<DatabaseConfig>("sslmode = \"verify_full\"")
+            .expect_err("unknown sslmode")
+            .to_string();
+        assert!(err.contains("verify-full"), "{err}");
+        // The URL's TLS parameters never reach tokio-postgres, which would reject them.
+        let cfg = DatabaseConfig::from_url(
+            "postgres://u@h/d?sslmode=verify-ca&sslrootcert=/ca.pem&application_name=x",
+        );
+        let pg = cfg.tokio_postgres_config().expect("valid config");
+        assert_eq!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        assert_eq!(pg.get_application_name(), Some("x"));
+    }
+
+    #[test]
     fn statement_timeout_is_a_startup_option() {
         let cfg = DatabaseConfig {
             statement_timeout: Duration::from_millis(250),
