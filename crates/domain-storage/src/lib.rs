@@ -64,7 +64,7 @@ pub use dedicated::{ConnectionTask, dedicated_connection, listen_connection};
 pub use error::{PoolTimeoutKind, StorageError};
 pub use hot::hot_pool;
 pub use sqlx_pool::{SQLX_POOL_MAX_SIZE, check_commit_mode, connect_sqlx, run_migrations};
-pub use tls::{PgTls, PgTlsConnect, PgTlsError, PgTlsStream, SslMode};
+pub use tls::{PgTls, PgTlsConnect, PgTlsError, PgTlsStream, SslMode, cancel_connector};
 
 /// Re-exported so callers name the same driver versions as this crate.
 pub use deadpool_postgres;

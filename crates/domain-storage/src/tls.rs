@@ -424,6 +424,33 @@ impl ServerCertVerifier for IgnoreHostName {
     }
 }
 
+/// A connector for cancel requests (`CancelToken::cancel_query`) where the `[database]`
+/// section is not at hand, e.g. in a lease keeper that only has a pool.
+///
+/// A cancel token made under `sslmode = require` or a verify mode insists on TLS, so
+/// `NoTls` can never deliver it. This connector encrypts without checking the server
+/// certificate: a cancel request carries only the backend pid and its one-time cancel key,
+/// which allow nothing but cancelling that backend's current query. Under `prefer` or
+/// `disable` it behaves like the connection did.
+pub fn cancel_connector() -> PgTls {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map(|builder| {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoCertificateCheck { provider }))
+                .with_no_client_auth()
+        });
+    PgTls {
+        // The ring provider supports the default protocol versions; should that ever
+        // fail, cancelling over TLS fails like NoTls did, and the server-side
+        // statement_timeout still ends the query.
+        config: config.ok().map(Arc::new),
+        settings: Arc::from("a cancel request (certificate not checked)"),
+    }
+}
+
 /// The tokio-postgres TLS connector built from a `[database]` section (see
 /// [`DatabaseConfig::tls_connector`](crate::DatabaseConfig::tls_connector)).
 ///

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use domain_storage::{
-    DatabaseConfig, SslMode, StorageError, check_commit_mode, connect_sqlx, dedicated_connection,
-    hot_pool, listen_connection,
+    DatabaseConfig, SslMode, StorageError, cancel_connector, check_commit_mode, connect_sqlx,
+    dedicated_connection, hot_pool, listen_connection,
 };
 use domain_testkit::certs::TestPki;
 use domain_testkit::pg::{ClusterOptions, PgCluster};
@@ -229,6 +229,40 @@ async fn tls_modes_against_a_real_server() {
         ssl_of_tokio_postgres(&cfg).await.expect("disable"),
         [false, false, false]
     );
+
+    // Cancel requests of a TLS session: NoTls cannot send them (the token insists on TLS),
+    // cancel_connector can, without the config at hand.
+    let cfg = DatabaseConfig {
+        statement_timeout: std::time::Duration::ZERO,
+        ..with_tls(
+            url("localhost", port, &db.name, ""),
+            SslMode::VerifyFull,
+            &ca,
+        )
+    };
+    let (sleeper, _task) = dedicated_connection(&cfg).await.expect("dedicated");
+    let token = sleeper.cancel_token();
+    let sleeping = tokio::spawn(async move { sleeper.batch_execute("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect_err("NoTls cannot send a cancel request under verify-full");
+    let started = std::time::Instant::now();
+    token
+        .cancel_query(cancel_connector())
+        .await
+        .expect("cancel over TLS");
+    let err = sleeping
+        .await
+        .expect("join")
+        .expect_err("the query was cancelled");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
 
     // A missing root certificate file fails before connecting, naming the setting.
     let cfg = with_tls(
