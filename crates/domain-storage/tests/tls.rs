@@ -45,6 +45,19 @@ impl Server {
             options
                 .settings
                 .push(("ssl_ca_file".into(), ca.display().to_string()));
+            // Role `app_scram` as on a managed service: password (SCRAM) over TLS only.
+            let hba = base.join("pg_hba.conf");
+            std::fs::write(
+                &hba,
+                "local all all trust\n\
+                 hostssl all app_scram 127.0.0.1/32 scram-sha-256\n\
+                 host all app_scram 127.0.0.1/32 reject\n\
+                 host all all 127.0.0.1/32 trust\n",
+            )
+            .expect("write pg_hba.conf");
+            options
+                .settings
+                .push(("hba_file".into(), hba.display().to_string()));
         }
         let cluster = PgCluster::start_private_with(&base, &options).expect("private cluster");
         Server { cluster, dir }
@@ -185,6 +198,40 @@ async fn tls_modes_against_a_real_server() {
         .expect("query")
         .get(0);
     assert_eq!(dn.as_deref(), Some("/CN=seq-client"));
+
+    // Password authentication (SCRAM) over TLS, for a role the server admits over TLS only.
+    sqlx::query("CREATE ROLE app_scram LOGIN PASSWORD 'scram-secret'")
+        .execute(
+            &connect_sqlx(&DatabaseConfig::from_url(db.url.clone()))
+                .await
+                .expect("admin"),
+        )
+        .await
+        .expect("create role");
+    let password = server.file("password", "scram-secret\n");
+    let cfg = DatabaseConfig {
+        password_file: Some(password.clone()),
+        ..with_tls(
+            format!("postgres://app_scram@localhost:{port}/{}", db.name),
+            SslMode::VerifyFull,
+            &ca,
+        )
+    };
+    assert!(ssl_of_sqlx(&cfg).await.expect("sqlx scram over tls").0);
+    assert_eq!(
+        ssl_of_tokio_postgres(&cfg).await.expect("scram over tls"),
+        [true, true, true]
+    );
+    let plain = DatabaseConfig {
+        password_file: Some(password),
+        ..DatabaseConfig::from_url(format!(
+            "postgres://app_scram@127.0.0.1:{port}/{}?sslmode=disable",
+            db.name
+        ))
+    };
+    ssl_of_sqlx(&plain)
+        .await
+        .expect_err("the server admits app_scram over TLS only");
 
     // A CA that did not sign the server certificate: refused, naming the settings.
     let other = TestPki::with_name("some other ca").expect("pki");
