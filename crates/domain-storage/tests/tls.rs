@@ -290,7 +290,28 @@ async fn tls_modes_against_a_real_server() {
     let (sleeper, _task) = dedicated_connection(&cfg).await.expect("dedicated");
     let token = sleeper.cancel_token();
     let sleeping = tokio::spawn(async move { sleeper.batch_execute("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Cancel only once the query runs; a cancel arriving earlier would be a no-op.
+    let watcher = connect_sqlx(&DatabaseConfig::from_url(db.url.clone()))
+        .await
+        .expect("watcher");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let active: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE state = 'active' AND query = 'SELECT pg_sleep(30)'",
+        )
+        .fetch_one(&watcher)
+        .await
+        .expect("pg_stat_activity");
+        if active > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_sleep never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     token
         .cancel_query(tokio_postgres::NoTls)
         .await
