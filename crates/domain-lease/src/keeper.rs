@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use deadpool_postgres::{ClientWrapper, Object, Pool};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout_at};
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::generate_holder;
@@ -564,7 +563,10 @@ impl LeaseKeeper {
                 let cancel = client.cancel_token();
                 drop(Object::take(client));
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(limit, cancel.cancel_query(NoTls)).await;
+                    // Not NoTls: a token from a TLS session (sslmode=require or stricter)
+                    // cannot be sent in plaintext.
+                    let cancel_tls = domain_storage::cancel_connector();
+                    let _ = tokio::time::timeout(limit, cancel.cancel_query(cancel_tls)).await;
                 });
                 Err(timed_out)
             }

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use sqlx::postgres::PgSslMode;
+
 use crate::StorageError;
+use crate::tls::{PgTls, SslMode, TlsSettings, split_tls_params};
 
 /// Connection settings for one PostgreSQL database, as read from a component's `[database]`
 /// section.
@@ -26,8 +29,9 @@ use crate::StorageError;
 pub struct DatabaseConfig {
     /// Connection URL, `postgres://user@host:port/dbname[?param=value...]`.
     ///
-    /// Must be in URL form (key/value strings are not accepted by sqlx). TLS to PostgreSQL
-    /// is not supported yet, so `sslmode` must be `disable` or `prefer` (the default).
+    /// Must be in URL form (key/value strings are not accepted by sqlx). The libpq TLS
+    /// parameters `sslmode`, `sslrootcert`, `sslcert` and `sslkey` are accepted in the query
+    /// string; the config keys of the same names win over them.
     /// Default: `postgres://postgres@127.0.0.1:5432/postgres`. Since 0.1.0.
     pub url: DatabaseUrl,
 
@@ -91,15 +95,39 @@ pub struct DatabaseConfig {
     /// Default: `read-write`. Since 0.1.0.
     pub target_session_attrs: TargetSessionAttrs,
 
-    /// Allow running against a database whose `synchronous_commit` is `off`. With it off,
-    /// a crash can lose commits that were already acknowledged to clients, so start-up
-    /// refuses unless this is set. Default: false. Since 0.1.0.
+    /// Allow running against a database whose commit mode can lose commits that were
+    /// already acknowledged to clients: `synchronous_commit = off` (lost on a crash), or
+    /// `local` while `synchronous_standby_names` is set (lost on a failover to the
+    /// standby). Start-up refuses both unless this is set; see
+    /// [`check_commit_mode`](crate::check_commit_mode). Default: false. Since 0.1.0.
     pub allow_async_commit: bool,
 
     /// `application_name` reported to PostgreSQL (visible in `pg_stat_activity`). When
     /// unset, a value from `url` is kept, else `domain-runtime` is used.
     /// Default: unset. Since 0.1.0.
     pub application_name: Option<String>,
+
+    /// TLS to the server, with libpq's values and meanings: `disable`, `prefer` (TLS when
+    /// the server offers it, certificate not checked), `require` (TLS or fail; certificate
+    /// not checked unless `sslrootcert` is set, then as `verify-ca`), `verify-ca` (the
+    /// certificate must chain to `sslrootcert`) or `verify-full` (and name the host in
+    /// `url`). Applies to every connection: sqlx pool, hot pool, leases, LISTEN. Use
+    /// `verify-full` in production. Default: unset, i.e. `sslmode` from `url`, else `prefer`.
+    /// Since 0.1.0.
+    pub sslmode: Option<SslMode>,
+
+    /// PEM file with the CA certificate(s) the server certificate must chain to; required by
+    /// `verify-ca` and `verify-full`. Default: unset, i.e. `sslrootcert` from `url`.
+    /// Since 0.1.0.
+    pub sslrootcert: Option<PathBuf>,
+
+    /// PEM client certificate (chain) presented to the server, for `cert` authentication
+    /// in `pg_hba.conf`; needs `sslkey`. Default: unset (`sslcert` from `url`). Since 0.1.0.
+    pub sslcert: Option<PathBuf>,
+
+    /// PEM (PKCS#8, PKCS#1 or SEC1) private key of `sslcert`. Only the path is ever printed.
+    /// Default: unset (`sslkey` from `url`). Since 0.1.0.
+    pub sslkey: Option<PathBuf>,
 }
 
 impl Default for DatabaseConfig {
@@ -119,6 +147,10 @@ impl Default for DatabaseConfig {
             target_session_attrs: TargetSessionAttrs::ReadWrite,
             allow_async_commit: false,
             application_name: None,
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
         }
     }
 }
@@ -158,12 +190,17 @@ impl DatabaseConfig {
     /// Returns the tokio-postgres configuration used by the hot pool and dedicated
     /// connections: keepalives on, `keepalives_idle`, `tcp_user_timeout`, `connect_timeout`,
     /// `target_session_attrs`, `application_name` and `statement_timeout` as a startup option.
+    ///
+    /// The TLS parameters are taken out of the URL (tokio-postgres does not know most of
+    /// them); the connections verify certificates through [`tls_connector`](Self::tls_connector).
     pub fn tokio_postgres_config(&self) -> Result<tokio_postgres::Config, StorageError> {
-        let mut pg = tokio_postgres::Config::from_str(self.url.expose()).map_err(|e| {
-            StorageError::InvalidConfig {
+        let (url, _) = split_tls_params(self.url.expose());
+        let tls = self.tls_settings()?;
+        let mut pg =
+            tokio_postgres::Config::from_str(&url).map_err(|e| StorageError::InvalidConfig {
                 reason: format!("cannot parse database url {}: {e}", self.url),
-            }
-        })?;
+            })?;
+        pg.ssl_mode(tls.tokio_postgres_mode());
         if let Some(password) = self.resolve_password()? {
             pg.password(password);
         }
@@ -196,19 +233,24 @@ impl DatabaseConfig {
         Ok(pg)
     }
 
-    /// Returns the sqlx connection options: the same URL, password, application name and
-    /// statement timeout as [`tokio_postgres_config`](Self::tokio_postgres_config).
+    /// Returns the sqlx connection options: the same URL, password, application name,
+    /// statement timeout and TLS settings as [`tokio_postgres_config`](Self::tokio_postgres_config).
+    ///
+    /// sqlx verifies certificates itself (rustls, ring). One difference: for `verify-ca`
+    /// and `verify-full` its trust store is `sslrootcert` *plus* the Mozilla root set that
+    /// sqlx compiles in, where the tokio-postgres connections trust `sslrootcert` only.
     ///
     /// sqlx has no keepalive, `tcp_user_timeout` or `target_session_attrs` settings; the
     /// pool built by [`connect_sqlx`](crate::connect_sqlx) checks for a writable session
     /// after connecting instead.
     pub fn sqlx_options(&self) -> Result<sqlx::postgres::PgConnectOptions, StorageError> {
-        let mut opts =
-            sqlx::postgres::PgConnectOptions::from_str(self.url.expose()).map_err(|e| {
-                StorageError::InvalidConfig {
-                    reason: format!("cannot parse database url {}: {e}", self.url),
-                }
-            })?;
+        // The TLS parameters are resolved here, once for both drivers.
+        let (url, _) = split_tls_params(self.url.expose());
+        let mut opts = sqlx::postgres::PgConnectOptions::from_str(&url).map_err(|e| {
+            StorageError::InvalidConfig {
+                reason: format!("cannot parse database url {}: {e}", self.url),
+            }
+        })?;
         if let Some(password) = self.resolve_password()? {
             opts = opts.password(&password);
         }
@@ -217,6 +259,20 @@ impl DatabaseConfig {
             (None, Some(_)) => {}
             (None, None) => opts = opts.application_name(DEFAULT_APPLICATION_NAME),
         }
+        let tls = self.tls_settings()?;
+        opts = opts.ssl_mode(match tls.mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require => PgSslMode::Require,
+            SslMode::VerifyCa => PgSslMode::VerifyCa,
+            SslMode::VerifyFull => PgSslMode::VerifyFull,
+        });
+        if let Some(root) = &tls.root_cert {
+            opts = opts.ssl_root_cert(root);
+        }
+        if let Some((cert, key)) = &tls.client {
+            opts = opts.ssl_client_cert(cert).ssl_client_key(key);
+        }
         if !self.statement_timeout.is_zero() {
             opts = opts.options([(
                 "statement_timeout",
@@ -224,6 +280,26 @@ impl DatabaseConfig {
             )]);
         }
         Ok(opts)
+    }
+
+    /// Returns the tokio-postgres TLS connector for these settings (a plaintext-only one for
+    /// `sslmode = disable`). Certificate files are read now, so a missing one fails here,
+    /// naming the setting. Used by the hot pool and dedicated connections; callers opening
+    /// their own tokio-postgres connections (or sending cancel requests) should use it too.
+    pub fn tls_connector(&self) -> Result<PgTls, StorageError> {
+        self.tls_settings()?.connector()
+    }
+
+    /// The effective TLS settings: config keys over URL parameters, checked.
+    pub(crate) fn tls_settings(&self) -> Result<TlsSettings, StorageError> {
+        let (_, params) = split_tls_params(self.url.expose());
+        TlsSettings::resolve(
+            self.sslmode,
+            self.sslrootcert.as_deref(),
+            self.sslcert.as_deref(),
+            self.sslkey.as_deref(),
+            &params,
+        )
     }
 
     /// Returns `-c statement_timeout=<ms>`, or `None` when the timeout is disabled.
@@ -471,6 +547,48 @@ mod tests {
         );
         assert!(!dumped.contains("pw@"), "{dumped}");
         assert!(toml::from_str::<DatabaseConfig>("pool-size = 3").is_err());
+    }
+
+    #[test]
+    fn tls_keys_round_trip_and_dump_paths_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("client.key");
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nsecret-key-material\n").expect("write");
+        let cfg: DatabaseConfig = toml::from_str(&format!(
+            r#"
+            url = "postgres://u:pw@db.internal/d?sslmode=require"
+            sslmode = "verify-full"
+            sslrootcert = "/etc/db/ca.crt"
+            sslcert = "/etc/db/client.crt"
+            sslkey = "{}"
+            "#,
+            key.display()
+        ))
+        .expect("valid toml");
+        assert_eq!(cfg.sslmode, Some(SslMode::VerifyFull));
+        let dumped = toml::to_string(&cfg).expect("serializable");
+        assert!(dumped.contains("sslmode = \"verify-full\""), "{dumped}");
+        assert!(
+            dumped.contains("sslrootcert = \"/etc/db/ca.crt\""),
+            "{dumped}"
+        );
+        assert!(
+            dumped.contains(&format!("sslkey = \"{}\"", key.display())),
+            "{dumped}"
+        );
+        assert!(!dumped.contains("secret-key-material"), "{dumped}");
+        assert!(!dumped.contains("pw@"), "{dumped}");
+        let err = toml::from_str::<DatabaseConfig>("sslmode = \"verify_full\"")
+            .expect_err("unknown sslmode")
+            .to_string();
+        assert!(err.contains("verify-full"), "{err}");
+        // The URL's TLS parameters never reach tokio-postgres, which would reject them.
+        let cfg = DatabaseConfig::from_url(
+            "postgres://u@h/d?sslmode=verify-ca&sslrootcert=/ca.pem&application_name=x",
+        );
+        let pg = cfg.tokio_postgres_config().expect("valid config");
+        assert_eq!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        assert_eq!(pg.get_application_name(), Some("x"));
     }
 
     #[test]

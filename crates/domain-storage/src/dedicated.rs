@@ -4,9 +4,9 @@ use std::future::poll_fn;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
+use tokio_postgres::{AsyncMessage, Client, Notification};
 
-use crate::{DatabaseConfig, StorageError};
+use crate::{DatabaseConfig, PgTlsStream, StorageError};
 
 /// The task driving a dedicated connection. It finishes when the connection closes:
 /// `Ok(())` after an orderly close (the [`Client`] was dropped), `Err` when the server or
@@ -96,14 +96,17 @@ async fn connect(
 ) -> Result<
     (
         Client,
-        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+        tokio_postgres::Connection<tokio_postgres::Socket, PgTlsStream<tokio_postgres::Socket>>,
     ),
     StorageError,
 > {
+    let tls_settings = cfg.tls_settings()?;
+    let tls = tls_settings.connector()?;
     let hosts = u32::try_from(pg.get_hosts().len().max(1)).unwrap_or(u32::MAX);
     let deadline = cfg.connect_timeout.saturating_mul(hosts);
-    match tokio::time::timeout(deadline, pg.connect(NoTls)).await {
-        Ok(result) => Ok(result?),
+    match tokio::time::timeout(deadline, pg.connect(tls)).await {
+        Ok(Ok(connected)) => Ok(connected),
+        Ok(Err(error)) => Err(crate::error::name_tls_settings(error, &tls_settings)),
         Err(_) => Err(StorageError::Timeout {
             action: "connecting to the database",
             after: deadline,

@@ -69,6 +69,17 @@ pub enum StorageError {
     #[error("failed to apply migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 
+    /// TLS to the server failed: the handshake (unknown CA, wrong host name, bad client
+    /// certificate) or, with a mode that requires TLS, a server that does not offer it.
+    /// There is no plaintext fallback.
+    #[error("TLS connection to the database failed ({settings}): {reason}")]
+    Tls {
+        /// The `database.ssl*` settings in force, e.g. `database.sslmode = verify-full`.
+        settings: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// The server runs with `synchronous_commit = off`, which can lose acknowledged
     /// commits on a crash, and the config does not allow it.
     #[error(
@@ -79,6 +90,23 @@ pub enum StorageError {
     UnsafeCommitMode {
         /// The server's `synchronous_commit` value.
         value: String,
+    },
+
+    /// The server replicates synchronously (`synchronous_standby_names` is set), but this
+    /// session's `synchronous_commit = local` acknowledges commits before a standby has
+    /// them, so a failover can lose them, and the config does not allow it.
+    #[error(
+        "refusing to start: the database has synchronous_commit = {value} while \
+         synchronous_standby_names = '{standby_names}', so commits are acknowledged before \
+         a standby has them and a failover can lose acknowledged commits; set \
+         synchronous_commit to on, remote_apply or remote_write for this role or database, \
+         or set database.allow-async-commit = true to accept the risk"
+    )]
+    UnreplicatedCommitMode {
+        /// The session's `synchronous_commit` value.
+        value: String,
+        /// The server's `synchronous_standby_names`.
+        standby_names: String,
     },
 }
 
@@ -133,5 +161,53 @@ impl From<deadpool_postgres::PoolError> for StorageError {
                 reason: format!("post-create hook failed: {e}"),
             },
         }
+    }
+}
+
+/// Turns a tokio-postgres connect error caused by TLS into [`StorageError::Tls`], so the
+/// message names the settings in force; other errors pass through.
+pub(crate) fn name_tls_settings(
+    error: tokio_postgres::Error,
+    settings: &crate::tls::TlsSettings,
+) -> StorageError {
+    // tokio-postgres does not expose its error kinds; its TLS failures (including "server
+    // does not support TLS" under sslmode=require) all display as this text, with the
+    // detail in `source()`.
+    if !error
+        .to_string()
+        .starts_with("error performing TLS handshake")
+    {
+        return StorageError::Postgres(error);
+    }
+    let reason = std::error::Error::source(&error)
+        .map(|cause| cause.to_string())
+        .unwrap_or_else(|| error.to_string());
+    StorageError::Tls {
+        settings: settings.describe(),
+        reason,
+    }
+}
+
+/// Turns an sqlx connect error caused by TLS into [`StorageError::Tls`]; other errors pass
+/// through.
+pub(crate) fn name_tls_settings_sqlx(
+    error: sqlx::Error,
+    settings: &crate::tls::TlsSettings,
+) -> StorageError {
+    let reason = match &error {
+        sqlx::Error::Tls(inner) => Some(inner.to_string()),
+        // sqlx reports a failed handshake as the I/O error rustls turned it into.
+        sqlx::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map(|tls| format!("TLS handshake failed: {tls}")),
+        _ => None,
+    };
+    match reason {
+        Some(reason) => StorageError::Tls {
+            settings: settings.describe(),
+            reason,
+        },
+        None => StorageError::Sqlx(error),
     }
 }

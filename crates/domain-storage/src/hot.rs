@@ -1,9 +1,7 @@
 //! The deadpool-postgres pool for the hot path.
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
-
 use crate::{DatabaseConfig, StorageError};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
 /// Builds the hot-path connection pool.
 ///
@@ -22,9 +20,11 @@ pub fn hot_pool(cfg: &DatabaseConfig) -> Result<Pool, StorageError> {
         });
     }
     let pg = cfg.tokio_postgres_config()?;
+    // Built now, so an unreadable sslrootcert fails the start rather than the first query.
+    let tls = cfg.tls_connector()?;
     let manager = Manager::from_config(
         pg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Verified,
         },

@@ -19,6 +19,15 @@
 //! Every connection gets `statement_timeout` as a startup option (except while running
 //! migrations) and reports `application_name`.
 //!
+//! # TLS
+//!
+//! `sslmode` (`disable|prefer|require|verify-ca|verify-full`), `sslrootcert`, `sslcert`
+//! and `sslkey`, as config keys or URL parameters, apply to every connection of both
+//! drivers: tokio-postgres through [`PgTls`] (rustls, ring), sqlx through its rustls
+//! feature. With a mode that requires TLS there is no plaintext fallback; a failed
+//! handshake or a server without TLS fails the connection with
+//! [`StorageError::Tls`], naming the settings.
+//!
 //! # Migrations
 //!
 //! Each component keeps its migrations in the workspace's top-level
@@ -48,12 +57,14 @@ mod dedicated;
 mod error;
 mod hot;
 mod sqlx_pool;
+mod tls;
 
 pub use config::{DatabaseConfig, DatabaseUrl, TargetSessionAttrs};
 pub use dedicated::{ConnectionTask, dedicated_connection, listen_connection};
 pub use error::{PoolTimeoutKind, StorageError};
 pub use hot::hot_pool;
 pub use sqlx_pool::{SQLX_POOL_MAX_SIZE, check_commit_mode, connect_sqlx, run_migrations};
+pub use tls::{PgTls, PgTlsConnect, PgTlsError, PgTlsStream, SslMode, cancel_connector};
 
 /// Re-exported so callers name the same driver versions as this crate.
 pub use deadpool_postgres;

@@ -18,6 +18,7 @@ pub const SQLX_POOL_MAX_SIZE: u32 = 4;
 /// connection that lands on a read-only server is rejected.
 pub async fn connect_sqlx(cfg: &DatabaseConfig) -> Result<PgPool, StorageError> {
     let options = cfg.sqlx_options()?;
+    let tls = cfg.tls_settings()?;
     let max = u32::try_from(cfg.pool_max_size)
         .unwrap_or(u32::MAX)
         .clamp(1, SQLX_POOL_MAX_SIZE);
@@ -53,7 +54,7 @@ pub async fn connect_sqlx(cfg: &DatabaseConfig) -> Result<PgPool, StorageError> 
                 action: "connecting to the database",
                 after: acquire_timeout,
             },
-            other => StorageError::Sqlx(other),
+            other => crate::error::name_tls_settings_sqlx(other, &tls),
         })?;
     tracing::debug!(url = %cfg.url, max_connections = max, "opened sqlx pool");
     Ok(pool)
@@ -83,30 +84,77 @@ pub async fn run_migrations(
     Ok(())
 }
 
-/// Refuses to run against a server whose `synchronous_commit` is `off`, unless
-/// `allow_async_commit` (`database.allow-async-commit`) is set.
+/// Refuses to run against a server whose commit mode can lose a commit that was already
+/// acknowledged, unless `allow_async_commit` (`database.allow-async-commit`) is set:
 ///
-/// With `off`, PostgreSQL acknowledges a commit before its WAL is flushed, so a crash can
-/// lose events we already told clients were sequenced. `on`, `remote_write`,
-/// `remote_apply` and `local` all flush locally before acknowledging and are accepted.
+/// - `synchronous_commit = off`: PostgreSQL acknowledges before its WAL is flushed, so a
+///   crash of the server itself can lose events we already told clients were sequenced.
+/// - `synchronous_commit = local` while `synchronous_standby_names` is set: the server is
+///   part of a synchronous-replication (HA) setup, but this session's commits are
+///   acknowledged once flushed locally, before any standby has them, so a failover to the
+///   standby loses them. (`local` without synchronous standbys is as durable as `on`.)
+///
+/// `on` and `remote_apply` are accepted. `remote_write` is accepted too: the standby has
+/// the WAL in its memory before the commit is acknowledged, so losing it takes the
+/// primary failing *and* the standby's operating system crashing before it writes to
+/// disk. With no synchronous standby but streaming (asynchronous) standbys attached, a
+/// failover can also lose acknowledged commits; PostgreSQL's settings cannot tell whether
+/// such a standby is a failover target, so that only logs a warning.
+///
+/// The values are read from the session, so per-role and per-database settings
+/// (`ALTER ROLE ... SET synchronous_commit`) and `options` in the URL count.
 pub async fn check_commit_mode(
     pool: &PgPool,
     allow_async_commit: bool,
 ) -> Result<(), StorageError> {
-    let value: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
-        .fetch_one(pool)
-        .await?;
-    if value.eq_ignore_ascii_case("off") {
+    let (value, standby_names): (String, String) = sqlx::query_as(
+        "SELECT current_setting('synchronous_commit'), \
+                current_setting('synchronous_standby_names')",
+    )
+    .fetch_one(pool)
+    .await?;
+    let mode = value.to_ascii_lowercase();
+    let standby_names = standby_names.trim().to_owned();
+    let refusal = match mode.as_str() {
+        "off" => Some(StorageError::UnsafeCommitMode {
+            value: value.clone(),
+        }),
+        "local" if !standby_names.is_empty() => Some(StorageError::UnreplicatedCommitMode {
+            value: value.clone(),
+            standby_names: standby_names.clone(),
+        }),
+        _ => None,
+    };
+    if let Some(refusal) = refusal {
         if allow_async_commit {
             tracing::warn!(
                 synchronous_commit = %value,
-                "database acknowledges commits before they are durable; allowed by \
+                synchronous_standby_names = %standby_names,
+                "database acknowledges commits that a crash or failover can lose; allowed by \
                  database.allow-async-commit"
             );
             return Ok(());
         }
-        return Err(StorageError::UnsafeCommitMode { value });
+        return Err(refusal);
     }
-    tracing::debug!(synchronous_commit = %value, "database commit mode is durable");
+    if standby_names.is_empty() {
+        // Visible to every role (the detail columns are not, but the count is enough).
+        let async_standbys: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_replication")
+            .fetch_one(pool)
+            .await?;
+        if async_standbys > 0 {
+            tracing::warn!(
+                async_standbys,
+                "the database streams to standbys asynchronously (synchronous_standby_names \
+                 is empty): a failover to one of them can lose acknowledged commits; \
+                 configure synchronous replication for HA"
+            );
+        }
+    }
+    tracing::debug!(
+        synchronous_commit = %value,
+        synchronous_standby_names = %standby_names,
+        "database commit mode is durable"
+    );
     Ok(())
 }

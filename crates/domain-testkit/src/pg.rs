@@ -71,6 +71,15 @@ struct ManagedCluster {
     port: u16,
 }
 
+/// Extra settings for [`PgCluster::start_private_with`].
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Server settings passed as `-c name=value` (no whitespace or quotes in either).
+    pub settings: Vec<(String, String)>,
+    /// Serve TLS with this certificate and key (`ssl = on`).
+    pub tls: Option<crate::certs::CertifiedKeyPem>,
+}
+
 /// A database created for one test.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestDatabase {
@@ -153,6 +162,62 @@ impl PgCluster {
         check_binaries(&bin_dir)?;
         prepare_base_dir(base)?;
         let port = ensure_running(base, &bin_dir)?;
+        Ok(Self {
+            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            managed: Some(ManagedCluster {
+                base: base.to_path_buf(),
+                bin_dir,
+                port,
+            }),
+        })
+    }
+
+    /// Starts a private cluster like [`start_private`](Self::start_private), with extra
+    /// server settings and optionally TLS (`ssl = on` with the given certificate, e.g. one
+    /// from [`TestPki::issue_server`](crate::certs::TestPki::issue_server)). `pg_hba.conf`
+    /// stays initdb's (trust, `host` lines), so the server accepts TLS and plaintext
+    /// connections alike; clients choose with `sslmode`.
+    ///
+    /// The options only take effect when the server is started by this call: pass a fresh
+    /// `base`. The caller stops it with [`stop`](Self::stop).
+    pub fn start_private_with(base: &Path, options: &ClusterOptions) -> anyhow::Result<Self> {
+        let bin_dir = pg_bin_dir();
+        check_binaries(&bin_dir)?;
+        prepare_base_dir(base)?;
+        let mut extra = String::new();
+        for (name, value) in &options.settings {
+            if name.is_empty()
+                || value.is_empty()
+                || name
+                    .chars()
+                    .chain(value.chars())
+                    .any(|c| c.is_whitespace() || c == '\'')
+            {
+                bail!(
+                    "server setting {name}={value} is not usable on the pg_ctl command line \
+                     (empty, or contains whitespace or quotes)"
+                );
+            }
+            extra.push_str(&format!(" -c {name}={value}"));
+        }
+        if let Some(tls) = &options.tls {
+            let cert = base.join("server.crt");
+            let key = base.join("server.key");
+            fs::write(&cert, &tls.cert_pem)
+                .with_context(|| format!("failed to write {}", cert.display()))?;
+            fs::write(&key, &tls.key_pem)
+                .with_context(|| format!("failed to write {}", key.display()))?;
+            // PostgreSQL refuses a key file that others can read.
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
+            chown_to_postgres(&cert)?;
+            chown_to_postgres(&key)?;
+            extra.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            ));
+        }
+        let port = ensure_running_with(base, &bin_dir, &extra)?;
         Ok(Self {
             admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             managed: Some(ManagedCluster {
@@ -347,6 +412,11 @@ fn prepare_base_dir(base: &Path) -> anyhow::Result<()> {
 /// Makes sure the cluster in `base` is initialised and answering; returns its port.
 /// Must be called with the lock held.
 fn ensure_running(base: &Path, bin_dir: &Path) -> anyhow::Result<u16> {
+    ensure_running_with(base, bin_dir, "")
+}
+
+/// [`ensure_running`] with `extra` appended to the server's command-line options.
+fn ensure_running_with(base: &Path, bin_dir: &Path, extra: &str) -> anyhow::Result<u16> {
     let data = base.join("data");
     let stored_port = fs::read_to_string(base.join("port"))
         .ok()
@@ -368,7 +438,7 @@ fn ensure_running(base: &Path, bin_dir: &Path) -> anyhow::Result<u16> {
                 Some(p) => p,
                 None => crate::process::free_port(),
             };
-            if start_cluster(base, bin_dir, port).is_ok() {
+            if start_cluster(base, bin_dir, port, extra).is_ok() {
                 write_port(base, port)?;
                 return Ok(port);
             }
@@ -389,7 +459,7 @@ fn ensure_running(base: &Path, bin_dir: &Path) -> anyhow::Result<u16> {
     }
     init_cluster(base, bin_dir)?;
     let port = crate::process::free_port();
-    start_cluster(base, bin_dir, port)?;
+    start_cluster(base, bin_dir, port, extra)?;
     write_port(base, port)?;
     Ok(port)
 }
@@ -416,7 +486,7 @@ fn init_cluster(base: &Path, bin_dir: &Path) -> anyhow::Result<()> {
     )
 }
 
-fn start_cluster(base: &Path, bin_dir: &Path, port: u16) -> anyhow::Result<()> {
+fn start_cluster(base: &Path, bin_dir: &Path, port: u16, extra: &str) -> anyhow::Result<()> {
     let data = base.join("data");
     let log = base.join("server.log");
     if !log.exists() {
@@ -426,7 +496,7 @@ fn start_cluster(base: &Path, bin_dir: &Path, port: u16) -> anyhow::Result<()> {
     let data_arg = data.to_string_lossy().into_owned();
     let options = format!(
         "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={data_arg} \
-         -c max_connections=300 -c fsync=on"
+         -c max_connections=300 -c fsync=on{extra}"
     );
     run_logged(
         base,

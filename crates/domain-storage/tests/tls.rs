@@ -1,0 +1,465 @@
+//! TLS to a real PostgreSQL started with `ssl = on` and a certificate from the test PKI,
+//! for every kind of connection (sqlx pool, hot pool, dedicated, LISTEN); and the
+//! synchronous-replication commit-mode check against a server with
+//! `synchronous_standby_names` set.
+
+use std::path::{Path, PathBuf};
+
+use domain_storage::{
+    DatabaseConfig, SslMode, StorageError, cancel_connector, check_commit_mode, connect_sqlx,
+    dedicated_connection, hot_pool, listen_connection,
+};
+use domain_testkit::certs::TestPki;
+use domain_testkit::pg::{ClusterOptions, PgCluster};
+
+/// A private cluster, stopped when the test ends (also when it fails).
+struct Server {
+    cluster: PgCluster,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.cluster.stop();
+    }
+}
+
+impl Server {
+    fn start(settings: &[(&str, &str)], tls: Option<&TestPki>) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("pg");
+        let mut options = ClusterOptions {
+            settings: settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            tls: None,
+        };
+        if let Some(pki) = tls {
+            std::fs::create_dir_all(&base).expect("base dir");
+            // A certificate for `localhost` only, so 127.0.0.1 is a wrong host name.
+            options.tls = Some(pki.issue_server(&["localhost"]).expect("server cert"));
+            // With a CA file the server asks for (and checks) client certificates.
+            let ca = base.join("client-ca.pem");
+            std::fs::write(&ca, pki.ca_pem()).expect("write ca");
+            options
+                .settings
+                .push(("ssl_ca_file".into(), ca.display().to_string()));
+            // Role `app_scram` as on a managed service: password (SCRAM) over TLS only.
+            let hba = base.join("pg_hba.conf");
+            std::fs::write(
+                &hba,
+                "local all all trust\n\
+                 hostssl all app_scram 127.0.0.1/32 scram-sha-256\n\
+                 host all app_scram 127.0.0.1/32 reject\n\
+                 host all all 127.0.0.1/32 trust\n",
+            )
+            .expect("write pg_hba.conf");
+            options
+                .settings
+                .push(("hba_file".into(), hba.display().to_string()));
+        }
+        let cluster = PgCluster::start_private_with(&base, &options).expect("private cluster");
+        Server { cluster, dir }
+    }
+
+    fn port(&self) -> u16 {
+        self.cluster.port().expect("managed cluster")
+    }
+
+    fn file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("write file");
+        path
+    }
+}
+
+/// Is this session encrypted, and with which client certificate?
+async fn ssl_of_sqlx(cfg: &DatabaseConfig) -> Result<(bool, Option<String>), StorageError> {
+    let pool = connect_sqlx(cfg).await?;
+    let row: (bool, Option<String>) =
+        sqlx::query_as("SELECT ssl, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&pool)
+            .await?;
+    pool.close().await;
+    Ok(row)
+}
+
+/// The same through the three tokio-postgres paths: dedicated, LISTEN and hot pool.
+async fn ssl_of_tokio_postgres(cfg: &DatabaseConfig) -> Result<Vec<bool>, StorageError> {
+    const SQL: &str = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let mut out = Vec::new();
+    let (client, _task) = dedicated_connection(cfg).await?;
+    out.push(client.query_one(SQL, &[]).await?.get(0));
+    let (client, _rx, _task) = listen_connection(cfg, &["tls_test"]).await?;
+    out.push(client.query_one(SQL, &[]).await?.get(0));
+    let pool = hot_pool(cfg)?;
+    let client = pool.get().await?;
+    out.push(client.query_one(SQL, &[]).await?.get(0));
+    Ok(out)
+}
+
+fn url(host: &str, port: u16, db: &str, query: &str) -> String {
+    format!("postgres://postgres@{host}:{port}/{db}{query}")
+}
+
+fn with_tls(url: String, mode: SslMode, root: &Path) -> DatabaseConfig {
+    DatabaseConfig {
+        sslmode: Some(mode),
+        sslrootcert: Some(root.to_path_buf()),
+        connect_timeout: std::time::Duration::from_secs(5),
+        ..DatabaseConfig::from_url(url)
+    }
+}
+
+/// Asserts that every connection kind fails with a message naming `needle` (the setting).
+async fn assert_all_fail(cfg: &DatabaseConfig, needle: &str, why: &str) {
+    let err = ssl_of_sqlx(cfg).await.expect_err(why);
+    assert!(
+        matches!(err, StorageError::Tls { .. }),
+        "sqlx, {why}: {err}"
+    );
+    assert!(err.to_string().contains(needle), "sqlx, {why}: {err}");
+    let err = match dedicated_connection(cfg).await {
+        Ok(_) => panic!("dedicated connection succeeded although {why}"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, StorageError::Tls { .. }),
+        "dedicated, {why}: {err}"
+    );
+    assert!(err.to_string().contains(needle), "dedicated, {why}: {err}");
+    let err = match listen_connection(cfg, &["x"]).await {
+        Ok(_) => panic!("listen connection succeeded although {why}"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains(needle), "listen, {why}: {err}");
+    // The hot pool opens connections lazily, after start-up has already failed on the sqlx
+    // pool above; deadpool hands back tokio-postgres's own error, which says TLS (and, for
+    // a failed handshake, names the settings through our connector's message).
+    let pool = hot_pool(cfg).expect("pool builds lazily");
+    let err = StorageError::from(pool.get().await.map(drop).expect_err(why));
+    assert!(err.to_string().contains("TLS"), "hot pool, {why}: {err}");
+}
+
+#[tokio::test]
+async fn tls_modes_against_a_real_server() {
+    let pki = TestPki::new().expect("pki");
+    let server = Server::start(&[], Some(&pki));
+    let db = server.cluster.create_database("storage_tls").await;
+    let port = server.port();
+    let ca = server.file("ca.pem", pki.ca_pem());
+
+    // verify-full, from URL parameters: every connection is encrypted.
+    let cfg = DatabaseConfig::from_url(url(
+        "localhost",
+        port,
+        &db.name,
+        &format!("?sslmode=verify-full&sslrootcert={}", ca.display()),
+    ));
+    assert!(ssl_of_sqlx(&cfg).await.expect("sqlx verify-full").0);
+    assert_eq!(
+        ssl_of_tokio_postgres(&cfg).await.expect("verify-full"),
+        [true, true, true]
+    );
+    // The same from config keys, and the dump shows them (paths only).
+    let cfg = with_tls(
+        url("localhost", port, &db.name, ""),
+        SslMode::VerifyFull,
+        &ca,
+    );
+    assert!(ssl_of_sqlx(&cfg).await.expect("sqlx verify-full").0);
+    assert_eq!(
+        ssl_of_tokio_postgres(&cfg).await.expect("verify-full"),
+        [true, true, true]
+    );
+
+    // A client certificate is presented by both drivers.
+    let client = pki.issue_client("seq-client").expect("client cert");
+    let cfg = DatabaseConfig {
+        sslcert: Some(server.file("client.pem", &client.cert_pem)),
+        sslkey: Some(server.file("client.key", &client.key_pem)),
+        ..with_tls(
+            url("localhost", port, &db.name, ""),
+            SslMode::VerifyFull,
+            &ca,
+        )
+    };
+    let (ssl, dn) = ssl_of_sqlx(&cfg).await.expect("sqlx with client cert");
+    assert!(ssl);
+    assert_eq!(dn.as_deref(), Some("/CN=seq-client"));
+    let (client_conn, _task) = dedicated_connection(&cfg).await.expect("dedicated");
+    let dn: Option<String> = client_conn
+        .query_one(
+            "SELECT client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(dn.as_deref(), Some("/CN=seq-client"));
+
+    // Password authentication (SCRAM) over TLS, for a role the server admits over TLS only.
+    sqlx::query("CREATE ROLE app_scram LOGIN PASSWORD 'scram-secret'")
+        .execute(
+            &connect_sqlx(&DatabaseConfig::from_url(db.url.clone()))
+                .await
+                .expect("admin"),
+        )
+        .await
+        .expect("create role");
+    let password = server.file("password", "scram-secret\n");
+    let cfg = DatabaseConfig {
+        password_file: Some(password.clone()),
+        ..with_tls(
+            format!("postgres://app_scram@localhost:{port}/{}", db.name),
+            SslMode::VerifyFull,
+            &ca,
+        )
+    };
+    assert!(ssl_of_sqlx(&cfg).await.expect("sqlx scram over tls").0);
+    assert_eq!(
+        ssl_of_tokio_postgres(&cfg).await.expect("scram over tls"),
+        [true, true, true]
+    );
+    let plain = DatabaseConfig {
+        password_file: Some(password),
+        ..DatabaseConfig::from_url(format!(
+            "postgres://app_scram@127.0.0.1:{port}/{}?sslmode=disable",
+            db.name
+        ))
+    };
+    ssl_of_sqlx(&plain)
+        .await
+        .expect_err("the server admits app_scram over TLS only");
+
+    // A CA that did not sign the server certificate: refused, naming the settings.
+    let other = TestPki::with_name("some other ca").expect("pki");
+    let wrong_ca = server.file("wrong-ca.pem", other.ca_pem());
+    let cfg = with_tls(
+        url("localhost", port, &db.name, ""),
+        SslMode::VerifyFull,
+        &wrong_ca,
+    );
+    assert_all_fail(&cfg, "database.sslrootcert", "the CA is wrong").await;
+
+    // The certificate names localhost, not 127.0.0.1: verify-full refuses...
+    let cfg = with_tls(
+        url("127.0.0.1", port, &db.name, ""),
+        SslMode::VerifyFull,
+        &ca,
+    );
+    assert_all_fail(
+        &cfg,
+        "database.sslmode = verify-full",
+        "the host name is wrong",
+    )
+    .await;
+    // ... and verify-ca, which checks the chain only, accepts.
+    let cfg = with_tls(url("127.0.0.1", port, &db.name, ""), SslMode::VerifyCa, &ca);
+    assert!(ssl_of_sqlx(&cfg).await.expect("sqlx verify-ca").0);
+    assert_eq!(
+        ssl_of_tokio_postgres(&cfg).await.expect("verify-ca"),
+        [true, true, true]
+    );
+
+    // prefer encrypts when the server offers TLS; disable does not.
+    let cfg = DatabaseConfig::from_url(url("127.0.0.1", port, &db.name, ""));
+    assert!(ssl_of_sqlx(&cfg).await.expect("sqlx prefer").0);
+    assert_eq!(
+        ssl_of_tokio_postgres(&cfg).await.expect("prefer"),
+        [true, true, true]
+    );
+    let cfg = DatabaseConfig::from_url(url("127.0.0.1", port, &db.name, "?sslmode=disable"));
+    assert!(!ssl_of_sqlx(&cfg).await.expect("sqlx disable").0);
+    assert_eq!(
+        ssl_of_tokio_postgres(&cfg).await.expect("disable"),
+        [false, false, false]
+    );
+
+    // Cancel requests of a TLS session: NoTls cannot send them (the token insists on TLS),
+    // cancel_connector can, without the config at hand.
+    let cfg = DatabaseConfig {
+        statement_timeout: std::time::Duration::ZERO,
+        ..with_tls(
+            url("localhost", port, &db.name, ""),
+            SslMode::VerifyFull,
+            &ca,
+        )
+    };
+    let (sleeper, _task) = dedicated_connection(&cfg).await.expect("dedicated");
+    let token = sleeper.cancel_token();
+    let sleeping = tokio::spawn(async move { sleeper.batch_execute("SELECT pg_sleep(30)").await });
+    // Cancel only once the query runs; a cancel arriving earlier would be a no-op.
+    let watcher = connect_sqlx(&DatabaseConfig::from_url(db.url.clone()))
+        .await
+        .expect("watcher");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let active: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE state = 'active' AND query = 'SELECT pg_sleep(30)'",
+        )
+        .fetch_one(&watcher)
+        .await
+        .expect("pg_stat_activity");
+        if active > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_sleep never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect_err("NoTls cannot send a cancel request under verify-full");
+    let started = std::time::Instant::now();
+    token
+        .cancel_query(cancel_connector())
+        .await
+        .expect("cancel over TLS");
+    let err = sleeping
+        .await
+        .expect("join")
+        .expect_err("the query was cancelled");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    // A missing root certificate file fails before connecting, naming the setting.
+    let cfg = with_tls(
+        url("localhost", port, &db.name, ""),
+        SslMode::VerifyFull,
+        Path::new("/nonexistent/ca.pem"),
+    );
+    let err = hot_pool(&cfg).expect_err("missing sslrootcert");
+    assert!(
+        err.to_string()
+            .contains("database.sslrootcert = /nonexistent/ca.pem"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn tls_required_against_a_server_without_tls_fails_without_fallback() {
+    let server = Server::start(&[], None);
+    let db = server.cluster.create_database("storage_no_tls").await;
+    let port = server.port();
+
+    // prefer falls back to plaintext: that is what prefer means.
+    let cfg = DatabaseConfig::from_url(url("127.0.0.1", port, &db.name, ""));
+    assert!(!ssl_of_sqlx(&cfg).await.expect("sqlx prefer").0);
+    assert_eq!(
+        ssl_of_tokio_postgres(&cfg).await.expect("prefer"),
+        [false, false, false]
+    );
+
+    // require (and the verify modes) never do.
+    let cfg = DatabaseConfig::from_url(url("127.0.0.1", port, &db.name, "?sslmode=require"));
+    assert_all_fail(&cfg, "database.sslmode = require", "the server has no TLS").await;
+    let pki = TestPki::new().expect("pki");
+    let ca = server.file("ca.pem", pki.ca_pem());
+    let cfg = with_tls(
+        url("localhost", port, &db.name, ""),
+        SslMode::VerifyFull,
+        &ca,
+    );
+    assert_all_fail(
+        &cfg,
+        "database.sslmode = verify-full",
+        "the server has no TLS",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn local_commit_is_refused_when_standbys_are_synchronous() {
+    // synchronous_standby_names names a standby that does not exist; the server-wide
+    // `local` keeps our own setup commits from waiting for it.
+    let server = Server::start(
+        &[
+            ("synchronous_standby_names", "standby_a"),
+            ("synchronous_commit", "local"),
+        ],
+        None,
+    );
+    let db = server.cluster.create_database("storage_sync_rep").await;
+    let cfg = DatabaseConfig::from_url(db.url.clone());
+
+    let pool = connect_sqlx(&cfg).await.expect("sqlx pool");
+    let err = check_commit_mode(&pool, false)
+        .await
+        .expect_err("local with synchronous standbys must be refused");
+    assert!(
+        matches!(&err, StorageError::UnreplicatedCommitMode { value, standby_names }
+            if value == "local" && standby_names == "standby_a"),
+        "unexpected error: {err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("synchronous_commit = local"), "{msg}");
+    assert!(msg.contains("database.allow-async-commit"), "{msg}");
+    check_commit_mode(&pool, true)
+        .await
+        .expect("allowed by database.allow-async-commit");
+
+    // remote_write, on and remote_apply wait for the standby, so they are accepted; off is
+    // refused as everywhere. Set per database, as an operator would for one role or db.
+    for (value, accepted) in [
+        ("remote_write", true),
+        ("on", true),
+        ("remote_apply", true),
+        ("off", false),
+    ] {
+        let alter = format!(
+            "ALTER DATABASE \"{}\" SET synchronous_commit = {value}",
+            db.name
+        );
+        sqlx::query(sqlx::AssertSqlSafe(alter))
+            .execute(&pool)
+            .await
+            .expect("alter database");
+        let fresh = connect_sqlx(&cfg).await.expect("sqlx pool");
+        let result = check_commit_mode(&fresh, false).await;
+        assert_eq!(
+            result.is_ok(),
+            accepted,
+            "synchronous_commit = {value}: {result:?}"
+        );
+        fresh.close().await;
+    }
+}
+
+#[tokio::test]
+async fn local_commit_without_synchronous_standbys_is_durable() {
+    let db = PgCluster::shared()
+        .create_database("storage_local_commit")
+        .await;
+    let cfg = DatabaseConfig::from_url(db.url.clone());
+    let pool = connect_sqlx(&cfg).await.expect("sqlx pool");
+    let standby_names: String = sqlx::query_scalar("SHOW synchronous_standby_names")
+        .fetch_one(&pool)
+        .await
+        .expect("show");
+    assert_eq!(
+        standby_names, "",
+        "the shared test server replicates nowhere"
+    );
+    let alter = format!(
+        "ALTER DATABASE \"{}\" SET synchronous_commit = local",
+        db.name
+    );
+    sqlx::query(sqlx::AssertSqlSafe(alter))
+        .execute(&pool)
+        .await
+        .expect("alter database");
+    let fresh = connect_sqlx(&cfg).await.expect("sqlx pool");
+    check_commit_mode(&fresh, false)
+        .await
+        .expect("local is as durable as on without synchronous standbys");
+}
