@@ -7,8 +7,9 @@ From it (and each cloud overlay's external.toml) this writes:
 - the `sequencers` lists in base/mediator.toml and base/domain-manager.toml
   (between the BEGIN/END generated markers);
 - overlays/<cloud>/generated-services.yaml: one LoadBalancer Service per sequencer pod;
-- overlays/<cloud>/generated-patches.yaml: the sequencer certificate with the matching
-  public names, and the sequencer NetworkPolicy admitting the partners' ranges;
+- overlays/*/generated-patches.yaml: the certificate names with the overlay's namespace
+  and, for the clouds, the matching public names and the sequencer NetworkPolicy
+  admitting the partners' ranges;
 - participant/generated.yaml: the participant example's connect-multi arguments.
 
 `generate.py --check` changes nothing and exits 1 naming every file that is out of date
@@ -88,7 +89,7 @@ def load_external(path):
         ext = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
         fail(f"{path.relative_to(K8S)}: {error}")
-    for key, kind in (("namespace", str), ("public-domain", str), ("source-ranges", list)):
+    for key, kind in (("public-domain", str), ("source-ranges", list)):
         if not isinstance(ext.get(key), kind):
             fail(f"{path.relative_to(K8S)}: `{key}` must be a {kind.__name__}")
     if not ext["source-ranges"]:
@@ -126,20 +127,34 @@ def cloud_services(n, ext):
     return "".join(out)
 
 
-def cloud_patches(n, ext):
-    ns = ext["namespace"]
+def overlay_namespace(overlay):
+    text = (overlay / "kustomization.yaml").read_text()
+    match = re.search(r"^namespace: (\S+)$", text, re.M)
+    if not match:
+        fail(f"{(overlay / 'kustomization.yaml').relative_to(K8S)} sets no `namespace:`")
+    return match.group(1)
+
+
+def certificate_patch(name, names):
+    out = ["apiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata:\n", f"  name: {name}\nspec:\n  dnsNames:\n"]
+    out.extend(f"    - {q(n)}\n" for n in names)
+    return "".join(out)
+
+
+def overlay_patches(n, ns, ext):
+    """Certificate names with the overlay's namespace (clients in other namespaces use the
+    .svc forms: domainctl from `domain-operators`), and for a cloud overlay (`ext`) the
+    public names and the partners' NetworkPolicy."""
     out = [HEADER]
-    names = [
-        "sequencer",
-        "sequencer-pods",
-        "*.sequencer-pods",
-        f"sequencer.{ns}.svc",
-        f"*.sequencer-pods.{ns}.svc",
-    ] + [public_host(ext, i) for i in range(n)]
-    out.append("# The base names, their .svc forms and every public name above.\n")
-    out.append("apiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata:\n  name: sequencer-tls\nspec:\n")
-    out.append("  dnsNames:\n")
-    out.extend(f"    - {q(name)}\n" for name in names)
+    names = ["sequencer", "sequencer-pods", "*.sequencer-pods", f"sequencer.{ns}.svc", f"*.sequencer-pods.{ns}.svc"]
+    if ext is not None:
+        names += [public_host(ext, i) for i in range(n)]
+    out.append("# The base names and their .svc forms" + (", and every public name." if ext else ".") + "\n")
+    out.append(certificate_patch("sequencer-tls", names))
+    out.append("---\n")
+    out.append(certificate_patch("domain-manager-tls", ["domain-manager-admin", f"domain-manager-admin.{ns}.svc"]))
+    if ext is None:
+        return "".join(out)
     out.append("---\n# In-namespace clients and the partners' ranges (the LoadBalancers keep client addresses).\n")
     out.append("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: sequencer-public\nspec:\n")
     out.append(f"  ingress:\n    - ports: [{{port: {PUBLIC_PORT}, protocol: TCP}}]\n      from:\n")
@@ -170,10 +185,16 @@ def main(argv):
         path = K8S / "base" / name
         wanted[path] = replace_block(path.read_text(), block, path.relative_to(K8S))
     externals = {}
-    for cloud in CLOUDS:
-        externals[cloud] = load_external(K8S / "overlays" / cloud / "external.toml")
-        wanted[K8S / "overlays" / cloud / "generated-services.yaml"] = cloud_services(n, externals[cloud])
-        wanted[K8S / "overlays" / cloud / "generated-patches.yaml"] = cloud_patches(n, externals[cloud])
+    for overlay in sorted((K8S / "overlays").iterdir()):
+        if not (overlay / "kustomization.yaml").exists():
+            continue
+        ext = None
+        if overlay.name in CLOUDS:
+            ext = externals[overlay.name] = load_external(overlay / "external.toml")
+            wanted[overlay / "generated-services.yaml"] = cloud_services(n, ext)
+        wanted[overlay / "generated-patches.yaml"] = overlay_patches(n, overlay_namespace(overlay), ext)
+    if set(externals) != set(CLOUDS):
+        fail(f"every cloud overlay ({', '.join(CLOUDS)}) must exist")
     participant = tomllib.loads((K8S / "participant/external.toml").read_text())
     cloud = participant.get("domain-overlay")
     if cloud not in CLOUDS:
