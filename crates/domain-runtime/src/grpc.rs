@@ -59,6 +59,10 @@ pub struct GrpcServerConfig {
     /// TLS for this listener; plaintext when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTlsFiles>,
+    /// Serve gRPC server reflection (`grpc.reflection.v1`) on this listener. Turn it off on
+    /// a port exposed to other organisations, where listing every service and message type
+    /// helps nobody but a prober. Default: `true`.
+    pub reflection: bool,
 }
 
 impl Default for GrpcServerConfig {
@@ -71,6 +75,7 @@ impl Default for GrpcServerConfig {
             http2_keepalive_timeout: Duration::from_secs(5),
             max_connection_age: None,
             tls: None,
+            reflection: true,
         }
     }
 }
@@ -139,16 +144,21 @@ pub type ServiceRouter = Router<
 >;
 
 /// Returns a server on `config` (see [`server_builder`]) with the trace-context and
-/// gRPC-metrics layers, serving `health` and reflection; add the component's own services.
+/// gRPC-metrics layers, serving `health` and (unless `config.reflection` is false)
+/// reflection; add the component's own services.
 pub fn service_router(
     config: &GrpcServerConfig,
     health: HealthServer<HealthService>,
 ) -> Result<ServiceRouter, GrpcError> {
-    Ok(server_builder(config)?
+    let router = server_builder(config)?
         .layer(crate::telemetry::TraceContextLayer)
         .layer(crate::metrics::GrpcMetricsLayer)
-        .add_service(health)
-        .add_service(reflection_service()?))
+        .add_service(health);
+    Ok(if config.reflection {
+        router.add_service(reflection_service()?)
+    } else {
+        router
+    })
 }
 
 /// Binds `config.listen`.

@@ -119,3 +119,73 @@ async fn health_follows_readiness_and_rpcs_are_measured() {
         .expect("follower ends once readiness is dropped")
         .expect("follower task");
 }
+
+/// Lists the services a server announces over reflection v1, or the gRPC code it answered.
+async fn reflected_services(addr: std::net::SocketAddr) -> Result<Vec<String>, tonic::Code> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .map_err(|s| s.code())?
+        .into_inner();
+    let first = responses
+        .message()
+        .await
+        .map_err(|s| s.code())?
+        .expect("one reflection response");
+    match first.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            Ok(list.service.into_iter().map(|s| s.name).collect())
+        }
+        other => panic!("unexpected reflection response {other:?}"),
+    }
+}
+
+/// `reflection = false` (the knob for a port other organisations reach) removes the
+/// reflection service from a `service_router`, health stays; the default keeps it.
+#[tokio::test]
+async fn reflection_follows_the_listener_setting() {
+    for reflection in [true, false] {
+        let config = GrpcServerConfig {
+            reflection,
+            ..GrpcServerConfig::with_listen("127.0.0.1:0".parse().expect("addr"))
+        };
+        let listener = grpc::bind(&config).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_health, health_service) = grpc::health_service(config.max_message_size).await;
+        let router = grpc::service_router(&config, health_service).expect("router");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(grpc::serve(router, listener, shutdown.clone()));
+
+        let answer = reflected_services(addr).await;
+        if reflection {
+            let services = answer.expect("reflection served by default");
+            assert!(
+                services.iter().any(|s| s == "grpc.health.v1.Health"),
+                "{services:?}"
+            );
+        } else {
+            assert_eq!(answer, Err(tonic::Code::Unimplemented));
+        }
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server drains within 5s")
+            .expect("server task")
+            .expect("server result");
+    }
+}
