@@ -15,6 +15,7 @@ mod mediator_failover;
 mod mediator_protocol;
 mod participant_failover;
 mod participant_ping;
+mod prometheus_alerts;
 mod sequencer_api;
 mod sequencer_faults;
 mod sequencer_order;
