@@ -17,6 +17,7 @@ mod mediator_protocol;
 mod participant_failover;
 mod participant_ping;
 mod pruning;
+mod prometheus_alerts;
 mod sequencer_api;
 mod sequencer_faults;
 mod sequencer_order;

@@ -90,11 +90,16 @@ fn main() {
         eprintln!("error: {error}");
         std::process::exit(EXIT_USAGE);
     }
-    domain_runtime::service::run_service("domain manager", || serve(config))
+    domain_runtime::service::run_service("domain manager", || {
+        serve(config, cli.common.metric_labels())
+    })
 }
 
-async fn serve(config: DomainManagerConfig) -> anyhow::Result<()> {
-    let metrics = domain_runtime::metrics::install_recorder("domain-manager")?;
+async fn serve(
+    config: DomainManagerConfig,
+    labels: Vec<(&'static str, String)>,
+) -> anyhow::Result<()> {
+    let metrics = domain_runtime::metrics::install_recorder_with("domain-manager", &labels, &[])?;
     let shutdown = domain_runtime::shutdown::shutdown_signal()?;
     let listeners = Listeners::bind(&config.admin_api, config.ops_listen).await?;
     domain_manager::run(config, listeners, metrics, shutdown).await

@@ -55,6 +55,43 @@ pub struct CommonArgs {
     /// Log line format.
     #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Text, env = "DOMAIN_LOG_FORMAT")]
     pub log_format: LogFormat,
+
+    /// Value of the `domain` label on every metric series (an alias of the domain, so one
+    /// Prometheus can tell several parties' nodes apart): 1 to 63 characters of
+    /// `A-Z a-z 0-9 . _ -`. Default: no `domain` label.
+    #[arg(
+        long = "metrics-domain-label",
+        env = "DOMAIN_METRICS_DOMAIN_LABEL",
+        value_name = "ALIAS",
+        value_parser = parse_metrics_label
+    )]
+    pub metrics_domain_label: Option<String>,
+}
+
+impl CommonArgs {
+    /// The extra global metric labels these flags ask for, for
+    /// [`crate::metrics::install_recorder_with`].
+    pub fn metric_labels(&self) -> Vec<(&'static str, String)> {
+        self.metrics_domain_label
+            .iter()
+            .map(|v| ("domain", v.clone()))
+            .collect()
+    }
+}
+
+/// Accepts a bounded label value: 1..=63 of `A-Z a-z 0-9 . _ -`. Bounded so a label cannot
+/// carry an arbitrary string into every series.
+pub fn parse_metrics_label(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.len() > 63 {
+        return Err(format!("must be 1 to 63 characters, got {}", value.len()));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!("character {bad:?} is not one of A-Z a-z 0-9 . _ -"));
+    }
+    Ok(value.to_owned())
 }
 
 /// The layer a configuration value or error came from.
@@ -547,6 +584,30 @@ fn parse_unknown_field(message: &str) -> Option<(&str, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_domain_label_is_bounded() {
+        assert_eq!(
+            parse_metrics_label("acme-prod_1.eu"),
+            Ok("acme-prod_1.eu".into())
+        );
+        assert_eq!(
+            parse_metrics_label(""),
+            Err("must be 1 to 63 characters, got 0".into())
+        );
+        assert_eq!(
+            parse_metrics_label(&"a".repeat(64)),
+            Err("must be 1 to 63 characters, got 64".into())
+        );
+        assert_eq!(
+            parse_metrics_label("a b"),
+            Err("character ' ' is not one of A-Z a-z 0-9 . _ -".into())
+        );
+        assert_eq!(
+            parse_metrics_label("x\"}"),
+            Err("character '\"' is not one of A-Z a-z 0-9 . _ -".into())
+        );
+    }
 
     #[test]
     fn parses_values_as_toml_when_possible() {

@@ -25,6 +25,7 @@ pub mod config;
 pub mod grpc;
 pub mod metrics;
 pub mod ops;
+pub mod scrape;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -37,6 +37,24 @@ pub const GRPC_SERVER_HANDLED: &str = "grpc_server_handled_total";
 /// Name of the histogram of RPC durations, until the response stream ends.
 pub const GRPC_SERVER_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
 
+/// Name of the gauge (always 1) whose labels carry the version and commit of the binary.
+pub const BUILD_INFO: &str = "domain_build_info";
+/// Version of the workspace this binary was built from.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Commit the binary was built from: `DOMAIN_BUILD_COMMIT` at compile time (the image build
+/// sets it), else `unknown`.
+pub const COMMIT: &str = match option_env!("DOMAIN_BUILD_COMMIT") {
+    Some(commit) => commit,
+    None => "unknown",
+};
+
+/// Renders `/metrics`: the recorder's series, then the scrape-time ones of [`crate::scrape`].
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut out = handle.render();
+    out.push_str(&crate::scrape::render());
+    out
+}
+
 /// The recorder cannot be built or installed.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -78,13 +96,24 @@ static INSTALLED: Mutex<Option<(String, PrometheusHandle)>> = Mutex::new(None);
 /// component is an error. The caller must render or run upkeep periodically (the ops server
 /// does both).
 pub fn install_recorder(component: &str) -> Result<PrometheusHandle, MetricsError> {
-    install_recorder_with_buckets(component, &[])
+    install_recorder_with(component, &[], &[])
 }
 
 /// [`install_recorder`], with buckets of its own for each named histogram (for ranges the
 /// shared buckets do not cover, e.g. a latency that reaches minutes).
 pub fn install_recorder_with_buckets(
     component: &str,
+    buckets: &[(&str, &[f64])],
+) -> Result<PrometheusHandle, MetricsError> {
+    install_recorder_with(component, &[], buckets)
+}
+
+/// [`install_recorder_with_buckets`], plus global labels of the caller's (e.g. `domain`,
+/// `member`) on every series, the scrape-time ones of [`crate::scrape`] included. Empty
+/// values are left out. Also sets `domain_build_info` to 1.
+pub fn install_recorder_with(
+    component: &str,
+    labels: &[(&str, String)],
     buckets: &[(&str, &[f64])],
 ) -> Result<PrometheusHandle, MetricsError> {
     let mut installed = INSTALLED
@@ -101,11 +130,22 @@ pub fn install_recorder_with_buckets(
         };
     }
     let mut builder = builder(component)?;
+    let mut globals = vec![("component".to_owned(), component.to_owned())];
+    for (key, value) in labels.iter().filter(|(_, v)| !v.is_empty()) {
+        builder = builder.add_global_label(*key, value.clone());
+        globals.push(((*key).to_owned(), value.clone()));
+    }
     for (metric, bounds) in buckets {
         builder = builder.set_buckets_for_metric(Matcher::Full((*metric).to_owned()), bounds)?;
     }
     let handle = builder.install_recorder()?;
     describe_grpc_metrics();
+    crate::scrape::set_global_labels(globals);
+    ::metrics::describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the labels name the version and commit of the running binary"
+    );
+    ::metrics::gauge!(BUILD_INFO, "version" => VERSION, "commit" => COMMIT).set(1.0);
     *installed = Some((component.to_owned(), handle.clone()));
     Ok(handle)
 }
@@ -161,10 +201,12 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let (service, method) = split_path(request.uri().path());
+        let kind = grpc_type(&service, &method);
         ::metrics::counter!(
             GRPC_SERVER_STARTED,
             "grpc_service" => service.clone(),
             "grpc_method" => method.clone(),
+            "grpc_type" => kind,
         )
         .increment(1);
         GrpcMetricsFuture {
@@ -172,6 +214,7 @@ where
             call: Some(CallRecord {
                 service,
                 method,
+                kind,
                 start: Instant::now(),
                 code: None,
                 finished: false,
@@ -279,6 +322,7 @@ impl<B: Body> Body for GrpcMetricsBody<B> {
 struct CallRecord {
     service: String,
     method: String,
+    kind: &'static str,
     start: Instant,
     code: Option<tonic::Code>,
     finished: bool,
@@ -295,16 +339,74 @@ impl Drop for CallRecord {
             GRPC_SERVER_HANDLED,
             "grpc_service" => self.service.clone(),
             "grpc_method" => self.method.clone(),
+            "grpc_type" => self.kind,
             "grpc_code" => code_name(code),
         )
         .increment(1);
-        ::metrics::histogram!(
-            GRPC_SERVER_HANDLING_SECONDS,
-            "grpc_service" => self.service.clone(),
-            "grpc_method" => self.method.clone(),
-        )
-        .record(self.start.elapsed().as_secs_f64());
+        // A stream lives as long as its subscriber (hours), far above the top bucket; its
+        // duration says nothing about latency, so only unary calls are timed.
+        if self.kind == "unary" {
+            ::metrics::histogram!(
+                GRPC_SERVER_HANDLING_SECONDS,
+                "grpc_service" => self.service.clone(),
+                "grpc_method" => self.method.clone(),
+                "grpc_type" => self.kind,
+            )
+            .record(self.start.elapsed().as_secs_f64());
+        }
     }
+}
+
+/// The go-grpc-prometheus `grpc_type` of a method (`unary`, `client_stream`, `server_stream`,
+/// `bidi_stream`), from the descriptors of every service this runtime serves; `unknown` for
+/// a method none of them declares.
+pub fn grpc_type(service: &str, method: &str) -> &'static str {
+    use prost::Message as _;
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static TYPES: OnceLock<HashMap<String, &'static str>> = OnceLock::new();
+    let types = TYPES.get_or_init(|| {
+        let mut types = HashMap::new();
+        for set in [
+            domain_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ] {
+            // The sets are compiled in; one that does not decode only loses its labels.
+            let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
+                continue;
+            };
+            for file in set.file {
+                let package = file.package.unwrap_or_default();
+                for svc in file.service {
+                    let name = svc.name.unwrap_or_default();
+                    let full = if package.is_empty() {
+                        name
+                    } else {
+                        format!("{package}.{name}")
+                    };
+                    for m in svc.method {
+                        let kind = match (
+                            m.client_streaming.unwrap_or(false),
+                            m.server_streaming.unwrap_or(false),
+                        ) {
+                            (false, false) => "unary",
+                            (true, false) => "client_stream",
+                            (false, true) => "server_stream",
+                            (true, true) => "bidi_stream",
+                        };
+                        types.insert(format!("{full}/{}", m.name.unwrap_or_default()), kind);
+                    }
+                }
+            }
+        }
+        types
+    });
+    types
+        .get(&format!("{service}/{method}"))
+        .copied()
+        .unwrap_or("unknown")
 }
 
 /// Splits `/package.Service/Method`; anything else becomes `unknown` to bound cardinality.
@@ -351,6 +453,25 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn knows_the_type_of_every_served_method() {
+        assert_eq!(
+            grpc_type("domain.v1.SequencerService", "Subscribe"),
+            "server_stream"
+        );
+        assert_eq!(grpc_type("domain.v1.SequencerService", "Send"), "unary");
+        assert_eq!(grpc_type("grpc.health.v1.Health", "Watch"), "server_stream");
+        assert_eq!(grpc_type("grpc.health.v1.Health", "Check"), "unary");
+        assert_eq!(
+            grpc_type(
+                "grpc.reflection.v1.ServerReflection",
+                "ServerReflectionInfo"
+            ),
+            "bidi_stream"
+        );
+        assert_eq!(grpc_type("unknown", "unknown"), "unknown");
+    }
 
     #[test]
     fn splits_grpc_paths() {

@@ -153,7 +153,8 @@ fn route<B>(
     }
     match request.uri().path() {
         "/metrics" => {
-            let mut response = Response::new(Full::new(Bytes::from(handle.render())));
+            let mut response =
+                Response::new(Full::new(Bytes::from(crate::metrics::render(handle))));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE),

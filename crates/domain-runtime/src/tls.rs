@@ -203,5 +203,22 @@ fn parse_certificates(
     if certs.is_empty() {
         return Err(invalid("no certificate found".to_owned()));
     }
+    record_expiry(&certs, path, what);
     Ok(certs)
+}
+
+/// Publishes `tls_certificate_expiry_timestamp_seconds` for every certificate in the file.
+/// A certificate the X.509 parser cannot read is left out of the metric, not refused: rustls
+/// decides what is acceptable when the handshake uses it.
+fn record_expiry(certs: &[CertificateDer<'_>], path: &Path, what: &str) {
+    for cert in certs {
+        if let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) {
+            crate::scrape::record_certificate(
+                what,
+                &path.display().to_string(),
+                &parsed.subject().to_string(),
+                parsed.validity().not_after.timestamp(),
+            );
+        }
+    }
 }

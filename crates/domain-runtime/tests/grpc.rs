@@ -82,8 +82,44 @@ async fn health_follows_readiness_and_rpcs_are_measured() {
     })
     .await;
 
-    let labels =
-        r#"component="test-component",grpc_service="grpc.health.v1.Health",grpc_method="Check""#;
+    // A server stream (health Watch), ended by the client after its first message: counted
+    // with its type, but kept out of the latency histogram.
+    let channel2 = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut watcher = HealthClient::new(channel2);
+    let mut stream = watcher
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    stream.message().await.expect("first watch message");
+    drop(stream);
+    let watch =
+        r#"grpc_service="grpc.health.v1.Health",grpc_method="Watch",grpc_type="server_stream""#;
+    eventually("the watch stream to be counted as handled", async || {
+        handle.render().contains(&format!(
+            r#"grpc_server_handled_total{{component="test-component",{watch}"#
+        ))
+    })
+    .await;
+    let text = handle.render();
+    assert!(
+        text.contains(&format!(
+            r#"grpc_server_started_total{{component="test-component",{watch}}} 1"#
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains(r#"grpc_server_handling_seconds_bucket{component="test-component",grpc_service="grpc.health.v1.Health",grpc_method="Watch""#),
+        "streams must not be in the latency histogram:\n{text}"
+    );
+
+    let labels = r#"component="test-component",grpc_service="grpc.health.v1.Health",grpc_method="Check",grpc_type="unary""#;
     let ok = format!(r#"grpc_server_handled_total{{{labels},grpc_code="OK"}}"#);
     let not_found = format!(r#"grpc_server_handled_total{{{labels},grpc_code="NotFound"}} 1"#);
     eventually("handled counters", async || {

@@ -228,3 +228,75 @@ async fn a_taken_ops_address_is_named_in_the_error() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn metrics_endpoint_appends_scrape_time_series() {
+    let recorder = build_recorder("test-component").expect("recorder");
+    let handle = recorder.handle();
+    domain_runtime::scrape::replace_gauge_family(
+        "ops_test_lag_seconds",
+        "test family",
+        "sequencer_index",
+        vec![("3".into(), 1.5), ("9".into(), 0.25)],
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let server = serve_ops(listener, handle, Readiness::new(), shutdown.clone());
+
+    let text = get(addr, "/metrics").await.body;
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        check_sample_line(line).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    }
+    assert!(text.contains("# TYPE ops_test_lag_seconds gauge"), "{text}");
+    assert!(
+        text.contains(r#"ops_test_lag_seconds{sequencer_index="3"} 1.5"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"ops_test_lag_seconds{sequencer_index="9"} 0.25"#),
+        "{text}"
+    );
+    for process_metric in [
+        "# TYPE process_cpu_seconds_total counter",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_start_time_seconds ",
+        "process_threads ",
+    ] {
+        assert!(
+            text.contains(process_metric),
+            "no {process_metric}:\n{text}"
+        );
+    }
+
+    // A row that is no longer reported is gone from the next scrape.
+    domain_runtime::scrape::replace_gauge_family(
+        "ops_test_lag_seconds",
+        "test family",
+        "sequencer_index",
+        vec![("9".into(), 0.5)],
+    );
+    let text = get(addr, "/metrics").await.body;
+    assert!(!text.contains(r#"sequencer_index="3""#), "{text}");
+    assert!(
+        text.contains(r#"ops_test_lag_seconds{sequencer_index="9"} 0.5"#),
+        "{text}"
+    );
+    // An empty family disappears entirely, HELP and TYPE included.
+    domain_runtime::scrape::replace_gauge_family(
+        "ops_test_lag_seconds",
+        "test family",
+        "sequencer_index",
+        Vec::new(),
+    );
+    let text = get(addr, "/metrics").await.body;
+    assert!(!text.contains("ops_test_lag_seconds"), "{text}");
+
+    shutdown.cancel();
+    server.await.expect("ops server task");
+}

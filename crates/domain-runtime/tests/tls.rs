@@ -261,3 +261,30 @@ fn tls_file_errors_name_the_file_and_the_problem() {
     });
     assert!(matches!(half_identity, Err(TlsError::Settings(_))));
 }
+
+#[test]
+fn loaded_certificates_report_their_expiry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = TestPki::new()
+        .expect("pki")
+        .write_files(dir.path())
+        .expect("write pki");
+    domain_runtime::tls::server_tls_config(&server_files(&files, true)).expect("server tls");
+    let text = domain_runtime::scrape::render();
+    // rcgen's default notAfter is 4096-01-01T00:00:00Z.
+    let expiry = 67_090_118_400_i64;
+    for (role, path) in [
+        ("server certificate", &files.server_cert),
+        ("client ca", &files.ca),
+    ] {
+        let prefix = format!(
+            r#"tls_certificate_expiry_timestamp_seconds{{role="{role}",path="{}",subject="#,
+            path.display()
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no expiry for {role}:\n{text}"));
+        assert!(line.ends_with(&format!(" {expiry}")), "{line}");
+    }
+}

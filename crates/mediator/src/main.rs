@@ -44,14 +44,19 @@ fn main() {
         eprintln!("error: {error}");
         std::process::exit(EXIT_USAGE);
     }
-    domain_runtime::service::run_service("mediator", || serve(config))
+    domain_runtime::service::run_service("mediator", || serve(config, cli.common.metric_labels()))
 }
 
-async fn serve(config: MediatorConfig) -> anyhow::Result<()> {
+async fn serve(config: MediatorConfig, labels: Vec<(&'static str, String)>) -> anyhow::Result<()> {
     // Wider buckets for the decision latency: it reaches the participant response timeout
     // (30 s by default).
-    let metrics = domain_runtime::metrics::install_recorder_with_buckets(
+    // `member` tells mediator groups apart: a second group (another mediator id) in the same
+    // namespace has its own lease and its own active replica.
+    let mut labels = labels;
+    labels.push(("member", config.name.clone()));
+    let metrics = domain_runtime::metrics::install_recorder_with(
         "mediator",
+        &labels,
         &[(
             domain_mediator::metrics::DECISION_LATENCY,
             domain_mediator::metrics::DECISION_BUCKETS,

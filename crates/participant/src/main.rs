@@ -330,12 +330,16 @@ fn run(common: CommonArgs, data_dir: Option<PathBuf>) {
         eprintln!("error: {error}");
         std::process::exit(EXIT_USAGE);
     }
-    domain_runtime::service::run_service("participant", || serve(config))
+    domain_runtime::service::run_service("participant", || serve(config, common.metric_labels()))
 }
 
-async fn serve(config: ParticipantConfig) -> anyhow::Result<()> {
-    let metrics = domain_runtime::metrics::install_recorder_with_buckets(
+async fn serve(
+    config: ParticipantConfig,
+    labels: Vec<(&'static str, String)>,
+) -> anyhow::Result<()> {
+    let metrics = domain_runtime::metrics::install_recorder_with(
         "participant",
+        &labels,
         &[(
             domain_participant::metrics::PING_RTT,
             domain_participant::metrics::PING_RTT_BUCKETS,

@@ -495,18 +495,30 @@ async fn gauges(pool: deadpool_postgres::Pool, shutdown: CancellationToken) {
         let in_use = status.size.saturating_sub(status.available);
         ::metrics::gauge!(crate::metrics::DB_POOL, "state" => "in_use").set(in_use as f64);
         ::metrics::gauge!(crate::metrics::DB_POOL, "state" => "idle").set(status.available as f64);
-        ::metrics::gauge!(crate::metrics::DB_POOL, "state" => "max").set(status.max_size as f64);
-        let Ok(client) = pool.get().await else {
+        // Capacity has a metric of its own: dividing by a `state="max"` series of the same
+        // metric never matches one-to-one (the `state` labels differ).
+        ::metrics::gauge!(crate::metrics::DB_POOL_MAX).set(status.max_size as f64);
+        let instances = match pool.get().await {
+            Ok(client) => store::list_instances(&**client).await.ok(),
+            Err(_) => None,
+        };
+        let Some(instances) = instances else {
+            // Unknown while the database is unreachable: drop the lags rather than freeze
+            // them (a frozen lag looks healthy). The writer reports itself offline.
+            crate::metrics::set_watermark_lags(Vec::new());
             continue;
         };
-        if let Ok(instances) = store::list_instances(&**client).await {
-            let online = instances.iter().filter(|i| i.online).count();
-            ::metrics::gauge!(crate::metrics::INSTANCES_ONLINE).set(online as f64);
-            for i in instances {
-                ::metrics::gauge!(crate::metrics::WATERMARK_LAG, "instance" => i.index.to_string())
-                    .set(i.lag_micros as f64 / 1e6);
-            }
-        }
+        let online: Vec<_> = instances.iter().filter(|i| i.online).collect();
+        ::metrics::gauge!(crate::metrics::INSTANCES_ONLINE).set(online.len() as f64);
+        // Only online rows: an offline row's watermark is frozen, its lag grows without
+        // bound, and the row stays behind after every restart (a new process takes a new
+        // random index).
+        crate::metrics::set_watermark_lags(
+            online
+                .iter()
+                .map(|i| (i.index.to_string(), i.lag_micros as f64 / 1e6))
+                .collect(),
+        );
     }
 }
 

@@ -40,11 +40,11 @@ fn main() {
         eprintln!("error: {error}");
         std::process::exit(EXIT_USAGE);
     }
-    domain_runtime::service::run_service("sequencer", || serve(config))
+    domain_runtime::service::run_service("sequencer", || serve(config, cli.common.metric_labels()))
 }
 
-async fn serve(config: SequencerConfig) -> anyhow::Result<()> {
-    let metrics = domain_runtime::metrics::install_recorder("sequencer")?;
+async fn serve(config: SequencerConfig, labels: Vec<(&'static str, String)>) -> anyhow::Result<()> {
+    let metrics = domain_runtime::metrics::install_recorder_with("sequencer", &labels, &[])?;
     let shutdown = domain_runtime::shutdown::shutdown_signal()?;
     let listeners = Listeners {
         public: domain_runtime::grpc::bind(&config.public_api).await?,

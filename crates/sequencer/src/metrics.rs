@@ -16,6 +16,7 @@ pub const SUBSCRIBERS_CUT: &str = "sequencer_subscribers_cut_total";
 pub const WRITER_ONLINE: &str = "sequencer_writer_online";
 pub const INSTANCE_INDEX: &str = "sequencer_instance_index";
 pub const DB_POOL: &str = "sequencer_db_pool_connections";
+pub const DB_POOL_MAX: &str = "sequencer_db_pool_max_connections";
 pub const AUTH: &str = "sequencer_authentications_total";
 pub const EVENTS_PRUNED: &str = "sequencer_events_pruned_total";
 pub const PRUNED_ROWS: &str = "sequencer_pruned_rows_total";
@@ -54,11 +55,6 @@ pub fn describe() {
         Unit::Seconds,
         "Duration of one writer batch transaction, commit included"
     );
-    describe_gauge!(
-        WATERMARK_LAG,
-        Unit::Seconds,
-        "Database clock minus the instance's watermark, per instance index"
-    );
     describe_gauge!(INSTANCES_ONLINE, "Writer instances currently marked online");
     describe_counter!(
         INSTANCES_MARKED_OFFLINE,
@@ -81,8 +77,9 @@ pub fn describe() {
     describe_gauge!(INSTANCE_INDEX, "Instance index this process holds");
     describe_gauge!(
         DB_POOL,
-        "Hot-path connection pool: connections by state (in_use, idle, max)"
+        "Hot-path connection pool: connections by state (in_use, idle)"
     );
+    describe_gauge!(DB_POOL_MAX, "Hot-path connection pool: maximum size");
     describe_counter!(AUTH, "Challenge/authenticate outcomes");
     describe_counter!(EVENTS_PRUNED, "Events deleted by pruning");
     describe_counter!(
@@ -124,5 +121,21 @@ pub fn describe() {
     describe_gauge!(
         TOPOLOGY_TRANSACTIONS,
         "Sequenced topology transactions known to this instance"
+    );
+}
+
+/// Label of [`WATERMARK_LAG`]: the instance index of the row. Not `instance`, which
+/// Prometheus's own target label would rename to `exported_instance`.
+pub const SEQUENCER_INDEX_LABEL: &str = "sequencer_index";
+
+/// Replaces the watermark-lag series with one per `(instance index, lag seconds)`; rows not
+/// listed (gone offline, or every row while the database is unreachable) vanish from the
+/// next scrape.
+pub fn set_watermark_lags(lags: Vec<(String, f64)>) {
+    domain_runtime::scrape::replace_gauge_family(
+        WATERMARK_LAG,
+        "Database clock minus the watermark of each online instance, by sequencer_index (seconds)",
+        SEQUENCER_INDEX_LABEL,
+        lags,
     );
 }
