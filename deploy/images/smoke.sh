@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke test of the images built by deploy/images/build.sh, run with podman:
 #   1. every image's entrypoint prints `<component> <version>` for --version, and every
-#      binary in /usr/local/bin of one image runs;
+#      binary in /usr/local/bin of one image runs; the bootstrap Job's key and id steps
+#      produce the ids the components print;
 #   2. the sequencer image, as uid 65532 with its key made by the image itself, serves
 #      (/health/ready, which also drives gRPC health SERVING) against a PostgreSQL with
 #      `ssl = on`, connected with sslmode=verify-full, and every one of its database
@@ -28,6 +29,7 @@ while (($#)); do
 done
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 COMPONENTS=(sequencer mediator domain-manager domainctl participant)
+TOOLS=(domain-bootstrap)
 PG_BIN=${PG_BIN_DIR:-/usr/lib/postgresql/15/bin}
 BASE=${SMOKE_PORT_BASE:-56100}
 PG_PORT=$BASE PUBLIC=$((BASE + 1)) ADMIN=$((BASE + 2)) OPS=$((BASE + 3))
@@ -62,14 +64,33 @@ for c in "${COMPONENTS[@]}"; do
   [ "$out" = "$c $VERSION" ] || fail "$REGISTRY/$c:$TAG --version printed '$out', expected '$c $VERSION'"
   echo "ok: $REGISTRY/$c:$TAG --version -> $out"
 done
-for c in "${COMPONENTS[@]}"; do
+for c in "${COMPONENTS[@]}" "${TOOLS[@]}"; do
   "${RUN[@]}" --entrypoint "/usr/local/bin/$c" "$REGISTRY/sequencer:$TAG" --version >/dev/null \
     || fail "/usr/local/bin/$c does not run in the sequencer image"
 done
 uid=$("${RUN[@]}" --entrypoint /usr/local/bin/domainctl "$REGISTRY/sequencer:$TAG" --version >/dev/null &&
   "${PODMAN[@]}" image inspect --format '{{.Config.User}}' "$REGISTRY/sequencer:$TAG")
 [ "$uid" = "65532:65532" ] || fail "sequencer image user is '$uid'"
-echo "ok: all five binaries run in one image; user $uid"
+echo "ok: all $((${#COMPONENTS[@]} + ${#TOOLS[@]})) binaries run in one image; user $uid"
+
+# --- 1b. the bootstrap Job's steps (deploy/k8s/base/bootstrap-job.yaml), as uid 65532 ---
+# with a read-only root: keys from the components' own commands, then domain-bootstrap
+# writes the ids as files, byte for byte what the components print.
+boot=$work/mnt/boot
+mkdir -p "$boot" && chown 65532:65532 "$boot"
+RO=("${RUN[@]}" --read-only)
+printed=$("${RO[@]}" "$REGISTRY/domain-manager:$TAG" init --key-file /smoke/boot/namespace.pem --domain-name smoke-boot)
+fp=$("${RO[@]}" "$REGISTRY/mediator:$TAG" generate-key /smoke/boot/mediator.pem)
+"${RO[@]}" --entrypoint /usr/local/bin/domain-bootstrap "$REGISTRY/domain-manager:$TAG" \
+  --namespace-key=/smoke/boot/namespace.pem --domain-name=smoke-boot \
+  --mediator-key=/smoke/boot/mediator.pem --mediator-name=mediator --out=/smoke/boot/identity >/dev/null \
+  || fail "domain-bootstrap failed in the domain-manager image"
+[ "$(cat "$boot/identity/domain-id")" = "$printed" ] && [ "$(wc -l <"$boot/identity/domain-id")" = 0 ] \
+  || fail "identity/domain-id is '$(cat "$boot/identity/domain-id")', domain-manager init printed '$printed'"
+[ "$(cat "$boot/identity/mediator-id")" = "MED::mediator::$fp" ] \
+  || fail "identity/mediator-id is '$(cat "$boot/identity/mediator-id")', expected MED::mediator::$fp"
+[ "$(cat "$boot/identity/domain-name")" = smoke-boot ] || fail "identity/domain-name"
+echo "ok: bootstrap steps in the images: domain-id $printed, mediator-id MED::mediator::$fp"
 
 # --- 2. PostgreSQL with TLS, certificates from a throwaway CA -----------------------
 tls=$work/mnt/tls
