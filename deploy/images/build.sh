@@ -6,7 +6,7 @@
 #   cargo build --release --bins && deploy/images/build.sh
 #
 # Options (also as environment variables):
-#   --bin-dir DIR    where the five binaries are (BIN_DIR; default target/release)
+#   --bin-dir DIR    where the binaries are (BIN_DIR; default target/release)
 #   --registry R     image name prefix (REGISTRY; default registry.invalid/domain-runtime)
 #   --tag T          image tag (TAG; default the workspace version)
 #   --revision REV   org.opencontainers.image.revision (REVISION; default git HEAD)
@@ -22,6 +22,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 COMPONENTS=(sequencer mediator domain-manager domainctl participant)
+# In every image too, but no image of their own (the bootstrap Job runs domain-bootstrap
+# with `command:` in the domain-manager image).
+TOOLS=(domain-bootstrap)
 BIN_PATH=/usr/local/bin
 USER_SPEC=65532:65532
 
@@ -43,7 +46,7 @@ done
 # VERSION build argument; TAG only names the image.
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
-for c in "${COMPONENTS[@]}"; do
+for c in "${COMPONENTS[@]}" "${TOOLS[@]}"; do
   if [ ! -x "$BIN_DIR/$c" ]; then
     echo "build.sh: $BIN_DIR/$c is missing; build it first (cargo build --release --bins) or pass --bin-dir" >&2
     exit 1
@@ -58,12 +61,12 @@ trap 'rm -rf "$root"' EXIT
 # --- the runtime filesystem: binaries, the libraries they link, a passwd for 65532 ---------
 mkdir -p "$root$BIN_PATH" "$root/etc" "$root/tmp"
 chmod 1777 "$root/tmp"
-for c in "${COMPONENTS[@]}"; do
+for c in "${COMPONENTS[@]}" "${TOOLS[@]}"; do
   install -m 0755 "$BIN_DIR/$c" "$root$BIN_PATH/$c"
 done
 # Every absolute path ldd prints: the libraries and the dynamic loader. -L copies the
 # files behind Debian's symlinks, at the paths the binaries ask for.
-for c in "${COMPONENTS[@]}"; do
+for c in "${COMPONENTS[@]}" "${TOOLS[@]}"; do
   ldd "$BIN_DIR/$c" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }'
 done | sort -u | while read -r lib; do
   cp -L --parents "$lib" "$root"

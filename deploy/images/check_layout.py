@@ -133,7 +133,9 @@ def main():
     script_components = m.group(1).split() if m else []
     if sorted(script_components) != sorted(components):
         problems.append(f"build.sh COMPONENTS {script_components} != Containerfile targets {components}")
-    want_bins = sorted(f"/usr/local/bin/{c}" for c in components)
+    m = re.search(r"^TOOLS=\(([^)]*)\)", script, re.M)
+    tools = m.group(1).split() if m else []
+    want_bins = sorted(f"/usr/local/bin/{c}" for c in components + tools)
     if sorted(binaries) != want_bins:
         problems.append(f"Containerfile copies {sorted(binaries)}, expected {want_bins}")
 

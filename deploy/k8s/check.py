@@ -9,10 +9,14 @@ For each of overlays/* and participant/:
    schema there fails);
 3. wiring: every file a component's TOML config names (TLS files, keys, password files,
    the `sslrootcert` in a database url) is a key of a volume mounted at that path, every
-   Secret a pod mounts is made by something in the manifests (a cert-manager Certificate,
-   the bootstrap Job, CloudNativePG) or is in OPERATOR_SECRETS (documented in
-   docs/operations.md "Deploying on Kubernetes"), with the keys the pod reads; the public sequencer Services, the
-   certificate names and the NetworkPolicy agree with the replica count;
+   Secret a pod mounts (or a CNPG Cluster names) is made by something in the manifests (a
+   cert-manager Certificate, the bootstrap Job, CloudNativePG) or is in OPERATOR_SECRETS
+   (docs/deploy.md), with the keys the pod reads; every ConfigMap key an environment
+   variable reads is rendered or created by the bootstrap Job; a component connecting to
+   the CNPG cluster logs in by certificate (sslcert/sslkey from a Certificate whose CN is
+   the url's role, issued by the CA the Cluster trusts for clients; the role has no
+   password and pg_hba says `cert`); the public sequencer Services, the certificate names
+   and the NetworkPolicy agree with the replica count;
 4. `checkov` (PyPI) runs over the rendered manifests with the skips of checkov-skips.yaml
    and must report no failure.
 
@@ -38,16 +42,23 @@ K8S = Path(__file__).resolve().parent
 # The oldest minor still supported by AKS, EKS and GKE at the time of writing, and the
 # newest the installed kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.32.0", kubernetes_validate.latest_version())
-# Secrets nothing in the manifests can make (random passwords need a generator outside
-# Kubernetes; the domain CA reaches a participant from the domain provider), made with
-# the commands in docs/operations.md "Deploying on Kubernetes". Name -> keys.
+# Secrets nothing in the manifests can make, per kustomization (docs/deploy.md): the
+# participant's belong to another company (its own PostgreSQL's password and CA; the
+# domain CA reaches it from the domain provider); a managed PostgreSQL's CA and role
+# passwords come from the provider. With CloudNativePG the domain needs none: its
+# PostgreSQL logins are cert-manager client certificates. Target -> name -> keys.
 OPERATOR_SECRETS = {
-    "sequencer-db": {"username", "password"},
-    "mediator-db": {"username", "password"},
-    "domain-manager-db": {"username", "password"},
-    "participant-db": {"username", "password"},
-    "participant-pg-ca": {"ca.crt"},
-    "domain-ca": {"ca.crt"},
+    "participant": {
+        "participant-db": {"username", "password"},
+        "participant-pg-ca": {"ca.crt"},
+        "domain-ca": {"ca.crt"},
+    },
+    "overlays/managed-postgres": {
+        "domain-pg-ca": {"ca.crt"},
+        "sequencer-db": {"password"},
+        "mediator-db": {"password"},
+        "domain-manager-db": {"password"},
+    },
 }
 CERT_MANAGER_KEYS = {"tls.crt", "tls.key", "ca.crt"}
 CNPG_CA_KEYS = {"ca.crt", "ca.key"}
@@ -100,9 +111,9 @@ def validate_schemas(name, docs, schemas):
                 error(ident, f"Kubernetes {version}: no schema: {problem}")
 
 
-def produced_secrets(docs):
+def produced_secrets(name, docs):
     """Secret name -> keys, for every Secret something in `docs` (or the operator) makes."""
-    made = dict(OPERATOR_SECRETS)
+    made = dict(OPERATOR_SECRETS.get(name, {}))
     for doc in docs:
         kind, spec = doc.get("kind"), doc.get("spec", {})
         if kind == "Certificate":
@@ -110,11 +121,91 @@ def produced_secrets(docs):
         elif kind == "Cluster" and doc["apiVersion"].startswith("postgresql.cnpg.io/"):
             made[f"{doc['metadata']['name']}-ca"] = CNPG_CA_KEYS
         elif kind == "Job":
-            for c in spec["template"]["spec"].get("containers", []):
+            for c in job_containers(doc):
                 args = c.get("args", [])
                 if args[:3] == ["create", "secret", "generic"]:
-                    made[args[3]] = {a.split("=", 1)[1].split("=")[0] for a in args if a.startswith("--from-file=")}
+                    made[args[3]] = from_file_keys(args)
     return made
+
+
+def job_containers(doc):
+    pod = doc["spec"]["template"]["spec"]
+    return pod.get("initContainers", []) + pod.get("containers", [])
+
+
+def from_file_keys(args):
+    """The keys `kubectl create secret|configmap --from-file=KEY=PATH` arguments make."""
+    return {a.split("=", 1)[1].split("=")[0] for a in args if a.startswith("--from-file=")}
+
+
+def produced_configmaps(docs):
+    """ConfigMap name -> keys, rendered or created by a Job (`kubectl create configmap`)."""
+    made = {d["metadata"]["name"]: set(d.get("data", {})) for d in docs if d["kind"] == "ConfigMap"}
+    for doc in docs:
+        if doc["kind"] == "Job":
+            for c in job_containers(doc):
+                args = c.get("args", [])
+                if args[:2] == ["create", "configmap"]:
+                    made[args[2]] = from_file_keys(args)
+    return made
+
+
+def check_cluster_secrets(name, docs, made):
+    for doc in docs:
+        if doc["kind"] != "Cluster" or not doc["apiVersion"].startswith("postgresql.cnpg.io/"):
+            continue
+        where = f"{name}: Cluster/{doc['metadata']['name']}"
+        certs = doc["spec"].get("certificates", {})
+        for field, keys in (("clientCASecret", {"ca.crt"}), ("replicationTLSSecret", {"tls.crt", "tls.key"}),
+                            ("serverCASecret", {"ca.crt"}), ("serverTLSSecret", {"tls.crt", "tls.key"})):
+            if field in certs:
+                have = made.get(certs[field])
+                if have is None:
+                    error(where, f"certificates.{field} {certs[field]} is made by nothing in the manifests")
+                elif not keys <= have:
+                    error(where, f"certificates.{field} {certs[field]} lacks {sorted(keys - have)}")
+        for role in doc["spec"].get("managed", {}).get("roles", []):
+            secret = role.get("passwordSecret", {}).get("name")
+            if secret and secret not in made:
+                error(where, f"role {role['name']}: passwordSecret {secret} is made by nothing in the manifests")
+
+
+def check_database_login(where, parsed, mounts, docs):
+    """A component talking to the CNPG cluster logs in by certificate, as the role in its url."""
+    db = parsed.get("database")
+    if not isinstance(db, dict) or "url" not in db:
+        return
+    url = urlsplit(db["url"])
+    clusters = {f"{d['metadata']['name']}-rw": d for d in docs
+                if d["kind"] == "Cluster" and d["apiVersion"].startswith("postgresql.cnpg.io/")}
+    cluster = clusters.get(url.hostname)
+    if cluster is None:
+        return  # another server (the participant's own): its login is its operator's business
+    role = url.username
+    if "password-file" in db or "password-env" in db or url.password:
+        error(where, f"[database] for {url.hostname} has a password; the roles log in by certificate")
+    if "sslcert" not in db or "sslkey" not in db:
+        error(where, f"[database] for {url.hostname} has no sslcert/sslkey (certificate login)")
+        return
+    directory = db["sslcert"].rsplit("/", 1)[0]
+    volume = mounts.get(directory, (None, None))[0] or {}
+    secret = volume.get("secret", {}).get("secretName")
+    cert = next((d for d in docs if d["kind"] == "Certificate" and d["spec"]["secretName"] == secret), None)
+    if cert is None:
+        error(where, f"sslcert {db['sslcert']} is not from a cert-manager Certificate (Secret {secret})")
+        return
+    if cert["spec"].get("commonName") != role:
+        error(where, f"Certificate {cert['metadata']['name']} has CN {cert['spec'].get('commonName')!r}, the url's role is {role!r}")
+    issuer = next((d for d in docs if d["kind"] == "Issuer" and d["metadata"]["name"] == cert["spec"]["issuerRef"]["name"]), None)
+    client_ca = cluster["spec"].get("certificates", {}).get("clientCASecret")
+    if issuer is None or issuer["spec"].get("ca", {}).get("secretName") != client_ca:
+        error(where, f"Certificate {cert['metadata']['name']} is not issued by the CA of Cluster clientCASecret {client_ca}")
+    roles = {r["name"]: r for r in cluster["spec"].get("managed", {}).get("roles", [])}
+    if role not in roles or not roles[role].get("disablePassword") or "passwordSecret" in roles[role]:
+        error(where, f"role {role} is not a managed role without a password in Cluster {cluster['metadata']['name']}")
+    hba = [line.split() for line in cluster["spec"].get("postgresql", {}).get("pg_hba", [])]
+    if not any(h[0] == "hostssl" and h[-1] == "cert" and role in h[2].split(",") and h[1] in ("sameuser", url.path.lstrip("/")) for h in hba):
+        error(where, f"no `hostssl <{url.path.lstrip('/')}|sameuser> {role} ... cert` line in Cluster pg_hba")
 
 
 def volume_keys(volume, made, configmaps, where):
@@ -166,8 +257,10 @@ def config_paths(value):
 
 
 def check_wiring(name, docs):
-    made = produced_secrets(docs)
+    made = produced_secrets(name, docs)
+    check_cluster_secrets(name, docs, made)
     configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    configmap_keys = produced_configmaps(docs)
     for doc in docs:
         if doc["kind"] not in ("Deployment", "StatefulSet", "Job"):
             continue
@@ -182,6 +275,17 @@ def check_wiring(name, docs):
                     error(where, f"mounts undefined volume {m['name']}")
                     continue
                 mounts[m["mountPath"].rstrip("/")] = (volume, volume_keys(volume, made, configmaps, where))
+            for e in c.get("env", []):
+                # A file named by an environment override (e.g. <PREFIX>__DATABASE__PASSWORD_FILE).
+                value = e.get("value", "")
+                if e["name"].endswith("_FILE") and value.startswith("/"):
+                    directory, file = value.rsplit("/", 1)
+                    keys = mounts.get(directory, (None, set()))[1]
+                    if directory not in mounts or (keys is not None and file not in keys):
+                        error(where, f"env {e['name']} names {value}, which no mounted volume provides")
+                ref = e.get("valueFrom", {}).get("configMapKeyRef")
+                if ref and ref["key"] not in configmap_keys.get(ref["name"], set()):
+                    error(where, f"env {e['name']}: ConfigMap {ref['name']} key {ref['key']} is neither rendered nor created by the bootstrap Job")
             args = c.get("args", [])
             if "--config-file" not in args:
                 continue
@@ -192,6 +296,7 @@ def check_wiring(name, docs):
                 continue
             cm_name = mounts[directory][0]["configMap"]["name"]
             parsed = tomllib.loads(configmaps[cm_name]["data"][file])
+            check_database_login(where, parsed, mounts, docs)
             for path in config_paths(parsed):
                 if path in mounts:
                     continue  # a directory (e.g. the participant's data-dir) that is a mount

@@ -3,8 +3,10 @@
 //! config loaders and validate, exactly as their containers would see them: the TOML file
 //! from the ConfigMap mounted where `--config-file` points, the container's environment
 //! (literal values with `$(VAR)` expansion, ConfigMap keys, field references) and its
-//! `--set` flags, every mounted file present (keys and certificates made here), after the
-//! operator's one edit: the bootstrap ids in the `domain-identity` ConfigMap.
+//! `--set` flags, every mounted file present (keys and certificates made here), and the
+//! `domain-identity` ConfigMap made as the bootstrap Job makes it: `domain-bootstrap` run
+//! with the Job's own arguments on freshly generated keys, stored under the keys of the
+//! Job's `kubectl create configmap --from-file=KEY=PATH` arguments.
 //!
 //! Needs `kubectl` (for `kubectl kustomize`); fails, never skips, without it.
 
@@ -64,28 +66,109 @@ fn list<'a>(v: &'a Value, pointer: &str) -> &'a [Value] {
         .unwrap_or_default()
 }
 
-/// The ids the operator copies from the bootstrap Job's output into `domain-identity`.
+/// The keys the bootstrap Job generates, and the ids the components must end up with,
+/// derived here independently of the Job (`domain_manager::domain_id_of_key_file`, the
+/// mediator's `MED::<name>::<fingerprint>`).
 struct Identity {
-    domain_name: String,
     domain_id: String,
     namespace_key: SigningKeyPair,
     mediator_key: SigningKeyPair,
+    /// `domain-identity` as the Job creates it.
+    configmap: Value,
+}
+
+/// The name an operator gives the domain where the overlay leaves it empty.
+const OPERATOR_DOMAIN_NAME: &str = "acme-domain";
+
+fn job_args(c: &Value) -> Vec<&str> {
+    list(c, "/args").iter().filter_map(Value::as_str).collect()
 }
 
 impl Identity {
-    fn new(scratch: &Path) -> Self {
-        let domain_name = "example".to_owned();
+    /// Runs the bootstrap Job's identity step (domain-bootstrap with the Job's arguments)
+    /// and its `kubectl create configmap` step on keys generated under `scratch`.
+    fn bootstrap(docs: &[Value], scratch: &Path) -> Self {
+        let configmaps: BTreeMap<&str, &Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "ConfigMap")
+            .map(|d| (str_of(d, "/metadata/name"), d))
+            .collect();
+        let job = docs
+            .iter()
+            .find(|d| d["kind"] == "Job" && d["metadata"]["name"] == "domain-bootstrap")
+            .expect("the bootstrap Job");
+        let pod = &job["spec"]["template"]["spec"];
+        let containers: Vec<&Value> = list(pod, "/initContainers")
+            .iter()
+            .chain(list(pod, "/containers"))
+            .collect();
+        // /out in the Job's containers is scratch/out here.
+        let out = scratch.join("out");
+        std::fs::create_dir_all(&out).expect("out dir");
+        let local = |path: &str| out.join(path.strip_prefix("/out/").expect("a path under /out"));
+        let step = containers
+            .iter()
+            .find(|c| {
+                list(c, "/command").first().and_then(Value::as_str)
+                    == Some("/usr/local/bin/domain-bootstrap")
+            })
+            .expect("the Job runs domain-bootstrap");
+        let mut domain_name = String::new();
+        for e in list(step, "/env") {
+            let r = e
+                .pointer("/valueFrom/configMapKeyRef")
+                .expect("env from a ConfigMap");
+            domain_name = str_of(
+                configmaps[str_of(r, "/name")],
+                &format!("/data/{}", str_of(r, "/key")),
+            )
+            .to_owned();
+        }
+        if domain_name.is_empty() {
+            domain_name = OPERATOR_DOMAIN_NAME.to_owned();
+        }
+        let flags: BTreeMap<&str, String> = job_args(step)
+            .iter()
+            .map(|a| {
+                let (k, v) = a.split_once('=').expect("--flag=value");
+                (k, v.replace("$(DOMAIN_NAME)", &domain_name))
+            })
+            .collect();
         let namespace_key = SigningKeyPair::generate();
-        let key_file = scratch.join("namespace.pem");
-        namespace_key.save_pem(&key_file).expect("save key");
-        let domain_id = domain_manager::domain_id_of_key_file(&key_file, &domain_name)
+        let mediator_key = SigningKeyPair::generate();
+        let ns_file = local(&flags["--namespace-key"]);
+        namespace_key.save_pem(&ns_file).expect("save key");
+        let med_file = local(&flags["--mediator-key"]);
+        mediator_key.save_pem(&med_file).expect("save key");
+        domain_bootstrap::Identity::of_keys(
+            &ns_file,
+            &flags["--domain-name"],
+            &med_file,
+            &flags["--mediator-name"],
+        )
+        .expect("domain-bootstrap with the Job's arguments")
+        .write(&local(&flags["--out"]))
+        .expect("write ids");
+        let store = containers
+            .iter()
+            .find(|c| job_args(c).starts_with(&["create", "configmap", "domain-identity"]))
+            .expect("the Job creates domain-identity");
+        let mut data = serde_json::Map::new();
+        for a in job_args(store) {
+            if let Some(spec) = a.strip_prefix("--from-file=") {
+                let (key, path) = spec.split_once('=').expect("--from-file=KEY=PATH");
+                let text = std::fs::read_to_string(local(path)).expect("a file the Job wrote");
+                data.insert(key.to_owned(), Value::String(text));
+            }
+        }
+        let domain_id = domain_manager::domain_id_of_key_file(&ns_file, &domain_name)
             .expect("domain id")
             .to_string();
         Self {
-            domain_name,
             domain_id,
             namespace_key,
-            mediator_key: SigningKeyPair::generate(),
+            mediator_key,
+            configmap: serde_json::json!({"metadata": {"name": "domain-identity"}, "data": data}),
         }
     }
 
@@ -180,19 +263,12 @@ fn container_configs(
         .filter(|d| d["kind"] == "ConfigMap")
         .map(|d| (str_of(d, "/metadata/name").to_owned(), d.clone()))
         .collect();
-    // The operator's edit after the bootstrap Job.
-    for cm in configmaps.values_mut() {
-        if cm["metadata"]["name"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("domain-identity"))
-        {
-            cm["data"] = serde_json::json!({
-                "domain-name": identity.domain_name,
-                "domain-id": identity.domain_id,
-                "mediator-id": identity.mediator_id(),
-            });
-        }
-    }
+    // Made by the bootstrap Job at run time, so not among the rendered objects.
+    assert!(
+        !configmaps.contains_key("domain-identity"),
+        "domain-identity is the Job's to create; a rendered one would make its create fail"
+    );
+    configmaps.insert("domain-identity".to_owned(), identity.configmap.clone());
     let mut found = Vec::new();
     for doc in docs {
         if !matches!(doc["kind"].as_str(), Some("Deployment" | "StatefulSet")) {
@@ -255,6 +331,16 @@ fn container_configs(
                 };
                 defined.insert(name, value);
             }
+            // Paths in environment overrides move under croot like the config's.
+            for value in defined.values_mut() {
+                for mount in &mounts {
+                    let moved = format!("{}{mount}", croot.display());
+                    if value.starts_with(&format!("{mount}/")) {
+                        *value = format!("{moved}{}", &value[mount.len()..]);
+                    }
+                    *value = value.replace(&format!("={mount}/"), &format!("={moved}/"));
+                }
+            }
             let sets = args
                 .windows(2)
                 .filter(|w| w[0] == "--set")
@@ -300,7 +386,17 @@ fn every_rendered_config_loads_and_validates() {
             .to_string();
         let docs = render(&target);
         let scratch = tempfile::tempdir().expect("tempdir");
-        let identity = Identity::new(scratch.path());
+        // Only where the domain runs: the participant overlay has no bootstrap Job.
+        let identity = if docs.iter().any(|d| d["kind"] == "Job") {
+            Identity::bootstrap(&docs, scratch.path())
+        } else {
+            Identity {
+                domain_id: String::new(),
+                namespace_key: SigningKeyPair::generate(),
+                mediator_key: SigningKeyPair::generate(),
+                configmap: serde_json::json!({"data": {}}),
+            }
+        };
         let public = docs
             .iter()
             .any(|d| d["kind"] == "Service" && d["spec"]["type"] == "LoadBalancer");
@@ -316,7 +412,7 @@ fn every_rendered_config_loads_and_validates() {
                     .cloned()
                     .collect()
             };
-            let url = match component(&c.image) {
+            let database = match component(&c.image) {
                 "sequencer" => {
                     let s: domain_sequencer::SequencerConfig = domain_runtime::config::load(
                         Some(&c.file),
@@ -329,7 +425,7 @@ fn every_rendered_config_loads_and_validates() {
                     assert!(s.public_api.tls.is_some(), "{what}: public TLS");
                     // The knob: reflection is off where other organisations connect.
                     assert_eq!(s.public_api.reflection, !public, "{what}: reflection");
-                    s.database.url.expose().to_owned()
+                    s.database
                 }
                 "mediator" => {
                     let m: domain_mediator::MediatorConfig = domain_runtime::config::load(
@@ -341,8 +437,10 @@ fn every_rendered_config_loads_and_validates() {
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
                     m.validate().unwrap_or_else(|e| panic!("{what}: {e}"));
                     assert_eq!(m.domain_id, identity.domain_id, "{what}");
+                    // The Job names the mediator `mediator` in its id: so must the config.
+                    assert_eq!(m.name, "mediator", "{what}");
                     assert_eq!(m.sequencers, pods(replicas.expect("sequencers")), "{what}");
-                    m.database.url.expose().to_owned()
+                    m.database
                 }
                 "domain-manager" => {
                     let mut d: domain_manager::DomainManagerConfig = domain_runtime::config::load(
@@ -360,7 +458,7 @@ fn every_rendered_config_loads_and_validates() {
                         .map(|s| s.public_endpoint.clone())
                         .collect();
                     assert_eq!(endpoints, pods(replicas.expect("sequencers")), "{what}");
-                    d.database.url.expose().to_owned()
+                    d.database
                 }
                 "participant" => {
                     let p: domain_participant::config::ParticipantConfig =
@@ -372,20 +470,47 @@ fn every_rendered_config_loads_and_validates() {
                         )
                         .unwrap_or_else(|e| panic!("{what}: {e}"));
                     p.validate().unwrap_or_else(|e| panic!("{what}: {e}"));
-                    p.database.url.expose().to_owned()
+                    p.database
                 }
                 other => panic!("{name}: unexpected component image {other}"),
             };
+            let url = database.url.expose().to_owned();
             assert!(
                 url.contains("sslmode=verify-full") && url.contains("sslrootcert="),
                 "{what}: database url {url} does not verify the server"
             );
             if docs.iter().any(|d| d["kind"] == "Cluster") {
                 assert!(url.contains("@domain-pg-rw:"), "{what}: {url}");
+                // Certificate login (crates/domain-storage/tests/tls.rs shows PostgreSQL
+                // admitting exactly this): a client certificate and no password at all.
+                assert!(
+                    database.sslcert.is_some() && database.sslkey.is_some(),
+                    "{what}: no client certificate"
+                );
+                assert!(
+                    database
+                        .resolve_password()
+                        .expect("password source")
+                        .is_none()
+                        && database.password_file.is_none(),
+                    "{what}: a password is configured"
+                );
+            } else if component(&c.image) != "participant" {
+                // overlays/managed-postgres: the provider's server, with a password login.
+                assert!(
+                    url.contains("@postgres.example.invalid:5432/"),
+                    "{what}: {url}"
+                );
+                assert!(
+                    database.password_file.is_some()
+                        && database.resolve_password().expect("password").is_some(),
+                    "{what}: no password for the managed server"
+                );
             }
             checked.push(what);
         }
     }
-    // The four domain overlays (aks, eks, example, gke) have three configs each, plus the participant.
-    assert!(checked.len() >= 13, "{checked:?}");
+    // The five domain overlays (aks, eks, example, gke, managed-postgres) have three
+    // configs each, plus the participant.
+    assert!(checked.len() >= 16, "{checked:?}");
 }

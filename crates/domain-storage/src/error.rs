@@ -57,8 +57,10 @@ pub enum StorageError {
         reason: String,
     },
 
-    /// An error from tokio-postgres (hot pool, dedicated and LISTEN connections).
-    #[error("postgres error: {0}")]
+    /// An error from tokio-postgres (hot pool, dedicated and LISTEN connections). The
+    /// message includes the server's own (tokio-postgres displays a server error as just
+    /// "db error", which hid e.g. why a login was refused).
+    #[error("postgres error: {}", postgres_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
 
     /// An error from sqlx (migration and admin pool).
@@ -162,6 +164,24 @@ impl From<deadpool_postgres::PoolError> for StorageError {
             },
         }
     }
+}
+
+/// `error` with the server's message, SQLSTATE and detail when it carries a server error.
+fn postgres_detail(error: &tokio_postgres::Error) -> String {
+    let Some(db) = error.as_db_error() else {
+        return error.to_string();
+    };
+    let mut out = format!(
+        "{}: {} (SQLSTATE {})",
+        db.severity(),
+        db.message(),
+        db.code().code()
+    );
+    if let Some(detail) = db.detail() {
+        out.push_str(": ");
+        out.push_str(detail);
+    }
+    out
 }
 
 /// Turns a tokio-postgres connect error caused by TLS into [`StorageError::Tls`], so the

@@ -463,3 +463,184 @@ async fn local_commit_without_synchronous_standbys_is_durable() {
         .await
         .expect("local is as durable as on without synchronous standbys");
 }
+
+/// Certificate authentication as deploy/k8s/postgres sets it up: the server's certificate
+/// from one CA (CloudNativePG's), clients' from another (`ssl_ca_file`, the Cluster's
+/// `clientCASecret`), `hostssl sameuser <role> all cert`, and a role without a password. The
+/// component config carries only `sslcert`/`sslkey`: no password file exists to be made.
+#[tokio::test]
+async fn certificate_authentication_without_a_password() {
+    let server_pki = TestPki::with_name("pg server ca").expect("pki");
+    let client_pki = TestPki::with_name("pg client ca").expect("pki");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().join("pg");
+    std::fs::create_dir_all(&base).expect("base dir");
+    let file = |name: &str, contents: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).expect("write file");
+        path
+    };
+    let client_ca = file("client-ca.pem", client_pki.ca_pem());
+    // The order of deploy/k8s/postgres/cluster.yaml: cert for the app role over TLS, and
+    // nothing over plain TCP; `postgres` keeps trust for the test's own setup.
+    let hba = file(
+        "pg_hba.conf",
+        "local all all trust\n\
+         hostssl sameuser app_cert 127.0.0.1/32 cert\n\
+         hostnossl all app_cert 127.0.0.1/32 reject\n\
+         host all postgres 127.0.0.1/32 trust\n",
+    );
+    let options = ClusterOptions {
+        settings: vec![
+            ("ssl_ca_file".into(), client_ca.display().to_string()),
+            ("hba_file".into(), hba.display().to_string()),
+        ],
+        tls: Some(
+            server_pki
+                .issue_server(&["localhost"])
+                .expect("server cert"),
+        ),
+    };
+    let cluster = PgCluster::start_private_with(&base, &options).expect("private cluster");
+    let server = Server { cluster, dir };
+    let port = server.port();
+    let admin = connect_sqlx(&DatabaseConfig::from_url(format!(
+        "postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable"
+    )))
+    .await
+    .expect("admin");
+    // As CloudNativePG's managed role with `disablePassword: true`, and its Database.
+    sqlx::query("CREATE ROLE app_cert LOGIN PASSWORD NULL")
+        .execute(&admin)
+        .await
+        .expect("create role");
+    sqlx::query("CREATE DATABASE app_cert OWNER app_cert")
+        .execute(&admin)
+        .await
+        .expect("create database");
+
+    let server_ca = server.file("server-ca.pem", server_pki.ca_pem());
+    let own = client_pki.issue_client("app_cert").expect("client cert");
+    let cert = server.file("tls.crt", &own.cert_pem);
+    let key = server.file("tls.key", &own.key_pem);
+    let base_url = format!("postgres://app_cert@localhost:{port}/app_cert");
+    let keyed = |cert: &Path, key: &Path| DatabaseConfig {
+        sslcert: Some(cert.to_path_buf()),
+        sslkey: Some(key.to_path_buf()),
+        ..with_tls(base_url.clone(), SslMode::VerifyFull, &server_ca)
+    };
+
+    // With the certificate (config keys, as deploy/k8s/base/*.toml): every kind of
+    // connection logs in as the role the certificate names.
+    let cfg = keyed(&cert, &key);
+    let (ssl, dn) = ssl_of_sqlx(&cfg).await.expect("sqlx, certificate login");
+    assert!(ssl);
+    assert_eq!(dn.as_deref(), Some("/CN=app_cert"));
+    assert_eq!(
+        ssl_of_tokio_postgres(&cfg)
+            .await
+            .expect("certificate login"),
+        [true, true, true]
+    );
+    let pool = connect_sqlx(&cfg).await.expect("sqlx");
+    let user: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&pool)
+        .await
+        .expect("current_user");
+    assert_eq!(user, "app_cert");
+    // The role owns its database: the migrations can create their tables.
+    sqlx::query("CREATE TABLE owned_here (x int)")
+        .execute(&pool)
+        .await
+        .expect("create table as app_cert");
+    pool.close().await;
+    // The same from URL parameters.
+    let cfg = DatabaseConfig::from_url(format!(
+        "{base_url}?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        server_ca.display(),
+        cert.display(),
+        key.display()
+    ));
+    assert!(ssl_of_sqlx(&cfg).await.expect("sqlx, url parameters").0);
+    let (client, _task) = dedicated_connection(&cfg).await.expect("dedicated, url");
+    let user: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .expect("current_user")
+        .get(0);
+    assert_eq!(user, "app_cert");
+
+    // Without a certificate: refused by the server, no password to fall back on.
+    let bare = with_tls(base_url.clone(), SslMode::VerifyFull, &server_ca);
+    let err = ssl_of_sqlx(&bare).await.expect_err("no client certificate");
+    assert!(
+        err.to_string()
+            .contains("requires a valid client certificate"),
+        "sqlx: {err}"
+    );
+    let err = match dedicated_connection(&bare).await {
+        Ok(_) => panic!("dedicated connection without a client certificate"),
+        Err(e) => e,
+    };
+    assert!(
+        err.to_string()
+            .contains("requires a valid client certificate"),
+        "dedicated: {err}"
+    );
+
+    // A certificate from the right CA for another role: the CN must be the role.
+    let other = client_pki.issue_client("intruder").expect("client cert");
+    let cfg = keyed(
+        &server.file("intruder.crt", &other.cert_pem),
+        &server.file("intruder.key", &other.key_pem),
+    );
+    let err = ssl_of_sqlx(&cfg).await.expect_err("CN is not the role");
+    assert!(
+        err.to_string()
+            .contains("certificate authentication failed for user \"app_cert\""),
+        "sqlx: {err}"
+    );
+    let err = match dedicated_connection(&cfg).await {
+        Ok(_) => panic!("dedicated connection with another role's certificate"),
+        Err(e) => e,
+    };
+    assert!(
+        err.to_string()
+            .contains("certificate authentication failed for user \"app_cert\""),
+        "dedicated: {err}"
+    );
+
+    // The right CN from a CA the server does not trust for clients (here the server CA):
+    // the handshake fails.
+    let foreign = server_pki.issue_client("app_cert").expect("client cert");
+    let cfg = keyed(
+        &server.file("foreign.crt", &foreign.cert_pem),
+        &server.file("foreign.key", &foreign.key_pem),
+    );
+    ssl_of_sqlx(&cfg)
+        .await
+        .expect_err("client certificate from an untrusted CA");
+    if dedicated_connection(&cfg).await.is_ok() {
+        panic!("dedicated connection with a certificate from an untrusted CA");
+    }
+
+    // Plain TCP is refused by the server (a client certificate with sslmode=disable is
+    // already refused by the config check).
+    let cfg = DatabaseConfig::from_url(format!(
+        "postgres://app_cert@127.0.0.1:{port}/app_cert?sslmode=disable"
+    ));
+    let err = ssl_of_sqlx(&cfg).await.expect_err("plaintext");
+    assert!(
+        err.to_string().contains("pg_hba.conf rejects"),
+        "sqlx: {err}"
+    );
+    let err = match dedicated_connection(&cfg).await {
+        Ok(_) => panic!("dedicated plaintext connection"),
+        Err(e) => e,
+    };
+    assert!(
+        err.to_string().contains("pg_hba.conf rejects"),
+        "dedicated: {err}"
+    );
+    admin.close().await;
+}
