@@ -41,6 +41,7 @@ pub fn set_state(serial: u64, p: &MemberId, permission: Permission) -> TopologyT
             participant: p.clone(),
             permission,
             trust_level: TrustLevel::Ordinary,
+            public_key: None,
         },
     }
 }

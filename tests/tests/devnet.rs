@@ -46,19 +46,20 @@ fn number_after(text: &str, prefix: &str) -> Option<u64> {
 #[tokio::test]
 async fn devnet_runs_a_domain_pings_and_stops_cleanly() -> anyhow::Result<()> {
     let mut cmd = tokio::process::Command::new(binary_path("devnet"));
-    cmd.args([
-        "--duration",
-        "20s",
-        "--ping-interval",
-        "2s",
-        "--no-build",
-        "--rm",
-    ])
-    .stdin(std::process::Stdio::null())
-    .kill_on_drop(true);
+    cmd.args(["--duration", "20s", "--ping-interval", "2s", "--no-build"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
     let private_pg = pg_binaries_installed();
+    // With a private PostgreSQL everything devnet creates is in its directory, so the run
+    // directory is kept (a temporary one) to check the onboarding files afterwards; on a
+    // shared server `--rm` also drops the databases, and only the printed paths are checked.
+    let run_dir = tempfile::tempdir()?;
+    let dir = run_dir.path().join("devnet");
     if private_pg {
         cmd.env_remove("DATABASE_URL");
+        cmd.arg("--dir").arg(&dir);
+    } else {
+        cmd.arg("--rm");
     }
     let started = Instant::now();
     let output = tokio::time::timeout(Duration::from_secs(150), cmd.output())
@@ -127,6 +128,45 @@ async fn devnet_runs_a_domain_pings_and_stops_cleanly() -> anyhow::Result<()> {
         );
     }
     ensure!(stdout.contains("devnet finished cleanly"));
+    // The joining flow (docs/onboarding.md): two identity files and one bundle, printed.
+    let printed = |prefix: &str| -> Vec<std::path::PathBuf> {
+        stdout
+            .lines()
+            .filter_map(|l| l.split_once(prefix).map(|(_, p)| p.trim().into()))
+            .collect()
+    };
+    let identities = printed("identity file: ");
+    let bundles = printed("connection bundle: ");
+    ensure!(
+        identities.len() >= 2 && !bundles.is_empty(),
+        "devnet did not print the identity files and the bundle:\n{report}"
+    );
+    ensure!(
+        stdout.contains("from its identity file"),
+        "participants were not allowlisted from their identity files"
+    );
+    if private_pg {
+        for f in identities.iter().take(2) {
+            let text = std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?;
+            let v = domain_identity::onboarding::verify_identity(&text)?;
+            ensure!(v.participant.to_string().starts_with("PAR::participant"));
+        }
+        let text = std::fs::read_to_string(&bundles[0])?;
+        let b = domain_identity::onboarding::verify_bundle(&text)?;
+        ensure!(
+            b.body.endpoints.len() == 2,
+            "bundle endpoints {:?}",
+            b.body.endpoints
+        );
+        ensure!(b.body.ca_pem.is_some(), "bundle without the CA");
+        for p in ["participant1", "participant2"] {
+            let conn = std::fs::read_to_string(dir.join(p).join("domain-connection.toml"))?;
+            ensure!(
+                conn.contains("sequencer-key = \"1220") && conn.contains("bundle = "),
+                "{p} did not connect from the bundle:\n{conn}"
+            );
+        }
+    }
     ensure!(
         elapsed < Duration::from_secs(60),
         "devnet took {elapsed:?} for a 20 s run"

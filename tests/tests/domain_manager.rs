@@ -475,6 +475,7 @@ async fn raw_set_state(
         participant_id: participant.to_string(),
         permission: permission as i32,
         trust_level: pb::TrustLevel::Ordinary as i32,
+        public_key: None,
     });
     req.set_timeout(Duration::from_secs(20));
     client

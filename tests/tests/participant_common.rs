@@ -200,12 +200,22 @@ impl Domain {
         let med_key = SigningKeyPair::generate();
         med_key.save_pem(&med_key_path)?;
         let mediator_id = format!("MED::mediator::{}", med_key.fingerprint());
+        // The connection bundle a joining party gets (`domain export-connection`): the
+        // instances participants connect to, and the test CA.
+        let public = layout
+            .participants_on
+            .iter()
+            .map(|i| format!("\"{}\"", cluster.nodes[*i].public_endpoint()))
+            .collect::<Vec<_>>()
+            .join(", ");
         let dms = DomainManagers::start(
             &cluster,
             pg.create_database("pt_dm").await,
             1,
             &format!(
-                "genesis = {{ mediators = [\"{mediator_id}\"], parameters = {{ participant-response-timeout = \"{response_timeout}\" }} }}"
+                "genesis = {{ mediators = [\"{mediator_id}\"], parameters = {{ participant-response-timeout = \"{response_timeout}\" }} }}\n\
+                 connection = {{ public-endpoints = [{public}], ca-file = \"{ca}\" }}",
+                ca = cluster.pki_files.ca.display(),
             ),
         )
         .await?;
@@ -324,8 +334,7 @@ impl Domain {
     ) -> anyhow::Result<usize> {
         let data_dir = self.logs.path(name);
         let data = data_dir.to_string_lossy().into_owned();
-        let uid = participant_ok(&["init", "--name", name, "--data-dir", &data]).await?;
-        let member = format!("PAR::{uid}");
+        let member = participant_ok(&["init", "--name", name, "--data-dir", &data]).await?;
         if allowlist {
             let out = domainctl(
                 &self.dms.endpoints(),
@@ -349,6 +358,27 @@ impl Domain {
         // No --mediator hint: the node learns the mediator from the topology history.
         args.extend(["--ca", &ca, "--data-dir", &data]);
         participant_ok(&args).await?;
+        self.adopt_participant(name, &member, data_dir, policy, allowlist)
+            .await
+    }
+
+    /// Runs a participant whose data directory already holds its identity and connection
+    /// (made by the caller, e.g. from a connection bundle): database, config, and (with
+    /// `start`) the node.
+    pub async fn adopt_participant(
+        &mut self,
+        name: &str,
+        member: &str,
+        data_dir: PathBuf,
+        policy: &str,
+        start: bool,
+    ) -> anyhow::Result<usize> {
+        let data = data_dir.to_string_lossy().into_owned();
+        let uid = member
+            .strip_prefix("PAR::")
+            .with_context(|| format!("{member} is not PAR::…"))?
+            .to_owned();
+        let member = member.to_owned();
         let (admin_port, ops_port) = (free_port(), free_port());
         let db = PgCluster::shared()
             .create_database(&format!("pt_{name}"))
@@ -375,7 +405,7 @@ impl Domain {
             process: None,
         });
         let i = self.participants.len() - 1;
-        if allowlist {
+        if start {
             self.start_participant(i).await?;
         }
         Ok(i)

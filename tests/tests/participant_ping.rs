@@ -50,10 +50,10 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
 
     // 1. Identity.
     let alice_dir = p(alice).data_dir.to_string_lossy().into_owned();
-    ensure!(participant_ok(&["id", "--data-dir", &alice_dir]).await? == p(alice).uid);
+    ensure!(participant_ok(&["id", "--data-dir", &alice_dir]).await? == p(alice).member);
     ensure!(
         participant_ok(&["init", "--name", "alice", "--data-dir", &alice_dir]).await?
-            == p(alice).uid,
+            == p(alice).member,
         "init is not idempotent"
     );
     let rename = participant_cli(&["init", "--name", "mallory", "--data-dir", &alice_dir]).await?;

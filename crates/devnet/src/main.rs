@@ -133,6 +133,13 @@ async fn run(args: Args) -> ExitCode {
         }
         Ok(()) => {
             say!(net, "domain {} is up", net.domain_id);
+            // The two files of the joining flow (docs/onboarding.md).
+            for f in &net.identity_files {
+                say!(net, "identity file: {}", f.display());
+            }
+            if let Some(b) = &net.bundle_path {
+                say!(net, "connection bundle: {}", b.display());
+            }
             ok &= net.print_status().await;
             let pings = net.ping_loop(&args, &cancel).await;
             ok &= pings.healthy;
@@ -373,6 +380,10 @@ struct Devnet {
     participants: Vec<ParticipantInfo>,
     domain_id: String,
     tls: Option<ClientTlsConfig>,
+    /// The connection bundle the participants joined with.
+    bundle_path: Option<PathBuf>,
+    /// The participants' identity files.
+    identity_files: Vec<PathBuf>,
 }
 
 impl Devnet {
@@ -388,6 +399,8 @@ impl Devnet {
             participants: Vec::new(),
             domain_id: String::new(),
             tls: None,
+            bundle_path: None,
+            identity_files: Vec::new(),
         }
     }
 
@@ -561,6 +574,7 @@ impl Devnet {
                 "domain-name = {dn}\nnamespace-key-file = {key}\nops-listen = \"127.0.0.1:{ops}\"\nadvertised-admin-address = {adv}\n\n\
                  [database]\nurl = {url}\n\n[admin-api]\nlisten = \"127.0.0.1:{admin}\"\n\n\
                  [sequencer-tls]\nca = {ca}\ndomain-name = \"localhost\"\n\n\
+                 [connection]\npublic-endpoints = [{public}]\nca-file = {ca}\nalias = {alias}\n\n\
                  [genesis]\nmediators = [{med}]\n\n[genesis.parameters]\nparticipant-response-timeout = \"10s\"\n{sequencers}{components}",
                 dn = q(DOMAIN_NAME),
                 key = qp(&ns_key),
@@ -570,6 +584,14 @@ impl Devnet {
                 admin = p.admin,
                 ca = qp(&tls_files.ca),
                 med = q(&mediator_id),
+                // What a joining party is handed (export-connection): here the same
+                // loopback URLs, in a real deployment the externally visible names.
+                public = seq_ports
+                    .iter()
+                    .map(|p| q(p.public_url()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                alias = q(ALIAS),
             );
             let path = cfg.join(format!("{name}.toml"));
             std::fs::write(&path, config)?;
@@ -619,24 +641,56 @@ impl Devnet {
         }
         self.wait_replicas(first_med, "mediators").await?;
 
-        // Participants: identity, allowlist, connection, node.
+        // Participants join exactly as a party from another company would
+        // (docs/onboarding.md): identity file → allowlisting from it → connection bundle →
+        // connect from the bundle.
         let dm_endpoints = dm_ports
             .iter()
             .map(Ports::admin_url)
             .collect::<Vec<_>>()
             .join(",");
-        let seq_urls: Vec<String> = seq_ports.iter().map(Ports::public_url).collect();
+        let bundle_path = self.dir.join("connection-bundle.json");
+        let bundle_s = bundle_path.to_string_lossy().into_owned();
+        self.cmd(
+            "domainctl",
+            &[
+                "--endpoint",
+                &dm_endpoints,
+                "domain",
+                "export-connection",
+                "--output-file",
+                &bundle_s,
+            ],
+        )
+        .await?;
+        say!(self, "connection bundle: {bundle_s}");
+        self.bundle_path = Some(bundle_path.clone());
         for (i, (p, db)) in par_ports.iter().zip([&p1_db, &p2_db]).enumerate() {
             let name = format!("participant{}", i + 1);
             let data = self.dir.join(&name);
             let data_s = data.to_string_lossy().into_owned();
-            let uid = self
+            let member = self
                 .cmd(
                     "participant",
                     &["init", "--name", &name, "--data-dir", &data_s],
                 )
                 .await?;
-            let member = format!("PAR::{uid}");
+            let identity_path = self.dir.join(format!("{name}-identity.json"));
+            let identity_s = identity_path.to_string_lossy().into_owned();
+            self.cmd(
+                "participant",
+                &[
+                    "export-identity",
+                    "--output",
+                    &identity_s,
+                    "--display-name",
+                    &format!("devnet {name}"),
+                    "--data-dir",
+                    &data_s,
+                ],
+            )
+            .await?;
+            say!(self, "{name} identity file: {identity_s}");
             self.cmd(
                 "domainctl",
                 &[
@@ -644,7 +698,8 @@ impl Devnet {
                     &dm_endpoints,
                     "participants",
                     "set-state",
-                    &member,
+                    "--identity-file",
+                    &identity_s,
                     "--permission",
                     "submission",
                     "--trust-level",
@@ -654,15 +709,17 @@ impl Devnet {
             .await?;
             say!(
                 self,
-                "allowlisted {member} (permission submission, trust level ordinary)"
+                "allowlisted {member} from its identity file (permission submission, trust level ordinary, key bound)"
             );
-            let ca = tls_files.ca.to_string_lossy().into_owned();
-            let mut connect = vec!["connect-multi", ALIAS];
-            connect.extend(seq_urls.iter().map(String::as_str));
             // No --mediator: the participant learns it from the topology history.
-            connect.extend(["--ca", &ca, "--data-dir", &data_s]);
-            let connected = self.cmd("participant", &connect).await?;
+            let connected = self
+                .cmd(
+                    "participant",
+                    &["connect", "--bundle", &bundle_s, "--data-dir", &data_s],
+                )
+                .await?;
             say!(self, "{name}: {connected}");
+            self.identity_files.push(identity_path);
             let config = format!(
                 "data-dir = {data}\nops-listen = \"127.0.0.1:{ops}\"\nping-timeout = \"{pt}s\"\n\n\
                  [database]\nurl = {url}\n\n[admin-api]\nlisten = \"127.0.0.1:{admin}\"\n",

@@ -14,6 +14,7 @@
 mod fingerprint;
 mod ids;
 mod keys;
+pub mod onboarding;
 mod signature;
 
 pub use fingerprint::{FINGERPRINT_LEN, FINGERPRINT_PREFIX, Fingerprint};

@@ -44,7 +44,7 @@ pub enum SignatureError {
     #[error("signature purpose is unspecified (0)")]
     UnspecifiedPurpose,
     /// The proto purpose number is not known.
-    #[error("unknown signature purpose {0} (expected 1 to 7)")]
+    #[error("unknown signature purpose {0} (expected 1 to 9)")]
     UnknownPurpose(i32),
 }
 
@@ -69,11 +69,15 @@ pub enum SignaturePurpose {
     Verdict,
     /// A member's acknowledgement (proto 7).
     Acknowledgement,
+    /// A participant's identity file, signed by its own key (proto 8).
+    IdentityFile,
+    /// A domain's connection bundle, signed by the namespace key (proto 9).
+    ConnectionBundle,
 }
 
 impl SignaturePurpose {
     /// Every purpose, in proto order.
-    pub const ALL: [SignaturePurpose; 7] = [
+    pub const ALL: [SignaturePurpose; 9] = [
         SignaturePurpose::AuthChallenge,
         SignaturePurpose::Submission,
         SignaturePurpose::SequencedEvent,
@@ -81,6 +85,8 @@ impl SignaturePurpose {
         SignaturePurpose::ConfirmationResponse,
         SignaturePurpose::Verdict,
         SignaturePurpose::Acknowledgement,
+        SignaturePurpose::IdentityFile,
+        SignaturePurpose::ConnectionBundle,
     ];
 
     /// The stable tag string included in the signed bytes.
@@ -94,10 +100,12 @@ impl SignaturePurpose {
             SignaturePurpose::ConfirmationResponse => "confirmation-response",
             SignaturePurpose::Verdict => "verdict",
             SignaturePurpose::Acknowledgement => "acknowledgement",
+            SignaturePurpose::IdentityFile => "identity-file",
+            SignaturePurpose::ConnectionBundle => "connection-bundle",
         }
     }
 
-    /// The `domain.v1.SignaturePurpose` number (1 to 7).
+    /// The `domain.v1.SignaturePurpose` number (1 to 9).
     #[must_use]
     pub fn as_i32(self) -> i32 {
         match self {
@@ -108,6 +116,8 @@ impl SignaturePurpose {
             SignaturePurpose::ConfirmationResponse => 5,
             SignaturePurpose::Verdict => 6,
             SignaturePurpose::Acknowledgement => 7,
+            SignaturePurpose::IdentityFile => 8,
+            SignaturePurpose::ConnectionBundle => 9,
         }
     }
 
@@ -123,6 +133,8 @@ impl SignaturePurpose {
             5 => Ok(SignaturePurpose::ConfirmationResponse),
             6 => Ok(SignaturePurpose::Verdict),
             7 => Ok(SignaturePurpose::Acknowledgement),
+            8 => Ok(SignaturePurpose::IdentityFile),
+            9 => Ok(SignaturePurpose::ConnectionBundle),
             other => Err(SignatureError::UnknownPurpose(other)),
         }
     }
@@ -273,6 +285,8 @@ mod tests {
             ),
             (SignaturePurpose::Verdict, 6, "verdict"),
             (SignaturePurpose::Acknowledgement, 7, "acknowledgement"),
+            (SignaturePurpose::IdentityFile, 8, "identity-file"),
+            (SignaturePurpose::ConnectionBundle, 9, "connection-bundle"),
         ];
         assert_eq!(SignaturePurpose::ALL.len(), expected.len());
         for (purpose, number, tag) in expected {
@@ -288,8 +302,8 @@ mod tests {
             Err(SignatureError::UnspecifiedPurpose)
         );
         assert_eq!(
-            SignaturePurpose::from_i32(8),
-            Err(SignatureError::UnknownPurpose(8))
+            SignaturePurpose::from_i32(10),
+            Err(SignatureError::UnknownPurpose(10))
         );
         assert_eq!(
             SignaturePurpose::from_i32(-1),

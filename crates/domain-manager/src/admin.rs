@@ -9,7 +9,7 @@ use domain_topology::{DomainParameters, Mapping, Operation};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::config::ComponentKind;
+use crate::config::{ComponentKind, ConnectionConfig};
 use crate::error::DomainManagerError;
 use crate::manager::{
     Core, WriteOutcome, parse_participant_id, parse_permission, parse_trust_level,
@@ -17,6 +17,7 @@ use crate::manager::{
 use crate::metrics as m;
 use crate::status::{PROBE_TIMEOUT, probe_ready};
 use crate::store::TopologyRecord;
+use domain_identity::PublicKey;
 
 /// Deadline of `ListSequencers`.
 const LIST_SEQUENCERS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,6 +37,30 @@ pub struct DomainAdmin {
     pub advertised_address: String,
     /// Components `Status` probes.
     pub probes: Arc<Vec<ProbeTarget>>,
+    /// What connection bundles say (`[connection]`), if configured.
+    pub connection: Option<Arc<ConnectionConfig>>,
+}
+
+/// The key of a `SetParticipantState` request, checked against the participant id.
+fn request_key(
+    key: Option<&pb::PublicKey>,
+    participant: &domain_identity::MemberId,
+) -> Result<Option<PublicKey>, DomainManagerError> {
+    let Some(key) = key else { return Ok(None) };
+    if key.algorithm != pb::KeyAlgorithm::Ed25519 as i32 {
+        return Err(DomainManagerError::InvalidArgument(
+            "public key: only ed25519 keys are supported".into(),
+        ));
+    }
+    let key = PublicKey::from_bytes(&key.key)
+        .map_err(|e| DomainManagerError::InvalidArgument(format!("public key: {e}")))?;
+    if !participant.matches_key(&key) {
+        return Err(DomainManagerError::InvalidArgument(format!(
+            "public key {} does not match the fingerprint of {participant}",
+            key.fingerprint()
+        )));
+    }
+    Ok(Some(key))
 }
 
 /// Parses the `grpc-timeout` request header (`<digits><H|M|S|m|u|n>`).
@@ -99,6 +124,7 @@ fn participant_info(r: &TopologyRecord) -> Option<pb::ParticipantInfo> {
                 participant,
                 permission,
                 trust_level,
+                ..
             },
         ) => Some(pb::ParticipantInfo {
             participant_id: participant.to_string(),
@@ -112,6 +138,77 @@ fn participant_info(r: &TopologyRecord) -> Option<pb::ParticipantInfo> {
 }
 
 impl DomainAdmin {
+    async fn export_connection_inner(
+        &self,
+        alias: &str,
+    ) -> Result<pb::ExportConnectionResponse, DomainManagerError> {
+        let Some(config) = &self.connection else {
+            return Err(DomainManagerError::ConnectionNotConfigured(
+                "the domain manager has no [connection] section (public-endpoints, ca-file)".into(),
+            ));
+        };
+        // Only the active replica signs: it is the one whose namespace key and view of the
+        // topology are in use, and a bundle is a statement of the domain.
+        if !self.core.is_ready() {
+            return Err(self.core.not_active());
+        }
+        let alias = if !alias.is_empty() {
+            domain_identity::UniqueId::validate_name(alias)
+                .map_err(|e| DomainManagerError::InvalidArgument(format!("alias: {e}")))?;
+            alias.to_owned()
+        } else {
+            config
+                .alias
+                .clone()
+                .unwrap_or_else(|| self.core.domain_id.name().to_owned())
+        };
+        let sequencer = self
+            .core
+            .latest("sequencer")
+            .await?
+            .into_iter()
+            .find_map(|r| match (r.tx.operation, r.tx.mapping) {
+                (
+                    Operation::Replace,
+                    Mapping::Sequencer {
+                        sequencer,
+                        public_key: Some(key),
+                    },
+                ) => Some((sequencer, key)),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                DomainManagerError::ConnectionNotConfigured(
+                    "no sequencer with a key is registered yet".into(),
+                )
+            })?;
+        // Read at each export, so a rotated CA file is picked up without a restart.
+        let ca_pem = match &config.ca_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                DomainManagerError::ConnectionNotConfigured(format!(
+                    "connection.ca-file {}: {e}",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
+        let bundle_json = domain_identity::onboarding::export_bundle(
+            &self.core.domain_id,
+            self.core.namespace_key(),
+            domain_identity::onboarding::BundleContents {
+                alias,
+                endpoints: config.public_endpoints.clone(),
+                sequencer_id: sequencer.0,
+                sequencer_key: sequencer.1,
+                ca_pem,
+                system_roots: config.system_roots,
+                protocol_version: domain_proto::PROTOCOL_VERSION.to_owned(),
+            },
+        )
+        .map_err(|e| DomainManagerError::Internal(e.to_string()))?;
+        Ok(pb::ExportConnectionResponse { bundle_json })
+    }
+
     async fn get_participant_inner(
         &self,
         participant_id: &str,
@@ -247,6 +344,17 @@ impl DomainAdmin {
 
 #[tonic::async_trait]
 impl DomainAdminService for DomainAdmin {
+    async fn export_connection(
+        &self,
+        req: Request<pb::ExportConnectionRequest>,
+    ) -> Result<Response<pb::ExportConnectionResponse>, Status> {
+        let result = self.export_connection_inner(&req.get_ref().alias).await;
+        if result.is_ok() {
+            tracing::info!("connection bundle exported");
+        }
+        finish("ExportConnection", result).map(Response::new)
+    }
+
     async fn set_participant_state(
         &self,
         req: Request<pb::SetParticipantStateRequest>,
@@ -257,9 +365,11 @@ impl DomainAdminService for DomainAdmin {
             let id = parse_participant_id(&r.participant_id)?;
             let permission = parse_permission(r.permission)?;
             let trust_level = parse_trust_level(r.trust_level)?;
+            let public_key = request_key(r.public_key.as_ref(), &id)?;
+            let key_bound = public_key.is_some();
             let outcome = self
                 .core
-                .set_participant_state(&id, permission, trust_level, deadline)
+                .set_participant_state(&id, permission, trust_level, public_key, deadline)
                 .await?;
             tracing::info!(
                 participant = %id,
@@ -268,6 +378,7 @@ impl DomainAdminService for DomainAdmin {
                 serial = outcome.serial,
                 effective_ts = outcome.effective_ts,
                 changed = outcome.changed,
+                key_bound,
                 "participant state set"
             );
             Ok(set_state_response(outcome))

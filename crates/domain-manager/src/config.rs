@@ -76,6 +76,31 @@ pub struct DomainManagerConfig {
     /// How long shutdown waits for in-flight calls to drain. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// What `domainctl domain export-connection` puts in the connection bundle for parties
+    /// joining from outside (docs/onboarding.md). Default: unset (export refused with
+    /// `DM_CONNECTION_NOT_CONFIGURED`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection: Option<ConnectionConfig>,
+}
+
+/// The externally visible view of the domain, for connection bundles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConnectionConfig {
+    /// The sequencer public API URLs as parties outside the provider's network reach them
+    /// (`https://seq-1.example.com:5001`), not in-cluster names. At least one.
+    pub public_endpoints: Vec<String>,
+    /// PEM CA certificates those endpoints' certificates chain to, copied into the bundle
+    /// (several during a CA rotation). Optional when `system-roots` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Whether the endpoints use certificates of public CAs (the party trusts its system
+    /// roots). Default false.
+    #[serde(default)]
+    pub system_roots: bool,
+    /// Suggested alias of the connection. Default: the domain name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
 }
 
 impl Default for DomainManagerConfig {
@@ -95,6 +120,7 @@ impl Default for DomainManagerConfig {
             send_deadline: Duration::from_secs(10),
             retry_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            connection: None,
         }
     }
 }
@@ -320,6 +346,35 @@ impl DomainManagerConfig {
                         "ops endpoints are plaintext: use http://",
                     ));
                 }
+            }
+        }
+        if let Some(c) = &self.connection {
+            if c.public_endpoints.is_empty() {
+                return Err(invalid(
+                    "connection.public-endpoints",
+                    "at least one externally visible sequencer URL is required",
+                ));
+            }
+            for (i, e) in c.public_endpoints.iter().enumerate() {
+                parse_endpoint(e)
+                    .map_err(|r| invalid(format!("connection.public-endpoints[{i}]"), r))?;
+            }
+            match &c.ca_file {
+                Some(ca) => {
+                    domain_runtime::tls::load_certificates(ca, "connection ca")
+                        .map_err(|e| invalid("connection.ca-file", e.to_string()))?;
+                }
+                None if !c.system_roots => {
+                    return Err(invalid(
+                        "connection.ca-file",
+                        "must be set unless connection.system-roots = true",
+                    ));
+                }
+                None => {}
+            }
+            if let Some(alias) = &c.alias {
+                UniqueId::validate_name(alias)
+                    .map_err(|e| invalid("connection.alias", e.to_string()))?;
             }
         }
         match &self.sequencer_tls {

@@ -31,6 +31,10 @@ pub enum DomainManagerError {
     Database(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// `ExportConnection` without `[connection]` in the configuration (or without a
+    /// registered sequencer to describe).
+    #[error("no connection bundle can be exported: {0}")]
+    ConnectionNotConfigured(String),
 }
 
 fn not_active_message(holder: Option<&str>, address: Option<&str>) -> String {
@@ -61,6 +65,7 @@ impl DomainManagerError {
             Self::SequencerUnavailable(_) => "DM_SEQUENCER_UNAVAILABLE",
             Self::Database(_) => "DM_DATABASE",
             Self::Internal(_) => "DM_INTERNAL",
+            Self::ConnectionNotConfigured(_) => "DM_CONNECTION_NOT_CONFIGURED",
         }
     }
 
@@ -73,6 +78,7 @@ impl DomainManagerError {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::UnknownParticipant(_) => Code::NotFound,
             Self::Internal(_) => Code::Internal,
+            Self::ConnectionNotConfigured(_) => Code::FailedPrecondition,
         }
     }
 

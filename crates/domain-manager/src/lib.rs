@@ -264,6 +264,7 @@ pub async fn run(
         core: core.clone(),
         advertised_address: advertised,
         probes: Arc::new(probes),
+        connection: config.connection.clone().map(Arc::new),
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);

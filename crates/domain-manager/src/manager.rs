@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
-use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair};
+use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, SigningKeyPair};
 use domain_lease::{Fence, LeaseHandle, LeaseStatus};
 use domain_topology::{
     DomainParameters, Mapping, Operation, Permission, SequencedTopology, TopologyState, TrustLevel,
@@ -106,16 +106,30 @@ fn participant_attrs(entry: &SequencedTopology) -> Option<(Permission, TrustLeve
     }
 }
 
+/// The key recorded with the latest participant mapping, if any.
+fn participant_key(entry: &SequencedTopology) -> Option<&PublicKey> {
+    match &entry.tx.mapping {
+        Mapping::Participant { public_key, .. } => public_key.as_ref(),
+        _ => None,
+    }
+}
+
 /// SetParticipantState: a no-op when the latest transaction of the participant is a
-/// replace with the same permission and trust level.
+/// replace with the same permission, trust level and key. A key recorded earlier (from an
+/// identity file) is kept when the request carries none, so a later permission change does
+/// not drop the binding.
 pub fn decide_set_state(
     latest: Option<&SequencedTopology>,
     participant: &MemberId,
     permission: Permission,
     trust_level: TrustLevel,
+    public_key: Option<PublicKey>,
 ) -> Decision {
+    let previous_key = latest.and_then(participant_key).cloned();
+    let public_key = public_key.or_else(|| previous_key.clone());
     if let Some(entry) = latest
         && participant_attrs(entry) == Some((permission, trust_level))
+        && public_key == previous_key
     {
         return Decision::NoOp {
             serial: entry.tx.serial,
@@ -128,6 +142,7 @@ pub fn decide_set_state(
             participant: participant.clone(),
             permission,
             trust_level,
+            public_key,
         },
     }
 }
@@ -148,6 +163,7 @@ pub fn decide_disable(
         participant,
         Permission::Disabled,
         trust_level,
+        None,
     ))
 }
 
@@ -172,6 +188,7 @@ pub fn decide_remove(
             Mapping::Participant {
                 permission,
                 trust_level,
+                public_key,
                 ..
             },
         ) => Ok(Decision::Send {
@@ -181,6 +198,7 @@ pub fn decide_remove(
                 participant: participant.clone(),
                 permission: *permission,
                 trust_level: *trust_level,
+                public_key: public_key.clone(),
             },
         }),
         _ => Err(DomainManagerError::Internal(format!(
@@ -751,6 +769,7 @@ impl Core {
         participant: &MemberId,
         permission: Permission,
         trust_level: TrustLevel,
+        public_key: Option<PublicKey>,
         deadline: Instant,
     ) -> Result<WriteOutcome, DomainManagerError> {
         let key = format!("participant/{participant}");
@@ -760,9 +779,16 @@ impl Core {
                 participant,
                 permission,
                 trust_level,
+                public_key.clone(),
             ))
         })
         .await
+    }
+
+    /// The namespace key, for signing connection bundles (only the active replica serves
+    /// them, see `ExportConnection`).
+    pub fn namespace_key(&self) -> &SigningKeyPair {
+        &self.key
     }
 
     pub async fn disable_participant(
@@ -853,6 +879,7 @@ mod tests {
                     participant: participant(),
                     permission,
                     trust_level: TrustLevel::Ordinary,
+                    public_key: None,
                 },
             },
         }
@@ -867,7 +894,8 @@ mod tests {
                 Some(&current),
                 &p,
                 Permission::Submission,
-                TrustLevel::Ordinary
+                TrustLevel::Ordinary,
+                None
             ),
             Decision::NoOp {
                 serial: 4,
@@ -875,7 +903,13 @@ mod tests {
             }
         );
         assert!(matches!(
-            decide_set_state(Some(&current), &p, Permission::Submission, TrustLevel::Vip),
+            decide_set_state(
+                Some(&current),
+                &p,
+                Permission::Submission,
+                TrustLevel::Vip,
+                None
+            ),
             Decision::Send {
                 operation: Operation::Replace,
                 ..
@@ -886,12 +920,13 @@ mod tests {
                 Some(&current),
                 &p,
                 Permission::Observation,
-                TrustLevel::Ordinary
+                TrustLevel::Ordinary,
+                None
             ),
             Decision::Send { .. }
         ));
         assert!(matches!(
-            decide_set_state(None, &p, Permission::Submission, TrustLevel::Ordinary),
+            decide_set_state(None, &p, Permission::Submission, TrustLevel::Ordinary, None),
             Decision::Send { .. }
         ));
         // Re-adding a removed participant with its old attributes is a change.
@@ -901,7 +936,8 @@ mod tests {
                 Some(&removed),
                 &p,
                 Permission::Submission,
-                TrustLevel::Ordinary
+                TrustLevel::Ordinary,
+                None
             ),
             Decision::Send { .. }
         ));

@@ -312,6 +312,7 @@ async fn serials_are_allocated_in_order_and_rows_go_from_pending_to_sequenced() 
             participant: participant.clone(),
             permission: Permission::Submission,
             trust_level: TrustLevel::Ordinary,
+            public_key: None,
         },
     )
     .await
@@ -551,6 +552,7 @@ async fn writes_are_idempotent_and_failed_sends_are_resent_with_the_same_serial(
             &alice,
             Permission::Submission,
             TrustLevel::Ordinary,
+            None,
             deadline(),
         )
         .await
@@ -574,6 +576,7 @@ async fn writes_are_idempotent_and_failed_sends_are_resent_with_the_same_serial(
             &alice,
             Permission::Submission,
             TrustLevel::Ordinary,
+            None,
             deadline(),
         )
         .await
@@ -585,7 +588,13 @@ async fn writes_are_idempotent_and_failed_sends_are_resent_with_the_same_serial(
     // The sequencer sequences the change but the answer is lost: the row stays pending.
     s.fake.set_mode(Mode::LoseAnswer);
     let e = core
-        .set_participant_state(&alice, Permission::Observation, TrustLevel::Vip, deadline())
+        .set_participant_state(
+            &alice,
+            Permission::Observation,
+            TrustLevel::Vip,
+            None,
+            deadline(),
+        )
         .await
         .expect_err("answer lost");
     assert_eq!(e.code(), "DM_SEQUENCER_UNAVAILABLE");
@@ -631,7 +640,8 @@ async fn writes_are_idempotent_and_failed_sends_are_resent_with_the_same_serial(
         Mapping::Participant {
             participant: alice.clone(),
             permission: Permission::Disabled,
-            trust_level: TrustLevel::Vip
+            trust_level: TrustLevel::Vip,
+            public_key: None,
         }
     );
     let removed = core
@@ -684,6 +694,7 @@ async fn a_passive_replica_names_the_active_one_and_a_lost_lease_stops_the_write
             &alice,
             Permission::Submission,
             TrustLevel::Ordinary,
+            None,
             deadline(),
         )
         .await
@@ -707,6 +718,7 @@ async fn a_passive_replica_names_the_active_one_and_a_lost_lease_stops_the_write
                     &alice,
                     Permission::Submission,
                     TrustLevel::Ordinary,
+                    None,
                     deadline(),
                 )
                 .await
@@ -729,6 +741,7 @@ async fn a_passive_replica_names_the_active_one_and_a_lost_lease_stops_the_write
             &alice,
             Permission::Observation,
             TrustLevel::Ordinary,
+            None,
             deadline(),
         )
         .await
@@ -761,6 +774,7 @@ async fn a_passive_replica_names_the_active_one_and_a_lost_lease_stops_the_write
             &alice,
             Permission::Submission,
             TrustLevel::Ordinary,
+            None,
             deadline(),
         )
         .await

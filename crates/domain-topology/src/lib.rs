@@ -244,6 +244,9 @@ pub enum Mapping {
         participant: MemberId,
         permission: Permission,
         trust_level: TrustLevel,
+        /// The key from the participant's verified identity file, when allowlisted from
+        /// it: the sequencer binds exactly this key (docs/onboarding.md).
+        public_key: Option<PublicKey>,
     },
     Mediator {
         mediator: MemberId,
@@ -391,15 +394,17 @@ impl TopologyTransaction {
         use pb::topology_transaction::Mapping as M;
         let mapping = match tx.mapping.as_ref() {
             None => return Err(TopologyError::Invalid("no mapping".into())),
-            Some(M::ParticipantState(p)) => Mapping::Participant {
-                participant: parse_member(
-                    &p.participant_id,
-                    MemberRole::Participant,
-                    "participant",
-                )?,
-                permission: Permission::from_proto(p.permission)?,
-                trust_level: TrustLevel::from_proto(p.trust_level)?,
-            },
+            Some(M::ParticipantState(p)) => {
+                let participant =
+                    parse_member(&p.participant_id, MemberRole::Participant, "participant")?;
+                let public_key = parse_key(p.public_key.as_ref(), &participant)?;
+                Mapping::Participant {
+                    participant,
+                    permission: Permission::from_proto(p.permission)?,
+                    trust_level: TrustLevel::from_proto(p.trust_level)?,
+                    public_key,
+                }
+            }
             Some(M::Mediator(m)) => {
                 let mediator = parse_member(&m.mediator_id, MemberRole::Mediator, "mediator")?;
                 let public_key = parse_key(m.public_key.as_ref(), &mediator)?;
@@ -439,10 +444,12 @@ impl TopologyTransaction {
                 participant,
                 permission,
                 trust_level,
+                public_key,
             } => M::ParticipantState(pb::ParticipantState {
                 participant_id: participant.to_string(),
                 permission: permission.to_proto() as i32,
                 trust_level: trust_level.to_proto() as i32,
+                public_key: public_key.as_ref().map(proto_key),
             }),
             Mapping::Mediator {
                 mediator,
@@ -667,6 +674,7 @@ impl TopologyState {
                         participant,
                         permission,
                         trust_level,
+                        ..
                     },
                 ) => Some((
                     participant.clone(),

@@ -20,6 +20,7 @@ fn set_state(serial: u64, p: &MemberId, permission: Permission) -> TopologyTrans
             participant: p.clone(),
             permission,
             trust_level: TrustLevel::Ordinary,
+            public_key: None,
         },
     }
 }

@@ -147,6 +147,26 @@ pub enum Command {
     /// Sequencer pruning: status, prune now, force past lagging members (sequencer admin API).
     #[command(subcommand)]
     Pruning(PruningCommand),
+    /// The domain as a joining party sees it (connection bundle).
+    #[command(subcommand)]
+    Domain(DomainCommand),
+}
+
+/// `domain …`
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// Writes the connection bundle for a joining party (served by the active domain
+    /// manager, signed by the namespace key): domain id, public sequencer endpoints,
+    /// sequencer id and key, CA, protocol version (docs/onboarding.md).
+    ExportConnection {
+        /// File to write (mode 0644; it holds no secret). Default: print it. (`--output` is
+        /// the global table/json switch.)
+        #[arg(long, value_name = "FILE")]
+        output_file: Option<std::path::PathBuf>,
+        /// Suggested alias in the bundle. Default: the configured one, or the domain name.
+        #[arg(long)]
+        alias: Option<String>,
+    },
 }
 
 /// `pruning …`
@@ -242,8 +262,15 @@ fn parse_bound(input: &str) -> Result<Bound, String> {
 pub enum ParticipantsCommand {
     /// Sets a participant's permission and trust level (idempotent).
     SetState {
-        /// Participant id, `PAR::<name>::<fingerprint>`.
-        participant_id: String,
+        /// Participant id, `PAR::<name>::<fingerprint>` (the bare `<name>::<fingerprint>` is
+        /// read as a participant id, with a note). Optional with --identity-file.
+        #[arg(required_unless_present = "identity_file")]
+        participant_id: Option<String>,
+        /// The participant's identity file (`participant export-identity`): verified
+        /// (format, id/key agreement, signature) before anything is sent, and its key is
+        /// recorded with the allowlist entry, so the sequencer accepts exactly that key.
+        #[arg(long, value_name = "FILE")]
+        identity_file: Option<std::path::PathBuf>,
         /// Permission to grant.
         #[arg(long, value_enum)]
         permission: Permission,
@@ -358,6 +385,14 @@ impl From<Trust> for pb::TrustLevel {
 /// Parses a participant id: a valid member id whose role is participant (`PAR::…`).
 pub fn parse_participant_id(input: &str) -> Result<MemberId, CliError> {
     const EXPECTED: &str = "expected PAR::<name>::<fingerprint>";
+    // `participant id` used to print the bare unique id; accept it, but say how it is read.
+    if MemberId::parse(input).is_err()
+        && let Ok(uid) = domain_identity::UniqueId::parse(input)
+    {
+        let id = MemberId::new(MemberRole::Participant, uid);
+        eprintln!("note: reading the bare id {input} as the participant id {id}");
+        return Ok(id);
+    }
     let id = MemberId::parse(input).map_err(|error| {
         CliError::Usage(format!(
             "invalid participant id {input:?}: {error}; {EXPECTED}"
@@ -487,11 +522,12 @@ mod tests {
             participant_id,
             permission,
             trust_level,
+            identity_file: None,
         }) = cli.command
         else {
             panic!("wrong command: {:?}", cli.command);
         };
-        assert_eq!(participant_id, id);
+        assert_eq!(participant_id.as_deref(), Some(id.as_str()));
         assert_eq!(permission, Permission::Confirmation);
         assert_eq!(trust_level, Trust::Vip);
         assert_eq!(cli.global.endpoints, ["http://dm-0:4402"]);
@@ -604,6 +640,9 @@ mod tests {
         let id = parse_participant_id(&good).expect("valid participant id");
         assert_eq!(id.to_string(), good);
         assert_eq!(id.name(), "alice");
+
+        let bare = parse_participant_id(&format!("alice::{FP}")).expect("bare unique id");
+        assert_eq!(bare, id);
 
         let error = parse_participant_id("foo").expect_err("garbage");
         assert_eq!(error.exit_code(), 2);

@@ -3,7 +3,7 @@
 use domain_proto::v1 as pb;
 
 use crate::cli::{
-    Command, MediatorsCommand, OutputFormat, ParametersCommand, ParticipantsCommand,
+    Command, DomainCommand, MediatorsCommand, OutputFormat, ParametersCommand, ParticipantsCommand,
     PruningCommand, SequencersCommand, SetParametersArgs, duration_to_micros, parse_participant_id,
 };
 use crate::client::Replicas;
@@ -44,6 +44,28 @@ pub enum Action {
     Prune { dry_run: bool },
     /// `pruning force`: the resolved bound in microseconds.
     ForcePrune { below_micros: i64, dry_run: bool },
+    /// `domain export-connection`.
+    ExportConnection {
+        alias: String,
+        output_file: Option<std::path::PathBuf>,
+    },
+}
+
+/// Reads and verifies an identity file (`participants set-state --identity-file`); every
+/// refusal is a usage error (exit 2) naming the file, the reason and its code.
+fn read_identity_file(
+    path: &std::path::Path,
+) -> Result<domain_identity::onboarding::VerifiedIdentity, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::Usage(format!("cannot read identity file {}: {e}", path.display()))
+    })?;
+    domain_identity::onboarding::verify_identity(&text).map_err(|e| {
+        CliError::Usage(format!(
+            "identity file {} refused: {e} [{}]; nothing was sent",
+            path.display(),
+            e.code()
+        ))
+    })
 }
 
 /// The local clock in protocol microseconds (resolves `pruning force --below 2h`).
@@ -100,13 +122,53 @@ impl Action {
         Ok(match command {
             Command::Participants(ParticipantsCommand::SetState {
                 participant_id,
+                identity_file,
                 permission,
                 trust_level,
-            }) => Action::SetParticipantState(pb::SetParticipantStateRequest {
-                participant_id: id(participant_id)?,
-                permission: pb::ParticipantPermission::from(*permission) as i32,
-                trust_level: pb::TrustLevel::from(*trust_level) as i32,
-            }),
+            }) => {
+                let verified = identity_file
+                    .as_deref()
+                    .map(read_identity_file)
+                    .transpose()?;
+                let participant_id = match (participant_id, &verified) {
+                    (Some(raw), Some(v)) => {
+                        let given = id(raw)?;
+                        if given != v.participant.to_string() {
+                            return Err(CliError::Usage(format!(
+                                "participant id {given} differs from the identity file's {}; nothing was sent",
+                                v.participant
+                            )));
+                        }
+                        given
+                    }
+                    (Some(raw), None) => id(raw)?,
+                    (None, Some(v)) => v.participant.to_string(),
+                    (None, None) => {
+                        return Err(CliError::Usage(
+                            "give a participant id or --identity-file".into(),
+                        ));
+                    }
+                };
+                Action::SetParticipantState(pb::SetParticipantStateRequest {
+                    participant_id,
+                    permission: pb::ParticipantPermission::from(*permission) as i32,
+                    trust_level: pb::TrustLevel::from(*trust_level) as i32,
+                    public_key: verified.map(|v| pb::PublicKey {
+                        algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                        key: v.public_key.to_bytes().to_vec(),
+                    }),
+                })
+            }
+            Command::Domain(DomainCommand::ExportConnection { output_file, alias }) => {
+                if let Some(a) = alias {
+                    domain_identity::UniqueId::validate_name(a)
+                        .map_err(|e| CliError::Usage(format!("invalid alias {a:?}: {e}")))?;
+                }
+                Action::ExportConnection {
+                    alias: alias.clone().unwrap_or_default(),
+                    output_file: output_file.clone(),
+                }
+            }
             Command::Participants(ParticipantsCommand::List) => Action::ListParticipants,
             Command::Participants(ParticipantsCommand::Get { participant_id }) => {
                 Action::GetParticipant(id(participant_id)?)
@@ -178,6 +240,34 @@ impl Action {
                     CliError::Local("the sequencer answered without a prune outcome".to_owned())
                 })?;
                 render(&PruneOutcomeView::from(&outcome), format)
+            }
+            Action::ExportConnection { alias, output_file } => {
+                let response = replicas
+                    .call(
+                        pb::ExportConnectionRequest { alias },
+                        |mut c, r| async move { c.export_connection(r).await },
+                    )
+                    .await?;
+                // Checked here too: what is handed to another company must verify.
+                let bundle = domain_identity::onboarding::verify_bundle(&response.bundle_json)
+                    .map_err(|e| {
+                        CliError::Local(format!("the domain manager's bundle does not verify: {e}"))
+                    })?;
+                match output_file {
+                    None => Ok(response.bundle_json),
+                    Some(path) => {
+                        std::fs::write(&path, response.bundle_json.as_bytes()).map_err(|e| {
+                            CliError::Local(format!("cannot write {}: {e}", path.display()))
+                        })?;
+                        Ok(format!(
+                            "wrote the connection bundle of domain {} ({} endpoint(s), sequencer {}) to {}\n",
+                            bundle.domain_id,
+                            bundle.body.endpoints.len(),
+                            bundle.sequencer_id,
+                            path.display()
+                        ))
+                    }
+                }
             }
             Action::SetParticipantState(request) => {
                 let participant_id = request.participant_id.clone();
@@ -312,7 +402,8 @@ mod tests {
     fn set_state_action_carries_canonical_request() {
         let id = format!("PAR::bob::{FP}");
         let action = Action::from_command(&Command::Participants(ParticipantsCommand::SetState {
-            participant_id: id.clone(),
+            participant_id: Some(id.clone()),
+            identity_file: None,
             permission: Permission::Observation,
             trust_level: Trust::Vip,
         }))
@@ -323,6 +414,7 @@ mod tests {
                 participant_id: id,
                 permission: pb::ParticipantPermission::Observation as i32,
                 trust_level: pb::TrustLevel::Vip as i32,
+                public_key: None,
             })
         );
     }

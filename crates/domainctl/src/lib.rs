@@ -13,6 +13,11 @@
 //! domainctl participants set-state PAR::alice::1220ab… --permission submission
 //! domainctl participants set-state PAR::bank::1220cd… --permission confirmation --trust-level vip
 //!
+//! # A party from another company: allowlist from its identity file (verified locally, key
+//! # recorded), then hand it the signed connection bundle (docs/onboarding.md).
+//! domainctl participants set-state --identity-file alice-identity.json --permission submission
+//! domainctl domain export-connection --output-file mydomain-bundle.json
+//!
 //! # Inspect and revoke.
 //! domainctl participants list
 //! domainctl participants get PAR::alice::1220ab… --output json
@@ -56,7 +61,7 @@
 //! |---|---|
 //! | 0 | success |
 //! | 1 | the domain manager refused the request (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, …); also unexpected local failures (cannot start the runtime or write the output) |
-//! | 2 | usage or invalid input, found before any network call: bad flags, invalid participant id or endpoint URL, unusable TLS files |
+//! | 2 | usage or invalid input, found before any network call: bad flags, invalid participant id or endpoint URL, unusable TLS files, an identity file that does not verify (`ONBOARDING_*`) |
 //! | 3 | no domain-manager replica could serve the call: all unreachable, passive, or timed out |
 
 pub mod cli;

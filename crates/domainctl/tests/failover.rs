@@ -130,6 +130,13 @@ impl DomainAdminService for Fake {
         self.read();
         Ok(Response::new(pb::DomainStatusResponse::default()))
     }
+    async fn export_connection(
+        &self,
+        _: Request<pb::ExportConnectionRequest>,
+    ) -> Reply<pb::ExportConnectionResponse> {
+        self.read();
+        Ok(Response::new(pb::ExportConnectionResponse::default()))
+    }
 }
 
 /// Starts a fake replica on a free loopback port; returns its URL and call counter.
@@ -157,6 +164,7 @@ fn set_state_request() -> pb::SetParticipantStateRequest {
         participant_id: "PAR::a::1220".to_owned(),
         permission: pb::ParticipantPermission::Submission as i32,
         trust_level: pb::TrustLevel::Ordinary as i32,
+        public_key: None,
     }
 }
 

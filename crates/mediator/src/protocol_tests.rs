@@ -71,6 +71,7 @@ impl Harness {
                     participant: id,
                     permission,
                     trust_level: TrustLevel::Ordinary,
+                    public_key: None,
                 },
             );
         }
@@ -291,6 +292,7 @@ fn topology_is_taken_from_the_domain_manager_only() {
             participant: h.e.0.clone(),
             permission: Permission::Submission,
             trust_level: TrustLevel::Ordinary,
+            public_key: None,
         },
     };
     let signed = tx.sign(&h.domain_id, &h.domain_key);
@@ -438,6 +440,7 @@ fn any_later_event_times_out_every_overdue_request_in_deadline_order() {
             participant: h.e.0.clone(),
             permission: Permission::Observation,
             trust_level: TrustLevel::Ordinary,
+            public_key: None,
         },
     );
     let ids: Vec<i64> = c.decisions.iter().map(|d| d.request_id).collect();
@@ -715,6 +718,7 @@ fn permissions_are_taken_at_the_request_time() {
             participant: h.b.0.clone(),
             permission: Permission::Disabled,
             trust_level: TrustLevel::Ordinary,
+            public_key: None,
         },
     );
     let (a, b) = (h.a.clone(), h.b.clone());

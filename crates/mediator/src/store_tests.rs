@@ -122,11 +122,13 @@ impl Fixture {
                 participant: self.a.0.clone(),
                 permission: Permission::Submission,
                 trust_level: TrustLevel::Ordinary,
+                public_key: None,
             },
             Mapping::Participant {
                 participant: self.b.0.clone(),
                 permission: Permission::Confirmation,
                 trust_level: TrustLevel::Ordinary,
+                public_key: None,
             },
             Mapping::Parameters(DomainParameters {
                 participant_response_timeout: Duration::from_secs(1),

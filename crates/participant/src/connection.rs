@@ -40,6 +40,141 @@ pub struct DomainConnection {
     /// registration in its own event stream (see docs/participant.md, "Topology").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mediator: Option<String>,
+    /// Fingerprint of the sequencer key the endpoints must present (pinned from a bundle,
+    /// `--expect-sequencer-key`, or what they showed at connect time). The domain id above
+    /// is always pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequencer_key: Option<String>,
+    /// Trust the system's CA roots too (endpoints with certificates of public CAs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub system_roots: bool,
+    /// Copy of the client certificate (PEM) presented to the sequencers (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// Copy of its private key (mode 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// Copy of the verified connection bundle this connection was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<PathBuf>,
+}
+
+/// Where a system's CA roots are looked for: `SSL_CERT_FILE`, then the usual bundle files
+/// of Debian/Ubuntu/Alpine, Fedora/RHEL, and others.
+const SYSTEM_ROOTS: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system's CA roots as PEM.
+pub fn system_roots_pem() -> Result<(PathBuf, Vec<u8>), ConnectError> {
+    let candidates: Vec<PathBuf> = std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(SYSTEM_ROOTS.iter().map(PathBuf::from))
+        .collect();
+    for path in &candidates {
+        if let Ok(pem) = std::fs::read(path) {
+            return Ok((path.clone(), pem));
+        }
+    }
+    Err(ConnectError::NoSystemRoots {
+        tried: candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// The TLS settings of a connection: its CA copy and/or the system roots, and the client
+/// certificate. `None` for `http://` endpoints.
+pub fn connection_tls(conn: &DomainConnection) -> Result<Option<ClientTlsConfig>, ConnectError> {
+    let uses_tls = conn.endpoints.iter().any(|e| e.starts_with("https://"));
+    if !uses_tls {
+        return Ok(None);
+    }
+    let ca_pem = match &conn.ca {
+        Some(path) => Some(std::fs::read(path).map_err(|e| IdentityError::File {
+            path: path.clone(),
+            reason: format!("cannot read: {e}"),
+        })?),
+        None => None,
+    };
+    let client = match (&conn.client_cert, &conn.client_key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        _ => None,
+    };
+    build_tls(ca_pem.as_deref(), conn.system_roots, client).map(Some)
+}
+
+/// Client TLS from a CA (PEM), the system roots, and an optional client certificate.
+pub fn build_tls(
+    ca_pem: Option<&[u8]>,
+    system_roots: bool,
+    client: Option<(&Path, &Path)>,
+) -> Result<ClientTlsConfig, ConnectError> {
+    let mut roots = Vec::new();
+    if let Some(pem) = ca_pem {
+        parse_ca(pem)?;
+        roots.extend_from_slice(pem);
+        roots.push(b'\n');
+    }
+    if system_roots {
+        roots.extend(system_roots_pem()?.1);
+    }
+    if roots.is_empty() {
+        return Err(ConnectError::MissingCa);
+    }
+    let mut config =
+        ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(roots));
+    if let Some((cert, key)) = client {
+        config = config.identity(domain_runtime::tls::load_identity(
+            cert,
+            key,
+            "client certificate",
+            "client key",
+        )?);
+    }
+    Ok(config)
+}
+
+/// Checks that `pem` holds at least one certificate.
+fn parse_ca(pem: &[u8]) -> Result<(), ConnectError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let count = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+        .filter(Result::is_ok)
+        .count();
+    if count == 0 {
+        return Err(ConnectError::InvalidCa);
+    }
+    Ok(())
+}
+
+/// What the endpoints must show (bundle, `--expect-…`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pins {
+    pub domain_id: Option<String>,
+    pub sequencer_key: Option<String>,
+}
+
+/// Everything a connection is made from.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectSpec {
+    pub alias: String,
+    pub endpoints: Vec<String>,
+    /// The CA (PEM) to copy into the data directory.
+    pub ca_pem: Option<Vec<u8>>,
+    pub system_roots: bool,
+    /// Client certificate and key files (copied into the data directory).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub mediator: Option<String>,
+    pub pins: Pins,
+    /// The verified bundle's text, kept next to the connection.
+    pub bundle: Option<String>,
+    pub timeout: Duration,
 }
 
 /// Why a connection cannot be set up; every message names the file, endpoint or value.
@@ -53,8 +188,18 @@ pub enum ConnectError {
     NoEndpoint,
     #[error("mixing http:// and https:// endpoints is not supported")]
     MixedSchemes,
-    #[error("https:// endpoints need the domain's root CA (--ca <pem>)")]
+    #[error("https:// endpoints need the domain's root CA (--ca <pem>) or --system-roots")]
     MissingCa,
+    #[error("the CA holds no PEM certificate")]
+    InvalidCa,
+    #[error("--system-roots: no CA bundle found (tried {tried}; set SSL_CERT_FILE)")]
+    NoSystemRoots { tried: String },
+    #[error("--client-cert and --client-key go together")]
+    ClientCertPair,
+    #[error("no endpoint of {alias} shows the pinned domain and sequencer key: {details}")]
+    NoPinnedEndpoint { alias: String, details: String },
+    #[error("invalid pin {value:?}: {reason}")]
+    Pin { value: String, reason: String },
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("invalid mediator id {id:?}: {reason}")]
@@ -71,7 +216,10 @@ pub enum ConnectError {
 #[derive(Debug, Clone)]
 pub struct EndpointCheck {
     pub endpoint: String,
-    pub result: Result<(String, String), String>,
+    /// Domain id, sequencer id and sequencer key fingerprint shown, or why none.
+    pub result: Result<(String, String, String), String>,
+    /// The endpoint answered but broke a pin: it is refused and not saved.
+    pub refused: bool,
 }
 
 /// The outcome of checking every endpoint.
@@ -79,6 +227,8 @@ pub struct EndpointCheck {
 pub struct CheckedDomain {
     pub domain_id: String,
     pub sequencer_id: String,
+    /// Fingerprint of the sequencer key shown.
+    pub sequencer_key: String,
     pub endpoints: Vec<EndpointCheck>,
 }
 
@@ -156,14 +306,16 @@ pub fn ca_tls(ca: &Path) -> Result<ClientTlsConfig, ConnectError> {
 }
 
 /// Asks every endpoint for `Handshake` and `GetDomainInfo` (in parallel, each bounded by
-/// `timeout`). Succeeds when at least one answers and all that answer agree on the domain.
+/// `timeout`). An endpoint breaking a pin is refused (the others still count). Succeeds
+/// when at least one endpoint answers within the pins and all those agree on the domain.
 pub async fn check_endpoints(
     alias: &str,
     endpoints: &[String],
     tls: Option<ClientTlsConfig>,
     timeout: Duration,
+    pins: &Pins,
 ) -> Result<CheckedDomain, ConnectError> {
-    let checks = futures::future::join_all(endpoints.iter().map(|e| {
+    let mut checks = futures::future::join_all(endpoints.iter().map(|e| {
         let tls = tls.clone();
         async move {
             let result = tokio::time::timeout(timeout, check_one(e, tls, timeout))
@@ -172,11 +324,31 @@ pub async fn check_endpoints(
             EndpointCheck {
                 endpoint: e.clone(),
                 result,
+                refused: false,
             }
         }
     }))
     .await;
-    let answered: Vec<&(String, String)> = checks
+    for c in &mut checks {
+        let Ok((domain, _, key)) = &c.result else {
+            continue;
+        };
+        let violation = if let Some(d) = pins.domain_id.as_ref().filter(|d| *d != domain) {
+            Some(format!(
+                "refused: serves domain {domain}, not the pinned domain {d}"
+            ))
+        } else {
+            pins.sequencer_key
+                .as_ref()
+                .filter(|k| *k != key)
+                .map(|k| format!("refused: presents sequencer key {key}, not the pinned key {k}"))
+        };
+        if let Some(v) = violation {
+            c.result = Err(v);
+            c.refused = true;
+        }
+    }
+    let answered: Vec<&(String, String, String)> = checks
         .iter()
         .filter_map(|c| c.result.as_ref().ok())
         .collect();
@@ -192,19 +364,25 @@ pub async fn check_endpoints(
             })
             .collect::<Vec<_>>()
             .join("; ");
+        if checks.iter().any(|c| c.refused) {
+            return Err(ConnectError::NoPinnedEndpoint {
+                alias: alias.to_owned(),
+                details,
+            });
+        }
         return Err(ConnectError::Unreachable {
             alias: alias.to_owned(),
             details,
         });
     };
-    if answered.iter().any(|a| a.0 != first.0) {
+    if answered.iter().any(|a| a.0 != first.0 || a.2 != first.2) {
         let details = checks
             .iter()
             .filter_map(|c| {
                 c.result
                     .as_ref()
                     .ok()
-                    .map(|(d, _)| format!("{} serves {d}", c.endpoint))
+                    .map(|(d, _, k)| format!("{} serves {d} with sequencer key {k}", c.endpoint))
             })
             .collect::<Vec<_>>()
             .join("; ");
@@ -213,6 +391,7 @@ pub async fn check_endpoints(
     Ok(CheckedDomain {
         domain_id: first.0.clone(),
         sequencer_id: first.1.clone(),
+        sequencer_key: first.2.clone(),
         endpoints: checks,
     })
 }
@@ -221,17 +400,17 @@ async fn check_one(
     endpoint: &str,
     tls: Option<ClientTlsConfig>,
     timeout: Duration,
-) -> Result<(String, String), String> {
+) -> Result<(String, String, String), String> {
     let channel = domain_sequencer_client::connect_channel(endpoint, tls, timeout)
         .await
-        .map_err(|e| error_chain(&e))?;
+        .map_err(|e| explain_tls(error_chain(&e)))?;
     let mut client = SequencerServiceClient::new(channel);
     let handshake = client
         .handshake(pb::HandshakeRequest {
             client_protocol_versions: vec![domain_proto::PROTOCOL_VERSION.to_owned()],
         })
         .await
-        .map_err(|s| format!("Handshake: {:?}: {}", s.code(), s.message()))?
+        .map_err(|s| explain_tls(format!("Handshake: {:?}: {}", s.code(), error_chain(&s))))?
         .into_inner();
     if !handshake.accepted {
         return Err(format!(
@@ -248,7 +427,34 @@ async fn check_one(
         .into_inner();
     DomainId::parse(&info.domain_id)
         .map_err(|e| format!("shows an invalid domain id {:?}: {e}", info.domain_id))?;
-    Ok((info.domain_id, info.sequencer_id))
+    let key = info
+        .sequencer_public_key
+        .as_ref()
+        .ok_or_else(|| "GetDomainInfo: no sequencer public key".to_owned())
+        .and_then(|k| {
+            domain_identity::PublicKey::from_bytes(&k.key)
+                .map_err(|e| format!("GetDomainInfo: invalid sequencer key: {e}"))
+        })?;
+    Ok((
+        info.domain_id,
+        info.sequencer_id,
+        key.fingerprint().to_string(),
+    ))
+}
+
+/// Says which side of a TLS connection refused and why, when `text` (an error chain) shows
+/// a TLS failure; otherwise returns `text` unchanged.
+pub fn explain_tls(text: String) -> String {
+    let why = if text.contains("CertificateRequired") {
+        "the sequencer refused the connection: it requires a client certificate (give --client-cert and --client-key)"
+    } else if text.contains("received fatal alert") {
+        "the sequencer refused our client certificate (not signed by a CA it accepts for clients, or expired)"
+    } else if text.contains("invalid peer certificate") || text.contains("UnknownIssuer") {
+        "we refused the sequencer's certificate: it does not chain to the trusted CA (wrong --ca, or --system-roots needed)"
+    } else {
+        return text;
+    };
+    format!("{why}: {text}")
 }
 
 /// An error with its sources (TLS failures hide in `source()`).
@@ -293,60 +499,178 @@ pub async fn connect_multi(
     mediator: Option<String>,
     timeout: Duration,
 ) -> Result<(DomainConnection, CheckedDomain), ConnectError> {
+    connect(
+        data_dir,
+        ConnectSpec {
+            alias: alias.to_owned(),
+            endpoints: endpoints.to_vec(),
+            ca_pem: ca_pem.map(<[u8]>::to_vec),
+            mediator,
+            timeout,
+            ..ConnectSpec::default()
+        },
+    )
+    .await
+}
+
+/// Validates the pins' syntax.
+pub fn validate_pins(pins: &Pins) -> Result<(), ConnectError> {
+    if let Some(d) = &pins.domain_id {
+        DomainId::parse(d).map_err(|e| ConnectError::Pin {
+            value: d.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    if let Some(k) = &pins.sequencer_key {
+        domain_identity::Fingerprint::parse(k).map_err(|e| ConnectError::Pin {
+            value: k.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Stages `bytes` as `name` in `data_dir` (`name.new`, renamed by [`commit`]).
+fn stage(data_dir: &Path, name: &str, bytes: &[u8]) -> Result<(PathBuf, PathBuf), ConnectError> {
+    let final_path = data_dir.join(name);
+    let staged = data_dir.join(format!("{name}.new"));
+    write_atomically(&staged, bytes)?;
+    Ok((staged, final_path))
+}
+
+fn commit(files: &[(PathBuf, PathBuf)]) -> Result<(), ConnectError> {
+    for (staged, final_path) in files {
+        std::fs::rename(staged, final_path).map_err(|e| IdentityError::File {
+            path: final_path.clone(),
+            reason: format!("cannot write: {e}"),
+        })?;
+    }
+    Ok(())
+}
+
+fn discard(files: &[(PathBuf, PathBuf)]) {
+    for (staged, _) in files {
+        let _ = std::fs::remove_file(staged);
+    }
+}
+
+/// Makes a connection: validates everything locally, checks the endpoints against the pins,
+/// and only then writes the connection file and its copies (CA, client certificate and
+/// key, bundle). A refusal leaves the data directory as it was.
+pub async fn connect(
+    data_dir: &Path,
+    spec: ConnectSpec,
+) -> Result<(DomainConnection, CheckedDomain), ConnectError> {
+    let alias = spec.alias.as_str();
     validate_alias(alias)?;
-    let uses_tls = validate_endpoints(endpoints)?;
-    if let Some(m) = &mediator {
+    let uses_tls = validate_endpoints(&spec.endpoints)?;
+    if let Some(m) = &spec.mediator {
         validate_mediator(m)?;
     }
+    validate_pins(&spec.pins)?;
     crate::identity::create_private_dir(data_dir)?;
-    let (ca_path, tls) = match (uses_tls, ca_pem) {
-        (true, None) => return Err(ConnectError::MissingCa),
-        (true, Some(pem)) => {
-            let final_path = data_dir.join(format!("domain-ca-{alias}.pem"));
-            let staged = data_dir.join(format!("domain-ca-{alias}.pem.new"));
-            write_atomically(&staged, pem)?;
-            match ca_tls(&staged) {
-                Ok(tls) => (Some((staged, final_path)), Some(tls)),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&staged);
-                    return Err(e);
-                }
-            }
-        }
-        (false, _) => (None, None),
-    };
-    let checked = match check_endpoints(alias, endpoints, tls, timeout).await {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some((staged, _)) = &ca_path {
-                let _ = std::fs::remove_file(staged);
-            }
-            return Err(e);
-        }
-    };
-    let ca = match ca_path {
-        Some((staged, final_path)) => {
-            std::fs::rename(&staged, &final_path).map_err(|e| IdentityError::File {
-                path: final_path.clone(),
-                reason: format!("cannot write: {e}"),
-            })?;
-            Some(final_path)
+    let client_pem = match &spec.client_cert {
+        Some((cert, key)) => {
+            // Loaded together first: a mismatching pair is named before any copy.
+            domain_runtime::tls::load_identity(cert, key, "client certificate", "client key")?;
+            let read = |p: &Path| {
+                std::fs::read(p).map_err(|e| IdentityError::File {
+                    path: p.to_owned(),
+                    reason: format!("cannot read: {e}"),
+                })
+            };
+            Some((read(cert)?, read(key)?))
         }
         None => None,
     };
+    let tls = if uses_tls {
+        let client = spec
+            .client_cert
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        Some(build_tls(
+            spec.ca_pem.as_deref(),
+            spec.system_roots,
+            client,
+        )?)
+    } else {
+        None
+    };
+    let checked = check_endpoints(alias, &spec.endpoints, tls, spec.timeout, &spec.pins).await?;
+    let mut files = Vec::new();
+    let result = (|| {
+        let ca = match (&spec.ca_pem, uses_tls) {
+            (Some(pem), true) => {
+                let f = stage(data_dir, &format!("domain-ca-{alias}.pem"), pem)?;
+                let path = f.1.clone();
+                files.push(f);
+                Some(path)
+            }
+            _ => None,
+        };
+        let (client_cert, client_key) = match &client_pem {
+            Some((cert, key)) => {
+                let c = stage(data_dir, &format!("domain-client-{alias}.pem"), cert)?;
+                let k = stage(data_dir, &format!("domain-client-{alias}.key"), key)?;
+                restrict(&k.0)?;
+                let paths = (Some(c.1.clone()), Some(k.1.clone()));
+                files.push(c);
+                files.push(k);
+                paths
+            }
+            None => (None, None),
+        };
+        let bundle = match &spec.bundle {
+            Some(text) => {
+                let f = stage(
+                    data_dir,
+                    &format!("domain-bundle-{alias}.json"),
+                    text.as_bytes(),
+                )?;
+                let path = f.1.clone();
+                files.push(f);
+                Some(path)
+            }
+            None => None,
+        };
+        Ok::<_, ConnectError>((ca, client_cert, client_key, bundle))
+    })();
+    let (ca, client_cert, client_key, bundle) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            discard(&files);
+            return Err(e);
+        }
+    };
+    if let Err(e) = commit(&files) {
+        discard(&files);
+        return Err(e);
+    }
     let previous = load(data_dir).ok().flatten();
-    let mediator = mediator.or_else(|| {
+    let mediator = spec.mediator.clone().or_else(|| {
         previous
             .filter(|p| p.domain_id == checked.domain_id)
             .and_then(|p| p.mediator)
     });
+    // Endpoints that broke a pin are not kept; unreachable ones are (they may come back).
+    let endpoints = checked
+        .endpoints
+        .iter()
+        .filter(|c| !c.refused)
+        .map(|c| c.endpoint.clone())
+        .collect();
     let connection = DomainConnection {
         alias: alias.to_owned(),
-        endpoints: endpoints.to_vec(),
+        endpoints,
         ca,
         domain_id: checked.domain_id.clone(),
         sequencer_id: checked.sequencer_id.clone(),
         mediator,
+        sequencer_key: Some(checked.sequencer_key.clone()),
+        system_roots: spec.system_roots && uses_tls,
+        client_cert,
+        client_key,
+        bundle,
     };
     let text = toml::to_string_pretty(&connection).map_err(|e| IdentityError::File {
         path: connection_path(data_dir),
@@ -354,6 +678,34 @@ pub async fn connect_multi(
     })?;
     write_atomically(&connection_path(data_dir), text.as_bytes())?;
     Ok((connection, checked))
+}
+
+/// Mode 0600 for a copied private key.
+fn restrict(path: &Path) -> Result<(), ConnectError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+        IdentityError::File {
+            path: path.to_owned(),
+            reason: format!("cannot restrict permissions: {e}"),
+        }
+        .into()
+    })
+}
+
+/// Reads and verifies a connection bundle file.
+pub fn read_bundle(
+    path: &Path,
+) -> Result<(String, domain_identity::onboarding::VerifiedBundle), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read bundle {}: {e}", path.display()))?;
+    let bundle = domain_identity::onboarding::verify_bundle(&text).map_err(|e| {
+        format!(
+            "connection bundle {} refused: {e} [{}]; nothing was changed",
+            path.display(),
+            e.code()
+        )
+    })?;
+    Ok((text, bundle))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `participant` binary: identity commands, `connect-multi`, the node (`run`), and admin
 //! calls to a running node (`ping`, `status`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +30,24 @@ struct DataDir {
     data_dir: PathBuf,
 }
 
+/// A client certificate for sequencers that require mutual TLS; copied into the data
+/// directory with the connection.
+#[derive(clap::Args, Clone)]
+struct ClientTlsArgs {
+    /// Client certificate (PEM) presented to the sequencers.
+    #[arg(long, value_name = "PEM", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    fn pair(&self) -> Option<(PathBuf, PathBuf)> {
+        self.client_cert.clone().zip(self.client_key.clone())
+    }
+}
+
 #[derive(clap::Args, Clone)]
 struct AdminEndpoint {
     /// Admin API of the running node.
@@ -40,7 +58,7 @@ struct AdminEndpoint {
 #[derive(Subcommand)]
 enum Command {
     /// Creates the participant key (PKCS#8 PEM, mode 0600) and prints the participant id
-    /// `<name>::1220…`. Idempotent: an existing key is loaded, never overwritten.
+    /// `PAR::<name>::1220…`. Idempotent: an existing key is loaded, never overwritten.
     Init {
         /// Name part of the participant id (`[A-Za-z0-9_.-]{1,185}`).
         #[arg(long)]
@@ -48,8 +66,46 @@ enum Command {
         #[command(flatten)]
         data_dir: DataDir,
     },
-    /// Prints the participant id `<name>::1220…`.
+    /// Prints the participant id `PAR::<name>::1220…`.
     Id {
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Writes the identity file for the domain provider (docs/onboarding.md): participant
+    /// id, public key, display name and contact, creation time, signed by the participant
+    /// key so the provider can check this party holds it. Holds no secret.
+    ExportIdentity {
+        /// File to write; default: print it.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Human-readable name of the party (e.g. the company).
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Whom the provider contacts (e.g. an email address).
+        #[arg(long)]
+        contact: Option<String>,
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Connects to a domain from the provider's connection bundle
+    /// (`domainctl domain export-connection`): verifies its signature against the domain id
+    /// in it, pins the domain id and the sequencer key, refuses endpoints showing others,
+    /// and persists the connection (the node picks it up at its next start).
+    Connect {
+        /// The bundle file.
+        #[arg(long, value_name = "FILE")]
+        bundle: PathBuf,
+        /// Local name of the connection; default: the bundle's suggested alias.
+        #[arg(long)]
+        alias: Option<String>,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
+        /// Mediator id hint (see connect-multi).
+        #[arg(long, value_name = "ID")]
+        mediator: Option<String>,
+        /// How long to wait for each endpoint.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
         #[command(flatten)]
         data_dir: DataDir,
     },
@@ -66,6 +122,17 @@ enum Command {
         /// The domain provider's root CA certificate (PEM).
         #[arg(long, value_name = "PEM")]
         ca: Option<PathBuf>,
+        /// Trust the system's CA roots (sequencers with certificates of public CAs).
+        #[arg(long)]
+        system_roots: bool,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
+        /// Refuse endpoints that show another domain id (`name::1220…`).
+        #[arg(long, value_name = "DOMAIN_ID")]
+        expect_domain_id: Option<String>,
+        /// Refuse endpoints that present another sequencer key (fingerprint `1220…`).
+        #[arg(long, value_name = "FINGERPRINT")]
+        expect_sequencer_key: Option<String>,
         /// Mediator id (MED::…) to address requests to until the participant has seen a
         /// mediator registration in its own event stream.
         #[arg(long, value_name = "ID")]
@@ -121,7 +188,7 @@ fn main() {
                         data_dir.data_dir.join(identity::KEY_FILE).display()
                     );
                 }
-                println!("{}", id.uid);
+                println!("{}", id.member);
             }
             Err(e) => {
                 eprintln!("error: {e}");
@@ -133,26 +200,58 @@ fn main() {
             }
         },
         Command::Id { data_dir } => match identity::load(&data_dir.data_dir) {
-            Ok(id) => println!("{}", id.uid),
+            Ok(id) => println!("{}", id.member),
             Err(e) => fail(&e.to_string()),
         },
+        Command::ExportIdentity {
+            output,
+            display_name,
+            contact,
+            data_dir,
+        } => export_identity(&data_dir.data_dir, output, display_name, contact),
+        Command::Connect {
+            bundle,
+            alias,
+            tls,
+            mediator,
+            timeout,
+            data_dir,
+        } => block_on(connect_bundle(
+            bundle,
+            alias,
+            tls,
+            mediator,
+            timeout,
+            data_dir.data_dir,
+        )),
         Command::ConnectMulti {
             alias,
             endpoints,
             ca,
+            system_roots,
+            tls,
+            expect_domain_id,
+            expect_sequencer_key,
             mediator,
             admin_endpoint,
             timeout,
             data_dir,
-        } => block_on(connect_multi(
-            alias,
-            endpoints,
-            ca,
-            mediator,
-            admin_endpoint,
-            timeout,
-            data_dir.data_dir,
-        )),
+        } => {
+            let spec = connection::ConnectSpec {
+                alias,
+                endpoints,
+                system_roots,
+                client_cert: tls.pair(),
+                mediator,
+                pins: connection::Pins {
+                    domain_id: expect_domain_id,
+                    sequencer_key: expect_sequencer_key,
+                },
+                timeout,
+                ..connection::ConnectSpec::default()
+            };
+            block_on(connect_multi(spec, ca, admin_endpoint, data_dir.data_dir))
+        }
         Command::Run { common, data_dir } => run(common, data_dir),
         Command::Ping {
             participant_id,
@@ -182,16 +281,13 @@ fn block_on(f: impl std::future::Future<Output = Result<(), String>>) {
 }
 
 async fn connect_multi(
-    alias: String,
-    endpoints: Vec<String>,
+    mut spec: connection::ConnectSpec,
     ca: Option<PathBuf>,
-    mediator: Option<String>,
     admin_endpoint: Option<String>,
-    timeout: Duration,
     data_dir: PathBuf,
 ) -> Result<(), String> {
     // The CA file first, so a typo is named before any network call.
-    let ca_pem = match &ca {
+    spec.ca_pem = match &ca {
         Some(path) => {
             connection::ca_tls(path).map_err(|e| e.to_string())?;
             Some(std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?)
@@ -199,44 +295,119 @@ async fn connect_multi(
         None => None,
     };
     if let Some(url) = admin_endpoint {
-        if mediator.is_some() {
-            return Err("--mediator cannot be set through --admin-endpoint; run connect-multi without it while the node is stopped".into());
+        if spec.mediator.is_some()
+            || spec.system_roots
+            || spec.client_cert.is_some()
+            || spec.pins != connection::Pins::default()
+        {
+            return Err("--mediator, --system-roots, --client-cert and --expect-… cannot be set through --admin-endpoint; run connect-multi without it while the node is stopped".into());
         }
         let mut client = admin_client(&url).await?;
         let response = client
             .connect_multi(pb::ConnectMultiRequest {
-                alias: alias.clone(),
-                endpoints,
-                ca_pem: ca_pem
+                alias: spec.alias.clone(),
+                endpoints: spec.endpoints,
+                ca_pem: spec
+                    .ca_pem
                     .map(|p| String::from_utf8_lossy(&p).into_owned())
                     .unwrap_or_default(),
             })
             .await
             .map_err(|s| describe_status("connect-multi", &s))?
             .into_inner();
-        println!("connected {alias} to domain {}", response.domain_id);
+        println!("connected {} to domain {}", spec.alias, response.domain_id);
         return Ok(());
     }
-    identity::load(&data_dir).map_err(|e| e.to_string())?;
-    let (conn, checked) = connection::connect_multi(
-        &data_dir,
-        &alias,
-        &endpoints,
-        ca_pem.as_deref(),
-        mediator,
-        timeout,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    connect_and_report(spec, &data_dir).await
+}
+
+async fn connect_and_report(spec: connection::ConnectSpec, data_dir: &Path) -> Result<(), String> {
+    identity::load(data_dir).map_err(|e| e.to_string())?;
+    let alias = spec.alias.clone();
+    let (conn, checked) = connection::connect(data_dir, spec)
+        .await
+        .map_err(|e| e.to_string())?;
     for check in &checked.endpoints {
         match &check.result {
             Ok(_) => eprintln!("  {}: ok", check.endpoint),
+            Err(e) if check.refused => eprintln!("  {}: {e}", check.endpoint),
             Err(e) => eprintln!("  {}: unreachable now ({e})", check.endpoint),
         }
     }
-    eprintln!("saved {}", connection::connection_path(&data_dir).display());
-    println!("connected {alias} to domain {}", conn.domain_id);
+    eprintln!("saved {}", connection::connection_path(data_dir).display());
+    println!(
+        "connected {alias} to domain {} (sequencer key {})",
+        conn.domain_id, checked.sequencer_key
+    );
     Ok(())
+}
+
+async fn connect_bundle(
+    bundle_path: PathBuf,
+    alias: Option<String>,
+    tls: ClientTlsArgs,
+    mediator: Option<String>,
+    timeout: Duration,
+    data_dir: PathBuf,
+) -> Result<(), String> {
+    let (text, bundle) = connection::read_bundle(&bundle_path)?;
+    eprintln!(
+        "bundle verified: domain {}, sequencer {}, {} endpoint(s), signed by the namespace key {}",
+        bundle.domain_id,
+        bundle.sequencer_id,
+        bundle.body.endpoints.len(),
+        bundle.domain_id.fingerprint()
+    );
+    let spec = connection::ConnectSpec {
+        alias: alias.unwrap_or_else(|| bundle.body.alias.clone()),
+        endpoints: bundle.body.endpoints.clone(),
+        ca_pem: bundle.body.ca_pem.clone().map(String::into_bytes),
+        system_roots: bundle.body.system_roots,
+        client_cert: tls.pair(),
+        mediator,
+        pins: connection::Pins {
+            domain_id: Some(bundle.domain_id.to_string()),
+            sequencer_key: Some(bundle.sequencer_key_fingerprint.to_string()),
+        },
+        bundle: Some(text),
+        timeout,
+    };
+    connect_and_report(spec, &data_dir).await
+}
+
+fn export_identity(
+    data_dir: &Path,
+    output: Option<PathBuf>,
+    display_name: Option<String>,
+    contact: Option<String>,
+) {
+    let id = match identity::load(data_dir) {
+        Ok(id) => id,
+        Err(e) => fail(&e.to_string()),
+    };
+    let text = match domain_identity::onboarding::export_identity(
+        &id.member,
+        &id.key,
+        display_name,
+        contact,
+    ) {
+        Ok(t) => t,
+        Err(e) => fail(&e.to_string()),
+    };
+    match output {
+        None => print!("{text}"),
+        Some(path) => {
+            if let Err(e) = std::fs::write(&path, text.as_bytes()) {
+                fail(&format!("cannot write {}: {e}", path.display()));
+            }
+            eprintln!(
+                "wrote the identity file of {} to {}",
+                id.member,
+                path.display()
+            );
+            println!("{}", path.display());
+        }
+    }
 }
 
 async fn admin_client(

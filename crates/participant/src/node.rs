@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use domain_identity::{DomainId, MemberId};
+use domain_identity::{DomainId, Fingerprint, MemberId};
 use domain_proto::v1 as pb;
 use domain_runtime::ops::Readiness;
 use domain_sequencer_client::{
-    ClientError, ClientOptions, ClientTlsFiles, DomainClient, DomainTls, MemberIdentity,
+    ClientError, ClientOptions, DomainClient, DomainPins, DomainTls, MemberIdentity,
 };
 use futures::FutureExt as _;
 use prost::Message as _;
@@ -390,14 +390,22 @@ async fn session(
 ) -> Result<(), SessionError> {
     let domain_id = DomainId::parse(&connection.domain_id)
         .map_err(|e| SessionError::Config(format!("invalid domain id in the connection: {e}")))?;
-    let tls = match &connection.ca {
-        Some(ca) => DomainTls::Files(ClientTlsFiles {
-            ca: ca.clone(),
-            cert: None,
-            key: None,
-            domain_name: None,
-        }),
+    let tls = match crate::connection::connection_tls(&connection)
+        .map_err(|e| SessionError::Config(e.to_string()))?
+    {
+        Some(config) => DomainTls::Config(config),
         None => DomainTls::Plaintext,
+    };
+    // The client never adopts another domain or sequencer key than the connection's: an
+    // endpoint showing one is refused, even when it answers first.
+    let pins = DomainPins {
+        domain_id: Some(connection.domain_id.clone()),
+        sequencer_key: match &connection.sequencer_key {
+            Some(k) => Some(Fingerprint::parse(k).map_err(|e| {
+                SessionError::Config(format!("invalid sequencer-key in the connection: {e}"))
+            })?),
+            None => None,
+        },
     };
     let member = MemberIdentity {
         id: node.identity.member.clone(),
@@ -405,6 +413,7 @@ async fn session(
     };
     let options = ClientOptions {
         call_timeout: node.config.sequencer_timeout.min(Duration::from_secs(2)),
+        pins,
         ..ClientOptions::default()
     };
     let client = tokio::select! {

@@ -358,6 +358,7 @@ fn topology_only_from_the_domain_manager_and_mediator_from_topology() {
             participant: w.me.clone(),
             permission: Permission::Observation,
             trust_level: TrustLevel::Ordinary,
+            public_key: None,
         },
     );
     let mut c = Changes::default();

@@ -133,6 +133,44 @@ pub struct ClientOptions {
     pub time_proof_ttl: Duration,
     /// How long [`DomainClient::acknowledge`] retries. Default `10s`.
     pub acknowledge_timeout: Duration,
+    /// What the domain must be (from a connection bundle or `--expect-…`). Default: no
+    /// pins (the first endpoint to answer defines the domain).
+    pub pins: DomainPins,
+}
+
+/// Pins of a connection: once set, an endpoint showing another domain id or sequencer key
+/// is refused (with the reason in [`DomainClient::endpoint_problems`]) and its key is
+/// never adopted, even when it answers first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DomainPins {
+    /// The domain id (`name::1220…`).
+    pub domain_id: Option<String>,
+    /// Fingerprint of the sequencer key (`1220…`).
+    pub sequencer_key: Option<domain_identity::Fingerprint>,
+}
+
+impl DomainPins {
+    /// Why `info` breaks a pin, if it does.
+    #[must_use]
+    pub fn violation(&self, info: &DomainInfo) -> Option<String> {
+        if let Some(d) = &self.domain_id
+            && &info.domain_id != d
+        {
+            return Some(format!(
+                "serves domain {}, but the connection is pinned to domain {d}",
+                info.domain_id
+            ));
+        }
+        if let Some(k) = &self.sequencer_key
+            && info.sequencer_key.fingerprint() != k
+        {
+            return Some(format!(
+                "presents sequencer key {}, but the connection is pinned to key {k}",
+                info.sequencer_key.fingerprint()
+            ));
+        }
+        None
+    }
 }
 
 impl Default for ClientOptions {
@@ -148,6 +186,7 @@ impl Default for ClientOptions {
             subscription_buffer: 256,
             time_proof_ttl: Duration::from_secs(10),
             acknowledge_timeout: Duration::from_secs(10),
+            pins: DomainPins::default(),
         }
     }
 }
@@ -868,10 +907,19 @@ async fn discover(
         let mut errors: Vec<(usize, ClientError)> = Vec::new();
         while let Some((i, answer)) = answers.next().await {
             match answer {
-                Ok(info) => {
-                    handles[i].validate(&info, &info);
-                    return Ok(info);
-                }
+                // A pinned connection never adopts what an endpoint reports: an endpoint
+                // breaking a pin is refused however fast it answers, the others still count.
+                Ok(info) => match options.pins.violation(&info) {
+                    None => {
+                        handles[i].validate(&info, &info);
+                        return Ok(info);
+                    }
+                    Some(reason) => {
+                        tracing::error!(alias, endpoint = %handles[i].url, %reason, "endpoint refused");
+                        handles[i].refuse(&reason);
+                        errors.push((i, ClientError::DomainInfo(reason)));
+                    }
+                },
                 Err(e) => errors.push((i, e)),
             }
         }

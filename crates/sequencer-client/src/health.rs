@@ -218,6 +218,14 @@ impl EndpointHandle {
         }
     }
 
+    /// Refuses the endpoint for good (it broke a pin of the connection).
+    pub(crate) fn refuse(&self, reason: &str) {
+        let mut s = self.lock_status();
+        s.rejected = Some(format!("{} {reason}", self.url));
+        drop(s);
+        self.set_healthy(false, None);
+    }
+
     /// Marks the endpoint unhealthy at once (a call through it failed); the health loop
     /// restores it after a passing check.
     pub(crate) fn mark_down(&self, reason: &str) {

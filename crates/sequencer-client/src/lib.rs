@@ -17,8 +17,8 @@ pub mod subscription;
 
 pub use backoff::BackoffConfig;
 pub use domain_client::{
-    ClientOptions, ClientStats, ClientTlsFiles, DomainClient, DomainTls, SendReceipt, TlsError,
-    error_chain,
+    ClientOptions, ClientStats, ClientTlsFiles, DomainClient, DomainPins, DomainTls, SendReceipt,
+    TlsError, error_chain,
 };
 pub use health::DomainInfo;
 pub use subscription::{Subscription, VerifiedEvent, check_redelivered};

@@ -877,7 +877,7 @@ pub async fn apply_due_topology(
         .await?;
     let rows = tx
         .query(
-            "SELECT serial, effective_ts, kind, operation, member, permission FROM seq_topology
+            "SELECT serial, effective_ts, kind, operation, member, permission, signed FROM seq_topology
              WHERE NOT applied AND effective_ts <= $1 ORDER BY effective_ts, serial",
             &[&now],
         )
@@ -906,13 +906,18 @@ pub async fn apply_due_topology(
                 // lower bound only they count (crate::pruning), so this holds however
                 // much has been pruned. A member that was disabled before keeps its
                 // registration (and its counters).
+                // A key recorded with the allowlist entry (identity file) is bound now;
+                // an already bound key is kept (it has the same fingerprint).
+                let signed: Vec<u8> = r.get(6);
+                let key = crate::topology::recorded_participant_key(&signed);
                 let row = tx
                     .query_one(
-                        "INSERT INTO seq_members (member, registered_ts)
-                         VALUES ($1, least($2, (SELECT min(sequenced_ts) - 1 FROM seq_topology)))
-                         ON CONFLICT (member) DO UPDATE SET enabled = true
+                        "INSERT INTO seq_members (member, registered_ts, public_key)
+                         VALUES ($1, least($2, (SELECT min(sequenced_ts) - 1 FROM seq_topology)), $3)
+                         ON CONFLICT (member) DO UPDATE SET enabled = true,
+                             public_key = coalesce(seq_members.public_key, EXCLUDED.public_key)
                          RETURNING id, registered_ts",
-                        &[m, &effective_ts],
+                        &[m, &effective_ts, &key],
                     )
                     .await?;
                 let id: i32 = row.get(0);

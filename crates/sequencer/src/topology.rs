@@ -277,6 +277,19 @@ pub enum MemberEffect {
     None,
 }
 
+/// The key a stored participant-state transaction records (allowlisted from an identity
+/// file), bound to the member when the change is applied, so the member's first
+/// authentication must present exactly that key. The transaction was verified (signature,
+/// key matching the id's fingerprint) before it was sequenced.
+pub fn recorded_participant_key(signed: &[u8]) -> Option<Vec<u8>> {
+    let signed = pb::SignedTopologyTransaction::decode(signed).ok()?;
+    let tx = pb::TopologyTransaction::decode(signed.transaction.as_slice()).ok()?;
+    match tx.mapping? {
+        pb::topology_transaction::Mapping::ParticipantState(p) => p.public_key.map(|k| k.key),
+        _ => None,
+    }
+}
+
 /// Maps a stored row (kind, operation, permission) to its member effect.
 pub fn member_effect(kind: &str, operation: &str, permission: Option<&str>) -> MemberEffect {
     match (kind, operation) {
