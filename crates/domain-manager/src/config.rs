@@ -76,6 +76,8 @@ pub struct DomainManagerConfig {
     /// How long shutdown waits for in-flight calls to drain. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// OTLP span export (`[tracing]`, shared by every service; off by default).
+    pub tracing: domain_runtime::telemetry::TracingConfig,
 }
 
 impl Default for DomainManagerConfig {
@@ -95,6 +97,7 @@ impl Default for DomainManagerConfig {
             send_deadline: Duration::from_secs(10),
             retry_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            tracing: domain_runtime::telemetry::TracingConfig::default(),
         }
     }
 }
