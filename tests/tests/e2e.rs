@@ -14,6 +14,7 @@ mod domain_manager;
 mod k8s_configs;
 mod mediator_failover;
 mod mediator_protocol;
+mod otlp_traces;
 mod participant_failover;
 mod participant_ping;
 mod prometheus_alerts;
