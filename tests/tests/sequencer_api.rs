@@ -522,6 +522,7 @@ async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::R
         let req = pb::SendRequest {
             submission: garbage,
             signature: Some(to_proto_signature(&sig, SignaturePurpose::Submission)),
+            trace_context: String::new(),
         };
         let st = status_of(a.send_signed(req).await, "(1b)")?;
         expect_status(

@@ -76,6 +76,8 @@ pub struct DomainManagerConfig {
     /// How long shutdown waits for in-flight calls to drain. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// OTLP span export (`[tracing]`, shared by every service; off by default).
+    pub tracing: domain_runtime::telemetry::TracingConfig,
     /// What `domainctl domain export-connection` puts in the connection bundle for parties
     /// joining from outside (docs/onboarding.md). Default: unset (export refused with
     /// `DM_CONNECTION_NOT_CONFIGURED`).
@@ -120,6 +122,7 @@ impl Default for DomainManagerConfig {
             send_deadline: Duration::from_secs(10),
             retry_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            tracing: domain_runtime::telemetry::TracingConfig::default(),
             connection: None,
         }
     }

@@ -84,9 +84,11 @@ fn main() {
         eprintln!("error: invalid domain-manager configuration: {error}");
         std::process::exit(EXIT_USAGE);
     }
-    if let Err(error) =
-        domain_runtime::telemetry::init_logging("domain-manager", cli.common.log_format)
-    {
+    if let Err(error) = domain_runtime::telemetry::init_logging(
+        "domain-manager",
+        cli.common.log_format,
+        &config.tracing,
+    ) {
         eprintln!("error: {error}");
         std::process::exit(EXIT_USAGE);
     }

@@ -138,6 +138,9 @@ where
             }
         }
     });
+    // After the runtime has stopped every task: the last spans are ended, flush them.
+    drop(runtime);
+    crate::telemetry::shutdown_tracing();
     std::process::exit(code)
 }
 

@@ -15,19 +15,33 @@
 //! from a handler, where [`TraceContextInterceptor`] injects it into outgoing `traceparent`
 //! metadata. It does not follow `tokio::spawn`; wrap spawned futures with
 //! [`TraceContext::scope`] to carry it over.
+//!
+//! **Span export (OTLP).** With `[tracing] otlp-endpoint` set in a service's configuration
+//! ([`TracingConfig`]), spans are also exported over OTLP/gRPC through `tracing-opentelemetry`,
+//! with `service.name` = the component and `service.instance.id` = host and pid (or
+//! `service-instance`). The exported span of a `grpc_request` (and of every span made with
+//! [`remote_span`]) is parented on the incoming trace context, and the current
+//! [`TraceContext`] is taken from that exported span, so what is sent on (`traceparent`
+//! metadata, the `trace_context` of a submission) names a span the collector receives. Off by
+//! default; [`shutdown_tracing`] flushes what is buffered.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
+use std::sync::Mutex;
+
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use tokio::task::futures::TaskLocalFuture;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tracing::Instrument as _;
 use tracing::instrument::Instrumented;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Name of the W3C trace-context header / gRPC metadata key.
@@ -54,26 +68,173 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logging could not be initialised (usually: a global subscriber is already installed).
+/// Logging could not be initialised (usually: a global subscriber is already installed, or
+/// the `[tracing]` settings are invalid).
 #[derive(Debug, thiserror::Error)]
 #[error("failed to initialise logging: {0}")]
 pub struct TelemetryError(String);
 
+/// The `[tracing]` section every service's configuration has: OTLP span export.
+///
+/// ```toml
+/// [tracing]
+/// otlp-endpoint = "http://otel-collector.monitoring:4317"  # OTLP/gRPC; unset = no export
+/// sampling-ratio = 0.1           # share of new traces exported (default 1.0)
+/// service-instance = "seq-0"     # service.instance.id (default <host>:<pid>)
+/// ```
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct TracingConfig {
+    /// OTLP/gRPC collector endpoint (`http://host:4317`, plaintext). Unset: spans are not
+    /// exported (the default).
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces (those started here) that are sampled, 0.0 to 1.0. A trace
+    /// continued from a caller or a delivered event follows the sampled flag it came with,
+    /// so a trace is exported by every member or by none.
+    pub sampling_ratio: f64,
+    /// `service.instance.id` resource attribute; default `<host>:<pid>`.
+    pub service_instance: Option<String>,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sampling_ratio: 1.0,
+            service_instance: None,
+        }
+    }
+}
+
+impl TracingConfig {
+    /// Checks the settings without connecting anywhere.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.sampling_ratio) {
+            return Err(format!(
+                "tracing.sampling-ratio must be between 0.0 and 1.0, got {}",
+                self.sampling_ratio
+            ));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let uri: http::Uri = endpoint
+                .parse()
+                .map_err(|e| format!("tracing.otlp-endpoint {endpoint:?} is not a URI: {e}"))?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return Err(format!(
+                    "tracing.otlp-endpoint {endpoint:?} must be http://host:port (OTLP/gRPC \
+                     without TLS; run a collector agent next to the service)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The exporter's provider, kept for [`shutdown_tracing`], and the runtime its gRPC channel
+/// runs on. The service's own runtime does not exist yet when logging is set up (and is gone
+/// when the last spans are flushed), so the exporter gets a one-thread runtime of its own.
+static EXPORT: Mutex<
+    Option<(
+        opentelemetry_sdk::trace::SdkTracerProvider,
+        tokio::runtime::Runtime,
+    )>,
+> = Mutex::new(None);
+
 /// Installs the global tracing subscriber for `component` in the given format, writing to
-/// stderr, filtered by `RUST_LOG` (default `info`). Fails if a global subscriber is already set.
-pub fn init_logging(component: &str, format: LogFormat) -> Result<(), TelemetryError> {
+/// stderr, filtered by `RUST_LOG` (default `info`), and exporting spans over OTLP when
+/// `tracing.otlp-endpoint` is set. Fails if a global subscriber is already set or the
+/// settings are invalid.
+pub fn init_logging(
+    component: &str,
+    format: LogFormat,
+    tracing: &TracingConfig,
+) -> Result<(), TelemetryError> {
+    tracing.validate().map_err(TelemetryError)?;
     let filter = EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
         .from_env_lossy();
-    subscriber(format, filter, std::io::stderr)
+    let tracer = match &tracing.otlp_endpoint {
+        Some(endpoint) => Some(start_export(component, endpoint, tracing)?),
+        None => None,
+    };
+    build_subscriber(format, filter, std::io::stderr, tracer)
         .try_init()
         .map_err(|e| TelemetryError(e.to_string()))?;
-    tracing::info!(component, ?format, "logging initialised");
+    ::tracing::info!(
+        component,
+        ?format,
+        otlp_endpoint = tracing.otlp_endpoint.as_deref().unwrap_or("off"),
+        "logging initialised"
+    );
     Ok(())
 }
 
-/// Builds the subscriber [`init_logging`] installs, writing to `writer`; exposed so tests can
-/// capture log lines with `tracing::subscriber::with_default`.
+fn start_export(
+    component: &str,
+    endpoint: &str,
+    config: &TracingConfig,
+) -> Result<opentelemetry_sdk::trace::SdkTracer, TelemetryError> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    use opentelemetry_sdk::trace::Sampler;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("otlp-export")
+        .enable_all()
+        .build()
+        .map_err(|e| TelemetryError(format!("cannot start the OTLP export runtime: {e}")))?;
+    // The tonic channel spawns its connection task on the runtime current at build time.
+    let exporter = {
+        let _entered = runtime.enter();
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build()
+            .map_err(|e| TelemetryError(format!("cannot set up OTLP export to {endpoint}: {e}")))?
+    };
+    let instance = config.service_instance.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".to_owned());
+        format!("{host}:{}", std::process::id())
+    });
+    let resource = opentelemetry_sdk::Resource::builder_empty()
+        .with_service_name(component.to_owned())
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            instance,
+        ))
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            config.sampling_ratio,
+        ))))
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer(component.to_owned());
+    *EXPORT.lock().unwrap_or_else(|p| p.into_inner()) = Some((provider, runtime));
+    Ok(tracer)
+}
+
+/// Flushes and stops span export (no-op when it is off); call once, when the service has
+/// stopped. Blocks until the buffered spans are sent or the exporter's timeout passes.
+pub fn shutdown_tracing() {
+    let taken = EXPORT.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some((provider, runtime)) = taken {
+        if let Err(error) = provider.shutdown() {
+            eprintln!("warning: flushing exported spans failed: {error}");
+        }
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    }
+}
+
+/// Builds the subscriber [`init_logging`] installs (without span export), writing to
+/// `writer`; exposed so tests can capture log lines with `tracing::subscriber::with_default`.
 pub fn subscriber<W>(
     format: LogFormat,
     filter: EnvFilter,
@@ -82,26 +243,80 @@ pub fn subscriber<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    build_subscriber(format, filter, writer, None)
+}
+
+fn build_subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+    tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    // The filter comes first so it applies to the exporter too: spans below `RUST_LOG` are
+    // neither logged nor exported.
+    let otel = tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t));
+    let base = tracing_subscriber::registry().with(filter).with(otel);
     match format {
         LogFormat::Json => Box::new(
-            tracing_subscriber::fmt()
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                // Also list enclosing spans: a handler's own span becomes the current span,
-                // and the request span with `trace_id` must still appear on the line.
-                .with_span_list(true)
-                .with_env_filter(filter)
-                .with_writer(writer)
-                .finish(),
+            base.with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    // Also list enclosing spans: a handler's own span becomes the current
+                    // span, and the request span with `trace_id` must still appear.
+                    .with_span_list(true)
+                    .with_writer(writer),
+            ),
         ),
-        LogFormat::Text => Box::new(
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(writer)
-                .finish(),
-        ),
+        LogFormat::Text => {
+            Box::new(base.with(tracing_subscriber::fmt::layer().with_writer(writer)))
+        }
     }
+}
+
+/// Makes `span` continue `parent` in exported traces and returns the trace context to make
+/// current inside it: the exported span's own ids when span export is on (so what is sent on
+/// names a span the collector has), otherwise a child of `parent` (or a new trace).
+///
+/// Without a `parent`, the span starts a new trace (sampled by `tracing.sampling-ratio`).
+pub fn remote_span(span: &tracing::Span, parent: Option<TraceContext>) -> TraceContext {
+    if let Some(parent) = parent {
+        let remote = opentelemetry::trace::SpanContext::new(
+            opentelemetry::trace::TraceId::from_bytes(parent.trace_id),
+            opentelemetry::trace::SpanId::from_bytes(parent.span_id),
+            opentelemetry::trace::TraceFlags::new(parent.flags),
+            true,
+            opentelemetry::trace::TraceState::default(),
+        );
+        // Fails only when export is off or the span is disabled: then there is nothing to
+        // parent, and the fallback below keeps logs and propagation working.
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+    let exported = span.context();
+    let exported = exported.span().span_context().clone();
+    if exported.is_valid() {
+        return TraceContext {
+            trace_id: exported.trace_id().to_bytes(),
+            span_id: exported.span_id().to_bytes(),
+            flags: exported.trace_flags().to_u8(),
+        };
+    }
+    parent.map_or_else(TraceContext::generate, |p| p.child())
+}
+
+/// Runs `future` inside `span`, continuing `parent` (see [`remote_span`]) with the span's
+/// context current, so sends made by `future` carry it on.
+pub fn in_remote_span<F: Future>(
+    span: tracing::Span,
+    parent: Option<TraceContext>,
+    future: F,
+) -> Instrumented<TaskLocalFuture<TraceContext, F>> {
+    let ctx = remote_span(&span, parent);
+    CURRENT.scope(ctx, future).instrument(span)
 }
 
 tokio::task_local! {
@@ -213,6 +428,12 @@ impl TraceContext {
     /// Returns the context of the request being handled on this task, if any.
     pub fn current() -> Option<Self> {
         CURRENT.try_with(|ctx| *ctx).ok()
+    }
+
+    /// Runs `f` with `self` as the current trace context (synchronous code, e.g. event
+    /// processing that builds submissions).
+    pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
     }
 
     /// Runs `future` with `self` as the current trace context.
@@ -333,17 +554,19 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let parent = TraceContext::from_headers(request.headers());
-        let ctx = parent.map_or_else(TraceContext::generate, |p| p.child());
-        request.extensions_mut().insert(ctx);
         // ERROR level so the span is enabled under any filter: with `RUST_LOG=warn` an info
         // span would be filtered out and warnings inside the request would lose `trace_id`.
         let span = tracing::error_span!(
             "grpc_request",
-            trace_id = %ctx.trace_id(),
-            span_id = %ctx.span_id(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
             parent_span_id = tracing::field::Empty,
             rpc = %request.uri().path(),
         );
+        let ctx = remote_span(&span, parent);
+        request.extensions_mut().insert(ctx);
+        span.record("trace_id", tracing::field::display(ctx.trace_id()));
+        span.record("span_id", tracing::field::display(ctx.span_id()));
         if let Some(parent) = parent {
             span.record("parent_span_id", tracing::field::display(parent.span_id()));
         }

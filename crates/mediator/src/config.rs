@@ -81,6 +81,8 @@ pub struct MediatorConfig {
     /// How long shutdown waits for in-flight work. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// OTLP span export (`[tracing]`, shared by every service; off by default).
+    pub tracing: domain_runtime::telemetry::TracingConfig,
 }
 
 impl Default for MediatorConfig {
@@ -107,6 +109,7 @@ impl Default for MediatorConfig {
             acknowledge_interval: Duration::from_secs(5),
             sequencer_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            tracing: domain_runtime::telemetry::TracingConfig::default(),
         }
     }
 }

@@ -40,7 +40,9 @@ fn main() {
         eprintln!("error: invalid mediator configuration: {problem}");
         std::process::exit(EXIT_USAGE);
     }
-    if let Err(error) = domain_runtime::telemetry::init_logging("mediator", cli.common.log_format) {
+    if let Err(error) =
+        domain_runtime::telemetry::init_logging("mediator", cli.common.log_format, &config.tracing)
+    {
         eprintln!("error: {error}");
         std::process::exit(EXIT_USAGE);
     }

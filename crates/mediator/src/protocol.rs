@@ -404,13 +404,24 @@ impl Processor {
     /// Processes a batch of consecutive events. `now_micros` is the local clock,
     /// used only to fix the max sequencing time of verdicts decided in the batch.
     pub fn process_batch(&mut self, events: &[Event], now_micros: i64) -> Changes {
+        self.process_batch_in(events, now_micros, |_| tracing::Span::none())
+    }
+
+    /// [`Self::process_batch`], processing event `i` inside the span `span_for(i)` (the
+    /// session parents it on the event's trace context).
+    pub fn process_batch_in(
+        &mut self,
+        events: &[Event],
+        now_micros: i64,
+        mut span_for: impl FnMut(usize) -> tracing::Span,
+    ) -> Changes {
         let mut changes = Changes {
             last_counter: self.last_counter,
             last_ts: self.last_ts,
             ..Changes::default()
         };
-        for event in events {
-            self.process(event, now_micros, &mut changes);
+        for (i, event) in events.iter().enumerate() {
+            span_for(i).in_scope(|| self.process(event, now_micros, &mut changes));
         }
         changes
     }

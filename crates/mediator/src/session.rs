@@ -16,6 +16,7 @@ use std::time::Duration;
 use domain_lease::Fence;
 use domain_proto::v1 as pb;
 use domain_runtime::ops::Readiness;
+use domain_runtime::telemetry::TraceContext;
 use domain_sequencer_client::{ClientError, StreamValidator};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
@@ -61,7 +62,9 @@ impl SessionError {
 }
 
 /// A verdict to send, with when it was committed.
-type Outgoing = (OutVerdict, Instant);
+/// A verdict to send, when it was committed, and the trace context of its request's event (so
+/// the verdict joins the submitter's trace; none for verdicts resent after a restart).
+type Outgoing = (OutVerdict, Instant, Option<TraceContext>);
 
 /// Runs one session until `cancel` fires or an error ends it.
 pub async fn run(
@@ -94,7 +97,7 @@ pub async fn run(
     let tasks_cancel = cancel.child_token();
     let _cancel_on_exit = tasks_cancel.clone().drop_guard();
     let mut tasks = JoinSet::new();
-    let (event_tx, mut event_rx) = mpsc::channel::<Event>(EVENT_BUFFER);
+    let (event_tx, mut event_rx) = mpsc::channel::<(Event, Option<TraceContext>)>(EVENT_BUFFER);
     let (verdict_tx, verdict_rx) = mpsc::unbounded_channel::<Outgoing>();
     let (subscribed_tx, mut subscribed_rx) = watch::channel(false);
     let (fail_tx, mut fail_rx) = mpsc::channel::<String>(1);
@@ -129,6 +132,11 @@ pub async fn run(
     ));
 
     let mut activated = false;
+    // Trace contexts of pending requests, by request id; bounded by the pending requests
+    // (an entry goes with the request's verdict), and lost on restart (verdicts then start
+    // their own trace).
+    let mut request_traces: std::collections::HashMap<i64, TraceContext> =
+        std::collections::HashMap::new();
     loop {
         let first = tokio::select! {
             biased;
@@ -172,7 +180,33 @@ pub async fn run(
         if ctx.lease.fence().as_ref() != Some(&fence) {
             return Err(SessionError::LeaseLost);
         }
-        let changes = processor.process_batch(&batch, now_micros());
+        let (batch, traces): (Vec<Event>, Vec<Option<TraceContext>>) = batch.into_iter().unzip();
+        // Each event is processed inside a span continuing the sender's trace, so the
+        // mediator's handling of a request or response shows up in the submitter's trace.
+        let mut contexts: Vec<Option<TraceContext>> = Vec::with_capacity(batch.len());
+        let changes = processor.process_batch_in(&batch, now_micros(), |i| {
+            let span = tracing::info_span!(
+                "mediator_event",
+                counter = batch[i].counter,
+                ts = batch[i].ts,
+                sender = %batch[i].sender,
+            );
+            let ctx =
+                traces[i].map(|parent| domain_runtime::telemetry::remote_span(&span, Some(parent)));
+            contexts.push(ctx);
+            span
+        });
+        for r in &changes.new_requests {
+            // A request's id is its event's timestamp.
+            if let Some(Some(ctx)) = batch
+                .iter()
+                .zip(&contexts)
+                .find(|(e, _)| e.ts == r.request_id)
+                .map(|(_, c)| c)
+            {
+                request_traces.insert(r.request_id, *ctx);
+            }
+        }
         let started = Instant::now();
         store::persist(&mut client, &stmts, &fence, &changes).await?;
         metrics::histogram!(m::PERSIST_SECONDS).record(started.elapsed().as_secs_f64());
@@ -212,8 +246,9 @@ pub async fn run(
                 recipients: d.recipients.clone(),
                 max_sequencing_ts: d.max_sequencing_ts,
             };
+            let trace = request_traces.remove(&d.request_id);
             // The sender only stops with the session.
-            let _ = verdict_tx.send((out, committed));
+            let _ = verdict_tx.send((out, committed, trace));
         }
         publish(&ctx, &processor);
     }
@@ -261,7 +296,7 @@ async fn reader(
     ctx: Arc<Context>,
     mut next: i64,
     mut validator: StreamValidator,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<(Event, Option<TraceContext>)>,
     subscribed: watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
@@ -334,8 +369,9 @@ async fn reader(
                     subscribed.send_if_modified(|s| !std::mem::replace(s, true));
                     next = verified.event.counter + 1;
                     backoff = BACKOFF_MIN;
+                    let trace = verified.trace_context();
                     let event = Event::from_verified(verified.event, &verified.content);
-                    if tx.send(event).await.is_err() {
+                    if tx.send((event, trace)).await.is_err() {
                         clear_endpoint_gauge(&mut on_endpoint);
                         return;
                     }
@@ -385,7 +421,7 @@ async fn sender(
         );
     }
     let now = Instant::now();
-    let mut queue: VecDeque<Outgoing> = unsent.into_iter().map(|v| (v, now)).collect();
+    let mut queue: VecDeque<Outgoing> = unsent.into_iter().map(|v| (v, now, None)).collect();
     let mut in_flight = FuturesUnordered::new();
     let mut marks: Vec<(i64, SendState)> = Vec::new();
     let mut client = None;
@@ -442,7 +478,25 @@ fn error_code(e: &ClientError) -> Option<&str> {
 
 /// Sends one verdict until the sequencer acknowledges it (or refuses it for
 /// good), moving between endpoints on connection failures.
-async fn send_verdict(ctx: Arc<Context>, (verdict, committed): Outgoing) -> (i64, SendState) {
+async fn send_verdict(
+    ctx: Arc<Context>,
+    (verdict, committed, trace): Outgoing,
+) -> (i64, SendState) {
+    let span = tracing::info_span!("mediator_verdict_send", request_id = verdict.request_id);
+    // The submission carries the current trace context on to the verdict's recipients.
+    domain_runtime::telemetry::in_remote_span(
+        span,
+        trace,
+        send_verdict_traced(ctx, verdict, committed),
+    )
+    .await
+}
+
+async fn send_verdict_traced(
+    ctx: Arc<Context>,
+    verdict: OutVerdict,
+    committed: Instant,
+) -> (i64, SendState) {
     let request_id = verdict.request_id;
     let content = match verdict_envelope_content(&verdict.signed_verdict) {
         Ok(c) => c,

@@ -51,6 +51,8 @@ pub struct ParticipantConfig {
     /// How long shutdown waits for in-flight calls to drain. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// OTLP span export (`[tracing]`, shared by every service; off by default).
+    pub tracing: domain_runtime::telemetry::TracingConfig,
 }
 
 impl Default for ParticipantConfig {
@@ -69,6 +71,7 @@ impl Default for ParticipantConfig {
             sequencer_timeout: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            tracing: domain_runtime::telemetry::TracingConfig::default(),
         }
     }
 }

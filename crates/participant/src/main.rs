@@ -497,7 +497,9 @@ fn run(common: CommonArgs, data_dir: Option<PathBuf>) {
         eprintln!("error: invalid participant configuration: {problem}");
         std::process::exit(EXIT_USAGE);
     }
-    if let Err(error) = domain_runtime::telemetry::init_logging("participant", common.log_format) {
+    if let Err(error) =
+        domain_runtime::telemetry::init_logging("participant", common.log_format, &config.tracing)
+    {
         eprintln!("error: {error}");
         std::process::exit(EXIT_USAGE);
     }

@@ -517,7 +517,17 @@ async fn session(
             match item {
                 Some(Ok(verified)) => {
                     let event = Event::from_verified(&verified.event, &verified.content);
-                    processor.process(&event, verified.event.encode_to_vec(), &mut changes);
+                    // Processed inside a span continuing the sender's trace; responses
+                    // built here carry it on (see `current_trace_context`).
+                    let span =
+                        tracing::info_span!("participant_event", counter = verified.event.counter);
+                    let ctx =
+                        domain_runtime::telemetry::remote_span(&span, verified.trace_context());
+                    span.in_scope(|| {
+                        ctx.sync_scope(|| {
+                            processor.process(&event, verified.event.encode_to_vec(), &mut changes)
+                        })
+                    });
                 }
                 Some(Err(e)) => {
                     end = Some(client_error(&e));

@@ -512,6 +512,9 @@ impl Processor {
         let send = pb::SendRequest {
             submission: bytes,
             signature: Some(to_proto_signature(&sig, SignaturePurpose::Submission)),
+            // The trace context of the event being processed (set by the node), so the
+            // mediator sees this response in the submitter's trace.
+            trace_context: domain_sequencer_client::current_trace_context(),
         };
         Outgoing {
             message_id,

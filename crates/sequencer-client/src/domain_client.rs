@@ -455,7 +455,8 @@ impl DomainClient {
         }
     }
 
-    /// Encodes and signs a submission (purpose SUBMISSION, bound to the domain id).
+    /// Encodes and signs a submission (purpose SUBMISSION, bound to the domain id). The
+    /// request carries the current trace context (see [`crate::current_trace_context`]).
     pub fn sign_submission(
         &self,
         submission: &pb::SubmissionRequest,
@@ -470,6 +471,7 @@ impl DomainClient {
         Ok(pb::SendRequest {
             submission: bytes,
             signature: Some(to_proto_signature(&sig, SignaturePurpose::Submission)),
+            trace_context: crate::current_trace_context(),
         })
     }
 

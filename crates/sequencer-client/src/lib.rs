@@ -21,7 +21,7 @@ pub use domain_client::{
     TlsError, error_chain,
 };
 pub use health::DomainInfo;
-pub use subscription::{Subscription, VerifiedEvent, check_redelivered};
+pub use subscription::{Subscription, VerifiedEvent, check_redelivered, event_trace_context};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -208,7 +208,7 @@ impl SequencerConnection {
         Ok(req)
     }
 
-    /// Encodes and signs a submission.
+    /// Encodes and signs a submission, with the current trace context.
     pub fn sign_submission(&self, submission: &pb::SubmissionRequest) -> pb::SendRequest {
         let bytes = submission.encode_to_vec();
         let sig = self
@@ -219,6 +219,7 @@ impl SequencerConnection {
         pb::SendRequest {
             submission: bytes,
             signature: sig.map(|s| to_proto_signature(&s, SignaturePurpose::Submission)),
+            trace_context: current_trace_context(),
         }
     }
 
@@ -281,6 +282,16 @@ impl SequencerConnection {
     ) -> Result<pb::SignedEventContent, ClientError> {
         verify_event(&self.sequencer_key, &self.domain_id, event)
     }
+}
+
+/// The `trace_context` to put in a `SendRequest`: the `traceparent` of the current span when
+/// there is a current trace context (an RPC being handled, or an event being processed inside
+/// [`domain_runtime::telemetry::TraceContext::scope`]), otherwise empty. The sequencer stores it
+/// with the event and delivers it to every recipient, so their processing joins this trace.
+pub fn current_trace_context() -> String {
+    domain_runtime::telemetry::TraceContext::current()
+        .map(|ctx| ctx.to_traceparent())
+        .unwrap_or_default()
 }
 
 /// Verifies an event against the sequencer key and domain id: the sequencer

@@ -244,6 +244,7 @@ fn history(key: &SigningKeyPair, n: i64, tweak: impl Fn(i64) -> i64) -> Vec<pb::
                 signature: Some(to_proto_signature(&sig, SignaturePurpose::SequencedEvent)),
                 envelopes: vec![],
                 message_id: String::new(),
+                trace_context: String::new(),
             };
             prev = ts;
             e

@@ -46,6 +46,8 @@ pub struct SequencerConfig {
     /// How long shutdown waits for in-flight calls to drain. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// OTLP span export (`[tracing]`, shared by every service; off by default).
+    pub tracing: domain_runtime::telemetry::TracingConfig,
 }
 
 impl Default for SequencerConfig {
@@ -68,6 +70,7 @@ impl Default for SequencerConfig {
             auth: AuthConfig::default(),
             pruning: PruningConfig::default(),
             shutdown_grace: Duration::from_secs(10),
+            tracing: domain_runtime::telemetry::TracingConfig::default(),
         }
     }
 }

@@ -35,7 +35,8 @@ fn main() {
         return;
     }
     let config: SequencerConfig = load_or_exit("sequencer", "SEQUENCER", &cli.common);
-    if let Err(error) = domain_runtime::telemetry::init_logging("sequencer", cli.common.log_format)
+    if let Err(error) =
+        domain_runtime::telemetry::init_logging("sequencer", cli.common.log_format, &config.tracing)
     {
         eprintln!("error: {error}");
         std::process::exit(EXIT_USAGE);

@@ -3,6 +3,7 @@
 
 pub const SENDS: &str = "sequencer_sends_total";
 pub const SEND_REJECTIONS: &str = "sequencer_send_rejections_total";
+pub const TRACE_CONTEXT_DROPPED: &str = "sequencer_trace_context_dropped_total";
 pub const BATCH_SIZE: &str = "sequencer_batch_size";
 pub const SEND_LATENCY: &str = "sequencer_send_latency_seconds";
 pub const COMMIT_SECONDS: &str = "sequencer_commit_seconds";
@@ -40,6 +41,10 @@ pub fn describe() {
     describe_counter!(
         SEND_REJECTIONS,
         "Submissions rejected by validation before any write, by error code"
+    );
+    describe_counter!(
+        TRACE_CONTEXT_DROPPED,
+        "Submissions whose trace_context was dropped (not a valid traceparent, or over 512 bytes); they are sequenced without it"
     );
     describe_histogram!(
         BATCH_SIZE,

@@ -24,6 +24,8 @@ pub struct GlobalEvent {
     pub envelopes: Vec<Envelope>,
     pub content: Vec<u8>,
     pub signature: Vec<u8>,
+    /// The sender's `traceparent`, delivered to every recipient.
+    pub trace_context: Option<String>,
 }
 
 impl GlobalEvent {
@@ -42,6 +44,7 @@ impl GlobalEvent {
             envelopes,
             content: e.content,
             signature: e.signature,
+            trace_context: e.trace_context,
         }
     }
 

@@ -305,6 +305,7 @@ impl SequencerCore {
                 recipients.into_iter().collect()
             },
             submission: req.submission.clone(),
+            trace_context: accepted_trace_context(&req.trace_context),
             envelope_hashes,
             time_proof: sub.time_proof,
             max_sequencing_ts,
@@ -319,9 +320,64 @@ impl SequencerCore {
 #[derive(Clone)]
 pub struct SequencerApi(pub Arc<SequencerCore>);
 
+/// Longest `trace_context` a sender may attach; longer values are dropped unread. The W3C
+/// format allows later versions to append fields, so this is looser than the 55 bytes of version
+/// 00, but it bounds what a sender can make the sequencer parse.
+pub const MAX_TRACE_CONTEXT_BYTES: usize = 512;
+
+/// The trace context to store with a submission: the sender's `traceparent` normalised to
+/// version 00 (so a stored value is always 55 bytes), or `None` when it sent none, sent one
+/// longer than [`MAX_TRACE_CONTEXT_BYTES`] or one that does not parse.
+///
+/// Dropped rather than refused: the field is advisory and outside the signed bytes, and a
+/// tracing bug in a sender must not stop its submissions.
+pub fn accepted_trace_context(value: &str) -> Option<String> {
+    if value.is_empty() {
+        return None;
+    }
+    let parsed = (value.len() <= MAX_TRACE_CONTEXT_BYTES)
+        .then(|| domain_runtime::telemetry::TraceContext::parse_traceparent(value).ok())
+        .flatten();
+    if parsed.is_none() {
+        metrics::counter!(m::TRACE_CONTEXT_DROPPED).increment(1);
+        tracing::debug!(
+            len = value.len(),
+            "dropping an invalid trace context of a submission"
+        );
+    }
+    parsed.map(|ctx| ctx.to_traceparent())
+}
+
 fn reject(e: SequencerError) -> Status {
     metrics::counter!(m::SEND_REJECTIONS, "code" => e.code()).increment(1);
     e.into_status()
+}
+
+impl SequencerApi {
+    async fn send_inner(
+        &self,
+        req: Request<pb::SendRequest>,
+    ) -> Result<Response<pb::SendResponse>, Status> {
+        let core = &self.0;
+        let sender = core.authenticate(&req).await.map_err(reject)?;
+        let mut submission = core
+            .validate(&sender, req.get_ref())
+            .await
+            .map_err(reject)?;
+        let (reply, rx) = oneshot::channel();
+        submission.reply = reply;
+        core.writer
+            .try_enqueue(WriteCommand::Submit(submission))
+            .map_err(reject)?;
+        let outcome = rx
+            .await
+            .map_err(|_| SequencerError::OutcomeUnknown.into_status())?
+            .map_err(SequencerError::into_status)?;
+        Ok(Response::new(pb::SendResponse {
+            sequencing_timestamp_micros: outcome.ts,
+            deduplicated: outcome.deduplicated,
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -518,25 +574,21 @@ impl SequencerService for SequencerApi {
         &self,
         req: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        let core = &self.0;
-        let sender = core.authenticate(&req).await.map_err(reject)?;
-        let mut submission = core
-            .validate(&sender, req.get_ref())
-            .await
-            .map_err(reject)?;
-        let (reply, rx) = oneshot::channel();
-        submission.reply = reply;
-        core.writer
-            .try_enqueue(WriteCommand::Submit(submission))
-            .map_err(reject)?;
-        let outcome = rx
-            .await
-            .map_err(|_| SequencerError::OutcomeUnknown.into_status())?
-            .map_err(SequencerError::into_status)?;
-        Ok(Response::new(pb::SendResponse {
-            sequencing_timestamp_micros: outcome.ts,
-            deduplicated: outcome.deduplicated,
-        }))
+        // The sender's client sends no `traceparent` metadata; its trace context travels in
+        // the request. Sequencing joins that trace.
+        let parent = match req.get_ref().trace_context.as_str() {
+            "" => None,
+            value if value.len() > MAX_TRACE_CONTEXT_BYTES => None,
+            value => domain_runtime::telemetry::TraceContext::parse_traceparent(value).ok(),
+        };
+        match parent {
+            Some(parent) => {
+                let span = tracing::info_span!("sequencer_send");
+                domain_runtime::telemetry::in_remote_span(span, Some(parent), self.send_inner(req))
+                    .await
+            }
+            None => self.send_inner(req).await,
+        }
     }
 
     type SubscribeStream = ReceiverStream<Result<pb::SubscribeResponse, Status>>;

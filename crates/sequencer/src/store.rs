@@ -69,6 +69,9 @@ pub struct NewEvent {
     pub content: Vec<u8>,
     pub signature: Vec<u8>,
     pub max_sequencing_ts: i64,
+    /// The sender's W3C `traceparent` (version 00, 55 bytes), already validated; delivered back
+    /// with the event so recipients join the sender's trace.
+    pub trace_context: Option<String>,
     /// Topology transactions the event carries (domain manager only).
     pub topology: Vec<crate::topology::TopologyRow>,
 }
@@ -91,6 +94,8 @@ pub struct StoredEvent {
     pub submission: Vec<u8>,
     pub content: Vec<u8>,
     pub signature: Vec<u8>,
+    /// The sender's `traceparent`; NULL for events sequenced without one (or before 0004).
+    pub trace_context: Option<String>,
 }
 
 /// What happened to each submission of a committed batch.
@@ -248,10 +253,10 @@ impl WriterStatements {
                 .await?,
             events: client
                 .prepare(
-                    "INSERT INTO seq_events (ts, instance_index, sender, message_id, recipients, submission, content, signature)
-                     SELECT t.ts, $2, t.sender, t.message_id, t.recipients::int[], t.submission, t.content, t.signature
-                     FROM unnest($1::bigint[], $3::int[], $4::text[], $5::text[], $6::bytea[], $7::bytea[], $8::bytea[])
-                       AS t(ts, sender, message_id, recipients, submission, content, signature)",
+                    "INSERT INTO seq_events (ts, instance_index, sender, message_id, recipients, submission, content, signature, trace_context)
+                     SELECT t.ts, $2, t.sender, t.message_id, t.recipients::int[], t.submission, t.content, t.signature, t.trace_context
+                     FROM unnest($1::bigint[], $3::int[], $4::text[], $5::text[], $6::bytea[], $7::bytea[], $8::bytea[], $9::text[])
+                       AS t(ts, sender, message_id, recipients, submission, content, signature, trace_context)",
                 )
                 .await?,
             recipients: client
@@ -335,8 +340,9 @@ pub async fn commit_batch(
             let sub: Vec<&[u8]> = new.iter().map(|e| e.submission.as_slice()).collect();
             let con: Vec<&[u8]> = new.iter().map(|e| e.content.as_slice()).collect();
             let sig: Vec<&[u8]> = new.iter().map(|e| e.signature.as_slice()).collect();
-            let params: [&(dyn ToSql + Sync); 8] =
-                [&ts, &index, &sender, &mid, &rec, &sub, &con, &sig];
+            let trace: Vec<Option<&str>> = new.iter().map(|e| e.trace_context.as_deref()).collect();
+            let params: [&(dyn ToSql + Sync); 9] =
+                [&ts, &index, &sender, &mid, &rec, &sub, &con, &sig, &trace];
             tx.execute(&stmts.events, &params).await?;
             let mut rm = Vec::new();
             let mut rt = Vec::new();
@@ -609,8 +615,7 @@ pub async fn list_instances(client: &impl GenericClient) -> Result<Vec<InstanceR
         .collect())
 }
 
-const EVENT_COLUMNS: &str =
-    "e.ts, e.sender, e.message_id, e.recipients, e.submission, e.content, e.signature";
+const EVENT_COLUMNS: &str = "e.ts, e.sender, e.message_id, e.recipients, e.submission, e.content, e.signature, e.trace_context";
 
 fn event_from_row(r: &tokio_postgres::Row) -> StoredEvent {
     StoredEvent {
@@ -621,6 +626,7 @@ fn event_from_row(r: &tokio_postgres::Row) -> StoredEvent {
         submission: r.get(4),
         content: r.get(5),
         signature: r.get(6),
+        trace_context: r.get(7),
     }
 }
 

@@ -275,5 +275,6 @@ pub fn to_member_event(
         } else {
             String::new()
         },
+        trace_context: event.trace_context.clone().unwrap_or_default(),
     }
 }

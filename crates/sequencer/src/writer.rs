@@ -31,6 +31,8 @@ pub struct Submission {
     pub envelope_hashes: Vec<Vec<u8>>,
     pub time_proof: bool,
     pub max_sequencing_ts: i64,
+    /// The sender's validated `traceparent` (see [`crate::service::accepted_trace_context`]).
+    pub trace_context: Option<String>,
     /// Verified topology transactions (domain manager submissions only).
     pub topology: Vec<PendingTopology>,
     pub reply: oneshot::Sender<Result<SendOutcome, SequencerError>>,
@@ -382,6 +384,7 @@ impl Writer {
                         content,
                         signature: signature.to_bytes().to_vec(),
                         max_sequencing_ts: sub.max_sequencing_ts,
+                        trace_context: sub.trace_context.clone(),
                         topology: sub
                             .topology
                             .iter()
