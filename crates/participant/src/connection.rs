@@ -451,6 +451,14 @@ pub fn explain_tls(text: String) -> String {
         "the sequencer refused our client certificate (not signed by a CA it accepts for clients, or expired)"
     } else if text.contains("invalid peer certificate") || text.contains("UnknownIssuer") {
         "we refused the sequencer's certificate: it does not chain to the trusted CA (wrong --ca, or --system-roots needed)"
+    } else if text.contains("connection closed")
+        || text.contains("broken pipe")
+        || text.contains("connection reset")
+    {
+        // TLS 1.3: the server checks the client certificate after the client considers the
+        // handshake done, and its alert can lose the race with the connection close; all we
+        // then see is the close.
+        "the sequencer refused the connection (closed it right after the TLS handshake): it most likely requires a client certificate (give --client-cert and --client-key) or refused ours"
     } else {
         return text;
     };
