@@ -413,30 +413,23 @@ impl Domain {
 
     /// (Re)starts participant `i` and waits until it is connected and subscribed.
     pub async fn start_participant(&mut self, i: usize) -> anyhow::Result<()> {
-        let logs = self.logs.clone();
-        let p = &mut self.participants[i];
-        p.process = Some(
-            ProcessBuilder::new(binary_path("participant"))
-                .args([
-                    "run",
-                    "--config-file",
-                    &p.config_path.to_string_lossy(),
-                    "--log-format",
-                    "json",
-                ])
-                .env("RUST_LOG", "info")
-                .env_remove("PARTICIPANT_DATA_DIR")
-                .name(p.name.clone())
-                .logs(&logs)
-                .spawn()?,
-        );
+        let name = self.participants[i].name.clone();
+        self.spawn_participant(i, name)?;
+        let p = &self.participants[i];
         wait_for_health(&p.admin_url(), None, "", Duration::from_secs(60))
             .await
             .with_context(|| format!("{} did not connect", p.name))
     }
 
-    /// (Re)starts participant `i` without waiting for it to connect.
+    /// (Re)starts participant `i` without waiting for it to connect (its log is
+    /// `<name>-restarted.log`).
     pub fn start_participant_no_wait(&mut self, i: usize) -> anyhow::Result<()> {
+        let name = format!("{}-restarted", self.participants[i].name);
+        self.spawn_participant(i, name)
+    }
+
+    /// Spawns `participant run` for participant `i`, logging under `log_name`.
+    fn spawn_participant(&mut self, i: usize, log_name: String) -> anyhow::Result<()> {
         let logs = self.logs.clone();
         let p = &mut self.participants[i];
         p.process = Some(
@@ -450,7 +443,7 @@ impl Domain {
                 ])
                 .env("RUST_LOG", "info")
                 .env_remove("PARTICIPANT_DATA_DIR")
-                .name(format!("{}-restarted", p.name))
+                .name(log_name)
                 .logs(&logs)
                 .spawn()?,
         );
