@@ -1134,8 +1134,8 @@ async fn paused_inside_a_batch(logs: TestLogs) -> anyhow::Result<()> {
         .await;
     let url = db.url.clone();
     // seq-0 holds every batch open for 600 ms before its commit: time to stop it inside.
-    // (Below `offline-after`, 1 s: a batch that takes longer gets its instance marked
-    // offline by design, frozen or not.)
+    // (A frozen process also stops the heartbeat its writer keeps up during a slow batch,
+    // so its peers mark it offline after `offline-after`.)
     let env = vec![
         vec![(
             "SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS".to_string(),
@@ -1194,6 +1194,68 @@ async fn paused_inside_a_batch(logs: TestLogs) -> anyhow::Result<()> {
     ensure!(
         took <= STALL_BOUND,
         "the retry waited {took:?} for the frozen instance (bound {STALL_BOUND:?})"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 11 item 9: a batch slower than `offline-after` but within `commit-timeout`.
+// ---------------------------------------------------------------------------------------
+
+/// seq-0 holds every batch 1.2 s before its commit: longer than `ha.offline-after` (1 s),
+/// shorter than `writer.commit-timeout` (2 s). The instance is alive and its batches
+/// succeed, so its peer must not mark it offline (which fences the batch, and the retry
+/// is just as slow, so it loops). Every send through it is acknowledged and it never goes
+/// through a second online transition.
+#[test]
+fn slow_commit_within_commit_timeout_does_not_fence() -> anyhow::Result<()> {
+    run_serial(
+        "slow_commit_within_commit_timeout_does_not_fence",
+        slow_commit_within_commit_timeout,
+    )
+}
+
+async fn slow_commit_within_commit_timeout(logs: TestLogs) -> anyhow::Result<()> {
+    let db = PgCluster::shared().create_database("seq_slow_commit").await;
+    let env = vec![
+        vec![(
+            "SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS".to_string(),
+            "1200".to_string(),
+        )],
+        vec![],
+    ];
+    let cluster = SequencerCluster::start_with_env(logs, db, 2, "", &env).await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let via0 = connect_member(&cluster, 0, &alice).await?;
+    let online_before = writer_online_count(&cluster, 0);
+    for i in 0..3 {
+        let max_ts = now_micros() + 30_000_000;
+        let message = envelope(format!("slow {i}").into_bytes(), &[&bob.0]);
+        let response = tokio::time::timeout(
+            Duration::from_secs(20),
+            via0.send(&format!("slow-{i}"), vec![message], max_ts),
+        )
+        .await
+        .with_context(|| format!("send {i} through the slow instance hung"))?
+        .with_context(|| format!("send {i} through the slow instance failed"))?;
+        ensure!(
+            !response.deduplicated,
+            "send {i} was answered as a duplicate"
+        );
+    }
+    let online_after = writer_online_count(&cluster, 0);
+    let log = cluster.nodes[0]
+        .process
+        .as_ref()
+        .map(|p| p.read_log())
+        .unwrap_or_default();
+    ensure!(
+        online_after == online_before,
+        "the slow instance went online {} more time(s): its peer fenced it although every \
+         batch finished within commit-timeout (fenced lines: {})",
+        online_after - online_before,
+        log.matches("fenced").count()
     );
     Ok(())
 }

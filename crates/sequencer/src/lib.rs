@@ -132,6 +132,7 @@ pub async fn run(
             max_batch: config.writer.max_batch,
             keepalive: config.ha.keepalive_interval,
             commit_timeout: config.writer.commit_timeout,
+            batch_heartbeat: config.ha.offline_after / 4,
             address: config.advertised_address.clone(),
             faults: fault_hooks(),
         },

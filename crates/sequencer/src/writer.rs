@@ -69,6 +69,9 @@ pub struct WriterSettings {
     pub max_batch: usize,
     pub keepalive: Duration,
     pub commit_timeout: Duration,
+    /// How often a writer inside a batch refreshes its heartbeat from a second
+    /// connection (a quarter of `ha.offline-after`).
+    pub batch_heartbeat: Duration,
     pub address: String,
     pub faults: FaultHooks,
 }
@@ -228,6 +231,15 @@ impl Writer {
         });
         metrics::gauge!(m::WRITER_ONLINE).set(1.0);
         metrics::gauge!(m::INSTANCE_INDEX).set(f64::from(index));
+        let (busy_tx, busy_rx) = watch::channel(None);
+        let _beacon = TaskOnDrop(tokio::spawn(batch_heartbeat(
+            self.db.clone(),
+            index,
+            owner.clone(),
+            busy_rx,
+            self.settings.batch_heartbeat,
+            self.settings.commit_timeout,
+        )));
 
         let mut keepalive = tokio::time::interval(self.settings.keepalive);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -250,7 +262,10 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    self.write_batch(&mut client, &stmts, index, owner, &mut generator, batch, state).await?;
+                    busy_tx.send_replace(Some(Instant::now()));
+                    let written = self.write_batch(&mut client, &stmts, index, owner, &mut generator, batch, state).await;
+                    busy_tx.send_replace(None);
+                    written?;
                     last_write = Instant::now();
                 }
                 changed = self.peer_event_watermark.changed() => {
@@ -503,6 +518,81 @@ fn fail_queued(rx: &mut mpsc::Receiver<WriteCommand>, err: impl Fn() -> Sequence
                 let _ = reply.send(Err(err()));
             }
         }
+    }
+}
+
+/// Keeps a writer that is inside a batch looking alive to its peers.
+///
+/// Peers mark an instance offline when its `heartbeat_at` is older than
+/// `ha.offline-after` (1 s), but a batch may legitimately take up to
+/// `writer.commit-timeout` (2 s): its watermark update is the batch's last statement, so
+/// a slow (not stuck) batch got its instance fenced, and its retry, just as slow, again.
+/// While a batch is in flight this task refreshes `heartbeat_at` (not the watermark) from
+/// its own connection, but only until the batch has run for `commit-timeout`: a batch
+/// stuck for longer stops beating and the peers fence it as before. A paused or
+/// partitioned process stops this task too, so detection of those is unchanged.
+async fn batch_heartbeat(
+    db: domain_storage::DatabaseConfig,
+    index: i16,
+    owner: Owner,
+    busy: watch::Receiver<Option<Instant>>,
+    every: Duration,
+    commit_timeout: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn: Option<(tokio_postgres::Client, AbortOnDrop)> = None;
+    loop {
+        tick.tick().await;
+        let Some(since) = *busy.borrow() else {
+            continue;
+        };
+        if since.elapsed() >= commit_timeout {
+            continue;
+        }
+        if conn.is_none() {
+            match domain_storage::dedicated_connection(&db).await {
+                Ok((client, task)) => {
+                    let task = AbortOnDrop(task);
+                    // Never queue behind the batch's own watermark update for long.
+                    if client
+                        .batch_execute(
+                            "SET lock_timeout = '200ms'; SET statement_timeout = '500ms'",
+                        )
+                        .await
+                        .is_ok()
+                    {
+                        conn = Some((client, task));
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "batch heartbeat cannot connect");
+                    continue;
+                }
+            }
+        }
+        let Some((client, _)) = &conn else { continue };
+        let beat = client
+            .execute(
+                "UPDATE seq_instances SET heartbeat_at = clock_timestamp()
+                 WHERE instance_index = $1 AND owner = $2::text::uuid AND online",
+                &[&index, &owner.0],
+            )
+            .await;
+        if let Err(error) = beat {
+            tracing::debug!(%error, "batch heartbeat failed");
+            if client.is_closed() {
+                conn = None;
+            }
+        }
+    }
+}
+
+struct TaskOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for TaskOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
