@@ -6,6 +6,10 @@
 //!   refuses new ones (accepted, then closed at once) until [`TcpProxy::unblock`]:
 //!   the peer sees its connections die, like a restarted server or a firewall
 //!   sending resets.
+//! - [`TcpProxy::strand`] cuts every current connection on the client side only: the
+//!   client's socket is closed, the server's stays open and silent (no FIN, no reset),
+//!   like a connection lost at the client whose server has not noticed; new
+//!   connections are forwarded normally.
 //! - [`TcpProxy::stall`] black-holes the link: current connections stay open but
 //!   nothing is forwarded any more, and new connections are accepted but never
 //!   answered, like a network partition. [`TcpProxy::unblock`] resumes forwarding
@@ -48,6 +52,8 @@ pub struct TcpProxy {
     state: watch::Sender<LinkState>,
     /// Incremented by `block()`: every connection of an older generation closes.
     generation: watch::Sender<u64>,
+    /// Incremented by `strand()`: every connection of an older one is stranded.
+    stranded: watch::Sender<u64>,
     accepted: Arc<AtomicU64>,
     accept_task: tokio::task::JoinHandle<()>,
 }
@@ -59,12 +65,14 @@ impl TcpProxy {
         let local = listener.local_addr()?;
         let (state, _) = watch::channel(LinkState::Open);
         let (generation, _) = watch::channel(0u64);
+        let (stranded, _) = watch::channel(0u64);
         let accepted = Arc::new(AtomicU64::new(0));
         let accept_task = tokio::spawn(accept_loop(
             listener,
             target,
             state.subscribe(),
             generation.clone(),
+            stranded.clone(),
             accepted.clone(),
         ));
         Ok(Self {
@@ -72,6 +80,7 @@ impl TcpProxy {
             target,
             state,
             generation,
+            stranded,
             accepted,
             accept_task,
         })
@@ -107,6 +116,12 @@ impl TcpProxy {
         self.state.send_replace(LinkState::Stalled);
     }
 
+    /// Closes the client side of every current connection and keeps the server side open
+    /// and silent until the proxy is dropped; new connections are forwarded.
+    pub fn strand(&self) {
+        self.stranded.send_modify(|g| *g += 1);
+    }
+
     /// Opens the link again: new connections are forwarded, stalled ones resume.
     pub fn unblock(&self) {
         self.state.send_replace(LinkState::Open);
@@ -124,6 +139,7 @@ async fn accept_loop(
     target: SocketAddr,
     state: watch::Receiver<LinkState>,
     generation: watch::Sender<u64>,
+    stranded: watch::Sender<u64>,
     accepted: Arc<AtomicU64>,
 ) {
     // Owns the connection tasks: aborting the accept task (drop) aborts them all.
@@ -149,7 +165,8 @@ async fn accept_loop(
             LinkState::Open | LinkState::Stalled => {
                 let state = state.clone();
                 let gen_rx = generation.subscribe();
-                connections.spawn(serve(client, target, state, gen_rx));
+                let strand_rx = stranded.subscribe();
+                connections.spawn(serve(client, target, state, gen_rx, strand_rx));
             }
         }
     }
@@ -161,6 +178,7 @@ async fn serve(
     target: SocketAddr,
     mut state: watch::Receiver<LinkState>,
     mut generation: watch::Receiver<u64>,
+    mut stranded: watch::Receiver<u64>,
 ) {
     // `subscribe()` in the accept loop marked the generation seen at accept time, so
     // any later block() wakes `generation.changed()` below.
@@ -175,25 +193,36 @@ async fn serve(
         return;
     };
     let _ = server.set_nodelay(true);
+    let mut server = server;
     let (client_read, client_write) = client.into_split();
-    let (server_read, server_write) = server.into_split();
+    // Borrowed halves: dropping them does not shut the server socket down, so a stranded
+    // connection's server side stays open and silent while `server` lives.
+    let (server_read, server_write) = server.split();
     let up = pump(client_read, server_write, state.clone());
     let down = pump(server_read, client_write, state.clone());
     let blocked = async {
         // Ends when block() bumps the generation (or the proxy is dropped).
         let _ = generation.changed().await;
     };
+    let strand = async {
+        let _ = stranded.changed().await;
+    };
     tokio::select! {
         _ = async { tokio::join!(up, down) } => {}
         _ = blocked => {}
+        _ = strand => {
+            // The pumps (and the client socket) are dropped here; the server socket lives
+            // on until the proxy is dropped (aborting this task).
+            std::future::pending::<()>().await;
+        }
     }
     // Dropping both halves of both sockets closes the connection both ways.
 }
 
 /// Copies `from` to `to`, holding data back while the link is stalled.
 async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
     mut state: watch::Receiver<LinkState>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];

@@ -1577,3 +1577,124 @@ async fn housekeeping_body(logs: TestLogs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Issue 11 item 10: a left-over writer transaction after a client-side connection loss
+// ---------------------------------------------------------------------------
+
+/// One instance, its database behind a proxy, every batch paused 1.5 s after its
+/// watermark update (holding the instance row and ROW EXCLUSIVE on `seq_instances`).
+/// Inside that pause the proxy strands the writer's connection: closed on the sequencer's
+/// side, open and silent on PostgreSQL's, so the backend stays idle in transaction until
+/// the server's TCP keepalive (hours). The writer recovers on a fresh connection; its
+/// `go_online` must not wait behind its own left-over transaction, and no peer exists
+/// that would clear it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn left_over_writer_transaction_does_not_block_recovery() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("left_over_writer_transaction_does_not_block_recovery");
+    keep_logs_on_error(&logs, left_over_writer_transaction_body(logs.clone())).await
+}
+
+async fn left_over_writer_transaction_body(logs: TestLogs) -> anyhow::Result<()> {
+    let database = PgCluster::shared()
+        .create_database("seq_api_leftover")
+        .await;
+    let env = vec![vec![(
+        "SEQUENCER_FAULT_DELAY_AFTER_WATERMARK_MS".to_string(),
+        "1500".to_string(),
+    )]];
+    let mut cluster = SequencerCluster::start_with_env(logs, database.clone(), 1, "", &env).await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+
+    let target = db_addr(&database.url)?;
+    let proxy = TcpProxy::start(target).await?;
+    let proxied_url =
+        database
+            .url
+            .replacen(&target.to_string(), &proxy.local_addr().to_string(), 1);
+    let node = &mut cluster.nodes[0];
+    node.process()?.terminate(Duration::from_secs(15)).await?;
+    let config = std::fs::read_to_string(&node.config_path)?;
+    let needle = format!("url = \"{}\"", database.url);
+    ensure!(config.contains(&needle), "config has the database url");
+    std::fs::write(
+        &node.config_path,
+        config.replace(&needle, &format!("url = \"{proxied_url}\"")),
+    )?;
+    cluster.start_node(0).await?;
+    let a = connect(&cluster, 0, &alice).await?;
+
+    let first = tokio::spawn({
+        let a = a.clone();
+        let message = envelope(b"cut mid-commit".to_vec(), &[&bob.0]);
+        async move {
+            a.send("cut-1", vec![message], now_micros() + 60_000_000)
+                .await
+        }
+    });
+    // Inside the 1.5 s pause after the watermark update.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    proxy.strand();
+    let outcome = first.await?;
+    println!("the send cut mid-commit answered: {outcome:?}");
+
+    let db = domain_e2e::checks::db_client(&database.url).await?;
+    let left_over: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+            &[],
+        )
+        .await?
+        .get(0);
+    println!("idle-in-transaction backends right after the cut: {left_over}");
+
+    // The instance must recover and sequence again (every batch still takes 1.5 s).
+    let started = Instant::now();
+    let mut last_error = None;
+    let mut sequenced = false;
+    while started.elapsed() < Duration::from_secs(20) {
+        let message = envelope(b"after the cut".to_vec(), &[&bob.0]);
+        match a
+            .send("after-cut", vec![message], now_micros() + 60_000_000)
+            .await
+        {
+            Ok(_) => {
+                sequenced = true;
+                break;
+            }
+            Err(e) => {
+                last_error = Some(e.to_string());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    let log = cluster.nodes[0]
+        .process
+        .as_ref()
+        .map(|p| p.read_log())
+        .unwrap_or_default();
+    ensure!(
+        sequenced,
+        "the instance did not sequence again within 20 s of losing its connection \
+         mid-commit (last error: {last_error:?}; go_online lock timeouts in its log: {})",
+        log.matches("lock timeout").count()
+    );
+    let still: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'
+               AND xact_start < now() - interval '5 seconds'",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(
+        still == 0,
+        "{still} left-over idle-in-transaction backend(s) remain"
+    );
+    drop(proxy);
+    Ok(())
+}

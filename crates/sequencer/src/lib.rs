@@ -51,7 +51,8 @@ pub struct Listeners {
 }
 
 /// Test-only faults, read from the environment when the `fault-injection`
-/// feature is compiled in (`SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS`).
+/// feature is compiled in (`SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS`,
+/// `SEQUENCER_FAULT_DELAY_AFTER_WATERMARK_MS`).
 fn fault_hooks() -> FaultHooks {
     #[cfg(feature = "fault-injection")]
     {
@@ -65,8 +66,19 @@ fn fault_hooks() -> FaultHooks {
                 "fault injection active: delaying every batch before commit"
             );
         }
+        let after_watermark = std::env::var("SEQUENCER_FAULT_DELAY_AFTER_WATERMARK_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis);
+        if after_watermark.is_some() {
+            tracing::warn!(
+                ?after_watermark,
+                "fault injection active: delaying every batch after its watermark update"
+            );
+        }
         FaultHooks {
             delay_before_commit: delay,
+            delay_after_watermark: after_watermark,
         }
     }
     #[cfg(not(feature = "fault-injection"))]

@@ -18,7 +18,8 @@ pub const BROADCAST_MEMBER_ID: i32 = -1;
 /// Failures of the sequencer store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
+    // tokio-postgres prints a server error as just "db error": say what the server said.
+    #[error("database error: {}", db_error_text(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("database pool error: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -33,6 +34,14 @@ pub enum StoreError {
     Connect(String),
     #[error("{0}")]
     Internal(String),
+}
+
+/// The server's message and SQLSTATE for a database error, else the client's text.
+fn db_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl StoreError {
@@ -135,6 +144,21 @@ pub async fn go_online(
     address: &str,
     preferred: Option<i16>,
 ) -> Result<(i16, i64), StoreError> {
+    // A previous writer connection of this process (same owner) can have died on our side
+    // only: after a client-side connection loss the server keeps its backend, idle in
+    // transaction with our instance row and ROW EXCLUSIVE on the table, until its TCP
+    // keepalive runs out (hours). The LOCK below would then time out on every attempt,
+    // and a single instance has no peer to clear it. It is ours: end it first, waiting
+    // up to 2 s for it to go. (Matched on database and role too, against pid reuse.)
+    client
+        .execute(
+            "SELECT pg_terminate_backend(i.writer_pid, 2000) FROM seq_instances i
+             JOIN pg_stat_activity a ON a.pid = i.writer_pid
+             WHERE i.owner = $1::text::uuid AND i.writer_pid <> pg_backend_pid()
+               AND a.datname = current_database() AND a.usename = current_user",
+            &[&owner.0],
+        )
+        .await?;
     let tx = client.transaction().await?;
     // Serialises against every watermark update, so the max we read stays the max
     // until we are online (a reader can never have passed our first timestamp).
@@ -279,6 +303,9 @@ impl WriterStatements {
 #[derive(Debug, Clone, Default)]
 pub struct FaultHooks {
     pub delay_before_commit: Option<Duration>,
+    /// A pause after the batch's watermark update, before COMMIT: the instance row and
+    /// the table's ROW EXCLUSIVE lock are held meanwhile.
+    pub delay_after_watermark: Option<Duration>,
 }
 
 /// Commits one writer batch: dedup, events, recipients, registrations and the
@@ -413,6 +440,9 @@ pub async fn commit_batch(
     if updated.is_empty() {
         // Dropping the transaction rolls it back: nothing of this batch is visible.
         return Err(StoreError::Fenced { index });
+    }
+    if let Some(delay) = faults.delay_after_watermark {
+        tokio::time::sleep(delay).await;
     }
     tx.commit().await?;
     Ok(outcome)
