@@ -1259,3 +1259,107 @@ async fn slow_commit_within_commit_timeout(logs: TestLogs) -> anyhow::Result<()>
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 11 item 5: one instance's clock jumps forward; a forged watermark notification.
+// ---------------------------------------------------------------------------------------
+
+/// seq-1's clock runs an hour ahead. Its event batches announce watermarks an hour in the
+/// future; seq-0 must not follow them (it did: every later timestamp of seq-0 was an hour
+/// ahead, so sends with a normal max sequencing time failed). Then a forged NOTIFY with a
+/// watermark near `i64::MAX` is ignored and logged, and sends keep working.
+#[test]
+fn clock_jump_of_one_instance_does_not_drag_time_forward() -> anyhow::Result<()> {
+    run_serial(
+        "clock_jump_of_one_instance_does_not_drag_time_forward",
+        clock_jump_of_one_instance,
+    )
+}
+
+async fn clock_jump_of_one_instance(logs: TestLogs) -> anyhow::Result<()> {
+    let db = PgCluster::shared().create_database("seq_clock_jump").await;
+    let url = db.url.clone();
+    let env = vec![
+        vec![],
+        vec![(
+            "SEQUENCER_FAULT_CLOCK_OFFSET_MS".to_string(),
+            "3600000".to_string(),
+        )],
+    ];
+    let cluster = SequencerCluster::start_with_env(logs, db, 2, "", &env).await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let via0 = connect_member(&cluster, 0, &alice).await?;
+    let via1 = connect_member(&cluster, 1, &alice).await?;
+
+    // An event batch of the fast instance: its watermark notification is an hour ahead.
+    let ahead = via1
+        .send(
+            "from-the-future",
+            vec![envelope(b"fast clock".to_vec(), &[&bob.0])],
+            now_micros() + 2 * 3_600_000_000,
+        )
+        .await
+        .context("send through the fast instance")?;
+    ensure!(
+        ahead.sequencing_timestamp_micros > now_micros() + 3_000_000_000,
+        "the clock offset hook did not take effect (ts {})",
+        ahead.sequencing_timestamp_micros
+    );
+    // Give seq-0 time to see the notification.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let client = domain_e2e::checks::db_client(&url).await?;
+    for round in 0..2 {
+        if round == 1 {
+            client
+                .execute(
+                    "SELECT pg_notify('seq_watermark', '31:9223372036854775000:e')",
+                    &[],
+                )
+                .await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        for i in 0..3 {
+            let sent_at = now_micros();
+            let response = via0
+                .send(
+                    &format!("normal-{round}-{i}"),
+                    vec![envelope(b"normal deadline".to_vec(), &[&bob.0])],
+                    sent_at + 10_000_000,
+                )
+                .await
+                .with_context(|| {
+                    format!(
+                        "round {round}: a send through seq-0 with a 10 s max sequencing time \
+                         failed (time dragged forward?)"
+                    )
+                })?;
+            ensure!(
+                response.sequencing_timestamp_micros < sent_at + 10_000_000,
+                "timestamp {} is beyond the send's deadline",
+                response.sequencing_timestamp_micros
+            );
+        }
+    }
+    let log = cluster.nodes[0]
+        .process
+        .as_ref()
+        .map(|p| p.read_log())
+        .unwrap_or_default();
+    let ignored = log.matches("ignored a watermark notification").count();
+    ensure!(
+        ignored >= 2,
+        "seq-0 logged {ignored} ignored watermark notifications, expected the fast peer's and \
+         the forged one"
+    );
+    let metrics = domain_e2e::http_get(&cluster.nodes[0].ops_url(), "/metrics").await?;
+    ensure!(
+        metrics.lines().any(
+            |l| l.starts_with("sequencer_peer_watermarks_ignored_total{")
+                && l.contains("reason=\"ahead_of_clock\"")
+        ),
+        "the ignored watermarks are not counted in /metrics"
+    );
+    Ok(())
+}

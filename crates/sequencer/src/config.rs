@@ -103,6 +103,12 @@ pub struct HaConfig {
     /// Health turns NOT_SERVING when the database has not answered for this long. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub db_health_grace: Duration,
+    /// A peer's announced watermark further ahead of this instance's clock than this is not
+    /// followed (its clock is taken to be wrong, or the notification forged): counted in
+    /// `sequencer_peer_watermarks_ignored_total` and alerted on, so one instance's fast
+    /// clock cannot drag the domain's time forward. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
 }
 
 impl Default for HaConfig {
@@ -113,6 +119,7 @@ impl Default for HaConfig {
             offline_after: Duration::from_secs(1),
             online_check_interval: Duration::from_millis(100),
             db_health_grace: Duration::from_secs(1),
+            max_clock_skew: Duration::from_secs(1),
         }
     }
 }

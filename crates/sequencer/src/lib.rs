@@ -52,7 +52,7 @@ pub struct Listeners {
 
 /// Test-only faults, read from the environment when the `fault-injection`
 /// feature is compiled in (`SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS`,
-/// `SEQUENCER_FAULT_DELAY_AFTER_WATERMARK_MS`).
+/// `SEQUENCER_FAULT_DELAY_AFTER_WATERMARK_MS`, `SEQUENCER_FAULT_CLOCK_OFFSET_MS`).
 fn fault_hooks() -> FaultHooks {
     #[cfg(feature = "fault-injection")]
     {
@@ -75,6 +75,16 @@ fn fault_hooks() -> FaultHooks {
                 ?after_watermark,
                 "fault injection active: delaying every batch after its watermark update"
             );
+        }
+        if let Some(ms) = std::env::var("SEQUENCER_FAULT_CLOCK_OFFSET_MS")
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+        {
+            tracing::warn!(
+                offset_ms = ms,
+                "fault injection active: shifted sequencer clock"
+            );
+            timestamp::set_clock_offset(Duration::from_millis(ms.unsigned_abs()), ms > 0);
         }
         FaultHooks {
             delay_before_commit: delay,
@@ -191,6 +201,7 @@ pub async fn run(
 
     tasks.spawn(listen_loop(
         config.database.clone(),
+        config.ha.clone(),
         writer_handle.watch_state(),
         peer_tx,
         reader.clone(),
@@ -290,8 +301,10 @@ pub async fn run(
 
 /// LISTENs for watermark and member notifications; reconnects when the
 /// connection drops (readers fall back to polling meanwhile).
+#[allow(clippy::too_many_arguments)] // one long-lived task; its inputs are the shared handles
 async fn listen_loop(
     db: domain_storage::DatabaseConfig,
+    ha: config::HaConfig,
     state: watch::Receiver<writer::WriterState>,
     peer_tx: watch::Sender<i64>,
     reader: Arc<SharedReader>,
@@ -330,11 +343,25 @@ async fn listen_loop(
             let Some(n) = n else { break };
             if n.channel() == store::WATERMARK_CHANNEL {
                 reader.wake.notify_one();
-                let mut parts = n.payload().split(':');
-                let idx = parts.next().and_then(|s| s.parse::<i16>().ok());
-                let wm = parts.next().and_then(|s| s.parse::<i64>().ok());
-                let kind = parts.next();
-                if let (Some(idx), Some(wm), Some("e")) = (idx, wm, kind)
+                let announced = match parse_watermark_notification(
+                    n.payload(),
+                    ha.total_node_count,
+                    timestamp::now_micros(),
+                    ha.max_clock_skew,
+                ) {
+                    Ok(a) => a,
+                    Err(reason) => {
+                        ::metrics::counter!(crate::metrics::PEER_WATERMARKS_IGNORED, "reason" => reason.label())
+                            .increment(1);
+                        tracing::warn!(
+                            payload = %n.payload().chars().take(80).collect::<String>(),
+                            %reason,
+                            "ignored a watermark notification"
+                        );
+                        continue;
+                    }
+                };
+                if let (idx, wm, true) = announced
                     && state.borrow().index != Some(idx)
                 {
                     peer_tx.send_if_modified(|cur| {
@@ -360,6 +387,66 @@ async fn listen_loop(
         task.abort();
         tracing::warn!("listen connection lost; reconnecting");
     }
+}
+
+/// Why a `seq_watermark` notification was not followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IgnoredWatermark {
+    /// Not `<index>:<watermark>:<h|e>` with an index below the modulus and a positive
+    /// watermark (anyone with access to the database can `NOTIFY`).
+    Malformed,
+    /// Further ahead of this instance's clock than `ha.max-clock-skew`: following it would
+    /// drag every later timestamp forward for good.
+    AheadOfClock,
+}
+
+impl IgnoredWatermark {
+    fn label(self) -> &'static str {
+        match self {
+            IgnoredWatermark::Malformed => "malformed",
+            IgnoredWatermark::AheadOfClock => "ahead_of_clock",
+        }
+    }
+}
+
+impl std::fmt::Display for IgnoredWatermark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IgnoredWatermark::Malformed => "malformed payload",
+            IgnoredWatermark::AheadOfClock => {
+                "watermark further ahead of this instance's clock than ha.max-clock-skew \
+                 (a peer's clock is fast, or the notification is forged)"
+            }
+        })
+    }
+}
+
+/// Parses `<index>:<watermark>:<kind>` into (index, watermark, is an event batch).
+fn parse_watermark_notification(
+    payload: &str,
+    modulus: u16,
+    now: i64,
+    max_skew: Duration,
+) -> Result<(i16, i64, bool), IgnoredWatermark> {
+    let mut parts = payload.split(':');
+    let idx = parts.next().and_then(|s| s.parse::<i16>().ok());
+    let wm = parts.next().and_then(|s| s.parse::<i64>().ok());
+    let kind = match parts.next() {
+        Some("e") => true,
+        Some("h") => false,
+        _ => return Err(IgnoredWatermark::Malformed),
+    };
+    let (Some(idx), Some(wm), None) = (idx, wm, parts.next()) else {
+        return Err(IgnoredWatermark::Malformed);
+    };
+    if idx < 0 || idx >= i16::try_from(modulus).unwrap_or(i16::MAX) || wm <= 0 {
+        return Err(IgnoredWatermark::Malformed);
+    }
+    let skew = i64::try_from(max_skew.as_micros()).unwrap_or(i64::MAX);
+    if wm > now.saturating_add(skew) {
+        return Err(IgnoredWatermark::AheadOfClock);
+    }
+    Ok((idx, wm, kind))
 }
 
 async fn offline_checker(
@@ -590,6 +677,41 @@ async fn bootstrap_members(
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod watermark_notification_tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000_000;
+
+    fn parse(p: &str) -> Result<(i16, i64, bool), IgnoredWatermark> {
+        parse_watermark_notification(p, 32, NOW, Duration::from_secs(1))
+    }
+
+    #[test]
+    fn accepts_what_peers_send() {
+        assert_eq!(parse(&format!("3:{NOW}:e")), Ok((3, NOW, true)));
+        assert_eq!(
+            parse(&format!("0:{}:h", NOW + 900_000)),
+            Ok((0, NOW + 900_000, false))
+        );
+    }
+
+    #[test]
+    fn refuses_forged_and_far_ahead() {
+        use IgnoredWatermark::*;
+        assert_eq!(parse("0:9223372036854775000:e"), Err(AheadOfClock));
+        assert_eq!(
+            parse(&format!("1:{}:e", NOW + 1_000_001)),
+            Err(AheadOfClock)
+        );
+        for bad in [
+            "", "x", "1:2", "1:2:z", "99:5:e", "-1:5:e", "1:-5:e", "1:0:e", "1:5:e:x",
+        ] {
+            assert_eq!(parse(bad), Err(Malformed), "{bad}");
         }
     }
 }

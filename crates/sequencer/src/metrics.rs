@@ -10,6 +10,7 @@ pub const COMMIT_SECONDS: &str = "sequencer_commit_seconds";
 pub const WATERMARK_LAG: &str = "sequencer_watermark_lag_seconds";
 pub const INSTANCES_ONLINE: &str = "sequencer_instances_online";
 pub const INSTANCES_MARKED_OFFLINE: &str = "sequencer_instances_marked_offline_total";
+pub const PEER_WATERMARKS_IGNORED: &str = "sequencer_peer_watermarks_ignored_total";
 pub const EVENTS_READ: &str = "sequencer_events_read_total";
 pub const EVENTS_DELIVERED: &str = "sequencer_events_delivered_total";
 pub const ACTIVE_SUBSCRIPTIONS: &str = "sequencer_active_subscriptions";
@@ -61,6 +62,10 @@ pub fn describe() {
         "Duration of one writer batch transaction, commit included"
     );
     describe_gauge!(INSTANCES_ONLINE, "Writer instances currently marked online");
+    describe_counter!(
+        PEER_WATERMARKS_IGNORED,
+        "Watermark notifications not followed, by reason (malformed, ahead_of_clock: further ahead of this instance's clock than ha.max-clock-skew)"
+    );
     describe_counter!(
         INSTANCES_MARKED_OFFLINE,
         "Peers this instance marked offline after their heartbeat stalled"

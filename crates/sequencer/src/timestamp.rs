@@ -29,6 +29,10 @@ impl PartitionedTimestampGenerator {
 
     /// Like [`Self::next`], but also strictly above `at_least_above` (used to
     /// overtake another instance's watermark when readers wait on ours).
+    ///
+    /// Saturates instead of wrapping: a bound near `i64::MAX` (a forged or corrupt
+    /// watermark; callers filter those, see `lib.rs` `plausible_peer_watermark`) yields
+    /// the largest value of the residue class and never a negative timestamp.
     pub fn next_above(&mut self, now_micros: i64, at_least_above: i64) -> i64 {
         let lower = now_micros
             .max(self.last.saturating_add(1))
@@ -36,8 +40,10 @@ impl PartitionedTimestampGenerator {
         // Round up to the next value congruent to `index` modulo `modulus`.
         let rem = lower.rem_euclid(self.modulus);
         let delta = (self.index - rem).rem_euclid(self.modulus);
-        let ts = lower + delta;
-        self.last = ts;
+        let ts = lower
+            .checked_add(delta)
+            .unwrap_or_else(|| lower - (self.modulus - delta));
+        self.last = self.last.max(ts);
         ts
     }
 
@@ -47,12 +53,26 @@ impl PartitionedTimestampGenerator {
     }
 }
 
+/// Test-only offset of this instance's clock in microseconds (fault injection:
+/// `SEQUENCER_FAULT_CLOCK_OFFSET_MS`); always 0 in a build without the feature.
+static CLOCK_OFFSET_MICROS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Shifts this process's sequencer clock (fault injection only).
+#[cfg(feature = "fault-injection")]
+pub fn set_clock_offset(offset: std::time::Duration, ahead: bool) {
+    let micros = i64::try_from(offset.as_micros()).unwrap_or(i64::MAX / 4);
+    let signed = if ahead { micros } else { -micros };
+    CLOCK_OFFSET_MICROS.store(signed, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Returns the wall clock in microseconds since the Unix epoch.
 pub fn now_micros() -> i64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
+    i64::try_from(now.as_micros())
+        .unwrap_or(i64::MAX)
+        .saturating_add(CLOCK_OFFSET_MICROS.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 #[cfg(test)]
@@ -70,6 +90,16 @@ mod tests {
             assert!(ts >= now);
             prev = ts;
         }
+    }
+
+    #[test]
+    fn a_bound_near_the_end_of_time_never_wraps() {
+        let mut g = PartitionedTimestampGenerator::new(5, 32, 1_000);
+        let ts = g.next_above(2_000, i64::MAX - 3);
+        assert!(ts > 0, "{ts} wrapped negative");
+        assert_eq!(ts.rem_euclid(32), 5);
+        let again = g.next_above(2_000, i64::MAX);
+        assert!(again > 0 && again.rem_euclid(32) == 5);
     }
 
     #[test]
