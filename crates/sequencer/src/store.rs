@@ -911,10 +911,21 @@ pub async fn apply_due_topology(
     // of one member in opposite orders.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TOPOLOGY_APPLY_LOCK])
         .await?;
+    // The members' rule (`domain_topology::TopologyState`): per mapping, among the
+    // transactions effective at a time, the highest serial wins. Effective times are not
+    // monotonic in serials (a disable sequenced under a 10 s change delay can become
+    // effective after a later enable sequenced once the delay was lowered to 0), so a due
+    // row takes effect only if no effective row of the same mapping has a higher serial;
+    // otherwise it is superseded and only marked applied.
     let rows = tx
         .query(
-            "SELECT serial, effective_ts, kind, operation, member, permission, signed FROM seq_topology
-             WHERE NOT applied AND effective_ts <= $1 ORDER BY effective_ts, serial",
+            "SELECT t.serial, t.effective_ts, t.kind, t.operation, t.member, t.permission, t.signed,
+                    t.member IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM seq_topology u
+                        WHERE u.kind = t.kind AND u.member = t.member
+                          AND u.effective_ts <= $1 AND u.serial > t.serial) AS current
+             FROM seq_topology t
+             WHERE NOT t.applied AND t.effective_ts <= $1 ORDER BY t.effective_ts, t.serial",
             &[&now],
         )
         .await?;
@@ -926,10 +937,16 @@ pub async fn apply_due_topology(
         let operation: String = r.get(3);
         let member: Option<String> = r.get(4);
         let permission: Option<String> = r.get(5);
-        let effect = member_effect(&kind, &operation, permission.as_deref());
+        let current: bool = r.get(7);
+        let effect = if current {
+            member_effect(&kind, &operation, permission.as_deref())
+        } else {
+            MemberEffect::None
+        };
         let label = match effect {
             MemberEffect::Enable => "enabled",
             MemberEffect::Disable => "disabled",
+            MemberEffect::None if !current => "superseded",
             MemberEffect::None => "recorded",
         };
         match (effect, &member) {

@@ -1,0 +1,95 @@
+//! Issue 11 item 7: the sequencer applies topology by the members' rule. Per member, among
+//! the transactions effective at a time, the highest serial wins
+//! (`domain_topology::TopologyState`), whatever order their effective times come in. They
+//! come out of order after a decrease of the topology change delay: a disable sequenced
+//! under the old 10 s delay can become effective *after* a later enable sequenced under
+//! the new 0 s delay.
+
+use domain_sequencer::store;
+use domain_storage::DatabaseConfig;
+use domain_testkit::pg::PgCluster;
+
+const P: &str = "PAR::p::1220aaaa";
+
+async fn migrated(prefix: &str) -> DatabaseConfig {
+    let db = PgCluster::shared().create_database(prefix).await;
+    let cfg = DatabaseConfig::from_url(db.url.clone());
+    let pool = domain_storage::connect_sqlx(&cfg).await.expect("sqlx pool");
+    domain_storage::run_migrations(&pool, &domain_sequencer::MIGRATOR)
+        .await
+        .expect("migrations");
+    pool.close().await;
+    cfg
+}
+
+async fn insert(
+    client: &deadpool_postgres::Object,
+    serial: i64,
+    sequenced: i64,
+    effective: i64,
+    permission: &str,
+) {
+    client
+        .execute(
+            "INSERT INTO seq_topology (serial, sequenced_ts, effective_ts, kind, operation, member, permission, signed)
+             VALUES ($1, $2, $3, 'participant_state', 'replace', $4, $5, ''::bytea)",
+            &[&serial, &sequenced, &effective, &P, &permission],
+        )
+        .await
+        .expect("insert topology row");
+}
+
+async fn enabled(client: &deadpool_postgres::Object) -> Option<bool> {
+    client
+        .query_opt("SELECT enabled FROM seq_members WHERE member = $1", &[&P])
+        .await
+        .expect("query")
+        .map(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn topology_apply_order_follows_the_highest_effective_serial() {
+    let cfg = migrated("topo_order").await;
+    let pool = domain_storage::hot_pool(&cfg).expect("pool");
+    let mut client = pool.get().await.expect("connection");
+    // Serial 5 allowlists P (effective at 50). Delay 10 s, then lowered to 0: serial 6
+    // disables P at sequenced 1 s → effective 11 s; serial 7 enables P at sequenced 10.5 s
+    // under the new delay → effective 10.5 s.
+    insert(&client, 5, 40, 50, "submission").await;
+    store::apply_due_topology(&mut client, 60)
+        .await
+        .expect("apply");
+    assert_eq!(enabled(&client).await, Some(true), "allowlisted");
+    insert(&client, 6, 1_000_000, 11_000_000, "disabled").await;
+    insert(&client, 7, 10_500_000, 10_500_000, "submission").await;
+
+    // Both due in one round.
+    store::apply_due_topology(&mut client, 12_000_000)
+        .await
+        .expect("apply");
+    assert_eq!(
+        enabled(&client).await,
+        Some(true),
+        "serial 7 (enable) is the highest effective serial: members see P enabled, so must the sequencer"
+    );
+
+    // The same rows due in two rounds (7 first, 6 later).
+    let cfg2 = migrated("topo_order2").await;
+    let pool2 = domain_storage::hot_pool(&cfg2).expect("pool");
+    let mut client2 = pool2.get().await.expect("connection");
+    insert(&client2, 5, 40, 50, "submission").await;
+    insert(&client2, 6, 1_000_000, 11_000_000, "disabled").await;
+    insert(&client2, 7, 10_500_000, 10_500_000, "submission").await;
+    store::apply_due_topology(&mut client2, 10_600_000)
+        .await
+        .expect("apply");
+    assert_eq!(enabled(&client2).await, Some(true));
+    store::apply_due_topology(&mut client2, 12_000_000)
+        .await
+        .expect("apply");
+    assert_eq!(
+        enabled(&client2).await,
+        Some(true),
+        "serial 6 became effective after serial 7 but is superseded by it"
+    );
+}
