@@ -1698,3 +1698,59 @@ async fn left_over_writer_transaction_body(logs: TestLogs) -> anyhow::Result<()>
     drop(proxy);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Issue 11 item 11: a late retry of a sequenced message
+// ---------------------------------------------------------------------------
+
+/// A message is sequenced, its reply "lost"; the client retries the same submission after
+/// its max sequencing time has passed. The answer must be `deduplicated = true` with the
+/// original timestamp (it used to be SEQ_MAX_SEQUENCING_TIME_EXCEEDED, "passed before
+/// sequencing", which the client takes as definitive: an application would resubmit
+/// under a new id, a double submission).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_retry_after_deadline_is_deduplicated() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("late_retry_after_deadline_is_deduplicated");
+    keep_logs_on_error(&logs, late_retry_body(logs.clone())).await
+}
+
+async fn late_retry_body(logs: TestLogs) -> anyhow::Result<()> {
+    let database = PgCluster::shared().create_database("seq_api_late").await;
+    let cluster = SequencerCluster::start(logs, database, 2, "").await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let via0 = connect(&cluster, 0, &alice).await?;
+    let via1 = connect(&cluster, 1, &alice).await?;
+    let deadline = now_micros() + 1_000_000;
+    let message = envelope(b"sequenced, reply lost".to_vec(), &[&bob.0]);
+    let first = via0
+        .send("late-1", vec![message.clone()], deadline)
+        .await
+        .context("first attempt")?;
+    ensure!(!first.deduplicated);
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    ensure!(now_micros() > deadline, "the deadline has passed");
+    for (name, conn) in [("same instance", &via0), ("other instance", &via1)] {
+        let retry = conn
+            .send("late-1", vec![message.clone()], deadline)
+            .await
+            .with_context(|| format!("late retry on the {name}"))?;
+        ensure!(
+            retry.deduplicated
+                && retry.sequencing_timestamp_micros == first.sequencing_timestamp_micros,
+            "late retry on the {name}: {retry:?}, first attempt {first:?}"
+        );
+    }
+    // A message that was never sequenced still gets the deadline error.
+    let never = via1
+        .send("late-never", vec![message], deadline)
+        .await
+        .err()
+        .context("a send past its deadline that was never sequenced must fail")?;
+    ensure!(
+        format!("{never}").contains("SEQ_MAX_SEQUENCING_TIME_EXCEEDED"),
+        "unexpected error: {never}"
+    );
+    Ok(())
+}

@@ -159,12 +159,30 @@ impl SequencerCore {
         Ok(row)
     }
 
+    /// The sequencing timestamp of `(sender, message_id)` if it was sequenced (its
+    /// deduplication row exists).
+    async fn sequenced_ts_of(
+        &self,
+        sender_id: i32,
+        message_id: &str,
+    ) -> Result<Option<i64>, SequencerError> {
+        let db = self.db().await?;
+        let row = db
+            .query_opt(
+                "SELECT ts FROM seq_dedup WHERE sender = $1 AND message_id = $2",
+                &[&sender_id, &message_id],
+            )
+            .await
+            .map_err(|e| SequencerError::from(crate::store::StoreError::from(e)))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     /// Validates a send completely before anything is written.
     async fn validate(
         &self,
         sender: &MemberRow,
         req: &pb::SendRequest,
-    ) -> Result<Submission, SequencerError> {
+    ) -> Result<Validated, SequencerError> {
         // The domain parameter (once set by topology) can only lower the
         // instance's configured limit, which also bounds the gRPC frame size.
         let limit =
@@ -275,6 +293,12 @@ impl SequencerCore {
             sub.max_sequencing_time_micros
         };
         if max_sequencing_ts < now {
+            // A late retry of a message that *was* sequenced (its reply was lost) must learn
+            // that, with the original timestamp, not that the deadline passed "before
+            // sequencing": deduplication is checked before the deadline.
+            if let Some(ts) = self.sequenced_ts_of(sender.id, &sub.message_id).await? {
+                return Ok(Validated::AlreadySequenced(ts));
+            }
             return Err(SequencerError::MaxSequencingTimeExceeded {
                 max_sequencing_time: max_sequencing_ts,
                 now,
@@ -295,7 +319,7 @@ impl SequencerCore {
             .map(|e| Sha256::digest(e.encode_to_vec()).to_vec())
             .collect();
         let (reply, _) = oneshot::channel();
-        Ok(Submission {
+        Ok(Validated::New(Submission {
             sender_id: sender.id,
             sender: sender.member.clone(),
             message_id: sub.message_id,
@@ -312,8 +336,16 @@ impl SequencerCore {
             topology,
             reply,
             enqueued: Instant::now(),
-        })
+        }))
     }
+}
+
+/// What a valid send turns out to be.
+enum Validated {
+    /// To be sequenced.
+    New(Submission),
+    /// Past its max sequencing time but sequenced before, at this timestamp.
+    AlreadySequenced(i64),
 }
 
 /// The tonic service over [`SequencerCore`].
@@ -360,10 +392,17 @@ impl SequencerApi {
     ) -> Result<Response<pb::SendResponse>, Status> {
         let core = &self.0;
         let sender = core.authenticate(&req).await.map_err(reject)?;
-        let mut submission = core
-            .validate(&sender, req.get_ref())
-            .await
-            .map_err(reject)?;
+        let mut submission = match core.validate(&sender, req.get_ref()).await {
+            Ok(Validated::New(s)) => s,
+            Ok(Validated::AlreadySequenced(ts)) => {
+                metrics::counter!(m::SENDS, "outcome" => "deduplicated").increment(1);
+                return Ok(Response::new(pb::SendResponse {
+                    sequencing_timestamp_micros: ts,
+                    deduplicated: true,
+                }));
+            }
+            Err(e) => return Err(reject(e)),
+        };
         let (reply, rx) = oneshot::channel();
         submission.reply = reply;
         core.writer

@@ -448,6 +448,23 @@ pub async fn commit_batch(
     Ok(outcome)
 }
 
+/// Sequencing timestamps of the `(sender, message id)` pairs that were sequenced (their
+/// deduplication rows exist).
+pub async fn sequenced_before(
+    client: &Client,
+    stmts: &WriterStatements,
+    keys: &[(i32, String)],
+) -> Result<std::collections::HashMap<(i32, String), i64>, StoreError> {
+    let senders: Vec<i32> = keys.iter().map(|k| k.0).collect();
+    let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    Ok(client
+        .query(&stmts.dedup_lookup, &[&senders, &ids])
+        .await?
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect())
+}
+
 /// Advances the watermark without events (idle keep-alive).
 pub async fn heartbeat(
     client: &Client,

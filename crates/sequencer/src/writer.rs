@@ -333,6 +333,7 @@ impl Writer {
         let mut registrations = Vec::new();
         let mut reg_replies = Vec::new();
         let mut seen = std::collections::HashMap::new();
+        let mut expired: Vec<(Submission, i64)> = Vec::new();
         let mut first = true;
         for cmd in batch {
             let ts = if first {
@@ -356,14 +357,9 @@ impl Writer {
                 }
                 WriteCommand::Submit(sub) => {
                     if ts > sub.max_sequencing_ts {
-                        metrics::counter!(m::SENDS, "outcome" => "max_sequencing_time_exceeded")
-                            .increment(1);
-                        let _ = sub
-                            .reply
-                            .send(Err(SequencerError::MaxSequencingTimeExceeded {
-                                max_sequencing_time: sub.max_sequencing_ts,
-                                now: ts,
-                            }));
+                        // Answered after the batch: a retry of a message sequenced before
+                        // learns its original timestamp, not that the deadline passed.
+                        expired.push((sub, ts));
                         continue;
                     }
                     let key = (sub.sender_id, sub.message_id.clone());
@@ -438,7 +434,7 @@ impl Writer {
         .await
         .unwrap_or_else(|_| Err(StoreError::Timeout(self.settings.commit_timeout)));
         metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-        match result {
+        let ret = match result {
             Ok(outcome) => {
                 self.mark_db_success();
                 state.send_modify(|s| s.watermark = watermark);
@@ -499,6 +495,56 @@ impl Writer {
                 }
                 Err(e)
             }
+        };
+        if !expired.is_empty() {
+            self.answer_expired(client, stmts, expired).await;
+        }
+        ret
+    }
+
+    /// Answers submissions whose max sequencing time passed before they got a timestamp:
+    /// deduplicated with the original timestamp when the message was sequenced before,
+    /// else `SEQ_MAX_SEQUENCING_TIME_EXCEEDED`.
+    async fn answer_expired(
+        &self,
+        client: &tokio_postgres::Client,
+        stmts: &WriterStatements,
+        expired: Vec<(Submission, i64)>,
+    ) {
+        let keys: Vec<(i32, String)> = expired
+            .iter()
+            .map(|(s, _)| (s.sender_id, s.message_id.clone()))
+            .collect();
+        let found = tokio::time::timeout(
+            self.settings.commit_timeout,
+            store::sequenced_before(client, stmts, &keys),
+        )
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Timeout(self.settings.commit_timeout)));
+        for (sub, ts) in expired {
+            let key = (sub.sender_id, sub.message_id.clone());
+            let answer = match &found {
+                Ok(map) => match map.get(&key) {
+                    Some(orig) => {
+                        metrics::counter!(m::SENDS, "outcome" => "deduplicated").increment(1);
+                        Ok(SendOutcome {
+                            ts: *orig,
+                            deduplicated: true,
+                        })
+                    }
+                    None => {
+                        metrics::counter!(m::SENDS, "outcome" => "max_sequencing_time_exceeded")
+                            .increment(1);
+                        Err(SequencerError::MaxSequencingTimeExceeded {
+                            max_sequencing_time: sub.max_sequencing_ts,
+                            now: ts,
+                        })
+                    }
+                },
+                // Cannot tell whether it was sequenced before: the retry (same id) will.
+                Err(_) => Err(SequencerError::OutcomeUnknown),
+            };
+            let _ = sub.reply.send(answer);
         }
     }
 
