@@ -1754,3 +1754,73 @@ async fn late_retry_body(logs: TestLogs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Issue 11 item 13 (second part): bootstrap-members never re-enables a disabled member
+// ---------------------------------------------------------------------------
+
+/// A participant listed in `bootstrap-members` and then disabled stays disabled when the
+/// instance restarts (bootstrap used to register it again, which re-enabled it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_members_never_re_enable_a_disabled_member() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("bootstrap_members_never_re_enable_a_disabled_member");
+    keep_logs_on_error(&logs, bootstrap_re_enable_body(logs.clone())).await
+}
+
+async fn bootstrap_re_enable_body(logs: TestLogs) -> anyhow::Result<()> {
+    let database = PgCluster::shared().create_database("seq_api_boot").await;
+    let key = SigningKeyPair::generate();
+    let p = MemberId::new(
+        MemberRole::Participant,
+        UniqueId::new("bootp", *key.fingerprint())?,
+    );
+    let mut cluster = SequencerCluster::start(
+        logs,
+        database.clone(),
+        1,
+        &format!("bootstrap-members = [\"{p}\"]"),
+    )
+    .await?;
+    let db = domain_e2e::checks::db_client(&database.url).await?;
+    // Bootstrap registers it (in the background, once the writer is online).
+    let started = Instant::now();
+    while member_enabled(&db, &p).await? != Some(true) {
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "bootstrap never registered {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster
+        .admin(0)
+        .await?
+        .disable_member(pb::DisableMemberRequest {
+            member: p.to_string(),
+        })
+        .await?;
+    let node = &mut cluster.nodes[0];
+    node.process()?.terminate(Duration::from_secs(15)).await?;
+    cluster.start_node(0).await?;
+    // Give the bootstrap task every chance to run.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let state = member_enabled(&db, &p).await?;
+    ensure!(
+        state == Some(false),
+        "after a restart {p} is {state:?}: bootstrap-members re-enabled a disabled member"
+    );
+    Ok(())
+}
+
+async fn member_enabled(
+    db: &tokio_postgres::Client,
+    member: &MemberId,
+) -> anyhow::Result<Option<bool>> {
+    Ok(db
+        .query_opt(
+            "SELECT enabled FROM seq_members WHERE member = $1",
+            &[&member.to_string()],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}

@@ -32,7 +32,8 @@ pub struct SequencerConfig {
     pub max_request_size: usize,
     /// Members registered at start-up, before any topology (the domain manager member
     /// `DOM::<domain>` is always registered). Participants are normally admitted by the
-    /// domain manager's allowlist instead. Default: none.
+    /// domain manager's allowlist instead. Only members that do not exist are created: a
+    /// listed member that was disabled stays disabled across restarts. Default: none.
     pub bootstrap_members: Vec<String>,
     /// `permissioned` (default): only participants the domain manager allowlisted can get
     /// a token, send or subscribe. `open`: any participant that proves its key is admitted

@@ -659,9 +659,11 @@ async fn bootstrap_members(
             if shutdown.is_cancelled() {
                 return;
             }
-            if let Ok(Some(row)) = members.get(&member).await
-                && row.enabled
-            {
+            // Bootstrap only creates members that do not exist yet. A member that exists
+            // but is disabled (by topology or DisableMember) stays disabled: registering
+            // it again would re-enable it on every restart. (RegisterMember on the admin API
+            // remains the operator's explicit override.)
+            if let Ok(Some(_)) = members.get(&member).await {
                 break;
             }
             let mut state = writer.watch_state();
