@@ -27,6 +27,7 @@ use domain_sequencer_client::{
     ClientError, SequencerConnection, StreamValidator, connect_channel, to_proto_signature,
 };
 use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use futures::StreamExt as _;
 use prost::Message as _;
 use prost::bytes::{Buf as _, BufMut as _};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -1823,4 +1824,86 @@ async fn member_enabled(
         )
         .await?
         .map(|r| r.get(0)))
+}
+
+// ---------------------------------------------------------------------------
+// Issue 11 item 13 (first part): a member disabled during its catch-up
+// ---------------------------------------------------------------------------
+
+/// Alice has a backlog of 1,000 events of 8 KiB and reads it slowly (pages of 20, a
+/// buffer of 4). She is disabled after her first events: the stream must end soon after,
+/// not after delivering her whole backlog (catch-up used to ignore revocations). What was
+/// already in flight (a page, the buffers, the HTTP/2 and TCP windows) may still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_during_catch_up_ends_the_stream() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("revocation_during_catch_up_ends_the_stream");
+    keep_logs_on_error(&logs, revocation_during_catch_up_body(logs.clone())).await
+}
+
+async fn revocation_during_catch_up_body(logs: TestLogs) -> anyhow::Result<()> {
+    const BACKLOG: usize = 1_000;
+    let database = PgCluster::shared().create_database("seq_api_revoke").await;
+    let cluster = SequencerCluster::start(
+        logs,
+        database,
+        1,
+        "reader.page-size = 20\nreader.subscription-buffer = 4",
+    )
+    .await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let a = connect(&cluster, 0, &alice).await?;
+    let b = connect(&cluster, 0, &bob).await?;
+    let mut sends = futures::stream::iter(0..BACKLOG)
+        .map(|i| {
+            let b = b.clone();
+            let to = alice.0.clone();
+            async move {
+                b.send(
+                    &format!("backlog-{i}"),
+                    vec![envelope(vec![(i % 251) as u8; 8 * 1024], &[&to])],
+                    now_micros() + 60_000_000,
+                )
+                .await
+            }
+        })
+        .buffer_unordered(16);
+    while let Some(r) = sends.next().await {
+        r?;
+    }
+    let mut stream = a.subscribe(0).await?;
+    for i in 0..5 {
+        next_event(&mut stream, &format!("backlog event {i}")).await?;
+    }
+    cluster
+        .admin(0)
+        .await?
+        .disable_member(pb::DisableMemberRequest {
+            member: alice.0.to_string(),
+        })
+        .await?;
+    // Let the revocation reach the instance before reading on.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut after = 0usize;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+            Err(_) => bail!("stream still open 10 s after the disable ({after} events since)"),
+            Ok(Err(st)) => break st,
+            Ok(Ok(None)) => bail!("stream ended without a status after {after} events"),
+            Ok(Ok(Some(_))) => after += 1,
+        }
+    };
+    println!("{after} events delivered after the disable, then {status:?}");
+    ensure!(
+        status.code() == Code::PermissionDenied,
+        "expected PERMISSION_DENIED, got {status:?}"
+    );
+    ensure!(
+        after <= 200,
+        "{after} of the {} remaining backlog events were delivered after the member was \
+         disabled (bound 200: a page of 20, the buffers and the transport windows)",
+        BACKLOG - 5
+    );
+    Ok(())
 }

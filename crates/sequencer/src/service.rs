@@ -637,6 +637,9 @@ impl SequencerService for SequencerApi {
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let core = &self.0;
+        // Listen for revocations before authenticating: a disable handled between the
+        // token check and this subscription would otherwise never reach the stream.
+        let revoked = core.members.revoked.subscribe();
         let member = core
             .authenticate(&req)
             .await
@@ -664,7 +667,7 @@ impl SequencerService for SequencerApi {
             pool: core.pool.clone(),
             reader: core.reader.clone(),
             sequencer_fingerprint: core.settings.public_key.fingerprint().to_string(),
-            revoked: core.members.revoked.subscribe(),
+            revoked,
             shutdown: core.shutdown.clone(),
             page: core.settings.read_page,
         };

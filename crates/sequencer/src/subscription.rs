@@ -62,18 +62,22 @@ async fn stream(
     // Subscribe to the live feed first so nothing published during catch-up is missed.
     let (live_from, mut live) = ctx.reader.subscribe().await;
     let mut cursor = catch_up(ctx, member, from_counter, live_from, out).await?;
+    // A disable handled while catching up ends the stream here at the latest.
+    check_revoked(ctx, member).await?;
     loop {
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => {
                 return Err(SequencerError::InstanceOffline("sequencer is shutting down; resume elsewhere".into()));
             }
-            revoked = ctx.revoked.recv() => {
-                if let Ok(name) = revoked
-                    && name == member.member {
-                        return Err(SequencerError::MemberDisabled(name));
-                    }
-            }
+            revoked = ctx.revoked.recv() => match revoked {
+                Ok(name) if name == member.member => {
+                    return Err(SequencerError::MemberDisabled(name));
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Closed) => {}
+                // Revocations were missed: ask the database instead of guessing.
+                Err(broadcast::error::RecvError::Lagged(_)) => still_enabled(ctx, member).await?,
+            },
             _ = out.closed() => return Ok(()),
             batch = live.recv() => {
                 let batch = match batch {
@@ -104,8 +108,53 @@ async fn stream(
     }
 }
 
-async fn catch_up(
+/// Ends the stream when a revocation of `member` is pending on the channel; when some
+/// were missed (the channel lagged), the database decides.
+async fn check_revoked(
+    ctx: &mut SubscriptionContext,
+    member: &MemberRow,
+) -> Result<(), SequencerError> {
+    loop {
+        match ctx.revoked.try_recv() {
+            Ok(name) if name == member.member => {
+                return Err(SequencerError::MemberDisabled(name));
+            }
+            Ok(_) => {}
+            Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                still_enabled(ctx, member).await?;
+            }
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// `MemberDisabled` unless the member is still enabled in the database.
+async fn still_enabled(
     ctx: &SubscriptionContext,
+    member: &MemberRow,
+) -> Result<(), SequencerError> {
+    let conn = ctx
+        .pool
+        .get()
+        .await
+        .map_err(|e| SequencerError::Database(e.to_string()))?;
+    let row = conn
+        .query_opt(
+            "SELECT enabled FROM seq_members WHERE id = $1",
+            &[&member.id],
+        )
+        .await
+        .map_err(|e| SequencerError::Database(e.to_string()))?;
+    match row.map(|r| r.get::<_, bool>(0)) {
+        Some(true) => Ok(()),
+        _ => Err(SequencerError::MemberDisabled(member.member.clone())),
+    }
+}
+
+async fn catch_up(
+    ctx: &mut SubscriptionContext,
     member: &MemberRow,
     from_counter: i64,
     up_to: i64,
@@ -191,6 +240,8 @@ async fn catch_up(
         )
         .await?;
         let n = events.len() as i64;
+        // A member disabled during its catch-up does not get the rest of its backlog.
+        check_revoked(ctx, member).await?;
         for e in events {
             let event = GlobalEvent::from_stored(e);
             deliver(ctx, member, &event, &mut cursor, from_counter, out).await?;
