@@ -1907,3 +1907,86 @@ async fn revocation_during_catch_up_body(logs: TestLogs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Issue 11 item 1: metric labels never come from an arbitrary request path
+// ---------------------------------------------------------------------------
+
+/// The distinct `(grpc_service, grpc_method)` label pairs of the gRPC server metrics.
+fn grpc_label_pairs(metrics: &str) -> std::collections::BTreeSet<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_"))
+        .filter_map(|l| {
+            let labels = l.split_once('{')?.1.split_once('}')?.0;
+            let get = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_string())
+            };
+            Some(format!("{}/{}", get("grpc_service")?, get("grpc_method")?))
+        })
+        .collect()
+}
+
+/// 10,000 unauthenticated requests to distinct made-up paths add no series but the one
+/// `unknown` method (each path used to become its own label pair, unbounded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_labels_ignore_unknown_paths() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("metric_labels_ignore_unknown_paths");
+    keep_logs_on_error(&logs, metric_labels_body(logs.clone())).await
+}
+
+async fn metric_labels_body(logs: TestLogs) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let database = PgCluster::shared().create_database("seq_api_labels").await;
+    let cluster = SequencerCluster::start(logs, database, 1, "").await?;
+    let ops = cluster.nodes[0].ops_url();
+    let channel = channel_to(&cluster, 0).await?;
+    // One real call first, so the known series exist before we count.
+    let _ = health(&channel).await?;
+    let before = grpc_label_pairs(&domain_e2e::http_get(&ops, "/metrics").await?);
+    let mut calls = futures::stream::iter(0..10_000u32)
+        .map(|i| {
+            let channel = channel.clone();
+            async move {
+                let mut grpc = tonic::client::Grpc::new(channel);
+                grpc.ready()
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!(
+                    "/bogus{i}.Service/Method{i}"
+                ))
+                .map_err(|e| Status::internal(e.to_string()))?;
+                grpc.unary(tonic::Request::new(Vec::new()), path, RawCodec)
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(64);
+    let mut unimplemented = 0usize;
+    while let Some(r) = calls.next().await {
+        match r {
+            Err(st) if st.code() == Code::Unimplemented => unimplemented += 1,
+            other => bail!("a bogus path was answered {other:?}"),
+        }
+    }
+    ensure!(unimplemented == 10_000);
+    let after = grpc_label_pairs(&domain_e2e::http_get(&ops, "/metrics").await?);
+    let added: Vec<&String> = after.difference(&before).collect();
+    println!(
+        "grpc label pairs: {} before, {} after 10,000 bogus paths; added {:?}",
+        before.len(),
+        after.len(),
+        added.iter().take(5).collect::<Vec<_>>()
+    );
+    ensure!(
+        added.iter().all(|p| p.as_str() == "unknown/unknown"),
+        "{} label pairs were added by bogus paths (first: {:?})",
+        added.len(),
+        added.first()
+    );
+    Ok(())
+}

@@ -200,8 +200,15 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let (service, method) = split_path(request.uri().path());
+        let (mut service, mut method) = split_path(request.uri().path());
+        // Labels come only from methods our protos declare: any client (no token needed)
+        // picks the request path, and a label per bogus path would be a series per
+        // request, without bound.
         let kind = grpc_type(&service, &method);
+        if kind == "unknown" {
+            service = "unknown".to_owned();
+            method = "unknown".to_owned();
+        }
         ::metrics::counter!(
             GRPC_SERVER_STARTED,
             "grpc_service" => service.clone(),
