@@ -1990,3 +1990,42 @@ async fn metric_labels_body(logs: TestLogs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Issue 11 item 17: admin APIs refuse a non-loopback address without (mutual) TLS
+// ---------------------------------------------------------------------------
+
+/// The sequencer and the mediator exit with the usage code (64) before binding anything,
+/// naming `admin-api`, when their admin API would listen off the host without TLS (the
+/// sequencer: without mutual TLS). The domain manager and participant run the same check
+/// in their config validation (unit tests in their crates).
+#[test]
+fn admin_api_off_loopback_requires_tls() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    for (binary, extra) in [
+        ("sequencer", ""),
+        ("mediator", ""),
+        // TLS without client certificates is not enough for the sequencer's admin API.
+        (
+            "sequencer",
+            "tls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }\n",
+        ),
+    ] {
+        let path = dir.path().join(format!("{binary}.toml"));
+        std::fs::write(
+            &path,
+            format!("[admin-api]\nlisten = \"0.0.0.0:0\"\n{extra}"),
+        )?;
+        let out = std::process::Command::new(domain_testkit::process::binary_path(binary))
+            .arg("--config-file")
+            .arg(&path)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(64) && stderr.contains("`admin-api`"),
+            "{binary} with {extra:?}: exit {:?}, stderr {stderr}",
+            out.status.code()
+        );
+    }
+    Ok(())
+}

@@ -393,6 +393,9 @@ impl DomainManagerConfig {
             }
             None => {}
         }
+        if let Some(reason) = self.admin_api.admin_exposure_problem(true) {
+            return Err(invalid("admin-api", reason));
+        }
         if let Some(tls) = &self.admin_api.tls {
             domain_runtime::tls::server_tls_config(tls)
                 .map_err(|e| invalid("admin-api.tls", e.to_string()))?;
@@ -458,6 +461,17 @@ mod tests {
         assert_eq!(ep.host, "::1");
         assert!(parse_endpoint("seq-1:5001").is_err());
         assert!(parse_endpoint("ftp://x:1").is_err());
+    }
+
+    #[test]
+    fn admin_api_off_loopback_requires_mutual_tls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = valid_config(dir.path());
+        c.validate().expect("loopback admin API is fine");
+        c.admin_api.listen = "0.0.0.0:4402".parse().expect("address");
+        let err = c.validate().expect_err("plaintext admin API off the host");
+        assert_eq!(err.key, "admin-api");
+        assert!(err.reason.contains("client certificates"), "{}", err.reason);
     }
 
     fn valid_config(dir: &std::path::Path) -> DomainManagerConfig {

@@ -81,6 +81,37 @@ impl Default for GrpcServerConfig {
 }
 
 impl GrpcServerConfig {
+    /// Why this listener must not serve an admin API as configured, if it must not: on an
+    /// address other than loopback it needs `tls`, and with `mutual` also `client-ca` with
+    /// `require-client-cert = true`. An admin API changes the domain (allowlist, pruning,
+    /// members); plaintext or anonymous off the host would hand that to the network.
+    pub fn admin_exposure_problem(&self, mutual: bool) -> Option<String> {
+        if self.listen.ip().is_loopback() {
+            return None;
+        }
+        match &self.tls {
+            None => Some(format!(
+                "listens on {} (not loopback) without `tls`: an admin API off the host needs TLS{}; \
+                 or listen on 127.0.0.1",
+                self.listen,
+                if mutual {
+                    " with client certificates (`client-ca`, `require-client-cert = true`)"
+                } else {
+                    ""
+                }
+            )),
+            Some(tls) if mutual && (tls.client_ca.is_none() || !tls.require_client_cert) => {
+                Some(format!(
+                    "listens on {} (not loopback) without required client certificates: set \
+                     `tls.client-ca` and `tls.require-client-cert = true` (mutual TLS), or listen \
+                     on 127.0.0.1",
+                    self.listen
+                ))
+            }
+            Some(_) => None,
+        }
+    }
+
     /// Returns the defaults with a component-specific listen address.
     pub fn with_listen(listen: SocketAddr) -> Self {
         Self {
@@ -286,4 +317,54 @@ pub fn reflection_service() -> Result<
         .register_encoded_file_descriptor_set(domain_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?)
+}
+
+#[cfg(test)]
+mod admin_exposure_tests {
+    use super::*;
+    use crate::tls::ServerTlsFiles;
+
+    fn with(listen: &str, tls: Option<ServerTlsFiles>) -> GrpcServerConfig {
+        GrpcServerConfig {
+            listen: listen.parse().expect("address"),
+            tls,
+            ..GrpcServerConfig::default()
+        }
+    }
+
+    fn tls(client_ca: bool, required: bool) -> Option<ServerTlsFiles> {
+        Some(ServerTlsFiles {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+            client_ca: client_ca.then(|| "ca.pem".into()),
+            require_client_cert: required,
+        })
+    }
+
+    #[test]
+    fn loopback_needs_nothing() {
+        assert_eq!(with("127.0.0.1:1", None).admin_exposure_problem(true), None);
+        assert_eq!(with("[::1]:1", None).admin_exposure_problem(true), None);
+    }
+
+    #[test]
+    fn off_host_needs_tls_and_for_mutual_client_certificates() {
+        let p = with("0.0.0.0:1", None).admin_exposure_problem(false);
+        assert!(p.is_some_and(|p| p.contains("without `tls`")));
+        assert_eq!(
+            with("10.0.0.1:1", tls(false, false)).admin_exposure_problem(false),
+            None
+        );
+        for (ca, req) in [(false, false), (true, false), (false, true)] {
+            let p = with("0.0.0.0:1", tls(ca, req)).admin_exposure_problem(true);
+            assert!(
+                p.is_some_and(|p| p.contains("require-client-cert")),
+                "{ca} {req}"
+            );
+        }
+        assert_eq!(
+            with("0.0.0.0:1", tls(true, true)).admin_exposure_problem(true),
+            None
+        );
+    }
 }

@@ -132,6 +132,9 @@ fn problem(key: &str, reason: impl Into<String>) -> ConfigProblem {
 impl MediatorConfig {
     /// Checks what serde cannot: required values and relations between keys.
     pub fn validate(&self) -> Result<(), ConfigProblem> {
+        if let Some(reason) = self.admin_api.admin_exposure_problem(false) {
+            return Err(problem("admin-api", reason));
+        }
         if self.domain_id.trim().is_empty() {
             return Err(problem(
                 "domain-id",

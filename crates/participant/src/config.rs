@@ -119,6 +119,9 @@ impl ParticipantConfig {
             key,
             reason: reason.to_owned(),
         };
+        if let Some(reason) = self.admin_api.admin_exposure_problem(false) {
+            return Err(problem("admin-api", &reason));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(problem("data-dir", "must not be empty"));
         }
@@ -164,6 +167,14 @@ mod tests {
             Some(false)
         );
         assert_eq!(AutoConfirm::Off.decide(b"ping"), None);
+    }
+
+    #[test]
+    fn admin_api_off_loopback_requires_tls() {
+        let mut c = ParticipantConfig::default();
+        c.admin_api.listen = "0.0.0.0:4602".parse().expect("address");
+        let err = c.validate().expect_err("plaintext admin API off the host");
+        assert_eq!(err.key, "admin-api");
     }
 
     #[test]

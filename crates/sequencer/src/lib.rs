@@ -104,6 +104,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     crate::metrics::describe();
     config.pruning.validate()?;
+    if let Some(reason) = config.admin_api.admin_exposure_problem(true) {
+        anyhow::bail!("invalid `admin-api`: {reason}");
+    }
     let domain_id = DomainId::parse(&config.domain_id)
         .with_context(|| format!("invalid `domain-id` {:?}", config.domain_id))?;
     let key = Arc::new(

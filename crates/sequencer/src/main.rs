@@ -35,6 +35,11 @@ fn main() {
         return;
     }
     let config: SequencerConfig = load_or_exit("sequencer", "SEQUENCER", &cli.common);
+    // Before anything binds: an admin API off the host without mutual TLS is refused.
+    if let Some(reason) = config.admin_api.admin_exposure_problem(true) {
+        eprintln!("error: invalid `admin-api`: {reason}");
+        std::process::exit(EXIT_USAGE);
+    }
     if let Err(error) =
         domain_runtime::telemetry::init_logging("sequencer", cli.common.log_format, &config.tracing)
     {
