@@ -15,6 +15,7 @@ mod k8s_configs;
 mod mediator_failover;
 mod mediator_protocol;
 mod onboarding;
+mod open_registration;
 mod otlp_traces;
 mod participant_failover;
 mod participant_ping;

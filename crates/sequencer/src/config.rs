@@ -37,7 +37,7 @@ pub struct SequencerConfig {
     pub bootstrap_members: Vec<String>,
     /// `permissioned` (default): only participants the domain manager allowlisted can get
     /// a token, send or subscribe. `open`: any participant that proves its key is admitted
-    /// on its first challenge (topology can still disable it).
+    /// on its first successful `Authenticate` (topology can still disable it).
     pub access_mode: AccessMode,
     pub ha: HaConfig,
     pub writer: WriterConfig,
@@ -192,6 +192,10 @@ pub struct AuthConfig {
     /// Lifetime of a token. Default `1h`.
     #[serde(with = "humantime_serde")]
     pub token_ttl: Duration,
+    /// Open access mode only: participants registered per second on one instance (also
+    /// the burst). Beyond it `Authenticate` of a new participant fails with the retryable
+    /// `SEQ_REGISTRATION_RATE_LIMITED`. Default 10.
+    pub open_registrations_per_second: u32,
 }
 
 impl Default for AuthConfig {
@@ -199,6 +203,7 @@ impl Default for AuthConfig {
         Self {
             nonce_ttl: Duration::from_secs(60),
             token_ttl: Duration::from_secs(3600),
+            open_registrations_per_second: 10,
         }
     }
 }

@@ -46,6 +46,8 @@ pub enum SequencerError {
     MaxSequencingTimeExceeded { max_sequencing_time: i64, now: i64 },
     #[error("sequencer is overloaded, retry later with the same message id")]
     Overloaded,
+    #[error("too many new participants registering on this instance; retry authentication shortly")]
+    RegistrationRateLimited,
     #[error(
         "subscriber fell behind by more than its buffer and was disconnected; resume from counter {resume_from}"
     )]
@@ -95,6 +97,7 @@ impl SequencerError {
             RequestTooLarge { .. } => "SEQ_REQUEST_TOO_LARGE",
             MaxSequencingTimeExceeded { .. } => "SEQ_MAX_SEQUENCING_TIME_EXCEEDED",
             Overloaded => "SEQ_OVERLOADED",
+            RegistrationRateLimited => "SEQ_REGISTRATION_RATE_LIMITED",
             SubscriberTooSlow { .. } => "SEQ_SUBSCRIBER_TOO_SLOW",
             EventsPruned { .. } => "SEQ_EVENTS_PRUNED",
             InstanceOffline(_) => "SEQ_INSTANCE_OFFLINE",
@@ -126,9 +129,10 @@ impl SequencerError {
             | PruneBoundInvalid(_)
             | EmptySubmission => Code::InvalidArgument,
             RecipientDisabled(_) | MaxSequencingTimeExceeded { .. } => Code::FailedPrecondition,
-            RequestTooLarge { .. } | Overloaded | SubscriberTooSlow { .. } => {
-                Code::ResourceExhausted
-            }
+            RequestTooLarge { .. }
+            | Overloaded
+            | RegistrationRateLimited
+            | SubscriberTooSlow { .. } => Code::ResourceExhausted,
             EventsPruned { .. } => Code::OutOfRange,
             InstanceOffline(_) | OutcomeUnknown | Database(_) => Code::Unavailable,
             PruningBusy => Code::Aborted,
@@ -174,6 +178,7 @@ mod tests {
             SequencerError::NonceInvalid,
             SequencerError::EmptySubmission,
             SequencerError::Overloaded,
+            SequencerError::RegistrationRateLimited,
             SequencerError::OutcomeUnknown,
             SequencerError::MemberUnknown("x".into()),
             SequencerError::RecipientUnknown("x".into()),

@@ -192,6 +192,7 @@ pub async fn run(
             subscription_buffer: config.reader.subscription_buffer,
             read_page: config.reader.page_size,
             open_participant_access: config.access_mode == config::AccessMode::Open,
+            open_registrations_per_second: config.auth.open_registrations_per_second,
             domain: domain_id.clone(),
         },
         pool.clone(),

@@ -44,6 +44,42 @@ pub struct ServiceSettings {
     pub open_participant_access: bool,
     /// `domain_id`, parsed.
     pub domain: DomainId,
+    /// Open-mode registrations admitted per second on this instance (also the burst).
+    pub open_registrations_per_second: u32,
+}
+
+/// Token bucket bounding open-mode registrations on one instance: each one writes a
+/// member row, makes every instance reload its member table and pins pruning until
+/// the member acknowledges, so a stream of fresh keys must not register at line rate.
+struct RegistrationLimiter {
+    rate: f64,
+    state: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl RegistrationLimiter {
+    fn new(per_second: u32) -> Self {
+        let rate = f64::from(per_second);
+        Self {
+            rate,
+            state: std::sync::Mutex::new((rate, Instant::now())),
+        }
+    }
+
+    fn try_acquire(&self) -> bool {
+        // A poisoned lock only means another handler panicked mid-update; the
+        // bucket's numbers are still usable.
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = &mut *guard;
+        let now = Instant::now();
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Everything the handlers share.
@@ -56,6 +92,7 @@ pub struct SequencerCore {
     pub shutdown: CancellationToken,
     pub topology: Arc<TopologyCache>,
     tokens: Mutex<HashMap<Vec<u8>, (String, i64, Instant)>>,
+    registrations: RegistrationLimiter,
 }
 
 impl SequencerCore {
@@ -68,6 +105,7 @@ impl SequencerCore {
         shutdown: CancellationToken,
         topology: Arc<TopologyCache>,
     ) -> Arc<Self> {
+        let registrations = RegistrationLimiter::new(settings.open_registrations_per_second);
         Arc::new(Self {
             settings,
             pool,
@@ -77,6 +115,7 @@ impl SequencerCore {
             shutdown,
             topology,
             tokens: Mutex::new(HashMap::new()),
+            registrations,
         })
     }
 
@@ -483,31 +522,26 @@ impl SequencerService for SequencerApi {
                     key: key.fingerprint().to_string(),
                 });
             }
-            let mut row = core.members.get(&r.member).await?;
-            if row.is_none()
+            let row = core.members.get(&r.member).await?;
+            // Open mode: an unknown participant gets a nonce bound to the key it claims,
+            // but no registration. A Challenge proves nothing (the public key is public);
+            // `authenticate` registers once the nonce's signature verifies.
+            let open_newcomer = row.is_none()
                 && core.settings.open_participant_access
-                && member.role() == MemberRole::Participant
-            {
-                // Open mode: the domain admits any participant that proves its key.
-                let ts = core
-                    .writer
-                    .register(r.member.clone(), Some(key.as_bytes().to_vec()))
-                    .await?;
-                tracing::info!(member = %r.member, registered_ts = ts, "participant admitted in open mode");
-                core.members.reload().await?;
-                row = core.members.get(&r.member).await?;
-            }
-            let row = row.ok_or_else(|| SequencerError::MemberUnknown(r.member.clone()))?;
-            if !row.enabled {
-                return Err(SequencerError::MemberDisabled(r.member.clone()));
-            }
-            if let Some(bound) = &row.public_key
-                && bound.as_slice() != key.as_bytes()
-            {
-                return Err(SequencerError::KeyMismatch {
-                    member: r.member.clone(),
-                    key: key.fingerprint().to_string(),
-                });
+                && member.role() == MemberRole::Participant;
+            if !open_newcomer {
+                let row = row.ok_or_else(|| SequencerError::MemberUnknown(r.member.clone()))?;
+                if !row.enabled {
+                    return Err(SequencerError::MemberDisabled(r.member.clone()));
+                }
+                if let Some(bound) = &row.public_key
+                    && bound.as_slice() != key.as_bytes()
+                {
+                    return Err(SequencerError::KeyMismatch {
+                        member: r.member.clone(),
+                        key: key.fingerprint().to_string(),
+                    });
+                }
             }
             let mut nonce = [0u8; 32];
             getrandom::fill(&mut nonce)
@@ -546,7 +580,7 @@ impl SequencerService for SequencerApi {
         let core = &self.0;
         let r = req.into_inner();
         let result: Result<_, SequencerError> = async {
-            MemberId::parse(&r.member)
+            let member = MemberId::parse(&r.member)
                 .map_err(|e| SequencerError::Malformed(format!("member id: {e}")))?;
             let sig = r
                 .signature
@@ -567,11 +601,25 @@ impl SequencerService for SequencerApi {
                 &signature,
             )
             .map_err(|e| SequencerError::ChallengeSignatureInvalid(e.to_string()))?;
-            let row = core
-                .members
-                .get(&r.member)
-                .await?
-                .ok_or_else(|| SequencerError::MemberUnknown(r.member.clone()))?;
+            let mut row = core.members.get(&r.member).await?;
+            if row.is_none()
+                && core.settings.open_participant_access
+                && member.role() == MemberRole::Participant
+            {
+                // Open mode: the participant has now proven its key (the nonce was issued
+                // for this member and key, and its signature verified).
+                if !core.registrations.try_acquire() {
+                    return Err(SequencerError::RegistrationRateLimited);
+                }
+                let ts = core
+                    .writer
+                    .register(r.member.clone(), Some(key.as_bytes().to_vec()))
+                    .await?;
+                tracing::info!(member = %r.member, registered_ts = ts, "participant admitted in open mode");
+                core.members.reload().await?;
+                row = core.members.get(&r.member).await?;
+            }
+            let row = row.ok_or_else(|| SequencerError::MemberUnknown(r.member.clone()))?;
             if !row.enabled {
                 return Err(SequencerError::MemberDisabled(r.member.clone()));
             }

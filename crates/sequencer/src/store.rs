@@ -407,7 +407,14 @@ pub async fn commit_batch(
             }
         }
     }
-    for reg in registrations {
+    // Rows are locked in member order: two instances registering the same members in
+    // opposite order would otherwise deadlock and lose both batches. Replies are
+    // matched to `registrations` by position, so the results keep the caller's order.
+    let mut order: Vec<usize> = (0..registrations.len()).collect();
+    order.sort_by(|&a, &b| registrations[a].member.cmp(&registrations[b].member));
+    let mut registered: Vec<Option<(String, i64)>> = vec![None; registrations.len()];
+    for &i in &order {
+        let reg = &registrations[i];
         let row = tx
             .query_one(
                 "INSERT INTO seq_members (member, public_key, registered_ts) VALUES ($1, $2, $3)
@@ -424,8 +431,9 @@ pub async fn commit_batch(
             &[&id, &registered_ts],
         )
         .await?;
-        outcome.registered.push((reg.member.clone(), registered_ts));
+        registered[i] = Some((reg.member.clone(), registered_ts));
     }
+    outcome.registered.extend(registered.into_iter().flatten());
     if !registrations.is_empty() {
         tx.execute("SELECT pg_notify($1, 'registered')", &[&MEMBERS_CHANNEL])
             .await?;
