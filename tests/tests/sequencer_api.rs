@@ -1207,6 +1207,29 @@ async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<(
 // E. health follows database reachability
 // ---------------------------------------------------------------------------
 
+/// Restarts instance `i` with its database reached through a new [`TcpProxy`].
+async fn restart_behind_proxy(
+    cluster: &mut SequencerCluster,
+    i: usize,
+    url: &str,
+) -> anyhow::Result<TcpProxy> {
+    let target = db_addr(url)?;
+    let proxy = TcpProxy::start(target).await?;
+    let proxied_url = url.replacen(&target.to_string(), &proxy.local_addr().to_string(), 1);
+    ensure!(proxied_url != url, "proxy url");
+    let node = &mut cluster.nodes[i];
+    node.process()?.terminate(Duration::from_secs(15)).await?;
+    let config = std::fs::read_to_string(&node.config_path)?;
+    let needle = format!("url = \"{url}\"");
+    ensure!(config.contains(&needle), "config has the database url");
+    std::fs::write(
+        &node.config_path,
+        config.replace(&needle, &format!("url = \"{proxied_url}\"")),
+    )?;
+    cluster.start_node(i).await?;
+    Ok(proxy)
+}
+
 /// `host:port` of a `postgres://user@host:port/db` URL.
 fn db_addr(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = url.split_once("://").context("url scheme")?.1;
@@ -1241,23 +1264,7 @@ async fn health_turns_not_serving_when_database_unreachable_body(
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
 
     // Restart instance 1 with its database behind the proxy.
-    let target = db_addr(&database.url)?;
-    let proxy = TcpProxy::start(target).await?;
-    let proxied_url =
-        database
-            .url
-            .replacen(&target.to_string(), &proxy.local_addr().to_string(), 1);
-    ensure!(proxied_url != database.url, "proxy url");
-    let node = &mut cluster.nodes[1];
-    node.process()?.terminate(Duration::from_secs(15)).await?;
-    let config = std::fs::read_to_string(&node.config_path)?;
-    let needle = format!("url = \"{}\"", database.url);
-    ensure!(config.contains(&needle), "config has the database url");
-    std::fs::write(
-        &node.config_path,
-        config.replace(&needle, &format!("url = \"{proxied_url}\"")),
-    )?;
-    cluster.start_node(1).await?;
+    let proxy = restart_behind_proxy(&mut cluster, 1, &database.url).await?;
     ensure!(
         proxy.accepted() > 0,
         "instance 1 reaches the database through the proxy"
@@ -1609,22 +1616,7 @@ async fn left_over_writer_transaction_body(logs: TestLogs) -> anyhow::Result<()>
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
 
-    let target = db_addr(&database.url)?;
-    let proxy = TcpProxy::start(target).await?;
-    let proxied_url =
-        database
-            .url
-            .replacen(&target.to_string(), &proxy.local_addr().to_string(), 1);
-    let node = &mut cluster.nodes[0];
-    node.process()?.terminate(Duration::from_secs(15)).await?;
-    let config = std::fs::read_to_string(&node.config_path)?;
-    let needle = format!("url = \"{}\"", database.url);
-    ensure!(config.contains(&needle), "config has the database url");
-    std::fs::write(
-        &node.config_path,
-        config.replace(&needle, &format!("url = \"{proxied_url}\"")),
-    )?;
-    cluster.start_node(0).await?;
+    let proxy = restart_behind_proxy(&mut cluster, 0, &database.url).await?;
     let a = connect(&cluster, 0, &alice).await?;
 
     let first = tokio::spawn({

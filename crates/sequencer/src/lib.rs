@@ -56,34 +56,25 @@ pub struct Listeners {
 fn fault_hooks() -> FaultHooks {
     #[cfg(feature = "fault-injection")]
     {
-        let delay = std::env::var("SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_millis);
-        if delay.is_some() {
-            tracing::warn!(
-                ?delay,
-                "fault injection active: delaying every batch before commit"
-            );
+        // Each hook is a number in the environment; one that is set is logged loudly.
+        fn env_number<T: std::str::FromStr>(name: &str, what: &str) -> Option<T> {
+            let value = std::env::var(name).ok()?.parse::<T>().ok()?;
+            tracing::warn!(hook = name, "fault injection active: {what}");
+            Some(value)
         }
-        let after_watermark = std::env::var("SEQUENCER_FAULT_DELAY_AFTER_WATERMARK_MS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_millis);
-        if after_watermark.is_some() {
-            tracing::warn!(
-                ?after_watermark,
-                "fault injection active: delaying every batch after its watermark update"
-            );
-        }
-        if let Some(ms) = std::env::var("SEQUENCER_FAULT_CLOCK_OFFSET_MS")
-            .ok()
-            .and_then(|v| v.parse::<i64>().ok())
+        let delay = env_number(
+            "SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS",
+            "delaying every batch before commit",
+        )
+        .map(Duration::from_millis);
+        let after_watermark = env_number(
+            "SEQUENCER_FAULT_DELAY_AFTER_WATERMARK_MS",
+            "delaying every batch after its watermark update",
+        )
+        .map(Duration::from_millis);
+        if let Some(ms) =
+            env_number::<i64>("SEQUENCER_FAULT_CLOCK_OFFSET_MS", "shifted sequencer clock")
         {
-            tracing::warn!(
-                offset_ms = ms,
-                "fault injection active: shifted sequencer clock"
-            );
             timestamp::set_clock_offset(Duration::from_millis(ms.unsigned_abs()), ms > 0);
         }
         FaultHooks {

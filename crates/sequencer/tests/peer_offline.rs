@@ -8,18 +8,9 @@ use std::time::Duration;
 
 use domain_sequencer::store::{self, uuid_like::Owner};
 use domain_storage::DatabaseConfig;
-use domain_testkit::pg::PgCluster;
 
-async fn migrated(prefix: &str) -> DatabaseConfig {
-    let db = PgCluster::shared().create_database(prefix).await;
-    let cfg = DatabaseConfig::from_url(db.url.clone());
-    let pool = domain_storage::connect_sqlx(&cfg).await.expect("sqlx pool");
-    domain_storage::run_migrations(&pool, &domain_sequencer::MIGRATOR)
-        .await
-        .expect("migrations");
-    pool.close().await;
-    cfg
-}
+mod common;
+use common::migrated;
 
 async fn online(cfg: &DatabaseConfig) -> Vec<(i16, bool)> {
     let (client, _task) = domain_storage::dedicated_connection(cfg)

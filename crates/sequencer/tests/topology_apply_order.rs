@@ -6,21 +6,11 @@
 //! the new 0 s delay.
 
 use domain_sequencer::store;
-use domain_storage::DatabaseConfig;
-use domain_testkit::pg::PgCluster;
+
+mod common;
+use common::migrated;
 
 const P: &str = "PAR::p::1220aaaa";
-
-async fn migrated(prefix: &str) -> DatabaseConfig {
-    let db = PgCluster::shared().create_database(prefix).await;
-    let cfg = DatabaseConfig::from_url(db.url.clone());
-    let pool = domain_storage::connect_sqlx(&cfg).await.expect("sqlx pool");
-    domain_storage::run_migrations(&pool, &domain_sequencer::MIGRATOR)
-        .await
-        .expect("migrations");
-    pool.close().await;
-    cfg
-}
 
 async fn insert(
     client: &deadpool_postgres::Object,
