@@ -356,7 +356,7 @@ async fn listen_loop(
                         continue;
                     }
                 };
-                if let (idx, wm, true) = announced
+                if let Some((idx, wm, true)) = announced
                     && state.borrow().index != Some(idx)
                 {
                     peer_tx.send_if_modified(|cur| {
@@ -387,7 +387,7 @@ async fn listen_loop(
 /// Why a `seq_watermark` notification was not followed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IgnoredWatermark {
-    /// Not `<index>:<watermark>:<h|e>` with an index below the modulus and a positive
+    /// Not one of the three payload shapes (see `parse_watermark_notification`) with an index below the modulus and a positive
     /// watermark (anyone with access to the database can `NOTIFY`).
     Malformed,
     /// Further ahead of this instance's clock than `ha.max-clock-skew`: following it would
@@ -416,32 +416,51 @@ impl std::fmt::Display for IgnoredWatermark {
     }
 }
 
-/// Parses `<index>:<watermark>:<kind>` into (index, watermark, is an event batch).
+/// Parses a `seq_watermark` payload into (index, watermark, is an event batch).
+///
+/// Peers send `<index>:<watermark>:<e|h>` after a batch, `<index>:<watermark>` when they
+/// come online and `<index>:offline` when they (or a peer on their behalf) go offline.
+/// The last two carry nothing to follow but are legitimate; they are answered with
+/// `Ok(None)` so they are neither followed nor counted as forged.
 fn parse_watermark_notification(
     payload: &str,
     modulus: u16,
     now: i64,
     max_skew: Duration,
-) -> Result<(i16, i64, bool), IgnoredWatermark> {
+) -> Result<Option<(i16, i64, bool)>, IgnoredWatermark> {
     let mut parts = payload.split(':');
     let idx = parts.next().and_then(|s| s.parse::<i16>().ok());
-    let wm = parts.next().and_then(|s| s.parse::<i64>().ok());
-    let kind = match parts.next() {
-        Some("e") => true,
-        Some("h") => false,
-        _ => return Err(IgnoredWatermark::Malformed),
-    };
-    let (Some(idx), Some(wm), None) = (idx, wm, parts.next()) else {
+    let Some(idx) = idx else {
         return Err(IgnoredWatermark::Malformed);
     };
-    if idx < 0 || idx >= i16::try_from(modulus).unwrap_or(i16::MAX) || wm <= 0 {
+    if idx < 0 || idx >= i16::try_from(modulus).unwrap_or(i16::MAX) {
         return Err(IgnoredWatermark::Malformed);
     }
+    let second = parts.next();
+    if second == Some("offline") {
+        return match parts.next() {
+            None => Ok(None),
+            Some(_) => Err(IgnoredWatermark::Malformed),
+        };
+    }
+    let Some(wm) = second.and_then(|s| s.parse::<i64>().ok()) else {
+        return Err(IgnoredWatermark::Malformed);
+    };
+    if wm <= 0 {
+        return Err(IgnoredWatermark::Malformed);
+    }
+    let kind = match (parts.next(), parts.next()) {
+        (Some("e"), None) => Some(true),
+        (Some("h"), None) => Some(false),
+        // go_online's announcement.
+        (None, None) => None,
+        _ => return Err(IgnoredWatermark::Malformed),
+    };
     let skew = i64::try_from(max_skew.as_micros()).unwrap_or(i64::MAX);
     if wm > now.saturating_add(skew) {
         return Err(IgnoredWatermark::AheadOfClock);
     }
-    Ok((idx, wm, kind))
+    Ok(kind.map(|is_event| (idx, wm, is_event)))
 }
 
 async fn offline_checker(
@@ -684,17 +703,20 @@ mod watermark_notification_tests {
 
     const NOW: i64 = 1_800_000_000_000_000;
 
-    fn parse(p: &str) -> Result<(i16, i64, bool), IgnoredWatermark> {
+    fn parse(p: &str) -> Result<Option<(i16, i64, bool)>, IgnoredWatermark> {
         parse_watermark_notification(p, 32, NOW, Duration::from_secs(1))
     }
 
     #[test]
     fn accepts_what_peers_send() {
-        assert_eq!(parse(&format!("3:{NOW}:e")), Ok((3, NOW, true)));
+        assert_eq!(parse(&format!("3:{NOW}:e")), Ok(Some((3, NOW, true))));
         assert_eq!(
             parse(&format!("0:{}:h", NOW + 900_000)),
-            Ok((0, NOW + 900_000, false))
+            Ok(Some((0, NOW + 900_000, false)))
         );
+        // go_online and go_offline / the offline checker: legitimate, nothing to follow.
+        assert_eq!(parse(&format!("16:{NOW}")), Ok(None));
+        assert_eq!(parse("4:offline"), Ok(None));
     }
 
     #[test]
@@ -706,7 +728,17 @@ mod watermark_notification_tests {
             Err(AheadOfClock)
         );
         for bad in [
-            "", "x", "1:2", "1:2:z", "99:5:e", "-1:5:e", "1:-5:e", "1:0:e", "1:5:e:x",
+            "",
+            "x",
+            "1:0",
+            "1:2:z",
+            "99:offline",
+            "1:offline:e",
+            "99:5:e",
+            "-1:5:e",
+            "1:-5:e",
+            "1:0:e",
+            "1:5:e:x",
         ] {
             assert_eq!(parse(bad), Err(Malformed), "{bad}");
         }

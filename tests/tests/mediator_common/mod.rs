@@ -181,6 +181,11 @@ impl MediatorDomain {
         }
         let active = domain.wait_active(Duration::from_secs(30)).await?;
         println!("mediator replica {active} is active");
+        // One replica being active says nothing about the others having started listening
+        // (seen in CI on a loaded machine: the passive replica's health check was refused).
+        for i in 0..replicas {
+            domain.wait_reachable(i, Duration::from_secs(30)).await?;
+        }
 
         for (i, (name, member)) in members.into_iter().enumerate() {
             let conn = connect_admitted(&domain.cluster, i % 2, &member).await?;
@@ -310,6 +315,20 @@ listen = "127.0.0.1:{admin_port}"
     }
 
     /// `grpc.health.v1.Health/Check` for service `""` on replica `i`'s admin API.
+    /// Waits until replica `i` answers its gRPC health check (whatever the status).
+    pub async fn wait_reachable(&self, i: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.grpc_health(i).await {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(e.context(format!("mediator replica {i} never answered health")));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     pub async fn grpc_health(&self, i: usize) -> anyhow::Result<ServingStatus> {
         let node = self.nodes.get(i).context("no such replica")?;
         let channel = tonic::transport::Endpoint::from_shared(node.admin_endpoint())?
