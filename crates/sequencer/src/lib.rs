@@ -387,8 +387,9 @@ async fn listen_loop(
 /// Why a `seq_watermark` notification was not followed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IgnoredWatermark {
-    /// Not one of the three payload shapes (see `parse_watermark_notification`) with an index below the modulus and a positive
-    /// watermark (anyone with access to the database can `NOTIFY`).
+    /// Not one of the three payload shapes of `parse_watermark_notification`, with an
+    /// index below the modulus and a positive watermark (anyone with access to the
+    /// database can `NOTIFY`).
     Malformed,
     /// Further ahead of this instance's clock than `ha.max-clock-skew`: following it would
     /// drag every later timestamp forward for good.

@@ -314,14 +314,13 @@ listen = "127.0.0.1:{admin_port}"
             .into_inner())
     }
 
-    /// `grpc.health.v1.Health/Check` for service `""` on replica `i`'s admin API.
     /// Waits until replica `i` answers its gRPC health check (whatever the status).
     pub async fn wait_reachable(&self, i: usize, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             match self.grpc_health(i).await {
                 Ok(_) => return Ok(()),
-                Err(e) if tokio::time::Instant::now() >= deadline => {
+                Err(e) if Instant::now() >= deadline => {
                     return Err(e.context(format!("mediator replica {i} never answered health")));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -329,6 +328,7 @@ listen = "127.0.0.1:{admin_port}"
         }
     }
 
+    /// `grpc.health.v1.Health/Check` for service `""` on replica `i`'s admin API.
     pub async fn grpc_health(&self, i: usize) -> anyhow::Result<ServingStatus> {
         let node = self.nodes.get(i).context("no such replica")?;
         let channel = tonic::transport::Endpoint::from_shared(node.admin_endpoint())?
