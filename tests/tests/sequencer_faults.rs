@@ -1363,3 +1363,135 @@ async fn clock_jump_of_one_instance(logs: TestLogs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Issue 11 item 6: a member's stream starts strictly after its `registered_ts`, so an
+/// event sequenced at or below it is stored and acknowledged but never delivered. seq-1's
+/// clock runs 600 ms behind (within `ha.max-clock-skew`); a member registered through
+/// seq-0 is sent to at once through seq-1, whose clock would place the event before the
+/// registration. It must be delivered. Then a member registered further ahead of seq-1's
+/// clock than the skew bound: the send is refused (retryable, nothing stored) rather than
+/// dragging seq-1's time forward.
+#[test]
+fn event_to_a_member_registered_moments_earlier_is_delivered_item_6() -> anyhow::Result<()> {
+    run_serial(
+        "event_to_a_member_registered_moments_earlier_is_delivered_item_6",
+        registered_moments_earlier,
+    )
+}
+
+async fn registered_moments_earlier(logs: TestLogs) -> anyhow::Result<()> {
+    let db = PgCluster::shared()
+        .create_database("seq_fresh_member")
+        .await;
+    let url = db.url.clone();
+    let env = vec![
+        vec![],
+        vec![(
+            "SEQUENCER_FAULT_CLOCK_OFFSET_MS".to_string(),
+            "-600".to_string(),
+        )],
+    ];
+    let cluster = SequencerCluster::start_with_env(logs, db, 2, "", &env).await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let via1 = connect_member(&cluster, 1, &alice).await?;
+    let client = domain_e2e::checks::db_client(&url).await?;
+    for round in 0..3 {
+        // Registered through seq-0 (the cluster's admin calls go to the first instance).
+        let fresh = cluster
+            .add_member(MemberRole::Participant, &format!("fresh{round}"))
+            .await?;
+        let sent = via1
+            .send(
+                &format!("to-fresh-{round}"),
+                vec![envelope(b"welcome".to_vec(), &[&fresh.0])],
+                now_micros() + 10_000_000,
+            )
+            .await
+            .with_context(|| format!("round {round}: send to the fresh member through seq-1"))?;
+        let registered: i64 = client
+            .query_one(
+                "SELECT registered_ts FROM seq_members WHERE member = $1",
+                &[&fresh.0.to_string()],
+            )
+            .await?
+            .get(0);
+        ensure!(
+            sent.sequencing_timestamp_micros > registered,
+            "round {round}: the event got timestamp {} at or below the recipient's \
+             registered_ts {registered}: its stream starts after it, so it is never delivered",
+            sent.sequencing_timestamp_micros
+        );
+        let conn = connect_member(&cluster, 0, &fresh).await?;
+        let mut stream = conn.subscribe(0).await?;
+        let event = domain_e2e::checks::next_event(&mut stream, "fresh member's stream")
+            .await
+            .with_context(|| format!("round {round}: the event to the fresh member"))?;
+        ensure!(
+            event.timestamp_micros == sent.sequencing_timestamp_micros,
+            "round {round}: first event of the fresh member is at {}, the send was sequenced at {}",
+            event.timestamp_micros,
+            sent.sequencing_timestamp_micros
+        );
+    }
+
+    // A registration 5 s ahead of every clock (as if made by an instance whose clock is
+    // fast): refused with SEQ_REGISTERED_AHEAD, nothing stored, seq-1 keeps its time.
+    let ahead = SigningKeyPair::generate();
+    let ahead_id = MemberId::new(
+        MemberRole::Participant,
+        domain_identity::UniqueId::new("ahead", *ahead.fingerprint())?,
+    );
+    client
+        .execute(
+            "INSERT INTO seq_members (member, registered_ts) VALUES ($1, $2)",
+            &[&ahead_id.to_string(), &(now_micros() + 5_000_000)],
+        )
+        .await?;
+    let events_before: i64 = client
+        .query_one("SELECT count(*) FROM seq_events", &[])
+        .await?
+        .get(0);
+    match via1
+        .send(
+            "to-ahead",
+            vec![envelope(b"too early".to_vec(), &[&ahead_id])],
+            now_micros() + 10_000_000,
+        )
+        .await
+    {
+        Ok(r) => bail!(
+            "a send to a member registered 5 s ahead was sequenced at {} (time dragged forward)",
+            r.sequencing_timestamp_micros
+        ),
+        Err(e) => {
+            let text = format!("{e:#}");
+            ensure!(
+                text.contains("SEQ_REGISTERED_AHEAD"),
+                "expected SEQ_REGISTERED_AHEAD, got: {text}"
+            );
+        }
+    }
+    let events_after: i64 = client
+        .query_one("SELECT count(*) FROM seq_events", &[])
+        .await?
+        .get(0);
+    ensure!(
+        events_after == events_before,
+        "the refused send stored {} event(s)",
+        events_after - events_before
+    );
+    let sent_at = now_micros();
+    let normal = via1
+        .send(
+            "after-ahead",
+            vec![envelope(b"normal".to_vec(), &[&alice.0])],
+            sent_at + 10_000_000,
+        )
+        .await?;
+    ensure!(
+        normal.sequencing_timestamp_micros < sent_at + 2_000_000,
+        "seq-1's time moved forward: {} for a send at {sent_at}",
+        normal.sequencing_timestamp_micros
+    );
+    Ok(())
+}

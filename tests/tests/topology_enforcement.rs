@@ -432,3 +432,184 @@ async fn signed_topology_body(logs: TestLogs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Issue 11 item 7: the review's timeline. The change delay goes 10 s → 0; a disable
+/// (sequenced under the old delay) becomes effective *after* a later enable (sequenced
+/// under the new one). The highest effective serial wins for the sequencer and for every
+/// member. And every effective time the sequencer stores is the one a member computes
+/// from its stream (`TopologyState::add`), also for a transaction sequenced right behind a
+/// parameters change in the same submission, which the instance's topology cache cannot
+/// have loaded yet (review L1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_timeline_after_a_delay_decrease_item_7() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("topology_timeline_after_a_delay_decrease_item_7");
+    keep_logs_on_error(&logs, topology_timeline_body(logs.clone())).await
+}
+
+fn parameters(serial: u64, delay: Duration) -> TopologyTransaction {
+    TopologyTransaction {
+        serial,
+        operation: Operation::Replace,
+        mapping: Mapping::Parameters(DomainParameters {
+            topology_change_delay: delay,
+            ..DomainParameters::default()
+        }),
+    }
+}
+
+/// The topology state a member derives from its stream: every topology broadcast read
+/// from `stream` up to sequencer time `until`, added in stream order.
+async fn member_view(
+    cluster: &SequencerCluster,
+    stream: &mut tonic::Streaming<pb::SubscribeResponse>,
+    state: &mut domain_topology::TopologyState,
+    until: i64,
+) -> anyhow::Result<()> {
+    let domain = cluster.domain_id.to_string();
+    loop {
+        let event = next_event(stream, "observer stream").await?;
+        for delivered in &event.envelopes {
+            let Some(env) = &delivered.envelope else {
+                continue;
+            };
+            let Ok(pb::DomainMessage {
+                message: Some(pb::domain_message::Message::Topology(signed)),
+            }) = pb::DomainMessage::decode(env.content.as_ref())
+            else {
+                continue;
+            };
+            let tx = TopologyTransaction::from_signed(&signed, &domain)?;
+            state.add(event.timestamp_micros, tx);
+        }
+        if event.timestamp_micros >= until {
+            return Ok(());
+        }
+    }
+}
+
+async fn topology_timeline_body(logs: TestLogs) -> anyhow::Result<()> {
+    let database = PgCluster::shared().create_database("topo_timeline").await;
+    let cluster = SequencerCluster::start(logs, database.clone(), 2, "").await?;
+    let db = db_client(&database.url).await?;
+    let observer = cluster
+        .add_member(MemberRole::Participant, "observer")
+        .await?;
+    let obs = connect(&cluster, 0, &observer).await?;
+    let mut stream = obs.subscribe(0).await?;
+    // Topology through both instances in turn: each one's cache lags the other's commits.
+    let dom = [
+        connect(&cluster, 0, &domain_manager(&cluster)).await?,
+        connect(&cluster, 1, &domain_manager(&cluster)).await?,
+    ];
+    let p = new_participant("p")?;
+
+    // P allowlisted under the default delay, then the delay raised to 10 s.
+    let t = send_topology(
+        &cluster,
+        &dom[0],
+        &set_state(1, &p.0, Permission::Submission),
+    )
+    .await?;
+    sleep_until_micros(t + DEFAULT_DELAY_MICROS + 100_000).await;
+    let t = send_topology(&cluster, &dom[1], &parameters(2, Duration::from_secs(10))).await?;
+    sleep_until_micros(t + DEFAULT_DELAY_MICROS + 100_000).await;
+
+    // t0: delay → 0 (effective t0 + 10 s); t0 + 1 s: disable P (effective t0 + 11 s);
+    // t0 + 10.5 s: enable P, under the new delay effective at once.
+    let t0 = send_topology(&cluster, &dom[0], &parameters(3, Duration::ZERO)).await?;
+    sleep_until_micros(t0 + 1_000_000).await;
+    send_topology(&cluster, &dom[1], &set_state(4, &p.0, Permission::Disabled)).await?;
+    sleep_until_micros(t0 + 10_500_000).await;
+    let t_enable = send_topology(
+        &cluster,
+        &dom[0],
+        &set_state(5, &p.0, Permission::Submission),
+    )
+    .await?;
+    ensure!(
+        t_enable < t0 + 11_000_000,
+        "the enable was sequenced at t0 + {} µs, after the disable became effective: the box is \
+         too slow for this timeline",
+        t_enable - t0
+    );
+
+    // One submission: the delay → 2 s, then Q allowlisted. Q's transaction is sequenced at
+    // the instant the new delay takes effect, so members give it ts + 2 s.
+    let q = new_participant("q")?;
+    let both = vec![
+        topology_envelope(
+            parameters(6, Duration::from_secs(2)).sign(&cluster.domain_id, &cluster.domain_key),
+        ),
+        topology_envelope(
+            set_state(7, &q.0, Permission::Submission)
+                .sign(&cluster.domain_id, &cluster.domain_key),
+        ),
+    ];
+    let t_both = dom[1]
+        .send("topology-7", both, now_micros() + 60_000_000)
+        .await?
+        .sequencing_timestamp_micros;
+    sleep_until_micros(t0 + 11_500_000).await;
+
+    // Every member's view.
+    let mut view = domain_topology::TopologyState::new();
+    member_view(&cluster, &mut stream, &mut view, t_both).await?;
+    let now = now_micros();
+    let member_says = view
+        .participant_at(&p.0.to_string(), now)
+        .map(|a| a.permission);
+    ensure!(
+        member_says == Some(Permission::Submission),
+        "members must see P enabled (serial 5 is the highest effective serial), see {member_says:?}"
+    );
+    // The sequencer's view: P authenticates, sends and is enabled in seq_members.
+    let enabled: Option<bool> = db
+        .query_opt(
+            "SELECT enabled FROM seq_members WHERE member = $1",
+            &[&p.0.to_string()],
+        )
+        .await?
+        .map(|r| r.get(0));
+    ensure!(
+        enabled == Some(true),
+        "the sequencer must have P enabled, has {enabled:?}"
+    );
+    for i in 0..2 {
+        let via = connect(&cluster, i, &p).await?;
+        via.send(
+            &format!("p-after-{i}"),
+            vec![envelope(b"still here".to_vec(), &[&observer.0])],
+            now_micros() + 10_000_000,
+        )
+        .await?;
+    }
+
+    // Stored effective times against the members' computation.
+    let stored: Vec<(i64, i64)> = db
+        .query(
+            "SELECT serial, effective_ts FROM seq_topology ORDER BY serial",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let computed: Vec<(i64, i64)> = view
+        .entries()
+        .map(|e| (e.tx.serial as i64, e.effective_ts))
+        .collect();
+    ensure!(
+        stored == computed,
+        "seq_topology effective times differ from the members' computation:\n stored   {stored:?}\n \
+         computed {computed:?}"
+    );
+    let q_effective = stored.iter().find(|(s, _)| *s == 7).map(|(_, e)| *e);
+    ensure!(
+        q_effective == Some(t_both + 2_000_000),
+        "serial 7 was sequenced at {t_both} behind a delay change to 2 s in the same submission: \
+         effective must be {}, is {q_effective:?}",
+        t_both + 2_000_000
+    );
+    Ok(())
+}

@@ -56,6 +56,10 @@ pub enum SequencerError {
         "counter {counter} lies below the pruning bound; the oldest retained counter is {oldest}"
     )]
     EventsPruned { counter: i64, oldest: i64 },
+    #[error(
+        "the sender or a recipient was registered at {registered_ts}, further ahead of this instance's clock ({now}) than ha.max-clock-skew; retry later or through another instance"
+    )]
+    RegisteredAhead { registered_ts: i64, now: i64 },
     #[error("this sequencer instance is not online: {0}")]
     InstanceOffline(String),
     #[error("outcome unknown after a database failure; retry with the same message id")]
@@ -100,6 +104,7 @@ impl SequencerError {
             RegistrationRateLimited => "SEQ_REGISTRATION_RATE_LIMITED",
             SubscriberTooSlow { .. } => "SEQ_SUBSCRIBER_TOO_SLOW",
             EventsPruned { .. } => "SEQ_EVENTS_PRUNED",
+            RegisteredAhead { .. } => "SEQ_REGISTERED_AHEAD",
             InstanceOffline(_) => "SEQ_INSTANCE_OFFLINE",
             OutcomeUnknown => "SEQ_OUTCOME_UNKNOWN",
             TopologyInvalid(_) => "SEQ_TOPOLOGY_INVALID",
@@ -134,7 +139,9 @@ impl SequencerError {
             | RegistrationRateLimited
             | SubscriberTooSlow { .. } => Code::ResourceExhausted,
             EventsPruned { .. } => Code::OutOfRange,
-            InstanceOffline(_) | OutcomeUnknown | Database(_) => Code::Unavailable,
+            InstanceOffline(_) | OutcomeUnknown | RegisteredAhead { .. } | Database(_) => {
+                Code::Unavailable
+            }
             PruningBusy => Code::Aborted,
             Internal(_) => Code::Internal,
         }

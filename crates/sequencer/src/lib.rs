@@ -158,7 +158,6 @@ pub async fn run(
         key: key.clone(),
         peer_event_watermark: peer_rx,
         last_db_success: last_db_success.clone(),
-        topology: topology.clone(),
     };
     let writer_shutdown = CancellationToken::new();
     let writer_task = tokio::spawn(writer.run(rx, state_tx, writer_shutdown.clone()));
@@ -184,6 +183,7 @@ pub async fn run(
             read_page: config.reader.page_size,
             open_participant_access: config.access_mode == config::AccessMode::Open,
             open_registrations_per_second: config.auth.open_registrations_per_second,
+            max_clock_skew: config.ha.max_clock_skew,
             domain: domain_id.clone(),
         },
         pool.clone(),

@@ -46,6 +46,9 @@ pub struct ServiceSettings {
     pub domain: DomainId,
     /// Open-mode registrations admitted per second on this instance (also the burst).
     pub open_registrations_per_second: u32,
+    /// `ha.max-clock-skew`: how far a recipient's registration may lie ahead of this
+    /// instance's clock before a send to it is refused rather than followed.
+    pub max_clock_skew: Duration,
 }
 
 /// Token bucket bounding open-mode registrations on one instance: each one writes a
@@ -306,6 +309,11 @@ impl SequencerCore {
         let mut broadcast = false;
         let mut recipients = BTreeSet::new();
         recipients.insert(sender.id);
+        // A member's stream starts strictly after its `registered_ts`, so an event at or
+        // below it would be stored and acknowledged but never delivered to that member. A
+        // member registered a moment ago through an instance whose clock is ahead of ours
+        // is exactly that case: the writer places the event above every registration.
+        let mut not_before_ts = sender.registered_ts;
         for env in &sub.envelopes {
             if env.recipients.is_empty() && !env.broadcast {
                 return Err(SequencerError::Malformed(
@@ -322,6 +330,7 @@ impl SequencerCore {
                 if !row.enabled {
                     return Err(SequencerError::RecipientDisabled(r.clone()));
                 }
+                not_before_ts = not_before_ts.max(row.registered_ts);
                 recipients.insert(row.id);
             }
         }
@@ -343,6 +352,14 @@ impl SequencerCore {
                 now,
             });
         }
+        let skew = i64::try_from(self.settings.max_clock_skew.as_micros()).unwrap_or(i64::MAX);
+        if not_before_ts > now.saturating_add(skew) {
+            // Following it would drag this instance's timestamps forward (issue 11 item 5).
+            return Err(SequencerError::RegisteredAhead {
+                registered_ts: not_before_ts,
+                now,
+            });
+        }
         let sender_role = MemberId::parse(&sender.member)
             .map_err(|e| SequencerError::Internal(format!("stored member id invalid: {e}")))?
             .role();
@@ -358,7 +375,7 @@ impl SequencerCore {
             .map(|e| Sha256::digest(e.encode_to_vec()).to_vec())
             .collect();
         let (reply, _) = oneshot::channel();
-        Ok(Validated::New(Submission {
+        Ok(Validated::New(Box::new(Submission {
             sender_id: sender.id,
             sender: sender.member.clone(),
             message_id: sub.message_id,
@@ -372,17 +389,18 @@ impl SequencerCore {
             envelope_hashes,
             time_proof: sub.time_proof,
             max_sequencing_ts,
+            not_before_ts,
             topology,
             reply,
             enqueued: Instant::now(),
-        }))
+        })))
     }
 }
 
 /// What a valid send turns out to be.
 enum Validated {
     /// To be sequenced.
-    New(Submission),
+    New(Box<Submission>),
     /// Past its max sequencing time but sequenced before, at this timestamp.
     AlreadySequenced(i64),
 }
@@ -432,7 +450,7 @@ impl SequencerApi {
         let core = &self.0;
         let sender = core.authenticate(&req).await.map_err(reject)?;
         let mut submission = match core.validate(&sender, req.get_ref()).await {
-            Ok(Validated::New(s)) => s,
+            Ok(Validated::New(s)) => *s,
             Ok(Validated::AlreadySequenced(ts)) => {
                 metrics::counter!(m::SENDS, "outcome" => "deduplicated").increment(1);
                 return Ok(Response::new(pb::SendResponse {

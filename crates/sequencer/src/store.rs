@@ -319,6 +319,7 @@ pub async fn commit_batch(
     events: &[NewEvent],
     registrations: &[NewRegistration],
     watermark: i64,
+    domain_id: &str,
     faults: &FaultHooks,
 ) -> Result<BatchOutcome, StoreError> {
     let tx = client.transaction().await?;
@@ -380,18 +381,39 @@ pub async fn commit_batch(
                 }
             }
             tx.execute(&stmts.recipients, &[&rm, &rt]).await?;
-            let mut any_topology = false;
-            for row in new.iter().flat_map(|e| e.topology.iter()) {
-                any_topology = true;
-                // A serial seen before (a replayed transaction under a new
-                // message id) is ignored, as every member ignores it.
+            // Effective times by the members' computation (`TopologyState::add`): the
+            // change delay in force at the sequencing time, from the topology stored now
+            // (this transaction's snapshot, not a cache that may not have reloaded yet) and
+            // the transactions before it in this batch, in stream order. Only the domain
+            // manager sends topology, one submission at a time, so every transaction
+            // sequenced before this one has committed and is visible here.
+            let mut rows: Vec<(i64, usize, &crate::topology::TopologyRow)> = new
+                .iter()
+                .flat_map(|e| e.topology.iter().enumerate().map(|(i, r)| (e.ts, i, r)))
+                .collect();
+            rows.sort_by_key(|(ts, i, _)| (*ts, *i));
+            let mut state = if rows.is_empty() {
+                None
+            } else {
+                Some(crate::topology::load_state(&tx, domain_id).await?)
+            };
+            let any_topology = !rows.is_empty();
+            for (_, _, row) in rows {
+                let Some(effective_ts) = state
+                    .as_mut()
+                    .and_then(|s| s.add(row.sequenced_ts, row.tx.clone()))
+                else {
+                    // A serial seen before (a replayed transaction under a new
+                    // message id) is ignored, as every member ignores it.
+                    continue;
+                };
                 tx.execute(
                     "INSERT INTO seq_topology (serial, sequenced_ts, effective_ts, kind, operation, member, permission, signed)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (serial) DO NOTHING",
                     &[
                         &row.serial,
                         &row.sequenced_ts,
-                        &row.effective_ts,
+                        &effective_ts,
                         &row.kind,
                         &row.operation,
                         &row.member,
@@ -441,7 +463,13 @@ pub async fn commit_batch(
     if let Some(delay) = faults.delay_before_commit {
         tokio::time::sleep(delay).await;
     }
-    let kind = if events.is_empty() { "h" } else { "e" };
+    // A registration is announced like an event: peers overtake its timestamp at once,
+    // so their next events to the new member land above its `registered_ts`.
+    let kind = if events.is_empty() && registrations.is_empty() {
+        "h"
+    } else {
+        "e"
+    };
     let updated = tx
         .query(&stmts.watermark, &[&watermark, &index, &owner.0, &kind])
         .await?;

@@ -26,12 +26,14 @@ pub struct PendingTopology {
     pub signed: Vec<u8>,
 }
 
-/// Row to insert into `seq_topology` inside the writer batch.
+/// Row to insert into `seq_topology` inside the writer batch. Its effective time is
+/// computed in that batch's transaction (`store::commit_batch`), from the topology
+/// stored at that moment and the transactions before it in the batch.
 #[derive(Debug, Clone)]
 pub struct TopologyRow {
     pub serial: i64,
     pub sequenced_ts: i64,
-    pub effective_ts: i64,
+    pub tx: TopologyTransaction,
     pub kind: &'static str,
     pub operation: &'static str,
     pub member: Option<String>,
@@ -40,7 +42,7 @@ pub struct TopologyRow {
 }
 
 impl TopologyRow {
-    pub fn new(p: &PendingTopology, sequenced_ts: i64, effective_ts: i64) -> Self {
+    pub fn new(p: &PendingTopology, sequenced_ts: i64) -> Self {
         let permission = match &p.tx.mapping {
             Mapping::Participant { permission, .. } => Some(permission.as_str()),
             _ => None,
@@ -48,7 +50,7 @@ impl TopologyRow {
         Self {
             serial: i64::try_from(p.tx.serial).unwrap_or(i64::MAX),
             sequenced_ts,
-            effective_ts,
+            tx: p.tx.clone(),
             kind: p.tx.mapping.kind(),
             operation: match p.tx.operation {
                 Operation::Replace => "replace",
@@ -109,6 +111,32 @@ pub fn validate_submission(
     Ok(out)
 }
 
+/// The sequenced topology as stored in `seq_topology`, read through `client` (inside a
+/// batch transaction, it sees what that transaction sees).
+pub async fn load_state(
+    client: &impl tokio_postgres::GenericClient,
+    domain_id: &str,
+) -> Result<TopologyState, StoreError> {
+    let mut state = TopologyState::new();
+    for (sequenced_ts, effective_ts, signed) in store::load_topology(client).await? {
+        // Verified before it was sequenced; decode without re-verifying.
+        let decoded = pb::SignedTopologyTransaction::decode(signed.as_slice())
+            .ok()
+            .and_then(|s| pb::TopologyTransaction::decode(s.transaction.as_slice()).ok())
+            .and_then(|t| TopologyTransaction::from_proto(&t, domain_id).ok());
+        let Some(tx) = decoded else {
+            tracing::error!(sequenced_ts, "stored topology transaction does not decode");
+            continue;
+        };
+        state.insert(SequencedTopology {
+            sequenced_ts,
+            effective_ts,
+            tx,
+        });
+    }
+    Ok(state)
+}
+
 /// This instance's copy of the sequenced topology, reloaded on notification.
 pub struct TopologyCache {
     state: RwLock<TopologyState>,
@@ -131,26 +159,10 @@ impl TopologyCache {
         client: &impl tokio_postgres::GenericClient,
         domain_id: &str,
     ) -> Result<(), StoreError> {
-        let rows = store::load_topology(client).await?;
-        let mut state = TopologyState::new();
-        let mut has_parameters = false;
-        for (sequenced_ts, effective_ts, signed) in rows {
-            // Verified before it was sequenced; decode without re-verifying.
-            let decoded = pb::SignedTopologyTransaction::decode(signed.as_slice())
-                .ok()
-                .and_then(|s| pb::TopologyTransaction::decode(s.transaction.as_slice()).ok())
-                .and_then(|t| TopologyTransaction::from_proto(&t, domain_id).ok());
-            let Some(tx) = decoded else {
-                tracing::error!(sequenced_ts, "stored topology transaction does not decode");
-                continue;
-            };
-            has_parameters |= matches!(tx.mapping, Mapping::Parameters(_));
-            state.insert(SequencedTopology {
-                sequenced_ts,
-                effective_ts,
-                tx,
-            });
-        }
+        let state = load_state(client, domain_id).await?;
+        let has_parameters = state
+            .entries()
+            .any(|e| matches!(e.tx.mapping, Mapping::Parameters(_)));
         *self
             .state
             .write()

@@ -18,7 +18,7 @@ use crate::store::{
     self, FaultHooks, NewEvent, NewRegistration, StoreError, WriterStatements, uuid_like::Owner,
 };
 use crate::timestamp::{PartitionedTimestampGenerator, now_micros};
-use crate::topology::{PendingTopology, TopologyCache, TopologyRow};
+use crate::topology::{PendingTopology, TopologyRow};
 
 /// A validated submission waiting to be sequenced.
 pub struct Submission {
@@ -31,6 +31,9 @@ pub struct Submission {
     pub envelope_hashes: Vec<Vec<u8>>,
     pub time_proof: bool,
     pub max_sequencing_ts: i64,
+    /// Exclusive lower bound of the event's timestamp: the highest `registered_ts` of
+    /// the sender and the named recipients (a member's stream starts strictly after it).
+    pub not_before_ts: i64,
     /// The sender's validated `traceparent` (see [`crate::service::accepted_trace_context`]).
     pub trace_context: Option<String>,
     /// Verified topology transactions (domain manager submissions only).
@@ -137,8 +140,6 @@ pub struct Writer {
     /// Highest watermark another instance announced with an event batch.
     pub peer_event_watermark: watch::Receiver<i64>,
     pub last_db_success: Arc<std::sync::atomic::AtomicI64>,
-    /// Topology in force, for the change delay of sequenced topology transactions.
-    pub topology: Arc<TopologyCache>,
 }
 
 pub fn channel(
@@ -336,11 +337,13 @@ impl Writer {
         let mut expired: Vec<(Submission, i64)> = Vec::new();
         let mut first = true;
         for cmd in batch {
-            let ts = if first {
-                generator.next_above(now, peer)
-            } else {
-                generator.next(now)
+            let floor = match &cmd {
+                WriteCommand::Submit(sub) => sub.not_before_ts,
+                WriteCommand::Register { .. } => i64::MIN,
             };
+            // The first timestamp overtakes the peers' event batches (readers wait for
+            // min(watermarks)); every event lies above its members' registrations.
+            let ts = generator.next_above(now, if first { peer.max(floor) } else { floor });
             first = false;
             match cmd {
                 WriteCommand::Register {
@@ -396,16 +399,12 @@ impl Writer {
                         signature: signature.to_bytes().to_vec(),
                         max_sequencing_ts: sub.max_sequencing_ts,
                         trace_context: sub.trace_context.clone(),
+                        // The effective time is computed inside the batch transaction
+                        // from the stored topology (`store::commit_batch`).
                         topology: sub
                             .topology
                             .iter()
-                            .map(|p| {
-                                TopologyRow::new(
-                                    p,
-                                    ts,
-                                    ts.saturating_add(self.topology.delay_micros_at(ts)),
-                                )
-                            })
+                            .map(|p| TopologyRow::new(p, ts))
                             .collect(),
                     });
                     pending.push((sub, ts));
@@ -428,6 +427,7 @@ impl Writer {
                 &events,
                 &registrations,
                 watermark,
+                &self.domain_id,
                 &self.settings.faults,
             ),
         )
