@@ -10,6 +10,9 @@
 //! 3. split brain: the active is SIGSTOPped past its lease, the other takes over,
 //!    the old one resumes, demotes itself, and no row carries its stale epoch;
 //! 4. bad CLI input: clear errors, non-zero exit codes, nothing changed.
+//! 5. a topology send whose reply is lost, with no reply for longer than its max
+//!    sequencing time (issue 11 item 14): sequenced once, and the domain manager records
+//!    the timestamp members see.
 
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -620,5 +623,174 @@ async fn bad_cli_body(logs: TestLogs) -> anyhow::Result<()> {
         "bad input changed topology: {before:?} -> {:?}",
         counts().await?
     );
+    Ok(())
+}
+
+/// Issue 11 item 14: the reply to a topology send is lost after the sequencer committed
+/// it, and the domain manager hears nothing back for longer than the send's max
+/// sequencing time (its replies keep being dropped until the sequencer has even pruned
+/// the deduplication row). The change must be sequenced exactly once, and the domain
+/// manager must record the timestamp members see (the sequencer's event and its topology
+/// table), not that of a second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_14_resend_after_deadline_is_sequenced_once() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("item_14_resend_after_deadline_is_sequenced_once");
+    keep_logs_on_error(&logs, resend_after_deadline_body(logs.clone())).await
+}
+
+async fn resend_after_deadline_body(logs: TestLogs) -> anyhow::Result<()> {
+    let seq_database = PgCluster::shared().create_database("dm_resend_seq").await;
+    let dm_database = PgCluster::shared().create_database("dm_resend_dm").await;
+    // Short windows so the outage can outlast them quickly: submissions without a max
+    // sequencing time get 2 s, and expired deduplication rows are pruned within a second.
+    let cluster = SequencerCluster::start(
+        logs.clone(),
+        seq_database,
+        1,
+        "[writer]\ndefault-max-sequencing = \"2s\"\n\n[pruning]\ninterval = \"1s\"\nretention = \"0s\"\n",
+    )
+    .await?;
+    let dms = DomainManagers::start(
+        &cluster,
+        dm_database,
+        1,
+        "send-deadline = \"2s\"\nmax-sequencing-window = \"2s\"\nretry-interval = \"500ms\"",
+    )
+    .await?;
+    let dm_db = db_client(&dms.database.url).await?;
+    let seq_db = db_client(&cluster.database.url).await?;
+    // A member that reads nothing holds the pruning bound below every later event, so
+    // the domain manager's stream keeps them (its own acknowledgements do not count: the
+    // sequencer does not wait for the domain manager). Deduplication rows are pruned
+    // regardless, once past their max sequencing time.
+    cluster
+        .add_member(domain_identity::MemberRole::Participant, "laggard")
+        .await?;
+    let p = new_participant("grace")?;
+    let pid = p.0.to_string();
+
+    // Every reply is lost from now on: the write fails, its row stays pending.
+    let drop_file = dms.drop_reply_file(0);
+    std::fs::write(&drop_file, b"drop")?;
+    let out = set_state_once(&dms.endpoints(), &pid, "submission").await?;
+    ensure!(
+        !out.status.success(),
+        "the write succeeded although its reply was dropped: {}",
+        text(&out)
+    );
+    let serial: i64 = dm_db
+        .query_one(
+            "SELECT serial FROM dm_topology WHERE mapping_key = $1",
+            &[&format!("participant/{pid}")],
+        )
+        .await?
+        .get(0);
+    let message_id = format!("topology-{serial}");
+    let copies = async || -> anyhow::Result<Vec<i64>> {
+        Ok(seq_db
+            .query(
+                "SELECT ts FROM seq_events WHERE message_id = $1 OR message_id LIKE $2 \
+                 ORDER BY ts",
+                &[&message_id, &format!("{message_id}-%")],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    };
+    let started = Instant::now();
+    while copies().await?.is_empty() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "{message_id} was never sequenced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = copies().await?[0];
+    println!("{message_id} sequenced at {first}; its replies are dropped");
+
+    // No reply for longer than the max sequencing time, until the sequencer has pruned
+    // the deduplication row (at most 20 s: a row that keeps being replaced by new copies
+    // never goes).
+    let dropped_since = Instant::now();
+    loop {
+        let dedup: i64 = seq_db
+            .query_one(
+                "SELECT count(*) FROM seq_dedup WHERE message_id = $1",
+                &[&message_id],
+            )
+            .await?
+            .get(0);
+        if dedup == 0 && dropped_since.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        if dropped_since.elapsed() > Duration::from_secs(20) {
+            println!("the deduplication row of {message_id} was still there after 20 s");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::remove_file(&drop_file)?;
+    let outage = dropped_since.elapsed();
+
+    // The domain manager settles the row.
+    let settled = Instant::now();
+    let recorded: i64 = loop {
+        let row = dm_db
+            .query_one(
+                "SELECT state, sequenced_ts FROM dm_topology WHERE serial = $1",
+                &[&serial],
+            )
+            .await?;
+        if row.get::<_, String>(0) == "sequenced" {
+            break row.get(1);
+        }
+        ensure!(
+            settled.elapsed() < Duration::from_secs(20),
+            "row {serial} still pending 20 s after the replies came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let all = copies().await?;
+    let members: i64 = seq_db
+        .query_one(
+            "SELECT sequenced_ts FROM seq_topology WHERE serial = $1",
+            &[&serial],
+        )
+        .await?
+        .get(0);
+    println!(
+        "replies dropped for {:.1} s; {message_id} sequenced {} time(s) at {all:?}; the domain \
+         manager recorded {recorded}, members see {members}",
+        outage.as_secs_f64(),
+        all.len()
+    );
+    ensure!(
+        all.len() == 1,
+        "{message_id} was sequenced {} times: {all:?}",
+        all.len()
+    );
+    ensure!(
+        recorded == all[0] && members == all[0],
+        "the domain manager recorded {recorded}, the event is at {}, members see {members}",
+        all[0]
+    );
+    // The refusal path was the one taken: the replies stayed dropped until the
+    // deduplication row was pruned, so only the own event stream could settle it.
+    ensure!(
+        dms.nodes[0]
+            .process
+            .as_ref()
+            .context("dm-0 process")?
+            .read_log()
+            .contains("sequenced before its reply was lost"),
+        "the domain manager did not settle {message_id} from its own event stream"
+    );
+
+    // The next write goes through normally.
+    let q = new_participant("heidi")?;
+    let out = set_state_once(&dms.endpoints(), &q.0.to_string(), "submission").await?;
+    ensure!(out.status.success(), "the next write: {}", text(&out));
     Ok(())
 }

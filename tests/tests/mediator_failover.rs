@@ -4,6 +4,9 @@
 //! and every request still gets exactly one verdict, the one the protocol
 //! prescribes, sequenced once (the sequencer's record) and seen once by every
 //! participant. The killed replica comes back as the passive one.
+//!
+//! Also (issue 11 item 8): the active replica SIGSTOPped while it holds a fenced
+//! transaction open; the standby still takes over within 3 s.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -351,5 +354,194 @@ async fn failover_body(logs: TestLogs) -> anyhow::Result<()> {
         "graceful handover: SIGTERM to ready elsewhere in {:.0} ms (stop included)",
         handover.as_secs_f64() * 1000.0
     );
+    Ok(())
+}
+
+/// Issue 11 item 8: the active replica is paused (SIGSTOP) while it holds a fenced
+/// transaction open (fault hook: it stops between its writes and the commit). The paused
+/// transaction must not block the standby's takeover: the standby ends it once the lease
+/// expired and is ready within [`TAKEOVER_LIMIT`] of the pause, and every request still
+/// gets exactly one verdict, sequenced once. The paused replica, resumed, stays passive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_8_active_paused_inside_fenced_transaction() -> anyhow::Result<()> {
+    let logs = TestLogs::new("item_8_active_paused_inside_fenced_transaction");
+    keep_logs_on_error(&logs, paused_in_transaction_body(logs.clone())).await
+}
+
+async fn paused_in_transaction_body(logs: TestLogs) -> anyhow::Result<()> {
+    const N: usize = 40;
+    /// Requests answered before the hold.
+    const BEFORE: usize = 10;
+    let mut d = MediatorDomain::start(
+        logs,
+        "med_paused_tx",
+        2,
+        &[
+            ("alice", Permission::Submission),
+            ("bob", Permission::Submission),
+        ],
+        Duration::from_secs(8),
+    )
+    .await?;
+    let active = d.wait_active(Duration::from_secs(5)).await?;
+    let passive = 1 - active;
+    let before = d.status(active).await?;
+
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let (submitter, _) = parties(i);
+        ids.push(
+            d.request(submitter, &["alice", "bob"], &["alice", "bob"], &root(i))
+                .await?,
+        );
+    }
+    futures::stream::iter(0..BEFORE)
+        .map(|i| respond(&d, i, ids[i]))
+        .buffer_unordered(8)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let decided_before: Vec<i64> = (0..BEFORE)
+        .filter(|i| kind(*i) != Kind::Silent)
+        .map(|i| ids[i])
+        .collect();
+    d.wait_verdicts("alice", &decided_before, Duration::from_secs(20))
+        .await?;
+
+    // The next batch the active persists stays open after its writes; the responses of
+    // request BEFORE make one.
+    let hold = d.hold_file(active);
+    std::fs::write(&hold, b"hold")?;
+    respond(&d, BEFORE, ids[BEFORE]).await?;
+    let med_db = db_client(&d.med_db.url).await?;
+    d.nodes[active]
+        .process
+        .as_ref()
+        .context("active replica process")?
+        .wait_for_log(
+            "fault injection: holding a fenced transaction open",
+            Duration::from_secs(15),
+        )
+        .await?;
+    // Its session has written and sits idle inside the transaction.
+    let held_since = Instant::now();
+    let held_pid: i32 = loop {
+        let row = med_db
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                 AND state = 'idle in transaction' AND backend_xid IS NOT NULL \
+                 AND state_change < clock_timestamp() - interval '100 milliseconds'",
+                &[],
+            )
+            .await?;
+        if let Some(row) = row {
+            break row.get(0);
+        }
+        ensure!(
+            held_since.elapsed() < Duration::from_secs(5),
+            "the active replica's held transaction is not idle in pg_stat_activity"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut victim = d.nodes[active]
+        .process
+        .take()
+        .context("active replica process")?;
+    victim.pause()?;
+    let paused = Instant::now();
+    println!(
+        "SIGSTOPped mediator-{active} while its session {held_pid} holds a fenced transaction open"
+    );
+
+    // Responses for the rest flow meanwhile; the standby must take over on time.
+    let responder = async {
+        futures::stream::iter(BEFORE + 1..N)
+            .map(|i| respond(&d, i, ids[i]))
+            .buffer_unordered(8)
+            .try_collect::<Vec<()>>()
+            .await
+    };
+    let takeover = async {
+        let limit = Duration::from_secs(10);
+        while !d.is_ready(passive).await {
+            ensure!(
+                paused.elapsed() < limit,
+                "the standby mediator-{passive} did not take over within {limit:?} of the pause \
+                 (the paused replica's open fenced transaction blocks it)"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok::<_, anyhow::Error>(paused.elapsed())
+    };
+    let (responses, takeover) = tokio::join!(responder, takeover);
+    responses?;
+    let takeover = takeover?;
+    println!(
+        "takeover: mediator-{passive} ready {:.0} ms after the SIGSTOP (limit {:.0} ms)",
+        takeover.as_secs_f64() * 1000.0,
+        TAKEOVER_LIMIT.as_secs_f64() * 1000.0
+    );
+    ensure!(takeover <= TAKEOVER_LIMIT, "takeover took {takeover:?}");
+    let alive: i64 = med_db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&held_pid],
+        )
+        .await?
+        .get(0);
+    ensure!(
+        alive == 0,
+        "the paused replica's held session survived the takeover"
+    );
+
+    d.wait_verdicts("alice", &ids, Duration::from_secs(30))
+        .await?;
+    d.wait_verdicts("bob", &ids, Duration::from_secs(10))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The paused replica resumes, finds its transaction gone and stays passive.
+    victim.resume()?;
+    std::fs::remove_file(&hold)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ensure!(
+        !d.status(active).await?.active,
+        "the resumed replica acts as active"
+    );
+    ensure!(d.is_ready(passive).await, "the successor must stay ready");
+
+    // Exactly one verdict per request, everywhere, and the prescribed one.
+    let alice = d.exactly_one_each("alice", &ids)?;
+    let bob = d.exactly_one_each("bob", &ids)?;
+    for (i, id) in ids.iter().enumerate() {
+        let (_, other) = parties(i);
+        let expected = match kind(i) {
+            Kind::Approve => Expected::Approved,
+            Kind::Reject => Expected::Rejected {
+                participant: d.id(other),
+                reason: format!("no-{i}"),
+            },
+            Kind::Silent => Expected::TimedOut {
+                missing: vec![d.id(other)],
+            },
+        };
+        check_outcome(&alice[id].verdict, &expected)?;
+        ensure!(alice[id].verdict == bob[id].verdict && alice[id].ts == bob[id].ts);
+    }
+    let db = d.sequenced_verdicts().await?;
+    ensure!(
+        db.len() == N,
+        "{} verdict message ids sequenced, expected {N}",
+        db.len()
+    );
+    ensure!(
+        db.values().all(|n| *n == 1),
+        "a verdict was sequenced twice: {db:?}"
+    );
+    let after = d.status(passive).await?;
+    ensure!(
+        after.active && after.lease_epoch > before.lease_epoch,
+        "successor status {after:?}, predecessor {before:?}"
+    );
+    victim.kill()?;
     Ok(())
 }

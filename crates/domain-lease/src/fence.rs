@@ -10,9 +10,39 @@ use crate::LeaseError;
 /// lock every takeover takes first, so a takeover waits until the checking transaction
 /// ends; it does not conflict with the active's own renewals (a plain `UPDATE` of a
 /// non-key column), so fenced writes never delay or starve them.
-const FENCE_SQL: &str = "SELECT epoch FROM leases \
+///
+/// A check that passes also tags the session, for the rest of the transaction only
+/// (`set_config(.., true)` is `SET LOCAL`), with [`fence_tag`] as its `application_name`,
+/// which every session can see in `pg_stat_activity`: that is how a contender finds the
+/// transactions of an expired holder that still hold the row lock (a holder paused
+/// inside one would otherwise block the takeover for as long as the pause lasts) and
+/// ends them. The CTE makes the tag apply only to a row that was actually locked.
+const FENCE_SQL: &str = "WITH held AS (SELECT epoch FROM leases \
      WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > clock_timestamp() \
-     FOR KEY SHARE";
+     FOR KEY SHARE) \
+     SELECT epoch, set_config('application_name', $4, true) FROM held";
+
+/// Longest `application_name` PostgreSQL keeps (`NAMEDATALEN - 1` bytes); longer values
+/// are truncated, so a tag must fit.
+const MAX_TAG_BYTES: usize = 63;
+
+/// The `application_name` a fenced transaction of lease `name` at `epoch` carries while it
+/// is open: `lease-fence:<epoch>:<name>`, or `lease-fence:<epoch>:#<hash of name>` when
+/// the name is not printable ASCII or the tag would not fit in 63 bytes (PostgreSQL
+/// rewrites other characters and truncates longer values, and the contender must match
+/// the tag exactly). The hash is a fixed FNV-1a, the same in every build.
+pub(crate) fn fence_tag(name: &str, epoch: i64) -> String {
+    let plain = format!("lease-fence:{epoch}:{name}");
+    if plain.len() <= MAX_TAG_BYTES && name.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return plain;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("lease-fence:{epoch}:#{hash:016x}")
+}
 
 /// A fencing token: proof that lease `name` was held by `holder` at `epoch`.
 ///
@@ -40,11 +70,18 @@ impl Fence {
     /// for `tx` to end. Call it as the first statement of the transaction. The lock does
     /// not block the active's renewals.
     ///
+    /// While `tx` is open, the session's `application_name` reads
+    /// `lease-fence:<epoch>:<name>`: once the lease has expired by the database clock, a
+    /// standby taking over terminates the sessions so tagged (a paused holder must not
+    /// hold up the failover), so `tx` then fails instead of committing. Keep fenced
+    /// transactions well shorter than the lease `ttl`.
+    ///
     /// Returns [`LeaseError::Fenced`] when the lease is not held at this epoch (expired,
     /// released or taken over); roll back and stop acting as active. Under
     /// `REPEATABLE READ` or `SERIALIZABLE`, a concurrent takeover may instead surface as a
     /// serialization failure ([`LeaseError::Postgres`]); either way nothing is written.
     pub async fn check(&self, tx: &Transaction<'_>) -> Result<(), LeaseError> {
+        let tag = fence_tag(&self.name, self.epoch);
         let row = tx
             .query_typed_opt(
                 FENCE_SQL,
@@ -52,6 +89,7 @@ impl Fence {
                     (&self.name, Type::TEXT),
                     (&self.holder, Type::TEXT),
                     (&self.epoch, Type::INT8),
+                    (&tag, Type::TEXT),
                 ],
             )
             .await?;
@@ -110,4 +148,29 @@ where
     let value = body(&tx).await?;
     tx.commit().await.map_err(LeaseError::from)?;
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fence_tags_fit_and_stay_distinct() {
+        assert_eq!(fence_tag("mediator", 7), "lease-fence:7:mediator");
+        assert_eq!(
+            fence_tag("domain-manager", i64::MAX),
+            "lease-fence:9223372036854775807:domain-manager"
+        );
+        for name in ["médiateur", "a\nb", &"x".repeat(60)] {
+            let tag = fence_tag(name, i64::MAX);
+            assert!(tag.len() <= MAX_TAG_BYTES, "{tag}");
+            assert!(tag.bytes().all(|b| (0x20..0x7f).contains(&b)), "{tag}");
+            assert!(
+                tag.starts_with("lease-fence:9223372036854775807:#"),
+                "{tag}"
+            );
+        }
+        assert_ne!(fence_tag(&"x".repeat(60), 1), fence_tag(&"y".repeat(60), 1));
+        assert_ne!(fence_tag("mediator", 1), fence_tag("mediator", 2));
+    }
 }

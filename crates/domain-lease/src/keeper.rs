@@ -8,6 +8,7 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::generate_holder;
+use crate::fence::fence_tag;
 use crate::metrics as names;
 use crate::{Fence, LeaseConfig, LeaseError};
 
@@ -19,6 +20,22 @@ const OBSERVE_SQL: &str = "SELECT holder, holder_address, epoch, expires_at > cl
 /// which waits for every fenced transaction holding it `FOR KEY SHARE`. A plain upsert
 /// would only take `FOR NO KEY UPDATE`, which does not conflict with those.
 const LOCK_SQL: &str = "SELECT epoch FROM leases WHERE name = $1 FOR UPDATE";
+
+/// Ends the transactions of an expired term that still hold the lease row: every session
+/// whose `application_name` is the fence tag of `epoch` (set, transaction-locally, by a
+/// passed [`Fence::check`]), provided the row is still at `epoch` and expired by the
+/// database clock. Such a transaction passed its check before the expiry, so it started
+/// before it and so did its backend; requiring both (`xact_start`, `backend_start` before
+/// `expires_at`) keeps any later session out, a reused pid included. Terminating it rolls
+/// it back (nothing it wrote commits) and releases its `FOR KEY SHARE` lock, which would
+/// otherwise hold the takeover's `FOR UPDATE` for as long as the holder is paused.
+/// Needs the same database role as the holder (or `pg_signal_backend` and
+/// `pg_read_all_stats`); otherwise nothing matches and the takeover waits as before.
+const TERMINATE_SQL: &str = "SELECT a.pid, pg_terminate_backend(a.pid) \
+     FROM leases l JOIN pg_stat_activity a ON a.application_name = $3 \
+     WHERE l.name = $1 AND l.epoch = $2 AND l.expires_at <= clock_timestamp() \
+       AND a.datname = current_database() AND a.pid <> pg_backend_pid() \
+       AND a.xact_start < l.expires_at AND a.backend_start < l.expires_at";
 
 /// Takes the lease if the row is absent, expired, or already ours; every acquisition
 /// starts a new epoch (a fresh row starts at 1). The WHERE clause is evaluated on the
@@ -467,6 +484,10 @@ impl LeaseKeeper {
                         epoch: seen_epoch,
                     }));
                 }
+                if !live {
+                    self.end_expired_transactions(client, seen_epoch, &holder)
+                        .await?;
+                }
             }
             let lock = client.prepare_cached(LOCK_SQL).await?;
             let acquire = client.prepare_cached(ACQUIRE_SQL).await?;
@@ -498,6 +519,40 @@ impl LeaseKeeper {
             })
         })
         .await
+    }
+
+    /// Terminates the sessions still inside a fenced transaction of the expired term
+    /// `epoch` (see [`TERMINATE_SQL`]), so the acquisition that follows does not wait for
+    /// them. A no-op when there are none (the holder crashed or released).
+    async fn end_expired_transactions(
+        &self,
+        client: &mut ClientWrapper,
+        epoch: i64,
+        holder: &str,
+    ) -> Result<(), tokio_postgres::Error> {
+        let terminate = client.prepare_cached(TERMINATE_SQL).await?;
+        let tag = fence_tag(&self.config.name, epoch);
+        let rows = client
+            .query(&terminate, &[&self.config.name, &epoch, &tag])
+            .await?;
+        let pids: Vec<i32> = rows
+            .iter()
+            .filter(|r| r.try_get::<_, bool>(1).unwrap_or(false))
+            .filter_map(|r| r.try_get(0).ok())
+            .collect();
+        if !pids.is_empty() {
+            metrics::counter!(names::TERMINATED, "lease" => self.config.name.clone())
+                .increment(pids.len() as u64);
+            tracing::warn!(
+                lease = %self.config.name,
+                expired_holder = holder,
+                epoch,
+                ?pids,
+                "terminated database sessions still inside fenced transactions of an expired \
+                 lease (holder paused or cut off mid-transaction); they roll back"
+            );
+        }
+        Ok(())
     }
 
     /// Extends the lease at `epoch`; `Ok(false)` when it is no longer ours. Gives up at

@@ -31,7 +31,9 @@
 //!   transaction that locks the row `SELECT ... FOR UPDATE` (waiting for fenced
 //!   transactions in flight, see below) and then a conditional upsert that takes the row
 //!   only under that same condition, evaluated on the locked latest version, so one
-//!   contender wins. Every acquisition sets `epoch = epoch + 1` (a new row starts at 1),
+//!   contender wins. Before locking an expired row it ends the expired holder's fenced
+//!   transactions still open (see *A holder paused inside a fenced transaction* below).
+//!   Every acquisition sets `epoch = epoch + 1` (a new row starts at 1),
 //!   including a re-acquisition by the same holder after it lost the lease.
 //! - **Renew** (the active, every `renew-interval`):
 //!   `UPDATE leases SET expires_at = clock_timestamp() + ttl WHERE name AND holder AND epoch
@@ -96,8 +98,20 @@
 //! explicit `FOR UPDATE`, which is all fencing needs. Takeovers cannot be starved the same
 //! way: once the lease has expired, new fence checks match no row and take no lock.
 //!
-//! Keep fenced transactions short anyway: a takeover waits for every fenced transaction
-//! that passed its check, so a long one delays the failover by its duration.
+//! **A holder paused inside a fenced transaction.** A takeover waits for every fenced
+//! transaction that passed its check. If the holder is paused (`SIGSTOP`, VM pause) or
+//! cut off while one is open, PostgreSQL keeps that transaction and its lock for as long
+//! as the pause lasts (a stopped process's kernel still answers TCP keepalives). So a
+//! passing check also tags its session, for that transaction only, with the
+//! `application_name` `lease-fence:<epoch>:<name>`, and a contender that finds the lease
+//! expired by the database clock first terminates (`pg_terminate_backend`) every session
+//! of this database so tagged with the expired epoch whose transaction and backend
+//! started before the expiry, then locks the row. Those transactions roll back: the
+//! paused holder's write is rejected, as if its check had come after the takeover. This
+//! needs contenders and holder to connect as the same database role (or the contender to
+//! have `pg_signal_backend` and `pg_read_all_stats`); otherwise the takeover waits for
+//! the transaction to end, as it did before. A fenced transaction that is merely slow is
+//! terminated the same way once the lease expired, so keep them well shorter than `ttl`.
 //!
 //! # Use
 //!
@@ -141,6 +155,7 @@
 //! | `lease_takeovers_total` | counter | acquisitions by this process (each a new epoch) |
 //! | `lease_losses_total` | counter | times this process stopped being active without releasing (deadline passed, renewal failed or timed out, lease taken) |
 //! | `lease_epoch` | gauge | the lease's epoch as last seen by this process |
+//! | `lease_expired_transactions_terminated_total` | counter | sessions this process terminated, when taking over, because they were still inside a fenced transaction of the expired lease |
 //!
 //! # Limits
 //!

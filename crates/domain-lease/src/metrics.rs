@@ -11,6 +11,10 @@ pub const TAKEOVERS: &str = "lease_takeovers_total";
 /// Counter: times this process stopped being active without releasing the lease itself
 /// (local deadline passed, renewal failed, timed out or found the lease taken).
 pub const LOSSES: &str = "lease_losses_total";
+/// Counter: database sessions this process terminated because they were still inside a
+/// fenced transaction of an expired lease (of a paused or cut-off holder) when it tried
+/// to take the lease over.
+pub const TERMINATED: &str = "lease_expired_transactions_terminated_total";
 /// Gauge: the lease's current epoch as last seen by this process (its own while active).
 pub const EPOCH: &str = "lease_epoch";
 
@@ -34,6 +38,10 @@ pub fn describe_metrics() {
     describe_counter!(
         LOSSES,
         "Times this process stopped being active without releasing the lease (deadline passed, renewal failed or lease taken)"
+    );
+    describe_counter!(
+        TERMINATED,
+        "Database sessions terminated because they were still inside a fenced transaction of an expired lease when this process took it over"
     );
     describe_gauge!(
         EPOCH,

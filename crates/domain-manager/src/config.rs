@@ -69,6 +69,14 @@ pub struct DomainManagerConfig {
     /// background). Default `10s`.
     #[serde(with = "humantime_serde")]
     pub send_deadline: Duration,
+    /// Max sequencing time of a topology transaction: this long after its message id was
+    /// chosen (when the transaction was written). Every resend repeats it, so a resend is
+    /// deduplicated by the sequencer or refused as too late, never sequenced twice; after
+    /// a refusal the domain manager reads its own event stream to learn whether the
+    /// transaction was sequenced, and sends it again under a new message id only if not.
+    /// Must be at least `send-deadline` and at most `1h`. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub max_sequencing_window: Duration,
     /// How often an active replica retries pending transactions (and a failed bootstrap).
     /// Default `1s`.
     #[serde(with = "humantime_serde")]
@@ -120,6 +128,7 @@ impl Default for DomainManagerConfig {
             genesis: GenesisConfig::default(),
             status_components: Vec::new(),
             send_deadline: Duration::from_secs(10),
+            max_sequencing_window: Duration::from_secs(60),
             retry_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             tracing: domain_runtime::telemetry::TracingConfig::default(),
@@ -440,6 +449,19 @@ impl DomainManagerConfig {
         }
         if self.retry_interval.is_zero() {
             return Err(invalid("retry-interval", "must be greater than 0"));
+        }
+        if self.max_sequencing_window < self.send_deadline
+            || self.max_sequencing_window > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "max-sequencing-window",
+                format!(
+                    "= {} must be at least `send-deadline` (= {}), so that one write's \
+                     attempts all fall within it, and at most 1h",
+                    humantime_serde::re::humantime::format_duration(self.max_sequencing_window),
+                    humantime_serde::re::humantime::format_duration(self.send_deadline)
+                ),
+            ));
         }
         Ok(())
     }

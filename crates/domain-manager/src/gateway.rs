@@ -38,6 +38,29 @@ pub struct Sequenced {
     pub deduplicated: bool,
 }
 
+/// What came of sending one topology transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Sequenced now, or earlier (a deduplicated resend answers the original timestamp).
+    Sequenced(Sequenced),
+    /// Refused because its max sequencing time has passed (`SEQ_MAX_SEQUENCING_TIME_EXCEEDED`)
+    /// while the sequencer holds no deduplication record of the message id. That does not
+    /// prove it was never sequenced (the record may have been pruned):
+    /// [`SequencerGateway::find_receipt`] tells.
+    DeadlinePassed,
+}
+
+/// One send of a topology transaction: every resend of a message id repeats the same max
+/// sequencing time, so the sequencer either deduplicates it or refuses it as too late.
+#[derive(Debug, Clone, Copy)]
+pub struct TopologySend<'a> {
+    pub serial: u64,
+    pub message_id: &'a str,
+    /// Sequencer time (microseconds) after which the message must not be sequenced.
+    pub max_sequencing_ts: i64,
+    pub signed: &'a pb::SignedTopologyTransaction,
+}
+
 /// A sequencer found through `GetDomainInfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiscoveredSequencer {
@@ -55,14 +78,31 @@ pub struct InstanceList {
 
 /// The sequencer operations the domain manager needs.
 pub trait SequencerGateway: Send + Sync + 'static {
-    /// Sends the transaction with `serial` as a broadcast from the domain manager member
-    /// with message id `topology-<serial>`, retrying across endpoints until `deadline`.
+    /// Sends the transaction as a broadcast from the domain manager member under
+    /// `send.message_id` with `send.max_sequencing_ts`, retrying across endpoints until
+    /// `deadline`.
     fn send_topology<'a>(
         &'a self,
-        serial: u64,
-        signed: &'a pb::SignedTopologyTransaction,
+        send: TopologySend<'a>,
         deadline: Instant,
-    ) -> BoxFuture<'a, Result<Sequenced, DomainManagerError>>;
+    ) -> BoxFuture<'a, Result<SendOutcome, DomainManagerError>>;
+
+    /// Whether the domain manager's message `message_id`, sent only after sequencer time
+    /// `sequenced_after` and whose max sequencing time `max_sequencing_ts` has passed, was
+    /// sequenced, and at which timestamp: reads the domain manager's own event stream
+    /// (where every message it sent has its receipt, at the timestamp every member sees)
+    /// up to a time proof sequenced after `max_sequencing_ts`. The sequencer never
+    /// sequences a message after its max sequencing time, so `None` is final. Fails
+    /// (rather than answer `None`) when the stream is pruned past `sequenced_after`: the
+    /// receipt may have been among the pruned events. Retries across endpoints until
+    /// `deadline`.
+    fn find_receipt<'a>(
+        &'a self,
+        message_id: &'a str,
+        sequenced_after: i64,
+        max_sequencing_ts: i64,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<Option<i64>, DomainManagerError>>;
 
     /// Asks every endpoint for its sequencer id and key (`GetDomainInfo`); returns the
     /// distinct sequencers that answered, and an error only if none did.
@@ -76,6 +116,50 @@ pub trait SequencerGateway: Send + Sync + 'static {
         &self,
         deadline: Instant,
     ) -> BoxFuture<'_, Result<InstanceList, DomainManagerError>>;
+}
+
+/// How one attempt on one endpoint failed.
+enum AttemptError {
+    /// Past the max sequencing time, with no deduplication record.
+    DeadlinePassed,
+    /// Anything else; the next endpoint may do better.
+    Failed(String),
+}
+
+impl From<String> for AttemptError {
+    fn from(reason: String) -> Self {
+        Self::Failed(reason)
+    }
+}
+
+/// Classifies a failed send: `SEQ_MAX_SEQUENCING_TIME_EXCEEDED` is an answer, not a failure.
+fn send_error(e: &ClientError) -> AttemptError {
+    match e {
+        ClientError::Status(s)
+            if domain_sequencer_client::retry::error_code(s)
+                == Some("SEQ_MAX_SEQUENCING_TIME_EXCEEDED") =>
+        {
+            AttemptError::DeadlinePassed
+        }
+        other => AttemptError::Failed(describe_client_error(other)),
+    }
+}
+
+/// The oldest counter a `SEQ_EVENTS_PRUNED` refusal names ("... the oldest retained
+/// counter is N").
+fn oldest_retained(status: &tonic::Status) -> Option<i64> {
+    if domain_sequencer_client::retry::error_code(status) != Some("SEQ_EVENTS_PRUNED") {
+        return None;
+    }
+    status.message().rsplit(' ').next()?.parse().ok()
+}
+
+/// Local wall clock in microseconds since the Unix epoch.
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }
 
 /// The real gateway over gRPC.
@@ -164,35 +248,188 @@ impl GrpcGateway {
         i: usize,
         message_id: &str,
         envelopes: &[pb::Envelope],
-    ) -> Result<pb::SendResponse, String> {
+        max_sequencing_ts: i64,
+    ) -> Result<pb::SendResponse, AttemptError> {
         let conn = self.connection(i).await?;
-        match conn.send(message_id, envelopes.to_vec(), 0).await {
-            Ok(response) => Ok(response),
+        let response = match conn
+            .send(message_id, envelopes.to_vec(), max_sequencing_ts)
+            .await
+        {
             Err(ClientError::Status(s)) if s.code() == tonic::Code::Unauthenticated => {
                 conn.authenticate().await.map_err(|e| {
                     format!("re-authentication failed: {}", describe_client_error(&e))
                 })?;
-                conn.send(message_id, envelopes.to_vec(), 0)
+                conn.send(message_id, envelopes.to_vec(), max_sequencing_ts)
                     .await
-                    .map_err(|e| describe_client_error(&e))
             }
-            Err(e) => Err(describe_client_error(&e)),
+            other => other,
+        };
+        match response {
+            Ok(_) if crate::fault::drop_reply(message_id) => Err(AttemptError::Failed(
+                "connection lost before the reply (fault injection)".into(),
+            )),
+            Ok(response) => Ok(response),
+            Err(e) => Err(send_error(&e)),
         }
+    }
+
+    /// [`SequencerGateway::find_receipt`] on endpoint `i`.
+    async fn find_receipt_on(
+        &self,
+        i: usize,
+        message_id: &str,
+        sequenced_after: i64,
+        max_sequencing_ts: i64,
+    ) -> Result<Option<i64>, String> {
+        let conn = self.connection(i).await?;
+        // A time proof sequenced after the deadline: once its receipt is read, every
+        // event of ours at or before the deadline has been seen.
+        let proof_id = format!("dm-time-proof-{}", now_micros());
+        let proof = pb::SubmissionRequest {
+            sender: conn.member.id.to_string(),
+            message_id: proof_id.clone(),
+            envelopes: Vec::new(),
+            max_sequencing_time_micros: 0,
+            time_proof: true,
+        };
+        let proof_ts = conn
+            .send_signed(conn.sign_submission(&proof))
+            .await
+            .map_err(|e| format!("time proof: {}", describe_client_error(&e)))?
+            .sequencing_timestamp_micros;
+        if proof_ts <= max_sequencing_ts {
+            return Err(format!(
+                "sequencer time {proof_ts} has not passed the max sequencing time \
+                 {max_sequencing_ts} of {message_id} yet"
+            ));
+        }
+        let mut from = 0;
+        // Whether the events below `from` are pruned; then the first one read tells (by
+        // its predecessor's timestamp) how far the pruning reached.
+        let mut pruned = false;
+        'subscribe: loop {
+            let mut stream = match conn.subscribe(from).await {
+                Ok(stream) => stream,
+                Err(ClientError::Status(s)) if oldest_retained(&s).is_some_and(|o| o > from) => {
+                    from = oldest_retained(&s).unwrap_or(from);
+                    pruned = true;
+                    continue 'subscribe;
+                }
+                Err(e) => return Err(format!("subscribe: {}", describe_client_error(&e))),
+            };
+            loop {
+                let event = match stream.message().await {
+                    Ok(Some(pb::SubscribeResponse { event: Some(event) })) => event,
+                    Ok(Some(_)) => return Err("subscription sent an empty response".into()),
+                    Ok(None) => {
+                        return Err("subscription ended before the time proof's receipt".into());
+                    }
+                    // Events at the start of our stream are pruned (we acknowledged them):
+                    // start at the oldest one kept. Ours is later than every acknowledged
+                    // one (nothing after it was sent before it is settled).
+                    Err(s) if oldest_retained(&s).is_some_and(|o| o > from) => {
+                        from = oldest_retained(&s).unwrap_or(from);
+                        pruned = true;
+                        continue 'subscribe;
+                    }
+                    Err(s) => return Err(format!("subscription: {}", describe_status(&s))),
+                };
+                let content = conn
+                    .verify_event(&event)
+                    .map_err(|e| format!("event {}: {e}", event.counter))?;
+                if std::mem::take(&mut pruned) && event.previous_timestamp_micros > sequenced_after
+                {
+                    // The domain manager does not hold back the sequencer's pruning: with a
+                    // `pruning.retention` shorter than the outage, the receipt may be gone.
+                    return Err(format!(
+                        "our event stream is pruned up to {} (past {sequenced_after}, before \
+                         which {message_id} cannot have been sequenced): whether it was \
+                         sequenced cannot be told any more; the sequencer's \
+                         `pruning.retention` is shorter than the outage",
+                        event.previous_timestamp_micros
+                    ));
+                }
+                let ts = content.timestamp_micros;
+                if event.message_id == message_id {
+                    return Ok(Some(ts));
+                }
+                if event.message_id == proof_id || ts >= proof_ts {
+                    tracing::info!(
+                        message_id,
+                        from_counter = from,
+                        up_to_counter = event.counter,
+                        time_proof_ts = proof_ts,
+                        "no receipt in our own event stream up to a time proof past the max \
+                         sequencing time"
+                    );
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    async fn find_receipt_inner(
+        &self,
+        message_id: &str,
+        sequenced_after: i64,
+        max_sequencing_ts: i64,
+        deadline: Instant,
+    ) -> Result<Option<i64>, DomainManagerError> {
+        let n = self.endpoints.len();
+        let start = self.preferred.load(Ordering::Relaxed) % n.max(1);
+        let mut backoff = BACKOFF_START;
+        let mut last = String::from("deadline passed before any attempt");
+        let mut attempt = 0usize;
+        while n > 0 && Instant::now() < deadline {
+            let i = (start + attempt) % n;
+            let url = &self.endpoints[i].public_endpoint;
+            match tokio::time::timeout_at(
+                deadline,
+                self.find_receipt_on(i, message_id, sequenced_after, max_sequencing_ts),
+            )
+            .await
+            {
+                Ok(Ok(found)) => return Ok(found),
+                Ok(Err(reason)) => {
+                    tracing::warn!(message_id, endpoint = %url, %reason, "cannot read our own stream; trying the next sequencer");
+                    self.store(i, None);
+                    last = format!("{url}: {reason}");
+                }
+                Err(_) => {
+                    self.store(i, None);
+                    last = format!("{url}: timed out");
+                }
+            }
+            attempt += 1;
+            if attempt.is_multiple_of(n) {
+                let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(pause).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+        Err(DomainManagerError::SequencerUnavailable(format!(
+            "cannot tell whether {message_id} was sequenced before its max sequencing time \
+             passed (it stays pending): {last}"
+        )))
     }
 
     async fn send_inner(
         &self,
-        serial: u64,
-        signed: &pb::SignedTopologyTransaction,
+        send: TopologySend<'_>,
         deadline: Instant,
-    ) -> Result<Sequenced, DomainManagerError> {
+    ) -> Result<SendOutcome, DomainManagerError> {
+        let TopologySend {
+            serial,
+            message_id,
+            max_sequencing_ts,
+            signed,
+        } = send;
         let n = self.endpoints.len();
         if n == 0 {
             return Err(DomainManagerError::SequencerUnavailable(
                 "no sequencer endpoint configured".into(),
             ));
         }
-        let message_id = domain_topology::message_id(serial);
         let content = pb::DomainMessage {
             message: Some(pb::domain_message::Message::Topology(signed.clone())),
         }
@@ -216,16 +453,22 @@ impl GrpcGateway {
             let i = (start + attempt) % n;
             let url = &self.endpoints[i].public_endpoint;
             let limit = per_attempt.min(deadline - now);
-            match tokio::time::timeout(limit, self.attempt(i, &message_id, &envelopes)).await {
+            let sent = self.attempt(i, message_id, &envelopes, max_sequencing_ts);
+            match tokio::time::timeout(limit, sent).await {
                 Ok(Ok(response)) => {
                     self.preferred.store(i, Ordering::Relaxed);
                     self.acknowledge(i, response.sequencing_timestamp_micros);
-                    return Ok(Sequenced {
+                    return Ok(SendOutcome::Sequenced(Sequenced {
                         sequencing_ts: response.sequencing_timestamp_micros,
                         deduplicated: response.deduplicated,
-                    });
+                    }));
                 }
-                Ok(Err(reason)) => {
+                // Every instance answers alike (the deduplication records are shared).
+                Ok(Err(AttemptError::DeadlinePassed)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(SendOutcome::DeadlinePassed);
+                }
+                Ok(Err(AttemptError::Failed(reason))) => {
                     tracing::warn!(serial, endpoint = %url, %reason, "topology send failed; trying the next sequencer");
                     self.store(i, None);
                     errors.push(format!("{url}: {reason}"));
@@ -406,11 +649,20 @@ impl GrpcGateway {
 impl SequencerGateway for GrpcGateway {
     fn send_topology<'a>(
         &'a self,
-        serial: u64,
-        signed: &'a pb::SignedTopologyTransaction,
+        send: TopologySend<'a>,
         deadline: Instant,
-    ) -> BoxFuture<'a, Result<Sequenced, DomainManagerError>> {
-        Box::pin(self.send_inner(serial, signed, deadline))
+    ) -> BoxFuture<'a, Result<SendOutcome, DomainManagerError>> {
+        Box::pin(self.send_inner(send, deadline))
+    }
+
+    fn find_receipt<'a>(
+        &'a self,
+        message_id: &'a str,
+        sequenced_after: i64,
+        max_sequencing_ts: i64,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<Option<i64>, DomainManagerError>> {
+        Box::pin(self.find_receipt_inner(message_id, sequenced_after, max_sequencing_ts, deadline))
     }
 
     fn discover_sequencers(

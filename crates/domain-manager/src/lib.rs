@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+mod fault;
 pub mod gateway;
 pub mod manager;
 pub mod metrics;
@@ -116,6 +117,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     crate::metrics::describe();
+    fault::init();
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
@@ -214,6 +216,7 @@ pub async fn run(
         gateway,
         CoreSettings {
             send_deadline: config.send_deadline,
+            max_sequencing_window: config.max_sequencing_window,
             genesis_mediators,
             genesis_parameters: config.genesis.parameters.into(),
             lease_name: config.lease.name.clone(),

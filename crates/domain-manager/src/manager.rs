@@ -12,6 +12,14 @@
 //!    request deadline; on failure the row stays pending and is resent later);
 //! 5. marks it sequenced with its sequencing and effective time (fenced).
 //!
+//! Every send carries the max sequencing time fixed with its message id when the row
+//! was written (`max-sequencing-window` after that), and every resend repeats both. So a
+//! resend is either deduplicated (answering the original timestamp) or refused as past
+//! its deadline; then the domain manager's own event stream tells whether the original
+//! was sequenced (its timestamp is recorded: the one members see) or not (only then is
+//! the transaction sent again, under a new message id). A transaction is never
+//! sequenced twice, and the store never records another timestamp than the members'.
+//!
 //! A new serial is only allocated once no row is pending, so serial order is
 //! sequencing order and the in-memory [`TopologyState`] mirror computes the
 //! same effective times as every member.
@@ -30,7 +38,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::DomainManagerError;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, SendOutcome, Sequenced, TopologySend};
 use crate::metrics as m;
 use crate::store::{self, StoreError, TopologyRecord};
 
@@ -39,6 +47,9 @@ use crate::store::{self, StoreError, TopologyRecord};
 pub struct CoreSettings {
     /// Deadline of one admin write (and one activation attempt).
     pub send_deadline: Duration,
+    /// Max sequencing time of a topology transaction's message id, from when the id was
+    /// chosen (`max-sequencing-window`).
+    pub max_sequencing_window: Duration,
     /// Genesis mediators (validated ids).
     pub genesis_mediators: Vec<MemberId>,
     /// Genesis domain parameters (validated).
@@ -236,6 +247,14 @@ pub fn latest_for_key<'a>(state: &'a TopologyState, key: &str) -> Option<&'a Seq
         .find(|e| e.tx.mapping.key() == key)
 }
 
+/// Local wall clock in microseconds since the Unix epoch.
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
 /// `ts` + the topology change delay in force at `ts`, as [`TopologyState::add`] computes it.
 pub fn effective_time(state: &TopologyState, ts: i64) -> i64 {
     let delay = state.parameters_at(ts).topology_change_delay;
@@ -315,6 +334,14 @@ impl Core {
 
     pub fn send_deadline(&self) -> Duration {
         self.settings.send_deadline
+    }
+
+    /// The max sequencing time for a message id chosen now: `max-sequencing-window` from
+    /// now (local clock; the window dwarfs any sane clock difference to the sequencer).
+    fn new_max_sequencing_ts(&self) -> i64 {
+        let window =
+            i64::try_from(self.settings.max_sequencing_window.as_micros()).unwrap_or(i64::MAX);
+        now_micros().saturating_add(window)
     }
 
     /// Deadline of an admin write: `send-deadline` from now, shortened to answer before
@@ -549,9 +576,84 @@ impl Core {
         }
         let serial = record.serial();
         let started = Instant::now();
-        let sequenced = tokio::select! {
-            result = self.gateway.send_topology(serial, &record.signed, deadline) => result?,
-            () = self.lease_lost(fence.epoch) => return Err(self.not_active()),
+        let mut message_id = record.message_id();
+        let mut max_sequencing_ts = match record.max_sequencing_ts {
+            Some(ts) => ts,
+            None => {
+                // Written before max sequencing times were stored: fix one now, for
+                // this and every later resend (an earlier send without one may still be
+                // answered by deduplication).
+                let ts = self.new_max_sequencing_ts();
+                self.set_send(fence, serial, &message_id, ts).await?;
+                ts
+            }
+        };
+        let sequenced = loop {
+            let send = TopologySend {
+                serial,
+                message_id: &message_id,
+                max_sequencing_ts,
+                signed: &record.signed,
+            };
+            let outcome = tokio::select! {
+                result = self.gateway.send_topology(send, deadline) => result?,
+                () = self.lease_lost(fence.epoch) => return Err(self.not_active()),
+            };
+            match outcome {
+                SendOutcome::Sequenced(sequenced) => break sequenced,
+                SendOutcome::DeadlinePassed => {}
+            }
+            // Too late, and the sequencer keeps no deduplication record of it (pruned,
+            // or never sequenced): our own stream says which, for good.
+            // Serials are sequenced in order: this one after every one already settled.
+            let sequenced_after = state
+                .mirror
+                .entries()
+                .map(|e| e.sequenced_ts)
+                .max()
+                .unwrap_or(0);
+            let lookup = self.gateway.find_receipt(
+                &message_id,
+                sequenced_after,
+                max_sequencing_ts,
+                deadline,
+            );
+            let found = tokio::select! {
+                result = lookup => result?,
+                () = self.lease_lost(fence.epoch) => return Err(self.not_active()),
+            };
+            if let Some(ts) = found {
+                tracing::info!(
+                    serial,
+                    message_id,
+                    sequencing_ts = ts,
+                    "topology transaction was sequenced before its reply was lost; \
+                     recording the timestamp from our own event stream"
+                );
+                break Sequenced {
+                    sequencing_ts: ts,
+                    deduplicated: true,
+                };
+            }
+            // Never sequenced, and it never will be: send it again under a new message
+            // id (the old one must stay unused) with a new max sequencing time.
+            max_sequencing_ts = self.new_max_sequencing_ts();
+            let previous = std::mem::replace(
+                &mut message_id,
+                format!(
+                    "{}-{max_sequencing_ts}",
+                    domain_topology::message_id(serial)
+                ),
+            );
+            tracing::warn!(
+                serial,
+                previous_message_id = previous,
+                message_id,
+                "topology transaction was not sequenced before its max sequencing time; \
+                 sending it again under a new message id"
+            );
+            self.set_send(fence, serial, &message_id, max_sequencing_ts)
+                .await?;
         };
         metrics::histogram!(m::TOPOLOGY_SEND_SECONDS).record(started.elapsed().as_secs_f64());
         // The mirror holds every earlier serial, so this is the effective time every
@@ -586,6 +688,24 @@ impl Core {
         Ok(effective_ts)
     }
 
+    /// Records the message id and max sequencing time of pending row `serial` (fenced).
+    async fn set_send(
+        &self,
+        fence: &Fence,
+        serial: u64,
+        message_id: &str,
+        max_sequencing_ts: i64,
+    ) -> Result<(), DomainManagerError> {
+        let mut client = self.client().await?;
+        if store::set_send(&mut client, fence, serial, message_id, max_sequencing_ts).await? {
+            Ok(())
+        } else {
+            Err(DomainManagerError::Internal(format!(
+                "topology row {serial} is no longer pending"
+            )))
+        }
+    }
+
     /// Inserts and sequences a new transaction. On a send failure the row stays pending.
     async fn write_new(
         &self,
@@ -607,6 +727,7 @@ impl Core {
                 &self.key,
                 operation,
                 mapping,
+                self.new_max_sequencing_ts(),
             )
             .await?
         };

@@ -60,11 +60,24 @@ pub struct TopologyRecord {
     pub signed: pb::SignedTopologyTransaction,
     pub state: RowState,
     pub written_epoch: i64,
+    /// The message id the row is (re)sent under; `None`: the default
+    /// `topology-<serial>` (see [`TopologyRecord::message_id`]).
+    pub message_id: Option<String>,
+    /// Max sequencing time (sequencer time, microseconds) of every send under
+    /// `message_id`; `None` only in rows written before migration 0002 and not sent since.
+    pub max_sequencing_ts: Option<i64>,
 }
 
 impl TopologyRecord {
     pub fn serial(&self) -> u64 {
         self.tx.serial
+    }
+
+    /// The message id the transaction is sent under.
+    pub fn message_id(&self) -> String {
+        self.message_id
+            .clone()
+            .unwrap_or_else(|| domain_topology::message_id(self.tx.serial))
     }
 
     /// The sequenced form, if sequenced.
@@ -83,8 +96,8 @@ impl TopologyRecord {
     }
 }
 
-const COLUMNS: &str =
-    "serial, transaction, signed, state, sequenced_ts, effective_ts, written_epoch";
+const COLUMNS: &str = "serial, transaction, signed, state, sequenced_ts, effective_ts, \
+     written_epoch, message_id, max_sequencing_ts";
 
 fn operation_str(op: Operation) -> &'static str {
     match op {
@@ -106,6 +119,8 @@ fn decode_row(row: &Row, domain_id: &str) -> Result<TopologyRecord, StoreError> 
     let sequenced_ts: Option<i64> = row.try_get(4)?;
     let effective_ts: Option<i64> = row.try_get(5)?;
     let written_epoch: i64 = row.try_get(6)?;
+    let message_id: Option<String> = row.try_get(7)?;
+    let max_sequencing_ts: Option<i64> = row.try_get(8)?;
     let proto = pb::TopologyTransaction::decode(transaction.as_slice())
         .map_err(|e| corrupt(format!("transaction does not decode: {e}")))?;
     let tx =
@@ -128,6 +143,8 @@ fn decode_row(row: &Row, domain_id: &str) -> Result<TopologyRecord, StoreError> 
         signed,
         state,
         written_epoch,
+        message_id,
+        max_sequencing_ts,
     })
 }
 
@@ -278,7 +295,8 @@ pub async fn latest_sequenced_for_key(
 }
 
 /// Allocates the next serial (max + 1), signs the transaction with the namespace key
-/// and inserts it as pending, all in one fenced transaction.
+/// and inserts it as pending, to be sent under message id `topology-<serial>` with max
+/// sequencing time `max_sequencing_ts`, all in one fenced transaction.
 pub async fn insert_pending(
     client: &mut Client,
     fence: &Fence,
@@ -286,6 +304,7 @@ pub async fn insert_pending(
     namespace_key: &SigningKeyPair,
     operation: Operation,
     mapping: Mapping,
+    max_sequencing_ts: i64,
 ) -> Result<TopologyRecord, StoreError> {
     fenced_transaction(client, fence, async |tx| {
         let max: i64 = tx
@@ -300,10 +319,11 @@ pub async fn insert_pending(
         };
         let signed = topology.sign(domain_id, namespace_key);
         let transaction = signed.transaction.clone();
+        let message_id = domain_topology::message_id(serial);
         tx.execute(
             "INSERT INTO dm_topology (serial, mapping_key, kind, operation, transaction, signed, \
-                 state, written_epoch, written_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, clock_timestamp())",
+                 state, written_epoch, written_at, message_id, max_sequencing_ts) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, clock_timestamp(), $8, $9)",
             &[
                 &serial_i64(serial),
                 &topology.mapping.key(),
@@ -312,6 +332,8 @@ pub async fn insert_pending(
                 &transaction,
                 &signed.encode_to_vec(),
                 &fence.epoch,
+                &message_id,
+                &max_sequencing_ts,
             ],
         )
         .await?;
@@ -320,7 +342,39 @@ pub async fn insert_pending(
             signed,
             state: RowState::Pending,
             written_epoch: fence.epoch,
+            message_id: Some(message_id),
+            max_sequencing_ts: Some(max_sequencing_ts),
         })
+    })
+    .await
+}
+
+/// Sets the message id and max sequencing time the pending row `serial` is sent under
+/// from now on (fenced). Only for a row whose previous message id is known not to have
+/// been sequenced (or that has no max sequencing time yet): each pair is used for one
+/// message only. Returns false when the row is no longer pending.
+pub async fn set_send(
+    client: &mut Client,
+    fence: &Fence,
+    serial: u64,
+    message_id: &str,
+    max_sequencing_ts: i64,
+) -> Result<bool, StoreError> {
+    fenced_transaction(client, fence, async |tx| {
+        let updated = tx
+            .execute(
+                "UPDATE dm_topology SET message_id = $2, max_sequencing_ts = $3, \
+                     written_epoch = $4, written_at = clock_timestamp() \
+                 WHERE serial = $1 AND state = 'pending'",
+                &[
+                    &serial_i64(serial),
+                    &message_id,
+                    &max_sequencing_ts,
+                    &fence.epoch,
+                ],
+            )
+            .await?;
+        Ok::<_, StoreError>(updated == 1)
     })
     .await
 }

@@ -10,10 +10,11 @@ use std::time::Duration;
 use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
 use domain_lease::{Fence, LeaseConfig, LeaseHandle, LeaseKeeper, LeaseStatus, Role};
 use domain_manager::error::DomainManagerError;
-use domain_manager::gateway::{DiscoveredSequencer, InstanceList, Sequenced, SequencerGateway};
+use domain_manager::gateway::{
+    DiscoveredSequencer, InstanceList, SendOutcome, Sequenced, SequencerGateway, TopologySend,
+};
 use domain_manager::manager::{Core, CoreSettings};
 use domain_manager::store::{self, RowState, StoreError};
-use domain_proto::v1 as pb;
 use domain_storage::DatabaseConfig;
 use domain_testkit::pg::PgCluster;
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TrustLevel};
@@ -24,6 +25,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const LEASE: &str = "domain-manager";
+
+/// Max sequencing time of rows the tests insert directly (2027: well in the future).
+const MAX_SEQUENCING_TS: i64 = 1_800_000_000_000_000;
 
 /// A fresh migrated database.
 async fn fresh_db() -> DatabaseConfig {
@@ -114,12 +118,20 @@ enum Mode {
 }
 
 /// An in-process sequencer: verifies the namespace signature, deduplicates message
-/// ids, advances its clock by 1 s per event.
+/// ids, advances its clock by 1 s per event, and (after [`FakeSequencer::expire_seen`])
+/// refuses sends past their max sequencing time like the real one.
 struct FakeSequencer {
     domain_id: DomainId,
     namespace: domain_identity::PublicKey,
     clock: AtomicI64,
     dedup: Mutex<HashMap<String, i64>>,
+    /// Every message id ever sequenced, with its timestamp: the receipts in the domain
+    /// manager's own stream (never pruned here).
+    receipts: Mutex<HashMap<String, i64>>,
+    /// Largest max sequencing time of any send so far (sent or not).
+    latest_deadline: AtomicI64,
+    /// Sends whose max sequencing time is at or below this are refused as too late.
+    expired_through: AtomicI64,
     mode: Mutex<Mode>,
     /// Every send that reached the sequencer: (serial, deduplicated).
     log: Mutex<Vec<(u64, bool)>>,
@@ -139,6 +151,9 @@ impl FakeSequencer {
             namespace: namespace.public_key().clone(),
             clock: AtomicI64::new(1_700_000_000_000_000),
             dedup: Mutex::new(HashMap::new()),
+            receipts: Mutex::new(HashMap::new()),
+            latest_deadline: AtomicI64::new(0),
+            expired_through: AtomicI64::new(0),
             mode: Mutex::new(Mode::Ok),
             log: Mutex::new(Vec::new()),
             sequencers: vec![DiscoveredSequencer {
@@ -159,11 +174,38 @@ impl FakeSequencer {
         self.log.lock().expect("lock").clone()
     }
 
-    async fn send(
-        &self,
-        serial: u64,
-        signed: &pb::SignedTopologyTransaction,
-    ) -> Result<Sequenced, DomainManagerError> {
+    /// Sequencer time passes every max sequencing time used so far, and the sequencer
+    /// prunes their deduplication records (receipts stay in the stream).
+    fn expire_seen(&self) {
+        self.expired_through.store(
+            self.latest_deadline.load(Ordering::SeqCst),
+            Ordering::SeqCst,
+        );
+        self.dedup.lock().expect("lock").clear();
+    }
+
+    /// Message ids sequenced so far.
+    fn sequenced_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .receipts
+            .lock()
+            .expect("lock")
+            .keys()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    async fn send(&self, send: TopologySend<'_>) -> Result<SendOutcome, DomainManagerError> {
+        let TopologySend {
+            serial,
+            message_id,
+            max_sequencing_ts,
+            signed,
+        } = send;
+        self.latest_deadline
+            .fetch_max(max_sequencing_ts, Ordering::SeqCst);
         let mode = *self.mode.lock().expect("lock");
         if mode == Mode::Unreachable {
             return Err(DomainManagerError::SequencerUnavailable(
@@ -173,14 +215,26 @@ impl FakeSequencer {
         let tx = domain_topology::verify_signed(signed, &self.domain_id, &self.namespace)
             .expect("the sequencer accepts only valid namespace signatures");
         assert_eq!(tx.serial, serial, "message id and serial agree");
-        let message_id = domain_topology::message_id(serial);
+        assert!(
+            message_id.starts_with(&domain_topology::message_id(serial)),
+            "message id {message_id} names serial {serial}"
+        );
         let (ts, deduplicated) = {
             let mut dedup = self.dedup.lock().expect("lock");
-            match dedup.get(&message_id) {
+            match dedup.get(message_id) {
                 Some(ts) => (*ts, true),
+                None if max_sequencing_ts <= self.expired_through.load(Ordering::SeqCst) => {
+                    return Ok(SendOutcome::DeadlinePassed);
+                }
                 None => {
                     let ts = self.clock.fetch_add(1_000_000, Ordering::SeqCst);
-                    dedup.insert(message_id, ts);
+                    dedup.insert(message_id.to_owned(), ts);
+                    let earlier = self
+                        .receipts
+                        .lock()
+                        .expect("lock")
+                        .insert(message_id.to_owned(), ts);
+                    assert!(earlier.is_none(), "{message_id} sequenced twice");
                     (ts, false)
                 }
             }
@@ -196,21 +250,35 @@ impl FakeSequencer {
                 "fake: answer lost".into(),
             ));
         }
-        Ok(Sequenced {
+        Ok(SendOutcome::Sequenced(Sequenced {
             sequencing_ts: ts,
             deduplicated,
-        })
+        }))
     }
 }
 
 impl SequencerGateway for FakeSequencer {
     fn send_topology<'a>(
         &'a self,
-        serial: u64,
-        signed: &'a pb::SignedTopologyTransaction,
+        send: TopologySend<'a>,
         _deadline: Instant,
-    ) -> BoxFuture<'a, Result<Sequenced, DomainManagerError>> {
-        Box::pin(self.send(serial, signed))
+    ) -> BoxFuture<'a, Result<SendOutcome, DomainManagerError>> {
+        Box::pin(self.send(send))
+    }
+
+    fn find_receipt<'a>(
+        &'a self,
+        message_id: &'a str,
+        _sequenced_after: i64,
+        max_sequencing_ts: i64,
+        _deadline: Instant,
+    ) -> BoxFuture<'a, Result<Option<i64>, DomainManagerError>> {
+        assert!(
+            max_sequencing_ts <= self.expired_through.load(Ordering::SeqCst),
+            "asked about {message_id} before its max sequencing time passed"
+        );
+        let found = self.receipts.lock().expect("lock").get(message_id).copied();
+        Box::pin(async move { Ok(found) })
     }
 
     fn discover_sequencers(
@@ -274,6 +342,7 @@ impl Setup {
             self.fake.clone(),
             CoreSettings {
                 send_deadline: Duration::from_secs(5),
+                max_sequencing_window: Duration::from_secs(60),
                 genesis_mediators: self.mediators.clone(),
                 genesis_parameters: self.parameters,
                 lease_name: LEASE.into(),
@@ -314,6 +383,7 @@ async fn serials_are_allocated_in_order_and_rows_go_from_pending_to_sequenced() 
             trust_level: TrustLevel::Ordinary,
             public_key: None,
         },
+        MAX_SEQUENCING_TS,
     )
     .await
     .expect("insert 1");
@@ -324,6 +394,7 @@ async fn serials_are_allocated_in_order_and_rows_go_from_pending_to_sequenced() 
         &s.key,
         Operation::Replace,
         Mapping::Parameters(DomainParameters::default()),
+        MAX_SEQUENCING_TS,
     )
     .await
     .expect("insert 2");
@@ -399,6 +470,7 @@ async fn a_stale_fence_gets_no_write_accepted() {
         &s.key,
         Operation::Replace,
         Mapping::Parameters(DomainParameters::default()),
+        MAX_SEQUENCING_TS,
     )
     .await
     .expect("the new active writes");
@@ -410,6 +482,7 @@ async fn a_stale_fence_gets_no_write_accepted() {
         &s.key,
         Operation::Replace,
         Mapping::Parameters(DomainParameters::default()),
+        MAX_SEQUENCING_TS,
     )
     .await
     .expect_err("stale insert");
@@ -523,6 +596,7 @@ async fn a_database_of_another_domain_is_refused() {
         s.fake.clone(),
         CoreSettings {
             send_deadline: Duration::from_secs(5),
+            max_sequencing_window: Duration::from_secs(60),
             genesis_mediators: Vec::new(),
             genesis_parameters: DomainParameters::default(),
             lease_name: LEASE.into(),
@@ -671,6 +745,93 @@ async fn writes_are_idempotent_and_failed_sends_are_resent_with_the_same_serial(
             .code(),
         "DM_UNKNOWN_PARTICIPANT"
     );
+    a.stop.cancel();
+}
+
+/// Issue 11 item 14: a resend refused because its max sequencing time passed (and the
+/// deduplication record is gone) must not be sequenced again: if the original was
+/// sequenced (answer lost), its timestamp from the own stream is recorded; if it never
+/// reached the sequencer, it is sent again under a new message id, once.
+#[tokio::test]
+async fn item_14_resend_past_its_deadline_records_the_original_or_sends_anew() {
+    let s = Setup::new().await;
+    let a = start_keeper(&s.db, "dm-a");
+    wait_active(&a).await;
+    let core = s.core(&a);
+    core.activate(deadline()).await.expect("bootstrap");
+    let first = s.rows().await.len();
+    let (alice, _) = member(MemberRole::Participant, "alice");
+    let (bob, _) = member(MemberRole::Participant, "bob");
+    let copies = |serial: usize| -> Vec<(String, i64)> {
+        let exact = format!("topology-{serial}");
+        let renamed = format!("topology-{serial}-");
+        let mut ids: Vec<(String, i64)> = s
+            .fake
+            .receipts
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(id, _)| **id == exact || id.starts_with(&renamed))
+            .map(|(id, ts)| (id.clone(), *ts))
+            .collect();
+        ids.sort();
+        ids
+    };
+
+    // Sequenced, answer lost; then its deadline passes and the record is pruned.
+    s.fake.set_mode(Mode::LoseAnswer);
+    core.set_participant_state(
+        &alice,
+        Permission::Submission,
+        TrustLevel::Ordinary,
+        None,
+        deadline(),
+    )
+    .await
+    .expect_err("answer lost");
+    s.fake.expire_seen();
+    s.fake.set_mode(Mode::Ok);
+    core.retry_pending(deadline()).await.expect("settled");
+    let serial = first + 1;
+    let row = s.rows().await[first].clone();
+    let sequenced = copies(serial);
+    assert_eq!(sequenced.len(), 1, "{sequenced:?}");
+    assert_eq!(sequenced[0].0, format!("topology-{serial}"));
+    assert_eq!(
+        row.sequenced().map(|t| t.sequenced_ts),
+        Some(sequenced[0].1),
+        "the domain manager records the timestamp members see"
+    );
+
+    // Never reached a sequencer before its deadline passed: sent again, once, under a
+    // new message id, which the row records.
+    s.fake.set_mode(Mode::Unreachable);
+    core.set_participant_state(
+        &bob,
+        Permission::Submission,
+        TrustLevel::Ordinary,
+        None,
+        deadline(),
+    )
+    .await
+    .expect_err("unreachable");
+    s.fake.expire_seen();
+    s.fake.set_mode(Mode::Ok);
+    core.retry_pending(deadline()).await.expect("sent anew");
+    let serial = first + 2;
+    let row = s.rows().await[first + 1].clone();
+    let sequenced = copies(serial);
+    assert_eq!(sequenced.len(), 1, "{sequenced:?}");
+    assert!(
+        sequenced[0].0.starts_with(&format!("topology-{serial}-")),
+        "{sequenced:?}"
+    );
+    assert_eq!(row.message_id.as_deref(), Some(sequenced[0].0.as_str()));
+    assert_eq!(
+        row.sequenced().map(|t| t.sequenced_ts),
+        Some(sequenced[0].1)
+    );
+    assert!(s.fake.sequenced_ids().len() >= serial);
     a.stop.cancel();
 }
 

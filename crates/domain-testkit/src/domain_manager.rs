@@ -127,6 +127,13 @@ domain-name = "localhost"
         Ok(managers)
     }
 
+    /// The file that makes replica `i` drop every reply the sequencer gives to its sends
+    /// while it exists (`DOMAIN_MANAGER_FAULT_DROP_REPLY_FILE`), as if the connection died
+    /// right after the sequencer committed.
+    pub fn drop_reply_file(&self, i: usize) -> std::path::PathBuf {
+        self.logs.path(&format!("dm-{i}.drop-replies"))
+    }
+
     /// (Re)starts replica `i` and waits until its ops port is live.
     pub async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
         let node = self.nodes.get_mut(i).context("no such replica")?;
@@ -137,6 +144,12 @@ domain-name = "localhost"
                 .arg("--log-format")
                 .arg("json")
                 .env("RUST_LOG", "info")
+                // Test fault hook: while this file exists, the replica throws away the
+                // sequencer's replies to its sends (see `drop_reply_file`).
+                .env(
+                    "DOMAIN_MANAGER_FAULT_DROP_REPLY_FILE",
+                    self.logs.path(&format!("{}.drop-replies", node.name)),
+                )
                 .name(node.name.clone())
                 .logs(&self.logs)
                 .spawn()?,

@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+mod fault;
 pub mod link;
 pub mod metrics;
 pub mod protocol;
@@ -96,6 +97,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     crate::metrics::describe();
+    fault::init();
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;

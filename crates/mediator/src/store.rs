@@ -438,6 +438,7 @@ pub async fn persist(
                 )));
             }
         }
+        crate::fault::hold_fenced_transaction().await;
         Ok::<_, StoreError>(())
     })
     .await

@@ -266,11 +266,23 @@ listen = "127.0.0.1:{admin_port}"
                 .arg("--log-format")
                 .arg("json")
                 .env("RUST_LOG", "info")
+                // Test fault hook: while this file exists, the replica holds its next
+                // fenced transaction open (see `hold_file`).
+                .env(
+                    "MEDIATOR_FAULT_HOLD_FENCED_TX_FILE",
+                    self.logs.dir().join(format!("{}.hold", node.name)),
+                )
                 .name(node.name.clone())
                 .logs(&self.logs)
                 .spawn()?,
         );
         Ok(())
+    }
+
+    /// The file that makes replica `i` hold its next fenced transaction open while it
+    /// exists (`MEDIATOR_FAULT_HOLD_FENCED_TX_FILE`).
+    pub fn hold_file(&self, i: usize) -> std::path::PathBuf {
+        self.logs.dir().join(format!("mediator-{i}.hold"))
     }
 
     /// Whether replica `i` answers ready on its ops port.
