@@ -405,6 +405,9 @@ impl DomainManagerConfig {
         if let Some(reason) = self.admin_api.admin_exposure_problem(true) {
             return Err(invalid("admin-api", reason));
         }
+        if let Err((key, reason)) = self.admin_api.validate() {
+            return Err(invalid(format!("admin-api.{key}"), reason));
+        }
         if let Some(tls) = &self.admin_api.tls {
             domain_runtime::tls::server_tls_config(tls)
                 .map_err(|e| invalid("admin-api.tls", e.to_string()))?;

@@ -14,12 +14,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::Routes;
-use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::server::Router;
 use tonic::transport::{Server, server::ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
+use crate::listener::{ConnectionLimits, LimitedIncoming};
 use crate::ops::Readiness;
 use crate::tls::{ServerTlsFiles, TlsError, server_tls_config};
 
@@ -32,6 +33,39 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// Pending-accept reset streams tolerated per connection before it is closed (HTTP/2
 /// rapid-reset guard, CVE-2023-44487).
 const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+
+/// Streams the server itself may reset per connection for the peer's protocol errors before
+/// it closes the connection with ENHANCE_YOUR_CALM (h2's default, made explicit: a peer that
+/// provokes resets in a loop costs CPU like a rapid reset).
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// HTTP/2 flow-control windows: how much request data a peer may send unread, per stream and
+/// per connection. The connection window bounds what one connection can make us buffer.
+/// (hyper's defaults, made explicit.)
+const INITIAL_STREAM_WINDOW_SIZE: u32 = 1024 * 1024;
+const INITIAL_CONNECTION_WINDOW_SIZE: u32 = 1024 * 1024;
+
+/// Largest HTTP/2 frame payload we accept (the protocol's minimum and h2's default, made
+/// explicit): also bounds each CONTINUATION frame of a header block.
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+
+/// Default for [`GrpcServerConfig::max_header_list_size`]: 16 KiB, hyper's default; our
+/// requests carry a few hundred bytes of headers (path, authorization token, traceparent).
+pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
+/// Bounds of [`GrpcServerConfig::max_header_list_size`]: below 1 KiB ordinary requests with
+/// a bearer token fail; above 1 MiB one request could hold a megabyte per stream.
+const HEADER_LIST_SIZE_RANGE: std::ops::RangeInclusive<u32> = 1024..=1024 * 1024;
+
+/// Default for [`GrpcServerConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Upper bound of [`GrpcServerConfig::max_connections`]: each connection is a file
+/// descriptor, and the tests and images run with a soft limit around 20 000 or more.
+const MAX_MAX_CONNECTIONS: usize = 100_000;
+
+/// Default for [`GrpcServerConfig::tls_handshake_timeout`].
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings for one gRPC listener.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +90,24 @@ pub struct GrpcServerConfig {
     /// behind an L4 load balancer re-spread over replicas. Default: unset (never).
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub max_connection_age: Option<Duration>,
+    /// Open connections of this listener, TLS handshakes in progress included. A connection
+    /// beyond it is closed right after accept and counted in
+    /// `grpc_server_connections_refused_total{reason="max_connections"}`. 1 to 100 000.
+    /// Default: 1024.
+    pub max_connections: usize,
+    /// Open connections from one IPv4 address or one IPv6 /64. A connection beyond it is
+    /// closed right after accept (`reason="max_connections_per_ip"`). Leave unset when clients
+    /// reach the listener through a NAT or a proxy that hides their address. At least 1 and at
+    /// most `max-connections`. Default: unset (only `max-connections` applies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Time a client has to complete the TLS handshake after connecting; then the connection
+    /// is closed. 100 ms to 5 min. Default: `10s`.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// Largest decoded HTTP/2 header list (all headers of one request) accepted; a larger
+    /// one is refused before the request reaches a service. 1 KiB to 1 MiB. Default: 16 KiB.
+    pub max_header_list_size: u32,
     /// TLS for this listener; plaintext when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTlsFiles>,
@@ -74,6 +126,10 @@ impl Default for GrpcServerConfig {
             http2_keepalive_interval: Duration::from_secs(10),
             http2_keepalive_timeout: Duration::from_secs(5),
             max_connection_age: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: None,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
             tls: None,
             reflection: true,
         }
@@ -81,6 +137,82 @@ impl Default for GrpcServerConfig {
 }
 
 impl GrpcServerConfig {
+    /// Checks the limits serde cannot: returns the offending key (relative to this listener's
+    /// section, e.g. `max-connections`) and why, for the component to report under its
+    /// section name (`public-api.max-connections`).
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.max_concurrent_streams == 0 {
+            return Err((
+                "max-concurrent-streams",
+                "must be at least 1 (0 would refuse every RPC)".to_owned(),
+            ));
+        }
+        if self.http2_keepalive_interval.is_zero() || self.http2_keepalive_timeout.is_zero() {
+            return Err((
+                "http2-keepalive-interval",
+                "`http2-keepalive-interval` and `http2-keepalive-timeout` must be above 0"
+                    .to_owned(),
+            ));
+        }
+        if self.max_connection_age.is_some_and(|age| age.is_zero()) {
+            return Err((
+                "max-connection-age",
+                "must be above 0 (leave it unset for no limit)".to_owned(),
+            ));
+        }
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err((
+                "max-connections",
+                format!(
+                    "{} is out of range: must be 1 to {MAX_MAX_CONNECTIONS}",
+                    self.max_connections
+                ),
+            ));
+        }
+        if let Some(per_ip) = self.max_connections_per_ip
+            && !(1..=self.max_connections).contains(&per_ip)
+        {
+            return Err((
+                "max-connections-per-ip",
+                format!(
+                    "{per_ip} is out of range: must be 1 to `max-connections` ({})",
+                    self.max_connections
+                ),
+            ));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(300))
+            .contains(&self.tls_handshake_timeout)
+        {
+            return Err((
+                "tls-handshake-timeout",
+                format!(
+                    "{} is out of range: must be 100ms to 5m",
+                    humantime_serde::re::humantime::format_duration(self.tls_handshake_timeout)
+                ),
+            ));
+        }
+        if !HEADER_LIST_SIZE_RANGE.contains(&self.max_header_list_size) {
+            return Err((
+                "max-header-list-size",
+                format!(
+                    "{} is out of range: must be {} to {} bytes",
+                    self.max_header_list_size,
+                    HEADER_LIST_SIZE_RANGE.start(),
+                    HEADER_LIST_SIZE_RANGE.end()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The connection caps [`serve`] applies.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+        }
+    }
+
     /// Why this listener must not serve an admin API as configured, if it must not: on an
     /// address other than loopback it needs `tls`, and with `mutual` also `client-ca` with
     /// `require-client-cert = true`. An admin API changes the domain (allowlist, pruning,
@@ -142,18 +274,47 @@ pub enum GrpcError {
     /// The reflection service rejected a descriptor set.
     #[error("failed to build reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A listener limit is out of range (see [`GrpcServerConfig::validate`]).
+    #[error("invalid `{key}`: {reason}")]
+    Limit {
+        /// The key within the listener's section.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Returns a tonic server builder with the listener settings from `config` (keepalive, stream
-/// limits, rapid-reset guard, TCP_NODELAY and TLS). Add layers and services to it.
+/// limits, HTTP/2 abuse guards, TCP_NODELAY and TLS with a handshake timeout). Add layers and
+/// services to it. The connection caps are applied by [`serve`].
+///
+/// Every HTTP/2 limit that bounds what one connection can cost is set here explicitly, also
+/// where it equals the library default, so a dependency update cannot loosen it silently.
+/// Which attack each one bounds is in docs/operations.md ("gRPC listener limits").
 pub fn server_builder(config: &GrpcServerConfig) -> Result<Server, GrpcError> {
-    let tls: Option<ServerTlsConfig> = config.tls.as_ref().map(server_tls_config).transpose()?;
+    config
+        .validate()
+        .map_err(|(key, reason)| GrpcError::Limit { key, reason })?;
+    let tls: Option<ServerTlsConfig> = config
+        .tls
+        .as_ref()
+        .map(server_tls_config)
+        .transpose()?
+        // Without a timeout tonic waits for a handshake forever: a client that connects and
+        // sends nothing (or one byte a minute) holds its socket and TLS state indefinitely.
+        .map(|tls| tls.timeout(config.tls_handshake_timeout));
     let mut server = Server::builder()
         .tcp_nodelay(true)
+        .accept_http1(false)
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(Some(config.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
-        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS));
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .http2_max_header_list_size(config.max_header_list_size)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .initial_stream_window_size(INITIAL_STREAM_WINDOW_SIZE)
+        .initial_connection_window_size(INITIAL_CONNECTION_WINDOW_SIZE);
     if let Some(age) = config.max_connection_age {
         server = server.max_connection_age(age).max_connection_age_grace(age);
     }
@@ -205,11 +366,14 @@ pub async fn bind(config: &GrpcServerConfig) -> Result<TcpListener, GrpcError> {
 /// Serves `router` on an already-bound `listener` until `shutdown` is cancelled, then stops
 /// accepting and waits for in-flight RPCs to finish.
 ///
-/// Connections get TCP_NODELAY (tonic drops its own TCP settings for caller-provided
-/// listeners, so they are applied here).
+/// Connections beyond `limits` are closed right after accept (see [`crate::listener`]); `api`
+/// labels the connection metrics (`public`, `admin`). Connections get TCP_NODELAY (tonic drops
+/// its own TCP settings for caller-provided listeners, so they are applied here).
 pub async fn serve<L, ResBody>(
     router: Router<L>,
     listener: TcpListener,
+    limits: ConnectionLimits,
+    api: &'static str,
     shutdown: CancellationToken,
 ) -> Result<(), GrpcError>
 where
@@ -224,7 +388,7 @@ where
     ResBody: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = LimitedIncoming::new(listener, limits, api);
     router
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
@@ -366,5 +530,132 @@ mod admin_exposure_tests {
             with("0.0.0.0:1", tls(true, true)).admin_exposure_problem(true),
             None
         );
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn key_of(config: GrpcServerConfig) -> Option<&'static str> {
+        config.validate().err().map(|(key, _)| key)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(GrpcServerConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn out_of_range_limits_name_their_key() {
+        let d = GrpcServerConfig::default;
+        let cases = [
+            (
+                GrpcServerConfig {
+                    max_connections: 0,
+                    ..d()
+                },
+                "max-connections",
+            ),
+            (
+                GrpcServerConfig {
+                    max_connections: 100_001,
+                    ..d()
+                },
+                "max-connections",
+            ),
+            (
+                GrpcServerConfig {
+                    max_connections_per_ip: Some(0),
+                    ..d()
+                },
+                "max-connections-per-ip",
+            ),
+            (
+                GrpcServerConfig {
+                    max_connections: 10,
+                    max_connections_per_ip: Some(11),
+                    ..d()
+                },
+                "max-connections-per-ip",
+            ),
+            (
+                GrpcServerConfig {
+                    tls_handshake_timeout: Duration::from_millis(99),
+                    ..d()
+                },
+                "tls-handshake-timeout",
+            ),
+            (
+                GrpcServerConfig {
+                    tls_handshake_timeout: Duration::from_secs(301),
+                    ..d()
+                },
+                "tls-handshake-timeout",
+            ),
+            (
+                GrpcServerConfig {
+                    max_header_list_size: 1023,
+                    ..d()
+                },
+                "max-header-list-size",
+            ),
+            (
+                GrpcServerConfig {
+                    max_header_list_size: 1024 * 1024 + 1,
+                    ..d()
+                },
+                "max-header-list-size",
+            ),
+            (
+                GrpcServerConfig {
+                    max_concurrent_streams: 0,
+                    ..d()
+                },
+                "max-concurrent-streams",
+            ),
+            (
+                GrpcServerConfig {
+                    http2_keepalive_timeout: Duration::ZERO,
+                    ..d()
+                },
+                "http2-keepalive-interval",
+            ),
+            (
+                GrpcServerConfig {
+                    max_connection_age: Some(Duration::ZERO),
+                    ..d()
+                },
+                "max-connection-age",
+            ),
+        ];
+        for (config, key) in cases {
+            assert_eq!(key_of(config.clone()), Some(key), "{config:?}");
+            assert!(
+                matches!(server_builder(&config), Err(GrpcError::Limit { key: k, .. }) if k == key),
+                "server_builder accepts {config:?}"
+            );
+        }
+        let edge = GrpcServerConfig {
+            max_connections: 10,
+            max_connections_per_ip: Some(10),
+            tls_handshake_timeout: Duration::from_millis(100),
+            max_header_list_size: 1024,
+            ..d()
+        };
+        assert_eq!(edge.validate(), Ok(()));
+    }
+
+    #[test]
+    fn limits_are_read_from_kebab_case_keys() {
+        let config: GrpcServerConfig = toml::from_str(
+            "max-connections = 50\nmax-connections-per-ip = 5\n\
+             tls-handshake-timeout = \"3s\"\nmax-header-list-size = 8192\n",
+        )
+        .expect("parse");
+        assert_eq!(config.max_connections, 50);
+        assert_eq!(config.max_connections_per_ip, Some(5));
+        assert_eq!(config.tls_handshake_timeout, Duration::from_secs(3));
+        assert_eq!(config.max_header_list_size, 8192);
     }
 }

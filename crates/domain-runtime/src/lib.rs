@@ -23,6 +23,7 @@
 
 pub mod config;
 pub mod grpc;
+pub mod listener;
 pub mod metrics;
 pub mod ops;
 pub mod scrape;

@@ -36,6 +36,10 @@ pub const GRPC_SERVER_STARTED: &str = "grpc_server_started_total";
 pub const GRPC_SERVER_HANDLED: &str = "grpc_server_handled_total";
 /// Name of the histogram of RPC durations, until the response stream ends.
 pub const GRPC_SERVER_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
+/// Name of the gauge of open connections of a gRPC listener (TLS handshakes included).
+pub const GRPC_SERVER_CONNECTIONS: &str = "grpc_server_connections";
+/// Name of the counter of connections closed right after accept because a cap was reached.
+pub const GRPC_SERVER_CONNECTIONS_REFUSED: &str = "grpc_server_connections_refused_total";
 
 /// Name of the gauge (always 1) whose labels carry the version and commit of the binary.
 pub const BUILD_INFO: &str = "domain_build_info";
@@ -161,6 +165,15 @@ pub fn describe_grpc_metrics() {
         GRPC_SERVER_HANDLING_SECONDS,
         ::metrics::Unit::Seconds,
         "time from receiving an RPC until its response stream ends"
+    );
+    ::metrics::describe_gauge!(
+        GRPC_SERVER_CONNECTIONS,
+        "open connections of a gRPC listener, TLS handshakes in progress included"
+    );
+    ::metrics::describe_counter!(
+        GRPC_SERVER_CONNECTIONS_REFUSED,
+        "connections closed right after accept because max-connections or \
+         max-connections-per-ip was reached"
     );
 }
 

@@ -70,9 +70,15 @@ impl Servers {
         Self::default()
     }
 
-    /// Serves `router` on `listener` until [`Servers::stop`]; `api` names it in logs.
-    pub fn grpc<L, ResBody>(&mut self, api: &'static str, router: Router<L>, listener: TcpListener)
-    where
+    /// Serves `router` on `listener` until [`Servers::stop`], with the connection caps of
+    /// `config` (the config the router was built from); `api` names it in logs and metrics.
+    pub fn grpc<L, ResBody>(
+        &mut self,
+        api: &'static str,
+        config: &crate::grpc::GrpcServerConfig,
+        router: Router<L>,
+        listener: TcpListener,
+    ) where
         L: tower::Layer<Routes> + Send + 'static,
         L::Service: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
             + Clone
@@ -85,8 +91,9 @@ impl Servers {
         ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let stop = self.stop.clone();
+        let limits = config.connection_limits();
         self.tasks.push(tokio::spawn(async move {
-            if let Err(error) = crate::grpc::serve(router, listener, stop).await {
+            if let Err(error) = crate::grpc::serve(router, listener, limits, api, stop).await {
                 tracing::error!(api, %error, "grpc server failed");
             }
         }));

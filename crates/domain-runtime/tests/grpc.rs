@@ -46,7 +46,13 @@ async fn health_follows_readiness_and_rpcs_are_measured() {
         .add_service(health_service)
         .add_service(grpc::reflection_service().expect("reflection"));
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(grpc::serve(router, listener, shutdown.clone()));
+    let server = tokio::spawn(grpc::serve(
+        router,
+        listener,
+        config.connection_limits(),
+        "test",
+        shutdown.clone(),
+    ));
 
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
@@ -204,7 +210,13 @@ async fn reflection_follows_the_listener_setting() {
         let (_health, health_service) = grpc::health_service(config.max_message_size).await;
         let router = grpc::service_router(&config, health_service).expect("router");
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(grpc::serve(router, listener, shutdown.clone()));
+        let server = tokio::spawn(grpc::serve(
+            router,
+            listener,
+            config.connection_limits(),
+            "test",
+            shutdown.clone(),
+        ));
 
         let answer = reflected_services(addr).await;
         if reflection {

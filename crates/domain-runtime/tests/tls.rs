@@ -41,7 +41,13 @@ impl TestServer {
             .expect("server builder")
             .add_service(health_service);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(grpc::serve(router, listener, shutdown.clone()));
+        let task = tokio::spawn(grpc::serve(
+            router,
+            listener,
+            config.connection_limits(),
+            "test",
+            shutdown.clone(),
+        ));
         Self {
             addr,
             shutdown,

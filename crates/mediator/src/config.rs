@@ -135,6 +135,9 @@ impl MediatorConfig {
         if let Some(reason) = self.admin_api.admin_exposure_problem(false) {
             return Err(problem("admin-api", reason));
         }
+        if let Err((key, reason)) = self.admin_api.validate() {
+            return Err(problem(&format!("admin-api.{key}"), reason));
+        }
         if self.domain_id.trim().is_empty() {
             return Err(problem(
                 "domain-id",

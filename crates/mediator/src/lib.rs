@@ -204,7 +204,7 @@ pub async fn run(
     let admin = domain_runtime::grpc::service_router(&config.admin_api, health_server)?
         .add_service(admin_api);
     let mut servers = Servers::new();
-    servers.grpc("admin", admin, listeners.admin);
+    servers.grpc("admin", &config.admin_api, admin, listeners.admin);
     servers.ops(listeners.ops, metrics_handle, &readiness);
 
     let work_stop = CancellationToken::new();

@@ -122,6 +122,9 @@ impl ParticipantConfig {
         if let Some(reason) = self.admin_api.admin_exposure_problem(false) {
             return Err(problem("admin-api", &reason));
         }
+        if let Err((key, reason)) = self.admin_api.validate() {
+            return Err(problem("admin-api", &format!("`{key}`: {reason}")));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(problem("data-dir", "must not be empty"));
         }

@@ -86,6 +86,19 @@ fn fault_hooks() -> FaultHooks {
     FaultHooks::default()
 }
 
+/// Checks the limits of both gRPC listeners; the error names the key, e.g.
+/// ``invalid `public-api.max-connections`: 0 is out of range: must be 1 to 100000``.
+pub fn validate_listeners(config: &SequencerConfig) -> Result<(), String> {
+    for (section, api) in [
+        ("public-api", &config.public_api),
+        ("admin-api", &config.admin_api),
+    ] {
+        api.validate()
+            .map_err(|(key, reason)| format!("invalid `{section}.{key}`: {reason}"))?;
+    }
+    Ok(())
+}
+
 /// Runs one sequencer instance until `shutdown` is cancelled.
 pub async fn run(
     config: SequencerConfig,
@@ -98,6 +111,7 @@ pub async fn run(
     if let Some(reason) = config.admin_api.admin_exposure_problem(true) {
         anyhow::bail!("invalid `admin-api`: {reason}");
     }
+    validate_listeners(&config).map_err(anyhow::Error::msg)?;
     let domain_id = DomainId::parse(&config.domain_id)
         .with_context(|| format!("invalid `domain-id` {:?}", config.domain_id))?;
     let key = Arc::new(
@@ -271,8 +285,8 @@ pub async fn run(
     let admin = domain_runtime::grpc::service_router(&config.admin_api, health_server)?
         .add_service(admin_api);
     let mut servers = Servers::new();
-    servers.grpc("public", public, listeners.public);
-    servers.grpc("admin", admin, listeners.admin);
+    servers.grpc("public", &config.public_api, public, listeners.public);
+    servers.grpc("admin", &config.admin_api, admin, listeners.admin);
     servers.ops(listeners.ops, metrics_handle, &readiness);
 
     shutdown.cancelled().await;

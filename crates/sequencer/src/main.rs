@@ -40,6 +40,10 @@ fn main() {
         eprintln!("error: invalid `admin-api`: {reason}");
         std::process::exit(EXIT_USAGE);
     }
+    if let Err(reason) = domain_sequencer::validate_listeners(&config) {
+        eprintln!("error: {reason}");
+        std::process::exit(EXIT_USAGE);
+    }
     if let Err(error) =
         domain_runtime::telemetry::init_logging("sequencer", cli.common.log_format, &config.tracing)
     {
