@@ -1403,6 +1403,15 @@ async fn acknowledge_is_clamped_body(logs: TestLogs) -> anyhow::Result<()> {
         )
         .await?;
     let ts = sent.sequencing_timestamp_micros;
+    // A member acknowledges what it received: before delivery the other instance's
+    // watermark may still be below `ts`, and the ack would be (rightly) refused as ahead.
+    let mut receipts = a.subscribe(0).await?;
+    let receipt = next_event(&mut receipts, "alice's receipt").await?;
+    ensure!(
+        receipt.timestamp_micros == ts,
+        "alice's first event is at {}, her send at {ts}",
+        receipt.timestamp_micros
+    );
     a.acknowledge(ts).await?;
     ensure!(
         stored_ack(&db, &alice.0).await? == Some(ts),
