@@ -95,6 +95,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     crate::metrics::describe();
     config.pruning.validate()?;
+    config.reader.validate()?;
     if let Some(reason) = config.admin_api.admin_exposure_problem(true) {
         anyhow::bail!("invalid `admin-api`: {reason}");
     }
@@ -163,11 +164,19 @@ pub async fn run(
     let writer_shutdown = CancellationToken::new();
     let writer_task = tokio::spawn(writer.run(rx, state_tx, writer_shutdown.clone()));
 
-    let reader = SharedReader::new(config.reader.feed_buffer);
+    let reader = SharedReader::new(reader::FeedLimits {
+        batches: config.reader.feed_buffer,
+        bytes: config.reader.feed_bytes as u64,
+    });
+    let read_page = reader::ReadPage {
+        rows: config.reader.page_size,
+        // Validated to fit.
+        bytes: i64::try_from(config.reader.page_bytes).unwrap_or(i64::MAX),
+    };
     tasks.spawn(reader.clone().run(
         pool.clone(),
         config.reader.poll_interval,
-        config.reader.page_size,
+        read_page,
         internal.clone(),
     ));
 
@@ -181,7 +190,9 @@ pub async fn run(
             token_ttl: config.auth.token_ttl,
             default_max_sequencing: config.writer.default_max_sequencing,
             subscription_buffer: config.reader.subscription_buffer,
-            read_page: config.reader.page_size,
+            subscription_buffer_bytes: config.reader.subscription_buffer_bytes,
+            read_page,
+            max_subscriptions_per_member: config.reader.max_subscriptions_per_member,
             open_participant_access: config.access_mode == config::AccessMode::Open,
             open_registrations_per_second: config.auth.open_registrations_per_second,
             domain: domain_id.clone(),
