@@ -89,7 +89,7 @@ pub fn describe() {
     describe_gauge!(
         FEED_BYTES,
         Unit::Bytes,
-        "Bytes (stored event size) the live feed keeps for subscribers that have not taken them yet; at most reader.feed-bytes"
+        "Bytes (stored event size) the live feed keeps for subscribers that have not taken them yet, as of its latest batch; at most reader.feed-bytes plus one batch"
     );
     describe_gauge!(
         WRITER_ONLINE,
