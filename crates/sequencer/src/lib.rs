@@ -490,7 +490,15 @@ async fn offline_checker(
         }
         // Only an online instance judges its peers: one that lost the database
         // would otherwise be the one lagging.
-        let Some(own) = state.borrow().index.filter(|_| state.borrow().online) else {
+        // One borrow, released at once: taking a second read lock of the watch while
+        // holding the first deadlocks as soon as the writer's `send_modify` queues
+        // between them (std's RwLock lets a waiting writer go first), which froze a whole
+        // instance (both runtime workers) in `sequencer_order` under load.
+        let (index, online) = {
+            let s = state.borrow();
+            (s.index, s.online)
+        };
+        let Some(own) = index.filter(|_| online) else {
             continue;
         };
         let Ok(mut client) = pool.get().await else {
