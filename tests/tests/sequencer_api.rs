@@ -2030,3 +2030,404 @@ fn admin_api_off_loopback_requires_tls() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Issue 11 item 2: catch-up holds no pooled connection or snapshot while it waits on
+// the client; subscriptions per member are capped
+// ---------------------------------------------------------------------------
+
+/// A 64 KiB payload whose first 8 bytes carry `i`, so a delivered event names its send.
+fn numbered_payload(i: usize) -> Vec<u8> {
+    let mut v = vec![(i % 251) as u8; 64 * 1024];
+    v[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    v
+}
+
+/// The send number `numbered_payload` put in an event.
+fn payload_number(e: &pb::SequencedEvent) -> Option<u64> {
+    let c = content_of(e);
+    Some(u64::from_be_bytes(c.get(..8)?.try_into().ok()?))
+}
+
+/// Sends `n` numbered 64 KiB events from `from` to `to`, 16 at a time. Returns them in
+/// sequencing order as `(timestamp, send number)`: the recipient's counter `k` is entry `k`.
+async fn send_backlog(
+    from: &SequencerConnection,
+    to: &MemberId,
+    n: usize,
+) -> anyhow::Result<Vec<(i64, u64)>> {
+    let mut sends = futures::stream::iter(0..n)
+        .map(|i| {
+            let from = from.clone();
+            let to = to.clone();
+            async move {
+                let r = from
+                    .send(
+                        &format!("backlog-{i}"),
+                        vec![envelope(numbered_payload(i), &[&to])],
+                        now_micros() + 60_000_000,
+                    )
+                    .await?;
+                anyhow::Ok((r.sequencing_timestamp_micros, i as u64))
+            }
+        })
+        .buffer_unordered(16);
+    let mut sequenced = Vec::with_capacity(n);
+    while let Some(r) = sends.next().await {
+        sequenced.push(r?);
+    }
+    sequenced.sort_unstable();
+    Ok(sequenced)
+}
+
+/// Checks that `e` is the recipient's event number `k` of a [`send_backlog`].
+fn check_backlog_event(
+    e: &pb::SequencedEvent,
+    k: usize,
+    backlog: &[(i64, u64)],
+) -> anyhow::Result<()> {
+    let (ts, number) = backlog.get(k).copied().context("beyond the backlog")?;
+    ensure!(
+        e.counter == k as i64 && e.timestamp_micros == ts && payload_number(e) == Some(number),
+        "event {k}: counter {} at {} carries send {:?}; expected counter {k} at {ts} carrying send {number}",
+        e.counter,
+        e.timestamp_micros,
+        payload_number(e)
+    );
+    Ok(())
+}
+
+/// Backends of this database that have sat inside a transaction without running a
+/// statement for more than half a second: `(pid, application_name, seconds, last query)`.
+async fn idle_in_transaction(
+    db: &tokio_postgres::Client,
+) -> anyhow::Result<Vec<(i32, String, f64, String)>> {
+    let rows = db
+        .query(
+            "SELECT pid, application_name, extract(epoch FROM now() - state_change)::float8, query
+             FROM pg_stat_activity
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'
+               AND state_change < now() - interval '500 milliseconds'",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+}
+
+/// A gauge or counter of `/metrics`, summed over its label sets.
+async fn metric_value(ops_url: &str, name: &str) -> anyhow::Result<f64> {
+    let text = domain_e2e::http_get(ops_url, "/metrics").await?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_does_not_hold_connections_item_2() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("catch_up_does_not_hold_connections_item_2");
+    keep_logs_on_error(&logs, catch_up_does_not_hold_connections_body(logs.clone())).await
+}
+
+async fn catch_up_does_not_hold_connections_body(logs: TestLogs) -> anyhow::Result<()> {
+    // More stalled subscriptions than pooled connections, each with a backlog far larger
+    // than what the buffers and the HTTP/2 windows (a few MiB) take.
+    const POOL: usize = 4;
+    const STALLED: usize = 6;
+    const BACKLOG: usize = 150;
+    let database = PgCluster::shared().create_database("seq_api_catchup").await;
+    let cluster = SequencerCluster::start_with_env(
+        logs,
+        database.clone(),
+        1,
+        "reader.page-size = 20\nreader.subscription-buffer = 4",
+        &[vec![(
+            "SEQUENCER__DATABASE__POOL_MAX_SIZE".into(),
+            POOL.to_string(),
+        )]],
+    )
+    .await?;
+    let db = db_client(&database.url).await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let carol = cluster.add_member(MemberRole::Participant, "carol").await?;
+    let a = connect(&cluster, 0, &alice).await?;
+    let b = connect(&cluster, 0, &bob).await?;
+    let c = connect(&cluster, 0, &carol).await?;
+    let backlog = send_backlog(&b, &alice.0, BACKLOG).await?;
+    // Carol follows live; she has nothing to catch up.
+    let mut carol_stream = c.subscribe(0).await?;
+
+    // Alice opens subscriptions from 0 and never reads them.
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        stalled.push(a.subscribe(0).await?);
+    }
+    // Long enough for every catch-up to fill its buffers and the windows and block.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Another member still sends, and live delivery still works.
+    for i in 0..3 {
+        let sent = tokio::time::timeout(
+            Duration::from_secs(10),
+            b.send(
+                &format!("live-{i}"),
+                vec![envelope(format!("live {i}").into_bytes(), &[&carol.0])],
+                now_micros() + 60_000_000,
+            ),
+        )
+        .await
+        .context("bob's send took more than 10 s")?
+        .with_context(|| format!("bob's send {i} while alice's catch-ups stall"))?;
+        let e = next_event(&mut carol_stream, &format!("carol's live event {i}")).await?;
+        ensure!(
+            e.counter == i && e.timestamp_micros == sent.sequencing_timestamp_micros,
+            "carol got counter {} at {} instead of {i} at {}",
+            e.counter,
+            e.timestamp_micros,
+            sent.sequencing_timestamp_micros
+        );
+        c.verify_event(&e)?;
+    }
+    // A new member can still authenticate (nonce and token need the pool).
+    let dave = cluster.add_member(MemberRole::Participant, "dave").await?;
+    tokio::time::timeout(Duration::from_secs(10), connect(&cluster, 0, &dave))
+        .await
+        .context("dave's authentication took more than 10 s")??;
+
+    // No catch-up sits in an open transaction (snapshot) while its client does not read.
+    for _ in 0..3 {
+        let idle = idle_in_transaction(&db).await?;
+        ensure!(
+            idle.is_empty(),
+            "backends idle in transaction while subscriptions wait on their clients: {idle:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The stalled subscriptions all still wait for their clients (none failed for want
+    // of a connection), next to carol's.
+    let ops = cluster.nodes[0].ops_url();
+    let active = metric_value(&ops, "sequencer_active_subscriptions").await?;
+    println!("{active} subscriptions open, {STALLED} of them stalled");
+    ensure!(
+        active >= (STALLED + 1) as f64,
+        "the stalled subscriptions must all still be open (and carol's), got {active}"
+    );
+
+    // The stalled streams are intact: reading one now delivers the backlog gap-free.
+    let mut first = stalled.swap_remove(0);
+    drop(stalled);
+    let mut validator = StreamValidator::default();
+    for k in 0..BACKLOG {
+        let e = next_event(&mut first, &format!("alice's backlog event {k}")).await?;
+        validator.check(&e)?;
+        check_backlog_event(&e, k, &backlog)?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_per_member_are_capped_item_2() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("subscriptions_per_member_are_capped_item_2");
+    keep_logs_on_error(&logs, subscriptions_capped_body(logs.clone())).await
+}
+
+async fn subscriptions_capped_body(logs: TestLogs) -> anyhow::Result<()> {
+    const CAP: usize = 3;
+    let database = PgCluster::shared().create_database("seq_api_subcap").await;
+    let cluster = SequencerCluster::start(
+        logs,
+        database,
+        1,
+        &format!("reader.max-subscriptions-per-member = {CAP}"),
+    )
+    .await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let a = connect(&cluster, 0, &alice).await?;
+    let b = connect(&cluster, 0, &bob).await?;
+    let mut open = Vec::new();
+    for _ in 0..CAP {
+        open.push(a.subscribe(0).await?);
+    }
+    let st = subscribe_error(&a, 0, "one subscription over the cap").await?;
+    expect_status(
+        &st,
+        Code::ResourceExhausted,
+        Some("SEQ_TOO_MANY_SUBSCRIPTIONS"),
+        "alice's subscription over the cap",
+    )?;
+    let ops = cluster.nodes[0].ops_url();
+    ensure!(
+        metric_value(&ops, "sequencer_subscriptions_refused_total").await? >= 1.0,
+        "refusal not counted"
+    );
+    // The cap is per member: bob is not affected.
+    let mut bob_stream = b.subscribe(0).await?;
+    let sent = a
+        .send(
+            "to-bob",
+            vec![envelope(b"hello".to_vec(), &[&bob.0])],
+            now_micros() + 60_000_000,
+        )
+        .await?;
+    let e = next_event(&mut bob_stream, "bob's event").await?;
+    ensure!(e.timestamp_micros == sent.sequencing_timestamp_micros);
+    // Every open stream of alice still works.
+    for (i, s) in open.iter_mut().enumerate() {
+        let e = next_event(s, &format!("alice's receipt on stream {i}")).await?;
+        ensure!(e.timestamp_micros == sent.sequencing_timestamp_micros);
+    }
+    // A stream that ends frees its slot: the instance notices the reset stream shortly.
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        match a.subscribe(0).await {
+            Ok(mut s) => match tokio::time::timeout(Duration::from_secs(10), s.message()).await {
+                Ok(Ok(Some(_))) => break s,
+                Ok(Err(st)) if error_code(&st) == Some("SEQ_TOO_MANY_SUBSCRIPTIONS") => {}
+                other => bail!("resubscribing after closing a stream: {other:?}"),
+            },
+            Err(ClientError::Status(st))
+                if error_code(&st) == Some("SEQ_TOO_MANY_SUBSCRIPTIONS") => {}
+            Err(e) => bail!("resubscribing after closing a stream: {e}"),
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the closed stream still counted against the cap after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let st = subscribe_error(&a, 0, "over the cap again").await?;
+    expect_status(
+        &st,
+        Code::ResourceExhausted,
+        Some("SEQ_TOO_MANY_SUBSCRIPTIONS"),
+        "alice at the cap again",
+    )?;
+    // Streams that end with an error free their slots too: disabling alice ends all.
+    cluster
+        .admin(0)
+        .await?
+        .disable_member(pb::DisableMemberRequest {
+            member: alice.0.to_string(),
+        })
+        .await?;
+    let (st, _) = stream_end(again, "alice's stream".into()).await?;
+    ensure!(st.code() == Code::PermissionDenied, "{st:?}");
+    drop(open);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let active = metric_value(&ops, "sequencer_active_subscriptions").await?;
+        if active <= 1.0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{active} subscriptions still open 10 s after alice was disabled (only bob's should be)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_pruned_between_pages_item_2() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let logs = TestLogs::new("catch_up_pruned_between_pages_item_2");
+    keep_logs_on_error(&logs, catch_up_pruned_between_pages_body(logs.clone())).await
+}
+
+/// Each catch-up page has its own snapshot now, so an operator's forced prune can pass a
+/// slow subscriber's cursor between two pages: the stream must deliver a gap-free prefix
+/// and then end with `SEQ_EVENTS_PRUNED` naming exactly the next counter, never skip.
+async fn catch_up_pruned_between_pages_body(logs: TestLogs) -> anyhow::Result<()> {
+    const BACKLOG: usize = 200;
+    const BOUND_AT: usize = 150; // the forced bound is this event's timestamp
+    let database = PgCluster::shared()
+        .create_database("seq_api_catchup_prune")
+        .await;
+    let cluster = SequencerCluster::start(
+        logs,
+        database,
+        1,
+        "reader.page-size = 20\nreader.subscription-buffer = 4\npruning.interval = \"0s\"",
+    )
+    .await?;
+    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let a = connect(&cluster, 0, &alice).await?;
+    let b = connect(&cluster, 0, &bob).await?;
+    let backlog = send_backlog(&b, &alice.0, BACKLOG).await?;
+    let mut stream = a.subscribe(0).await?;
+    let mut validator = StreamValidator::default();
+    let mut delivered = 0usize;
+    for _ in 0..5 {
+        let e = next_event(&mut stream, "alice before the prune").await?;
+        validator.check(&e)?;
+        check_backlog_event(&e, delivered, &backlog)?;
+        delivered += 1;
+    }
+    // The catch-up is now blocked on the full buffers, a few pages in.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let outcome = cluster
+        .admin(0)
+        .await?
+        .force_prune(pb::ForcePruneRequest {
+            below_micros: backlog[BOUND_AT].0,
+            dry_run: false,
+        })
+        .await?
+        .into_inner();
+    println!("forced prune below event {BOUND_AT}: {outcome:?}");
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+            Err(_) => bail!("no event or status within 10 s after {delivered} events"),
+            Ok(Ok(None)) => bail!("stream ended without a status after {delivered} events"),
+            Ok(Err(st)) => break st,
+            Ok(Ok(Some(r))) => {
+                let e = r.event.context("response without event")?;
+                validator.check(&e)?;
+                check_backlog_event(&e, delivered, &backlog)?;
+                delivered += 1;
+            }
+        }
+    };
+    println!("{delivered} events delivered, then {status:?}");
+    ensure!(
+        delivered <= BOUND_AT,
+        "the whole pruned range was delivered ({delivered} events): the prune did not \
+         reach the catch-up between pages"
+    );
+    expect_status(
+        &status,
+        Code::OutOfRange,
+        Some("SEQ_EVENTS_PRUNED"),
+        "catch-up passed by the prune",
+    )?;
+    ensure!(
+        status.message().contains(&format!("counter {delivered} "))
+            && status
+                .message()
+                .contains(&format!("oldest retained counter is {}", BOUND_AT + 1)),
+        "EVENTS_PRUNED must name the next counter {delivered} and the oldest retained {}: {}",
+        BOUND_AT + 1,
+        status.message()
+    );
+    // From the oldest retained counter, the rest arrives intact.
+    let mut rest = a.subscribe((BOUND_AT + 1) as i64).await?;
+    let mut validator = StreamValidator::starting_after(BOUND_AT as i64, backlog[BOUND_AT].0);
+    for k in BOUND_AT + 1..BACKLOG {
+        let e = next_event(&mut rest, &format!("alice's retained event {k}")).await?;
+        validator.check(&e)?;
+        check_backlog_event(&e, k, &backlog)?;
+    }
+    Ok(())
+}

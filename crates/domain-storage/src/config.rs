@@ -78,6 +78,17 @@ pub struct DatabaseConfig {
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
 
+    /// Server-side `idle_in_transaction_session_timeout` applied to every connection as a
+    /// startup option: PostgreSQL ends a session that sits inside an open transaction
+    /// without running a statement for this long, releasing its locks and its snapshot
+    /// (which would otherwise hold back vacuum on every table). No component legitimately
+    /// idles inside a transaction for more than a moment (writer batches fail over after
+    /// `writer.commit-timeout`, 2 s; leases expire after `ttl`, 2 s), so this only ends
+    /// sessions whose process stalled or whose code waited on something else mid-transaction.
+    /// `0s` disables it; otherwise between 1s and 24 days. Default: 10s. Since 0.2.0.
+    #[serde(with = "humantime_serde")]
+    pub idle_in_transaction_session_timeout: Duration,
+
     /// Idle time before TCP keepalive probes start (keepalives are always on for
     /// tokio-postgres connections). Default: 10s. Since 0.1.0.
     #[serde(with = "humantime_serde")]
@@ -142,6 +153,7 @@ impl Default for DatabaseConfig {
             pool_recycle_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(10),
+            idle_in_transaction_session_timeout: Duration::from_secs(10),
             tcp_keepalive_idle: Duration::from_secs(10),
             tcp_user_timeout: Duration::from_secs(5),
             target_session_attrs: TargetSessionAttrs::ReadWrite,
@@ -223,10 +235,16 @@ impl DatabaseConfig {
                 pg.application_name(DEFAULT_APPLICATION_NAME);
             }
         }
-        if let Some(timeout) = self.statement_timeout_option() {
+        let startup = self.startup_options()?;
+        if !startup.is_empty() {
+            let timeouts = startup
+                .iter()
+                .map(|(k, v)| format!("-c {k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ");
             let options = match pg.get_options() {
-                Some(existing) if !existing.trim().is_empty() => format!("{existing} {timeout}"),
-                _ => timeout,
+                Some(existing) if !existing.trim().is_empty() => format!("{existing} {timeouts}"),
+                _ => timeouts,
             };
             pg.options(options);
         }
@@ -273,11 +291,9 @@ impl DatabaseConfig {
         if let Some((cert, key)) = &tls.client {
             opts = opts.ssl_client_cert(cert).ssl_client_key(key);
         }
-        if !self.statement_timeout.is_zero() {
-            opts = opts.options([(
-                "statement_timeout",
-                self.statement_timeout.as_millis().to_string(),
-            )]);
+        let startup = self.startup_options()?;
+        if !startup.is_empty() {
+            opts = opts.options(startup);
         }
         Ok(opts)
     }
@@ -302,14 +318,34 @@ impl DatabaseConfig {
         )
     }
 
-    /// Returns `-c statement_timeout=<ms>`, or `None` when the timeout is disabled.
-    fn statement_timeout_option(&self) -> Option<String> {
-        (!self.statement_timeout.is_zero()).then(|| {
-            format!(
-                "-c statement_timeout={}",
-                self.statement_timeout.as_millis()
-            )
-        })
+    /// The server settings every connection gets as startup options, in milliseconds:
+    /// `statement_timeout` and `idle_in_transaction_session_timeout`, each left out when
+    /// disabled (`0s`).
+    fn startup_options(&self) -> Result<Vec<(&'static str, String)>, StorageError> {
+        let mut out = Vec::with_capacity(2);
+        if !self.statement_timeout.is_zero() {
+            out.push((
+                "statement_timeout",
+                self.statement_timeout.as_millis().to_string(),
+            ));
+        }
+        let idle = self.idle_in_transaction_session_timeout;
+        if !idle.is_zero() {
+            // PostgreSQL takes an int of milliseconds (at most about 24.8 days); below a
+            // second it would end ordinary transactions that wait a moment between statements.
+            if idle < Duration::from_secs(1) || idle > Duration::from_secs(24 * 24 * 3600) {
+                return Err(StorageError::InvalidConfig {
+                    reason: format!(
+                        "invalid `database.idle-in-transaction-session-timeout` {idle:?}: must be 0s (off) or between 1s and 24 days"
+                    ),
+                });
+            }
+            out.push((
+                "idle_in_transaction_session_timeout",
+                idle.as_millis().to_string(),
+            ));
+        }
+        Ok(out)
     }
 }
 
@@ -600,11 +636,68 @@ mod tests {
         let pg = cfg.tokio_postgres_config().expect("valid config");
         assert_eq!(
             pg.get_options(),
-            Some("-c search_path=x -c statement_timeout=250")
+            Some(
+                "-c search_path=x -c statement_timeout=250 -c idle_in_transaction_session_timeout=10000"
+            )
         );
         assert_eq!(pg.get_application_name(), Some("domain-runtime"));
         assert!(pg.get_keepalives());
         assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(5)));
+    }
+
+    /// Issue 11 item 2: every pool and dedicated connection of every component gets
+    /// `idle_in_transaction_session_timeout`, so a transaction left open by a stalled
+    /// caller cannot pin the vacuum horizon (and its locks) for ever.
+    #[test]
+    fn idle_in_transaction_timeout_is_a_startup_option_item_2() {
+        let cfg = DatabaseConfig {
+            statement_timeout: Duration::ZERO,
+            idle_in_transaction_session_timeout: Duration::from_millis(2500),
+            ..DatabaseConfig::from_url("postgres://u@h/d")
+        };
+        let pg = cfg.tokio_postgres_config().expect("valid config");
+        assert_eq!(
+            pg.get_options(),
+            Some("-c idle_in_transaction_session_timeout=2500")
+        );
+        let sqlx = format!("{:?}", cfg.sqlx_options().expect("valid config"));
+        assert!(
+            sqlx.contains("idle_in_transaction_session_timeout=2500"),
+            "{sqlx}"
+        );
+        let off = DatabaseConfig {
+            statement_timeout: Duration::ZERO,
+            idle_in_transaction_session_timeout: Duration::ZERO,
+            ..DatabaseConfig::from_url("postgres://u@h/d")
+        };
+        assert_eq!(
+            off.tokio_postgres_config().expect("valid").get_options(),
+            None
+        );
+        for bad in [
+            Duration::from_millis(500),
+            Duration::from_secs(25 * 24 * 3600),
+        ] {
+            let cfg = DatabaseConfig {
+                idle_in_transaction_session_timeout: bad,
+                ..DatabaseConfig::default()
+            };
+            let err = cfg
+                .tokio_postgres_config()
+                .expect_err("out of range")
+                .to_string();
+            assert!(
+                err.contains("database.idle-in-transaction-session-timeout"),
+                "{err}"
+            );
+            assert!(cfg.sqlx_options().is_err());
+        }
+        let parsed: DatabaseConfig =
+            toml::from_str("idle-in-transaction-session-timeout = \"30s\"").expect("valid toml");
+        assert_eq!(
+            parsed.idle_in_transaction_session_timeout,
+            Duration::from_secs(30)
+        );
     }
 
     #[test]

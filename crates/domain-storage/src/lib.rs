@@ -16,8 +16,8 @@
 //!   pooled: leader-lease advisory locks (a session lock lives exactly as long as its
 //!   connection) and `LISTEN`/`NOTIFY` subscriptions.
 //!
-//! Every connection gets `statement_timeout` as a startup option (except while running
-//! migrations) and reports `application_name`.
+//! Every connection gets `statement_timeout` (except while running migrations) and
+//! `idle_in_transaction_session_timeout` as startup options and reports `application_name`.
 //!
 //! # TLS
 //!

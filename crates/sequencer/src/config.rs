@@ -157,12 +157,31 @@ pub struct ReaderConfig {
     /// Fallback polling when no notification arrives. Default `200ms`.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// Events per read query. Default 1000.
+    /// Most events per read query (shared reader and catch-up pages). Default 1000.
     pub page_size: i64,
-    /// Batches the shared feed buffers for each subscriber before it is cut. Default 1024.
+    /// Byte budget of one read query, by the stored size of the events (submission,
+    /// content, signature): a page stops adding events once the ones before reach it, and
+    /// holds at least one, so a page of large events stays near this size instead of
+    /// `page-size` × `max-request-size`. At least 64 KiB. Default 8 MiB.
+    pub page_bytes: usize,
+    /// Most batches the shared live feed keeps for subscribers that have not taken them;
+    /// a subscriber further behind is cut (`SEQ_SUBSCRIBER_TOO_SLOW`). Default 1024.
     pub feed_buffer: usize,
+    /// Most bytes (stored event size) the shared live feed keeps for subscribers that have
+    /// not taken them: when a slow subscriber would make it keep more, the oldest batches go
+    /// and that subscriber is cut (`SEQ_SUBSCRIBER_TOO_SLOW`, it resumes from the database).
+    /// At least `page-bytes`. Default 256 MiB.
+    pub feed_bytes: usize,
     /// Events buffered per subscription towards the client. Default 256.
     pub subscription_buffer: usize,
+    /// Bytes (encoded events) buffered per subscription towards the client, on top of the
+    /// event count: a subscription whose client reads slowly waits once either is reached.
+    /// An event larger than this is sent alone. Between 64 KiB and 4 GiB. Default 16 MiB.
+    pub subscription_buffer_bytes: usize,
+    /// Subscriptions one member may have open on one instance at a time; one more is
+    /// refused with `SEQ_TOO_MANY_SUBSCRIPTIONS`. A client normally needs one per
+    /// instance (briefly two while it replaces a broken stream). Default 8.
+    pub max_subscriptions_per_member: usize,
     /// Counter checkpoints are written this often. Default `2s`.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
@@ -170,13 +189,68 @@ pub struct ReaderConfig {
     pub checkpoint_every_events: i64,
 }
 
+impl ReaderConfig {
+    /// Checks the limits: a zero would stall delivery or panic, a tiny byte budget would
+    /// turn every page into a query per event.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        const MIN_PAGE_BYTES: usize = 64 * 1024;
+        if self.page_size < 1 {
+            anyhow::bail!(
+                "invalid `reader.page-size` {}: must be at least 1",
+                self.page_size
+            );
+        }
+        if self.page_bytes < MIN_PAGE_BYTES || i64::try_from(self.page_bytes).is_err() {
+            anyhow::bail!(
+                "invalid `reader.page-bytes` {}: must be at least {MIN_PAGE_BYTES} (64 KiB)",
+                self.page_bytes
+            );
+        }
+        if self.feed_buffer < 1 {
+            anyhow::bail!("invalid `reader.feed-buffer` 0: must be at least 1");
+        }
+        if self.feed_bytes < self.page_bytes {
+            anyhow::bail!(
+                "invalid `reader.feed-bytes` {}: must be at least `reader.page-bytes` ({})",
+                self.feed_bytes,
+                self.page_bytes
+            );
+        }
+        if self.subscription_buffer < 1 {
+            anyhow::bail!("invalid `reader.subscription-buffer` 0: must be at least 1");
+        }
+        if self.subscription_buffer_bytes < MIN_PAGE_BYTES
+            || u32::try_from(self.subscription_buffer_bytes).is_err()
+        {
+            anyhow::bail!(
+                "invalid `reader.subscription-buffer-bytes` {}: must be between 64 KiB and 4 GiB",
+                self.subscription_buffer_bytes
+            );
+        }
+        if self.max_subscriptions_per_member < 1 {
+            anyhow::bail!("invalid `reader.max-subscriptions-per-member` 0: must be at least 1");
+        }
+        if self.checkpoint_every_events < 1 {
+            anyhow::bail!(
+                "invalid `reader.checkpoint-every-events` {}: must be at least 1",
+                self.checkpoint_every_events
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Default for ReaderConfig {
     fn default() -> Self {
         Self {
             poll_interval: Duration::from_millis(200),
             page_size: 1000,
+            page_bytes: 8 * 1024 * 1024,
             feed_buffer: 1024,
+            feed_bytes: 256 * 1024 * 1024,
             subscription_buffer: 256,
+            subscription_buffer_bytes: 16 * 1024 * 1024,
+            max_subscriptions_per_member: 8,
             checkpoint_interval: Duration::from_secs(2),
             checkpoint_every_events: 512,
         }
@@ -260,6 +334,67 @@ mod tests {
 
     /// The Kubernetes example config loads (every key known) with the values the manifests
     /// rely on: the ports the Services point at, TLS on the public API.
+    /// Issue 11 items 2 and 3: the read limits are validated with errors naming the key.
+    #[test]
+    fn reader_limits_are_validated_item_2() {
+        assert!(ReaderConfig::default().validate().is_ok());
+        let cases: [(&str, ReaderConfig); 7] = [
+            (
+                "reader.subscription-buffer-bytes",
+                ReaderConfig {
+                    subscription_buffer_bytes: 100,
+                    ..Default::default()
+                },
+            ),
+            (
+                "reader.page-size",
+                ReaderConfig {
+                    page_size: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "reader.page-bytes",
+                ReaderConfig {
+                    page_bytes: 1000,
+                    ..Default::default()
+                },
+            ),
+            (
+                "reader.feed-buffer",
+                ReaderConfig {
+                    feed_buffer: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "reader.feed-bytes",
+                ReaderConfig {
+                    feed_bytes: 1024 * 1024,
+                    ..Default::default()
+                },
+            ),
+            (
+                "reader.subscription-buffer",
+                ReaderConfig {
+                    subscription_buffer: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "reader.max-subscriptions-per-member",
+                ReaderConfig {
+                    max_subscriptions_per_member: 0,
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (key, config) in cases {
+            let err = config.validate().expect_err(key).to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
     #[test]
     fn the_kubernetes_example_config_loads() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -53,6 +53,10 @@ pub enum SequencerError {
     )]
     SubscriberTooSlow { resume_from: i64 },
     #[error(
+        "member {member} already has {limit} subscriptions open on this instance (reader.max-subscriptions-per-member); close one or retry later"
+    )]
+    TooManySubscriptions { member: String, limit: usize },
+    #[error(
         "counter {counter} lies below the pruning bound; the oldest retained counter is {oldest}"
     )]
     EventsPruned { counter: i64, oldest: i64 },
@@ -103,6 +107,7 @@ impl SequencerError {
             Overloaded => "SEQ_OVERLOADED",
             RegistrationRateLimited => "SEQ_REGISTRATION_RATE_LIMITED",
             SubscriberTooSlow { .. } => "SEQ_SUBSCRIBER_TOO_SLOW",
+            TooManySubscriptions { .. } => "SEQ_TOO_MANY_SUBSCRIPTIONS",
             EventsPruned { .. } => "SEQ_EVENTS_PRUNED",
             RegisteredAhead { .. } => "SEQ_REGISTERED_AHEAD",
             InstanceOffline(_) => "SEQ_INSTANCE_OFFLINE",
@@ -137,7 +142,8 @@ impl SequencerError {
             RequestTooLarge { .. }
             | Overloaded
             | RegistrationRateLimited
-            | SubscriberTooSlow { .. } => Code::ResourceExhausted,
+            | SubscriberTooSlow { .. }
+            | TooManySubscriptions { .. } => Code::ResourceExhausted,
             EventsPruned { .. } => Code::OutOfRange,
             InstanceOffline(_) | OutcomeUnknown | RegisteredAhead { .. } | Database(_) => {
                 Code::Unavailable
@@ -189,6 +195,11 @@ mod tests {
             SequencerError::OutcomeUnknown,
             SequencerError::MemberUnknown("x".into()),
             SequencerError::RecipientUnknown("x".into()),
+            SequencerError::SubscriberTooSlow { resume_from: 1 },
+            SequencerError::TooManySubscriptions {
+                member: "x".into(),
+                limit: 1,
+            },
         ];
         let mut seen = std::collections::HashSet::new();
         for e in all {

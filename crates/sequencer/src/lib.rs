@@ -108,6 +108,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     crate::metrics::describe();
     config.pruning.validate()?;
+    config.reader.validate()?;
     if let Some(reason) = config.admin_api.admin_exposure_problem(true) {
         anyhow::bail!("invalid `admin-api`: {reason}");
     }
@@ -176,11 +177,19 @@ pub async fn run(
     let writer_shutdown = CancellationToken::new();
     let writer_task = tokio::spawn(writer.run(rx, state_tx, writer_shutdown.clone()));
 
-    let reader = SharedReader::new(config.reader.feed_buffer);
+    let reader = SharedReader::new(reader::FeedLimits {
+        batches: config.reader.feed_buffer,
+        bytes: config.reader.feed_bytes as u64,
+    });
+    let read_page = reader::ReadPage {
+        rows: config.reader.page_size,
+        // Validated to fit.
+        bytes: i64::try_from(config.reader.page_bytes).unwrap_or(i64::MAX),
+    };
     tasks.spawn(reader.clone().run(
         pool.clone(),
         config.reader.poll_interval,
-        config.reader.page_size,
+        read_page,
         internal.clone(),
     ));
 
@@ -194,7 +203,9 @@ pub async fn run(
             token_ttl: config.auth.token_ttl,
             default_max_sequencing: config.writer.default_max_sequencing,
             subscription_buffer: config.reader.subscription_buffer,
-            read_page: config.reader.page_size,
+            subscription_buffer_bytes: config.reader.subscription_buffer_bytes,
+            read_page,
+            max_subscriptions_per_member: config.reader.max_subscriptions_per_member,
             open_participant_access: config.access_mode == config::AccessMode::Open,
             open_registrations_per_second: config.auth.open_registrations_per_second,
             max_clock_skew: config.ha.max_clock_skew,
@@ -493,7 +504,15 @@ async fn offline_checker(
         }
         // Only an online instance judges its peers: one that lost the database
         // would otherwise be the one lagging.
-        let Some(own) = state.borrow().index.filter(|_| state.borrow().online) else {
+        // One borrow, released at once: taking a second read lock of the watch while
+        // holding the first deadlocks as soon as the writer's `send_modify` queues
+        // between them (std's RwLock lets a waiting writer go first), which froze a whole
+        // instance (both runtime workers) in `sequencer_order` under load.
+        let (index, online) = {
+            let s = state.borrow();
+            (s.index, s.online)
+        };
+        let Some(own) = index.filter(|_| online) else {
             continue;
         };
         let Ok(mut client) = pool.get().await else {

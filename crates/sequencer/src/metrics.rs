@@ -15,6 +15,8 @@ pub const EVENTS_READ: &str = "sequencer_events_read_total";
 pub const EVENTS_DELIVERED: &str = "sequencer_events_delivered_total";
 pub const ACTIVE_SUBSCRIPTIONS: &str = "sequencer_active_subscriptions";
 pub const SUBSCRIBERS_CUT: &str = "sequencer_subscribers_cut_total";
+pub const SUBSCRIPTIONS_REFUSED: &str = "sequencer_subscriptions_refused_total";
+pub const FEED_BYTES: &str = "sequencer_feed_bytes";
 pub const WRITER_ONLINE: &str = "sequencer_writer_online";
 pub const INSTANCE_INDEX: &str = "sequencer_instance_index";
 pub const DB_POOL: &str = "sequencer_db_pool_connections";
@@ -79,6 +81,15 @@ pub fn describe() {
     describe_counter!(
         SUBSCRIBERS_CUT,
         "Subscriptions cut with RESOURCE_EXHAUSTED because the subscriber fell behind"
+    );
+    describe_counter!(
+        SUBSCRIPTIONS_REFUSED,
+        "Subscriptions refused with SEQ_TOO_MANY_SUBSCRIPTIONS: the member already had reader.max-subscriptions-per-member open on this instance"
+    );
+    describe_gauge!(
+        FEED_BYTES,
+        Unit::Bytes,
+        "Bytes (stored event size) the live feed keeps for subscribers that have not taken them yet, as of its latest batch; at most reader.feed-bytes plus one batch"
     );
     describe_gauge!(
         WRITER_ONLINE,

@@ -3,12 +3,13 @@
 //! event once, decodes it once, and publishes it to all local subscriptions, so
 //! database reads do not grow with the number of subscribers.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use domain_proto::v1::{Envelope, SubmissionRequest};
 use prost::Message as _;
-use tokio::sync::{Mutex, Notify, broadcast};
+use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
@@ -66,24 +67,211 @@ pub struct EventBatch {
     pub events: Vec<Arc<GlobalEvent>>,
 }
 
+/// How much of the live stream the feed keeps for subscribers that have not taken it yet.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedLimits {
+    /// Most batches kept (`reader.feed-buffer`).
+    pub batches: usize,
+    /// Most bytes kept, by the stored size of the events (`reader.feed-bytes`).
+    pub bytes: u64,
+}
+
+struct Slot {
+    batch: Arc<EventBatch>,
+    bytes: u64,
+    /// Receivers that have not taken this batch yet.
+    remaining: usize,
+}
+
+struct FeedState {
+    /// Sequence number of `slots[0]`.
+    base: u64,
+    slots: VecDeque<Slot>,
+    bytes: u64,
+    receivers: usize,
+    closed: bool,
+}
+
+impl FeedState {
+    /// Drops the batches every receiver has taken.
+    fn trim(&mut self) {
+        while self.slots.front().is_some_and(|s| s.remaining == 0) {
+            if let Some(slot) = self.slots.pop_front() {
+                self.bytes -= slot.bytes;
+                self.base += 1;
+            }
+        }
+    }
+}
+
+/// The live feed: a broadcast of batches bounded in batches *and* bytes. A batch stays
+/// only until every receiver has taken it; when a slow receiver would make the feed keep
+/// more than its limits, the oldest batches go and that receiver gets
+/// [`FeedError::Lagged`] (its subscription is cut and resumes from the database), so the
+/// memory one instance holds for its subscribers does not grow with their slowness.
+pub struct Feed {
+    state: std::sync::Mutex<FeedState>,
+    /// Bumped on every publish (and on close) to wake waiting receivers.
+    wake: watch::Sender<u64>,
+    limits: FeedLimits,
+}
+
+/// Why [`FeedReceiver::recv`] returned no batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedError {
+    /// Batches this receiver had not taken were dropped to keep the feed in its limits.
+    Lagged,
+    /// The reader stopped.
+    Closed,
+}
+
+impl Feed {
+    pub fn new(limits: FeedLimits) -> Arc<Self> {
+        let (wake, _) = watch::channel(0);
+        Arc::new(Self {
+            state: std::sync::Mutex::new(FeedState {
+                base: 0,
+                slots: VecDeque::new(),
+                bytes: 0,
+                receivers: 0,
+                closed: false,
+            }),
+            wake,
+            limits: FeedLimits {
+                batches: limits.batches.max(1),
+                bytes: limits.bytes,
+            },
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
+        // The state stays consistent across a panic elsewhere (no user code runs under
+        // the lock), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A receiver of every batch published from now on.
+    pub fn subscribe(self: &Arc<Self>) -> FeedReceiver {
+        let mut wake = self.wake.subscribe();
+        wake.borrow_and_update();
+        let mut st = self.lock();
+        st.receivers += 1;
+        FeedReceiver {
+            feed: self.clone(),
+            next: st.base + st.slots.len() as u64,
+            wake,
+        }
+    }
+
+    /// Publishes a batch of `bytes` (stored size) to every current receiver.
+    pub fn publish(&self, batch: Arc<EventBatch>, bytes: u64) {
+        let mut st = self.lock();
+        if st.receivers == 0 {
+            // Nobody to deliver to; a later subscriber reads it from the database.
+            return;
+        }
+        let remaining = st.receivers;
+        st.slots.push_back(Slot {
+            batch,
+            bytes,
+            remaining,
+        });
+        st.bytes += bytes;
+        // The newest batch always stays, however large: receivers that keep up need it.
+        while st.slots.len() > 1
+            && (st.slots.len() > self.limits.batches || st.bytes > self.limits.bytes)
+        {
+            if let Some(slot) = st.slots.pop_front() {
+                st.bytes -= slot.bytes;
+                st.base += 1;
+            }
+        }
+        metrics::gauge!(m::FEED_BYTES).set(st.bytes as f64);
+        drop(st);
+        self.wake.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Ends the feed: receivers get [`FeedError::Closed`] once they took what is left.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.wake.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Bytes currently kept for receivers.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+}
+
+/// One subscriber's position in the [`Feed`].
+pub struct FeedReceiver {
+    feed: Arc<Feed>,
+    /// Sequence number of the next batch to take.
+    next: u64,
+    wake: watch::Receiver<u64>,
+}
+
+impl FeedReceiver {
+    /// The next batch, waiting for it if needed.
+    pub async fn recv(&mut self) -> Result<Arc<EventBatch>, FeedError> {
+        loop {
+            // Marked seen before looking, so a publish after the look wakes us.
+            self.wake.borrow_and_update();
+            {
+                let mut st = self.feed.lock();
+                if self.next < st.base {
+                    return Err(FeedError::Lagged);
+                }
+                let idx = (self.next - st.base) as usize;
+                if let Some(slot) = st.slots.get_mut(idx) {
+                    slot.remaining -= 1;
+                    let batch = slot.batch.clone();
+                    self.next += 1;
+                    st.trim();
+                    return Ok(batch);
+                }
+                if st.closed {
+                    return Err(FeedError::Closed);
+                }
+            }
+            if self.wake.changed().await.is_err() {
+                return Err(FeedError::Closed);
+            }
+        }
+    }
+}
+
+impl Drop for FeedReceiver {
+    fn drop(&mut self) {
+        let mut st = self.feed.lock();
+        let from = self.next.max(st.base);
+        let start = (from - st.base) as usize;
+        for slot in st.slots.iter_mut().skip(start) {
+            slot.remaining -= 1;
+        }
+        st.receivers -= 1;
+        st.trim();
+    }
+}
+
 struct ReaderInner {
     position: i64,
-    tx: broadcast::Sender<Arc<EventBatch>>,
 }
 
 /// Handle shared between the reader task and subscriptions.
 pub struct SharedReader {
     inner: Mutex<ReaderInner>,
+    feed: Arc<Feed>,
     pub wake: Notify,
     started: tokio::sync::watch::Sender<bool>,
 }
 
 impl SharedReader {
-    pub fn new(buffer: usize) -> Arc<Self> {
-        let (tx, _) = broadcast::channel(buffer.max(16));
+    pub fn new(limits: FeedLimits) -> Arc<Self> {
         let (started, _) = tokio::sync::watch::channel(false);
         Arc::new(Self {
-            inner: Mutex::new(ReaderInner { position: 0, tx }),
+            inner: Mutex::new(ReaderInner { position: 0 }),
+            feed: Feed::new(limits),
             wake: Notify::new(),
             started,
         })
@@ -91,11 +279,16 @@ impl SharedReader {
 
     /// Subscribes to live batches. Returns the position from which live batches
     /// start: the caller must read everything up to it from the database.
-    pub async fn subscribe(&self) -> (i64, broadcast::Receiver<Arc<EventBatch>>) {
+    pub async fn subscribe(&self) -> (i64, FeedReceiver) {
         let mut started = self.started.subscribe();
         let _ = started.wait_for(|s| *s).await;
         let inner = self.inner.lock().await;
-        (inner.position, inner.tx.subscribe())
+        (inner.position, self.feed.subscribe())
+    }
+
+    /// Bytes the live feed currently keeps for subscribers that have not taken them.
+    pub fn feed_bytes(&self) -> u64 {
+        self.feed.buffered_bytes()
     }
 
     /// Runs the reader loop until shutdown.
@@ -103,7 +296,18 @@ impl SharedReader {
         self: Arc<Self>,
         pool: deadpool_postgres::Pool,
         poll_interval: Duration,
-        page: i64,
+        page: ReadPage,
+        shutdown: CancellationToken,
+    ) {
+        self.run_inner(pool, poll_interval, page, shutdown).await;
+        self.feed.close();
+    }
+
+    async fn run_inner(
+        &self,
+        pool: deadpool_postgres::Pool,
+        poll_interval: Duration,
+        page: ReadPage,
         shutdown: CancellationToken,
     ) {
         // Start at the current safe watermark: subscriptions catch up from the
@@ -146,7 +350,7 @@ impl SharedReader {
         }
     }
 
-    async fn catch_up(&self, pool: &deadpool_postgres::Pool, page: i64) -> Result<(), String> {
+    async fn catch_up(&self, pool: &deadpool_postgres::Pool, page: ReadPage) -> Result<(), String> {
         let client = pool.get().await.map_err(|e| e.to_string())?;
         loop {
             let position = self.inner.lock().await.position;
@@ -156,16 +360,18 @@ impl SharedReader {
             if safe <= position {
                 return Ok(());
             }
-            let events = store::read_global(&**client, position, safe, page)
+            let read = store::read_global(&**client, position, safe, page.rows, page.bytes)
                 .await
                 .map_err(|e| e.to_string())?;
-            let full = events.len() as i64 >= page;
+            let full = read.truncated;
             let up_to = if full {
-                events.last().map_or(safe, |e| e.ts)
+                read.events.last().map_or(safe, |e| e.ts)
             } else {
                 safe
             };
-            let events: Vec<Arc<GlobalEvent>> = events
+            let bytes: u64 = read.events.iter().map(StoredEvent::page_bytes).sum();
+            let events: Vec<Arc<GlobalEvent>> = read
+                .events
                 .into_iter()
                 .map(|e| Arc::new(GlobalEvent::from_stored(e)))
                 .collect();
@@ -177,12 +383,111 @@ impl SharedReader {
                 events,
             });
             inner.position = up_to;
-            // No receivers is fine: nobody is subscribed on this instance.
-            let _ = inner.tx.send(batch);
+            self.feed.publish(batch, bytes);
             drop(inner);
             if !full {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Limits of one read query: rows, and bytes by the stored size of the events (a query
+/// stops adding rows once the budget is reached, after at least one).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadPage {
+    pub rows: i64,
+    pub bytes: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(after: i64) -> Arc<EventBatch> {
+        Arc::new(EventBatch {
+            after,
+            up_to: after + 1,
+            events: Vec::new(),
+        })
+    }
+
+    const LIMITS: FeedLimits = FeedLimits {
+        batches: 100,
+        bytes: 1000,
+    };
+
+    /// Issue 11 item 3 (read side): the feed keeps at most its byte budget for a
+    /// subscriber that does not take batches (plus the newest one), and that subscriber
+    /// learns it lagged instead of silently missing batches.
+    #[tokio::test]
+    async fn feed_is_bounded_in_bytes_and_lags_the_slow_receiver_item_3() {
+        let feed = Feed::new(LIMITS);
+        let mut slow = feed.subscribe();
+        let mut fast = feed.subscribe();
+        for i in 0..10 {
+            feed.publish(batch(i), 300);
+            let b = fast.recv().await.expect("the fast receiver keeps up");
+            assert_eq!(b.after, i);
+            assert!(
+                feed.buffered_bytes() <= LIMITS.bytes,
+                "{} bytes kept after batch {i}",
+                feed.buffered_bytes()
+            );
+        }
+        // 1000 bytes hold the last 3 batches of 300.
+        assert_eq!(feed.buffered_bytes(), 900);
+        assert_eq!(slow.recv().await.map(|b| b.after), Err(FeedError::Lagged));
+        drop(slow);
+        assert_eq!(
+            feed.buffered_bytes(),
+            0,
+            "nobody needs the batches any more"
+        );
+    }
+
+    /// The newest batch is kept even when it alone exceeds the budget, so receivers that
+    /// keep up are never cut by one large batch; the batch limit applies too.
+    #[tokio::test]
+    async fn feed_keeps_the_newest_batch_and_applies_the_batch_limit() {
+        let feed = Feed::new(FeedLimits {
+            batches: 2,
+            bytes: 1000,
+        });
+        let mut r = feed.subscribe();
+        feed.publish(batch(0), 5000);
+        assert_eq!(r.recv().await.map(|b| b.after), Ok(0));
+        for i in 1..=3 {
+            feed.publish(batch(i), 1);
+        }
+        assert_eq!(r.recv().await.map(|b| b.after), Err(FeedError::Lagged));
+        let mut r = feed.subscribe();
+        feed.publish(batch(4), 1);
+        feed.publish(batch(5), 1);
+        assert_eq!(r.recv().await.map(|b| b.after), Ok(4));
+        assert_eq!(r.recv().await.map(|b| b.after), Ok(5));
+    }
+
+    /// Batches are kept only while a receiver still needs them, nothing is stored
+    /// without receivers, a waiting receiver is woken by a publish, and close ends it.
+    #[tokio::test]
+    async fn feed_frees_taken_batches_and_wakes_waiters() {
+        let feed = Feed::new(LIMITS);
+        feed.publish(batch(0), 10);
+        assert_eq!(feed.buffered_bytes(), 0);
+        let mut r = feed.subscribe();
+        let waiter = tokio::spawn(async move {
+            let b = r.recv().await.map(|b| b.after);
+            (b, r)
+        });
+        tokio::task::yield_now().await;
+        feed.publish(batch(1), 10);
+        let (got, mut r) = waiter.await.expect("waiter");
+        assert_eq!(got, Ok(1));
+        assert_eq!(feed.buffered_bytes(), 0, "taken by its only receiver");
+        feed.publish(batch(2), 10);
+        feed.close();
+        assert_eq!(r.recv().await.map(|b| b.after), Ok(2));
+        assert_eq!(r.recv().await.map(|b| b.after), Err(FeedError::Closed));
     }
 }

@@ -9,8 +9,7 @@ use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, Signature, Sign
 use domain_proto::v1::{self as pb, sequencer_service_server::SequencerService};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{Mutex, mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{Mutex, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -39,7 +38,10 @@ pub struct ServiceSettings {
     pub token_ttl: Duration,
     pub default_max_sequencing: Duration,
     pub subscription_buffer: usize,
-    pub read_page: i64,
+    pub subscription_buffer_bytes: usize,
+    pub read_page: crate::reader::ReadPage,
+    /// Subscriptions one member may have open on this instance.
+    pub max_subscriptions_per_member: usize,
     /// Open mode: any participant key gets registered on its first challenge.
     pub open_participant_access: bool,
     /// `domain_id`, parsed.
@@ -96,6 +98,7 @@ pub struct SequencerCore {
     pub topology: Arc<TopologyCache>,
     tokens: Mutex<HashMap<Vec<u8>, (String, i64, Instant)>>,
     registrations: RegistrationLimiter,
+    subscriptions: subscription::MemberSlots,
 }
 
 impl SequencerCore {
@@ -109,6 +112,7 @@ impl SequencerCore {
         topology: Arc<TopologyCache>,
     ) -> Arc<Self> {
         let registrations = RegistrationLimiter::new(settings.open_registrations_per_second);
+        let subscriptions = subscription::MemberSlots::new(settings.max_subscriptions_per_member);
         Arc::new(Self {
             settings,
             pool,
@@ -119,6 +123,7 @@ impl SequencerCore {
             topology,
             tokens: Mutex::new(HashMap::new()),
             registrations,
+            subscriptions,
         })
     }
 
@@ -696,7 +701,7 @@ impl SequencerService for SequencerApi {
         }
     }
 
-    type SubscribeStream = ReceiverStream<Result<pb::SubscribeResponse, Status>>;
+    type SubscribeStream = subscription::SubscriptionStream;
 
     async fn subscribe(
         &self,
@@ -728,7 +733,15 @@ impl SequencerService for SequencerApi {
                 SequencerError::InstanceOffline("writer is not online".into()).into_status(),
             );
         }
-        let (tx, rx) = mpsc::channel(core.settings.subscription_buffer);
+        // Counted until the subscription task ends, however it ends.
+        let slot = core
+            .subscriptions
+            .acquire(&member)
+            .map_err(SequencerError::into_status)?;
+        let (tx, rx) = subscription::outbox(
+            core.settings.subscription_buffer,
+            core.settings.subscription_buffer_bytes,
+        );
         let ctx = SubscriptionContext {
             pool: core.pool.clone(),
             reader: core.reader.clone(),
@@ -737,8 +750,8 @@ impl SequencerService for SequencerApi {
             shutdown: core.shutdown.clone(),
             page: core.settings.read_page,
         };
-        tokio::spawn(subscription::run(ctx, member, r.from_counter, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        tokio::spawn(subscription::run(ctx, member, r.from_counter, tx, slot));
+        Ok(Response::new(rx))
     }
 
     async fn acknowledge(

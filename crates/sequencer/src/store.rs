@@ -107,6 +107,33 @@ pub struct StoredEvent {
     pub trace_context: Option<String>,
 }
 
+impl StoredEvent {
+    /// The bytes a read page is budgeted by: the stored byte columns, exactly as
+    /// [`PAGE_BYTES_SQL`] counts them on the server.
+    pub fn page_bytes(&self) -> u64 {
+        (self.submission.len() + self.content.len() + self.signature.len()) as u64
+    }
+}
+
+/// A page of events read under a row limit and a byte budget.
+#[derive(Debug)]
+pub struct EventPage {
+    pub events: Vec<StoredEvent>,
+    /// Whether the page stopped at one of its limits, i.e. more events may follow in the
+    /// range read.
+    pub truncated: bool,
+}
+
+impl EventPage {
+    fn new(events: Vec<StoredEvent>, limit: i64, max_bytes: i64) -> Self {
+        let bytes: u64 = events.iter().map(StoredEvent::page_bytes).sum();
+        // A row is left out only once the rows before it reached the budget, so a page
+        // that stayed below both limits read everything there was.
+        let truncated = events.len() as i64 >= limit || bytes >= max_bytes.max(0) as u64;
+        Self { events, truncated }
+    }
+}
+
 /// What happened to each submission of a committed batch.
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
@@ -713,18 +740,48 @@ fn event_from_row(r: &tokio_postgres::Row) -> StoredEvent {
     }
 }
 
-/// Reads all events in `(after, up_to]`, at most `limit`, in timestamp order.
+/// The stored size of an event row (`e`) that a read page is budgeted by; see
+/// [`StoredEvent::page_bytes`]. `octet_length` of a TOASTed value reads its header only.
+const PAGE_BYTES_SQL: &str =
+    "(octet_length(e.submission) + octet_length(e.content) + octet_length(e.signature))::bigint";
+
+/// Wraps an ordered, limited event query (columns [`EVENT_COLUMNS`], ordered by `e.ts`) so
+/// that it returns only the rows that start before `max_bytes` (parameter `$n`) is reached
+/// by the rows before them: always at least one row, and a page's memory is bounded by the
+/// budget plus one event rather than by `limit` times the largest event.
+fn byte_budgeted(inner: &str, n: usize) -> String {
+    format!(
+        "SELECT ts, sender, message_id, recipients, submission, content, signature, trace_context FROM (
+           SELECT p.*, coalesce(sum(p.page_bytes) OVER (ORDER BY p.ts ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
+           FROM ({inner}) p) b
+         WHERE b.before < ${n}::bigint ORDER BY b.ts"
+    )
+}
+
+/// Reads the events in `(after, up_to]` in timestamp order: at most `limit`, and no more
+/// once `max_bytes` is reached (at least one).
 pub async fn read_global(
     client: &impl GenericClient,
     after: i64,
     up_to: i64,
     limit: i64,
-) -> Result<Vec<StoredEvent>, StoreError> {
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM seq_events e WHERE e.ts > $1 AND e.ts <= $2 ORDER BY e.ts LIMIT $3"
+    max_bytes: i64,
+) -> Result<EventPage, StoreError> {
+    let sql = byte_budgeted(
+        &format!(
+            "SELECT {EVENT_COLUMNS}, {PAGE_BYTES_SQL} AS page_bytes FROM seq_events e
+             WHERE e.ts > $1 AND e.ts <= $2 ORDER BY e.ts LIMIT $3"
+        ),
+        4,
     );
-    let rows = client.query(&sql, &[&after, &up_to, &limit]).await?;
-    Ok(rows.iter().map(event_from_row).collect())
+    let rows = client
+        .query(&sql, &[&after, &up_to, &limit, &max_bytes])
+        .await?;
+    Ok(EventPage::new(
+        rows.iter().map(event_from_row).collect(),
+        limit,
+        max_bytes,
+    ))
 }
 
 /// The member's event timestamps in `(after, up_to]`: its own recipient rows
@@ -765,7 +822,9 @@ pub async fn member_timestamps(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Returns up to `limit` of the member's full events in `(after, up_to]`.
+/// Returns the member's full events in `(after, up_to]`: at most `limit`, and no more
+/// once `max_bytes` is reached (at least one).
+#[allow(clippy::too_many_arguments)]
 pub async fn member_events(
     client: &impl GenericClient,
     member_id: i32,
@@ -774,9 +833,14 @@ pub async fn member_events(
     up_to: i64,
     limit: i64,
     lower_bound: i64,
-) -> Result<Vec<StoredEvent>, StoreError> {
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM ({MEMBER_TS_UNION}) u JOIN seq_events e ON e.ts = u.ts ORDER BY e.ts LIMIT $4"
+    max_bytes: i64,
+) -> Result<EventPage, StoreError> {
+    let sql = byte_budgeted(
+        &format!(
+            "SELECT {EVENT_COLUMNS}, {PAGE_BYTES_SQL} AS page_bytes
+             FROM ({MEMBER_TS_UNION}) u JOIN seq_events e ON e.ts = u.ts ORDER BY e.ts LIMIT $4"
+        ),
+        7,
     );
     let rows = client
         .query(
@@ -788,10 +852,31 @@ pub async fn member_events(
                 &limit,
                 &registered_ts,
                 &lower_bound,
+                &max_bytes,
             ],
         )
         .await?;
-    Ok(rows.iter().map(event_from_row).collect())
+    Ok(EventPage::new(
+        rows.iter().map(event_from_row).collect(),
+        limit,
+        max_bytes,
+    ))
+}
+
+/// The member's newest checkpoint `(counter, ts)` at or below `ts`: how many of its events
+/// lie at or below `ts` (its counter is the last of them).
+pub async fn checkpoint_at_or_below(
+    client: &impl GenericClient,
+    member_id: i32,
+    ts: i64,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT counter, ts FROM seq_checkpoints WHERE member_id = $1 AND ts <= $2 ORDER BY counter DESC LIMIT 1",
+            &[&member_id, &ts],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
 /// Returns the nearest checkpoint `(counter, ts)` strictly below `counter`.

@@ -1,0 +1,108 @@
+//! Issue 11 item 3 (read side): a read page is bounded in bytes, not only in rows. Pages of
+//! the shared reader and of a subscription's catch-up stop adding events once the events
+//! before reach `reader.page-bytes`, always return at least one event (so reading makes
+//! progress with events larger than the budget), and say whether they stopped at a limit.
+
+use domain_sequencer::store;
+
+mod common;
+use common::migrated;
+
+const EVENT_BYTES: usize = 100 * 1024;
+const EVENTS: i64 = 10;
+
+/// Stores `EVENTS` events of about 100 KiB for one member at timestamps 1..=EVENTS.
+async fn setup(prefix: &str) -> (deadpool_postgres::Pool, i32) {
+    let cfg = migrated(prefix).await;
+    let pool = domain_storage::hot_pool(&cfg).expect("pool");
+    let client = pool.get().await.expect("connection");
+    let member: i32 = client
+        .query_one(
+            "INSERT INTO seq_members (member, registered_ts) VALUES ('PAR::p::1220aaaa', 0) RETURNING id",
+            &[],
+        )
+        .await
+        .expect("member")
+        .get(0);
+    for ts in 1..=EVENTS {
+        let submission = vec![ts as u8; EVENT_BYTES];
+        client
+            .execute(
+                "INSERT INTO seq_events (ts, instance_index, sender, message_id, recipients, submission, content, signature)
+                 VALUES ($1, 0, $2, $3, ARRAY[$2]::integer[], $4, '\\x0102'::bytea, '\\x03'::bytea)",
+                &[&ts, &member, &format!("m-{ts}"), &submission],
+            )
+            .await
+            .expect("event");
+        client
+            .execute(
+                "INSERT INTO seq_recipients (member_id, ts) VALUES ($1, $2)",
+                &[&member, &ts],
+            )
+            .await
+            .expect("recipient");
+    }
+    (pool, member)
+}
+
+fn timestamps(page: &store::EventPage) -> Vec<i64> {
+    page.events.iter().map(|e| e.ts).collect()
+}
+
+#[tokio::test]
+async fn read_pages_are_bounded_in_bytes_item_3() {
+    let (pool, member) = setup("read_limits").await;
+    let client = pool.get().await.expect("connection");
+    let size = (EVENT_BYTES + 3) as i64;
+    // (byte budget, events expected): an event is added while the ones before it stay
+    // below the budget.
+    let cases = [
+        (1, 1),        // smaller than one event: still one, or reading stalls
+        (size, 1),     // exactly one event
+        (size + 1, 2), // one event and a byte: the second starts below the budget
+        (3 * size - 1, 3),
+        (100 * size, EVENTS), // everything, and the page says so
+    ];
+    for (budget, want) in cases {
+        let global = store::read_global(&**client, 0, EVENTS, 1000, budget)
+            .await
+            .expect("read_global");
+        let mine = store::member_events(&**client, member, 0, 0, EVENTS, 1000, 0, budget)
+            .await
+            .expect("member_events");
+        for (what, page) in [("shared reader", &global), ("catch-up", &mine)] {
+            assert_eq!(
+                timestamps(page),
+                (1..=want).collect::<Vec<_>>(),
+                "{what} page with a budget of {budget} bytes"
+            );
+            assert_eq!(
+                page.truncated,
+                want < EVENTS,
+                "{what} page with a budget of {budget} bytes: truncated flag"
+            );
+            assert!(
+                page.events
+                    .iter()
+                    .all(|e| e.submission.len() == EVENT_BYTES)
+            );
+        }
+    }
+    // The row limit still applies, and a page that hit it says so.
+    let page = store::read_global(&**client, 3, EVENTS, 2, i64::MAX)
+        .await
+        .expect("read_global");
+    assert_eq!(timestamps(&page), vec![4, 5]);
+    assert!(page.truncated);
+    // A page that ends exactly at the range's last event within the limits is complete.
+    let page = store::member_events(&**client, member, 0, 8, EVENTS, 1000, 0, 2 * size)
+        .await
+        .expect("member_events");
+    assert_eq!(timestamps(&page), vec![9, 10]);
+    assert!(page.truncated, "the budget was reached, so more may follow");
+    let page = store::member_events(&**client, member, 0, 8, EVENTS, 1000, 0, 3 * size)
+        .await
+        .expect("member_events");
+    assert_eq!(timestamps(&page), vec![9, 10]);
+    assert!(!page.truncated, "below both limits: the range is read");
+}
