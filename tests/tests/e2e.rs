@@ -25,6 +25,7 @@ mod pruning;
 mod sequencer_api;
 mod sequencer_faults;
 mod sequencer_order;
+mod sequencer_overload;
 mod sequencer_resume;
 mod sequencer_smoke;
 mod topology_enforcement;

@@ -44,6 +44,7 @@ pub struct SequencerConfig {
     pub reader: ReaderConfig,
     pub auth: AuthConfig,
     pub pruning: PruningConfig,
+    pub overload: OverloadConfig,
     /// How long shutdown waits for in-flight calls to drain. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -70,6 +71,7 @@ impl Default for SequencerConfig {
             reader: ReaderConfig::default(),
             auth: AuthConfig::default(),
             pruning: PruningConfig::default(),
+            overload: OverloadConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             tracing: domain_runtime::telemetry::TracingConfig::default(),
         }
@@ -130,8 +132,23 @@ impl Default for HaConfig {
 pub struct WriterConfig {
     /// Most submissions per batch transaction. Default 1000.
     pub max_batch: usize,
-    /// Submissions queued for the writer before sends get RESOURCE_EXHAUSTED. Default 20000.
+    /// A batch stops taking submissions once their bytes reach this (it always takes at
+    /// least one, so a batch holds less than `max-batch-bytes` + `max-request-size`).
+    /// At most 256 MiB: a batch is one statement, and PostgreSQL caps a message at 1 GiB.
+    /// Default 8 MiB.
+    pub max_batch_bytes: usize,
+    /// Submissions queued for the writer before sends get `SEQ_OVERLOADED`. Default 20000.
     pub queue_size: usize,
+    /// Bytes of the submissions waiting for the writer or in the batch it is writing
+    /// (each counted as its size plus 512 bytes of bookkeeping). A send that would go over
+    /// gets `SEQ_OVERLOADED` at once (retryable; nothing is stored). At least
+    /// `max-request-size`. Default 64 MiB.
+    pub max_queue_bytes: usize,
+    /// Most of `max-queue-bytes` the submissions of one sender may hold, so that one
+    /// member sending at full speed leaves room for the others; beyond it that member's
+    /// sends get `SEQ_OVERLOADED`. Between `max-request-size` and `max-queue-bytes`.
+    /// Default 16 MiB.
+    pub max_member_queue_bytes: usize,
     /// A batch commit or heartbeat taking longer than this fails the instance over. Default `2s`.
     #[serde(with = "humantime_serde")]
     pub commit_timeout: Duration,
@@ -144,9 +161,94 @@ impl Default for WriterConfig {
     fn default() -> Self {
         Self {
             max_batch: 1000,
+            max_batch_bytes: 8 * 1024 * 1024,
             queue_size: 20_000,
+            max_queue_bytes: 64 * 1024 * 1024,
+            max_member_queue_bytes: 16 * 1024 * 1024,
             commit_timeout: Duration::from_secs(2),
             default_max_sequencing: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Largest `writer.max-batch-bytes`: the batch's submissions travel as one statement
+/// parameter, and PostgreSQL refuses a message over 1 GiB.
+pub const MAX_BATCH_BYTES_LIMIT: usize = 256 * 1024 * 1024;
+
+impl SequencerConfig {
+    /// Checks the memory and load bounds against each other and `max-request-size`:
+    /// a queue budget a max-size send cannot fit in would refuse it for ever.
+    pub fn validate_limits(&self) -> anyhow::Result<()> {
+        let w = &self.writer;
+        let mrs = self.max_request_size;
+        if w.max_batch == 0 {
+            anyhow::bail!("invalid `writer.max-batch` 0: must be at least 1");
+        }
+        if w.queue_size == 0 {
+            anyhow::bail!("invalid `writer.queue-size` 0: must be at least 1");
+        }
+        if w.max_batch_bytes == 0 || w.max_batch_bytes > MAX_BATCH_BYTES_LIMIT {
+            anyhow::bail!(
+                "invalid `writer.max-batch-bytes` {}: must be between 1 and {MAX_BATCH_BYTES_LIMIT}",
+                w.max_batch_bytes
+            );
+        }
+        let one_send = mrs.saturating_add(crate::overload::SUBMISSION_OVERHEAD);
+        if w.max_member_queue_bytes < one_send {
+            anyhow::bail!(
+                "invalid `writer.max-member-queue-bytes` {}: smaller than one submission of \
+                 `max-request-size` {mrs} plus {} bytes of bookkeeping, so such a send could \
+                 never be queued; raise it to at least {one_send}",
+                w.max_member_queue_bytes,
+                crate::overload::SUBMISSION_OVERHEAD
+            );
+        }
+        if w.max_queue_bytes < w.max_member_queue_bytes {
+            anyhow::bail!(
+                "invalid `writer.max-queue-bytes` {}: smaller than `writer.max-member-queue-bytes` {}",
+                w.max_queue_bytes,
+                w.max_member_queue_bytes
+            );
+        }
+        let o = &self.overload;
+        if o.max_concurrent_requests == 0 {
+            anyhow::bail!("invalid `overload.max-concurrent-requests` 0: must be at least 1");
+        }
+        if o.max_concurrent_requests_per_caller == 0
+            || o.max_concurrent_requests_per_caller > o.max_concurrent_requests
+        {
+            anyhow::bail!(
+                "invalid `overload.max-concurrent-requests-per-caller` {}: must be between 1 and \
+                 `overload.max-concurrent-requests` ({})",
+                o.max_concurrent_requests_per_caller,
+                o.max_concurrent_requests
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The load-shed layer of the public API (see `overload::LoadShed`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct OverloadConfig {
+    /// Calls of the public `SequencerService` handled at once on this instance; one more is
+    /// answered at once with `SEQ_OVERLOADED` (retryable). A `Subscribe` counts only until
+    /// its stream is open. Health checks are not counted. Requests in memory are bounded by
+    /// this × `public-api.max-message-size`. Default 512.
+    pub max_concurrent_requests: usize,
+    /// Of those, the most one caller may have in progress: a caller is a bearer token (so
+    /// one member's calls over all its connections), or the connection for the calls
+    /// before authentication. Keeps one member sending at full speed from taking every
+    /// slot. At most `max-concurrent-requests`. Default 128.
+    pub max_concurrent_requests_per_caller: usize,
+}
+
+impl Default for OverloadConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_requests: 512,
+            max_concurrent_requests_per_caller: 128,
         }
     }
 }
@@ -331,6 +433,47 @@ impl Default for PruningConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with(f: impl FnOnce(&mut SequencerConfig)) -> anyhow::Result<()> {
+        let mut c = SequencerConfig::default();
+        f(&mut c);
+        c.validate_limits()
+    }
+
+    /// Issue 11 item 3: the byte budgets are checked against `max-request-size` and each
+    /// other at start, with a message naming the key.
+    #[test]
+    fn memory_budgets_are_validated_item_3() {
+        with(|_| {}).expect("the defaults are valid");
+        let err = |f: fn(&mut SequencerConfig)| match with(f) {
+            Ok(()) => String::from("accepted"),
+            Err(e) => e.to_string(),
+        };
+        let e = err(|c| c.writer.max_member_queue_bytes = c.max_request_size);
+        assert!(e.contains("writer.max-member-queue-bytes"), "{e}");
+        let e = err(|c| c.max_request_size = 32 * 1024 * 1024);
+        assert!(
+            e.contains("writer.max-member-queue-bytes") && e.contains("max-request-size"),
+            "{e}"
+        );
+        let e = err(|c| c.writer.max_queue_bytes = c.writer.max_member_queue_bytes - 1);
+        assert!(e.contains("writer.max-queue-bytes"), "{e}");
+        let e = err(|c| c.writer.max_batch_bytes = 0);
+        assert!(e.contains("writer.max-batch-bytes"), "{e}");
+        let e = err(|c| c.writer.max_batch_bytes = MAX_BATCH_BYTES_LIMIT + 1);
+        assert!(e.contains("writer.max-batch-bytes"), "{e}");
+        let e = err(|c| c.writer.queue_size = 0);
+        assert!(e.contains("writer.queue-size"), "{e}");
+        let e = err(|c| c.writer.max_batch = 0);
+        assert!(e.contains("writer.max-batch"), "{e}");
+        let e = err(|c| c.overload.max_concurrent_requests = 0);
+        assert!(e.contains("overload.max-concurrent-requests"), "{e}");
+        let e = err(|c| c.overload.max_concurrent_requests_per_caller = 513);
+        assert!(
+            e.contains("overload.max-concurrent-requests-per-caller"),
+            "{e}"
+        );
+    }
 
     /// The Kubernetes example config loads (every key known) with the values the manifests
     /// rely on: the ports the Services point at, TLS on the public API.

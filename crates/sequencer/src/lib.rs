@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod members;
 pub mod metrics;
+pub mod overload;
 pub mod pruning;
 pub mod reader;
 pub mod service;
@@ -109,6 +110,7 @@ pub async fn run(
     crate::metrics::describe();
     config.pruning.validate()?;
     config.reader.validate()?;
+    config.validate_limits()?;
     if let Some(reason) = config.admin_api.admin_exposure_problem(true) {
         anyhow::bail!("invalid `admin-api`: {reason}");
     }
@@ -154,13 +156,20 @@ pub async fn run(
     }
     let topology_wake = Arc::new(tokio::sync::Notify::new());
 
-    let (_tx, rx, state_tx, writer_handle) = writer::channel(config.writer.queue_size);
+    let (_tx, rx, state_tx, writer_handle) = writer::channel(
+        config.writer.queue_size,
+        overload::QueueBudget::new(
+            config.writer.max_queue_bytes,
+            config.writer.max_member_queue_bytes,
+        ),
+    );
     let (peer_tx, peer_rx) = watch::channel(0i64);
     let last_db_success = Arc::new(AtomicI64::new(0));
     let writer = Writer {
         settings: writer::WriterSettings {
             modulus: config.ha.total_node_count,
             max_batch: config.writer.max_batch,
+            max_batch_bytes: config.writer.max_batch_bytes,
             keepalive: config.ha.keepalive_interval,
             commit_timeout: config.writer.commit_timeout,
             batch_heartbeat: config.ha.offline_after / 4,
@@ -284,9 +293,13 @@ pub async fn run(
     let max_msg = config.public_api.max_message_size;
     let (health, health_server) = domain_runtime::grpc::health_service(max_msg).await;
     let _follow = health.follow(&readiness);
-    let api = SequencerServiceServer::new(SequencerApi(core.clone()))
-        .max_decoding_message_size(max_msg)
-        .max_encoding_message_size(max_msg);
+    let api = overload::LoadShed::new(
+        SequencerServiceServer::new(SequencerApi(core.clone()))
+            .max_decoding_message_size(max_msg)
+            .max_encoding_message_size(max_msg),
+        config.overload.max_concurrent_requests,
+        config.overload.max_concurrent_requests_per_caller,
+    );
     let public = domain_runtime::grpc::service_router(&config.public_api, health_server.clone())?
         .add_service(api);
     let admin_api = SequencerAdminServiceServer::new(admin::SequencerAdmin {

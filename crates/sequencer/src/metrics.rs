@@ -33,6 +33,8 @@ pub const ACKNOWLEDGEMENTS: &str = "sequencer_acknowledgements_total";
 pub const CHECKPOINTS_WRITTEN: &str = "sequencer_checkpoints_written_total";
 pub const TOPOLOGY_APPLIED: &str = "sequencer_topology_applied_total";
 pub const TOPOLOGY_TRANSACTIONS: &str = "sequencer_topology_transactions";
+pub const LOAD_SHED: &str = "sequencer_load_shed_total";
+pub const WRITER_QUEUE_BYTES: &str = "sequencer_writer_queue_bytes";
 
 /// Registers descriptions so `/metrics` carries HELP lines.
 pub fn describe() {
@@ -64,6 +66,15 @@ pub fn describe() {
         "Duration of one writer batch transaction, commit included"
     );
     describe_gauge!(INSTANCES_ONLINE, "Writer instances currently marked online");
+    describe_counter!(
+        LOAD_SHED,
+        "Requests refused with SEQ_OVERLOADED, by reason (concurrency, caller_concurrency, queue_bytes, member_queue_bytes, queue_full)"
+    );
+    describe_gauge!(
+        WRITER_QUEUE_BYTES,
+        Unit::Bytes,
+        "Bytes of submissions waiting for the writer or in its current batch (budget writer.max-queue-bytes)"
+    );
     describe_counter!(
         PEER_WATERMARKS_IGNORED,
         "Watermark notifications not followed, by reason (malformed, ahead_of_clock: further ahead of this instance's clock than ha.max-clock-skew)"

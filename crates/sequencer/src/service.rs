@@ -224,11 +224,13 @@ impl SequencerCore {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// Validates a send completely before anything is written.
+    /// Validates a send completely before anything is written. Takes the request by value:
+    /// its bytes move into the [`Submission`] instead of being copied (a queued
+    /// submission used to be held three times over).
     async fn validate(
         &self,
         sender: &MemberRow,
-        req: &pb::SendRequest,
+        req: pb::SendRequest,
     ) -> Result<Validated, SequencerError> {
         // The domain parameter (once set by topology) can only lower the
         // instance's configured limit, which also bounds the gRPC frame size.
@@ -284,19 +286,24 @@ impl SequencerCore {
         // blocking pool so a burst of sends cannot starve the writer task and the
         // reader on the async workers (the OS schedules both fairly instead).
         let domain_id = self.settings.domain_id.clone();
-        let payload = req.submission.clone();
+        let pb::SendRequest {
+            submission: payload,
+            trace_context,
+            ..
+        } = req;
         let sender_key = key.clone();
-        tokio::task::spawn_blocking(move || {
-            key.verify_with_domain_str(
+        let (verified, payload) = tokio::task::spawn_blocking(move || {
+            let verified = key.verify_with_domain_str(
                 SignaturePurpose::Submission,
                 &domain_id,
                 &payload,
                 &signature,
-            )
+            );
+            (verified, payload)
         })
         .await
-        .map_err(|e| SequencerError::Internal(format!("verification task failed: {e}")))?
-        .map_err(|e| SequencerError::SubmissionSignatureInvalid(e.to_string()))?;
+        .map_err(|e| SequencerError::Internal(format!("verification task failed: {e}")))?;
+        verified.map_err(|e| SequencerError::SubmissionSignatureInvalid(e.to_string()))?;
         if sub.message_id.is_empty() || sub.message_id.len() > MAX_MESSAGE_ID_LEN {
             return Err(SequencerError::Malformed(format!(
                 "message id must have 1..={MAX_MESSAGE_ID_LEN} bytes"
@@ -389,8 +396,8 @@ impl SequencerCore {
             } else {
                 recipients.into_iter().collect()
             },
-            submission: req.submission.clone(),
-            trace_context: accepted_trace_context(&req.trace_context),
+            submission: payload,
+            trace_context: accepted_trace_context(&trace_context),
             envelope_hashes,
             time_proof: sub.time_proof,
             max_sequencing_ts,
@@ -398,6 +405,7 @@ impl SequencerCore {
             topology,
             reply,
             enqueued: Instant::now(),
+            charge: None,
         })))
     }
 }
@@ -454,7 +462,7 @@ impl SequencerApi {
     ) -> Result<Response<pb::SendResponse>, Status> {
         let core = &self.0;
         let sender = core.authenticate(&req).await.map_err(reject)?;
-        let mut submission = match core.validate(&sender, req.get_ref()).await {
+        let mut submission = match core.validate(&sender, req.into_inner()).await {
             Ok(Validated::New(s)) => *s,
             Ok(Validated::AlreadySequenced(ts)) => {
                 metrics::counter!(m::SENDS, "outcome" => "deduplicated").increment(1);

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::SequencerError;
 use crate::metrics as m;
+use crate::overload::{QueueBudget, QueueCharge, SUBMISSION_OVERHEAD, ShedReason};
 use crate::store::{
     self, FaultHooks, NewEvent, NewRegistration, StoreError, WriterStatements, uuid_like::Owner,
 };
@@ -40,6 +41,30 @@ pub struct Submission {
     pub topology: Vec<PendingTopology>,
     pub reply: oneshot::Sender<Result<SendOutcome, SequencerError>>,
     pub enqueued: Instant,
+    /// Its share of the queue's byte budget, taken by [`WriterHandle::try_enqueue`] and
+    /// released when the submission is dropped (answered, or failed with the queue).
+    pub charge: Option<QueueCharge>,
+}
+
+impl Submission {
+    /// Bytes the submission holds while queued, as charged to `writer.max-queue-bytes`.
+    pub fn queued_bytes(&self) -> usize {
+        self.submission.len()
+            + self.message_id.len()
+            + self.recipients.len() * 4
+            + self.envelope_hashes.iter().map(Vec::len).sum::<usize>()
+            + SUBMISSION_OVERHEAD
+    }
+}
+
+impl WriteCommand {
+    /// Bytes the command adds to a batch (`writer.max-batch-bytes`).
+    fn batch_bytes(&self) -> usize {
+        match self {
+            WriteCommand::Submit(sub) => sub.submission.len(),
+            WriteCommand::Register { .. } => 0,
+        }
+    }
 }
 
 /// Result of a successful send.
@@ -70,6 +95,8 @@ pub struct WriterState {
 pub struct WriterSettings {
     pub modulus: u16,
     pub max_batch: usize,
+    /// A batch stops taking submissions once their bytes reach this.
+    pub max_batch_bytes: usize,
     pub keepalive: Duration,
     pub commit_timeout: Duration,
     /// How often a writer inside a batch refreshes its heartbeat from a second
@@ -84,6 +111,7 @@ pub struct WriterSettings {
 pub struct WriterHandle {
     tx: mpsc::Sender<WriteCommand>,
     state: watch::Receiver<WriterState>,
+    budget: Arc<QueueBudget>,
 }
 
 impl WriterHandle {
@@ -95,15 +123,24 @@ impl WriterHandle {
         self.state.clone()
     }
 
-    /// Queues a command; a full queue is an explicit, retryable overload.
-    pub fn try_enqueue(&self, cmd: WriteCommand) -> Result<(), SequencerError> {
+    /// Queues a command; a queue that is full (by count, by bytes, or by the sender's
+    /// share of the bytes) is an explicit, retryable overload: the command is refused at
+    /// once rather than held in memory until there is room.
+    pub fn try_enqueue(&self, mut cmd: WriteCommand) -> Result<(), SequencerError> {
         if !self.state.borrow().online {
             return Err(SequencerError::InstanceOffline(
                 "writer is recovering".into(),
             ));
         }
+        if let WriteCommand::Submit(sub) = &mut cmd {
+            let charge = self
+                .budget
+                .try_charge(sub.sender_id, sub.queued_bytes())
+                .map_err(ShedReason::shed)?;
+            sub.charge = Some(charge);
+        }
         self.tx.try_send(cmd).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SequencerError::Overloaded,
+            mpsc::error::TrySendError::Full(_) => ShedReason::QueueFull.shed(),
             mpsc::error::TrySendError::Closed(_) => {
                 SequencerError::InstanceOffline("writer stopped".into())
             }
@@ -112,6 +149,12 @@ impl WriterHandle {
 
     /// Registers a member through the writer so its registration timestamp is
     /// covered by the watermark protocol like any event.
+    ///
+    /// Unlike a send, a registration waits for a queue slot instead of being shed, and is
+    /// not charged to the byte budget: it is a few hundred bytes, comes from an operator
+    /// (admin API, `bootstrap-members`, topology) or from an open-mode `Authenticate`, which
+    /// `auth.open-registrations-per-second` already bounds, and failing it spuriously would
+    /// make an operator or a new participant start over.
     pub async fn register(
         &self,
         member: String,
@@ -144,6 +187,7 @@ pub struct Writer {
 
 pub fn channel(
     queue: usize,
+    budget: Arc<QueueBudget>,
 ) -> (
     mpsc::Sender<WriteCommand>,
     mpsc::Receiver<WriteCommand>,
@@ -155,6 +199,7 @@ pub fn channel(
     let handle = WriterHandle {
         tx: tx.clone(),
         state: state_rx,
+        budget,
     };
     (tx, rx, state_tx, handle)
 }
@@ -254,15 +299,12 @@ impl Writer {
                 }
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { return Ok(()) };
-                    let mut batch = vec![cmd];
-                    // Group commit: take whatever queued up while the last batch
-                    // committed, so batches grow with load and latency stays low when idle.
-                    while batch.len() < self.settings.max_batch {
-                        match rx.try_recv() {
-                            Ok(c) => batch.push(c),
-                            Err(_) => break,
-                        }
-                    }
+                    let batch = fill_batch(
+                        cmd,
+                        rx,
+                        self.settings.max_batch,
+                        self.settings.max_batch_bytes,
+                    );
                     busy_tx.send_replace(Some(Instant::now()));
                     let written = self.write_batch(&mut client, &stmts, index, owner, &mut generator, batch, state).await;
                     busy_tx.send_replace(None);
@@ -358,7 +400,7 @@ impl Writer {
                     });
                     reg_replies.push(reply);
                 }
-                WriteCommand::Submit(sub) => {
+                WriteCommand::Submit(mut sub) => {
                     if ts > sub.max_sequencing_ts {
                         // Answered after the batch: a retry of a message sequenced before
                         // learns its original timestamp, not that the deadline passed.
@@ -394,7 +436,9 @@ impl Writer {
                         sender: sub.sender_id,
                         message_id: sub.message_id.clone(),
                         recipients: sub.recipients.clone(),
-                        submission: sub.submission.clone(),
+                        // Moved, not copied: the bytes are not needed to answer the sender
+                        // (its queue charge stays until then and covers them).
+                        submission: std::mem::take(&mut sub.submission),
                         content,
                         signature: signature.to_bytes().to_vec(),
                         max_sequencing_ts: sub.max_sequencing_ts,
@@ -554,6 +598,30 @@ impl Writer {
     }
 }
 
+/// Group commit: after `first`, takes whatever queued up while the last batch committed,
+/// so batches grow with load and latency stays low when idle; up to `max_batch` commands
+/// and until their bytes reach `max_bytes`, so a batch of large submissions still commits
+/// well within `writer.commit-timeout` (and PostgreSQL's 1 GiB message limit).
+fn fill_batch(
+    first: WriteCommand,
+    rx: &mut mpsc::Receiver<WriteCommand>,
+    max_batch: usize,
+    max_bytes: usize,
+) -> Vec<WriteCommand> {
+    let mut bytes = first.batch_bytes();
+    let mut batch = vec![first];
+    while batch.len() < max_batch && bytes < max_bytes {
+        match rx.try_recv() {
+            Ok(c) => {
+                bytes += c.batch_bytes();
+                batch.push(c);
+            }
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 fn fail_queued(rx: &mut mpsc::Receiver<WriteCommand>, err: impl Fn() -> SequencerError) {
     while let Ok(cmd) = rx.try_recv() {
         match cmd {
@@ -647,5 +715,61 @@ struct AbortOnDrop(tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submit(bytes: usize) -> WriteCommand {
+        let (reply, _) = oneshot::channel();
+        WriteCommand::Submit(Submission {
+            sender_id: 1,
+            sender: "PAR::a::1220".into(),
+            message_id: format!("m-{bytes}"),
+            recipients: vec![1],
+            submission: vec![0; bytes],
+            envelope_hashes: Vec::new(),
+            time_proof: false,
+            max_sequencing_ts: i64::MAX,
+            not_before_ts: 0,
+            trace_context: None,
+            topology: Vec::new(),
+            reply,
+            enqueued: Instant::now(),
+            charge: None,
+        })
+    }
+
+    fn sizes(batch: &[WriteCommand]) -> Vec<usize> {
+        batch.iter().map(WriteCommand::batch_bytes).collect()
+    }
+
+    /// Issue 11 item 3: a batch closes once its bytes reach `writer.max-batch-bytes` (it
+    /// was closed by count only: 1,000 submissions of up to 1 MiB each), and always takes
+    /// at least one submission, however large.
+    #[tokio::test]
+    async fn batch_closes_at_its_byte_budget_item_3() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for b in [400, 400, 400, 400, 5000, 10, 10, 10] {
+            assert!(tx.try_send(submit(b)).is_ok());
+        }
+        let mut next = |max_batch, max_bytes| {
+            let first = rx.try_recv().expect("queued");
+            sizes(&fill_batch(first, &mut rx, max_batch, max_bytes))
+        };
+        assert_eq!(
+            next(1000, 1000),
+            [400, 400, 400],
+            "closes once 1000 is reached"
+        );
+        assert_eq!(
+            next(1000, 1000),
+            [400, 5000],
+            "may end above the budget by one"
+        );
+        assert_eq!(next(2, 1000), [10, 10], "the count limit still applies");
+        assert_eq!(next(1000, 1), [10], "always at least one");
     }
 }
