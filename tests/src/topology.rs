@@ -76,6 +76,34 @@ pub async fn send_topology(
     Ok(r.sequencing_timestamp_micros)
 }
 
+/// The `SequencerRegistration` the domain manager writes at bootstrap for the cluster's
+/// sequencer (id and key as its `GetDomainInfo` shows them). Members without a pinned
+/// sequencer key only trust a key registered so (issue 11 item 12).
+pub async fn sequencer_registration(
+    cluster: &SequencerCluster,
+    serial: u64,
+) -> anyhow::Result<TopologyTransaction> {
+    let channel = domain_sequencer_client::connect_channel(
+        &cluster.nodes[0].public_endpoint(),
+        Some(cluster.client_tls()),
+        Duration::from_secs(5),
+    )
+    .await?;
+    let info = pb::sequencer_service_client::SequencerServiceClient::new(channel)
+        .get_domain_info(pb::GetDomainInfoRequest {})
+        .await?
+        .into_inner();
+    let key = info.sequencer_public_key.context("no sequencer key")?;
+    Ok(TopologyTransaction {
+        serial,
+        operation: Operation::Replace,
+        mapping: Mapping::Sequencer {
+            sequencer: MemberId::parse(&info.sequencer_id)?,
+            public_key: Some(domain_identity::PublicKey::from_bytes(&key.key)?),
+        },
+    })
+}
+
 pub async fn sleep_until_micros(t: i64) {
     let wait = t - now_micros();
     if wait > 0 {

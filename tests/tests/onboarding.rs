@@ -61,6 +61,110 @@ async fn spawn_sequencer(
     Ok(process)
 }
 
+/// A real sequencer of this domain id with its own key and its own database, serving a
+/// certificate of the provider's CA (so TLS passes): a mis-pointed or hijacked endpoint.
+/// Its database has no namespace key and no sequencer registration.
+async fn spawn_rogue(
+    domain: &Domain,
+    logs: &TestLogs,
+    db_name: &str,
+) -> anyhow::Result<(String, ManagedProcess)> {
+    let rogue_key = logs.path("rogue-key.pem");
+    SigningKeyPair::generate().save_pem(&rogue_key)?;
+    let n0 = &domain.cluster.nodes[0];
+    let (rp, ra, ro) = (free_port(), free_port(), free_port());
+    let rogue_db = PgCluster::shared().create_database(db_name).await;
+    let rogue_config = std::fs::read_to_string(&n0.config_path)?
+        .replace(
+            &logs.path("sequencer-key.pem").display().to_string(),
+            &rogue_key.display().to_string(),
+        )
+        .replace(&format!(":{}\"", n0.public_port), &format!(":{rp}\""))
+        .replace(&format!(":{}\"", n0.admin_port), &format!(":{ra}\""))
+        .replace(&format!(":{}\"", n0.ops_port), &format!(":{ro}\""))
+        .replace(&domain.cluster.database.url, &rogue_db.url);
+    ensure!(rogue_config.contains(&rogue_key.display().to_string()));
+    let rogue_path = logs.path("rogue.toml");
+    std::fs::write(&rogue_path, rogue_config)?;
+    let rogue_ep = format!("https://localhost:{rp}");
+    let rogue = spawn_sequencer(
+        "rogue-seq",
+        &rogue_path,
+        &rogue_ep,
+        domain.cluster.client_tls(),
+        logs,
+    )
+    .await?;
+    Ok((rogue_ep, rogue))
+}
+
+/// Issue 11 item 12: `connect-multi` without a bundle or any pin, with a sequencer of this
+/// domain id but another key listed first. Its key is not the one the domain's
+/// namespace-signed sequencer registration names, so it is refused and not saved (before:
+/// the endpoints "belonged to different domains" and nothing connected, or, in the client,
+/// whichever answered first defined the domain); the real key is pinned, and the node pings
+/// through the real sequencers.
+#[tokio::test(flavor = "multi_thread")]
+async fn item_12_connect_multi_refuses_an_impostor_listed_first() -> anyhow::Result<()> {
+    let logs = TestLogs::for_current_test();
+    keep_logs_on_error(&logs, impostor_first(logs.clone())).await
+}
+
+async fn impostor_first(logs: TestLogs) -> anyhow::Result<()> {
+    let mut domain = Domain::start(logs.clone(), &[("bob", "payload")], "5s").await?;
+    let (rogue_ep, _rogue) = spawn_rogue(&domain, &logs, "i12_rogue").await?;
+    let data = logs.path("alice");
+    let data_s = data.to_string_lossy().into_owned();
+    let member = participant_ok(&["init", "--name", "alice", "--data-dir", &data_s]).await?;
+    let out = domain_testkit::domain_manager::domainctl(
+        &domain.dms.endpoints(),
+        &[
+            "participants",
+            "set-state",
+            &member,
+            "--permission",
+            "submission",
+            "--trust-level",
+            "ordinary",
+        ],
+    )
+    .await?;
+    ensure!(out.status.success(), "set-state: {}", text(&out));
+    let ca = domain.cluster.pki_files.ca.to_string_lossy().into_owned();
+    let mut endpoints = vec![rogue_ep.clone()];
+    endpoints.extend(domain.sequencer_endpoints());
+    let mut args = vec!["connect-multi", "testdomain"];
+    args.extend(endpoints.iter().map(String::as_str));
+    args.extend(["--ca", &ca, "--timeout", "5s", "--data-dir", &data_s]);
+    let out = participant_cli(&args).await?;
+    let err = stderr(&out);
+    ensure!(out.status.success(), "connect-multi: {}", text(&out));
+    ensure!(
+        err.contains(&format!("{rogue_ep}: refused: presents sequencer key"))
+            && err.contains("no namespace key"),
+        "impostor not refused: {err}"
+    );
+    let saved = std::fs::read_to_string(data.join("domain-connection.toml"))?;
+    ensure!(!saved.contains(&rogue_ep), "impostor saved:\n{saved}");
+    let real_key = seq_key(&domain.cluster)?;
+    ensure!(
+        saved.contains(&format!("sequencer-key = \"{}\"", real_key.fingerprint())),
+        "real sequencer key not pinned:\n{saved}"
+    );
+    let alice = domain
+        .adopt_participant("alice", &member, data.clone(), "payload", true)
+        .await?;
+    let bob_member = domain.participants[0].member.clone();
+    let mut alice_admin = domain.participants[alice].admin().await?;
+    let mut bob_admin = domain.participants[0].admin().await?;
+    let r = ping_until_mediator_known(&mut alice_admin, &bob_member).await?;
+    ensure!(r.verdict == "approved", "alice -> bob: {r:?}");
+    let r = ping_until_mediator_known(&mut bob_admin, &member).await?;
+    ensure!(r.verdict == "approved", "bob -> alice: {r:?}");
+    domain.logs.passed();
+    Ok(())
+}
+
 async fn body(logs: TestLogs) -> anyhow::Result<()> {
     let mut domain = Domain::start(logs.clone(), &[("bob", "payload")], "5s").await?;
     let party = logs.path("alice-corp");
@@ -273,32 +377,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
         )
         .await?,
     );
-    let rogue_key = logs.path("rogue-key.pem");
-    SigningKeyPair::generate().save_pem(&rogue_key)?;
-    let n0 = &domain.cluster.nodes[0];
-    let (rp, ra, ro) = (free_port(), free_port(), free_port());
-    let rogue_db = pg.create_database("ob_rogue").await;
-    let rogue_config = std::fs::read_to_string(&n0.config_path)?
-        .replace(
-            &logs.path("sequencer-key.pem").display().to_string(),
-            &rogue_key.display().to_string(),
-        )
-        .replace(&format!(":{}\"", n0.public_port), &format!(":{rp}\""))
-        .replace(&format!(":{}\"", n0.admin_port), &format!(":{ra}\""))
-        .replace(&format!(":{}\"", n0.ops_port), &format!(":{ro}\""))
-        .replace(&domain.cluster.database.url, &rogue_db.url);
-    ensure!(rogue_config.contains(&rogue_key.display().to_string()));
-    let rogue_path = logs.path("rogue.toml");
-    std::fs::write(&rogue_path, rogue_config)?;
-    let rogue_ep = format!("https://localhost:{rp}");
-    let _rogue = spawn_sequencer(
-        "rogue-seq",
-        &rogue_path,
-        &rogue_ep,
-        domain.cluster.client_tls(),
-        &logs,
-    )
-    .await?;
+    let (rogue_ep, _rogue) = spawn_rogue(&domain, &logs, "ob_rogue").await?;
 
     let mut mixed_endpoints = vec![rogue_ep.clone(), other_ep.clone()];
     mixed_endpoints.extend(domain.sequencer_endpoints());
@@ -459,6 +538,9 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
         files.client_cert.to_string_lossy().into_owned(),
         files.client_key.to_string_lossy().into_owned(),
     );
+    // That domain has no domain manager, so no namespace-signed registration can vouch for
+    // its sequencer key: pinned explicitly (issue 11 item 12).
+    let other_key = seq_key(&other)?.fingerprint().to_string();
     let out = participant_cli(&[
         "connect-multi",
         "mtls",
@@ -469,6 +551,8 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
         &cert,
         "--client-key",
         &key,
+        "--expect-sequencer-key",
+        &other_key,
         "--timeout",
         "3s",
         "--data-dir",

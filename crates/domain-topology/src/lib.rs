@@ -349,8 +349,9 @@ fn proto_key(key: &PublicKey) -> pb::PublicKey {
 
 impl TopologyTransaction {
     /// Decodes and validates the transaction a signed envelope carries, for domain
-    /// `domain_id`. The signature is not checked (the sequencer did, see [`verify_signed`];
-    /// members accept topology by its sender).
+    /// `domain_id`. The signature is **not** checked: only for transactions verified before
+    /// (e.g. reloaded from a store that holds verified ones). Anything received is checked
+    /// with [`verify_signed`], by the sequencer and again by every member.
     pub fn from_signed(
         signed: &pb::SignedTopologyTransaction,
         domain_id: &str,

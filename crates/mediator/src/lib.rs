@@ -176,6 +176,7 @@ pub async fn run(
             domain_id: domain_id.clone(),
             key: key.clone(),
             verdict_ttl_micros: i64::try_from(config.verdict_ttl.as_micros()).unwrap_or(i64::MAX),
+            namespace_key: None,
         },
         pool: pool.clone(),
         link,

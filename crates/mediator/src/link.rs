@@ -10,8 +10,9 @@
 
 use std::time::Duration;
 
+use domain_identity::PublicKey;
 use domain_sequencer_client::{
-    ClientError, ClientOptions, DomainClient, DomainTls, MemberIdentity,
+    ClientError, ClientOptions, DomainClient, DomainPins, DomainTls, MemberIdentity,
 };
 use tokio::sync::Mutex;
 use tonic::transport::ClientTlsConfig;
@@ -29,6 +30,8 @@ pub struct SequencerLink {
     domain_id: String,
     timeout: Duration,
     client: Mutex<Option<DomainClient>>,
+    /// The domain's namespace key, known once connected.
+    namespace_key: std::sync::OnceLock<PublicKey>,
 }
 
 impl SequencerLink {
@@ -46,6 +49,7 @@ impl SequencerLink {
             domain_id,
             timeout,
             client: Mutex::new(None),
+            namespace_key: std::sync::OnceLock::new(),
         }
     }
 
@@ -65,6 +69,13 @@ impl SequencerLink {
             // One attempt of a call; a send is retried (elsewhere) until its max
             // sequencing time, so this only bounds how long a hung endpoint holds it.
             call_timeout: self.timeout.min(Duration::from_secs(2)),
+            // The configured domain id is pinned: an endpoint of another domain is refused
+            // even when it answers first, and the sequencer key must be the one the domain's
+            // namespace-signed registration names.
+            pins: DomainPins {
+                domain_id: Some(self.domain_id.clone()),
+                sequencer_key: None,
+            },
             ..ClientOptions::default()
         };
         let client =
@@ -78,9 +89,25 @@ impl SequencerLink {
                 self.domain_id
             )));
         }
+        // Topology is verified against the namespace key; with an unpinned sequencer key the
+        // client only connects once it knows it (the registration check needs it).
+        let Some(namespace_key) = client.namespace_key() else {
+            return Err(LinkError(format!(
+                "the sequencers of {} do not know the domain's namespace key yet",
+                self.domain_id
+            )));
+        };
+        let _ = self.namespace_key.set(namespace_key.clone());
         tracing::info!(endpoints = ?self.endpoints, "connected to the sequencers");
         *slot = Some(client.clone());
         Ok(client)
+    }
+}
+
+impl SequencerLink {
+    /// The domain's namespace key, once [`Self::get`] has connected.
+    pub fn namespace_key(&self) -> Option<&PublicKey> {
+        self.namespace_key.get()
     }
 }
 

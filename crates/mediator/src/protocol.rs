@@ -27,7 +27,7 @@ use domain_identity::{
 };
 use domain_proto::v1 as pb;
 use domain_sequencer_client::to_proto_signature;
-use domain_topology::{Permission, SequencedTopology, TopologyState, TopologyTransaction};
+use domain_topology::{Permission, SequencedTopology, TopologyError, TopologyState};
 use prost::Message as _;
 
 /// Message ids of verdicts are `verdict-<request id>`: a resend (after a
@@ -304,6 +304,9 @@ pub struct ProcessorSettings {
     pub key: Arc<SigningKeyPair>,
     /// Added to the decision time to fix a verdict's max sequencing time.
     pub verdict_ttl_micros: i64,
+    /// The domain's namespace key, which topology transactions must be signed with; learnt
+    /// from the sequencers (checked against the domain id), so `None` until connected.
+    pub namespace_key: Option<PublicKey>,
 }
 
 /// The confirmation-protocol state machine of one mediator.
@@ -314,6 +317,7 @@ pub struct Processor {
     domain_manager: String,
     key: Arc<SigningKeyPair>,
     verdict_ttl_micros: i64,
+    namespace_key: Option<PublicKey>,
     topology: TopologyState,
     pending: BTreeMap<i64, Request>,
     /// (deadline, request id) of every pending request.
@@ -362,6 +366,7 @@ impl Processor {
             domain_id: settings.domain_id,
             key: settings.key,
             verdict_ttl_micros: settings.verdict_ttl_micros,
+            namespace_key: settings.namespace_key,
             topology,
             pending,
             deadlines,
@@ -370,6 +375,11 @@ impl Processor {
             last_counter: restored.last_counter,
             last_ts: restored.last_ts,
         }
+    }
+
+    /// Sets the namespace key topology transactions are verified with.
+    pub fn set_namespace_key(&mut self, key: PublicKey) {
+        self.namespace_key = Some(key);
     }
 
     pub fn mediator_id(&self) -> &str {
@@ -549,12 +559,12 @@ impl Processor {
         }
     }
 
-    /// Topology transactions count only from the domain manager member. The
-    /// sequencer verified the namespace signature before sequencing them (it
-    /// refuses topology from anyone else or with a bad signature), and the
-    /// event's sender is covered by the sequencer's signature: the mediator
-    /// trusts that check instead of repeating it (it does not have the namespace
-    /// public key, only its fingerprint).
+    /// Topology transactions count only from the domain manager member and with a
+    /// valid namespace signature. The sequencer checked both before sequencing, but
+    /// the mediator does not take a sequencer's word for the topology (one whose key
+    /// was not verified, or was stolen, must not be able to swap mediators or change
+    /// the parameters): a transaction failing either check is ignored and counted,
+    /// never applied.
     fn topology_tx(
         &mut self,
         event: &Event,
@@ -572,8 +582,23 @@ impl Processor {
                 .push("topology_not_from_domain_manager");
             return;
         }
-        let tx = match TopologyTransaction::from_signed(&signed, &self.domain) {
+        let Some(namespace_key) = &self.namespace_key else {
+            // Cannot happen through the session (events come through a link that knows the
+            // key); refusing keeps an unverified transaction out regardless.
+            tracing::error!(
+                event_ts = event.ts,
+                "ignored a topology transaction: the namespace key is not known"
+            );
+            changes.envelopes_ignored.push("topology_bad_signature");
+            return;
+        };
+        let tx = match domain_topology::verify_signed(&signed, &self.domain_id, namespace_key) {
             Ok(tx) => tx,
+            Err(error @ TopologyError::BadSignature(_)) => {
+                tracing::error!(event_ts = event.ts, %error, "ignored a topology transaction without a valid namespace signature");
+                changes.envelopes_ignored.push("topology_bad_signature");
+                return;
+            }
             Err(error) => {
                 tracing::warn!(event_ts = event.ts, %error, "ignored an invalid topology transaction");
                 changes.envelopes_ignored.push("invalid_topology");

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use domain_identity::UniqueId;
-use domain_topology::{DomainParameters, Mapping, Operation, TrustLevel};
+use domain_topology::{DomainParameters, Mapping, Operation, TopologyTransaction, TrustLevel};
 
 use super::*;
 
@@ -95,6 +95,8 @@ impl Harness {
             domain_id: domain_id.clone(),
             key: mediator.1.clone(),
             verdict_ttl_micros: 60_000_000,
+            // The harness's domain key (`Harness::new`).
+            namespace_key: Some(SigningKeyPair::from_seed(&[1; 32]).public_key().clone()),
         }
     }
 
@@ -310,6 +312,52 @@ fn topology_is_taken_from_the_domain_manager_only() {
     );
     assert_eq!(h.p.topology().len(), 5);
     assert_eq!(h.p.last_counter(), 5);
+}
+
+/// Issue 11 item 12: a topology transaction under the domain manager's sender without a
+/// valid namespace signature (what a sequencer with an unverified or stolen key could
+/// deliver) is ignored and never applied; the same serial properly signed still counts.
+#[test]
+fn item_12_topology_with_a_bad_namespace_signature_is_not_applied() {
+    let mut h = Harness::new();
+    let tx = TopologyTransaction {
+        serial: 6,
+        operation: Operation::Replace,
+        mapping: Mapping::Participant {
+            participant: h.e.0.clone(),
+            permission: Permission::Submission,
+            trust_level: TrustLevel::Ordinary,
+            public_key: None,
+        },
+    };
+    let rogue = SigningKeyPair::from_seed(&[9; 32]);
+    let forged = tx.sign(&h.domain_id, &rogue);
+    let mut tampered = tx.sign(&h.domain_id, &h.domain_key);
+    if let Some(sig) = tampered.signature.as_mut() {
+        sig.signature[0] ^= 1;
+    }
+    let dom = h.dom();
+    for bad in [forged, tampered] {
+        let env = pb::Envelope {
+            content: msg(pb::domain_message::Message::Topology(bad)).into(),
+            recipients: vec![],
+            broadcast: true,
+        };
+        let c = h.event(REQ, &dom, vec![env]);
+        assert!(
+            c.topology.is_empty(),
+            "a badly signed transaction was applied"
+        );
+        assert_eq!(c.envelopes_ignored, vec!["topology_bad_signature"]);
+    }
+    assert_eq!(h.p.topology().len(), 5);
+    assert_eq!(
+        h.p.topology().participant_at(&h.e.0.to_string(), i64::MAX),
+        None
+    );
+    let c = h.topology(REQ + 1, 6, tx.mapping.clone());
+    assert_eq!(c.topology.len(), 1);
+    assert_eq!(h.p.topology().len(), 6);
 }
 
 #[test]

@@ -181,6 +181,10 @@ pub async fn run(
             return Err(SessionError::LeaseLost);
         }
         let (batch, traces): (Vec<Event>, Vec<Option<TraceContext>>) = batch.into_iter().unzip();
+        // Known: events only come through a connected link, which has the key.
+        if let Some(key) = ctx.link.namespace_key() {
+            processor.set_namespace_key(key.clone());
+        }
         // Each event is processed inside a span continuing the sender's trace, so the
         // mediator's handling of a request or response shows up in the submitter's trace.
         let mut contexts: Vec<Option<TraceContext>> = Vec::with_capacity(batch.len());

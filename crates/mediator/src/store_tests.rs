@@ -62,6 +62,7 @@ async fn fixture(prefix: &str) -> Fixture {
             domain_id: domain_id.clone(),
             key: mediator.1.clone(),
             verdict_ttl_micros: 60_000_000,
+            namespace_key: Some(domain_key.public_key().clone()),
         },
         domain_key,
         domain_id,

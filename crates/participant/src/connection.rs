@@ -5,7 +5,11 @@
 //!
 //! The check needs no allowlisting: it runs `Handshake` and `GetDomainInfo` over TLS, which
 //! every sequencer answers without a token. At least one endpoint must answer; every
-//! endpoint that answers must show the same domain.
+//! endpoint that answers must show the same domain. Without a pinned sequencer key (bundle,
+//! `--expect-sequencer-key`), an endpoint is only believed when the key it presents is the
+//! one the domain's namespace-signed sequencer registration names
+//! ([`domain_sequencer_client::trust`]); one that is not is refused and not saved, whatever
+//! its place in the list.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +17,7 @@ use std::time::Duration;
 use domain_identity::{DomainId, MemberId, MemberRole, UniqueId};
 use domain_proto::v1::{self as pb, sequencer_service_client::SequencerServiceClient};
 use domain_runtime::tls::{ClientTlsFiles, TlsError, client_tls_config};
+use domain_sequencer_client::DomainInfo;
 use serde::{Deserialize, Serialize};
 use tonic::transport::ClientTlsConfig;
 
@@ -198,6 +203,12 @@ pub enum ConnectError {
     ClientCertPair,
     #[error("no endpoint of {alias} shows the pinned domain and sequencer key: {details}")]
     NoPinnedEndpoint { alias: String, details: String },
+    #[error(
+        "no endpoint of {alias} presents a sequencer key confirmed by the domain's \
+         namespace-signed sequencer registration (use a connection bundle or \
+         --expect-sequencer-key to pin one): {details}"
+    )]
+    Untrusted { alias: String, details: String },
     #[error("invalid pin {value:?}: {reason}")]
     Pin { value: String, reason: String },
     #[error(transparent)]
@@ -218,8 +229,11 @@ pub struct EndpointCheck {
     pub endpoint: String,
     /// Domain id, sequencer id and sequencer key fingerprint shown, or why none.
     pub result: Result<(String, String, String), String>,
-    /// The endpoint answered but broke a pin: it is refused and not saved.
+    /// The endpoint answered but broke a pin, or (with no pinned key) presented a sequencer
+    /// key no namespace-signed registration confirms: it is refused and not saved.
     pub refused: bool,
+    /// Why the key it presented is not confirmed by a registration (None when it is).
+    unregistered: Option<String>,
 }
 
 /// The outcome of checking every endpoint.
@@ -315,16 +329,32 @@ pub async fn check_endpoints(
     timeout: Duration,
     pins: &Pins,
 ) -> Result<CheckedDomain, ConnectError> {
+    let mut untrusted = false;
     let mut checks = futures::future::join_all(endpoints.iter().map(|e| {
         let tls = tls.clone();
         async move {
             let result = tokio::time::timeout(timeout, check_one(e, tls, timeout))
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+            let (result, unregistered) = match result {
+                Ok(info) => {
+                    let unregistered = info.unregistered_reason();
+                    (
+                        Ok((
+                            info.domain_id,
+                            info.sequencer_id,
+                            info.sequencer_key.fingerprint().to_string(),
+                        )),
+                        unregistered,
+                    )
+                }
+                Err(e) => (Err(e), None),
+            };
             EndpointCheck {
                 endpoint: e.clone(),
                 result,
                 refused: false,
+                unregistered,
             }
         }
     }))
@@ -337,11 +367,14 @@ pub async fn check_endpoints(
             Some(format!(
                 "refused: serves domain {domain}, not the pinned domain {d}"
             ))
+        } else if let Some(k) = &pins.sequencer_key {
+            (k != key)
+                .then(|| format!("refused: presents sequencer key {key}, not the pinned key {k}"))
+        } else if let Some(reason) = c.unregistered.take() {
+            untrusted = true;
+            Some(format!("refused: {reason}"))
         } else {
-            pins.sequencer_key
-                .as_ref()
-                .filter(|k| *k != key)
-                .map(|k| format!("refused: presents sequencer key {key}, not the pinned key {k}"))
+            None
         };
         if let Some(v) = violation {
             c.result = Err(v);
@@ -364,6 +397,12 @@ pub async fn check_endpoints(
             })
             .collect::<Vec<_>>()
             .join("; ");
+        if untrusted {
+            return Err(ConnectError::Untrusted {
+                alias: alias.to_owned(),
+                details,
+            });
+        }
         if checks.iter().any(|c| c.refused) {
             return Err(ConnectError::NoPinnedEndpoint {
                 alias: alias.to_owned(),
@@ -400,7 +439,7 @@ async fn check_one(
     endpoint: &str,
     tls: Option<ClientTlsConfig>,
     timeout: Duration,
-) -> Result<(String, String, String), String> {
+) -> Result<DomainInfo, String> {
     let channel = domain_sequencer_client::connect_channel(endpoint, tls, timeout)
         .await
         .map_err(|e| explain_tls(error_chain(&e)))?;
@@ -425,21 +464,7 @@ async fn check_one(
         .await
         .map_err(|s| format!("GetDomainInfo: {:?}: {}", s.code(), s.message()))?
         .into_inner();
-    DomainId::parse(&info.domain_id)
-        .map_err(|e| format!("shows an invalid domain id {:?}: {e}", info.domain_id))?;
-    let key = info
-        .sequencer_public_key
-        .as_ref()
-        .ok_or_else(|| "GetDomainInfo: no sequencer public key".to_owned())
-        .and_then(|k| {
-            domain_identity::PublicKey::from_bytes(&k.key)
-                .map_err(|e| format!("GetDomainInfo: invalid sequencer key: {e}"))
-        })?;
-    Ok((
-        info.domain_id,
-        info.sequencer_id,
-        key.fingerprint().to_string(),
-    ))
+    DomainInfo::from_proto(info).map_err(|e| format!("GetDomainInfo: {e}"))
 }
 
 /// Says which side of a TLS connection refused and why, when `text` (an error chain) shows

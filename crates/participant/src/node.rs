@@ -172,6 +172,7 @@ impl Node {
         .await
         .map_err(|e| match e {
             crate::connection::ConnectError::Unreachable { .. }
+            | crate::connection::ConnectError::Untrusted { .. }
             | crate::connection::ConnectError::DifferentDomains { .. } => {
                 ParticipantError::ConnectFailed(e.to_string())
             }
@@ -429,6 +430,16 @@ async fn session(
             connection.domain_id
         )));
     }
+    // Topology is verified against the namespace key (checked against the domain id by the
+    // client). The sequencers know it once the domain manager has authenticated, which it
+    // does before sending any topology; until then the session retries.
+    let Some(namespace_key) = client.namespace_key().cloned() else {
+        return Err(SessionError::Config(format!(
+            "the sequencers of {} do not know the domain's namespace key yet (the domain \
+             manager has not connected); topology could not be verified",
+            connection.domain_id
+        )));
+    };
     let me = node.identity.member.to_string();
     store::claim(&node.pool, &me, &connection.domain_id).await?;
     let loaded = store::load(&node.pool, &connection.domain_id).await?;
@@ -439,6 +450,7 @@ async fn session(
             key: node.identity.key.clone(),
             policy: node.config.auto_confirm,
             mediator_hint: connection.mediator.clone(),
+            namespace_key,
         },
         loaded.restored,
     );

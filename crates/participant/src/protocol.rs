@@ -4,8 +4,11 @@
 //!
 //! Rules:
 //! - topology transactions count only when the event's sender (covered by the sequencer
-//!   signature) is the domain manager member `DOM::<domain>`; the sequencer verified the
-//!   namespace signature before sequencing them;
+//!   signature) is the domain manager member `DOM::<domain>` and their namespace signature
+//!   verifies with the domain's namespace key (the sequencer checked it too, but a member does
+//!   not take a sequencer's word for the topology: one with a stolen or unverified key must not
+//!   be able to allowlist, swap the mediator or change the parameters); a transaction failing
+//!   either check is ignored (`participant_envelopes_ignored_total`) and never applied;
 //! - a `ConfirmationRequest` whose submitter is the event's sender and that names this
 //!   participant as informee or confirming participant (or that we sent) is remembered
 //!   as pending under its request id (the event's sequencing timestamp);
@@ -20,10 +23,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use domain_identity::{DomainId, MemberId, MemberRole, SignaturePurpose, SigningKeyPair};
+use domain_identity::{
+    DomainId, MemberId, MemberRole, PublicKey, SignaturePurpose, SigningKeyPair,
+};
 use domain_proto::v1 as pb;
 use domain_sequencer_client::to_proto_signature;
-use domain_topology::{Permission, SequencedTopology, TopologyState, TopologyTransaction};
+use domain_topology::{Permission, SequencedTopology, TopologyError, TopologyState};
 use prost::Message as _;
 
 use crate::config::AutoConfirm;
@@ -198,6 +203,9 @@ pub struct ProcessorSettings {
     pub policy: AutoConfirm,
     /// Mediator used while topology shows none (from `connect-multi --mediator`).
     pub mediator_hint: Option<String>,
+    /// The domain's namespace key (its fingerprint is the domain id's): topology
+    /// transactions must carry its signature.
+    pub namespace_key: PublicKey,
 }
 
 /// The participant's protocol state.
@@ -355,8 +363,17 @@ impl Processor {
             changes.ignored.push("topology_not_from_domain_manager");
             return;
         }
-        let tx = match TopologyTransaction::from_signed(&signed, &self.domain) {
+        let tx = match domain_topology::verify_signed(
+            &signed,
+            &self.settings.domain_id,
+            &self.settings.namespace_key,
+        ) {
             Ok(tx) => tx,
+            Err(error @ TopologyError::BadSignature(_)) => {
+                tracing::error!(event_ts = event.ts, %error, "ignored a topology transaction without a valid namespace signature");
+                changes.ignored.push("topology_bad_signature");
+                return;
+            }
             Err(error) => {
                 tracing::warn!(event_ts = event.ts, %error, "ignored an invalid topology transaction");
                 changes.ignored.push("invalid_topology");

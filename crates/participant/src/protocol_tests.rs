@@ -1,7 +1,7 @@
 use super::*;
 use domain_identity::UniqueId;
 use domain_identity::{PublicKey, Signature};
-use domain_topology::{Mapping, Operation, TrustLevel};
+use domain_topology::{Mapping, Operation, TopologyTransaction, TrustLevel};
 
 struct World {
     domain_key: SigningKeyPair,
@@ -49,6 +49,7 @@ fn processor(w: &World, policy: AutoConfirm, hint: bool) -> Processor {
         key: w.me_key.clone(),
         policy,
         mediator_hint: hint.then(|| w.mediator.to_string()),
+        namespace_key: w.domain_key.public_key().clone(),
     })
 }
 
@@ -376,4 +377,52 @@ fn topology_only_from_the_domain_manager_and_mediator_from_topology() {
     );
     assert!(c.outbox.is_empty());
     assert_eq!(c.ignored, vec!["cannot_confirm"]);
+}
+
+/// Issue 11 item 12: a topology transaction delivered under the domain manager's sender but
+/// without a valid namespace signature (a sequencer with a stolen or unverified key can put
+/// any sender on an event) is ignored and never applied; the same serial, properly signed,
+/// still counts afterwards.
+#[test]
+fn item_12_topology_with_a_bad_namespace_signature_is_not_applied() {
+    let w = world();
+    let mut p = processor(&w, AutoConfirm::Payload, false);
+    let dm = domain_topology::domain_manager_member(&w.domain).to_string();
+    let tx = TopologyTransaction {
+        serial: 1,
+        operation: Operation::Replace,
+        mapping: Mapping::Mediator {
+            mediator: w.mediator.clone(),
+            public_key: None,
+        },
+    };
+    // Signed by another key (the fake sequencer's own "namespace").
+    let rogue = SigningKeyPair::from_seed(&[9; 32]);
+    let forged = tx.sign(&w.domain, &rogue);
+    // The right signer's fingerprint on a signature that does not verify.
+    let mut tampered = tx.sign(&w.domain, &w.domain_key);
+    if let Some(sig) = tampered.signature.as_mut() {
+        sig.signature[0] ^= 1;
+    }
+    // No signature at all.
+    let mut unsigned = tx.sign(&w.domain, &w.domain_key);
+    unsigned.signature = None;
+    for (i, bad) in [forged, tampered, unsigned].into_iter().enumerate() {
+        let mut c = Changes::default();
+        p.process(
+            &event(i as i64, 1_000 + i as i64, &dm, M::Topology(bad)),
+            vec![],
+            &mut c,
+        );
+        assert!(c.topology.is_empty(), "bad transaction {i} was applied");
+        assert_eq!(c.ignored, vec!["topology_bad_signature"], "transaction {i}");
+    }
+    assert_eq!(p.topology().len(), 0);
+    assert_eq!(p.mediator_at(10_000_000), None);
+
+    let mut c = Changes::default();
+    let good = tx.sign(&w.domain, &w.domain_key);
+    p.process(&event(3, 2_000, &dm, M::Topology(good)), vec![], &mut c);
+    assert_eq!(c.topology.len(), 1);
+    assert_eq!(p.mediator_at(10_000_000), Some(w.mediator.to_string()));
 }

@@ -27,10 +27,14 @@
 //!
 //! - **Connect.** One lazy gRPC channel per endpoint (rustls, trusting only the given CA;
 //!   optional client certificate). `connect` asks every endpoint for the domain info until
-//!   one answers (up to [`ClientOptions::connect_timeout`]; a TLS failure such as an unknown
-//!   issuer on every endpoint fails at once), then authenticates. Endpoints that were down
-//!   join later, once their health check passes and they show the same domain id and
-//!   sequencer key.
+//!   one *trusted* answer comes (up to [`ClientOptions::connect_timeout`]; a TLS failure such
+//!   as an unknown issuer on every endpoint fails at once), then authenticates. An answer is
+//!   trusted when it keeps the [`DomainPins`] and, without a pinned sequencer key, when its
+//!   sequencer key is the one the domain's namespace-signed sequencer registration names
+//!   ([`crate::trust`]): being first proves nothing. Without a pinned domain id, every
+//!   endpoint that answers within the call timeout must show the same domain and key, or
+//!   the connect fails. Endpoints that were down join later, once their health check passes
+//!   and they show the same domain id and sequencer key.
 //! - **Health.** Every endpoint's `grpc.health.v1` service `""` is checked every
 //!   [`ClientOptions::health_interval`] with [`ClientOptions::health_timeout`]; a transport
 //!   error or `UNAVAILABLE` from any call marks the endpoint unhealthy at once.
@@ -134,7 +138,8 @@ pub struct ClientOptions {
     /// How long [`DomainClient::acknowledge`] retries. Default `10s`.
     pub acknowledge_timeout: Duration,
     /// What the domain must be (from a connection bundle or `--expect-…`). Default: no
-    /// pins (the first endpoint to answer defines the domain).
+    /// pins (the sequencer key must then be confirmed by a namespace-signed registration,
+    /// and the endpoints that answer must agree on the domain).
     pub pins: DomainPins,
 }
 
@@ -170,6 +175,16 @@ impl DomainPins {
             ));
         }
         None
+    }
+
+    /// Why `info`'s sequencer key cannot be trusted on these pins, if it cannot: a pinned
+    /// key is trusted by the pin; otherwise a namespace-signed registration must name it.
+    #[must_use]
+    pub fn untrusted(&self, info: &DomainInfo) -> Option<String> {
+        if self.sequencer_key.is_some() {
+            return None;
+        }
+        info.unregistered_reason()
     }
 }
 
@@ -408,6 +423,13 @@ impl DomainClient {
 
     pub fn sequencer_key(&self) -> &PublicKey {
         &self.inner.info.sequencer_key
+    }
+
+    /// The domain's namespace key (checked against the domain id), to verify topology
+    /// transactions with; `None` when the endpoints did not know it at connect (only possible
+    /// with a pinned sequencer key).
+    pub fn namespace_key(&self) -> Option<&PublicKey> {
+        self.inner.info.namespace_key.as_ref()
     }
 
     /// Every endpoint with whether it is currently healthy, in the order given at connect.
@@ -884,8 +906,9 @@ impl Inner {
     }
 }
 
-/// Finds the domain's identity: asks every endpoint until one answers, retrying with
-/// backoff until `deadline`. Endpoints that show another identity are rejected.
+/// Finds the domain's identity: asks every endpoint until a trusted answer comes (see the
+/// module documentation), retrying with backoff until `deadline`. Endpoints that show
+/// another identity are rejected.
 async fn discover(
     alias: &str,
     handles: &[Arc<EndpointHandle>],
@@ -893,9 +916,11 @@ async fn discover(
     deadline: Instant,
 ) -> Result<DomainInfo, ClientError> {
     let mut backoff = Backoff::new(options.backoff);
+    // With a pinned domain id, the first trusted answer is the domain (trust ties it to the
+    // pinned namespace). Without one, a server holding its own namespace key could show a
+    // self-consistent other domain: every answer of the round counts, and they must agree.
+    let wait_for_all = options.pins.domain_id.is_none();
     loop {
-        // The first endpoint to answer defines the domain; the others are validated by
-        // their health loops (so a hung endpoint does not delay the connect).
         let mut answers: FuturesUnordered<_> = handles
             .iter()
             .enumerate()
@@ -907,15 +932,26 @@ async fn discover(
             })
             .collect();
         let mut errors: Vec<(usize, ClientError)> = Vec::new();
+        let mut trusted: Vec<(usize, DomainInfo)> = Vec::new();
+        let mut untrusted: Vec<(usize, DomainInfo)> = Vec::new();
         while let Some((i, answer)) = answers.next().await {
             match answer {
                 // A pinned connection never adopts what an endpoint reports: an endpoint
                 // breaking a pin is refused however fast it answers, the others still count.
                 Ok(info) => match options.pins.violation(&info) {
-                    None => {
-                        handles[i].validate(&info, &info);
-                        return Ok(info);
-                    }
+                    None => match options.pins.untrusted(&info) {
+                        None => {
+                            trusted.push((i, info));
+                            if !wait_for_all {
+                                break;
+                            }
+                        }
+                        Some(reason) => {
+                            tracing::warn!(alias, endpoint = %handles[i].url, %reason, "endpoint not trusted");
+                            errors.push((i, ClientError::Untrusted(reason)));
+                            untrusted.push((i, info));
+                        }
+                    },
                     Some(reason) => {
                         tracing::error!(alias, endpoint = %handles[i].url, %reason, "endpoint refused");
                         handles[i].refuse(&reason);
@@ -924,6 +960,35 @@ async fn discover(
                 },
                 Err(e) => errors.push((i, e)),
             }
+        }
+        if let Some((_, info)) = trusted.first() {
+            let info = info.clone();
+            if trusted.iter().any(|(_, t)| {
+                t.domain_id != info.domain_id || t.sequencer_key != info.sequencer_key
+            }) {
+                let details = trusted
+                    .iter()
+                    .map(|(i, t)| {
+                        format!(
+                            "{} serves {} with sequencer key {}",
+                            handles[*i].url,
+                            t.domain_id,
+                            t.sequencer_key.fingerprint()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(ClientError::DomainInfo(format!(
+                    "the endpoints of {alias} disagree on the domain or its sequencer key, and \
+                     no domain id is pinned to tell which is right: {details}"
+                )));
+            }
+            // Endpoints that answered but could not be trusted on their own are judged
+            // against the trusted identity: the same key is fine, another one is rejected.
+            for (i, shown) in trusted.iter().chain(untrusted.iter()) {
+                handles[*i].validate(&info, shown);
+            }
+            return Ok(info);
         }
         errors.sort_by_key(|(i, _)| *i);
         let details = errors
@@ -938,7 +1003,7 @@ async fn discover(
                 details,
             });
         }
-        tracing::debug!(alias, %details, "no sequencer endpoint answered yet; retrying");
+        tracing::debug!(alias, %details, "no trusted sequencer endpoint answered yet; retrying");
         let remaining = deadline.saturating_duration_since(Instant::now());
         tokio::time::sleep(backoff.next_delay().min(remaining)).await;
     }

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use domain_identity::PublicKey;
 use domain_proto::v1::{self as pb, sequencer_service_client::SequencerServiceClient};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -30,43 +29,23 @@ const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 /// Timed-out health checks in a row after which the channel is replaced.
 const RECONNECT_AFTER_TIMEOUTS: u32 = 3;
 
-/// What every endpoint of one domain must agree on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DomainInfo {
-    pub domain_id: String,
-    pub sequencer_id: String,
-    pub sequencer_key: PublicKey,
-    pub protocol_version: String,
-    pub max_request_size: u64,
-}
+pub use crate::trust::DomainInfo;
 
-/// Fetches and parses `GetDomainInfo` over `channel`, bounded by `timeout`.
+/// Fetches and checks `GetDomainInfo` over `channel` ([`DomainInfo::from_proto`]), bounded
+/// by `timeout`.
 pub(crate) async fn fetch_domain_info(
     channel: Channel,
     timeout: Duration,
 ) -> Result<DomainInfo, ClientError> {
-    let mut client = SequencerServiceClient::new(channel);
+    let mut client =
+        SequencerServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE);
     let info = tokio::time::timeout(timeout, client.get_domain_info(pb::GetDomainInfoRequest {}))
         .await
         .map_err(|_| {
             tonic::Status::deadline_exceeded(format!("GetDomainInfo: no answer within {timeout:?}"))
         })??
         .into_inner();
-    let key = info
-        .sequencer_public_key
-        .ok_or_else(|| ClientError::DomainInfo("no sequencer public key".into()))?;
-    let sequencer_key =
-        PublicKey::from_bytes(&key.key).map_err(|e| ClientError::DomainInfo(e.to_string()))?;
-    if info.domain_id.is_empty() {
-        return Err(ClientError::DomainInfo("empty domain id".into()));
-    }
-    Ok(DomainInfo {
-        domain_id: info.domain_id,
-        sequencer_id: info.sequencer_id,
-        sequencer_key,
-        protocol_version: info.protocol_version,
-        max_request_size: info.max_request_size,
-    })
+    DomainInfo::from_proto(info).map_err(ClientError::DomainInfo)
 }
 
 /// Mutable bookkeeping of one endpoint.

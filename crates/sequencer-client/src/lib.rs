@@ -14,6 +14,7 @@ pub mod health;
 pub mod metrics;
 pub mod retry;
 pub mod subscription;
+pub mod trust;
 
 pub use backoff::BackoffConfig;
 pub use domain_client::{
@@ -44,6 +45,11 @@ pub enum ClientError {
     Status(#[from] Status),
     #[error("invalid domain info: {0}")]
     DomainInfo(String),
+    /// The endpoint's sequencer key is not confirmed by a namespace-signed sequencer
+    /// registration and no key is pinned (see [`trust`]); retried at connect, as the
+    /// registration may not be sequenced yet.
+    #[error("untrusted sequencer: {0}")]
+    Untrusted(String),
     #[error("event validation failed: {0}")]
     InvalidEvent(String),
     /// A TLS file is missing or invalid; the message names the file.

@@ -492,6 +492,8 @@ mod tests {
             sequencer_key: key.public_key().clone(),
             protocol_version: "1".into(),
             max_request_size: 0,
+            namespace_key: None,
+            registered: false,
         }
     }
 

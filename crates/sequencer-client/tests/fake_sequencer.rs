@@ -1,28 +1,35 @@
 //! `DomainClient` against scripted in-process sequencers (plaintext gRPC on loopback), for the
 //! behaviours real processes cannot be made to show on demand: a fork between endpoints,
-//! scripted retryable/definitive answers, a refused token, a call that never returns.
+//! scripted retryable/definitive answers, a refused token, a call that never returns, an
+//! impostor answering first with a key the domain's namespace never registered.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use domain_identity::{MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
+use domain_identity::{DomainId, MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
 use domain_proto::v1::{
     self as pb,
     sequencer_service_server::{SequencerService, SequencerServiceServer},
 };
 use domain_sequencer_client::{
-    BackoffConfig, ClientError, ClientOptions, DomainClient, DomainTls, MemberIdentity,
+    BackoffConfig, ClientError, ClientOptions, DomainClient, DomainPins, DomainTls, MemberIdentity,
     to_proto_signature,
 };
+use domain_topology::{Mapping, Operation, TopologyTransaction};
 use futures::StreamExt as _;
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 use tonic_health::ServingStatus;
 
-const DOMAIN: &str = "fake::1220aabbcc";
+/// The fake domain's namespace key (fixed, so every fake of a test shares the domain).
+static NAMESPACE: LazyLock<SigningKeyPair> = LazyLock::new(|| SigningKeyPair::from_seed(&[42; 32]));
+static DOMAIN_ID: LazyLock<DomainId> = LazyLock::new(|| {
+    DomainId::new(UniqueId::new("fake", *NAMESPACE.fingerprint()).expect("domain id"))
+});
+static DOMAIN: LazyLock<String> = LazyLock::new(|| DOMAIN_ID.to_string());
 
 /// What a fake answers to Send.
 #[derive(Debug, Clone)]
@@ -35,14 +42,47 @@ enum SendBehaviour {
 /// What the instances of one fake domain share (like the real ones share a database).
 struct Shared {
     key: SigningKeyPair,
+    /// The sequencer id shown in GetDomainInfo.
+    sequencer_id: String,
+    /// The namespace-signed sequencer registrations shown in GetDomainInfo.
+    registrations: Vec<pb::SignedTopologyTransaction>,
     tokens: Mutex<HashSet<String>>,
     authentications: AtomicUsize,
 }
 
 impl Shared {
+    /// A sequencer the domain's namespace registered (what the domain manager does).
     fn new() -> Arc<Self> {
+        let key = SigningKeyPair::generate();
+        let sequencer = MemberId::new(
+            MemberRole::Sequencer,
+            UniqueId::new("fake", *key.fingerprint()).expect("uid"),
+        );
+        let registration = TopologyTransaction {
+            serial: 1,
+            operation: Operation::Replace,
+            mapping: Mapping::Sequencer {
+                sequencer: sequencer.clone(),
+                public_key: Some(key.public_key().clone()),
+            },
+        }
+        .sign(&DOMAIN_ID, &NAMESPACE);
+        Arc::new(Self {
+            key,
+            sequencer_id: sequencer.to_string(),
+            registrations: vec![registration],
+            tokens: Mutex::default(),
+            authentications: AtomicUsize::new(0),
+        })
+    }
+
+    /// An impostor of `real`: same domain id, sequencer id, namespace key and registrations
+    /// (all public), but its own sequencer key, which the namespace never registered.
+    fn impostor_of(real: &Shared) -> Arc<Self> {
         Arc::new(Self {
             key: SigningKeyPair::generate(),
+            sequencer_id: real.sequencer_id.clone(),
+            registrations: real.registrations.clone(),
             tokens: Mutex::default(),
             authentications: AtomicUsize::new(0),
         })
@@ -60,6 +100,8 @@ struct FakeState {
     sends: Mutex<Vec<pb::SendRequest>>,
     subscribes: Mutex<Vec<i64>>,
     reject_next_token: AtomicBool,
+    /// Delay before answering GetDomainInfo (to decide who answers first).
+    info_delay: Mutex<Duration>,
 }
 
 #[derive(Clone)]
@@ -102,15 +144,22 @@ impl SequencerService for Fake {
         &self,
         _: Request<pb::GetDomainInfoRequest>,
     ) -> Result<Response<pb::GetDomainInfoResponse>, Status> {
+        let delay = *self.0.info_delay.lock().expect("lock");
+        tokio::time::sleep(delay).await;
         Ok(Response::new(pb::GetDomainInfoResponse {
-            domain_id: DOMAIN.into(),
-            sequencer_id: "SEQ::fake::1220aabbcc".into(),
+            domain_id: DOMAIN.clone(),
+            sequencer_id: self.0.shared.sequencer_id.clone(),
             sequencer_public_key: Some(pb::PublicKey {
                 algorithm: pb::KeyAlgorithm::Ed25519 as i32,
                 key: self.0.shared.key.public_key().to_bytes().to_vec(),
             }),
             protocol_version: "domain.v1".into(),
             max_request_size: 1 << 20,
+            namespace_public_key: Some(pb::PublicKey {
+                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                key: NAMESPACE.public_key().to_bytes().to_vec(),
+            }),
+            sequencer_registrations: self.0.shared.registrations.clone(),
         }))
     }
 
@@ -120,7 +169,7 @@ impl SequencerService for Fake {
     ) -> Result<Response<pb::ChallengeResponse>, Status> {
         Ok(Response::new(pb::ChallengeResponse {
             nonce: vec![7; 20],
-            domain_id: DOMAIN.into(),
+            domain_id: DOMAIN.clone(),
             expires_at_micros: 0,
         }))
     }
@@ -225,7 +274,7 @@ fn history(key: &SigningKeyPair, n: i64, tweak: impl Fn(i64) -> i64) -> Vec<pb::
         .map(|c| {
             let ts = 1_000 + c * 10 + tweak(c);
             let content = pb::SignedEventContent {
-                domain_id: DOMAIN.into(),
+                domain_id: DOMAIN.clone(),
                 timestamp_micros: ts,
                 sender: "PAR::other::1220dd".into(),
                 message_id_hash: vec![],
@@ -234,7 +283,7 @@ fn history(key: &SigningKeyPair, n: i64, tweak: impl Fn(i64) -> i64) -> Vec<pb::
             }
             .encode_to_vec();
             let sig = key
-                .sign_with_domain_str(SignaturePurpose::SequencedEvent, DOMAIN, &content)
+                .sign_with_domain_str(SignaturePurpose::SequencedEvent, &DOMAIN, &content)
                 .expect("sign");
             let e = pb::SequencedEvent {
                 counter: c,
@@ -279,6 +328,7 @@ async fn start(
         sends: Mutex::default(),
         subscribes: Mutex::default(),
         reject_next_token: AtomicBool::new(false),
+        info_delay: Mutex::new(Duration::ZERO),
     }));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
@@ -622,4 +672,90 @@ async fn silent_stream_on_unhealthy_endpoint_moves_healthy_idle_stream_stays() {
             .await
             .is_err()
     );
+}
+
+/// Issue 11 item 12: an impostor listed first and answering first (same domain id, sequencer
+/// id, namespace key and registrations, but its own key) is not adopted: the client connects
+/// to the sequencer whose key the namespace registered, refuses the impostor, and sends and
+/// subscribes through the real one. Without pins, and with only the domain id pinned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_12_an_impostor_answering_first_is_rejected_and_the_registered_key_used() {
+    for pins in [
+        DomainPins::default(),
+        DomainPins {
+            domain_id: Some(DOMAIN.clone()),
+            sequencer_key: None,
+        },
+    ] {
+        let real = Shared::new();
+        let impostor = Shared::impostor_of(&real);
+        let h = history(&real.key, 3, |_| 0);
+        let fake = start(&impostor, history(&impostor.key, 3, |_| 0), None).await;
+        let good = start(&real, h.clone(), None).await;
+        // The impostor answers first.
+        *good.fake.0.info_delay.lock().expect("lock") = Duration::from_millis(200);
+        let client = connect(
+            &[&fake, &good],
+            ClientOptions {
+                pins: pins.clone(),
+                ..fast_options()
+            },
+        )
+        .await;
+        assert_eq!(
+            client.sequencer_key(),
+            real.key.public_key(),
+            "{pins:?}: the impostor's key was adopted"
+        );
+        assert_eq!(client.namespace_key(), Some(NAMESPACE.public_key()));
+        let problems = client.endpoint_problems();
+        let fake_problem = problems[0].1.clone().unwrap_or_default();
+        assert!(
+            fake_problem.contains(&impostor.key.fingerprint().to_string()),
+            "{pins:?}: {problems:?}"
+        );
+        // Sends go to the real one only; the subscription shows its history.
+        for i in 0..4 {
+            let r = client
+                .send_detailed(&format!("m-{i}"), vec![], now_micros() + 5_000_000)
+                .await
+                .expect("send");
+            assert_eq!(r.endpoint, good.url, "{pins:?}");
+        }
+        assert!(fake.fake.0.sends.lock().expect("lock").is_empty());
+        let mut sub = client.subscribe(0).expect("subscribe");
+        for expected in &h {
+            let e = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .expect("event in time")
+                .expect("open")
+                .expect("valid");
+            assert_eq!(&e.event, expected);
+            assert_eq!(e.endpoint, good.url);
+        }
+    }
+}
+
+/// Without a pinned domain id, endpoints showing two different identities that each check out
+/// on their own (here two registered sequencer keys) are not resolved by who answers first:
+/// the connect fails and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_12_unpinned_endpoints_that_disagree_do_not_connect() {
+    let a = Shared::new();
+    let b = Shared::new();
+    let fa = start(&a, vec![], None).await;
+    let fb = start(&b, vec![], None).await;
+    *fb.fake.0.info_delay.lock().expect("lock") = Duration::from_millis(100);
+    let urls = vec![fa.url.clone(), fb.url.clone()];
+    let err = DomainClient::connect(
+        "fake",
+        &urls,
+        DomainTls::Plaintext,
+        member(),
+        fast_options(),
+    )
+    .await
+    .expect_err("disagreeing endpoints");
+    let text = err.to_string();
+    assert!(text.contains("disagree"), "{text}");
 }

@@ -99,6 +99,17 @@ pub struct SequencerCore {
     tokens: Mutex<HashMap<Vec<u8>, (String, i64, Instant)>>,
     registrations: RegistrationLimiter,
     subscriptions: subscription::MemberSlots,
+    domain_trust: Mutex<Option<(Instant, Arc<DomainTrust>)>>,
+}
+
+/// How long GetDomainInfo's namespace key and sequencer registrations are cached.
+const DOMAIN_TRUST_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// The part of GetDomainInfo read from the database (see [`SequencerCore::domain_trust`]).
+#[derive(Default)]
+struct DomainTrust {
+    namespace_key: Option<pb::PublicKey>,
+    registrations: Vec<pb::SignedTopologyTransaction>,
 }
 
 impl SequencerCore {
@@ -124,6 +135,70 @@ impl SequencerCore {
             tokens: Mutex::new(HashMap::new()),
             registrations,
             subscriptions,
+            domain_trust: Mutex::new(None),
+        })
+    }
+
+    /// What GetDomainInfo shows so that a client can check the sequencer key without
+    /// trusting this instance: the namespace key (the domain manager member's bound key) and
+    /// the namespace-signed sequencer registrations, read from the shared database. Cached for
+    /// [`DOMAIN_TRUST_CACHE_TTL`]: GetDomainInfo needs no token, so a flood of it must not
+    /// turn into a flood of queries. When the database does not answer, the last values
+    /// (or none) are shown: GetDomainInfo keeps answering, a client that needs them retries.
+    async fn domain_trust(&self) -> Arc<DomainTrust> {
+        let mut cache = self.domain_trust.lock().await;
+        if let Some((at, trust)) = cache.as_ref()
+            && at.elapsed() < DOMAIN_TRUST_CACHE_TTL
+        {
+            return trust.clone();
+        }
+        match self.load_domain_trust().await {
+            Ok(trust) => {
+                let trust = Arc::new(trust);
+                *cache = Some((Instant::now(), trust.clone()));
+                trust
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "GetDomainInfo: cannot read the namespace key and sequencer registrations; showing the last known");
+                cache
+                    .as_ref()
+                    .map(|(_, t)| t.clone())
+                    .unwrap_or_else(|| Arc::new(DomainTrust::default()))
+            }
+        }
+    }
+
+    async fn load_domain_trust(&self) -> Result<DomainTrust, SequencerError> {
+        let client = self.db().await?;
+        let dom = domain_topology::domain_manager_member(&self.settings.domain).to_string();
+        let namespace_key = store::load_member(&**client, &dom)
+            .await?
+            .and_then(|row| row.public_key)
+            .and_then(|bytes| PublicKey::from_bytes(&bytes).ok())
+            // The row's key was checked against the DOM id's fingerprint when it was bound;
+            // checked again so that this answer never shows a key that is not the namespace's.
+            .filter(|key| self.settings.domain.matches_key(key))
+            .map(|key| pb::PublicKey {
+                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                key: key.to_bytes().to_vec(),
+            });
+        let rows = client
+            .query(
+                "SELECT signed FROM seq_topology WHERE kind = 'sequencer' ORDER BY serial",
+                &[],
+            )
+            .await
+            .map_err(store::StoreError::from)?;
+        let registrations = rows
+            .iter()
+            .filter_map(|r| {
+                let bytes: Vec<u8> = r.get(0);
+                pb::SignedTopologyTransaction::decode(bytes.as_slice()).ok()
+            })
+            .collect();
+        Ok(DomainTrust {
+            namespace_key,
+            registrations,
         })
     }
 
@@ -515,7 +590,9 @@ impl SequencerService for SequencerApi {
         &self,
         _req: Request<pb::GetDomainInfoRequest>,
     ) -> Result<Response<pb::GetDomainInfoResponse>, Status> {
-        let s = &self.0.settings;
+        let core = &self.0;
+        let s = &core.settings;
+        let trust = core.domain_trust().await;
         Ok(Response::new(pb::GetDomainInfoResponse {
             domain_id: s.domain_id.clone(),
             sequencer_id: s.sequencer_id.clone(),
@@ -525,6 +602,8 @@ impl SequencerService for SequencerApi {
             }),
             protocol_version: domain_proto::PROTOCOL_VERSION.to_string(),
             max_request_size: s.max_request_size as u64,
+            namespace_public_key: trust.namespace_key.clone(),
+            sequencer_registrations: trust.registrations.clone(),
         }))
     }
 

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use domain_e2e::checks::db_client;
 use domain_e2e::topology::{
-    Member, domain_manager, new_participant, send_topology, set_state, sleep_until_micros,
+    Member, domain_manager, new_participant, send_topology, sequencer_registration, set_state,
+    sleep_until_micros,
 };
 use domain_e2e::{connect, http_get, now_micros};
 use domain_identity::{
@@ -144,8 +145,15 @@ impl MediatorDomain {
         // Play the domain manager: allowlist, then the response timeout.
         let dom = connect(&cluster, 0, &domain_manager(&cluster)).await?;
         let mut members = Vec::new();
-        let mut serial = 0;
-        let mut last_ts = 0;
+        // The sequencer's registration first (the domain manager's bootstrap does the
+        // same): the mediator trusts only a sequencer key the namespace registered.
+        let mut serial = 1;
+        let mut last_ts = send_topology(
+            &cluster,
+            &dom,
+            &sequencer_registration(&cluster, serial).await?,
+        )
+        .await?;
         for (name, permission) in participants {
             let member = new_participant(name)?;
             serial += 1;
