@@ -213,10 +213,12 @@ where
     T: Serialize + DeserializeOwned + Default,
 {
     let text = match file {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            origin: Origin::File(path.to_owned()),
-            error,
-        })?),
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+                origin: Origin::File(path.to_owned()),
+                error,
+            })?,
+        ),
         None => None,
     };
     load_text(file.zip(text.as_deref()), env, env_prefix, overrides)
