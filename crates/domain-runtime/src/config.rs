@@ -212,6 +212,30 @@ pub fn load<T>(
 where
     T: Serialize + DeserializeOwned + Default,
 {
+    let text = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+                origin: Origin::File(path.to_owned()),
+                error,
+            })?,
+        ),
+        None => None,
+    };
+    load_text(file.zip(text.as_deref()), env, env_prefix, overrides)
+}
+
+/// [`load`] with the file already read: `file` is its path (for error messages) and its
+/// text. Public so the config fuzz target (docs/fuzzing.md) parses TOML text exactly as the
+/// services do, without a file per input.
+pub fn load_text<T>(
+    file: Option<(&Path, &str)>,
+    env: impl IntoIterator<Item = (String, String)>,
+    env_prefix: &str,
+    overrides: &[String],
+) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
     let mut tree = match Value::try_from(T::default()) {
         Ok(Value::Table(table)) => table,
         Ok(other) => {
@@ -227,13 +251,9 @@ where
     };
     check::<T>(&tree).map_err(|e| e.into_error(Origin::Defaults))?;
 
-    if let Some(path) = file {
+    if let Some((path, text)) = file {
         let origin = Origin::File(path.to_owned());
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            origin: origin.clone(),
-            error,
-        })?;
-        let layer: Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        let layer: Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             origin: origin.clone(),
             message: e.to_string().trim_end().to_owned(),
         })?;

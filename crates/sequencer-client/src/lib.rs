@@ -376,10 +376,15 @@ impl StreamValidator {
 
     pub fn check(&mut self, event: &pb::SequencedEvent) -> Result<(), ClientError> {
         if let Some((c, ts)) = self.last {
-            if event.counter != c + 1 {
+            // Counters are peer input: `c + 1` would overflow (a panic with overflow checks).
+            let Some(next) = c.checked_add(1) else {
                 return Err(ClientError::InvalidEvent(format!(
-                    "counter gap: expected {}, got {}",
-                    c + 1,
+                    "no event can follow counter {c}"
+                )));
+            };
+            if event.counter != next {
+                return Err(ClientError::InvalidEvent(format!(
+                    "counter gap: expected {next}, got {}",
                     event.counter
                 )));
             }
@@ -441,5 +446,35 @@ pub fn to_proto_signature(sig: &Signature, purpose: SignaturePurpose) -> pb::Sig
         signature: sig.to_bytes().to_vec(),
         signer_fingerprint: sig.signer().to_string(),
         purpose: purpose.as_i32(),
+    }
+}
+
+#[cfg(test)]
+mod stream_validator_tests {
+    use super::*;
+
+    /// Found by the `sequenced_event` fuzz target (fuzz/corpus/sequenced_event/
+    /// crash-counter-overflow): an event at counter `i64::MAX` followed by another panicked
+    /// with "attempt to add with overflow" instead of refusing the stream.
+    #[test]
+    fn item_15_counter_overflow_is_refused_not_a_panic() {
+        let event = pb::SequencedEvent {
+            counter: i64::MAX,
+            timestamp_micros: 1,
+            ..Default::default()
+        };
+        let mut validator = StreamValidator::default();
+        validator.check(&event).expect("a first event is accepted");
+        let next = pb::SequencedEvent {
+            timestamp_micros: 2,
+            previous_timestamp_micros: 1,
+            ..event
+        };
+        match validator.check(&next) {
+            Err(ClientError::InvalidEvent(reason)) => {
+                assert_eq!(reason, format!("no event can follow counter {}", i64::MAX))
+            }
+            other => panic!("expected InvalidEvent, got {other:?}"),
+        }
     }
 }

@@ -317,32 +317,7 @@ impl SequencerCore {
                         .max_request_size
                         .min(usize::try_from(p).unwrap_or(usize::MAX))
                 });
-        if req.submission.len() > limit {
-            return Err(SequencerError::RequestTooLarge {
-                size: req.submission.len(),
-                limit,
-            });
-        }
-        let sub = pb::SubmissionRequest::decode(req.submission.as_slice()).map_err(|e| {
-            SequencerError::Malformed(format!("submission is not a SubmissionRequest: {e}"))
-        })?;
-        if sub.sender != sender.member {
-            return Err(SequencerError::MemberMismatch {
-                authenticated: sender.member.clone(),
-                requested: sub.sender,
-            });
-        }
-        let sig = req
-            .signature
-            .as_ref()
-            .ok_or_else(|| SequencerError::Malformed("missing signature".into()))?;
-        if sig.purpose != pb::SignaturePurpose::Submission as i32 {
-            return Err(SequencerError::SubmissionSignatureInvalid(
-                "signature purpose is not SUBMISSION".into(),
-            ));
-        }
-        let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
-            .map_err(|e| SequencerError::SubmissionSignatureInvalid(e.to_string()))?;
+        let (sub, signature) = decode_send(&sender.member, &req, limit)?;
         // The key may have been bound through another instance since our cache loaded.
         let refreshed;
         let key_source = if sender.public_key.is_none() {
@@ -379,20 +354,7 @@ impl SequencerCore {
         .await
         .map_err(|e| SequencerError::Internal(format!("verification task failed: {e}")))?;
         verified.map_err(|e| SequencerError::SubmissionSignatureInvalid(e.to_string()))?;
-        if sub.message_id.is_empty() || sub.message_id.len() > MAX_MESSAGE_ID_LEN {
-            return Err(SequencerError::Malformed(format!(
-                "message id must have 1..={MAX_MESSAGE_ID_LEN} bytes"
-            )));
-        }
-        if sub.time_proof {
-            if !sub.envelopes.is_empty() {
-                return Err(SequencerError::Malformed(
-                    "a time proof carries no envelopes".into(),
-                ));
-            }
-        } else if !sub.envelopes.iter().any(|e| !e.content.is_empty()) {
-            return Err(SequencerError::EmptySubmission);
-        }
+        check_submission_shape(&sub)?;
         let mut broadcast = false;
         let mut recipients = BTreeSet::new();
         recipients.insert(sender.id);
@@ -402,11 +364,6 @@ impl SequencerCore {
         // is exactly that case: the writer places the event above every registration.
         let mut not_before_ts = sender.registered_ts;
         for env in &sub.envelopes {
-            if env.recipients.is_empty() && !env.broadcast {
-                return Err(SequencerError::Malformed(
-                    "an envelope has no recipients".into(),
-                ));
-            }
             broadcast |= env.broadcast;
             for r in &env.recipients {
                 let row = self
@@ -483,6 +440,74 @@ impl SequencerCore {
             charge: None,
         })))
     }
+}
+
+/// The first checks of a send, which need neither the database nor the sender's key: the
+/// size `limit`, that `req.submission` decodes as a `SubmissionRequest` of the authenticated
+/// `sender`, and that a SUBMISSION signature is attached and well-formed (not yet verified).
+/// Public so the fuzz targets (`fuzz/`, docs/fuzzing.md) drive exactly this code with peer bytes.
+pub fn decode_send(
+    sender: &str,
+    req: &pb::SendRequest,
+    limit: usize,
+) -> Result<(pb::SubmissionRequest, Signature), SequencerError> {
+    if req.submission.len() > limit {
+        return Err(SequencerError::RequestTooLarge {
+            size: req.submission.len(),
+            limit,
+        });
+    }
+    let sub = pb::SubmissionRequest::decode(req.submission.as_slice()).map_err(|e| {
+        SequencerError::Malformed(format!("submission is not a SubmissionRequest: {e}"))
+    })?;
+    if sub.sender != sender {
+        return Err(SequencerError::MemberMismatch {
+            authenticated: sender.to_owned(),
+            requested: sub.sender,
+        });
+    }
+    let sig = req
+        .signature
+        .as_ref()
+        .ok_or_else(|| SequencerError::Malformed("missing signature".into()))?;
+    if sig.purpose != pb::SignaturePurpose::Submission as i32 {
+        return Err(SequencerError::SubmissionSignatureInvalid(
+            "signature purpose is not SUBMISSION".into(),
+        ));
+    }
+    let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
+        .map_err(|e| SequencerError::SubmissionSignatureInvalid(e.to_string()))?;
+    Ok((sub, signature))
+}
+
+/// The checks of a (signature-verified) submission's shape that need no member lookup:
+/// the message id's length, a time proof without envelopes or else some envelope with
+/// content, and recipients (or broadcast) on every envelope.
+pub fn check_submission_shape(sub: &pb::SubmissionRequest) -> Result<(), SequencerError> {
+    if sub.message_id.is_empty() || sub.message_id.len() > MAX_MESSAGE_ID_LEN {
+        return Err(SequencerError::Malformed(format!(
+            "message id must have 1..={MAX_MESSAGE_ID_LEN} bytes"
+        )));
+    }
+    if sub.time_proof {
+        if !sub.envelopes.is_empty() {
+            return Err(SequencerError::Malformed(
+                "a time proof carries no envelopes".into(),
+            ));
+        }
+    } else if !sub.envelopes.iter().any(|e| !e.content.is_empty()) {
+        return Err(SequencerError::EmptySubmission);
+    }
+    if sub
+        .envelopes
+        .iter()
+        .any(|env| env.recipients.is_empty() && !env.broadcast)
+    {
+        return Err(SequencerError::Malformed(
+            "an envelope has no recipients".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// What a valid send turns out to be.
