@@ -382,6 +382,7 @@ pub fn mediator_verdicts(data: &[u8]) -> Vec<&'static str> {
         domain_id: f.domain_id.clone(),
         key: f.mediator.1.clone(),
         verdict_ttl_micros: 60_000_000,
+        namespace_key: Some(f.namespace_key.public_key().clone()),
     });
     let mut outcomes = Vec::new();
     for (event, content) in verified_events(data) {
@@ -414,6 +415,7 @@ pub fn participant_outcomes(data: &[u8]) -> Vec<&'static str> {
         key: f.bob.1.clone(),
         policy: AutoConfirm::Payload,
         mediator_hint: Some(f.mediator.0.to_string()),
+        namespace_key: f.namespace_key.public_key().clone(),
     });
     let mut outcomes = Vec::new();
     for (event, content) in verified_events(data) {
