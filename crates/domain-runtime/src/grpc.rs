@@ -34,10 +34,13 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// rapid-reset guard, CVE-2023-44487).
 const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 
-/// Streams the server itself may reset per connection for the peer's protocol errors before
-/// it closes the connection with ENHANCE_YOUR_CALM (h2's default, made explicit: a peer that
-/// provokes resets in a loop costs CPU like a rapid reset).
-const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+// Streams the server itself resets are deliberately *not* capped per connection (tonic's
+// default; hyper's own would be 1024). h2 counts every stream we answer before reading its
+// request body (an unknown method, a call shed by the overload layer with SEQ_OVERLOADED), so
+// a cap would close the connection of a legitimate client that retries through a stretch of
+// load shedding, and of any client after 1024 unimplemented calls. Such a stream costs what
+// any request costs and is bounded by the concurrency limits; the client-driven rapid reset
+// is capped below (MAX_PENDING_ACCEPT_RESET_STREAMS).
 
 /// HTTP/2 flow-control windows: how much request data a peer may send unread, per stream and
 /// per connection. The connection window bounds what one connection can make us buffer.
@@ -310,7 +313,6 @@ pub fn server_builder(config: &GrpcServerConfig) -> Result<Server, GrpcError> {
         .http2_keepalive_interval(Some(config.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
-        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
         .http2_max_header_list_size(config.max_header_list_size)
         .max_frame_size(MAX_FRAME_SIZE)
         .initial_stream_window_size(INITIAL_STREAM_WINDOW_SIZE)
