@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use domain_identity::{MemberId, SigningKeyPair};
-use domain_sequencer_client::{MemberIdentity, SequencerConnection};
+use domain_sequencer_client::{DomainPins, MemberIdentity, SequencerConnection};
 use domain_testkit::cluster::SequencerCluster;
 
 /// Connects and authenticates `member` to instance `i` of the cluster.
@@ -134,4 +134,15 @@ pub async fn connect_member(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The cluster's domain id and sequencer key, pinned for a `DomainClient`: a bare
+/// `SequencerCluster` runs no domain manager, so no namespace-signed registration could vouch
+/// for the key and an unpinned client refuses it (issue 11 item 12).
+pub fn cluster_pins(cluster: &SequencerCluster) -> anyhow::Result<DomainPins> {
+    let key = SigningKeyPair::load_pem(cluster.logs.path("sequencer-key.pem"))?;
+    Ok(DomainPins {
+        domain_id: Some(cluster.domain_id.to_string()),
+        sequencer_key: Some(*key.fingerprint()),
+    })
 }

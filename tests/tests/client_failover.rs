@@ -18,8 +18,8 @@ use domain_e2e::checks::db_client;
 use domain_e2e::{envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
 use domain_sequencer_client::{
-    ClientError, ClientOptions, ClientTlsFiles, DomainClient, DomainPins, DomainTls,
-    MemberIdentity, SendReceipt, Subscription, VerifiedEvent,
+    ClientError, ClientOptions, ClientTlsFiles, DomainClient, DomainTls, MemberIdentity,
+    SendReceipt, Subscription, VerifiedEvent,
 };
 use domain_testkit::certs::TestPki;
 use domain_testkit::cluster::SequencerCluster;
@@ -79,22 +79,12 @@ fn ca_files(cluster: &SequencerCluster) -> ClientTlsFiles {
     }
 }
 
-/// The cluster's domain id and sequencer key, pinned: no domain manager runs in these tests,
-/// so no namespace-signed registration could vouch for the key (issue 11 item 12).
-fn pins(cluster: &SequencerCluster) -> anyhow::Result<DomainPins> {
-    let key = domain_identity::SigningKeyPair::load_pem(cluster.logs.path("sequencer-key.pem"))?;
-    Ok(DomainPins {
-        domain_id: Some(cluster.domain_id.to_string()),
-        sequencer_key: Some(*key.fingerprint()),
-    })
-}
-
 async fn connect_client(
     cluster: &SequencerCluster,
     member: &Member,
     mut options: ClientOptions,
 ) -> anyhow::Result<DomainClient> {
-    options.pins = pins(cluster)?;
+    options.pins = domain_e2e::cluster_pins(cluster)?;
     let identity = MemberIdentity {
         id: member.0.clone(),
         key: member.1.clone(),
@@ -721,7 +711,7 @@ async fn tls_trust(logs: TestLogs) -> anyhow::Result<()> {
     let eps = endpoints(&cluster);
     let options = ClientOptions {
         connect_timeout: Duration::from_secs(8),
-        pins: pins(&cluster)?,
+        pins: domain_e2e::cluster_pins(&cluster)?,
         ..ClientOptions::default()
     };
     let connect = |tls: DomainTls| {

@@ -498,7 +498,10 @@ async fn connect_client(
         &endpoints,
         tls,
         identity,
-        ClientOptions::default(),
+        ClientOptions {
+            pins: domain_e2e::cluster_pins(cluster)?,
+            ..ClientOptions::default()
+        },
     )
     .await
     .with_context(|| format!("connect {}", member.0))
