@@ -228,34 +228,7 @@ async fn failover_body(logs: TestLogs) -> anyhow::Result<()> {
     );
     ensure!(takeover <= TAKEOVER_LIMIT, "takeover took {takeover:?}");
 
-    // Exactly one verdict per request, everywhere, and the prescribed one.
-    let alice = d.exactly_one_each("alice", &ids)?;
-    let bob = d.exactly_one_each("bob", &ids)?;
-    for (i, id) in ids.iter().enumerate() {
-        let (_, other) = parties(i);
-        let expected = match kind(i) {
-            Kind::Approve => Expected::Approved,
-            Kind::Reject => Expected::Rejected {
-                participant: d.id(other),
-                reason: format!("no-{i}"),
-            },
-            Kind::Silent => Expected::TimedOut {
-                missing: vec![d.id(other)],
-            },
-        };
-        check_outcome(&alice[id].verdict, &expected)?;
-        ensure!(alice[id].verdict == bob[id].verdict && alice[id].ts == bob[id].ts);
-    }
-    let db = d.sequenced_verdicts().await?;
-    ensure!(
-        db.len() == N,
-        "{} verdict message ids sequenced, expected {N}",
-        db.len()
-    );
-    ensure!(
-        db.values().all(|n| *n == 1),
-        "a verdict was sequenced twice: {db:?}"
-    );
+    check_every_verdict(&d, &ids).await?;
 
     // The successor holds a later epoch and resumed from the shared state.
     let after = d.status(passive).await?;
@@ -509,9 +482,21 @@ async fn paused_in_transaction_body(logs: TestLogs) -> anyhow::Result<()> {
     );
     ensure!(d.is_ready(passive).await, "the successor must stay ready");
 
-    // Exactly one verdict per request, everywhere, and the prescribed one.
-    let alice = d.exactly_one_each("alice", &ids)?;
-    let bob = d.exactly_one_each("bob", &ids)?;
+    check_every_verdict(&d, &ids).await?;
+    let after = d.status(passive).await?;
+    ensure!(
+        after.active && after.lease_epoch > before.lease_epoch,
+        "successor status {after:?}, predecessor {before:?}"
+    );
+    victim.kill()?;
+    Ok(())
+}
+
+/// Exactly one verdict per request, everywhere (both participants, the same verdict at the
+/// same timestamp), the prescribed one, and each verdict message id sequenced once.
+async fn check_every_verdict(d: &MediatorDomain, ids: &[i64]) -> anyhow::Result<()> {
+    let alice = d.exactly_one_each("alice", ids)?;
+    let bob = d.exactly_one_each("bob", ids)?;
     for (i, id) in ids.iter().enumerate() {
         let (_, other) = parties(i);
         let expected = match kind(i) {
@@ -529,19 +514,14 @@ async fn paused_in_transaction_body(logs: TestLogs) -> anyhow::Result<()> {
     }
     let db = d.sequenced_verdicts().await?;
     ensure!(
-        db.len() == N,
-        "{} verdict message ids sequenced, expected {N}",
-        db.len()
+        db.len() == ids.len(),
+        "{} verdict message ids sequenced, expected {}",
+        db.len(),
+        ids.len()
     );
     ensure!(
         db.values().all(|n| *n == 1),
         "a verdict was sequenced twice: {db:?}"
     );
-    let after = d.status(passive).await?;
-    ensure!(
-        after.active && after.lease_epoch > before.lease_epoch,
-        "successor status {after:?}, predecessor {before:?}"
-    );
-    victim.kill()?;
     Ok(())
 }
