@@ -47,10 +47,10 @@ const PG_STOP: Duration = Duration::from_secs(12);
 /// instance is cut and re-established. See docs/reliability.md for the measured figures.
 const PG_RESTART_BOUND: Duration = Duration::from_secs(10);
 /// I7 bound of the SIGSTOP scenario: the stop itself plus the recovery.
-const PG_STOP_BOUND: Duration = Duration::from_secs(12 + 10);
+const PG_STOP_BOUND: Duration = Duration::from_secs(12 + 8);
 /// I7 bound of the repeated-kill scenario: one of three instances is down at a time; the
 /// clients fail over (see `client_failover.rs`: 1 s for one kill on an idle box).
-const REPEATED_KILL_BOUND: Duration = Duration::from_secs(5);
+const REPEATED_KILL_BOUND: Duration = Duration::from_secs(3);
 /// Repeated-kill schedule.
 const KILL_PHASE: Duration = Duration::from_secs(60);
 const KILL_EVERY: Duration = Duration::from_secs(4);
