@@ -391,7 +391,10 @@ async fn devnet_chaos_injects_faults_and_recovers() -> anyhow::Result<()> {
         total.kill > 0 && total.pause > 0 && total.restart > 0,
         "not every kind of fault was injected: {total:?}"
     );
-    ensure!(total.recovered == total.total, "unrecovered faults: {total:?}");
+    ensure!(
+        total.recovered == total.total,
+        "unrecovered faults: {total:?}"
+    );
     // The headline and the fault lines agree with the table.
     let headline = stdout
         .lines()
@@ -419,7 +422,10 @@ async fn devnet_chaos_injects_faults_and_recovers() -> anyhow::Result<()> {
             .iter()
             .filter(|l| l.contains(&format!(": {kind} ")) && l.contains(signal))
             .count() as u64;
-        ensure!(lines == count, "{lines} {kind} lines, the table says {count}");
+        ensure!(
+            lines == count,
+            "{lines} {kind} lines, the table says {count}"
+        );
     }
     // Pings: approved ones, and the interruption figures present and ordered.
     let ok = number_after(&stdout, "    pings: ").context("no ping line in the summary")?;

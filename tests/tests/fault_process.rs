@@ -28,10 +28,8 @@ use domain_e2e::history::{
 use domain_e2e::{connect_member, envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
 use domain_proto::v1 as pb;
-use domain_sequencer_client::{
-    ClientOptions, ClientTlsFiles, DomainClient, MemberIdentity,
-};
 use domain_sequencer_client::retry::{RetryClass, classify_status};
+use domain_sequencer_client::{ClientOptions, ClientTlsFiles, DomainClient, MemberIdentity};
 use domain_testkit::cluster::SequencerCluster;
 use domain_testkit::pg::{ClusterOptions, PgCluster};
 use domain_testkit::process::TestLogs;
@@ -219,7 +217,10 @@ struct Scenario {
     load: Option<LoadHandle>,
 }
 
-async fn connect_client(cluster: &SequencerCluster, member: &Member) -> anyhow::Result<DomainClient> {
+async fn connect_client(
+    cluster: &SequencerCluster,
+    member: &Member,
+) -> anyhow::Result<DomainClient> {
     let options = ClientOptions {
         pins: domain_e2e::cluster_pins(cluster)?,
         ..ClientOptions::default()
@@ -287,7 +288,12 @@ impl Scenario {
     }
 
     /// Waits until `n` sends completed successfully after now.
-    async fn wait_for_acks(&self, n: usize, limit: Duration, what: &str) -> anyhow::Result<Duration> {
+    async fn wait_for_acks(
+        &self,
+        n: usize,
+        limit: Duration,
+        what: &str,
+    ) -> anyhow::Result<Duration> {
         let from = self.recorder.elapsed();
         let start = Instant::now();
         loop {
@@ -409,7 +415,8 @@ async fn pg_restart(logs: TestLogs, mode: &'static str) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let before_pid = pg.postmaster()?;
-    s.recorder.mark(&format!("{name}: start (postmaster {before_pid})"));
+    s.recorder
+        .mark(&format!("{name}: start (postmaster {before_pid})"));
     let t0 = s.recorder.elapsed();
     let started = Instant::now();
     pg.restart(mode)?;
@@ -502,7 +509,9 @@ async fn pg_sigstop(logs: TestLogs) -> anyhow::Result<()> {
     let mut probed = false;
     while stopped_at.elapsed() < PG_STOP {
         for (i, slot) in not_serving.iter_mut().enumerate() {
-            if slot.is_none() && matches!(health(&s.cluster, i).await, Ok(ServingStatus::NotServing)) {
+            if slot.is_none()
+                && matches!(health(&s.cluster, i).await, Ok(ServingStatus::NotServing))
+            {
                 *slot = Some(stopped_at.elapsed());
             }
         }
@@ -520,7 +529,11 @@ async fn pg_sigstop(logs: TestLogs) -> anyhow::Result<()> {
                 let r = tokio::time::timeout(Duration::from_secs(5), conn.send_signed(req)).await;
                 probe_errors.push(match r {
                     Err(_) => (i, "no answer within 5 s".to_owned(), true),
-                    Ok(Ok(resp)) => (i, format!("ACKNOWLEDGED at {}", resp.sequencing_timestamp_micros), false),
+                    Ok(Ok(resp)) => (
+                        i,
+                        format!("ACKNOWLEDGED at {}", resp.sequencing_timestamp_micros),
+                        false,
+                    ),
                     Ok(Err(domain_sequencer_client::ClientError::Status(st))) => {
                         let retryable = !matches!(classify_status(&st), RetryClass::Definitive);
                         (
@@ -540,7 +553,11 @@ async fn pg_sigstop(logs: TestLogs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let acked_during = acked_between(&s.recorder.snapshot(), t0 + Duration::from_secs(1), s.recorder.elapsed());
+    let acked_during = acked_between(
+        &s.recorder.snapshot(),
+        t0 + Duration::from_secs(1),
+        s.recorder.elapsed(),
+    );
     pg.resume()?;
     s.recorder.mark("SIGCONT PostgreSQL");
     let t1 = s.recorder.elapsed();
@@ -615,7 +632,9 @@ fn repeated_kill_of_a_random_instance_for_a_minute() -> anyhow::Result<()> {
 }
 
 async fn repeated_kill(logs: TestLogs) -> anyhow::Result<()> {
-    let db = PgCluster::shared().create_database("fault_repeated_kill").await;
+    let db = PgCluster::shared()
+        .create_database("fault_repeated_kill")
+        .await;
     let mut s = Scenario::start(logs, db, 3).await?;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -649,7 +668,10 @@ async fn repeated_kill(logs: TestLogs) -> anyhow::Result<()> {
     let failovers: u64 = s.clients.iter().map(|c| c.stats().resubscriptions).sum();
     let (history, report) = s.finish("repeated kill", REPEATED_KILL_BOUND).await?;
 
-    let mut gaps: Vec<Duration> = kills.iter().map(|(_, t)| gap_around(&history, *t)).collect();
+    let mut gaps: Vec<Duration> = kills
+        .iter()
+        .map(|(_, t)| gap_around(&history, *t))
+        .collect();
     gaps.sort();
     let mut per_instance = [0usize; 3];
     for (v, _) in &kills {

@@ -221,7 +221,14 @@ pub async fn run(net: &mut Devnet, args: &Args, cancel: &CancellationToken) -> P
         healthy: false,
     };
     let all_recovered = faults.iter().all(|f| f.recovered);
-    print_summary(net, seed, phase_start.elapsed(), &faults, &stats, &unexpected);
+    print_summary(
+        net,
+        seed,
+        phase_start.elapsed(),
+        &faults,
+        &stats,
+        &unexpected,
+    );
     let mut problems = Vec::new();
     if !all_recovered {
         let which: Vec<String> = faults
@@ -353,7 +360,12 @@ fn restart_unexpected(net: &mut Devnet, except: Option<usize>, unexpected: &mut 
         );
         unexpected.push(format!("{} ({status})", comp.name));
         match comp.respawn() {
-            Ok(()) => say!(clock, "chaos: started {} again (pid {})", comp.name, comp.pid()),
+            Ok(()) => say!(
+                clock,
+                "chaos: started {} again (pid {})",
+                comp.name,
+                comp.pid()
+            ),
             Err(e) => say!(clock, "chaos: cannot start {} again: {e:#}", comp.name),
         }
     }
@@ -546,14 +558,20 @@ async fn component_up(net: &Devnet, idx: usize) -> Result<(), String> {
         )
         .await
         .map_err(|e| format!("{e:#}")),
-        Kind::Participant => {
-            domain_testkit::process::wait_for_health(&comp.grpc, None, "", Duration::from_millis(500))
-                .await
-                .map_err(|e| format!("{e:#}"))
-        }
+        Kind::Participant => domain_testkit::process::wait_for_health(
+            &comp.grpc,
+            None,
+            "",
+            Duration::from_millis(500),
+        )
+        .await
+        .map_err(|e| format!("{e:#}")),
         Kind::DomainManager | Kind::Mediator => {
             let live = format!("{}/health/live", comp.ops);
-            if !matches!(crate::http::get(&live, Duration::from_secs(1)).await, Ok((200, _))) {
+            if !matches!(
+                crate::http::get(&live, Duration::from_secs(1)).await,
+                Ok((200, _))
+            ) {
                 return Err(format!("{} is not live", comp.name));
             }
             let mut active = Vec::new();
@@ -565,7 +583,11 @@ async fn component_up(net: &Devnet, idx: usize) -> Result<(), String> {
             if active.len() == 1 {
                 Ok(())
             } else {
-                Err(format!("{} active {}s: {active:?}", active.len(), comp.kind))
+                Err(format!(
+                    "{} active {}s: {active:?}",
+                    active.len(),
+                    comp.kind
+                ))
             }
         }
     }

@@ -136,7 +136,11 @@ impl Component {
             .status()
             .context("cannot run the `kill` command")?;
         if !status.success() {
-            bail!("kill -{sig} {} ({}) failed: {status}", self.pid(), self.name);
+            bail!(
+                "kill -{sig} {} ({}) failed: {status}",
+                self.pid(),
+                self.name
+            );
         }
         Ok(())
     }
@@ -156,7 +160,6 @@ impl Component {
         self.exit = Some(status);
         Ok(status)
     }
-
 
     /// The exit status if the process has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {

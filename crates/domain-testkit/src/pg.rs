@@ -371,7 +371,9 @@ impl PgCluster {
 
     fn private_cluster(&self, what: &str) -> anyhow::Result<&ManagedCluster> {
         let Some(m) = &self.managed else {
-            bail!("cannot {what} a DATABASE_URL server: tests only do that to their own private cluster");
+            bail!(
+                "cannot {what} a DATABASE_URL server: tests only do that to their own private cluster"
+            );
         };
         if shared_dir().is_ok_and(|d| d == m.base) {
             bail!(
