@@ -313,6 +313,9 @@ fn chaos_row(stdout: &str, label: &str) -> Option<ChaosRow> {
         .take(5)
         .map(|w| w.parse().ok())
         .collect::<Option<_>>()?;
+    if n.len() != 5 {
+        return None;
+    }
     Some(ChaosRow {
         kill: n[0],
         pause: n[1],

@@ -2,8 +2,9 @@
 //! injected into a random sequencer, domain-manager or mediator replica, devnet waits
 //! until that replica is back and pings flow again, prints what it saw, and goes on.
 //!
-//! Fault kinds (each taken once per round of three, in a seeded random order, so every
-//! kind occurs within any three consecutive faults):
+//! Faults come in seeded random rounds of nine: every fault kind against every component
+//! kind once, each run of three holding every fault kind (see [`next_round`]); a domain
+//! manager or mediator fault hits the active replica two times in three. Fault kinds:
 //! - `kill`: SIGKILL, then the same command is started again after [`KILL_DOWNTIME`] (what a
 //!   supervisor does after a crash);
 //! - `pause`: SIGSTOP for 2–5 s (seeded), then SIGCONT (a hung process, sockets open);
@@ -127,13 +128,6 @@ pub async fn run(net: &mut Devnet, args: &Args, cancel: &CancellationToken) -> P
     });
     let mut rng = Rng(seed);
     let interval = args.ping_interval();
-    let replicas: Vec<usize> = net
-        .components
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.kind != Kind::Participant)
-        .map(|(i, _)| i)
-        .collect();
     match args.duration {
         Some(d) => say!(
             net,
@@ -166,7 +160,7 @@ pub async fn run(net: &mut Devnet, args: &Args, cancel: &CancellationToken) -> P
     let end = args.duration.map(|d| phase_start + d);
     let mut faults: Vec<FaultRecord> = Vec::new();
     let mut unexpected: Vec<String> = Vec::new();
-    let mut bag: Vec<Fault> = Vec::new();
+    let mut bag: Vec<(Fault, Kind)> = Vec::new();
     loop {
         let now = Instant::now();
         let wait = match end {
@@ -181,14 +175,14 @@ pub async fn run(net: &mut Devnet, args: &Args, cancel: &CancellationToken) -> P
             break;
         }
         if bag.is_empty() {
-            bag = Fault::ALL.to_vec();
-            // Fisher–Yates.
-            for i in (1..bag.len()).rev() {
-                bag.swap(i, rng.below(i + 1));
-            }
+            bag = next_round(&mut rng);
         }
-        let Some(fault) = bag.pop() else { break };
-        let idx = replicas[rng.below(replicas.len())];
+        let Some((fault, kind)) = bag.pop() else {
+            break;
+        };
+        let Some(idx) = pick_replica(net, kind, &mut rng).await else {
+            break;
+        };
         let pause = rng.duration_between(PAUSE_MIN, PAUSE_MAX);
         let record = inject(
             net,
@@ -198,18 +192,20 @@ pub async fn run(net: &mut Devnet, args: &Args, cancel: &CancellationToken) -> P
             pause,
             &pings,
             &mut unexpected,
-            cancel,
+            // A fault in progress is seen through to its recovery (bounded by the budgets)
+            // even after Ctrl-C, so that devnet never stops a domain it left broken; a
+            // second Ctrl-C still exits at once.
+            &CancellationToken::new(),
         )
         .await;
         faults.push(record);
     }
 
-    let final_ok = if cancel.is_cancelled() {
-        say!(net, "chaos: interrupted; checking the domain once more");
-        final_check(net, &pings, &mut unexpected, &CancellationToken::new()).await
-    } else {
-        final_check(net, &pings, &mut unexpected, cancel).await
-    };
+    if cancel.is_cancelled() {
+        say!(net, "chaos: stop requested; checking the domain once more");
+    }
+    // Not cut short by Ctrl-C either (bounded by the budgets; a second Ctrl-C exits).
+    let final_ok = final_check(net, &pings, &mut unexpected, &CancellationToken::new()).await;
     stop_pinger.cancel();
     let _ = pinger.await;
 
@@ -270,6 +266,67 @@ pub async fn run(net: &mut Devnet, args: &Args, cancel: &CancellationToken) -> P
         healthy: problems.is_empty(),
         ..stats
     }
+}
+
+/// Shuffles `v` in place (Fisher–Yates).
+fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.below(i + 1));
+    }
+}
+
+/// The next nine faults, to be taken from the end: every (fault kind, component kind)
+/// pair once, in three sub-rounds that each hold every fault kind and every component
+/// kind once (a shuffled Latin square), so any three consecutive faults of a sub-round
+/// cover all three fault kinds.
+fn next_round(rng: &mut Rng) -> Vec<(Fault, Kind)> {
+    let mut kinds = [Kind::Sequencer, Kind::DomainManager, Kind::Mediator];
+    let mut faults = Fault::ALL;
+    shuffle(&mut kinds, rng);
+    shuffle(&mut faults, rng);
+    let mut round = Vec::with_capacity(9);
+    for j in 0..3 {
+        let mut sub: Vec<(Fault, Kind)> = (0..3).map(|i| (faults[i], kinds[(i + j) % 3])).collect();
+        shuffle(&mut sub, rng);
+        round.extend(sub);
+    }
+    round.reverse();
+    round
+}
+
+/// A replica of `kind` to fault: a random sequencer; for the active-passive kinds the
+/// active replica two times in three (its failover is what there is to watch), else
+/// the passive one.
+async fn pick_replica(net: &Devnet, kind: Kind, rng: &mut Rng) -> Option<usize> {
+    let of_kind: Vec<usize> = net
+        .components
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.kind == kind)
+        .map(|(i, _)| i)
+        .collect();
+    if of_kind.is_empty() {
+        return None;
+    }
+    if kind == Kind::Sequencer {
+        return Some(of_kind[rng.below(of_kind.len())]);
+    }
+    let mut active = Vec::new();
+    let mut passive = Vec::new();
+    for &i in &of_kind {
+        if is_ready(&net.components[i].ops).await {
+            active.push(i);
+        } else {
+            passive.push(i);
+        }
+    }
+    let want_active = rng.below(3) < 2;
+    let pool = match (want_active, active.is_empty(), passive.is_empty()) {
+        (true, false, _) | (false, false, true) => active,
+        (_, _, false) => passive,
+        _ => of_kind,
+    };
+    Some(pool[rng.below(pool.len())])
 }
 
 /// Pings both ways every `interval` until `stop`, recording every ping; prints failures.
@@ -772,6 +829,25 @@ mod tests {
             assert!(r.below(6) < 6);
             let d = r.duration_between(PAUSE_MIN, PAUSE_MAX);
             assert!((PAUSE_MIN..=PAUSE_MAX).contains(&d));
+        }
+    }
+
+    #[test]
+    fn rounds_cover_every_pair_and_every_fault_kind_per_three() {
+        let mut rng = Rng(3);
+        for _ in 0..50 {
+            let round = next_round(&mut rng);
+            assert_eq!(round.len(), 9);
+            for f in Fault::ALL {
+                for k in [Kind::Sequencer, Kind::DomainManager, Kind::Mediator] {
+                    assert_eq!(round.iter().filter(|p| **p == (f, k)).count(), 1);
+                }
+            }
+            for sub in round.chunks(3) {
+                for f in Fault::ALL {
+                    assert!(sub.iter().any(|(g, _)| *g == f), "{sub:?}");
+                }
+            }
         }
     }
 
