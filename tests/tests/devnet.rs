@@ -441,6 +441,21 @@ async fn devnet_chaos_injects_faults_and_recovers() -> anyhow::Result<()> {
         median <= longest,
         "median {median} s above the longest {longest} s"
     );
+    // Every approved ping is a transaction committed by both participants, faults or not.
+    let approved = number_after(&stdout, "] pings: ").context("no final ping summary")?;
+    ensure!(
+        approved == ok,
+        "{approved} approved in the final line, {ok} in the table"
+    );
+    let committed: Vec<u64> = ["participant1", "participant2"]
+        .iter()
+        .map(|p| number_after(&stdout, &format!("{p}: committed transactions ")))
+        .collect::<Option<_>>()
+        .context("no committed transactions of a participant")?;
+    ensure!(
+        committed[0] == committed[1] && committed[0] >= approved,
+        "committed transactions {committed:?}, approved pings {approved}"
+    );
     ensure!(
         number_after(&stdout, "unexpected exits: ") == Some(0),
         "components exited on their own"
