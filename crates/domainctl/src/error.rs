@@ -36,7 +36,7 @@ pub enum CliError {
     Usage(String),
     /// A TLS file given with `--ca`/`--cert`/`--key` cannot be used.
     #[error("error: {0}")]
-    Tls(#[from] domain_runtime::tls::TlsError),
+    Tls(#[from] domain_tls::TlsError),
     /// A replica answered with a definitive error.
     #[error("error: {0}")]
     Refused(ServerError),
@@ -197,7 +197,7 @@ mod tests {
     #[test]
     fn exit_codes() {
         assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
-        let tls = domain_runtime::tls::TlsError::Settings("x");
+        let tls = domain_tls::TlsError::Settings("x");
         assert_eq!(CliError::from(tls).exit_code(), 2);
         let refused = ServerError::from_status(&Status::not_found("no such participant"));
         assert_eq!(CliError::Refused(refused).exit_code(), 1);
