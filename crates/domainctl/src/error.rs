@@ -20,10 +20,9 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit code: no domain-manager replica reachable, all passive, or all timed out.
 pub const EXIT_UNAVAILABLE: u8 = 3;
 
-/// Response metadata key carrying the stable error code of a failed call.
-pub const ERROR_CODE_KEY: &str = "domain-error-code";
-/// Response metadata key a passive replica uses to name the active one (may be empty).
-pub const ACTIVE_REPLICA_KEY: &str = "domain-active-replica";
+pub use domain_proto::error::{
+    ACTIVE_REPLICA_HEADER as ACTIVE_REPLICA_KEY, ERROR_CODE_HEADER as ERROR_CODE_KEY,
+};
 /// `domain-error-code` of a passive replica refusing a write.
 pub const DM_NOT_ACTIVE: &str = "DM_NOT_ACTIVE";
 
