@@ -9,6 +9,7 @@ mod mediator_common;
 mod participant_common;
 
 mod client_failover;
+mod client_fake_sequencer;
 mod devnet;
 mod domain_manager;
 mod fault_process;
