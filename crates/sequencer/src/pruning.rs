@@ -28,7 +28,7 @@ use crate::store::StoreError;
 use crate::timestamp::now_micros;
 
 /// Session advisory lock held by whichever instance (or admin call) prunes.
-pub const PRUNING_LOCK: i64 = 7_301_002;
+pub const PRUNING_LOCK: i64 = domain_storage::locks::SEQ_PRUNING;
 
 /// SQL predicate on a member event timestamp `ts` (a column named `ts` in scope) with the
 /// lower bound as parameter `$L`: visible above the bound, and below it only when the event
