@@ -1087,13 +1087,7 @@ async fn refresh_loop(inner: Arc<Inner>, stop: CancellationToken) {
     }
 }
 
-/// Microseconds since the epoch (client clock; used for max sequencing times).
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
-}
+pub use domain_time::now_micros;
 
 /// The local instant at which the wall clock reaches `micros`.
 fn instant_of_micros(micros: i64) -> Instant {

@@ -167,7 +167,7 @@ pub async fn go_online(
     client: &mut Client,
     modulus: u16,
     owner: uuid_like::Owner,
-    now_micros: i64,
+    clock_micros: i64,
     address: &str,
     preferred: Option<i16>,
 ) -> Result<(i16, i64), StoreError> {
@@ -226,7 +226,7 @@ pub async fn go_online(
             free.get(pick).copied().unwrap_or(first)
         }
     };
-    let watermark = max_wm.max(now_micros);
+    let watermark = max_wm.max(clock_micros);
     // Release every other index this process held, so recoveries never leak online slots.
     tx.execute(
         "UPDATE seq_instances SET online = false WHERE owner = $1::text::uuid AND instance_index <> $2",
