@@ -97,6 +97,10 @@ impl fmt::Display for Timestamp {
 
 /// The wall clock in microseconds since the Unix epoch (0 before the epoch, `i64::MAX` after
 /// the year 294,000).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the one wall-clock reading of sequencer time"
+)]
 pub fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
