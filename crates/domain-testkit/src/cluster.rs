@@ -2,6 +2,7 @@
 //! PKI, config files, N `sequencer` processes over one database, and member
 //! identities registered through the admin API.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,17 +27,54 @@ pub struct SequencerNode {
     pub config_path: PathBuf,
     pub process: Option<ManagedProcess>,
     pub extra_env: Vec<(String, String)>,
+    /// Where the instance runs and listens (loopback in the root namespace by default).
+    pub placement: Placement,
+}
+
+/// Where a sequencer instance runs: a network namespace (see [`crate::netns`]) and the
+/// address its listeners bind, and how it reaches the database from there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Run through `ip netns exec <netns>`; the root namespace when `None`.
+    pub netns: Option<String>,
+    /// The address every listener of the instance binds.
+    pub addr: IpAddr,
+    /// The database URL of this instance, when it differs from the cluster's (e.g. the
+    /// server's address as seen from the namespace).
+    pub database_url: Option<String>,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            netns: None,
+            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            database_url: None,
+        }
+    }
 }
 
 impl SequencerNode {
+    /// `https://localhost:<port>` on loopback, `https://<addr>:<port>` otherwise (the test
+    /// certificate names `localhost`; clients set the TLS domain name to it).
     pub fn public_endpoint(&self) -> String {
-        format!("https://localhost:{}", self.public_port)
+        if self.placement.addr.is_loopback() {
+            format!("https://localhost:{}", self.public_port)
+        } else {
+            format!(
+                "https://{}",
+                SocketAddr::new(self.placement.addr, self.public_port)
+            )
+        }
     }
     pub fn admin_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.admin_port)
+        format!(
+            "http://{}",
+            SocketAddr::new(self.placement.addr, self.admin_port)
+        )
     }
     pub fn ops_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ops_port)
+        format!("http://{}", SocketAddr::new(self.placement.addr, self.ops_port))
     }
     pub fn process(&mut self) -> anyhow::Result<&mut ManagedProcess> {
         self.process.as_mut().context("instance is not running")
@@ -77,6 +115,20 @@ impl SequencerCluster {
         extra_config: &str,
         node_env: &[Vec<(String, String)>],
     ) -> anyhow::Result<Self> {
+        let placements = vec![Placement::default(); instances];
+        Self::start_placed(logs, database, extra_config, node_env, &placements).await
+    }
+
+    /// Like [`Self::start_with_env`], with one instance per entry of `placements`, each
+    /// in its namespace and listening on its address.
+    pub async fn start_placed(
+        logs: TestLogs,
+        database: TestDatabase,
+        extra_config: &str,
+        node_env: &[Vec<(String, String)>],
+        placements: &[Placement],
+    ) -> anyhow::Result<Self> {
+        let instances = placements.len();
         let dir = logs.dir().to_path_buf();
         let pki = TestPki::new()?;
         let pki_files = pki.write_files(&dir)?;
@@ -87,31 +139,40 @@ impl SequencerCluster {
         let seq_key_path = dir.join("sequencer-key.pem");
         SigningKeyPair::generate().save_pem(&seq_key_path)?;
         let mut nodes = Vec::new();
-        for i in 0..instances {
+        for (i, placement) in placements.iter().enumerate() {
             let name = format!("seq-{i}");
             let (public_port, admin_port, ops_port) = (free_port(), free_port(), free_port());
+            let addr = placement.addr;
+            let advertised = if addr.is_loopback() {
+                format!("https://localhost:{public_port}")
+            } else {
+                format!("https://{}", SocketAddr::new(addr, public_port))
+            };
+            let ops_listen = SocketAddr::new(addr, ops_port);
+            let public_listen = SocketAddr::new(addr, public_port);
+            let admin_listen = SocketAddr::new(addr, admin_port);
             let config = format!(
                 r#"domain-id = "{domain_id}"
 signing-key-file = "{key}"
-ops-listen = "127.0.0.1:{ops_port}"
-advertised-address = "https://localhost:{public_port}"
+ops-listen = "{ops_listen}"
+advertised-address = "{advertised}"
 {extra_config}
 
 [database]
 url = "{url}"
 
 [public-api]
-listen = "127.0.0.1:{public_port}"
+listen = "{public_listen}"
 
 [public-api.tls]
 cert = "{cert}"
 key = "{tkey}"
 
 [admin-api]
-listen = "127.0.0.1:{admin_port}"
+listen = "{admin_listen}"
 "#,
                 key = seq_key_path.display(),
-                url = database.url,
+                url = placement.database_url.as_deref().unwrap_or(&database.url),
                 cert = pki_files.server_cert.display(),
                 tkey = pki_files.server_key.display(),
             );
@@ -125,6 +186,7 @@ listen = "127.0.0.1:{admin_port}"
                 config_path,
                 process: None,
                 extra_env: node_env.get(i).cloned().unwrap_or_default(),
+                placement: placement.clone(),
             });
         }
         let mut cluster = Self {
@@ -154,8 +216,13 @@ listen = "127.0.0.1:{admin_port}"
     pub async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
         let tls = self.client_tls();
         let node = self.nodes.get_mut(i).context("no such instance")?;
-        let mut builder = ProcessBuilder::new(binary_path("sequencer"))
-            .arg("--config-file")
+        let mut builder = match &node.placement.netns {
+            None => ProcessBuilder::new(binary_path("sequencer")),
+            Some(ns) => ProcessBuilder::new("ip")
+                .args(["netns", "exec", ns.as_str()])
+                .arg(binary_path("sequencer")),
+        }
+        .arg("--config-file")
             .arg(node.config_path.as_os_str())
             .arg("--log-format")
             .arg("json")
