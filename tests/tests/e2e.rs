@@ -11,6 +11,7 @@ mod participant_common;
 mod client_failover;
 mod devnet;
 mod domain_manager;
+mod fault_network;
 mod history_smoke;
 mod http2_abuse;
 mod k8s_configs;

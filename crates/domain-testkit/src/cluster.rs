@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
 use domain_proto::v1::{self as pb, sequencer_admin_service_client::SequencerAdminServiceClient};
-use tonic::transport::{Certificate, ClientTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::certs::{PkiFiles, TestPki};
 use crate::pg::TestDatabase;
@@ -67,9 +67,16 @@ impl SequencerNode {
             )
         }
     }
+    /// `http://127.0.0.1:<port>` on loopback; off loopback the admin API requires TLS with
+    /// a client certificate (the sequencer refuses anything else), so `https://`.
     pub fn admin_endpoint(&self) -> String {
+        let scheme = if self.placement.addr.is_loopback() {
+            "http"
+        } else {
+            "https"
+        };
         format!(
-            "http://{}",
+            "{scheme}://{}",
             SocketAddr::new(self.placement.addr, self.admin_port)
         )
     }
@@ -151,6 +158,17 @@ impl SequencerCluster {
             let ops_listen = SocketAddr::new(addr, ops_port);
             let public_listen = SocketAddr::new(addr, public_port);
             let admin_listen = SocketAddr::new(addr, admin_port);
+            // Off loopback the admin API must use TLS with client certificates.
+            let admin_tls = if addr.is_loopback() {
+                String::new()
+            } else {
+                format!(
+                    "\n[admin-api.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient-ca = \"{}\"\nrequire-client-cert = true\n",
+                    pki_files.server_cert.display(),
+                    pki_files.server_key.display(),
+                    pki_files.ca.display()
+                )
+            };
             let config = format!(
                 r#"domain-id = "{domain_id}"
 signing-key-file = "{key}"
@@ -170,7 +188,7 @@ key = "{tkey}"
 
 [admin-api]
 listen = "{admin_listen}"
-"#,
+{admin_tls}"#,
                 key = seq_key_path.display(),
                 url = placement.database_url.as_deref().unwrap_or(&database.url),
                 cert = pki_files.server_cert.display(),
@@ -218,7 +236,7 @@ listen = "{admin_listen}"
         let node = self.nodes.get_mut(i).context("no such instance")?;
         let mut builder = match &node.placement.netns {
             None => ProcessBuilder::new(binary_path("sequencer")),
-            Some(ns) => ProcessBuilder::new("ip")
+            Some(ns) => ProcessBuilder::new(crate::netns::ip_path())
                 .args(["netns", "exec", ns.as_str()])
                 .arg(binary_path("sequencer")),
         }
@@ -256,8 +274,7 @@ listen = "{admin_listen}"
     }
 
     pub async fn register(&self, id: &MemberId) -> anyhow::Result<()> {
-        let node = self.nodes.first().context("no instance")?;
-        let mut admin = SequencerAdminServiceClient::connect(node.admin_endpoint()).await?;
+        let mut admin = self.admin(0).await?;
         admin
             .register_member(pb::RegisterMemberRequest {
                 member: id.to_string(),
@@ -272,6 +289,17 @@ listen = "{admin_listen}"
         i: usize,
     ) -> anyhow::Result<SequencerAdminServiceClient<tonic::transport::Channel>> {
         let node = self.nodes.get(i).context("no such instance")?;
-        Ok(SequencerAdminServiceClient::connect(node.admin_endpoint()).await?)
+        if node.placement.addr.is_loopback() {
+            return Ok(SequencerAdminServiceClient::connect(node.admin_endpoint()).await?);
+        }
+        let identity = Identity::from_pem(
+            std::fs::read(&self.pki_files.client_cert)?,
+            std::fs::read(&self.pki_files.client_key)?,
+        );
+        let channel = Endpoint::from_shared(node.admin_endpoint())?
+            .tls_config(self.client_tls().identity(identity))?
+            .connect()
+            .await?;
+        Ok(SequencerAdminServiceClient::new(channel))
     }
 }

@@ -261,7 +261,7 @@ impl NetHost {
     /// A builder running `binary` inside the namespace (`ip netns exec <ns> <binary>`;
     /// `ip` execs the binary, so the process id is the binary's and signals reach it).
     pub fn command(&self, binary: impl AsRef<Path>) -> ProcessBuilder {
-        ProcessBuilder::new("ip")
+        ProcessBuilder::new(ip_path())
             .args(["netns", "exec", &self.name])
             .arg(binary.as_ref().as_os_str())
     }
@@ -878,14 +878,28 @@ fn remove_slot(name: &str) {
     }
 }
 
+/// The absolute path of `ip` (a bare name would be taken for a workspace binary by
+/// [`ProcessBuilder`]).
+pub fn ip_path() -> PathBuf {
+    tool_path("ip").unwrap_or_else(|| PathBuf::from("/usr/sbin/ip"))
+}
+
+fn tool_path(tool: &str) -> Option<PathBuf> {
+    let from_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).find(|p| p.join(tool).is_file()));
+    from_path
+        .or_else(|| {
+            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|d| d.join(tool).is_file())
+        })
+        .map(|d| d.join(tool))
+}
+
 fn check_tools() -> anyhow::Result<()> {
     for (tool, package) in [("ip", "iproute2"), ("iptables", "iptables")] {
-        let found = std::env::var_os("PATH").is_some_and(|paths| {
-            std::env::split_paths(&paths).any(|p| p.join(tool).is_file())
-        }) || ["/usr/sbin", "/sbin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).is_file());
-        if !found {
+        if tool_path(tool).is_none() {
             bail!("`{tool}` is missing: install {package} (.ci/run does)");
         }
     }

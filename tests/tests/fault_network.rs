@@ -1,0 +1,755 @@
+//! Network faults between real processes on hosts with their own addresses (issue 16 item 3):
+//! every sequencer instance runs in its own network namespace
+//! ([`domain_testkit::netns`]), listening on its namespace's address, over a private
+//! PostgreSQL that listens on the namespaces' gateway addresses. Faults are iptables rules
+//! and a packet-delay queue inside one namespace; nothing else is touched.
+//!
+//! Every scenario runs recorded load ([`domain_e2e::history`]: `DomainClient`s sending to
+//! each other, each subscribed from counter 0) throughout, shows that the fault really bit
+//! (health, failed direct sends, dropped-packet counters), and checks the history at the end:
+//! I1–I4 and I6, I7 (longest time without a successful send) against [`UNAVAILABILITY_BOUND`],
+//! and every member's stream read afresh from every instance: counters 0.. without a gap, the
+//! same events everywhere.
+//!
+//! Figures are printed; `docs/reliability.md` ("Network faults") collects them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use domain_e2e::history::{
+    CheckOptions, History, LoadHandle, LoadOptions, Outcome, Recorder, Report, check,
+    record_instance_stream, start_load,
+};
+use domain_e2e::{checks::keep_logs_on_error, cluster_pins, connect, envelope, now_micros};
+use domain_identity::{MemberId, MemberRole, SigningKeyPair};
+use domain_sequencer_client::{
+    ClientOptions, ClientTlsFiles, DomainClient, DomainTls, MemberIdentity, SequencerConnection,
+};
+use domain_testkit::cluster::{Placement, SequencerCluster};
+use domain_testkit::netns::{Direction, Flow, Impairment, NetHost};
+use domain_testkit::pg::{ClusterOptions, PgCluster, TestDatabase};
+use domain_testkit::process::TestLogs;
+use tonic::transport::Endpoint;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+type Member = (MemberId, Arc<SigningKeyPair>);
+
+/// I7 bound asserted by every scenario here: the longest interval, during the load, in which
+/// no send of any client succeeded. The client abandons an endpoint within its health
+/// timeout (1 s) or call timeout (2 s) and retries elsewhere after a backoff; 5 s leaves
+/// room for two loaded cores. Canton's anchor for a sequencer failover is an 8–13 s stall.
+const UNAVAILABILITY_BOUND: Duration = Duration::from_secs(5);
+/// How long a cut instance may take to report NOT_SERVING once its database is unreachable
+/// (the writer's commit timeout is 2 s).
+const NOT_SERVING_BOUND: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------
+// The domain on namespaced hosts.
+// ---------------------------------------------------------------------------------------
+
+/// A private PostgreSQL listening on 127.0.0.1 and on every host's gateway address (the
+/// shared test server listens on loopback only, which a namespace cannot reach). Stopped
+/// and removed on drop.
+struct NetPg {
+    cluster: PgCluster,
+    base: PathBuf,
+}
+
+impl NetPg {
+    fn start(hosts: &[NetHost]) -> anyhow::Result<Self> {
+        sweep_stale_pg();
+        static N: AtomicU64 = AtomicU64::new(0);
+        let base = std::env::temp_dir().join(format!(
+            "netns-pg-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        if base.exists() {
+            std::fs::remove_dir_all(&base)?;
+        }
+        std::fs::create_dir_all(&base)?;
+        let mut hba = String::from("local all all trust\nhost all all 127.0.0.1/32 trust\n");
+        let mut listen = String::from("127.0.0.1");
+        for h in hosts {
+            hba.push_str(&format!("host all all {}/30 trust\n", h.addr()));
+            listen.push_str(&format!(",{}", h.gateway()));
+        }
+        let hba_path = base.join("hba.conf");
+        std::fs::write(&hba_path, hba)?;
+        let options = ClusterOptions {
+            settings: vec![
+                ("listen_addresses".into(), listen),
+                ("hba_file".into(), hba_path.display().to_string()),
+            ],
+            tls: None,
+        };
+        let cluster = PgCluster::start_private_with(&base, &options)?;
+        Ok(Self { cluster, base })
+    }
+
+    fn port(&self) -> anyhow::Result<u16> {
+        self.cluster.port().context("private cluster has a port")
+    }
+
+    /// `db`'s URL as seen from inside `host` (through its gateway address).
+    fn url_from(&self, db: &TestDatabase, host: &NetHost) -> String {
+        db.url.replacen("127.0.0.1", &host.gateway().to_string(), 1)
+    }
+}
+
+impl Drop for NetPg {
+    fn drop(&mut self) {
+        let _ = self.cluster.stop();
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// Stops and removes the private servers of test processes that were killed before their
+/// drop ran (`<tmp>/netns-pg-<pid>-<n>`).
+fn sweep_stale_pg() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("netns-pg-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let data = e.path().join("data");
+        let bin = std::env::var("PG_BIN_DIR")
+            .unwrap_or_else(|_| domain_testkit::pg::DEFAULT_PG_BIN_DIR.to_owned());
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{bin}/pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "immediate", "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(e.path());
+        eprintln!("removed stale private PostgreSQL {name}");
+    }
+}
+
+/// Sequencer instance `i` in namespace `hosts[i]`. Fields drop in order: processes first,
+/// then the database server, then the namespaces.
+struct NetDomain {
+    cluster: SequencerCluster,
+    pg: NetPg,
+    hosts: Vec<NetHost>,
+}
+
+impl NetDomain {
+    async fn start(logs: TestLogs, instances: usize) -> anyhow::Result<Self> {
+        let hosts = (0..instances)
+            .map(|_| NetHost::create())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let pg = NetPg::start(&hosts)?;
+        let db = pg.cluster.try_create_database("fault_net").await?;
+        let placements: Vec<Placement> = hosts
+            .iter()
+            .map(|h| Placement {
+                netns: Some(h.name().to_owned()),
+                addr: IpAddr::V4(h.addr()),
+                database_url: Some(pg.url_from(&db, h)),
+            })
+            .collect();
+        let cluster = SequencerCluster::start_placed(logs, db, "", &[], &placements).await?;
+        for (i, h) in hosts.iter().enumerate() {
+            println!(
+                "seq-{i}: namespace {} at {} (database via {}:{})",
+                h.name(),
+                h.addr(),
+                h.gateway(),
+                pg.port()?
+            );
+        }
+        Ok(Self { cluster, pg, hosts })
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.cluster
+            .nodes
+            .iter()
+            .map(|n| n.public_endpoint())
+            .collect()
+    }
+
+    /// Registers `n` participants and connects a `DomainClient` for each over every
+    /// instance (TLS name `localhost`: the endpoints are IP addresses).
+    async fn clients(&self, n: usize) -> anyhow::Result<Vec<(Member, DomainClient)>> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let member = self
+                .cluster
+                .add_member(MemberRole::Participant, &format!("load-{i}"))
+                .await?;
+            let options = ClientOptions {
+                pins: cluster_pins(&self.cluster)?,
+                ..ClientOptions::default()
+            };
+            let tls = DomainTls::Files(ClientTlsFiles {
+                ca: self.cluster.pki_files.ca.clone(),
+                cert: None,
+                key: None,
+                domain_name: Some("localhost".into()),
+            });
+            let identity = MemberIdentity {
+                id: member.0.clone(),
+                key: member.1.clone(),
+            };
+            let client = DomainClient::connect(
+                "testdomain",
+                &self.endpoints(),
+                tls,
+                identity,
+                options,
+            )
+            .await
+            .with_context(|| format!("connect {}", member.0))?;
+            out.push((member, client));
+        }
+        Ok(out)
+    }
+
+    /// One gRPC health check of instance `i`'s public endpoint, bounded to 800 ms.
+    async fn health(&self, i: usize) -> anyhow::Result<ServingStatus> {
+        let node = self.cluster.nodes.get(i).context("no such instance")?;
+        let probe = async {
+            let channel = Endpoint::from_shared(node.public_endpoint())?
+                .tls_config(self.cluster.client_tls())?
+                .connect_timeout(Duration::from_millis(800))
+                .timeout(Duration::from_millis(800))
+                .connect()
+                .await?;
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?
+                .into_inner()
+                .status();
+            Ok::<_, anyhow::Error>(status)
+        };
+        tokio::time::timeout(Duration::from_millis(1500), probe)
+            .await
+            .context("health check timed out")?
+    }
+
+    /// Polls instance `i`'s health until `want` (an error counts as "not `want`" unless
+    /// `want` is `None`, meaning "unreachable"); returns how long it took.
+    async fn wait_health(
+        &self,
+        i: usize,
+        want: Option<ServingStatus>,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < limit {
+            let got = self.health(i).await;
+            match (&got, want) {
+                (Ok(s), Some(w)) if *s == w => return Ok(started.elapsed()),
+                (Err(_), None) => return Ok(started.elapsed()),
+                _ => {}
+            }
+            last = match got {
+                Ok(s) => s.as_str_name().to_owned(),
+                Err(e) => format!("{e:#}"),
+            };
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("seq-{i}: health not {want:?} within {limit:?} (last: {last})")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Load, probes and the final check.
+// ---------------------------------------------------------------------------------------
+
+/// The load of a scenario and the members behind it.
+struct Scenario {
+    domain: NetDomain,
+    recorder: Recorder,
+    members: Vec<Member>,
+    load: Option<LoadHandle>,
+    started: Instant,
+}
+
+impl Scenario {
+    async fn start(logs: TestLogs, instances: usize, clients: usize) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let domain = NetDomain::start(logs, instances).await?;
+        let pairs = domain.clients(clients).await?;
+        let recorder = Recorder::new();
+        let members = pairs.iter().map(|(m, _)| m.clone()).collect();
+        let clients = pairs.into_iter().map(|(_, c)| c).collect();
+        let options = LoadOptions {
+            senders_per_client: 2,
+            pause: Duration::from_millis(25),
+            ..LoadOptions::default()
+        };
+        let load = start_load(clients, recorder.clone(), options);
+        println!("setup took {:.1?}", started.elapsed());
+        Ok(Self {
+            domain,
+            recorder,
+            members,
+            load: Some(load),
+            started,
+        })
+    }
+
+    fn member_ids(&self) -> Vec<MemberId> {
+        self.members.iter().map(|m| m.0.clone()).collect()
+    }
+
+    /// A direct send of `members[0]` through instance `i` only (no failover), recorded like
+    /// the load's sends; bounded to `limit`.
+    async fn probe_send(
+        &self,
+        conn: &SequencerConnection,
+        limit: Duration,
+    ) -> Result<domain_proto::v1::SendResponse, String> {
+        let ids = self.member_ids();
+        let op = self.recorder.invoke(&ids[0], &ids);
+        let recipients: Vec<&MemberId> = ids.iter().collect();
+        let env = envelope(Recorder::payload(op, 64), &recipients);
+        let message_id = Recorder::message_id(op);
+        let send = conn.send(
+            &message_id,
+            vec![env],
+            now_micros() + 20_000_000,
+        );
+        match tokio::time::timeout(limit, send).await {
+            Ok(result) => {
+                self.recorder.complete_send(op, &result);
+                result.map_err(|e| format!("{e}"))
+            }
+            Err(_) => {
+                self.recorder.complete(
+                    op,
+                    Outcome::Unknown {
+                        error: "probe timed out".into(),
+                    },
+                );
+                Err(format!("no answer within {limit:?}"))
+            }
+        }
+    }
+
+    /// Successful sends of the load completed inside `[from, to)` (recorder time).
+    fn ok_between(&self, from: Duration, to: Duration) -> usize {
+        self.recorder
+            .snapshot()
+            .ops
+            .iter()
+            .filter(|o| {
+                matches!(o.outcome, Some(Outcome::Ok { .. }))
+                    && o.completed.is_some_and(|c| c >= from && c < to)
+            })
+            .count()
+    }
+
+    /// Stops the load (draining deliveries), reads every member's stream afresh from every
+    /// instance, checks the history and prints the report.
+    async fn finish(mut self, label: &str) -> anyhow::Result<Report> {
+        let load = self.load.take().context("load already stopped")?;
+        load.stop(Duration::from_secs(15)).await?;
+        check_fresh_streams(&self.domain, &self.recorder, &self.members).await?;
+        let history = self.recorder.snapshot();
+        let report = check(
+            &history,
+            &CheckOptions::new(&self.member_ids(), Some(UNAVAILABILITY_BOUND)),
+        );
+        println!("{label}: {report}");
+        for (at, m) in &report.marks {
+            println!("  [{:>7.3}s] {m}", at.as_secs_f64());
+        }
+        println!(
+            "{label}: I7 longest unavailability {} ms (bound {} ms); wall {:.1?}",
+            report.max_unavailability.as_millis(),
+            UNAVAILABILITY_BOUND.as_millis(),
+            self.started.elapsed()
+        );
+        report.ensure_ok()?;
+        ensure!(
+            report.ops_ok >= 50,
+            "{label}: too little load to check anything: {report}"
+        );
+        Ok(report)
+    }
+}
+
+/// Reads each member's stream from counter 0 on every instance (raw connections, no
+/// failover) until it holds as many events as the member's recorded stream, and checks that
+/// each one is gap-free (counters exactly 0..n). The deliveries go into the recorder, so the
+/// checker's I3/I4 then compare every instance's events with the live streams'.
+async fn check_fresh_streams(
+    domain: &NetDomain,
+    recorder: &Recorder,
+    members: &[Member],
+) -> anyhow::Result<()> {
+    let expected: BTreeMap<String, i64> = {
+        let h = recorder.snapshot();
+        let mut m = BTreeMap::new();
+        for d in &h.deliveries {
+            let e = m.entry(d.member.clone()).or_insert(-1i64);
+            *e = (*e).max(d.counter);
+        }
+        m
+    };
+    let mut readers = Vec::new();
+    for i in 0..domain.cluster.nodes.len() {
+        for (k, member) in members.iter().enumerate() {
+            let conn = connect(&domain.cluster, i, member)
+                .await
+                .with_context(|| format!("connect member {k} to seq-{i} after the fault"))?;
+            readers.push(record_instance_stream(
+                conn,
+                member.0.clone(),
+                format!("fresh-seq-{i}-m{k}"),
+                recorder.clone(),
+            ));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let complete = |h: &History| -> Vec<String> {
+        let mut short = Vec::new();
+        for i in 0..domain.cluster.nodes.len() {
+            for (k, member) in members.iter().enumerate() {
+                let label = format!("fresh-seq-{i}-m{k}");
+                let want = expected.get(&member.0.to_string()).copied().unwrap_or(-1) + 1;
+                let got = h.deliveries.iter().filter(|d| d.endpoint == label).count() as i64;
+                if got < want {
+                    short.push(format!("{label}: {got}/{want}"));
+                }
+            }
+        }
+        short
+    };
+    loop {
+        let short = complete(&recorder.snapshot());
+        if short.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("fresh streams incomplete after 15 s: {short:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for r in readers {
+        r.abort();
+    }
+    let h = recorder.snapshot();
+    let mut per: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for d in h
+        .deliveries
+        .iter()
+        .filter(|d| d.endpoint.starts_with("fresh-"))
+    {
+        per.entry(d.endpoint.as_str()).or_default().push(d.counter);
+    }
+    for (label, counters) in per {
+        let n = counters.len();
+        let distinct: BTreeSet<i64> = counters.iter().copied().collect();
+        ensure!(
+            distinct.len() == n && distinct.iter().copied().eq(0..n as i64),
+            "{label}: counters are not exactly 0..{n} (gap or duplicate)"
+        );
+    }
+    println!(
+        "fresh streams: {} members x {} instances, each gap-free and complete",
+        members.len(),
+        domain.cluster.nodes.len()
+    );
+    Ok(())
+}
+
+/// Unavailability figures of the DomainClients' sends, printed for the docs.
+fn print_window(scenario: &Scenario, label: &str, from: Duration, to: Duration) {
+    let ok = scenario.ok_between(from, to);
+    println!(
+        "{label}: {ok} successful sends in {:.1}s ({:.0}/s)",
+        (to - from).as_secs_f64(),
+        ok as f64 / (to - from).as_secs_f64().max(0.001)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------
+
+/// Sequencer ↔ PostgreSQL partition on one instance of three: the others keep sequencing,
+/// the cut instance reports NOT_SERVING and refuses sends while cut, and after the heal it
+/// serves again, every member's stream complete and gap-free on every instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequencer_database_partition_one_instance() -> anyhow::Result<()> {
+    let logs = TestLogs::for_current_test();
+    keep_logs_on_error(&logs.clone(), async move {
+        let s = Scenario::start(logs, 3, 3).await?;
+        let cut = 1;
+        let host = &s.domain.hosts[cut];
+        let pg_port = s.domain.pg.port()?;
+        let direct = connect(&s.domain.cluster, cut, &s.members[0]).await?;
+        s.probe_send(&direct, Duration::from_secs(5))
+            .await
+            .map_err(|e| anyhow::anyhow!("direct send before the cut: {e}"))?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        s.recorder
+            .mark(&format!("partition seq-{cut} <-> PostgreSQL (both ways)"));
+        let cut_at = s.recorder.elapsed();
+        host.partition(Flow::to_service(host.gateway(), pg_port), Direction::Both)?;
+        let down = s
+            .domain
+            .wait_health(cut, Some(ServingStatus::NotServing), NOT_SERVING_BOUND)
+            .await?;
+        s.recorder
+            .mark(&format!("seq-{cut} NOT_SERVING after {} ms", down.as_millis()));
+        for other in (0..3).filter(|i| *i != cut) {
+            ensure!(
+                s.domain.health(other).await? == ServingStatus::Serving,
+                "seq-{other} (database reachable) must stay SERVING"
+            );
+        }
+        let refused = s.probe_send(&direct, Duration::from_secs(5)).await;
+        println!("direct send through the cut seq-{cut}: {refused:?}");
+        ensure!(
+            refused.is_err(),
+            "a send through the instance cut from its database must not succeed"
+        );
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        ensure!(
+            s.domain.health(cut).await? == ServingStatus::NotServing,
+            "still NOT_SERVING while cut"
+        );
+        let drops = host.partition_drops()?;
+        ensure!(drops > 0, "the partition rules dropped nothing");
+        let heal_at = s.recorder.elapsed();
+        host.heal()?;
+        s.recorder
+            .mark(&format!("healed ({drops} packets dropped while cut)"));
+        print_window(&s, "while seq-1 was cut from PostgreSQL", cut_at, heal_at);
+        ensure!(
+            s.ok_between(cut_at, heal_at) >= 20,
+            "the other instances must keep sequencing during the partition"
+        );
+
+        let up = s
+            .domain
+            .wait_health(cut, Some(ServingStatus::Serving), Duration::from_secs(30))
+            .await?;
+        s.recorder
+            .mark(&format!("seq-{cut} SERVING {} ms after the heal", up.as_millis()));
+        direct.authenticate().await.ok();
+        s.probe_send(&direct, Duration::from_secs(5))
+            .await
+            .map_err(|e| anyhow::anyhow!("direct send through seq-{cut} after the heal: {e}"))?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        s.finish("sequencer<->database partition").await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Client ↔ one sequencer partition, both ways: the client's health checks and calls to the
+/// instance go unanswered; it fails over, and comes back after the heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sequencer_partition_symmetric() -> anyhow::Result<()> {
+    client_partition("client_sequencer_partition_symmetric", &[Direction::Both]).await
+}
+
+/// Client ↔ one sequencer partition one way, each way in turn: requests lost (the
+/// instance hears nothing), then answers lost (the instance sequences, the client never
+/// hears: its retry elsewhere must be deduplicated, not sequenced twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sequencer_partition_one_way() -> anyhow::Result<()> {
+    client_partition(
+        "client_sequencer_partition_one_way",
+        &[Direction::Inbound, Direction::Outbound],
+    )
+    .await
+}
+
+async fn client_partition(name: &str, phases: &[Direction]) -> anyhow::Result<()> {
+    let logs = TestLogs::for_current_test();
+    let phases = phases.to_vec();
+    let name = name.to_owned();
+    keep_logs_on_error(&logs.clone(), async move {
+        let s = Scenario::start(logs, 3, 3).await?;
+        let cut = 1;
+        let host = &s.domain.hosts[cut];
+        let port = s.domain.cluster.nodes[cut].public_port;
+        let direct = connect(&s.domain.cluster, cut, &s.members[0]).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for direction in phases {
+            let what = match direction {
+                Direction::Both => "both ways",
+                Direction::Inbound => "one way: client -> seq-1 dropped",
+                Direction::Outbound => "one way: seq-1 -> client dropped",
+            };
+            s.recorder.mark(&format!("partition clients <-> seq-{cut}, {what}"));
+            let from = s.recorder.elapsed();
+            host.partition(Flow::from_clients(host.gateway(), port), direction)?;
+            let gone = s.domain.wait_health(cut, None, Duration::from_secs(5)).await?;
+            println!("seq-{cut} unreachable to the test's health probe after {gone:?}");
+            let probe = s.probe_send(&direct, Duration::from_secs(3)).await;
+            println!("direct send through seq-{cut} while cut: {probe:?}");
+            ensure!(probe.is_err(), "a send through the cut instance must not be answered");
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            ensure!(
+                s.domain.health(cut).await.is_err(),
+                "seq-{cut} still unreachable while partitioned"
+            );
+            let drops = host.partition_drops()?;
+            ensure!(drops > 0, "the partition rules dropped nothing");
+            let to = s.recorder.elapsed();
+            host.heal()?;
+            s.recorder.mark(&format!("healed ({drops} packets dropped)"));
+            print_window(&s, &format!("clients cut from seq-{cut} ({what})"), from, to);
+            ensure!(
+                s.ok_between(from, to) >= 20,
+                "the domain must keep sequencing through the other instances"
+            );
+            let back = s
+                .domain
+                .wait_health(cut, Some(ServingStatus::Serving), Duration::from_secs(10))
+                .await?;
+            s.recorder
+                .mark(&format!("seq-{cut} reachable again after {} ms", back.as_millis()));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        // The instance serves again: a direct send through it succeeds.
+        direct.authenticate().await.ok();
+        s.probe_send(&direct, Duration::from_secs(5))
+            .await
+            .map_err(|e| anyhow::anyhow!("direct send through seq-{cut} after the heal: {e}"))?;
+        s.finish(&name).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// 200 ms ± 50 ms latency and 1 % loss on each direction of one instance's links (a
+/// cross-cloud link): the domain keeps sequencing, and a client sending through every
+/// instance gets most of its answers from the healthy ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_lossy_links_on_one_instance() -> anyhow::Result<()> {
+    let logs = TestLogs::for_current_test();
+    keep_logs_on_error(&logs.clone(), async move {
+        let s = Scenario::start(logs, 3, 3).await?;
+        let slow = 1;
+        let host = &s.domain.hosts[slow];
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let impairment = Impairment {
+            delay: Duration::from_millis(200),
+            jitter: Duration::from_millis(50),
+            loss: 0.01,
+        };
+        s.recorder.mark(&format!(
+            "seq-{slow}: 200 ms ± 50 ms and 1 % loss on each direction of its links"
+        ));
+        let from = s.recorder.elapsed();
+        host.impair(impairment)?;
+        // A client of its own, whose sends record which endpoint answered.
+        let (member, client) = s.domain.clients(1).await?.remove(0);
+        let slow_url = s.domain.cluster.nodes[slow].public_endpoint();
+        let mut by_endpoint: BTreeMap<String, (usize, Duration)> = BTreeMap::new();
+        let ids = s.member_ids();
+        let window = Instant::now();
+        let mut n = 0;
+        while window.elapsed() < Duration::from_secs(8) {
+            n += 1;
+            let op = s.recorder.invoke(&member.0, &ids);
+            let result = client
+                .send_detailed(
+                    &Recorder::message_id(op),
+                    vec![envelope(
+                        Recorder::payload(op, 64),
+                        &ids.iter().collect::<Vec<_>>(),
+                    )],
+                    now_micros() + 20_000_000,
+                )
+                .await;
+            s.recorder.complete(
+                op,
+                match &result {
+                    Ok(r) => Outcome::Ok {
+                        timestamp: r.response.sequencing_timestamp_micros,
+                    },
+                    Err(e) => Outcome::Unknown {
+                        error: e.to_string(),
+                    },
+                },
+            );
+            let receipt = result.with_context(|| format!("probe send {n} under latency"))?;
+            let e = by_endpoint.entry(receipt.endpoint.clone()).or_default();
+            e.0 += 1;
+            e.1 += receipt.elapsed;
+        }
+        let to = s.recorder.elapsed();
+        let stats = host.delay_stats();
+        let delayed = stats.delayed.load(Ordering::Relaxed);
+        let mean_hold = Duration::from_micros(
+            stats.held_micros.load(Ordering::Relaxed) / delayed.max(1),
+        );
+        host.unimpair()?;
+        s.recorder.mark(&format!(
+            "impairment removed ({delayed} packets delayed, mean hold {mean_hold:?})"
+        ));
+        ensure!(
+            delayed > 100 && mean_hold >= Duration::from_millis(150),
+            "the delay did not take effect: {delayed} packets, mean hold {mean_hold:?}"
+        );
+        print_window(&s, "with seq-1 slow and lossy", from, to);
+        ensure!(
+            s.ok_between(from, to) >= 50,
+            "the domain must keep sequencing with one slow instance"
+        );
+        let total: usize = by_endpoint.values().map(|v| v.0).sum();
+        for (url, (count, elapsed)) in &by_endpoint {
+            println!(
+                "  {url}{}: {count} of {total} sends answered, mean {:.0?}",
+                if *url == slow_url { " (slow)" } else { "" },
+                *elapsed / (*count as u32).max(1)
+            );
+        }
+        let slow_count = by_endpoint.get(&slow_url).map_or(0, |v| v.0);
+        let slow_mean = by_endpoint
+            .get(&slow_url)
+            .map(|v| v.1 / (v.0 as u32).max(1))
+            .unwrap_or_default();
+        println!(
+            "probe client {}: {slow_count} of {total} sends through the slow instance",
+            member.0.name()
+        );
+        ensure!(
+            slow_count == 0 || slow_mean >= Duration::from_millis(150),
+            "sends through the slow instance were not slow ({slow_mean:?}): the delay missed"
+        );
+        ensure!(
+            slow_count * 3 < total,
+            "the client must prefer the healthy instances: {slow_count} of {total} sends \
+             went through the slow one"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        s.finish("slow, lossy links on one instance").await?;
+        Ok(())
+    })
+    .await
+}
