@@ -191,12 +191,12 @@ impl NetDomain {
 
     /// Registers `n` participants and connects a `DomainClient` for each over every
     /// instance (TLS name `localhost`: the endpoints are IP addresses).
-    async fn clients(&self, n: usize) -> anyhow::Result<Vec<(Member, DomainClient)>> {
+    async fn clients(&self, prefix: &str, n: usize) -> anyhow::Result<Vec<(Member, DomainClient)>> {
         let mut out = Vec::new();
         for i in 0..n {
             let member = self
                 .cluster
-                .add_member(MemberRole::Participant, &format!("load-{i}"))
+                .add_member(MemberRole::Participant, &format!("{prefix}-{i}"))
                 .await?;
             let options = ClientOptions {
                 pins: cluster_pins(&self.cluster)?,
@@ -212,15 +212,10 @@ impl NetDomain {
                 id: member.0.clone(),
                 key: member.1.clone(),
             };
-            let client = DomainClient::connect(
-                "testdomain",
-                &self.endpoints(),
-                tls,
-                identity,
-                options,
-            )
-            .await
-            .with_context(|| format!("connect {}", member.0))?;
+            let client =
+                DomainClient::connect("testdomain", &self.endpoints(), tls, identity, options)
+                    .await
+                    .with_context(|| format!("connect {}", member.0))?;
             out.push((member, client));
         }
         Ok(out)
@@ -294,7 +289,7 @@ impl Scenario {
     async fn start(logs: TestLogs, instances: usize, clients: usize) -> anyhow::Result<Self> {
         let started = Instant::now();
         let domain = NetDomain::start(logs, instances).await?;
-        let pairs = domain.clients(clients).await?;
+        let pairs = domain.clients("load", clients).await?;
         let recorder = Recorder::new();
         let members = pairs.iter().map(|(m, _)| m.clone()).collect();
         let clients = pairs.into_iter().map(|(_, c)| c).collect();
@@ -330,11 +325,7 @@ impl Scenario {
         let recipients: Vec<&MemberId> = ids.iter().collect();
         let env = envelope(Recorder::payload(op, 64), &recipients);
         let message_id = Recorder::message_id(op);
-        let send = conn.send(
-            &message_id,
-            vec![env],
-            now_micros() + 20_000_000,
-        );
+        let send = conn.send(&message_id, vec![env], now_micros() + 20_000_000);
         match tokio::time::timeout(limit, send).await {
             Ok(result) => {
                 self.recorder.complete_send(op, &result);
@@ -519,8 +510,10 @@ async fn sequencer_database_partition_one_instance() -> anyhow::Result<()> {
             .domain
             .wait_health(cut, Some(ServingStatus::NotServing), NOT_SERVING_BOUND)
             .await?;
-        s.recorder
-            .mark(&format!("seq-{cut} NOT_SERVING after {} ms", down.as_millis()));
+        s.recorder.mark(&format!(
+            "seq-{cut} NOT_SERVING after {} ms",
+            down.as_millis()
+        ));
         for other in (0..3).filter(|i| *i != cut) {
             ensure!(
                 s.domain.health(other).await? == ServingStatus::Serving,
@@ -554,8 +547,10 @@ async fn sequencer_database_partition_one_instance() -> anyhow::Result<()> {
             .domain
             .wait_health(cut, Some(ServingStatus::Serving), Duration::from_secs(30))
             .await?;
-        s.recorder
-            .mark(&format!("seq-{cut} SERVING {} ms after the heal", up.as_millis()));
+        s.recorder.mark(&format!(
+            "seq-{cut} SERVING {} ms after the heal",
+            up.as_millis()
+        ));
         direct.authenticate().await.ok();
         s.probe_send(&direct, Duration::from_secs(5))
             .await
@@ -603,14 +598,21 @@ async fn client_partition(name: &str, phases: &[Direction]) -> anyhow::Result<()
                 Direction::Inbound => "one way: client -> seq-1 dropped",
                 Direction::Outbound => "one way: seq-1 -> client dropped",
             };
-            s.recorder.mark(&format!("partition clients <-> seq-{cut}, {what}"));
+            s.recorder
+                .mark(&format!("partition clients <-> seq-{cut}, {what}"));
             let from = s.recorder.elapsed();
             host.partition(Flow::from_clients(host.gateway(), port), direction)?;
-            let gone = s.domain.wait_health(cut, None, Duration::from_secs(5)).await?;
+            let gone = s
+                .domain
+                .wait_health(cut, None, Duration::from_secs(5))
+                .await?;
             println!("seq-{cut} unreachable to the test's health probe after {gone:?}");
             let probe = s.probe_send(&direct, Duration::from_secs(3)).await;
             println!("direct send through seq-{cut} while cut: {probe:?}");
-            ensure!(probe.is_err(), "a send through the cut instance must not be answered");
+            ensure!(
+                probe.is_err(),
+                "a send through the cut instance must not be answered"
+            );
             tokio::time::sleep(Duration::from_secs(4)).await;
             ensure!(
                 s.domain.health(cut).await.is_err(),
@@ -620,8 +622,14 @@ async fn client_partition(name: &str, phases: &[Direction]) -> anyhow::Result<()
             ensure!(drops > 0, "the partition rules dropped nothing");
             let to = s.recorder.elapsed();
             host.heal()?;
-            s.recorder.mark(&format!("healed ({drops} packets dropped)"));
-            print_window(&s, &format!("clients cut from seq-{cut} ({what})"), from, to);
+            s.recorder
+                .mark(&format!("healed ({drops} packets dropped)"));
+            print_window(
+                &s,
+                &format!("clients cut from seq-{cut} ({what})"),
+                from,
+                to,
+            );
             ensure!(
                 s.ok_between(from, to) >= 20,
                 "the domain must keep sequencing through the other instances"
@@ -630,8 +638,10 @@ async fn client_partition(name: &str, phases: &[Direction]) -> anyhow::Result<()
                 .domain
                 .wait_health(cut, Some(ServingStatus::Serving), Duration::from_secs(10))
                 .await?;
-            s.recorder
-                .mark(&format!("seq-{cut} reachable again after {} ms", back.as_millis()));
+            s.recorder.mark(&format!(
+                "seq-{cut} reachable again after {} ms",
+                back.as_millis()
+            ));
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         // The instance serves again: a direct send through it succeeds.
@@ -645,9 +655,78 @@ async fn client_partition(name: &str, phases: &[Direction]) -> anyhow::Result<()
     .await
 }
 
+/// Sends of `client` one after the other for `duration`, recorded; per answering endpoint
+/// the count and the summed latency.
+async fn sends_by_endpoint(
+    s: &Scenario,
+    member: &Member,
+    client: &DomainClient,
+    duration: Duration,
+) -> anyhow::Result<BTreeMap<String, (usize, Duration)>> {
+    let ids = s.member_ids();
+    let mut by_endpoint: BTreeMap<String, (usize, Duration)> = BTreeMap::new();
+    let window = Instant::now();
+    while window.elapsed() < duration {
+        let op = s.recorder.invoke(&member.0, &ids);
+        let result = client
+            .send_detailed(
+                &Recorder::message_id(op),
+                vec![envelope(
+                    Recorder::payload(op, 64),
+                    &ids.iter().collect::<Vec<_>>(),
+                )],
+                now_micros() + 20_000_000,
+            )
+            .await;
+        s.recorder.complete(
+            op,
+            match &result {
+                Ok(r) => Outcome::Ok {
+                    timestamp: r.response.sequencing_timestamp_micros,
+                },
+                Err(e) => Outcome::Unknown {
+                    error: e.to_string(),
+                },
+            },
+        );
+        let receipt = result.with_context(|| format!("probe send {op}"))?;
+        let e = by_endpoint.entry(receipt.endpoint.clone()).or_default();
+        e.0 += 1;
+        e.1 += receipt.elapsed;
+    }
+    Ok(by_endpoint)
+}
+
+/// Prints the split of `by_endpoint`; returns (sends through `slow_url`, total).
+fn print_split(
+    label: &str,
+    by_endpoint: &BTreeMap<String, (usize, Duration)>,
+    slow_url: &str,
+) -> (usize, usize) {
+    let total: usize = by_endpoint.values().map(|v| v.0).sum();
+    println!("{label}: the probe client's {total} sends were answered by");
+    for (url, (count, elapsed)) in by_endpoint {
+        println!(
+            "  {url}{}: {count} ({:.0}%), mean {:.0?}",
+            if url == slow_url { " (slow)" } else { "" },
+            100.0 * *count as f64 / total.max(1) as f64,
+            *elapsed / (*count as u32).max(1)
+        );
+    }
+    (by_endpoint.get(slow_url).map_or(0, |v| v.0), total)
+}
+
 /// 200 ms ± 50 ms latency and 1 % loss on each direction of one instance's links (a
-/// cross-cloud link): the domain keeps sequencing, and a client sending through every
-/// instance gets most of its answers from the healthy ones.
+/// replica in another region), in two phases:
+///
+/// 1. only its client link is slow: the instance stays healthy and keeps serving (a direct
+///    send through it succeeds, slowly), and the `DomainClient` sends through the healthy
+///    instances instead (it measures health-check round trips and leaves out endpoints far
+///    above the best);
+/// 2. all its links are slow, the database link included: what the instance does is
+///    reported (in the runs so far its peers mark it a stalled writer and fence it, so it
+///    goes NOT_SERVING until the link is fast again); the domain keeps sequencing and the
+///    client still mostly avoids it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_lossy_links_on_one_instance() -> anyhow::Result<()> {
     let logs = TestLogs::for_current_test();
@@ -655,101 +734,150 @@ async fn slow_lossy_links_on_one_instance() -> anyhow::Result<()> {
         let s = Scenario::start(logs, 3, 3).await?;
         let slow = 1;
         let host = &s.domain.hosts[slow];
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let impairment = Impairment {
+        let slow_url = s.domain.cluster.nodes[slow].public_endpoint();
+        let port = s.domain.cluster.nodes[slow].public_port;
+        // A client of its own whose sends record which endpoint answered.
+        let (member, client) = s.domain.clients("probe", 1).await?.remove(0);
+        let direct = connect(&s.domain.cluster, slow, &s.members[0]).await?;
+        let before = sends_by_endpoint(&s, &member, &client, Duration::from_secs(1)).await?;
+        let (n, total) = print_split("before the impairment", &before, &slow_url);
+        ensure!(
+            n > 0,
+            "before the impairment the client uses every instance ({n}/{total})"
+        );
+
+        // Phase 1: the client link only.
+        s.recorder.mark(&format!(
+            "seq-{slow}: client link 200 ms ± 50 ms, 1 % loss each way"
+        ));
+        let from = s.recorder.elapsed();
+        host.impair(Impairment {
             delay: Duration::from_millis(200),
             jitter: Duration::from_millis(50),
             loss: 0.01,
-        };
-        s.recorder.mark(&format!(
-            "seq-{slow}: 200 ms ± 50 ms and 1 % loss on each direction of its links"
-        ));
-        let from = s.recorder.elapsed();
-        host.impair(impairment)?;
-        // A client of its own, whose sends record which endpoint answered.
-        let (member, client) = s.domain.clients(1).await?.remove(0);
-        let slow_url = s.domain.cluster.nodes[slow].public_endpoint();
-        let mut by_endpoint: BTreeMap<String, (usize, Duration)> = BTreeMap::new();
-        let ids = s.member_ids();
-        let window = Instant::now();
-        let mut n = 0;
-        while window.elapsed() < Duration::from_secs(8) {
-            n += 1;
-            let op = s.recorder.invoke(&member.0, &ids);
-            let result = client
-                .send_detailed(
-                    &Recorder::message_id(op),
-                    vec![envelope(
-                        Recorder::payload(op, 64),
-                        &ids.iter().collect::<Vec<_>>(),
-                    )],
-                    now_micros() + 20_000_000,
-                )
-                .await;
-            s.recorder.complete(
-                op,
-                match &result {
-                    Ok(r) => Outcome::Ok {
-                        timestamp: r.response.sequencing_timestamp_micros,
-                    },
-                    Err(e) => Outcome::Unknown {
-                        error: e.to_string(),
-                    },
-                },
-            );
-            let receipt = result.with_context(|| format!("probe send {n} under latency"))?;
-            let e = by_endpoint.entry(receipt.endpoint.clone()).or_default();
-            e.0 += 1;
-            e.1 += receipt.elapsed;
-        }
-        let to = s.recorder.elapsed();
-        let stats = host.delay_stats();
-        let delayed = stats.delayed.load(Ordering::Relaxed);
-        let mean_hold = Duration::from_micros(
-            stats.held_micros.load(Ordering::Relaxed) / delayed.max(1),
-        );
-        host.unimpair()?;
-        s.recorder.mark(&format!(
-            "impairment removed ({delayed} packets delayed, mean hold {mean_hold:?})"
-        ));
+            flow: Some(Flow::from_clients(host.gateway(), port)),
+        })?;
+        let t = Instant::now();
+        s.probe_send(&direct, Duration::from_secs(10))
+            .await
+            .map_err(|e| anyhow::anyhow!("direct send through the slow seq-{slow}: {e}"))?;
+        let direct_took = t.elapsed();
+        println!("direct send through the slow seq-{slow} took {direct_took:?}");
         ensure!(
-            delayed > 100 && mean_hold >= Duration::from_millis(150),
-            "the delay did not take effect: {delayed} packets, mean hold {mean_hold:?}"
+            direct_took >= Duration::from_millis(350),
+            "a send through the slow instance took only {direct_took:?}: the delay missed"
         );
-        print_window(&s, "with seq-1 slow and lossy", from, to);
+        let split = sends_by_endpoint(&s, &member, &client, Duration::from_secs(6)).await?;
+        let (slow_count, total) = print_split("client link slow", &split, &slow_url);
+        let health = client.endpoint_health();
+        ensure!(
+            health
+                .iter()
+                .any(|(url, healthy)| *url == slow_url && *healthy),
+            "the slow instance must still be healthy to the client (slow, not down): {health:?}"
+        );
+        ensure!(
+            s.domain.health(slow).await? == ServingStatus::Serving,
+            "seq-{slow} serves on (only its client link is slow)"
+        );
+        ensure!(
+            slow_count * 10 < total,
+            "the client must prefer the fast instances: {slow_count} of {total} sends went \
+             through the slow one"
+        );
+        let to = s.recorder.elapsed();
+        print_window(&s, "client link of seq-1 slow", from, to);
         ensure!(
             s.ok_between(from, to) >= 50,
-            "the domain must keep sequencing with one slow instance"
+            "the domain must keep sequencing"
         );
-        let total: usize = by_endpoint.values().map(|v| v.0).sum();
-        for (url, (count, elapsed)) in &by_endpoint {
-            println!(
-                "  {url}{}: {count} of {total} sends answered, mean {:.0?}",
-                if *url == slow_url { " (slow)" } else { "" },
-                *elapsed / (*count as u32).max(1)
-            );
-        }
-        let slow_count = by_endpoint.get(&slow_url).map_or(0, |v| v.0);
-        let slow_mean = by_endpoint
-            .get(&slow_url)
-            .map(|v| v.1 / (v.0 as u32).max(1))
-            .unwrap_or_default();
-        println!(
-            "probe client {}: {slow_count} of {total} sends through the slow instance",
-            member.0.name()
-        );
+        let (delayed, mean_hold) = delay_figures(host);
+        let lost = host.loss_drops()?;
+        host.unimpair()?;
+        s.recorder.mark(&format!(
+            "removed ({delayed} packets delayed, mean hold {mean_hold:?}, {lost} lost)"
+        ));
         ensure!(
-            slow_count == 0 || slow_mean >= Duration::from_millis(150),
-            "sends through the slow instance were not slow ({slow_mean:?}): the delay missed"
+            delayed > 50 && mean_hold >= Duration::from_millis(150),
+            "the delay did not take effect: {delayed} packets, mean hold {mean_hold:?}"
         );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        // Phase 2: every link of the instance, its database link included.
+        s.recorder.mark(&format!(
+            "seq-{slow}: all links 200 ms ± 50 ms, 1 % loss each way"
+        ));
+        let from = s.recorder.elapsed();
+        let delayed_before = host.delay_stats().delayed.load(Ordering::Relaxed);
+        host.impair(Impairment {
+            delay: Duration::from_millis(200),
+            jitter: Duration::from_millis(50),
+            loss: 0.01,
+            flow: None,
+        })?;
+        let watch = Instant::now();
+        let mut states: Vec<(Duration, String)> = Vec::new();
+        let split = {
+            let sends = sends_by_endpoint(&s, &member, &client, Duration::from_secs(7));
+            let probe = async {
+                while watch.elapsed() < Duration::from_secs(7) {
+                    let st = match s.domain.health(slow).await {
+                        Ok(st) => st.as_str_name().to_owned(),
+                        Err(_) => "no answer".to_owned(),
+                    };
+                    if states.last().is_none_or(|(_, last)| *last != st) {
+                        states.push((watch.elapsed(), st));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            };
+            let (split, ()) = tokio::join!(sends, probe);
+            split?
+        };
+        println!("seq-{slow} health while all its links were slow: {states:?}");
+        let (slow_count, total) = print_split("all links slow", &split, &slow_url);
         ensure!(
-            slow_count * 3 < total,
-            "the client must prefer the healthy instances: {slow_count} of {total} sends \
-             went through the slow one"
+            slow_count * 10 < total,
+            "the client must avoid the slow instance: {slow_count} of {total} sends"
         );
+        let to = s.recorder.elapsed();
+        print_window(&s, "all links of seq-1 slow", from, to);
+        ensure!(
+            s.ok_between(from, to) >= 50,
+            "the domain must keep sequencing"
+        );
+        let delayed = host.delay_stats().delayed.load(Ordering::Relaxed) - delayed_before;
+        let lost = host.loss_drops()?;
+        host.unimpair()?;
+        s.recorder
+            .mark(&format!("removed ({delayed} packets delayed, {lost} lost)"));
+        ensure!(
+            delayed > 50,
+            "the delay did not take effect: {delayed} packets"
+        );
+        let up = s
+            .domain
+            .wait_health(slow, Some(ServingStatus::Serving), Duration::from_secs(30))
+            .await?;
+        s.recorder.mark(&format!(
+            "seq-{slow} SERVING {} ms after removal",
+            up.as_millis()
+        ));
+        direct.authenticate().await.ok();
+        s.probe_send(&direct, Duration::from_secs(5))
+            .await
+            .map_err(|e| anyhow::anyhow!("direct send through seq-{slow} afterwards: {e}"))?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         s.finish("slow, lossy links on one instance").await?;
         Ok(())
     })
     .await
+}
+
+/// Packets the delay thread released and their mean hold time.
+fn delay_figures(host: &NetHost) -> (u64, Duration) {
+    let stats = host.delay_stats();
+    let delayed = stats.delayed.load(Ordering::Relaxed);
+    let mean = Duration::from_micros(stats.held_micros.load(Ordering::Relaxed) / delayed.max(1));
+    (delayed, mean)
 }

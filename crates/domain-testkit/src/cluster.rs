@@ -81,7 +81,10 @@ impl SequencerNode {
         )
     }
     pub fn ops_url(&self) -> String {
-        format!("http://{}", SocketAddr::new(self.placement.addr, self.ops_port))
+        format!(
+            "http://{}",
+            SocketAddr::new(self.placement.addr, self.ops_port)
+        )
     }
     pub fn process(&mut self) -> anyhow::Result<&mut ManagedProcess> {
         self.process.as_mut().context("instance is not running")
@@ -241,12 +244,12 @@ listen = "{admin_listen}"
                 .arg(binary_path("sequencer")),
         }
         .arg("--config-file")
-            .arg(node.config_path.as_os_str())
-            .arg("--log-format")
-            .arg("json")
-            .env("RUST_LOG", "info")
-            .name(node.name.clone())
-            .logs(&self.logs);
+        .arg(node.config_path.as_os_str())
+        .arg("--log-format")
+        .arg("json")
+        .env("RUST_LOG", "info")
+        .name(node.name.clone())
+        .logs(&self.logs);
         for (k, v) in &node.extra_env {
             builder = builder.env(k, v);
         }

@@ -130,6 +130,8 @@ pub struct Impairment {
     pub jitter: Duration,
     /// Fraction of packets dropped, `0.0 ..= 1.0`.
     pub loss: f64,
+    /// Only this flow (both its directions); every packet on the veth when `None`.
+    pub flow: Option<Flow>,
 }
 
 /// Counters of a host's delay thread.
@@ -210,13 +212,7 @@ impl NetHost {
         )?;
         run("ip", &["link", "set", &root_if, "up"])?;
         self.ip(&["link", "set", "lo", "up"])?;
-        self.ip(&[
-            "addr",
-            "add",
-            &format!("{}/30", self.addr()),
-            "dev",
-            &ns_if,
-        ])?;
+        self.ip(&["addr", "add", &format!("{}/30", self.addr()), "dev", &ns_if])?;
         self.ip(&["link", "set", &ns_if, "up"])?;
         self.ip(&[
             "route",
@@ -293,12 +289,15 @@ impl NetHost {
         self.unimpair()?;
         if impairment.loss > 0.0 {
             let p = format!("{:.6}", impairment.loss);
-            for dir in ["-o", "-i"] {
-                self.iptables(&[
-                    "-A",
-                    SHAPE_CHAIN,
-                    dir,
-                    &self.ns_if(),
+            for (dir, outbound) in [("-o", true), ("-i", false)] {
+                let ns_if = self.ns_if();
+                let mut args = vec!["-A", SHAPE_CHAIN, dir, &ns_if];
+                let matched = impairment
+                    .flow
+                    .map(|f| flow_match(f, outbound))
+                    .unwrap_or_default();
+                args.extend(matched.iter().map(String::as_str));
+                args.extend([
                     "-m",
                     "statistic",
                     "--mode",
@@ -307,7 +306,8 @@ impl NetHost {
                     &p,
                     "-j",
                     "DROP",
-                ])?;
+                ]);
+                self.iptables(&args)?;
             }
         }
         if !impairment.delay.is_zero() {
@@ -318,7 +318,7 @@ impl NetHost {
                 self.delay_stats.clone(),
             )?;
             *self.lock_delayer() = Some(delayer);
-            self.add_queue_rules()?;
+            self.add_queue_rules(impairment.flow)?;
         }
         Ok(())
     }
@@ -343,7 +343,9 @@ impl NetHost {
         for chain in [FAULT_CHAIN, SHAPE_CHAIN] {
             text.push_str(&output(
                 "ip",
-                &["netns", "exec", &self.name, "iptables", "-v", "-n", "-L", chain],
+                &[
+                    "netns", "exec", &self.name, "iptables", "-v", "-n", "-L", chain,
+                ],
             )?);
         }
         Ok(text)
@@ -351,33 +353,42 @@ impl NetHost {
 
     /// Packets dropped by the partition rules so far (proof that a partition bit).
     pub fn partition_drops(&self) -> anyhow::Result<u64> {
+        self.dropped_in(FAULT_CHAIN)
+    }
+
+    /// Packets dropped by an impairment's loss so far.
+    pub fn loss_drops(&self) -> anyhow::Result<u64> {
+        self.dropped_in(SHAPE_CHAIN)
+    }
+
+    /// Sum of the packet counters of the `DROP` rules of `chain`.
+    fn dropped_in(&self, chain: &str) -> anyhow::Result<u64> {
         let text = output(
             "ip",
             &[
-                "netns", "exec", &self.name, "iptables", "-v", "-n", "-x", "-L", FAULT_CHAIN,
+                "netns", "exec", &self.name, "iptables", "-v", "-n", "-x", "-L", chain,
             ],
         )?;
+        // "pkts bytes target prot opt in out source destination ...", after two header lines.
         Ok(text
             .lines()
             .skip(2)
-            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                (cols.get(2) == Some(&"DROP")).then(|| cols.first()?.parse::<u64>().ok())?
+            })
             .sum())
     }
 
-    fn add_queue_rules(&self) -> anyhow::Result<()> {
+    fn add_queue_rules(&self, flow: Option<Flow>) -> anyhow::Result<()> {
         let queue = QUEUE_NUM.to_string();
-        for dir in ["-o", "-i"] {
-            self.iptables(&[
-                "-A",
-                SHAPE_CHAIN,
-                dir,
-                &self.ns_if(),
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                &queue,
-                "--queue-bypass",
-            ])?;
+        for (dir, outbound) in [("-o", true), ("-i", false)] {
+            let ns_if = self.ns_if();
+            let mut args = vec!["-A", SHAPE_CHAIN, dir, &ns_if];
+            let matched = flow.map(|f| flow_match(f, outbound)).unwrap_or_default();
+            args.extend(matched.iter().map(String::as_str));
+            args.extend(["-j", "NFQUEUE", "--queue-num", &queue, "--queue-bypass"]);
+            self.iptables(&args)?;
         }
         Ok(())
     }
@@ -416,32 +427,14 @@ impl Drop for NetHost {
 /// The iptables match arguments of a partition.
 fn partition_rules(flow: Flow, direction: Direction) -> Vec<Vec<String>> {
     let mut rules = Vec::new();
-    let tcp = flow.peer_port.is_some() || flow.local_port.is_some();
-    // Outbound rules sit behind OUTPUT (the peer is the destination), inbound ones behind
-    // INPUT (the peer is the source); the fault chain is entered from both.
     let rule = |outbound: bool| {
-        let (peer_flag, peer_port_flag, local_port_flag) = if outbound {
-            ("-d", "--dport", "--sport")
-        } else {
-            ("-s", "--sport", "--dport")
-        };
         let mut r = vec![
             "-m".to_owned(),
             "comment".to_owned(),
             "--comment".to_owned(),
             "netns-partition".to_owned(),
-            peer_flag.to_owned(),
-            flow.peer.to_string(),
         ];
-        if tcp {
-            r.extend(["-p".to_owned(), "tcp".to_owned()]);
-            if let Some(p) = flow.peer_port {
-                r.extend([peer_port_flag.to_owned(), p.to_string()]);
-            }
-            if let Some(p) = flow.local_port {
-                r.extend([local_port_flag.to_owned(), p.to_string()]);
-            }
-        }
+        r.extend(flow_match(flow, outbound));
         r.extend(["-j".to_owned(), "DROP".to_owned()]);
         r
     };
@@ -452,6 +445,28 @@ fn partition_rules(flow: Flow, direction: Direction) -> Vec<Vec<String>> {
         rules.push(rule(false));
     }
     rules
+}
+
+/// The iptables match of one direction of `flow`. Outbound rules sit behind OUTPUT (the
+/// peer is the destination), inbound ones behind INPUT (the peer is the source); the
+/// chains are entered from both, so the address match also picks the half.
+fn flow_match(flow: Flow, outbound: bool) -> Vec<String> {
+    let (peer_flag, peer_port_flag, local_port_flag) = if outbound {
+        ("-d", "--dport", "--sport")
+    } else {
+        ("-s", "--sport", "--dport")
+    };
+    let mut r = vec![peer_flag.to_owned(), flow.peer.to_string()];
+    if flow.peer_port.is_some() || flow.local_port.is_some() {
+        r.extend(["-p".to_owned(), "tcp".to_owned()]);
+        if let Some(p) = flow.peer_port {
+            r.extend([peer_port_flag.to_owned(), p.to_string()]);
+        }
+        if let Some(p) = flow.local_port {
+            r.extend([local_port_flag.to_owned(), p.to_string()]);
+        }
+    }
+    r
 }
 
 // ---------------------------------------------------------------------------------------
@@ -599,8 +614,9 @@ impl NfQueue {
         )?;
         let mut rbuf = vec![0u8; 65_536];
         loop {
-            let (n, _) = rustix::net::recv(&self.fd, &mut rbuf[..], rustix::net::RecvFlags::empty())
-                .context("netlink ack")?;
+            let (n, _) =
+                rustix::net::recv(&self.fd, &mut rbuf[..], rustix::net::RecvFlags::empty())
+                    .context("netlink ack")?;
             for (ty, seq, payload) in messages(&rbuf[..n]) {
                 if ty == NLMSG_ERROR && seq == self.seq {
                     let code = payload
@@ -629,8 +645,7 @@ impl NfQueue {
 
     fn run(mut self, delay: Duration, jitter: Duration, stop: &AtomicBool, stats: &DelayStats) {
         // (release time, packet id, queued at), earliest first.
-        let mut pending: BinaryHeap<std::cmp::Reverse<(Instant, u32, Instant)>> =
-            BinaryHeap::new();
+        let mut pending: BinaryHeap<std::cmp::Reverse<(Instant, u32, Instant)>> = BinaryHeap::new();
         let mut rng = XorShift::seeded();
         let mut rbuf = vec![0u8; 1 << 16];
         while !stop.load(Ordering::Relaxed) {
@@ -642,9 +657,10 @@ impl NfQueue {
                 pending.pop();
                 self.verdict(id);
                 stats.delayed.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .held_micros
-                    .fetch_add(now.duration_since(queued).as_micros() as u64, Ordering::Relaxed);
+                stats.held_micros.fetch_add(
+                    now.duration_since(queued).as_micros() as u64,
+                    Ordering::Relaxed,
+                );
             }
             let wait = pending
                 .peek()
@@ -946,14 +962,27 @@ mod tests {
         let rules = partition_rules(pg, Direction::Both);
         assert_eq!(rules.len(), 2);
         let out = rules[0].join(" ");
-        assert!(out.contains("-d 10.201.3.1 -p tcp --dport 5432 -j DROP"), "{out}");
+        assert!(
+            out.contains("-d 10.201.3.1 -p tcp --dport 5432 -j DROP"),
+            "{out}"
+        );
         let inp = rules[1].join(" ");
-        assert!(inp.contains("-s 10.201.3.1 -p tcp --sport 5432 -j DROP"), "{inp}");
+        assert!(
+            inp.contains("-s 10.201.3.1 -p tcp --sport 5432 -j DROP"),
+            "{inp}"
+        );
         let clients = Flow::from_clients(Ipv4Addr::new(10, 201, 3, 1), 7000);
         let only_in = partition_rules(clients, Direction::Inbound);
         assert_eq!(only_in.len(), 1);
-        assert!(only_in[0].join(" ").contains("-s 10.201.3.1 -p tcp --dport 7000"));
-        let all = partition_rules(Flow::peer(Ipv4Addr::new(10, 201, 3, 1)), Direction::Outbound);
+        assert!(
+            only_in[0]
+                .join(" ")
+                .contains("-s 10.201.3.1 -p tcp --dport 7000")
+        );
+        let all = partition_rules(
+            Flow::peer(Ipv4Addr::new(10, 201, 3, 1)),
+            Direction::Outbound,
+        );
         assert_eq!(all.len(), 1);
         assert!(!all[0].join(" ").contains("tcp"));
     }
@@ -1014,13 +1043,17 @@ mod tests {
         assert!(connect_from(&host, host.gateway(), port).0, "healed");
 
         host.partition(Flow::to_service(host.gateway(), port), Direction::Inbound)?;
-        assert!(!connect_from(&host, host.gateway(), port).0, "one way (inbound)");
+        assert!(
+            !connect_from(&host, host.gateway(), port).0,
+            "one way (inbound)"
+        );
         host.heal()?;
 
         host.impair(Impairment {
             delay: Duration::from_millis(150),
             jitter: Duration::from_millis(20),
             loss: 0.0,
+            flow: None,
         })?;
         let (ok, slow) = connect_from(&host, host.gateway(), port);
         assert!(
@@ -1040,7 +1073,11 @@ mod tests {
 
         drop(host);
         assert!(!existing_namespaces()?.contains(&name), "namespace removed");
-        assert!(!Path::new("/sys/class/net").join(format!("{name}r")).exists());
+        assert!(
+            !Path::new("/sys/class/net")
+                .join(format!("{name}r"))
+                .exists()
+        );
         Ok(())
     }
 }

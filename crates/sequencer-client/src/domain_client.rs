@@ -70,7 +70,9 @@ use tonic::transport::ClientTlsConfig;
 use tonic::{Request, Status};
 
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::health::{DomainInfo, EndpointHandle, fetch_domain_info, health_loop, is_slow, pick_preferring};
+use crate::health::{
+    DomainInfo, EndpointHandle, fetch_domain_info, health_loop, is_slow, pick_preferring,
+};
 use crate::retry::{RetryClass, classify, classify_status, error_code};
 use crate::subscription::{Start, Subscription};
 use crate::{ClientError, MemberIdentity, metrics, to_proto_signature};
@@ -672,9 +674,12 @@ impl Inner {
             .map(|e| is_slow(e.rtt(), best))
             .collect();
         let cursor = self.cursor.fetch_add(1, Ordering::Relaxed);
-        pick_preferring(&healthy, &slow, &usable, cursor, avoid).ok_or_else(|| ClientError::Unavailable {
-            alias: self.alias.clone(),
-            details: "no usable endpoint (every endpoint shows another domain's identity)".into(),
+        pick_preferring(&healthy, &slow, &usable, cursor, avoid).ok_or_else(|| {
+            ClientError::Unavailable {
+                alias: self.alias.clone(),
+                details: "no usable endpoint (every endpoint shows another domain's identity)"
+                    .into(),
+            }
         })
     }
 

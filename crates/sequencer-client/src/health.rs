@@ -17,9 +17,9 @@
 //! healthy endpoint is left ([`pick_preferring`]).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use std::time::Instant;
 
 use domain_proto::v1::{self as pb, sequencer_service_client::SequencerServiceClient};
 use tokio::sync::watch;
@@ -172,7 +172,9 @@ impl EndpointHandle {
         let new = if old == 0 {
             sample
         } else {
-            (old.saturating_mul(3) / 4).saturating_add(sample / 4).max(1)
+            (old.saturating_mul(3) / 4)
+                .saturating_add(sample / 4)
+                .max(1)
         };
         self.rtt_micros.store(new, Ordering::Relaxed);
     }
@@ -408,11 +410,7 @@ pub fn pick_preferring(
         .map(|(i, h)| *h && !slow.get(i).copied().unwrap_or(false))
         .collect();
     if fast.iter().any(|f| *f) {
-        let only_fast_usable: Vec<bool> = fast
-            .iter()
-            .zip(usable)
-            .map(|(f, u)| *f && *u)
-            .collect();
+        let only_fast_usable: Vec<bool> = fast.iter().zip(usable).map(|(f, u)| *f && *u).collect();
         if let Some(i) = pick_endpoint(&fast, &only_fast_usable, cursor, avoid)
             && Some(i) != avoid
         {
@@ -429,7 +427,10 @@ mod tests {
     #[test]
     fn slow_endpoints_are_used_only_when_nothing_else_is_left() {
         let ms = Duration::from_millis;
-        assert!(!is_slow(Some(ms(30)), Some(ms(2))), "LAN jitter is not slow");
+        assert!(
+            !is_slow(Some(ms(30)), Some(ms(2))),
+            "LAN jitter is not slow"
+        );
         assert!(is_slow(Some(ms(450)), Some(ms(5))));
         assert!(!is_slow(None, Some(ms(5))));
         let healthy = [true, true, true];
