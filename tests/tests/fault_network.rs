@@ -881,3 +881,287 @@ fn delay_figures(host: &NetHost) -> (u64, Duration) {
     let mean = Duration::from_micros(stats.held_micros.load(Ordering::Relaxed) / delayed.max(1));
     (delayed, mean)
 }
+
+// ---------------------------------------------------------------------------------------
+// Split brain by network: the active mediator cut from its database, still reachable.
+// ---------------------------------------------------------------------------------------
+
+/// Longest gap between two verdicts reaching a participant across the mediator takeover
+/// (Canton's anchor: 15–30 s for a mediator takeover; the lease TTL here is 2 s).
+const MEDIATOR_GAP_BOUND: Duration = Duration::from_secs(10);
+
+/// The active mediator replica loses its database (iptables in its namespace) while the
+/// sequencers, the participants and its ops port still reach it: it must stop acting (its
+/// lease cannot be renewed), the standby in the other namespace takes over, and every
+/// confirmation request gets exactly one verdict at every participant. Both replicas'
+/// lease state is sampled throughout: never two holders of one epoch (I5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_mediator_partitioned_from_its_database() -> anyhow::Result<()> {
+    use crate::mediator_common::{
+        Expected, MediatorDomain, MediatorNet, ReplicaPlacement, check_outcome,
+    };
+    use domain_topology::Permission;
+    use futures::{StreamExt as _, TryStreamExt as _};
+
+    let logs = TestLogs::for_current_test();
+    keep_logs_on_error(&logs.clone(), async move {
+        const N: usize = 150;
+        const BEFORE: usize = 30;
+        let started = Instant::now();
+        let hosts = vec![NetHost::create()?, NetHost::create()?];
+        let pg = NetPg::start(&hosts)?;
+        let seq_db = pg.cluster.try_create_database("fault_med_seq").await?;
+        let med_db = pg.cluster.try_create_database("fault_med_med").await?;
+        let net = MediatorNet {
+            seq_database: seq_db,
+            med_database: med_db.clone(),
+            sequencer_addr: IpAddr::V4(hosts[0].gateway()),
+            replicas: hosts
+                .iter()
+                .map(|h| ReplicaPlacement {
+                    netns: Some(h.name().to_owned()),
+                    addr: IpAddr::V4(h.addr()),
+                    database_url: Some(pg.url_from(&med_db, h)),
+                })
+                .collect(),
+        };
+        let d = MediatorDomain::start_with(
+            logs,
+            "fault_med",
+            2,
+            &[
+                ("alice", Permission::Submission),
+                ("bob", Permission::Submission),
+            ],
+            Duration::from_secs(15),
+            Some(net),
+        )
+        .await?;
+        let active = d.wait_active(Duration::from_secs(5)).await?;
+        let passive = 1 - active;
+        println!(
+            "setup took {:.1?}; mediator-{active} active in {}, mediator-{passive} standby in {}",
+            started.elapsed(),
+            hosts[active].name(),
+            hosts[passive].name()
+        );
+        let recorder = Recorder::new();
+        let root = |i: usize| format!("net-split-{i}").into_bytes();
+        let ids: Vec<i64> = {
+            let d = &d;
+            let mut sent: Vec<(usize, i64)> = futures::stream::iter(0..N)
+                .map(|i| async move {
+                    let submitter = if i % 2 == 0 { "alice" } else { "bob" };
+                    let id = d
+                        .request(submitter, &["alice", "bob"], &["alice", "bob"], &root(i))
+                        .await?;
+                    Ok::<_, anyhow::Error>((i, id))
+                })
+                .buffer_unordered(32)
+                .try_collect()
+                .await?;
+            sent.sort();
+            sent.into_iter().map(|(_, id)| id).collect()
+        };
+        let respond = |i: usize| {
+            let (d, id, root) = (&d, ids[i], root(i));
+            async move {
+                futures::try_join!(
+                    d.respond("alice", id, &root, true, ""),
+                    d.respond("bob", id, &root, true, "")
+                )?;
+                Ok::<_, anyhow::Error>(())
+            }
+        };
+        futures::stream::iter(0..BEFORE)
+            .map(respond)
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
+            .await?;
+        d.wait_verdicts("alice", &ids[..BEFORE], Duration::from_secs(20))
+            .await?;
+
+        // Lease sampler: every 50 ms, each replica's view (ops port, never cut).
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let overlap = std::sync::Mutex::new(Duration::ZERO);
+        let sampler = async {
+            let mut last = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let mut holders = 0;
+                for i in 0..2 {
+                    let act = d.metric(i, "lease_active", &[]).await.unwrap_or(0.0);
+                    let epoch = d.metric(i, "lease_epoch", &[]).await.unwrap_or(0.0);
+                    if act >= 1.0 {
+                        holders += 1;
+                        recorder.lease_write("mediator", epoch as i64, &format!("mediator-{i}"));
+                    }
+                }
+                if holders > 1 {
+                    *overlap.lock().unwrap_or_else(|p| p.into_inner()) += last.elapsed();
+                }
+                last = Instant::now();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let responded = AtomicU64::new(BEFORE as u64);
+        let responder = async {
+            let r = futures::stream::iter(BEFORE..N)
+                .map(|i| {
+                    let responded = &responded;
+                    let f = respond(i);
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(40)).await;
+                        f.await?;
+                        responded.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, anyhow::Error>(())
+                    }
+                })
+                .buffer_unordered(2)
+                .try_collect::<Vec<()>>()
+                .await;
+            r
+        };
+        let pg_port = pg.port()?;
+        let host = &hosts[active];
+        let fault = async {
+            while responded.load(Ordering::SeqCst) < (BEFORE + 20) as u64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            recorder.mark(&format!(
+                "partition active mediator-{active} <-> PostgreSQL (sequencers and ops still reachable)"
+            ));
+            let cut = Instant::now();
+            host.partition(Flow::to_service(host.gateway(), pg_port), Direction::Both)?;
+            let mut demoted = None;
+            let mut took_over = None;
+            while demoted.is_none() || took_over.is_none() {
+                ensure!(
+                    cut.elapsed() < Duration::from_secs(20),
+                    "after 20 s: cut replica demoted {demoted:?}, standby took over {took_over:?}"
+                );
+                if demoted.is_none() && !d.is_ready(active).await {
+                    demoted = Some(cut.elapsed());
+                    recorder.mark(&format!(
+                        "cut mediator-{active} not ready after {} ms",
+                        cut.elapsed().as_millis()
+                    ));
+                }
+                if took_over.is_none() && d.is_ready(passive).await {
+                    took_over = Some(cut.elapsed());
+                    recorder.mark(&format!(
+                        "mediator-{passive} took over after {} ms",
+                        cut.elapsed().as_millis()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            ensure!(
+                !d.is_ready(active).await && d.is_ready(passive).await,
+                "while cut: the cut replica stays passive, the other active"
+            );
+            let drops = host.partition_drops()?;
+            ensure!(drops > 0, "the partition rules dropped nothing");
+            host.heal()?;
+            recorder.mark(&format!("healed ({drops} packets dropped)"));
+            // Back on its database, the old active must stay passive.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            ensure!(
+                !d.is_ready(active).await,
+                "the healed replica took the lease back from a live active"
+            );
+            Ok::<_, anyhow::Error>((demoted, took_over, cut))
+        };
+        let (responses, fault) = {
+            let work = async {
+                let r = tokio::join!(responder, fault);
+                stop.store(true, Ordering::Relaxed);
+                r
+            };
+            let (r, ()) = tokio::join!(work, sampler);
+            r
+        };
+        responses?;
+        let (demoted, took_over, cut) = fault?;
+        d.wait_verdicts("alice", &ids, Duration::from_secs(30))
+            .await?;
+        d.wait_verdicts("bob", &ids, Duration::from_secs(10))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // No lost and no doubled request: exactly one verdict each, at each participant.
+        for name in ["alice", "bob"] {
+            let got = d.exactly_one_each(name, &ids)?;
+            for id in &ids {
+                check_outcome(
+                    &got.get(id).context("verdict missing")?.verdict,
+                    &Expected::Approved,
+                )?;
+            }
+        }
+        // Unavailability: the longest gap between verdicts at alice around the fault.
+        let gap = {
+            let log = d.participant("alice").verdicts.lock().expect("lock");
+            let mut at: Vec<Instant> = log
+                .by_request
+                .values()
+                .flatten()
+                .map(|r| r.at)
+                .filter(|t| *t + Duration::from_secs(2) >= cut)
+                .collect();
+            at.sort();
+            at.windows(2)
+                .map(|w| w[1].saturating_duration_since(w[0]))
+                .max()
+                .unwrap_or_default()
+        };
+        let report = check(&recorder.snapshot(), &CheckOptions::new(&[], None));
+        println!("mediator split brain: {report}");
+        for (at, m) in &report.marks {
+            println!("  [{:>7.3}s] {m}", at.as_secs_f64());
+        }
+        let epochs: BTreeSet<(i64, String)> = recorder
+            .snapshot()
+            .lease_writes
+            .iter()
+            .map(|w| (w.epoch, w.holder.clone()))
+            .collect();
+        let overlap = *overlap.lock().unwrap_or_else(|p| p.into_inner());
+        println!(
+            "mediator split brain: demoted after {demoted:?}, standby active after {took_over:?}, \
+             both active for {overlap:?} (sampled), epochs held {epochs:?}; longest gap between \
+             verdicts {} ms (bound {} ms); {N} requests, one verdict each; wall {:.1?}",
+            gap.as_millis(),
+            MEDIATOR_GAP_BOUND.as_millis(),
+            started.elapsed()
+        );
+        report.ensure_ok()?;
+        ensure!(
+            epochs.iter().any(|(_, h)| *h == format!("mediator-{passive}")),
+            "the standby never held the lease: {epochs:?}"
+        );
+        ensure!(
+            gap <= MEDIATOR_GAP_BOUND,
+            "verdicts stopped for {gap:?} (bound {MEDIATOR_GAP_BOUND:?})"
+        );
+        // Rows written under an epoch that no replica was seen holding would be a stale
+        // writer's.
+        let db = domain_e2e::checks::db_client(&med_db.url).await?;
+        let written: Vec<i64> = db
+            .query("SELECT DISTINCT written_epoch FROM med_requests", &[])
+            .await?
+            .iter()
+            .map(|r| r.get::<_, i64>(0))
+            .collect();
+        let held: BTreeSet<i64> = epochs.iter().map(|(e, _)| *e).collect();
+        println!("epochs in the mediator's rows: {written:?}");
+        ensure!(
+            written.iter().all(|e| held.contains(e) || *e < *held.first().unwrap_or(&0)),
+            "rows written under an epoch no replica held during the test: {written:?} vs {held:?}"
+        );
+        drop(d);
+        drop(pg);
+        drop(hosts);
+        Ok(())
+    })
+    .await
+}
