@@ -18,13 +18,15 @@
 //!
 //! # Faults
 //!
-//! All faults are iptables rules inside the namespace (chain `NETNS-FAULT`, jumped to from
-//! `INPUT` and `OUTPUT`, so the root namespace's tables are never touched):
+//! All faults are iptables rules inside the namespace (chains `NETNS-FAULT` for partitions,
+//! then `NETNS-SHAPE` for impairments, both jumped to from `INPUT` and `OUTPUT`, so the root
+//! namespace's tables are never touched):
 //!
 //! - [`NetHost::partition`] drops the packets of a [`Flow`] in one or both directions
 //!   ([`Direction`]); [`NetHost::heal`] removes every partition.
-//! - [`NetHost::impair`] delays every packet on the namespace's veth by `delay ± jitter`
-//!   (uniform) and drops `loss` of them, in each direction; [`NetHost::unimpair`] ends it.
+//! - [`NetHost::impair`] delays every packet on the namespace's veth (or only those of one
+//!   [`Flow`]) by `delay ± jitter` (uniform) and drops `loss` of them, in each direction;
+//!   [`NetHost::unimpair`] ends it.
 //!   The kernels this project runs on are built without `sch_netem` (`tc qdisc … netem`
 //!   answers "Specified qdisc kind is unknown"), so the delay is done by an `NFQUEUE` rule
 //!   and a thread of the test process holding each packet's verdict until its release time
