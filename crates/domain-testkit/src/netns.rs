@@ -1035,8 +1035,10 @@ mod tests {
                 drop(conn);
             }
         });
-        let (ok, fast) = connect_from(&host, host.gateway(), port);
-        assert!(ok, "the namespace reaches its gateway");
+        assert!(
+            connect_from(&host, host.gateway(), port).0,
+            "the namespace reaches its gateway"
+        );
 
         host.partition(Flow::to_service(host.gateway(), port), Direction::Both)?;
         assert!(!connect_from(&host, host.gateway(), port).0, "partitioned");
@@ -1057,19 +1059,19 @@ mod tests {
             loss: 0.0,
             flow: None,
         })?;
-        let (ok, slow) = connect_from(&host, host.gateway(), port);
+        let (ok, _) = connect_from(&host, host.gateway(), port);
         assert!(
             ok,
             "delayed, not cut ({} packets released); rules:\n{}",
             host.delay_stats().delayed.load(Ordering::Relaxed),
             host.rules()?
         );
-        // SYN out and SYN-ACK in are each held >= 130 ms.
-        assert!(
-            slow >= fast + Duration::from_millis(250),
-            "connect took {slow:?} with the delay, {fast:?} without"
-        );
-        assert!(host.delay_stats().delayed.load(Ordering::Relaxed) >= 2);
+        // SYN out and SYN-ACK in (at least) were each held >= 130 ms. (Not the wall time
+        // of the connect: on a loaded machine that says little.)
+        let delayed = host.delay_stats().delayed.load(Ordering::Relaxed);
+        let mean = host.delay_stats().held_micros.load(Ordering::Relaxed) / delayed.max(1);
+        assert!(delayed >= 2, "{delayed} packets delayed");
+        assert!(mean >= 120_000, "mean hold {mean} us");
         host.unimpair()?;
         assert!(connect_from(&host, host.gateway(), port).0);
 
