@@ -5,5 +5,6 @@
 pub mod certs;
 pub mod cluster;
 pub mod domain_manager;
+pub mod netns;
 pub mod pg;
 pub mod process;
