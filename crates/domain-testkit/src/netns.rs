@@ -754,6 +754,7 @@ struct XorShift(u64);
 
 impl XorShift {
     fn seeded() -> Self {
+        #[expect(clippy::disallowed_methods, reason = "a seed, not a timestamp")]
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
