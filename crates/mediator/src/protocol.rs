@@ -23,34 +23,21 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use domain_identity::{
-    DomainId, MemberId, MemberRole, PublicKey, Signature, SignaturePurpose, SigningKeyPair,
+    DomainId, MemberId, MemberRole, PublicKey, SignaturePurpose, SigningKeyPair,
 };
 use domain_proto::v1 as pb;
 use domain_sequencer_client::to_proto_signature;
 use domain_topology::{Permission, SequencedTopology, TopologyError, TopologyState};
 use prost::Message as _;
 
-/// Message ids of verdicts are `verdict-<request id>`: a resend (after a
-/// failover, or a retry) is deduplicated by the sequencer.
-pub const VERDICT_MESSAGE_PREFIX: &str = "verdict-";
+pub use domain_confirmation::{
+    Outcome, VERDICT_MESSAGE_PREFIX, parse_verdict_message_id, verdict_message_id, verify_verdict,
+};
 
 /// How long (sequencer time) after its deadline a decided request is still
 /// remembered in memory, to classify stray responses as `late` or `decided`
 /// rather than `unknown_request`. Only metrics and logs depend on it.
 pub const DECIDED_RETENTION_MICROS: i64 = 5 * 60 * 1_000_000;
-
-/// The sequencer message id of the verdict for `request_id`.
-pub fn verdict_message_id(request_id: i64) -> String {
-    format!("{VERDICT_MESSAGE_PREFIX}{request_id}")
-}
-
-/// The request id of a verdict message id, if it is one.
-pub fn parse_verdict_message_id(message_id: &str) -> Option<i64> {
-    message_id
-        .strip_prefix(VERDICT_MESSAGE_PREFIX)?
-        .parse()
-        .ok()
-}
 
 /// One sequenced event, already verified (sequencer signature, envelope
 /// hashes, counter continuity), as the processor sees it.
@@ -189,43 +176,6 @@ pub struct Request {
     pub deadline: i64,
     /// Counted responses by participant.
     pub responses: BTreeMap<String, ResponseRecord>,
-}
-
-/// How a request ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Approved,
-    Rejected { participant: String, reason: String },
-    TimedOut { missing_confirmers: Vec<String> },
-}
-
-impl Outcome {
-    /// Label of `mediator_verdicts_total{outcome}` and of `med_requests.outcome`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Approved => "approved",
-            Outcome::Rejected { .. } => "rejected",
-            Outcome::TimedOut { .. } => "timed_out",
-        }
-    }
-
-    fn to_proto(&self) -> pb::verdict::Outcome {
-        match self {
-            Outcome::Approved => pb::verdict::Outcome::Approved(pb::Approved {}),
-            Outcome::Rejected {
-                participant,
-                reason,
-            } => pb::verdict::Outcome::Rejected(pb::Rejected {
-                participant: participant.clone(),
-                reason: reason.clone(),
-            }),
-            Outcome::TimedOut { missing_confirmers } => {
-                pb::verdict::Outcome::TimedOut(pb::TimedOut {
-                    missing_confirmers: missing_confirmers.clone(),
-                })
-            }
-        }
-    }
 }
 
 /// A decided request, with its signed verdict ready to send.
@@ -1043,40 +993,6 @@ fn verify_response_signature(
         domain_id,
         &signed.response,
     )
-}
-
-/// Verifies a verdict as a participant would: decodes it and checks the
-/// mediator's signature (purpose VERDICT) and that the key is the mediator's.
-pub fn verify_verdict(
-    signed: &pb::SignedVerdict,
-    mediator: &MemberId,
-    domain_id: &DomainId,
-) -> Result<pb::Verdict, String> {
-    let key = signed
-        .signer_key
-        .as_ref()
-        .ok_or_else(|| "no signer key".to_string())?;
-    let key = PublicKey::from_bytes(&key.key).map_err(|e| format!("invalid signer key: {e}"))?;
-    if !mediator.matches_key(&key) {
-        return Err(format!(
-            "signer key {} is not {mediator}'s",
-            key.fingerprint()
-        ));
-    }
-    let sig = signed
-        .signature
-        .as_ref()
-        .ok_or_else(|| "no signature".to_string())?;
-    let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
-        .map_err(|e| format!("invalid signature: {e}"))?;
-    key.verify(
-        SignaturePurpose::Verdict,
-        domain_id,
-        &signed.verdict,
-        &signature,
-    )
-    .map_err(|e| e.to_string())?;
-    pb::Verdict::decode(signed.verdict.as_slice()).map_err(|e| format!("undecodable verdict: {e}"))
 }
 
 /// Wraps an encoded `SignedVerdict` into the `DomainMessage` envelope content.

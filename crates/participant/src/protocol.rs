@@ -20,6 +20,7 @@
 //!   whose fingerprint is that mediator's (purpose VERDICT, this domain), for a pending
 //!   request with that mediator and root hash; an approval commits the transaction.
 
+pub use domain_confirmation::{Outcome, verify_verdict};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -111,40 +112,6 @@ pub struct Outgoing {
     pub send_request: Vec<u8>,
     pub max_sequencing_micros: i64,
     pub approve: bool,
-}
-
-/// How a request ended, as a verdict told us.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Approved,
-    Rejected { participant: String, reason: String },
-    TimedOut { missing_confirmers: Vec<String> },
-}
-
-impl Outcome {
-    /// Metric label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Approved => "approved",
-            Outcome::Rejected { .. } => "rejected",
-            Outcome::TimedOut { .. } => "timed_out",
-        }
-    }
-
-    /// One human-readable line, e.g. `rejected by PAR::bob::…: payload starts with reject`.
-    pub fn describe(&self) -> String {
-        match self {
-            Outcome::Approved => "approved".into(),
-            Outcome::Rejected {
-                participant,
-                reason,
-            } => format!("rejected by {participant}: {reason}"),
-            Outcome::TimedOut { missing_confirmers } => format!(
-                "timed out (no response from {})",
-                missing_confirmers.join(", ")
-            ),
-        }
-    }
 }
 
 /// A verdict that decided one of our pending requests.
@@ -592,19 +559,9 @@ impl Processor {
             changes.ignored.push("verdict_mismatch");
             return;
         }
-        let outcome = match verdict.outcome {
-            Some(pb::verdict::Outcome::Approved(_)) => Outcome::Approved,
-            Some(pb::verdict::Outcome::Rejected(r)) => Outcome::Rejected {
-                participant: r.participant,
-                reason: r.reason,
-            },
-            Some(pb::verdict::Outcome::TimedOut(t)) => Outcome::TimedOut {
-                missing_confirmers: t.missing_confirmers,
-            },
-            None => {
-                changes.ignored.push("bad_verdict");
-                return;
-            }
+        let Some(outcome) = Outcome::from_proto(verdict.outcome) else {
+            changes.ignored.push("bad_verdict");
+            return;
         };
         let Some(pending) = self.pending.remove(&request_id) else {
             return;
@@ -627,24 +584,6 @@ impl Processor {
             message_id: pending.message_id,
         });
     }
-}
-
-/// Verifies a verdict: the signer key is the mediator's (its fingerprint is the one in the
-/// mediator id) and the signature (purpose VERDICT, this domain) covers the verdict bytes.
-pub fn verify_verdict(
-    signed: &pb::SignedVerdict,
-    mediator: &MemberId,
-    domain_id: &DomainId,
-) -> Result<pb::Verdict, String> {
-    domain_sequencer_client::verify_member_signature(
-        signed.signer_key.as_ref(),
-        signed.signature.as_ref(),
-        mediator,
-        SignaturePurpose::Verdict,
-        domain_id,
-        &signed.verdict,
-    )?;
-    pb::Verdict::decode(signed.verdict.as_slice()).map_err(|e| format!("undecodable verdict: {e}"))
 }
 
 #[cfg(test)]

@@ -19,10 +19,7 @@ use domain_e2e::topology::{
     sleep_until_micros,
 };
 use domain_e2e::{connect, http_get, now_micros};
-use domain_identity::{
-    DomainId, MemberId, MemberRole, PublicKey, Signature, SignaturePurpose, SigningKeyPair,
-    UniqueId,
-};
+use domain_identity::{DomainId, MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
 use domain_proto::v1 as pb;
 use domain_sequencer_client::{SequencerConnection, to_proto_signature};
 use domain_testkit::cluster::SequencerCluster;
@@ -824,40 +821,7 @@ async fn connect_admitted(
     }
 }
 
-/// Verifies a verdict the way a participant must: signed by the mediator's key
-/// (fingerprint in the mediator id) with purpose VERDICT for this domain.
-pub fn verify_verdict(
-    signed: &pb::SignedVerdict,
-    mediator: &MemberId,
-    domain_id: &DomainId,
-) -> Result<pb::Verdict, String> {
-    let key = signed.signer_key.as_ref().ok_or("no signer key")?;
-    let key = PublicKey::from_bytes(&key.key).map_err(|e| e.to_string())?;
-    if !mediator.matches_key(&key) {
-        return Err(format!("signer {} is not the mediator", key.fingerprint()));
-    }
-    let sig = signed.signature.as_ref().ok_or("no signature")?;
-    if sig.purpose != SignaturePurpose::Verdict.as_i32() {
-        return Err("signature purpose is not VERDICT".into());
-    }
-    let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
-        .map_err(|e| e.to_string())?;
-    key.verify(
-        SignaturePurpose::Verdict,
-        domain_id,
-        &signed.verdict,
-        &signature,
-    )
-    .map_err(|e| e.to_string())?;
-    let verdict = pb::Verdict::decode(signed.verdict.as_slice()).map_err(|e| e.to_string())?;
-    if verdict.mediator != mediator.to_string() || verdict.domain_id != domain_id.to_string() {
-        return Err(format!(
-            "verdict names mediator {} of domain {}",
-            verdict.mediator, verdict.domain_id
-        ));
-    }
-    Ok(verdict)
-}
+pub use domain_confirmation::verify_verdict;
 
 /// Reads a participant's stream for ever (resubscribing after errors) and
 /// records every verdict envelope.

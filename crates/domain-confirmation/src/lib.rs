@@ -1,0 +1,150 @@
+//! The confirmation protocol's vocabulary, shared by the mediator (which decides and signs
+//! verdicts), the participant (which verifies and applies them) and the tests: how a
+//! request ended ([`Outcome`]), what makes a verdict valid ([`verify_verdict`]), and the
+//! message ids verdicts are sent with ([`verdict_message_id`]).
+
+use domain_identity::{DomainId, MemberId, SignaturePurpose};
+use domain_proto::v1 as pb;
+use prost::Message as _;
+
+/// Message ids of verdicts are `verdict-<request id>`: a resend (after a failover, or a
+/// retry) is deduplicated by the sequencer.
+pub const VERDICT_MESSAGE_PREFIX: &str = "verdict-";
+
+/// The sequencer message id of the verdict for `request_id`.
+pub fn verdict_message_id(request_id: i64) -> String {
+    format!("{VERDICT_MESSAGE_PREFIX}{request_id}")
+}
+
+/// The request id of a verdict message id, if it is one.
+pub fn parse_verdict_message_id(message_id: &str) -> Option<i64> {
+    message_id
+        .strip_prefix(VERDICT_MESSAGE_PREFIX)?
+        .parse()
+        .ok()
+}
+
+/// How a confirmation request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Approved,
+    Rejected { participant: String, reason: String },
+    TimedOut { missing_confirmers: Vec<String> },
+}
+
+impl Outcome {
+    /// Label of the `outcome` metric labels and of the stores' `outcome` columns.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Approved => "approved",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::TimedOut { .. } => "timed_out",
+        }
+    }
+
+    /// One human-readable line, e.g. `rejected by PAR::bob::…: payload starts with reject`.
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::Approved => "approved".into(),
+            Outcome::Rejected {
+                participant,
+                reason,
+            } => format!("rejected by {participant}: {reason}"),
+            Outcome::TimedOut { missing_confirmers } => format!(
+                "timed out (no response from {})",
+                missing_confirmers.join(", ")
+            ),
+        }
+    }
+
+    /// The verdict's `outcome` field.
+    pub fn to_proto(&self) -> pb::verdict::Outcome {
+        match self {
+            Outcome::Approved => pb::verdict::Outcome::Approved(pb::Approved {}),
+            Outcome::Rejected {
+                participant,
+                reason,
+            } => pb::verdict::Outcome::Rejected(pb::Rejected {
+                participant: participant.clone(),
+                reason: reason.clone(),
+            }),
+            Outcome::TimedOut { missing_confirmers } => {
+                pb::verdict::Outcome::TimedOut(pb::TimedOut {
+                    missing_confirmers: missing_confirmers.clone(),
+                })
+            }
+        }
+    }
+
+    /// The outcome a verdict carries; `None` when it carries none (an invalid verdict).
+    pub fn from_proto(outcome: Option<pb::verdict::Outcome>) -> Option<Self> {
+        Some(match outcome? {
+            pb::verdict::Outcome::Approved(_) => Outcome::Approved,
+            pb::verdict::Outcome::Rejected(r) => Outcome::Rejected {
+                participant: r.participant,
+                reason: r.reason,
+            },
+            pb::verdict::Outcome::TimedOut(t) => Outcome::TimedOut {
+                missing_confirmers: t.missing_confirmers,
+            },
+        })
+    }
+}
+
+/// Verifies a verdict the way every participant must: the signer key is the mediator's
+/// (its fingerprint is the one in the mediator id), the signature has purpose VERDICT for
+/// this domain and covers the verdict bytes, the bytes decode, and the verdict names this
+/// mediator and this domain.
+pub fn verify_verdict(
+    signed: &pb::SignedVerdict,
+    mediator: &MemberId,
+    domain_id: &DomainId,
+) -> Result<pb::Verdict, String> {
+    domain_sequencer_client::verify_member_signature(
+        signed.signer_key.as_ref(),
+        signed.signature.as_ref(),
+        mediator,
+        SignaturePurpose::Verdict,
+        domain_id,
+        &signed.verdict,
+    )?;
+    let verdict = pb::Verdict::decode(signed.verdict.as_slice())
+        .map_err(|e| format!("undecodable verdict: {e}"))?;
+    if verdict.mediator != mediator.to_string() || verdict.domain_id != domain_id.to_string() {
+        return Err(format!(
+            "verdict names mediator {} of domain {}",
+            verdict.mediator, verdict.domain_id
+        ));
+    }
+    Ok(verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_round_trip() {
+        assert_eq!(verdict_message_id(42), "verdict-42");
+        assert_eq!(parse_verdict_message_id("verdict-42"), Some(42));
+        assert_eq!(parse_verdict_message_id("ping-42"), None);
+        assert_eq!(parse_verdict_message_id("verdict-x"), None);
+    }
+
+    #[test]
+    fn outcomes_round_trip_through_the_proto() {
+        for o in [
+            Outcome::Approved,
+            Outcome::Rejected {
+                participant: "PAR::b::1220".into(),
+                reason: "no".into(),
+            },
+            Outcome::TimedOut {
+                missing_confirmers: vec!["PAR::c::1220".into()],
+            },
+        ] {
+            assert_eq!(Outcome::from_proto(Some(o.to_proto())), Some(o.clone()));
+        }
+        assert_eq!(Outcome::from_proto(None), None);
+    }
+}
