@@ -76,6 +76,14 @@ pub enum IdError {
         /// The prefix found (truncated to 32 characters).
         prefix: String,
     },
+    /// A valid member id of another role than the one required.
+    #[error("this is a {} id ({}::…), not a {} id ({}::name::1220…)", .found.noun(), .found.prefix(), .expected.noun(), .expected.prefix())]
+    WrongRole {
+        /// The role the id has.
+        found: MemberRole,
+        /// The role required.
+        expected: MemberRole,
+    },
 }
 
 /// Truncates attacker-controlled input before embedding it in an error message.
@@ -211,6 +219,17 @@ impl MemberRole {
         }
     }
 
+    /// The role in words, for messages (`participant`, `domain manager`).
+    #[must_use]
+    pub fn noun(self) -> &'static str {
+        match self {
+            MemberRole::Participant => "participant",
+            MemberRole::Mediator => "mediator",
+            MemberRole::Sequencer => "sequencer",
+            MemberRole::DomainManager => "domain manager",
+        }
+    }
+
     /// Parses a three-letter prefix (case-sensitive).
     pub fn from_prefix(prefix: &str) -> Result<Self, IdError> {
         Self::ALL
@@ -263,6 +282,27 @@ impl MemberId {
         let role = MemberRole::from_prefix(prefix)?;
         let uid = UniqueId::parse_expecting(rest, EXPECTED)?;
         Ok(Self { role, uid })
+    }
+
+    /// Parses a participant id, `PAR::name::1220…`: the one parser behind every place that
+    /// takes one (admin APIs, CLIs, identity files). With `accept_bare`, a bare unique id
+    /// `name::1220…` (what `participant id` printed before member ids) is read as the
+    /// participant with that unique id; the `bool` says the input was bare, so a CLI can
+    /// say how it read it.
+    pub fn parse_participant(s: &str, accept_bare: bool) -> Result<(Self, bool), IdError> {
+        let s = s.trim();
+        match Self::parse(s) {
+            Ok(id) if id.role == MemberRole::Participant => Ok((id, false)),
+            Ok(id) => Err(IdError::WrongRole {
+                found: id.role,
+                expected: MemberRole::Participant,
+            }),
+            Err(e) if accept_bare => match UniqueId::parse(s) {
+                Ok(uid) => Ok((Self::new(MemberRole::Participant, uid), true)),
+                Err(_) => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// The member's role.
@@ -655,5 +695,30 @@ mod tests {
             msg(MemberId::parse("PAR::a::")),
             "missing fingerprint (expected \"1220\" followed by 64 lowercase hex characters)"
         );
+    }
+}
+
+#[cfg(test)]
+mod participant_id_tests {
+    use super::*;
+
+    const FP: &str = "1220aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    #[test]
+    fn one_parser_for_participant_ids() {
+        let full = format!("PAR::alice::{FP}");
+        let (id, bare) = MemberId::parse_participant(&full, false).expect("full id");
+        assert_eq!((id.to_string(), bare), (full.clone(), false));
+        let (id, bare) =
+            MemberId::parse_participant(&format!(" alice::{FP} "), true).expect("bare id");
+        assert_eq!((id.to_string(), bare), (full, true));
+        assert!(MemberId::parse_participant(&format!("alice::{FP}"), false).is_err());
+        let err =
+            MemberId::parse_participant(&format!("MED::m::{FP}"), true).expect_err("a mediator id");
+        assert_eq!(
+            err.to_string(),
+            "this is a mediator id (MED::…), not a participant id (PAR::name::1220…)"
+        );
+        assert!(MemberId::parse_participant("garbage", true).is_err());
     }
 }

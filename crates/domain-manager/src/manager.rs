@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
-use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, SigningKeyPair};
+use domain_identity::{DomainId, MemberId, PublicKey, SigningKeyPair};
 use domain_lease::{Fence, LeaseHandle, LeaseStatus};
 use domain_topology::{
     DomainParameters, Mapping, Operation, Permission, SequencedTopology, TopologyState, TrustLevel,
@@ -83,14 +83,9 @@ pub enum Decision {
 
 /// Validates a participant id: `PAR::name::1220…`.
 pub fn parse_participant_id(s: &str) -> Result<MemberId, DomainManagerError> {
-    let id = MemberId::parse(s)
-        .map_err(|e| DomainManagerError::InvalidArgument(format!("participant id {s:?}: {e}")))?;
-    if id.role() != MemberRole::Participant {
-        return Err(DomainManagerError::InvalidArgument(format!(
-            "participant id {s:?} must start with PAR:: (PAR::name::1220…)"
-        )));
-    }
-    Ok(id)
+    MemberId::parse_participant(s, false)
+        .map(|(id, _)| id)
+        .map_err(|e| DomainManagerError::InvalidArgument(format!("participant id {s:?}: {e}")))
 }
 
 /// Parses a proto permission; UNSPECIFIED or unknown values are invalid.
@@ -972,7 +967,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain_identity::UniqueId;
+    use domain_identity::{MemberRole, UniqueId};
     use domain_proto::error::ServiceError as _;
     use domain_topology::TopologyTransaction;
 

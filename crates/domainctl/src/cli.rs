@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use domain_identity::{MemberId, MemberRole};
+use domain_identity::MemberId;
 use domain_proto::v1 as pb;
 
 use crate::error::CliError;
@@ -386,35 +386,15 @@ impl From<Trust> for pb::TrustLevel {
 pub fn parse_participant_id(input: &str) -> Result<MemberId, CliError> {
     const EXPECTED: &str = "expected PAR::<name>::<fingerprint>";
     // `participant id` used to print the bare unique id; accept it, but say how it is read.
-    if MemberId::parse(input).is_err()
-        && let Ok(uid) = domain_identity::UniqueId::parse(input)
-    {
-        let id = MemberId::new(MemberRole::Participant, uid);
-        eprintln!("note: reading the bare id {input} as the participant id {id}");
-        return Ok(id);
-    }
-    let id = MemberId::parse(input).map_err(|error| {
+    let (id, bare) = MemberId::parse_participant(input, true).map_err(|error| {
         CliError::Usage(format!(
             "invalid participant id {input:?}: {error}; {EXPECTED}"
         ))
     })?;
-    if id.role() != MemberRole::Participant {
-        return Err(CliError::Usage(format!(
-            "invalid participant id {input:?}: this is a {} id ({}::…), not a participant; {EXPECTED}",
-            role_noun(id.role()),
-            id.role().prefix(),
-        )));
+    if bare {
+        eprintln!("note: reading the bare id {input} as the participant id {id}");
     }
     Ok(id)
-}
-
-fn role_noun(role: MemberRole) -> &'static str {
-    match role {
-        MemberRole::Participant => "participant",
-        MemberRole::Mediator => "mediator",
-        MemberRole::Sequencer => "sequencer",
-        MemberRole::DomainManager => "domain manager",
-    }
 }
 
 /// `--timeout`: a humantime duration, not zero (every call would time out).

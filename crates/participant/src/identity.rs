@@ -208,17 +208,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> 
 
 /// Parses a participant id given as `name::1220…` or `PAR::name::1220…`.
 pub fn parse_participant_id(s: &str) -> Result<MemberId, String> {
-    let s = s.trim();
-    if let Ok(member) = MemberId::parse(s) {
-        if member.role() == MemberRole::Participant {
-            return Ok(member);
-        }
-        return Err(format!(
-            "{s} is not a participant id (expected PAR::<name>::1220…)"
-        ));
-    }
-    UniqueId::parse(s)
-        .map(|uid| MemberId::new(MemberRole::Participant, uid))
+    MemberId::parse_participant(s, true)
+        .map(|(id, _)| id)
         .map_err(|e| {
             format!("{s:?} is not a participant id (`name::1220…` or `PAR::name::1220…`): {e}")
         })
