@@ -291,13 +291,14 @@ impl GrpcGateway {
         tracing::warn!(serial, message_id, %reason, "topology send failed");
         Err(DomainManagerError::SequencerUnavailable(format!(
             "{reason}{}",
-            self.endpoint_problems().await
+            self.endpoint_problems()
         )))
     }
 
     /// `; <endpoint>: <problem>` for each unhealthy endpoint of the connected client.
-    async fn endpoint_problems(&self) -> String {
-        let Some((_, client)) = self.client.lock().await.clone() else {
+    fn endpoint_problems(&self) -> String {
+        // Never waits: a connect in progress has nothing to tell yet.
+        let Some((_, client)) = self.client.try_lock().ok().and_then(|slot| slot.clone()) else {
             return String::new();
         };
         client
@@ -403,7 +404,7 @@ impl GrpcGateway {
         Err(DomainManagerError::SequencerUnavailable(format!(
             "cannot tell whether {message_id} was sequenced before its max sequencing time \
              passed (it stays pending): {reason}{}",
-            self.endpoint_problems().await
+            self.endpoint_problems()
         )))
     }
 
