@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use anyhow::bail;
 
 /// One scrape: series (name + labels, labels sorted as rendered) to value.
 #[derive(Debug, Clone, Default)]
@@ -16,53 +15,11 @@ pub struct Scrape {
 
 /// Fetches `http://host:port/metrics`.
 pub async fn scrape(ops_url: &str) -> anyhow::Result<Scrape> {
-    let authority = ops_url
-        .strip_prefix("http://")
-        .context("ops URL must be http://")?;
-    let fut = async {
-        let mut stream = tokio::net::TcpStream::connect(authority).await?;
-        let req =
-            format!("GET /metrics HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-        stream.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await?;
-        anyhow::Ok(buf)
-    };
-    let raw = tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .context("metrics scrape timed out")??;
-    let text = String::from_utf8_lossy(&raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("malformed HTTP response")
-    };
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("metrics answered {:?}", head.lines().next());
+    let answer = domain_probe::get_path(ops_url, "/metrics", Duration::from_secs(5)).await?;
+    if answer.status != 200 {
+        bail!("metrics answered {}", answer.status);
     }
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok(Scrape::parse(&body))
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    out
+    Ok(Scrape::parse(&answer.body))
 }
 
 impl Scrape {

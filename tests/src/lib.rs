@@ -85,26 +85,12 @@ pub async fn metrics_summary(ops_url: &str) -> String {
     )
 }
 
-/// A plain HTTP/1.1 GET (the ops port has no TLS); returns the body.
+/// A plain HTTP/1.1 GET of `base` + `path` (the ops port has no TLS); returns the body
+/// whatever the status.
 pub async fn http_get(base: &str, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let authority = base
-        .strip_prefix("http://")
-        .context("http:// URL expected")?;
-    let mut stream = tokio::net::TcpStream::connect(authority).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    Ok(text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default())
+    Ok(domain_probe::get_path(base, path, Duration::from_secs(5))
+        .await?
+        .body)
 }
 
 /// [`connect`], retrying briefly while the instance does not know the member yet.

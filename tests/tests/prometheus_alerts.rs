@@ -125,31 +125,20 @@ fn scrape_config(jobs: &[(&str, Vec<String>)], rules: &[PathBuf]) -> String {
     out
 }
 
-/// GET over HTTP/1.0, so Prometheus answers without chunked encoding.
-async fn http10_get(base: &str, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let authority = base
-        .strip_prefix("http://")
-        .context("http:// URL expected")?;
-    let mut stream = tokio::net::TcpStream::connect(authority).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").as_bytes())
-        .await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .context("prometheus did not answer within 10 s")??;
-    let raw = String::from_utf8(raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").context("no header end")?;
+/// GET of Prometheus's HTTP API; the body of a 200 answer.
+async fn prometheus_get(base: &str, path: &str) -> anyhow::Result<String> {
+    let answer = domain_probe::get_path(base, path, Duration::from_secs(10)).await?;
     ensure!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "GET {path}: {head}\n{body}"
+        answer.status == 200,
+        "GET {path}: {}\n{}",
+        answer.status,
+        answer.body
     );
-    Ok(body.to_owned())
+    Ok(answer.body)
 }
 
 async fn api(base: &str, path: &str) -> anyhow::Result<Value> {
-    let body = http10_get(base, path).await?;
+    let body = prometheus_get(base, path).await?;
     let v: Value =
         serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON: {body}"))?;
     ensure!(v["status"] == "success", "GET {path}: {v}");

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use domain_backoff::{Backoff, BackoffConfig};
 use domain_e2e::checks::db_client;
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::MemberRole;
@@ -209,7 +210,10 @@ async fn resume_body(logs: TestLogs) -> anyhow::Result<()> {
                 };
                 let req = a.sign_submission(&sub);
                 let first_try = Instant::now();
-                let mut backoff = Duration::from_millis(50);
+                let mut backoff = Backoff::new(BackoffConfig::new(
+                    Duration::from_millis(50),
+                    Duration::from_secs(1),
+                ));
                 let resp = loop {
                     match a.send_signed(req.clone()).await {
                         Ok(r) => break r,
@@ -226,8 +230,7 @@ async fn resume_body(logs: TestLogs) -> anyhow::Result<()> {
                             *retries
                                 .entry(format!("{:?}/{}", st.code(), code.unwrap_or("-")))
                                 .or_default() += 1;
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                            tokio::time::sleep(backoff.next_delay()).await;
                         }
                         Err(e) => bail!("send m-{i} failed: {e}"),
                     }

@@ -626,10 +626,10 @@ async fn component_up(net: &Devnet, idx: usize) -> Result<(), String> {
         .map_err(|e| format!("{e:#}")),
         Kind::DomainManager | Kind::Mediator => {
             let live = format!("{}/health/live", comp.ops);
-            if !matches!(
-                crate::http::get(&live, Duration::from_secs(1)).await,
-                Ok((200, _))
-            ) {
+            if !domain_probe::get(&live, Duration::from_secs(1))
+                .await
+                .is_ok_and(|r| r.status == 200)
+            {
                 return Err(format!("{} is not live", comp.name));
             }
             let mut active = Vec::new();

@@ -13,7 +13,6 @@ macro_rules! say {
 }
 
 mod chaos;
-mod http;
 mod procs;
 
 use std::path::{Path, PathBuf};
@@ -912,17 +911,18 @@ impl Devnet {
                 None => comp.kind.role(is_ready(&comp.ops).await).to_string(),
             };
             let metrics_url = format!("{}/metrics", comp.ops);
-            let metrics = match http::get(&metrics_url, Duration::from_secs(3)).await {
-                Ok((200, body)) if body.contains("# TYPE") => {
-                    let series = body
+            let metrics = match domain_probe::get(&metrics_url, Duration::from_secs(3)).await {
+                Ok(r) if r.status == 200 && r.body.contains("# TYPE") => {
+                    let series = r
+                        .body
                         .lines()
                         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
                         .count();
                     format!("metrics ok ({series} series)")
                 }
-                Ok((status, _)) => {
+                Ok(r) => {
                     all_ok = false;
-                    format!("metrics FAILED (HTTP {status})")
+                    format!("metrics FAILED (HTTP {})", r.status.as_u16())
                 }
                 Err(e) => {
                     all_ok = false;
@@ -1190,10 +1190,9 @@ async fn ping(
 }
 
 async fn is_ready(ops: &str) -> bool {
-    matches!(
-        http::get(&format!("{ops}/health/ready"), Duration::from_secs(2)).await,
-        Ok((200, _))
-    )
+    domain_probe::get_path(ops, "/health/ready", Duration::from_secs(2))
+        .await
+        .is_ok_and(|r| r.status == 200)
 }
 
 /// The round trip in a `ping … approved in 23.4 ms` line.

@@ -1,19 +1,23 @@
 //! The domain manager's view of the sequencers: sending topology transactions
-//! (with failover across endpoints), discovering sequencer ids at bootstrap,
-//! and listing instances for `ListSequencers`.
+//! (through the sequencer-client library's [`DomainClient`], which fails over across
+//! endpoints), discovering sequencer ids at bootstrap, and listing instances for
+//! `ListSequencers`.
 //!
 //! [`SequencerGateway`] is a trait so that the topology logic can be tested
 //! against an in-process fake; [`GrpcGateway`] is the real implementation.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use domain_identity::{DomainId, MemberId, MemberRole, PublicKey};
+use domain_backoff::{Backoff, BackoffConfig};
+use domain_identity::{DomainId, Fingerprint, MemberId, MemberRole, PublicKey};
 use domain_proto::v1::sequencer_service_client::SequencerServiceClient;
 use domain_proto::v1::{self as pb, sequencer_admin_service_client::SequencerAdminServiceClient};
 use domain_runtime::telemetry::TraceContextInterceptor;
-use domain_sequencer_client::{ClientError, MemberIdentity, SequencerConnection, connect_channel};
+use domain_sequencer_client::{
+    ClientError, ClientOptions, DomainClient, DomainPins, DomainTls, MemberIdentity,
+    connect_channel,
+};
 use futures::future::BoxFuture;
 use prost::Message as _;
 use tokio::time::Instant;
@@ -22,13 +26,11 @@ use tonic::transport::ClientTlsConfig;
 use crate::config::{SequencerEndpointConfig, parse_endpoint};
 use crate::error::DomainManagerError;
 
-/// Connect timeout towards one sequencer endpoint.
+/// Connect timeout towards one sequencer endpoint (discovery, `ListSequencers`), and how
+/// long connecting the [`DomainClient`] keeps trying (within the caller's deadline).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time limit of sequencer discovery (`GetDomainInfo` on every endpoint, in parallel).
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(3);
-/// First and largest pause between rounds over all endpoints.
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// What the sequencer answered for one topology transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,54 +118,48 @@ pub trait SequencerGateway: Send + Sync + 'static {
         &self,
         deadline: Instant,
     ) -> BoxFuture<'_, Result<InstanceList, DomainManagerError>>;
-}
 
-/// How one attempt on one endpoint failed.
-enum AttemptError {
-    /// Past the max sequencing time, with no deduplication record.
-    DeadlinePassed,
-    /// Anything else; the next endpoint may do better.
-    Failed(String),
-}
-
-impl From<String> for AttemptError {
-    fn from(reason: String) -> Self {
-        Self::Failed(reason)
-    }
-}
-
-/// Classifies a failed send: `SEQ_MAX_SEQUENCING_TIME_EXCEEDED` is an answer, not a failure.
-fn send_error(e: &ClientError) -> AttemptError {
-    match e {
-        ClientError::Status(s)
-            if domain_sequencer_client::retry::error_code(s)
-                == Some("SEQ_MAX_SEQUENCING_TIME_EXCEEDED") =>
-        {
-            AttemptError::DeadlinePassed
-        }
-        other => AttemptError::Failed(describe_client_error(other)),
+    /// The sequencer key the domain manager trusts from now on: the one its latest
+    /// sequencer registration names (sequenced or pending), or the one it is about to
+    /// register. Sends and reads of its own stream go only to endpoints showing it.
+    fn trust_sequencer_key(&self, key: &PublicKey) {
+        let _ = key;
     }
 }
 
 /// The oldest counter a `SEQ_EVENTS_PRUNED` refusal names ("... the oldest retained
 /// counter is N").
-fn oldest_retained(status: &tonic::Status) -> Option<i64> {
+fn oldest_retained(e: &ClientError) -> Option<i64> {
+    let ClientError::Status(status) = e else {
+        return None;
+    };
     if domain_sequencer_client::retry::error_code(status) != Some("SEQ_EVENTS_PRUNED") {
         return None;
     }
     status.message().rsplit(' ').next()?.parse().ok()
 }
 
-use domain_time::now_micros;
-
-/// The real gateway over gRPC.
+/// The real gateway over gRPC. Topology sends and reads of the domain manager's own stream
+/// go through one [`DomainClient`] (the sequencer-client library's failover client, as in
+/// the mediator): health-checked endpoints, retries with jittered backoff on another
+/// endpoint with the same signed bytes, one token for every instance. The client is
+/// connected on first use and kept; it is rebuilt when the trusted sequencer key changes.
+///
+/// Trust: the domain id is pinned (the domain manager's own), and so is the sequencer key
+/// the core names through [`SequencerGateway::trust_sequencer_key`]: the key of its latest
+/// sequencer registration (sequenced or pending, i.e. signed by its own namespace key), or
+/// the key it is about to register at bootstrap. An endpoint showing another domain or key
+/// is refused. Discovery (`GetDomainInfo` at bootstrap) is what the domain manager
+/// registers, over the CA-checked TLS channel; no key is trusted before that.
 pub struct GrpcGateway {
     endpoints: Vec<SequencerEndpointConfig>,
     tls: Option<ClientTlsConfig>,
     member: MemberIdentity,
     domain_id: DomainId,
-    connections: Mutex<Vec<Option<SequencerConnection>>>,
-    preferred: AtomicUsize,
+    /// The sequencer key sends and stream reads trust (see the type's documentation).
+    trusted_key: Mutex<Option<PublicKey>>,
+    /// The connected client and the key it was pinned to.
+    client: tokio::sync::Mutex<Option<(Option<Fingerprint>, DomainClient)>>,
 }
 
 impl GrpcGateway {
@@ -173,14 +169,13 @@ impl GrpcGateway {
         member: MemberIdentity,
         domain_id: DomainId,
     ) -> Self {
-        let n = endpoints.len();
         Self {
             endpoints,
             tls,
             member,
             domain_id,
-            connections: Mutex::new(vec![None; n]),
-            preferred: AtomicUsize::new(0),
+            trusted_key: Mutex::new(None),
+            client: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -191,103 +186,140 @@ impl GrpcGateway {
         }
     }
 
-    fn cached(&self, i: usize) -> Option<SequencerConnection> {
-        self.connections
+    /// The connected [`DomainClient`], connecting it first (or again, after the trusted
+    /// key changed or the last connect failed). Concurrent callers wait for one attempt.
+    async fn client(&self) -> Result<DomainClient, String> {
+        let key = self
+            .trusted_key
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(i)
-            .cloned()
-            .flatten()
-    }
-
-    fn store(&self, i: usize, conn: Option<SequencerConnection>) {
-        if let Some(slot) = self
-            .connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(i)
+            .as_ref()
+            .map(|k| *k.fingerprint());
+        let mut slot = self.client.lock().await;
+        if let Some((pinned, client)) = slot.as_ref()
+            && *pinned == key
         {
-            *slot = conn;
+            return Ok(client.clone());
         }
+        let tls = match &self.tls {
+            Some(config) => DomainTls::Config(config.clone()),
+            None => DomainTls::Plaintext,
+        };
+        let options = ClientOptions {
+            connect_timeout: CONNECT_TIMEOUT,
+            pins: DomainPins {
+                domain_id: Some(self.domain_id.to_string()),
+                // Without a key of its own registration (only before the first bootstrap
+                // sends anything), the sequencer key must be confirmed by a registration
+                // signed with our namespace key, as for every other member.
+                sequencer_key: key,
+            },
+            ..ClientOptions::default()
+        };
+        let urls: Vec<String> = self
+            .endpoints
+            .iter()
+            .map(|e| e.public_endpoint.clone())
+            .collect();
+        let client = DomainClient::connect("domain", &urls, tls, self.member.clone(), options)
+            .await
+            .map_err(|e| describe_client_error(&e))?;
+        tracing::info!(endpoints = ?urls, sequencer_key = ?key.map(|k| k.to_string()), "connected to the sequencers");
+        *slot = Some((key, client.clone()));
+        Ok(client)
     }
 
-    /// An authenticated connection to endpoint `i` (cached).
-    async fn connection(&self, i: usize) -> Result<SequencerConnection, String> {
-        if let Some(conn) = self.cached(i) {
-            return Ok(conn);
-        }
-        let url = &self.endpoints[i].public_endpoint;
-        let channel = connect_channel(url, self.tls_for(url), CONNECT_TIMEOUT)
-            .await
-            .map_err(|e| describe_client_error(&e))?;
-        let conn = SequencerConnection::new(channel, self.member.clone())
-            .await
-            .map_err(|e| describe_client_error(&e))?;
-        if conn.domain_id != self.domain_id.to_string() {
-            return Err(format!(
-                "serves domain {}, not {}: check `sequencers`",
-                conn.domain_id, self.domain_id
+    async fn send_inner(
+        &self,
+        send: TopologySend<'_>,
+        deadline: Instant,
+    ) -> Result<SendOutcome, DomainManagerError> {
+        let (serial, message_id, max_sequencing_ts) =
+            (send.serial, send.message_id, send.max_sequencing_ts);
+        if self.endpoints.is_empty() {
+            return Err(DomainManagerError::SequencerUnavailable(
+                "no sequencer endpoint configured".into(),
             ));
         }
-        conn.authenticate()
-            .await
-            .map_err(|e| format!("authentication failed: {}", describe_client_error(&e)))?;
-        self.store(i, Some(conn.clone()));
-        Ok(conn)
-    }
-
-    /// One attempt on endpoint `i`; re-authenticates once when the token was refused.
-    async fn attempt(
-        &self,
-        i: usize,
-        message_id: &str,
-        envelopes: &[pb::Envelope],
-        max_sequencing_ts: i64,
-    ) -> Result<pb::SendResponse, AttemptError> {
-        let conn = self.connection(i).await?;
-        let response = match conn
-            .send(message_id, envelopes.to_vec(), max_sequencing_ts)
-            .await
-        {
-            Err(ClientError::Status(s)) if s.code() == tonic::Code::Unauthenticated => {
-                conn.authenticate().await.map_err(|e| {
-                    format!("re-authentication failed: {}", describe_client_error(&e))
-                })?;
-                conn.send(message_id, envelopes.to_vec(), max_sequencing_ts)
-                    .await
-            }
-            other => other,
-        };
-        match response {
-            Ok(_) if crate::fault::drop_reply(message_id) => Err(AttemptError::Failed(
-                "connection lost before the reply (fault injection)".into(),
-            )),
-            Ok(response) => Ok(response),
-            Err(e) => Err(send_error(&e)),
+        let content = pb::DomainMessage {
+            message: Some(pb::domain_message::Message::Topology(send.signed.clone())),
         }
+        .encode_to_vec();
+        let envelopes = vec![pb::Envelope {
+            content: content.into(),
+            recipients: Vec::new(),
+            broadcast: true,
+        }];
+        let sent = async {
+            let client = self.client().await?;
+            // The client retries (elsewhere, same bytes) until the max sequencing time;
+            // only a reply dropped by fault injection makes us send again, as a lost
+            // connection would.
+            let mut dropped = Backoff::new(BackoffConfig::default());
+            loop {
+                match client
+                    .send(message_id, envelopes.clone(), max_sequencing_ts)
+                    .await
+                {
+                    Ok(_) if crate::fault::drop_reply(message_id) => {
+                        tokio::time::sleep(dropped.next_delay()).await;
+                    }
+                    Ok(response) => {
+                        acknowledge(&client, response.sequencing_timestamp_micros);
+                        return Ok(SendOutcome::Sequenced(Sequenced {
+                            sequencing_ts: response.sequencing_timestamp_micros,
+                            deduplicated: response.deduplicated,
+                        }));
+                    }
+                    // Refused as too late with no deduplication record: an answer (every
+                    // instance answers alike, the records are shared).
+                    Err(ClientError::Status(s))
+                        if domain_sequencer_client::retry::error_code(&s)
+                            == Some("SEQ_MAX_SEQUENCING_TIME_EXCEEDED") =>
+                    {
+                        return Ok(SendOutcome::DeadlinePassed);
+                    }
+                    Err(e) => return Err(describe_client_error(&e)),
+                }
+            }
+        };
+        let reason = match tokio::time::timeout_at(deadline, sent).await {
+            Ok(Ok(outcome)) => return Ok(outcome),
+            Ok(Err(reason)) => reason,
+            Err(_) => "no sequencer sequenced it before the deadline".to_owned(),
+        };
+        tracing::warn!(serial, message_id, %reason, "topology send failed");
+        Err(DomainManagerError::SequencerUnavailable(format!(
+            "{reason}{}",
+            self.endpoint_problems()
+        )))
     }
 
-    /// [`SequencerGateway::find_receipt`] on endpoint `i`.
-    async fn find_receipt_on(
+    /// `; <endpoint>: <problem>` for each unhealthy endpoint of the connected client.
+    fn endpoint_problems(&self) -> String {
+        // Never waits: a connect in progress has nothing to tell yet.
+        let Some((_, client)) = self.client.try_lock().ok().and_then(|slot| slot.clone()) else {
+            return String::new();
+        };
+        client
+            .endpoint_problems()
+            .into_iter()
+            .filter_map(|(url, problem)| problem.map(|p| format!("; {url}: {p}")))
+            .collect()
+    }
+
+    /// [`SequencerGateway::find_receipt`] through the client.
+    async fn find_receipt_once(
         &self,
-        i: usize,
         message_id: &str,
         sequenced_after: i64,
         max_sequencing_ts: i64,
     ) -> Result<Option<i64>, String> {
-        let conn = self.connection(i).await?;
+        let client = self.client().await?;
         // A time proof sequenced after the deadline: once its receipt is read, every
         // event of ours at or before the deadline has been seen.
-        let proof_id = format!("dm-time-proof-{}", now_micros());
-        let proof = pb::SubmissionRequest {
-            sender: conn.member.id.to_string(),
-            message_id: proof_id.clone(),
-            envelopes: Vec::new(),
-            max_sequencing_time_micros: 0,
-            time_proof: true,
-        };
-        let proof_ts = conn
-            .send_signed(conn.sign_submission(&proof))
+        let proof_ts = client
+            .send_time_proof()
             .await
             .map_err(|e| format!("time proof: {}", describe_client_error(&e)))?
             .sequencing_timestamp_micros;
@@ -302,36 +334,29 @@ impl GrpcGateway {
         // its predecessor's timestamp) how far the pruning reached.
         let mut pruned = false;
         'subscribe: loop {
-            let mut stream = match conn.subscribe(from).await {
-                Ok(stream) => stream,
-                Err(ClientError::Status(s)) if oldest_retained(&s).is_some_and(|o| o > from) => {
-                    from = oldest_retained(&s).unwrap_or(from);
-                    pruned = true;
-                    continue 'subscribe;
-                }
-                Err(e) => return Err(format!("subscribe: {}", describe_client_error(&e))),
-            };
+            let mut stream = client
+                .subscribe(from)
+                .map_err(|e| format!("subscribe: {}", describe_client_error(&e)))?;
             loop {
-                let event = match stream.message().await {
-                    Ok(Some(pb::SubscribeResponse { event: Some(event) })) => event,
-                    Ok(Some(_)) => return Err("subscription sent an empty response".into()),
-                    Ok(None) => {
-                        return Err("subscription ended before the time proof's receipt".into());
-                    }
+                let event = match stream.next().await {
+                    Some(Ok(event)) => event,
                     // Events at the start of our stream are pruned (we acknowledged them):
                     // start at the oldest one kept. Ours is later than every acknowledged
                     // one (nothing after it was sent before it is settled).
-                    Err(s) if oldest_retained(&s).is_some_and(|o| o > from) => {
-                        from = oldest_retained(&s).unwrap_or(from);
+                    Some(Err(e)) if oldest_retained(&e).is_some_and(|o| o > from) => {
+                        from = oldest_retained(&e).unwrap_or(from);
                         pruned = true;
                         continue 'subscribe;
                     }
-                    Err(s) => return Err(format!("subscription: {}", describe_status(&s))),
+                    Some(Err(e)) => {
+                        return Err(format!("subscription: {}", describe_client_error(&e)));
+                    }
+                    None => {
+                        return Err("subscription ended before the time proof's receipt".into());
+                    }
                 };
-                let content = conn
-                    .verify_event(&event)
-                    .map_err(|e| format!("event {}: {e}", event.counter))?;
-                if std::mem::take(&mut pruned) && event.previous_timestamp_micros > sequenced_after
+                if std::mem::take(&mut pruned)
+                    && event.event.previous_timestamp_micros > sequenced_after
                 {
                     // The domain manager does not hold back the sequencer's pruning: with a
                     // `pruning.retention` shorter than the outage, the receipt may be gone.
@@ -340,18 +365,18 @@ impl GrpcGateway {
                          which {message_id} cannot have been sequenced): whether it was \
                          sequenced cannot be told any more; the sequencer's \
                          `pruning.retention` is shorter than the outage",
-                        event.previous_timestamp_micros
+                        event.event.previous_timestamp_micros
                     ));
                 }
-                let ts = content.timestamp_micros;
-                if event.message_id == message_id {
+                let ts = event.content.timestamp_micros;
+                if event.event.message_id == message_id {
                     return Ok(Some(ts));
                 }
-                if event.message_id == proof_id || ts >= proof_ts {
+                if ts >= proof_ts {
                     tracing::info!(
                         message_id,
                         from_counter = from,
-                        up_to_counter = event.counter,
+                        up_to_counter = event.event.counter,
                         time_proof_ts = proof_ts,
                         "no receipt in our own event stream up to a time proof past the max \
                          sequencing time"
@@ -369,146 +394,18 @@ impl GrpcGateway {
         max_sequencing_ts: i64,
         deadline: Instant,
     ) -> Result<Option<i64>, DomainManagerError> {
-        let n = self.endpoints.len();
-        let start = self.preferred.load(Ordering::Relaxed) % n.max(1);
-        let mut backoff = BACKOFF_START;
-        let mut last = String::from("deadline passed before any attempt");
-        let mut attempt = 0usize;
-        while n > 0 && Instant::now() < deadline {
-            let i = (start + attempt) % n;
-            let url = &self.endpoints[i].public_endpoint;
-            match tokio::time::timeout_at(
-                deadline,
-                self.find_receipt_on(i, message_id, sequenced_after, max_sequencing_ts),
-            )
-            .await
-            {
-                Ok(Ok(found)) => return Ok(found),
-                Ok(Err(reason)) => {
-                    tracing::warn!(message_id, endpoint = %url, %reason, "cannot read our own stream; trying the next sequencer");
-                    self.store(i, None);
-                    last = format!("{url}: {reason}");
-                }
-                Err(_) => {
-                    self.store(i, None);
-                    last = format!("{url}: timed out");
-                }
-            }
-            attempt += 1;
-            if attempt.is_multiple_of(n) {
-                let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                tokio::time::sleep(pause).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
-        }
+        let lookup = self.find_receipt_once(message_id, sequenced_after, max_sequencing_ts);
+        let reason = match tokio::time::timeout_at(deadline, lookup).await {
+            Ok(Ok(found)) => return Ok(found),
+            Ok(Err(reason)) => reason,
+            Err(_) => "timed out".to_owned(),
+        };
+        tracing::warn!(message_id, %reason, "cannot read our own event stream");
         Err(DomainManagerError::SequencerUnavailable(format!(
             "cannot tell whether {message_id} was sequenced before its max sequencing time \
-             passed (it stays pending): {last}"
+             passed (it stays pending): {reason}{}",
+            self.endpoint_problems()
         )))
-    }
-
-    async fn send_inner(
-        &self,
-        send: TopologySend<'_>,
-        deadline: Instant,
-    ) -> Result<SendOutcome, DomainManagerError> {
-        let TopologySend {
-            serial,
-            message_id,
-            max_sequencing_ts,
-            signed,
-        } = send;
-        let n = self.endpoints.len();
-        if n == 0 {
-            return Err(DomainManagerError::SequencerUnavailable(
-                "no sequencer endpoint configured".into(),
-            ));
-        }
-        let content = pb::DomainMessage {
-            message: Some(pb::domain_message::Message::Topology(signed.clone())),
-        }
-        .encode_to_vec();
-        let envelopes = vec![pb::Envelope {
-            content: content.into(),
-            recipients: Vec::new(),
-            broadcast: true,
-        }];
-        let start = self.preferred.load(Ordering::Relaxed) % n;
-        let per_attempt =
-            (deadline.saturating_duration_since(Instant::now()) / 2).max(Duration::from_secs(2));
-        let mut backoff = BACKOFF_START;
-        let mut errors: Vec<String> = Vec::new();
-        let mut attempt = 0usize;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            let i = (start + attempt) % n;
-            let url = &self.endpoints[i].public_endpoint;
-            let limit = per_attempt.min(deadline - now);
-            let sent = self.attempt(i, message_id, &envelopes, max_sequencing_ts);
-            match tokio::time::timeout(limit, sent).await {
-                Ok(Ok(response)) => {
-                    self.preferred.store(i, Ordering::Relaxed);
-                    self.acknowledge(i, response.sequencing_timestamp_micros);
-                    return Ok(SendOutcome::Sequenced(Sequenced {
-                        sequencing_ts: response.sequencing_timestamp_micros,
-                        deduplicated: response.deduplicated,
-                    }));
-                }
-                // Every instance answers alike (the deduplication records are shared).
-                Ok(Err(AttemptError::DeadlinePassed)) => {
-                    self.preferred.store(i, Ordering::Relaxed);
-                    return Ok(SendOutcome::DeadlinePassed);
-                }
-                Ok(Err(AttemptError::Failed(reason))) => {
-                    tracing::warn!(serial, endpoint = %url, %reason, "topology send failed; trying the next sequencer");
-                    self.store(i, None);
-                    errors.push(format!("{url}: {reason}"));
-                }
-                Err(_) => {
-                    tracing::warn!(serial, endpoint = %url, timeout = ?limit, "topology send timed out; trying the next sequencer");
-                    self.store(i, None);
-                    errors.push(format!("{url}: timed out after {limit:?}"));
-                }
-            }
-            attempt += 1;
-            if attempt.is_multiple_of(n) {
-                let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                tokio::time::sleep(pause).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
-        }
-        // Keep the message short: the last error of each endpoint.
-        let mut last: Vec<String> = Vec::new();
-        for e in errors.iter().rev() {
-            let ep = e.split(": ").next().unwrap_or_default();
-            if !last.iter().any(|l| l.starts_with(ep)) {
-                last.push(e.clone());
-            }
-        }
-        Err(DomainManagerError::SequencerUnavailable(
-            if last.is_empty() {
-                "deadline passed before any attempt".to_owned()
-            } else {
-                format!("gave up after {attempt} attempt(s): {}", last.join("; "))
-            },
-        ))
-    }
-
-    /// The domain manager never reads its own event stream; acknowledging what it sent
-    /// keeps it from holding back the sequencer's pruning. Best effort, in the background.
-    fn acknowledge(&self, i: usize, ts: i64) {
-        if let Some(conn) = self.cached(i) {
-            tokio::spawn(async move {
-                let result =
-                    tokio::time::timeout(Duration::from_secs(2), conn.acknowledge(ts)).await;
-                if let Ok(Err(e)) = result {
-                    tracing::debug!(error = %describe_client_error(&e), "acknowledgement failed");
-                }
-            });
-        }
     }
 
     async fn domain_info(&self, i: usize) -> Result<DiscoveredSequencer, String> {
@@ -672,6 +569,30 @@ impl SequencerGateway for GrpcGateway {
     ) -> BoxFuture<'_, Result<InstanceList, DomainManagerError>> {
         Box::pin(self.list_inner(deadline))
     }
+
+    fn trust_sequencer_key(&self, key: &PublicKey) {
+        let mut trusted = self
+            .trusted_key
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if trusted.as_ref() != Some(key) {
+            tracing::info!(sequencer_key = %key.fingerprint(), "trusting the registered sequencer key");
+            *trusted = Some(key.clone());
+        }
+    }
+}
+
+/// The domain manager never reads its own event stream but to settle a refused resend;
+/// acknowledging what it sent keeps it from holding back the sequencer's pruning. Best
+/// effort, in the background.
+fn acknowledge(client: &DomainClient, ts: i64) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let result = tokio::time::timeout(Duration::from_secs(2), client.acknowledge(ts)).await;
+        if let Ok(Err(e)) = result {
+            tracing::debug!(error = %describe_client_error(&e), "acknowledgement failed");
+        }
+    });
 }
 
 /// `CODE: message [domain-error-code]` of a status, short enough for logs and answers.

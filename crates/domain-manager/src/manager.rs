@@ -497,6 +497,25 @@ impl Core {
             }
             let records = store::load_all(&**client, &self.domain_id).await?;
             let pending = records.iter().any(|r| r.sequenced().is_none());
+            // The sequencer key our own latest registration names (pending ones count:
+            // a resend of a registration goes to the key it registers).
+            if let Some(key) = records
+                .iter()
+                .filter_map(|r| match (&r.tx.operation, &r.tx.mapping) {
+                    (
+                        Operation::Replace,
+                        Mapping::Sequencer {
+                            public_key: Some(key),
+                            ..
+                        },
+                    ) => Some((r.serial(), key)),
+                    _ => None,
+                })
+                .max_by_key(|(serial, _)| *serial)
+                .map(|(_, key)| key)
+            {
+                self.gateway.trust_sequencer_key(key);
+            }
             self.ready_epoch.store(0, Ordering::SeqCst);
             self.has_pending.store(pending, Ordering::SeqCst);
             *guard = Some(ActiveState {
@@ -749,6 +768,9 @@ impl Core {
                         continue;
                     }
                     tracing::info!(sequencer = %s.sequencer_id, "registering sequencer");
+                    // What we register is what we trust (discovered over the CA-checked
+                    // channel of our own configuration).
+                    self.gateway.trust_sequencer_key(&s.public_key);
                     self.write_new(
                         state,
                         fence,

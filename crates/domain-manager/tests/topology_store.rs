@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
+use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, SigningKeyPair, UniqueId};
 use domain_lease::{Fence, LeaseConfig, LeaseHandle, LeaseKeeper, LeaseStatus, Role};
 use domain_manager::error::DomainManagerError;
 use domain_manager::gateway::{
@@ -137,6 +137,9 @@ struct FakeSequencer {
     /// Every send that reached the sequencer: (serial, deduplicated).
     log: Mutex<Vec<(u64, bool)>>,
     sequencers: Vec<DiscoveredSequencer>,
+    /// Every key the core named through `trust_sequencer_key`, with how many sends had
+    /// reached the sequencer by then.
+    trusted: Mutex<Vec<(PublicKey, usize)>>,
     /// When set, a send is sequenced, then announces itself on `entered` and waits for
     /// `release` before answering.
     hold: AtomicBool,
@@ -161,6 +164,7 @@ impl FakeSequencer {
                 sequencer_id,
                 public_key: key.public_key().clone(),
             }],
+            trusted: Mutex::new(Vec::new()),
             hold: AtomicBool::new(false),
             entered: Notify::new(),
             release: Notify::new(),
@@ -280,6 +284,14 @@ impl SequencerGateway for FakeSequencer {
         );
         let found = self.receipts.lock().expect("lock").get(message_id).copied();
         Box::pin(async move { Ok(found) })
+    }
+
+    fn trust_sequencer_key(&self, key: &PublicKey) {
+        let sends = self.log.lock().expect("lock").len();
+        self.trusted
+            .lock()
+            .expect("lock")
+            .push((key.clone(), sends));
     }
 
     fn discover_sequencers(
@@ -544,6 +556,13 @@ async fn bootstrap_is_idempotent_across_restarts_and_takeovers() {
         vec![1, 2, 3, 4]
     );
     let sends = s.fake.sends().len();
+    // The gateway trusts the key it registers before the registration is sent.
+    let key = s.fake.sequencers[0].public_key.clone();
+    assert_eq!(
+        *s.fake.trusted.lock().expect("lock"),
+        vec![(key.clone(), 0)],
+        "the discovered key is trusted before the first send"
+    );
 
     // Same process again, and a restarted process (new core) on the same epoch.
     core.activate(deadline()).await.expect("again");
@@ -557,6 +576,10 @@ async fn bootstrap_is_idempotent_across_restarts_and_takeovers() {
 
     assert_eq!(s.rows().await, rows, "bootstrap wrote nothing new");
     assert_eq!(s.fake.sends().len(), sends, "nothing was sent again");
+    // Every new core (restart, takeover) trusts the registered key from its store.
+    let trusted = s.fake.trusted.lock().expect("lock").clone();
+    assert_eq!(trusted.len(), 3, "{trusted:?}");
+    assert!(trusted.iter().all(|(k, _)| *k == key), "{trusted:?}");
     b.stop.cancel();
 }
 

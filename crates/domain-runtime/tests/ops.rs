@@ -5,56 +5,14 @@ use std::time::Duration;
 
 use domain_runtime::metrics::build_recorder;
 use domain_runtime::ops::{Readiness, serve_ops};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Sends a raw HTTP/1.1 GET and reads the reply until the server closes the connection.
-async fn get(addr: SocketAddr, path: &str) -> Reply {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send request");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+/// GET `path` from the ops server at `addr` (one connection, `Connection: close`).
+async fn get(addr: SocketAddr, path: &str) -> domain_probe::Response {
+    domain_probe::get(&format!("http://{addr}{path}"), Duration::from_secs(5))
         .await
         .expect("reply within 5s")
-        .expect("read reply");
-    let raw = String::from_utf8(raw).expect("utf-8 reply");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("header/body separator");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().expect("status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
 }
 
 /// Checks one sample line: `name{label="value",...} value` (labels optional).
@@ -120,7 +78,11 @@ async fn metrics_endpoint_serves_valid_prometheus_histograms() {
 
     let reply = get(addr, "/metrics").await;
     assert_eq!(reply.status, 200);
-    let content_type = reply.header("content-type").expect("content type");
+    let content_type = reply
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .expect("content type");
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),
         "{content_type}"

@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use domain_backoff::{Backoff, BackoffConfig};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -51,8 +51,9 @@ pub const LOG_TAIL_LINES: usize = 40;
 /// Per-attempt limit for health probes; a hung server must not eat the whole budget.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// First and largest pause between readiness probes.
-const MIN_BACKOFF: Duration = Duration::from_millis(20);
-const MAX_BACKOFF: Duration = Duration::from_millis(250);
+/// Pauses between polls of a local process: 20 ms doubling to 250 ms.
+const POLL_BACKOFF: BackoffConfig =
+    BackoffConfig::new(Duration::from_millis(20), Duration::from_millis(250)).without_jitter();
 
 /// Returns the path of workspace binary `name`, e.g. `binary_path("sequencer")`.
 ///
@@ -608,7 +609,10 @@ impl ManagedProcess {
     /// Waits up to `timeout` for the process to exit; `None` if it is still running.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
-        let mut backoff = Duration::from_millis(5);
+        let mut backoff = Backoff::new(
+            BackoffConfig::new(Duration::from_millis(5), Duration::from_millis(50))
+                .without_jitter(),
+        );
         loop {
             if let Some(status) = self.try_exit_status() {
                 return Some(status);
@@ -617,8 +621,7 @@ impl ManagedProcess {
             if now >= deadline {
                 return None;
             }
-            tokio::time::sleep(backoff.min(deadline - now)).await;
-            backoff = (backoff * 2).min(Duration::from_millis(50));
+            tokio::time::sleep(backoff.next_delay_within(deadline - now)).await;
         }
     }
 
@@ -703,7 +706,7 @@ pub async fn wait_for_health(
             .with_context(|| format!("invalid TLS config for {endpoint}"))?;
     }
     let deadline = Instant::now() + timeout;
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(POLL_BACKOFF);
     let mut channel: Option<Channel> = None;
     loop {
         let last = match probe_health(&ep, &mut channel, service).await {
@@ -722,8 +725,7 @@ pub async fn wait_for_health(
                  {timeout:?}; last: {last}"
             ));
         }
-        tokio::time::sleep(backoff.min(deadline - now)).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(backoff.next_delay_within(deadline - now)).await;
     }
 }
 
@@ -776,70 +778,27 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// with a 2xx status, for at most `timeout`. Meant for ops endpoints such as
 /// `/health/ready`.
 pub async fn wait_for_http_ok(url: &str, timeout: Duration) -> anyhow::Result<()> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("wait_for_http_ok needs an http:// URL, got {url}"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
     let deadline = Instant::now() + timeout;
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(POLL_BACKOFF);
     loop {
-        let last = match tokio::time::timeout(PROBE_TIMEOUT, http_get_status(authority, path)).await
-        {
-            Ok(Ok(status)) if (200..300).contains(&status) => return Ok(()),
-            Ok(Ok(status)) => format!("HTTP status {status}"),
-            Ok(Err(e)) => format!("{e:#}"),
-            Err(_) => format!("request timed out after {PROBE_TIMEOUT:?}"),
+        let last = match domain_probe::get(url, PROBE_TIMEOUT).await {
+            Ok(r) if r.is_success() => return Ok(()),
+            Ok(r) => format!("HTTP status {}", r.status.as_u16()),
+            Err(e @ domain_probe::ProbeError::InvalidUrl { .. }) => return Err(e.into()),
+            Err(e) => e.to_string(),
         };
         let now = Instant::now();
         if now >= deadline {
             bail!("{url} did not answer 2xx within {timeout:?}; last: {last}");
         }
-        tokio::time::sleep(backoff.min(deadline - now)).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(backoff.next_delay_within(deadline - now)).await;
     }
 }
 
 /// One HTTP/1.1 GET of `url` (`http://host:port/path`); returns the status code.
 /// Bounded by the probe timeout.
 pub async fn http_status(url: &str) -> anyhow::Result<u16> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("http_status needs an http:// URL, got {url}"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    tokio::time::timeout(PROBE_TIMEOUT, http_get_status(authority, path))
-        .await
-        .map_err(|_| anyhow!("GET {url} timed out after {PROBE_TIMEOUT:?}"))?
-}
-
-async fn http_get_status(authority: &str, path: &str) -> anyhow::Result<u16> {
-    let mut stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .with_context(|| format!("connect to {authority} failed"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    // The status line is all we need; read until it is complete.
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 256];
-    while !buf.contains(&b'\n') {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let status_line = text.lines().next().unwrap_or_default();
-    let mut parts = status_line.split_whitespace();
-    match (parts.next(), parts.next().map(str::parse::<u16>)) {
-        (Some(version), Some(Ok(code))) if version.starts_with("HTTP/") => Ok(code),
-        _ => bail!("malformed HTTP response: {status_line:?}"),
-    }
+    Ok(domain_probe::get(url, PROBE_TIMEOUT).await?.status.as_u16())
 }
 
 #[cfg(test)]
@@ -935,6 +894,7 @@ mod tests {
 
     #[tokio::test]
     async fn http_ok_against_a_tiny_server() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

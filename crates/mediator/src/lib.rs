@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use domain_backoff::{Backoff, BackoffConfig};
 use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
 use domain_lease::{LeaseHandle, LeaseKeeper};
 use domain_proto::v1::mediator_admin_service_server::MediatorAdminServiceServer;
@@ -229,7 +230,10 @@ pub async fn run(
 
 /// Connects the shared sequencer client, retrying until it works or `stop`.
 async fn warm_up(ctx: Arc<Context>, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(BackoffConfig::new(
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+    ));
     loop {
         let connected = tokio::select! {
             _ = stop.cancelled() => return,
@@ -241,9 +245,8 @@ async fn warm_up(ctx: Arc<Context>, stop: CancellationToken) {
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use domain_backoff::{Backoff, BackoffConfig};
 use domain_lease::Fence;
 use domain_proto::v1 as pb;
 use domain_runtime::ops::Readiness;
@@ -31,8 +32,9 @@ use crate::protocol::{Event, Outcome, Processor, verdict_envelope_content, verdi
 use crate::store::{self, OutVerdict, SendState, StoreError};
 use crate::{Context, now_micros};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Pauses between failed attempts: 50 ms doubling to 2 s (with jitter).
+const BACKOFF: BackoffConfig =
+    BackoffConfig::new(Duration::from_millis(50), Duration::from_secs(2));
 /// Events buffered between the subscription reader and the processor.
 const EVENT_BUFFER: usize = 4096;
 /// How often decided requests past `request-retention` are deleted.
@@ -304,7 +306,7 @@ async fn reader(
     subscribed: watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF);
     let mut reason = "activation";
     // How often readiness follows whether the client's stream is open on some endpoint.
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -318,10 +320,9 @@ async fn reader(
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(%error, "cannot reach any sequencer; retrying");
-                if !pause(&cancel, backoff).await {
+                if !pause(&cancel, backoff.next_delay()).await {
                     return;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
@@ -329,10 +330,9 @@ async fn reader(
             Ok(s) => s,
             Err(error) => {
                 tracing::error!(from_counter = next, error = %describe(&error), "cannot subscribe");
-                if !pause(&cancel, backoff).await {
+                if !pause(&cancel, backoff.next_delay()).await {
                     return;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
@@ -372,7 +372,7 @@ async fn reader(
                     }
                     subscribed.send_if_modified(|s| !std::mem::replace(s, true));
                     next = verified.event.counter + 1;
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     let trace = verified.trace_context();
                     let event = Event::from_verified(verified.event, &verified.content);
                     if tx.send((event, trace)).await.is_err() {
@@ -395,10 +395,9 @@ async fn reader(
         subscription.close();
         subscribed.send_replace(false);
         clear_endpoint_gauge(&mut on_endpoint);
-        if !pause(&cancel, backoff).await {
+        if !pause(&cancel, backoff.next_delay()).await {
             return;
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -508,13 +507,12 @@ async fn send_verdict_traced(
         }
     };
     let mut recipients = verdict.recipients.clone();
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF);
     loop {
         let client = match ctx.link.get().await {
             Ok(c) => c,
             Err(_) => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         };
@@ -599,8 +597,7 @@ async fn send_verdict_traced(
             _ => {
                 tracing::warn!(request_id, error = %describe(&error), "verdict send failed; retrying");
                 metrics::counter!(m::VERDICT_SENDS, "result" => "retried").increment(1);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

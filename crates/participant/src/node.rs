@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use domain_backoff::{Backoff, BackoffConfig};
 use domain_identity::{DomainId, Fingerprint, MemberId};
 use domain_proto::v1 as pb;
 use domain_runtime::ops::Readiness;
@@ -34,8 +35,9 @@ use crate::protocol::{
 };
 use crate::store::{self, StoreError};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Pauses between failed sessions: 200 ms doubling to 5 s (with jitter).
+const BACKOFF: BackoffConfig =
+    BackoffConfig::new(Duration::from_millis(200), Duration::from_secs(5));
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -328,7 +330,7 @@ impl Node {
 /// after errors (with backoff) or when `ConnectMulti` changes the connection.
 pub async fn run_sessions(node: Arc<Node>, shutdown: CancellationToken) {
     let mut changes = node.connection.subscribe();
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF);
     loop {
         let connection = changes.borrow_and_update().clone();
         let Some(connection) = connection else {
@@ -358,27 +360,27 @@ pub async fn run_sessions(node: Arc<Node>, shutdown: CancellationToken) {
         match result {
             None => {
                 tracing::info!("connection changed; starting a new session");
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 continue;
             }
             Some(Ok(())) => return,
             Some(Err(e)) => {
                 ::metrics::counter!(m::SESSION_FAILURES, "reason" => e.label()).increment(1);
                 if started.elapsed() > Duration::from_secs(10) {
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                 }
+                let delay = backoff.next_delay();
                 tracing::warn!(
                     alias = %connection.alias,
                     error = %e,
-                    retry_in_ms = backoff.as_millis() as u64,
+                    retry_in_ms = delay.as_millis() as u64,
                     "domain session ended; retrying"
                 );
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     r = changes.changed() => if r.is_err() { return },
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }

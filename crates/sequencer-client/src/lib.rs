@@ -8,7 +8,9 @@
 //!   health checks, round-robin sends retried on another endpoint, one subscription that
 //!   fails over with fork detection, token renewal and metrics ([`metrics`]).
 
-pub mod backoff;
+/// Exponential backoff with jitter ([`domain_backoff`], re-exported so the client's API
+/// keeps `backoff::{Backoff, BackoffConfig}`).
+pub use domain_backoff as backoff;
 pub mod domain_client;
 pub mod health;
 pub mod metrics;

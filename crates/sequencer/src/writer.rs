@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use domain_backoff::{Backoff, BackoffConfig};
 use domain_identity::{SignaturePurpose, SigningKeyPair};
 use domain_proto::v1::SignedEventContent;
 use prost::Message as _;
@@ -214,7 +215,10 @@ impl Writer {
         shutdown: CancellationToken,
     ) {
         let owner = Owner::random();
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(BackoffConfig::new(
+            Duration::from_millis(50),
+            Duration::from_secs(1),
+        ));
         let mut preferred = None;
         while !shutdown.is_cancelled() {
             match self
@@ -231,9 +235,8 @@ impl Writer {
                     });
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }
         }

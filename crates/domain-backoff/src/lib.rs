@@ -1,4 +1,19 @@
-//! Exponential backoff with jitter between failed attempts.
+//! Exponential backoff with jitter between failed attempts: the one mechanism every retry
+//! and reconnect loop of the workspace uses (the sequencer client, the services' reconnect
+//! loops, the test harness's polls). One concept, no dependencies but the OS's randomness,
+//! so it sits at the bottom of the crate graph.
+//!
+//! ```
+//! use std::time::Duration;
+//! use domain_backoff::{Backoff, BackoffConfig};
+//! let mut backoff = Backoff::new(BackoffConfig::new(
+//!     Duration::from_millis(100),
+//!     Duration::from_secs(1),
+//! ));
+//! let first = backoff.next_delay(); // 100 ms ± 20 %
+//! assert!(first <= Duration::from_millis(120));
+//! backoff.reset(); // after a success
+//! ```
 
 use std::time::Duration;
 
@@ -13,6 +28,28 @@ pub struct BackoffConfig {
     pub max: Duration,
     /// Relative jitter, `0.0..=1.0`. Default `0.2` (±20 %).
     pub jitter: f64,
+}
+
+impl BackoffConfig {
+    /// `initial` doubling up to `max`, with the default ±20 % jitter.
+    #[must_use]
+    pub const fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            jitter: 0.2,
+        }
+    }
+
+    /// The same delays without jitter (polls of a local process, where lockstep does not
+    /// matter and predictable pacing does).
+    #[must_use]
+    pub const fn without_jitter(self) -> Self {
+        Self {
+            jitter: 0.0,
+            ..self
+        }
+    }
 }
 
 impl Default for BackoffConfig {
@@ -34,6 +71,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    #[must_use]
     pub fn new(config: BackoffConfig) -> Self {
         Self {
             current: config.initial,
@@ -53,6 +91,11 @@ impl Backoff {
         self.current = self.config.initial;
     }
 
+    /// The delay to wait now, at most `remaining` (the time left before a deadline).
+    pub fn next_delay_within(&mut self, remaining: Duration) -> Duration {
+        self.next_delay().min(remaining)
+    }
+
     /// The delay before jitter that the next call to [`Self::next_delay`] uses.
     pub fn current_base(&self) -> Duration {
         self.current.min(self.config.max)
@@ -61,7 +104,7 @@ impl Backoff {
 
 /// `base` scaled by `1 + jitter * (2 * unit - 1)`, i.e. uniformly within ±`jitter` for a
 /// uniform `unit` in `[0, 1)`.
-pub(crate) fn apply_jitter(base: Duration, jitter: f64, unit: f64) -> Duration {
+fn apply_jitter(base: Duration, jitter: f64, unit: f64) -> Duration {
     let jitter = jitter.clamp(0.0, 1.0);
     let factor = 1.0 + jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
     base.mul_f64(factor.max(0.0))
@@ -69,7 +112,7 @@ pub(crate) fn apply_jitter(base: Duration, jitter: f64, unit: f64) -> Duration {
 
 /// A uniform number in `[0, 1)` from the operating system's generator; 0.5 (no jitter) if
 /// it fails, which only costs the jitter.
-pub(crate) fn random_unit() -> f64 {
+fn random_unit() -> f64 {
     match getrandom::u64() {
         Ok(r) => (r >> 11) as f64 / (1u64 << 53) as f64,
         Err(_) => 0.5,
