@@ -16,8 +16,39 @@ pub const SQLX_POOL_MAX_SIZE: u32 = 4;
 /// with `statement_timeout` as a startup option. Acquiring waits at most
 /// `connect-timeout + pool-wait-timeout`. With `target-session-attrs = read-write`, a
 /// connection that lands on a read-only server is rejected.
+///
+/// A multi-host `url` is walked like libpq and tokio-postgres do: the servers are tried
+/// in order and the pool is opened on the first one that accepts a connection meeting
+/// `target-session-attrs` (so a promoted standby listed second is found after a
+/// failover); the error of the last server is returned when none does.
 pub async fn connect_sqlx(cfg: &DatabaseConfig) -> Result<PgPool, StorageError> {
-    let options = cfg.sqlx_options()?;
+    let per_host = cfg.sqlx_options_per_host()?;
+    let hosts = cfg.hosts()?;
+    let mut last_error = None;
+    for (i, options) in per_host.into_iter().enumerate() {
+        match connect_sqlx_host(cfg, options).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) => {
+                if hosts.len() > 1 {
+                    tracing::info!(
+                        host = %hosts.get(i).map(ToString::to_string).unwrap_or_default(),
+                        error = %e,
+                        "database server not usable; trying the next one of the url"
+                    );
+                }
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| StorageError::InvalidConfig {
+        reason: format!("database url {} names no host", cfg.url),
+    }))
+}
+
+async fn connect_sqlx_host(
+    cfg: &DatabaseConfig,
+    options: sqlx::postgres::PgConnectOptions,
+) -> Result<PgPool, StorageError> {
     let tls = cfg.tls_settings()?;
     let max = u32::try_from(cfg.pool_max_size)
         .unwrap_or(u32::MAX)

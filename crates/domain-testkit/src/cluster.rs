@@ -77,6 +77,21 @@ impl SequencerCluster {
         extra_config: &str,
         node_env: &[Vec<(String, String)>],
     ) -> anyhow::Result<Self> {
+        Self::start_with_database_config(logs, database, instances, extra_config, node_env, "")
+            .await
+    }
+
+    /// Like [`Self::start_with_env`], with extra keys of the `[database]` section (e.g.
+    /// `connect-timeout = "1s"`), which `extra_config` cannot add since the section is
+    /// written after it.
+    pub async fn start_with_database_config(
+        logs: TestLogs,
+        database: TestDatabase,
+        instances: usize,
+        extra_config: &str,
+        node_env: &[Vec<(String, String)>],
+        database_config: &str,
+    ) -> anyhow::Result<Self> {
         let dir = logs.dir().to_path_buf();
         let pki = TestPki::new()?;
         let pki_files = pki.write_files(&dir)?;
@@ -99,6 +114,7 @@ advertised-address = "https://localhost:{public_port}"
 
 [database]
 url = "{url}"
+{database_config}
 
 [public-api]
 listen = "127.0.0.1:{public_port}"

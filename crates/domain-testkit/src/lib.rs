@@ -6,4 +6,5 @@ pub mod certs;
 pub mod cluster;
 pub mod domain_manager;
 pub mod pg;
+pub mod pg_ha;
 pub mod process;
