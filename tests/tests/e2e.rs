@@ -11,6 +11,7 @@ mod participant_common;
 mod client_failover;
 mod devnet;
 mod domain_manager;
+mod fault_database;
 mod http2_abuse;
 mod k8s_configs;
 mod mediator_failover;

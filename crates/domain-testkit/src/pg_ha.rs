@@ -174,11 +174,15 @@ impl PgHaPair {
         chown_to_postgres(&standby_data.join("standby.signal"))?;
         // The standby never has synchronous standbys of its own: once promoted it must
         // acknowledge commits alone.
+        // A short retry interval: when the primary dies, the startup process waits this long
+        // between attempts to get WAL (default 5 s), and a promotion requested meanwhile
+        // is only acted on after it.
+        let standby_settings = format!("{COMMON_SETTINGS} -c wal_retrieve_retry_interval=100ms");
         start_cluster(
             &self.standby.base,
             &self.bin_dir,
             self.standby.port,
-            COMMON_SETTINGS,
+            &standby_settings,
         )
         .context("cannot start the standby")?;
         self.wait_streaming(Duration::from_secs(30))
@@ -274,6 +278,30 @@ impl PgHaPair {
     /// crash of its host would; their sockets close, so clients see the connection reset.
     pub fn kill_primary(&self) -> anyhow::Result<()> {
         kill_server(&self.primary)
+    }
+
+    /// Stops (SIGSTOP) the primary's WAL sender for the standby, so the standby falls
+    /// behind: with asynchronous replication the primary keeps acknowledging commits the
+    /// standby does not have; with synchronous replication commits wait. Returns its pid.
+    /// [`kill_primary`](Self::kill_primary) kills it too; [`resume_wal_sender`](Self::resume_wal_sender)
+    /// lets it go on.
+    pub fn pause_wal_sender(&self) -> anyhow::Result<u32> {
+        let pid: u32 = psql(
+            &self.bin_dir,
+            self.primary.port,
+            &format!(
+                "SELECT pid FROM pg_stat_replication WHERE application_name = '{STANDBY_NAME}'"
+            ),
+        )?
+        .parse()
+        .context("no WAL sender for the standby")?;
+        run(Command::new("kill").args(["-STOP", &pid.to_string()]))?;
+        Ok(pid)
+    }
+
+    /// Resumes a WAL sender stopped by [`pause_wal_sender`](Self::pause_wal_sender).
+    pub fn resume_wal_sender(&self, pid: u32) -> anyhow::Result<()> {
+        run(Command::new("kill").args(["-CONT", &pid.to_string()]))
     }
 
     /// Whether the primary's postmaster is alive.
