@@ -351,10 +351,13 @@ async fn async_failover(logs: TestLogs) -> anyhow::Result<()> {
             )
         })?;
         let log = process.read_log();
-        ensure!(
-            log.contains("SEQ_DATABASE_HISTORY_LOST"),
-            "seq-{i} exited ({status}) without reporting the lost history"
-        );
+        let line = log
+            .lines()
+            .find(|l| l.contains("SEQ_DATABASE_HISTORY_LOST"))
+            .with_context(|| {
+                format!("seq-{i} exited ({status}) without reporting the lost history")
+            })?;
+        println!("seq-{i}: {line}");
         recorder.mark(&format!("seq-{i} stopped: the database lost acknowledged events"));
     }
     // An orchestrator restarts them; they serve what the promoted standby has.

@@ -12,6 +12,7 @@ use prost::Message as _;
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::history_guard::HistoryGuard;
 use crate::metrics as m;
 use crate::store::{self, BROADCAST_MEMBER_ID, StoredEvent};
 
@@ -297,9 +298,11 @@ impl SharedReader {
         pool: deadpool_postgres::Pool,
         poll_interval: Duration,
         page: ReadPage,
+        history: Arc<HistoryGuard>,
         shutdown: CancellationToken,
     ) {
-        self.run_inner(pool, poll_interval, page, shutdown).await;
+        self.run_inner(pool, poll_interval, page, &history, shutdown)
+            .await;
         self.feed.close();
     }
 
@@ -308,6 +311,7 @@ impl SharedReader {
         pool: deadpool_postgres::Pool,
         poll_interval: Duration,
         page: ReadPage,
+        history: &HistoryGuard,
         shutdown: CancellationToken,
     ) {
         // Start at the current safe watermark: subscriptions catch up from the
@@ -334,6 +338,15 @@ impl SharedReader {
         }
         loop {
             if let Err(error) = self.catch_up(&pool, page).await {
+                if let CatchUpError::WentBack { safe, position } = error {
+                    // Stop publishing: what follows would be counted on top of events the
+                    // database no longer has. `run` stops the instance.
+                    history.report(format!(
+                        "the safe watermark is {safe} but this instance already delivered \
+                         events up to {position}"
+                    ));
+                    return;
+                }
                 tracing::warn!(%error, "reader failed to read events");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -350,14 +363,24 @@ impl SharedReader {
         }
     }
 
-    async fn catch_up(&self, pool: &deadpool_postgres::Pool, page: ReadPage) -> Result<(), String> {
+    async fn catch_up(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        page: ReadPage,
+    ) -> Result<(), CatchUpError> {
         let client = pool.get().await.map_err(|e| e.to_string())?;
         loop {
             let position = self.inner.lock().await.position;
             let safe = store::safe_watermark(&**client)
                 .await
                 .map_err(|e| e.to_string())?;
-            if safe <= position {
+            if safe < position {
+                // The safe watermark never decreases in a database that only moves forward
+                // (instances come online above every watermark, offline ones leave the
+                // minimum): the database lost commits this reader already published.
+                return Err(CatchUpError::WentBack { safe, position });
+            }
+            if safe == position {
                 return Ok(());
             }
             let read = store::read_global(&**client, position, safe, page.rows, page.bytes)
@@ -387,6 +410,32 @@ impl SharedReader {
             drop(inner);
             if !full {
                 return Ok(());
+            }
+        }
+    }
+}
+
+/// Why a catch-up round stopped.
+#[derive(Debug)]
+enum CatchUpError {
+    /// A database error (retried).
+    Db(String),
+    /// The safe watermark is below what was already published.
+    WentBack { safe: i64, position: i64 },
+}
+
+impl From<String> for CatchUpError {
+    fn from(e: String) -> Self {
+        Self::Db(e)
+    }
+}
+
+impl std::fmt::Display for CatchUpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Db(e) => f.write_str(e),
+            Self::WentBack { safe, position } => {
+                write!(f, "safe watermark {safe} below the published position {position}")
             }
         }
     }
