@@ -435,7 +435,10 @@ impl std::fmt::Display for CatchUpError {
         match self {
             Self::Db(e) => f.write_str(e),
             Self::WentBack { safe, position } => {
-                write!(f, "safe watermark {safe} below the published position {position}")
+                write!(
+                    f,
+                    "safe watermark {safe} below the published position {position}"
+                )
             }
         }
     }
