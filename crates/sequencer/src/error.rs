@@ -61,6 +61,12 @@ pub enum SequencerError {
     )]
     EventsPruned { counter: i64, oldest: i64 },
     #[error(
+        "counter {counter} lies beyond this member's history (its next counter is {next}): the \
+         database lost events the member received (an asynchronous standby promoted or a backup \
+         restored)"
+    )]
+    CounterAhead { counter: i64, next: i64 },
+    #[error(
         "the sender or a recipient was registered at {registered_ts}, further ahead of this instance's clock ({now}) than ha.max-clock-skew; retry later or through another instance"
     )]
     RegisteredAhead { registered_ts: i64, now: i64 },
@@ -109,6 +115,7 @@ impl SequencerError {
             SubscriberTooSlow { .. } => "SEQ_SUBSCRIBER_TOO_SLOW",
             TooManySubscriptions { .. } => "SEQ_TOO_MANY_SUBSCRIPTIONS",
             EventsPruned { .. } => "SEQ_EVENTS_PRUNED",
+            CounterAhead { .. } => "SEQ_COUNTER_AHEAD",
             RegisteredAhead { .. } => "SEQ_REGISTERED_AHEAD",
             InstanceOffline(_) => "SEQ_INSTANCE_OFFLINE",
             OutcomeUnknown => "SEQ_OUTCOME_UNKNOWN",
@@ -144,7 +151,7 @@ impl SequencerError {
             | RegistrationRateLimited
             | SubscriberTooSlow { .. }
             | TooManySubscriptions { .. } => Code::ResourceExhausted,
-            EventsPruned { .. } => Code::OutOfRange,
+            EventsPruned { .. } | CounterAhead { .. } => Code::OutOfRange,
             InstanceOffline(_) | OutcomeUnknown | RegisteredAhead { .. } | Database(_) => {
                 Code::Unavailable
             }
