@@ -2,6 +2,7 @@
 //! members to a [`domain_testkit::cluster::SequencerCluster`].
 
 pub mod checks;
+pub mod history;
 pub mod proxy;
 pub mod topology;
 
@@ -11,7 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use domain_identity::{MemberId, SigningKeyPair};
-use domain_sequencer_client::{DomainPins, MemberIdentity, SequencerConnection};
+use domain_sequencer_client::{
+    ClientOptions, ClientTlsFiles, DomainClient, DomainPins, DomainTls, MemberIdentity,
+    SequencerConnection,
+};
 use domain_testkit::cluster::SequencerCluster;
 
 /// Connects and authenticates `member` to instance `i` of the cluster.
@@ -145,4 +149,49 @@ pub fn cluster_pins(cluster: &SequencerCluster) -> anyhow::Result<DomainPins> {
         domain_id: Some(cluster.domain_id.to_string()),
         sequencer_key: Some(*key.fingerprint()),
     })
+}
+
+/// A [`DomainClient`] for `member` over `endpoints` of the cluster (TLS trusting the test CA),
+/// pinned to the cluster's domain id and sequencer key (see [`cluster_pins`]).
+pub async fn domain_client(
+    cluster: &SequencerCluster,
+    endpoints: &[String],
+    member: &(MemberId, Arc<SigningKeyPair>),
+    mut options: ClientOptions,
+) -> anyhow::Result<DomainClient> {
+    options.pins = cluster_pins(cluster)?;
+    let tls = DomainTls::Files(ClientTlsFiles {
+        ca: cluster.pki_files.ca.clone(),
+        cert: None,
+        key: None,
+        domain_name: None,
+    });
+    let identity = MemberIdentity {
+        id: member.0.clone(),
+        key: member.1.clone(),
+    };
+    DomainClient::connect("testdomain", endpoints, tls, identity, options)
+        .await
+        .with_context(|| format!("connect {}", member.0))
+}
+
+/// Registers `n` participants (`load-0` …) and connects a [`DomainClient`] for each over every
+/// instance of the cluster: the members of a [`history::start_load`].
+pub async fn load_clients(
+    cluster: &SequencerCluster,
+    n: usize,
+    options: ClientOptions,
+) -> anyhow::Result<Vec<DomainClient>> {
+    let endpoints: Vec<String> = cluster.nodes.iter().map(|n| n.public_endpoint()).collect();
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let member = cluster
+            .add_member(
+                domain_identity::MemberRole::Participant,
+                &format!("load-{i}"),
+            )
+            .await?;
+        clients.push(domain_client(cluster, &endpoints, &member, options.clone()).await?);
+    }
+    Ok(clients)
 }

@@ -12,6 +12,7 @@ mod client_failover;
 mod devnet;
 mod domain_manager;
 mod fault_database;
+mod history_smoke;
 mod http2_abuse;
 mod k8s_configs;
 mod mediator_failover;
