@@ -42,9 +42,9 @@ type Member = (MemberId, Arc<SigningKeyPair>);
 
 /// Largest accepted interval without a successful send across a synchronous failover with
 /// the standby promoted at once (the failure detection of an HA manager such as Patroni
-/// comes on top). Measured 1.5–3 s here (docs/reliability.md); Canton's database sequencer
+/// comes on top). Measured 0.5–0.8 s here (docs/reliability.md); Canton's database sequencer
 /// stalls 8–13 s after losing a writer.
-const SYNC_FAILOVER_BOUND: Duration = Duration::from_secs(8);
+const SYNC_FAILOVER_BOUND: Duration = Duration::from_secs(5);
 /// How far behind the asynchronous standby is when the primary dies: its WAL sender is
 /// stopped for this long under load first.
 const ASYNC_LAG: Duration = Duration::from_millis(1500);
