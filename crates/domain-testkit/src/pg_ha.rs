@@ -491,11 +491,8 @@ impl PgDiskFull {
             }
         }
         // tmpfs may still take a partial page: fill byte-wise to the last one.
-        loop {
-            match file.write(&chunk[..1]) {
-                Ok(1) => written += 1,
-                _ => break,
-            }
+        while let Ok(1) = file.write(&chunk[..1]) {
+            written += 1;
         }
         Ok(written)
     }
