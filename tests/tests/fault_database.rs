@@ -254,11 +254,14 @@ async fn sync_failover(logs: TestLogs) -> anyhow::Result<()> {
     let report = history::check(&h, &CheckOptions::new(&ids, Some(SYNC_FAILOVER_BOUND)));
     println!("sync failover: {report}");
     report.ensure_ok()?;
-    // The fault took effect: nothing succeeded between the kill and the reconnection, the
-    // longest gap spans the kill, and the promoted standby holds every acknowledged send.
+    // The fault took effect: the longest gap without a successful send starts before the
+    // kill (commits waited for the stopped WAL sender), lasts at least that stop and ends
+    // only after the kill; and the promoted standby holds every acknowledged send.
     let gap = back - killed_at;
     ensure!(
-        gap >= Duration::from_millis(100) && report.max_unavailability >= gap,
+        report.max_unavailability >= Duration::from_millis(300)
+            && report.max_unavailability_at <= killed_at
+            && report.max_unavailability_at + report.max_unavailability > killed_at,
         "sends did not stall across the failover (first success {gap:?} after the kill, \
          longest gap {:?})",
         report.max_unavailability
