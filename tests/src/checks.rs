@@ -10,7 +10,7 @@ use domain_testkit::process::TestLogs;
 use tonic::{Code, Status};
 
 /// Metadata key of the stable error code.
-pub const ERROR_CODE: &str = "domain-error-code";
+pub use domain_proto::error::ERROR_CODE_HEADER as ERROR_CODE;
 
 /// A test that returns `Err` does not panic: mark its logs failed so their tails
 /// are printed, and mark a passing test so its logs are deleted.
@@ -37,9 +37,7 @@ pub async fn db_client(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-pub fn error_code(st: &Status) -> Option<&str> {
-    st.metadata().get(ERROR_CODE).and_then(|v| v.to_str().ok())
-}
+pub use domain_proto::error::error_code;
 
 /// Checks the gRPC code and the `domain-error-code` metadata (None: must be absent).
 pub fn expect_status(

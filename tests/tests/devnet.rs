@@ -289,3 +289,178 @@ async fn devnet_killed_leaves_no_service_running() -> anyhow::Result<()> {
     logs.passed();
     Ok(())
 }
+
+/// The numbers of a `chaos summary` table row (`component kill pause restart total
+/// recovered …`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct ChaosRow {
+    kill: u64,
+    pause: u64,
+    restart: u64,
+    total: u64,
+    recovered: u64,
+}
+
+/// The row of the table starting with `label`, after the `chaos summary` line.
+fn chaos_row(stdout: &str, label: &str) -> Option<ChaosRow> {
+    let table = stdout.split_once("chaos summary: ")?.1;
+    let line = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(label))?;
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(5)
+        .map(|w| w.parse().ok())
+        .collect::<Option<_>>()?;
+    if n.len() != 5 {
+        return None;
+    }
+    Some(ChaosRow {
+        kill: n[0],
+        pause: n[1],
+        restart: n[2],
+        total: n[3],
+        recovered: n[4],
+    })
+}
+
+/// Seconds in `<prefix>12.3 s`.
+fn seconds_after(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (_, rest) = l.split_once(prefix)?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// `devnet --chaos` (issue 16 item 4): for 25 s it kills, pauses and restarts random
+/// sequencer, domain-manager and mediator replicas while the participants ping, and must
+/// exit 0 with a summary whose figures agree with each other and with the fault lines it
+/// printed: every kind of fault injected, every fault recovered from, pings approved.
+#[tokio::test]
+async fn devnet_chaos_injects_faults_and_recovers() -> anyhow::Result<()> {
+    let mut cmd = tokio::process::Command::new(binary_path("devnet"));
+    cmd.args([
+        "--chaos",
+        "--duration",
+        "25s",
+        "--chaos-interval",
+        "1s",
+        "--no-build",
+    ])
+    .stdin(std::process::Stdio::null())
+    .kill_on_drop(true);
+    let run_dir = tempfile::tempdir()?;
+    if pg_binaries_installed() {
+        cmd.env_remove("DATABASE_URL");
+        cmd.arg("--dir").arg(run_dir.path().join("devnet"));
+    } else {
+        cmd.arg("--rm");
+    }
+    let started = Instant::now();
+    let output = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        .await
+        .context("devnet --chaos did not finish within 300 s")??;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let report = format!(
+        "exit {:?} after {:?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        output.status.code(),
+        started.elapsed()
+    );
+    eprintln!("{report}");
+    ensure!(output.status.success(), "devnet --chaos failed:\n{report}");
+
+    // The table: rows per component kind add up to the total row; every fault recovered.
+    let total = chaos_row(&stdout, "total").context("no total row in the chaos summary")?;
+    let mut sum = ChaosRow::default();
+    for kind in ["sequencer", "domain-manager", "mediator"] {
+        let r = chaos_row(&stdout, kind).with_context(|| format!("no {kind} row"))?;
+        ensure!(
+            r.kill + r.pause + r.restart == r.total && r.recovered == r.total,
+            "{kind} row inconsistent: {r:?}"
+        );
+        sum.kill += r.kill;
+        sum.pause += r.pause;
+        sum.restart += r.restart;
+        sum.total += r.total;
+        sum.recovered += r.recovered;
+    }
+    ensure!(
+        sum == total,
+        "rows {sum:?} do not add up to the total {total:?}"
+    );
+    ensure!(
+        total.kill > 0 && total.pause > 0 && total.restart > 0,
+        "not every kind of fault was injected: {total:?}"
+    );
+    ensure!(
+        total.recovered == total.total,
+        "unrecovered faults: {total:?}"
+    );
+    // The headline and the fault lines agree with the table.
+    let headline = stdout
+        .lines()
+        .find(|l| l.contains("chaos summary: "))
+        .context("no summary headline")?;
+    let faults = number_after(headline, "chaos summary: ").context("no fault count")?;
+    let recovered = number_after(headline, "), ").context("no recovered count")?;
+    ensure!(faults == total.total && recovered == total.total);
+    let fault_lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("] fault ") && l.contains("; back after "))
+        .collect();
+    ensure!(
+        fault_lines.len() as u64 == total.total,
+        "{} fault lines for {} faults",
+        fault_lines.len(),
+        total.total
+    );
+    for (kind, signal, count) in [
+        ("kill", "SIGKILL", total.kill),
+        ("pause", "SIGSTOP", total.pause),
+        ("restart", "SIGTERM", total.restart),
+    ] {
+        let lines = fault_lines
+            .iter()
+            .filter(|l| l.contains(&format!(": {kind} ")) && l.contains(signal))
+            .count() as u64;
+        ensure!(
+            lines == count,
+            "{lines} {kind} lines, the table says {count}"
+        );
+    }
+    // Pings: approved ones, and the interruption figures present and ordered.
+    let ok = number_after(&stdout, "    pings: ").context("no ping line in the summary")?;
+    ensure!(ok > 0, "no ping approved");
+    let longest =
+        seconds_after(&stdout, "longest interruption: ").context("no longest interruption")?;
+    let median =
+        seconds_after(&stdout, "median interruption: ").context("no median interruption")?;
+    ensure!(
+        median <= longest,
+        "median {median} s above the longest {longest} s"
+    );
+    // Every approved ping is a transaction committed by both participants, faults or not.
+    let approved = number_after(&stdout, "] pings: ").context("no final ping summary")?;
+    ensure!(
+        approved == ok,
+        "{approved} approved in the final line, {ok} in the table"
+    );
+    let committed: Vec<u64> = ["participant1", "participant2"]
+        .iter()
+        .map(|p| number_after(&stdout, &format!("{p}: committed transactions ")))
+        .collect::<Option<_>>()
+        .context("no committed transactions of a participant")?;
+    ensure!(
+        committed[0] == committed[1] && committed[0] >= approved,
+        "committed transactions {committed:?}, approved pings {approved}"
+    );
+    ensure!(
+        number_after(&stdout, "unexpected exits: ") == Some(0),
+        "components exited on their own"
+    );
+    ensure!(stdout.contains("chaos: PASSED"));
+    ensure!(stdout.contains("devnet finished cleanly"));
+    Ok(())
+}

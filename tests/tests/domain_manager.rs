@@ -411,7 +411,7 @@ async fn split_brain_body(logs: TestLogs) -> anyhow::Result<()> {
     )?;
     let named = st
         .metadata()
-        .get("domain-active-replica")
+        .get(domain_proto::error::ACTIVE_REPLICA_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();

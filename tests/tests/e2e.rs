@@ -9,9 +9,11 @@ mod mediator_common;
 mod participant_common;
 
 mod client_failover;
+mod client_fake_sequencer;
 mod devnet;
 mod domain_manager;
 mod fault_database;
+mod fault_process;
 mod history_smoke;
 mod http2_abuse;
 mod k8s_configs;

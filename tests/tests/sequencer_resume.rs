@@ -222,10 +222,7 @@ async fn resume_body(logs: TestLogs) -> anyhow::Result<()> {
                                     Code::Unavailable | Code::ResourceExhausted
                                 ) =>
                         {
-                            let code = st
-                                .metadata()
-                                .get("domain-error-code")
-                                .and_then(|v| v.to_str().ok());
+                            let code = domain_e2e::checks::error_code(&st);
                             *retries
                                 .entry(format!("{:?}/{}", st.code(), code.unwrap_or("-")))
                                 .or_default() += 1;

@@ -5,6 +5,14 @@
 //! allowlists and connects the participants, then pings between them every few seconds
 //! until Ctrl-C or `--duration`, and stops everything in reverse order. See docs/devnet.md.
 
+/// Writes a line to stdout with the time since start.
+macro_rules! say {
+    ($net:expr, $($arg:tt)*) => {{
+        println!("[{:>6.1}s] {}", $net.started.elapsed().as_secs_f64(), format!($($arg)*));
+    }};
+}
+
+mod chaos;
 mod http;
 mod procs;
 
@@ -51,9 +59,10 @@ struct Args {
     /// Stop after pinging for this long (e.g. `60s`, `5m`). Default: until Ctrl-C.
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
-    /// Pause between two ping rounds (each round pings both ways).
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    ping_interval: Duration,
+    /// Pause between two ping rounds (each round pings both ways). Default `2s`, with
+    /// `--chaos` `500ms` (finer interruption figures).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ping_interval: Option<Duration>,
     /// How long one ping waits for its verdict.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     ping_timeout: Duration,
@@ -65,6 +74,29 @@ struct Args {
     /// successful run.
     #[arg(long)]
     rm: bool,
+    /// While pinging, kill (SIGKILL, then start again), pause (SIGSTOP, then SIGCONT) or
+    /// restart (SIGTERM, then start again) a random sequencer, domain-manager or mediator
+    /// replica every `--chaos-interval`, wait until it is back and pings flow again, and
+    /// print a summary of the faults and interruptions at the end. See docs/devnet.md.
+    #[arg(long)]
+    chaos: bool,
+    /// Pause between the recovery from one fault and the next fault (with `--chaos`).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    chaos_interval: Duration,
+    /// Seed of the fault schedule (with `--chaos`); the same seed picks the same faults,
+    /// components and pause lengths. Default: from the clock (printed at start).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl Args {
+    fn ping_interval(&self) -> Duration {
+        self.ping_interval.unwrap_or(if self.chaos {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(2)
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -87,13 +119,6 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(args))
-}
-
-/// Writes a line to stdout with the time since start.
-macro_rules! say {
-    ($net:expr, $($arg:tt)*) => {{
-        println!("[{:>6.1}s] {}", $net.started.elapsed().as_secs_f64(), format!($($arg)*));
-    }};
 }
 
 async fn run(args: Args) -> ExitCode {
@@ -141,7 +166,11 @@ async fn run(args: Args) -> ExitCode {
                 say!(net, "connection bundle: {}", b.display());
             }
             ok &= net.print_status().await;
-            let pings = net.ping_loop(&args, &cancel).await;
+            let pings = if args.chaos {
+                chaos::run(&mut net, &args, &cancel).await
+            } else {
+                net.ping_loop(&args, &cancel).await
+            };
             ok &= pings.healthy;
             ok &= net.print_status().await;
             net.print_participants().await;
@@ -934,11 +963,11 @@ impl Devnet {
         };
         let end = args.duration.map(|d| Instant::now() + d);
         match args.duration {
-            Some(d) => say!(self, "pinging every {:?} for {d:?}", args.ping_interval),
+            Some(d) => say!(self, "pinging every {:?} for {d:?}", args.ping_interval()),
             None => say!(
                 self,
                 "pinging every {:?}; Ctrl-C to stop",
-                args.ping_interval
+                args.ping_interval()
             ),
         }
         'rounds: loop {
@@ -956,42 +985,17 @@ impl Devnet {
                         f.admin.clone(),
                     )
                 };
-                let timeout = format!("{}ms", args.ping_timeout.as_millis());
-                let out = procs::run(
-                    &self.bin("participant"),
-                    &[
-                        "ping",
-                        &to_member,
-                        "--admin-endpoint",
-                        &admin,
-                        "--timeout",
-                        &timeout,
-                    ],
-                    &self.dir,
-                    &self.logs.join("pings.log"),
-                    args.ping_timeout + Duration::from_secs(15),
-                )
-                .await;
-                match out {
-                    Ok(o) if o.status.success() => {
+                match ping(&self.pinger(), &admin, &to_member, args.ping_timeout).await {
+                    Ok(line) => {
                         stats.ok += 1;
-                        let line = o.stdout.trim();
-                        if let Some(ms) = parse_rtt_ms(line) {
+                        if let Some(ms) = parse_rtt_ms(&line) {
                             stats.rtts_ms.push(ms);
                         }
                         say!(self, "{from_name} -> {to_name}: {line}");
                     }
-                    Ok(o) => {
-                        stats.failed += 1;
-                        say!(
-                            self,
-                            "{from_name} -> {to_name}: FAILED: {}",
-                            o.stderr.trim()
-                        );
-                    }
                     Err(e) => {
                         stats.failed += 1;
-                        say!(self, "{from_name} -> {to_name}: FAILED: {e:#}");
+                        say!(self, "{from_name} -> {to_name}: FAILED: {e}");
                     }
                 }
             }
@@ -1003,8 +1007,8 @@ impl Devnet {
             let now = Instant::now();
             let wait = match end {
                 Some(end) if now >= end => break,
-                Some(end) => args.ping_interval.min(end - now),
-                None => args.ping_interval,
+                Some(end) => args.ping_interval().min(end - now),
+                None => args.ping_interval(),
             };
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -1015,6 +1019,15 @@ impl Devnet {
             }
         }
         stats
+    }
+
+    /// What a ping needs, detached from `self` (the chaos mode pings from its own task).
+    fn pinger(&self) -> PingSetup {
+        PingSetup {
+            participant: self.bin("participant"),
+            dir: self.dir.clone(),
+            log: self.logs.join("pings.log"),
+        }
     }
 
     /// The first component that exited, described with its log tail.
@@ -1134,6 +1147,45 @@ impl Devnet {
                 }
             }
         }
+    }
+}
+
+/// The `participant` binary, working directory and log of the pings.
+#[derive(Clone)]
+struct PingSetup {
+    participant: PathBuf,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+/// One `participant ping` through the participant at `admin` to `to_member`: the
+/// `ping … approved in 23.4 ms` line, or why it failed.
+async fn ping(
+    setup: &PingSetup,
+    admin: &str,
+    to_member: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    let timeout_arg = format!("{}ms", timeout.as_millis());
+    let out = procs::run(
+        &setup.participant,
+        &[
+            "ping",
+            to_member,
+            "--admin-endpoint",
+            admin,
+            "--timeout",
+            &timeout_arg,
+        ],
+        &setup.dir,
+        &setup.log,
+        timeout + Duration::from_secs(15),
+    )
+    .await;
+    match out {
+        Ok(o) if o.status.success() => Ok(o.stdout.trim().to_owned()),
+        Ok(o) => Err(o.stderr.trim().to_owned()),
+        Err(e) => Err(format!("{e:#}")),
     }
 }
 

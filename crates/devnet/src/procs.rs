@@ -71,6 +71,10 @@ pub struct Component {
     pub log: PathBuf,
     child: Child,
     exit: Option<ExitStatus>,
+    /// How it was started, for [`respawn`](Self::respawn).
+    binary: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
 }
 
 impl Component {
@@ -86,29 +90,8 @@ impl Component {
             log,
             dir,
         } = spec;
-        let out = File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("cannot create log file {}", log.display()))?;
-        let child = Command::new(binary)
-            .args(args)
-            .current_dir(dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            // Killed with SIGKILL, devnet cannot stop its children; they stop themselves.
-            .env(
-                domain_runtime::shutdown::EXIT_WITH_PARENT_ENV,
-                std::process::id().to_string(),
-            )
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("cannot start {name} ({})", binary.display()))?;
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let child = start_child(name, binary, &args, &log, dir)?;
         Ok(Self {
             name: name.to_owned(),
             kind,
@@ -117,11 +100,65 @@ impl Component {
             log,
             child,
             exit: None,
+            binary: binary.to_path_buf(),
+            args,
+            dir: dir.to_path_buf(),
         })
+    }
+
+    /// Starts the process again with the same binary, arguments and log (appended), as a
+    /// supervisor would after a crash. The previous process must have exited.
+    pub fn respawn(&mut self) -> anyhow::Result<()> {
+        if self.exited().is_none() {
+            bail!("{} is still running (pid {})", self.name, self.pid());
+        }
+        self.child = start_child(&self.name, &self.binary, &self.args, &self.log, &self.dir)?;
+        self.exit = None;
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `sig` (a `kill -<sig>` name such as `STOP`) unless the process was already
+    /// reaped (its pid may have been reused).
+    pub fn signal(&mut self, sig: &str) -> anyhow::Result<()> {
+        if let Some(status) = self.exited() {
+            bail!("{} already exited ({status})", self.name);
+        }
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("cannot run the `kill` command")?;
+        if !status.success() {
+            bail!(
+                "kill -{sig} {} ({}) failed: {status}",
+                self.pid(),
+                self.name
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill_now(&mut self) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.exited() {
+            return Ok(status);
+        }
+        self.child
+            .kill()
+            .with_context(|| format!("cannot kill {}", self.name))?;
+        let status = self
+            .child
+            .wait()
+            .with_context(|| format!("cannot reap {}", self.name))?;
+        self.exit = Some(status);
+        Ok(status)
     }
 
     /// The exit status if the process has exited.
@@ -167,6 +204,39 @@ impl Drop for Component {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Starts `binary args...` with output appended to `log`, in its own process group.
+fn start_child(
+    name: &str,
+    binary: &Path,
+    args: &[String],
+    log: &Path,
+    dir: &Path,
+) -> anyhow::Result<Child> {
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot create log file {}", log.display()))?;
+    Command::new(binary)
+        .args(args)
+        .current_dir(dir)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        // Killed with SIGKILL, devnet cannot stop its children; they stop themselves.
+        .env(
+            domain_runtime::shutdown::EXIT_WITH_PARENT_ENV,
+            std::process::id().to_string(),
+        )
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {name} ({})", binary.display()))
 }
 
 fn signal(pid: u32, signal: &str) {

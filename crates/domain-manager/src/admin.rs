@@ -1,6 +1,7 @@
 //! `domain.v1.DomainAdminService`: writes go through the active replica's
 //! [`Core`]; reads are answered by any replica from the database.
 
+use crate::error::ServiceError as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,7 +103,7 @@ fn finish<T>(method: &'static str, result: Result<T, DomainManagerError>) -> Res
             }
             _ => tracing::warn!(method, error = %e, "admin call failed"),
         }
-        e.into_status()
+        e.to_status()
     })
 }
 

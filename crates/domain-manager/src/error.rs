@@ -1,15 +1,11 @@
 //! The domain manager's closed set of service errors, mapped to gRPC status in
-//! exactly one place ([`DomainManagerError::into_status`]). docs/domain-manager.md
+//! exactly one place ([`Status::from`]). docs/domain-manager.md
 //! lists every code; renaming one is a breaking change.
 
+pub use domain_proto::error::ServiceError;
 use tonic::{Code, Status, metadata::MetadataValue};
 
-/// Metadata key carrying the stable error code of a failed call.
-pub const ERROR_CODE_METADATA: &str = "domain-error-code";
-
-/// Metadata key a passive replica uses to name the active one's admin address (may be
-/// empty when unknown).
-pub const ACTIVE_REPLICA_METADATA: &str = "domain-active-replica";
+pub use domain_proto::error::ACTIVE_REPLICA_HEADER as ACTIVE_REPLICA_METADATA;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainManagerError {
@@ -55,22 +51,30 @@ fn not_active_message(holder: Option<&str>, address: Option<&str>) -> String {
     }
 }
 
-impl DomainManagerError {
-    /// Stable, documented code of the error.
-    pub fn code(&self) -> &'static str {
+impl ServiceError for DomainManagerError {
+    const CODES: &'static [&'static str] = &[
+        "DM_NOT_ACTIVE",
+        "DM_INVALID_ARGUMENT",
+        "DM_UNKNOWN_PARTICIPANT",
+        "DM_SEQUENCER_UNAVAILABLE",
+        "DM_DATABASE_UNAVAILABLE",
+        "DM_INTERNAL",
+        "DM_CONNECTION_NOT_CONFIGURED",
+    ];
+
+    fn code(&self) -> &'static str {
         match self {
             Self::NotActive { .. } => "DM_NOT_ACTIVE",
             Self::InvalidArgument(_) => "DM_INVALID_ARGUMENT",
             Self::UnknownParticipant(_) => "DM_UNKNOWN_PARTICIPANT",
             Self::SequencerUnavailable(_) => "DM_SEQUENCER_UNAVAILABLE",
-            Self::Database(_) => "DM_DATABASE",
+            Self::Database(_) => "DM_DATABASE_UNAVAILABLE",
             Self::Internal(_) => "DM_INTERNAL",
             Self::ConnectionNotConfigured(_) => "DM_CONNECTION_NOT_CONFIGURED",
         }
     }
 
-    /// gRPC status code of the error.
-    pub fn grpc_code(&self) -> Code {
+    fn grpc_code(&self) -> Code {
         match self {
             Self::NotActive { .. } | Self::SequencerUnavailable(_) | Self::Database(_) => {
                 Code::Unavailable
@@ -82,14 +86,12 @@ impl DomainManagerError {
         }
     }
 
-    /// Converts the error into the status sent to the peer, with the code (and, for
-    /// `DM_NOT_ACTIVE`, the active replica's address) in metadata.
-    pub fn into_status(self) -> Status {
-        let mut status = Status::new(self.grpc_code(), self.to_string());
-        status
-            .metadata_mut()
-            .insert(ERROR_CODE_METADATA, MetadataValue::from_static(self.code()));
-        if let Self::NotActive { address, .. } = &self {
+    /// The contract's status plus, for `DM_NOT_ACTIVE`, the active replica's address in
+    /// metadata.
+    fn to_status(&self) -> Status {
+        let mut status =
+            domain_proto::error::status(self.grpc_code(), self.code(), self.to_string());
+        if let Self::NotActive { address, .. } = self {
             let value = address
                 .as_deref()
                 .and_then(|a| MetadataValue::try_from(a).ok())
@@ -102,7 +104,7 @@ impl DomainManagerError {
 
 impl From<DomainManagerError> for Status {
     fn from(e: DomainManagerError) -> Self {
-        e.into_status()
+        e.to_status()
     }
 }
 
@@ -167,7 +169,7 @@ mod tests {
             ),
             (
                 DomainManagerError::Database("x".into()),
-                "DM_DATABASE",
+                "DM_DATABASE_UNAVAILABLE",
                 Code::Unavailable,
             ),
             (
@@ -180,10 +182,18 @@ mod tests {
         for (error, code, grpc) in cases {
             assert!(seen.insert(code), "duplicate code {code}");
             assert_eq!(error.code(), code);
-            let status = error.into_status();
+            let status = error.to_status();
             assert_eq!(status.code(), grpc, "{code}");
-            assert_eq!(meta(&status, ERROR_CODE_METADATA), Some(code));
+            assert_eq!(domain_proto::error::error_code(&status), Some(code));
         }
+    }
+
+    /// docs/errors.md lists exactly the codes the domain manager defines.
+    #[test]
+    fn docs_list_every_code() {
+        let docs = include_str!("../../../docs/errors.md");
+        domain_proto::error::check_documented::<DomainManagerError>(docs, "DM_")
+            .unwrap_or_else(|e| panic!("docs/errors.md: {e}"));
     }
 
     #[test]
@@ -192,7 +202,7 @@ mod tests {
             holder: Some("domain-manager-host1-0a0b0c0d".into()),
             address: Some("https://dm-1.example:4402".into()),
         }
-        .into_status();
+        .to_status();
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(
             meta(&status, ACTIVE_REPLICA_METADATA),
@@ -209,7 +219,7 @@ mod tests {
             holder: None,
             address: None,
         }
-        .into_status();
+        .to_status();
         assert_eq!(meta(&status, ACTIVE_REPLICA_METADATA), Some(""));
         assert!(status.message().contains("no active replica is known"));
     }

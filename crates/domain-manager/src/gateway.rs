@@ -682,10 +682,7 @@ impl SequencerGateway for GrpcGateway {
 
 /// `CODE: message [domain-error-code]` of a status, short enough for logs and answers.
 pub fn describe_status(status: &tonic::Status) -> String {
-    let code = status
-        .metadata()
-        .get(crate::error::ERROR_CODE_METADATA)
-        .and_then(|v| v.to_str().ok())
+    let code = domain_proto::error::error_code(status)
         .map(|c| format!(" [{c}]"))
         .unwrap_or_default();
     format!("{:?}: {}{code}", status.code(), status.message())

@@ -979,6 +979,7 @@ impl Core {
 mod tests {
     use super::*;
     use domain_identity::UniqueId;
+    use domain_proto::error::ServiceError as _;
     use domain_topology::TopologyTransaction;
 
     fn participant() -> MemberId {

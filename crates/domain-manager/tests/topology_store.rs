@@ -2,6 +2,7 @@
 //! keepers and an in-process fake sequencer (which verifies signatures and deduplicates
 //! message ids like the real one).
 
+use domain_proto::error::ServiceError as _;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -53,15 +53,11 @@ impl<U: Message + Default> Decoder for DomainDecoder<U> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         self.0.decode(buf).map_err(|status| {
             if status.code() == Code::Internal {
-                let mut s = Status::invalid_argument(format!(
-                    "malformed protobuf body: {}",
-                    status.message()
-                ));
-                s.metadata_mut().insert(
-                    "domain-error-code",
-                    tonic::metadata::MetadataValue::from_static(MALFORMED_PROTOBUF),
-                );
-                s
+                crate::error::status(
+                    Code::InvalidArgument,
+                    MALFORMED_PROTOBUF,
+                    format!("malformed protobuf body: {}", status.message()),
+                )
             } else {
                 status
             }

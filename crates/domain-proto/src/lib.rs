@@ -1,6 +1,7 @@
 //! Generated protobuf messages and gRPC clients/servers for the domain protocol (`domain.v1`).
 
 pub mod codec;
+pub mod error;
 
 /// Version 1 of the domain protocol.
 pub mod v1 {

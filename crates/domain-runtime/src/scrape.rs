@@ -7,7 +7,7 @@
 //! here instead:
 //! - [`replace_gauge_family`]: a gauge whose whole set of series is replaced on each refresh,
 //!   so a series that is no longer refreshed disappears at the next scrape;
-//! - TLS certificate expiry per loaded certificate ([`record_certificate`]);
+//! - TLS certificate expiry per certificate `domain-tls` loaded;
 //! - process metrics read from `/proc/self` (Linux only; elsewhere they are absent).
 //!
 //! Every series carries the same global labels as the recorder's (`component`, and `domain`
@@ -44,8 +44,6 @@ struct Family {
 struct State {
     global_labels: Vec<(String, String)>,
     families: BTreeMap<&'static str, Family>,
-    /// (role, path, subject) → notAfter.
-    certificates: BTreeMap<(String, String, String), f64>,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -82,17 +80,6 @@ pub fn replace_gauge_family(
     });
 }
 
-/// Records a loaded certificate's expiry; the same (role, path, subject) loaded again
-/// overwrites the value.
-pub fn record_certificate(role: &str, path: &str, subject: &str, not_after_unix: i64) {
-    with_state(|s| {
-        s.certificates.insert(
-            (role.to_owned(), path.to_owned(), subject.to_owned()),
-            not_after_unix as f64,
-        );
-    });
-}
-
 /// Renders every scrape-time series in the Prometheus text format.
 pub fn render() -> String {
     let mut out = String::new();
@@ -107,20 +94,27 @@ pub fn render() -> String {
                 line(&mut out, name, globals, &[(family.label, value)], *sample);
             }
         }
-        if !s.certificates.is_empty() {
+        // Certificates are remembered by `domain-tls` as it loads them (a leaf crate the
+        // client library uses without this runtime).
+        let certificates = domain_tls::loaded_certificates();
+        if !certificates.is_empty() {
             header(
                 &mut out,
                 TLS_CERTIFICATE_EXPIRY,
                 "notAfter of each loaded TLS certificate (Unix seconds), by role, file and subject",
                 "gauge",
             );
-            for ((role, path, subject), not_after) in &s.certificates {
+            for c in &certificates {
                 line(
                     &mut out,
                     TLS_CERTIFICATE_EXPIRY,
                     globals,
-                    &[("role", role), ("path", path), ("subject", subject)],
-                    *not_after,
+                    &[
+                        ("role", &c.role),
+                        ("path", &c.path),
+                        ("subject", &c.subject),
+                    ],
+                    c.not_after_unix as f64,
                 );
             }
         }

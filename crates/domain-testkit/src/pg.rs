@@ -317,6 +317,74 @@ impl PgCluster {
         }
     }
 
+    /// Restarts a private server (one from [`start_private`](Self::start_private) or
+    /// [`start_private_with`](Self::start_private_with)) with `pg_ctl restart -m <mode>`
+    /// (`smart`, `fast` or `immediate`), waiting until it accepts connections again; the
+    /// server keeps its port and settings (`pg_ctl` reuses `postmaster.opts`). Blocking.
+    /// Refuses the shared test cluster, which other test processes are using, and a
+    /// `DATABASE_URL` server.
+    pub fn restart(&self, mode: &str) -> anyhow::Result<()> {
+        let m = self.private_cluster("restart")?;
+        if !["smart", "fast", "immediate"].contains(&mode) {
+            bail!("unknown shutdown mode {mode:?} (smart, fast or immediate)");
+        }
+        let data_arg = m.base.join("data").to_string_lossy().into_owned();
+        let log = m.base.join("server.log").to_string_lossy().into_owned();
+        run_logged(
+            &m.base,
+            pg_command(&m.base, &m.bin_dir, "pg_ctl").args([
+                "-D", &data_arg, "-l", &log, "-m", mode, "-t", "60", "-w", "restart",
+            ]),
+            "pg_ctl restart",
+        )
+        .with_context(|| {
+            format!(
+                "server log tail:\n{}",
+                tail_of(&m.base.join("server.log"), 20)
+            )
+        })?;
+        if !is_ready(&m.bin_dir, m.port) {
+            bail!(
+                "PostgreSQL restarted but does not answer on 127.0.0.1:{}",
+                m.port
+            );
+        }
+        Ok(())
+    }
+
+    /// The pid of a private server's postmaster (first line of `postmaster.pid`), for
+    /// tests that signal it; `None` when it is not running. Refuses the shared cluster.
+    pub fn postmaster_pid(&self) -> anyhow::Result<Option<u32>> {
+        let m = self.private_cluster("signal")?;
+        let path = m.base.join("data").join("postmaster.pid");
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text.lines().next().and_then(|l| l.trim().parse().ok())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// The server log of a testkit-managed cluster.
+    pub fn server_log(&self) -> Option<PathBuf> {
+        self.managed.as_ref().map(|m| m.base.join("server.log"))
+    }
+
+    fn private_cluster(&self, what: &str) -> anyhow::Result<&ManagedCluster> {
+        let Some(m) = &self.managed else {
+            bail!(
+                "cannot {what} a DATABASE_URL server: tests only do that to their own private cluster"
+            );
+        };
+        if shared_dir().is_ok_and(|d| d == m.base) {
+            bail!(
+                "refusing to {what} the shared test cluster in {}: other test processes use it; \
+                 start a private one with PgCluster::start_private_with",
+                m.base.display()
+            );
+        }
+        Ok(m)
+    }
+
     async fn admin_client(&self) -> anyhow::Result<tokio_postgres::Client> {
         let connect = tokio_postgres::connect(&self.admin_url, NoTls);
         let (client, connection) = tokio::time::timeout(ADMIN_TIMEOUT, connect)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use domain_proto::v1::domain_admin_service_client::DomainAdminServiceClient;
 use domain_proto::v1::sequencer_admin_service_client::SequencerAdminServiceClient;
-use domain_runtime::tls::{ClientTlsFiles, client_tls_config};
+use domain_tls::{ClientTlsFiles, client_tls_config};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Response, Status};
 

@@ -20,10 +20,9 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit code: no domain-manager replica reachable, all passive, or all timed out.
 pub const EXIT_UNAVAILABLE: u8 = 3;
 
-/// Response metadata key carrying the stable error code of a failed call.
-pub const ERROR_CODE_KEY: &str = "domain-error-code";
-/// Response metadata key a passive replica uses to name the active one (may be empty).
-pub const ACTIVE_REPLICA_KEY: &str = "domain-active-replica";
+pub use domain_proto::error::{
+    ACTIVE_REPLICA_HEADER as ACTIVE_REPLICA_KEY, ERROR_CODE_HEADER as ERROR_CODE_KEY,
+};
 /// `domain-error-code` of a passive replica refusing a write.
 pub const DM_NOT_ACTIVE: &str = "DM_NOT_ACTIVE";
 
@@ -36,7 +35,7 @@ pub enum CliError {
     Usage(String),
     /// A TLS file given with `--ca`/`--cert`/`--key` cannot be used.
     #[error("error: {0}")]
-    Tls(#[from] domain_runtime::tls::TlsError),
+    Tls(#[from] domain_tls::TlsError),
     /// A replica answered with a definitive error.
     #[error("error: {0}")]
     Refused(ServerError),
@@ -197,7 +196,7 @@ mod tests {
     #[test]
     fn exit_codes() {
         assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
-        let tls = domain_runtime::tls::TlsError::Settings("x");
+        let tls = domain_tls::TlsError::Settings("x");
         assert_eq!(CliError::from(tls).exit_code(), 2);
         let refused = ServerError::from_status(&Status::not_found("no such participant"));
         assert_eq!(CliError::Refused(refused).exit_code(), 1);

@@ -32,9 +32,12 @@ impl Fake {
         }
         let mut status = Status::unavailable("this replica is passive");
         let metadata = status.metadata_mut();
-        metadata.insert("domain-error-code", "DM_NOT_ACTIVE".parse().expect("ascii"));
         metadata.insert(
-            "domain-active-replica",
+            domain_proto::error::ERROR_CODE_HEADER,
+            "DM_NOT_ACTIVE".parse().expect("ascii"),
+        );
+        metadata.insert(
+            domain_proto::error::ACTIVE_REPLICA_HEADER,
             self.active_url.parse().expect("ascii"),
         );
         Err(status)
@@ -72,7 +75,7 @@ impl DomainAdminService for Fake {
             request.into_inner().participant_id
         ));
         status.metadata_mut().insert(
-            "domain-error-code",
+            domain_proto::error::ERROR_CODE_HEADER,
             "DM_UNKNOWN_PARTICIPANT".parse().expect("ascii"),
         );
         Err(status)

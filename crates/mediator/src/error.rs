@@ -1,10 +1,9 @@
-//! The mediator's closed set of admin API errors, mapped to gRPC status in one
-//! place ([`MediatorError::into_status`]). Codes are listed in docs/mediator.md.
+//! The mediator's closed set of admin API errors, under the one error contract
+//! ([`domain_proto::error::ServiceError`]). Codes are listed in docs/errors.md (a test
+//! checks it).
 
-use tonic::{Code, Status, metadata::MetadataValue};
-
-/// Metadata key carrying the stable error code of a failed call.
-pub const ERROR_CODE_METADATA: &str = "domain-error-code";
+pub use domain_proto::error::ServiceError;
+use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MediatorError {
@@ -12,32 +11,37 @@ pub enum MediatorError {
     Database(String),
 }
 
-impl MediatorError {
-    /// Stable, documented code of the error.
-    pub fn code(&self) -> &'static str {
+impl ServiceError for MediatorError {
+    const CODES: &'static [&'static str] = &["MED_DATABASE_UNAVAILABLE"];
+
+    fn code(&self) -> &'static str {
         match self {
             MediatorError::Database(_) => "MED_DATABASE_UNAVAILABLE",
         }
     }
 
-    pub fn grpc_code(&self) -> Code {
+    fn grpc_code(&self) -> Code {
         match self {
             MediatorError::Database(_) => Code::Unavailable,
         }
-    }
-
-    /// Converts the error into the status sent to the peer, with the code in metadata.
-    pub fn into_status(self) -> Status {
-        let mut status = Status::new(self.grpc_code(), self.to_string());
-        if let Ok(v) = MetadataValue::try_from(self.code()) {
-            status.metadata_mut().insert(ERROR_CODE_METADATA, v);
-        }
-        status
     }
 }
 
 impl From<MediatorError> for Status {
     fn from(e: MediatorError) -> Self {
-        e.into_status()
+        e.to_status()
+    }
+}
+
+#[cfg(test)]
+mod contract_tests {
+    use super::*;
+
+    /// docs/errors.md lists exactly the codes this service defines.
+    #[test]
+    fn docs_list_every_code() {
+        let docs = include_str!("../../../docs/errors.md");
+        domain_proto::error::check_documented::<MediatorError>(docs, "MED_")
+            .unwrap_or_else(|e| panic!("docs/errors.md: {e}"));
     }
 }

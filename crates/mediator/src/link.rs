@@ -115,11 +115,7 @@ impl SequencerLink {
 pub fn describe(e: &ClientError) -> String {
     match e {
         ClientError::Status(s) => {
-            let code = s
-                .metadata()
-                .get("domain-error-code")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+            let code = domain_proto::error::error_code(s).unwrap_or("");
             format!("{:?} {code}: {}", s.code(), s.message())
         }
         other => other.to_string(),

@@ -472,10 +472,7 @@ async fn sender(
 
 fn error_code(e: &ClientError) -> Option<&str> {
     match e {
-        ClientError::Status(s) => s
-            .metadata()
-            .get("domain-error-code")
-            .and_then(|v| v.to_str().ok()),
+        ClientError::Status(s) => domain_proto::error::error_code(s),
         _ => None,
     }
 }

@@ -1,10 +1,8 @@
 //! The participant admin API's closed set of errors, mapped to gRPC status in one place.
 //! Codes are listed in docs/participant.md.
 
-use tonic::{Code, Status, metadata::MetadataValue};
-
-/// Metadata key carrying the stable error code of a failed call.
-pub const ERROR_CODE_METADATA: &str = "domain-error-code";
+pub use domain_proto::error::ServiceError;
+use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParticipantError {
@@ -30,9 +28,20 @@ pub enum ParticipantError {
     Internal(String),
 }
 
-impl ParticipantError {
-    /// Stable, documented code of the error.
-    pub fn code(&self) -> &'static str {
+impl ServiceError for ParticipantError {
+    const CODES: &'static [&'static str] = &[
+        "PAR_INVALID_ARGUMENT",
+        "PAR_NOT_CONNECTED",
+        "PAR_NO_MEDIATOR",
+        "PAR_CONNECT_FAILED",
+        "PAR_DOMAIN_MISMATCH",
+        "PAR_SEND_FAILED",
+        "PAR_PING_TIMEOUT",
+        "PAR_DATABASE_UNAVAILABLE",
+        "PAR_INTERNAL",
+    ];
+
+    fn code(&self) -> &'static str {
         match self {
             Self::InvalidArgument(_) => "PAR_INVALID_ARGUMENT",
             Self::NotConnected(_) => "PAR_NOT_CONNECTED",
@@ -41,12 +50,12 @@ impl ParticipantError {
             Self::DomainMismatch(_) => "PAR_DOMAIN_MISMATCH",
             Self::SendFailed(_) => "PAR_SEND_FAILED",
             Self::PingTimeout(_) => "PAR_PING_TIMEOUT",
-            Self::Database(_) => "PAR_DATABASE",
+            Self::Database(_) => "PAR_DATABASE_UNAVAILABLE",
             Self::Internal(_) => "PAR_INTERNAL",
         }
     }
 
-    pub fn grpc_code(&self) -> Code {
+    fn grpc_code(&self) -> Code {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::NotConnected(_) | Self::ConnectFailed(_) | Self::Database(_) => Code::Unavailable,
@@ -56,19 +65,23 @@ impl ParticipantError {
             Self::Internal(_) => Code::Internal,
         }
     }
-
-    /// Converts the error into the status sent to the peer, with the code in metadata.
-    pub fn into_status(self) -> Status {
-        let mut status = Status::new(self.grpc_code(), self.to_string());
-        if let Ok(v) = MetadataValue::try_from(self.code()) {
-            status.metadata_mut().insert(ERROR_CODE_METADATA, v);
-        }
-        status
-    }
 }
 
 impl From<ParticipantError> for Status {
     fn from(e: ParticipantError) -> Self {
-        e.into_status()
+        e.to_status()
+    }
+}
+
+#[cfg(test)]
+mod contract_tests {
+    use super::*;
+
+    /// docs/errors.md lists exactly the codes this service defines.
+    #[test]
+    fn docs_list_every_code() {
+        let docs = include_str!("../../../docs/errors.md");
+        domain_proto::error::check_documented::<ParticipantError>(docs, "PAR_")
+            .unwrap_or_else(|e| panic!("docs/errors.md: {e}"));
     }
 }

@@ -426,10 +426,7 @@ async fn admin_client(
 }
 
 fn describe_status(what: &str, s: &tonic::Status) -> String {
-    let code = s
-        .metadata()
-        .get("domain-error-code")
-        .and_then(|v| v.to_str().ok())
+    let code = domain_proto::error::error_code(s)
         .map(|c| format!(" [{c}]"))
         .unwrap_or_default();
     format!("{what} failed: {:?}: {}{code}", s.code(), s.message())

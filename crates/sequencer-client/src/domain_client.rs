@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 
 use domain_identity::{PublicKey, SignaturePurpose};
 use domain_proto::v1 as pb;
-pub use domain_runtime::tls::{ClientTlsFiles, TlsError};
+pub use domain_tls::{ClientTlsFiles, TlsError};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use prost::Message as _;
@@ -100,7 +100,7 @@ impl From<ClientTlsConfig> for DomainTls {
 impl DomainTls {
     fn load(&self) -> Result<Option<ClientTlsConfig>, ClientError> {
         match self {
-            Self::Files(files) => Ok(Some(domain_runtime::tls::client_tls_config(files)?)),
+            Self::Files(files) => Ok(Some(domain_tls::client_tls_config(files)?)),
             Self::Config(config) => Ok(Some(config.clone())),
             Self::Plaintext => Ok(None),
         }

@@ -292,10 +292,10 @@ impl SequencerConnection {
 
 /// The `trace_context` to put in a `SendRequest`: the `traceparent` of the current span when
 /// there is a current trace context (an RPC being handled, or an event being processed inside
-/// [`domain_runtime::telemetry::TraceContext::scope`]), otherwise empty. The sequencer stores it
+/// [`domain_trace::TraceContext::scope`]), otherwise empty. The sequencer stores it
 /// with the event and delivers it to every recipient, so their processing joins this trace.
 pub fn current_trace_context() -> String {
-    domain_runtime::telemetry::TraceContext::current()
+    domain_trace::TraceContext::current()
         .map(|ctx| ctx.to_traceparent())
         .unwrap_or_default()
 }

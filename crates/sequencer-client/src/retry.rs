@@ -12,8 +12,7 @@ use tonic::{Code, Status};
 
 use crate::ClientError;
 
-/// Metadata key of the stable error code (see `docs/errors.md`).
-pub const ERROR_CODE_METADATA: &str = "domain-error-code";
+pub use domain_proto::error::error_code;
 
 /// What to do after a failed call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,14 +25,6 @@ pub enum RetryClass {
     Retry { endpoint_down: bool },
     /// The token was refused: authenticate again, then retry.
     Reauthenticate,
-}
-
-/// The `domain-error-code` of a status, if any.
-pub fn error_code(status: &Status) -> Option<&str> {
-    status
-        .metadata()
-        .get(ERROR_CODE_METADATA)
-        .and_then(|v| v.to_str().ok())
 }
 
 /// Classifies a status returned by a sequencer call (or synthesized for a timeout).
@@ -96,7 +87,7 @@ mod tests {
     fn with_code(code: Code, domain_code: &str) -> Status {
         let mut st = Status::new(code, "x");
         st.metadata_mut().insert(
-            ERROR_CODE_METADATA,
+            domain_proto::error::ERROR_CODE_HEADER,
             domain_code.parse().expect("ascii metadata"),
         );
         st

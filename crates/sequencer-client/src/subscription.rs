@@ -53,19 +53,17 @@ pub struct VerifiedEvent {
 impl VerifiedEvent {
     /// The sender's trace context the sequencer delivered with the event, if it carried a valid
     /// one. Advisory only (not covered by the signature): use it to parent spans, nothing else.
-    pub fn trace_context(&self) -> Option<domain_runtime::telemetry::TraceContext> {
+    pub fn trace_context(&self) -> Option<domain_trace::TraceContext> {
         event_trace_context(&self.event)
     }
 }
 
 /// The trace context delivered with `event`, if valid.
-pub fn event_trace_context(
-    event: &pb::SequencedEvent,
-) -> Option<domain_runtime::telemetry::TraceContext> {
+pub fn event_trace_context(event: &pb::SequencedEvent) -> Option<domain_trace::TraceContext> {
     if event.trace_context.is_empty() {
         return None;
     }
-    domain_runtime::telemetry::TraceContext::parse_traceparent(&event.trace_context).ok()
+    domain_trace::TraceContext::parse_traceparent(&event.trace_context).ok()
 }
 
 /// Where a subscription starts.

@@ -1,5 +1,6 @@
 //! Operator API of a sequencer instance (admin port: loopback or mTLS).
 
+use crate::error::ServiceError as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +57,7 @@ fn outcome_pb(o: &pruning::PruneOutcome) -> pb::PruneOutcome {
 }
 
 fn st(e: impl Into<SequencerError>) -> Status {
-    e.into().into_status()
+    e.into().to_status()
 }
 
 #[tonic::async_trait]

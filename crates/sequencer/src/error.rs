@@ -1,11 +1,9 @@
-//! The sequencer's closed set of service errors, mapped to gRPC status in
-//! exactly one place ([`SequencerError::into_status`]). docs/errors.md lists
-//! every code; renaming one is a breaking change.
+//! The sequencer's closed set of service errors, under the one error contract
+//! ([`domain_proto::error::ServiceError`]). docs/errors.md lists every code (a test checks
+//! it); renaming one is a breaking change.
 
-use tonic::{Code, Status, metadata::MetadataValue};
-
-/// Metadata key carrying the stable error code of a failed call.
-pub const ERROR_CODE_METADATA: &str = "domain-error-code";
+pub use domain_proto::error::ServiceError;
+use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SequencerError {
@@ -90,9 +88,40 @@ pub enum SequencerError {
     Internal(String),
 }
 
-impl SequencerError {
-    /// Stable, documented code of the error (docs/errors.md).
-    pub fn code(&self) -> &'static str {
+impl ServiceError for SequencerError {
+    const CODES: &'static [&'static str] = &[
+        "SEQ_MISSING_CREDENTIALS",
+        "SEQ_TOKEN_INVALID",
+        "SEQ_NONCE_INVALID",
+        "SEQ_CHALLENGE_SIGNATURE_INVALID",
+        "SEQ_KEY_MISMATCH",
+        "SEQ_MEMBER_UNKNOWN",
+        "SEQ_MEMBER_DISABLED",
+        "SEQ_MEMBER_MISMATCH",
+        "SEQ_MALFORMED_REQUEST",
+        "SEQ_SUBMISSION_SIGNATURE_INVALID",
+        "SEQ_RECIPIENT_UNKNOWN",
+        "SEQ_RECIPIENT_DISABLED",
+        "SEQ_EMPTY_SUBMISSION",
+        "SEQ_REQUEST_TOO_LARGE",
+        "SEQ_MAX_SEQUENCING_TIME_EXCEEDED",
+        "SEQ_OVERLOADED",
+        "SEQ_REGISTRATION_RATE_LIMITED",
+        "SEQ_SUBSCRIBER_TOO_SLOW",
+        "SEQ_TOO_MANY_SUBSCRIPTIONS",
+        "SEQ_EVENTS_PRUNED",
+        "SEQ_REGISTERED_AHEAD",
+        "SEQ_INSTANCE_OFFLINE",
+        "SEQ_OUTCOME_UNKNOWN",
+        "SEQ_TOPOLOGY_INVALID",
+        "SEQ_ACKNOWLEDGE_AHEAD",
+        "SEQ_PRUNE_BOUND_INVALID",
+        "SEQ_PRUNING_BUSY",
+        "SEQ_DATABASE_UNAVAILABLE",
+        "SEQ_INTERNAL",
+    ];
+
+    fn code(&self) -> &'static str {
         use SequencerError::*;
         match self {
             MissingCredentials(_) => "SEQ_MISSING_CREDENTIALS",
@@ -128,8 +157,7 @@ impl SequencerError {
         }
     }
 
-    /// gRPC status code of the error.
-    pub fn grpc_code(&self) -> Code {
+    fn grpc_code(&self) -> Code {
         use SequencerError::*;
         match self {
             MissingCredentials(_)
@@ -159,20 +187,11 @@ impl SequencerError {
             Internal(_) => Code::Internal,
         }
     }
-
-    /// Converts the error into the status sent to the peer, with the code in metadata.
-    pub fn into_status(self) -> Status {
-        let mut status = Status::new(self.grpc_code(), self.to_string());
-        if let Ok(v) = MetadataValue::try_from(self.code()) {
-            status.metadata_mut().insert(ERROR_CODE_METADATA, v);
-        }
-        status
-    }
 }
 
 impl From<SequencerError> for Status {
     fn from(e: SequencerError) -> Self {
-        e.into_status()
+        e.to_status()
     }
 }
 
@@ -211,14 +230,21 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for e in all {
             assert!(seen.insert(e.code()));
-            let code = e.code();
-            let st = e.into_status();
-            assert_eq!(
-                st.metadata()
-                    .get(ERROR_CODE_METADATA)
-                    .and_then(|v| v.to_str().ok()),
-                Some(code)
+            assert!(
+                SequencerError::CODES.contains(&e.code()),
+                "{} not in CODES",
+                e.code()
             );
+            let st = e.to_status();
+            assert_eq!(domain_proto::error::error_code(&st), Some(e.code()));
         }
+    }
+
+    /// docs/errors.md lists exactly the codes the sequencer defines.
+    #[test]
+    fn docs_list_every_code() {
+        let docs = include_str!("../../../docs/errors.md");
+        domain_proto::error::check_documented::<SequencerError>(docs, "SEQ_")
+            .unwrap_or_else(|e| panic!("docs/errors.md: {e}"));
     }
 }

@@ -4,6 +4,7 @@
 //! bound is refused at once with the retryable `SEQ_OVERLOADED`; nothing waits in
 //! memory for room.
 
+use crate::error::ServiceError as _;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hash::BuildHasher as _;
@@ -279,7 +280,7 @@ where
             }
             // The request (and its body, unread) is dropped here.
             Err(reason) => {
-                let status = reason.shed().into_status();
+                let status = reason.shed().to_status();
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
         }

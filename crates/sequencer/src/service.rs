@@ -1,6 +1,7 @@
 //! The public gRPC API: authentication, validation before any write, and the
 //! hand-off to the writer and the subscriptions.
 
+use crate::error::ServiceError as _;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -552,7 +553,7 @@ pub fn accepted_trace_context(value: &str) -> Option<String> {
 
 fn reject(e: SequencerError) -> Status {
     metrics::counter!(m::SEND_REJECTIONS, "code" => e.code()).increment(1);
-    e.into_status()
+    e.to_status()
 }
 
 impl SequencerApi {
@@ -580,8 +581,8 @@ impl SequencerApi {
             .map_err(reject)?;
         let outcome = rx
             .await
-            .map_err(|_| SequencerError::OutcomeUnknown.into_status())?
-            .map_err(SequencerError::into_status)?;
+            .map_err(|_| SequencerError::OutcomeUnknown.to_status())?
+            .map_err(Status::from)?;
         Ok(Response::new(pb::SendResponse {
             sequencing_timestamp_micros: outcome.ts,
             deduplicated: outcome.deduplicated,
@@ -703,9 +704,7 @@ impl SequencerService for SequencerApi {
             "challenge_refused"
         };
         metrics::counter!(m::AUTH, "outcome" => outcome).increment(1);
-        result
-            .map(Response::new)
-            .map_err(SequencerError::into_status)
+        result.map(Response::new).map_err(Status::from)
     }
 
     async fn authenticate(
@@ -787,9 +786,7 @@ impl SequencerService for SequencerApi {
             "refused"
         };
         metrics::counter!(m::AUTH, "outcome" => outcome).increment(1);
-        result
-            .map(Response::new)
-            .map_err(SequencerError::into_status)
+        result.map(Response::new).map_err(Status::from)
     }
 
     async fn send(
@@ -823,33 +820,23 @@ impl SequencerService for SequencerApi {
         // Listen for revocations before authenticating: a disable handled between the
         // token check and this subscription would otherwise never reach the stream.
         let revoked = core.members.revoked.subscribe();
-        let member = core
-            .authenticate(&req)
-            .await
-            .map_err(SequencerError::into_status)?;
+        let member = core.authenticate(&req).await.map_err(Status::from)?;
         let r = req.get_ref();
         if r.member != member.member {
             return Err(SequencerError::MemberMismatch {
                 authenticated: member.member.clone(),
                 requested: r.member.clone(),
             }
-            .into_status());
+            .to_status());
         }
         if r.from_counter < 0 {
-            return Err(
-                SequencerError::Malformed("from_counter must be >= 0".into()).into_status(),
-            );
+            return Err(SequencerError::Malformed("from_counter must be >= 0".into()).to_status());
         }
         if !core.writer.state().online {
-            return Err(
-                SequencerError::InstanceOffline("writer is not online".into()).into_status(),
-            );
+            return Err(SequencerError::InstanceOffline("writer is not online".into()).to_status());
         }
         // Counted until the subscription task ends, however it ends.
-        let slot = core
-            .subscriptions
-            .acquire(&member)
-            .map_err(SequencerError::into_status)?;
+        let slot = core.subscriptions.acquire(&member).map_err(Status::from)?;
         let (tx, rx) = subscription::outbox(
             core.settings.subscription_buffer,
             core.settings.subscription_buffer_bytes,
@@ -871,17 +858,14 @@ impl SequencerService for SequencerApi {
         req: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
         let core = &self.0;
-        let member = core
-            .authenticate(&req)
-            .await
-            .map_err(SequencerError::into_status)?;
+        let member = core.authenticate(&req).await.map_err(Status::from)?;
         let r = req.get_ref();
         if r.member != member.member {
             return Err(SequencerError::MemberMismatch {
                 authenticated: member.member.clone(),
                 requested: r.member.clone(),
             }
-            .into_status());
+            .to_status());
         }
         if r.timestamp_micros < 0 {
             metrics::counter!(crate::metrics::ACKNOWLEDGEMENTS, "result" => "malformed")
@@ -890,26 +874,26 @@ impl SequencerService for SequencerApi {
                 "timestamp_micros {} is negative",
                 r.timestamp_micros
             ))
-            .into_status());
+            .to_status());
         }
-        let client = core.db().await.map_err(SequencerError::into_status)?;
+        let client = core.db().await.map_err(Status::from)?;
         // The safe watermark bounds everything any instance can have delivered to this
         // member: an acknowledgement above it would let pruning delete events the member
         // has not seen yet (and that may still be written).
         let safe = store::safe_watermark(&**client)
             .await
-            .map_err(|e| SequencerError::from(e).into_status())?;
+            .map_err(|e| SequencerError::from(e).to_status())?;
         if r.timestamp_micros > safe {
             metrics::counter!(crate::metrics::ACKNOWLEDGEMENTS, "result" => "ahead").increment(1);
             return Err(SequencerError::AcknowledgeAhead {
                 timestamp: r.timestamp_micros,
                 safe_watermark: safe,
             }
-            .into_status());
+            .to_status());
         }
         let acknowledged = store::acknowledge(&**client, member.id, r.timestamp_micros)
             .await
-            .map_err(|e| SequencerError::from(e).into_status())?;
+            .map_err(|e| SequencerError::from(e).to_status())?;
         metrics::counter!(crate::metrics::ACKNOWLEDGEMENTS, "result" => "accepted").increment(1);
         Ok(Response::new(pb::AcknowledgeResponse {
             acknowledged_micros: acknowledged,

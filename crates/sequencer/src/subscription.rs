@@ -3,6 +3,7 @@
 //! Counters are derived, never stored per event: the member's n-th event (in
 //! timestamp order, behind the safe watermark) has counter n on every instance.
 
+use crate::error::ServiceError as _;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -205,7 +206,7 @@ pub async fn run(
         tracing::info!(member = %member.member, error = %e, "subscription ended");
         // The status queues behind the events still buffered; a client that does not
         // read at all must not keep the task (and its slot) for ever.
-        let _ = tokio::time::timeout(STATUS_SEND_LIMIT, out.send(Err(e.into_status()))).await;
+        let _ = tokio::time::timeout(STATUS_SEND_LIMIT, out.send(Err(e.to_status()))).await;
     }
     drop(slot);
 }

@@ -109,8 +109,10 @@ struct Fake(Arc<FakeState>);
 
 fn coded(code: Code, domain_code: &str) -> Status {
     let mut st = Status::new(code, format!("fake: {domain_code}"));
-    st.metadata_mut()
-        .insert("domain-error-code", domain_code.parse().expect("ascii"));
+    st.metadata_mut().insert(
+        domain_proto::error::ERROR_CODE_HEADER,
+        domain_code.parse().expect("ascii"),
+    );
     st
 }
 
