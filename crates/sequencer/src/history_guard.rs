@@ -4,14 +4,17 @@
 //! acknowledged ones included (docs/reliability.md, "Database failover and disk full"). The
 //! database then serves a shorter history than this process already acknowledged and
 //! delivered: live subscriptions count counters in memory on top of events that no longer
-//! exist, and would go on diverging from what any fresh subscription reads. Two checks find
-//! it, neither of which can fire on a database that only ever moves forward:
+//! exist, and would go on diverging from what any fresh subscription reads. Three checks find
+//! it, none of which can fire on a database that only ever moves forward:
 //!
 //! - the writer, when it comes back online after a database error, finds its instance row's
 //!   watermark below the last watermark the database acknowledged to it (watermarks only
 //!   rise; [`crate::store::go_online_checked`]);
 //! - the shared reader finds the safe watermark below the position it already published
-//!   (the safe watermark never decreases: instances come online above every watermark).
+//!   (the safe watermark never decreases: instances come online above every watermark);
+//! - the shared reader, after a failed read, finds the newest event it published no longer
+//!   stored and not below the pruning bound (only pruning deletes events, after raising the
+//!   bound).
 //!
 //! Either reports here; [`crate::run`] then shuts the instance down and fails with
 //! `SEQ_DATABASE_HISTORY_LOST`. A restarted instance serves what the database holds, and a

@@ -257,6 +257,11 @@ impl Drop for FeedReceiver {
 
 struct ReaderInner {
     position: i64,
+    /// Timestamp of the newest event published, checked to still exist after a read
+    /// failure (the database may have failed over meanwhile).
+    last_event: Option<i64>,
+    /// A read failed since the last check of `last_event`.
+    verify_last_event: bool,
 }
 
 /// Handle shared between the reader task and subscriptions.
@@ -271,7 +276,11 @@ impl SharedReader {
     pub fn new(limits: FeedLimits) -> Arc<Self> {
         let (started, _) = tokio::sync::watch::channel(false);
         Arc::new(Self {
-            inner: Mutex::new(ReaderInner { position: 0 }),
+            inner: Mutex::new(ReaderInner {
+                position: 0,
+                last_event: None,
+                verify_last_event: false,
+            }),
             feed: Feed::new(limits),
             wake: Notify::new(),
             started,
@@ -338,15 +347,26 @@ impl SharedReader {
         }
         loop {
             if let Err(error) = self.catch_up(&pool, page).await {
-                if let CatchUpError::WentBack { safe, position } = error {
+                match error {
                     // Stop publishing: what follows would be counted on top of events the
                     // database no longer has. `run` stops the instance.
-                    history.report(format!(
-                        "the safe watermark is {safe} but this instance already delivered \
-                         events up to {position}"
-                    ));
-                    return;
+                    CatchUpError::WentBack { safe, position } => {
+                        history.report(format!(
+                            "the safe watermark is {safe} but this instance already delivered \
+                             events up to {position}"
+                        ));
+                        return;
+                    }
+                    CatchUpError::EventGone { ts } => {
+                        history.report(format!(
+                            "the event at {ts}, the last this instance delivered, is no longer \
+                             in the database (and not pruned)"
+                        ));
+                        return;
+                    }
+                    CatchUpError::Db(_) => {}
                 }
+                self.inner.lock().await.verify_last_event = true;
                 tracing::warn!(%error, "reader failed to read events");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -369,6 +389,22 @@ impl SharedReader {
         page: ReadPage,
     ) -> Result<(), CatchUpError> {
         let client = pool.get().await.map_err(|e| e.to_string())?;
+        // After a failure the database may be another server (a promoted standby): the
+        // newest event delivered must still be there.
+        let (verify, last_event) = {
+            let inner = self.inner.lock().await;
+            (inner.verify_last_event, inner.last_event)
+        };
+        if verify {
+            if let Some(ts) = last_event
+                && !store::event_retained_or_pruned(&**client, ts)
+                    .await
+                    .map_err(|e| e.to_string())?
+            {
+                return Err(CatchUpError::EventGone { ts });
+            }
+            self.inner.lock().await.verify_last_event = false;
+        }
         loop {
             let position = self.inner.lock().await.position;
             let safe = store::safe_watermark(&**client)
@@ -400,6 +436,9 @@ impl SharedReader {
                 .collect();
             metrics::counter!(m::EVENTS_READ).increment(events.len() as u64);
             let mut inner = self.inner.lock().await;
+            if let Some(last) = events.last() {
+                inner.last_event = Some(last.ts);
+            }
             let batch = Arc::new(EventBatch {
                 after: inner.position,
                 up_to,
@@ -422,6 +461,8 @@ enum CatchUpError {
     Db(String),
     /// The safe watermark is below what was already published.
     WentBack { safe: i64, position: i64 },
+    /// The newest event published is gone (and not pruned).
+    EventGone { ts: i64 },
 }
 
 impl From<String> for CatchUpError {
@@ -434,6 +475,7 @@ impl std::fmt::Display for CatchUpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Db(e) => f.write_str(e),
+            Self::EventGone { ts } => write!(f, "published event {ts} is gone"),
             Self::WentBack { safe, position } => {
                 write!(
                     f,

@@ -1288,6 +1288,22 @@ pub async fn acknowledge(
     Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)).unwrap_or(ts))
 }
 
+/// Whether the event at `ts` is still stored, or lies at or below the pruning bound (so
+/// its absence is pruning's doing). One statement, so one snapshot for both.
+pub async fn event_retained_or_pruned(
+    client: &impl GenericClient,
+    ts: i64,
+) -> Result<bool, StoreError> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM seq_events WHERE ts = $1)
+                    OR $1 <= (SELECT ts FROM seq_lower_bound)",
+            &[&ts],
+        )
+        .await?
+        .get(0))
+}
+
 pub async fn lower_bound(client: &impl GenericClient) -> Result<i64, StoreError> {
     Ok(client
         .query_one("SELECT ts FROM seq_lower_bound", &[])
