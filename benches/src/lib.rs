@@ -24,13 +24,7 @@ pub mod sysstat;
 
 use hdrhistogram::Histogram;
 
-/// Microseconds since the Unix epoch (wall clock; every process runs on this box).
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
-}
+pub use domain_time::now_micros;
 
 /// A latency histogram in microseconds, 1 µs to 100 s, 3 significant digits.
 pub fn micros_histogram() -> Histogram<u64> {

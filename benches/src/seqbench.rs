@@ -26,12 +26,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Runs every phase and returns the summary; fails on any verification error.
 pub async fn run(args: Args) -> anyhow::Result<Summary> {
     args.validate()?;
+    let unix_time = u64::try_from(crate::now_micros() / 1_000_000).unwrap_or(0);
     let mut summary = Summary {
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        unix_time: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        unix_time,
         machine: Machine::detect(),
         shape: Shape {
             instances: args.instances,

@@ -54,12 +54,7 @@ pub fn envelope(
 }
 
 /// Microseconds since the epoch, for max sequencing times.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
-}
+pub use domain_time::now_micros;
 
 /// Fetches `/metrics` from an ops URL and summarises the figures that tell whether the
 /// cluster was healthy under the load (batch sizes, commit times, peers marked offline).

@@ -264,9 +264,7 @@ impl SequencerService for Fake {
     }
 }
 
-fn now_micros() -> i64 {
-    domain_sequencer_client::domain_client::now_micros()
-}
+use domain_time::now_micros;
 
 /// A validly signed history of `n` events; `tweak(counter)` shifts that event's timestamp
 /// (a different history from that counter on).

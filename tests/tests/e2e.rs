@@ -13,6 +13,7 @@ mod client_fake_sequencer;
 mod devnet;
 mod domain_manager;
 mod fault_database;
+mod fault_network;
 mod fault_process;
 mod history_smoke;
 mod http2_abuse;

@@ -636,6 +636,7 @@ async fn repeated_kill(logs: TestLogs) -> anyhow::Result<()> {
         .create_database("fault_repeated_kill")
         .await;
     let mut s = Scenario::start(logs, db, 3).await?;
+    #[expect(clippy::disallowed_methods, reason = "a seed, not a timestamp")]
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() as u64)

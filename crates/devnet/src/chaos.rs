@@ -120,6 +120,7 @@ struct Clock {
 /// fault was recovered from, no component exited on its own, and at the end every
 /// replica is back and pings flow both ways.
 pub async fn run(net: &mut Devnet, args: &Args, cancel: &CancellationToken) -> PingStats {
+    #[expect(clippy::disallowed_methods, reason = "a seed, not a timestamp")]
     let seed = args.seed.unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)

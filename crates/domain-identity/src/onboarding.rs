@@ -158,6 +158,10 @@ fn format_err(what: &'static str, reason: impl Into<String>) -> OnboardingError 
 
 /// RFC 3339 UTC of now (seconds).
 #[must_use]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "a human-readable stamp in a file, not sequencer time"
+)]
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }

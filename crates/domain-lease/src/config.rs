@@ -172,6 +172,7 @@ pub fn generate_holder(component: &str) -> String {
 }
 
 /// Used only if the OS random source fails: mixes the pid and the current time.
+#[expect(clippy::disallowed_methods, reason = "a seed, not a timestamp")]
 fn fallback_random() -> u32 {
     use std::hash::{BuildHasher as _, Hasher as _};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();

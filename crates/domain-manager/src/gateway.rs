@@ -154,13 +154,7 @@ fn oldest_retained(status: &tonic::Status) -> Option<i64> {
     status.message().rsplit(' ').next()?.parse().ok()
 }
 
-/// Local wall clock in microseconds since the Unix epoch.
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
+use domain_time::now_micros;
 
 /// The real gateway over gRPC.
 pub struct GrpcGateway {

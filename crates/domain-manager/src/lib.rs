@@ -376,9 +376,15 @@ pub async fn activity_loop(
                 let deadline = Instant::now() + core.send_deadline();
                 // Cancellable: on shutdown a resend in progress is dropped (the row stays
                 // pending for the next active) so the lease is released at once.
+                // Also cancelled when the lease changes (typically: lost because the
+                // database is unreachable, which is also what keeps `activate` waiting): the
+                // replica must stop reporting ready at once, not when the database call
+                // gives up (seen: 5 s after the standby took over, with the database
+                // partitioned away).
                 let result = tokio::select! {
                     () = shutdown.cancelled() => break,
                     result = core.activate(deadline) => result,
+                    _ = changes.changed() => continue,
                 };
                 match result {
                     Ok(()) => {

@@ -247,13 +247,7 @@ pub fn latest_for_key<'a>(state: &'a TopologyState, key: &str) -> Option<&'a Seq
         .find(|e| e.tx.mapping.key() == key)
 }
 
-/// Local wall clock in microseconds since the Unix epoch.
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
+use domain_time::now_micros;
 
 /// `ts` + the topology change delay in force at `ts`, as [`TopologyState::add`] computes it.
 pub fn effective_time(state: &TopologyState, ts: i64) -> i64 {

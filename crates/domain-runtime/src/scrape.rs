@@ -324,10 +324,7 @@ mod tests {
         let p = ProcessStats::read().expect("procfs on Linux");
         assert!(p.resident_bytes > 0.0);
         assert!(p.open_fds >= 3.0);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after 1970")
-            .as_secs_f64();
+        let now = domain_time::now_micros() as f64 / 1e6;
         // Started within the last day and not in the future (tick rounding aside).
         assert!(p.start_time <= now + 1.0 && p.start_time > now - 86_400.0);
     }

@@ -56,6 +56,7 @@ mod config;
 mod dedicated;
 mod error;
 mod hot;
+pub mod locks;
 mod sqlx_pool;
 mod tls;
 

@@ -2,6 +2,7 @@
 //! PKI, config files, N `sequencer` processes over one database, and member
 //! identities registered through the admin API.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
 use domain_proto::v1::{self as pb, sequencer_admin_service_client::SequencerAdminServiceClient};
-use tonic::transport::{Certificate, ClientTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::certs::{PkiFiles, TestPki};
 use crate::pg::TestDatabase;
@@ -26,17 +27,64 @@ pub struct SequencerNode {
     pub config_path: PathBuf,
     pub process: Option<ManagedProcess>,
     pub extra_env: Vec<(String, String)>,
+    /// Where the instance runs and listens (loopback in the root namespace by default).
+    pub placement: Placement,
+}
+
+/// Where a sequencer instance runs: a network namespace (see [`crate::netns`]) and the
+/// address its listeners bind, and how it reaches the database from there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Run through `ip netns exec <netns>`; the root namespace when `None`.
+    pub netns: Option<String>,
+    /// The address every listener of the instance binds.
+    pub addr: IpAddr,
+    /// The database URL of this instance, when it differs from the cluster's (e.g. the
+    /// server's address as seen from the namespace).
+    pub database_url: Option<String>,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            netns: None,
+            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            database_url: None,
+        }
+    }
 }
 
 impl SequencerNode {
+    /// `https://localhost:<port>` on loopback, `https://<addr>:<port>` otherwise (the test
+    /// certificate names `localhost`; clients set the TLS domain name to it).
     pub fn public_endpoint(&self) -> String {
-        format!("https://localhost:{}", self.public_port)
+        if self.placement.addr.is_loopback() {
+            format!("https://localhost:{}", self.public_port)
+        } else {
+            format!(
+                "https://{}",
+                SocketAddr::new(self.placement.addr, self.public_port)
+            )
+        }
     }
+    /// `http://127.0.0.1:<port>` on loopback; off loopback the admin API requires TLS with
+    /// a client certificate (the sequencer refuses anything else), so `https://`.
     pub fn admin_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.admin_port)
+        let scheme = if self.placement.addr.is_loopback() {
+            "http"
+        } else {
+            "https"
+        };
+        format!(
+            "{scheme}://{}",
+            SocketAddr::new(self.placement.addr, self.admin_port)
+        )
     }
     pub fn ops_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ops_port)
+        format!(
+            "http://{}",
+            SocketAddr::new(self.placement.addr, self.ops_port)
+        )
     }
     pub fn process(&mut self) -> anyhow::Result<&mut ManagedProcess> {
         self.process.as_mut().context("instance is not running")
@@ -77,8 +125,8 @@ impl SequencerCluster {
         extra_config: &str,
         node_env: &[Vec<(String, String)>],
     ) -> anyhow::Result<Self> {
-        Self::start_with_database_config(logs, database, instances, extra_config, node_env, "")
-            .await
+        let placements = vec![Placement::default(); instances];
+        Self::start_placed(logs, database, extra_config, node_env, &placements).await
     }
 
     /// Like [`Self::start_with_env`], with extra keys of the `[database]` section (e.g.
@@ -92,6 +140,49 @@ impl SequencerCluster {
         node_env: &[Vec<(String, String)>],
         database_config: &str,
     ) -> anyhow::Result<Self> {
+        let placements = vec![Placement::default(); instances];
+        Self::start_placed_with_database_config(
+            logs,
+            database,
+            extra_config,
+            node_env,
+            &placements,
+            database_config,
+        )
+        .await
+    }
+
+    /// Like [`Self::start_with_env`], with one instance per entry of `placements`, each
+    /// in its namespace and listening on its address.
+    pub async fn start_placed(
+        logs: TestLogs,
+        database: TestDatabase,
+        extra_config: &str,
+        node_env: &[Vec<(String, String)>],
+        placements: &[Placement],
+    ) -> anyhow::Result<Self> {
+        Self::start_placed_with_database_config(
+            logs,
+            database,
+            extra_config,
+            node_env,
+            placements,
+            "",
+        )
+        .await
+    }
+
+    /// [`Self::start_placed`] with extra `[database]` keys (see
+    /// [`Self::start_with_database_config`]).
+    pub async fn start_placed_with_database_config(
+        logs: TestLogs,
+        database: TestDatabase,
+        extra_config: &str,
+        node_env: &[Vec<(String, String)>],
+        placements: &[Placement],
+        database_config: &str,
+    ) -> anyhow::Result<Self> {
+        let instances = placements.len();
         let dir = logs.dir().to_path_buf();
         let pki = TestPki::new()?;
         let pki_files = pki.write_files(&dir)?;
@@ -102,14 +193,34 @@ impl SequencerCluster {
         let seq_key_path = dir.join("sequencer-key.pem");
         SigningKeyPair::generate().save_pem(&seq_key_path)?;
         let mut nodes = Vec::new();
-        for i in 0..instances {
+        for (i, placement) in placements.iter().enumerate() {
             let name = format!("seq-{i}");
             let (public_port, admin_port, ops_port) = (free_port(), free_port(), free_port());
+            let addr = placement.addr;
+            let advertised = if addr.is_loopback() {
+                format!("https://localhost:{public_port}")
+            } else {
+                format!("https://{}", SocketAddr::new(addr, public_port))
+            };
+            let ops_listen = SocketAddr::new(addr, ops_port);
+            let public_listen = SocketAddr::new(addr, public_port);
+            let admin_listen = SocketAddr::new(addr, admin_port);
+            // Off loopback the admin API must use TLS with client certificates.
+            let admin_tls = if addr.is_loopback() {
+                String::new()
+            } else {
+                format!(
+                    "\n[admin-api.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient-ca = \"{}\"\nrequire-client-cert = true\n",
+                    pki_files.server_cert.display(),
+                    pki_files.server_key.display(),
+                    pki_files.ca.display()
+                )
+            };
             let config = format!(
                 r#"domain-id = "{domain_id}"
 signing-key-file = "{key}"
-ops-listen = "127.0.0.1:{ops_port}"
-advertised-address = "https://localhost:{public_port}"
+ops-listen = "{ops_listen}"
+advertised-address = "{advertised}"
 {extra_config}
 
 [database]
@@ -117,17 +228,17 @@ url = "{url}"
 {database_config}
 
 [public-api]
-listen = "127.0.0.1:{public_port}"
+listen = "{public_listen}"
 
 [public-api.tls]
 cert = "{cert}"
 key = "{tkey}"
 
 [admin-api]
-listen = "127.0.0.1:{admin_port}"
-"#,
+listen = "{admin_listen}"
+{admin_tls}"#,
                 key = seq_key_path.display(),
-                url = database.url,
+                url = placement.database_url.as_deref().unwrap_or(&database.url),
                 cert = pki_files.server_cert.display(),
                 tkey = pki_files.server_key.display(),
             );
@@ -141,6 +252,7 @@ listen = "127.0.0.1:{admin_port}"
                 config_path,
                 process: None,
                 extra_env: node_env.get(i).cloned().unwrap_or_default(),
+                placement: placement.clone(),
             });
         }
         let mut cluster = Self {
@@ -170,14 +282,19 @@ listen = "127.0.0.1:{admin_port}"
     pub async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
         let tls = self.client_tls();
         let node = self.nodes.get_mut(i).context("no such instance")?;
-        let mut builder = ProcessBuilder::new(binary_path("sequencer"))
-            .arg("--config-file")
-            .arg(node.config_path.as_os_str())
-            .arg("--log-format")
-            .arg("json")
-            .env("RUST_LOG", "info")
-            .name(node.name.clone())
-            .logs(&self.logs);
+        let mut builder = match &node.placement.netns {
+            None => ProcessBuilder::new(binary_path("sequencer")),
+            Some(ns) => ProcessBuilder::new(crate::netns::ip_path())
+                .args(["netns", "exec", ns.as_str()])
+                .arg(binary_path("sequencer")),
+        }
+        .arg("--config-file")
+        .arg(node.config_path.as_os_str())
+        .arg("--log-format")
+        .arg("json")
+        .env("RUST_LOG", "info")
+        .name(node.name.clone())
+        .logs(&self.logs);
         for (k, v) in &node.extra_env {
             builder = builder.env(k, v);
         }
@@ -205,8 +322,7 @@ listen = "127.0.0.1:{admin_port}"
     }
 
     pub async fn register(&self, id: &MemberId) -> anyhow::Result<()> {
-        let node = self.nodes.first().context("no instance")?;
-        let mut admin = SequencerAdminServiceClient::connect(node.admin_endpoint()).await?;
+        let mut admin = self.admin(0).await?;
         admin
             .register_member(pb::RegisterMemberRequest {
                 member: id.to_string(),
@@ -221,6 +337,17 @@ listen = "127.0.0.1:{admin_port}"
         i: usize,
     ) -> anyhow::Result<SequencerAdminServiceClient<tonic::transport::Channel>> {
         let node = self.nodes.get(i).context("no such instance")?;
-        Ok(SequencerAdminServiceClient::connect(node.admin_endpoint()).await?)
+        if node.placement.addr.is_loopback() {
+            return Ok(SequencerAdminServiceClient::connect(node.admin_endpoint()).await?);
+        }
+        let identity = Identity::from_pem(
+            std::fs::read(&self.pki_files.client_cert)?,
+            std::fs::read(&self.pki_files.client_key)?,
+        );
+        let channel = Endpoint::from_shared(node.admin_endpoint())?
+            .tls_config(self.client_tls().identity(identity))?
+            .connect()
+            .await?;
+        Ok(SequencerAdminServiceClient::new(channel))
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::cluster::SequencerCluster;
+use crate::cluster::{Placement, SequencerCluster};
 use crate::pg::TestDatabase;
 use crate::process::{
     ManagedProcess, ProcessBuilder, TestLogs, binary_path, free_port, http_status, wait_for_http_ok,
@@ -20,14 +20,26 @@ pub struct DomainManagerNode {
     pub ops_port: u16,
     pub config_path: PathBuf,
     pub process: Option<ManagedProcess>,
+    /// Where the replica runs and listens (loopback in the root namespace by default).
+    pub placement: Placement,
 }
 
 impl DomainManagerNode {
+    /// `http://127.0.0.1:<port>` on loopback; off loopback the admin API needs TLS with
+    /// client certificates, so `https://<addr>:<port>` (its certificate names the address).
     pub fn admin_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.admin_port)
+        let addr = std::net::SocketAddr::new(self.placement.addr, self.admin_port);
+        if self.placement.addr.is_loopback() {
+            format!("http://{addr}")
+        } else {
+            format!("https://{addr}")
+        }
     }
     pub fn ops_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ops_port)
+        format!(
+            "http://{}",
+            std::net::SocketAddr::new(self.placement.addr, self.ops_port)
+        )
     }
     pub fn process(&mut self) -> anyhow::Result<&mut ManagedProcess> {
         self.process.as_mut().context("replica is not running")
@@ -46,6 +58,8 @@ pub struct DomainManagers {
     pub logs: TestLogs,
     pub database: TestDatabase,
     pub nodes: Vec<DomainManagerNode>,
+    /// `--ca/--cert/--key` for `domainctl` when the admin APIs use TLS.
+    pub domainctl_tls: Vec<String>,
 }
 
 impl DomainManagers {
@@ -58,7 +72,63 @@ impl DomainManagers {
         replicas: usize,
         extra_config: &str,
     ) -> anyhow::Result<Self> {
+        let placements = vec![Placement::default(); replicas];
+        Self::start_placed(cluster, database, extra_config, &placements).await
+    }
+
+    /// Like [`Self::start`], one replica per entry of `placements` (network namespace,
+    /// listen address, database URL). Off loopback the admin APIs serve TLS with a
+    /// certificate naming the addresses and require client certificates of the cluster's
+    /// CA; [`Self::domainctl`] passes them.
+    pub async fn start_placed(
+        cluster: &SequencerCluster,
+        database: TestDatabase,
+        extra_config: &str,
+        placements: &[Placement],
+    ) -> anyhow::Result<Self> {
+        let replicas = placements.len();
         let logs = cluster.logs.clone();
+        let off_loopback = placements.iter().any(|p| !p.addr.is_loopback());
+        let mut domainctl_tls = Vec::new();
+        let admin_tls = if off_loopback {
+            let mut names = vec!["localhost".to_owned()];
+            names.extend(placements.iter().map(|p| p.addr.to_string()));
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let cert = cluster.pki.issue_server(&names)?;
+            let (cert_path, key_path) = (logs.path("dm-admin.crt"), logs.path("dm-admin.key"));
+            std::fs::write(&cert_path, &cert.cert_pem)?;
+            std::fs::write(&key_path, &cert.key_pem)?;
+            for (flag, path) in [
+                ("--ca", &cluster.pki_files.ca),
+                ("--cert", &cluster.pki_files.client_cert),
+                ("--key", &cluster.pki_files.client_key),
+            ] {
+                domainctl_tls.push(flag.to_owned());
+                domainctl_tls.push(path.display().to_string());
+            }
+            format!(
+                "\n[admin-api.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient-ca = \"{}\"\nrequire-client-cert = true\n",
+                cert_path.display(),
+                key_path.display(),
+                cluster.pki_files.ca.display()
+            )
+        } else {
+            String::new()
+        };
+        // Sequencer admin APIs off loopback require a client certificate too.
+        let sequencer_client_cert = if cluster
+            .nodes
+            .iter()
+            .any(|n| !n.placement.addr.is_loopback())
+        {
+            format!(
+                "cert = \"{}\"\nkey = \"{}\"\n",
+                cluster.pki_files.client_cert.display(),
+                cluster.pki_files.client_key.display()
+            )
+        } else {
+            String::new()
+        };
         let ports: Vec<(u16, u16)> = (0..replicas).map(|_| (free_port(), free_port())).collect();
         let mut sequencers = String::new();
         let mut components = String::new();
@@ -76,33 +146,47 @@ impl DomainManagers {
             ));
         }
         for (i, (_, ops)) in ports.iter().enumerate() {
+            let ops = std::net::SocketAddr::new(placements[i].addr, *ops);
             components.push_str(&format!(
-                "\n[[status-components]]\nname = \"dm-{i}\"\nkind = \"domain-manager\"\nops-url = \"http://127.0.0.1:{ops}\"\n"
+                "\n[[status-components]]\nname = \"dm-{i}\"\nkind = \"domain-manager\"\nops-url = \"http://{ops}\"\n"
             ));
         }
         let mut nodes = Vec::new();
         for (i, (admin_port, ops_port)) in ports.into_iter().enumerate() {
             let name = format!("dm-{i}");
+            let placement = placements[i].clone();
+            let ops_listen = std::net::SocketAddr::new(placement.addr, ops_port);
+            let admin_listen = std::net::SocketAddr::new(placement.addr, admin_port);
+            let advertised = if placement.addr.is_loopback() {
+                format!("http://{admin_listen}")
+            } else {
+                format!("https://{admin_listen}")
+            };
+            let admin_tls = if placement.addr.is_loopback() {
+                ""
+            } else {
+                admin_tls.as_str()
+            };
             let config = format!(
                 r#"domain-name = "{domain_name}"
 namespace-key-file = "{key}"
-ops-listen = "127.0.0.1:{ops_port}"
-advertised-admin-address = "http://127.0.0.1:{admin_port}"
+ops-listen = "{ops_listen}"
+advertised-admin-address = "{advertised}"
 {extra_config}
 
 [database]
 url = "{url}"
 
 [admin-api]
-listen = "127.0.0.1:{admin_port}"
-
+listen = "{admin_listen}"
+{admin_tls}
 [sequencer-tls]
 ca = "{ca}"
 domain-name = "localhost"
-{sequencers}{components}"#,
+{sequencer_client_cert}{sequencers}{components}"#,
                 domain_name = cluster.domain_id.name(),
                 key = cluster.domain_key_path.display(),
-                url = database.url,
+                url = placement.database_url.as_deref().unwrap_or(&database.url),
                 ca = cluster.pki_files.ca.display(),
             );
             let config_path = logs.path(&format!("{name}.toml"));
@@ -113,12 +197,14 @@ domain-name = "localhost"
                 ops_port,
                 config_path,
                 process: None,
+                placement,
             });
         }
         let mut managers = Self {
             logs,
             database,
             nodes,
+            domainctl_tls,
         };
         for i in 0..replicas {
             managers.start_node(i).await?;
@@ -137,8 +223,14 @@ domain-name = "localhost"
     /// (Re)starts replica `i` and waits until its ops port is live.
     pub async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
         let node = self.nodes.get_mut(i).context("no such replica")?;
+        let builder = match &node.placement.netns {
+            None => ProcessBuilder::new(binary_path("domain-manager")),
+            Some(ns) => ProcessBuilder::new(crate::netns::ip_path())
+                .args(["netns", "exec", ns.as_str()])
+                .arg(binary_path("domain-manager")),
+        };
         node.process = Some(
-            ProcessBuilder::new(binary_path("domain-manager"))
+            builder
                 .arg("--config-file")
                 .arg(node.config_path.as_os_str())
                 .arg("--log-format")
@@ -190,9 +282,12 @@ domain-name = "localhost"
             .collect()
     }
 
-    /// Runs `domainctl` with `--endpoint` for every replica and `args`.
+    /// Runs `domainctl` with `--endpoint` for every replica (and the TLS files when the
+    /// admin APIs use TLS) and `args`.
     pub async fn domainctl(&self, args: &[&str]) -> anyhow::Result<Output> {
-        domainctl(&self.endpoints(), args).await
+        let mut all: Vec<&str> = self.domainctl_tls.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        domainctl(&self.endpoints(), &all).await
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod cluster;
 pub mod domain_manager;
+pub mod netns;
 pub mod pg;
 pub mod pg_ha;
 pub mod process;

@@ -730,6 +730,7 @@ pub(crate) fn unique_database_name(prefix: &str) -> String {
         clean.insert_str(0, "t_");
     }
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    #[expect(clippy::disallowed_methods, reason = "a nonce, not a timestamp")]
     let nonce = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

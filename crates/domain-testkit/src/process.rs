@@ -139,6 +139,7 @@ pub fn free_port() -> u16 {
     let span = u32::from(high - low);
     // Start at a different place in every process so concurrent test processes rarely
     // contend for the same lock files.
+    #[expect(clippy::disallowed_methods, reason = "a seed, not a timestamp")]
     let seed = std::process::id().wrapping_mul(2_654_435_761)
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -208,6 +208,7 @@ fn fill_nonzero(buf: &mut [u8]) {
         // The OS RNG failing is not worth failing a request for: ids only need to be unique
         // enough to correlate logs, so fall back to a clock-seeded counter.
         static COUNTER: AtomicU64 = AtomicU64::new(0);
+        #[expect(clippy::disallowed_methods, reason = "a seed, not a timestamp")]
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);

@@ -68,12 +68,7 @@ fn read_identity_file(
     })
 }
 
-/// The local clock in protocol microseconds (resolves `pruning force --below 2h`).
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
+use domain_time::now_micros;
 
 /// The parameters given to `parameters set`, in protocol units.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -73,13 +73,7 @@ pub struct Context {
     pub acknowledge_interval: Duration,
 }
 
-/// Microseconds since the Unix epoch by the local clock.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
+pub use domain_time::now_micros;
 
 /// The mediator id of a key: `MED::<name>::<fingerprint>`.
 pub fn mediator_id(name: &str, key: &SigningKeyPair) -> anyhow::Result<MemberId> {

@@ -11,7 +11,7 @@ use sqlx::{Postgres, Row as _, Transaction};
 use crate::protocol::{Changes, Outgoing, PendingRequest, Restored};
 
 /// Advisory lock key held by the running node (one process per database).
-pub const INSTANCE_LOCK_KEY: i64 = 7_301_601;
+pub const INSTANCE_LOCK_KEY: i64 = domain_storage::locks::PARTICIPANT_INSTANCE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

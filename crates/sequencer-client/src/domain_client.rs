@@ -38,7 +38,9 @@
 //! - **Health.** Every endpoint's `grpc.health.v1` service `""` is checked every
 //!   [`ClientOptions::health_interval`] with [`ClientOptions::health_timeout`]; a transport
 //!   error or `UNAVAILABLE` from any call marks the endpoint unhealthy at once.
-//! - **Sends** go round-robin over the healthy endpoints. A retryable failure
+//! - **Sends** go round-robin over the healthy endpoints, leaving out those whose health-check
+//!   round trip is far above the best one's (more than twice it plus 100 ms, e.g. behind a
+//!   slow cross-region link) while another healthy endpoint is left. A retryable failure
 //!   ([`crate::retry`]) is retried, on another endpoint when there is one, with the same
 //!   signed bytes (so the same message id: the sequencer deduplicates), after an
 //!   exponential backoff with jitter, until the submission's max sequencing time. An
@@ -68,7 +70,9 @@ use tonic::transport::ClientTlsConfig;
 use tonic::{Request, Status};
 
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::health::{DomainInfo, EndpointHandle, fetch_domain_info, health_loop, pick_endpoint};
+use crate::health::{
+    DomainInfo, EndpointHandle, fetch_domain_info, health_loop, is_slow, pick_preferring,
+};
 use crate::retry::{RetryClass, classify, classify_status, error_code};
 use crate::subscription::{Start, Subscription};
 use crate::{ClientError, MemberIdentity, metrics, to_proto_signature};
@@ -653,15 +657,29 @@ pub(crate) struct CallInfo {
 }
 
 impl Inner {
-    /// The endpoint for the next attempt (round-robin, healthy first, not `avoid` if
-    /// possible).
+    /// The endpoint for the next attempt (round-robin, healthy and not slow first, not
+    /// `avoid` if possible).
     pub(crate) fn pick(&self, avoid: Option<usize>) -> Result<usize, ClientError> {
         let healthy: Vec<bool> = self.endpoints.iter().map(|e| e.is_healthy()).collect();
         let usable: Vec<bool> = self.endpoints.iter().map(|e| e.is_usable()).collect();
+        let best = self
+            .endpoints
+            .iter()
+            .filter(|e| e.is_healthy())
+            .filter_map(|e| e.rtt())
+            .min();
+        let slow: Vec<bool> = self
+            .endpoints
+            .iter()
+            .map(|e| is_slow(e.rtt(), best))
+            .collect();
         let cursor = self.cursor.fetch_add(1, Ordering::Relaxed);
-        pick_endpoint(&healthy, &usable, cursor, avoid).ok_or_else(|| ClientError::Unavailable {
-            alias: self.alias.clone(),
-            details: "no usable endpoint (every endpoint shows another domain's identity)".into(),
+        pick_preferring(&healthy, &slow, &usable, cursor, avoid).ok_or_else(|| {
+            ClientError::Unavailable {
+                alias: self.alias.clone(),
+                details: "no usable endpoint (every endpoint shows another domain's identity)"
+                    .into(),
+            }
         })
     }
 
@@ -1087,13 +1105,7 @@ async fn refresh_loop(inner: Arc<Inner>, stop: CancellationToken) {
     }
 }
 
-/// Microseconds since the epoch (client clock; used for max sequencing times).
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
-}
+pub use domain_time::now_micros;
 
 /// The local instant at which the wall clock reaches `micros`.
 fn instant_of_micros(micros: i64) -> Instant {

@@ -10,10 +10,16 @@
 //!
 //! A connection that keeps timing out (a black-holed peer) is replaced by a fresh lazy
 //! channel after three timed-out checks, so recovery does not wait for HTTP/2 keep-alive.
+//!
+//! Each passing check also measures the endpoint's round trip (a moving average). A healthy
+//! endpoint whose round trip is far above the best one's ([`is_slow`]: more than twice the
+//! best plus 100 ms, e.g. a replica behind a cross-region link) is used only when no other
+//! healthy endpoint is left ([`pick_preferring`]).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use std::time::Instant;
 
 use domain_proto::v1::{self as pb, sequencer_service_client::SequencerServiceClient};
 use tokio::sync::watch;
@@ -68,6 +74,8 @@ pub(crate) struct EndpointHandle {
     healthy: watch::Sender<bool>,
     status: Mutex<EndpointStatus>,
     timeouts_in_a_row: AtomicU32,
+    /// Moving average of the passing health checks' round trips, microseconds (0: none yet).
+    rtt_micros: AtomicU64,
 }
 
 impl std::fmt::Debug for EndpointHandle {
@@ -119,6 +127,7 @@ impl EndpointHandle {
             healthy,
             status: Mutex::new(EndpointStatus::default()),
             timeouts_in_a_row: AtomicU32::new(0),
+            rtt_micros: AtomicU64::new(0),
         };
         metrics::endpoint_healthy(&handle.alias, &handle.url, false);
         Ok(handle)
@@ -147,6 +156,27 @@ impl EndpointHandle {
 
     pub(crate) fn is_healthy(&self) -> bool {
         *self.healthy.borrow()
+    }
+
+    /// The measured health-check round trip (moving average), once a check passed.
+    pub(crate) fn rtt(&self) -> Option<Duration> {
+        match self.rtt_micros.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    fn record_rtt(&self, sample: Duration) {
+        let sample = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX).max(1);
+        let old = self.rtt_micros.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old.saturating_mul(3) / 4)
+                .saturating_add(sample / 4)
+                .max(1)
+        };
+        self.rtt_micros.store(new, Ordering::Relaxed);
     }
 
     /// Watches the health flag (e.g. to abandon a call when the endpoint turns unhealthy).
@@ -246,11 +276,13 @@ impl EndpointHandle {
         let request = HealthCheckRequest {
             service: String::new(),
         };
+        let sent = Instant::now();
         let outcome =
             tokio::time::timeout(timeout, HealthClient::new(channel.clone()).check(request)).await;
         let problem = match outcome {
             Ok(Ok(resp)) => {
                 self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                self.record_rtt(sent.elapsed());
                 match resp.into_inner().status() {
                     ServingStatus::Serving => None,
                     other => Some(format!("health check: {}", other.as_str_name())),
@@ -353,9 +385,71 @@ pub fn pick_endpoint(
         .or_else(|| choose(&|i| usable.get(i).copied().unwrap_or(false)))
 }
 
+/// Whether a round trip of `rtt` is far above the `best` one: more than twice it plus
+/// 100 ms (so ordinary jitter on a LAN never splits the endpoints).
+pub fn is_slow(rtt: Option<Duration>, best: Option<Duration>) -> bool {
+    match (rtt, best) {
+        (Some(rtt), Some(best)) => rtt > best * 2 + Duration::from_millis(100),
+        _ => false,
+    }
+}
+
+/// [`pick_endpoint`] preferring the endpoints that are not slow (`slow[i]`): a healthy,
+/// not slow endpoint other than `avoid` first; otherwise the same choice as
+/// [`pick_endpoint`] over all of them.
+pub fn pick_preferring(
+    healthy: &[bool],
+    slow: &[bool],
+    usable: &[bool],
+    cursor: usize,
+    avoid: Option<usize>,
+) -> Option<usize> {
+    let fast: Vec<bool> = healthy
+        .iter()
+        .enumerate()
+        .map(|(i, h)| *h && !slow.get(i).copied().unwrap_or(false))
+        .collect();
+    if fast.iter().any(|f| *f) {
+        let only_fast_usable: Vec<bool> = fast.iter().zip(usable).map(|(f, u)| *f && *u).collect();
+        if let Some(i) = pick_endpoint(&fast, &only_fast_usable, cursor, avoid)
+            && Some(i) != avoid
+        {
+            return Some(i);
+        }
+    }
+    pick_endpoint(healthy, usable, cursor, avoid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_endpoints_are_used_only_when_nothing_else_is_left() {
+        let ms = Duration::from_millis;
+        assert!(
+            !is_slow(Some(ms(30)), Some(ms(2))),
+            "LAN jitter is not slow"
+        );
+        assert!(is_slow(Some(ms(450)), Some(ms(5))));
+        assert!(!is_slow(None, Some(ms(5))));
+        let healthy = [true, true, true];
+        let slow = [false, true, false];
+        let usable = [true; 3];
+        let picks: Vec<_> = (0..6)
+            .map(|c| pick_preferring(&healthy, &slow, &usable, c, None))
+            .collect();
+        assert!(picks.iter().all(|p| *p != Some(1)), "{picks:?}");
+        // The fast ones down (or just failed): the slow one is still used.
+        assert_eq!(
+            pick_preferring(&[false, true, false], &slow, &usable, 0, None),
+            Some(1)
+        );
+        assert_eq!(
+            pick_preferring(&[true, true, false], &slow, &usable, 0, Some(0)),
+            Some(1)
+        );
+    }
 
     #[test]
     fn round_robin_over_healthy() {

@@ -392,7 +392,7 @@ async fn listen_loop(
                 let announced = match parse_watermark_notification(
                     n.payload(),
                     ha.total_node_count,
-                    timestamp::now_micros(),
+                    timestamp::clock_micros(),
                     ha.max_clock_skew,
                 ) {
                     Ok(a) => a,
@@ -709,7 +709,7 @@ async fn health_loop(
             _ = shutdown.cancelled() => { readiness.set_ready(false); return; }
             _ = tick.tick() => {}
         }
-        let age = timestamp::now_micros() - last_db_success.load(Ordering::Relaxed);
+        let age = timestamp::clock_micros() - last_db_success.load(Ordering::Relaxed);
         let ready = state.borrow().online && age < grace.as_micros() as i64;
         if readiness.is_ready() != ready {
             tracing::info!(ready, "readiness changed");

@@ -25,10 +25,10 @@ use std::time::Duration;
 use tokio_postgres::GenericClient;
 
 use crate::store::StoreError;
-use crate::timestamp::now_micros;
+use crate::timestamp::clock_micros;
 
 /// Session advisory lock held by whichever instance (or admin call) prunes.
-pub const PRUNING_LOCK: i64 = 7_301_002;
+pub const PRUNING_LOCK: i64 = domain_storage::locks::SEQ_PRUNING;
 
 /// SQL predicate on a member event timestamp `ts` (a column named `ts` in scope) with the
 /// lower bound as parameter `$L`: visible above the bound, and below it only when the event
@@ -103,7 +103,7 @@ pub async fn view(
 ) -> Result<PruningView, StoreError> {
     let lower_bound = crate::store::lower_bound(client).await?;
     let safe_watermark = crate::store::safe_watermark(client).await?;
-    let now = now_micros();
+    let now = clock_micros();
     let retention_bound = retention_bound(now, retention);
     // A member's next event is the first one of its stream above its acknowledgement, by
     // the same visibility rule readers apply: below the lower bound only retained topology

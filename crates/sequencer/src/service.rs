@@ -20,7 +20,7 @@ use crate::metrics as m;
 use crate::reader::SharedReader;
 use crate::store::{self, BROADCAST_MEMBER_ID, MemberRow};
 use crate::subscription::{self, SubscriptionContext};
-use crate::timestamp::now_micros;
+use crate::timestamp::clock_micros;
 use crate::topology::TopologyCache;
 use crate::writer::{Submission, WriteCommand, WriterHandle};
 
@@ -237,7 +237,7 @@ impl SequencerCore {
                 "authorization must be `Bearer <token>`",
             ))?;
         let hash = Sha256::digest(token.as_bytes()).to_vec();
-        let now = now_micros();
+        let now = clock_micros();
         let cached = {
             let cache = self.tokens.lock().await;
             cache
@@ -379,7 +379,7 @@ impl SequencerCore {
                 recipients.insert(row.id);
             }
         }
-        let now = now_micros();
+        let now = clock_micros();
         let max_sequencing_ts = if sub.max_sequencing_time_micros == 0 {
             now + self.settings.default_max_sequencing.as_micros() as i64
         } else {

@@ -171,7 +171,7 @@ pub const MEMBERS_CHANNEL: &str = "seq_members";
 /// Notified when a batch sequenced topology transactions.
 pub const TOPOLOGY_CHANNEL: &str = "seq_topology";
 /// Advisory lock key under which instances apply due topology transactions.
-pub(crate) const TOPOLOGY_APPLY_LOCK: i64 = 0x7365_715f_746f_706f; // "seq_topo"
+pub(crate) const TOPOLOGY_APPLY_LOCK: i64 = domain_storage::locks::SEQ_TOPOLOGY_APPLY;
 
 /// Claims a free instance index (random among those not online) and brings it
 /// online above every existing watermark and the wall clock. Runs on the
@@ -180,7 +180,7 @@ pub async fn go_online(
     client: &mut Client,
     modulus: u16,
     owner: uuid_like::Owner,
-    now_micros: i64,
+    clock_micros: i64,
     address: &str,
     preferred: Option<i16>,
 ) -> Result<(i16, i64), StoreError> {
@@ -269,7 +269,7 @@ pub async fn go_online_checked(
             free.get(pick).copied().unwrap_or(first)
         }
     };
-    let watermark = max_wm.max(now_micros);
+    let watermark = max_wm.max(clock_micros);
     // Release every other index this process held, so recoveries never leak online slots.
     tx.execute(
         "UPDATE seq_instances SET online = false WHERE owner = $1::text::uuid AND instance_index <> $2",
@@ -946,9 +946,11 @@ pub async fn write_checkpoints(
     min_new: i64,
 ) -> Result<u64, StoreError> {
     let tx = client.transaction().await?;
-    // Arbitrary but stable advisory lock key: "seq checkpointer".
     let locked: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock(7301001)", &[])
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock($1)",
+            &[&domain_storage::locks::SEQ_CHECKPOINTS],
+        )
         .await?
         .get(0);
     if !locked {

@@ -21,10 +21,10 @@ impl PartitionedTimestampGenerator {
         }
     }
 
-    /// Returns the next timestamp: at least `now_micros`, above every value
+    /// Returns the next timestamp: at least `clock_micros`, above every value
     /// issued before, and congruent to the instance index.
-    pub fn next(&mut self, now_micros: i64) -> i64 {
-        self.next_above(now_micros, self.last)
+    pub fn next(&mut self, clock_micros: i64) -> i64 {
+        self.next_above(clock_micros, self.last)
     }
 
     /// Like [`Self::next`], but also strictly above `at_least_above` (used to
@@ -33,8 +33,8 @@ impl PartitionedTimestampGenerator {
     /// Saturates instead of wrapping: a bound near `i64::MAX` (a forged or corrupt
     /// watermark; callers filter those, see `lib.rs` `plausible_peer_watermark`) yields
     /// the largest value of the residue class and never a negative timestamp.
-    pub fn next_above(&mut self, now_micros: i64, at_least_above: i64) -> i64 {
-        let lower = now_micros
+    pub fn next_above(&mut self, clock_micros: i64, at_least_above: i64) -> i64 {
+        let lower = clock_micros
             .max(self.last.saturating_add(1))
             .max(at_least_above.saturating_add(1));
         // Round up to the next value congruent to `index` modulo `modulus`.
@@ -65,13 +65,10 @@ pub fn set_clock_offset(offset: std::time::Duration, ahead: bool) {
     CLOCK_OFFSET_MICROS.store(signed, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Returns the wall clock in microseconds since the Unix epoch.
-pub fn now_micros() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(now.as_micros())
-        .unwrap_or(i64::MAX)
+/// This instance's sequencer clock: the wall clock ([`domain_time::now_micros`]) plus the
+/// fault-injection offset (always 0 without the feature).
+pub fn clock_micros() -> i64 {
+    domain_time::now_micros()
         .saturating_add(CLOCK_OFFSET_MICROS.load(std::sync::atomic::Ordering::Relaxed))
 }
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::SequencerError;
 use crate::metrics as m;
 use crate::store::{self, StoreError};
-use crate::timestamp::now_micros;
+use crate::timestamp::clock_micros;
 
 /// A verified topology transaction travelling with its submission to the writer.
 #[derive(Debug, Clone)]
@@ -198,7 +198,7 @@ impl TopologyCache {
             self.state
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .parameters_at(now_micros())
+                .parameters_at(clock_micros())
                 .max_request_size,
         )
     }
@@ -232,7 +232,7 @@ pub async fn run_applier(
                 metrics::gauge!(m::TOPOLOGY_TRANSACTIONS).set(cache.transaction_count() as f64);
                 drop(client);
                 match pool.get().await {
-                    Ok(mut client) => match store::apply_due_topology(&mut client, now_micros())
+                    Ok(mut client) => match store::apply_due_topology(&mut client, clock_micros())
                         .await
                     {
                         Ok((applied, next)) => {
@@ -265,7 +265,7 @@ pub async fn run_applier(
         };
         let sleep = match next_due {
             Some(ts) => {
-                let wait = ts.saturating_sub(now_micros()).max(0);
+                let wait = ts.saturating_sub(clock_micros()).max(0);
                 Duration::from_micros(u64::try_from(wait).unwrap_or(0)).min(FALLBACK_POLL)
             }
             None => FALLBACK_POLL,

@@ -18,7 +18,7 @@ use crate::overload::{QueueBudget, QueueCharge, SUBMISSION_OVERHEAD, ShedReason}
 use crate::store::{
     self, FaultHooks, NewEvent, NewRegistration, StoreError, WriterStatements, uuid_like::Owner,
 };
-use crate::timestamp::{PartitionedTimestampGenerator, now_micros};
+use crate::timestamp::{PartitionedTimestampGenerator, clock_micros};
 use crate::topology::{PendingTopology, TopologyRow};
 
 /// A validated submission waiting to be sequenced.
@@ -271,7 +271,7 @@ impl Writer {
             &mut client,
             self.settings.modulus,
             owner.clone(),
-            now_micros(),
+            clock_micros(),
             &self.settings.address,
             *preferred,
             self.committed,
@@ -330,14 +330,14 @@ impl Writer {
                     // Readers wait for min(watermarks): overtake a peer's event batch at
                     // once instead of at the next keep-alive.
                     if peer >= generator.last() {
-                        let wm = generator.next_above(now_micros(), peer);
+                        let wm = generator.next_above(clock_micros(), peer);
                         self.heartbeat(&client, &stmts, index, owner, wm, state).await?;
                         last_write = Instant::now();
                     }
                 }
                 _ = keepalive.tick() => {
                     if last_write.elapsed() >= self.settings.keepalive {
-                        let wm = generator.next(now_micros());
+                        let wm = generator.next(clock_micros());
                         self.heartbeat(&client, &stmts, index, owner, wm, state).await?;
                         last_write = Instant::now();
                     }
@@ -383,7 +383,7 @@ impl Writer {
         batch: Vec<WriteCommand>,
         state: &watch::Sender<WriterState>,
     ) -> Result<(), StoreError> {
-        let now = now_micros();
+        let now = clock_micros();
         let peer = *self.peer_event_watermark.borrow();
         let mut events: Vec<NewEvent> = Vec::with_capacity(batch.len());
         let mut pending: Vec<(Submission, i64)> = Vec::with_capacity(batch.len());
@@ -624,7 +624,7 @@ impl Writer {
 
     fn mark_db_success(&self) {
         self.last_db_success
-            .store(now_micros(), std::sync::atomic::Ordering::Relaxed);
+            .store(clock_micros(), std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -34,15 +34,7 @@ async fn online(cfg: &DatabaseConfig) -> Vec<(i16, bool)> {
 async fn dead_writer_connection_marks_peer_offline_at_once() {
     let cfg = migrated("peer_offline").await;
     let pool = domain_storage::hot_pool(&cfg).expect("pool");
-    let now = || {
-        i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_micros(),
-        )
-        .expect("micros")
-    };
+    let now = domain_time::now_micros;
 
     // Three "instances", each brought online on its own writer connection.
     let mut writers = Vec::new();

@@ -83,3 +83,106 @@ async fn topology_apply_order_follows_the_highest_effective_serial() {
         "serial 6 became effective after serial 7 but is superseded by it"
     );
 }
+
+/// Migration 0005: rows the writer could never produce are refused by the schema itself
+/// (SQLSTATE 23514), like dm_topology's; a valid row still goes in.
+#[tokio::test]
+async fn seq_topology_refuses_rows_outside_its_column_domains() {
+    let cfg = migrated("topo_checks").await;
+    let pool = domain_storage::hot_pool(&cfg).expect("pool");
+    let client = pool.get().await.expect("connection");
+    let row = |serial: i64,
+               seq: i64,
+               eff: i64,
+               kind: &str,
+               op: &str,
+               member: Option<&str>,
+               perm: Option<&str>| {
+        let (kind, op, member, perm) = (
+            kind.to_owned(),
+            op.to_owned(),
+            member.map(str::to_owned),
+            perm.map(str::to_owned),
+        );
+        let client = &client;
+        async move {
+            client
+                .execute(
+                    "INSERT INTO seq_topology (serial, sequenced_ts, effective_ts, kind, operation, member, permission, signed)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, ''::bytea)",
+                    &[&serial, &seq, &eff, &kind, &op, &member, &perm],
+                )
+                .await
+        }
+    };
+    let bad = [
+        (
+            "serial 0",
+            row(
+                0,
+                1,
+                1,
+                "participant_state",
+                "replace",
+                Some(P),
+                Some("submission"),
+            )
+            .await,
+        ),
+        (
+            "unknown kind",
+            row(1, 1, 1, "bogus", "replace", Some(P), None).await,
+        ),
+        (
+            "unknown operation",
+            row(2, 1, 1, "mediator", "upsert", Some(P), None).await,
+        ),
+        (
+            "unknown permission",
+            row(
+                3,
+                1,
+                1,
+                "participant_state",
+                "replace",
+                Some(P),
+                Some("root"),
+            )
+            .await,
+        ),
+        (
+            "member on parameters",
+            row(4, 1, 1, "domain_parameters", "replace", Some(P), None).await,
+        ),
+        (
+            "no member on a mapping",
+            row(5, 1, 1, "sequencer", "replace", None, None).await,
+        ),
+        (
+            "effective before sequenced",
+            row(6, 10, 9, "mediator", "replace", Some(P), None).await,
+        ),
+    ];
+    for (case, result) in bad {
+        let err = result.expect_err(case);
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
+            "{case}: {err}"
+        );
+    }
+    row(
+        7,
+        1,
+        2,
+        "participant_state",
+        "replace",
+        Some(P),
+        Some("observation"),
+    )
+    .await
+    .expect("a valid row");
+    row(8, 3, 3, "domain_parameters", "replace", None, None)
+        .await
+        .expect("a valid parameters row");
+}

@@ -41,15 +41,51 @@ pub struct MediatorNode {
     pub ops_port: u16,
     pub config_path: std::path::PathBuf,
     pub process: Option<ManagedProcess>,
+    /// Where it runs (root namespace on loopback by default).
+    pub placement: ReplicaPlacement,
 }
 
 impl MediatorNode {
+    /// The admin API (loopback of the replica's namespace: unreachable from the test
+    /// when the replica runs in a namespace of its own).
     pub fn admin_endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.admin_port)
     }
     pub fn ops_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ops_port)
+        format!(
+            "http://{}",
+            std::net::SocketAddr::new(self.placement.addr, self.ops_port)
+        )
     }
+}
+
+/// Where a mediator replica runs: a network namespace, the address of its ops port, and
+/// its database URL as seen from there.
+#[derive(Debug, Clone)]
+pub struct ReplicaPlacement {
+    pub netns: Option<String>,
+    pub addr: std::net::IpAddr,
+    pub database_url: Option<String>,
+}
+
+impl Default for ReplicaPlacement {
+    fn default() -> Self {
+        Self {
+            netns: None,
+            addr: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            database_url: None,
+        }
+    }
+}
+
+/// A domain on test hosts with their own addresses (fault_network.rs): the databases (on
+/// a server the namespaces reach), the address the sequencers listen on (in the root
+/// namespace), and one placement per mediator replica.
+pub struct MediatorNet {
+    pub seq_database: TestDatabase,
+    pub med_database: TestDatabase,
+    pub sequencer_addr: std::net::IpAddr,
+    pub replicas: Vec<ReplicaPlacement>,
 }
 
 /// A verdict as a participant received it.
@@ -107,14 +143,53 @@ impl MediatorDomain {
         participants: &[(&str, Permission)],
         response_timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let database = PgCluster::shared()
-            .create_database(&format!("{prefix}_seq"))
-            .await;
-        let cluster = SequencerCluster::start(logs.clone(), database.clone(), 2, "").await?;
+        Self::start_with(logs, prefix, replicas, participants, response_timeout, None).await
+    }
+
+    /// [`Self::start`] with the sequencers, databases and replicas placed by `net`.
+    pub async fn start_with(
+        logs: TestLogs,
+        prefix: &str,
+        replicas: usize,
+        participants: &[(&str, Permission)],
+        response_timeout: Duration,
+        net: Option<MediatorNet>,
+    ) -> anyhow::Result<Self> {
+        let (cluster, database, med_db, placements) = match net {
+            None => {
+                let database = PgCluster::shared()
+                    .create_database(&format!("{prefix}_seq"))
+                    .await;
+                let cluster =
+                    SequencerCluster::start(logs.clone(), database.clone(), 2, "").await?;
+                let med_db = PgCluster::shared()
+                    .create_database(&format!("{prefix}_med"))
+                    .await;
+                (
+                    cluster,
+                    database,
+                    med_db,
+                    vec![ReplicaPlacement::default(); replicas],
+                )
+            }
+            Some(net) => {
+                let placement = domain_testkit::cluster::Placement {
+                    netns: None,
+                    addr: net.sequencer_addr,
+                    database_url: None,
+                };
+                let cluster = SequencerCluster::start_placed(
+                    logs.clone(),
+                    net.seq_database.clone(),
+                    "",
+                    &[],
+                    &[placement.clone(), placement],
+                )
+                .await?;
+                (cluster, net.seq_database, net.med_database, net.replicas)
+            }
+        };
         let seq_db = db_client(&database.url).await?;
-        let med_db = PgCluster::shared()
-            .create_database(&format!("{prefix}_med"))
-            .await;
 
         // The shared key, made by the binary itself.
         let key_path = logs.dir().join("mediator-key.pem");
@@ -184,7 +259,8 @@ impl MediatorDomain {
             next_id: AtomicU64::new(0),
         };
         for i in 0..replicas {
-            domain.add_mediator_node(i, &key_path)?;
+            let placement = placements.get(i).cloned().unwrap_or_default();
+            domain.add_mediator_node(i, &key_path, placement)?;
             domain.start_mediator(i)?;
         }
         let active = domain.wait_active(Duration::from_secs(30)).await?;
@@ -192,7 +268,11 @@ impl MediatorDomain {
         // One replica being active says nothing about the others having started listening
         // (seen in CI on a loaded machine: the passive replica's health check was refused).
         for i in 0..replicas {
-            domain.wait_reachable(i, Duration::from_secs(30)).await?;
+            if domain.nodes[i].placement.netns.is_some() {
+                domain.wait_live(i, Duration::from_secs(30)).await?;
+            } else {
+                domain.wait_reachable(i, Duration::from_secs(30)).await?;
+            }
         }
 
         for (i, (name, member)) in members.into_iter().enumerate() {
@@ -217,7 +297,12 @@ impl MediatorDomain {
         Ok(domain)
     }
 
-    fn add_mediator_node(&mut self, i: usize, key_path: &std::path::Path) -> anyhow::Result<()> {
+    fn add_mediator_node(
+        &mut self,
+        i: usize,
+        key_path: &std::path::Path,
+        placement: ReplicaPlacement,
+    ) -> anyhow::Result<()> {
         let name = format!("mediator-{i}");
         let (admin_port, ops_port) = (free_port(), free_port());
         // Each replica prefers another sequencer instance.
@@ -234,7 +319,7 @@ impl MediatorDomain {
 signing-key-file = "{key}"
 domain-id = "{domain}"
 sequencers = [{endpoints}]
-ops-listen = "127.0.0.1:{ops_port}"
+ops-listen = "{ops_listen}"
 advertised-admin-address = "http://127.0.0.1:{admin_port}"
 
 [database]
@@ -242,15 +327,30 @@ url = "{url}"
 
 [sequencer-tls]
 ca = "{ca}"
-
+{tls_name}
 [admin-api]
 listen = "127.0.0.1:{admin_port}"
 "#,
             key = key_path.display(),
             domain = self.cluster.domain_id,
             endpoints = endpoints.join(", "),
-            url = self.med_db.url,
+            url = placement
+                .database_url
+                .as_deref()
+                .unwrap_or(&self.med_db.url),
             ca = self.cluster.pki_files.ca.display(),
+            ops_listen = std::net::SocketAddr::new(placement.addr, ops_port),
+            // Sequencer endpoints by IP address: the test certificate names localhost.
+            tls_name = if self
+                .cluster
+                .nodes
+                .iter()
+                .all(|n| n.placement.addr.is_loopback())
+            {
+                String::new()
+            } else {
+                "domain-name = \"localhost\"\n".to_owned()
+            },
         );
         let config_path = self.logs.dir().join(format!("{name}.toml"));
         std::fs::write(&config_path, config)?;
@@ -260,6 +360,7 @@ listen = "127.0.0.1:{admin_port}"
             ops_port,
             config_path,
             process: None,
+            placement,
         });
         Ok(())
     }
@@ -267,8 +368,14 @@ listen = "127.0.0.1:{admin_port}"
     /// (Re)starts replica `i` (does not wait for anything).
     pub fn start_mediator(&mut self, i: usize) -> anyhow::Result<()> {
         let node = self.nodes.get_mut(i).context("no such replica")?;
+        let builder = match &node.placement.netns {
+            None => ProcessBuilder::new(binary_path("mediator")),
+            Some(ns) => ProcessBuilder::new(domain_testkit::netns::ip_path())
+                .args(["netns", "exec", ns.as_str()])
+                .arg(binary_path("mediator")),
+        };
         node.process = Some(
-            ProcessBuilder::new(binary_path("mediator"))
+            builder
                 .arg("--config-file")
                 .arg(node.config_path.as_os_str())
                 .arg("--log-format")
@@ -332,6 +439,21 @@ listen = "127.0.0.1:{admin_port}"
             .status(pb::MediatorStatusRequest {})
             .await?
             .into_inner())
+    }
+
+    /// Waits until replica `i` answers `/health/live` on its ops port.
+    pub async fn wait_live(&self, i: usize, timeout: Duration) -> anyhow::Result<()> {
+        let node = self.nodes.get(i).context("no such replica")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match http_get(&node.ops_url(), "/health/live").await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e.context(format!("mediator replica {i} never answered live")));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 
     /// Waits until replica `i` answers its gRPC health check (whatever the status).
