@@ -184,7 +184,16 @@ pub async fn go_online(
     address: &str,
     preferred: Option<i16>,
 ) -> Result<(i16, i64), StoreError> {
-    go_online_checked(client, modulus, owner, now_micros, address, preferred, None).await
+    go_online_checked(
+        client,
+        modulus,
+        owner,
+        clock_micros,
+        address,
+        preferred,
+        None,
+    )
+    .await
 }
 
 /// [`go_online`] for a process that already committed: `committed` is the instance index
@@ -196,7 +205,7 @@ pub async fn go_online_checked(
     client: &mut Client,
     modulus: u16,
     owner: uuid_like::Owner,
-    now_micros: i64,
+    clock_micros: i64,
     address: &str,
     preferred: Option<i16>,
     committed: Option<(i16, i64)>,

@@ -119,13 +119,7 @@ async fn dead_writer_connection_marks_peer_offline_at_once() {
 }
 
 fn micros() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_micros(),
-    )
-    .expect("micros")
+    domain_time::now_micros()
 }
 
 #[tokio::test]
