@@ -110,6 +110,7 @@ impl ServiceError for SequencerError {
         "SEQ_SUBSCRIBER_TOO_SLOW",
         "SEQ_TOO_MANY_SUBSCRIPTIONS",
         "SEQ_EVENTS_PRUNED",
+        "SEQ_COUNTER_AHEAD",
         "SEQ_REGISTERED_AHEAD",
         "SEQ_INSTANCE_OFFLINE",
         "SEQ_OUTCOME_UNKNOWN",
@@ -222,6 +223,10 @@ mod tests {
             SequencerError::MemberUnknown("x".into()),
             SequencerError::RecipientUnknown("x".into()),
             SequencerError::SubscriberTooSlow { resume_from: 1 },
+            SequencerError::CounterAhead {
+                counter: 9,
+                next: 4,
+            },
             SequencerError::TooManySubscriptions {
                 member: "x".into(),
                 limit: 1,
