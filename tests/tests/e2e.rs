@@ -12,6 +12,7 @@ mod client_failover;
 mod client_fake_sequencer;
 mod devnet;
 mod domain_manager;
+mod fault_database;
 mod fault_network;
 mod fault_process;
 mod history_smoke;

@@ -103,6 +103,13 @@ pub struct DatabaseConfig {
 
     /// Which server to accept when `url` lists several hosts: `read-write` lands on the
     /// primary after a managed-PostgreSQL failover, `any` accepts a standby.
+    ///
+    /// `url` may list several servers, libpq style:
+    /// `postgres://user@db-a:5432,db-b:5432/seq?target_session_attrs=read-write`. Every
+    /// connection (hot pool, writer, LISTEN, and the sqlx pool of start-up) tries them in
+    /// order and keeps the first that satisfies this setting, so after a standby is
+    /// promoted the components reconnect to it without a config change. A
+    /// `target_session_attrs` in the URL must agree with this key (an error otherwise).
     /// Default: `read-write`. Since 0.1.0.
     pub target_session_attrs: TargetSessionAttrs,
 
@@ -206,12 +213,8 @@ impl DatabaseConfig {
     /// The TLS parameters are taken out of the URL (tokio-postgres does not know most of
     /// them); the connections verify certificates through [`tls_connector`](Self::tls_connector).
     pub fn tokio_postgres_config(&self) -> Result<tokio_postgres::Config, StorageError> {
-        let (url, _) = split_tls_params(self.url.expose());
         let tls = self.tls_settings()?;
-        let mut pg =
-            tokio_postgres::Config::from_str(&url).map_err(|e| StorageError::InvalidConfig {
-                reason: format!("cannot parse database url {}: {e}", self.url),
-            })?;
+        let mut pg = self.parsed_url()?;
         pg.ssl_mode(tls.tokio_postgres_mode());
         if let Some(password) = self.resolve_password()? {
             pg.password(password);
@@ -251,6 +254,91 @@ impl DatabaseConfig {
         Ok(pg)
     }
 
+    /// Parses `url` with tokio-postgres (which understands libpq's multi-host URLs), TLS
+    /// parameters taken out, and checks a `target_session_attrs` in it against the
+    /// `target-session-attrs` key.
+    fn parsed_url(&self) -> Result<tokio_postgres::Config, StorageError> {
+        let (url, _) = split_tls_params(self.url.expose());
+        let pg =
+            tokio_postgres::Config::from_str(&url).map_err(|e| StorageError::InvalidConfig {
+                reason: format!("cannot parse database url {}: {e}", self.url),
+            })?;
+        if let Some(in_url) = url_param(&url, "target_session_attrs") {
+            let agrees = matches!(
+                (in_url.as_str(), self.target_session_attrs),
+                ("any", TargetSessionAttrs::Any) | ("read-write", TargetSessionAttrs::ReadWrite)
+            );
+            if !agrees {
+                return Err(StorageError::InvalidConfig {
+                    reason: format!(
+                        "database url {} has target_session_attrs={in_url} but \
+                         `database.target-session-attrs` is {}; make them agree (only \
+                         `any` and `read-write` are supported)",
+                        self.url,
+                        self.target_session_attrs.as_str()
+                    ),
+                });
+            }
+        }
+        Ok(pg)
+    }
+
+    /// Returns the servers `url` names, in the order connections try them: one for an
+    /// ordinary URL, several for a libpq multi-host URL (`postgres://u@a:5432,b:5433/db`).
+    pub fn hosts(&self) -> Result<Vec<DatabaseHost>, StorageError> {
+        let pg = self.parsed_url()?;
+        let ports = pg.get_ports();
+        let hosts = pg.get_hosts();
+        if hosts.is_empty() {
+            return Err(StorageError::InvalidConfig {
+                reason: format!("database url {} names no host", self.url),
+            });
+        }
+        Ok(hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                // libpq: one port for every host, or one per host; none means 5432.
+                let port = match ports.len() {
+                    0 => 5432,
+                    1 => ports[0],
+                    _ => ports.get(i).copied().unwrap_or(5432),
+                };
+                match host {
+                    tokio_postgres::config::Host::Tcp(name) => DatabaseHost::Tcp {
+                        host: name.clone(),
+                        port,
+                    },
+                    tokio_postgres::config::Host::Unix(dir) => DatabaseHost::Unix {
+                        dir: dir.clone(),
+                        port,
+                    },
+                }
+            })
+            .collect())
+    }
+
+    /// Returns the sqlx connection options for each server of `url`, in order (one for
+    /// an ordinary URL). sqlx knows only one host per connection, so
+    /// [`connect_sqlx`](crate::connect_sqlx) tries these one after the other, the way
+    /// tokio-postgres walks a multi-host URL.
+    pub fn sqlx_options_per_host(
+        &self,
+    ) -> Result<Vec<sqlx::postgres::PgConnectOptions>, StorageError> {
+        let base = self.sqlx_options()?;
+        let hosts = self.hosts()?;
+        if hosts.len() == 1 {
+            return Ok(vec![base]);
+        }
+        Ok(hosts
+            .into_iter()
+            .map(|host| match host {
+                DatabaseHost::Tcp { host, port } => base.clone().host(&host).port(port),
+                DatabaseHost::Unix { dir, port } => base.clone().socket(dir).port(port),
+            })
+            .collect())
+    }
+
     /// Returns the sqlx connection options: the same URL, password, application name,
     /// statement timeout and TLS settings as [`tokio_postgres_config`](Self::tokio_postgres_config).
     ///
@@ -261,9 +349,15 @@ impl DatabaseConfig {
     /// sqlx has no keepalive, `tcp_user_timeout` or `target_session_attrs` settings; the
     /// pool built by [`connect_sqlx`](crate::connect_sqlx) checks for a writable session
     /// after connecting instead.
+    ///
+    /// For a multi-host URL these are the options of its first server; see
+    /// [`sqlx_options_per_host`](Self::sqlx_options_per_host).
     pub fn sqlx_options(&self) -> Result<sqlx::postgres::PgConnectOptions, StorageError> {
         // The TLS parameters are resolved here, once for both drivers.
         let (url, _) = split_tls_params(self.url.expose());
+        // sqlx parses one `host:port` and does not know target_session_attrs (it would log
+        // a warning for it): hand it the first server and drop the parameter.
+        let url = remove_url_param(&first_host_only(&url), "target_session_attrs");
         let mut opts = sqlx::postgres::PgConnectOptions::from_str(&url).map_err(|e| {
             StorageError::InvalidConfig {
                 reason: format!("cannot parse database url {}: {e}", self.url),
@@ -349,6 +443,71 @@ impl DatabaseConfig {
     }
 }
 
+/// One server of a (possibly multi-host) database URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseHost {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    /// A Unix socket directory (`host=/run/postgresql`).
+    Unix {
+        dir: PathBuf,
+        port: u16,
+    },
+}
+
+impl fmt::Display for DatabaseHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Self::Unix { dir, port } => write!(f, "{}:{port}", dir.display()),
+        }
+    }
+}
+
+/// Returns `url` with only the first of a comma-separated host list in its authority.
+fn first_host_only(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let (scheme, rest) = url.split_at(scheme_end + 3);
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => authority.split_at(at + 1),
+        None => ("", authority),
+    };
+    let first = hosts.split(',').next().unwrap_or(hosts);
+    format!("{scheme}{userinfo}{first}{tail}")
+}
+
+/// The (undecoded) value of query parameter `key` in `url`, if present.
+fn url_param(url: &str, key: &str) -> Option<String> {
+    let query = &url[url.find('?')? + 1..];
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// Returns `url` without query parameter `key`.
+fn remove_url_param(url: &str, key: &str) -> String {
+    let Some(q) = url.find('?') else {
+        return url.to_owned();
+    };
+    let kept: Vec<&str> = url[q + 1..]
+        .split('&')
+        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some(key))
+        .collect();
+    if kept.is_empty() {
+        url[..q].to_owned()
+    } else {
+        format!("{}?{}", &url[..q], kept.join("&"))
+    }
+}
+
 /// Session properties required of the server, see `target-session-attrs` in libpq.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -358,6 +517,16 @@ pub enum TargetSessionAttrs {
     /// Accept only a server that allows writes (the primary).
     #[default]
     ReadWrite,
+}
+
+impl TargetSessionAttrs {
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::ReadWrite => "read-write",
+        }
+    }
 }
 
 /// A PostgreSQL connection URL whose password never leaves the process in text form.
@@ -697,6 +866,103 @@ mod tests {
         assert_eq!(
             parsed.idle_in_transaction_session_timeout,
             Duration::from_secs(30)
+        );
+    }
+
+    /// Issue 16: a libpq multi-host URL with `target_session_attrs` (an HA PostgreSQL with
+    /// a standby to promote) is accepted by both drivers: tokio-postgres gets every host,
+    /// sqlx one set of options per host, in order.
+    #[test]
+    fn multi_host_urls_reach_both_drivers() {
+        let cfg = DatabaseConfig::from_url(
+            "postgres://seq:pw@127.0.0.1:5433,db-b.internal:5434/seq?target_session_attrs=read-write&sslmode=disable",
+        );
+        let pg = cfg.tokio_postgres_config().expect("valid config");
+        assert_eq!(
+            pg.get_hosts(),
+            &[
+                tokio_postgres::config::Host::Tcp("127.0.0.1".into()),
+                tokio_postgres::config::Host::Tcp("db-b.internal".into()),
+            ]
+        );
+        assert_eq!(pg.get_ports(), &[5433, 5434]);
+        assert_eq!(
+            pg.get_target_session_attrs(),
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite
+        );
+        assert_eq!(
+            cfg.hosts().expect("hosts"),
+            vec![
+                DatabaseHost::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: 5433
+                },
+                DatabaseHost::Tcp {
+                    host: "db-b.internal".into(),
+                    port: 5434
+                },
+            ]
+        );
+        let per_host = cfg.sqlx_options_per_host().expect("sqlx options");
+        assert_eq!(per_host.len(), 2);
+        assert_eq!(
+            (per_host[0].get_host(), per_host[0].get_port()),
+            ("127.0.0.1", 5433)
+        );
+        assert_eq!(
+            (per_host[1].get_host(), per_host[1].get_port()),
+            ("db-b.internal", 5434)
+        );
+        for opts in &per_host {
+            assert_eq!(opts.get_username(), "seq");
+            assert_eq!(opts.get_database(), Some("seq"));
+        }
+        // In URL form each host has its own port, 5432 when left out (as in libpq).
+        let default_port = DatabaseConfig::from_url("postgres://u@a,b:6000/d");
+        assert_eq!(
+            default_port.hosts().expect("hosts"),
+            vec![
+                DatabaseHost::Tcp {
+                    host: "a".into(),
+                    port: 5432
+                },
+                DatabaseHost::Tcp {
+                    host: "b".into(),
+                    port: 6000
+                },
+            ]
+        );
+        let single = DatabaseConfig::from_url("postgres://u@a/d");
+        assert_eq!(
+            single.hosts().expect("hosts"),
+            vec![DatabaseHost::Tcp {
+                host: "a".into(),
+                port: 5432
+            }]
+        );
+        assert_eq!(single.sqlx_options_per_host().expect("opts").len(), 1);
+        // The URL's target_session_attrs must agree with the config key.
+        let disagree = DatabaseConfig::from_url("postgres://u@a:1,b:2/d?target_session_attrs=any");
+        let err = disagree
+            .tokio_postgres_config()
+            .expect_err("disagreeing target_session_attrs")
+            .to_string();
+        assert!(err.contains("database.target-session-attrs"), "{err}");
+        let agree = DatabaseConfig {
+            target_session_attrs: TargetSessionAttrs::Any,
+            ..disagree
+        };
+        assert_eq!(agree.sqlx_options_per_host().expect("opts").len(), 2);
+        assert_eq!(
+            first_host_only("postgres://u:p@a:1,b:2/d?x=1"),
+            "postgres://u:p@a:1/d?x=1"
+        );
+        assert_eq!(
+            remove_url_param(
+                "postgres://a/d?target_session_attrs=any&x=1",
+                "target_session_attrs"
+            ),
+            "postgres://a/d?x=1"
         );
     }
 

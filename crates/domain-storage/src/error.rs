@@ -42,6 +42,17 @@ pub enum StorageError {
         after: Duration,
     },
 
+    /// The server only accepts reads (a standby, e.g. after a failover) while
+    /// `target-session-attrs` is `read-write`.
+    #[error(
+        "database server {host} is read-only (a standby?) but database.target-session-attrs \
+         is read-write"
+    )]
+    ReadOnlyServer {
+        /// `host:port` of the server.
+        host: String,
+    },
+
     /// The hot pool could not hand out a connection in time.
     #[error("database pool timed out while {}", .0.describe())]
     PoolTimeout(PoolTimeoutKind),

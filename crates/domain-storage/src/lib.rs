@@ -60,7 +60,7 @@ pub mod locks;
 mod sqlx_pool;
 mod tls;
 
-pub use config::{DatabaseConfig, DatabaseUrl, TargetSessionAttrs};
+pub use config::{DatabaseConfig, DatabaseHost, DatabaseUrl, TargetSessionAttrs};
 pub use dedicated::{ConnectionTask, dedicated_connection, listen_connection};
 pub use error::{PoolTimeoutKind, StorageError};
 pub use hot::hot_pool;

@@ -16,14 +16,72 @@ pub const SQLX_POOL_MAX_SIZE: u32 = 4;
 /// with `statement_timeout` as a startup option. Acquiring waits at most
 /// `connect-timeout + pool-wait-timeout`. With `target-session-attrs = read-write`, a
 /// connection that lands on a read-only server is rejected.
+///
+/// A multi-host `url` is walked like libpq and tokio-postgres do: the servers are tried
+/// in order and the pool is opened on the first one that accepts a connection meeting
+/// `target-session-attrs` (so a promoted standby listed second is found after a
+/// failover); the error of the last server is returned when none does.
 pub async fn connect_sqlx(cfg: &DatabaseConfig) -> Result<PgPool, StorageError> {
-    let options = cfg.sqlx_options()?;
+    let per_host = cfg.sqlx_options_per_host()?;
+    let hosts = cfg.hosts()?;
+    let mut last_error = None;
+    for (i, options) in per_host.into_iter().enumerate() {
+        let host = hosts.get(i).map(ToString::to_string).unwrap_or_default();
+        match connect_sqlx_host(cfg, options, &host).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) => {
+                if hosts.len() > 1 {
+                    tracing::info!(
+                        %host,
+                        error = %e,
+                        "database server not usable; trying the next one of the url"
+                    );
+                }
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| StorageError::InvalidConfig {
+        reason: format!("database url {} names no host", cfg.url),
+    }))
+}
+
+async fn connect_sqlx_host(
+    cfg: &DatabaseConfig,
+    options: sqlx::postgres::PgConnectOptions,
+    host: &str,
+) -> Result<PgPool, StorageError> {
     let tls = cfg.tls_settings()?;
     let max = u32::try_from(cfg.pool_max_size)
         .unwrap_or(u32::MAX)
         .clamp(1, SQLX_POOL_MAX_SIZE);
     let acquire_timeout = cfg.connect_timeout + cfg.pool_wait_timeout;
     let require_writable = cfg.target_session_attrs == TargetSessionAttrs::ReadWrite;
+    if require_writable {
+        // One probe connection first: the pool would retry a read-only server until its
+        // acquire timeout and then report only the timeout.
+        use sqlx::Connection as _;
+        let mut probe = tokio::time::timeout(
+            cfg.connect_timeout,
+            sqlx::postgres::PgConnection::connect_with(&options),
+        )
+        .await
+        .map_err(|_| StorageError::Timeout {
+            action: "connecting to the database",
+            after: cfg.connect_timeout,
+        })?
+        .map_err(|e| crate::error::name_tls_settings_sqlx(e, &tls))?;
+        let read_only: String =
+            sqlx::query_scalar("SELECT current_setting('transaction_read_only')")
+                .fetch_one(&mut probe)
+                .await?;
+        let _ = probe.close().await;
+        if read_only == "on" {
+            return Err(StorageError::ReadOnlyServer {
+                host: host.to_owned(),
+            });
+        }
+    }
     let pool = PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(acquire_timeout)

@@ -323,3 +323,68 @@ async fn connection_errors_do_not_leak_the_password() {
     }
     assert!(!format!("{cfg:?} {}", cfg.url).contains("hunter2"));
 }
+
+/// Issue 16: a libpq multi-host URL whose first server is a read-only standby. Every kind of
+/// connection — the sqlx pool of start-up, the hot pool, a dedicated connection — skips the
+/// standby and lands on the primary; with only the standby listed, start-up refuses it.
+#[tokio::test]
+async fn multi_host_url_skips_a_standby_for_the_primary() {
+    use domain_testkit::pg_ha::{PgHaPair, Replication};
+    let pair = PgHaPair::start(Replication::Asynchronous).expect("primary and standby");
+    let db = pair.create_database("multi_host").await.expect("database");
+    // The standby must have replayed the new database before it is tried.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio_postgres::connect(&pair.standby_url(&db.name), tokio_postgres::NoTls)
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never got the database"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{}?target_session_attrs=read-write",
+        pair.standby_port(),
+        pair.primary_port(),
+        db.name
+    );
+    let cfg = DatabaseConfig::from_url(url);
+    assert_eq!(cfg.hosts().expect("hosts").len(), 2);
+
+    let pool = connect_sqlx(&cfg).await.expect("sqlx pool on the primary");
+    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&pool)
+        .await
+        .expect("query");
+    assert!(!in_recovery, "the sqlx pool landed on the standby");
+    check_commit_mode(&pool, false)
+        .await
+        .expect("asynchronous standbys only warn");
+
+    let hot = hot_pool(&cfg).expect("hot pool");
+    let client = hot.get().await.expect("pooled connection");
+    let row = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .expect("query");
+    assert!(!row.get::<_, bool>(0), "the hot pool landed on the standby");
+    let (dedicated, _task) = dedicated_connection(&cfg).await.expect("dedicated");
+    let row = dedicated
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .expect("query");
+    assert!(
+        !row.get::<_, bool>(0),
+        "the dedicated connection landed on the standby"
+    );
+
+    // The standby alone is refused, naming the reason.
+    let only_standby = DatabaseConfig::from_url(pair.standby_url(&db.name));
+    let err = connect_sqlx(&only_standby)
+        .await
+        .expect_err("a standby is not writable")
+        .to_string();
+    assert!(err.contains("read-only"), "{err}");
+}

@@ -129,6 +129,29 @@ impl SequencerCluster {
         Self::start_placed(logs, database, extra_config, node_env, &placements).await
     }
 
+    /// Like [`Self::start_with_env`], with extra keys of the `[database]` section (e.g.
+    /// `connect-timeout = "1s"`), which `extra_config` cannot add since the section is
+    /// written after it.
+    pub async fn start_with_database_config(
+        logs: TestLogs,
+        database: TestDatabase,
+        instances: usize,
+        extra_config: &str,
+        node_env: &[Vec<(String, String)>],
+        database_config: &str,
+    ) -> anyhow::Result<Self> {
+        let placements = vec![Placement::default(); instances];
+        Self::start_placed_with_database_config(
+            logs,
+            database,
+            extra_config,
+            node_env,
+            &placements,
+            database_config,
+        )
+        .await
+    }
+
     /// Like [`Self::start_with_env`], with one instance per entry of `placements`, each
     /// in its namespace and listening on its address.
     pub async fn start_placed(
@@ -137,6 +160,27 @@ impl SequencerCluster {
         extra_config: &str,
         node_env: &[Vec<(String, String)>],
         placements: &[Placement],
+    ) -> anyhow::Result<Self> {
+        Self::start_placed_with_database_config(
+            logs,
+            database,
+            extra_config,
+            node_env,
+            placements,
+            "",
+        )
+        .await
+    }
+
+    /// [`Self::start_placed`] with extra `[database]` keys (see
+    /// [`Self::start_with_database_config`]).
+    pub async fn start_placed_with_database_config(
+        logs: TestLogs,
+        database: TestDatabase,
+        extra_config: &str,
+        node_env: &[Vec<(String, String)>],
+        placements: &[Placement],
+        database_config: &str,
     ) -> anyhow::Result<Self> {
         let instances = placements.len();
         let dir = logs.dir().to_path_buf();
@@ -181,6 +225,7 @@ advertised-address = "{advertised}"
 
 [database]
 url = "{url}"
+{database_config}
 
 [public-api]
 listen = "{public_listen}"

@@ -7,4 +7,5 @@ pub mod cluster;
 pub mod domain_manager;
 pub mod netns;
 pub mod pg;
+pub mod pg_ha;
 pub mod process;

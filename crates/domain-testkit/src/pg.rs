@@ -423,13 +423,13 @@ pub fn stop_shared() -> anyhow::Result<()> {
     stop_cluster(&base, &pg_bin_dir())
 }
 
-fn pg_bin_dir() -> PathBuf {
+pub(crate) fn pg_bin_dir() -> PathBuf {
     std::env::var_os("PG_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PG_BIN_DIR))
 }
 
-fn check_binaries(bin_dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn check_binaries(bin_dir: &Path) -> anyhow::Result<()> {
     for program in ["initdb", "pg_ctl", "pg_isready", "postgres"] {
         if !bin_dir.join(program).is_file() {
             bail!(
@@ -450,7 +450,7 @@ fn current_uid() -> anyhow::Result<u32> {
         .uid())
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     current_uid().map(|uid| uid == 0).unwrap_or(false)
 }
 
@@ -532,7 +532,7 @@ fn ensure_running_with(base: &Path, bin_dir: &Path, extra: &str) -> anyhow::Resu
     Ok(port)
 }
 
-fn init_cluster(base: &Path, bin_dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn init_cluster(base: &Path, bin_dir: &Path) -> anyhow::Result<()> {
     let data = base.join("data");
     fs::create_dir_all(&data)?;
     chown_to_postgres(&data)?;
@@ -554,7 +554,12 @@ fn init_cluster(base: &Path, bin_dir: &Path) -> anyhow::Result<()> {
     )
 }
 
-fn start_cluster(base: &Path, bin_dir: &Path, port: u16, extra: &str) -> anyhow::Result<()> {
+pub(crate) fn start_cluster(
+    base: &Path,
+    bin_dir: &Path,
+    port: u16,
+    extra: &str,
+) -> anyhow::Result<()> {
     let data = base.join("data");
     let log = base.join("server.log");
     if !log.exists() {
@@ -589,7 +594,7 @@ fn start_cluster(base: &Path, bin_dir: &Path, port: u16, extra: &str) -> anyhow:
     Ok(())
 }
 
-fn stop_cluster(base: &Path, bin_dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn stop_cluster(base: &Path, bin_dir: &Path) -> anyhow::Result<()> {
     let data_arg = base.join("data").to_string_lossy().into_owned();
     if !pg_ctl_status_running(base, bin_dir) {
         return Ok(());
@@ -601,7 +606,7 @@ fn stop_cluster(base: &Path, bin_dir: &Path) -> anyhow::Result<()> {
     )
 }
 
-fn pg_ctl_status_running(base: &Path, bin_dir: &Path) -> bool {
+pub(crate) fn pg_ctl_status_running(base: &Path, bin_dir: &Path) -> bool {
     let data_arg = base.join("data").to_string_lossy().into_owned();
     pg_command(base, bin_dir, "pg_ctl")
         .args(["-D", &data_arg, "status"])
@@ -612,7 +617,7 @@ fn pg_ctl_status_running(base: &Path, bin_dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn is_ready(bin_dir: &Path, port: u16) -> bool {
+pub(crate) fn is_ready(bin_dir: &Path, port: u16) -> bool {
     Command::new(bin_dir.join("pg_isready"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
         .args(["-d", "postgres", "-t", "5"])
@@ -637,7 +642,7 @@ fn write_port(base: &Path, port: u16) -> anyhow::Result<()> {
 
 /// Returns a command running `program` from `bin_dir` as the `postgres` OS user when we are
 /// root (PostgreSQL refuses to run as root), directly otherwise.
-fn pg_command(base: &Path, bin_dir: &Path, program: &str) -> Command {
+pub(crate) fn pg_command(base: &Path, bin_dir: &Path, program: &str) -> Command {
     let path = bin_dir.join(program);
     let mut cmd = if is_root() {
         let mut cmd = Command::new("runuser");
@@ -651,7 +656,7 @@ fn pg_command(base: &Path, bin_dir: &Path, program: &str) -> Command {
     cmd
 }
 
-fn chown_to_postgres(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn chown_to_postgres(path: &Path) -> anyhow::Result<()> {
     if !is_root() {
         return Ok(());
     }
@@ -672,7 +677,7 @@ fn chown_to_postgres(path: &Path) -> anyhow::Result<()> {
 
 /// Runs `cmd` with output appended to `<base>/pg_ctl.log` (a file, not a pipe, so a
 /// daemonised server can never hold our pipe open); on failure the error carries the tail.
-fn run_logged(base: &Path, cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+pub(crate) fn run_logged(base: &Path, cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     let log_path = base.join("pg_ctl.log");
     let mut log = File::options()
         .create(true)
@@ -697,7 +702,7 @@ fn run_logged(base: &Path, cmd: &mut Command, what: &str) -> anyhow::Result<()> 
     bail!("{what} failed ({status}): {cmd:?}\n{}", output.trim_end())
 }
 
-fn tail_of(path: &Path, lines: usize) -> String {
+pub(crate) fn tail_of(path: &Path, lines: usize) -> String {
     match fs::read_to_string(path) {
         Ok(text) => {
             let all: Vec<&str> = text.lines().collect();
@@ -708,7 +713,7 @@ fn tail_of(path: &Path, lines: usize) -> String {
 }
 
 /// Returns `<prefix>_<pid>_<n>_<nonce>`, lowercase, at most 63 bytes.
-fn unique_database_name(prefix: &str) -> String {
+pub(crate) fn unique_database_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut clean: String = prefix
         .chars()
@@ -733,7 +738,7 @@ fn unique_database_name(prefix: &str) -> String {
     format!("{clean}_{}_{n}_{nonce:x}", std::process::id())
 }
 
-fn quote_identifier(name: &str) -> String {
+pub(crate) fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

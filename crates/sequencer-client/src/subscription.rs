@@ -397,6 +397,18 @@ async fn run_inner(
             StreamEnd::Stop => return Ok(()),
             StreamEnd::Failed(status) => status,
         };
+        if error_code(&status) == Some("SEQ_COUNTER_AHEAD") && expect_replay {
+            // The counter of the processed event is beyond the member's history on the
+            // sequencer: the event is gone (the database lost it). The histories differ.
+            return Err(ClientError::ForkDetected {
+                counter: from_counter,
+                endpoint: ep.url.clone(),
+                details: format!(
+                    "the sequencer no longer has the processed event: {}",
+                    status.message()
+                ),
+            });
+        }
         if error_code(&status) == Some("SEQ_EVENTS_PRUNED") && expect_replay {
             // The processed event was pruned: resume after it (linkage check only).
             tracing::warn!(alias = %inner.alias, endpoint = %ep.url, counter = from_counter, "processed event pruned; resuming after it without re-delivery check");

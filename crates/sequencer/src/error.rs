@@ -59,6 +59,12 @@ pub enum SequencerError {
     )]
     EventsPruned { counter: i64, oldest: i64 },
     #[error(
+        "counter {counter} lies beyond this member's history (its next counter is {next}): the \
+         database lost events the member received (an asynchronous standby promoted or a backup \
+         restored)"
+    )]
+    CounterAhead { counter: i64, next: i64 },
+    #[error(
         "the sender or a recipient was registered at {registered_ts}, further ahead of this instance's clock ({now}) than ha.max-clock-skew; retry later or through another instance"
     )]
     RegisteredAhead { registered_ts: i64, now: i64 },
@@ -104,6 +110,7 @@ impl ServiceError for SequencerError {
         "SEQ_SUBSCRIBER_TOO_SLOW",
         "SEQ_TOO_MANY_SUBSCRIPTIONS",
         "SEQ_EVENTS_PRUNED",
+        "SEQ_COUNTER_AHEAD",
         "SEQ_REGISTERED_AHEAD",
         "SEQ_INSTANCE_OFFLINE",
         "SEQ_OUTCOME_UNKNOWN",
@@ -138,6 +145,7 @@ impl ServiceError for SequencerError {
             SubscriberTooSlow { .. } => "SEQ_SUBSCRIBER_TOO_SLOW",
             TooManySubscriptions { .. } => "SEQ_TOO_MANY_SUBSCRIPTIONS",
             EventsPruned { .. } => "SEQ_EVENTS_PRUNED",
+            CounterAhead { .. } => "SEQ_COUNTER_AHEAD",
             RegisteredAhead { .. } => "SEQ_REGISTERED_AHEAD",
             InstanceOffline(_) => "SEQ_INSTANCE_OFFLINE",
             OutcomeUnknown => "SEQ_OUTCOME_UNKNOWN",
@@ -172,7 +180,7 @@ impl ServiceError for SequencerError {
             | RegistrationRateLimited
             | SubscriberTooSlow { .. }
             | TooManySubscriptions { .. } => Code::ResourceExhausted,
-            EventsPruned { .. } => Code::OutOfRange,
+            EventsPruned { .. } | CounterAhead { .. } => Code::OutOfRange,
             InstanceOffline(_) | OutcomeUnknown | RegisteredAhead { .. } | Database(_) => {
                 Code::Unavailable
             }
@@ -215,6 +223,10 @@ mod tests {
             SequencerError::MemberUnknown("x".into()),
             SequencerError::RecipientUnknown("x".into()),
             SequencerError::SubscriberTooSlow { resume_from: 1 },
+            SequencerError::CounterAhead {
+                counter: 9,
+                next: 4,
+            },
             SequencerError::TooManySubscriptions {
                 member: "x".into(),
                 limit: 1,

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod history_guard;
 pub mod members;
 pub mod metrics;
 pub mod overload;
@@ -165,6 +166,7 @@ pub async fn run(
     );
     let (peer_tx, peer_rx) = watch::channel(0i64);
     let last_db_success = Arc::new(AtomicI64::new(0));
+    let history = history_guard::HistoryGuard::new();
     let writer = Writer {
         settings: writer::WriterSettings {
             modulus: config.ha.total_node_count,
@@ -182,6 +184,8 @@ pub async fn run(
         key: key.clone(),
         peer_event_watermark: peer_rx,
         last_db_success: last_db_success.clone(),
+        history: history.clone(),
+        committed: None,
     };
     let writer_shutdown = CancellationToken::new();
     let writer_task = tokio::spawn(writer.run(rx, state_tx, writer_shutdown.clone()));
@@ -199,6 +203,7 @@ pub async fn run(
         pool.clone(),
         config.reader.poll_interval,
         read_page,
+        history.clone(),
         internal.clone(),
     ));
 
@@ -313,7 +318,10 @@ pub async fn run(
     servers.grpc("admin", &config.admin_api, admin, listeners.admin);
     servers.ops(listeners.ops, metrics_handle, &readiness);
 
-    shutdown.cancelled().await;
+    let history_lost = tokio::select! {
+        () = shutdown.cancelled() => None,
+        reason = history.lost() => Some(reason),
+    };
     tracing::info!("shutting down: draining subscriptions and in-flight sends");
     readiness.set_ready(false);
     // Subscriptions end with UNAVAILABLE so clients resume elsewhere; then the
@@ -325,6 +333,11 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    if let Some(reason) = history_lost {
+        // Exit non-zero: the orchestrator restarts the instance, which then serves what the
+        // database holds (see history_guard).
+        anyhow::bail!("stopped because the database lost acknowledged history: {reason}");
+    }
     if drained.is_err() {
         anyhow::bail!("shutdown grace period of {grace:?} exceeded");
     }

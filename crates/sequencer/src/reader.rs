@@ -12,6 +12,7 @@ use prost::Message as _;
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::history_guard::HistoryGuard;
 use crate::metrics as m;
 use crate::store::{self, BROADCAST_MEMBER_ID, StoredEvent};
 
@@ -256,6 +257,11 @@ impl Drop for FeedReceiver {
 
 struct ReaderInner {
     position: i64,
+    /// Timestamp of the newest event published, checked to still exist after a read
+    /// failure (the database may have failed over meanwhile).
+    last_event: Option<i64>,
+    /// A read failed since the last check of `last_event`.
+    verify_last_event: bool,
 }
 
 /// Handle shared between the reader task and subscriptions.
@@ -270,7 +276,11 @@ impl SharedReader {
     pub fn new(limits: FeedLimits) -> Arc<Self> {
         let (started, _) = tokio::sync::watch::channel(false);
         Arc::new(Self {
-            inner: Mutex::new(ReaderInner { position: 0 }),
+            inner: Mutex::new(ReaderInner {
+                position: 0,
+                last_event: None,
+                verify_last_event: false,
+            }),
             feed: Feed::new(limits),
             wake: Notify::new(),
             started,
@@ -297,9 +307,11 @@ impl SharedReader {
         pool: deadpool_postgres::Pool,
         poll_interval: Duration,
         page: ReadPage,
+        history: Arc<HistoryGuard>,
         shutdown: CancellationToken,
     ) {
-        self.run_inner(pool, poll_interval, page, shutdown).await;
+        self.run_inner(pool, poll_interval, page, &history, shutdown)
+            .await;
         self.feed.close();
     }
 
@@ -308,6 +320,7 @@ impl SharedReader {
         pool: deadpool_postgres::Pool,
         poll_interval: Duration,
         page: ReadPage,
+        history: &HistoryGuard,
         shutdown: CancellationToken,
     ) {
         // Start at the current safe watermark: subscriptions catch up from the
@@ -334,6 +347,26 @@ impl SharedReader {
         }
         loop {
             if let Err(error) = self.catch_up(&pool, page).await {
+                match error {
+                    // Stop publishing: what follows would be counted on top of events the
+                    // database no longer has. `run` stops the instance.
+                    CatchUpError::WentBack { safe, position } => {
+                        history.report(format!(
+                            "the safe watermark is {safe} but this instance already delivered \
+                             events up to {position}"
+                        ));
+                        return;
+                    }
+                    CatchUpError::EventGone { ts } => {
+                        history.report(format!(
+                            "the event at {ts}, the last this instance delivered, is no longer \
+                             in the database (and not pruned)"
+                        ));
+                        return;
+                    }
+                    CatchUpError::Db(_) => {}
+                }
+                self.inner.lock().await.verify_last_event = true;
                 tracing::warn!(%error, "reader failed to read events");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -350,14 +383,40 @@ impl SharedReader {
         }
     }
 
-    async fn catch_up(&self, pool: &deadpool_postgres::Pool, page: ReadPage) -> Result<(), String> {
+    async fn catch_up(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        page: ReadPage,
+    ) -> Result<(), CatchUpError> {
         let client = pool.get().await.map_err(|e| e.to_string())?;
+        // After a failure the database may be another server (a promoted standby): the
+        // newest event delivered must still be there.
+        let (verify, last_event) = {
+            let inner = self.inner.lock().await;
+            (inner.verify_last_event, inner.last_event)
+        };
+        if verify {
+            if let Some(ts) = last_event
+                && !store::event_retained_or_pruned(&**client, ts)
+                    .await
+                    .map_err(|e| e.to_string())?
+            {
+                return Err(CatchUpError::EventGone { ts });
+            }
+            self.inner.lock().await.verify_last_event = false;
+        }
         loop {
             let position = self.inner.lock().await.position;
             let safe = store::safe_watermark(&**client)
                 .await
                 .map_err(|e| e.to_string())?;
-            if safe <= position {
+            if safe < position {
+                // The safe watermark never decreases in a database that only moves forward
+                // (instances come online above every watermark, offline ones leave the
+                // minimum): the database lost commits this reader already published.
+                return Err(CatchUpError::WentBack { safe, position });
+            }
+            if safe == position {
                 return Ok(());
             }
             let read = store::read_global(&**client, position, safe, page.rows, page.bytes)
@@ -377,6 +436,9 @@ impl SharedReader {
                 .collect();
             metrics::counter!(m::EVENTS_READ).increment(events.len() as u64);
             let mut inner = self.inner.lock().await;
+            if let Some(last) = events.last() {
+                inner.last_event = Some(last.ts);
+            }
             let batch = Arc::new(EventBatch {
                 after: inner.position,
                 up_to,
@@ -387,6 +449,38 @@ impl SharedReader {
             drop(inner);
             if !full {
                 return Ok(());
+            }
+        }
+    }
+}
+
+/// Why a catch-up round stopped.
+#[derive(Debug)]
+enum CatchUpError {
+    /// A database error (retried).
+    Db(String),
+    /// The safe watermark is below what was already published.
+    WentBack { safe: i64, position: i64 },
+    /// The newest event published is gone (and not pruned).
+    EventGone { ts: i64 },
+}
+
+impl From<String> for CatchUpError {
+    fn from(e: String) -> Self {
+        Self::Db(e)
+    }
+}
+
+impl std::fmt::Display for CatchUpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Db(e) => f.write_str(e),
+            Self::EventGone { ts } => write!(f, "published event {ts} is gone"),
+            Self::WentBack { safe, position } => {
+                write!(
+                    f,
+                    "safe watermark {safe} below the published position {position}"
+                )
             }
         }
     }

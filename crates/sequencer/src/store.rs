@@ -34,6 +34,19 @@ pub enum StoreError {
     Connect(String),
     #[error("{0}")]
     Internal(String),
+    /// The database no longer holds a commit this process saw acknowledged: it went back
+    /// in time (an asynchronous standby promoted, a backup restored). Never retried.
+    #[error(
+        "SEQ_DATABASE_HISTORY_LOST: instance {index} committed watermark {committed} but the \
+         database holds {}: acknowledged commits were lost (asynchronous standby promoted or \
+         backup restored?)",
+        .stored.map_or_else(|| "no row for it".to_string(), |w| format!("watermark {w}"))
+    )]
+    HistoryLost {
+        index: i16,
+        committed: i64,
+        stored: Option<i64>,
+    },
 }
 
 /// The server's message and SQLSTATE for a database error, else the client's text.
@@ -171,6 +184,32 @@ pub async fn go_online(
     address: &str,
     preferred: Option<i16>,
 ) -> Result<(i16, i64), StoreError> {
+    go_online_checked(
+        client,
+        modulus,
+        owner,
+        clock_micros,
+        address,
+        preferred,
+        None,
+    )
+    .await
+}
+
+/// [`go_online`] for a process that already committed: `committed` is the instance index
+/// and watermark of the last commit of this process the database acknowledged. A watermark
+/// only ever rises (whoever owns the row), so finding that row below it means the database
+/// lost acknowledged commits — it went back in time, e.g. an asynchronous standby was
+/// promoted — and this fails with [`StoreError::HistoryLost`] without claiming anything.
+pub async fn go_online_checked(
+    client: &mut Client,
+    modulus: u16,
+    owner: uuid_like::Owner,
+    clock_micros: i64,
+    address: &str,
+    preferred: Option<i16>,
+    committed: Option<(i16, i64)>,
+) -> Result<(i16, i64), StoreError> {
     // A previous writer connection of this process (same owner) can have died on our side
     // only: after a client-side connection loss the server keeps its backend, idle in
     // transaction with our instance row and ROW EXCLUSIVE on the table, until its TCP
@@ -199,6 +238,19 @@ pub async fn go_online(
             &[&owner.0],
         )
         .await?;
+    if let Some((committed_index, committed_wm)) = committed {
+        let stored = rows
+            .iter()
+            .find(|row| row.get::<_, i16>(0) == committed_index)
+            .map(|row| row.get::<_, i64>(2));
+        if stored.is_none_or(|wm| wm < committed_wm) {
+            return Err(StoreError::HistoryLost {
+                index: committed_index,
+                committed: committed_wm,
+                stored,
+            });
+        }
+    }
     let mut busy = std::collections::HashSet::new();
     let mut max_wm = 0i64;
     for row in &rows {
@@ -1245,6 +1297,22 @@ pub async fn acknowledge(
         )
         .await?;
     Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)).unwrap_or(ts))
+}
+
+/// Whether the event at `ts` is still stored, or lies at or below the pruning bound (so
+/// its absence is pruning's doing). One statement, so one snapshot for both.
+pub async fn event_retained_or_pruned(
+    client: &impl GenericClient,
+    ts: i64,
+) -> Result<bool, StoreError> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM seq_events WHERE ts = $1)
+                    OR $1 <= (SELECT ts FROM seq_lower_bound)",
+            &[&ts],
+        )
+        .await?
+        .get(0))
 }
 
 pub async fn lower_bound(client: &impl GenericClient) -> Result<i64, StoreError> {

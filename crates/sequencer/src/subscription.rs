@@ -426,6 +426,11 @@ async fn read_page(
                 )
                 .await?;
                 if tss.is_empty() {
+                    // Every event up to the live position is counted and the requested
+                    // counter is not reached yet: normal when this instance's reader trails
+                    // the one that served the member, but not past the database's safe
+                    // watermark, below which every instance counts the same events.
+                    ahead_of_history(&*client, member, from_counter, &c, lower).await?;
                     break;
                 }
                 for ts in tss {
@@ -475,6 +480,45 @@ async fn read_page(
     .await?;
     client.commit().await.map_err(db)?;
     Ok(page)
+}
+
+/// Fails with `SEQ_COUNTER_AHEAD` when the member's events up to the current safe watermark
+/// (counted on from `c`) do not reach `from_counter - 1`. A member can only have seen
+/// counters below that many events, so asking beyond means the database lost events it
+/// received (it went back in time: an asynchronous standby was promoted). Refusing tells the
+/// member at once; waiting would leave it stalled until new events fill the counters again
+/// (and only then would it see the fork).
+async fn ahead_of_history(
+    client: &impl tokio_postgres::GenericClient,
+    member: &MemberRow,
+    from_counter: i64,
+    c: &Cursor,
+    lower: i64,
+) -> Result<(), SequencerError> {
+    let safe = store::safe_watermark(client).await?;
+    let mut counted = c.counter;
+    let mut position = c.position;
+    while counted + 1 < from_counter {
+        let tss = store::member_timestamps(
+            client,
+            member.id,
+            member.registered_ts,
+            position,
+            safe,
+            10_000,
+            lower,
+        )
+        .await?;
+        let Some(last) = tss.last() else {
+            return Err(SequencerError::CounterAhead {
+                counter: from_counter,
+                next: counted + 1,
+            });
+        };
+        counted += i64::try_from(tss.len()).unwrap_or(i64::MAX);
+        position = *last;
+    }
+    Ok(())
 }
 
 async fn deliver(

@@ -184,6 +184,11 @@ pub struct Writer {
     /// Highest watermark another instance announced with an event batch.
     pub peer_event_watermark: watch::Receiver<i64>,
     pub last_db_success: Arc<std::sync::atomic::AtomicI64>,
+    /// Where a database that went back in time is reported.
+    pub history: Arc<crate::history_guard::HistoryGuard>,
+    /// Instance index and watermark of the last commit the database acknowledged to this
+    /// process (claim, heartbeat or batch): checked when coming back online.
+    pub committed: Option<(i16, i64)>,
 }
 
 pub fn channel(
@@ -226,13 +231,19 @@ impl Writer {
                 .await
             {
                 Ok(()) => break,
+                Err(e @ StoreError::HistoryLost { .. }) => {
+                    // Not recoverable in this process: its acknowledgements and live
+                    // streams are ahead of the database. `run` stops the instance.
+                    self.history.report(e.to_string());
+                    break;
+                }
                 Err(e) => {
                     state.send_modify(|s| s.online = false);
                     metrics::gauge!(m::WRITER_ONLINE).set(0.0);
                     tracing::warn!(error = %e, "writer left online state; recovering");
-                    fail_queued(&mut rx, || {
-                        SequencerError::InstanceOffline("writer is recovering".into())
-                    });
+                    // The cause goes to the senders too (e.g. the database is out of space).
+                    let reason = format!("writer is recovering after: {e}");
+                    fail_queued(&mut rx, || SequencerError::InstanceOffline(reason.clone()));
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -259,15 +270,17 @@ impl Writer {
             .map_err(|e| StoreError::Connect(e.to_string()))?;
         let _abort_conn = AbortOnDrop(conn_task);
         let stmts = WriterStatements::prepare(&client).await?;
-        let (index, floor) = store::go_online(
+        let (index, floor) = store::go_online_checked(
             &mut client,
             self.settings.modulus,
             owner.clone(),
             clock_micros(),
             &self.settings.address,
             *preferred,
+            self.committed,
         )
         .await?;
+        self.committed = Some((index, floor));
         *preferred = Some(index);
         let mut generator =
             PartitionedTimestampGenerator::new(index as u16, self.settings.modulus, floor);
@@ -337,7 +350,7 @@ impl Writer {
     }
 
     async fn heartbeat(
-        &self,
+        &mut self,
         client: &tokio_postgres::Client,
         stmts: &WriterStatements,
         index: i16,
@@ -353,6 +366,7 @@ impl Writer {
         {
             Ok(Ok(())) => {
                 self.mark_db_success();
+                self.committed = Some((index, wm));
                 state.send_modify(|s| s.watermark = wm);
                 Ok(())
             }
@@ -363,7 +377,7 @@ impl Writer {
 
     #[allow(clippy::too_many_arguments)]
     async fn write_batch(
-        &self,
+        &mut self,
         client: &mut tokio_postgres::Client,
         stmts: &WriterStatements,
         index: i16,
@@ -484,6 +498,7 @@ impl Writer {
         let ret = match result {
             Ok(outcome) => {
                 self.mark_db_success();
+                self.committed = Some((index, watermark));
                 state.send_modify(|s| s.watermark = watermark);
                 let dups: std::collections::HashMap<(i32, String), i64> =
                     outcome.duplicates.into_iter().collect();
@@ -528,10 +543,25 @@ impl Writer {
                 // retry is safe. Any other failure may have committed: the sender must
                 // retry with the same message id, which deduplication makes exactly-once.
                 let fenced = matches!(e, StoreError::Fenced { .. });
+                // The server refused a statement for lack of disk space: it rolled the
+                // transaction back, so nothing was written; say so, retryably.
+                let disk_full = match &e {
+                    StoreError::Db(db)
+                        if db.code() == Some(&tokio_postgres::error::SqlState::DISK_FULL) =>
+                    {
+                        Some(format!(
+                            "the database is out of disk space, nothing was written ({e}); \
+                             retry with the same message id"
+                        ))
+                    }
+                    _ => None,
+                };
                 for (sub, _) in pending {
                     metrics::counter!(m::SENDS, "outcome" => "failed").increment(1);
                     let err = if fenced {
                         SequencerError::InstanceOffline("instance was fenced; retry".into())
+                    } else if let Some(reason) = &disk_full {
+                        SequencerError::Database(reason.clone())
                     } else {
                         SequencerError::OutcomeUnknown
                     };

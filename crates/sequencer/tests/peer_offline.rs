@@ -2,11 +2,13 @@
 //! connection is gone is marked offline at the next check, however fresh its heartbeat;
 //! a peer that is alive is not; a stale heartbeat still marks a peer whose connection
 //! looks alive, and terminates its writer backend so a transaction it was stopped in
-//! releases its locks.
+//! releases its locks. And (issue 16, asynchronous failover) a writer coming back online
+//! finds its instance row below the watermark the database acknowledged to it and refuses to
+//! claim, while a database that only moved forward passes.
 
 use std::time::Duration;
 
-use domain_sequencer::store::{self, uuid_like::Owner};
+use domain_sequencer::store::{self, StoreError, uuid_like::Owner};
 use domain_storage::DatabaseConfig;
 
 mod common;
@@ -114,4 +116,102 @@ async fn dead_writer_connection_marks_peer_offline_at_once() {
     );
     let _ = stalled_task.await;
     drop(writers);
+}
+
+fn micros() -> i64 {
+    domain_time::now_micros()
+}
+
+#[tokio::test]
+async fn writer_detects_a_watermark_below_its_last_commit() {
+    let cfg = migrated("history_lost").await;
+    let (mut client, _task) = domain_storage::dedicated_connection(&cfg)
+        .await
+        .expect("connect");
+    let owner = Owner::random();
+    let (index, floor) = store::go_online(&mut client, 32, owner.clone(), micros(), "x", Some(3))
+        .await
+        .expect("online");
+    assert_eq!(index, 3);
+
+    // Coming back after a connection loss, with what the database acknowledged: fine, and
+    // the claim keeps the watermark at or above it.
+    let (again, floor2) = store::go_online_checked(
+        &mut client,
+        32,
+        owner.clone(),
+        micros(),
+        "x",
+        Some(3),
+        Some((index, floor)),
+    )
+    .await
+    .expect("same history");
+    assert_eq!(again, 3);
+    assert!(floor2 >= floor);
+
+    // Another process took the index over meanwhile (the row is no longer ours): its claim
+    // raised the watermark, so nothing was lost.
+    let (mut other, _t2) = domain_storage::dedicated_connection(&cfg)
+        .await
+        .expect("connect");
+    client
+        .execute(
+            "UPDATE seq_instances SET online = false WHERE instance_index = 3",
+            &[],
+        )
+        .await
+        .expect("mark offline");
+    let (taken, floor3) = store::go_online(&mut other, 32, Owner::random(), micros(), "y", Some(3))
+        .await
+        .expect("takeover");
+    assert_eq!(taken, 3);
+    store::go_online_checked(
+        &mut client,
+        32,
+        owner.clone(),
+        micros(),
+        "x",
+        None,
+        Some((3, floor2)),
+    )
+    .await
+    .expect("a takeover is not a loss");
+
+    // The database lost the last commits: the row is below what was acknowledged.
+    let err = store::go_online_checked(
+        &mut client,
+        32,
+        owner.clone(),
+        micros(),
+        "x",
+        Some(3),
+        Some((3, floor3 + 1_000_000)),
+    )
+    .await
+    .expect_err("watermark went back");
+    assert!(
+        matches!(err, StoreError::HistoryLost { index: 3, stored: Some(s), .. } if s < floor3 + 1_000_000),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("SEQ_DATABASE_HISTORY_LOST"),
+        "{err}"
+    );
+    // The row of the last commit is gone altogether (a restored backup older than the
+    // instance): also a loss.
+    let err = store::go_online_checked(&mut client, 32, owner, micros(), "x", None, Some((17, 1)))
+        .await
+        .expect_err("row missing");
+    assert!(
+        matches!(
+            err,
+            StoreError::HistoryLost {
+                index: 17,
+                stored: None,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
