@@ -545,10 +545,7 @@ async fn disk_full(logs: TestLogs) -> anyhow::Result<()> {
     }
     let (names_disk, refusal) =
         refusal.context("no send failed while the database's disk was full")?;
-    let code = refusal
-        .metadata()
-        .get("domain-error-code")
-        .and_then(|v| v.to_str().ok())
+    let code = domain_e2e::checks::error_code(&refusal)
         .unwrap_or("")
         .to_owned();
     println!(
