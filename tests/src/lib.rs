@@ -176,3 +176,33 @@ pub async fn load_clients(
     }
     Ok(clients)
 }
+
+/// Runs a test body on its own 2-thread runtime (so the body's timing does not depend on
+/// how the harness was started), one at a time per process (nextest runs each test in a
+/// process of its own; `cargo test` would otherwise run these load tests side by side),
+/// prints how long it took, and keeps the logs when it fails.
+pub fn run_test<F, Fut>(name: &str, body: F) -> anyhow::Result<()>
+where
+    F: FnOnce(domain_testkit::process::TestLogs) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let logs = domain_testkit::process::TestLogs::new(name);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let result = runtime.block_on(body(logs.clone()));
+    println!(
+        "{name}: {} after {:.1?}",
+        if result.is_ok() { "passed" } else { "FAILED" },
+        started.elapsed()
+    );
+    match &result {
+        Ok(()) => logs.passed(),
+        Err(_) => logs.mark_failed(),
+    }
+    result
+}

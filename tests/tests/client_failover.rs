@@ -8,7 +8,6 @@
 //! the bounds the client promises (abandon a hung endpoint within 3 s).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,30 +40,7 @@ const INTERRUPTION_TARGET: Duration = Duration::from_secs(1);
 // Harness
 // ---------------------------------------------------------------------------------------
 
-/// Runs a test body on a 2-thread runtime and keeps the logs when it fails.
-fn run<F, Fut>(name: &str, body: F) -> anyhow::Result<()>
-where
-    F: FnOnce(TestLogs) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let logs = TestLogs::new(name);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let started = Instant::now();
-    let result = runtime.block_on(body(logs.clone()));
-    println!(
-        "{name}: {} after {:.1?}",
-        if result.is_ok() { "passed" } else { "FAILED" },
-        started.elapsed()
-    );
-    match &result {
-        Ok(()) => logs.passed(),
-        Err(_) => logs.mark_failed(),
-    }
-    result
-}
+use domain_e2e::run_test as run;
 
 fn endpoints(cluster: &SequencerCluster) -> Vec<String> {
     cluster.nodes.iter().map(|n| n.public_endpoint()).collect()

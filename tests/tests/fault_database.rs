@@ -24,8 +24,7 @@
 //! disk full".
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -56,35 +55,7 @@ const DISK_FULL_HOLD: Duration = Duration::from_secs(3);
 const DATABASE_CONFIG: &str =
     "connect-timeout = \"1s\"\npool-wait-timeout = \"1s\"\npool-create-timeout = \"2s\"\n";
 
-/// Runs one test body on its own runtime, never concurrently with the other tests of this
-/// file, and keeps the logs when it fails.
-fn run_serial<F, Fut>(name: &str, body: F) -> anyhow::Result<()>
-where
-    F: FnOnce(TestLogs) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    static SERIAL: Mutex<()> = Mutex::new(());
-    let _guard = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let logs = TestLogs::new(name);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let started = Instant::now();
-    let result = runtime.block_on(body(logs.clone()));
-    println!(
-        "{name}: {} after {:.1?}",
-        if result.is_ok() { "passed" } else { "FAILED" },
-        started.elapsed()
-    );
-    match &result {
-        Ok(()) => logs.passed(),
-        Err(_) => logs.mark_failed(),
-    }
-    result
-}
+use domain_e2e::run_test as run_serial;
 
 /// Two sequencers on `db` with [`DATABASE_CONFIG`], three load clients, and the clients'
 /// identities (for fresh raw streams later).

@@ -16,7 +16,6 @@
 //! the server log, NOT_SERVING, kills counted and failovers seen by the clients), so none
 //! can pass without the fault.
 
-use std::future::Future;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -57,30 +56,7 @@ const KILL_EVERY: Duration = Duration::from_secs(4);
 // Harness
 // ---------------------------------------------------------------------------------------
 
-/// Runs a test body on a 2-thread runtime and keeps the logs when it fails.
-fn run<F, Fut>(name: &str, body: F) -> anyhow::Result<()>
-where
-    F: FnOnce(TestLogs) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let logs = TestLogs::new(name);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let started = Instant::now();
-    let result = runtime.block_on(body(logs.clone()));
-    println!(
-        "{name}: {} after {:.1?}",
-        if result.is_ok() { "passed" } else { "FAILED" },
-        started.elapsed()
-    );
-    match &result {
-        Ok(()) => logs.passed(),
-        Err(_) => logs.mark_failed(),
-    }
-    result
-}
+use domain_e2e::run_test as run;
 
 /// A private PostgreSQL of one test, in a temporary directory; resumed (if paused) and
 /// stopped when dropped, also when the test fails.

@@ -10,9 +10,8 @@
 //! and PostgreSQL, and measure stalls).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -41,35 +40,7 @@ const IDLE_AFTER_TARGET: Duration = Duration::from_secs(10);
 // Harness: one test at a time, logs kept on failure.
 // ---------------------------------------------------------------------------------------
 
-/// Runs one test body on its own runtime, never concurrently with the other tests of this
-/// file, and keeps the logs when it fails.
-fn run_serial<F, Fut>(name: &str, body: F) -> anyhow::Result<()>
-where
-    F: FnOnce(TestLogs) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    static SERIAL: Mutex<()> = Mutex::new(());
-    let _guard = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let logs = TestLogs::new(name);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let started = Instant::now();
-    let result = runtime.block_on(body(logs.clone()));
-    println!(
-        "{name}: {} after {:.1?}",
-        if result.is_ok() { "passed" } else { "FAILED" },
-        started.elapsed()
-    );
-    match &result {
-        Ok(()) => logs.passed(),
-        Err(_) => logs.mark_failed(),
-    }
-    result
-}
+use domain_e2e::run_test as run_serial;
 
 // ---------------------------------------------------------------------------------------
 // Sending with failover: the same signed request until it is acknowledged.
