@@ -525,33 +525,52 @@ fn ensure_running_with(base: &Path, bin_dir: &Path, extra: &str) -> anyhow::Resu
         fs::remove_dir_all(&data)
             .with_context(|| format!("failed to remove stale {}", data.display()))?;
     }
-    init_cluster(base, bin_dir)?;
+    init_cluster(base, bin_dir, None)?;
     let port = crate::process::free_port();
     start_cluster(base, bin_dir, port, extra)?;
     write_port(base, port)?;
     Ok(port)
 }
 
-pub(crate) fn init_cluster(base: &Path, bin_dir: &Path) -> anyhow::Result<()> {
+/// The postmaster's pid from `data/postmaster.pid` (its first line), if the file is there.
+pub(crate) fn postmaster_pid(data: &Path) -> Option<u32> {
+    fs::read_to_string(data.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `initdb` into `base/data` (which may be a mount point), the WAL in `waldir` if given.
+pub(crate) fn init_cluster(
+    base: &Path,
+    bin_dir: &Path,
+    waldir: Option<&Path>,
+) -> anyhow::Result<()> {
     let data = base.join("data");
     fs::create_dir_all(&data)?;
     chown_to_postgres(&data)?;
     let data_arg = data.to_string_lossy().into_owned();
-    run_logged(
-        base,
-        pg_command(base, bin_dir, "initdb").args([
-            "-D",
-            &data_arg,
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-N",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ]),
-        "initdb",
-    )
+    let mut cmd = pg_command(base, bin_dir, "initdb");
+    cmd.args([
+        "-D",
+        &data_arg,
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-N",
+        "-E",
+        "UTF8",
+        "--locale=C",
+    ]);
+    if let Some(wal) = waldir {
+        fs::create_dir_all(wal)?;
+        chown_to_postgres(wal)?;
+        cmd.arg(format!("--waldir={}", wal.display()));
+    }
+    run_logged(base, &mut cmd, "initdb")
 }
 
 pub(crate) fn start_cluster(

@@ -34,8 +34,8 @@ use anyhow::{Context as _, anyhow, bail};
 use tokio_postgres::NoTls;
 
 use crate::pg::{
-    TestDatabase, check_binaries, chown_to_postgres, is_root, pg_bin_dir, pg_command,
-    pg_ctl_status_running, quote_identifier, run_logged, start_cluster, tail_of,
+    TestDatabase, check_binaries, chown_to_postgres, init_cluster, is_root, pg_bin_dir, pg_command,
+    pg_ctl_status_running, postmaster_pid, quote_identifier, run_logged, start_cluster, tail_of,
     unique_database_name,
 };
 
@@ -124,7 +124,7 @@ impl PgHaPair {
     fn set_up(&mut self) -> anyhow::Result<()> {
         make_base(&self.primary.base)?;
         make_base(&self.standby.base)?;
-        initdb(&self.primary.base, &self.bin_dir, None)?;
+        init_cluster(&self.primary.base, &self.bin_dir, None)?;
         let mut primary_settings = COMMON_SETTINGS.to_owned();
         if self.replication == Replication::Synchronous {
             primary_settings.push_str(&format!(
@@ -430,7 +430,7 @@ impl PgDiskFull {
         disk.mount = Some(data.clone());
         chown_to_postgres(&data)?;
         let wal = base.join("wal");
-        initdb(&base, &disk.bin_dir, Some(&wal))?;
+        init_cluster(&base, &disk.bin_dir, Some(&wal))?;
         start_cluster(&base, &disk.bin_dir, disk.server.port, COMMON_SETTINGS)
             .context("cannot start the server on the tmpfs")?;
         Ok(disk)
@@ -543,43 +543,6 @@ fn make_base(base: &Path) -> anyhow::Result<()> {
     fs::write(&log, "")?;
     chown_to_postgres(&log)?;
     Ok(())
-}
-
-/// `initdb` into `base/data` (which may be a mount point), the WAL in `waldir` if given.
-fn initdb(base: &Path, bin_dir: &Path, waldir: Option<&Path>) -> anyhow::Result<()> {
-    let data = base.join("data");
-    fs::create_dir_all(&data)?;
-    chown_to_postgres(&data)?;
-    let data_arg = data.to_string_lossy().into_owned();
-    let mut cmd = pg_command(base, bin_dir, "initdb");
-    cmd.args([
-        "-D",
-        &data_arg,
-        "-U",
-        "postgres",
-        "--auth=trust",
-        "-N",
-        "-E",
-        "UTF8",
-        "--locale=C",
-    ]);
-    if let Some(wal) = waldir {
-        fs::create_dir_all(wal)?;
-        chown_to_postgres(wal)?;
-        cmd.arg(format!("--waldir={}", wal.display()));
-    }
-    run_logged(base, &mut cmd, "initdb")
-}
-
-/// The postmaster's pid from `postmaster.pid`, if the file is there.
-fn postmaster_pid(data: &Path) -> Option<u32> {
-    fs::read_to_string(data.join("postmaster.pid"))
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 fn pid_alive(pid: u32) -> bool {
