@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use domain_backoff::{Backoff, BackoffConfig};
 use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
-use domain_lease::{LeaseHandle, LeaseKeeper};
+use domain_lease::{LeaseHandle, RunningLease};
 use domain_proto::v1::mediator_admin_service_server::MediatorAdminServiceServer;
 use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
@@ -109,38 +109,20 @@ pub async fn run(
     let mediator_id = mediator_id(&config.name, &key)?;
     tracing::info!(%domain_id, %mediator_id, database = %config.database.url.redacted(), "starting mediator");
 
-    let sqlx_pool = domain_storage::connect_sqlx(&config.database)
-        .await
-        .context("cannot connect to the database")?;
-    domain_storage::check_commit_mode(&sqlx_pool, config.database.allow_async_commit).await?;
-    domain_storage::run_migrations(&sqlx_pool, &store::MIGRATOR)
-        .await
-        .context("cannot migrate the database")?;
-    sqlx_pool.close().await;
-    let pool =
-        domain_storage::hot_pool(&config.database).context("cannot build the database pool")?;
+    let pool = domain_storage::open(&config.database, &store::MIGRATOR).await?;
     {
         let client = pool.get().await.context("cannot connect to the database")?;
         store::check_owner(&client, &mediator_id.to_string(), &domain_id.to_string())
             .await
             .context("refusing the database")?;
     }
-
-    // The lease has its own small pool, so renewals never wait behind processing.
-    let lease_db = domain_storage::DatabaseConfig {
-        pool_max_size: 2,
-        application_name: Some("mediator-lease".into()),
-        ..config.database.clone()
-    };
-    let lease_pool =
-        domain_storage::hot_pool(&lease_db).context("cannot build the lease database pool")?;
-    let mut lease_config = config.lease.clone();
-    lease_config.holder_address = config.advertised_admin_address.clone();
-    let keeper = LeaseKeeper::new(lease_pool, lease_config).context("invalid `lease`")?;
-    let lease = keeper.handle();
-    tracing::info!(holder = keeper.holder(), lease = %keeper.config().name, "lease keeper configured");
-    let lease_stop = CancellationToken::new();
-    let lease_task = tokio::spawn(keeper.run(lease_stop.clone()));
+    let running_lease = RunningLease::start(
+        &config.database,
+        "mediator-lease",
+        &config.lease,
+        &config.advertised_admin_address,
+    )?;
+    let lease = running_lease.handle();
 
     let tls = config
         .sequencer_tls
@@ -218,8 +200,7 @@ pub async fn run(
         tracing::warn!("processing did not stop within the shutdown grace");
     }
     // Release only after processing stopped, so the successor starts from our last commit.
-    lease_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), lease_task).await;
+    running_lease.release().await;
     let drained = servers.stop(grace).await;
     if drained.is_err() {
         anyhow::bail!("shutdown grace period of {grace:?} exceeded");

@@ -53,13 +53,7 @@ pub async fn run(
         "starting participant"
     );
 
-    let pool = domain_storage::connect_sqlx(&config.database)
-        .await
-        .context("cannot connect to the database")?;
-    domain_storage::run_migrations(&pool, &MIGRATOR)
-        .await
-        .context("cannot migrate the database")?;
-    domain_storage::check_commit_mode(&pool, config.database.allow_async_commit).await?;
+    let pool = domain_storage::prepare(&config.database, &MIGRATOR).await?;
     // One node per database: a second process would interleave the stream position.
     let mut lock_conn = pool
         .acquire()

@@ -490,32 +490,22 @@ fn run(common: CommonArgs, data_dir: Option<PathBuf>) {
     if let Some(dir) = data_dir {
         config.data_dir = dir;
     }
-    if let Err(problem) = config.validate() {
-        eprintln!("error: invalid participant configuration: {problem}");
-        std::process::exit(EXIT_USAGE);
-    }
-    if let Err(error) =
-        domain_runtime::telemetry::init_logging("participant", common.log_format, &config.tracing)
-    {
-        eprintln!("error: {error}");
-        std::process::exit(EXIT_USAGE);
-    }
-    domain_runtime::service::run_service("participant", || serve(config, common.metric_labels()))
-}
-
-async fn serve(
-    config: ParticipantConfig,
-    labels: Vec<(&'static str, String)>,
-) -> anyhow::Result<()> {
-    let metrics = domain_runtime::metrics::install_recorder_with(
-        "participant",
-        &labels,
-        &[(
-            domain_participant::metrics::PING_RTT,
-            domain_participant::metrics::PING_RTT_BUCKETS,
-        )],
-    )?;
-    let shutdown = domain_runtime::shutdown::shutdown_signal()?;
-    let listeners = Listeners::bind(&config.admin_api, config.ops_listen).await?;
-    domain_participant::run(config, listeners, metrics, shutdown).await
+    let problem = config
+        .validate()
+        .map_err(|p| format!("invalid participant configuration: {p}"));
+    let labels = common.metric_labels();
+    domain_runtime::service::launch("participant", &common, &config.tracing, problem, || {
+        domain_runtime::service::serve_service(
+            "participant",
+            &labels,
+            &[(
+                domain_participant::metrics::PING_RTT,
+                domain_participant::metrics::PING_RTT_BUCKETS,
+            )],
+            async { Ok(Listeners::bind(&config.admin_api, config.ops_listen).await?) },
+            |listeners, metrics, shutdown| {
+                domain_participant::run(config.clone(), listeners, metrics, shutdown)
+            },
+        )
+    })
 }

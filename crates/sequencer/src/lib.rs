@@ -132,16 +132,7 @@ pub async fn run(
     );
     tracing::info!(%domain_id, %sequencer_id, database = %config.database.url.redacted(), "starting sequencer");
 
-    let sqlx_pool = domain_storage::connect_sqlx(&config.database)
-        .await
-        .context("cannot connect to the database")?;
-    domain_storage::run_migrations(&sqlx_pool, &MIGRATOR)
-        .await
-        .context("cannot migrate the database")?;
-    domain_storage::check_commit_mode(&sqlx_pool, config.database.allow_async_commit).await?;
-    sqlx_pool.close().await;
-    let pool =
-        domain_storage::hot_pool(&config.database).context("cannot build the database pool")?;
+    let pool = domain_storage::open(&config.database, &MIGRATOR).await?;
 
     let tasks = TaskTracker::new();
     let internal = shutdown.child_token();
