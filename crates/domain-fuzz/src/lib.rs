@@ -230,7 +230,7 @@ fn frames<T: prost::Message + Default + Send + 'static>(body: Bytes, chunk: usiz
 }
 
 /// `Send` on the sequencer: the encoded `SendRequest` (as the codec delivers it), checked by
-/// [`domain_sequencer::service::decode_send`] for an authenticated participant or the domain
+/// [`domain_sequencer::untrusted::decode_send`] for an authenticated participant or the domain
 /// manager (first input byte), the signature verified with that member's key, then the shape
 /// checks, the topology checks of every envelope (`validate_submission`) and the trace
 /// context.
@@ -240,7 +240,7 @@ pub fn send_request(data: &[u8]) {
 
 /// [`send_request`], returning whether the send passed every check (signature included).
 pub fn send_request_accepted(data: &[u8]) -> bool {
-    use domain_sequencer::service;
+    use domain_sequencer::untrusted as service;
     let [who, body @ ..] = data else {
         return false;
     };
@@ -274,8 +274,13 @@ pub fn send_request_accepted(data: &[u8]) -> bool {
     };
     let shape = service::check_submission_shape(&sub).is_ok();
     let topology = MemberId::parse(&sender).is_ok_and(|m| {
-        domain_sequencer::topology::validate_submission(m.role(), key, &f.domain_id, &sub.envelopes)
-            .is_ok()
+        domain_sequencer::untrusted::validate_submission(
+            m.role(),
+            key,
+            &f.domain_id,
+            &sub.envelopes,
+        )
+        .is_ok()
     });
     verified && shape && topology
 }
@@ -312,7 +317,7 @@ pub fn sequenced_event(data: &[u8]) {
 pub fn topology(data: &[u8]) {
     use domain_topology::{TopologyState, TopologyTransaction};
     let f = fixture();
-    let _ = domain_sequencer::topology::recorded_participant_key(data);
+    let _ = domain_sequencer::untrusted::recorded_participant_key(data);
     let Ok(signed) = pb::SignedTopologyTransaction::decode(data) else {
         return;
     };
@@ -506,7 +511,7 @@ pub fn config_accepted(data: &[u8]) -> Vec<&'static str> {
     {
         accepted.push("participant");
     }
-    if let Ok(mut c) = load_text::<domain_manager::config::DomainManagerConfig>(
+    if let Ok(mut c) = load_text::<domain_manager::DomainManagerConfig>(
         file,
         no_env(),
         "DOMAIN_MANAGER",

@@ -4,15 +4,18 @@
 //! docs/domain-manager.md for configuration, bootstrap order, error codes and
 //! metrics.
 
-pub mod admin;
+mod admin;
 pub mod config;
-pub mod error;
+mod error;
 mod fault;
-pub mod gateway;
-pub mod manager;
-pub mod metrics;
-pub mod status;
-pub mod store;
+mod gateway;
+mod manager;
+mod metrics;
+mod status;
+mod store;
+
+#[cfg(test)]
+mod db_tests;
 
 use std::path::Path;
 use std::sync::Arc;

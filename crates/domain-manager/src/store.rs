@@ -233,23 +233,6 @@ pub async fn load_pending(
         .collect()
 }
 
-/// One row by serial.
-pub async fn load_serial(
-    client: &impl GenericClient,
-    domain_id: &DomainId,
-    serial: u64,
-) -> Result<Option<TopologyRecord>, StoreError> {
-    let id = domain_id.to_string();
-    client
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM dm_topology WHERE serial = $1"),
-            &[&serial_i64(serial)],
-        )
-        .await?
-        .map(|r| decode_row(&r, &id))
-        .transpose()
-}
-
 /// The latest sequenced row of every mapping key of `kind` (all kinds when `None`),
 /// removals included, ordered by key.
 pub async fn latest_sequenced(

@@ -209,12 +209,6 @@ impl Replicas {
         }
     }
 
-    /// The endpoints, in the order they are tried.
-    #[must_use]
-    pub fn endpoints(&self) -> &[String] {
-        &self.endpoints
-    }
-
     /// Sends `request` with `send` to the first replica able to serve it (see [`classify`]).
     ///
     /// A passive replica naming an active one not in the list yet puts it next in line.

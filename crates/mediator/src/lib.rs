@@ -12,15 +12,19 @@
 //! verdict sending, time proofs); this module wires them, follows the lease and
 //! serves the admin and ops endpoints.
 
-pub mod admin;
+mod admin;
 pub mod config;
-pub mod error;
+mod error;
 mod fault;
-pub mod link;
-pub mod metrics;
+mod link;
+mod metrics;
+/// The confirmation state machine, pure and deterministic: public for the fuzz harness and
+/// for tests that drive it without a database.
 pub mod protocol;
-pub mod session;
-pub mod store;
+mod session;
+mod store;
+
+pub use metrics::{DECISION_BUCKETS, DECISION_LATENCY};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -49,7 +53,7 @@ pub use domain_runtime::service::AdminListeners as Listeners;
 
 /// What the admin API and the readiness logic read about the running session.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     pub mediator_id: String,
     /// A session (active term) has loaded its state and is processing.
     pub session_running: AtomicBool,
@@ -60,7 +64,7 @@ pub struct Shared {
 }
 
 /// Everything a session needs; built once per process.
-pub struct Context {
+pub(crate) struct Context {
     pub settings: ProcessorSettings,
     pub pool: deadpool_postgres::Pool,
     pub link: Arc<SequencerLink>,

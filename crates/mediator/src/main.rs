@@ -50,8 +50,8 @@ fn main() {
             // Wider buckets for the decision latency: it reaches the participant response
             // timeout (30 s by default).
             &[(
-                domain_mediator::metrics::DECISION_LATENCY,
-                domain_mediator::metrics::DECISION_BUCKETS,
+                domain_mediator::DECISION_LATENCY,
+                domain_mediator::DECISION_BUCKETS,
             )],
             async { Ok(Listeners::bind(&config.admin_api, config.ops_listen).await?) },
             |listeners, metrics, shutdown| {

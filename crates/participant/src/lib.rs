@@ -7,15 +7,20 @@
 //! pings: two-party confirmation round trips through the mediator. See
 //! docs/participant.md.
 
-pub mod admin;
+mod admin;
 pub mod config;
+/// Domain connection settings (the `connect` command and the node share them).
 pub mod connection;
-pub mod error;
+mod error;
+/// The participant's key and id on disk (`init`, `id`).
 pub mod identity;
-pub mod metrics;
-pub mod node;
+mod metrics;
+mod node;
+/// The confirmation state machine, pure and deterministic: public for the fuzz harness.
 pub mod protocol;
-pub mod store;
+mod store;
+
+pub use metrics::{PING_RTT, PING_RTT_BUCKETS};
 
 use std::time::Duration;
 

@@ -499,8 +499,8 @@ fn run(common: CommonArgs, data_dir: Option<PathBuf>) {
             "participant",
             &labels,
             &[(
-                domain_participant::metrics::PING_RTT,
-                domain_participant::metrics::PING_RTT_BUCKETS,
+                domain_participant::PING_RTT,
+                domain_participant::PING_RTT_BUCKETS,
             )],
             async { Ok(Listeners::bind(&config.admin_api, config.ops_listen).await?) },
             |listeners, metrics, shutdown| {

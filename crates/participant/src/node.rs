@@ -72,7 +72,6 @@ fn client_error(e: &ClientError) -> SessionError {
 pub struct Live {
     pub client: DomainClient,
     pub alias: String,
-    pub domain_id: DomainId,
     /// The mediator requests go to now.
     pub mediator: Option<String>,
     pub last_counter: i64,
@@ -81,10 +80,8 @@ pub struct Live {
 /// The result of a ping.
 #[derive(Debug, Clone)]
 pub struct PingResult {
-    pub target: MemberId,
     pub outcome: Outcome,
     pub round_trip: Duration,
-    pub request_id: i64,
 }
 
 /// The running participant.
@@ -295,10 +292,8 @@ impl Node {
             "ping finished"
         );
         Ok(PingResult {
-            target,
             outcome,
             round_trip,
-            request_id: response.sequencing_timestamp_micros,
         })
     }
 
@@ -489,7 +484,6 @@ async fn session(
     node.set_live(Some(Live {
         client: client.clone(),
         alias: connection.alias.clone(),
-        domain_id,
         mediator: processor.mediator_at(domain_sequencer_client::domain_client::now_micros()),
         last_counter: processor.last_counter(),
     }));

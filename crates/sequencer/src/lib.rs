@@ -2,21 +2,31 @@
 //! over one shared PostgreSQL. Owns the `sequencer` binary's logic; see
 //! docs/architecture.md for the ordering protocol.
 
-pub mod admin;
+mod admin;
 pub mod config;
-pub mod error;
-pub mod history_guard;
-pub mod members;
-pub mod metrics;
-pub mod overload;
-pub mod pruning;
-pub mod reader;
-pub mod service;
-pub mod store;
-pub mod subscription;
-pub mod timestamp;
-pub mod topology;
-pub mod writer;
+mod error;
+mod history_guard;
+mod members;
+mod metrics;
+mod overload;
+mod pruning;
+mod reader;
+mod service;
+mod store;
+mod subscription;
+mod timestamp;
+mod topology;
+mod writer;
+
+#[cfg(test)]
+mod db_tests;
+
+/// The parsers of peer input, public so the fuzz harness (crates/domain-fuzz) drives exactly
+/// the code the service runs on every `Send` and topology event.
+pub mod untrusted {
+    pub use crate::service::{accepted_trace_context, check_submission_shape, decode_send};
+    pub use crate::topology::{recorded_participant_key, validate_submission};
+}
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -171,7 +181,6 @@ pub async fn run(
         },
         db: config.database.clone(),
         domain_id: domain_id.to_string(),
-        sequencer_id: sequencer_id.to_string(),
         key: key.clone(),
         peer_event_watermark: peer_rx,
         last_db_success: last_db_success.clone(),

@@ -199,6 +199,7 @@ impl Feed {
     }
 
     /// Bytes currently kept for receivers.
+    #[cfg(test)]
     pub fn buffered_bytes(&self) -> u64 {
         self.lock().bytes
     }
@@ -294,11 +295,6 @@ impl SharedReader {
         let _ = started.wait_for(|s| *s).await;
         let inner = self.inner.lock().await;
         (inner.position, self.feed.subscribe())
-    }
-
-    /// Bytes the live feed currently keeps for subscribers that have not taken them.
-    pub fn feed_bytes(&self) -> u64 {
-        self.feed.buffered_bytes()
     }
 
     /// Runs the reader loop until shutdown.

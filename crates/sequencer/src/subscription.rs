@@ -159,6 +159,7 @@ impl MemberSlots {
     }
 
     /// Open subscriptions of the member with database id `member_id`.
+    #[cfg(test)]
     pub fn open(&self, member_id: i32) -> usize {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.get(&member_id).copied().unwrap_or(0)

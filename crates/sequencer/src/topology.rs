@@ -174,17 +174,6 @@ impl TopologyCache {
         Ok(())
     }
 
-    /// Topology change delay in force at `ts`, in microseconds.
-    pub fn delay_micros_at(&self, ts: i64) -> i64 {
-        let d = self
-            .state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .parameters_at(ts)
-            .topology_change_delay;
-        i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-    }
-
     /// The max request size in force now, if a parameters transaction set one.
     pub fn max_request_size_now(&self) -> Option<u64> {
         if !*self

@@ -179,7 +179,6 @@ pub struct Writer {
     pub settings: WriterSettings,
     pub db: domain_storage::DatabaseConfig,
     pub domain_id: String,
-    pub sequencer_id: String,
     pub key: Arc<SigningKeyPair>,
     /// Highest watermark another instance announced with an event batch.
     pub peer_event_watermark: watch::Receiver<i64>,

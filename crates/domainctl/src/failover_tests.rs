@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::client::Replicas;
+use crate::error::CliError;
 use domain_proto::v1::domain_admin_service_server::{DomainAdminService, DomainAdminServiceServer};
 use domain_proto::v1::{self as pb};
-use domainctl::client::Replicas;
-use domainctl::error::CliError;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
@@ -280,7 +280,7 @@ async fn run_renders_json_from_the_active_replica() {
     let (active, _) = start(true, "").await;
     let (passive, _) = start(false, &active).await;
     let id = format!("PAR::alice::1220{}", "c".repeat(64));
-    let cli = domainctl::Cli::try_parse_from([
+    let cli = crate::Cli::try_parse_from([
         "domainctl",
         "participants",
         "set-state",
@@ -293,7 +293,7 @@ async fn run_renders_json_from_the_active_replica() {
         "json",
     ])
     .expect("valid command line");
-    let output = domainctl::run(cli).await.expect("served");
+    let output = crate::run(cli).await.expect("served");
     let json: serde_json::Value = serde_json::from_str(&output).expect("one JSON document");
     assert_eq!(
         json,

@@ -8,11 +8,10 @@
 
 use std::time::Duration;
 
-use domain_sequencer::store::{self, StoreError, uuid_like::Owner};
+use crate::store::{self, StoreError, uuid_like::Owner};
 use domain_storage::DatabaseConfig;
 
-mod common;
-use common::migrated;
+use super::migrated;
 
 async fn online(cfg: &DatabaseConfig) -> Vec<(i16, bool)> {
     let (client, _task) = domain_storage::dedicated_connection(cfg)
