@@ -2,7 +2,7 @@
 //! Canton-style key fingerprints, unique/member/domain ids, and domain-separated signatures.
 //!
 //! This crate deliberately does not depend on the protobuf crate; callers convert between
-//! these types and the `domain.v1` messages using the accessors provided here:
+//! these types and the `domain.common.v1` messages using the accessors provided here:
 //!
 //! * `Signature.signature` ⇄ [`Signature::as_bytes`] / [`Signature::from_bytes`],
 //! * `Signature.signer_fingerprint` ⇄ [`Signature::signer`] / [`Fingerprint::parse`]

@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use domain_identity::{DomainId, IdError, KeyError, MemberId, SigningKeyPair, UniqueId};
 use domain_lease::{LeaseHandle, Role, RunningLease};
-use domain_proto::v1::domain_admin_service_server::DomainAdminServiceServer;
+use domain_proto::manager::admin::v1::domain_admin_service_server::DomainAdminServiceServer;
 use domain_runtime::grpc::HealthHandle;
 use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
@@ -45,7 +45,8 @@ use crate::manager::{Core, CoreSettings};
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/domain-manager");
 
 /// gRPC service name whose health mirrors readiness (active and bootstrapped).
-pub const ADMIN_SERVICE_NAME: &str = "domain.v1.DomainAdminService";
+pub const ADMIN_SERVICE_NAME: &str =
+    domain_proto::manager::admin::v1::domain_admin_service_server::SERVICE_NAME;
 
 /// Already-bound listeners, so tests and binaries choose ports the same way.
 pub use domain_runtime::service::AdminListeners as Listeners;
@@ -286,7 +287,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Mirrors readiness into gRPC health: service `""` and `domain.v1.DomainAdminService`.
+/// Mirrors readiness into gRPC health: service `""` and `domain.manager.admin.v1.DomainAdminService`.
 async fn follow_readiness(health: HealthHandle, readiness: Readiness, shutdown: CancellationToken) {
     let mut changes = readiness.subscribe();
     loop {

@@ -8,7 +8,7 @@
 
 use domain_identity::{DomainId, SigningKeyPair};
 use domain_lease::{Fence, LeaseError, fenced_transaction};
-use domain_proto::v1 as pb;
+use domain_proto::topology::v1 as pb;
 use domain_topology::{Mapping, Operation, SequencedTopology, TopologyState, TopologyTransaction};
 use prost::Message as _;
 use tokio_postgres::{Client, GenericClient, Row};

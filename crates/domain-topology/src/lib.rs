@@ -22,7 +22,8 @@ use std::time::Duration;
 use domain_identity::{
     DomainId, MemberId, MemberRole, PublicKey, Signature, SignaturePurpose, SigningKeyPair,
 };
-use domain_proto::v1 as pb;
+use domain_proto::common::v1 as common_pb;
+use domain_proto::topology::v1 as pb;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
@@ -320,11 +321,11 @@ fn parse_member(s: &str, role: MemberRole, what: &str) -> Result<MemberId, Topol
 }
 
 fn parse_key(
-    key: Option<&pb::PublicKey>,
+    key: Option<&common_pb::PublicKey>,
     member: &MemberId,
 ) -> Result<Option<PublicKey>, TopologyError> {
     let Some(key) = key else { return Ok(None) };
-    if key.algorithm != pb::KeyAlgorithm::Ed25519 as i32 {
+    if key.algorithm != common_pb::KeyAlgorithm::Ed25519 as i32 {
         return Err(TopologyError::Invalid(
             "only ed25519 keys are supported".into(),
         ));
@@ -340,9 +341,9 @@ fn parse_key(
     Ok(Some(key))
 }
 
-fn proto_key(key: &PublicKey) -> pb::PublicKey {
-    pb::PublicKey {
-        algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+fn proto_key(key: &PublicKey) -> common_pb::PublicKey {
+    common_pb::PublicKey {
+        algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
         key: key.to_bytes().to_vec(),
     }
 }
@@ -489,7 +490,7 @@ impl TopologyTransaction {
         let sig = namespace_key.sign(SignaturePurpose::Topology, domain_id, &bytes);
         pb::SignedTopologyTransaction {
             transaction: bytes,
-            signature: Some(pb::Signature {
+            signature: Some(common_pb::Signature {
                 signature: sig.to_bytes().to_vec(),
                 signer_fingerprint: sig.signer().to_string(),
                 purpose: SignaturePurpose::Topology.as_i32(),

@@ -1,7 +1,7 @@
 //! `domainctl` owns the operator CLI over the domain manager's admin gRPC API
-//! (`domain.v1.DomainAdminService`): argument syntax and local validation ([`cli`]), replica
-//! failover and TLS ([`client`]), table and JSON rendering ([`output`]), and the mapping of
-//! failures to exit codes ([`error`]).
+//! (`domain.manager.admin.v1.DomainAdminService`): argument syntax and local validation
+//! ([`cli`]), replica failover and TLS ([`client`]), table and JSON rendering ([`output`]),
+//! and the mapping of failures to exit codes ([`error`]).
 //!
 //! # Usage
 //!

@@ -34,7 +34,7 @@ use anyhow::Context as _;
 use domain_backoff::{Backoff, BackoffConfig};
 use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
 use domain_lease::{LeaseHandle, RunningLease};
-use domain_proto::v1::mediator_admin_service_server::MediatorAdminServiceServer;
+use domain_proto::mediator::admin::v1::mediator_admin_service_server::MediatorAdminServiceServer;
 use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
 use domain_sequencer_client::MemberIdentity;

@@ -25,7 +25,10 @@ use std::sync::Arc;
 use domain_identity::{
     DomainId, MemberId, MemberRole, PublicKey, SignaturePurpose, SigningKeyPair,
 };
-use domain_proto::v1 as pb;
+use domain_proto::common::v1 as common_pb;
+use domain_proto::confirmation::v1 as pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
+use domain_proto::topology::v1 as topology_pb;
 use domain_sequencer_client::to_proto_signature;
 use domain_topology::{Permission, SequencedTopology, TopologyError, TopologyState};
 use prost::Message as _;
@@ -51,12 +54,15 @@ pub struct Event {
     pub message_id: String,
     pub time_proof: bool,
     /// The envelopes addressed to this mediator.
-    pub envelopes: Vec<pb::Envelope>,
+    pub envelopes: Vec<sequencer_pb::Envelope>,
 }
 
 impl Event {
     /// Builds the processor's view from an event and its verified signed content.
-    pub fn from_verified(event: pb::SequencedEvent, content: &pb::SignedEventContent) -> Self {
+    pub fn from_verified(
+        event: sequencer_pb::SequencedEvent,
+        content: &sequencer_pb::SignedEventContent,
+    ) -> Self {
         Self {
             counter: event.counter,
             ts: event.timestamp_micros,
@@ -469,7 +475,7 @@ impl Processor {
     fn envelope(
         &mut self,
         event: &Event,
-        envelope: &pb::Envelope,
+        envelope: &sequencer_pb::Envelope,
         now_micros: i64,
         changes: &mut Changes,
     ) {
@@ -518,7 +524,7 @@ impl Processor {
     fn topology_tx(
         &mut self,
         event: &Event,
-        signed: pb::SignedTopologyTransaction,
+        signed: topology_pb::SignedTopologyTransaction,
         changes: &mut Changes,
     ) {
         if event.sender != self.domain_manager {
@@ -589,7 +595,7 @@ impl Processor {
     fn request(
         &mut self,
         event: &Event,
-        envelope: &pb::Envelope,
+        envelope: &sequencer_pb::Envelope,
         req: pb::ConfirmationRequest,
         now_micros: i64,
         changes: &mut Changes,
@@ -926,8 +932,8 @@ impl Processor {
         let signed = pb::SignedVerdict {
             verdict,
             signature: Some(to_proto_signature(&signature, SignaturePurpose::Verdict)),
-            signer_key: Some(pb::PublicKey {
-                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+            signer_key: Some(common_pb::PublicKey {
+                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                 key: self.key.public_key().to_bytes().to_vec(),
             }),
         };

@@ -25,7 +25,7 @@ pub use metrics::{PING_RTT, PING_RTT_BUCKETS};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use domain_proto::v1::participant_admin_service_server::ParticipantAdminServiceServer;
+use domain_proto::participant::admin::v1::participant_admin_service_server::ParticipantAdminServiceServer;
 use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
 use metrics_exporter_prometheus::PrometheusHandle;

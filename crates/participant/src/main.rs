@@ -7,9 +7,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use domain_participant::config::DEFAULT_DATA_DIR;
 use domain_participant::{Listeners, ParticipantConfig, connection, identity};
-use domain_proto::v1::{
-    self as pb, participant_admin_service_client::ParticipantAdminServiceClient,
-};
+use domain_proto::participant::admin::v1 as pb;
+use domain_proto::participant::admin::v1::participant_admin_service_client::ParticipantAdminServiceClient;
 use domain_runtime::config::{CommonArgs, EXIT_USAGE, load_or_exit};
 
 /// Default admin endpoint of a running node.
@@ -437,7 +436,7 @@ async fn ping(target: String, admin_endpoint: String, timeout: Duration) -> Resu
     let mut client = admin_client(&admin_endpoint).await?;
     let mut request = tonic::Request::new(pb::PingRequest {
         target_participant_id: target.to_string(),
-        timeout_millis: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+        timeout_micros: i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX),
     });
     request.set_timeout(timeout + Duration::from_secs(5));
     let response = client
@@ -446,13 +445,13 @@ async fn ping(target: String, admin_endpoint: String, timeout: Duration) -> Resu
         .map_err(|s| describe_status(&format!("ping {target}"), &s))?
         .into_inner();
     let ms = response.round_trip_micros as f64 / 1000.0;
-    if response.verdict == "approved" {
+    if response.verdict() == pb::PingVerdict::Approved {
         println!("ping {target} approved in {ms:.1} ms");
         Ok(())
     } else {
         Err(format!(
             "ping {target} {} after {ms:.1} ms",
-            response.verdict
+            response.description
         ))
     }
 }
@@ -460,7 +459,7 @@ async fn ping(target: String, admin_endpoint: String, timeout: Duration) -> Resu
 async fn status(admin_endpoint: String) -> Result<(), String> {
     let mut client = admin_client(&admin_endpoint).await?;
     let s = client
-        .status(pb::ParticipantStatusRequest {})
+        .status(pb::StatusRequest {})
         .await
         .map_err(|s| describe_status("status", &s))?
         .into_inner();

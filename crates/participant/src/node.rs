@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use domain_backoff::{Backoff, BackoffConfig};
 use domain_identity::{DomainId, Fingerprint, MemberId};
-use domain_proto::v1 as pb;
+use domain_proto::confirmation::v1 as pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_runtime::ops::Readiness;
 use domain_sequencer_client::{
     ClientError, ClientOptions, DomainClient, DomainPins, DomainTls, MemberIdentity,
@@ -226,7 +227,7 @@ impl Node {
         };
         let mut recipients = vec![mediator];
         recipients.extend(parties);
-        let envelope = pb::Envelope {
+        let envelope = sequencer_pb::Envelope {
             content: pb::DomainMessage {
                 message: Some(pb::domain_message::Message::ConfirmationRequest(request)),
             }
@@ -653,7 +654,8 @@ async fn outbox_sender(
         let pool = pool.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            let request = match pb::SendRequest::decode(outgoing.send_request.as_slice()) {
+            let request = match sequencer_pb::SendRequest::decode(outgoing.send_request.as_slice())
+            {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(message_id = %outgoing.message_id, error = %e, "undecodable outbox entry; dropping it");

@@ -27,7 +27,10 @@ use std::sync::Arc;
 use domain_identity::{
     DomainId, MemberId, MemberRole, PublicKey, SignaturePurpose, SigningKeyPair,
 };
-use domain_proto::v1 as pb;
+use domain_proto::common::v1 as common_pb;
+use domain_proto::confirmation::v1 as pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
+use domain_proto::topology::v1 as topology_pb;
 use domain_sequencer_client::to_proto_signature;
 use domain_topology::{Permission, SequencedTopology, TopologyError, TopologyState};
 use prost::Message as _;
@@ -57,12 +60,15 @@ pub struct Event {
     /// Set only in our own receipts.
     pub message_id: String,
     /// The envelopes addressed to this participant.
-    pub envelopes: Vec<pb::Envelope>,
+    pub envelopes: Vec<sequencer_pb::Envelope>,
 }
 
 impl Event {
     /// The processor's view of an event and its verified signed content.
-    pub fn from_verified(event: &pb::SequencedEvent, content: &pb::SignedEventContent) -> Self {
+    pub fn from_verified(
+        event: &sequencer_pb::SequencedEvent,
+        content: &sequencer_pb::SignedEventContent,
+    ) -> Self {
         Self {
             counter: event.counter,
             ts: event.timestamp_micros,
@@ -299,7 +305,12 @@ impl Processor {
         i64::try_from(t.as_micros()).unwrap_or(i64::MAX)
     }
 
-    fn envelope(&mut self, event: &Event, envelope: &pb::Envelope, changes: &mut Changes) {
+    fn envelope(
+        &mut self,
+        event: &Event,
+        envelope: &sequencer_pb::Envelope,
+        changes: &mut Changes,
+    ) {
         use pb::domain_message::Message;
         let message = match pb::DomainMessage::decode(&envelope.content[..]) {
             Ok(m) => m.message,
@@ -322,7 +333,7 @@ impl Processor {
     fn topology_tx(
         &mut self,
         event: &Event,
-        signed: pb::SignedTopologyTransaction,
+        signed: topology_pb::SignedTopologyTransaction,
         changes: &mut Changes,
     ) {
         if event.sender != self.domain_manager {
@@ -466,8 +477,8 @@ impl Processor {
                 &sig,
                 SignaturePurpose::ConfirmationResponse,
             )),
-            signer_key: Some(pb::PublicKey {
-                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+            signer_key: Some(common_pb::PublicKey {
+                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                 key: key.public_key().to_bytes().to_vec(),
             }),
         };
@@ -476,10 +487,10 @@ impl Processor {
         }
         .encode_to_vec();
         let message_id = response_message_id(request_id, self.settings.participant.name());
-        let submission = pb::SubmissionRequest {
+        let submission = sequencer_pb::SubmissionRequest {
             sender: self.me.clone(),
             message_id: message_id.clone(),
-            envelopes: vec![pb::Envelope {
+            envelopes: vec![sequencer_pb::Envelope {
                 content: content.into(),
                 recipients: vec![req.mediator.clone()],
                 broadcast: false,
@@ -493,7 +504,7 @@ impl Processor {
             &self.settings.domain_id,
             &bytes,
         );
-        let send = pb::SendRequest {
+        let send = sequencer_pb::SendRequest {
             submission: bytes,
             signature: Some(to_proto_signature(&sig, SignaturePurpose::Submission)),
             // The trace context of the event being processed (set by the node), so the

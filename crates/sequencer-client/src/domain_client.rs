@@ -59,7 +59,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use domain_identity::{PublicKey, SignaturePurpose};
-use domain_proto::v1 as pb;
+use domain_proto::common::v1 as common_pb;
+use domain_proto::sequencer::v1 as pb;
 pub use domain_tls::{ClientTlsFiles, TlsError};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
@@ -782,8 +783,8 @@ impl Inner {
             timeout,
             client.challenge(pb::ChallengeRequest {
                 member: self.member.id.to_string(),
-                public_key: Some(pb::PublicKey {
-                    algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                public_key: Some(common_pb::PublicKey {
+                    algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                     key: self.member.key.public_key().to_bytes().to_vec(),
                 }),
             }),

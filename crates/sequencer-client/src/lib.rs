@@ -30,7 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain_identity::{MemberId, PublicKey, Signature, SignaturePurpose, SigningKeyPair};
-use domain_proto::v1::{self as pb, sequencer_service_client::SequencerServiceClient};
+use domain_proto::common::v1 as common_pb;
+use domain_proto::sequencer::v1 as pb;
+use domain_proto::sequencer::v1::sequencer_service_client::SequencerServiceClient;
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::RwLock;
@@ -170,8 +172,8 @@ impl SequencerConnection {
         let challenge = client
             .challenge(pb::ChallengeRequest {
                 member: self.member.id.to_string(),
-                public_key: Some(pb::PublicKey {
-                    algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                public_key: Some(common_pb::PublicKey {
+                    algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                     key: self.member.key.public_key().to_bytes().to_vec(),
                 }),
             })
@@ -412,15 +414,15 @@ impl StreamValidator {
 /// responses, verdicts): the key must be ed25519 and match `member`'s fingerprint,
 /// and the signature must be for `purpose` in `domain_id` over `payload`.
 pub fn verify_member_signature(
-    signer_key: Option<&pb::PublicKey>,
-    signature: Option<&pb::Signature>,
+    signer_key: Option<&common_pb::PublicKey>,
+    signature: Option<&common_pb::Signature>,
     member: &MemberId,
     purpose: SignaturePurpose,
     domain_id: &domain_identity::DomainId,
     payload: &[u8],
 ) -> Result<(), String> {
     let key = signer_key.ok_or_else(|| "no signer key".to_string())?;
-    if key.algorithm != pb::KeyAlgorithm::Ed25519 as i32 {
+    if key.algorithm != common_pb::KeyAlgorithm::Ed25519 as i32 {
         return Err("signer key is not ed25519".into());
     }
     let key = PublicKey::from_bytes(&key.key).map_err(|e| format!("invalid signer key: {e}"))?;
@@ -443,8 +445,8 @@ pub fn verify_member_signature(
         .map_err(|e| e.to_string())
 }
 
-pub fn to_proto_signature(sig: &Signature, purpose: SignaturePurpose) -> pb::Signature {
-    pb::Signature {
+pub fn to_proto_signature(sig: &Signature, purpose: SignaturePurpose) -> common_pb::Signature {
+    common_pb::Signature {
         signature: sig.to_bytes().to_vec(),
         signer_fingerprint: sig.signer().to_string(),
         purpose: purpose.as_i32(),

@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
-use domain_proto::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
-use domain_proto::v1::sequencer_service_server::SequencerServiceServer;
+use domain_proto::sequencer::admin::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
+use domain_proto::sequencer::v1::sequencer_service_server::SequencerServiceServer;
 use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
 use metrics_exporter_prometheus::PrometheusHandle;

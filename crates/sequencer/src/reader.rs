@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain_proto::v1::{Envelope, SubmissionRequest};
+use domain_proto::sequencer::v1::{Envelope, SubmissionRequest};
 use prost::Message as _;
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;

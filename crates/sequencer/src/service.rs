@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, Signature, SignaturePurpose};
-use domain_proto::v1::{self as pb, sequencer_service_server::SequencerService};
+use domain_proto::common::v1 as common_pb;
+use domain_proto::sequencer::v1 as pb;
+use domain_proto::sequencer::v1::sequencer_service_server::SequencerService;
+use domain_proto::topology::v1 as topology_pb;
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{Mutex, oneshot};
@@ -109,8 +112,8 @@ const DOMAIN_TRUST_CACHE_TTL: Duration = Duration::from_secs(1);
 /// The part of GetDomainInfo read from the database (see [`SequencerCore::domain_trust`]).
 #[derive(Default)]
 struct DomainTrust {
-    namespace_key: Option<pb::PublicKey>,
-    registrations: Vec<pb::SignedTopologyTransaction>,
+    namespace_key: Option<common_pb::PublicKey>,
+    registrations: Vec<topology_pb::SignedTopologyTransaction>,
 }
 
 impl SequencerCore {
@@ -179,8 +182,8 @@ impl SequencerCore {
             // The row's key was checked against the DOM id's fingerprint when it was bound;
             // checked again so that this answer never shows a key that is not the namespace's.
             .filter(|key| self.settings.domain.matches_key(key))
-            .map(|key| pb::PublicKey {
-                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+            .map(|key| common_pb::PublicKey {
+                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                 key: key.to_bytes().to_vec(),
             });
         let rows = client
@@ -194,7 +197,7 @@ impl SequencerCore {
             .iter()
             .filter_map(|r| {
                 let bytes: Vec<u8> = r.get(0);
-                pb::SignedTopologyTransaction::decode(bytes.as_slice()).ok()
+                topology_pb::SignedTopologyTransaction::decode(bytes.as_slice()).ok()
             })
             .collect();
         Ok(DomainTrust {
@@ -471,7 +474,7 @@ pub fn decode_send(
         .signature
         .as_ref()
         .ok_or_else(|| SequencerError::Malformed("missing signature".into()))?;
-    if sig.purpose != pb::SignaturePurpose::Submission as i32 {
+    if sig.purpose != common_pb::SignaturePurpose::Submission as i32 {
         return Err(SequencerError::SubmissionSignatureInvalid(
             "signature purpose is not SUBMISSION".into(),
         ));
@@ -622,8 +625,8 @@ impl SequencerService for SequencerApi {
         Ok(Response::new(pb::GetDomainInfoResponse {
             domain_id: s.domain_id.clone(),
             sequencer_id: s.sequencer_id.clone(),
-            sequencer_public_key: Some(pb::PublicKey {
-                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+            sequencer_public_key: Some(common_pb::PublicKey {
+                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                 key: s.public_key.to_bytes().to_vec(),
             }),
             protocol_version: domain_proto::PROTOCOL_VERSION.to_string(),
@@ -645,7 +648,7 @@ impl SequencerService for SequencerApi {
             let pk = r
                 .public_key
                 .ok_or_else(|| SequencerError::Malformed("missing public key".into()))?;
-            if pk.algorithm != pb::KeyAlgorithm::Ed25519 as i32 {
+            if pk.algorithm != common_pb::KeyAlgorithm::Ed25519 as i32 {
                 return Err(SequencerError::Malformed(
                     "only ed25519 keys are supported".into(),
                 ));

@@ -7,10 +7,8 @@ use crate::error::ServiceError as _;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use domain_proto::v1::{
-    DeliveredEnvelope, SequencedEvent, Signature as ProtoSignature, SignaturePurpose,
-    SubscribeResponse,
-};
+use domain_proto::common::v1::{Signature as ProtoSignature, SignaturePurpose};
+use domain_proto::sequencer::v1::{DeliveredEnvelope, SequencedEvent, SubscribeResponse};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 

@@ -7,7 +7,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use domain_identity::{DomainId, MemberRole, PublicKey};
-use domain_proto::v1 as pb;
+use domain_proto::confirmation::v1 as confirmation_pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
+use domain_proto::topology::v1 as pb;
 use domain_topology::{Mapping, Operation, SequencedTopology, TopologyState, TopologyTransaction};
 use prost::Message as _;
 use tokio::sync::Notify;
@@ -72,13 +74,13 @@ pub fn validate_submission(
     sender_role: MemberRole,
     sender_key: &PublicKey,
     domain_id: &DomainId,
-    envelopes: &[pb::Envelope],
+    envelopes: &[sequencer_pb::Envelope],
 ) -> Result<Vec<PendingTopology>, SequencerError> {
     let mut out = Vec::new();
     for env in envelopes {
-        let message = pb::DomainMessage::decode(&env.content[..]).ok();
+        let message = confirmation_pb::DomainMessage::decode(&env.content[..]).ok();
         let topology = match message.and_then(|m| m.message) {
-            Some(pb::domain_message::Message::Topology(t)) => Some(t),
+            Some(confirmation_pb::domain_message::Message::Topology(t)) => Some(t),
             _ => None,
         };
         match (sender_role, topology) {
