@@ -566,6 +566,35 @@ pub struct TopologyState {
     by_serial: BTreeMap<u64, SequencedTopology>,
 }
 
+/// Why a member ignored a topology transaction from its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    /// Sent by another member than the domain manager.
+    NotFromDomainManager,
+    /// No valid namespace signature (or the namespace key is not known).
+    BadSignature,
+    /// Signed, but not a valid transaction for this domain.
+    Invalid,
+}
+
+impl Ignored {
+    /// The reason label members count ignored envelopes under.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NotFromDomainManager => "topology_not_from_domain_manager",
+            Self::BadSignature => "topology_bad_signature",
+            Self::Invalid => "invalid_topology",
+        }
+    }
+}
+
+/// A topology transaction a member accepted from its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub serial: u64,
+    pub effective_ts: i64,
+}
+
 /// The state of one participant at some time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParticipantAttributes {
@@ -595,6 +624,66 @@ impl TopologyState {
             },
         );
         Some(effective_ts)
+    }
+
+    /// Applies a topology transaction a member read from its stream (sent by `sender`,
+    /// sequenced at `sequenced_ts`). The sequencer checked sender and signature before
+    /// sequencing, but a member does not take a sequencer's word for the topology: one whose
+    /// key was not verified, or was stolen, must not be able to swap mediators or change the
+    /// parameters. So only the domain manager's transactions with a valid namespace signature
+    /// count; anything else is refused, logged and never applied. `Ok(None)`: the serial was
+    /// seen before.
+    pub fn apply_sequenced(
+        &mut self,
+        sender: &str,
+        sequenced_ts: i64,
+        signed: &pb::SignedTopologyTransaction,
+        domain_id: &DomainId,
+        namespace_key: Option<&PublicKey>,
+    ) -> Result<Option<Accepted>, Ignored> {
+        if sender != domain_manager_member(domain_id).to_string() {
+            tracing::warn!(
+                sender,
+                event_ts = sequenced_ts,
+                "ignored a topology transaction not sent by the domain manager"
+            );
+            return Err(Ignored::NotFromDomainManager);
+        }
+        let Some(namespace_key) = namespace_key else {
+            tracing::error!(
+                event_ts = sequenced_ts,
+                "ignored a topology transaction: the namespace key is not known"
+            );
+            return Err(Ignored::BadSignature);
+        };
+        let tx = match verify_signed(signed, domain_id, namespace_key) {
+            Ok(tx) => tx,
+            Err(error @ TopologyError::BadSignature(_)) => {
+                tracing::error!(event_ts = sequenced_ts, %error, "ignored a topology transaction without a valid namespace signature");
+                return Err(Ignored::BadSignature);
+            }
+            Err(error) => {
+                tracing::warn!(event_ts = sequenced_ts, %error, "ignored an invalid topology transaction");
+                return Err(Ignored::Invalid);
+            }
+        };
+        let serial = tx.serial;
+        let kind = tx.mapping.kind();
+        let Some(effective_ts) = self.add(sequenced_ts, tx) else {
+            tracing::debug!(serial, "topology serial seen before; ignored");
+            return Ok(None);
+        };
+        tracing::info!(
+            serial,
+            kind,
+            sequenced_ts,
+            effective_ts,
+            "topology transaction accepted"
+        );
+        Ok(Some(Accepted {
+            serial,
+            effective_ts,
+        }))
     }
 
     /// Inserts a transaction whose effective time was computed elsewhere

@@ -30,7 +30,7 @@ use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_proto::topology::v1 as topology_pb;
 use domain_sequencer_client::to_proto_signature;
-use domain_topology::{Permission, SequencedTopology, TopologyError, TopologyState};
+use domain_topology::{Permission, SequencedTopology, TopologyState};
 use prost::Message as _;
 
 pub use domain_confirmation::{
@@ -270,7 +270,6 @@ pub struct Processor {
     mediator: String,
     domain: String,
     domain_id: DomainId,
-    domain_manager: String,
     key: Arc<SigningKeyPair>,
     verdict_ttl_micros: i64,
     namespace_key: Option<PublicKey>,
@@ -318,7 +317,6 @@ impl Processor {
         Self {
             mediator: settings.mediator_id.to_string(),
             domain: settings.domain_id.to_string(),
-            domain_manager: domain_topology::domain_manager_member(&settings.domain_id).to_string(),
             domain_id: settings.domain_id,
             key: settings.key,
             verdict_ttl_micros: settings.verdict_ttl_micros,
@@ -527,62 +525,22 @@ impl Processor {
         signed: topology_pb::SignedTopologyTransaction,
         changes: &mut Changes,
     ) {
-        if event.sender != self.domain_manager {
-            tracing::warn!(
-                sender = %event.sender,
-                event_ts = event.ts,
-                "ignored a topology transaction not sent by the domain manager"
-            );
-            changes
-                .envelopes_ignored
-                .push("topology_not_from_domain_manager");
-            return;
-        }
-        let Some(namespace_key) = &self.namespace_key else {
-            // Cannot happen through the session (events come through a link that knows the
-            // key); refusing keeps an unverified transaction out regardless.
-            tracing::error!(
-                event_ts = event.ts,
-                "ignored a topology transaction: the namespace key is not known"
-            );
-            changes.envelopes_ignored.push("topology_bad_signature");
-            return;
-        };
-        let tx = match domain_topology::verify_signed(&signed, &self.domain_id, namespace_key) {
-            Ok(tx) => tx,
-            Err(error @ TopologyError::BadSignature(_)) => {
-                tracing::error!(event_ts = event.ts, %error, "ignored a topology transaction without a valid namespace signature");
-                changes.envelopes_ignored.push("topology_bad_signature");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(event_ts = event.ts, %error, "ignored an invalid topology transaction");
-                changes.envelopes_ignored.push("invalid_topology");
-                return;
-            }
-        };
-        let serial = tx.serial;
-        let kind = tx.mapping.kind();
-        match self.topology.add(event.ts, tx) {
-            Some(effective_ts) => {
-                tracing::info!(
-                    serial,
-                    kind,
-                    sequenced_ts = event.ts,
-                    effective_ts,
-                    "topology transaction accepted"
-                );
-                changes.topology.push(TopologyRecord {
-                    serial,
-                    sequenced_ts: event.ts,
-                    effective_ts,
-                    counter: event.counter,
-                    signed: signed.encode_to_vec(),
-                });
-            }
-            None => {
-                tracing::debug!(serial, "topology serial seen before; ignored");
-            }
+        match self.topology.apply_sequenced(
+            &event.sender,
+            event.ts,
+            &signed,
+            &self.domain_id,
+            self.namespace_key.as_ref(),
+        ) {
+            Ok(Some(accepted)) => changes.topology.push(TopologyRecord {
+                serial: accepted.serial,
+                sequenced_ts: event.ts,
+                effective_ts: accepted.effective_ts,
+                counter: event.counter,
+                signed: signed.encode_to_vec(),
+            }),
+            Ok(None) => {}
+            Err(ignored) => changes.envelopes_ignored.push(ignored.label()),
         }
     }
 

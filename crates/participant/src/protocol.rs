@@ -32,7 +32,7 @@ use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_proto::topology::v1 as topology_pb;
 use domain_sequencer_client::to_proto_signature;
-use domain_topology::{Permission, SequencedTopology, TopologyError, TopologyState};
+use domain_topology::{Permission, SequencedTopology, TopologyState};
 use prost::Message as _;
 
 use crate::config::AutoConfirm;
@@ -186,7 +186,6 @@ pub struct Processor {
     settings: ProcessorSettings,
     me: String,
     domain: String,
-    domain_manager: String,
     topology: TopologyState,
     pending: BTreeMap<i64, PendingRequest>,
     last_counter: i64,
@@ -202,7 +201,6 @@ impl Processor {
         Self {
             me: settings.participant.to_string(),
             domain: settings.domain_id.to_string(),
-            domain_manager: domain_topology::domain_manager_member(&settings.domain_id).to_string(),
             settings,
             topology,
             pending: restored
@@ -336,44 +334,21 @@ impl Processor {
         signed: topology_pb::SignedTopologyTransaction,
         changes: &mut Changes,
     ) {
-        if event.sender != self.domain_manager {
-            tracing::warn!(sender = %event.sender, event_ts = event.ts, "ignored a topology transaction not sent by the domain manager");
-            changes.ignored.push("topology_not_from_domain_manager");
-            return;
-        }
-        let tx = match domain_topology::verify_signed(
+        match self.topology.apply_sequenced(
+            &event.sender,
+            event.ts,
             &signed,
             &self.settings.domain_id,
-            &self.settings.namespace_key,
+            Some(&self.settings.namespace_key),
         ) {
-            Ok(tx) => tx,
-            Err(error @ TopologyError::BadSignature(_)) => {
-                tracing::error!(event_ts = event.ts, %error, "ignored a topology transaction without a valid namespace signature");
-                changes.ignored.push("topology_bad_signature");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(event_ts = event.ts, %error, "ignored an invalid topology transaction");
-                changes.ignored.push("invalid_topology");
-                return;
-            }
-        };
-        let serial = tx.serial;
-        let kind = tx.mapping.kind();
-        if let Some(effective_ts) = self.topology.add(event.ts, tx) {
-            tracing::info!(
-                serial,
-                kind,
-                sequenced_ts = event.ts,
-                effective_ts,
-                "topology transaction accepted"
-            );
-            changes.topology.push(TopologyRecord {
-                serial,
+            Ok(Some(accepted)) => changes.topology.push(TopologyRecord {
+                serial: accepted.serial,
                 sequenced_ts: event.ts,
-                effective_ts,
+                effective_ts: accepted.effective_ts,
                 signed: signed.encode_to_vec(),
-            });
+            }),
+            Ok(None) => {}
+            Err(ignored) => changes.ignored.push(ignored.label()),
         }
     }
 
