@@ -421,7 +421,11 @@ fn every_rendered_config_loads_and_validates() {
                         &c.sets,
                     )
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
-                    assert_eq!(s.domain_id, identity.domain_id, "{what}");
+                    assert_eq!(
+                        s.domain_id.map(|d| d.to_string()).as_ref(),
+                        Some(&identity.domain_id),
+                        "{what}"
+                    );
                     assert!(s.public_api.tls.is_some(), "{what}: public TLS");
                     // The knob: reflection is off where other organisations connect.
                     assert_eq!(s.public_api.reflection, !public, "{what}: reflection");
