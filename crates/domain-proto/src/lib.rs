@@ -2,6 +2,8 @@
 
 pub mod codec;
 pub mod error;
+#[cfg(feature = "identity")]
+pub mod identity;
 
 /// Version 1 of the domain protocol.
 pub mod v1 {

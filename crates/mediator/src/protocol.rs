@@ -926,10 +926,7 @@ impl Processor {
         let signed = pb::SignedVerdict {
             verdict,
             signature: Some(to_proto_signature(&signature, SignaturePurpose::Verdict)),
-            signer_key: Some(pb::PublicKey {
-                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
-                key: self.key.public_key().to_bytes().to_vec(),
-            }),
+            signer_key: Some(pb::PublicKey::from(self.key.public_key())),
         };
         self.decided.insert(request.request_id, request.deadline);
         self.decided_by_deadline

@@ -782,10 +782,7 @@ impl Inner {
             timeout,
             client.challenge(pb::ChallengeRequest {
                 member: self.member.id.to_string(),
-                public_key: Some(pb::PublicKey {
-                    algorithm: pb::KeyAlgorithm::Ed25519 as i32,
-                    key: self.member.key.public_key().to_bytes().to_vec(),
-                }),
+                public_key: Some(pb::PublicKey::from(self.member.key.public_key())),
             }),
         )
         .await

@@ -72,7 +72,7 @@ impl SequencerAdminService for SequencerAdmin {
             .map_err(|e| st(SequencerError::Malformed(format!("member id: {e}"))))?;
         let key = match r.public_key {
             Some(pk) => {
-                let key = PublicKey::from_bytes(&pk.key)
+                let key = PublicKey::try_from(&pk)
                     .map_err(|e| st(SequencerError::Malformed(format!("public key: {e}"))))?;
                 if !member.matches_key(&key) {
                     return Err(st(SequencerError::KeyMismatch {

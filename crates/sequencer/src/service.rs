@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, Signature, SignaturePurpose};
+use domain_proto::identity::KeyConversionError;
 use domain_proto::v1::{self as pb, sequencer_service_server::SequencerService};
 use domain_time::Timestamp;
 use prost::Message as _;
@@ -179,10 +180,7 @@ impl SequencerCore {
             // The row's key was checked against the DOM id's fingerprint when it was bound;
             // checked again so that this answer never shows a key that is not the namespace's.
             .filter(|key| self.settings.domain.matches_key(key))
-            .map(|key| pb::PublicKey {
-                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
-                key: key.to_bytes().to_vec(),
-            });
+            .map(|key| pb::PublicKey::from(&key));
         let rows = client
             .query(
                 "SELECT signed FROM seq_topology WHERE kind = 'sequencer' ORDER BY serial",
@@ -473,12 +471,12 @@ pub fn decode_send(
         .signature
         .as_ref()
         .ok_or_else(|| SequencerError::Malformed("missing signature".into()))?;
-    if sig.purpose != pb::SignaturePurpose::Submission as i32 {
+    if !sig.purpose_is(SignaturePurpose::Submission) {
         return Err(SequencerError::SubmissionSignatureInvalid(
             "signature purpose is not SUBMISSION".into(),
         ));
     }
-    let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
+    let signature = Signature::try_from(sig)
         .map_err(|e| SequencerError::SubmissionSignatureInvalid(e.to_string()))?;
     Ok((sub, signature))
 }
@@ -624,10 +622,7 @@ impl SequencerService for SequencerApi {
         Ok(Response::new(pb::GetDomainInfoResponse {
             domain_id: s.domain.to_string(),
             sequencer_id: s.sequencer_id.to_string(),
-            sequencer_public_key: Some(pb::PublicKey {
-                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
-                key: s.public_key.to_bytes().to_vec(),
-            }),
+            sequencer_public_key: Some(pb::PublicKey::from(&s.public_key)),
             protocol_version: domain_proto::PROTOCOL_VERSION.to_string(),
             max_request_size: s.max_request_size as u64,
             namespace_public_key: trust.namespace_key.clone(),
@@ -647,13 +642,10 @@ impl SequencerService for SequencerApi {
             let pk = r
                 .public_key
                 .ok_or_else(|| SequencerError::Malformed("missing public key".into()))?;
-            if pk.algorithm != pb::KeyAlgorithm::Ed25519 as i32 {
-                return Err(SequencerError::Malformed(
-                    "only ed25519 keys are supported".into(),
-                ));
-            }
-            let key = PublicKey::from_bytes(&pk.key)
-                .map_err(|e| SequencerError::Malformed(format!("public key: {e}")))?;
+            let key = domain_proto::identity::ed25519_key(&pk).map_err(|e| match e {
+                KeyConversionError::NotEd25519 => SequencerError::Malformed(e.to_string()),
+                KeyConversionError::Key(e) => SequencerError::Malformed(format!("public key: {e}")),
+            })?;
             if !member.matches_key(&key) {
                 return Err(SequencerError::KeyMismatch {
                     member: r.member.clone(),
@@ -721,7 +713,7 @@ impl SequencerService for SequencerApi {
             let sig = r
                 .signature
                 .ok_or_else(|| SequencerError::Malformed("missing signature".into()))?;
-            let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
+            let signature = Signature::try_from(&sig)
                 .map_err(|e| SequencerError::ChallengeSignatureInvalid(e.to_string()))?;
             let client = core.db().await?;
             // Consumed before verification: a nonce is single-use even when the signature is wrong.
