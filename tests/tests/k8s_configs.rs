@@ -440,7 +440,11 @@ fn every_rendered_config_loads_and_validates() {
                     )
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
                     m.validate().unwrap_or_else(|e| panic!("{what}: {e}"));
-                    assert_eq!(m.domain_id, identity.domain_id, "{what}");
+                    assert_eq!(
+                        m.domain_id.map(|d| d.to_string()).as_ref(),
+                        Some(&identity.domain_id),
+                        "{what}"
+                    );
                     // The Job names the mediator `mediator` in its id: so must the config.
                     assert_eq!(m.name, "mediator", "{what}");
                     assert_eq!(m.sequencers, pods(replicas.expect("sequencers")), "{what}");

@@ -381,7 +381,7 @@ pub fn mediator_verdicts(data: &[u8]) -> Vec<&'static str> {
         mediator_id: f.mediator.0.clone(),
         domain_id: f.domain_id.clone(),
         key: f.mediator.1.clone(),
-        verdict_ttl_micros: 60_000_000,
+        verdict_ttl: std::time::Duration::from_secs(60),
         namespace_key: Some(f.namespace_key.public_key().clone()),
     });
     let mut outcomes = Vec::new();

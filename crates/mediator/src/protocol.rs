@@ -21,12 +21,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use domain_identity::{
     DomainId, MemberId, MemberRole, PublicKey, SignaturePurpose, SigningKeyPair,
 };
 use domain_proto::v1 as pb;
 use domain_sequencer_client::to_proto_signature;
+use domain_time::Timestamp;
 use domain_topology::{Permission, SequencedTopology, TopologyError, TopologyState};
 use prost::Message as _;
 
@@ -253,7 +255,7 @@ pub struct ProcessorSettings {
     pub domain_id: DomainId,
     pub key: Arc<SigningKeyPair>,
     /// Added to the decision time to fix a verdict's max sequencing time.
-    pub verdict_ttl_micros: i64,
+    pub verdict_ttl: Duration,
     /// The domain's namespace key, which topology transactions must be signed with; learnt
     /// from the sequencers (checked against the domain id), so `None` until connected.
     pub namespace_key: Option<PublicKey>,
@@ -266,7 +268,7 @@ pub struct Processor {
     domain_id: DomainId,
     domain_manager: String,
     key: Arc<SigningKeyPair>,
-    verdict_ttl_micros: i64,
+    verdict_ttl: Duration,
     namespace_key: Option<PublicKey>,
     topology: TopologyState,
     pending: BTreeMap<i64, Request>,
@@ -315,7 +317,7 @@ impl Processor {
             domain_manager: domain_topology::domain_manager_member(&settings.domain_id).to_string(),
             domain_id: settings.domain_id,
             key: settings.key,
-            verdict_ttl_micros: settings.verdict_ttl_micros,
+            verdict_ttl: settings.verdict_ttl,
             namespace_key: settings.namespace_key,
             topology,
             pending,
@@ -937,9 +939,9 @@ impl Processor {
             decided_ts,
             signed_verdict: signed.encode_to_vec(),
             recipients: request.recipients.clone(),
-            max_sequencing_ts: decided_ts
-                .max(now_micros)
-                .saturating_add(self.verdict_ttl_micros),
+            max_sequencing_ts: (Timestamp::from_micros(decided_ts.max(now_micros))
+                + self.verdict_ttl)
+                .as_micros(),
         });
     }
 }

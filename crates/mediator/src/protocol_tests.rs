@@ -94,7 +94,7 @@ impl Harness {
             mediator_id: mediator.0.clone(),
             domain_id: domain_id.clone(),
             key: mediator.1.clone(),
-            verdict_ttl_micros: 60_000_000,
+            verdict_ttl: std::time::Duration::from_secs(60),
             // The harness's domain key (`Harness::new`).
             namespace_key: Some(SigningKeyPair::from_seed(&[1; 32]).public_key().clone()),
         }

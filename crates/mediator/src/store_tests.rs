@@ -61,7 +61,7 @@ async fn fixture(prefix: &str) -> Fixture {
             mediator_id: mediator.0.clone(),
             domain_id: domain_id.clone(),
             key: mediator.1.clone(),
-            verdict_ttl_micros: 60_000_000,
+            verdict_ttl: std::time::Duration::from_secs(60),
             namespace_key: Some(domain_key.public_key().clone()),
         },
         domain_key,
