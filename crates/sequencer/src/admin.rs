@@ -76,7 +76,7 @@ impl SequencerAdminService for SequencerAdmin {
                     .map_err(|e| st(SequencerError::Malformed(format!("public key: {e}"))))?;
                 if !member.matches_key(&key) {
                     return Err(st(SequencerError::KeyMismatch {
-                        member: r.member,
+                        member,
                         key: key.fingerprint().to_string(),
                     }));
                 }
@@ -87,7 +87,7 @@ impl SequencerAdminService for SequencerAdmin {
         let ts = self
             .core
             .writer
-            .register(member.to_string(), key)
+            .register(member.clone(), key)
             .await
             .map_err(st)?;
         self.core.members.reload().await.map_err(st)?;

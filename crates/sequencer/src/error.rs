@@ -2,6 +2,7 @@
 //! ([`domain_proto::error::ServiceError`]). docs/errors.md lists every code (a test checks
 //! it); renaming one is a breaking change.
 
+use domain_identity::MemberId;
 pub use domain_proto::error::ServiceError;
 use domain_time::Timestamp;
 use tonic::{Code, Status};
@@ -17,7 +18,7 @@ pub enum SequencerError {
     #[error("challenge signature does not verify: {0}")]
     ChallengeSignatureInvalid(String),
     #[error("public key fingerprint {key} does not match member {member}")]
-    KeyMismatch { member: String, key: String },
+    KeyMismatch { member: MemberId, key: String },
     #[error("member {0} is not registered on this domain")]
     MemberUnknown(String),
     #[error("member {0} is disabled")]

@@ -743,7 +743,6 @@ async fn bootstrap_members(
     shutdown: CancellationToken,
 ) {
     for member in list {
-        let member = member.to_string();
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -752,7 +751,7 @@ async fn bootstrap_members(
             // but is disabled (by topology or DisableMember) stays disabled: registering
             // it again would re-enable it on every restart. (RegisterMember on the admin API
             // remains the operator's explicit override.)
-            if let Ok(Some(_)) = members.get(&member).await {
+            if let Ok(Some(_)) = members.get(&member.to_string()).await {
                 break;
             }
             let mut state = writer.watch_state();

@@ -648,7 +648,7 @@ impl SequencerService for SequencerApi {
             })?;
             if !member.matches_key(&key) {
                 return Err(SequencerError::KeyMismatch {
-                    member: r.member.clone(),
+                    member: member.clone(),
                     key: key.fingerprint().to_string(),
                 });
             }
@@ -668,7 +668,7 @@ impl SequencerService for SequencerApi {
                     && bound.as_slice() != key.as_bytes()
                 {
                     return Err(SequencerError::KeyMismatch {
-                        member: r.member.clone(),
+                        member: member.clone(),
                         key: key.fingerprint().to_string(),
                     });
                 }
@@ -741,7 +741,7 @@ impl SequencerService for SequencerApi {
                 }
                 let ts = core
                     .writer
-                    .register(r.member.clone(), Some(key.as_bytes().to_vec()))
+                    .register(member.clone(), Some(key.as_bytes().to_vec()))
                     .await?;
                 tracing::info!(member = %r.member, registered_ts = ts.as_micros(), "participant admitted in open mode");
                 core.members.reload().await?;
@@ -754,7 +754,7 @@ impl SequencerService for SequencerApi {
             let bound = store::bind_public_key(&**client, &r.member, key.as_bytes()).await?;
             if bound.as_deref() != Some(key.as_bytes().as_slice()) {
                 return Err(SequencerError::KeyMismatch {
-                    member: r.member.clone(),
+                    member: member.clone(),
                     key: key.fingerprint().to_string(),
                 });
             }

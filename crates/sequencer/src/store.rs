@@ -102,7 +102,7 @@ pub struct NewEvent {
 /// A member registration sequenced inside a writer batch.
 #[derive(Debug, Clone)]
 pub struct NewRegistration {
-    pub member: String,
+    pub member: domain_identity::MemberId,
     pub public_key: Option<Vec<u8>>,
     pub ts: Timestamp,
 }
@@ -172,7 +172,7 @@ pub struct SequencedBefore {
 /// A member registered (or re-enabled) by a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registered {
-    pub member: String,
+    pub member: domain_identity::MemberId,
     pub registered_ts: Timestamp,
 }
 
@@ -580,7 +580,8 @@ pub async fn commit_batch(
     // opposite order would otherwise deadlock and lose both batches. Replies are
     // matched to `registrations` by position, so the results keep the caller's order.
     let mut order: Vec<usize> = (0..registrations.len()).collect();
-    order.sort_by(|&a, &b| registrations[a].member.cmp(&registrations[b].member));
+    // By the member text, as the rows are keyed.
+    order.sort_by_cached_key(|&i| registrations[i].member.to_string());
     let mut registered: Vec<Option<Registered>> = vec![None; registrations.len()];
     for &i in &order {
         let reg = &registrations[i];
@@ -590,7 +591,7 @@ pub async fn commit_batch(
                  ON CONFLICT (member) DO UPDATE SET enabled = true,
                      public_key = coalesce(seq_members.public_key, EXCLUDED.public_key)
                  RETURNING id, registered_ts",
-                &[&reg.member, &reg.public_key, &reg.ts],
+                &[&reg.member.to_string(), &reg.public_key, &reg.ts],
             )
             .await?;
         let id: i32 = row.get(0);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use domain_backoff::{Backoff, BackoffConfig};
-use domain_identity::{DomainId, SignaturePurpose, SigningKeyPair};
+use domain_identity::{DomainId, MemberId, SignaturePurpose, SigningKeyPair};
 use domain_proto::v1::SignedEventContent;
 use domain_time::Timestamp;
 use prost::Message as _;
@@ -80,7 +80,7 @@ pub struct SendOutcome {
 pub enum WriteCommand {
     Submit(Submission),
     Register {
-        member: String,
+        member: MemberId,
         public_key: Option<Vec<u8>>,
         reply: oneshot::Sender<Result<Timestamp, SequencerError>>,
     },
@@ -160,7 +160,7 @@ impl WriterHandle {
     /// make an operator or a new participant start over.
     pub async fn register(
         &self,
-        member: String,
+        member: MemberId,
         public_key: Option<Vec<u8>>,
     ) -> Result<Timestamp, SequencerError> {
         let (reply, rx) = oneshot::channel();
