@@ -192,7 +192,7 @@ pub struct DecidedVerdict {
     pub recipients: Vec<String>,
     /// Fixed once, at decision time: every (re)send uses it, so the sequencer's
     /// deduplication covers every resend and nothing can be sequenced after it.
-    pub max_sequencing_ts: i64,
+    pub max_sequencing_ts: Timestamp,
 }
 
 /// An accepted topology transaction, to persist.
@@ -939,9 +939,8 @@ impl Processor {
             decided_ts,
             signed_verdict: signed.encode_to_vec(),
             recipients: request.recipients.clone(),
-            max_sequencing_ts: (Timestamp::from_micros(decided_ts.max(now_micros))
-                + self.verdict_ttl)
-                .as_micros(),
+            max_sequencing_ts: Timestamp::from_micros(decided_ts.max(now_micros))
+                + self.verdict_ttl,
         });
     }
 }

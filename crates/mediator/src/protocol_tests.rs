@@ -382,7 +382,7 @@ fn approves_when_every_confirmer_approves() {
     let d = only_decision(&c);
     assert_eq!(d.outcome, Outcome::Approved);
     assert_eq!(d.decided_ts, REQ + 20);
-    assert_eq!(d.max_sequencing_ts, NOW + 60_000_000);
+    assert_eq!(d.max_sequencing_ts.as_micros(), NOW + 60_000_000);
     let mut expected = vec![h.a.0.to_string(), h.b.0.to_string()];
     expected.sort();
     assert_eq!(d.recipients, expected);

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use domain_lease::{Fence, LeaseError, fenced_transaction};
+use domain_time::Timestamp;
 use domain_topology::{SequencedTopology, TopologyTransaction};
 use futures::future::try_join_all;
 use tokio_postgres::types::ToSql;
@@ -69,7 +70,7 @@ pub struct OutVerdict {
     /// Encoded `SignedVerdict`.
     pub signed_verdict: Vec<u8>,
     pub recipients: Vec<String>,
-    pub max_sequencing_ts: i64,
+    pub max_sequencing_ts: Timestamp,
 }
 
 /// Everything activation needs.
@@ -492,7 +493,7 @@ pub async fn mark_verdicts(
 pub async fn prune(
     client: &mut Client,
     fence: &Fence,
-    before_ts: i64,
+    before_ts: Timestamp,
     limit: i64,
 ) -> Result<u64, StoreError> {
     fenced_transaction(client, fence, async |tx: &Transaction<'_>| {

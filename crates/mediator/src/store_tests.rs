@@ -10,6 +10,7 @@ use domain_lease::Fence;
 use domain_proto::v1 as pb;
 use domain_sequencer_client::to_proto_signature;
 use domain_testkit::pg::PgCluster;
+use domain_time::Timestamp;
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TrustLevel};
 use prost::Message as _;
 
@@ -465,7 +466,7 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
         .expect("unsent");
     let total = count(&f.client, "SELECT count(*) FROM med_requests").await;
 
-    let deleted = prune(&mut f.client, &current, 100, 5_000)
+    let deleted = prune(&mut f.client, &current, Timestamp::from_micros(100), 5_000)
         .await
         .expect("prune");
     assert_eq!(deleted, 1);
@@ -488,7 +489,7 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
     assert_eq!(orphans, 0);
     // Nothing else is due; a stale epoch deletes nothing.
     assert_eq!(
-        prune(&mut f.client, &current, 100, 5_000)
+        prune(&mut f.client, &current, Timestamp::from_micros(100), 5_000)
             .await
             .expect("prune"),
         0
@@ -507,7 +508,7 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
         )
         .await
         .expect("takeover");
-    let err = prune(&mut f.client, &current, 100, 5_000)
+    let err = prune(&mut f.client, &current, Timestamp::from_micros(100), 5_000)
         .await
         .expect_err("fenced");
     assert!(err.is_fenced(), "{err}");
