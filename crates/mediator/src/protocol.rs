@@ -219,8 +219,8 @@ pub struct Changes {
     pub new_requests: Vec<Request>,
     pub responses: Vec<(i64, ResponseRecord)>,
     pub decisions: Vec<DecidedVerdict>,
-    /// Our own verdicts seen sequenced: (request id, sequencing ts).
-    pub receipts: Vec<(i64, i64)>,
+    /// Our own verdicts seen sequenced.
+    pub receipts: Vec<VerdictReceipt>,
     pub ignored: Vec<IgnoreReason>,
     /// Envelopes that were not for us or not understood, by reason label.
     pub envelopes_ignored: Vec<&'static str>,
@@ -234,6 +234,14 @@ impl Changes {
             && self.decisions.is_empty()
             && self.receipts.is_empty()
     }
+}
+
+/// One of our own verdicts, seen sequenced in our stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerdictReceipt {
+    pub request_id: i64,
+    /// When the verdict was sequenced.
+    pub sequenced_ts: Timestamp,
 }
 
 /// What a processor is restored from (the persisted state).
@@ -405,7 +413,10 @@ impl Processor {
         self.expire(event.ts, now_micros, changes);
         if event.sender == self.mediator {
             if let Some(request_id) = parse_verdict_message_id(&event.message_id) {
-                changes.receipts.push((request_id, event.ts));
+                changes.receipts.push(VerdictReceipt {
+                    request_id,
+                    sequenced_ts: Timestamp::from_micros(event.ts),
+                });
             }
         } else {
             for envelope in &event.envelopes {

@@ -792,7 +792,13 @@ fn own_verdict_receipts_are_reported() {
         time_proof: false,
         envelopes: vec![],
     });
-    assert_eq!(c.receipts, vec![(REQ - 7, REQ)]);
+    assert_eq!(
+        c.receipts,
+        vec![VerdictReceipt {
+            request_id: REQ - 7,
+            sequenced_ts: domain_time::Timestamp::from_micros(REQ),
+        }]
+    );
 }
 
 /// The persisted state, rebuilt from `Changes` the way the store writes them.

@@ -396,7 +396,7 @@ pub async fn persist(
         let receipts: Vec<Vec<&P>> = changes
             .receipts
             .iter()
-            .map(|(request_id, ts)| vec![request_id as &P, ts, &epoch])
+            .map(|r| vec![&r.request_id as &P, &r.sequenced_ts, &epoch])
             .collect();
         let (_, decided, receipts) = futures::try_join!(
             try_join_all(
@@ -415,10 +415,10 @@ pub async fn persist(
                 )));
             }
         }
-        for ((request_id, _), n) in changes.receipts.iter().zip(receipts) {
+        for (receipt, n) in changes.receipts.iter().zip(receipts) {
             if n != 1 {
                 tracing::warn!(
-                    request_id,
+                    request_id = receipt.request_id,
                     "receipt of a verdict this database never decided"
                 );
             }
