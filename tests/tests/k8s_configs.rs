@@ -421,7 +421,11 @@ fn every_rendered_config_loads_and_validates() {
                         &c.sets,
                     )
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
-                    assert_eq!(s.domain_id, identity.domain_id, "{what}");
+                    assert_eq!(
+                        s.domain_id.map(|d| d.to_string()).as_ref(),
+                        Some(&identity.domain_id),
+                        "{what}"
+                    );
                     assert!(s.public_api.tls.is_some(), "{what}: public TLS");
                     // The knob: reflection is off where other organisations connect.
                     assert_eq!(s.public_api.reflection, !public, "{what}: reflection");
@@ -436,7 +440,11 @@ fn every_rendered_config_loads_and_validates() {
                     )
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
                     m.validate().unwrap_or_else(|e| panic!("{what}: {e}"));
-                    assert_eq!(m.domain_id, identity.domain_id, "{what}");
+                    assert_eq!(
+                        m.domain_id.map(|d| d.to_string()).as_ref(),
+                        Some(&identity.domain_id),
+                        "{what}"
+                    );
                     // The Job names the mediator `mediator` in its id: so must the config.
                     assert_eq!(m.name, "mediator", "{what}");
                     assert_eq!(m.sequencers, pods(replicas.expect("sequencers")), "{what}");

@@ -12,7 +12,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use domain_identity::SigningKeyPair;
+use domain_identity::{DomainId, MemberId, SigningKeyPair};
 
 /// The file names written into the output directory, which are also the keys of the
 /// `domain-identity` ConfigMap the services read.
@@ -62,8 +62,8 @@ impl BootstrapError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub domain_name: String,
-    pub domain_id: String,
-    pub mediator_id: String,
+    pub domain_id: DomainId,
+    pub mediator_id: MemberId,
 }
 
 impl Identity {
@@ -95,17 +95,17 @@ impl Identity {
         })?;
         Ok(Self {
             domain_name: domain_name.to_owned(),
-            domain_id: domain_id.to_string(),
-            mediator_id: mediator_id.to_string(),
+            domain_id,
+            mediator_id,
         })
     }
 
     /// `(file name, value)` in [`FILES`] order.
-    pub fn entries(&self) -> [(&'static str, &str); 3] {
+    pub fn entries(&self) -> [(&'static str, String); 3] {
         [
-            (FILES[0], self.domain_name.as_str()),
-            (FILES[1], self.domain_id.as_str()),
-            (FILES[2], self.mediator_id.as_str()),
+            (FILES[0], self.domain_name.clone()),
+            (FILES[1], self.domain_id.to_string()),
+            (FILES[2], self.mediator_id.to_string()),
         ]
     }
 

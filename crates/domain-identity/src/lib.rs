@@ -1,8 +1,9 @@
 //! Owns the domain's identity primitives: ed25519 signing keys and their PKCS#8 PEM files,
 //! Canton-style key fingerprints, unique/member/domain ids, and domain-separated signatures.
 //!
-//! This crate deliberately does not depend on the protobuf crate; callers convert between
-//! these types and the `domain.common.v1` messages using the accessors provided here:
+//! This crate deliberately does not depend on the protobuf crate. The conversions between
+//! these types and the `domain.common.v1` messages live in one place, `domain_proto::identity`
+//! (feature `identity` of `domain-proto`), built on these accessors:
 //!
 //! * `Signature.signature` ⇄ [`Signature::as_bytes`] / [`Signature::from_bytes`],
 //! * `Signature.signer_fingerprint` ⇄ [`Signature::signer`] / [`Fingerprint::parse`]

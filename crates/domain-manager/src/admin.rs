@@ -51,12 +51,7 @@ fn request_key(
     participant: &domain_identity::MemberId,
 ) -> Result<Option<PublicKey>, DomainManagerError> {
     let Some(key) = key else { return Ok(None) };
-    if key.algorithm != common_pb::KeyAlgorithm::Ed25519 as i32 {
-        return Err(DomainManagerError::InvalidArgument(
-            "public key: only ed25519 keys are supported".into(),
-        ));
-    }
-    let key = PublicKey::from_bytes(&key.key)
+    let key = domain_proto::identity::ed25519_key(key)
         .map_err(|e| DomainManagerError::InvalidArgument(format!("public key: {e}")))?;
     if !participant.matches_key(&key) {
         return Err(DomainManagerError::InvalidArgument(format!(
@@ -247,10 +242,7 @@ impl DomainAdmin {
                     },
                 ) => Some(pb::MediatorInfo {
                     mediator_id: mediator.to_string(),
-                    public_key: public_key.as_ref().map(|k| common_pb::PublicKey {
-                        algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                        key: k.to_bytes().to_vec(),
-                    }),
+                    public_key: public_key.as_ref().map(common_pb::PublicKey::from),
                 }),
                 _ => None,
             })

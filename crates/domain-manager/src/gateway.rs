@@ -439,7 +439,7 @@ impl GrpcGateway {
         let key = info
             .sequencer_public_key
             .ok_or_else(|| "no sequencer public key in GetDomainInfo".to_owned())?;
-        let public_key = PublicKey::from_bytes(&key.key).map_err(|e| e.to_string())?;
+        let public_key = PublicKey::try_from(&key).map_err(|e| e.to_string())?;
         if !sequencer_id.matches_key(&public_key) {
             return Err(format!(
                 "public key {} does not match {sequencer_id}",

@@ -4,6 +4,8 @@
 
 pub mod codec;
 pub mod error;
+#[cfg(feature = "identity")]
+pub mod identity;
 
 macro_rules! package {
     ($(#[$doc:meta])* $name:ident = $package:literal) => {

@@ -325,13 +325,14 @@ fn parse_key(
     member: &MemberId,
 ) -> Result<Option<PublicKey>, TopologyError> {
     let Some(key) = key else { return Ok(None) };
-    if key.algorithm != common_pb::KeyAlgorithm::Ed25519 as i32 {
-        return Err(TopologyError::Invalid(
-            "only ed25519 keys are supported".into(),
-        ));
-    }
-    let key = PublicKey::from_bytes(&key.key)
-        .map_err(|e| TopologyError::Invalid(format!("public key of {member}: {e}")))?;
+    let key = domain_proto::identity::ed25519_key(key).map_err(|e| match e {
+        domain_proto::identity::KeyConversionError::NotEd25519 => {
+            TopologyError::Invalid(e.to_string())
+        }
+        domain_proto::identity::KeyConversionError::Key(e) => {
+            TopologyError::Invalid(format!("public key of {member}: {e}"))
+        }
+    })?;
     if !member.matches_key(&key) {
         return Err(TopologyError::Invalid(format!(
             "public key {} does not match the fingerprint of {member}",
@@ -342,10 +343,7 @@ fn parse_key(
 }
 
 fn proto_key(key: &PublicKey) -> common_pb::PublicKey {
-    common_pb::PublicKey {
-        algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-        key: key.to_bytes().to_vec(),
-    }
+    common_pb::PublicKey::from(key)
 }
 
 impl TopologyTransaction {
@@ -490,11 +488,10 @@ impl TopologyTransaction {
         let sig = namespace_key.sign(SignaturePurpose::Topology, domain_id, &bytes);
         pb::SignedTopologyTransaction {
             transaction: bytes,
-            signature: Some(common_pb::Signature {
-                signature: sig.to_bytes().to_vec(),
-                signer_fingerprint: sig.signer().to_string(),
-                purpose: SignaturePurpose::Topology.as_i32(),
-            }),
+            signature: Some(common_pb::Signature::from_identity(
+                &sig,
+                SignaturePurpose::Topology,
+            )),
         }
     }
 }
@@ -518,13 +515,13 @@ pub fn verify_signed(
         .signature
         .as_ref()
         .ok_or_else(|| TopologyError::BadSignature("missing signature".into()))?;
-    if sig.purpose != SignaturePurpose::Topology.as_i32() {
+    if !sig.purpose_is(SignaturePurpose::Topology) {
         return Err(TopologyError::BadSignature(
             "signature purpose is not TOPOLOGY".into(),
         ));
     }
-    let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
-        .map_err(|e| TopologyError::BadSignature(e.to_string()))?;
+    let signature =
+        Signature::try_from(sig).map_err(|e| TopologyError::BadSignature(e.to_string()))?;
     namespace_key
         .verify(
             SignaturePurpose::Topology,

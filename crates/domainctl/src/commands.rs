@@ -154,10 +154,7 @@ impl Action {
                     participant_id,
                     permission: topology_pb::ParticipantPermission::from(*permission) as i32,
                     trust_level: topology_pb::TrustLevel::from(*trust_level) as i32,
-                    public_key: verified.map(|v| common_pb::PublicKey {
-                        algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                        key: v.public_key.to_bytes().to_vec(),
-                    }),
+                    public_key: verified.map(|v| common_pb::PublicKey::from(&v.public_key)),
                 })
             }
             Command::Domain(DomainCommand::ExportConnection { output_file, alias }) => {

@@ -50,7 +50,7 @@ impl MediatorAdminService for MediatorAdmin {
             (counter, u64::try_from(pending).unwrap_or_default())
         };
         Ok(Response::new(pb::StatusResponse {
-            mediator_id: self.shared.mediator_id.clone(),
+            mediator_id: self.shared.mediator_id.to_string(),
             active: lease.is_active(),
             lease_epoch: u64::try_from(lease.epoch).unwrap_or_default(),
             pending_requests: pending,

@@ -25,7 +25,8 @@ pub struct MediatorConfig {
     /// Required.
     pub signing_key_file: PathBuf,
     /// Domain id (`name::1220…`) every signature is bound to. Required.
-    pub domain_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain_id: Option<DomainId>,
     /// The mediator's own PostgreSQL database, shared by its replicas (state and lease).
     pub database: DatabaseConfig,
     /// Public API endpoints of the sequencer instances (`https://host:port`, or
@@ -90,7 +91,7 @@ impl Default for MediatorConfig {
         Self {
             name: "mediator".into(),
             signing_key_file: PathBuf::new(),
-            domain_id: String::new(),
+            domain_id: None,
             database: DatabaseConfig {
                 pool_max_size: 6,
                 ..DatabaseConfig::default()
@@ -138,18 +139,13 @@ impl MediatorConfig {
         if let Err((key, reason)) = self.admin_api.validate() {
             return Err(problem(&format!("admin-api.{key}"), reason));
         }
-        if self.domain_id.trim().is_empty() {
+        // A value that is no domain id is refused when the file is read (naming the key).
+        if self.domain_id.is_none() {
             return Err(problem(
                 "domain-id",
                 "is required (e.g. \"mydomain::1220…\")",
             ));
         }
-        DomainId::parse(&self.domain_id).map_err(|e| {
-            problem(
-                "domain-id",
-                format!("= {:?} is not a domain id: {e}", self.domain_id),
-            )
-        })?;
         UniqueId::validate_name(&self.name).map_err(|e| {
             problem(
                 "name",
@@ -254,7 +250,9 @@ mod tests {
 
     fn valid() -> MediatorConfig {
         MediatorConfig {
-            domain_id: format!("dom::1220{}", "a".repeat(64)),
+            domain_id: Some(
+                DomainId::parse(&format!("dom::1220{}", "a".repeat(64))).expect("domain id"),
+            ),
             signing_key_file: "/keys/mediator.pem".into(),
             sequencers: vec!["http://127.0.0.1:5001".into()],
             ..MediatorConfig::default()
@@ -274,7 +272,7 @@ mod tests {
     fn errors_name_the_key() {
         type Change = Box<dyn Fn(&mut MediatorConfig)>;
         let cases: Vec<(Change, &str)> = vec![
-            (Box::new(|c| c.domain_id = "nope".into()), "domain-id"),
+            (Box::new(|c| c.domain_id = None), "domain-id"),
             (
                 Box::new(|c| c.signing_key_file = PathBuf::new()),
                 "signing-key-file",
@@ -321,7 +319,7 @@ mod tests {
         let path = dir.join("m.toml");
         std::fs::write(
             &path,
-            "domain-id = \"d::1220ab\"\nsequencers = [\"http://a:1\"]\ntime-proof-interval = \"50ms\"\n[lease]\nttl = \"1s\"\nrenew-interval = \"200ms\"\n",
+            "sequencers = [\"http://a:1\"]\ntime-proof-interval = \"50ms\"\n[lease]\nttl = \"1s\"\nrenew-interval = \"200ms\"\n",
         )
         .expect("write");
         let c: MediatorConfig =
@@ -359,5 +357,34 @@ mod tests {
                 .map(|i| format!("https://sequencer-{i}.sequencer-pods:5001"))
                 .collect::<Vec<_>>()
         );
+    }
+
+    /// The domain id is parsed when the file is read: a bad one is refused naming the key,
+    /// and a good one serializes back to the same TOML string.
+    #[test]
+    fn domain_id_is_parsed_when_read_and_serializes_back() {
+        let load = |set: &str| {
+            domain_runtime::config::load_text::<MediatorConfig>(
+                None,
+                Vec::new(),
+                "MEDIATOR",
+                &[set.to_owned()],
+            )
+        };
+        let err = load("domain-id=\"d::1220ab\"").expect_err("short fingerprint");
+        assert_eq!(err.key(), Some("domain-id"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("fingerprint must be 68 characters long, got 6"),
+            "{err}"
+        );
+        let id = format!("dom::1220{}", "a".repeat(64));
+        let c = load(&format!("domain-id=\"{id}\"")).expect("valid");
+        assert_eq!(
+            c.domain_id.as_ref().map(ToString::to_string),
+            Some(id.clone())
+        );
+        let text = toml::to_string(&c).expect("serialize");
+        assert!(text.contains(&format!("domain-id = \"{id}\"")), "{text}");
     }
 }

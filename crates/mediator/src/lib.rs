@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use domain_backoff::{Backoff, BackoffConfig};
-use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
+use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
 use domain_lease::{LeaseHandle, RunningLease};
 use domain_proto::mediator::admin::v1::mediator_admin_service_server::MediatorAdminServiceServer;
 use domain_runtime::ops::Readiness;
@@ -54,7 +54,7 @@ pub use domain_runtime::service::AdminListeners as Listeners;
 /// What the admin API and the readiness logic read about the running session.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub mediator_id: String,
+    pub mediator_id: MemberId,
     /// A session (active term) has loaded its state and is processing.
     pub session_running: AtomicBool,
     pub pending: AtomicU64,
@@ -100,8 +100,10 @@ pub async fn run(
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    let domain_id = DomainId::parse(&config.domain_id)
-        .with_context(|| format!("invalid `domain-id` {:?}", config.domain_id))?;
+    let domain_id = config
+        .domain_id
+        .clone()
+        .context("`domain-id` is required")?;
     let key = Arc::new(
         SigningKeyPair::load_pem(&config.signing_key_file).with_context(|| {
             format!(
@@ -141,11 +143,11 @@ pub async fn run(
             id: mediator_id.clone(),
             key: key.clone(),
         },
-        domain_id.to_string(),
+        domain_id.clone(),
         config.sequencer_timeout,
     ));
     let shared = Arc::new(Shared {
-        mediator_id: mediator_id.to_string(),
+        mediator_id: mediator_id.clone(),
         session_running: AtomicBool::new(false),
         pending: AtomicU64::new(0),
         last_counter: AtomicI64::new(-1),
@@ -156,7 +158,7 @@ pub async fn run(
             mediator_id: mediator_id.clone(),
             domain_id: domain_id.clone(),
             key: key.clone(),
-            verdict_ttl_micros: i64::try_from(config.verdict_ttl.as_micros()).unwrap_or(i64::MAX),
+            verdict_ttl: config.verdict_ttl,
             namespace_key: None,
         },
         pool: pool.clone(),

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use domain_identity::PublicKey;
+use domain_identity::{DomainId, PublicKey};
 use domain_sequencer_client::{
     ClientError, ClientOptions, DomainClient, DomainPins, DomainTls, MemberIdentity,
 };
@@ -27,7 +27,7 @@ pub struct SequencerLink {
     endpoints: Vec<String>,
     tls: Option<ClientTlsConfig>,
     member: MemberIdentity,
-    domain_id: String,
+    domain_id: DomainId,
     timeout: Duration,
     client: Mutex<Option<DomainClient>>,
     /// The domain's namespace key, known once connected.
@@ -39,7 +39,7 @@ impl SequencerLink {
         endpoints: Vec<String>,
         tls: Option<ClientTlsConfig>,
         member: MemberIdentity,
-        domain_id: String,
+        domain_id: DomainId,
         timeout: Duration,
     ) -> Self {
         Self {
@@ -73,7 +73,7 @@ impl SequencerLink {
             // even when it answers first, and the sequencer key must be the one the domain's
             // namespace-signed registration names.
             pins: DomainPins {
-                domain_id: Some(self.domain_id.clone()),
+                domain_id: Some(self.domain_id.to_string()),
                 sequencer_key: None,
             },
             ..ClientOptions::default()
@@ -82,7 +82,7 @@ impl SequencerLink {
             DomainClient::connect("domain", &self.endpoints, tls, self.member.clone(), options)
                 .await
                 .map_err(|e| LinkError(describe(&e)))?;
-        if client.domain_id() != self.domain_id {
+        if client.domain_id() != self.domain_id.to_string() {
             return Err(LinkError(format!(
                 "the sequencers serve domain {}, not {}: check `sequencers` and `domain-id`",
                 client.domain_id(),

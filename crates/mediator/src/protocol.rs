@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use domain_identity::{
     DomainId, MemberId, MemberRole, PublicKey, SignaturePurpose, SigningKeyPair,
@@ -30,6 +31,7 @@ use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_proto::topology::v1 as topology_pb;
 use domain_sequencer_client::to_proto_signature;
+use domain_time::Timestamp;
 use domain_topology::{Permission, SequencedTopology, TopologyState};
 use prost::Message as _;
 
@@ -196,7 +198,7 @@ pub struct DecidedVerdict {
     pub recipients: Vec<String>,
     /// Fixed once, at decision time: every (re)send uses it, so the sequencer's
     /// deduplication covers every resend and nothing can be sequenced after it.
-    pub max_sequencing_ts: i64,
+    pub max_sequencing_ts: Timestamp,
 }
 
 /// An accepted topology transaction, to persist.
@@ -223,8 +225,8 @@ pub struct Changes {
     pub new_requests: Vec<Request>,
     pub responses: Vec<(i64, ResponseRecord)>,
     pub decisions: Vec<DecidedVerdict>,
-    /// Our own verdicts seen sequenced: (request id, sequencing ts).
-    pub receipts: Vec<(i64, i64)>,
+    /// Our own verdicts seen sequenced.
+    pub receipts: Vec<VerdictReceipt>,
     pub ignored: Vec<IgnoreReason>,
     /// Envelopes that were not for us or not understood, by reason label.
     pub envelopes_ignored: Vec<&'static str>,
@@ -238,6 +240,14 @@ impl Changes {
             && self.decisions.is_empty()
             && self.receipts.is_empty()
     }
+}
+
+/// One of our own verdicts, seen sequenced in our stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerdictReceipt {
+    pub request_id: i64,
+    /// When the verdict was sequenced.
+    pub sequenced_ts: Timestamp,
 }
 
 /// What a processor is restored from (the persisted state).
@@ -259,7 +269,7 @@ pub struct ProcessorSettings {
     pub domain_id: DomainId,
     pub key: Arc<SigningKeyPair>,
     /// Added to the decision time to fix a verdict's max sequencing time.
-    pub verdict_ttl_micros: i64,
+    pub verdict_ttl: Duration,
     /// The domain's namespace key, which topology transactions must be signed with; learnt
     /// from the sequencers (checked against the domain id), so `None` until connected.
     pub namespace_key: Option<PublicKey>,
@@ -271,7 +281,7 @@ pub struct Processor {
     domain: String,
     domain_id: DomainId,
     key: Arc<SigningKeyPair>,
-    verdict_ttl_micros: i64,
+    verdict_ttl: Duration,
     namespace_key: Option<PublicKey>,
     topology: TopologyState,
     pending: BTreeMap<i64, Request>,
@@ -319,7 +329,7 @@ impl Processor {
             domain: settings.domain_id.to_string(),
             domain_id: settings.domain_id,
             key: settings.key,
-            verdict_ttl_micros: settings.verdict_ttl_micros,
+            verdict_ttl: settings.verdict_ttl,
             namespace_key: settings.namespace_key,
             topology,
             pending,
@@ -407,7 +417,10 @@ impl Processor {
         self.expire(event.ts, now_micros, changes);
         if event.sender == self.mediator {
             if let Some(request_id) = parse_verdict_message_id(&event.message_id) {
-                changes.receipts.push((request_id, event.ts));
+                changes.receipts.push(VerdictReceipt {
+                    request_id,
+                    sequenced_ts: Timestamp::from_micros(event.ts),
+                });
             }
         } else {
             for envelope in &event.envelopes {
@@ -890,10 +903,7 @@ impl Processor {
         let signed = pb::SignedVerdict {
             verdict,
             signature: Some(to_proto_signature(&signature, SignaturePurpose::Verdict)),
-            signer_key: Some(common_pb::PublicKey {
-                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                key: self.key.public_key().to_bytes().to_vec(),
-            }),
+            signer_key: Some(common_pb::PublicKey::from(self.key.public_key())),
         };
         self.decided.insert(request.request_id, request.deadline);
         self.decided_by_deadline
@@ -904,9 +914,8 @@ impl Processor {
             decided_ts,
             signed_verdict: signed.encode_to_vec(),
             recipients: request.recipients.clone(),
-            max_sequencing_ts: decided_ts
-                .max(now_micros)
-                .saturating_add(self.verdict_ttl_micros),
+            max_sequencing_ts: Timestamp::from_micros(decided_ts.max(now_micros))
+                + self.verdict_ttl,
         });
     }
 }

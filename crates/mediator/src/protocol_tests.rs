@@ -98,7 +98,7 @@ impl Harness {
             mediator_id: mediator.0.clone(),
             domain_id: domain_id.clone(),
             key: mediator.1.clone(),
-            verdict_ttl_micros: 60_000_000,
+            verdict_ttl: std::time::Duration::from_secs(60),
             // The harness's domain key (`Harness::new`).
             namespace_key: Some(SigningKeyPair::from_seed(&[1; 32]).public_key().clone()),
         }
@@ -386,7 +386,7 @@ fn approves_when_every_confirmer_approves() {
     let d = only_decision(&c);
     assert_eq!(d.outcome, Outcome::Approved);
     assert_eq!(d.decided_ts, REQ + 20);
-    assert_eq!(d.max_sequencing_ts, NOW + 60_000_000);
+    assert_eq!(d.max_sequencing_ts.as_micros(), NOW + 60_000_000);
     let mut expected = vec![h.a.0.to_string(), h.b.0.to_string()];
     expected.sort();
     assert_eq!(d.recipients, expected);
@@ -796,7 +796,13 @@ fn own_verdict_receipts_are_reported() {
         time_proof: false,
         envelopes: vec![],
     });
-    assert_eq!(c.receipts, vec![(REQ - 7, REQ)]);
+    assert_eq!(
+        c.receipts,
+        vec![VerdictReceipt {
+            request_id: REQ - 7,
+            sequenced_ts: domain_time::Timestamp::from_micros(REQ),
+        }]
+    );
 }
 
 /// The persisted state, rebuilt from `Changes` the way the store writes them.

@@ -19,6 +19,7 @@ use domain_proto::sequencer::v1 as pb;
 use domain_runtime::ops::Readiness;
 use domain_runtime::telemetry::TraceContext;
 use domain_sequencer_client::{ClientError, StreamValidator};
+use domain_time::Timestamp;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, watch};
@@ -524,7 +525,7 @@ async fn send_verdict_traced(
                 recipients: recipients.clone(),
                 broadcast: false,
             }],
-            max_sequencing_time_micros: verdict.max_sequencing_ts,
+            max_sequencing_time_micros: verdict.max_sequencing_ts.as_micros(),
             time_proof: false,
         };
         // The client retries these bytes on other endpoints until the max sequencing
@@ -560,7 +561,7 @@ async fn send_verdict_traced(
         };
         match error_code(&error) {
             Some("SEQ_MAX_SEQUENCING_TIME_EXCEEDED") => {
-                tracing::error!(request_id, max_sequencing_ts = verdict.max_sequencing_ts, error = %describe(&error), "verdict expired before the sequencer acknowledged it; participants will time out");
+                tracing::error!(request_id, max_sequencing_ts = verdict.max_sequencing_ts.as_micros(), error = %describe(&error), "verdict expired before the sequencer acknowledged it; participants will time out");
                 metrics::counter!(m::VERDICT_SENDS, "result" => "expired").increment(1);
                 return (request_id, SendState::Expired);
             }
@@ -612,7 +613,7 @@ async fn pruner(
     cancel: CancellationToken,
 ) {
     const CHUNK: i64 = 5_000;
-    let retention = i64::try_from(ctx.request_retention.as_micros()).unwrap_or(i64::MAX);
+    let retention = ctx.request_retention;
     let mut tick = tokio::time::interval(PRUNE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -620,11 +621,15 @@ async fn pruner(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let last_ts = ctx.shared.last_ts.load(Ordering::SeqCst);
-        if last_ts <= retention {
+        let last_ts = Timestamp::from_micros(ctx.shared.last_ts.load(Ordering::SeqCst));
+        // Nothing is old enough before sequencer time passes the retention.
+        let Some(before) = last_ts
+            .duration_since(Timestamp::EPOCH)
+            .filter(|age| *age > retention)
+            .map(|_| last_ts - retention)
+        else {
             continue;
-        }
-        let before = last_ts - retention;
+        };
         let mut client = match ctx.pool.get().await {
             Ok(c) => c,
             Err(error) => {
@@ -637,7 +642,11 @@ async fn pruner(
                 Ok(n) => {
                     metrics::counter!(m::REQUESTS_PRUNED).increment(n);
                     if n > 0 {
-                        tracing::info!(deleted = n, before_ts = before, "pruned decided requests");
+                        tracing::info!(
+                            deleted = n,
+                            before_ts = before.as_micros(),
+                            "pruned decided requests"
+                        );
                     }
                     if n < CHUNK as u64 {
                         break;

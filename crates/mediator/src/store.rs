@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use domain_lease::{Fence, LeaseError, fenced_transaction};
+use domain_time::Timestamp;
 use domain_topology::{SequencedTopology, TopologyTransaction};
 use futures::future::try_join_all;
 use tokio_postgres::types::ToSql;
@@ -69,7 +70,7 @@ pub struct OutVerdict {
     /// Encoded `SignedVerdict`.
     pub signed_verdict: Vec<u8>,
     pub recipients: Vec<String>,
-    pub max_sequencing_ts: i64,
+    pub max_sequencing_ts: Timestamp,
 }
 
 /// Everything activation needs.
@@ -395,7 +396,7 @@ pub async fn persist(
         let receipts: Vec<Vec<&P>> = changes
             .receipts
             .iter()
-            .map(|(request_id, ts)| vec![request_id as &P, ts, &epoch])
+            .map(|r| vec![&r.request_id as &P, &r.sequenced_ts, &epoch])
             .collect();
         let (_, decided, receipts) = futures::try_join!(
             try_join_all(
@@ -414,10 +415,10 @@ pub async fn persist(
                 )));
             }
         }
-        for ((request_id, _), n) in changes.receipts.iter().zip(receipts) {
+        for (receipt, n) in changes.receipts.iter().zip(receipts) {
             if n != 1 {
                 tracing::warn!(
-                    request_id,
+                    request_id = receipt.request_id,
                     "receipt of a verdict this database never decided"
                 );
             }
@@ -492,7 +493,7 @@ pub async fn mark_verdicts(
 pub async fn prune(
     client: &mut Client,
     fence: &Fence,
-    before_ts: i64,
+    before_ts: Timestamp,
     limit: i64,
 ) -> Result<u64, StoreError> {
     fenced_transaction(client, fence, async |tx: &Transaction<'_>| {

@@ -12,6 +12,7 @@ use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_sequencer_client::to_proto_signature;
 use domain_testkit::pg::PgCluster;
+use domain_time::Timestamp;
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TrustLevel};
 use prost::Message as _;
 
@@ -63,7 +64,7 @@ async fn fixture(prefix: &str) -> Fixture {
             mediator_id: mediator.0.clone(),
             domain_id: domain_id.clone(),
             key: mediator.1.clone(),
-            verdict_ttl_micros: 60_000_000,
+            verdict_ttl: std::time::Duration::from_secs(60),
             namespace_key: Some(domain_key.public_key().clone()),
         },
         domain_key,
@@ -467,7 +468,7 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
         .expect("unsent");
     let total = count(&f.client, "SELECT count(*) FROM med_requests").await;
 
-    let deleted = prune(&mut f.client, &current, 100, 5_000)
+    let deleted = prune(&mut f.client, &current, Timestamp::from_micros(100), 5_000)
         .await
         .expect("prune");
     assert_eq!(deleted, 1);
@@ -490,7 +491,7 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
     assert_eq!(orphans, 0);
     // Nothing else is due; a stale epoch deletes nothing.
     assert_eq!(
-        prune(&mut f.client, &current, 100, 5_000)
+        prune(&mut f.client, &current, Timestamp::from_micros(100), 5_000)
             .await
             .expect("prune"),
         0
@@ -509,7 +510,7 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
         )
         .await
         .expect("takeover");
-    let err = prune(&mut f.client, &current, 100, 5_000)
+    let err = prune(&mut f.client, &current, Timestamp::from_micros(100), 5_000)
         .await
         .expect_err("fenced");
     assert!(err.is_fenced(), "{err}");

@@ -452,10 +452,7 @@ impl Processor {
                 &sig,
                 SignaturePurpose::ConfirmationResponse,
             )),
-            signer_key: Some(common_pb::PublicKey {
-                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                key: key.public_key().to_bytes().to_vec(),
-            }),
+            signer_key: Some(common_pb::PublicKey::from(key.public_key())),
         };
         let content = pb::DomainMessage {
             message: Some(pb::domain_message::Message::ConfirmationResponse(signed)),

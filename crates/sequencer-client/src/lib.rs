@@ -147,7 +147,7 @@ impl SequencerConnection {
             .sequencer_public_key
             .ok_or_else(|| ClientError::DomainInfo("no sequencer public key".into()))?;
         let sequencer_key =
-            PublicKey::from_bytes(&key.key).map_err(|e| ClientError::DomainInfo(e.to_string()))?;
+            PublicKey::try_from(&key).map_err(|e| ClientError::DomainInfo(e.to_string()))?;
         Ok(Self {
             client,
             member,
@@ -301,8 +301,8 @@ pub fn verify_event(
         .signature
         .as_ref()
         .ok_or_else(|| ClientError::InvalidEvent("missing signature".into()))?;
-    let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
-        .map_err(|e| ClientError::InvalidEvent(e.to_string()))?;
+    let signature =
+        Signature::try_from(sig).map_err(|e| ClientError::InvalidEvent(e.to_string()))?;
     key.verify_with_domain_str(
         SignaturePurpose::SequencedEvent,
         domain_id,
@@ -408,10 +408,12 @@ pub fn verify_member_signature(
     payload: &[u8],
 ) -> Result<(), String> {
     let key = signer_key.ok_or_else(|| "no signer key".to_string())?;
-    if key.algorithm != common_pb::KeyAlgorithm::Ed25519 as i32 {
-        return Err("signer key is not ed25519".into());
-    }
-    let key = PublicKey::from_bytes(&key.key).map_err(|e| format!("invalid signer key: {e}"))?;
+    let key = domain_proto::identity::ed25519_key(key).map_err(|e| match e {
+        domain_proto::identity::KeyConversionError::NotEd25519 => {
+            "signer key is not ed25519".to_string()
+        }
+        domain_proto::identity::KeyConversionError::Key(e) => format!("invalid signer key: {e}"),
+    })?;
     if !member.matches_key(&key) {
         return Err(format!(
             "signer key {} is not the key of {member}",
@@ -419,24 +421,20 @@ pub fn verify_member_signature(
         ));
     }
     let sig = signature.ok_or_else(|| "no signature".to_string())?;
-    if sig.purpose != purpose.as_i32() {
+    if !sig.purpose_is(purpose) {
         return Err(format!(
             "signature purpose is not {}",
             purpose.tag().to_uppercase().replace('-', "_")
         ));
     }
-    let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
-        .map_err(|e| format!("invalid signature: {e}"))?;
+    let signature = Signature::try_from(sig).map_err(|e| format!("invalid signature: {e}"))?;
     key.verify(purpose, domain_id, payload, &signature)
         .map_err(|e| e.to_string())
 }
 
+/// The wire form of `sig`; see [`domain_proto::identity`].
 pub fn to_proto_signature(sig: &Signature, purpose: SignaturePurpose) -> common_pb::Signature {
-    common_pb::Signature {
-        signature: sig.to_bytes().to_vec(),
-        signer_fingerprint: sig.signer().to_string(),
-        purpose: purpose.as_i32(),
-    }
+    common_pb::Signature::from_identity(sig, purpose)
 }
 
 #[cfg(test)]

@@ -49,12 +49,12 @@ impl DomainInfo {
         let key = info
             .sequencer_public_key
             .ok_or_else(|| "no sequencer public key".to_owned())?;
-        let sequencer_key = PublicKey::from_bytes(&key.key)
-            .map_err(|e| format!("invalid sequencer public key: {e}"))?;
+        let sequencer_key =
+            PublicKey::try_from(&key).map_err(|e| format!("invalid sequencer public key: {e}"))?;
         let namespace_key = match info.namespace_public_key {
             None => None,
             Some(k) => {
-                let k = PublicKey::from_bytes(&k.key)
+                let k = PublicKey::try_from(&k)
                     .map_err(|e| format!("invalid namespace public key: {e}"))?;
                 if !domain.matches_key(&k) {
                     return Err(format!(

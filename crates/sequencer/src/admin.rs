@@ -7,6 +7,7 @@ use std::time::Duration;
 use domain_identity::{MemberId, PublicKey};
 use domain_proto::sequencer::admin::v1 as pb;
 use domain_proto::sequencer::admin::v1::sequencer_admin_service_server::SequencerAdminService;
+use domain_time::Timestamp;
 use tonic::{Request, Response, Status};
 
 use crate::config::PruningConfig;
@@ -44,8 +45,8 @@ impl SequencerAdmin {
 fn outcome_pb(o: &pruning::PruneOutcome) -> pb::PruneOutcome {
     pb::PruneOutcome {
         dry_run: o.dry_run,
-        previous_bound_micros: o.previous_bound,
-        bound_micros: o.bound,
+        previous_bound_micros: o.previous_bound.as_micros(),
+        bound_micros: o.bound.as_micros(),
         deleted: o
             .deleted
             .iter()
@@ -72,11 +73,11 @@ impl SequencerAdminService for SequencerAdmin {
             .map_err(|e| st(SequencerError::Malformed(format!("member id: {e}"))))?;
         let key = match r.public_key {
             Some(pk) => {
-                let key = PublicKey::from_bytes(&pk.key)
+                let key = PublicKey::try_from(&pk)
                     .map_err(|e| st(SequencerError::Malformed(format!("public key: {e}"))))?;
                 if !member.matches_key(&key) {
                     return Err(st(SequencerError::KeyMismatch {
-                        member: r.member,
+                        member,
                         key: key.fingerprint().to_string(),
                     }));
                 }
@@ -87,13 +88,13 @@ impl SequencerAdminService for SequencerAdmin {
         let ts = self
             .core
             .writer
-            .register(member.to_string(), key)
+            .register(member.clone(), key)
             .await
             .map_err(st)?;
         self.core.members.reload().await.map_err(st)?;
-        tracing::info!(member = %member, registered_ts = ts, "member registered");
+        tracing::info!(member = %member, registered_ts = ts.as_micros(), "member registered");
         Ok(Response::new(pb::RegisterMemberResponse {
-            registered_at_micros: ts,
+            registered_at_micros: ts.as_micros(),
         }))
     }
 
@@ -127,8 +128,8 @@ impl SequencerAdminService for SequencerAdmin {
             .map(|m| pb::MemberInfo {
                 member: m.member,
                 enabled: m.enabled,
-                registered_at_micros: m.registered_ts,
-                acknowledged_micros: m.acknowledged_ts.unwrap_or(0),
+                registered_at_micros: m.registered_ts.as_micros(),
+                acknowledged_micros: m.acknowledged_ts.map_or(0, Timestamp::as_micros),
             })
             .collect();
         members.sort_by(|a, b| a.member.cmp(&b.member));
@@ -147,7 +148,7 @@ impl SequencerAdminService for SequencerAdmin {
             .map(|i| pb::InstanceInfo {
                 index: i32::from(i.index),
                 online: i.online,
-                watermark_micros: i.watermark_ts,
+                watermark_micros: i.watermark_ts.as_micros(),
                 lag_micros: i.lag_micros,
                 address: i.address.unwrap_or_default(),
             })
@@ -171,19 +172,19 @@ impl SequencerAdminService for SequencerAdmin {
                 member: m.member.clone(),
                 kind: member_kind(m.kind) as i32,
                 enabled: m.enabled,
-                acknowledged_micros: m.acknowledged_ts.unwrap_or(0),
-                bound_micros: if m.counted { m.bound } else { 0 },
+                acknowledged_micros: m.acknowledged_ts.map_or(0, Timestamp::as_micros),
+                bound_micros: if m.counted { m.bound.as_micros() } else { 0 },
                 counted: m.counted,
                 holding_back: view.holding_back.as_deref() == Some(m.member.as_str()),
             })
             .collect();
         Ok(Response::new(pb::PruningStatusResponse {
-            lower_bound_micros: view.lower_bound,
-            candidate_bound_micros: view.candidate,
+            lower_bound_micros: view.lower_bound.as_micros(),
+            candidate_bound_micros: view.candidate.as_micros(),
             retention_micros: i64::try_from(view.retention.as_micros()).unwrap_or(i64::MAX),
-            retention_bound_micros: view.retention_bound,
-            safe_watermark_micros: view.safe_watermark,
-            now_micros: view.now,
+            retention_bound_micros: view.retention_bound.as_micros(),
+            safe_watermark_micros: view.safe_watermark.as_micros(),
+            now_micros: view.now.as_micros(),
             members,
             tables: tables
                 .into_iter()
@@ -223,14 +224,14 @@ impl SequencerAdminService for SequencerAdmin {
         pruning::record(&outcome);
         tracing::info!(
             dry_run,
-            bound = outcome.bound,
-            previous = outcome.previous_bound,
+            bound = outcome.bound.as_micros(),
+            previous = outcome.previous_bound.as_micros(),
             holding_back = view.holding_back.as_deref().unwrap_or(""),
             deleted = ?outcome.deleted,
             "prune requested by an operator"
         );
         Ok(Response::new(pb::PruneResponse {
-            pruned_below_micros: outcome.bound,
+            pruned_below_micros: outcome.bound.as_micros(),
             events_deleted: outcome.deleted_from("seq_events"),
             outcome: Some(outcome_pb(&outcome)),
         }))
@@ -256,11 +257,10 @@ impl SequencerAdminService for SequencerAdmin {
                 }
             };
             let view = pruning::view(&***client, self.pruning.retention).await?;
-            check_force_bound(r.below_micros, &view)?;
+            let below = check_force_bound(r.below_micros, &view)?;
             let limits = pruning::housekeeping(&view, self.pruning.batch_size);
             // Forced: members' acknowledgements and retention do not limit the bound.
-            let outcome =
-                pruning::prune_to(client, r.below_micros, limits, r.dry_run, None).await?;
+            let outcome = pruning::prune_to(client, below, limits, r.dry_run, None).await?;
             Ok::<_, SequencerError>((view, outcome))
         }
         .await;
@@ -271,8 +271,8 @@ impl SequencerAdminService for SequencerAdmin {
         pruning::record(&outcome);
         tracing::warn!(
             dry_run = r.dry_run,
-            bound = outcome.bound,
-            previous = outcome.previous_bound,
+            bound = outcome.bound.as_micros(),
+            previous = outcome.previous_bound.as_micros(),
             holding_back = view.holding_back.as_deref().unwrap_or(""),
             deleted = ?outcome.deleted,
             "forced prune requested by an operator"
@@ -285,12 +285,16 @@ impl SequencerAdminService for SequencerAdmin {
 
 /// A forced bound must name a time every instance has passed: not in the future and not
 /// above the safe watermark (events there may still be written or delivered).
-fn check_force_bound(below: i64, view: &pruning::PruningView) -> Result<(), SequencerError> {
-    if below <= 0 {
+fn check_force_bound(
+    below_micros: i64,
+    view: &pruning::PruningView,
+) -> Result<Timestamp, SequencerError> {
+    if below_micros <= 0 {
         return Err(SequencerError::PruneBoundInvalid(format!(
-            "bound {below} is not a positive timestamp (microseconds since the epoch)"
+            "bound {below_micros} is not a positive timestamp (microseconds since the epoch)"
         )));
     }
+    let below = Timestamp::from_micros(below_micros);
     if below > view.now {
         return Err(SequencerError::PruneBoundInvalid(format!(
             "bound {below} lies in the future (sequencer time {})",
@@ -303,7 +307,7 @@ fn check_force_bound(below: i64, view: &pruning::PruningView) -> Result<(), Sequ
             view.safe_watermark
         )));
     }
-    Ok(())
+    Ok(below)
 }
 
 /// The wire form of [`pruning::member_kind`]'s names.

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use domain_identity::{DomainId, MemberId};
 use domain_runtime::grpc::GrpcServerConfig;
 use domain_storage::DatabaseConfig;
 use serde::{Deserialize, Serialize};
@@ -12,8 +13,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct SequencerConfig {
-    /// Domain id (`name::1220…`) every signature is bound to. Required.
-    pub domain_id: String,
+    /// Domain id (`name::1220…`) every signature is bound to. Required; checked when
+    /// the file is read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain_id: Option<DomainId>,
     /// Name part of the sequencer id `SEQ::<name>::<fingerprint>`. Default: `sequencer`.
     pub name: String,
     /// PKCS#8 PEM ed25519 key shared by every instance of this sequencer. Required.
@@ -34,7 +37,7 @@ pub struct SequencerConfig {
     /// `DOM::<domain>` is always registered). Participants are normally admitted by the
     /// domain manager's allowlist instead. Only members that do not exist are created: a
     /// listed member that was disabled stays disabled across restarts. Default: none.
-    pub bootstrap_members: Vec<String>,
+    pub bootstrap_members: Vec<MemberId>,
     /// `permissioned` (default): only participants the domain manager allowlisted can get
     /// a token, send or subscribe. `open`: any participant that proves its key is admitted
     /// on its first successful `Authenticate` (topology can still disable it).
@@ -55,7 +58,7 @@ pub struct SequencerConfig {
 impl Default for SequencerConfig {
     fn default() -> Self {
         Self {
-            domain_id: String::new(),
+            domain_id: None,
             name: "sequencer".into(),
             signing_key_file: PathBuf::new(),
             database: DatabaseConfig::default(),
@@ -548,5 +551,62 @@ mod tests {
         assert_eq!(c.public_api.listen.port(), 5001);
         assert!(c.public_api.tls.is_some());
         assert_eq!(c.ops_listen.port(), 5003);
+    }
+
+    /// Ids in the config are parsed when the file is read: a bad one is refused with the
+    /// key and the reason, and a good one serializes back to the string that was read.
+    #[test]
+    fn ids_are_parsed_when_read_and_serialize_back() {
+        let fp = format!("1220{}", "ab".repeat(32));
+        let text =
+            format!("domain-id = \"dom::{fp}\"\nbootstrap-members = [\"PAR::alice::{fp}\"]\n");
+        let load = |text: &str| {
+            domain_runtime::config::load_text::<SequencerConfig>(
+                Some((std::path::Path::new("seq.toml"), text)),
+                Vec::new(),
+                "SEQUENCER",
+                &[],
+            )
+        };
+        let c = load(&text).expect("valid ids");
+        assert_eq!(
+            c.domain_id.as_ref().map(ToString::to_string),
+            Some(format!("dom::{fp}"))
+        );
+        assert_eq!(
+            c.bootstrap_members[0].role(),
+            domain_identity::MemberRole::Participant
+        );
+        let back = toml::to_string(&c).expect("serialize");
+        assert!(
+            back.contains(&format!("domain-id = \"dom::{fp}\"")),
+            "{back}"
+        );
+        assert!(back.contains(&format!("\"PAR::alice::{fp}\"")), "{back}");
+        assert_eq!(
+            load(&back).expect("reloads").domain_id,
+            c.domain_id,
+            "what is written reads back"
+        );
+
+        let err = load("domain-id = \"dom::1220\"\n").expect_err("short fingerprint");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("domain-id") && msg.contains("fingerprint must be 68 characters long"),
+            "{msg}"
+        );
+        let err =
+            load(&format!("bootstrap-members = [\"XYZ::a::{fp}\"]\n")).expect_err("unknown role");
+        assert!(
+            err.to_string().contains("unknown member role prefix"),
+            "{err}"
+        );
+        // Unset, it is simply absent (the service refuses to start without it).
+        assert!(load("").expect("empty file").domain_id.is_none());
+        assert!(
+            !toml::to_string(&SequencerConfig::default())
+                .expect("serialize")
+                .contains("domain-id")
+        );
     }
 }

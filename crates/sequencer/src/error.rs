@@ -2,7 +2,9 @@
 //! ([`domain_proto::error::ServiceError`]). docs/errors.md lists every code (a test checks
 //! it); renaming one is a breaking change.
 
+use domain_identity::MemberId;
 pub use domain_proto::error::ServiceError;
+use domain_time::Timestamp;
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -16,7 +18,7 @@ pub enum SequencerError {
     #[error("challenge signature does not verify: {0}")]
     ChallengeSignatureInvalid(String),
     #[error("public key fingerprint {key} does not match member {member}")]
-    KeyMismatch { member: String, key: String },
+    KeyMismatch { member: MemberId, key: String },
     #[error("member {0} is not registered on this domain")]
     MemberUnknown(String),
     #[error("member {0} is disabled")]
@@ -41,7 +43,10 @@ pub enum SequencerError {
     #[error(
         "max sequencing time {max_sequencing_time} passed before sequencing (sequencer time {now})"
     )]
-    MaxSequencingTimeExceeded { max_sequencing_time: i64, now: i64 },
+    MaxSequencingTimeExceeded {
+        max_sequencing_time: Timestamp,
+        now: Timestamp,
+    },
     #[error("sequencer is overloaded, retry later with the same message id")]
     Overloaded,
     #[error("too many new participants registering on this instance; retry authentication shortly")]
@@ -67,7 +72,10 @@ pub enum SequencerError {
     #[error(
         "the sender or a recipient was registered at {registered_ts}, further ahead of this instance's clock ({now}) than ha.max-clock-skew; retry later or through another instance"
     )]
-    RegisteredAhead { registered_ts: i64, now: i64 },
+    RegisteredAhead {
+        registered_ts: Timestamp,
+        now: Timestamp,
+    },
     #[error("this sequencer instance is not online: {0}")]
     InstanceOffline(String),
     #[error("outcome unknown after a database failure; retry with the same message id")]
@@ -77,7 +85,10 @@ pub enum SequencerError {
     #[error(
         "acknowledged timestamp {timestamp} lies above the safe watermark {safe_watermark}: no member can have processed it"
     )]
-    AcknowledgeAhead { timestamp: i64, safe_watermark: i64 },
+    AcknowledgeAhead {
+        timestamp: Timestamp,
+        safe_watermark: Timestamp,
+    },
     #[error("pruning bound refused: {0}")]
     PruneBoundInvalid(String),
     #[error("another pruning run holds the pruning lock; retry shortly")]

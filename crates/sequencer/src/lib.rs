@@ -33,11 +33,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
+use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
 use domain_proto::sequencer::admin::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
 use domain_proto::sequencer::v1::sequencer_service_server::SequencerServiceServer;
 use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
+use domain_time::Timestamp;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -126,8 +127,10 @@ pub async fn run(
         anyhow::bail!("invalid `admin-api`: {reason}");
     }
     validate_listeners(&config).map_err(anyhow::Error::msg)?;
-    let domain_id = DomainId::parse(&config.domain_id)
-        .with_context(|| format!("invalid `domain-id` {:?}", config.domain_id))?;
+    let domain_id = config
+        .domain_id
+        .clone()
+        .context("`domain-id` is required")?;
     let key = Arc::new(
         SigningKeyPair::load_pem(&config.signing_key_file).with_context(|| {
             format!(
@@ -165,7 +168,7 @@ pub async fn run(
             config.writer.max_member_queue_bytes,
         ),
     );
-    let (peer_tx, peer_rx) = watch::channel(0i64);
+    let (peer_tx, peer_rx) = watch::channel(Timestamp::EPOCH);
     let last_db_success = Arc::new(AtomicI64::new(0));
     let history = history_guard::HistoryGuard::new();
     let writer = Writer {
@@ -180,7 +183,7 @@ pub async fn run(
             faults: fault_hooks(),
         },
         db: config.database.clone(),
-        domain_id: domain_id.to_string(),
+        domain: domain_id.clone(),
         key: key.clone(),
         peer_event_watermark: peer_rx,
         last_db_success: last_db_success.clone(),
@@ -209,8 +212,7 @@ pub async fn run(
 
     let core = SequencerCore::new(
         ServiceSettings {
-            domain_id: domain_id.to_string(),
-            sequencer_id: sequencer_id.to_string(),
+            sequencer_id: sequencer_id.clone(),
             public_key: key.public_key().clone(),
             max_request_size: config.max_request_size,
             nonce_ttl: config.auth.nonce_ttl,
@@ -246,7 +248,7 @@ pub async fn run(
     tasks.spawn(topology::run_applier(
         pool.clone(),
         topology.clone(),
-        domain_id.to_string(),
+        domain_id.clone(),
         topology_wake,
         internal.clone(),
     ));
@@ -286,7 +288,7 @@ pub async fn run(
     ));
     // The domain manager member is implied by the domain id: its key is the
     // namespace key, so it can authenticate before any topology exists.
-    let mut bootstrap = vec![domain_topology::domain_manager_member(&domain_id).to_string()];
+    let mut bootstrap = vec![domain_topology::domain_manager_member(&domain_id)];
     bootstrap.extend(config.bootstrap_members.iter().cloned());
     tasks.spawn(bootstrap_members(
         writer_handle.clone(),
@@ -352,7 +354,7 @@ async fn listen_loop(
     db: domain_storage::DatabaseConfig,
     ha: config::HaConfig,
     state: watch::Receiver<writer::WriterState>,
-    peer_tx: watch::Sender<i64>,
+    peer_tx: watch::Sender<Timestamp>,
     reader: Arc<SharedReader>,
     core: Arc<SequencerCore>,
     topology_wake: Arc<tokio::sync::Notify>,
@@ -392,7 +394,7 @@ async fn listen_loop(
                 let announced = match parse_watermark_notification(
                     n.payload(),
                     ha.total_node_count,
-                    timestamp::clock_micros(),
+                    timestamp::clock(),
                     ha.max_clock_skew,
                 ) {
                     Ok(a) => a,
@@ -407,7 +409,11 @@ async fn listen_loop(
                         continue;
                     }
                 };
-                if let Some((idx, wm, true)) = announced
+                if let Some(PeerWatermark {
+                    index: idx,
+                    watermark: wm,
+                    is_event: true,
+                }) = announced
                     && state.borrow().index != Some(idx)
                 {
                     peer_tx.send_if_modified(|cur| {
@@ -468,7 +474,16 @@ impl std::fmt::Display for IgnoredWatermark {
     }
 }
 
-/// Parses a `seq_watermark` payload into (index, watermark, is an event batch).
+/// A peer's watermark announcement (`seq_watermark` notification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerWatermark {
+    index: i16,
+    watermark: Timestamp,
+    /// Sent after an event batch (not a heartbeat).
+    is_event: bool,
+}
+
+/// Parses a `seq_watermark` payload.
 ///
 /// Peers send `<index>:<watermark>:<e|h>` after a batch, `<index>:<watermark>` when they
 /// come online and `<index>:offline` when they (or a peer on their behalf) go offline.
@@ -477,9 +492,9 @@ impl std::fmt::Display for IgnoredWatermark {
 fn parse_watermark_notification(
     payload: &str,
     modulus: u16,
-    now: i64,
+    now: Timestamp,
     max_skew: Duration,
-) -> Result<Option<(i16, i64, bool)>, IgnoredWatermark> {
+) -> Result<Option<PeerWatermark>, IgnoredWatermark> {
     let mut parts = payload.split(':');
     let idx = parts.next().and_then(|s| s.parse::<i16>().ok());
     let Some(idx) = idx else {
@@ -508,11 +523,15 @@ fn parse_watermark_notification(
         (None, None) => None,
         _ => return Err(IgnoredWatermark::Malformed),
     };
-    let skew = i64::try_from(max_skew.as_micros()).unwrap_or(i64::MAX);
-    if wm > now.saturating_add(skew) {
+    let watermark = Timestamp::from_micros(wm);
+    if watermark > now + max_skew {
         return Err(IgnoredWatermark::AheadOfClock);
     }
-    Ok(kind.map(|is_event| (idx, wm, is_event)))
+    Ok(kind.map(|is_event| PeerWatermark {
+        index: idx,
+        watermark,
+        is_event,
+    }))
 }
 
 async fn offline_checker(
@@ -615,8 +634,8 @@ async fn pruner(
                 pruning::record(&outcome);
                 if outcome.deleted.iter().any(|(_, n)| *n > 0) {
                     tracing::info!(
-                        bound = outcome.bound,
-                        previous = outcome.previous_bound,
+                        bound = outcome.bound.as_micros(),
+                        previous = outcome.previous_bound.as_micros(),
                         holding_back = view.holding_back.as_deref().unwrap_or(""),
                         deleted = ?outcome.deleted,
                         "pruned"
@@ -709,7 +728,7 @@ async fn health_loop(
             _ = shutdown.cancelled() => { readiness.set_ready(false); return; }
             _ = tick.tick() => {}
         }
-        let age = timestamp::clock_micros() - last_db_success.load(Ordering::Relaxed);
+        let age = timestamp::clock().as_micros() - last_db_success.load(Ordering::Relaxed);
         let ready = state.borrow().online && age < grace.as_micros() as i64;
         if readiness.is_ready() != ready {
             tracing::info!(ready, "readiness changed");
@@ -721,14 +740,10 @@ async fn health_loop(
 async fn bootstrap_members(
     writer: writer::WriterHandle,
     members: Arc<Members>,
-    list: Vec<String>,
+    list: Vec<MemberId>,
     shutdown: CancellationToken,
 ) {
     for member in list {
-        if MemberId::parse(&member).is_err() {
-            tracing::error!(%member, "ignoring malformed bootstrap member");
-            continue;
-        }
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -737,14 +752,14 @@ async fn bootstrap_members(
             // but is disabled (by topology or DisableMember) stays disabled: registering
             // it again would re-enable it on every restart. (RegisterMember on the admin API
             // remains the operator's explicit override.)
-            if let Ok(Some(_)) = members.get(&member).await {
+            if let Ok(Some(_)) = members.get(&member.to_string()).await {
                 break;
             }
             let mut state = writer.watch_state();
             let _ = state.wait_for(|s| s.online).await;
             match writer.register(member.clone(), None).await {
                 Ok(ts) => {
-                    tracing::info!(%member, registered_ts = ts, "bootstrap member registered");
+                    tracing::info!(%member, registered_ts = ts.as_micros(), "bootstrap member registered");
                     let _ = members.reload().await;
                     break;
                 }
@@ -764,7 +779,8 @@ mod watermark_notification_tests {
     const NOW: i64 = 1_800_000_000_000_000;
 
     fn parse(p: &str) -> Result<Option<(i16, i64, bool)>, IgnoredWatermark> {
-        parse_watermark_notification(p, 32, NOW, Duration::from_secs(1))
+        parse_watermark_notification(p, 32, Timestamp::from_micros(NOW), Duration::from_secs(1))
+            .map(|a| a.map(|a| (a.index, a.watermark.as_micros(), a.is_event)))
     }
 
     #[test]

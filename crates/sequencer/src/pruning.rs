@@ -22,10 +22,11 @@
 
 use std::time::Duration;
 
+use domain_time::Timestamp;
 use tokio_postgres::GenericClient;
 
 use crate::store::StoreError;
-use crate::timestamp::clock_micros;
+use crate::timestamp::clock;
 
 /// Session advisory lock held by whichever instance (or admin call) prunes.
 pub const PRUNING_LOCK: i64 = domain_storage::locks::SEQ_PRUNING;
@@ -57,24 +58,24 @@ pub struct MemberBound {
     pub member: String,
     pub kind: &'static str,
     pub enabled: bool,
-    pub acknowledged_ts: Option<i64>,
+    pub acknowledged_ts: Option<Timestamp>,
     /// Whether the member holds pruning back at all (enabled, reads its stream).
     pub counted: bool,
     /// How far this member lets pruning go.
-    pub bound: i64,
+    pub bound: Timestamp,
 }
 
 /// Where pruning stands.
 #[derive(Debug, Clone)]
 pub struct PruningView {
-    pub lower_bound: i64,
-    pub safe_watermark: i64,
-    pub now: i64,
+    pub lower_bound: Timestamp,
+    pub safe_watermark: Timestamp,
+    pub now: Timestamp,
     pub retention: Duration,
-    pub retention_bound: i64,
+    pub retention_bound: Timestamp,
     pub members: Vec<MemberBound>,
     /// Where a prune now would move the bound (never below `lower_bound`).
-    pub candidate: i64,
+    pub candidate: Timestamp,
     /// The counted member whose bound is what limits pruning, if a member does.
     pub holding_back: Option<String>,
 }
@@ -90,10 +91,9 @@ pub fn member_kind(member: &str) -> &'static str {
     }
 }
 
-/// `now − retention` in sequencer micros, saturating.
-pub fn retention_bound(now: i64, retention: Duration) -> i64 {
-    let r = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
-    now.saturating_sub(r).max(0)
+/// `now − retention`, saturating at the epoch.
+pub fn retention_bound(now: Timestamp, retention: Duration) -> Timestamp {
+    (now - retention).max(Timestamp::EPOCH)
 }
 
 /// Computes the bound of every member and the candidate bound. Read-only.
@@ -103,7 +103,7 @@ pub async fn view(
 ) -> Result<PruningView, StoreError> {
     let lower_bound = crate::store::lower_bound(client).await?;
     let safe_watermark = crate::store::safe_watermark(client).await?;
-    let now = clock_micros();
+    let now = clock();
     let retention_bound = retention_bound(now, retention);
     // A member's next event is the first one of its stream above its acknowledgement, by
     // the same visibility rule readers apply: below the lower bound only retained topology
@@ -132,12 +132,12 @@ pub async fn view(
     for r in &rows {
         let member: String = r.get(0);
         let enabled: bool = r.get(1);
-        let acknowledged_ts: Option<i64> = r.get(2);
-        let next_event: Option<i64> = r.get(3);
+        let acknowledged_ts: Option<Timestamp> = r.get(2);
+        let next_event: Option<Timestamp> = r.get(3);
         let kind = member_kind(&member);
         let counted = enabled && kind != "domain-manager";
         let bound = match next_event {
-            Some(next) if next <= safe_watermark => next - 1,
+            Some(next) if next <= safe_watermark => next - Duration::from_micros(1),
             _ => safe_watermark,
         };
         members.push(MemberBound {
@@ -190,8 +190,8 @@ pub async fn table_rows(client: &impl GenericClient) -> Result<Vec<(String, u64)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PruneOutcome {
     pub dry_run: bool,
-    pub previous_bound: i64,
-    pub bound: i64,
+    pub previous_bound: Timestamp,
+    pub bound: Timestamp,
     /// Rows deleted per table (dry run: rows that would be deleted).
     pub deleted: Vec<(&'static str, u64)>,
 }
@@ -210,7 +210,7 @@ impl PruneOutcome {
 #[derive(Debug, Clone, Copy)]
 pub struct Housekeeping {
     /// Deduplication rows whose max sequencing time lies below this go.
-    pub dedup_before: i64,
+    pub dedup_before: Timestamp,
     /// Rows per delete statement.
     pub batch: i64,
 }
@@ -220,7 +220,7 @@ pub struct Housekeeping {
 /// The caller holds [`PRUNING_LOCK`] and has checked `bound` against the safe watermark.
 pub async fn prune_to(
     client: &mut deadpool_postgres::Object,
-    bound: i64,
+    bound: Timestamp,
     limits: Housekeeping,
     dry_run: bool,
     respect_members: Option<Duration>,
@@ -442,7 +442,7 @@ async fn delete_in_batches(
     client: &deadpool_postgres::Object,
     table: &'static str,
     predicate: &'static str,
-    param: Option<i64>,
+    param: Option<Timestamp>,
     batch: i64,
 ) -> Result<u64, StoreError> {
     let mut total = 0u64;
@@ -528,21 +528,21 @@ pub fn record(outcome: &PruneOutcome) {
 /// the member count).
 pub fn publish(
     view: &PruningView,
-    oldest_event: Option<i64>,
+    oldest_event: Option<Timestamp>,
     previous_holder: &mut Option<String>,
 ) {
     use crate::metrics as m;
     // Before the first prune the bound is 0; the data's age is then that of the oldest
     // stored event, which is what the stalled-pruning alert must see.
-    let reference = if view.lower_bound > 0 {
+    let reference = if view.lower_bound > Timestamp::EPOCH {
         Some(view.lower_bound)
     } else {
         oldest_event
     };
-    let age = reference.map_or(0.0, |r| (view.now - r).max(0) as f64 / 1e6);
+    let age = reference.map_or(0.0, |r| seconds_after(view.now, r));
     metrics::gauge!(m::PRUNING_BOUND_AGE).set(age);
     metrics::gauge!(m::PRUNING_RETENTION).set(view.retention.as_secs_f64());
-    let candidate_lag = (view.now - view.candidate).max(0) as f64 / 1e6;
+    let candidate_lag = seconds_after(view.now, view.candidate);
     metrics::gauge!(m::PRUNING_CANDIDATE_AGE).set(candidate_lag);
     if *previous_holder != view.holding_back {
         if let Some(old) = previous_holder.take() {
@@ -555,8 +555,15 @@ pub fn publish(
     }
 }
 
+/// How many seconds `later` lies after `earlier` (0 when it does not).
+fn seconds_after(later: Timestamp, earlier: Timestamp) -> f64 {
+    later
+        .duration_since(earlier)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Timestamp of the oldest stored event (a primary-key lookup).
-pub async fn oldest_event(client: &impl GenericClient) -> Result<Option<i64>, StoreError> {
+pub async fn oldest_event(client: &impl GenericClient) -> Result<Option<Timestamp>, StoreError> {
     Ok(client
         .query_one("SELECT min(ts) FROM seq_events", &[])
         .await?
@@ -647,13 +654,17 @@ mod tests {
 
     #[test]
     fn retention_bound_saturates() {
+        let ts = Timestamp::from_micros;
         assert_eq!(
-            retention_bound(10_000_000, Duration::from_secs(3)),
-            7_000_000
+            retention_bound(ts(10_000_000), Duration::from_secs(3)),
+            ts(7_000_000)
         );
-        assert_eq!(retention_bound(10, Duration::from_secs(3)), 0);
-        assert_eq!(retention_bound(10, Duration::MAX), 0);
-        assert_eq!(retention_bound(10, Duration::ZERO), 10);
+        assert_eq!(
+            retention_bound(ts(10), Duration::from_secs(3)),
+            Timestamp::EPOCH
+        );
+        assert_eq!(retention_bound(ts(10), Duration::MAX), Timestamp::EPOCH);
+        assert_eq!(retention_bound(ts(10), Duration::ZERO), ts(10));
     }
 
     #[test]

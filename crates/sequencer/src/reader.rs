@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain_proto::sequencer::v1::{Envelope, SubmissionRequest};
+use domain_time::Timestamp;
 use prost::Message as _;
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +20,7 @@ use crate::store::{self, BROADCAST_MEMBER_ID, StoredEvent};
 /// An event decoded once for every subscriber of this instance.
 #[derive(Debug)]
 pub struct GlobalEvent {
-    pub ts: i64,
+    pub ts: Timestamp,
     pub sender: i32,
     pub message_id: String,
     pub recipients: Vec<i32>,
@@ -51,7 +52,7 @@ impl GlobalEvent {
     }
 
     /// Returns true when the event belongs to the member's stream.
-    pub fn is_for(&self, member_id: i32, registered_ts: i64) -> bool {
+    pub fn is_for(&self, member_id: i32, registered_ts: Timestamp) -> bool {
         if self.recipients.first() == Some(&BROADCAST_MEMBER_ID) {
             self.ts > registered_ts
         } else {
@@ -63,8 +64,8 @@ impl GlobalEvent {
 /// A contiguous slice of the global stream: every event in `(after, up_to]`.
 #[derive(Debug)]
 pub struct EventBatch {
-    pub after: i64,
-    pub up_to: i64,
+    pub after: Timestamp,
+    pub up_to: Timestamp,
     pub events: Vec<Arc<GlobalEvent>>,
 }
 
@@ -257,10 +258,10 @@ impl Drop for FeedReceiver {
 }
 
 struct ReaderInner {
-    position: i64,
+    position: Timestamp,
     /// Timestamp of the newest event published, checked to still exist after a read
     /// failure (the database may have failed over meanwhile).
-    last_event: Option<i64>,
+    last_event: Option<Timestamp>,
     /// A read failed since the last check of `last_event`.
     verify_last_event: bool,
 }
@@ -278,7 +279,7 @@ impl SharedReader {
         let (started, _) = tokio::sync::watch::channel(false);
         Arc::new(Self {
             inner: Mutex::new(ReaderInner {
-                position: 0,
+                position: Timestamp::EPOCH,
                 last_event: None,
                 verify_last_event: false,
             }),
@@ -290,7 +291,7 @@ impl SharedReader {
 
     /// Subscribes to live batches. Returns the position from which live batches
     /// start: the caller must read everything up to it from the database.
-    pub async fn subscribe(&self) -> (i64, FeedReceiver) {
+    pub async fn subscribe(&self) -> (Timestamp, FeedReceiver) {
         let mut started = self.started.subscribe();
         let _ = started.wait_for(|s| *s).await;
         let inner = self.inner.lock().await;
@@ -456,9 +457,12 @@ enum CatchUpError {
     /// A database error (retried).
     Db(String),
     /// The safe watermark is below what was already published.
-    WentBack { safe: i64, position: i64 },
+    WentBack {
+        safe: Timestamp,
+        position: Timestamp,
+    },
     /// The newest event published is gone (and not pruned).
-    EventGone { ts: i64 },
+    EventGone { ts: Timestamp },
 }
 
 impl From<String> for CatchUpError {
@@ -495,9 +499,10 @@ mod tests {
     use super::*;
 
     fn batch(after: i64) -> Arc<EventBatch> {
+        let after = Timestamp::from_micros(after);
         Arc::new(EventBatch {
             after,
-            up_to: after + 1,
+            up_to: after + Duration::from_micros(1),
             events: Vec::new(),
         })
     }
@@ -518,7 +523,7 @@ mod tests {
         for i in 0..10 {
             feed.publish(batch(i), 300);
             let b = fast.recv().await.expect("the fast receiver keeps up");
-            assert_eq!(b.after, i);
+            assert_eq!(b.after.as_micros(), i);
             assert!(
                 feed.buffered_bytes() <= LIMITS.bytes,
                 "{} bytes kept after batch {i}",
@@ -527,7 +532,10 @@ mod tests {
         }
         // 1000 bytes hold the last 3 batches of 300.
         assert_eq!(feed.buffered_bytes(), 900);
-        assert_eq!(slow.recv().await.map(|b| b.after), Err(FeedError::Lagged));
+        assert_eq!(
+            slow.recv().await.map(|b| b.after.as_micros()),
+            Err(FeedError::Lagged)
+        );
         drop(slow);
         assert_eq!(
             feed.buffered_bytes(),
@@ -546,16 +554,19 @@ mod tests {
         });
         let mut r = feed.subscribe();
         feed.publish(batch(0), 5000);
-        assert_eq!(r.recv().await.map(|b| b.after), Ok(0));
+        assert_eq!(r.recv().await.map(|b| b.after.as_micros()), Ok(0));
         for i in 1..=3 {
             feed.publish(batch(i), 1);
         }
-        assert_eq!(r.recv().await.map(|b| b.after), Err(FeedError::Lagged));
+        assert_eq!(
+            r.recv().await.map(|b| b.after.as_micros()),
+            Err(FeedError::Lagged)
+        );
         let mut r = feed.subscribe();
         feed.publish(batch(4), 1);
         feed.publish(batch(5), 1);
-        assert_eq!(r.recv().await.map(|b| b.after), Ok(4));
-        assert_eq!(r.recv().await.map(|b| b.after), Ok(5));
+        assert_eq!(r.recv().await.map(|b| b.after.as_micros()), Ok(4));
+        assert_eq!(r.recv().await.map(|b| b.after.as_micros()), Ok(5));
     }
 
     /// Batches are kept only while a receiver still needs them, nothing is stored
@@ -567,7 +578,7 @@ mod tests {
         assert_eq!(feed.buffered_bytes(), 0);
         let mut r = feed.subscribe();
         let waiter = tokio::spawn(async move {
-            let b = r.recv().await.map(|b| b.after);
+            let b = r.recv().await.map(|b| b.after.as_micros());
             (b, r)
         });
         tokio::task::yield_now().await;
@@ -577,7 +588,10 @@ mod tests {
         assert_eq!(feed.buffered_bytes(), 0, "taken by its only receiver");
         feed.publish(batch(2), 10);
         feed.close();
-        assert_eq!(r.recv().await.map(|b| b.after), Ok(2));
-        assert_eq!(r.recv().await.map(|b| b.after), Err(FeedError::Closed));
+        assert_eq!(r.recv().await.map(|b| b.after.as_micros()), Ok(2));
+        assert_eq!(
+            r.recv().await.map(|b| b.after.as_micros()),
+            Err(FeedError::Closed)
+        );
     }
 }

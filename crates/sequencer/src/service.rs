@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, Signature, SignaturePurpose};
 use domain_proto::common::v1 as common_pb;
+use domain_proto::identity::KeyConversionError;
 use domain_proto::sequencer::v1 as pb;
 use domain_proto::sequencer::v1::sequencer_service_server::SequencerService;
 use domain_proto::topology::v1 as topology_pb;
+use domain_time::Timestamp;
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{Mutex, oneshot};
@@ -23,7 +25,7 @@ use crate::metrics as m;
 use crate::reader::SharedReader;
 use crate::store::{self, BROADCAST_MEMBER_ID, MemberRow};
 use crate::subscription::{self, SubscriptionContext};
-use crate::timestamp::clock_micros;
+use crate::timestamp::clock;
 use crate::topology::TopologyCache;
 use crate::writer::{Submission, WriteCommand, WriterHandle};
 
@@ -34,8 +36,7 @@ const MAX_MESSAGE_ID_LEN: usize = 256;
 const TOKEN_CACHE_TTL: Duration = Duration::from_millis(500);
 
 pub struct ServiceSettings {
-    pub domain_id: String,
-    pub sequencer_id: String,
+    pub sequencer_id: MemberId,
     pub public_key: PublicKey,
     pub max_request_size: usize,
     pub nonce_ttl: Duration,
@@ -48,7 +49,7 @@ pub struct ServiceSettings {
     pub max_subscriptions_per_member: usize,
     /// Open mode: any participant key gets registered on its first challenge.
     pub open_participant_access: bool,
-    /// `domain_id`, parsed.
+    /// The domain every signature is bound to.
     pub domain: DomainId,
     /// Open-mode registrations admitted per second on this instance (also the burst).
     pub open_registrations_per_second: u32,
@@ -100,7 +101,7 @@ pub struct SequencerCore {
     pub reader: Arc<SharedReader>,
     pub shutdown: CancellationToken,
     pub topology: Arc<TopologyCache>,
-    tokens: Mutex<HashMap<Vec<u8>, (String, i64, Instant)>>,
+    tokens: Mutex<HashMap<Vec<u8>, (String, Timestamp, Instant)>>,
     registrations: RegistrationLimiter,
     subscriptions: subscription::MemberSlots,
     domain_trust: Mutex<Option<(Instant, Arc<DomainTrust>)>>,
@@ -182,10 +183,7 @@ impl SequencerCore {
             // The row's key was checked against the DOM id's fingerprint when it was bound;
             // checked again so that this answer never shows a key that is not the namespace's.
             .filter(|key| self.settings.domain.matches_key(key))
-            .map(|key| common_pb::PublicKey {
-                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                key: key.to_bytes().to_vec(),
-            });
+            .map(|key| common_pb::PublicKey::from(&key));
         let rows = client
             .query(
                 "SELECT signed FROM seq_topology WHERE kind = 'sequencer' ORDER BY serial",
@@ -240,7 +238,7 @@ impl SequencerCore {
                 "authorization must be `Bearer <token>`",
             ))?;
         let hash = Sha256::digest(token.as_bytes()).to_vec();
-        let now = clock_micros();
+        let now = clock();
         let cached = {
             let cache = self.tokens.lock().await;
             cache
@@ -252,7 +250,10 @@ impl SequencerCore {
             Some(m) => m,
             None => {
                 let client = self.db().await?;
-                let (member, expiry) = store::lookup_token(&**client, &hash)
+                let store::TokenRow {
+                    member,
+                    expires_at: expiry,
+                } = store::lookup_token(&**client, &hash)
                     .await?
                     .ok_or(SequencerError::TokenInvalid)?;
                 let mut cache = self.tokens.lock().await;
@@ -291,7 +292,7 @@ impl SequencerCore {
         &self,
         sender_id: i32,
         message_id: &str,
-    ) -> Result<Option<i64>, SequencerError> {
+    ) -> Result<Option<Timestamp>, SequencerError> {
         let db = self.db().await?;
         let row = db
             .query_opt(
@@ -339,7 +340,7 @@ impl SequencerCore {
         // ed25519 verification is the heaviest CPU step of a send: run it on the
         // blocking pool so a burst of sends cannot starve the writer task and the
         // reader on the async workers (the OS schedules both fairly instead).
-        let domain_id = self.settings.domain_id.clone();
+        let domain_id = self.settings.domain.to_string();
         let pb::SendRequest {
             submission: payload,
             trace_context,
@@ -382,11 +383,11 @@ impl SequencerCore {
                 recipients.insert(row.id);
             }
         }
-        let now = clock_micros();
+        let now = clock();
         let max_sequencing_ts = if sub.max_sequencing_time_micros == 0 {
-            now + self.settings.default_max_sequencing.as_micros() as i64
+            now + self.settings.default_max_sequencing
         } else {
-            sub.max_sequencing_time_micros
+            Timestamp::from_micros(sub.max_sequencing_time_micros)
         };
         if max_sequencing_ts < now {
             // A late retry of a message that *was* sequenced (its reply was lost) must learn
@@ -400,8 +401,7 @@ impl SequencerCore {
                 now,
             });
         }
-        let skew = i64::try_from(self.settings.max_clock_skew.as_micros()).unwrap_or(i64::MAX);
-        if not_before_ts > now.saturating_add(skew) {
+        if not_before_ts > now + self.settings.max_clock_skew {
             // Following it would drag this instance's timestamps forward (issue 11 item 5).
             return Err(SequencerError::RegisteredAhead {
                 registered_ts: not_before_ts,
@@ -474,12 +474,12 @@ pub fn decode_send(
         .signature
         .as_ref()
         .ok_or_else(|| SequencerError::Malformed("missing signature".into()))?;
-    if sig.purpose != common_pb::SignaturePurpose::Submission as i32 {
+    if !sig.purpose_is(SignaturePurpose::Submission) {
         return Err(SequencerError::SubmissionSignatureInvalid(
             "signature purpose is not SUBMISSION".into(),
         ));
     }
-    let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
+    let signature = Signature::try_from(sig)
         .map_err(|e| SequencerError::SubmissionSignatureInvalid(e.to_string()))?;
     Ok((sub, signature))
 }
@@ -519,7 +519,7 @@ enum Validated {
     /// To be sequenced.
     New(Box<Submission>),
     /// Past its max sequencing time but sequenced before, at this timestamp.
-    AlreadySequenced(i64),
+    AlreadySequenced(Timestamp),
 }
 
 /// The tonic service over [`SequencerCore`].
@@ -571,7 +571,7 @@ impl SequencerApi {
             Ok(Validated::AlreadySequenced(ts)) => {
                 metrics::counter!(m::SENDS, "outcome" => "deduplicated").increment(1);
                 return Ok(Response::new(pb::SendResponse {
-                    sequencing_timestamp_micros: ts,
+                    sequencing_timestamp_micros: ts.as_micros(),
                     deduplicated: true,
                 }));
             }
@@ -587,7 +587,7 @@ impl SequencerApi {
             .map_err(|_| SequencerError::OutcomeUnknown.to_status())?
             .map_err(Status::from)?;
         Ok(Response::new(pb::SendResponse {
-            sequencing_timestamp_micros: outcome.ts,
+            sequencing_timestamp_micros: outcome.ts.as_micros(),
             deduplicated: outcome.deduplicated,
         }))
     }
@@ -623,12 +623,9 @@ impl SequencerService for SequencerApi {
         let s = &core.settings;
         let trust = core.domain_trust().await;
         Ok(Response::new(pb::GetDomainInfoResponse {
-            domain_id: s.domain_id.clone(),
-            sequencer_id: s.sequencer_id.clone(),
-            sequencer_public_key: Some(common_pb::PublicKey {
-                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                key: s.public_key.to_bytes().to_vec(),
-            }),
+            domain_id: s.domain.to_string(),
+            sequencer_id: s.sequencer_id.to_string(),
+            sequencer_public_key: Some(common_pb::PublicKey::from(&s.public_key)),
             protocol_version: domain_proto::PROTOCOL_VERSION.to_string(),
             max_request_size: s.max_request_size as u64,
             namespace_public_key: trust.namespace_key.clone(),
@@ -648,16 +645,13 @@ impl SequencerService for SequencerApi {
             let pk = r
                 .public_key
                 .ok_or_else(|| SequencerError::Malformed("missing public key".into()))?;
-            if pk.algorithm != common_pb::KeyAlgorithm::Ed25519 as i32 {
-                return Err(SequencerError::Malformed(
-                    "only ed25519 keys are supported".into(),
-                ));
-            }
-            let key = PublicKey::from_bytes(&pk.key)
-                .map_err(|e| SequencerError::Malformed(format!("public key: {e}")))?;
+            let key = domain_proto::identity::ed25519_key(&pk).map_err(|e| match e {
+                KeyConversionError::NotEd25519 => SequencerError::Malformed(e.to_string()),
+                KeyConversionError::Key(e) => SequencerError::Malformed(format!("public key: {e}")),
+            })?;
             if !member.matches_key(&key) {
                 return Err(SequencerError::KeyMismatch {
-                    member: r.member.clone(),
+                    member: member.clone(),
                     key: key.fingerprint().to_string(),
                 });
             }
@@ -677,7 +671,7 @@ impl SequencerService for SequencerApi {
                     && bound.as_slice() != key.as_bytes()
                 {
                     return Err(SequencerError::KeyMismatch {
-                        member: r.member.clone(),
+                        member: member.clone(),
                         key: key.fingerprint().to_string(),
                     });
                 }
@@ -696,8 +690,8 @@ impl SequencerService for SequencerApi {
             .await?;
             Ok(pb::ChallengeResponse {
                 nonce: nonce.to_vec(),
-                domain_id: core.settings.domain_id.clone(),
-                expires_at_micros: expires,
+                domain_id: core.settings.domain.to_string(),
+                expires_at_micros: expires.as_micros(),
             })
         }
         .await;
@@ -722,7 +716,7 @@ impl SequencerService for SequencerApi {
             let sig = r
                 .signature
                 .ok_or_else(|| SequencerError::Malformed("missing signature".into()))?;
-            let signature = Signature::from_parts(&sig.signature, &sig.signer_fingerprint)
+            let signature = Signature::try_from(&sig)
                 .map_err(|e| SequencerError::ChallengeSignatureInvalid(e.to_string()))?;
             let client = core.db().await?;
             // Consumed before verification: a nonce is single-use even when the signature is wrong.
@@ -733,7 +727,7 @@ impl SequencerService for SequencerApi {
                 .map_err(|e| SequencerError::Internal(e.to_string()))?;
             key.verify_with_domain_str(
                 SignaturePurpose::AuthChallenge,
-                &core.settings.domain_id,
+                &core.settings.domain.to_string(),
                 &r.nonce,
                 &signature,
             )
@@ -750,9 +744,9 @@ impl SequencerService for SequencerApi {
                 }
                 let ts = core
                     .writer
-                    .register(r.member.clone(), Some(key.as_bytes().to_vec()))
+                    .register(member.clone(), Some(key.as_bytes().to_vec()))
                     .await?;
-                tracing::info!(member = %r.member, registered_ts = ts, "participant admitted in open mode");
+                tracing::info!(member = %r.member, registered_ts = ts.as_micros(), "participant admitted in open mode");
                 core.members.reload().await?;
                 row = core.members.get(&r.member).await?;
             }
@@ -763,7 +757,7 @@ impl SequencerService for SequencerApi {
             let bound = store::bind_public_key(&**client, &r.member, key.as_bytes()).await?;
             if bound.as_deref() != Some(key.as_bytes().as_slice()) {
                 return Err(SequencerError::KeyMismatch {
-                    member: r.member.clone(),
+                    member: member.clone(),
                     key: key.fingerprint().to_string(),
                 });
             }
@@ -779,7 +773,7 @@ impl SequencerService for SequencerApi {
                 store::insert_token(&**client, &hash, &r.member, core.settings.token_ttl).await?;
             Ok(pb::AuthenticateResponse {
                 token,
-                expires_at_micros: expires,
+                expires_at_micros: expires.as_micros(),
             })
         }
         .await;
@@ -886,20 +880,21 @@ impl SequencerService for SequencerApi {
         let safe = store::safe_watermark(&**client)
             .await
             .map_err(|e| SequencerError::from(e).to_status())?;
-        if r.timestamp_micros > safe {
+        let timestamp = Timestamp::from_micros(r.timestamp_micros);
+        if timestamp > safe {
             metrics::counter!(crate::metrics::ACKNOWLEDGEMENTS, "result" => "ahead").increment(1);
             return Err(SequencerError::AcknowledgeAhead {
-                timestamp: r.timestamp_micros,
+                timestamp,
                 safe_watermark: safe,
             }
             .to_status());
         }
-        let acknowledged = store::acknowledge(&**client, member.id, r.timestamp_micros)
+        let acknowledged = store::acknowledge(&**client, member.id, timestamp)
             .await
             .map_err(|e| SequencerError::from(e).to_status())?;
         metrics::counter!(crate::metrics::ACKNOWLEDGEMENTS, "result" => "accepted").increment(1);
         Ok(Response::new(pb::AcknowledgeResponse {
-            acknowledged_micros: acknowledged,
+            acknowledged_micros: acknowledged.as_micros(),
         }))
     }
 }

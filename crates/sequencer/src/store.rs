@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use domain_time::Timestamp;
 use tokio_postgres::{Client, GenericClient, error::SqlState, types::ToSql};
 
 /// Pseudo member id under which broadcast events are indexed.
@@ -44,8 +45,8 @@ pub enum StoreError {
     )]
     HistoryLost {
         index: i16,
-        committed: i64,
-        stored: Option<i64>,
+        committed: Timestamp,
+        stored: Option<Timestamp>,
     },
 }
 
@@ -75,14 +76,14 @@ pub struct MemberRow {
     pub member: String,
     pub public_key: Option<Vec<u8>>,
     pub enabled: bool,
-    pub registered_ts: i64,
-    pub acknowledged_ts: Option<i64>,
+    pub registered_ts: Timestamp,
+    pub acknowledged_ts: Option<Timestamp>,
 }
 
 /// An event about to be written by a writer batch.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    pub ts: i64,
+    pub ts: Timestamp,
     pub sender: i32,
     pub message_id: String,
     /// Member ids, sender included; `[BROADCAST_MEMBER_ID]` for a broadcast.
@@ -90,7 +91,7 @@ pub struct NewEvent {
     pub submission: Vec<u8>,
     pub content: Vec<u8>,
     pub signature: Vec<u8>,
-    pub max_sequencing_ts: i64,
+    pub max_sequencing_ts: Timestamp,
     /// The sender's W3C `traceparent` (version 00, 55 bytes), already validated; delivered back
     /// with the event so recipients join the sender's trace.
     pub trace_context: Option<String>,
@@ -101,15 +102,15 @@ pub struct NewEvent {
 /// A member registration sequenced inside a writer batch.
 #[derive(Debug, Clone)]
 pub struct NewRegistration {
-    pub member: String,
+    pub member: domain_identity::MemberId,
     pub public_key: Option<Vec<u8>>,
-    pub ts: i64,
+    pub ts: Timestamp,
 }
 
 /// A stored event as read back.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
-    pub ts: i64,
+    pub ts: Timestamp,
     pub sender: i32,
     pub message_id: String,
     pub recipients: Vec<i32>,
@@ -150,10 +151,78 @@ impl EventPage {
 /// What happened to each submission of a committed batch.
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
-    /// `(sender, message_id)` of submissions that were already sequenced, with the original timestamp.
-    pub duplicates: Vec<((i32, String), i64)>,
+    /// Submissions that were already sequenced, with the original timestamp.
+    pub duplicates: Vec<SequencedBefore>,
     /// Registered (or re-enabled) members with their registration timestamp.
-    pub registered: Vec<(String, i64)>,
+    pub registered: Vec<Registered>,
+}
+
+/// The deduplication key of a submission: its sender's member row id and its message id.
+pub type DedupKey = (i32, String);
+
+/// A submission found already sequenced (its deduplication row exists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequencedBefore {
+    pub sender: i32,
+    pub message_id: String,
+    /// When it was sequenced.
+    pub ts: Timestamp,
+}
+
+/// A member registered (or re-enabled) by a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub member: domain_identity::MemberId,
+    pub registered_ts: Timestamp,
+}
+
+/// An instance index held with the watermark it is (or was) online at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceClaim {
+    pub index: i16,
+    pub watermark: Timestamp,
+}
+
+/// A member's checkpoint: `counter` events of its stream lie at or below `ts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub counter: i64,
+    pub ts: Timestamp,
+}
+
+/// A sequenced topology transaction as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTopology {
+    pub sequenced_ts: Timestamp,
+    pub effective_ts: Timestamp,
+    /// The `SignedTopologyTransaction` bytes.
+    pub signed: Vec<u8>,
+}
+
+/// One topology transaction applied to the member table by [`apply_due_topology`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedTopology {
+    /// `participant_state`, `mediator`, `sequencer` or `domain_parameters`.
+    pub kind: &'static str,
+    /// The member it is about, if any.
+    pub member: Option<String>,
+    /// `enabled`, `disabled`, `superseded` or `recorded`.
+    pub effect: &'static str,
+}
+
+/// What one [`apply_due_topology`] pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopologyPass {
+    pub applied: Vec<AppliedTopology>,
+    /// When the next unapplied transaction becomes effective.
+    pub next_due: Option<Timestamp>,
+}
+
+/// A live token: the member it was issued to and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub member: String,
+    pub expires_at: Timestamp,
 }
 
 /// One row of `seq_instances`.
@@ -161,7 +230,8 @@ pub struct BatchOutcome {
 pub struct InstanceRow {
     pub index: i16,
     pub online: bool,
-    pub watermark_ts: i64,
+    pub watermark_ts: Timestamp,
+    /// How far the watermark lies behind the database clock (negative when ahead).
     pub lag_micros: i64,
     pub address: Option<String>,
 }
@@ -181,20 +251,11 @@ pub async fn go_online(
     client: &mut Client,
     modulus: u16,
     owner: uuid_like::Owner,
-    clock_micros: i64,
+    clock: Timestamp,
     address: &str,
     preferred: Option<i16>,
-) -> Result<(i16, i64), StoreError> {
-    go_online_checked(
-        client,
-        modulus,
-        owner,
-        clock_micros,
-        address,
-        preferred,
-        None,
-    )
-    .await
+) -> Result<InstanceClaim, StoreError> {
+    go_online_checked(client, modulus, owner, clock, address, preferred, None).await
 }
 
 /// [`go_online`] for a process that already committed: `committed` is the instance index
@@ -206,11 +267,11 @@ pub async fn go_online_checked(
     client: &mut Client,
     modulus: u16,
     owner: uuid_like::Owner,
-    clock_micros: i64,
+    clock: Timestamp,
     address: &str,
     preferred: Option<i16>,
-    committed: Option<(i16, i64)>,
-) -> Result<(i16, i64), StoreError> {
+    committed: Option<InstanceClaim>,
+) -> Result<InstanceClaim, StoreError> {
     // A previous writer connection of this process (same owner) can have died on our side
     // only: after a client-side connection loss the server keeps its backend, idle in
     // transaction with our instance row and ROW EXCLUSIVE on the table, until its TCP
@@ -239,11 +300,15 @@ pub async fn go_online_checked(
             &[&owner.0],
         )
         .await?;
-    if let Some((committed_index, committed_wm)) = committed {
+    if let Some(InstanceClaim {
+        index: committed_index,
+        watermark: committed_wm,
+    }) = committed
+    {
         let stored = rows
             .iter()
             .find(|row| row.get::<_, i16>(0) == committed_index)
-            .map(|row| row.get::<_, i64>(2));
+            .map(|row| row.get::<_, Timestamp>(2));
         if stored.is_none_or(|wm| wm < committed_wm) {
             return Err(StoreError::HistoryLost {
                 index: committed_index,
@@ -253,11 +318,11 @@ pub async fn go_online_checked(
         }
     }
     let mut busy = std::collections::HashSet::new();
-    let mut max_wm = 0i64;
+    let mut max_wm = Timestamp::EPOCH;
     for row in &rows {
         let idx: i16 = row.get(0);
         let online: bool = row.get(1);
-        let wm: i64 = row.get(2);
+        let wm: Timestamp = row.get(2);
         max_wm = max_wm.max(wm);
         // Our own rows (this process, before a recovery) are free to reclaim: the
         // new claim fences anything the old connection might still try to write.
@@ -279,7 +344,7 @@ pub async fn go_online_checked(
             free.get(pick).copied().unwrap_or(first)
         }
     };
-    let watermark = max_wm.max(clock_micros);
+    let watermark = max_wm.max(clock);
     // Release every other index this process held, so recoveries never leak online slots.
     tx.execute(
         "UPDATE seq_instances SET online = false WHERE owner = $1::text::uuid AND instance_index <> $2",
@@ -302,7 +367,7 @@ pub async fn go_online_checked(
     )
     .await?;
     tx.commit().await?;
-    Ok((index, watermark))
+    Ok(InstanceClaim { index, watermark })
 }
 
 /// Marks this instance offline (best effort, on shutdown) so peers stop waiting for it.
@@ -398,7 +463,7 @@ pub async fn commit_batch(
     owner: &uuid_like::Owner,
     events: &[NewEvent],
     registrations: &[NewRegistration],
-    watermark: i64,
+    watermark: Timestamp,
     domain_id: &str,
     faults: &FaultHooks,
 ) -> Result<BatchOutcome, StoreError> {
@@ -410,8 +475,8 @@ pub async fn commit_batch(
         // one global order and cannot deadlock.
         let senders: Vec<i32> = events.iter().map(|e| e.sender).collect();
         let ids: Vec<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
-        let tss: Vec<i64> = events.iter().map(|e| e.ts).collect();
-        let msts: Vec<i64> = events.iter().map(|e| e.max_sequencing_ts).collect();
+        let tss: Vec<Timestamp> = events.iter().map(|e| e.ts).collect();
+        let msts: Vec<Timestamp> = events.iter().map(|e| e.max_sequencing_ts).collect();
         for row in tx
             .query(&stmts.dedup, &[&senders, &ids, &tss, &msts])
             .await?
@@ -428,9 +493,11 @@ pub async fn commit_batch(
             let ds: Vec<i32> = dup.iter().map(|e| e.sender).collect();
             let di: Vec<&str> = dup.iter().map(|e| e.message_id.as_str()).collect();
             for row in tx.query(&stmts.dedup_lookup, &[&ds, &di]).await? {
-                outcome
-                    .duplicates
-                    .push(((row.get(0), row.get(1)), row.get(2)));
+                outcome.duplicates.push(SequencedBefore {
+                    sender: row.get(0),
+                    message_id: row.get(1),
+                    ts: row.get(2),
+                });
             }
         }
         let new: Vec<&NewEvent> = events
@@ -438,7 +505,7 @@ pub async fn commit_batch(
             .filter(|e| fresh.contains(&(e.sender, e.message_id.clone())))
             .collect();
         if !new.is_empty() {
-            let ts: Vec<i64> = new.iter().map(|e| e.ts).collect();
+            let ts: Vec<Timestamp> = new.iter().map(|e| e.ts).collect();
             let sender: Vec<i32> = new.iter().map(|e| e.sender).collect();
             let mid: Vec<&str> = new.iter().map(|e| e.message_id.as_str()).collect();
             let rec: Vec<String> = new
@@ -467,7 +534,7 @@ pub async fn commit_batch(
             // the transactions before it in this batch, in stream order. Only the domain
             // manager sends topology, one submission at a time, so every transaction
             // sequenced before this one has committed and is visible here.
-            let mut rows: Vec<(i64, usize, &crate::topology::TopologyRow)> = new
+            let mut rows: Vec<(Timestamp, usize, &crate::topology::TopologyRow)> = new
                 .iter()
                 .flat_map(|e| e.topology.iter().enumerate().map(|(i, r)| (e.ts, i, r)))
                 .collect();
@@ -481,7 +548,8 @@ pub async fn commit_batch(
             for (_, _, row) in rows {
                 let Some(effective_ts) = state
                     .as_mut()
-                    .and_then(|s| s.add(row.sequenced_ts, row.tx.clone()))
+                    .and_then(|s| s.add(row.sequenced_ts.as_micros(), row.tx.clone()))
+                    .map(Timestamp::from_micros)
                 else {
                     // A serial seen before (a replayed transaction under a new
                     // message id) is ignored, as every member ignores it.
@@ -513,8 +581,9 @@ pub async fn commit_batch(
     // opposite order would otherwise deadlock and lose both batches. Replies are
     // matched to `registrations` by position, so the results keep the caller's order.
     let mut order: Vec<usize> = (0..registrations.len()).collect();
-    order.sort_by(|&a, &b| registrations[a].member.cmp(&registrations[b].member));
-    let mut registered: Vec<Option<(String, i64)>> = vec![None; registrations.len()];
+    // By the member text, as the rows are keyed.
+    order.sort_by_cached_key(|&i| registrations[i].member.to_string());
+    let mut registered: Vec<Option<Registered>> = vec![None; registrations.len()];
     for &i in &order {
         let reg = &registrations[i];
         let row = tx
@@ -523,17 +592,20 @@ pub async fn commit_batch(
                  ON CONFLICT (member) DO UPDATE SET enabled = true,
                      public_key = coalesce(seq_members.public_key, EXCLUDED.public_key)
                  RETURNING id, registered_ts",
-                &[&reg.member, &reg.public_key, &reg.ts],
+                &[&reg.member.to_string(), &reg.public_key, &reg.ts],
             )
             .await?;
         let id: i32 = row.get(0);
-        let registered_ts: i64 = row.get(1);
+        let registered_ts: Timestamp = row.get(1);
         tx.execute(
             "INSERT INTO seq_checkpoints (member_id, counter, ts) VALUES ($1, -1, $2) ON CONFLICT DO NOTHING",
             &[&id, &registered_ts],
         )
         .await?;
-        registered[i] = Some((reg.member.clone(), registered_ts));
+        registered[i] = Some(Registered {
+            member: reg.member.clone(),
+            registered_ts,
+        });
     }
     outcome.registered.extend(registered.into_iter().flatten());
     if !registrations.is_empty() {
@@ -569,8 +641,8 @@ pub async fn commit_batch(
 pub async fn sequenced_before(
     client: &Client,
     stmts: &WriterStatements,
-    keys: &[(i32, String)],
-) -> Result<std::collections::HashMap<(i32, String), i64>, StoreError> {
+    keys: &[DedupKey],
+) -> Result<std::collections::HashMap<DedupKey, Timestamp>, StoreError> {
     let senders: Vec<i32> = keys.iter().map(|k| k.0).collect();
     let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
     Ok(client
@@ -587,7 +659,7 @@ pub async fn heartbeat(
     stmts: &WriterStatements,
     index: i16,
     owner: &uuid_like::Owner,
-    watermark: i64,
+    watermark: Timestamp,
 ) -> Result<(), StoreError> {
     let rows = client
         .query(&stmts.watermark, &[&watermark, &index, &owner.0, &"h"])
@@ -747,7 +819,7 @@ impl GenericClientExt for deadpool_postgres::Object {
 }
 
 /// Returns the safe watermark: readers may deliver every event at or below it.
-pub async fn safe_watermark(client: &impl GenericClient) -> Result<i64, StoreError> {
+pub async fn safe_watermark(client: &impl GenericClient) -> Result<Timestamp, StoreError> {
     let row = client
         .query_one(
             "SELECT coalesce(min(watermark_ts) FILTER (WHERE online), max(watermark_ts), 0)::bigint FROM seq_instances",
@@ -815,8 +887,8 @@ fn byte_budgeted(inner: &str, n: usize) -> String {
 /// once `max_bytes` is reached (at least one).
 pub async fn read_global(
     client: &impl GenericClient,
-    after: i64,
-    up_to: i64,
+    after: Timestamp,
+    up_to: Timestamp,
     limit: i64,
     max_bytes: i64,
 ) -> Result<EventPage, StoreError> {
@@ -852,12 +924,12 @@ const MEMBER_TS_UNION: &str =
 pub async fn member_timestamps(
     client: &impl GenericClient,
     member_id: i32,
-    registered_ts: i64,
-    after: i64,
-    up_to: i64,
+    registered_ts: Timestamp,
+    after: Timestamp,
+    up_to: Timestamp,
     limit: i64,
-    lower_bound: i64,
-) -> Result<Vec<i64>, StoreError> {
+    lower_bound: Timestamp,
+) -> Result<Vec<Timestamp>, StoreError> {
     let sql = format!("SELECT ts FROM ({MEMBER_TS_UNION}) u ORDER BY ts LIMIT $4");
     let rows = client
         .query(
@@ -881,11 +953,11 @@ pub async fn member_timestamps(
 pub async fn member_events(
     client: &impl GenericClient,
     member_id: i32,
-    registered_ts: i64,
-    after: i64,
-    up_to: i64,
+    registered_ts: Timestamp,
+    after: Timestamp,
+    up_to: Timestamp,
     limit: i64,
-    lower_bound: i64,
+    lower_bound: Timestamp,
     max_bytes: i64,
 ) -> Result<EventPage, StoreError> {
     let sql = byte_budgeted(
@@ -921,15 +993,18 @@ pub async fn member_events(
 pub async fn checkpoint_at_or_below(
     client: &impl GenericClient,
     member_id: i32,
-    ts: i64,
-) -> Result<Option<(i64, i64)>, StoreError> {
+    ts: Timestamp,
+) -> Result<Option<Checkpoint>, StoreError> {
     let row = client
         .query_opt(
             "SELECT counter, ts FROM seq_checkpoints WHERE member_id = $1 AND ts <= $2 ORDER BY counter DESC LIMIT 1",
             &[&member_id, &ts],
         )
         .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+    Ok(row.map(|r| Checkpoint {
+        counter: r.get(0),
+        ts: r.get(1),
+    }))
 }
 
 /// Returns the nearest checkpoint `(counter, ts)` strictly below `counter`.
@@ -937,14 +1012,17 @@ pub async fn checkpoint_below(
     client: &impl GenericClient,
     member_id: i32,
     counter: i64,
-) -> Result<Option<(i64, i64)>, StoreError> {
+) -> Result<Option<Checkpoint>, StoreError> {
     let row = client
         .query_opt(
             "SELECT counter, ts FROM seq_checkpoints WHERE member_id = $1 AND counter < $2 ORDER BY counter DESC LIMIT 1",
             &[&member_id, &counter],
         )
         .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+    Ok(row.map(|r| Checkpoint {
+        counter: r.get(0),
+        ts: r.get(1),
+    }))
 }
 
 /// Writes checkpoints at `up_to` (a safe watermark) for every member with at
@@ -952,7 +1030,7 @@ pub async fn checkpoint_below(
 /// instances may run it; an advisory lock keeps them from doing it at once.
 pub async fn write_checkpoints(
     client: &mut deadpool_postgres::Object,
-    up_to: i64,
+    up_to: Timestamp,
     min_new: i64,
 ) -> Result<u64, StoreError> {
     let tx = client.transaction().await?;
@@ -1064,10 +1142,8 @@ pub async fn disable_member(
     Ok(n > 0)
 }
 
-/// Every sequenced topology transaction: (sequenced_ts, effective_ts, signed).
-pub async fn load_topology(
-    client: &impl GenericClient,
-) -> Result<Vec<(i64, i64, Vec<u8>)>, StoreError> {
+/// Every sequenced topology transaction, in serial order.
+pub async fn load_topology(client: &impl GenericClient) -> Result<Vec<StoredTopology>, StoreError> {
     let rows = client
         .query(
             "SELECT sequenced_ts, effective_ts, signed FROM seq_topology ORDER BY serial",
@@ -1076,28 +1152,29 @@ pub async fn load_topology(
         .await?;
     Ok(rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| StoredTopology {
+            sequenced_ts: r.get(0),
+            effective_ts: r.get(1),
+            signed: r.get(2),
+        })
         .collect())
 }
 
 /// Applies every unapplied topology transaction effective at or before `now`
 /// to the member table, in (effective_ts, serial) order, and marks it applied.
-/// Returns what was applied (kind, member, effect) and the next due time.
+/// Returns what was applied and the next due time.
 pub async fn apply_due_topology(
     client: &mut deadpool_postgres::Object,
-    now: i64,
-) -> Result<
-    (
-        Vec<(&'static str, Option<String>, &'static str)>,
-        Option<i64>,
-    ),
-    StoreError,
-> {
+    now: Timestamp,
+) -> Result<TopologyPass, StoreError> {
     use crate::topology::{MemberEffect, member_effect};
     const NEXT_DUE: &str = "SELECT min(effective_ts) FROM seq_topology WHERE NOT applied";
-    let next: Option<i64> = client.query_one(NEXT_DUE, &[]).await?.get(0);
-    if next.is_none_or(|ts| ts > now) {
-        return Ok((Vec::new(), next));
+    let next_due: Option<Timestamp> = client.query_one(NEXT_DUE, &[]).await?.get(0);
+    if next_due.is_none_or(|ts| ts > now) {
+        return Ok(TopologyPass {
+            applied: Vec::new(),
+            next_due,
+        });
     }
     let tx = client.transaction().await?;
     // Instances take turns, so two never apply an enable and a later disable
@@ -1125,7 +1202,7 @@ pub async fn apply_due_topology(
     let mut applied = Vec::new();
     for r in &rows {
         let serial: i64 = r.get(0);
-        let effective_ts: i64 = r.get(1);
+        let effective_ts: Timestamp = r.get(1);
         let kind: String = r.get(2);
         let operation: String = r.get(3);
         let member: Option<String> = r.get(4);
@@ -1167,7 +1244,7 @@ pub async fn apply_due_topology(
                     )
                     .await?;
                 let id: i32 = row.get(0);
-                let registered_ts: i64 = row.get(1);
+                let registered_ts: Timestamp = row.get(1);
                 tx.execute(
                     "INSERT INTO seq_checkpoints (member_id, counter, ts) VALUES ($1, -1, $2) ON CONFLICT DO NOTHING",
                     &[&id, &registered_ts],
@@ -1205,11 +1282,15 @@ pub async fn apply_due_topology(
             "sequencer" => "sequencer",
             _ => "domain_parameters",
         };
-        applied.push((kind, member, label));
+        applied.push(AppliedTopology {
+            kind,
+            member,
+            effect: label,
+        });
     }
-    let next: Option<i64> = tx.query_one(NEXT_DUE, &[]).await?.get(0);
+    let next_due: Option<Timestamp> = tx.query_one(NEXT_DUE, &[]).await?.get(0);
     tx.commit().await?;
-    Ok((applied, next))
+    Ok(TopologyPass { applied, next_due })
 }
 
 pub async fn insert_nonce(
@@ -1218,7 +1299,7 @@ pub async fn insert_nonce(
     member: &str,
     public_key: &[u8],
     ttl: Duration,
-) -> Result<i64, StoreError> {
+) -> Result<Timestamp, StoreError> {
     let row = client
         .query_one(
             "INSERT INTO seq_nonces (nonce, member, public_key, expires_at)
@@ -1257,7 +1338,7 @@ pub async fn insert_token(
     token_hash: &[u8],
     member: &str,
     ttl: Duration,
-) -> Result<i64, StoreError> {
+) -> Result<Timestamp, StoreError> {
     let row = client
         .query_one(
             "INSERT INTO seq_tokens (token_hash, member, expires_at)
@@ -1269,11 +1350,11 @@ pub async fn insert_token(
     Ok(row.get(0))
 }
 
-/// Returns the member and expiry (micros) of a live token.
+/// Returns the member and expiry of a live token.
 pub async fn lookup_token(
     client: &impl GenericClient,
     token_hash: &[u8],
-) -> Result<Option<(String, i64)>, StoreError> {
+) -> Result<Option<TokenRow>, StoreError> {
     let row = client
         .query_opt(
             "SELECT member, (extract(epoch FROM expires_at) * 1000000)::bigint FROM seq_tokens
@@ -1281,15 +1362,18 @@ pub async fn lookup_token(
             &[&token_hash],
         )
         .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+    Ok(row.map(|r| TokenRow {
+        member: r.get(0),
+        expires_at: r.get(1),
+    }))
 }
 
 /// Moves a member's acknowledgement forward (never backwards); returns the stored value.
 pub async fn acknowledge(
     client: &impl GenericClient,
     member_id: i32,
-    ts: i64,
-) -> Result<i64, StoreError> {
+    ts: Timestamp,
+) -> Result<Timestamp, StoreError> {
     let row = client
         .query_opt(
             "UPDATE seq_members SET acknowledged_ts = greatest(coalesce(acknowledged_ts, 0), $2) WHERE id = $1
@@ -1297,14 +1381,16 @@ pub async fn acknowledge(
             &[&member_id, &ts],
         )
         .await?;
-    Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)).unwrap_or(ts))
+    Ok(row
+        .and_then(|r| r.get::<_, Option<Timestamp>>(0))
+        .unwrap_or(ts))
 }
 
 /// Whether the event at `ts` is still stored, or lies at or below the pruning bound (so
 /// its absence is pruning's doing). One statement, so one snapshot for both.
 pub async fn event_retained_or_pruned(
     client: &impl GenericClient,
-    ts: i64,
+    ts: Timestamp,
 ) -> Result<bool, StoreError> {
     Ok(client
         .query_one(
@@ -1316,7 +1402,7 @@ pub async fn event_retained_or_pruned(
         .get(0))
 }
 
-pub async fn lower_bound(client: &impl GenericClient) -> Result<i64, StoreError> {
+pub async fn lower_bound(client: &impl GenericClient) -> Result<Timestamp, StoreError> {
     Ok(client
         .query_one("SELECT ts FROM seq_lower_bound", &[])
         .await?

@@ -12,6 +12,7 @@ use domain_proto::sequencer::v1::{DeliveredEnvelope, SequencedEvent, SubscribeRe
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use domain_time::Timestamp;
 use prost::Message as _;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -182,10 +183,10 @@ const STATUS_SEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(5)
 struct Cursor {
     /// Counter of the last event counted (delivered or skipped); -1 before the first.
     counter: i64,
-    /// Timestamp of that event (0 before the first).
-    prev_ts: i64,
+    /// Timestamp of that event (the epoch before the first).
+    prev_ts: Timestamp,
     /// Everything at or below this timestamp has been processed.
-    position: i64,
+    position: Timestamp,
 }
 
 /// Streams the member's events from `from_counter` into `out` until the client
@@ -324,7 +325,7 @@ async fn catch_up(
     ctx: &mut SubscriptionContext,
     member: &MemberRow,
     from_counter: i64,
-    up_to: i64,
+    up_to: Timestamp,
     out: &Outbox,
 ) -> Result<Cursor, SequencerError> {
     let mut cursor = None;
@@ -365,7 +366,7 @@ async fn read_page(
     ctx: &SubscriptionContext,
     member: &MemberRow,
     from_counter: i64,
-    up_to: i64,
+    up_to: Timestamp,
     cursor: &mut Option<Cursor>,
 ) -> Result<store::EventPage, SequencerError> {
     let db = |e: tokio_postgres::Error| SequencerError::Database(e.to_string());
@@ -394,7 +395,10 @@ async fn read_page(
     };
     match cursor {
         None => {
-            if let Some((pruned_through, _)) = pruned
+            if let Some(store::Checkpoint {
+                counter: pruned_through,
+                ..
+            }) = pruned
                 && from_counter <= pruned_through
             {
                 return Err(SequencerError::EventsPruned {
@@ -402,12 +406,22 @@ async fn read_page(
                     oldest: pruned_through + 1,
                 });
             }
-            let (cp_counter, cp_ts) = store::checkpoint_below(&*client, member.id, from_counter)
+            let store::Checkpoint {
+                counter: cp_counter,
+                ts: cp_ts,
+            } = store::checkpoint_below(&*client, member.id, from_counter)
                 .await?
-                .unwrap_or((-1, member.registered_ts));
+                .unwrap_or(store::Checkpoint {
+                    counter: -1,
+                    ts: member.registered_ts,
+                });
             let mut c = Cursor {
                 counter: cp_counter,
-                prev_ts: if cp_counter >= 0 { cp_ts } else { 0 },
+                prev_ts: if cp_counter >= 0 {
+                    cp_ts
+                } else {
+                    Timestamp::EPOCH
+                },
                 position: cp_ts,
             };
             // Skip phase: count timestamps only, from the checkpoint to the requested
@@ -444,7 +458,10 @@ async fn read_page(
             *cursor = Some(c);
         }
         Some(c) => {
-            if let Some((pruned_through, cp_ts)) = pruned
+            if let Some(store::Checkpoint {
+                counter: pruned_through,
+                ts: cp_ts,
+            }) = pruned
                 && pruned_through > c.counter
             {
                 // Pruning moved past the cursor since the previous page.
@@ -492,7 +509,7 @@ async fn ahead_of_history(
     member: &MemberRow,
     from_counter: i64,
     c: &Cursor,
-    lower: i64,
+    lower: Timestamp,
 ) -> Result<(), SequencerError> {
     let safe = store::safe_watermark(client).await?;
     let mut counted = c.counter;
@@ -563,7 +580,7 @@ pub fn to_member_event(
     event: &GlobalEvent,
     member: &MemberRow,
     counter: i64,
-    prev_ts: i64,
+    prev_ts: Timestamp,
     fingerprint: &str,
 ) -> SequencedEvent {
     let envelopes = event
@@ -578,8 +595,8 @@ pub fn to_member_event(
         .collect();
     SequencedEvent {
         counter,
-        timestamp_micros: event.ts,
-        previous_timestamp_micros: prev_ts,
+        timestamp_micros: event.ts.as_micros(),
+        previous_timestamp_micros: prev_ts.as_micros(),
         content: event.content.clone(),
         signature: Some(ProtoSignature {
             signature: event.signature.clone(),
@@ -644,7 +661,7 @@ mod tests {
             member: format!("PAR::m{id}::1220aa"),
             public_key: None,
             enabled: true,
-            registered_ts: 0,
+            registered_ts: Timestamp::EPOCH,
             acknowledged_ts: None,
         }
     }

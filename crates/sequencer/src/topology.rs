@@ -10,6 +10,7 @@ use domain_identity::{DomainId, MemberRole, PublicKey};
 use domain_proto::confirmation::v1 as confirmation_pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_proto::topology::v1 as pb;
+use domain_time::Timestamp;
 use domain_topology::{Mapping, Operation, SequencedTopology, TopologyState, TopologyTransaction};
 use prost::Message as _;
 use tokio::sync::Notify;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::SequencerError;
 use crate::metrics as m;
 use crate::store::{self, StoreError};
-use crate::timestamp::clock_micros;
+use crate::timestamp::clock;
 
 /// A verified topology transaction travelling with its submission to the writer.
 #[derive(Debug, Clone)]
@@ -34,7 +35,7 @@ pub struct PendingTopology {
 #[derive(Debug, Clone)]
 pub struct TopologyRow {
     pub serial: i64,
-    pub sequenced_ts: i64,
+    pub sequenced_ts: Timestamp,
     pub tx: TopologyTransaction,
     pub kind: &'static str,
     pub operation: &'static str,
@@ -44,7 +45,7 @@ pub struct TopologyRow {
 }
 
 impl TopologyRow {
-    pub fn new(p: &PendingTopology, sequenced_ts: i64) -> Self {
+    pub fn new(p: &PendingTopology, sequenced_ts: Timestamp) -> Self {
         let permission = match &p.tx.mapping {
             Mapping::Participant { permission, .. } => Some(permission.as_str()),
             _ => None,
@@ -120,19 +121,27 @@ pub async fn load_state(
     domain_id: &str,
 ) -> Result<TopologyState, StoreError> {
     let mut state = TopologyState::new();
-    for (sequenced_ts, effective_ts, signed) in store::load_topology(client).await? {
+    for store::StoredTopology {
+        sequenced_ts,
+        effective_ts,
+        signed,
+    } in store::load_topology(client).await?
+    {
         // Verified before it was sequenced; decode without re-verifying.
         let decoded = pb::SignedTopologyTransaction::decode(signed.as_slice())
             .ok()
             .and_then(|s| pb::TopologyTransaction::decode(s.transaction.as_slice()).ok())
             .and_then(|t| TopologyTransaction::from_proto(&t, domain_id).ok());
         let Some(tx) = decoded else {
-            tracing::error!(sequenced_ts, "stored topology transaction does not decode");
+            tracing::error!(
+                sequenced_ts = sequenced_ts.as_micros(),
+                "stored topology transaction does not decode"
+            );
             continue;
         };
         state.insert(SequencedTopology {
-            sequenced_ts,
-            effective_ts,
+            sequenced_ts: sequenced_ts.as_micros(),
+            effective_ts: effective_ts.as_micros(),
             tx,
         });
     }
@@ -189,7 +198,7 @@ impl TopologyCache {
             self.state
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .parameters_at(clock_micros())
+                .parameters_at(clock().as_micros())
                 .max_request_size,
         )
     }
@@ -208,12 +217,13 @@ impl TopologyCache {
 pub async fn run_applier(
     pool: deadpool_postgres::Pool,
     cache: Arc<TopologyCache>,
-    domain_id: String,
+    domain_id: DomainId,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     // Without notifications (listen connection down) changes are still seen.
     const FALLBACK_POLL: Duration = Duration::from_millis(500);
+    let domain_id = domain_id.to_string();
     loop {
         let next_due = match pool.get().await {
             Ok(client) => {
@@ -223,11 +233,14 @@ pub async fn run_applier(
                 metrics::gauge!(m::TOPOLOGY_TRANSACTIONS).set(cache.transaction_count() as f64);
                 drop(client);
                 match pool.get().await {
-                    Ok(mut client) => match store::apply_due_topology(&mut client, clock_micros())
-                        .await
-                    {
-                        Ok((applied, next)) => {
-                            for (kind, member, effect) in applied {
+                    Ok(mut client) => match store::apply_due_topology(&mut client, clock()).await {
+                        Ok(store::TopologyPass { applied, next_due }) => {
+                            for store::AppliedTopology {
+                                kind,
+                                member,
+                                effect,
+                            } in applied
+                            {
                                 metrics::counter!(m::TOPOLOGY_APPLIED, "kind" => kind).increment(1);
                                 tracing::info!(
                                     kind,
@@ -236,7 +249,7 @@ pub async fn run_applier(
                                     "topology change applied"
                                 );
                             }
-                            next
+                            next_due
                         }
                         Err(error) => {
                             tracing::warn!(%error, "cannot apply topology");
@@ -255,10 +268,10 @@ pub async fn run_applier(
             }
         };
         let sleep = match next_due {
-            Some(ts) => {
-                let wait = ts.saturating_sub(clock_micros()).max(0);
-                Duration::from_micros(u64::try_from(wait).unwrap_or(0)).min(FALLBACK_POLL)
-            }
+            Some(ts) => ts
+                .duration_since(clock())
+                .unwrap_or_default()
+                .min(FALLBACK_POLL),
             None => FALLBACK_POLL,
         };
         tokio::select! {

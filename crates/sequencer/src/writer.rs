@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use domain_backoff::{Backoff, BackoffConfig};
-use domain_identity::{SignaturePurpose, SigningKeyPair};
+use domain_identity::{DomainId, MemberId, SignaturePurpose, SigningKeyPair};
 use domain_proto::sequencer::v1::SignedEventContent;
+use domain_time::Timestamp;
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -17,9 +18,10 @@ use crate::error::SequencerError;
 use crate::metrics as m;
 use crate::overload::{QueueBudget, QueueCharge, SUBMISSION_OVERHEAD, ShedReason};
 use crate::store::{
-    self, FaultHooks, NewEvent, NewRegistration, StoreError, WriterStatements, uuid_like::Owner,
+    self, DedupKey, FaultHooks, InstanceClaim, NewEvent, NewRegistration, StoreError,
+    WriterStatements, uuid_like::Owner,
 };
-use crate::timestamp::{PartitionedTimestampGenerator, clock_micros};
+use crate::timestamp::{PartitionedTimestampGenerator, clock};
 use crate::topology::{PendingTopology, TopologyRow};
 
 /// A validated submission waiting to be sequenced.
@@ -32,10 +34,10 @@ pub struct Submission {
     pub submission: Vec<u8>,
     pub envelope_hashes: Vec<Vec<u8>>,
     pub time_proof: bool,
-    pub max_sequencing_ts: i64,
+    pub max_sequencing_ts: Timestamp,
     /// Exclusive lower bound of the event's timestamp: the highest `registered_ts` of
     /// the sender and the named recipients (a member's stream starts strictly after it).
-    pub not_before_ts: i64,
+    pub not_before_ts: Timestamp,
     /// The sender's validated `traceparent` (see [`crate::service::accepted_trace_context`]).
     pub trace_context: Option<String>,
     /// Verified topology transactions (domain manager submissions only).
@@ -71,16 +73,16 @@ impl WriteCommand {
 /// Result of a successful send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendOutcome {
-    pub ts: i64,
+    pub ts: Timestamp,
     pub deduplicated: bool,
 }
 
 pub enum WriteCommand {
     Submit(Submission),
     Register {
-        member: String,
+        member: MemberId,
         public_key: Option<Vec<u8>>,
-        reply: oneshot::Sender<Result<i64, SequencerError>>,
+        reply: oneshot::Sender<Result<Timestamp, SequencerError>>,
     },
 }
 
@@ -89,7 +91,7 @@ pub enum WriteCommand {
 pub struct WriterState {
     pub online: bool,
     pub index: Option<i16>,
-    pub watermark: i64,
+    pub watermark: Timestamp,
 }
 
 #[derive(Debug, Clone)]
@@ -158,9 +160,9 @@ impl WriterHandle {
     /// make an operator or a new participant start over.
     pub async fn register(
         &self,
-        member: String,
+        member: MemberId,
         public_key: Option<Vec<u8>>,
-    ) -> Result<i64, SequencerError> {
+    ) -> Result<Timestamp, SequencerError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(WriteCommand::Register {
@@ -178,16 +180,16 @@ impl WriterHandle {
 pub struct Writer {
     pub settings: WriterSettings,
     pub db: domain_storage::DatabaseConfig,
-    pub domain_id: String,
+    pub domain: DomainId,
     pub key: Arc<SigningKeyPair>,
     /// Highest watermark another instance announced with an event batch.
-    pub peer_event_watermark: watch::Receiver<i64>,
+    pub peer_event_watermark: watch::Receiver<Timestamp>,
     pub last_db_success: Arc<std::sync::atomic::AtomicI64>,
     /// Where a database that went back in time is reported.
     pub history: Arc<crate::history_guard::HistoryGuard>,
     /// Instance index and watermark of the last commit the database acknowledged to this
     /// process (claim, heartbeat or batch): checked when coming back online.
-    pub committed: Option<(i16, i64)>,
+    pub committed: Option<InstanceClaim>,
 }
 
 pub fn channel(
@@ -269,21 +271,29 @@ impl Writer {
             .map_err(|e| StoreError::Connect(e.to_string()))?;
         let _abort_conn = AbortOnDrop(conn_task);
         let stmts = WriterStatements::prepare(&client).await?;
-        let (index, floor) = store::go_online_checked(
+        let claim = store::go_online_checked(
             &mut client,
             self.settings.modulus,
             owner.clone(),
-            clock_micros(),
+            clock(),
             &self.settings.address,
             *preferred,
             self.committed,
         )
         .await?;
-        self.committed = Some((index, floor));
+        self.committed = Some(claim);
+        let InstanceClaim {
+            index,
+            watermark: floor,
+        } = claim;
         *preferred = Some(index);
         let mut generator =
             PartitionedTimestampGenerator::new(index as u16, self.settings.modulus, floor);
-        tracing::info!(instance = index, watermark = floor, "writer online");
+        tracing::info!(
+            instance = index,
+            watermark = floor.as_micros(),
+            "writer online"
+        );
         self.mark_db_success();
         state.send_replace(WriterState {
             online: true,
@@ -332,14 +342,14 @@ impl Writer {
                     // Readers wait for min(watermarks): overtake a peer's event batch at
                     // once instead of at the next keep-alive.
                     if peer >= generator.last() {
-                        let wm = generator.next_above(clock_micros(), peer);
+                        let wm = generator.next_above(clock(), peer);
                         self.heartbeat(&client, &stmts, index, owner, wm, state).await?;
                         last_write = Instant::now();
                     }
                 }
                 _ = keepalive.tick() => {
                     if last_write.elapsed() >= self.settings.keepalive {
-                        let wm = generator.next(clock_micros());
+                        let wm = generator.next(clock());
                         self.heartbeat(&client, &stmts, index, owner, wm, state).await?;
                         last_write = Instant::now();
                     }
@@ -354,7 +364,7 @@ impl Writer {
         stmts: &WriterStatements,
         index: i16,
         owner: &Owner,
-        wm: i64,
+        wm: Timestamp,
         state: &watch::Sender<WriterState>,
     ) -> Result<(), StoreError> {
         match tokio::time::timeout(
@@ -365,7 +375,10 @@ impl Writer {
         {
             Ok(Ok(())) => {
                 self.mark_db_success();
-                self.committed = Some((index, wm));
+                self.committed = Some(InstanceClaim {
+                    index,
+                    watermark: wm,
+                });
                 state.send_modify(|s| s.watermark = wm);
                 Ok(())
             }
@@ -385,19 +398,21 @@ impl Writer {
         batch: Vec<WriteCommand>,
         state: &watch::Sender<WriterState>,
     ) -> Result<(), StoreError> {
-        let now = clock_micros();
+        let now = clock();
         let peer = *self.peer_event_watermark.borrow();
+        let domain_id = self.domain.to_string();
         let mut events: Vec<NewEvent> = Vec::with_capacity(batch.len());
-        let mut pending: Vec<(Submission, i64)> = Vec::with_capacity(batch.len());
+        // `None`: the same (sender, message id) came earlier in this batch.
+        let mut pending: Vec<(Submission, Option<Timestamp>)> = Vec::with_capacity(batch.len());
         let mut registrations = Vec::new();
         let mut reg_replies = Vec::new();
         let mut seen = std::collections::HashMap::new();
-        let mut expired: Vec<(Submission, i64)> = Vec::new();
+        let mut expired: Vec<(Submission, Timestamp)> = Vec::new();
         let mut first = true;
         for cmd in batch {
             let floor = match &cmd {
                 WriteCommand::Submit(sub) => sub.not_before_ts,
-                WriteCommand::Register { .. } => i64::MIN,
+                WriteCommand::Register { .. } => Timestamp::from_micros(i64::MIN),
             };
             // The first timestamp overtakes the peers' event batches (readers wait for
             // min(watermarks)); every event lies above its members' registrations.
@@ -426,13 +441,13 @@ impl Writer {
                     let key = (sub.sender_id, sub.message_id.clone());
                     if seen.contains_key(&key) {
                         // Same (sender, message id) twice in one batch: the second is a retry.
-                        pending.push((sub, i64::MIN));
+                        pending.push((sub, None));
                         continue;
                     }
                     seen.insert(key, ts);
                     let content = SignedEventContent {
-                        domain_id: self.domain_id.clone(),
-                        timestamp_micros: ts,
+                        domain_id: domain_id.clone(),
+                        timestamp_micros: ts.as_micros(),
                         sender: sub.sender.clone(),
                         message_id_hash: Sha256::digest(sub.message_id.as_bytes()).to_vec(),
                         envelope_hashes: sub.envelope_hashes.clone(),
@@ -443,7 +458,7 @@ impl Writer {
                         .key
                         .sign_with_domain_str(
                             SignaturePurpose::SequencedEvent,
-                            &self.domain_id,
+                            &domain_id,
                             &content,
                         )
                         .map_err(|e| StoreError::Internal(format!("cannot sign event: {e}")))?;
@@ -467,7 +482,7 @@ impl Writer {
                             .map(|p| TopologyRow::new(p, ts))
                             .collect(),
                     });
-                    pending.push((sub, ts));
+                    pending.push((sub, Some(ts)));
                 }
             }
         }
@@ -487,7 +502,7 @@ impl Writer {
                 &events,
                 &registrations,
                 watermark,
-                &self.domain_id,
+                &domain_id,
                 &self.settings.faults,
             ),
         )
@@ -497,10 +512,13 @@ impl Writer {
         let ret = match result {
             Ok(outcome) => {
                 self.mark_db_success();
-                self.committed = Some((index, watermark));
+                self.committed = Some(InstanceClaim { index, watermark });
                 state.send_modify(|s| s.watermark = watermark);
-                let dups: std::collections::HashMap<(i32, String), i64> =
-                    outcome.duplicates.into_iter().collect();
+                let dups: std::collections::HashMap<DedupKey, Timestamp> = outcome
+                    .duplicates
+                    .into_iter()
+                    .map(|d| ((d.sender, d.message_id), d.ts))
+                    .collect();
                 for (sub, ts) in pending {
                     let key = (sub.sender_id, sub.message_id.clone());
                     let result = if let Some(orig) = dups.get(&key) {
@@ -508,18 +526,18 @@ impl Writer {
                             ts: *orig,
                             deduplicated: true,
                         }
-                    } else if ts == i64::MIN {
+                    } else if let Some(ts) = ts {
+                        SendOutcome {
+                            ts,
+                            deduplicated: false,
+                        }
+                    } else {
                         match dups.get(&key).copied().or_else(|| seen.get(&key).copied()) {
                             Some(orig) => SendOutcome {
                                 ts: orig,
                                 deduplicated: true,
                             },
                             None => continue,
-                        }
-                    } else {
-                        SendOutcome {
-                            ts,
-                            deduplicated: false,
                         }
                     };
                     let outcome = if result.deduplicated {
@@ -532,8 +550,8 @@ impl Writer {
                         .record(sub.enqueued.elapsed().as_secs_f64());
                     let _ = sub.reply.send(Ok(result));
                 }
-                for ((_, ts), reply) in outcome.registered.into_iter().zip(reg_replies) {
-                    let _ = reply.send(Ok(ts));
+                for (registered, reply) in outcome.registered.into_iter().zip(reg_replies) {
+                    let _ = reply.send(Ok(registered.registered_ts));
                 }
                 Ok(())
             }
@@ -585,9 +603,9 @@ impl Writer {
         &self,
         client: &tokio_postgres::Client,
         stmts: &WriterStatements,
-        expired: Vec<(Submission, i64)>,
+        expired: Vec<(Submission, Timestamp)>,
     ) {
-        let keys: Vec<(i32, String)> = expired
+        let keys: Vec<DedupKey> = expired
             .iter()
             .map(|(s, _)| (s.sender_id, s.message_id.clone()))
             .collect();
@@ -626,7 +644,7 @@ impl Writer {
 
     fn mark_db_success(&self) {
         self.last_db_success
-            .store(clock_micros(), std::sync::atomic::Ordering::Relaxed);
+            .store(clock().as_micros(), std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -764,8 +782,8 @@ mod tests {
             submission: vec![0; bytes],
             envelope_hashes: Vec::new(),
             time_proof: false,
-            max_sequencing_ts: i64::MAX,
-            not_before_ts: 0,
+            max_sequencing_ts: Timestamp::MAX,
+            not_before_ts: Timestamp::EPOCH,
             trace_context: None,
             topology: Vec::new(),
             reply,

@@ -8,8 +8,9 @@
 
 use std::time::Duration;
 
-use crate::store::{self, StoreError, uuid_like::Owner};
+use crate::store::{self, InstanceClaim, StoreError, uuid_like::Owner};
 use domain_storage::DatabaseConfig;
+use domain_time::Timestamp;
 
 use super::migrated;
 
@@ -33,7 +34,7 @@ async fn online(cfg: &DatabaseConfig) -> Vec<(i16, bool)> {
 async fn dead_writer_connection_marks_peer_offline_at_once() {
     let cfg = migrated("peer_offline").await;
     let pool = domain_storage::hot_pool(&cfg).expect("pool");
-    let now = domain_time::now_micros;
+    let now = Timestamp::now;
 
     // Three "instances", each brought online on its own writer connection.
     let mut writers = Vec::new();
@@ -41,9 +42,10 @@ async fn dead_writer_connection_marks_peer_offline_at_once() {
         let (mut client, task) = domain_storage::dedicated_connection(&cfg)
             .await
             .expect("connect");
-        let (index, _) = store::go_online(&mut client, 32, Owner::random(), now(), "x", Some(i))
-            .await
-            .expect("online");
+        let InstanceClaim { index, .. } =
+            store::go_online(&mut client, 32, Owner::random(), now(), "x", Some(i))
+                .await
+                .expect("online");
         assert_eq!(index, i);
         writers.push((client, task));
     }
@@ -117,8 +119,12 @@ async fn dead_writer_connection_marks_peer_offline_at_once() {
     drop(writers);
 }
 
-fn micros() -> i64 {
-    domain_time::now_micros()
+fn micros() -> Timestamp {
+    Timestamp::now()
+}
+
+fn claim(index: i16, watermark: Timestamp) -> Option<InstanceClaim> {
+    Some(InstanceClaim { index, watermark })
 }
 
 #[tokio::test]
@@ -128,21 +134,27 @@ async fn writer_detects_a_watermark_below_its_last_commit() {
         .await
         .expect("connect");
     let owner = Owner::random();
-    let (index, floor) = store::go_online(&mut client, 32, owner.clone(), micros(), "x", Some(3))
+    let InstanceClaim {
+        index,
+        watermark: floor,
+    } = store::go_online(&mut client, 32, owner.clone(), micros(), "x", Some(3))
         .await
         .expect("online");
     assert_eq!(index, 3);
 
     // Coming back after a connection loss, with what the database acknowledged: fine, and
     // the claim keeps the watermark at or above it.
-    let (again, floor2) = store::go_online_checked(
+    let InstanceClaim {
+        index: again,
+        watermark: floor2,
+    } = store::go_online_checked(
         &mut client,
         32,
         owner.clone(),
         micros(),
         "x",
         Some(3),
-        Some((index, floor)),
+        claim(index, floor),
     )
     .await
     .expect("same history");
@@ -161,7 +173,10 @@ async fn writer_detects_a_watermark_below_its_last_commit() {
         )
         .await
         .expect("mark offline");
-    let (taken, floor3) = store::go_online(&mut other, 32, Owner::random(), micros(), "y", Some(3))
+    let InstanceClaim {
+        index: taken,
+        watermark: floor3,
+    } = store::go_online(&mut other, 32, Owner::random(), micros(), "y", Some(3))
         .await
         .expect("takeover");
     assert_eq!(taken, 3);
@@ -172,7 +187,7 @@ async fn writer_detects_a_watermark_below_its_last_commit() {
         micros(),
         "x",
         None,
-        Some((3, floor2)),
+        claim(3, floor2),
     )
     .await
     .expect("a takeover is not a loss");
@@ -185,12 +200,12 @@ async fn writer_detects_a_watermark_below_its_last_commit() {
         micros(),
         "x",
         Some(3),
-        Some((3, floor3 + 1_000_000)),
+        claim(3, floor3 + Duration::from_secs(1)),
     )
     .await
     .expect_err("watermark went back");
     assert!(
-        matches!(err, StoreError::HistoryLost { index: 3, stored: Some(s), .. } if s < floor3 + 1_000_000),
+        matches!(err, StoreError::HistoryLost { index: 3, stored: Some(s), .. } if s < floor3 + Duration::from_secs(1)),
         "{err}"
     );
     assert!(
@@ -199,9 +214,17 @@ async fn writer_detects_a_watermark_below_its_last_commit() {
     );
     // The row of the last commit is gone altogether (a restored backup older than the
     // instance): also a loss.
-    let err = store::go_online_checked(&mut client, 32, owner, micros(), "x", None, Some((17, 1)))
-        .await
-        .expect_err("row missing");
+    let err = store::go_online_checked(
+        &mut client,
+        32,
+        owner,
+        micros(),
+        "x",
+        None,
+        claim(17, Timestamp::from_micros(1)),
+    )
+    .await
+    .expect_err("row missing");
     assert!(
         matches!(
             err,

@@ -4,6 +4,7 @@
 //! progress with events larger than the budget), and say whether they stopped at a limit.
 
 use crate::store;
+use domain_time::Timestamp;
 
 use super::migrated;
 
@@ -45,7 +46,11 @@ async fn setup(prefix: &str) -> (deadpool_postgres::Pool, i32) {
 }
 
 fn timestamps(page: &store::EventPage) -> Vec<i64> {
-    page.events.iter().map(|e| e.ts).collect()
+    page.events.iter().map(|e| e.ts.as_micros()).collect()
+}
+
+fn ts(micros: i64) -> Timestamp {
+    Timestamp::from_micros(micros)
 }
 
 #[tokio::test]
@@ -63,12 +68,21 @@ async fn read_pages_are_bounded_in_bytes_item_3() {
         (100 * size, EVENTS), // everything, and the page says so
     ];
     for (budget, want) in cases {
-        let global = store::read_global(&**client, 0, EVENTS, 1000, budget)
+        let global = store::read_global(&**client, ts(0), ts(EVENTS), 1000, budget)
             .await
             .expect("read_global");
-        let mine = store::member_events(&**client, member, 0, 0, EVENTS, 1000, 0, budget)
-            .await
-            .expect("member_events");
+        let mine = store::member_events(
+            &**client,
+            member,
+            ts(0),
+            ts(0),
+            ts(EVENTS),
+            1000,
+            ts(0),
+            budget,
+        )
+        .await
+        .expect("member_events");
         for (what, page) in [("shared reader", &global), ("catch-up", &mine)] {
             assert_eq!(
                 timestamps(page),
@@ -88,20 +102,38 @@ async fn read_pages_are_bounded_in_bytes_item_3() {
         }
     }
     // The row limit still applies, and a page that hit it says so.
-    let page = store::read_global(&**client, 3, EVENTS, 2, i64::MAX)
+    let page = store::read_global(&**client, ts(3), ts(EVENTS), 2, i64::MAX)
         .await
         .expect("read_global");
     assert_eq!(timestamps(&page), vec![4, 5]);
     assert!(page.truncated);
     // A page that ends exactly at the range's last event within the limits is complete.
-    let page = store::member_events(&**client, member, 0, 8, EVENTS, 1000, 0, 2 * size)
-        .await
-        .expect("member_events");
+    let page = store::member_events(
+        &**client,
+        member,
+        ts(0),
+        ts(8),
+        ts(EVENTS),
+        1000,
+        ts(0),
+        2 * size,
+    )
+    .await
+    .expect("member_events");
     assert_eq!(timestamps(&page), vec![9, 10]);
     assert!(page.truncated, "the budget was reached, so more may follow");
-    let page = store::member_events(&**client, member, 0, 8, EVENTS, 1000, 0, 3 * size)
-        .await
-        .expect("member_events");
+    let page = store::member_events(
+        &**client,
+        member,
+        ts(0),
+        ts(8),
+        ts(EVENTS),
+        1000,
+        ts(0),
+        3 * size,
+    )
+    .await
+    .expect("member_events");
     assert_eq!(timestamps(&page), vec![9, 10]);
     assert!(!page.truncated, "below both limits: the range is read");
 }

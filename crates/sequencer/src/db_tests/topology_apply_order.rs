@@ -5,7 +5,8 @@
 //! under the old 10 s delay can become effective *after* a later enable sequenced under
 //! the new 0 s delay.
 
-use crate::store;
+use crate::store::{self, AppliedTopology, TopologyPass};
+use domain_time::Timestamp;
 
 use super::migrated;
 
@@ -28,6 +29,10 @@ async fn insert(
         .expect("insert topology row");
 }
 
+fn ts(micros: i64) -> Timestamp {
+    Timestamp::from_micros(micros)
+}
+
 async fn enabled(client: &deadpool_postgres::Object) -> Option<bool> {
     client
         .query_opt("SELECT enabled FROM seq_members WHERE member = $1", &[&P])
@@ -45,15 +50,27 @@ async fn topology_apply_order_follows_the_highest_effective_serial() {
     // disables P at sequenced 1 s → effective 11 s; serial 7 enables P at sequenced 10.5 s
     // under the new delay → effective 10.5 s.
     insert(&client, 5, 40, 50, "submission").await;
-    store::apply_due_topology(&mut client, 60)
+    let pass = store::apply_due_topology(&mut client, ts(60))
         .await
         .expect("apply");
+    assert_eq!(
+        pass,
+        TopologyPass {
+            applied: vec![AppliedTopology {
+                kind: "participant_state",
+                member: Some(P.to_owned()),
+                effect: "enabled",
+            }],
+            next_due: None,
+        },
+        "what one pass applied, read back as typed values"
+    );
     assert_eq!(enabled(&client).await, Some(true), "allowlisted");
     insert(&client, 6, 1_000_000, 11_000_000, "disabled").await;
     insert(&client, 7, 10_500_000, 10_500_000, "submission").await;
 
     // Both due in one round.
-    store::apply_due_topology(&mut client, 12_000_000)
+    store::apply_due_topology(&mut client, ts(12_000_000))
         .await
         .expect("apply");
     assert_eq!(
@@ -69,13 +86,27 @@ async fn topology_apply_order_follows_the_highest_effective_serial() {
     insert(&client2, 5, 40, 50, "submission").await;
     insert(&client2, 6, 1_000_000, 11_000_000, "disabled").await;
     insert(&client2, 7, 10_500_000, 10_500_000, "submission").await;
-    store::apply_due_topology(&mut client2, 10_600_000)
+    let pass = store::apply_due_topology(&mut client2, ts(10_600_000))
         .await
         .expect("apply");
+    assert_eq!(
+        pass.next_due,
+        Some(ts(11_000_000)),
+        "serial 6 is due next, at its effective time"
+    );
+    assert_eq!(
+        pass.applied.iter().map(|a| a.effect).collect::<Vec<_>>(),
+        ["superseded", "enabled"],
+        "serial 5 is superseded by serial 7, which enables"
+    );
     assert_eq!(enabled(&client2).await, Some(true));
-    store::apply_due_topology(&mut client2, 12_000_000)
+    let pass = store::apply_due_topology(&mut client2, ts(12_000_000))
         .await
         .expect("apply");
+    assert_eq!(
+        pass.applied.iter().map(|a| a.effect).collect::<Vec<_>>(),
+        ["superseded"]
+    );
     assert_eq!(
         enabled(&client2).await,
         Some(true),
