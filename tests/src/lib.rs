@@ -1,8 +1,10 @@
 //! Shared helpers of the end-to-end tests (tests/tests/*.rs): connecting
-//! members to a [`domain_testkit::cluster::SequencerCluster`].
+//! members to a [`domain_localnet::sequencers::SequencerCluster`].
 
 pub mod checks;
 pub mod history;
+pub mod mediator;
+pub mod participant;
 pub mod proxy;
 pub mod topology;
 
@@ -12,11 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use domain_identity::{MemberId, SigningKeyPair};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_sequencer_client::{
     ClientOptions, ClientTlsFiles, DomainClient, DomainPins, DomainTls, MemberIdentity,
     SequencerConnection,
 };
-use domain_testkit::cluster::SequencerCluster;
 
 /// Connects and authenticates `member` to instance `i` of the cluster.
 pub async fn connect(

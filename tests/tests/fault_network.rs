@@ -36,10 +36,10 @@ use domain_e2e::history::{
 };
 use domain_e2e::{checks::keep_logs_on_error, cluster_pins, connect, envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
+use domain_localnet::sequencers::{Placement, SequencerCluster};
 use domain_sequencer_client::{
     ClientOptions, ClientTlsFiles, DomainClient, DomainTls, MemberIdentity, SequencerConnection,
 };
-use domain_testkit::cluster::{Placement, SequencerCluster};
 use domain_testkit::netns::{Direction, Flow, Impairment, NetHost};
 use domain_testkit::pg::{ClusterOptions, PgCluster, TestDatabase};
 use domain_testkit::process::TestLogs;
@@ -598,7 +598,7 @@ async fn client_partition(name: &str, phases: &[Direction]) -> anyhow::Result<()
         let s = Scenario::start(logs, 3, 3).await?;
         let cut = 1;
         let host = &s.domain.hosts[cut];
-        let port = s.domain.cluster.nodes[cut].public_port;
+        let port = s.domain.cluster.nodes[cut].listeners.public;
         let direct = connect(&s.domain.cluster, cut, &s.members[0]).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         for direction in phases {
@@ -744,7 +744,7 @@ async fn slow_lossy_links_on_one_instance() -> anyhow::Result<()> {
         let slow = 1;
         let host = &s.domain.hosts[slow];
         let slow_url = s.domain.cluster.nodes[slow].public_endpoint();
-        let port = s.domain.cluster.nodes[slow].public_port;
+        let port = s.domain.cluster.nodes[slow].listeners.public;
         // A client of its own whose sends record which endpoint answered.
         let (member, client) = s.domain.clients("probe", 1).await?.remove(0);
         let direct = connect(&s.domain.cluster, slow, &s.members[0]).await?;
@@ -906,9 +906,7 @@ const MEDIATOR_GAP_BOUND: Duration = Duration::from_secs(10);
 /// lease state is sampled throughout: never two holders of one epoch (I5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_mediator_partitioned_from_its_database() -> anyhow::Result<()> {
-    use crate::mediator_common::{
-        Expected, MediatorDomain, MediatorNet, ReplicaPlacement, check_outcome,
-    };
+    use domain_e2e::mediator::{Expected, MediatorDomain, MediatorNet, check_outcome};
     use domain_topology::Permission;
     use futures::{StreamExt as _, TryStreamExt as _};
 
@@ -927,7 +925,7 @@ async fn active_mediator_partitioned_from_its_database() -> anyhow::Result<()> {
             sequencer_addr: IpAddr::V4(hosts[0].gateway()),
             replicas: hosts
                 .iter()
-                .map(|h| ReplicaPlacement {
+                .map(|h| domain_localnet::sequencers::Placement {
                     netns: Some(h.name().to_owned()),
                     addr: IpAddr::V4(h.addr()),
                     database_url: Some(pg.url_from(&med_db, h)),
@@ -1192,7 +1190,7 @@ const DM_GAP_BOUND: Duration = Duration::from_secs(10);
 /// is sampled (I5) and no row carries the cut replica's epoch after the takeover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_domain_manager_partitioned_from_its_database() -> anyhow::Result<()> {
-    use domain_testkit::domain_manager::DomainManagers;
+    use domain_localnet::domain_managers::DomainManagers;
 
     let logs = TestLogs::for_current_test();
     keep_logs_on_error(&logs.clone(), async move {

@@ -26,10 +26,10 @@ use domain_e2e::history::{
 };
 use domain_e2e::{connect_member, envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::v1 as pb;
 use domain_sequencer_client::retry::{RetryClass, classify_status};
 use domain_sequencer_client::{ClientOptions, ClientTlsFiles, DomainClient, MemberIdentity};
-use domain_testkit::cluster::SequencerCluster;
 use domain_testkit::pg::{ClusterOptions, PgCluster};
 use domain_testkit::process::TestLogs;
 use tonic_health::pb::health_check_response::ServingStatus;

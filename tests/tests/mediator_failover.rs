@@ -11,9 +11,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::mediator_common::{Expected, MediatorDomain, ServingStatus, check_outcome};
 use anyhow::{Context as _, ensure};
 use domain_e2e::checks::{db_client, keep_logs_on_error};
+use domain_e2e::mediator::{Expected, MediatorDomain, ServingStatus, check_outcome};
 use domain_testkit::process::TestLogs;
 use domain_topology::Permission;
 use futures::{StreamExt as _, TryStreamExt as _};

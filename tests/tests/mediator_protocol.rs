@@ -14,9 +14,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::mediator_common::{Expected, MediatorDomain, ServingStatus, check_outcome};
 use anyhow::ensure;
 use domain_e2e::checks::keep_logs_on_error;
+use domain_e2e::mediator::{Expected, MediatorDomain, ServingStatus, check_outcome};
 use domain_identity::SignaturePurpose;
 use domain_sequencer_client::to_proto_signature;
 use domain_testkit::process::TestLogs;

@@ -9,9 +9,10 @@ use anyhow::ensure;
 use domain_e2e::checks::{db_client, keep_logs_on_error};
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::v1::{self as pb, sequencer_service_client::SequencerServiceClient};
 use domain_sequencer_client::connect_channel;
-use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use domain_testkit::{pg::PgCluster, process::TestLogs};
 
 fn fresh_participant(name: &str) -> anyhow::Result<(MemberId, Arc<SigningKeyPair>)> {
     let key = SigningKeyPair::generate();

@@ -22,11 +22,14 @@ use domain_e2e::checks::{
 use domain_e2e::proxy::TcpProxy;
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
+use domain_localnet::config;
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::v1::{self as pb, sequencer_service_client::SequencerServiceClient};
+use domain_sequencer::SequencerConfig;
 use domain_sequencer_client::{
     ClientError, SequencerConnection, StreamValidator, connect_channel, to_proto_signature,
 };
-use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use domain_testkit::{pg::PgCluster, process::TestLogs};
 use futures::StreamExt as _;
 use prost::Message as _;
 use prost::bytes::{Buf as _, BufMut as _};
@@ -1219,13 +1222,9 @@ async fn restart_behind_proxy(
     ensure!(proxied_url != url, "proxy url");
     let node = &mut cluster.nodes[i];
     node.process()?.terminate(Duration::from_secs(15)).await?;
-    let config = std::fs::read_to_string(&node.config_path)?;
-    let needle = format!("url = \"{url}\"");
-    ensure!(config.contains(&needle), "config has the database url");
-    std::fs::write(
-        &node.config_path,
-        config.replace(&needle, &format!("url = \"{proxied_url}\"")),
-    )?;
+    config::edit(&node.config_path, |c: &mut SequencerConfig| {
+        c.database.url = proxied_url.as_str().into();
+    })?;
     cluster.start_node(i).await?;
     Ok(proxy)
 }
@@ -2003,20 +2002,19 @@ async fn metric_labels_body(logs: TestLogs) -> anyhow::Result<()> {
 #[test]
 fn admin_api_off_loopback_requires_tls() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    const OFF_HOST: &str = "[admin-api]\nlisten = \"0.0.0.0:0\"\n";
     for (binary, extra) in [
-        ("sequencer", ""),
-        ("mediator", ""),
+        ("sequencer", OFF_HOST),
+        ("mediator", OFF_HOST),
         // TLS without client certificates is not enough for the sequencer's admin API.
         (
             "sequencer",
-            "tls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }\n",
+            "[admin-api]\nlisten = \"0.0.0.0:0\"\n\
+             tls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }\n",
         ),
     ] {
         let path = dir.path().join(format!("{binary}.toml"));
-        std::fs::write(
-            &path,
-            format!("[admin-api]\nlisten = \"0.0.0.0:0\"\n{extra}"),
-        )?;
+        std::fs::write(&path, extra)?;
         let out = std::process::Command::new(domain_testkit::process::binary_path(binary))
             .arg("--config-file")
             .arg(&path)

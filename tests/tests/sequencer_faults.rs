@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use domain_e2e::{connect_member, envelope, metrics_summary, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::v1::{self as pb};
 use domain_sequencer_client::{
     ClientError, SequencerConnection, StreamValidator, check_event_content,
 };
-use domain_testkit::cluster::SequencerCluster;
 use domain_testkit::pg::PgCluster;
 use domain_testkit::process::{TestLogs, wait_for_health, wait_for_http_ok};
 use prost::Message as _;

@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use domain_e2e::{connect_member, metrics_summary, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::v1::{self as pb};
 use domain_sequencer_client::{
     ClientError, SequencerConnection, StreamValidator, check_event_content,
 };
-use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use domain_testkit::{pg::PgCluster, process::TestLogs};
 use futures::StreamExt as _;
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};

@@ -18,10 +18,11 @@ use anyhow::{Context as _, ensure};
 use domain_e2e::checks::{db_client, error_code, keep_logs_on_error};
 use domain_e2e::{connect, envelope, http_get, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_sequencer_client::{
     ClientError, ClientOptions, ClientTlsFiles, DomainClient, MemberIdentity, SequencerConnection,
 };
-use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use domain_testkit::{pg::PgCluster, process::TestLogs};
 use tonic::Code;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -24,9 +24,10 @@ use domain_e2e::topology::{
 };
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::{MemberRole, SigningKeyPair, UniqueId};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::v1 as pb;
 use domain_sequencer_client::{ClientError, SequencerConnection};
-use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use domain_testkit::{pg::PgCluster, process::TestLogs};
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TopologyTransaction};
 use prost::Message as _;
 use tonic::Code;

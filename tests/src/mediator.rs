@@ -1,30 +1,29 @@
-//! Harness shared by the mediator end-to-end tests (mediator_protocol.rs,
-//! mediator_failover.rs): a 2-instance sequencer cluster, `mediator` replicas
+//! Harness of the mediator end-to-end tests (mediator_protocol.rs, mediator_failover.rs,
+//! fault_network.rs): a 2-instance sequencer cluster, `mediator` replicas
 //! (real processes) over their own database, and participants played by the
 //! test over `SequencerConnection`: they send confirmation requests and signed
 //! responses and collect the verdicts from their own event streams, verifying
 //! the sequencer's and the mediator's signatures.
-
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
-use domain_e2e::checks::db_client;
-use domain_e2e::topology::{
+use crate::checks::db_client;
+use crate::topology::{
     Member, domain_manager, new_participant, send_topology, sequencer_registration, set_state,
     sleep_until_micros,
 };
-use domain_e2e::{connect, http_get, now_micros};
+use crate::{connect, http_get, now_micros};
+use anyhow::{Context as _, bail, ensure};
 use domain_identity::{DomainId, MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
+use domain_localnet::config::{self, Listeners};
+use domain_localnet::sequencers::{Placement, SequencerCluster};
 use domain_proto::v1 as pb;
 use domain_sequencer_client::{SequencerConnection, to_proto_signature};
-use domain_testkit::cluster::SequencerCluster;
 use domain_testkit::pg::{PgCluster, TestDatabase};
-use domain_testkit::process::{ManagedProcess, ProcessBuilder, TestLogs, binary_path, free_port};
+use domain_testkit::process::{ManagedProcess, ProcessBuilder, TestLogs, binary_path};
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TopologyTransaction};
 use prost::Message as _;
 
@@ -34,44 +33,23 @@ pub const CHANGE_DELAY_MICROS: i64 = 250_000;
 /// One `mediator` replica.
 pub struct MediatorNode {
     pub name: String,
-    pub admin_port: u16,
-    pub ops_port: u16,
+    /// Its ports; the admin API listens on 127.0.0.1, the ops port on the placement's
+    /// address.
+    pub listeners: Listeners,
     pub config_path: std::path::PathBuf,
     pub process: Option<ManagedProcess>,
     /// Where it runs (root namespace on loopback by default).
-    pub placement: ReplicaPlacement,
+    pub placement: Placement,
 }
 
 impl MediatorNode {
     /// The admin API (loopback of the replica's namespace: unreachable from the test
     /// when the replica runs in a namespace of its own).
     pub fn admin_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.admin_port)
+        format!("http://127.0.0.1:{}", self.listeners.admin)
     }
     pub fn ops_url(&self) -> String {
-        format!(
-            "http://{}",
-            std::net::SocketAddr::new(self.placement.addr, self.ops_port)
-        )
-    }
-}
-
-/// Where a mediator replica runs: a network namespace, the address of its ops port, and
-/// its database URL as seen from there.
-#[derive(Debug, Clone)]
-pub struct ReplicaPlacement {
-    pub netns: Option<String>,
-    pub addr: std::net::IpAddr,
-    pub database_url: Option<String>,
-}
-
-impl Default for ReplicaPlacement {
-    fn default() -> Self {
-        Self {
-            netns: None,
-            addr: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-            database_url: None,
-        }
+        self.listeners.ops_url()
     }
 }
 
@@ -82,7 +60,7 @@ pub struct MediatorNet {
     pub seq_database: TestDatabase,
     pub med_database: TestDatabase,
     pub sequencer_addr: std::net::IpAddr,
-    pub replicas: Vec<ReplicaPlacement>,
+    pub replicas: Vec<Placement>,
 }
 
 /// A verdict as a participant received it.
@@ -166,11 +144,11 @@ impl MediatorDomain {
                     cluster,
                     database,
                     med_db,
-                    vec![ReplicaPlacement::default(); replicas],
+                    vec![Placement::default(); replicas],
                 )
             }
             Some(net) => {
-                let placement = domain_testkit::cluster::Placement {
+                let placement = Placement {
                     netns: None,
                     addr: net.sequencer_addr,
                     database_url: None,
@@ -298,63 +276,35 @@ impl MediatorDomain {
         &mut self,
         i: usize,
         key_path: &std::path::Path,
-        placement: ReplicaPlacement,
+        placement: Placement,
     ) -> anyhow::Result<()> {
         let name = format!("mediator-{i}");
-        let (admin_port, ops_port) = (free_port(), free_port());
+        let at = Listeners::free(placement.addr);
         // Each replica prefers another sequencer instance.
         let mut endpoints: Vec<String> = self
             .cluster
             .nodes
             .iter()
-            .map(|n| format!("\"{}\"", n.public_endpoint()))
+            .map(|n| n.public_endpoint())
             .collect();
         let len = endpoints.len();
         endpoints.rotate_left(i % len);
-        let config = format!(
-            r#"name = "mediator"
-signing-key-file = "{key}"
-domain-id = "{domain}"
-sequencers = [{endpoints}]
-ops-listen = "{ops_listen}"
-advertised-admin-address = "http://127.0.0.1:{admin_port}"
-
-[database]
-url = "{url}"
-
-[sequencer-tls]
-ca = "{ca}"
-{tls_name}
-[admin-api]
-listen = "127.0.0.1:{admin_port}"
-"#,
-            key = key_path.display(),
-            domain = self.cluster.domain_id,
-            endpoints = endpoints.join(", "),
-            url = placement
+        let mediator = config::mediator(
+            &self.cluster.domain_id.to_string(),
+            key_path,
+            placement
                 .database_url
                 .as_deref()
                 .unwrap_or(&self.med_db.url),
-            ca = self.cluster.pki_files.ca.display(),
-            ops_listen = std::net::SocketAddr::new(placement.addr, ops_port),
-            // Sequencer endpoints by IP address: the test certificate names localhost.
-            tls_name = if self
-                .cluster
-                .nodes
-                .iter()
-                .all(|n| n.placement.addr.is_loopback())
-            {
-                String::new()
-            } else {
-                "domain-name = \"localhost\"\n".to_owned()
-            },
-        );
-        let config_path = self.logs.dir().join(format!("{name}.toml"));
-        std::fs::write(&config_path, config)?;
+            &at,
+            &self.cluster.pki_files,
+            endpoints,
+        )?;
+        let config_path = config::config_path(self.logs.dir(), &name);
+        config::write(&config_path, &mediator, &[])?;
         self.nodes.push(MediatorNode {
             name,
-            admin_port,
-            ops_port,
+            listeners: at,
             config_path,
             process: None,
             placement,
