@@ -697,6 +697,116 @@ impl MediatorDomain {
     }
 }
 
+/// What a request of a [`Load`] gets from the party that did not submit it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Approve,
+    /// A rejection with reason `reject-<i>`.
+    Reject,
+    /// No response: the request times out.
+    Silent,
+}
+
+/// Requests between `alice` and `bob` (alternating submitter, both informees and
+/// confirmers), request `i` with root hash `<prefix>-<i>`; the submitter always approves.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub prefix: &'static str,
+    /// Requests with `i % 10 == reject` are rejected by the other party.
+    pub reject: Option<usize>,
+    /// Requests with `i % 10 == silent` get no response from the other party.
+    pub silent: Option<usize>,
+}
+
+impl Load {
+    pub fn kind(&self, i: usize) -> Kind {
+        match Some(i % 10) {
+            r if r == self.reject => Kind::Reject,
+            s if s == self.silent => Kind::Silent,
+            _ => Kind::Approve,
+        }
+    }
+
+    /// (submitter, other party) of request `i`.
+    pub fn parties(i: usize) -> (&'static str, &'static str) {
+        if i.is_multiple_of(2) {
+            ("alice", "bob")
+        } else {
+            ("bob", "alice")
+        }
+    }
+
+    pub fn root(&self, i: usize) -> Vec<u8> {
+        format!("{}-{i}", self.prefix).into_bytes()
+    }
+
+    /// The verdict request `i` must get.
+    pub fn expected(&self, d: &MediatorDomain, i: usize) -> Expected {
+        let (_, other) = Self::parties(i);
+        match self.kind(i) {
+            Kind::Approve => Expected::Approved,
+            Kind::Reject => Expected::Rejected {
+                participant: d.id(other),
+                reason: format!("reject-{i}"),
+            },
+            Kind::Silent => Expected::TimedOut {
+                missing: vec![d.id(other)],
+            },
+        }
+    }
+}
+
+impl MediatorDomain {
+    /// Sends request `i` of `load`; returns its id.
+    pub async fn request_of(&self, load: &Load, i: usize) -> anyhow::Result<i64> {
+        let (submitter, _) = Load::parties(i);
+        self.request(
+            submitter,
+            &["alice", "bob"],
+            &["alice", "bob"],
+            &load.root(i),
+        )
+        .await
+    }
+
+    /// Sends requests `0..n` of `load`, 32 at a time; returns their ids by `i`.
+    pub async fn request_all(&self, load: &Load, n: usize) -> anyhow::Result<Vec<i64>> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        let mut sent: Vec<(usize, i64)> = futures::stream::iter(0..n)
+            .map(|i| async move { Ok::<_, anyhow::Error>((i, self.request_of(load, i).await?)) })
+            .buffer_unordered(32)
+            .try_collect()
+            .await?;
+        sent.sort();
+        Ok(sent.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// Sends the responses request `i` (id `id`) of `load` gets.
+    pub async fn respond_to(&self, load: &Load, i: usize, id: i64) -> anyhow::Result<()> {
+        let (submitter, other) = Load::parties(i);
+        let root = load.root(i);
+        match load.kind(i) {
+            Kind::Approve => {
+                futures::try_join!(
+                    self.respond(submitter, id, &root, true, ""),
+                    self.respond(other, id, &root, true, "")
+                )?;
+            }
+            Kind::Reject => {
+                let reason = format!("reject-{i}");
+                futures::try_join!(
+                    self.respond(submitter, id, &root, true, ""),
+                    self.respond(other, id, &root, false, &reason)
+                )?;
+            }
+            Kind::Silent => {
+                self.respond(submitter, id, &root, true, "").await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a verdict should say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expected {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use domain_identity::SigningKeyPair;
 use domain_localnet::config::{self, Listeners};
-use domain_localnet::domain_managers::{DomainManagers, domainctl};
+use domain_localnet::domain_managers::DomainManagers;
 use domain_localnet::sequencers::{Placement, SequencerCluster};
 use domain_manager::config::ConnectionConfig;
 use domain_participant::config::AutoConfirm;
@@ -338,20 +338,7 @@ impl Domain {
         let data = data_dir.to_string_lossy().into_owned();
         let member = participant_ok(&["init", "--name", name, "--data-dir", &data]).await?;
         if allowlist {
-            let out = domainctl(
-                &self.dms.endpoints(),
-                &[
-                    "participants",
-                    "set-state",
-                    &member,
-                    "--permission",
-                    "submission",
-                    "--trust-level",
-                    "ordinary",
-                ],
-            )
-            .await?;
-            ensure!(out.status.success(), "set-state failed: {}", text(&out));
+            self.dms.allowlist(&member).await?;
         }
         let ca = self.cluster.pki_files.ca.to_string_lossy().into_owned();
         let endpoints = self.sequencer_endpoints();

@@ -420,15 +420,7 @@ async fn split_brain_body(logs: TestLogs) -> anyhow::Result<()> {
         "the refusal names the new active: {named:?}"
     );
     // Following the named active, domainctl still gets the write done with both endpoints.
-    let out = dms
-        .domainctl(&[
-            "participants",
-            "set-state",
-            &pid,
-            "--permission",
-            "observation",
-        ])
-        .await?;
+    let out = dms.set_state(&pid, "observation", &[]).await?;
     ensure!(
         out.status.success(),
         "write via both endpoints: {}",

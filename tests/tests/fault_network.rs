@@ -906,7 +906,7 @@ const MEDIATOR_GAP_BOUND: Duration = Duration::from_secs(10);
 /// lease state is sampled throughout: never two holders of one epoch (I5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_mediator_partitioned_from_its_database() -> anyhow::Result<()> {
-    use domain_e2e::mediator::{Expected, MediatorDomain, MediatorNet, check_outcome};
+    use domain_e2e::mediator::{Expected, Load, MediatorDomain, MediatorNet, check_outcome};
     use domain_topology::Permission;
     use futures::{StreamExt as _, TryStreamExt as _};
 
@@ -953,33 +953,13 @@ async fn active_mediator_partitioned_from_its_database() -> anyhow::Result<()> {
             hosts[passive].name()
         );
         let recorder = Recorder::new();
-        let root = |i: usize| format!("net-split-{i}").into_bytes();
-        let ids: Vec<i64> = {
-            let d = &d;
-            let mut sent: Vec<(usize, i64)> = futures::stream::iter(0..N)
-                .map(|i| async move {
-                    let submitter = if i % 2 == 0 { "alice" } else { "bob" };
-                    let id = d
-                        .request(submitter, &["alice", "bob"], &["alice", "bob"], &root(i))
-                        .await?;
-                    Ok::<_, anyhow::Error>((i, id))
-                })
-                .buffer_unordered(32)
-                .try_collect()
-                .await?;
-            sent.sort();
-            sent.into_iter().map(|(_, id)| id).collect()
+        const LOAD: Load = Load {
+            prefix: "net-split",
+            reject: None,
+            silent: None,
         };
-        let respond = |i: usize| {
-            let (d, id, root) = (&d, ids[i], root(i));
-            async move {
-                futures::try_join!(
-                    d.respond("alice", id, &root, true, ""),
-                    d.respond("bob", id, &root, true, "")
-                )?;
-                Ok::<_, anyhow::Error>(())
-            }
-        };
+        let ids = d.request_all(&LOAD, N).await?;
+        let respond = |i: usize| d.respond_to(&LOAD, i, ids[i]);
         futures::stream::iter(0..BEFORE)
             .map(respond)
             .buffer_unordered(16)
@@ -1240,17 +1220,7 @@ async fn active_domain_manager_partitioned_from_its_database() -> anyhow::Result
                 k += 1;
                 let p = domain_e2e::topology::new_participant(&format!("p{k}"))?;
                 let pid = p.0.to_string();
-                let out = dms
-                    .domainctl(&[
-                        "participants",
-                        "set-state",
-                        &pid,
-                        "--permission",
-                        "submission",
-                        "--timeout",
-                        "3s",
-                    ])
-                    .await?;
+                let out = dms.set_state(&pid, "submission", &["--timeout", "3s"]).await?;
                 writes
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

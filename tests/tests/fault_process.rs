@@ -321,13 +321,7 @@ fn acked_between(h: &History, from: Duration, to: Duration) -> usize {
 /// The interval without a successful send that contains `t`: from the last completion
 /// before `t` to the first one after it.
 fn gap_around(h: &History, t: Duration) -> Duration {
-    let mut done: Vec<Duration> = h
-        .ops
-        .iter()
-        .filter(|o| matches!(o.outcome, Some(Outcome::Ok { .. })))
-        .filter_map(|o| o.completed)
-        .collect();
-    done.sort();
+    let done = h.successes();
     let before = done.iter().rev().find(|c| **c <= t).copied().unwrap_or(t);
     let after = done.iter().find(|c| **c > t).copied().unwrap_or(t);
     after.saturating_sub(before)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use domain_e2e::checks::{db_client, keep_logs_on_error};
-use domain_e2e::mediator::{Expected, MediatorDomain, ServingStatus, check_outcome};
+use domain_e2e::mediator::{Expected, Kind, Load, MediatorDomain, ServingStatus, check_outcome};
 use domain_testkit::process::TestLogs;
 use domain_topology::Permission;
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -21,56 +21,19 @@ use futures::{StreamExt as _, TryStreamExt as _};
 /// Most the passive may take to become ready after the active dies.
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(3);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Approve,
-    Reject,
-    Silent,
+/// Every tenth request rejected, every tenth timed out.
+const LOAD: Load = Load {
+    prefix: "failover",
+    reject: Some(3),
+    silent: Some(7),
+};
+
+async fn respond(d: &MediatorDomain, i: usize, id: i64) -> anyhow::Result<()> {
+    d.respond_to(&LOAD, i, id).await
 }
 
 fn kind(i: usize) -> Kind {
-    match i % 10 {
-        3 => Kind::Reject,
-        7 => Kind::Silent,
-        _ => Kind::Approve,
-    }
-}
-
-fn parties(i: usize) -> (&'static str, &'static str) {
-    if i.is_multiple_of(2) {
-        ("alice", "bob")
-    } else {
-        ("bob", "alice")
-    }
-}
-
-fn root(i: usize) -> Vec<u8> {
-    format!("failover-{i}").into_bytes()
-}
-
-/// Sends the responses request `i` gets (the submitter always approves).
-async fn respond(d: &MediatorDomain, i: usize, id: i64) -> anyhow::Result<()> {
-    let (submitter, other) = parties(i);
-    let root = root(i);
-    match kind(i) {
-        Kind::Approve => {
-            futures::try_join!(
-                d.respond(submitter, id, &root, true, ""),
-                d.respond(other, id, &root, true, "")
-            )?;
-        }
-        Kind::Reject => {
-            let reason = format!("no-{i}");
-            futures::try_join!(
-                d.respond(submitter, id, &root, true, ""),
-                d.respond(other, id, &root, false, &reason)
-            )?;
-        }
-        Kind::Silent => {
-            d.respond(submitter, id, &root, true, "").await?;
-        }
-    }
-    Ok(())
+    LOAD.kind(i)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,22 +67,7 @@ async fn failover_body(logs: TestLogs) -> anyhow::Result<()> {
     ensure!(before.active && !d.status(passive).await?.active);
 
     // All requests first: they are pending at the active replica.
-    let ids: Vec<i64> = {
-        let d = &d;
-        let mut sent: Vec<(usize, i64)> = futures::stream::iter(0..N)
-            .map(|i| async move {
-                let (submitter, _) = parties(i);
-                let id = d
-                    .request(submitter, &["alice", "bob"], &["alice", "bob"], &root(i))
-                    .await?;
-                Ok::<_, anyhow::Error>((i, id))
-            })
-            .buffer_unordered(32)
-            .try_collect()
-            .await?;
-        sent.sort();
-        sent.into_iter().map(|(_, id)| id).collect()
-    };
+    let ids = d.request_all(&LOAD, N).await?;
     // Responses for the first requests; wait until most of their verdicts arrived.
     futures::stream::iter(0..BEFORE)
         .map(|i| respond(&d, i, ids[i]))
@@ -362,11 +310,7 @@ async fn paused_in_transaction_body(logs: TestLogs) -> anyhow::Result<()> {
 
     let mut ids = Vec::new();
     for i in 0..N {
-        let (submitter, _) = parties(i);
-        ids.push(
-            d.request(submitter, &["alice", "bob"], &["alice", "bob"], &root(i))
-                .await?,
-        );
+        ids.push(d.request_of(&LOAD, i).await?);
     }
     futures::stream::iter(0..BEFORE)
         .map(|i| respond(&d, i, ids[i]))
@@ -498,17 +442,7 @@ async fn check_every_verdict(d: &MediatorDomain, ids: &[i64]) -> anyhow::Result<
     let alice = d.exactly_one_each("alice", ids)?;
     let bob = d.exactly_one_each("bob", ids)?;
     for (i, id) in ids.iter().enumerate() {
-        let (_, other) = parties(i);
-        let expected = match kind(i) {
-            Kind::Approve => Expected::Approved,
-            Kind::Reject => Expected::Rejected {
-                participant: d.id(other),
-                reason: format!("no-{i}"),
-            },
-            Kind::Silent => Expected::TimedOut {
-                missing: vec![d.id(other)],
-            },
-        };
+        let expected = LOAD.expected(d, i);
         check_outcome(&alice[id].verdict, &expected)?;
         ensure!(alice[id].verdict == bob[id].verdict && alice[id].ts == bob[id].ts);
     }

@@ -117,20 +117,7 @@ async fn impostor_first(logs: TestLogs) -> anyhow::Result<()> {
     let data = logs.path("alice");
     let data_s = data.to_string_lossy().into_owned();
     let member = participant_ok(&["init", "--name", "alice", "--data-dir", &data_s]).await?;
-    let out = domain_localnet::domain_managers::domainctl(
-        &domain.dms.endpoints(),
-        &[
-            "participants",
-            "set-state",
-            &member,
-            "--permission",
-            "submission",
-            "--trust-level",
-            "ordinary",
-        ],
-    )
-    .await?;
-    ensure!(out.status.success(), "set-state: {}", text(&out));
+    domain.dms.allowlist(&member).await?;
     let ca = domain.cluster.pki_files.ca.to_string_lossy().into_owned();
     let mut endpoints = vec![rogue_ep.clone()];
     endpoints.extend(domain.sequencer_endpoints());

@@ -19,9 +19,7 @@ use domain_e2e::checks::{db_client, error_code, keep_logs_on_error};
 use domain_e2e::{connect, envelope, http_get, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
 use domain_localnet::sequencers::SequencerCluster;
-use domain_sequencer_client::{
-    ClientError, ClientOptions, ClientTlsFiles, DomainClient, MemberIdentity, SequencerConnection,
-};
+use domain_sequencer_client::{ClientError, ClientOptions, DomainClient, SequencerConnection};
 use domain_testkit::{pg::PgCluster, process::TestLogs};
 use tonic::Code;
 
@@ -479,33 +477,13 @@ async fn subscribe_retrying(
     }
 }
 
+/// A client of `member` over every instance of `cluster`.
 async fn connect_client(
     cluster: &SequencerCluster,
     member: &Member,
 ) -> anyhow::Result<DomainClient> {
     let endpoints: Vec<String> = cluster.nodes.iter().map(|n| n.public_endpoint()).collect();
-    let tls = ClientTlsFiles {
-        ca: cluster.pki_files.ca.clone(),
-        cert: None,
-        key: None,
-        domain_name: None,
-    };
-    let identity = MemberIdentity {
-        id: member.0.clone(),
-        key: member.1.clone(),
-    };
-    DomainClient::connect(
-        "testdomain",
-        &endpoints,
-        tls,
-        identity,
-        ClientOptions {
-            pins: domain_e2e::cluster_pins(cluster)?,
-            ..ClientOptions::default()
-        },
-    )
-    .await
-    .with_context(|| format!("connect {}", member.0))
+    domain_e2e::domain_client(cluster, &endpoints, member, ClientOptions::default()).await
 }
 
 /// Sends a small message to `me` through the client library (which retries

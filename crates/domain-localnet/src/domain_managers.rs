@@ -256,6 +256,42 @@ impl DomainManagers {
     }
 }
 
+impl DomainManagers {
+    /// `domainctl participants set-state <member> --permission <permission> <extra>...`.
+    pub async fn set_state(
+        &self,
+        member: &str,
+        permission: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Output> {
+        let mut args = vec![
+            "participants",
+            "set-state",
+            member,
+            "--permission",
+            permission,
+        ];
+        args.extend_from_slice(extra);
+        self.domainctl(&args).await
+    }
+
+    /// Admits `member` as an operator does: permission `submission`, trust level
+    /// `ordinary`; fails unless `domainctl` succeeds.
+    pub async fn allowlist(&self, member: &str) -> anyhow::Result<()> {
+        let out = self
+            .set_state(member, "submission", &["--trust-level", "ordinary"])
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "set-state {member} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Runs `domainctl --endpoint <e>... <args>` and returns its output.
 pub async fn domainctl(endpoints: &[String], args: &[&str]) -> anyhow::Result<Output> {
     let mut cmd = tokio::process::Command::new(binary_path("domainctl"));
