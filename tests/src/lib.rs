@@ -179,6 +179,32 @@ pub async fn load_clients(
     Ok(clients)
 }
 
+/// Declares an end-to-end test: `#[tokio::test]` on a 2-thread runtime, with
+/// [`TestLogs`](domain_testkit::process::TestLogs) named after the test that are kept when
+/// `body(logs)` fails ([`checks::keep_logs_on_error`]). With `serial`, the test first takes
+/// the `SERIAL` lock of the calling module (one test of that file at a time when they share
+/// a process, as under `cargo test`). Doc comments and attributes go before the name.
+#[macro_export]
+macro_rules! e2e_test {
+    ($(#[$meta:meta])* serial $name:ident => $body:path) => {
+        $(#[$meta])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() -> ::anyhow::Result<()> {
+            let _serial = SERIAL.lock().await;
+            let logs = ::domain_testkit::process::TestLogs::new(stringify!($name));
+            $crate::checks::keep_logs_on_error(&logs, $body(logs.clone())).await
+        }
+    };
+    ($(#[$meta:meta])* $name:ident => $body:path) => {
+        $(#[$meta])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() -> ::anyhow::Result<()> {
+            let logs = ::domain_testkit::process::TestLogs::new(stringify!($name));
+            $crate::checks::keep_logs_on_error(&logs, $body(logs.clone())).await
+        }
+    };
+}
+
 /// Runs a test body on its own 2-thread runtime (so the body's timing does not depend on
 /// how the harness was started), one at a time per process (nextest runs each test in a
 /// process of its own; `cargo test` would otherwise run these load tests side by side),

@@ -159,6 +159,7 @@ impl MediatorDomain {
                     "",
                     &[],
                     &[placement.clone(), placement],
+                    "",
                 )
                 .await?;
                 (cluster, net.seq_database, net.med_database, net.replicas)

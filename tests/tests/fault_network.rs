@@ -177,7 +177,7 @@ impl NetDomain {
                 database_url: Some(pg.url_from(&db, h)),
             })
             .collect();
-        let cluster = SequencerCluster::start_placed(logs, db, "", &[], &placements).await?;
+        let cluster = SequencerCluster::start_placed(logs, db, "", &[], &placements, "").await?;
         for (i, h) in hosts.iter().enumerate() {
             println!(
                 "seq-{i}: namespace {} at {} (database via {}:{})",
@@ -1190,6 +1190,7 @@ async fn active_domain_manager_partitioned_from_its_database() -> anyhow::Result
             "",
             &[],
             &[seq_place.clone(), seq_place],
+            "",
         )
         .await?;
         let placements: Vec<Placement> = hosts

@@ -8,11 +8,12 @@
 //! Also (issue 11 item 8): the active replica SIGSTOPped while it holds a fenced
 //! transaction open; the standby still takes over within 3 s.
 
+use domain_e2e::e2e_test;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use domain_e2e::checks::{db_client, keep_logs_on_error};
+use domain_e2e::checks::db_client;
 use domain_e2e::mediator::{Expected, Kind, Load, MediatorDomain, ServingStatus, check_outcome};
 use domain_testkit::process::TestLogs;
 use domain_topology::Permission;
@@ -36,10 +37,8 @@ fn kind(i: usize) -> Kind {
     LOAD.kind(i)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn active_mediator_killed_with_requests_in_flight() -> anyhow::Result<()> {
-    let logs = TestLogs::new("active_mediator_killed_with_requests_in_flight");
-    keep_logs_on_error(&logs, failover_body(logs.clone())).await
+e2e_test! {
+    active_mediator_killed_with_requests_in_flight => failover_body
 }
 
 async fn failover_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -278,15 +277,13 @@ async fn failover_body(logs: TestLogs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Issue 11 item 8: the active replica is paused (SIGSTOP) while it holds a fenced
-/// transaction open (fault hook: it stops between its writes and the commit). The paused
-/// transaction must not block the standby's takeover: the standby ends it once the lease
-/// expired and is ready within [`TAKEOVER_LIMIT`] of the pause, and every request still
-/// gets exactly one verdict, sequenced once. The paused replica, resumed, stays passive.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item_8_active_paused_inside_fenced_transaction() -> anyhow::Result<()> {
-    let logs = TestLogs::new("item_8_active_paused_inside_fenced_transaction");
-    keep_logs_on_error(&logs, paused_in_transaction_body(logs.clone())).await
+e2e_test! {
+    /// Issue 11 item 8: the active replica is paused (SIGSTOP) while it holds a fenced
+    /// transaction open (fault hook: it stops between its writes and the commit). The paused
+    /// transaction must not block the standby's takeover: the standby ends it once the lease
+    /// expired and is ready within [`TAKEOVER_LIMIT`] of the pause, and every request still
+    /// gets exactly one verdict, sequenced once. The paused replica, resumed, stays passive.
+    item_8_active_paused_inside_fenced_transaction => paused_in_transaction_body
 }
 
 async fn paused_in_transaction_body(logs: TestLogs) -> anyhow::Result<()> {

@@ -12,10 +12,10 @@
 //!   logged and counted, and never change a verdict; a request naming a
 //!   confirmer without confirmation permission is rejected by the mediator.
 
+use domain_e2e::e2e_test;
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use domain_e2e::checks::keep_logs_on_error;
 use domain_e2e::mediator::{Expected, Kind, Load, MediatorDomain, ServingStatus, check_outcome};
 use domain_identity::SignaturePurpose;
 use domain_sequencer_client::to_proto_signature;
@@ -32,11 +32,8 @@ const LOAD: Load = Load {
     silent: Some(9),
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousand_requests_get_exactly_one_verdict_each() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("thousand_requests_get_exactly_one_verdict_each");
-    keep_logs_on_error(&logs, thousand_body(logs.clone())).await
+e2e_test! {
+    serial thousand_requests_get_exactly_one_verdict_each => thousand_body
 }
 
 async fn thousand_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -194,11 +191,8 @@ async fn thousand_body(logs: TestLogs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ignored_responses_never_change_verdicts() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("ignored_responses_never_change_verdicts");
-    keep_logs_on_error(&logs, ignored_body(logs.clone())).await
+e2e_test! {
+    serial ignored_responses_never_change_verdicts => ignored_body
 }
 
 async fn ignored_body(logs: TestLogs) -> anyhow::Result<()> {

@@ -10,12 +10,13 @@
 //!
 //! The tests of this file run one at a time (they measure memory and share 2 cores).
 
+use domain_e2e::e2e_test;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use domain_e2e::checks::{db_client, error_code, keep_logs_on_error};
+use domain_e2e::checks::{db_client, error_code};
 use domain_e2e::{connect, envelope, http_get, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
 use domain_localnet::sequencers::SequencerCluster;
@@ -78,21 +79,18 @@ fn overloaded(r: &Result<domain_proto::v1::SendResponse, ClientError>) -> anyhow
 // A send over the queue's byte budget is refused and stores nothing
 // ---------------------------------------------------------------------------
 
-/// With every batch held 1.5 s before its commit (fault hook), concurrent sends of
-/// ~40 KiB fill the writer queue's byte budget: of 4 concurrent sends by alice two fit
-/// her share (`writer.max-member-queue-bytes` = 100,000: two submissions of ~41,500
-/// bytes + 512 bookkeeping each), the others get `SEQ_OVERLOADED` at once
-/// (`member_queue_bytes`); bob's first send then fits the total budget
-/// (`writer.max-queue-bytes` = 140,000: room for three), his second does not
-/// (`queue_bytes`). Every refused message id is absent from the database, every accepted
-/// one is sequenced. A send of alice's through the client library meanwhile is refused
-/// too, retried with backoff, and sequenced once her share has room again. Before the
-/// byte budget every send was queued (count bound 20,000).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_over_queue_budget_is_overloaded_and_stores_nothing_item_3() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("send_over_queue_budget_is_overloaded_and_stores_nothing_item_3");
-    keep_logs_on_error(&logs, queue_budget_body(logs.clone())).await
+e2e_test! {
+    /// With every batch held 1.5 s before its commit (fault hook), concurrent sends of
+    /// ~40 KiB fill the writer queue's byte budget: of 4 concurrent sends by alice two fit
+    /// her share (`writer.max-member-queue-bytes` = 100,000: two submissions of ~41,500
+    /// bytes + 512 bookkeeping each), the others get `SEQ_OVERLOADED` at once
+    /// (`member_queue_bytes`); bob's first send then fits the total budget
+    /// (`writer.max-queue-bytes` = 140,000: room for three), his second does not
+    /// (`queue_bytes`). Every refused message id is absent from the database, every accepted
+    /// one is sequenced. A send of alice's through the client library meanwhile is refused
+    /// too, retried with backoff, and sequenced once her share has room again. Before the
+    /// byte budget every send was queued (count bound 20,000).
+    serial send_over_queue_budget_is_overloaded_and_stores_nothing_item_3 => queue_budget_body
 }
 
 async fn queue_budget_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -293,11 +291,8 @@ fn rss_bound() -> u64 {
     120 * MIB
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_bounded_in_bytes_item_3() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("memory_bounded_in_bytes_item_3");
-    keep_logs_on_error(&logs, memory_bounded_body(logs.clone())).await
+e2e_test! {
+    serial memory_bounded_in_bytes_item_3 => memory_bounded_body
 }
 
 async fn memory_bounded_body(logs: TestLogs) -> anyhow::Result<()> {

@@ -24,20 +24,20 @@ pub struct ParticipantInfo {
 
 /// A devnet run: its directory, PostgreSQL and processes.
 pub struct Devnet {
-    pub started: Instant,
-    pub dir: PathBuf,
-    pub logs: PathBuf,
-    pub bins: PathBuf,
-    pub pg: Option<PgCluster>,
-    pub databases: Vec<TestDatabase>,
-    pub components: Vec<Component>,
-    pub participants: Vec<ParticipantInfo>,
-    pub domain_id: String,
-    pub tls: Option<ClientTlsConfig>,
+    pub(crate) started: Instant,
+    pub(crate) dir: PathBuf,
+    pub(crate) logs: PathBuf,
+    pub(crate) bins: PathBuf,
+    pub(crate) pg: Option<PgCluster>,
+    pub(crate) databases: Vec<TestDatabase>,
+    pub(crate) components: Vec<Component>,
+    pub(crate) participants: Vec<ParticipantInfo>,
+    pub(crate) domain_id: String,
+    pub(crate) tls: Option<ClientTlsConfig>,
     /// The connection bundle the participants joined with.
-    pub bundle_path: Option<PathBuf>,
+    pub(crate) bundle_path: Option<PathBuf>,
     /// The participants' identity files.
-    pub identity_files: Vec<PathBuf>,
+    pub(crate) identity_files: Vec<PathBuf>,
 }
 
 impl Devnet {
@@ -67,14 +67,15 @@ impl Devnet {
     }
 
     pub async fn cmd(&self, bin: &str, args: &[&str]) -> anyhow::Result<String> {
-        procs::run_ok(
+        procs::run(
             &self.bin(bin),
             args,
             &self.dir,
             &self.setup_log(),
             Duration::from_secs(60),
         )
-        .await
+        .await?
+        .stdout_if_ok()
     }
 
     pub fn spawn(

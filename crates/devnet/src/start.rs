@@ -226,8 +226,7 @@ impl Devnet {
             sequencers: &layout.sequencers,
             client_cert: false,
         };
-        let first = self.components.len();
-        for (i, at) in layout.domain_managers.iter().enumerate() {
+        self.start_replicas(Kind::DomainManager, &layout.domain_managers, |at| {
             let mut config = config::domain_manager(
                 DOMAIN_NAME,
                 &keys.namespace,
@@ -251,10 +250,9 @@ impl Devnet {
                 system_roots: false,
                 alias: Some(ALIAS.to_owned()),
             });
-            let name = format!("domain-manager-{}", i + 1);
-            self.spawn_service(&name, Kind::DomainManager, at.admin_url(), at, &config)?;
-        }
-        self.wait_replicas(first, "domain managers").await
+            Ok(config)
+        })
+        .await
     }
 
     async fn start_mediators(
@@ -268,20 +266,38 @@ impl Devnet {
             .iter()
             .map(Listeners::public_url)
             .collect();
-        let first = self.components.len();
-        for (i, at) in layout.mediators.iter().enumerate() {
-            let config = config::mediator(
-                &self.domain_id,
+        let domain_id = self.domain_id.clone();
+        self.start_replicas(Kind::Mediator, &layout.mediators, |at| {
+            config::mediator(
+                &domain_id,
                 &keys.mediator,
                 &db.url,
                 at,
                 &keys.tls,
                 sequencers.clone(),
-            )?;
-            let name = format!("mediator-{}", i + 1);
-            self.spawn_service(&name, Kind::Mediator, at.admin_url(), at, &config)?;
+            )
+        })
+        .await
+    }
+
+    /// Starts one active-passive replica of `kind` per entry of `all`, each with the config
+    /// `config(at)`, and waits until one is active.
+    async fn start_replicas<T: config::ServiceConfig>(
+        &mut self,
+        kind: Kind,
+        all: &[Listeners],
+        config: impl Fn(&Listeners) -> anyhow::Result<T>,
+    ) -> anyhow::Result<()> {
+        let first = self.components.len();
+        for (i, at) in all.iter().enumerate() {
+            let name = format!("{kind}-{}", i + 1);
+            self.spawn_service(&name, kind, at.admin_url(), at, &config(at)?)?;
         }
-        self.wait_replicas(first, "mediators").await
+        let what = match kind {
+            Kind::Mediator => "mediators",
+            _ => "domain managers",
+        };
+        self.wait_replicas(first, what).await
     }
 
     /// Participants join exactly as a party from another company would

@@ -33,32 +33,23 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
     fn database(&self) -> &DatabaseConfig;
 }
 
-impl ServiceConfig for SequencerConfig {
-    const ENV_PREFIX: &'static str = "SEQUENCER";
-    fn database(&self) -> &DatabaseConfig {
-        &self.database
-    }
+/// `ServiceConfig` for a config struct with a `database` field.
+macro_rules! service_config {
+    ($($config:ty => $prefix:literal),* $(,)?) => {$(
+        impl ServiceConfig for $config {
+            const ENV_PREFIX: &'static str = $prefix;
+            fn database(&self) -> &DatabaseConfig {
+                &self.database
+            }
+        }
+    )*};
 }
 
-impl ServiceConfig for DomainManagerConfig {
-    const ENV_PREFIX: &'static str = "DOMAIN_MANAGER";
-    fn database(&self) -> &DatabaseConfig {
-        &self.database
-    }
-}
-
-impl ServiceConfig for MediatorConfig {
-    const ENV_PREFIX: &'static str = "MEDIATOR";
-    fn database(&self) -> &DatabaseConfig {
-        &self.database
-    }
-}
-
-impl ServiceConfig for ParticipantConfig {
-    const ENV_PREFIX: &'static str = "PARTICIPANT";
-    fn database(&self) -> &DatabaseConfig {
-        &self.database
-    }
+service_config! {
+    SequencerConfig => "SEQUENCER",
+    DomainManagerConfig => "DOMAIN_MANAGER",
+    MediatorConfig => "MEDIATOR",
+    ParticipantConfig => "PARTICIPANT",
 }
 
 /// Extra settings over a generated config: TOML as an operator writes it (tests use it for
@@ -442,14 +433,7 @@ mod tests {
             assert_eq!(loaded.database.url.expose(), URL);
             assert_eq!(loaded.admin_api.tls.is_some(), addr != [127, 0, 0, 1]);
         }
-        let config = sequencer(
-            DOMAIN,
-            Path::new("/k.pem"),
-            URL,
-            &at([127, 0, 0, 1], 7000),
-            &pki(),
-        )
-        .expect("config");
+        let config = local_sequencer();
         let loaded = round_trip(
             &config,
             &[
@@ -516,14 +500,26 @@ mod tests {
         same(&round_trip(&config, &[]), &config);
     }
 
+    /// A sequencer on loopback.
+    fn local_sequencer() -> SequencerConfig {
+        sequencer(
+            DOMAIN,
+            Path::new("/k.pem"),
+            URL,
+            &at([127, 0, 0, 1], 7000),
+            &pki(),
+        )
+        .expect("config")
+    }
+
+    /// A participant on loopback answering with `auto`.
+    fn local_participant(auto: AutoConfirm) -> ParticipantConfig {
+        participant(Path::new("/data/p1"), URL, &at([127, 0, 0, 1], 7400), auto)
+    }
+
     #[test]
     fn participant_config_round_trips_through_its_loader() {
-        let config = participant(
-            Path::new("/data/p1"),
-            URL,
-            &at([127, 0, 0, 1], 7400),
-            AutoConfirm::Payload,
-        );
+        let config = local_participant(AutoConfirm::Payload);
         same(&round_trip(&config, &[]), &config);
     }
 
@@ -534,17 +530,7 @@ mod tests {
             ("reader.checkpoint-every-events", 512.into()),
             ("access-mode", "open".into()),
         ]);
-        let loaded = round_trip(
-            &sequencer(
-                DOMAIN,
-                Path::new("/k.pem"),
-                URL,
-                &at([127, 0, 0, 1], 7000),
-                &pki(),
-            )
-            .expect("config"),
-            &[layer(&text).expect("layer")],
-        );
+        let loaded = round_trip(&local_sequencer(), &[layer(&text).expect("layer")]);
         assert_eq!(loaded.pruning.interval, std::time::Duration::ZERO);
         assert_eq!(loaded.reader.checkpoint_every_events, 512);
         assert_eq!(
@@ -555,12 +541,7 @@ mod tests {
 
     #[test]
     fn a_layer_the_loader_refuses_is_an_error() {
-        let config = participant(
-            Path::new("/d"),
-            URL,
-            &at([127, 0, 0, 1], 7400),
-            AutoConfirm::Off,
-        );
+        let config = local_participant(AutoConfirm::Off);
         let err = render(&config, &[layer("no-such-key = 1").expect("layer")])
             .expect_err("unknown keys are refused");
         assert!(format!("{err:#}").contains("no-such-key"), "{err:#}");

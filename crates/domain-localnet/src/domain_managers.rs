@@ -11,7 +11,8 @@ use domain_manager::DomainManagerConfig;
 use domain_manager::config::ComponentKind;
 use domain_testkit::pg::TestDatabase;
 use domain_testkit::process::{
-    ManagedProcess, ProcessBuilder, TestLogs, binary_path, http_status, wait_for_http_ok,
+    ManagedProcess, ProcessBuilder, TestLogs, binary_path, ensure_success, http_status,
+    wait_for_http_ok,
 };
 
 use crate::config::{self, Listeners};
@@ -281,14 +282,7 @@ impl DomainManagers {
         let out = self
             .set_state(member, "submission", &["--trust-level", "ordinary"])
             .await?;
-        if !out.status.success() {
-            bail!(
-                "set-state {member} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        ensure_success(&out, &format!("set-state {member}"))
     }
 }
 

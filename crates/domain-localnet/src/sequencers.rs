@@ -45,13 +45,21 @@ pub struct Placement {
     pub database_url: Option<String>,
 }
 
-impl Default for Placement {
-    fn default() -> Self {
+impl Placement {
+    /// In the root namespace, listening on `addr`, with the cluster's database URL.
+    pub fn on(addr: IpAddr) -> Self {
         Self {
             netns: None,
-            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            addr,
             database_url: None,
         }
+    }
+}
+
+impl Default for Placement {
+    /// Loopback in the root namespace.
+    fn default() -> Self {
+        Self::on(IpAddr::V4(Ipv4Addr::LOCALHOST))
     }
 }
 
@@ -107,7 +115,7 @@ impl SequencerCluster {
         node_env: &[Vec<(String, String)>],
     ) -> anyhow::Result<Self> {
         let placements = vec![Placement::default(); instances];
-        Self::start_placed(logs, database, extra_config, node_env, &placements).await
+        Self::start_placed(logs, database, extra_config, node_env, &placements, "").await
     }
 
     /// Like [`Self::start_with_env`], with extra keys of the `[database]` section (e.g.
@@ -122,7 +130,7 @@ impl SequencerCluster {
         database_config: &str,
     ) -> anyhow::Result<Self> {
         let placements = vec![Placement::default(); instances];
-        Self::start_placed_with_database_config(
+        Self::start_placed(
             logs,
             database,
             extra_config,
@@ -133,29 +141,9 @@ impl SequencerCluster {
         .await
     }
 
-    /// Like [`Self::start_with_env`], with one instance per entry of `placements`, each
-    /// in its namespace and listening on its address.
+    /// Like [`Self::start_with_database_config`], with one instance per entry of
+    /// `placements`, each in its namespace and listening on its address.
     pub async fn start_placed(
-        logs: TestLogs,
-        database: TestDatabase,
-        extra_config: &str,
-        node_env: &[Vec<(String, String)>],
-        placements: &[Placement],
-    ) -> anyhow::Result<Self> {
-        Self::start_placed_with_database_config(
-            logs,
-            database,
-            extra_config,
-            node_env,
-            placements,
-            "",
-        )
-        .await
-    }
-
-    /// [`Self::start_placed`] with extra `[database]` keys (see
-    /// [`Self::start_with_database_config`]).
-    pub async fn start_placed_with_database_config(
         logs: TestLogs,
         database: TestDatabase,
         extra_config: &str,
