@@ -6,6 +6,7 @@ pub mod history;
 pub mod mediator;
 pub mod participant;
 pub mod proxy;
+pub mod streams;
 pub mod topology;
 
 use std::sync::Arc;

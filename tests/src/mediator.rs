@@ -27,6 +27,12 @@ use domain_testkit::process::{ManagedProcess, ProcessBuilder, TestLogs, binary_p
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TopologyTransaction};
 use prost::Message as _;
 
+/// The participants of [`MediatorDomain::start_pair`].
+pub const PAIR: [(&str, Permission); 2] = [
+    ("alice", Permission::Submission),
+    ("bob", Permission::Submission),
+];
+
 /// Default topology change delay (no parameters transaction changes it).
 pub const CHANGE_DELAY_MICROS: i64 = 250_000;
 
@@ -119,6 +125,17 @@ impl MediatorDomain {
         response_timeout: Duration,
     ) -> anyhow::Result<Self> {
         Self::start_with(logs, prefix, replicas, participants, response_timeout, None).await
+    }
+
+    /// [`Self::start`] with participants `alice` and `bob`, both with permission
+    /// `submission` (the parties of a [`Load`]).
+    pub async fn start_pair(
+        logs: TestLogs,
+        prefix: &str,
+        replicas: usize,
+        response_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Self::start(logs, prefix, replicas, &PAIR, response_timeout).await
     }
 
     /// [`Self::start`] with the sequencers, databases and replicas placed by `net`.
@@ -509,21 +526,39 @@ impl MediatorDomain {
                 recipients.push(r.clone());
             }
         }
+        self.send_message(
+            submitter,
+            "request",
+            pb::domain_message::Message::ConfirmationRequest(request),
+            recipients,
+        )
+        .await
+    }
+
+    /// `who` sends `message` to `recipients` (message id `<kind>-<n>`); returns its
+    /// sequencing timestamp.
+    async fn send_message(
+        &self,
+        who: &str,
+        kind: &str,
+        message: pb::domain_message::Message,
+        recipients: Vec<String>,
+    ) -> anyhow::Result<i64> {
         let envelope = pb::Envelope {
-            content: domain_message(pb::domain_message::Message::ConfirmationRequest(request))
-                .into(),
+            content: domain_message(message).into(),
             recipients,
             broadcast: false,
         };
-        let r = p
+        let r = self
+            .participant(who)
             .conn
             .send(
-                &self.message_id("request"),
+                &self.message_id(kind),
                 vec![envelope],
                 now_micros() + 60_000_000,
             )
             .await
-            .with_context(|| format!("{submitter} sends a confirmation request"))?;
+            .with_context(|| format!("{who} sends a confirmation {kind}"))?;
         Ok(r.sequencing_timestamp_micros)
     }
 
@@ -574,23 +609,13 @@ impl MediatorDomain {
         who: &str,
         signed: pb::SignedConfirmationResponse,
     ) -> anyhow::Result<i64> {
-        let p = self.participant(who);
-        let envelope = pb::Envelope {
-            content: domain_message(pb::domain_message::Message::ConfirmationResponse(signed))
-                .into(),
-            recipients: vec![self.mediator.0.to_string()],
-            broadcast: false,
-        };
-        let r = p
-            .conn
-            .send(
-                &self.message_id("response"),
-                vec![envelope],
-                now_micros() + 60_000_000,
-            )
-            .await
-            .with_context(|| format!("{who} sends a confirmation response"))?;
-        Ok(r.sequencing_timestamp_micros)
+        self.send_message(
+            who,
+            "response",
+            pb::domain_message::Message::ConfirmationResponse(signed),
+            vec![self.mediator.0.to_string()],
+        )
+        .await
     }
 
     pub async fn respond(

@@ -907,7 +907,6 @@ const MEDIATOR_GAP_BOUND: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_mediator_partitioned_from_its_database() -> anyhow::Result<()> {
     use domain_e2e::mediator::{Expected, Load, MediatorDomain, MediatorNet, check_outcome};
-    use domain_topology::Permission;
     use futures::{StreamExt as _, TryStreamExt as _};
 
     let logs = TestLogs::for_current_test();
@@ -936,10 +935,7 @@ async fn active_mediator_partitioned_from_its_database() -> anyhow::Result<()> {
             logs,
             "fault_med",
             2,
-            &[
-                ("alice", Permission::Submission),
-                ("bob", Permission::Submission),
-            ],
+            &domain_e2e::mediator::PAIR,
             Duration::from_secs(15),
             Some(net),
         )

@@ -16,7 +16,6 @@ use anyhow::{Context as _, ensure};
 use domain_e2e::checks::db_client;
 use domain_e2e::mediator::{Expected, Kind, Load, MediatorDomain, ServingStatus, check_outcome};
 use domain_testkit::process::TestLogs;
-use domain_topology::Permission;
 use futures::{StreamExt as _, TryStreamExt as _};
 
 /// Most the passive may take to become ready after the active dies.
@@ -45,17 +44,7 @@ async fn failover_body(logs: TestLogs) -> anyhow::Result<()> {
     const N: usize = 300;
     /// Requests answered (and mostly decided) before the kill.
     const BEFORE: usize = 60;
-    let mut d = MediatorDomain::start(
-        logs,
-        "med_failover",
-        2,
-        &[
-            ("alice", Permission::Submission),
-            ("bob", Permission::Submission),
-        ],
-        Duration::from_secs(8),
-    )
-    .await?;
+    let mut d = MediatorDomain::start_pair(logs, "med_failover", 2, Duration::from_secs(8)).await?;
     let active = d.wait_active(Duration::from_secs(5)).await?;
     let passive = 1 - active;
     ensure!(
@@ -290,17 +279,8 @@ async fn paused_in_transaction_body(logs: TestLogs) -> anyhow::Result<()> {
     const N: usize = 40;
     /// Requests answered before the hold.
     const BEFORE: usize = 10;
-    let mut d = MediatorDomain::start(
-        logs,
-        "med_paused_tx",
-        2,
-        &[
-            ("alice", Permission::Submission),
-            ("bob", Permission::Submission),
-        ],
-        Duration::from_secs(8),
-    )
-    .await?;
+    let mut d =
+        MediatorDomain::start_pair(logs, "med_paused_tx", 2, Duration::from_secs(8)).await?;
     let active = d.wait_active(Duration::from_secs(5)).await?;
     let passive = 1 - active;
     let before = d.status(active).await?;

@@ -38,17 +38,7 @@ e2e_test! {
 
 async fn thousand_body(logs: TestLogs) -> anyhow::Result<()> {
     const N: usize = 1000;
-    let d = MediatorDomain::start(
-        logs,
-        "med_thousand",
-        2,
-        &[
-            ("alice", Permission::Submission),
-            ("bob", Permission::Submission),
-        ],
-        Duration::from_secs(2),
-    )
-    .await?;
+    let d = MediatorDomain::start_pair(logs, "med_thousand", 2, Duration::from_secs(2)).await?;
     let active = d.wait_active(Duration::from_secs(5)).await?;
     let passive = 1 - active;
     ensure!(
