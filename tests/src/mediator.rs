@@ -766,6 +766,15 @@ impl Load {
         format!("{}-{i}", self.prefix).into_bytes()
     }
 
+    /// The ids of the requests of `range` that are decided by their responses (all but
+    /// the silent ones, which wait for the timeout).
+    pub fn decided(&self, ids: &[i64], range: std::ops::Range<usize>) -> Vec<i64> {
+        range
+            .filter(|i| self.kind(*i) != Kind::Silent)
+            .map(|i| ids[i])
+            .collect()
+    }
+
     /// The verdict request `i` must get.
     pub fn expected(&self, d: &MediatorDomain, i: usize) -> Expected {
         let (_, other) = Self::parties(i);
@@ -805,6 +814,24 @@ impl MediatorDomain {
             .await?;
         sent.sort();
         Ok(sent.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// Sends the responses of requests `range` of `load` (`ids` by `i`), `concurrency`
+    /// requests at a time.
+    pub async fn respond_all(
+        &self,
+        load: &Load,
+        ids: &[i64],
+        range: std::ops::Range<usize>,
+        concurrency: usize,
+    ) -> anyhow::Result<()> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        futures::stream::iter(range)
+            .map(|i| self.respond_to(load, i, ids[i]))
+            .buffer_unordered(concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
     }
 
     /// Sends the responses request `i` (id `id`) of `load` gets.

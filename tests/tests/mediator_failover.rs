@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use domain_e2e::checks::db_client;
-use domain_e2e::mediator::{Expected, Kind, Load, MediatorDomain, ServingStatus, check_outcome};
+use domain_e2e::mediator::{Expected, Load, MediatorDomain, ServingStatus, check_outcome};
 use domain_testkit::process::TestLogs;
 use futures::{StreamExt as _, TryStreamExt as _};
 
@@ -30,10 +30,6 @@ const LOAD: Load = Load {
 
 async fn respond(d: &MediatorDomain, i: usize, id: i64) -> anyhow::Result<()> {
     d.respond_to(&LOAD, i, id).await
-}
-
-fn kind(i: usize) -> Kind {
-    LOAD.kind(i)
 }
 
 e2e_test! {
@@ -57,15 +53,8 @@ async fn failover_body(logs: TestLogs) -> anyhow::Result<()> {
     // All requests first: they are pending at the active replica.
     let ids = d.request_all(&LOAD, N).await?;
     // Responses for the first requests; wait until most of their verdicts arrived.
-    futures::stream::iter(0..BEFORE)
-        .map(|i| respond(&d, i, ids[i]))
-        .buffer_unordered(16)
-        .try_collect::<Vec<()>>()
-        .await?;
-    let decided_before: Vec<i64> = (0..BEFORE)
-        .filter(|i| kind(*i) != Kind::Silent)
-        .map(|i| ids[i])
-        .collect();
+    d.respond_all(&LOAD, &ids, 0..BEFORE, 16).await?;
+    let decided_before = LOAD.decided(&ids, 0..BEFORE);
     d.wait_verdicts("alice", &decided_before, Duration::from_secs(20))
         .await?;
 
@@ -289,15 +278,8 @@ async fn paused_in_transaction_body(logs: TestLogs) -> anyhow::Result<()> {
     for i in 0..N {
         ids.push(d.request_of(&LOAD, i).await?);
     }
-    futures::stream::iter(0..BEFORE)
-        .map(|i| respond(&d, i, ids[i]))
-        .buffer_unordered(8)
-        .try_collect::<Vec<()>>()
-        .await?;
-    let decided_before: Vec<i64> = (0..BEFORE)
-        .filter(|i| kind(*i) != Kind::Silent)
-        .map(|i| ids[i])
-        .collect();
+    d.respond_all(&LOAD, &ids, 0..BEFORE, 8).await?;
+    let decided_before = LOAD.decided(&ids, 0..BEFORE);
     d.wait_verdicts("alice", &decided_before, Duration::from_secs(20))
         .await?;
 
