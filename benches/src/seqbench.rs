@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use domain_identity::MemberRole;
+use domain_localnet::sequencers::SequencerCluster;
 use domain_sequencer_client::SequencerConnection;
-use domain_testkit::cluster::SequencerCluster;
 use domain_testkit::pg::PgCluster;
 use domain_testkit::process::TestLogs;
 

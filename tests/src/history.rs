@@ -122,6 +122,20 @@ pub struct History {
     pub load_window: Option<(Duration, Duration)>,
 }
 
+impl History {
+    /// Completion times (recorder time) of the successful sends, in order.
+    pub fn successes(&self) -> Vec<Duration> {
+        let mut done: Vec<Duration> = self
+            .ops
+            .iter()
+            .filter(|o| matches!(o.outcome, Some(Outcome::Ok { .. })))
+            .filter_map(|o| o.completed)
+            .collect();
+        done.sort();
+        done
+    }
+}
+
 /// Records a history from many tasks at once.
 #[derive(Clone)]
 pub struct Recorder {

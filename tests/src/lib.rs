@@ -1,9 +1,12 @@
 //! Shared helpers of the end-to-end tests (tests/tests/*.rs): connecting
-//! members to a [`domain_testkit::cluster::SequencerCluster`].
+//! members to a [`domain_localnet::sequencers::SequencerCluster`].
 
 pub mod checks;
 pub mod history;
+pub mod mediator;
+pub mod participant;
 pub mod proxy;
+pub mod streams;
 pub mod topology;
 
 use std::sync::Arc;
@@ -12,11 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use domain_identity::{MemberId, SigningKeyPair};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_sequencer_client::{
     ClientOptions, ClientTlsFiles, DomainClient, DomainPins, DomainTls, MemberIdentity,
     SequencerConnection,
 };
-use domain_testkit::cluster::SequencerCluster;
 
 /// Connects and authenticates `member` to instance `i` of the cluster.
 pub async fn connect(
@@ -175,6 +178,32 @@ pub async fn load_clients(
         clients.push(domain_client(cluster, &endpoints, &member, options.clone()).await?);
     }
     Ok(clients)
+}
+
+/// Declares an end-to-end test: `#[tokio::test]` on a 2-thread runtime, with
+/// [`TestLogs`](domain_testkit::process::TestLogs) named after the test that are kept when
+/// `body(logs)` fails ([`checks::keep_logs_on_error`]). With `serial`, the test first takes
+/// the `SERIAL` lock of the calling module (one test of that file at a time when they share
+/// a process, as under `cargo test`). Doc comments and attributes go before the name.
+#[macro_export]
+macro_rules! e2e_test {
+    ($(#[$meta:meta])* serial $name:ident => $body:path) => {
+        $(#[$meta])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() -> ::anyhow::Result<()> {
+            let _serial = SERIAL.lock().await;
+            let logs = ::domain_testkit::process::TestLogs::new(stringify!($name));
+            $crate::checks::keep_logs_on_error(&logs, $body(logs.clone())).await
+        }
+    };
+    ($(#[$meta:meta])* $name:ident => $body:path) => {
+        $(#[$meta])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() -> ::anyhow::Result<()> {
+            let logs = ::domain_testkit::process::TestLogs::new(stringify!($name));
+            $crate::checks::keep_logs_on_error(&logs, $body(logs.clone())).await
+        }
+    };
 }
 
 /// Runs a test body on its own 2-thread runtime (so the body's timing does not depend on

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::confirmation::v1 as confirmation_pb;
 use domain_proto::sequencer::v1 as pb;
 use domain_proto::topology::v1 as topology_pb;
 use domain_sequencer_client::SequencerConnection;
-use domain_testkit::cluster::SequencerCluster;
 use domain_topology::{Mapping, Operation, Permission, TopologyTransaction, TrustLevel};
 use prost::Message as _;
 

@@ -16,12 +16,12 @@ use anyhow::{Context as _, bail, ensure};
 use domain_e2e::checks::db_client;
 use domain_e2e::{envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_sequencer_client::{
     ClientError, ClientOptions, ClientTlsFiles, DomainClient, DomainTls, MemberIdentity,
     SendReceipt, Subscription, VerifiedEvent,
 };
 use domain_testkit::certs::TestPki;
-use domain_testkit::cluster::SequencerCluster;
 use domain_testkit::pg::PgCluster;
 use domain_testkit::process::TestLogs;
 use tokio::sync::Semaphore;

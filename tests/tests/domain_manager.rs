@@ -14,19 +14,20 @@
 //!    sequencing time (issue 11 item 14): sequenced once, and the domain manager records
 //!    the timestamp members see.
 
+use domain_e2e::e2e_test;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use domain_e2e::checks::{db_client, expect_status, keep_logs_on_error, stream_end};
+use domain_e2e::checks::{db_client, expect_status, stream_end};
 use domain_e2e::topology::new_participant;
 use domain_e2e::{connect, envelope, now_micros};
+use domain_localnet::domain_managers::{DomainManagers, domainctl};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::manager::admin::v1 as manager_admin_pb;
 use domain_proto::manager::admin::v1::domain_admin_service_client::DomainAdminServiceClient;
 use domain_proto::topology::v1 as pb;
 use domain_sequencer_client::{ClientError, SequencerConnection};
-use domain_testkit::cluster::SequencerCluster;
-use domain_testkit::domain_manager::{DomainManagers, domainctl};
 use domain_testkit::{pg::PgCluster, process::TestLogs};
 use serde_json::Value;
 use tonic::Code;
@@ -105,11 +106,8 @@ async fn start_domain(
     Ok((cluster, dms))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn allowlist_through_domainctl() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("allowlist_through_domainctl");
-    keep_logs_on_error(&logs, allowlist_body(logs.clone())).await
+e2e_test! {
+    serial allowlist_through_domainctl => allowlist_body
 }
 
 async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -248,11 +246,8 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_active_domain_manager() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("sigkill_active_domain_manager");
-    keep_logs_on_error(&logs, sigkill_body(logs.clone())).await
+e2e_test! {
+    serial sigkill_active_domain_manager => sigkill_body
 }
 
 async fn set_state_once(
@@ -328,11 +323,8 @@ async fn sigkill_body(logs: TestLogs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn split_brain_is_fenced() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("split_brain_is_fenced");
-    keep_logs_on_error(&logs, split_brain_body(logs.clone())).await
+e2e_test! {
+    serial split_brain_is_fenced => split_brain_body
 }
 
 async fn split_brain_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -422,15 +414,7 @@ async fn split_brain_body(logs: TestLogs) -> anyhow::Result<()> {
         "the refusal names the new active: {named:?}"
     );
     // Following the named active, domainctl still gets the write done with both endpoints.
-    let out = dms
-        .domainctl(&[
-            "participants",
-            "set-state",
-            &pid,
-            "--permission",
-            "observation",
-        ])
-        .await?;
+    let out = dms.set_state(&pid, "observation", &[]).await?;
     ensure!(
         out.status.success(),
         "write via both endpoints: {}",
@@ -489,11 +473,8 @@ async fn raw_set_state(
         .map(tonic::Response::into_inner)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_cli_input_changes_nothing() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("bad_cli_input_changes_nothing");
-    keep_logs_on_error(&logs, bad_cli_body(logs.clone())).await
+e2e_test! {
+    serial bad_cli_input_changes_nothing => bad_cli_body
 }
 
 async fn bad_cli_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -628,17 +609,14 @@ async fn bad_cli_body(logs: TestLogs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Issue 11 item 14: the reply to a topology send is lost after the sequencer committed
-/// it, and the domain manager hears nothing back for longer than the send's max
-/// sequencing time (its replies keep being dropped until the sequencer has even pruned
-/// the deduplication row). The change must be sequenced exactly once, and the domain
-/// manager must record the timestamp members see (the sequencer's event and its topology
-/// table), not that of a second copy.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item_14_resend_after_deadline_is_sequenced_once() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("item_14_resend_after_deadline_is_sequenced_once");
-    keep_logs_on_error(&logs, resend_after_deadline_body(logs.clone())).await
+e2e_test! {
+    /// Issue 11 item 14: the reply to a topology send is lost after the sequencer committed
+    /// it, and the domain manager hears nothing back for longer than the send's max
+    /// sequencing time (its replies keep being dropped until the sequencer has even pruned
+    /// the deduplication row). The change must be sequenced exactly once, and the domain
+    /// manager must record the timestamp members see (the sequencer's event and its topology
+    /// table), not that of a second copy.
+    serial item_14_resend_after_deadline_is_sequenced_once => resend_after_deadline_body
 }
 
 async fn resend_after_deadline_body(logs: TestLogs) -> anyhow::Result<()> {

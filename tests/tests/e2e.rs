@@ -5,9 +5,6 @@
 //! whole dependency tree (tonic, tokio, rustls, tokio-postgres): thirteen of them took
 //! ~2 GB of disk and their link time, and ran a CI machine out of space.
 
-mod mediator_common;
-mod participant_common;
-
 mod client_failover;
 mod client_fake_sequencer;
 mod devnet;

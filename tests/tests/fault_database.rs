@@ -31,8 +31,8 @@ use anyhow::{Context as _, bail, ensure};
 use domain_e2e::history::{self, CheckOptions, History, LoadOptions, Outcome, Recorder};
 use domain_e2e::{connect_member, envelope, load_clients, now_micros};
 use domain_identity::{MemberId, SigningKeyPair};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_sequencer_client::{ClientError, ClientOptions, DomainClient};
-use domain_testkit::cluster::SequencerCluster;
 use domain_testkit::pg::TestDatabase;
 use domain_testkit::pg_ha::{PgDiskFull, PgHaPair, Replication};
 use domain_testkit::process::TestLogs;
@@ -82,18 +82,6 @@ fn load_options() -> LoadOptions {
     }
 }
 
-/// Completion times (recorder time) of the successful sends.
-fn successes(h: &History) -> Vec<Duration> {
-    let mut done: Vec<Duration> = h
-        .ops
-        .iter()
-        .filter(|o| matches!(o.outcome, Some(Outcome::Ok { .. })))
-        .filter_map(|o| o.completed)
-        .collect();
-    done.sort();
-    done
-}
-
 /// Waits until `n` sends completed successfully after `since` (recorder time); returns the
 /// first of them.
 async fn wait_for_successes(
@@ -104,7 +92,9 @@ async fn wait_for_successes(
 ) -> anyhow::Result<Duration> {
     let deadline = Instant::now() + timeout;
     loop {
-        let done: Vec<Duration> = successes(&recorder.snapshot())
+        let done: Vec<Duration> = recorder
+            .snapshot()
+            .successes()
             .into_iter()
             .filter(|t| *t > since)
             .collect();
@@ -305,7 +295,8 @@ async fn async_failover(logs: TestLogs) -> anyhow::Result<()> {
     let took = pair.promote_standby()?;
     recorder.mark(&format!("standby promoted (pg_ctl promote -w: {took:?})"));
     let h = recorder.snapshot();
-    let acked_in_lag = successes(&h)
+    let acked_in_lag = h
+        .successes()
         .into_iter()
         .filter(|t| *t > lag_from && *t <= killed_at)
         .count();
@@ -531,7 +522,8 @@ async fn disk_full(logs: TestLogs) -> anyhow::Result<()> {
         refusal.message()
     );
     let h = recorder.snapshot();
-    let during = successes(&h)
+    let during = h
+        .successes()
         .into_iter()
         .filter(|t| *t > full_at + Duration::from_millis(500) && *t <= recorder.elapsed())
         .count();

@@ -36,10 +36,10 @@ use domain_e2e::history::{
 };
 use domain_e2e::{checks::keep_logs_on_error, cluster_pins, connect, envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
+use domain_localnet::sequencers::{Placement, SequencerCluster};
 use domain_sequencer_client::{
     ClientOptions, ClientTlsFiles, DomainClient, DomainTls, MemberIdentity, SequencerConnection,
 };
-use domain_testkit::cluster::{Placement, SequencerCluster};
 use domain_testkit::netns::{Direction, Flow, Impairment, NetHost};
 use domain_testkit::pg::{ClusterOptions, PgCluster, TestDatabase};
 use domain_testkit::process::TestLogs;
@@ -177,7 +177,7 @@ impl NetDomain {
                 database_url: Some(pg.url_from(&db, h)),
             })
             .collect();
-        let cluster = SequencerCluster::start_placed(logs, db, "", &[], &placements).await?;
+        let cluster = SequencerCluster::start_placed(logs, db, "", &[], &placements, "").await?;
         for (i, h) in hosts.iter().enumerate() {
             println!(
                 "seq-{i}: namespace {} at {} (database via {}:{})",
@@ -598,7 +598,7 @@ async fn client_partition(name: &str, phases: &[Direction]) -> anyhow::Result<()
         let s = Scenario::start(logs, 3, 3).await?;
         let cut = 1;
         let host = &s.domain.hosts[cut];
-        let port = s.domain.cluster.nodes[cut].public_port;
+        let port = s.domain.cluster.nodes[cut].listeners.public;
         let direct = connect(&s.domain.cluster, cut, &s.members[0]).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         for direction in phases {
@@ -744,7 +744,7 @@ async fn slow_lossy_links_on_one_instance() -> anyhow::Result<()> {
         let slow = 1;
         let host = &s.domain.hosts[slow];
         let slow_url = s.domain.cluster.nodes[slow].public_endpoint();
-        let port = s.domain.cluster.nodes[slow].public_port;
+        let port = s.domain.cluster.nodes[slow].listeners.public;
         // A client of its own whose sends record which endpoint answered.
         let (member, client) = s.domain.clients("probe", 1).await?.remove(0);
         let direct = connect(&s.domain.cluster, slow, &s.members[0]).await?;
@@ -906,10 +906,7 @@ const MEDIATOR_GAP_BOUND: Duration = Duration::from_secs(10);
 /// lease state is sampled throughout: never two holders of one epoch (I5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_mediator_partitioned_from_its_database() -> anyhow::Result<()> {
-    use crate::mediator_common::{
-        Expected, MediatorDomain, MediatorNet, ReplicaPlacement, check_outcome,
-    };
-    use domain_topology::Permission;
+    use domain_e2e::mediator::{Expected, Load, MediatorDomain, MediatorNet, check_outcome};
     use futures::{StreamExt as _, TryStreamExt as _};
 
     let logs = TestLogs::for_current_test();
@@ -927,7 +924,7 @@ async fn active_mediator_partitioned_from_its_database() -> anyhow::Result<()> {
             sequencer_addr: IpAddr::V4(hosts[0].gateway()),
             replicas: hosts
                 .iter()
-                .map(|h| ReplicaPlacement {
+                .map(|h| domain_localnet::sequencers::Placement {
                     netns: Some(h.name().to_owned()),
                     addr: IpAddr::V4(h.addr()),
                     database_url: Some(pg.url_from(&med_db, h)),
@@ -938,10 +935,7 @@ async fn active_mediator_partitioned_from_its_database() -> anyhow::Result<()> {
             logs,
             "fault_med",
             2,
-            &[
-                ("alice", Permission::Submission),
-                ("bob", Permission::Submission),
-            ],
+            &domain_e2e::mediator::PAIR,
             Duration::from_secs(15),
             Some(net),
         )
@@ -955,33 +949,13 @@ async fn active_mediator_partitioned_from_its_database() -> anyhow::Result<()> {
             hosts[passive].name()
         );
         let recorder = Recorder::new();
-        let root = |i: usize| format!("net-split-{i}").into_bytes();
-        let ids: Vec<i64> = {
-            let d = &d;
-            let mut sent: Vec<(usize, i64)> = futures::stream::iter(0..N)
-                .map(|i| async move {
-                    let submitter = if i % 2 == 0 { "alice" } else { "bob" };
-                    let id = d
-                        .request(submitter, &["alice", "bob"], &["alice", "bob"], &root(i))
-                        .await?;
-                    Ok::<_, anyhow::Error>((i, id))
-                })
-                .buffer_unordered(32)
-                .try_collect()
-                .await?;
-            sent.sort();
-            sent.into_iter().map(|(_, id)| id).collect()
+        const LOAD: Load = Load {
+            prefix: "net-split",
+            reject: None,
+            silent: None,
         };
-        let respond = |i: usize| {
-            let (d, id, root) = (&d, ids[i], root(i));
-            async move {
-                futures::try_join!(
-                    d.respond("alice", id, &root, true, ""),
-                    d.respond("bob", id, &root, true, "")
-                )?;
-                Ok::<_, anyhow::Error>(())
-            }
-        };
+        let ids = d.request_all(&LOAD, N).await?;
+        let respond = |i: usize| d.respond_to(&LOAD, i, ids[i]);
         futures::stream::iter(0..BEFORE)
             .map(respond)
             .buffer_unordered(16)
@@ -1192,7 +1166,7 @@ const DM_GAP_BOUND: Duration = Duration::from_secs(10);
 /// is sampled (I5) and no row carries the cut replica's epoch after the takeover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_domain_manager_partitioned_from_its_database() -> anyhow::Result<()> {
-    use domain_testkit::domain_manager::DomainManagers;
+    use domain_localnet::domain_managers::DomainManagers;
 
     let logs = TestLogs::for_current_test();
     keep_logs_on_error(&logs.clone(), async move {
@@ -1212,6 +1186,7 @@ async fn active_domain_manager_partitioned_from_its_database() -> anyhow::Result
             "",
             &[],
             &[seq_place.clone(), seq_place],
+            "",
         )
         .await?;
         let placements: Vec<Placement> = hosts
@@ -1242,17 +1217,7 @@ async fn active_domain_manager_partitioned_from_its_database() -> anyhow::Result
                 k += 1;
                 let p = domain_e2e::topology::new_participant(&format!("p{k}"))?;
                 let pid = p.0.to_string();
-                let out = dms
-                    .domainctl(&[
-                        "participants",
-                        "set-state",
-                        &pid,
-                        "--permission",
-                        "submission",
-                        "--timeout",
-                        "3s",
-                    ])
-                    .await?;
+                let out = dms.set_state(&pid, "submission", &["--timeout", "3s"]).await?;
                 writes
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

@@ -26,10 +26,10 @@ use domain_e2e::history::{
 };
 use domain_e2e::{connect_member, envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::sequencer::v1 as pb;
 use domain_sequencer_client::retry::{RetryClass, classify_status};
 use domain_sequencer_client::{ClientOptions, ClientTlsFiles, DomainClient, MemberIdentity};
-use domain_testkit::cluster::SequencerCluster;
 use domain_testkit::pg::{ClusterOptions, PgCluster};
 use domain_testkit::process::TestLogs;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -321,13 +321,7 @@ fn acked_between(h: &History, from: Duration, to: Duration) -> usize {
 /// The interval without a successful send that contains `t`: from the last completion
 /// before `t` to the first one after it.
 fn gap_around(h: &History, t: Duration) -> Duration {
-    let mut done: Vec<Duration> = h
-        .ops
-        .iter()
-        .filter(|o| matches!(o.outcome, Some(Outcome::Ok { .. })))
-        .filter_map(|o| o.completed)
-        .collect();
-    done.sort();
+    let done = h.successes();
     let before = done.iter().rev().find(|c| **c <= t).copied().unwrap_or(t);
     let after = done.iter().find(|c| **c > t).copied().unwrap_or(t);
     after.saturating_sub(before)

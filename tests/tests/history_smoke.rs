@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use domain_e2e::history::{CheckOptions, LoadOptions, Recorder, check, record_instance_stream};
 use domain_e2e::{checks::keep_logs_on_error, connect, load_clients};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_sequencer_client::ClientOptions;
-use domain_testkit::cluster::SequencerCluster;
 use domain_testkit::pg::PgCluster;
 use domain_testkit::process::TestLogs;
 

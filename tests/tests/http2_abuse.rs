@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use bytes::Bytes;
 use domain_e2e::checks::keep_logs_on_error;
+use domain_localnet::sequencers::SequencerCluster;
 use domain_sequencer_client::connect_channel;
-use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use domain_testkit::{pg::PgCluster, process::TestLogs};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
@@ -64,7 +65,7 @@ impl Target {
             .collect();
         let mut cluster = SequencerCluster::start_with_env(logs, database, 1, "", &[env]).await?;
         let node = cluster.nodes.first_mut().context("no instance")?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], node.public_port));
+        let addr = SocketAddr::from(([127, 0, 0, 1], node.listeners.public));
         let pid = node.process()?.pid();
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pki_types_certs(cluster.pki.ca_pem())? {

@@ -8,92 +8,39 @@
 //! Also (issue 11 item 8): the active replica SIGSTOPped while it holds a fenced
 //! transaction open; the standby still takes over within 3 s.
 
+use domain_e2e::e2e_test;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::mediator_common::{Expected, MediatorDomain, ServingStatus, check_outcome};
 use anyhow::{Context as _, ensure};
-use domain_e2e::checks::{db_client, keep_logs_on_error};
+use domain_e2e::checks::db_client;
+use domain_e2e::mediator::{Expected, Load, MediatorDomain, ServingStatus, check_outcome};
 use domain_testkit::process::TestLogs;
-use domain_topology::Permission;
 use futures::{StreamExt as _, TryStreamExt as _};
 
 /// Most the passive may take to become ready after the active dies.
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(3);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Approve,
-    Reject,
-    Silent,
-}
+/// Every tenth request rejected, every tenth timed out.
+const LOAD: Load = Load {
+    prefix: "failover",
+    reject: Some(3),
+    silent: Some(7),
+};
 
-fn kind(i: usize) -> Kind {
-    match i % 10 {
-        3 => Kind::Reject,
-        7 => Kind::Silent,
-        _ => Kind::Approve,
-    }
-}
-
-fn parties(i: usize) -> (&'static str, &'static str) {
-    if i.is_multiple_of(2) {
-        ("alice", "bob")
-    } else {
-        ("bob", "alice")
-    }
-}
-
-fn root(i: usize) -> Vec<u8> {
-    format!("failover-{i}").into_bytes()
-}
-
-/// Sends the responses request `i` gets (the submitter always approves).
 async fn respond(d: &MediatorDomain, i: usize, id: i64) -> anyhow::Result<()> {
-    let (submitter, other) = parties(i);
-    let root = root(i);
-    match kind(i) {
-        Kind::Approve => {
-            futures::try_join!(
-                d.respond(submitter, id, &root, true, ""),
-                d.respond(other, id, &root, true, "")
-            )?;
-        }
-        Kind::Reject => {
-            let reason = format!("no-{i}");
-            futures::try_join!(
-                d.respond(submitter, id, &root, true, ""),
-                d.respond(other, id, &root, false, &reason)
-            )?;
-        }
-        Kind::Silent => {
-            d.respond(submitter, id, &root, true, "").await?;
-        }
-    }
-    Ok(())
+    d.respond_to(&LOAD, i, id).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn active_mediator_killed_with_requests_in_flight() -> anyhow::Result<()> {
-    let logs = TestLogs::new("active_mediator_killed_with_requests_in_flight");
-    keep_logs_on_error(&logs, failover_body(logs.clone())).await
+e2e_test! {
+    active_mediator_killed_with_requests_in_flight => failover_body
 }
 
 async fn failover_body(logs: TestLogs) -> anyhow::Result<()> {
     const N: usize = 300;
     /// Requests answered (and mostly decided) before the kill.
     const BEFORE: usize = 60;
-    let mut d = MediatorDomain::start(
-        logs,
-        "med_failover",
-        2,
-        &[
-            ("alice", Permission::Submission),
-            ("bob", Permission::Submission),
-        ],
-        Duration::from_secs(8),
-    )
-    .await?;
+    let mut d = MediatorDomain::start_pair(logs, "med_failover", 2, Duration::from_secs(8)).await?;
     let active = d.wait_active(Duration::from_secs(5)).await?;
     let passive = 1 - active;
     ensure!(
@@ -104,32 +51,10 @@ async fn failover_body(logs: TestLogs) -> anyhow::Result<()> {
     ensure!(before.active && !d.status(passive).await?.active);
 
     // All requests first: they are pending at the active replica.
-    let ids: Vec<i64> = {
-        let d = &d;
-        let mut sent: Vec<(usize, i64)> = futures::stream::iter(0..N)
-            .map(|i| async move {
-                let (submitter, _) = parties(i);
-                let id = d
-                    .request(submitter, &["alice", "bob"], &["alice", "bob"], &root(i))
-                    .await?;
-                Ok::<_, anyhow::Error>((i, id))
-            })
-            .buffer_unordered(32)
-            .try_collect()
-            .await?;
-        sent.sort();
-        sent.into_iter().map(|(_, id)| id).collect()
-    };
+    let ids = d.request_all(&LOAD, N).await?;
     // Responses for the first requests; wait until most of their verdicts arrived.
-    futures::stream::iter(0..BEFORE)
-        .map(|i| respond(&d, i, ids[i]))
-        .buffer_unordered(16)
-        .try_collect::<Vec<()>>()
-        .await?;
-    let decided_before: Vec<i64> = (0..BEFORE)
-        .filter(|i| kind(*i) != Kind::Silent)
-        .map(|i| ids[i])
-        .collect();
+    d.respond_all(&LOAD, &ids, 0..BEFORE, 16).await?;
+    let decided_before = LOAD.decided(&ids, 0..BEFORE);
     d.wait_verdicts("alice", &decided_before, Duration::from_secs(20))
         .await?;
 
@@ -330,53 +255,31 @@ async fn failover_body(logs: TestLogs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Issue 11 item 8: the active replica is paused (SIGSTOP) while it holds a fenced
-/// transaction open (fault hook: it stops between its writes and the commit). The paused
-/// transaction must not block the standby's takeover: the standby ends it once the lease
-/// expired and is ready within [`TAKEOVER_LIMIT`] of the pause, and every request still
-/// gets exactly one verdict, sequenced once. The paused replica, resumed, stays passive.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item_8_active_paused_inside_fenced_transaction() -> anyhow::Result<()> {
-    let logs = TestLogs::new("item_8_active_paused_inside_fenced_transaction");
-    keep_logs_on_error(&logs, paused_in_transaction_body(logs.clone())).await
+e2e_test! {
+    /// Issue 11 item 8: the active replica is paused (SIGSTOP) while it holds a fenced
+    /// transaction open (fault hook: it stops between its writes and the commit). The paused
+    /// transaction must not block the standby's takeover: the standby ends it once the lease
+    /// expired and is ready within [`TAKEOVER_LIMIT`] of the pause, and every request still
+    /// gets exactly one verdict, sequenced once. The paused replica, resumed, stays passive.
+    item_8_active_paused_inside_fenced_transaction => paused_in_transaction_body
 }
 
 async fn paused_in_transaction_body(logs: TestLogs) -> anyhow::Result<()> {
     const N: usize = 40;
     /// Requests answered before the hold.
     const BEFORE: usize = 10;
-    let mut d = MediatorDomain::start(
-        logs,
-        "med_paused_tx",
-        2,
-        &[
-            ("alice", Permission::Submission),
-            ("bob", Permission::Submission),
-        ],
-        Duration::from_secs(8),
-    )
-    .await?;
+    let mut d =
+        MediatorDomain::start_pair(logs, "med_paused_tx", 2, Duration::from_secs(8)).await?;
     let active = d.wait_active(Duration::from_secs(5)).await?;
     let passive = 1 - active;
     let before = d.status(active).await?;
 
     let mut ids = Vec::new();
     for i in 0..N {
-        let (submitter, _) = parties(i);
-        ids.push(
-            d.request(submitter, &["alice", "bob"], &["alice", "bob"], &root(i))
-                .await?,
-        );
+        ids.push(d.request_of(&LOAD, i).await?);
     }
-    futures::stream::iter(0..BEFORE)
-        .map(|i| respond(&d, i, ids[i]))
-        .buffer_unordered(8)
-        .try_collect::<Vec<()>>()
-        .await?;
-    let decided_before: Vec<i64> = (0..BEFORE)
-        .filter(|i| kind(*i) != Kind::Silent)
-        .map(|i| ids[i])
-        .collect();
+    d.respond_all(&LOAD, &ids, 0..BEFORE, 8).await?;
+    let decided_before = LOAD.decided(&ids, 0..BEFORE);
     d.wait_verdicts("alice", &decided_before, Duration::from_secs(20))
         .await?;
 
@@ -498,17 +401,7 @@ async fn check_every_verdict(d: &MediatorDomain, ids: &[i64]) -> anyhow::Result<
     let alice = d.exactly_one_each("alice", ids)?;
     let bob = d.exactly_one_each("bob", ids)?;
     for (i, id) in ids.iter().enumerate() {
-        let (_, other) = parties(i);
-        let expected = match kind(i) {
-            Kind::Approve => Expected::Approved,
-            Kind::Reject => Expected::Rejected {
-                participant: d.id(other),
-                reason: format!("no-{i}"),
-            },
-            Kind::Silent => Expected::TimedOut {
-                missing: vec![d.id(other)],
-            },
-        };
+        let expected = LOAD.expected(d, i);
         check_outcome(&alice[id].verdict, &expected)?;
         ensure!(alice[id].verdict == bob[id].verdict && alice[id].ts == bob[id].ts);
     }

@@ -12,11 +12,11 @@
 //!   logged and counted, and never change a verdict; a request naming a
 //!   confirmer without confirmation permission is rejected by the mediator.
 
+use domain_e2e::e2e_test;
 use std::time::{Duration, Instant};
 
-use crate::mediator_common::{Expected, MediatorDomain, ServingStatus, check_outcome};
 use anyhow::ensure;
-use domain_e2e::checks::keep_logs_on_error;
+use domain_e2e::mediator::{Expected, Kind, Load, MediatorDomain, ServingStatus, check_outcome};
 use domain_identity::SignaturePurpose;
 use domain_sequencer_client::to_proto_signature;
 use domain_testkit::process::TestLogs;
@@ -25,42 +25,20 @@ use futures::{StreamExt as _, TryStreamExt as _};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// What request `i` of the load test does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Approve,
-    Reject,
-    Silent,
-}
+/// The load test: every tenth request rejected, every tenth timed out.
+const LOAD: Load = Load {
+    prefix: "root",
+    reject: Some(8),
+    silent: Some(9),
+};
 
-fn kind(i: usize) -> Kind {
-    match i % 10 {
-        8 => Kind::Reject,
-        9 => Kind::Silent,
-        _ => Kind::Approve,
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousand_requests_get_exactly_one_verdict_each() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("thousand_requests_get_exactly_one_verdict_each");
-    keep_logs_on_error(&logs, thousand_body(logs.clone())).await
+e2e_test! {
+    serial thousand_requests_get_exactly_one_verdict_each => thousand_body
 }
 
 async fn thousand_body(logs: TestLogs) -> anyhow::Result<()> {
     const N: usize = 1000;
-    let d = MediatorDomain::start(
-        logs,
-        "med_thousand",
-        2,
-        &[
-            ("alice", Permission::Submission),
-            ("bob", Permission::Submission),
-        ],
-        Duration::from_secs(2),
-    )
-    .await?;
+    let d = MediatorDomain::start_pair(logs, "med_thousand", 2, Duration::from_secs(2)).await?;
     let active = d.wait_active(Duration::from_secs(5)).await?;
     let passive = 1 - active;
     ensure!(
@@ -82,33 +60,8 @@ async fn thousand_body(logs: TestLogs) -> anyhow::Result<()> {
     let d = &d;
     let sent: Vec<(usize, i64)> = futures::stream::iter(0..N)
         .map(|i| async move {
-            let (submitter, other) = if i.is_multiple_of(2) {
-                ("alice", "bob")
-            } else {
-                ("bob", "alice")
-            };
-            let root = format!("root-{i}").into_bytes();
-            let id = d
-                .request(submitter, &["alice", "bob"], &["alice", "bob"], &root)
-                .await?;
-            match kind(i) {
-                Kind::Approve => {
-                    futures::try_join!(
-                        d.respond(submitter, id, &root, true, ""),
-                        d.respond(other, id, &root, true, "")
-                    )?;
-                }
-                Kind::Reject => {
-                    let reason = format!("reject-{i}");
-                    futures::try_join!(
-                        d.respond(submitter, id, &root, true, ""),
-                        d.respond(other, id, &root, false, &reason)
-                    )?;
-                }
-                Kind::Silent => {
-                    d.respond(submitter, id, &root, true, "").await?;
-                }
-            }
+            let id = d.request_of(&LOAD, i).await?;
+            d.respond_to(&LOAD, i, id).await?;
             Ok::<_, anyhow::Error>((i, id))
         })
         .buffer_unordered(32)
@@ -128,37 +81,18 @@ async fn thousand_body(logs: TestLogs) -> anyhow::Result<()> {
     let bob = d.exactly_one_each("bob", &ids)?;
     let mut counts = [0usize; 3];
     for (i, id) in &sent {
-        let (submitter, other) = if i.is_multiple_of(2) {
-            ("alice", "bob")
-        } else {
-            ("bob", "alice")
-        };
-        let expected = match kind(*i) {
-            Kind::Approve => {
-                counts[0] += 1;
-                Expected::Approved
-            }
-            Kind::Reject => {
-                counts[1] += 1;
-                Expected::Rejected {
-                    participant: d.id(other),
-                    reason: format!("reject-{i}"),
-                }
-            }
-            Kind::Silent => {
-                counts[2] += 1;
-                Expected::TimedOut {
-                    missing: vec![d.id(other)],
-                }
-            }
-        };
-        let _ = submitter;
+        let expected = LOAD.expected(d, *i);
+        counts[match LOAD.kind(*i) {
+            Kind::Approve => 0,
+            Kind::Reject => 1,
+            Kind::Silent => 2,
+        }] += 1;
         check_outcome(&alice[id].verdict, &expected)?;
         ensure!(
             alice[id].verdict == bob[id].verdict && alice[id].ts == bob[id].ts,
             "alice and bob saw different verdict events for request {id}"
         );
-        ensure!(alice[id].verdict.root_hash == format!("root-{i}").into_bytes());
+        ensure!(alice[id].verdict.root_hash == LOAD.root(*i));
     }
     // Sequenced exactly once each (the sequencer's own record).
     let db = d.sequenced_verdicts().await?;
@@ -247,11 +181,8 @@ async fn thousand_body(logs: TestLogs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ignored_responses_never_change_verdicts() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("ignored_responses_never_change_verdicts");
-    keep_logs_on_error(&logs, ignored_body(logs.clone())).await
+e2e_test! {
+    serial ignored_responses_never_change_verdicts => ignored_body
 }
 
 async fn ignored_body(logs: TestLogs) -> anyhow::Result<()> {

@@ -16,17 +16,19 @@
 
 use std::time::Duration;
 
-use crate::participant_common as common;
 use anyhow::{Context as _, ensure};
 use common::{Domain, participant_cli, participant_ok, ping_rpc, text};
 use domain_e2e::checks::keep_logs_on_error;
+use domain_e2e::participant as common;
 use domain_identity::onboarding::{BundleContents, export_bundle, verify_bundle};
 use domain_identity::{DomainId, PublicKey, SigningKeyPair, UniqueId};
+use domain_localnet::config::{self, Listeners};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::participant::admin::v1::PingVerdict;
-use domain_testkit::cluster::SequencerCluster;
+use domain_sequencer::SequencerConfig;
 use domain_testkit::pg::PgCluster;
 use domain_testkit::process::{
-    ManagedProcess, ProcessBuilder, TestLogs, binary_path, free_port, wait_for_health,
+    ManagedProcess, ProcessBuilder, TestLogs, binary_path, wait_for_health,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -72,22 +74,21 @@ async fn spawn_rogue(
 ) -> anyhow::Result<(String, ManagedProcess)> {
     let rogue_key = logs.path("rogue-key.pem");
     SigningKeyPair::generate().save_pem(&rogue_key)?;
-    let n0 = &domain.cluster.nodes[0];
-    let (rp, ra, ro) = (free_port(), free_port(), free_port());
+    let at = Listeners::free_loopback();
     let rogue_db = PgCluster::shared().create_database(db_name).await;
-    let rogue_config = std::fs::read_to_string(&n0.config_path)?
-        .replace(
-            &logs.path("sequencer-key.pem").display().to_string(),
-            &rogue_key.display().to_string(),
-        )
-        .replace(&format!(":{}\"", n0.public_port), &format!(":{rp}\""))
-        .replace(&format!(":{}\"", n0.admin_port), &format!(":{ra}\""))
-        .replace(&format!(":{}\"", n0.ops_port), &format!(":{ro}\""))
-        .replace(&domain.cluster.database.url, &rogue_db.url);
-    ensure!(rogue_config.contains(&rogue_key.display().to_string()));
     let rogue_path = logs.path("rogue.toml");
-    std::fs::write(&rogue_path, rogue_config)?;
-    let rogue_ep = format!("https://localhost:{rp}");
+    config::write(
+        &rogue_path,
+        &config::sequencer(
+            &domain.cluster.domain_id.to_string(),
+            &rogue_key,
+            &rogue_db.url,
+            &at,
+            &domain.cluster.pki_files,
+        )?,
+        &[],
+    )?;
+    let rogue_ep = at.public_url();
     let rogue = spawn_sequencer(
         "rogue-seq",
         &rogue_path,
@@ -117,20 +118,7 @@ async fn impostor_first(logs: TestLogs) -> anyhow::Result<()> {
     let data = logs.path("alice");
     let data_s = data.to_string_lossy().into_owned();
     let member = participant_ok(&["init", "--name", "alice", "--data-dir", &data_s]).await?;
-    let out = domain_testkit::domain_manager::domainctl(
-        &domain.dms.endpoints(),
-        &[
-            "participants",
-            "set-state",
-            &member,
-            "--permission",
-            "submission",
-            "--trust-level",
-            "ordinary",
-        ],
-    )
-    .await?;
-    ensure!(out.status.success(), "set-state: {}", text(&out));
+    domain.dms.allowlist(&member).await?;
     let ca = domain.cluster.pki_files.ca.to_string_lossy().into_owned();
     let mut endpoints = vec![rogue_ep.clone()];
     endpoints.extend(domain.sequencer_endpoints());
@@ -206,7 +194,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     let set_state = |file: std::path::PathBuf| {
         let dms = domain.dms.endpoints();
         async move {
-            domain_testkit::domain_manager::domainctl(
+            domain_localnet::domain_managers::domainctl(
                 &dms,
                 &[
                     "participants",
@@ -357,16 +345,13 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     if let Some(mut p) = other.nodes[0].process.take() {
         p.kill()?;
     }
-    let other_config = std::fs::read_to_string(&other.nodes[0].config_path)?
-        .replace(
-            &other.pki_files.server_cert.display().to_string(),
-            &domain.cluster.pki_files.server_cert.display().to_string(),
-        )
-        .replace(
-            &other.pki_files.server_key.display().to_string(),
-            &domain.cluster.pki_files.server_key.display().to_string(),
-        );
-    std::fs::write(&other.nodes[0].config_path, &other_config)?;
+    let provider = domain.cluster.pki_files.clone();
+    config::edit(&other.nodes[0].config_path, |c: &mut SequencerConfig| {
+        if let Some(tls) = &mut c.public_api.tls {
+            tls.cert.clone_from(&provider.server_cert);
+            tls.key.clone_from(&provider.server_key);
+        }
+    })?;
     let other_ep = other.nodes[0].public_endpoint();
     other.nodes[0].process = Some(
         spawn_sequencer(
@@ -481,22 +466,12 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     if let Some(mut p) = other.nodes[0].process.take() {
         p.kill()?;
     }
-    let tls_line = format!(
-        "key = \"{}\"\n",
-        domain.cluster.pki_files.server_key.display()
-    );
-    ensure!(other_config.contains(&tls_line), "no tls key line");
-    std::fs::write(
-        &other.nodes[0].config_path,
-        other_config.replacen(
-            &tls_line,
-            &format!(
-                "{tls_line}client-ca = \"{}\"\nrequire-client-cert = true\n",
-                domain.cluster.pki_files.ca.display()
-            ),
-            1,
-        ),
-    )?;
+    config::edit(&other.nodes[0].config_path, |c: &mut SequencerConfig| {
+        if let Some(tls) = &mut c.public_api.tls {
+            tls.client_ca = Some(provider.ca.clone());
+            tls.require_client_cert = true;
+        }
+    })?;
     let files = &domain.cluster.pki_files;
     let identity = tonic::transport::Identity::from_pem(
         std::fs::read(&files.client_cert)?,

@@ -2,18 +2,20 @@
 //! key is sent), so it must not register a member; registration waits for a valid
 //! `Authenticate`.
 
+use domain_e2e::e2e_test;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::ensure;
-use domain_e2e::checks::{db_client, keep_logs_on_error};
+use domain_e2e::checks::db_client;
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::common::v1 as common_pb;
 use domain_proto::sequencer::v1 as pb;
 use domain_proto::sequencer::v1::sequencer_service_client::SequencerServiceClient;
 use domain_sequencer_client::connect_channel;
-use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use domain_testkit::{pg::PgCluster, process::TestLogs};
 
 fn fresh_participant(name: &str) -> anyhow::Result<(MemberId, Arc<SigningKeyPair>)> {
     let key = SigningKeyPair::generate();
@@ -31,10 +33,8 @@ async fn member_rows(db: &tokio_postgres::Client) -> anyhow::Result<i64> {
         .get(0))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_mode_challenge_flood_registers_nothing() -> anyhow::Result<()> {
-    let logs = TestLogs::new("open_mode_challenge_flood_registers_nothing");
-    keep_logs_on_error(&logs, body(logs.clone())).await
+e2e_test! {
+    open_mode_challenge_flood_registers_nothing => body
 }
 
 async fn body(logs: TestLogs) -> anyhow::Result<()> {

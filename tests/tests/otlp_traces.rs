@@ -5,7 +5,7 @@
 //! travels in the `SendRequest`, is stored with the sequenced event and restored on delivery,
 //! and the mediator's verdict and the recipients' responses carry it on.
 
-use crate::participant_common as common;
+use domain_e2e::participant as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -83,8 +83,10 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
             .add_service(TraceServiceServer::new(receiver.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    // An inline table, so the line can go anywhere among a config's top-level keys.
-    let tracing = format!("tracing = {{ otlp-endpoint = \"http://127.0.0.1:{port}\" }}");
+    let tracing = domain_localnet::config::settings(&[(
+        "tracing.otlp-endpoint",
+        format!("http://127.0.0.1:{port}").into(),
+    )]);
     let layout = Layout {
         sequencer_config: tracing.clone(),
         mediator_config: tracing.clone(),

@@ -21,7 +21,7 @@
 //! the bounds hold either way since the mediator fails over through the same client
 //! library.
 
-use crate::participant_common as common;
+use domain_e2e::participant as common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -16,15 +16,16 @@
 //! 6. `connect-multi` errors: a missing CA file is named, unreachable endpoints fail
 //!    with each endpoint's reason, nothing is persisted.
 
-use crate::participant_common as common;
+use domain_e2e::participant as common;
 
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use common::{Domain, committed, free_port, participant_cli, participant_ok, text};
+use common::{Domain, committed, participant_cli, participant_ok, text};
 use domain_e2e::checks::keep_logs_on_error;
 use domain_proto::participant::admin::v1 as pb;
 use domain_testkit::process::TestLogs;
+use domain_testkit::process::free_port;
 use sha2::{Digest as _, Sha256};
 
 #[tokio::test(flavor = "multi_thread")]

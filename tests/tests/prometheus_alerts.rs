@@ -15,14 +15,15 @@
 //! The scrape configuration is generated the way deploy/k8s's PodMonitors label targets:
 //! `job` = component, `namespace` = a fixed value.
 
-use crate::participant_common as common;
+use domain_e2e::participant as common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use common::{Domain, free_port, ping_rpc};
+use common::{Domain, ping_rpc};
 use domain_e2e::checks::keep_logs_on_error;
+use domain_testkit::process::free_port;
 use domain_testkit::process::{ManagedProcess, ProcessBuilder, TestLogs, wait_for_http_ok};
 use serde_json::Value;
 

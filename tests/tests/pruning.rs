@@ -23,7 +23,7 @@ use domain_proto::participant::admin::v1::PingVerdict;
 use domain_testkit::process::{TestLogs, binary_path, wait_for_http_ok};
 use serde_json::Value;
 
-use crate::participant_common::{Domain, Layout, ping_rpc, text};
+use domain_e2e::participant::{Domain, Layout, ping_rpc, text};
 
 /// Tables whose growth pruning must bound.
 const TABLES: [&str; 5] = [

@@ -10,6 +10,7 @@
 //!
 //! The tests of this file run one at a time (they share 2 cores and measure times).
 
+use domain_e2e::e2e_test;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -22,14 +23,17 @@ use domain_e2e::checks::{
 use domain_e2e::proxy::TcpProxy;
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
+use domain_localnet::config;
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::common::v1 as common_pb;
 use domain_proto::sequencer::admin::v1 as sequencer_admin_pb;
 use domain_proto::sequencer::v1 as pb;
 use domain_proto::sequencer::v1::sequencer_service_client::SequencerServiceClient;
+use domain_sequencer::SequencerConfig;
 use domain_sequencer_client::{
     ClientError, SequencerConnection, StreamValidator, connect_channel, to_proto_signature,
 };
-use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use domain_testkit::{pg::PgCluster, process::TestLogs};
 use futures::StreamExt as _;
 use prost::Message as _;
 use prost::bytes::{Buf as _, BufMut as _};
@@ -872,11 +876,8 @@ async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::R
 // C. a disabled member is cut off
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disabled_member_is_cut_off() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("disabled_member_is_cut_off");
-    keep_logs_on_error(&logs, disabled_member_is_cut_off_body(logs.clone())).await
+e2e_test! {
+    serial disabled_member_is_cut_off => disabled_member_is_cut_off_body
 }
 
 async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -1042,11 +1043,8 @@ async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
 // D. acknowledged events are pruned
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_events_are_pruned() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("acknowledged_events_are_pruned");
-    keep_logs_on_error(&logs, acknowledged_events_are_pruned_body(logs.clone())).await
+e2e_test! {
+    serial acknowledged_events_are_pruned => acknowledged_events_are_pruned_body
 }
 
 async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -1228,13 +1226,9 @@ async fn restart_behind_proxy(
     ensure!(proxied_url != url, "proxy url");
     let node = &mut cluster.nodes[i];
     node.process()?.terminate(Duration::from_secs(15)).await?;
-    let config = std::fs::read_to_string(&node.config_path)?;
-    let needle = format!("url = \"{url}\"");
-    ensure!(config.contains(&needle), "config has the database url");
-    std::fs::write(
-        &node.config_path,
-        config.replace(&needle, &format!("url = \"{proxied_url}\"")),
-    )?;
+    config::edit(&node.config_path, |c: &mut SequencerConfig| {
+        c.database.url = proxied_url.as_str().into();
+    })?;
     cluster.start_node(i).await?;
     Ok(proxy)
 }
@@ -1386,14 +1380,11 @@ async fn stored_ack(db: &tokio_postgres::Client, member: &MemberId) -> anyhow::R
         .get(0))
 }
 
-/// An `Acknowledge` above the safe watermark (nothing can have been delivered there), for
-/// another member, or negative is refused with a precise code and changes nothing; a
-/// lower one than before is accepted and changes nothing either.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledge_is_clamped_to_the_delivered_head() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("acknowledge_is_clamped_to_the_delivered_head");
-    keep_logs_on_error(&logs, acknowledge_is_clamped_body(logs.clone())).await
+e2e_test! {
+    /// An `Acknowledge` above the safe watermark (nothing can have been delivered there), for
+    /// another member, or negative is refused with a precise code and changes nothing; a
+    /// lower one than before is accepted and changes nothing either.
+    serial acknowledge_is_clamped_to_the_delivered_head => acknowledge_is_clamped_body
 }
 
 async fn acknowledge_is_clamped_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -1495,14 +1486,11 @@ fn status_of_unit(r: Result<(), ClientError>, case: &str) -> anyhow::Result<Stat
     }
 }
 
-/// Expired nonces and deduplication rows go on every pruning round, also when a member
-/// that acknowledges nothing keeps the event bound where it is (before, the cleanup sat
-/// after the early return of an unmoved bound, so these tables grew with every Challenge).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn housekeeping_runs_when_the_bound_cannot_move() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("housekeeping_runs_when_the_bound_cannot_move");
-    keep_logs_on_error(&logs, housekeeping_body(logs.clone())).await
+e2e_test! {
+    /// Expired nonces and deduplication rows go on every pruning round, also when a member
+    /// that acknowledges nothing keeps the event bound where it is (before, the cleanup sat
+    /// after the early return of an unmoved bound, so these tables grew with every Challenge).
+    serial housekeeping_runs_when_the_bound_cannot_move => housekeeping_body
 }
 
 async fn housekeeping_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -1608,18 +1596,15 @@ async fn housekeeping_body(logs: TestLogs) -> anyhow::Result<()> {
 // Issue 11 item 10: a left-over writer transaction after a client-side connection loss
 // ---------------------------------------------------------------------------
 
-/// One instance, its database behind a proxy, every batch paused 1.5 s after its
-/// watermark update (holding the instance row and ROW EXCLUSIVE on `seq_instances`).
-/// Inside that pause the proxy strands the writer's connection: closed on the sequencer's
-/// side, open and silent on PostgreSQL's, so the backend stays idle in transaction until
-/// the server's TCP keepalive (hours). The writer recovers on a fresh connection; its
-/// `go_online` must not wait behind its own left-over transaction, and no peer exists
-/// that would clear it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn left_over_writer_transaction_does_not_block_recovery() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("left_over_writer_transaction_does_not_block_recovery");
-    keep_logs_on_error(&logs, left_over_writer_transaction_body(logs.clone())).await
+e2e_test! {
+    /// One instance, its database behind a proxy, every batch paused 1.5 s after its
+    /// watermark update (holding the instance row and ROW EXCLUSIVE on `seq_instances`).
+    /// Inside that pause the proxy strands the writer's connection: closed on the sequencer's
+    /// side, open and silent on PostgreSQL's, so the backend stays idle in transaction until
+    /// the server's TCP keepalive (hours). The writer recovers on a fresh connection; its
+    /// `go_online` must not wait behind its own left-over transaction, and no peer exists
+    /// that would clear it.
+    serial left_over_writer_transaction_does_not_block_recovery => left_over_writer_transaction_body
 }
 
 async fn left_over_writer_transaction_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -1714,16 +1699,13 @@ async fn left_over_writer_transaction_body(logs: TestLogs) -> anyhow::Result<()>
 // Issue 11 item 11: a late retry of a sequenced message
 // ---------------------------------------------------------------------------
 
-/// A message is sequenced, its reply "lost"; the client retries the same submission after
-/// its max sequencing time has passed. The answer must be `deduplicated = true` with the
-/// original timestamp (it used to be SEQ_MAX_SEQUENCING_TIME_EXCEEDED, "passed before
-/// sequencing", which the client takes as definitive: an application would resubmit
-/// under a new id, a double submission).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_retry_after_deadline_is_deduplicated() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("late_retry_after_deadline_is_deduplicated");
-    keep_logs_on_error(&logs, late_retry_body(logs.clone())).await
+e2e_test! {
+    /// A message is sequenced, its reply "lost"; the client retries the same submission after
+    /// its max sequencing time has passed. The answer must be `deduplicated = true` with the
+    /// original timestamp (it used to be SEQ_MAX_SEQUENCING_TIME_EXCEEDED, "passed before
+    /// sequencing", which the client takes as definitive: an application would resubmit
+    /// under a new id, a double submission).
+    serial late_retry_after_deadline_is_deduplicated => late_retry_body
 }
 
 async fn late_retry_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -1770,13 +1752,10 @@ async fn late_retry_body(logs: TestLogs) -> anyhow::Result<()> {
 // Issue 11 item 13 (second part): bootstrap-members never re-enables a disabled member
 // ---------------------------------------------------------------------------
 
-/// A participant listed in `bootstrap-members` and then disabled stays disabled when the
-/// instance restarts (bootstrap used to register it again, which re-enabled it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bootstrap_members_never_re_enable_a_disabled_member() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("bootstrap_members_never_re_enable_a_disabled_member");
-    keep_logs_on_error(&logs, bootstrap_re_enable_body(logs.clone())).await
+e2e_test! {
+    /// A participant listed in `bootstrap-members` and then disabled stays disabled when the
+    /// instance restarts (bootstrap used to register it again, which re-enabled it).
+    serial bootstrap_members_never_re_enable_a_disabled_member => bootstrap_re_enable_body
 }
 
 async fn bootstrap_re_enable_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -1840,15 +1819,12 @@ async fn member_enabled(
 // Issue 11 item 13 (first part): a member disabled during its catch-up
 // ---------------------------------------------------------------------------
 
-/// Alice has a backlog of 1,000 events of 8 KiB and reads it slowly (pages of 20, a
-/// buffer of 4). She is disabled after her first events: the stream must end soon after,
-/// not after delivering her whole backlog (catch-up used to ignore revocations). What was
-/// already in flight (a page, the buffers, the HTTP/2 and TCP windows) may still arrive.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocation_during_catch_up_ends_the_stream() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("revocation_during_catch_up_ends_the_stream");
-    keep_logs_on_error(&logs, revocation_during_catch_up_body(logs.clone())).await
+e2e_test! {
+    /// Alice has a backlog of 1,000 events of 8 KiB and reads it slowly (pages of 20, a
+    /// buffer of 4). She is disabled after her first events: the stream must end soon after,
+    /// not after delivering her whole backlog (catch-up used to ignore revocations). What was
+    /// already in flight (a page, the buffers, the HTTP/2 and TCP windows) may still arrive.
+    serial revocation_during_catch_up_ends_the_stream => revocation_during_catch_up_body
 }
 
 async fn revocation_during_catch_up_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -1940,13 +1916,10 @@ fn grpc_label_pairs(metrics: &str) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-/// 10,000 unauthenticated requests to distinct made-up paths add no series but the one
-/// `unknown` method (each path used to become its own label pair, unbounded).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metric_labels_ignore_unknown_paths() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("metric_labels_ignore_unknown_paths");
-    keep_logs_on_error(&logs, metric_labels_body(logs.clone())).await
+e2e_test! {
+    /// 10,000 unauthenticated requests to distinct made-up paths add no series but the one
+    /// `unknown` method (each path used to become its own label pair, unbounded).
+    serial metric_labels_ignore_unknown_paths => metric_labels_body
 }
 
 async fn metric_labels_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -2012,20 +1985,19 @@ async fn metric_labels_body(logs: TestLogs) -> anyhow::Result<()> {
 #[test]
 fn admin_api_off_loopback_requires_tls() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    const OFF_HOST: &str = "[admin-api]\nlisten = \"0.0.0.0:0\"\n";
     for (binary, extra) in [
-        ("sequencer", ""),
-        ("mediator", ""),
+        ("sequencer", OFF_HOST),
+        ("mediator", OFF_HOST),
         // TLS without client certificates is not enough for the sequencer's admin API.
         (
             "sequencer",
-            "tls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }\n",
+            "[admin-api]\nlisten = \"0.0.0.0:0\"\n\
+             tls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }\n",
         ),
     ] {
         let path = dir.path().join(format!("{binary}.toml"));
-        std::fs::write(
-            &path,
-            format!("[admin-api]\nlisten = \"0.0.0.0:0\"\n{extra}"),
-        )?;
+        std::fs::write(&path, extra)?;
         let out = std::process::Command::new(domain_testkit::process::binary_path(binary))
             .arg("--config-file")
             .arg(&path)
@@ -2137,11 +2109,8 @@ async fn metric_value(ops_url: &str, name: &str) -> anyhow::Result<f64> {
         .sum())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catch_up_does_not_hold_connections_item_2() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("catch_up_does_not_hold_connections_item_2");
-    keep_logs_on_error(&logs, catch_up_does_not_hold_connections_body(logs.clone())).await
+e2e_test! {
+    serial catch_up_does_not_hold_connections_item_2 => catch_up_does_not_hold_connections_body
 }
 
 async fn catch_up_does_not_hold_connections_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -2241,11 +2210,8 @@ async fn catch_up_does_not_hold_connections_body(logs: TestLogs) -> anyhow::Resu
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscriptions_per_member_are_capped_item_2() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("subscriptions_per_member_are_capped_item_2");
-    keep_logs_on_error(&logs, subscriptions_capped_body(logs.clone())).await
+e2e_test! {
+    serial subscriptions_per_member_are_capped_item_2 => subscriptions_capped_body
 }
 
 async fn subscriptions_capped_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -2347,11 +2313,8 @@ async fn subscriptions_capped_body(logs: TestLogs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catch_up_pruned_between_pages_item_2() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("catch_up_pruned_between_pages_item_2");
-    keep_logs_on_error(&logs, catch_up_pruned_between_pages_body(logs.clone())).await
+e2e_test! {
+    serial catch_up_pruned_between_pages_item_2 => catch_up_pruned_between_pages_body
 }
 
 /// Each catch-up page has its own snapshot now, so an operator's forced prune can pass a

@@ -9,6 +9,7 @@
 //! The tests of this file run one at a time (they share two cores with three sequencers
 //! and PostgreSQL, and measure stalls).
 
+use domain_e2e::streams::{collect, signed_key};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,15 +18,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use domain_e2e::{connect_member, envelope, metrics_summary, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::sequencer::v1 as pb;
 use domain_sequencer_client::{
     ClientError, SequencerConnection, StreamValidator, check_event_content,
 };
-use domain_testkit::cluster::SequencerCluster;
 use domain_testkit::pg::PgCluster;
 use domain_testkit::process::{TestLogs, wait_for_health, wait_for_http_ok};
 use prost::Message as _;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::{Semaphore, watch};
 
 type Member = (MemberId, Arc<SigningKeyPair>);
@@ -33,8 +33,6 @@ type Member = (MemberId, Arc<SigningKeyPair>);
 /// Largest accepted delivery stall on a surviving instance (target 2 s, plus slack for
 /// two loaded cores).
 const STALL_BOUND: Duration = Duration::from_millis(2500);
-/// How long a subscription may stay silent once the expected count is known.
-const IDLE_AFTER_TARGET: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------
 // Harness: one test at a time, logs kept on failure.
@@ -201,82 +199,6 @@ impl LoadSender {
 // Subscribing and checking streams.
 // ---------------------------------------------------------------------------------------
 
-/// One subscription's events with their arrival instants.
-struct Collected {
-    events: Vec<pb::SequencedEvent>,
-    arrivals: Vec<Instant>,
-    resubscribes: usize,
-}
-
-/// Reads `conn`'s stream from `from_counter` until the target count is known and reached
-/// (then listens `grace` longer for extra events). A broken stream is resumed at the next
-/// counter on the same connection, counted in `resubscribes`.
-async fn collect(
-    conn: SequencerConnection,
-    from_counter: i64,
-    mut target: watch::Receiver<Option<usize>>,
-    deadline: Instant,
-    grace: Duration,
-) -> anyhow::Result<Collected> {
-    let mut c = Collected {
-        events: Vec::new(),
-        arrivals: Vec::new(),
-        resubscribes: 0,
-    };
-    let who = conn.member.id.to_string();
-    let mut stream = conn.subscribe(from_counter).await?;
-    loop {
-        if target.borrow().is_some_and(|t| c.events.len() >= t) {
-            break;
-        }
-        let next = tokio::select! {
-            m = stream.message() => m,
-            changed = target.changed() => {
-                changed.context("target sender dropped")?;
-                continue;
-            }
-            _ = tokio::time::sleep_until(deadline.into()) => bail!(
-                "{who}: timed out with {} events (target {:?})", c.events.len(), *target.borrow()
-            ),
-            // Once everything is acknowledged, a long silence means events will not come:
-            // return what arrived, so the checks name the missing events.
-            _ = tokio::time::sleep(IDLE_AFTER_TARGET), if target.borrow().is_some() => {
-                println!("{who}: no event for {IDLE_AFTER_TARGET:?} with {} of {:?}; giving up",
-                    c.events.len(), *target.borrow());
-                break;
-            }
-        };
-        match next {
-            Ok(Some(resp)) => {
-                c.arrivals.push(Instant::now());
-                c.events.push(resp.event.context("response without event")?);
-            }
-            broken => {
-                c.resubscribes += 1;
-                let resume = from_counter + c.events.len() as i64;
-                println!("{who}: stream broke ({broken:?}); resuming at counter {resume}");
-                ensure!(c.resubscribes <= 10, "{who}: too many broken streams");
-                stream = loop {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    match conn.subscribe(resume).await {
-                        Ok(s) => break s,
-                        Err(e) if Instant::now() < deadline => {
-                            println!("{who}: resubscribe failed: {e}")
-                        }
-                        Err(e) => return Err(e).context("resubscribe"),
-                    }
-                };
-            }
-        }
-    }
-    let until = Instant::now() + grace;
-    while let Ok(Ok(Some(resp))) = tokio::time::timeout_at(until.into(), stream.message()).await {
-        c.arrivals.push(Instant::now());
-        c.events.push(resp.event.context("response without event")?);
-    }
-    Ok(c)
-}
-
 /// Verifies events. The sequencer signs an event's content once for all recipients, so the
 /// signature over identical (content, signature) bytes is checked once with
 /// [`SequencerConnection::verify_event`] (ed25519 verification is slow in debug builds); every
@@ -294,13 +216,7 @@ impl EventVerifier {
         conn: &SequencerConnection,
         event: &pb::SequencedEvent,
     ) -> anyhow::Result<pb::SignedEventContent> {
-        let sig = event.signature.as_ref().context("missing signature")?;
-        let mut h = Sha256::new();
-        h.update((event.content.len() as u64).to_le_bytes());
-        h.update(&event.content);
-        h.update(&sig.signature);
-        h.update(sig.signer_fingerprint.as_bytes());
-        let key: [u8; 32] = h.finalize().into();
+        let key = signed_key(event)?;
         if !self.verified.contains(&key) {
             let content = conn.verify_event(event)?;
             self.verified.insert(key);

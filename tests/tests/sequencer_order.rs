@@ -14,6 +14,7 @@
 //! falls back to 6 x 250 with 4 in flight. `SEQ_ORDER_SENDS_PER_MEMBER` and
 //! `SEQ_ORDER_IN_FLIGHT` override the size; `SEQ_TEST_SEED` replays a run.
 
+use domain_e2e::streams::{collect, signed_key};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,14 +22,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use domain_e2e::{connect_member, metrics_summary, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::sequencer::v1 as pb;
 use domain_sequencer_client::{
     ClientError, SequencerConnection, StreamValidator, check_event_content,
 };
-use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use domain_testkit::{pg::PgCluster, process::TestLogs};
 use futures::StreamExt as _;
 use prost::Message as _;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 const INSTANCES: usize = 3;
@@ -42,8 +43,6 @@ const FULL_IN_FLIGHT: usize = 16;
 /// In-flight submissions per sender in a debug build: more only queues up behind signature
 /// checks and overloads two cores.
 const DEBUG_IN_FLIGHT: usize = 4;
-/// How long a subscription may stay silent once the expected count is known.
-const IDLE_AFTER_TARGET: Duration = Duration::from_secs(10);
 /// Members that read their stream from a second instance too.
 const DOUBLE_READERS: [usize; 2] = [0, 3];
 
@@ -201,89 +200,6 @@ fn plan_submission(rng: &mut Rng, ids: &[MemberId], s: usize, n: usize) -> Plann
         broadcast: false,
         addressed: chosen,
     }
-}
-
-/// One subscription's received events, with arrival instants.
-struct Collected {
-    events: Vec<pb::SequencedEvent>,
-    resubscribes: usize,
-}
-
-/// Reads `conn`'s stream from counter 0 until the target count (published once all sends
-/// are done) is reached, then keeps listening for `grace` to catch extra events. A broken
-/// stream is resumed at the next counter on the same connection (counted, and reported).
-async fn collect(
-    conn: SequencerConnection,
-    from_counter: i64,
-    mut target: watch::Receiver<Option<usize>>,
-    deadline: Instant,
-    grace: Duration,
-) -> anyhow::Result<Collected> {
-    let mut events: Vec<pb::SequencedEvent> = Vec::new();
-    let mut resubscribes = 0;
-    let mut stream = conn.subscribe(from_counter).await?;
-    loop {
-        let reached = target.borrow().is_some_and(|t| events.len() >= t);
-        if reached {
-            break;
-        }
-        let next = tokio::select! {
-            m = stream.message() => m,
-            changed = target.changed() => {
-                changed.context("target sender dropped")?;
-                continue;
-            }
-            _ = tokio::time::sleep_until(deadline.into()) => bail!(
-                "{}: timed out with {} events (target {:?})",
-                conn.member.id, events.len(), *target.borrow()
-            ),
-            // Once everything is acknowledged, a long silence means events will not come:
-            // return what arrived, so the checks name the missing events.
-            _ = tokio::time::sleep(IDLE_AFTER_TARGET), if target.borrow().is_some() => {
-                println!("{}: no event for {IDLE_AFTER_TARGET:?} with {} of {:?}; giving up",
-                    conn.member.id, events.len(), *target.borrow());
-                break;
-            }
-        };
-        match next {
-            Ok(Some(resp)) => events.push(resp.event.context("response without event")?),
-            other => {
-                resubscribes += 1;
-                let resume = from_counter + events.len() as i64;
-                println!(
-                    "{}: stream broke ({other:?}); resuming at counter {resume}",
-                    conn.member.id
-                );
-                ensure!(
-                    resubscribes <= 5,
-                    "{}: too many broken streams",
-                    conn.member.id
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                stream = conn.subscribe(resume).await?;
-            }
-        }
-    }
-    // Anything arriving after the expected count is an extra (duplicate or unknown) event.
-    let until = Instant::now() + grace;
-    while let Ok(Ok(Some(resp))) = tokio::time::timeout_at(until.into(), stream.message()).await {
-        events.push(resp.event.context("response without event")?);
-    }
-    Ok(Collected {
-        events,
-        resubscribes,
-    })
-}
-
-/// Identifies an event's signed part: (content, signature, signer).
-fn signed_key(event: &pb::SequencedEvent) -> anyhow::Result<[u8; 32]> {
-    let sig = event.signature.as_ref().context("missing signature")?;
-    let mut h = Sha256::new();
-    h.update((event.content.len() as u64).to_le_bytes());
-    h.update(&event.content);
-    h.update(&sig.signature);
-    h.update(sig.signer_fingerprint.as_bytes());
-    Ok(h.finalize().into())
 }
 
 /// The sequencer signs an event's content once for every recipient: verifies each distinct

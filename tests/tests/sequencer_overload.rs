@@ -10,18 +10,18 @@
 //!
 //! The tests of this file run one at a time (they measure memory and share 2 cores).
 
+use domain_e2e::e2e_test;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use domain_e2e::checks::{db_client, error_code, keep_logs_on_error};
+use domain_e2e::checks::{db_client, error_code};
 use domain_e2e::{connect, envelope, http_get, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
-use domain_sequencer_client::{
-    ClientError, ClientOptions, ClientTlsFiles, DomainClient, MemberIdentity, SequencerConnection,
-};
-use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use domain_localnet::sequencers::SequencerCluster;
+use domain_sequencer_client::{ClientError, ClientOptions, DomainClient, SequencerConnection};
+use domain_testkit::{pg::PgCluster, process::TestLogs};
 use tonic::Code;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -81,21 +81,18 @@ fn overloaded(
 // A send over the queue's byte budget is refused and stores nothing
 // ---------------------------------------------------------------------------
 
-/// With every batch held 1.5 s before its commit (fault hook), concurrent sends of
-/// ~40 KiB fill the writer queue's byte budget: of 4 concurrent sends by alice two fit
-/// her share (`writer.max-member-queue-bytes` = 100,000: two submissions of ~41,500
-/// bytes + 512 bookkeeping each), the others get `SEQ_OVERLOADED` at once
-/// (`member_queue_bytes`); bob's first send then fits the total budget
-/// (`writer.max-queue-bytes` = 140,000: room for three), his second does not
-/// (`queue_bytes`). Every refused message id is absent from the database, every accepted
-/// one is sequenced. A send of alice's through the client library meanwhile is refused
-/// too, retried with backoff, and sequenced once her share has room again. Before the
-/// byte budget every send was queued (count bound 20,000).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_over_queue_budget_is_overloaded_and_stores_nothing_item_3() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("send_over_queue_budget_is_overloaded_and_stores_nothing_item_3");
-    keep_logs_on_error(&logs, queue_budget_body(logs.clone())).await
+e2e_test! {
+    /// With every batch held 1.5 s before its commit (fault hook), concurrent sends of
+    /// ~40 KiB fill the writer queue's byte budget: of 4 concurrent sends by alice two fit
+    /// her share (`writer.max-member-queue-bytes` = 100,000: two submissions of ~41,500
+    /// bytes + 512 bookkeeping each), the others get `SEQ_OVERLOADED` at once
+    /// (`member_queue_bytes`); bob's first send then fits the total budget
+    /// (`writer.max-queue-bytes` = 140,000: room for three), his second does not
+    /// (`queue_bytes`). Every refused message id is absent from the database, every accepted
+    /// one is sequenced. A send of alice's through the client library meanwhile is refused
+    /// too, retried with backoff, and sequenced once her share has room again. Before the
+    /// byte budget every send was queued (count bound 20,000).
+    serial send_over_queue_budget_is_overloaded_and_stores_nothing_item_3 => queue_budget_body
 }
 
 async fn queue_budget_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -296,11 +293,8 @@ fn rss_bound() -> u64 {
     120 * MIB
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_bounded_in_bytes_item_3() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("memory_bounded_in_bytes_item_3");
-    keep_logs_on_error(&logs, memory_bounded_body(logs.clone())).await
+e2e_test! {
+    serial memory_bounded_in_bytes_item_3 => memory_bounded_body
 }
 
 async fn memory_bounded_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -480,33 +474,13 @@ async fn subscribe_retrying(
     }
 }
 
+/// A client of `member` over every instance of `cluster`.
 async fn connect_client(
     cluster: &SequencerCluster,
     member: &Member,
 ) -> anyhow::Result<DomainClient> {
     let endpoints: Vec<String> = cluster.nodes.iter().map(|n| n.public_endpoint()).collect();
-    let tls = ClientTlsFiles {
-        ca: cluster.pki_files.ca.clone(),
-        cert: None,
-        key: None,
-        domain_name: None,
-    };
-    let identity = MemberIdentity {
-        id: member.0.clone(),
-        key: member.1.clone(),
-    };
-    DomainClient::connect(
-        "testdomain",
-        &endpoints,
-        tls,
-        identity,
-        ClientOptions {
-            pins: domain_e2e::cluster_pins(cluster)?,
-            ..ClientOptions::default()
-        },
-    )
-    .await
-    .with_context(|| format!("connect {}", member.0))
+    domain_e2e::domain_client(cluster, &endpoints, member, ClientOptions::default()).await
 }
 
 /// Sends a small message to `me` through the client library (which retries

@@ -12,9 +12,10 @@ use domain_backoff::{Backoff, BackoffConfig};
 use domain_e2e::checks::db_client;
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::MemberRole;
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::sequencer::v1 as pb;
 use domain_sequencer_client::{ClientError, StreamValidator};
-use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use domain_testkit::{pg::PgCluster, process::TestLogs};
 use tonic::Code;
 
 /// Events wanted; fewer are sent when the machine cannot do it within `BUDGET`.
@@ -156,9 +157,11 @@ async fn resume_from_old_counter_uses_checkpoint() -> anyhow::Result<()> {
 
 async fn resume_body(logs: TestLogs) -> anyhow::Result<()> {
     let database = PgCluster::shared().create_database("seq_resume").await;
-    let config = format!(
-        "reader.checkpoint-interval = \"200ms\"\nreader.checkpoint-every-events = {CHECKPOINT_EVERY}\npruning.interval = \"0s\""
-    );
+    let config = domain_localnet::config::settings(&[
+        ("reader.checkpoint-interval", "200ms".into()),
+        ("reader.checkpoint-every-events", CHECKPOINT_EVERY.into()),
+        ("pruning.interval", "0s".into()),
+    ]);
     let cluster = SequencerCluster::start(logs, database.clone(), 1, &config).await?;
     let db = db_client(&database.url).await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;

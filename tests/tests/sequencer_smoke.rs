@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::MemberRole;
+use domain_localnet::sequencers::SequencerCluster;
 use domain_sequencer_client::StreamValidator;
-use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use domain_testkit::{pg::PgCluster, process::TestLogs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_and_receive_across_instances() -> anyhow::Result<()> {

@@ -12,22 +12,22 @@
 //! - domain parameters take effect: the max request size and the topology change
 //!   delay itself.
 
+use domain_e2e::e2e_test;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
-use domain_e2e::checks::{
-    content_of, db_client, expect_status, keep_logs_on_error, next_event, status_of, stream_end,
-};
+use domain_e2e::checks::{content_of, db_client, expect_status, next_event, status_of, stream_end};
 use domain_e2e::topology::{
     Member, domain_manager, new_participant, send_topology, set_state, sleep_until_micros,
     topology_envelope,
 };
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::{MemberRole, SigningKeyPair, UniqueId};
+use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_sequencer_client::{ClientError, SequencerConnection};
-use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
+use domain_testkit::{pg::PgCluster, process::TestLogs};
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TopologyTransaction};
 use prost::Message as _;
 use tonic::Code;
@@ -76,11 +76,8 @@ fn auth_status(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn allowlist_admits_and_disables_participants() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("allowlist_admits_and_disables_participants");
-    keep_logs_on_error(&logs, allowlist_body(logs.clone())).await
+e2e_test! {
+    serial allowlist_admits_and_disables_participants => allowlist_body
 }
 
 async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -239,11 +236,8 @@ async fn stream_end_micros(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_signed_domain_topology_is_accepted_and_parameters_apply() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("only_signed_domain_topology_is_accepted_and_parameters_apply");
-    keep_logs_on_error(&logs, signed_topology_body(logs.clone())).await
+e2e_test! {
+    serial only_signed_domain_topology_is_accepted_and_parameters_apply => signed_topology_body
 }
 
 async fn signed_topology_body(logs: TestLogs) -> anyhow::Result<()> {
@@ -434,18 +428,15 @@ async fn signed_topology_body(logs: TestLogs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Issue 11 item 7: the review's timeline. The change delay goes 10 s → 0; a disable
-/// (sequenced under the old delay) becomes effective *after* a later enable (sequenced
-/// under the new one). The highest effective serial wins for the sequencer and for every
-/// member. And every effective time the sequencer stores is the one a member computes
-/// from its stream (`TopologyState::add`), also for a transaction sequenced right behind a
-/// parameters change in the same submission, which the instance's topology cache cannot
-/// have loaded yet (review L1).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn topology_timeline_after_a_delay_decrease_item_7() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("topology_timeline_after_a_delay_decrease_item_7");
-    keep_logs_on_error(&logs, topology_timeline_body(logs.clone())).await
+e2e_test! {
+    /// Issue 11 item 7: the review's timeline. The change delay goes 10 s → 0; a disable
+    /// (sequenced under the old delay) becomes effective *after* a later enable (sequenced
+    /// under the new one). The highest effective serial wins for the sequencer and for every
+    /// member. And every effective time the sequencer stores is the one a member computes
+    /// from its stream (`TopologyState::add`), also for a transaction sequenced right behind a
+    /// parameters change in the same submission, which the instance's topology cache cannot
+    /// have loaded yet (review L1).
+    serial topology_timeline_after_a_delay_decrease_item_7 => topology_timeline_body
 }
 
 fn parameters(serial: u64, delay: Duration) -> TopologyTransaction {

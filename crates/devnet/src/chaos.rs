@@ -23,8 +23,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::Args;
+use crate::net::{Devnet, STOP_GRACE, is_ready};
+use crate::ping::{PingSetup, PingStats, parse_rtt_ms, ping};
 use crate::procs::Kind;
-use crate::{Args, Devnet, PingSetup, PingStats, STOP_GRACE, is_ready, parse_rtt_ms, ping};
 
 /// How long a killed replica stays down before it is started again.
 const KILL_DOWNTIME: Duration = Duration::from_secs(1);

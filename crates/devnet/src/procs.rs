@@ -10,6 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use domain_testkit::process::send_signal;
 
 /// What kind of component a process is; decides how its readiness is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,21 +128,7 @@ impl Component {
         if let Some(status) = self.exited() {
             bail!("{} already exited ({status})", self.name);
         }
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("cannot run the `kill` command")?;
-        if !status.success() {
-            bail!(
-                "kill -{sig} {} ({}) failed: {status}",
-                self.pid(),
-                self.name
-            );
-        }
+        send_signal(self.pid(), sig).with_context(|| format!("cannot signal {}", self.name))?;
         Ok(())
     }
 
@@ -150,13 +137,7 @@ impl Component {
         if let Some(status) = self.exited() {
             return Ok(status);
         }
-        self.child
-            .kill()
-            .with_context(|| format!("cannot kill {}", self.name))?;
-        let status = self
-            .child
-            .wait()
-            .with_context(|| format!("cannot reap {}", self.name))?;
+        let status = domain_testkit::process::kill_and_reap(&mut self.child, &self.name)?;
         self.exit = Some(status);
         Ok(status)
     }
@@ -177,7 +158,7 @@ impl Component {
         if let Some(status) = self.exited() {
             return (Some(status), false);
         }
-        signal(self.pid(), "TERM");
+        let _ = send_signal(self.pid(), "TERM");
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Some(status) = self.exited() {
@@ -239,16 +220,6 @@ fn start_child(
         .with_context(|| format!("cannot start {name} ({})", binary.display()))
 }
 
-fn signal(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
 /// The last `n` lines of a file.
 pub fn tail(path: &Path, n: usize) -> String {
     match std::fs::read(path) {
@@ -263,9 +234,26 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 /// Output of a one-shot command.
 pub struct Output {
+    /// `<binary> <args>`, for messages.
+    pub command: String,
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
+}
+
+impl Output {
+    /// The trimmed stdout of a command that succeeded; its stderr otherwise.
+    pub fn stdout_if_ok(self) -> anyhow::Result<String> {
+        if !self.status.success() {
+            bail!(
+                "`{}` failed ({}): {}",
+                self.command,
+                self.status,
+                self.stderr.trim()
+            );
+        }
+        Ok(self.stdout.trim().to_owned())
+    }
 }
 
 /// Runs a one-shot command to completion (at most `timeout`), appending its command line
@@ -301,11 +289,12 @@ pub async fn run(
         })?
         .with_context(|| format!("cannot run {}", binary.display()))?;
     let out = Output {
+        command: format!("{name} {}", args.join(" ")),
         status: output.status,
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     };
-    let mut text = format!("$ {name} {}\n{}{}", args.join(" "), out.stdout, out.stderr);
+    let mut text = format!("$ {}\n{}{}", out.command, out.stdout, out.stderr);
     if !out.status.success() {
         text.push_str(&format!("(exit status {})\n", out.status));
     }
@@ -314,28 +303,4 @@ pub async fn run(
         let _ = f.write_all(text.as_bytes());
     }
     Ok(out)
-}
-
-/// Runs a one-shot command that must succeed; returns its trimmed stdout.
-pub async fn run_ok(
-    binary: &Path,
-    args: &[&str],
-    dir: &Path,
-    log: &Path,
-    timeout: Duration,
-) -> anyhow::Result<String> {
-    let out = run(binary, args, dir, log, timeout).await?;
-    if !out.status.success() {
-        let name = binary
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        bail!(
-            "`{name} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            out.stderr.trim()
-        );
-    }
-    Ok(out.stdout.trim().to_owned())
 }

@@ -494,7 +494,7 @@ fn set_path(tree: &mut Table, path: &[String], value: Value) -> Result<(), Strin
 }
 
 /// Deep-merges `layer` into `base`: tables merge key by key, anything else replaces.
-fn merge(base: &mut Table, layer: Table) {
+pub fn merge(base: &mut Table, layer: Table) {
     for (key, value) in layer {
         match (base.get_mut(&key), value) {
             (Some(Value::Table(base_inner)), Value::Table(layer_inner)) => {

@@ -154,6 +154,18 @@ impl PgCluster {
         })
     }
 
+    /// The cluster this process started under `base`, listening on 127.0.0.1:`port`.
+    fn managed(base: &Path, bin_dir: PathBuf, port: u16) -> Self {
+        Self {
+            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            managed: Some(ManagedCluster {
+                base: base.to_path_buf(),
+                bin_dir,
+                port,
+            }),
+        }
+    }
+
     /// Starts a private cluster in `base` (created if missing; e.g. a `devnet` run's
     /// directory), independent of the shared test cluster. The caller stops it with
     /// [`stop`](Self::stop).
@@ -162,14 +174,7 @@ impl PgCluster {
         check_binaries(&bin_dir)?;
         prepare_base_dir(base)?;
         let port = ensure_running(base, &bin_dir)?;
-        Ok(Self {
-            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-            managed: Some(ManagedCluster {
-                base: base.to_path_buf(),
-                bin_dir,
-                port,
-            }),
-        })
+        Ok(Self::managed(base, bin_dir, port))
     }
 
     /// Starts a private cluster like [`start_private`](Self::start_private), with extra
@@ -218,14 +223,7 @@ impl PgCluster {
             ));
         }
         let port = ensure_running_with(base, &bin_dir, &extra)?;
-        Ok(Self {
-            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-            managed: Some(ManagedCluster {
-                base: base.to_path_buf(),
-                bin_dir,
-                port,
-            }),
-        })
+        Ok(Self::managed(base, bin_dir, port))
     }
 
     /// Returns the URL of the maintenance database `postgres`.

@@ -262,12 +262,7 @@ impl PgHaPair {
     /// Creates a fresh database on the primary (the standby replays it); the returned
     /// URL is the [multi-host URL](Self::multi_host_url).
     pub async fn create_database(&self, prefix: &str) -> anyhow::Result<TestDatabase> {
-        let name = unique_database_name(prefix);
-        let client = connect(&self.primary.admin_url()).await?;
-        client
-            .batch_execute(&format!("CREATE DATABASE {}", quote_identifier(&name)))
-            .await
-            .with_context(|| format!("CREATE DATABASE {name} failed"))?;
+        let name = create_unique_database(&self.primary.admin_url(), prefix).await?;
         Ok(TestDatabase {
             url: self.multi_host_url(&name),
             name,
@@ -448,12 +443,7 @@ impl PgDiskFull {
 
     /// Creates a fresh database on the server.
     pub async fn create_database(&self, prefix: &str) -> anyhow::Result<TestDatabase> {
-        let name = unique_database_name(prefix);
-        let client = connect(&self.server.admin_url()).await?;
-        client
-            .batch_execute(&format!("CREATE DATABASE {}", quote_identifier(&name)))
-            .await
-            .with_context(|| format!("CREATE DATABASE {name} failed"))?;
+        let name = create_unique_database(&self.server.admin_url(), prefix).await?;
         Ok(TestDatabase {
             url: format!("postgres://postgres@127.0.0.1:{}/{name}", self.server.port),
             name,
@@ -747,14 +737,7 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::process::ensure_success(&out, &format!("{cmd:?}"))
 }
 
 /// Runs one query with `psql` (tuples only, unaligned) and returns its trimmed output.
@@ -787,6 +770,18 @@ fn psql(bin_dir: &Path, port: u16, sql: &str) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Creates a database named `<prefix>_<unique suffix>` on the server of `admin_url`;
+/// returns its name.
+async fn create_unique_database(admin_url: &str, prefix: &str) -> anyhow::Result<String> {
+    let name = unique_database_name(prefix);
+    connect(admin_url)
+        .await?
+        .batch_execute(&format!("CREATE DATABASE {}", quote_identifier(&name)))
+        .await
+        .with_context(|| format!("CREATE DATABASE {name} failed"))?;
+    Ok(name)
 }
 
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {

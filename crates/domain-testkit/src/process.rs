@@ -117,6 +117,44 @@ pub fn target_dir() -> PathBuf {
     std::env::temp_dir()
 }
 
+/// `kill -<signal> <pid>` (`signal` as `kill` names it: `STOP`, `TERM`, ...).
+pub fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("failed to run the `kill` command")?;
+    if !status.success() {
+        bail!("kill -{signal} {pid} failed: {status}");
+    }
+    Ok(())
+}
+
+/// SIGKILL to `child` (named `name` in errors), then its exit status.
+pub fn kill_and_reap(child: &mut std::process::Child, name: &str) -> anyhow::Result<ExitStatus> {
+    child
+        .kill()
+        .with_context(|| format!("failed to kill {name}"))?;
+    child
+        .wait()
+        .with_context(|| format!("failed to reap {name}"))
+}
+
+/// Fails with the command's exit status and stderr unless `out` reports success.
+pub fn ensure_success(out: &std::process::Output, what: &str) -> anyhow::Result<()> {
+    if !out.status.success() {
+        anyhow::bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Returns a TCP port on 127.0.0.1 that no other caller of this function, in this process
 /// or any other, holds, and that was bindable a moment ago.
 ///
@@ -562,13 +600,7 @@ impl ManagedProcess {
         if let Some(status) = self.try_exit_status() {
             return Ok(status);
         }
-        self.child
-            .kill()
-            .with_context(|| format!("failed to kill {}", self.name))?;
-        let status = self
-            .child
-            .wait()
-            .with_context(|| format!("failed to reap {}", self.name))?;
+        let status = kill_and_reap(&mut self.child, &self.name)?;
         self.exit = Some(status);
         Ok(status)
     }
@@ -653,21 +685,7 @@ impl ManagedProcess {
                 self.log_path.display()
             );
         }
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("failed to run the `kill` command")?;
-        if !status.success() {
-            bail!(
-                "kill -{signal} {} ({}) failed: {status}",
-                self.pid(),
-                self.name
-            );
-        }
+        send_signal(self.pid(), signal).with_context(|| format!("cannot signal {}", self.name))?;
         Ok(())
     }
 }

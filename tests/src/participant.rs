@@ -1,11 +1,8 @@
-//! Shared harness of the participant tests (`participant_ping.rs`,
-//! `participant_failover.rs`, which include this file as a module): a real domain
+//! Harness of the participant tests (`participant_ping.rs`, `participant_failover.rs`,
+//! `onboarding.rs`, `pruning.rs`, `otlp_traces.rs`, `prometheus_alerts.rs`): a real domain
 //! (2 TLS sequencers, 1 domain manager, 1 mediator) and real `participant` nodes, set up
 //! through the CLIs the way an operator does it (`participant init`, `domainctl
 //! participants set-state`, `participant connect-multi`, `participant run`).
-//!
-//! Not every test uses every helper, hence `allow(dead_code)`.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -13,17 +10,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use domain_identity::SigningKeyPair;
+use domain_localnet::config::{self, Listeners};
+use domain_localnet::domain_managers::DomainManagers;
+use domain_localnet::sequencers::{Placement, SequencerCluster};
+use domain_manager::config::ConnectionConfig;
+use domain_participant::config::AutoConfirm;
 use domain_proto::participant::admin::v1 as pb;
 use domain_proto::participant::admin::v1::participant_admin_service_client::ParticipantAdminServiceClient;
-use domain_testkit::cluster::SequencerCluster;
-use domain_testkit::domain_manager::{DomainManagers, domainctl};
 use domain_testkit::pg::{PgCluster, TestDatabase};
 use domain_testkit::process::{
     ManagedProcess, ProcessBuilder, TestLogs, binary_path, http_status, wait_for_health,
     wait_for_http_ok,
 };
-
-pub use domain_testkit::process::free_port;
 
 /// One participant node.
 pub struct Participant {
@@ -34,18 +32,17 @@ pub struct Participant {
     pub member: String,
     pub data_dir: PathBuf,
     pub config_path: PathBuf,
-    pub admin_port: u16,
-    pub ops_port: u16,
+    pub listeners: Listeners,
     pub db: TestDatabase,
     pub process: Option<ManagedProcess>,
 }
 
 impl Participant {
     pub fn admin_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.admin_port)
+        self.listeners.admin_url()
     }
     pub fn ops_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ops_port)
+        self.listeners.ops_url()
     }
     pub async fn admin(
         &self,
@@ -54,7 +51,7 @@ impl Participant {
     }
     /// The value of a metric line (first series whose line starts with `prefix`).
     pub async fn metric(&self, prefix: &str) -> anyhow::Result<Option<f64>> {
-        let text = domain_e2e::http_get(&self.ops_url(), "/metrics").await?;
+        let text = crate::http_get(&self.ops_url(), "/metrics").await?;
         Ok(text
             .lines()
             .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
@@ -62,7 +59,7 @@ impl Participant {
     }
     /// The sequencer endpoint the node's subscription currently reads from.
     pub async fn subscribed_endpoint(&self) -> anyhow::Result<Option<String>> {
-        let text = domain_e2e::http_get(&self.ops_url(), "/metrics").await?;
+        let text = crate::http_get(&self.ops_url(), "/metrics").await?;
         Ok(text.lines().find_map(|l| {
             if !l.starts_with("participant_subscription_endpoint{") || !l.ends_with(" 1") {
                 return None;
@@ -75,7 +72,7 @@ impl Participant {
 
 /// The sequencer endpoint the mediator's event stream is open on (from its metrics).
 pub async fn mediator_endpoint(ops_url: &str) -> anyhow::Result<Option<String>> {
-    let text = domain_e2e::http_get(ops_url, "/metrics").await?;
+    let text = crate::http_get(ops_url, "/metrics").await?;
     Ok(text.lines().find_map(|l| {
         if !l.starts_with("mediator_subscription_endpoint{") || !l.ends_with(" 1") {
             return None;
@@ -201,53 +198,58 @@ impl Domain {
         let mediator_id = format!("MED::mediator::{}", med_key.fingerprint());
         // The connection bundle a joining party gets (`domain export-connection`): the
         // instances participants connect to, and the test CA.
-        let public = layout
+        let public: Vec<String> = layout
             .participants_on
             .iter()
-            .map(|i| format!("\"{}\"", cluster.nodes[*i].public_endpoint()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let dms = DomainManagers::start(
+            .map(|i| cluster.nodes[*i].public_endpoint())
+            .collect();
+        let response_timeout_value = humantime::parse_duration(response_timeout)
+            .with_context(|| format!("response timeout {response_timeout:?}"))?;
+        let dms = DomainManagers::start_configured(
             &cluster,
             pg.create_database("pt_dm").await,
-            1,
-            &format!(
-                "genesis = {{ mediators = [\"{mediator_id}\"], parameters = {{ participant-response-timeout = \"{response_timeout}\" }} }}\n\
-                 connection = {{ public-endpoints = [{public}], ca-file = \"{ca}\" }}",
-                ca = cluster.pki_files.ca.display(),
-            ),
+            "",
+            &[Placement::default()],
+            |_, dm| {
+                dm.genesis.mediators = vec![mediator_id.clone()];
+                dm.genesis.parameters.participant_response_timeout = response_timeout_value;
+                dm.connection = Some(ConnectionConfig {
+                    public_endpoints: public.clone(),
+                    ca_file: Some(cluster.pki_files.ca.clone()),
+                    system_roots: false,
+                    alias: None,
+                });
+            },
         )
         .await?;
 
         let med_db = pg.create_database("pt_med").await;
-        let endpoints = layout
+        let endpoints: Vec<String> = layout
             .mediator_on
             .iter()
-            .map(|i| format!("\"{}\"", cluster.nodes[*i].public_endpoint()))
-            .collect::<Vec<_>>()
-            .join(", ");
+            .map(|i| cluster.nodes[*i].public_endpoint())
+            .collect();
+        let mediator_layer = config::layer(&layout.mediator_config)?;
         let mut replicas = Vec::new();
         for r in 0..layout.mediator_replicas.max(1) {
-            let (med_admin, med_ops) = (free_port(), free_port());
+            let at = Listeners::free_loopback();
             let name = if r == 0 {
                 "mediator".to_owned()
             } else {
                 format!("mediator-{r}")
             };
-            let med_config = logs.path(&format!("{name}.toml"));
-            std::fs::write(
+            let med_config = config::config_path(logs.dir(), &name);
+            config::write(
                 &med_config,
-                format!(
-                    "name = \"mediator\"\nsigning-key-file = \"{key}\"\ndomain-id = \"{domain}\"\nsequencers = [{endpoints}]\n\
-                     ops-listen = \"127.0.0.1:{med_ops}\"\nadvertised-admin-address = \"http://127.0.0.1:{med_admin}\"\n{extra}\n\n\
-                     [database]\nurl = \"{url}\"\n\n\
-                     [sequencer-tls]\nca = \"{ca}\"\ndomain-name = \"localhost\"\n\n[admin-api]\nlisten = \"127.0.0.1:{med_admin}\"\n",
-                    key = med_key_path.display(),
-                    domain = cluster.domain_id,
-                    url = med_db.url,
-                    ca = cluster.pki_files.ca.display(),
-                    extra = layout.mediator_config,
-                ),
+                &config::mediator(
+                    &cluster.domain_id.to_string(),
+                    &med_key_path,
+                    &med_db.url,
+                    &at,
+                    &cluster.pki_files,
+                    endpoints.clone(),
+                )?,
+                std::slice::from_ref(&mediator_layer),
             )?;
             let process = ProcessBuilder::new(binary_path("mediator"))
                 .args([
@@ -260,7 +262,7 @@ impl Domain {
                 .name(name)
                 .logs(&logs)
                 .spawn()?;
-            let ops = format!("http://127.0.0.1:{med_ops}");
+            let ops = at.ops_url();
             if r == 0 {
                 wait_for_http_ok(&format!("{ops}/health/ready"), Duration::from_secs(60))
                     .await
@@ -335,20 +337,7 @@ impl Domain {
         let data = data_dir.to_string_lossy().into_owned();
         let member = participant_ok(&["init", "--name", name, "--data-dir", &data]).await?;
         if allowlist {
-            let out = domainctl(
-                &self.dms.endpoints(),
-                &[
-                    "participants",
-                    "set-state",
-                    &member,
-                    "--permission",
-                    "submission",
-                    "--trust-level",
-                    "ordinary",
-                ],
-            )
-            .await?;
-            ensure!(out.status.success(), "set-state failed: {}", text(&out));
+            self.dms.allowlist(&member).await?;
         }
         let ca = self.cluster.pki_files.ca.to_string_lossy().into_owned();
         let endpoints = self.sequencer_endpoints();
@@ -372,25 +361,23 @@ impl Domain {
         policy: &str,
         start: bool,
     ) -> anyhow::Result<usize> {
-        let data = data_dir.to_string_lossy().into_owned();
         let uid = member
             .strip_prefix("PAR::")
             .with_context(|| format!("{member} is not PAR::…"))?
             .to_owned();
         let member = member.to_owned();
-        let (admin_port, ops_port) = (free_port(), free_port());
+        let at = Listeners::free_loopback();
         let db = PgCluster::shared()
             .create_database(&format!("pt_{name}"))
             .await;
-        let config_path = self.logs.path(&format!("{name}.toml"));
-        std::fs::write(
+        let config_path = config::config_path(self.logs.dir(), name);
+        let auto_confirm: AutoConfirm = toml::Value::String(policy.to_owned())
+            .try_into()
+            .with_context(|| format!("auto-confirm policy {policy:?}"))?;
+        config::write(
             &config_path,
-            format!(
-                "data-dir = \"{data}\"\nops-listen = \"127.0.0.1:{ops_port}\"\nauto-confirm = \"{policy}\"\n{extra}\n\n\
-                 [database]\nurl = \"{url}\"\n\n[admin-api]\nlisten = \"127.0.0.1:{admin_port}\"\n",
-                url = db.url,
-                extra = self.layout.participant_config,
-            ),
+            &config::participant(&data_dir, &db.url, &at, auto_confirm),
+            &[config::layer(&self.layout.participant_config)?],
         )?;
         self.participants.push(Participant {
             name: name.to_owned(),
@@ -398,8 +385,7 @@ impl Domain {
             member,
             data_dir,
             config_path,
-            admin_port,
-            ops_port,
+            listeners: at,
             db,
             process: None,
         });
@@ -486,7 +472,7 @@ pub async fn ping_rpc(
 
 /// Rows of a participant's committed transactions: (request id, root hash, payload).
 pub async fn committed(db: &TestDatabase) -> anyhow::Result<Vec<(i64, Vec<u8>, Vec<u8>)>> {
-    let client = domain_e2e::checks::db_client(&db.url).await?;
+    let client = crate::checks::db_client(&db.url).await?;
     let rows = client
         .query(
             "SELECT request_id, root_hash, payload FROM par_transactions ORDER BY request_id",

@@ -7,17 +7,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::cluster::{Placement, SequencerCluster};
-use crate::pg::TestDatabase;
-use crate::process::{
-    ManagedProcess, ProcessBuilder, TestLogs, binary_path, free_port, http_status, wait_for_http_ok,
+use domain_manager::DomainManagerConfig;
+use domain_manager::config::ComponentKind;
+use domain_testkit::pg::TestDatabase;
+use domain_testkit::process::{
+    ManagedProcess, ProcessBuilder, TestLogs, binary_path, ensure_success, http_status,
+    wait_for_http_ok,
 };
+
+use crate::config::{self, Listeners};
+use crate::sequencers::{Placement, SequencerCluster};
 
 /// Ports and files of one replica.
 pub struct DomainManagerNode {
     pub name: String,
-    pub admin_port: u16,
-    pub ops_port: u16,
+    /// Its listen address and ports.
+    pub listeners: Listeners,
     pub config_path: PathBuf,
     pub process: Option<ManagedProcess>,
     /// Where the replica runs and listens (loopback in the root namespace by default).
@@ -25,21 +30,12 @@ pub struct DomainManagerNode {
 }
 
 impl DomainManagerNode {
-    /// `http://127.0.0.1:<port>` on loopback; off loopback the admin API needs TLS with
-    /// client certificates, so `https://<addr>:<port>` (its certificate names the address).
+    /// See [`Listeners::admin_url`] (off loopback its certificate names the address).
     pub fn admin_endpoint(&self) -> String {
-        let addr = std::net::SocketAddr::new(self.placement.addr, self.admin_port);
-        if self.placement.addr.is_loopback() {
-            format!("http://{addr}")
-        } else {
-            format!("https://{addr}")
-        }
+        self.listeners.admin_url()
     }
     pub fn ops_url(&self) -> String {
-        format!(
-            "http://{}",
-            std::net::SocketAddr::new(self.placement.addr, self.ops_port)
-        )
+        self.listeners.ops_url()
     }
     pub fn process(&mut self) -> anyhow::Result<&mut ManagedProcess> {
         self.process.as_mut().context("replica is not running")
@@ -86,6 +82,18 @@ impl DomainManagers {
         extra_config: &str,
         placements: &[Placement],
     ) -> anyhow::Result<Self> {
+        Self::start_configured(cluster, database, extra_config, placements, |_, _| {}).await
+    }
+
+    /// [`Self::start_placed`], with `configure(i, &mut config)` applied to replica `i`'s
+    /// config before `extra_config` (e.g. the genesis mediators, the connection bundle).
+    pub async fn start_configured(
+        cluster: &SequencerCluster,
+        database: TestDatabase,
+        extra_config: &str,
+        placements: &[Placement],
+        configure: impl Fn(usize, &mut DomainManagerConfig),
+    ) -> anyhow::Result<Self> {
         let replicas = placements.len();
         let logs = cluster.logs.clone();
         let off_loopback = placements.iter().any(|p| !p.addr.is_loopback());
@@ -106,95 +114,53 @@ impl DomainManagers {
                 domainctl_tls.push(flag.to_owned());
                 domainctl_tls.push(path.display().to_string());
             }
-            format!(
-                "\n[admin-api.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient-ca = \"{}\"\nrequire-client-cert = true\n",
-                cert_path.display(),
-                key_path.display(),
-                cluster.pki_files.ca.display()
-            )
+            Some(config::mutual_tls(
+                &cert_path,
+                &key_path,
+                &cluster.pki_files,
+            ))
         } else {
-            String::new()
+            None
         };
-        // Sequencer admin APIs off loopback require a client certificate too.
-        let sequencer_client_cert = if cluster
+        let listeners: Vec<Listeners> =
+            placements.iter().map(|p| Listeners::free(p.addr)).collect();
+        let sequencers: Vec<Listeners> = cluster.nodes.iter().map(|n| n.listeners).collect();
+        let sequencers = config::SequencerEndpoints {
+            sequencers: &sequencers,
+            // Sequencer admin APIs off loopback require a client certificate too.
+            client_cert: sequencers.iter().any(|s| !s.is_loopback()),
+        };
+        let status: Vec<_> = cluster
             .nodes
             .iter()
-            .any(|n| !n.placement.addr.is_loopback())
-        {
-            format!(
-                "cert = \"{}\"\nkey = \"{}\"\n",
-                cluster.pki_files.client_cert.display(),
-                cluster.pki_files.client_key.display()
-            )
-        } else {
-            String::new()
-        };
-        let ports: Vec<(u16, u16)> = (0..replicas).map(|_| (free_port(), free_port())).collect();
-        let mut sequencers = String::new();
-        let mut components = String::new();
-        for n in &cluster.nodes {
-            sequencers.push_str(&format!(
-                "\n[[sequencers]]\npublic-endpoint = \"{}\"\nadmin-endpoint = \"{}\"\nops-url = \"{}\"\n",
-                n.public_endpoint(),
-                n.admin_endpoint(),
-                n.ops_url()
-            ));
-            components.push_str(&format!(
-                "\n[[status-components]]\nname = \"{}\"\nkind = \"sequencer\"\nops-url = \"{}\"\n",
-                n.name,
-                n.ops_url()
-            ));
-        }
-        for (i, (_, ops)) in ports.iter().enumerate() {
-            let ops = std::net::SocketAddr::new(placements[i].addr, *ops);
-            components.push_str(&format!(
-                "\n[[status-components]]\nname = \"dm-{i}\"\nkind = \"domain-manager\"\nops-url = \"http://{ops}\"\n"
-            ));
-        }
+            .map(|n| config::status_component(&n.name, ComponentKind::Sequencer, &n.listeners))
+            .chain(listeners.iter().enumerate().map(|(i, at)| {
+                config::status_component(&format!("dm-{i}"), ComponentKind::DomainManager, at)
+            }))
+            .collect();
+        let extra = config::layer(extra_config)?;
         let mut nodes = Vec::new();
-        for (i, (admin_port, ops_port)) in ports.into_iter().enumerate() {
+        for (i, at) in listeners.into_iter().enumerate() {
             let name = format!("dm-{i}");
             let placement = placements[i].clone();
-            let ops_listen = std::net::SocketAddr::new(placement.addr, ops_port);
-            let admin_listen = std::net::SocketAddr::new(placement.addr, admin_port);
-            let advertised = if placement.addr.is_loopback() {
-                format!("http://{admin_listen}")
-            } else {
-                format!("https://{admin_listen}")
-            };
-            let admin_tls = if placement.addr.is_loopback() {
-                ""
-            } else {
-                admin_tls.as_str()
-            };
-            let config = format!(
-                r#"domain-name = "{domain_name}"
-namespace-key-file = "{key}"
-ops-listen = "{ops_listen}"
-advertised-admin-address = "{advertised}"
-{extra_config}
-
-[database]
-url = "{url}"
-
-[admin-api]
-listen = "{admin_listen}"
-{admin_tls}
-[sequencer-tls]
-ca = "{ca}"
-domain-name = "localhost"
-{sequencer_client_cert}{sequencers}{components}"#,
-                domain_name = cluster.domain_id.name(),
-                key = cluster.domain_key_path.display(),
-                url = placement.database_url.as_deref().unwrap_or(&database.url),
-                ca = cluster.pki_files.ca.display(),
+            let mut dm = config::domain_manager(
+                cluster.domain_id.name(),
+                &cluster.domain_key_path,
+                placement.database_url.as_deref().unwrap_or(&database.url),
+                &at,
+                &cluster.pki_files,
+                &sequencers,
+                status.clone(),
             );
+            if !at.is_loopback() {
+                dm.admin_api.tls.clone_from(&admin_tls);
+            }
+            configure(i, &mut dm);
             let config_path = logs.path(&format!("{name}.toml"));
-            std::fs::write(&config_path, config)?;
+            config::write(&config_path, &dm, std::slice::from_ref(&extra))?;
             nodes.push(DomainManagerNode {
                 name,
-                admin_port,
-                ops_port,
+                listeners: at,
                 config_path,
                 process: None,
                 placement,
@@ -225,7 +191,7 @@ domain-name = "localhost"
         let node = self.nodes.get_mut(i).context("no such replica")?;
         let builder = match &node.placement.netns {
             None => ProcessBuilder::new(binary_path("domain-manager")),
-            Some(ns) => ProcessBuilder::new(crate::netns::ip_path())
+            Some(ns) => ProcessBuilder::new(domain_testkit::netns::ip_path())
                 .args(["netns", "exec", ns.as_str()])
                 .arg(binary_path("domain-manager")),
         };
@@ -288,6 +254,35 @@ domain-name = "localhost"
         let mut all: Vec<&str> = self.domainctl_tls.iter().map(String::as_str).collect();
         all.extend_from_slice(args);
         domainctl(&self.endpoints(), &all).await
+    }
+}
+
+impl DomainManagers {
+    /// `domainctl participants set-state <member> --permission <permission> <extra>...`.
+    pub async fn set_state(
+        &self,
+        member: &str,
+        permission: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Output> {
+        let mut args = vec![
+            "participants",
+            "set-state",
+            member,
+            "--permission",
+            permission,
+        ];
+        args.extend_from_slice(extra);
+        self.domainctl(&args).await
+    }
+
+    /// Admits `member` as an operator does: permission `submission`, trust level
+    /// `ordinary`; fails unless `domainctl` succeeds.
+    pub async fn allowlist(&self, member: &str) -> anyhow::Result<()> {
+        let out = self
+            .set_state(member, "submission", &["--trust-level", "ordinary"])
+            .await?;
+        ensure_success(&out, &format!("set-state {member}"))
     }
 }
 

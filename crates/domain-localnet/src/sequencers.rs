@@ -2,7 +2,7 @@
 //! PKI, config files, N `sequencer` processes over one database, and member
 //! identities registered through the admin API.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,18 +13,19 @@ use domain_proto::sequencer::admin::v1 as pb;
 use domain_proto::sequencer::admin::v1::sequencer_admin_service_client::SequencerAdminServiceClient;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::certs::{PkiFiles, TestPki};
-use crate::pg::TestDatabase;
-use crate::process::{
-    ManagedProcess, ProcessBuilder, TestLogs, binary_path, free_port, wait_for_health,
+use domain_testkit::certs::{PkiFiles, TestPki};
+use domain_testkit::pg::TestDatabase;
+use domain_testkit::process::{
+    ManagedProcess, ProcessBuilder, TestLogs, binary_path, wait_for_health,
 };
+
+use crate::config::{self, Listeners};
 
 /// Ports and files of one sequencer instance.
 pub struct SequencerNode {
     pub name: String,
-    pub public_port: u16,
-    pub admin_port: u16,
-    pub ops_port: u16,
+    /// Its listen address and ports.
+    pub listeners: Listeners,
     pub config_path: PathBuf,
     pub process: Option<ManagedProcess>,
     pub extra_env: Vec<(String, String)>,
@@ -32,7 +33,7 @@ pub struct SequencerNode {
     pub placement: Placement,
 }
 
-/// Where a sequencer instance runs: a network namespace (see [`crate::netns`]) and the
+/// Where an instance runs: a network namespace (see [`domain_testkit::netns`]) and the
 /// address its listeners bind, and how it reaches the database from there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
@@ -45,47 +46,35 @@ pub struct Placement {
     pub database_url: Option<String>,
 }
 
-impl Default for Placement {
-    fn default() -> Self {
+impl Placement {
+    /// In the root namespace, listening on `addr`, with the cluster's database URL.
+    pub fn on(addr: IpAddr) -> Self {
         Self {
             netns: None,
-            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            addr,
             database_url: None,
         }
     }
 }
 
-impl SequencerNode {
-    /// `https://localhost:<port>` on loopback, `https://<addr>:<port>` otherwise (the test
-    /// certificate names `localhost`; clients set the TLS domain name to it).
-    pub fn public_endpoint(&self) -> String {
-        if self.placement.addr.is_loopback() {
-            format!("https://localhost:{}", self.public_port)
-        } else {
-            format!(
-                "https://{}",
-                SocketAddr::new(self.placement.addr, self.public_port)
-            )
-        }
+impl Default for Placement {
+    /// Loopback in the root namespace.
+    fn default() -> Self {
+        Self::on(IpAddr::V4(Ipv4Addr::LOCALHOST))
     }
-    /// `http://127.0.0.1:<port>` on loopback; off loopback the admin API requires TLS with
-    /// a client certificate (the sequencer refuses anything else), so `https://`.
+}
+
+impl SequencerNode {
+    /// See [`Listeners::public_url`].
+    pub fn public_endpoint(&self) -> String {
+        self.listeners.public_url()
+    }
+    /// See [`Listeners::admin_url`].
     pub fn admin_endpoint(&self) -> String {
-        let scheme = if self.placement.addr.is_loopback() {
-            "http"
-        } else {
-            "https"
-        };
-        format!(
-            "{scheme}://{}",
-            SocketAddr::new(self.placement.addr, self.admin_port)
-        )
+        self.listeners.admin_url()
     }
     pub fn ops_url(&self) -> String {
-        format!(
-            "http://{}",
-            SocketAddr::new(self.placement.addr, self.ops_port)
-        )
+        self.listeners.ops_url()
     }
     pub fn process(&mut self) -> anyhow::Result<&mut ManagedProcess> {
         self.process.as_mut().context("instance is not running")
@@ -127,7 +116,7 @@ impl SequencerCluster {
         node_env: &[Vec<(String, String)>],
     ) -> anyhow::Result<Self> {
         let placements = vec![Placement::default(); instances];
-        Self::start_placed(logs, database, extra_config, node_env, &placements).await
+        Self::start_placed(logs, database, extra_config, node_env, &placements, "").await
     }
 
     /// Like [`Self::start_with_env`], with extra keys of the `[database]` section (e.g.
@@ -142,7 +131,7 @@ impl SequencerCluster {
         database_config: &str,
     ) -> anyhow::Result<Self> {
         let placements = vec![Placement::default(); instances];
-        Self::start_placed_with_database_config(
+        Self::start_placed(
             logs,
             database,
             extra_config,
@@ -153,29 +142,9 @@ impl SequencerCluster {
         .await
     }
 
-    /// Like [`Self::start_with_env`], with one instance per entry of `placements`, each
-    /// in its namespace and listening on its address.
+    /// Like [`Self::start_with_database_config`], with one instance per entry of
+    /// `placements`, each in its namespace and listening on its address.
     pub async fn start_placed(
-        logs: TestLogs,
-        database: TestDatabase,
-        extra_config: &str,
-        node_env: &[Vec<(String, String)>],
-        placements: &[Placement],
-    ) -> anyhow::Result<Self> {
-        Self::start_placed_with_database_config(
-            logs,
-            database,
-            extra_config,
-            node_env,
-            placements,
-            "",
-        )
-        .await
-    }
-
-    /// [`Self::start_placed`] with extra `[database]` keys (see
-    /// [`Self::start_with_database_config`]).
-    pub async fn start_placed_with_database_config(
         logs: TestLogs,
         database: TestDatabase,
         extra_config: &str,
@@ -194,62 +163,21 @@ impl SequencerCluster {
         let seq_key_path = dir.join("sequencer-key.pem");
         SigningKeyPair::generate().save_pem(&seq_key_path)?;
         let mut nodes = Vec::new();
+        let database_layer = config::section_layer("database", database_config)?;
+        let extra = config::layer(extra_config)?;
         for (i, placement) in placements.iter().enumerate() {
             let name = format!("seq-{i}");
-            let (public_port, admin_port, ops_port) = (free_port(), free_port(), free_port());
-            let addr = placement.addr;
-            let advertised = if addr.is_loopback() {
-                format!("https://localhost:{public_port}")
-            } else {
-                format!("https://{}", SocketAddr::new(addr, public_port))
-            };
-            let ops_listen = SocketAddr::new(addr, ops_port);
-            let public_listen = SocketAddr::new(addr, public_port);
-            let admin_listen = SocketAddr::new(addr, admin_port);
-            // Off loopback the admin API must use TLS with client certificates.
-            let admin_tls = if addr.is_loopback() {
-                String::new()
-            } else {
-                format!(
-                    "\n[admin-api.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient-ca = \"{}\"\nrequire-client-cert = true\n",
-                    pki_files.server_cert.display(),
-                    pki_files.server_key.display(),
-                    pki_files.ca.display()
-                )
-            };
-            let config = format!(
-                r#"domain-id = "{domain_id}"
-signing-key-file = "{key}"
-ops-listen = "{ops_listen}"
-advertised-address = "{advertised}"
-{extra_config}
-
-[database]
-url = "{url}"
-{database_config}
-
-[public-api]
-listen = "{public_listen}"
-
-[public-api.tls]
-cert = "{cert}"
-key = "{tkey}"
-
-[admin-api]
-listen = "{admin_listen}"
-{admin_tls}"#,
-                key = seq_key_path.display(),
-                url = placement.database_url.as_deref().unwrap_or(&database.url),
-                cert = pki_files.server_cert.display(),
-                tkey = pki_files.server_key.display(),
-            );
-            let config_path = dir.join(format!("{name}.toml"));
-            std::fs::write(&config_path, config)?;
+            let at = Listeners::free(placement.addr);
+            let url = placement.database_url.as_deref().unwrap_or(&database.url);
+            let config_path = config::config_path(&dir, &name);
+            config::write(
+                &config_path,
+                &config::sequencer(&domain_id.to_string(), &seq_key_path, url, &at, &pki_files)?,
+                &[extra.clone(), database_layer.clone()],
+            )?;
             nodes.push(SequencerNode {
                 name,
-                public_port,
-                admin_port,
-                ops_port,
+                listeners: at,
                 config_path,
                 process: None,
                 extra_env: node_env.get(i).cloned().unwrap_or_default(),
@@ -285,7 +213,7 @@ listen = "{admin_listen}"
         let node = self.nodes.get_mut(i).context("no such instance")?;
         let mut builder = match &node.placement.netns {
             None => ProcessBuilder::new(binary_path("sequencer")),
-            Some(ns) => ProcessBuilder::new(crate::netns::ip_path())
+            Some(ns) => ProcessBuilder::new(domain_testkit::netns::ip_path())
                 .args(["netns", "exec", ns.as_str()])
                 .arg(binary_path("sequencer")),
         }

@@ -1,35 +1,40 @@
-//! Harness shared by the mediator end-to-end tests (mediator_protocol.rs,
-//! mediator_failover.rs): a 2-instance sequencer cluster, `mediator` replicas
+//! Harness of the mediator end-to-end tests (mediator_protocol.rs, mediator_failover.rs,
+//! fault_network.rs): a 2-instance sequencer cluster, `mediator` replicas
 //! (real processes) over their own database, and participants played by the
 //! test over `SequencerConnection`: they send confirmation requests and signed
 //! responses and collect the verdicts from their own event streams, verifying
 //! the sequencer's and the mediator's signatures.
-
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
-use domain_e2e::checks::db_client;
-use domain_e2e::topology::{
+use crate::checks::db_client;
+use crate::topology::{
     Member, domain_manager, new_participant, send_topology, sequencer_registration, set_state,
     sleep_until_micros,
 };
-use domain_e2e::{connect, http_get, now_micros};
+use crate::{connect, http_get, now_micros};
+use anyhow::{Context as _, bail, ensure};
 use domain_identity::{DomainId, MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
+use domain_localnet::config::{self, Listeners};
+use domain_localnet::sequencers::{Placement, SequencerCluster};
 use domain_proto::common::v1 as common_pb;
 use domain_proto::confirmation::v1 as pb;
 use domain_proto::mediator::admin::v1 as mediator_admin_pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_sequencer_client::{SequencerConnection, to_proto_signature};
-use domain_testkit::cluster::SequencerCluster;
 use domain_testkit::pg::{PgCluster, TestDatabase};
-use domain_testkit::process::{ManagedProcess, ProcessBuilder, TestLogs, binary_path, free_port};
+use domain_testkit::process::{ManagedProcess, ProcessBuilder, TestLogs, binary_path};
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TopologyTransaction};
 use prost::Message as _;
+
+/// The participants of [`MediatorDomain::start_pair`].
+pub const PAIR: [(&str, Permission); 2] = [
+    ("alice", Permission::Submission),
+    ("bob", Permission::Submission),
+];
 
 /// Default topology change delay (no parameters transaction changes it).
 pub const CHANGE_DELAY_MICROS: i64 = 250_000;
@@ -37,44 +42,23 @@ pub const CHANGE_DELAY_MICROS: i64 = 250_000;
 /// One `mediator` replica.
 pub struct MediatorNode {
     pub name: String,
-    pub admin_port: u16,
-    pub ops_port: u16,
+    /// Its ports; the admin API listens on 127.0.0.1, the ops port on the placement's
+    /// address.
+    pub listeners: Listeners,
     pub config_path: std::path::PathBuf,
     pub process: Option<ManagedProcess>,
     /// Where it runs (root namespace on loopback by default).
-    pub placement: ReplicaPlacement,
+    pub placement: Placement,
 }
 
 impl MediatorNode {
     /// The admin API (loopback of the replica's namespace: unreachable from the test
     /// when the replica runs in a namespace of its own).
     pub fn admin_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.admin_port)
+        format!("http://127.0.0.1:{}", self.listeners.admin)
     }
     pub fn ops_url(&self) -> String {
-        format!(
-            "http://{}",
-            std::net::SocketAddr::new(self.placement.addr, self.ops_port)
-        )
-    }
-}
-
-/// Where a mediator replica runs: a network namespace, the address of its ops port, and
-/// its database URL as seen from there.
-#[derive(Debug, Clone)]
-pub struct ReplicaPlacement {
-    pub netns: Option<String>,
-    pub addr: std::net::IpAddr,
-    pub database_url: Option<String>,
-}
-
-impl Default for ReplicaPlacement {
-    fn default() -> Self {
-        Self {
-            netns: None,
-            addr: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-            database_url: None,
-        }
+        self.listeners.ops_url()
     }
 }
 
@@ -85,7 +69,7 @@ pub struct MediatorNet {
     pub seq_database: TestDatabase,
     pub med_database: TestDatabase,
     pub sequencer_addr: std::net::IpAddr,
-    pub replicas: Vec<ReplicaPlacement>,
+    pub replicas: Vec<Placement>,
 }
 
 /// A verdict as a participant received it.
@@ -146,6 +130,17 @@ impl MediatorDomain {
         Self::start_with(logs, prefix, replicas, participants, response_timeout, None).await
     }
 
+    /// [`Self::start`] with participants `alice` and `bob`, both with permission
+    /// `submission` (the parties of a [`Load`]).
+    pub async fn start_pair(
+        logs: TestLogs,
+        prefix: &str,
+        replicas: usize,
+        response_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Self::start(logs, prefix, replicas, &PAIR, response_timeout).await
+    }
+
     /// [`Self::start`] with the sequencers, databases and replicas placed by `net`.
     pub async fn start_with(
         logs: TestLogs,
@@ -169,11 +164,11 @@ impl MediatorDomain {
                     cluster,
                     database,
                     med_db,
-                    vec![ReplicaPlacement::default(); replicas],
+                    vec![Placement::default(); replicas],
                 )
             }
             Some(net) => {
-                let placement = domain_testkit::cluster::Placement {
+                let placement = Placement {
                     netns: None,
                     addr: net.sequencer_addr,
                     database_url: None,
@@ -184,6 +179,7 @@ impl MediatorDomain {
                     "",
                     &[],
                     &[placement.clone(), placement],
+                    "",
                 )
                 .await?;
                 (cluster, net.seq_database, net.med_database, net.replicas)
@@ -301,63 +297,35 @@ impl MediatorDomain {
         &mut self,
         i: usize,
         key_path: &std::path::Path,
-        placement: ReplicaPlacement,
+        placement: Placement,
     ) -> anyhow::Result<()> {
         let name = format!("mediator-{i}");
-        let (admin_port, ops_port) = (free_port(), free_port());
+        let at = Listeners::free(placement.addr);
         // Each replica prefers another sequencer instance.
         let mut endpoints: Vec<String> = self
             .cluster
             .nodes
             .iter()
-            .map(|n| format!("\"{}\"", n.public_endpoint()))
+            .map(|n| n.public_endpoint())
             .collect();
         let len = endpoints.len();
         endpoints.rotate_left(i % len);
-        let config = format!(
-            r#"name = "mediator"
-signing-key-file = "{key}"
-domain-id = "{domain}"
-sequencers = [{endpoints}]
-ops-listen = "{ops_listen}"
-advertised-admin-address = "http://127.0.0.1:{admin_port}"
-
-[database]
-url = "{url}"
-
-[sequencer-tls]
-ca = "{ca}"
-{tls_name}
-[admin-api]
-listen = "127.0.0.1:{admin_port}"
-"#,
-            key = key_path.display(),
-            domain = self.cluster.domain_id,
-            endpoints = endpoints.join(", "),
-            url = placement
+        let mediator = config::mediator(
+            &self.cluster.domain_id.to_string(),
+            key_path,
+            placement
                 .database_url
                 .as_deref()
                 .unwrap_or(&self.med_db.url),
-            ca = self.cluster.pki_files.ca.display(),
-            ops_listen = std::net::SocketAddr::new(placement.addr, ops_port),
-            // Sequencer endpoints by IP address: the test certificate names localhost.
-            tls_name = if self
-                .cluster
-                .nodes
-                .iter()
-                .all(|n| n.placement.addr.is_loopback())
-            {
-                String::new()
-            } else {
-                "domain-name = \"localhost\"\n".to_owned()
-            },
-        );
-        let config_path = self.logs.dir().join(format!("{name}.toml"));
-        std::fs::write(&config_path, config)?;
+            &at,
+            &self.cluster.pki_files,
+            endpoints,
+        )?;
+        let config_path = config::config_path(self.logs.dir(), &name);
+        config::write(&config_path, &mediator, &[])?;
         self.nodes.push(MediatorNode {
             name,
-            admin_port,
-            ops_port,
+            listeners: at,
             config_path,
             process: None,
             placement,
@@ -562,21 +530,39 @@ listen = "127.0.0.1:{admin_port}"
                 recipients.push(r.clone());
             }
         }
+        self.send_message(
+            submitter,
+            "request",
+            pb::domain_message::Message::ConfirmationRequest(request),
+            recipients,
+        )
+        .await
+    }
+
+    /// `who` sends `message` to `recipients` (message id `<kind>-<n>`); returns its
+    /// sequencing timestamp.
+    async fn send_message(
+        &self,
+        who: &str,
+        kind: &str,
+        message: pb::domain_message::Message,
+        recipients: Vec<String>,
+    ) -> anyhow::Result<i64> {
         let envelope = sequencer_pb::Envelope {
-            content: domain_message(pb::domain_message::Message::ConfirmationRequest(request))
-                .into(),
+            content: domain_message(message).into(),
             recipients,
             broadcast: false,
         };
-        let r = p
+        let r = self
+            .participant(who)
             .conn
             .send(
-                &self.message_id("request"),
+                &self.message_id(kind),
                 vec![envelope],
                 now_micros() + 60_000_000,
             )
             .await
-            .with_context(|| format!("{submitter} sends a confirmation request"))?;
+            .with_context(|| format!("{who} sends a confirmation {kind}"))?;
         Ok(r.sequencing_timestamp_micros)
     }
 
@@ -627,23 +613,13 @@ listen = "127.0.0.1:{admin_port}"
         who: &str,
         signed: pb::SignedConfirmationResponse,
     ) -> anyhow::Result<i64> {
-        let p = self.participant(who);
-        let envelope = sequencer_pb::Envelope {
-            content: domain_message(pb::domain_message::Message::ConfirmationResponse(signed))
-                .into(),
-            recipients: vec![self.mediator.0.to_string()],
-            broadcast: false,
-        };
-        let r = p
-            .conn
-            .send(
-                &self.message_id("response"),
-                vec![envelope],
-                now_micros() + 60_000_000,
-            )
-            .await
-            .with_context(|| format!("{who} sends a confirmation response"))?;
-        Ok(r.sequencing_timestamp_micros)
+        self.send_message(
+            who,
+            "response",
+            pb::domain_message::Message::ConfirmationResponse(signed),
+            vec![self.mediator.0.to_string()],
+        )
+        .await
     }
 
     pub async fn respond(
@@ -748,6 +724,143 @@ listen = "127.0.0.1:{admin_port}"
             ids.len()
         );
         Ok(out)
+    }
+}
+
+/// What a request of a [`Load`] gets from the party that did not submit it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Approve,
+    /// A rejection with reason `reject-<i>`.
+    Reject,
+    /// No response: the request times out.
+    Silent,
+}
+
+/// Requests between `alice` and `bob` (alternating submitter, both informees and
+/// confirmers), request `i` with root hash `<prefix>-<i>`; the submitter always approves.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub prefix: &'static str,
+    /// Requests with `i % 10 == reject` are rejected by the other party.
+    pub reject: Option<usize>,
+    /// Requests with `i % 10 == silent` get no response from the other party.
+    pub silent: Option<usize>,
+}
+
+impl Load {
+    pub fn kind(&self, i: usize) -> Kind {
+        match Some(i % 10) {
+            r if r == self.reject => Kind::Reject,
+            s if s == self.silent => Kind::Silent,
+            _ => Kind::Approve,
+        }
+    }
+
+    /// (submitter, other party) of request `i`.
+    pub fn parties(i: usize) -> (&'static str, &'static str) {
+        if i.is_multiple_of(2) {
+            ("alice", "bob")
+        } else {
+            ("bob", "alice")
+        }
+    }
+
+    pub fn root(&self, i: usize) -> Vec<u8> {
+        format!("{}-{i}", self.prefix).into_bytes()
+    }
+
+    /// The ids of the requests of `range` that are decided by their responses (all but
+    /// the silent ones, which wait for the timeout).
+    pub fn decided(&self, ids: &[i64], range: std::ops::Range<usize>) -> Vec<i64> {
+        range
+            .filter(|i| self.kind(*i) != Kind::Silent)
+            .map(|i| ids[i])
+            .collect()
+    }
+
+    /// The verdict request `i` must get.
+    pub fn expected(&self, d: &MediatorDomain, i: usize) -> Expected {
+        let (_, other) = Self::parties(i);
+        match self.kind(i) {
+            Kind::Approve => Expected::Approved,
+            Kind::Reject => Expected::Rejected {
+                participant: d.id(other),
+                reason: format!("reject-{i}"),
+            },
+            Kind::Silent => Expected::TimedOut {
+                missing: vec![d.id(other)],
+            },
+        }
+    }
+}
+
+impl MediatorDomain {
+    /// Sends request `i` of `load`; returns its id.
+    pub async fn request_of(&self, load: &Load, i: usize) -> anyhow::Result<i64> {
+        let (submitter, _) = Load::parties(i);
+        self.request(
+            submitter,
+            &["alice", "bob"],
+            &["alice", "bob"],
+            &load.root(i),
+        )
+        .await
+    }
+
+    /// Sends requests `0..n` of `load`, 32 at a time; returns their ids by `i`.
+    pub async fn request_all(&self, load: &Load, n: usize) -> anyhow::Result<Vec<i64>> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        let mut sent: Vec<(usize, i64)> = futures::stream::iter(0..n)
+            .map(|i| async move { Ok::<_, anyhow::Error>((i, self.request_of(load, i).await?)) })
+            .buffer_unordered(32)
+            .try_collect()
+            .await?;
+        sent.sort();
+        Ok(sent.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// Sends the responses of requests `range` of `load` (`ids` by `i`), `concurrency`
+    /// requests at a time.
+    pub async fn respond_all(
+        &self,
+        load: &Load,
+        ids: &[i64],
+        range: std::ops::Range<usize>,
+        concurrency: usize,
+    ) -> anyhow::Result<()> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        futures::stream::iter(range)
+            .map(|i| self.respond_to(load, i, ids[i]))
+            .buffer_unordered(concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Sends the responses request `i` (id `id`) of `load` gets.
+    pub async fn respond_to(&self, load: &Load, i: usize, id: i64) -> anyhow::Result<()> {
+        let (submitter, other) = Load::parties(i);
+        let root = load.root(i);
+        match load.kind(i) {
+            Kind::Approve => {
+                futures::try_join!(
+                    self.respond(submitter, id, &root, true, ""),
+                    self.respond(other, id, &root, true, "")
+                )?;
+            }
+            Kind::Reject => {
+                let reason = format!("reject-{i}");
+                futures::try_join!(
+                    self.respond(submitter, id, &root, true, ""),
+                    self.respond(other, id, &root, false, &reason)
+                )?;
+            }
+            Kind::Silent => {
+                self.respond(submitter, id, &root, true, "").await?;
+            }
+        }
+        Ok(())
     }
 }
 
