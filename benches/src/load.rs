@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use domain_identity::{MemberId, SigningKeyPair};
-use domain_proto::v1 as pb;
+use domain_proto::sequencer::v1 as pb;
 use domain_sequencer_client::{MemberIdentity, SequencerConnection, StreamValidator};
 use domain_testkit::cluster::SequencerCluster;
 use hdrhistogram::Histogram;

@@ -2,14 +2,16 @@
 //! and exports the descriptor set for gRPC reflection.
 use prost::Message as _;
 
+/// Every file of the protocol, one package per directory (buf's PACKAGE_DIRECTORY_MATCH).
 const PROTOS: &[&str] = &[
-    "domain/v1/common.proto",
-    "domain/v1/sequencer.proto",
-    "domain/v1/sequencer_admin.proto",
-    "domain/v1/topology.proto",
-    "domain/v1/mediator.proto",
-    "domain/v1/domain_admin.proto",
-    "domain/v1/participant_admin.proto",
+    "domain/common/v1/common.proto",
+    "domain/topology/v1/topology.proto",
+    "domain/sequencer/v1/sequencer.proto",
+    "domain/sequencer/admin/v1/sequencer_admin.proto",
+    "domain/confirmation/v1/confirmation.proto",
+    "domain/mediator/admin/v1/mediator_admin.proto",
+    "domain/manager/admin/v1/domain_admin.proto",
+    "domain/participant/admin/v1/participant_admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("domain_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
-        .bytes(".domain.v1.Envelope.content")
+        .bytes(".domain.sequencer.v1.Envelope.content")
         .codec_path("crate::codec::DomainCodec")
         .compile_fds(fds)?;
     Ok(())

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use domain_proto::v1 as pb;
+use domain_proto::sequencer::v1 as pb;
 use domain_sequencer_client::{ClientError, SequencerConnection};
 use domain_testkit::process::TestLogs;
 use tonic::{Code, Status};

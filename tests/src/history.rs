@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use domain_identity::MemberId;
-use domain_proto::v1 as pb;
+use domain_proto::sequencer::v1 as pb;
 use domain_sequencer_client::{ClientError, DomainClient, SequencerConnection};
 use sha2::{Digest as _, Sha256};
 

@@ -45,8 +45,8 @@ pub async fn connect(
 pub fn envelope(
     content: impl Into<Vec<u8>>,
     recipients: &[&MemberId],
-) -> domain_proto::v1::Envelope {
-    domain_proto::v1::Envelope {
+) -> domain_proto::sequencer::v1::Envelope {
+    domain_proto::sequencer::v1::Envelope {
         content: content.into().into(),
         recipients: recipients.iter().map(|r| r.to_string()).collect(),
         broadcast: false,

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
-use domain_proto::v1 as pb;
+use domain_proto::confirmation::v1 as confirmation_pb;
+use domain_proto::sequencer::v1 as pb;
+use domain_proto::topology::v1 as topology_pb;
 use domain_sequencer_client::SequencerConnection;
 use domain_testkit::cluster::SequencerCluster;
 use domain_topology::{Mapping, Operation, Permission, TopologyTransaction, TrustLevel};
@@ -46,10 +48,10 @@ pub fn set_state(serial: u64, p: &MemberId, permission: Permission) -> TopologyT
     }
 }
 
-pub fn topology_envelope(signed: pb::SignedTopologyTransaction) -> pb::Envelope {
+pub fn topology_envelope(signed: topology_pb::SignedTopologyTransaction) -> pb::Envelope {
     pb::Envelope {
-        content: pb::DomainMessage {
-            message: Some(pb::domain_message::Message::Topology(signed)),
+        content: confirmation_pb::DomainMessage {
+            message: Some(confirmation_pb::domain_message::Message::Topology(signed)),
         }
         .encode_to_vec()
         .into(),

@@ -9,10 +9,12 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use domain_identity::{DomainId, MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
-use domain_proto::v1::{
-    self as pb,
-    sequencer_service_server::{SequencerService, SequencerServiceServer},
+use domain_proto::common::v1 as common_pb;
+use domain_proto::sequencer::v1 as pb;
+use domain_proto::sequencer::v1::sequencer_service_server::{
+    SequencerService, SequencerServiceServer,
 };
+use domain_proto::topology::v1 as topology_pb;
 use domain_sequencer_client::{
     BackoffConfig, ClientError, ClientOptions, DomainClient, DomainPins, DomainTls, MemberIdentity,
     to_proto_signature,
@@ -45,7 +47,7 @@ struct Shared {
     /// The sequencer id shown in GetDomainInfo.
     sequencer_id: String,
     /// The namespace-signed sequencer registrations shown in GetDomainInfo.
-    registrations: Vec<pb::SignedTopologyTransaction>,
+    registrations: Vec<topology_pb::SignedTopologyTransaction>,
     tokens: Mutex<HashSet<String>>,
     authentications: AtomicUsize,
 }
@@ -151,14 +153,14 @@ impl SequencerService for Fake {
         Ok(Response::new(pb::GetDomainInfoResponse {
             domain_id: DOMAIN.clone(),
             sequencer_id: self.0.shared.sequencer_id.clone(),
-            sequencer_public_key: Some(pb::PublicKey {
-                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+            sequencer_public_key: Some(common_pb::PublicKey {
+                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                 key: self.0.shared.key.public_key().to_bytes().to_vec(),
             }),
-            protocol_version: "domain.v1".into(),
+            protocol_version: domain_proto::PROTOCOL_VERSION.into(),
             max_request_size: 1 << 20,
-            namespace_public_key: Some(pb::PublicKey {
-                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+            namespace_public_key: Some(common_pb::PublicKey {
+                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                 key: NAMESPACE.public_key().to_bytes().to_vec(),
             }),
             sequencer_registrations: self.0.shared.registrations.clone(),

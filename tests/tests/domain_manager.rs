@@ -21,7 +21,9 @@ use anyhow::{Context as _, bail, ensure};
 use domain_e2e::checks::{db_client, expect_status, keep_logs_on_error, stream_end};
 use domain_e2e::topology::new_participant;
 use domain_e2e::{connect, envelope, now_micros};
-use domain_proto::v1::{self as pb, domain_admin_service_client::DomainAdminServiceClient};
+use domain_proto::manager::admin::v1 as manager_admin_pb;
+use domain_proto::manager::admin::v1::domain_admin_service_client::DomainAdminServiceClient;
+use domain_proto::topology::v1 as pb;
 use domain_sequencer_client::{ClientError, SequencerConnection};
 use domain_testkit::cluster::SequencerCluster;
 use domain_testkit::domain_manager::{DomainManagers, domainctl};
@@ -470,11 +472,11 @@ async fn raw_set_state(
     endpoint: &str,
     participant: &str,
     permission: pb::ParticipantPermission,
-) -> Result<pb::SetParticipantStateResponse, tonic::Status> {
+) -> Result<manager_admin_pb::SetParticipantStateResponse, tonic::Status> {
     let mut client = DomainAdminServiceClient::connect(endpoint.to_string())
         .await
         .map_err(|e| tonic::Status::unavailable(format!("connect {endpoint}: {e}")))?;
-    let mut req = tonic::Request::new(pb::SetParticipantStateRequest {
+    let mut req = tonic::Request::new(manager_admin_pb::SetParticipantStateRequest {
         participant_id: participant.to_string(),
         permission: permission as i32,
         trust_level: pb::TrustLevel::Ordinary as i32,

@@ -328,7 +328,7 @@ impl Scenario {
         &self,
         conn: &SequencerConnection,
         limit: Duration,
-    ) -> Result<domain_proto::v1::SendResponse, String> {
+    ) -> Result<domain_proto::sequencer::v1::SendResponse, String> {
         let ids = self.member_ids();
         let op = self.recorder.invoke(&ids[0], &ids);
         let recipients: Vec<&MemberId> = ids.iter().collect();

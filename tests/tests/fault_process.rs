@@ -26,7 +26,7 @@ use domain_e2e::history::{
 };
 use domain_e2e::{connect_member, envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
-use domain_proto::v1 as pb;
+use domain_proto::sequencer::v1 as pb;
 use domain_sequencer_client::retry::{RetryClass, classify_status};
 use domain_sequencer_client::{ClientOptions, ClientTlsFiles, DomainClient, MemberIdentity};
 use domain_testkit::cluster::SequencerCluster;

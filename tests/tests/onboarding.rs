@@ -22,6 +22,7 @@ use common::{Domain, participant_cli, participant_ok, ping_rpc, text};
 use domain_e2e::checks::keep_logs_on_error;
 use domain_identity::onboarding::{BundleContents, export_bundle, verify_bundle};
 use domain_identity::{DomainId, PublicKey, SigningKeyPair, UniqueId};
+use domain_proto::participant::admin::v1::PingVerdict;
 use domain_testkit::cluster::SequencerCluster;
 use domain_testkit::pg::PgCluster;
 use domain_testkit::process::{
@@ -158,9 +159,9 @@ async fn impostor_first(logs: TestLogs) -> anyhow::Result<()> {
     let mut alice_admin = domain.participants[alice].admin().await?;
     let mut bob_admin = domain.participants[0].admin().await?;
     let r = ping_until_mediator_known(&mut alice_admin, &bob_member).await?;
-    ensure!(r.verdict == "approved", "alice -> bob: {r:?}");
+    ensure!(r.verdict() == PingVerdict::Approved, "alice -> bob: {r:?}");
     let r = ping_until_mediator_known(&mut bob_admin, &member).await?;
-    ensure!(r.verdict == "approved", "bob -> alice: {r:?}");
+    ensure!(r.verdict() == PingVerdict::Approved, "bob -> alice: {r:?}");
     domain.logs.passed();
     Ok(())
 }
@@ -461,11 +462,11 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     let mut alice_admin = domain.participants[alice].admin().await?;
     let mut bob_admin = domain.participants[0].admin().await?;
     let r = ping_until_mediator_known(&mut alice_admin, &bob_member).await?;
-    ensure!(r.verdict == "approved", "alice -> bob: {r:?}");
+    ensure!(r.verdict() == PingVerdict::Approved, "alice -> bob: {r:?}");
     let r = ping_until_mediator_known(&mut bob_admin, &member).await?;
-    ensure!(r.verdict == "approved", "bob -> alice: {r:?}");
+    ensure!(r.verdict() == PingVerdict::Approved, "bob -> alice: {r:?}");
     let status = alice_admin
-        .status(domain_proto::v1::ParticipantStatusRequest {})
+        .status(domain_proto::participant::admin::v1::StatusRequest {})
         .await?
         .into_inner();
     ensure!(
@@ -576,11 +577,11 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
 /// topology history at the start of its stream (a node is healthy once subscribed, which can
 /// be a moment before that; on a loaded machine the first ping can come first).
 async fn ping_until_mediator_known(
-    from: &mut domain_proto::v1::participant_admin_service_client::ParticipantAdminServiceClient<
+    from: &mut domain_proto::participant::admin::v1::participant_admin_service_client::ParticipantAdminServiceClient<
         tonic::transport::Channel,
     >,
     target: &str,
-) -> anyhow::Result<domain_proto::v1::PingResponse> {
+) -> anyhow::Result<domain_proto::participant::admin::v1::PingResponse> {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         match ping_rpc(from, target, Duration::from_secs(10)).await {

@@ -9,7 +9,9 @@ use anyhow::ensure;
 use domain_e2e::checks::{db_client, keep_logs_on_error};
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
-use domain_proto::v1::{self as pb, sequencer_service_client::SequencerServiceClient};
+use domain_proto::common::v1 as common_pb;
+use domain_proto::sequencer::v1 as pb;
+use domain_proto::sequencer::v1::sequencer_service_client::SequencerServiceClient;
 use domain_sequencer_client::connect_channel;
 use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
 
@@ -63,8 +65,8 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
         let _ = raw
             .challenge(pb::ChallengeRequest {
                 member: id.to_string(),
-                public_key: Some(pb::PublicKey {
-                    algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                public_key: Some(common_pb::PublicKey {
+                    algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                     key: key.public_key().to_bytes().to_vec(),
                 }),
             })

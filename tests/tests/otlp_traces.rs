@@ -103,7 +103,10 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     let pong = ping_rpc(&mut admin, &bob.uid, Duration::from_secs(20))
         .await
         .context("ping")?;
-    ensure!(pong.verdict.contains("approved"), "ping: {pong:?}");
+    ensure!(
+        pong.verdict() == domain_proto::participant::admin::v1::PingVerdict::Approved,
+        "ping: {pong:?}"
+    );
 
     // The trace of the ping: the one of alice's admin Ping request span.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use domain_identity::SigningKeyPair;
-use domain_proto::v1::{
-    self as pb, participant_admin_service_client::ParticipantAdminServiceClient,
-};
+use domain_proto::participant::admin::v1 as pb;
+use domain_proto::participant::admin::v1::participant_admin_service_client::ParticipantAdminServiceClient;
 use domain_testkit::cluster::SequencerCluster;
 use domain_testkit::domain_manager::{DomainManagers, domainctl};
 use domain_testkit::pg::{PgCluster, TestDatabase};
@@ -479,7 +478,7 @@ pub async fn ping_rpc(
 ) -> Result<pb::PingResponse, tonic::Status> {
     let mut request = tonic::Request::new(pb::PingRequest {
         target_participant_id: target.to_owned(),
-        timeout_millis: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+        timeout_micros: i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX),
     });
     request.set_timeout(timeout + Duration::from_secs(5));
     from.ping(request).await.map(tonic::Response::into_inner)

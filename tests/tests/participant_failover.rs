@@ -31,6 +31,7 @@ use common::{
     Domain, Layout, committed, mediator_endpoint, participant_cli, participant_ok, ping_rpc, text,
 };
 use domain_e2e::checks::keep_logs_on_error;
+use domain_proto::participant::admin::v1::PingVerdict;
 use domain_testkit::certs::TestPki;
 use domain_testkit::process::TestLogs;
 use tokio_util_shim::Stop;
@@ -58,7 +59,7 @@ mod tokio_util_shim {
 struct PingRecord {
     started: Instant,
     ended: Instant,
-    outcome: Result<(String, i64), String>,
+    outcome: Result<(PingVerdict, i64), String>,
 }
 
 type History = Arc<Mutex<Vec<PingRecord>>>;
@@ -68,7 +69,7 @@ fn approved_after(history: &History, t: Instant) -> Vec<PingRecord> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
-        .filter(|r| r.ended > t && matches!(&r.outcome, Ok((v, _)) if v == "approved"))
+        .filter(|r| r.ended > t && matches!(&r.outcome, Ok((PingVerdict::Approved, _))))
         .cloned()
         .collect()
 }
@@ -181,7 +182,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
                 let started = Instant::now();
                 let outcome = ping_rpc(&mut admin, &target, Duration::from_secs(10))
                     .await
-                    .map(|r| (r.verdict, r.round_trip_micros))
+                    .map(|r| (r.verdict(), r.round_trip_micros))
                     .map_err(|s| format!("{:?}: {}", s.code(), s.message()));
                 history
                     .lock()
@@ -255,7 +256,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
         .clone();
     let lost: Vec<_> = all
         .iter()
-        .filter(|r| !matches!(&r.outcome, Ok((v, _)) if v == "approved"))
+        .filter(|r| !matches!(&r.outcome, Ok((PingVerdict::Approved, _))))
         .collect();
     let mut rtts: Vec<i64> = all
         .iter()

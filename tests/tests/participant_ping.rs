@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context as _, ensure};
 use common::{Domain, committed, free_port, participant_cli, participant_ok, text};
 use domain_e2e::checks::keep_logs_on_error;
-use domain_proto::v1 as pb;
+use domain_proto::participant::admin::v1 as pb;
 use domain_testkit::process::TestLogs;
 use sha2::{Digest as _, Sha256};
 
@@ -219,10 +219,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     domain
         .wait_ready_status(alice, 200, Duration::from_secs(20))
         .await?;
-    let status = admin
-        .status(pb::ParticipantStatusRequest {})
-        .await?
-        .into_inner();
+    let status = admin.status(pb::StatusRequest {}).await?.into_inner();
     ensure!(status.alias == "again", "status {status:?}");
     ensure!(status.committed_transactions == 3);
     let out = participant_ok(&[

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use domain_e2e::checks::{db_client, keep_logs_on_error};
+use domain_proto::participant::admin::v1::PingVerdict;
 use domain_testkit::process::{TestLogs, binary_path, wait_for_http_ok};
 use serde_json::Value;
 
@@ -144,7 +145,7 @@ fn print_samples(samples: &[Sample]) {
 
 /// Pings `from` → `to` in a loop until `stop`; returns (approved, failed).
 async fn pinger(
-    mut from: domain_proto::v1::participant_admin_service_client::ParticipantAdminServiceClient<
+    mut from: domain_proto::participant::admin::v1::participant_admin_service_client::ParticipantAdminServiceClient<
         tonic::transport::Channel,
     >,
     to: String,
@@ -153,7 +154,7 @@ async fn pinger(
     let (mut ok, mut failed) = (0, 0);
     while !stop.load(Ordering::SeqCst) {
         match ping_rpc(&mut from, &to, Duration::from_secs(5)).await {
-            Ok(r) if r.verdict == "approved" => ok += 1,
+            Ok(r) if r.verdict() == PingVerdict::Approved => ok += 1,
             _ => {
                 failed += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -477,7 +478,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
             Err(st) => bail!("carol, admitted after pruning, cannot ping alice: {st}"),
         }
     };
-    ensure!(r.verdict == "approved", "carol's ping: {r:?}");
+    ensure!(r.verdict() == PingVerdict::Approved, "carol's ping: {r:?}");
     println!("carol, admitted after pruning, learned the mediator and pinged alice");
     // Alice restarts and resumes after her last processed event.
     domain.participants[0]
@@ -491,7 +492,10 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     let r = ping_rpc(&mut alice_admin, &carol, Duration::from_secs(10))
         .await
         .context("alice, resumed, pings carol")?;
-    ensure!(r.verdict == "approved", "alice's ping after resume: {r:?}");
+    ensure!(
+        r.verdict() == PingVerdict::Approved,
+        "alice's ping after resume: {r:?}"
+    );
     let last = pruning_json(&domain, &["pruning", "status"]).await?;
     println!("final pruning status: {last:#}");
     Ok(())

@@ -22,7 +22,10 @@ use domain_e2e::checks::{
 use domain_e2e::proxy::TcpProxy;
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
-use domain_proto::v1::{self as pb, sequencer_service_client::SequencerServiceClient};
+use domain_proto::common::v1 as common_pb;
+use domain_proto::sequencer::admin::v1 as sequencer_admin_pb;
+use domain_proto::sequencer::v1 as pb;
+use domain_proto::sequencer::v1::sequencer_service_client::SequencerServiceClient;
 use domain_sequencer_client::{
     ClientError, SequencerConnection, StreamValidator, connect_channel, to_proto_signature,
 };
@@ -485,7 +488,7 @@ async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::R
         let case = format!("(1a) garbage body #{n} {garbage:02x?}");
         let r = raw_unary(
             channel_to(&cluster, 0).await?,
-            "/domain.v1.SequencerService/Send",
+            "/domain.sequencer.v1.SequencerService/Send",
             garbage,
             Some(&token),
         )
@@ -644,8 +647,8 @@ async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::R
         let challenge = raw
             .challenge(pb::ChallengeRequest {
                 member: alice.0.to_string(),
-                public_key: Some(pb::PublicKey {
-                    algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                public_key: Some(common_pb::PublicKey {
+                    algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                     key: alice.1.public_key().to_bytes().to_vec(),
                 }),
             })
@@ -749,8 +752,8 @@ async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::R
         let r = raw
             .challenge(pb::ChallengeRequest {
                 member: ghost.to_string(),
-                public_key: Some(pb::PublicKey {
-                    algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                public_key: Some(common_pb::PublicKey {
+                    algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                     key: ghost_key.public_key().to_bytes().to_vec(),
                 }),
             })
@@ -822,8 +825,8 @@ async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::R
         let r = raw
             .challenge(pb::ChallengeRequest {
                 member: alice.0.to_string(),
-                public_key: Some(pb::PublicKey {
-                    algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                public_key: Some(common_pb::PublicKey {
+                    algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                     key: other.public_key().to_bytes().to_vec(),
                 }),
             })
@@ -912,7 +915,7 @@ async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
     cluster
         .admin(0)
         .await?
-        .disable_member(pb::DisableMemberRequest {
+        .disable_member(sequencer_admin_pb::DisableMemberRequest {
             member: alice.0.to_string(),
         })
         .await?;
@@ -1098,7 +1101,10 @@ async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<(
     let mut admin = cluster.admin(1).await?;
     // Only alice acknowledged: nothing may go.
     a.acknowledge(ack).await?;
-    let partial = admin.prune(pb::PruneRequest::default()).await?.into_inner();
+    let partial = admin
+        .prune(sequencer_admin_pb::PruneRequest::default())
+        .await?
+        .into_inner();
     println!("prune with only alice's acknowledgement: {partial:?}");
     ensure!(
         partial.events_deleted == 0,
@@ -1113,7 +1119,10 @@ async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<(
     );
 
     b.acknowledge(ack).await?;
-    let pruned = admin.prune(pb::PruneRequest::default()).await?.into_inner();
+    let pruned = admin
+        .prune(sequencer_admin_pb::PruneRequest::default())
+        .await?
+        .into_inner();
     println!("prune after everyone acknowledged {ack}: {pruned:?}");
     ensure!(pruned.events_deleted > 0, "nothing pruned");
     ensure!(
@@ -1521,7 +1530,7 @@ async fn housekeeping_body(logs: TestLogs) -> anyhow::Result<()> {
     .await?;
     let mut admin = cluster.admin(0).await?;
     let first = admin
-        .prune(pb::PruneRequest::default())
+        .prune(sequencer_admin_pb::PruneRequest::default())
         .await?
         .into_inner()
         .outcome
@@ -1532,8 +1541,8 @@ async fn housekeeping_body(logs: TestLogs) -> anyhow::Result<()> {
     for _ in 0..20 {
         raw.challenge(pb::ChallengeRequest {
             member: alice.0.to_string(),
-            public_key: Some(pb::PublicKey {
-                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+            public_key: Some(common_pb::PublicKey {
+                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                 key: alice.1.public_key().to_bytes().to_vec(),
             }),
         })
@@ -1546,7 +1555,7 @@ async fn housekeeping_body(logs: TestLogs) -> anyhow::Result<()> {
     ensure!(nonces >= 20, "challenges stored {nonces} nonces");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let second = admin
-        .prune(pb::PruneRequest::default())
+        .prune(sequencer_admin_pb::PruneRequest::default())
         .await?
         .into_inner()
         .outcome
@@ -1797,7 +1806,7 @@ async fn bootstrap_re_enable_body(logs: TestLogs) -> anyhow::Result<()> {
     cluster
         .admin(0)
         .await?
-        .disable_member(pb::DisableMemberRequest {
+        .disable_member(sequencer_admin_pb::DisableMemberRequest {
             member: p.to_string(),
         })
         .await?;
@@ -1880,7 +1889,7 @@ async fn revocation_during_catch_up_body(logs: TestLogs) -> anyhow::Result<()> {
     cluster
         .admin(0)
         .await?
-        .disable_member(pb::DisableMemberRequest {
+        .disable_member(sequencer_admin_pb::DisableMemberRequest {
             member: alice.0.to_string(),
         })
         .await?;
@@ -2316,7 +2325,7 @@ async fn subscriptions_capped_body(logs: TestLogs) -> anyhow::Result<()> {
     cluster
         .admin(0)
         .await?
-        .disable_member(pb::DisableMemberRequest {
+        .disable_member(sequencer_admin_pb::DisableMemberRequest {
             member: alice.0.to_string(),
         })
         .await?;
@@ -2380,7 +2389,7 @@ async fn catch_up_pruned_between_pages_body(logs: TestLogs) -> anyhow::Result<()
     let outcome = cluster
         .admin(0)
         .await?
-        .force_prune(pb::ForcePruneRequest {
+        .force_prune(sequencer_admin_pb::ForcePruneRequest {
             below_micros: backlog[BOUND_AT].0,
             dry_run: false,
         })

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use domain_e2e::{connect_member, envelope, metrics_summary, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
-use domain_proto::v1::{self as pb};
+use domain_proto::sequencer::v1 as pb;
 use domain_sequencer_client::{
     ClientError, SequencerConnection, StreamValidator, check_event_content,
 };

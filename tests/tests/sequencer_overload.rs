@@ -63,7 +63,9 @@ const MIB: u64 = 1024 * 1024;
 
 /// The outcome of a raw send (no retries): `Ok(true)` sequenced, `Ok(false)` refused with
 /// `SEQ_OVERLOADED`, `Err` anything else.
-fn overloaded(r: &Result<domain_proto::v1::SendResponse, ClientError>) -> anyhow::Result<bool> {
+fn overloaded(
+    r: &Result<domain_proto::sequencer::v1::SendResponse, ClientError>,
+) -> anyhow::Result<bool> {
     match r {
         Ok(_) => Ok(true),
         Err(ClientError::Status(st))
@@ -463,7 +465,7 @@ async fn memory_bounded_body(logs: TestLogs) -> anyhow::Result<()> {
 /// Opens a subscription from counter 0, retrying while the instance sheds it.
 async fn subscribe_retrying(
     conn: &SequencerConnection,
-) -> anyhow::Result<tonic::Streaming<domain_proto::v1::SubscribeResponse>> {
+) -> anyhow::Result<tonic::Streaming<domain_proto::sequencer::v1::SubscribeResponse>> {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         match conn.subscribe(0).await {

@@ -12,7 +12,7 @@ use domain_backoff::{Backoff, BackoffConfig};
 use domain_e2e::checks::db_client;
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::MemberRole;
-use domain_proto::v1 as pb;
+use domain_proto::sequencer::v1 as pb;
 use domain_sequencer_client::{ClientError, StreamValidator};
 use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
 use tonic::Code;

@@ -24,7 +24,8 @@ use domain_e2e::topology::{
 };
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::{MemberRole, SigningKeyPair, UniqueId};
-use domain_proto::v1 as pb;
+use domain_proto::confirmation::v1 as pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_sequencer_client::{ClientError, SequencerConnection};
 use domain_testkit::{cluster::SequencerCluster, pg::PgCluster, process::TestLogs};
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TopologyTransaction};
@@ -226,7 +227,7 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
 
 /// Like `stream_end`, returning the status and the sequencer-clock time it arrived.
 async fn stream_end_micros(
-    stream: &mut tonic::Streaming<pb::SubscribeResponse>,
+    stream: &mut tonic::Streaming<sequencer_pb::SubscribeResponse>,
 ) -> anyhow::Result<(tonic::Status, i64)> {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
@@ -462,7 +463,7 @@ fn parameters(serial: u64, delay: Duration) -> TopologyTransaction {
 /// from `stream` up to sequencer time `until`, added in stream order.
 async fn member_view(
     cluster: &SequencerCluster,
-    stream: &mut tonic::Streaming<pb::SubscribeResponse>,
+    stream: &mut tonic::Streaming<sequencer_pb::SubscribeResponse>,
     state: &mut domain_topology::TopologyState,
     until: i64,
 ) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 //! message ids verdicts are sent with ([`verdict_message_id`]).
 
 use domain_identity::{DomainId, MemberId, SignaturePurpose};
-use domain_proto::v1 as pb;
+use domain_proto::confirmation::v1 as pb;
 use prost::Message as _;
 
 /// Message ids of verdicts are `verdict-<request id>`: a resend (after a failover, or a

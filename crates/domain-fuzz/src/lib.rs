@@ -20,7 +20,12 @@ use std::sync::Arc;
 
 use bytes::{Buf as _, Bytes};
 use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, Signature, SigningKeyPair};
-use domain_proto::v1 as pb;
+use domain_proto::manager::admin::v1 as manager_admin_pb;
+use domain_proto::mediator::admin::v1 as mediator_admin_pb;
+use domain_proto::participant::admin::v1 as participant_admin_pb;
+use domain_proto::sequencer::admin::v1 as sequencer_admin_pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
+use domain_proto::topology::v1 as topology_pb;
 use prost::Message as _;
 
 pub mod seeds;
@@ -153,55 +158,56 @@ pub fn grpc_codec(data: &[u8]) {
 }
 
 macro_rules! grpc_types {
-    ($($t:ident),* $(,)?) => {
-        &[$((stringify!($t), frames::<pb::$t>)),*]
+    ($($package:ident::$t:ident),* $(,)?) => {
+        &[$((concat!(stringify!($package), ".", stringify!($t)), frames::<$package::$t>)),*]
     };
 }
 
 /// The message types [`grpc_codec`] decodes, selected by its first input byte (modulo the
-/// length): every request of every service, then what the sequencer client decodes.
+/// length): every request of every service, then what the sequencer client decodes. Names are
+/// `<module>.<message>` (e.g. `sequencer_pb.SendRequest`: `domain.sequencer.v1.SendRequest`).
 #[allow(clippy::type_complexity)]
 pub const GRPC_TYPES: &[(&str, fn(Bytes, usize))] = grpc_types![
-    // SequencerService
-    HandshakeRequest,
-    GetDomainInfoRequest,
-    ChallengeRequest,
-    AuthenticateRequest,
-    SendRequest,
-    SubscribeRequest,
-    AcknowledgeRequest,
+    // domain.sequencer.v1.SequencerService
+    sequencer_pb::HandshakeRequest,
+    sequencer_pb::GetDomainInfoRequest,
+    sequencer_pb::ChallengeRequest,
+    sequencer_pb::AuthenticateRequest,
+    sequencer_pb::SendRequest,
+    sequencer_pb::SubscribeRequest,
+    sequencer_pb::AcknowledgeRequest,
     // what the sequencer client decodes from a sequencer
-    HandshakeResponse,
-    GetDomainInfoResponse,
-    ChallengeResponse,
-    AuthenticateResponse,
-    SendResponse,
-    SubscribeResponse,
-    AcknowledgeResponse,
+    sequencer_pb::HandshakeResponse,
+    sequencer_pb::GetDomainInfoResponse,
+    sequencer_pb::ChallengeResponse,
+    sequencer_pb::AuthenticateResponse,
+    sequencer_pb::SendResponse,
+    sequencer_pb::SubscribeResponse,
+    sequencer_pb::AcknowledgeResponse,
     // admin services (mutual TLS, but still bytes off a socket)
-    ConnectMultiRequest,
-    DisableMemberRequest,
-    DisableParticipantRequest,
-    DomainStatusRequest,
-    ExportConnectionRequest,
-    ForcePruneRequest,
-    GetParametersRequest,
-    GetParticipantRequest,
-    IdRequest,
-    ListInstancesRequest,
-    ListMediatorsRequest,
-    ListMembersRequest,
-    ListParticipantsRequest,
-    ListSequencersRequest,
-    MediatorStatusRequest,
-    ParticipantStatusRequest,
-    PingRequest,
-    PruneRequest,
-    PruningStatusRequest,
-    RegisterMemberRequest,
-    RemoveParticipantRequest,
-    SetParametersRequest,
-    SetParticipantStateRequest,
+    participant_admin_pb::ConnectMultiRequest,
+    sequencer_admin_pb::DisableMemberRequest,
+    manager_admin_pb::DisableParticipantRequest,
+    manager_admin_pb::StatusRequest,
+    manager_admin_pb::ExportConnectionRequest,
+    sequencer_admin_pb::ForcePruneRequest,
+    manager_admin_pb::GetParametersRequest,
+    manager_admin_pb::GetParticipantRequest,
+    participant_admin_pb::IdRequest,
+    sequencer_admin_pb::ListInstancesRequest,
+    manager_admin_pb::ListMediatorsRequest,
+    sequencer_admin_pb::ListMembersRequest,
+    manager_admin_pb::ListParticipantsRequest,
+    manager_admin_pb::ListSequencersRequest,
+    mediator_admin_pb::StatusRequest,
+    participant_admin_pb::StatusRequest,
+    participant_admin_pb::PingRequest,
+    sequencer_admin_pb::PruneRequest,
+    sequencer_admin_pb::PruningStatusRequest,
+    sequencer_admin_pb::RegisterMemberRequest,
+    manager_admin_pb::RemoveParticipantRequest,
+    manager_admin_pb::SetParametersRequest,
+    manager_admin_pb::SetParticipantStateRequest,
 ];
 
 fn frames<T: prost::Message + Default + Send + 'static>(body: Bytes, chunk: usize) {
@@ -230,7 +236,7 @@ fn frames<T: prost::Message + Default + Send + 'static>(body: Bytes, chunk: usiz
 }
 
 /// `Send` on the sequencer: the encoded `SendRequest` (as the codec delivers it), checked by
-/// [`domain_sequencer::service::decode_send`] for an authenticated participant or the domain
+/// [`domain_sequencer::untrusted::decode_send`] for an authenticated participant or the domain
 /// manager (first input byte), the signature verified with that member's key, then the shape
 /// checks, the topology checks of every envelope (`validate_submission`) and the trace
 /// context.
@@ -240,7 +246,7 @@ pub fn send_request(data: &[u8]) {
 
 /// [`send_request`], returning whether the send passed every check (signature included).
 pub fn send_request_accepted(data: &[u8]) -> bool {
-    use domain_sequencer::service;
+    use domain_sequencer::untrusted as service;
     let [who, body @ ..] = data else {
         return false;
     };
@@ -250,7 +256,7 @@ pub fn send_request_accepted(data: &[u8]) -> bool {
     } else {
         (f.domain_manager.to_string(), f.namespace_key.public_key())
     };
-    let Ok(req) = pb::SendRequest::decode(body) else {
+    let Ok(req) = sequencer_pb::SendRequest::decode(body) else {
         return false;
     };
     let _ = service::accepted_trace_context(&req.trace_context);
@@ -267,15 +273,20 @@ pub fn send_request_accepted(data: &[u8]) -> bool {
                 .is_ok();
             (sub, verified)
         }
-        Err(_) => match pb::SubmissionRequest::decode(req.submission.as_slice()) {
+        Err(_) => match sequencer_pb::SubmissionRequest::decode(req.submission.as_slice()) {
             Ok(sub) => (sub, false),
             Err(_) => return false,
         },
     };
     let shape = service::check_submission_shape(&sub).is_ok();
     let topology = MemberId::parse(&sender).is_ok_and(|m| {
-        domain_sequencer::topology::validate_submission(m.role(), key, &f.domain_id, &sub.envelopes)
-            .is_ok()
+        domain_sequencer::untrusted::validate_submission(
+            m.role(),
+            key,
+            &f.domain_id,
+            &sub.envelopes,
+        )
+        .is_ok()
     });
     verified && shape && topology
 }
@@ -285,7 +296,7 @@ pub fn send_request_accepted(data: &[u8]) -> bool {
 /// `SignedEventContent`, envelope hashes, message id hash) and the stream validator.
 pub fn sequenced_event(data: &[u8]) {
     use domain_sequencer_client as client;
-    let Ok(event) = pb::SequencedEvent::decode(data) else {
+    let Ok(event) = sequencer_pb::SequencedEvent::decode(data) else {
         return;
     };
     let f = fixture();
@@ -312,8 +323,8 @@ pub fn sequenced_event(data: &[u8]) {
 pub fn topology(data: &[u8]) {
     use domain_topology::{TopologyState, TopologyTransaction};
     let f = fixture();
-    let _ = domain_sequencer::topology::recorded_participant_key(data);
-    let Ok(signed) = pb::SignedTopologyTransaction::decode(data) else {
+    let _ = domain_sequencer::untrusted::recorded_participant_key(data);
+    let Ok(signed) = topology_pb::SignedTopologyTransaction::decode(data) else {
         return;
     };
     let _ = domain_topology::verify_signed(&signed, &f.domain_id, f.namespace_key.public_key());
@@ -337,16 +348,21 @@ pub fn topology(data: &[u8]) {
 /// Splits input into the events of a stream: each a length-delimited `SequencedEvent` whose
 /// `content` is its `SignedEventContent`, kept as the subscription would after verification:
 /// counters made consecutive, events whose timestamp does not increase dropped.
-fn verified_events(data: &[u8]) -> Vec<(pb::SequencedEvent, pb::SignedEventContent)> {
+fn verified_events(
+    data: &[u8],
+) -> Vec<(
+    sequencer_pb::SequencedEvent,
+    sequencer_pb::SignedEventContent,
+)> {
     let mut buf = data;
     let mut out = Vec::new();
     let mut stream = domain_sequencer_client::StreamValidator::default();
     let mut last: Option<(i64, i64)> = None;
     while buf.has_remaining() {
-        let Ok(mut event) = pb::SequencedEvent::decode_length_delimited(&mut buf) else {
+        let Ok(mut event) = sequencer_pb::SequencedEvent::decode_length_delimited(&mut buf) else {
             break;
         };
-        let Ok(content) = pb::SignedEventContent::decode(event.content.as_slice()) else {
+        let Ok(content) = sequencer_pb::SignedEventContent::decode(event.content.as_slice()) else {
             continue;
         };
         if let Some((counter, ts)) = last {
@@ -506,7 +522,7 @@ pub fn config_accepted(data: &[u8]) -> Vec<&'static str> {
     {
         accepted.push("participant");
     }
-    if let Ok(mut c) = load_text::<domain_manager::config::DomainManagerConfig>(
+    if let Ok(mut c) = load_text::<domain_manager::DomainManagerConfig>(
         file,
         no_env(),
         "DOMAIN_MANAGER",

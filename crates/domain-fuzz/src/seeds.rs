@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use domain_identity::{MemberId, SignaturePurpose, SigningKeyPair};
-use domain_proto::v1 as pb;
+use domain_proto::common::v1 as common_pb;
+use domain_proto::confirmation::v1 as pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
+use domain_proto::topology::v1 as topology_pb;
 use domain_sequencer_client::to_proto_signature;
 use domain_topology::{
     DomainParameters, Mapping, Operation, Permission, TopologyTransaction, TrustLevel,
@@ -222,26 +225,30 @@ pub fn all() -> Vec<Seed> {
     add(
         "grpc_codec",
         "send",
-        codec("SendRequest", 0, &[alice_send.encode_to_vec()]),
+        codec("sequencer_pb.SendRequest", 0, &[alice_send.encode_to_vec()]),
     );
     add(
         "grpc_codec",
         "send-chunked",
-        codec("SendRequest", 7, &[alice_send.encode_to_vec()]),
+        codec("sequencer_pb.SendRequest", 7, &[alice_send.encode_to_vec()]),
     );
-    let challenge = pb::ChallengeRequest {
+    let challenge = sequencer_pb::ChallengeRequest {
         member: f.alice.0.to_string(),
-        public_key: Some(pb::PublicKey {
-            algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+        public_key: Some(common_pb::PublicKey {
+            algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
             key: f.alice.1.public_key().to_bytes().to_vec(),
         }),
     };
     add(
         "grpc_codec",
         "challenge",
-        codec("ChallengeRequest", 0, &[challenge.encode_to_vec()]),
+        codec(
+            "sequencer_pb.ChallengeRequest",
+            0,
+            &[challenge.encode_to_vec()],
+        ),
     );
-    let auth = pb::AuthenticateRequest {
+    let auth = sequencer_pb::AuthenticateRequest {
         member: f.alice.0.to_string(),
         nonce: vec![7; 32],
         signature: Some(to_proto_signature(
@@ -254,9 +261,13 @@ pub fn all() -> Vec<Seed> {
     add(
         "grpc_codec",
         "authenticate",
-        codec("AuthenticateRequest", 0, &[auth.encode_to_vec()]),
+        codec(
+            "sequencer_pb.AuthenticateRequest",
+            0,
+            &[auth.encode_to_vec()],
+        ),
     );
-    let subscribe = pb::SubscribeRequest {
+    let subscribe = sequencer_pb::SubscribeRequest {
         member: f.alice.0.to_string(),
         from_counter: 3,
     };
@@ -264,25 +275,29 @@ pub fn all() -> Vec<Seed> {
         "grpc_codec",
         "subscribe-twice",
         codec(
-            "SubscribeRequest",
+            "sequencer_pb.SubscribeRequest",
             3,
             &[subscribe.encode_to_vec(), subscribe.encode_to_vec()],
         ),
     );
-    let handshake = pb::HandshakeRequest {
+    let handshake = sequencer_pb::HandshakeRequest {
         client_protocol_versions: vec![domain_proto::PROTOCOL_VERSION.into()],
     };
     add(
         "grpc_codec",
         "handshake",
-        codec("HandshakeRequest", 0, &[handshake.encode_to_vec()]),
+        codec(
+            "sequencer_pb.HandshakeRequest",
+            0,
+            &[handshake.encode_to_vec()],
+        ),
     );
-    let subscribe_response = pb::SubscribeResponse { event: Some(event) };
+    let subscribe_response = sequencer_pb::SubscribeResponse { event: Some(event) };
     add(
         "grpc_codec",
         "subscribe-response",
         codec(
-            "SubscribeResponse",
+            "sequencer_pb.SubscribeResponse",
             0,
             &[subscribe_response.encode_to_vec()],
         ),
@@ -290,7 +305,7 @@ pub fn all() -> Vec<Seed> {
     add(
         "grpc_codec",
         "empty-ack",
-        codec("AcknowledgeRequest", 0, &[Vec::new()]),
+        codec("sequencer_pb.AcknowledgeRequest", 0, &[Vec::new()]),
     );
 
     // --- identity ------------------------------------------------------------------------------
@@ -400,7 +415,7 @@ pub fn all() -> Vec<Seed> {
 
 /// The domain's topology: alice may submit, bob may confirm, the mediator and the sequencer
 /// are registered, and parameters with a 2 s response timeout.
-fn topology_txs(f: &Fixture) -> Vec<pb::SignedTopologyTransaction> {
+fn topology_txs(f: &Fixture) -> Vec<topology_pb::SignedTopologyTransaction> {
     let sequencer = MemberId::new(
         domain_identity::MemberRole::Sequencer,
         domain_identity::UniqueId::new("sequencer", *f.sequencer_key.fingerprint())
@@ -481,8 +496,8 @@ fn response_message(
             &sig,
             SignaturePurpose::ConfirmationResponse,
         )),
-        signer_key: Some(pb::PublicKey {
-            algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+        signer_key: Some(common_pb::PublicKey {
+            algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
             key: f.bob.1.public_key().to_bytes().to_vec(),
         }),
     })
@@ -504,8 +519,8 @@ fn verdict_message(f: &Fixture) -> pb::domain_message::Message {
     pb::domain_message::Message::Verdict(pb::SignedVerdict {
         verdict,
         signature: Some(to_proto_signature(&sig, SignaturePurpose::Verdict)),
-        signer_key: Some(pb::PublicKey {
-            algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+        signer_key: Some(common_pb::PublicKey {
+            algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
             key: f.mediator.1.public_key().to_bytes().to_vec(),
         }),
     })
@@ -515,8 +530,8 @@ fn envelope(
     message: &pb::domain_message::Message,
     recipients: &[&MemberId],
     broadcast: bool,
-) -> pb::Envelope {
-    pb::Envelope {
+) -> sequencer_pb::Envelope {
+    sequencer_pb::Envelope {
         content: pb::DomainMessage {
             message: Some(message.clone()),
         }
@@ -531,11 +546,11 @@ fn send(
     f: &Fixture,
     sender: &str,
     key: &SigningKeyPair,
-    envelopes: Vec<pb::Envelope>,
+    envelopes: Vec<sequencer_pb::Envelope>,
     message_id: &str,
     time_proof: bool,
-) -> pb::SendRequest {
-    let submission = pb::SubmissionRequest {
+) -> sequencer_pb::SendRequest {
+    let submission = sequencer_pb::SubmissionRequest {
         sender: sender.to_owned(),
         message_id: message_id.to_owned(),
         envelopes,
@@ -544,7 +559,7 @@ fn send(
     }
     .encode_to_vec();
     let sig = key.sign(SignaturePurpose::Submission, &f.domain_id, &submission);
-    pb::SendRequest {
+    sequencer_pb::SendRequest {
         submission,
         signature: Some(to_proto_signature(&sig, SignaturePurpose::Submission)),
         trace_context: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
@@ -558,10 +573,10 @@ fn sequenced(
     ts: i64,
     previous: i64,
     sender: &str,
-    envelopes: &[pb::Envelope],
+    envelopes: &[sequencer_pb::Envelope],
     message_id: &str,
-) -> pb::SequencedEvent {
-    let content = pb::SignedEventContent {
+) -> sequencer_pb::SequencedEvent {
+    let content = sequencer_pb::SignedEventContent {
         domain_id: f.domain_id.to_string(),
         timestamp_micros: ts,
         sender: sender.to_owned(),
@@ -576,7 +591,7 @@ fn sequenced(
     let sig = f
         .sequencer_key
         .sign(SignaturePurpose::SequencedEvent, &f.domain_id, &content);
-    pb::SequencedEvent {
+    sequencer_pb::SequencedEvent {
         counter,
         timestamp_micros: ts,
         previous_timestamp_micros: previous,
@@ -585,7 +600,7 @@ fn sequenced(
         envelopes: envelopes
             .iter()
             .enumerate()
-            .map(|(i, e)| pb::DeliveredEnvelope {
+            .map(|(i, e)| sequencer_pb::DeliveredEnvelope {
                 index: u32::try_from(i).expect("few envelopes"),
                 envelope: Some(e.clone()),
             })
@@ -600,7 +615,7 @@ fn digest(bytes: &[u8]) -> Vec<u8> {
     sha2::Sha256::digest(bytes).to_vec()
 }
 
-fn length_delimited(events: &[pb::SequencedEvent]) -> Vec<u8> {
+fn length_delimited(events: &[sequencer_pb::SequencedEvent]) -> Vec<u8> {
     let mut out = Vec::new();
     for e in events {
         e.encode_length_delimited(&mut out)

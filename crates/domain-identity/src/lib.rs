@@ -2,7 +2,7 @@
 //! Canton-style key fingerprints, unique/member/domain ids, and domain-separated signatures.
 //!
 //! This crate deliberately does not depend on the protobuf crate. The conversions between
-//! these types and the `domain.v1` messages live in one place, `domain_proto::identity`
+//! these types and the `domain.common.v1` messages live in one place, `domain_proto::identity`
 //! (feature `identity` of `domain-proto`), built on these accessors:
 //!
 //! * `Signature.signature` ⇄ [`Signature::as_bytes`] / [`Signature::from_bytes`],

@@ -48,7 +48,7 @@ pub enum SignatureError {
     UnknownPurpose(i32),
 }
 
-/// What a signature is for; mirrors `domain.v1.SignaturePurpose` (without `UNSPECIFIED`).
+/// What a signature is for; mirrors `domain.common.v1.SignaturePurpose` (without `UNSPECIFIED`).
 ///
 /// The purpose's [`tag`](SignaturePurpose::tag) is part of the signed bytes, so a signature
 /// made for one purpose never verifies for another. Tags and numbers are wire-stable: never
@@ -105,7 +105,7 @@ impl SignaturePurpose {
         }
     }
 
-    /// The `domain.v1.SignaturePurpose` number (1 to 9).
+    /// The `domain.common.v1.SignaturePurpose` number (1 to 9).
     #[must_use]
     pub fn as_i32(self) -> i32 {
         match self {
@@ -121,7 +121,7 @@ impl SignaturePurpose {
         }
     }
 
-    /// From a `domain.v1.SignaturePurpose` number; 0 (`UNSPECIFIED`) and unknown numbers
+    /// From a `domain.common.v1.SignaturePurpose` number; 0 (`UNSPECIFIED`) and unknown numbers
     /// are errors.
     pub fn from_i32(value: i32) -> Result<Self, SignatureError> {
         match value {
@@ -200,7 +200,7 @@ pub(crate) fn validate_domain_id_str(domain_id: &str) -> Result<(), SignatureErr
 
 /// A 64-byte ed25519 signature plus the fingerprint of the key that made it.
 ///
-/// Maps to `domain.v1.Signature`: `signature` = [`as_bytes`](Signature::as_bytes),
+/// Maps to `domain.common.v1.Signature`: `signature` = [`as_bytes`](Signature::as_bytes),
 /// `signer_fingerprint` = [`signer`](Signature::signer)`.to_string()`; the proto's `purpose`
 /// is supplied by the caller (it is part of the signed bytes, not of this value).
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -224,7 +224,7 @@ impl Signature {
         Ok(Self { bytes, signer })
     }
 
-    /// A signature from the `domain.v1.Signature` fields `signature` and
+    /// A signature from the `domain.common.v1.Signature` fields `signature` and
     /// `signer_fingerprint`.
     pub fn from_parts(bytes: &[u8], signer_fingerprint: &str) -> Result<Self, SignatureError> {
         let signer = Fingerprint::parse(signer_fingerprint)

@@ -170,12 +170,14 @@ mod error;
 mod fence;
 mod keeper;
 pub mod metrics;
+mod running;
 
 pub use config::{LeaseConfig, generate_holder};
 pub use error::LeaseError;
 pub use fence::{Fence, fenced_transaction};
 pub use keeper::{LeaseHandle, LeaseKeeper, LeaseStatus, Role};
 pub use metrics::describe_metrics;
+pub use running::{RunningLease, StartError};
 
 /// The canonical `CREATE TABLE leases` statement (`migrations/lease_template.sql`).
 /// Components copy it into their own migrations; tests apply it to fresh databases.

@@ -1,11 +1,14 @@
-//! `domain.v1.DomainAdminService`: writes go through the active replica's
+//! `domain.manager.admin.v1.DomainAdminService`: writes go through the active replica's
 //! [`Core`]; reads are answered by any replica from the database.
 
 use crate::error::ServiceError as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain_proto::v1::{self as pb, domain_admin_service_server::DomainAdminService};
+use domain_proto::common::v1 as common_pb;
+use domain_proto::manager::admin::v1 as pb;
+use domain_proto::manager::admin::v1::domain_admin_service_server::DomainAdminService;
+use domain_proto::topology::v1 as topology_pb;
 use domain_topology::{DomainParameters, Mapping, Operation};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -44,7 +47,7 @@ pub struct DomainAdmin {
 
 /// The key of a `SetParticipantState` request, checked against the participant id.
 fn request_key(
-    key: Option<&pb::PublicKey>,
+    key: Option<&common_pb::PublicKey>,
     participant: &domain_identity::MemberId,
 ) -> Result<Option<PublicKey>, DomainManagerError> {
     let Some(key) = key else { return Ok(None) };
@@ -102,12 +105,12 @@ fn finish<T>(method: &'static str, result: Result<T, DomainManagerError>) -> Res
     })
 }
 
-fn set_state_response(o: WriteOutcome) -> pb::SetParticipantStateResponse {
-    pb::SetParticipantStateResponse {
+fn state_change(o: WriteOutcome) -> Option<pb::ParticipantStateChange> {
+    Some(pb::ParticipantStateChange {
         serial: o.serial,
         effective_at_micros: o.effective_ts,
         changed: o.changed,
-    }
+    })
 }
 
 /// The participant info of a latest row; `None` for removals.
@@ -239,7 +242,7 @@ impl DomainAdmin {
                     },
                 ) => Some(pb::MediatorInfo {
                     mediator_id: mediator.to_string(),
-                    public_key: public_key.as_ref().map(pb::PublicKey::from),
+                    public_key: public_key.as_ref().map(common_pb::PublicKey::from),
                 }),
                 _ => None,
             })
@@ -289,7 +292,9 @@ impl DomainAdmin {
         })
     }
 
-    async fn get_parameters_inner(&self) -> Result<pb::DomainParameters, DomainManagerError> {
+    async fn get_parameters_inner(
+        &self,
+    ) -> Result<topology_pb::DomainParameters, DomainManagerError> {
         let latest = self.core.latest_for("parameters").await?;
         let params = match latest.map(|r| r.tx.mapping) {
             Some(Mapping::Parameters(p)) => p,
@@ -298,15 +303,17 @@ impl DomainAdmin {
         Ok(params.to_proto())
     }
 
-    async fn status_inner(&self) -> Result<pb::DomainStatusResponse, DomainManagerError> {
+    async fn status_inner(&self) -> Result<pb::StatusResponse, DomainManagerError> {
         let lease = self.core.lease().status();
         let own_state = if self.core.lease().is_active() {
-            "active"
+            pb::ComponentState::Active
         } else {
-            "passive"
+            pb::ComponentState::Passive
         };
         let own_detail = match (&lease.holder, &lease.holder_address, own_state) {
-            (_, _, "active") => format!("this replica, lease epoch {}", lease.epoch),
+            (_, _, pb::ComponentState::Active) => {
+                format!("this replica, lease epoch {}", lease.epoch)
+            }
             (Some(h), Some(a), _) => format!("this replica; active replica is {h} at {a}"),
             (Some(h), None, _) => format!("this replica; active replica is {h}"),
             _ => "this replica; no active replica known".to_owned(),
@@ -314,7 +321,7 @@ impl DomainAdmin {
         let mut components = vec![pb::ComponentStatus {
             component: "domain-manager".into(),
             endpoint: self.advertised_address.clone(),
-            state: own_state.into(),
+            state: own_state as i32,
             detail: own_detail,
         }];
         let probes = self.probes.iter().map(|t| async move {
@@ -322,12 +329,12 @@ impl DomainAdmin {
             pb::ComponentStatus {
                 component: t.name.clone(),
                 endpoint: t.ops_url.clone(),
-                state: probe.state(t.kind).into(),
+                state: probe.state(t.kind) as i32,
                 detail: format!("{}: {}", t.kind.as_str(), probe.detail()),
             }
         });
         components.extend(futures::future::join_all(probes).await);
-        Ok(pb::DomainStatusResponse {
+        Ok(pb::StatusResponse {
             domain_id: self.core.domain_id.to_string(),
             components,
             lease_epoch: u64::try_from(lease.epoch).unwrap_or(0),
@@ -374,7 +381,9 @@ impl DomainAdminService for DomainAdmin {
                 key_bound,
                 "participant state set"
             );
-            Ok(set_state_response(outcome))
+            Ok(pb::SetParticipantStateResponse {
+                change: state_change(outcome),
+            })
         }
         .await;
         finish("SetParticipantState", result).map(Response::new)
@@ -383,10 +392,13 @@ impl DomainAdminService for DomainAdmin {
     async fn get_participant(
         &self,
         req: Request<pb::GetParticipantRequest>,
-    ) -> Result<Response<pb::ParticipantInfo>, Status> {
+    ) -> Result<Response<pb::GetParticipantResponse>, Status> {
         let result = self
             .get_participant_inner(&req.get_ref().participant_id)
-            .await;
+            .await
+            .map(|info| pb::GetParticipantResponse {
+                participant: Some(info),
+            });
         finish("GetParticipant", result).map(Response::new)
     }
 
@@ -401,7 +413,7 @@ impl DomainAdminService for DomainAdmin {
     async fn disable_participant(
         &self,
         req: Request<pb::DisableParticipantRequest>,
-    ) -> Result<Response<pb::SetParticipantStateResponse>, Status> {
+    ) -> Result<Response<pb::DisableParticipantResponse>, Status> {
         let deadline = self.core.request_deadline(grpc_timeout(req.metadata()));
         let r = req.into_inner();
         let result = async {
@@ -414,7 +426,9 @@ impl DomainAdminService for DomainAdmin {
                 changed = outcome.changed,
                 "participant disabled"
             );
-            Ok(set_state_response(outcome))
+            Ok(pb::DisableParticipantResponse {
+                change: state_change(outcome),
+            })
         }
         .await;
         finish("DisableParticipant", result).map(Response::new)
@@ -423,7 +437,7 @@ impl DomainAdminService for DomainAdmin {
     async fn remove_participant(
         &self,
         req: Request<pb::RemoveParticipantRequest>,
-    ) -> Result<Response<pb::SetParticipantStateResponse>, Status> {
+    ) -> Result<Response<pb::RemoveParticipantResponse>, Status> {
         let deadline = self.core.request_deadline(grpc_timeout(req.metadata()));
         let r = req.into_inner();
         let result = async {
@@ -436,7 +450,9 @@ impl DomainAdminService for DomainAdmin {
                 changed = outcome.changed,
                 "participant removed"
             );
-            Ok(set_state_response(outcome))
+            Ok(pb::RemoveParticipantResponse {
+                change: state_change(outcome),
+            })
         }
         .await;
         finish("RemoveParticipant", result).map(Response::new)
@@ -461,8 +477,13 @@ impl DomainAdminService for DomainAdmin {
     async fn get_parameters(
         &self,
         _req: Request<pb::GetParametersRequest>,
-    ) -> Result<Response<pb::DomainParameters>, Status> {
-        let result = self.get_parameters_inner().await;
+    ) -> Result<Response<pb::GetParametersResponse>, Status> {
+        let result =
+            self.get_parameters_inner()
+                .await
+                .map(|parameters| pb::GetParametersResponse {
+                    parameters: Some(parameters),
+                });
         finish("GetParameters", result).map(Response::new)
     }
 
@@ -497,8 +518,8 @@ impl DomainAdminService for DomainAdmin {
 
     async fn status(
         &self,
-        _req: Request<pb::DomainStatusRequest>,
-    ) -> Result<Response<pb::DomainStatusResponse>, Status> {
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let result = self.status_inner().await;
         finish("Status", result).map(Response::new)
     }

@@ -37,8 +37,8 @@ pub struct DomainManagerConfig {
     pub namespace_key_file: PathBuf,
     /// The domain manager's own PostgreSQL database (topology store and lease).
     pub database: DatabaseConfig,
-    /// Admin API (`domain.v1.DomainAdminService`, used by `domainctl`). Default listen
-    /// `127.0.0.1:4402`: loopback only. Configure `admin-api.tls` with `client-ca` and
+    /// Admin API (`domain.manager.admin.v1.DomainAdminService`, used by `domainctl`). Default
+    /// listen `127.0.0.1:4402`: loopback only. Configure `admin-api.tls` with `client-ca` and
     /// `require-client-cert = true` before exposing it (mutual TLS).
     pub admin_api: GrpcServerConfig,
     /// Plaintext ops HTTP port: `/metrics`, `/health/live`, `/health/ready`.

@@ -11,8 +11,12 @@ use std::time::Duration;
 
 use domain_backoff::{Backoff, BackoffConfig};
 use domain_identity::{DomainId, Fingerprint, MemberId, MemberRole, PublicKey};
-use domain_proto::v1::sequencer_service_client::SequencerServiceClient;
-use domain_proto::v1::{self as pb, sequencer_admin_service_client::SequencerAdminServiceClient};
+use domain_proto::confirmation::v1 as confirmation_pb;
+use domain_proto::sequencer::admin::v1 as pb;
+use domain_proto::sequencer::admin::v1::sequencer_admin_service_client::SequencerAdminServiceClient;
+use domain_proto::sequencer::v1 as sequencer_pb;
+use domain_proto::sequencer::v1::sequencer_service_client::SequencerServiceClient;
+use domain_proto::topology::v1 as topology_pb;
 use domain_runtime::telemetry::TraceContextInterceptor;
 use domain_sequencer_client::{
     ClientError, ClientOptions, DomainClient, DomainPins, DomainTls, MemberIdentity,
@@ -60,7 +64,7 @@ pub struct TopologySend<'a> {
     pub message_id: &'a str,
     /// Sequencer time (microseconds) after which the message must not be sequenced.
     pub max_sequencing_ts: i64,
-    pub signed: &'a pb::SignedTopologyTransaction,
+    pub signed: &'a topology_pb::SignedTopologyTransaction,
 }
 
 /// A sequencer found through `GetDomainInfo`.
@@ -241,11 +245,13 @@ impl GrpcGateway {
                 "no sequencer endpoint configured".into(),
             ));
         }
-        let content = pb::DomainMessage {
-            message: Some(pb::domain_message::Message::Topology(send.signed.clone())),
+        let content = confirmation_pb::DomainMessage {
+            message: Some(confirmation_pb::domain_message::Message::Topology(
+                send.signed.clone(),
+            )),
         }
         .encode_to_vec();
-        let envelopes = vec![pb::Envelope {
+        let envelopes = vec![sequencer_pb::Envelope {
             content: content.into(),
             recipients: Vec::new(),
             broadcast: true,
@@ -415,7 +421,7 @@ impl GrpcGateway {
             .map_err(|e| describe_client_error(&e))?;
         let mut client = SequencerServiceClient::with_interceptor(channel, TraceContextInterceptor);
         let info = client
-            .get_domain_info(pb::GetDomainInfoRequest {})
+            .get_domain_info(sequencer_pb::GetDomainInfoRequest {})
             .await
             .map_err(|s| describe_status(&s))?
             .into_inner();

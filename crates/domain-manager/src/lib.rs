@@ -4,15 +4,18 @@
 //! docs/domain-manager.md for configuration, bootstrap order, error codes and
 //! metrics.
 
-pub mod admin;
+mod admin;
 pub mod config;
-pub mod error;
+mod error;
 mod fault;
-pub mod gateway;
-pub mod manager;
-pub mod metrics;
-pub mod status;
-pub mod store;
+mod gateway;
+mod manager;
+mod metrics;
+mod status;
+mod store;
+
+#[cfg(test)]
+mod db_tests;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,8 +23,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use domain_identity::{DomainId, IdError, KeyError, MemberId, SigningKeyPair, UniqueId};
-use domain_lease::{LeaseHandle, LeaseKeeper, Role};
-use domain_proto::v1::domain_admin_service_server::DomainAdminServiceServer;
+use domain_lease::{LeaseHandle, Role, RunningLease};
+use domain_proto::manager::admin::v1::domain_admin_service_server::DomainAdminServiceServer;
 use domain_runtime::grpc::HealthHandle;
 use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
@@ -42,7 +45,8 @@ use crate::manager::{Core, CoreSettings};
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/domain-manager");
 
 /// gRPC service name whose health mirrors readiness (active and bootstrapped).
-pub const ADMIN_SERVICE_NAME: &str = "domain.v1.DomainAdminService";
+pub const ADMIN_SERVICE_NAME: &str =
+    domain_proto::manager::admin::v1::domain_admin_service_server::SERVICE_NAME;
 
 /// Already-bound listeners, so tests and binaries choose ports the same way.
 pub use domain_runtime::service::AdminListeners as Listeners;
@@ -151,16 +155,7 @@ pub async fn run(
     );
 
     // Database: migrations, commit mode, and refuse another domain's database.
-    let sqlx_pool = domain_storage::connect_sqlx(&config.database)
-        .await
-        .context("cannot connect to the database")?;
-    domain_storage::check_commit_mode(&sqlx_pool, config.database.allow_async_commit).await?;
-    domain_storage::run_migrations(&sqlx_pool, &MIGRATOR)
-        .await
-        .context("cannot migrate the database")?;
-    sqlx_pool.close().await;
-    let pool =
-        domain_storage::hot_pool(&config.database).context("cannot build the database pool")?;
+    let pool = domain_storage::open(&config.database, &MIGRATOR).await?;
     {
         let client = pool
             .get()
@@ -168,22 +163,13 @@ pub async fn run(
             .context("cannot get a database connection")?;
         store::check_domain(&**client, &domain_id).await?;
     }
-
-    // Lease, on its own small pool so renewals never wait behind admin traffic.
-    let lease_db = domain_storage::DatabaseConfig {
-        pool_max_size: 2,
-        application_name: Some("domain-manager-lease".into()),
-        ..config.database.clone()
-    };
-    let lease_pool =
-        domain_storage::hot_pool(&lease_db).context("cannot build the lease database pool")?;
-    let mut lease_config = config.lease.clone();
-    lease_config.holder_address = advertised.clone();
-    let keeper = LeaseKeeper::new(lease_pool, lease_config).context("invalid `lease`")?;
-    let lease = keeper.handle();
-    tracing::info!(holder = keeper.holder(), lease = %keeper.config().name, "lease keeper configured");
-    let lease_stop = CancellationToken::new();
-    let lease_task = tokio::spawn(keeper.run(lease_stop.clone()));
+    let running_lease = RunningLease::start(
+        &config.database,
+        "domain-manager-lease",
+        &config.lease,
+        &advertised,
+    )?;
+    let lease = running_lease.handle();
 
     // Core and its sequencer gateway.
     let tls = config
@@ -290,8 +276,7 @@ pub async fn run(
     let drained = servers.stop(grace).await;
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
-    lease_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), lease_task).await;
+    running_lease.release().await;
     if let Some(reason) = fatal {
         anyhow::bail!(reason);
     }
@@ -302,7 +287,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Mirrors readiness into gRPC health: service `""` and `domain.v1.DomainAdminService`.
+/// Mirrors readiness into gRPC health: service `""` and `domain.manager.admin.v1.DomainAdminService`.
 async fn follow_readiness(health: HealthHandle, readiness: Readiness, shutdown: CancellationToken) {
     let mut changes = readiness.subscribe();
     loop {

@@ -80,29 +80,25 @@ fn main() {
 
     let mut config: DomainManagerConfig =
         load_or_exit("domain-manager", "DOMAIN_MANAGER", &cli.common);
-    if let Err(error) = config.validate() {
-        eprintln!("error: invalid domain-manager configuration: {error}");
-        std::process::exit(EXIT_USAGE);
-    }
-    if let Err(error) = domain_runtime::telemetry::init_logging(
+    let problem = config
+        .validate()
+        .map_err(|e| format!("invalid domain-manager configuration: {e}"));
+    let labels = cli.common.metric_labels();
+    domain_runtime::service::launch(
         "domain-manager",
-        cli.common.log_format,
+        &cli.common,
         &config.tracing,
-    ) {
-        eprintln!("error: {error}");
-        std::process::exit(EXIT_USAGE);
-    }
-    domain_runtime::service::run_service("domain manager", || {
-        serve(config, cli.common.metric_labels())
-    })
-}
-
-async fn serve(
-    config: DomainManagerConfig,
-    labels: Vec<(&'static str, String)>,
-) -> anyhow::Result<()> {
-    let metrics = domain_runtime::metrics::install_recorder_with("domain-manager", &labels, &[])?;
-    let shutdown = domain_runtime::shutdown::shutdown_signal()?;
-    let listeners = Listeners::bind(&config.admin_api, config.ops_listen).await?;
-    domain_manager::run(config, listeners, metrics, shutdown).await
+        problem,
+        || {
+            domain_runtime::service::serve_service(
+                "domain-manager",
+                &labels,
+                &[],
+                async { Ok(Listeners::bind(&config.admin_api, config.ops_listen).await?) },
+                |listeners, metrics, shutdown| {
+                    domain_manager::run(config.clone(), listeners, metrics, shutdown)
+                },
+            )
+        },
+    )
 }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use domain_proto::manager::admin::v1::ComponentState;
+
 use crate::config::ComponentKind;
 
 /// Time limit of one probe, connection included.
@@ -18,15 +20,15 @@ pub enum Probe {
 }
 
 impl Probe {
-    /// The `ComponentStatus.state` for a component of `kind`: `active`/`passive` for
-    /// active-passive components, `serving`/`not-serving` for others, `unreachable`.
-    pub fn state(&self, kind: ComponentKind) -> &'static str {
+    /// The `ComponentStatus.state` for a component of `kind`: `ACTIVE`/`PASSIVE` for
+    /// active-passive components, `SERVING`/`NOT_SERVING` for others, `UNREACHABLE`.
+    pub fn state(&self, kind: ComponentKind) -> ComponentState {
         match (self, kind.is_active_passive()) {
-            (Probe::Answered(200), true) => "active",
-            (Probe::Answered(_), true) => "passive",
-            (Probe::Answered(200), false) => "serving",
-            (Probe::Answered(_), false) => "not-serving",
-            (Probe::Unreachable(_), _) => "unreachable",
+            (Probe::Answered(200), true) => ComponentState::Active,
+            (Probe::Answered(_), true) => ComponentState::Passive,
+            (Probe::Answered(200), false) => ComponentState::Serving,
+            (Probe::Answered(_), false) => ComponentState::NotServing,
+            (Probe::Unreachable(_), _) => ComponentState::Unreachable,
         }
     }
 
@@ -59,23 +61,23 @@ mod tests {
     fn maps_probes_to_states() {
         assert_eq!(
             Probe::Answered(200).state(ComponentKind::Mediator),
-            "active"
+            ComponentState::Active
         );
         assert_eq!(
             Probe::Answered(503).state(ComponentKind::DomainManager),
-            "passive"
+            ComponentState::Passive
         );
         assert_eq!(
             Probe::Answered(200).state(ComponentKind::Sequencer),
-            "serving"
+            ComponentState::Serving
         );
         assert_eq!(
             Probe::Answered(503).state(ComponentKind::Participant),
-            "not-serving"
+            ComponentState::NotServing
         );
         assert_eq!(
             Probe::Unreachable("x".into()).state(ComponentKind::Sequencer),
-            "unreachable"
+            ComponentState::Unreachable
         );
     }
 

@@ -8,7 +8,7 @@
 
 use domain_identity::{DomainId, SigningKeyPair};
 use domain_lease::{Fence, LeaseError, fenced_transaction};
-use domain_proto::v1 as pb;
+use domain_proto::topology::v1 as pb;
 use domain_topology::{Mapping, Operation, SequencedTopology, TopologyState, TopologyTransaction};
 use prost::Message as _;
 use tokio_postgres::{Client, GenericClient, Row};
@@ -231,23 +231,6 @@ pub async fn load_pending(
         .iter()
         .map(|r| decode_row(r, &id))
         .collect()
-}
-
-/// One row by serial.
-pub async fn load_serial(
-    client: &impl GenericClient,
-    domain_id: &DomainId,
-    serial: u64,
-) -> Result<Option<TopologyRecord>, StoreError> {
-    let id = domain_id.to_string();
-    client
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM dm_topology WHERE serial = $1"),
-            &[&serial_i64(serial)],
-        )
-        .await?
-        .map(|r| decode_row(&r, &id))
-        .transpose()
 }
 
 /// The latest sequenced row of every mapping key of `kind` (all kinds when `None`),

@@ -20,7 +20,7 @@ use domain_identity::{
 };
 use domain_time::Timestamp;
 
-use crate::v1 as pb;
+use crate::common::v1 as pb;
 
 impl From<&PublicKey> for pb::PublicKey {
     fn from(key: &PublicKey) -> Self {

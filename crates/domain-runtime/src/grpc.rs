@@ -471,7 +471,7 @@ fn serving_status(ready: bool) -> ServingStatus {
     }
 }
 
-/// Creates the gRPC reflection service (v1) for the `domain.v1` and `grpc.health.v1` services,
+/// Creates the gRPC reflection service (v1) for the `domain.*` and `grpc.health.v1` services,
 /// so grpcurl and ghz work without .proto files.
 pub fn reflection_service() -> Result<
     tonic_reflection::server::v1::ServerReflectionServer<

@@ -477,10 +477,13 @@ mod tests {
     #[test]
     fn knows_the_type_of_every_served_method() {
         assert_eq!(
-            grpc_type("domain.v1.SequencerService", "Subscribe"),
+            grpc_type("domain.sequencer.v1.SequencerService", "Subscribe"),
             "server_stream"
         );
-        assert_eq!(grpc_type("domain.v1.SequencerService", "Send"), "unary");
+        assert_eq!(
+            grpc_type("domain.sequencer.v1.SequencerService", "Send"),
+            "unary"
+        );
         assert_eq!(grpc_type("grpc.health.v1.Health", "Watch"), "server_stream");
         assert_eq!(grpc_type("grpc.health.v1.Health", "Check"), "unary");
         assert_eq!(

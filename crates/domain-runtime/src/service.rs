@@ -116,6 +116,53 @@ impl Servers {
     }
 }
 
+/// The tail of every service binary's `main`, once its configuration is loaded: a
+/// configuration `problem` is printed and exits with [`EXIT_USAGE`](crate::config::EXIT_USAGE)
+/// before anything starts; otherwise logging is installed and `serve` runs on the service
+/// runtime ([`run_service`]).
+pub fn launch<F, E>(
+    component: &str,
+    common: &crate::config::CommonArgs,
+    tracing: &crate::telemetry::TracingConfig,
+    problem: Result<(), String>,
+    serve: impl FnOnce() -> F,
+) -> !
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    if let Err(problem) = problem {
+        eprintln!("error: {problem}");
+        std::process::exit(crate::config::EXIT_USAGE);
+    }
+    if let Err(error) = crate::telemetry::init_logging(component, common.log_format, tracing) {
+        eprintln!("error: {error}");
+        std::process::exit(crate::config::EXIT_USAGE);
+    }
+    run_service(component, serve)
+}
+
+/// The first steps of every service's async `serve`: the Prometheus recorder (with the
+/// operator's constant `labels` and the service's own histogram `buckets`), the shutdown
+/// signal, then the listeners, bound before anything else starts so a taken port fails
+/// start-up with the setting named. `run` is the service's own `run`.
+pub async fn serve_service<L, B, R>(
+    component: &str,
+    labels: &[(&'static str, String)],
+    buckets: &[(&str, &[f64])],
+    bind: B,
+    run: impl FnOnce(L, PrometheusHandle, CancellationToken) -> R,
+) -> anyhow::Result<()>
+where
+    B: Future<Output = anyhow::Result<L>>,
+    R: Future<Output = anyhow::Result<()>>,
+{
+    let metrics = crate::metrics::install_recorder_with(component, labels, buckets)?;
+    let shutdown = crate::shutdown::shutdown_signal()?;
+    let listeners = bind.await?;
+    run(listeners, metrics, shutdown).await
+}
+
 /// Runs `serve` to completion and exits the process with its outcome.
 pub fn run_service<F, E>(component: &str, serve: impl FnOnce() -> F) -> !
 where

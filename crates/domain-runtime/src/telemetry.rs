@@ -459,7 +459,7 @@ mod tests {
                     Ok::<Seen, std::convert::Infallible>((extension, TraceContext::current(), sent))
                 });
                 let mut service = TraceContextLayer.layer(inner);
-                let mut request = http::Request::builder().uri("/domain.v1.Test/Call");
+                let mut request = http::Request::builder().uri("/domain.test.v1.TestService/Call");
                 if let Some(value) = traceparent {
                     request = request.header(TRACEPARENT, value);
                 }

@@ -57,6 +57,7 @@ mod dedicated;
 mod error;
 mod hot;
 pub mod locks;
+mod open;
 mod sqlx_pool;
 mod tls;
 
@@ -64,6 +65,7 @@ pub use config::{DatabaseConfig, DatabaseHost, DatabaseUrl, TargetSessionAttrs};
 pub use dedicated::{ConnectionTask, dedicated_connection, listen_connection};
 pub use error::{PoolTimeoutKind, StorageError};
 pub use hot::hot_pool;
+pub use open::{OpenError, open, prepare};
 pub use sqlx_pool::{SQLX_POOL_MAX_SIZE, check_commit_mode, connect_sqlx, run_migrations};
 pub use tls::{PgTls, PgTlsConnect, PgTlsError, PgTlsStream, SslMode, cancel_connector};
 

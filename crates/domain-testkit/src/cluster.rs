@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
-use domain_proto::v1::{self as pb, sequencer_admin_service_client::SequencerAdminServiceClient};
+use domain_proto::sequencer::admin::v1 as pb;
+use domain_proto::sequencer::admin::v1::sequencer_admin_service_client::SequencerAdminServiceClient;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::certs::{PkiFiles, TestPki};

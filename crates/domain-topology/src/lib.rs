@@ -22,7 +22,8 @@ use std::time::Duration;
 use domain_identity::{
     DomainId, MemberId, MemberRole, PublicKey, Signature, SignaturePurpose, SigningKeyPair,
 };
-use domain_proto::v1 as pb;
+use domain_proto::common::v1 as common_pb;
+use domain_proto::topology::v1 as pb;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
@@ -320,7 +321,7 @@ fn parse_member(s: &str, role: MemberRole, what: &str) -> Result<MemberId, Topol
 }
 
 fn parse_key(
-    key: Option<&pb::PublicKey>,
+    key: Option<&common_pb::PublicKey>,
     member: &MemberId,
 ) -> Result<Option<PublicKey>, TopologyError> {
     let Some(key) = key else { return Ok(None) };
@@ -341,8 +342,8 @@ fn parse_key(
     Ok(Some(key))
 }
 
-fn proto_key(key: &PublicKey) -> pb::PublicKey {
-    pb::PublicKey::from(key)
+fn proto_key(key: &PublicKey) -> common_pb::PublicKey {
+    common_pb::PublicKey::from(key)
 }
 
 impl TopologyTransaction {
@@ -487,7 +488,7 @@ impl TopologyTransaction {
         let sig = namespace_key.sign(SignaturePurpose::Topology, domain_id, &bytes);
         pb::SignedTopologyTransaction {
             transaction: bytes,
-            signature: Some(pb::Signature::from_identity(
+            signature: Some(common_pb::Signature::from_identity(
                 &sig,
                 SignaturePurpose::Topology,
             )),
@@ -562,6 +563,35 @@ pub struct TopologyState {
     by_serial: BTreeMap<u64, SequencedTopology>,
 }
 
+/// Why a member ignored a topology transaction from its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    /// Sent by another member than the domain manager.
+    NotFromDomainManager,
+    /// No valid namespace signature (or the namespace key is not known).
+    BadSignature,
+    /// Signed, but not a valid transaction for this domain.
+    Invalid,
+}
+
+impl Ignored {
+    /// The reason label members count ignored envelopes under.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NotFromDomainManager => "topology_not_from_domain_manager",
+            Self::BadSignature => "topology_bad_signature",
+            Self::Invalid => "invalid_topology",
+        }
+    }
+}
+
+/// A topology transaction a member accepted from its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub serial: u64,
+    pub effective_ts: i64,
+}
+
 /// The state of one participant at some time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParticipantAttributes {
@@ -591,6 +621,66 @@ impl TopologyState {
             },
         );
         Some(effective_ts)
+    }
+
+    /// Applies a topology transaction a member read from its stream (sent by `sender`,
+    /// sequenced at `sequenced_ts`). The sequencer checked sender and signature before
+    /// sequencing, but a member does not take a sequencer's word for the topology: one whose
+    /// key was not verified, or was stolen, must not be able to swap mediators or change the
+    /// parameters. So only the domain manager's transactions with a valid namespace signature
+    /// count; anything else is refused, logged and never applied. `Ok(None)`: the serial was
+    /// seen before.
+    pub fn apply_sequenced(
+        &mut self,
+        sender: &str,
+        sequenced_ts: i64,
+        signed: &pb::SignedTopologyTransaction,
+        domain_id: &DomainId,
+        namespace_key: Option<&PublicKey>,
+    ) -> Result<Option<Accepted>, Ignored> {
+        if sender != domain_manager_member(domain_id).to_string() {
+            tracing::warn!(
+                sender,
+                event_ts = sequenced_ts,
+                "ignored a topology transaction not sent by the domain manager"
+            );
+            return Err(Ignored::NotFromDomainManager);
+        }
+        let Some(namespace_key) = namespace_key else {
+            tracing::error!(
+                event_ts = sequenced_ts,
+                "ignored a topology transaction: the namespace key is not known"
+            );
+            return Err(Ignored::BadSignature);
+        };
+        let tx = match verify_signed(signed, domain_id, namespace_key) {
+            Ok(tx) => tx,
+            Err(error @ TopologyError::BadSignature(_)) => {
+                tracing::error!(event_ts = sequenced_ts, %error, "ignored a topology transaction without a valid namespace signature");
+                return Err(Ignored::BadSignature);
+            }
+            Err(error) => {
+                tracing::warn!(event_ts = sequenced_ts, %error, "ignored an invalid topology transaction");
+                return Err(Ignored::Invalid);
+            }
+        };
+        let serial = tx.serial;
+        let kind = tx.mapping.kind();
+        let Some(effective_ts) = self.add(sequenced_ts, tx) else {
+            tracing::debug!(serial, "topology serial seen before; ignored");
+            return Ok(None);
+        };
+        tracing::info!(
+            serial,
+            kind,
+            sequenced_ts,
+            effective_ts,
+            "topology transaction accepted"
+        );
+        Ok(Some(Accepted {
+            serial,
+            effective_ts,
+        }))
     }
 
     /// Inserts a transaction whose effective time was computed elsewhere

@@ -1,4 +1,5 @@
 use super::*;
+use domain_proto::topology::v1 as pb;
 
 fn domain(key: &SigningKeyPair) -> DomainId {
     DomainId::new(domain_identity::UniqueId::new("dom", *key.fingerprint()).expect("valid name"))

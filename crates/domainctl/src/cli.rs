@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use domain_identity::MemberId;
-use domain_proto::v1 as pb;
+use domain_proto::topology::v1 as pb;
 
 use crate::error::CliError;
 
@@ -18,7 +18,7 @@ pub const DEFAULT_SEQUENCER_ADMIN: &str = "http://127.0.0.1:5002";
 
 const LONG_ABOUT: &str = "\
 Operator CLI for a domain's domain manager, over its gRPC admin API \
-(domain.v1.DomainAdminService).
+(domain.manager.admin.v1.DomainAdminService).
 
 Give every domain-manager replica with --endpoint (repeatable, or a comma-separated \
 DOMAINCTL_ENDPOINT). Each call tries them in order and skips replicas that are unreachable, \

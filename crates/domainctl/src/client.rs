@@ -5,8 +5,8 @@ use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
-use domain_proto::v1::domain_admin_service_client::DomainAdminServiceClient;
-use domain_proto::v1::sequencer_admin_service_client::SequencerAdminServiceClient;
+use domain_proto::manager::admin::v1::domain_admin_service_client::DomainAdminServiceClient;
+use domain_proto::sequencer::admin::v1::sequencer_admin_service_client::SequencerAdminServiceClient;
 use domain_tls::{ClientTlsFiles, client_tls_config};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Response, Status};
@@ -207,12 +207,6 @@ impl Replicas {
             tls,
             timeout,
         }
-    }
-
-    /// The endpoints, in the order they are tried.
-    #[must_use]
-    pub fn endpoints(&self) -> &[String] {
-        &self.endpoints
     }
 
     /// Sends `request` with `send` to the first replica able to serve it (see [`classify`]).
@@ -555,7 +549,7 @@ mod tests {
         );
         let error = replicas
             .call(
-                domain_proto::v1::DomainStatusRequest {},
+                domain_proto::manager::admin::v1::StatusRequest {},
                 |mut client, request| async move { client.status(request).await },
             )
             .await

@@ -1,6 +1,9 @@
 //! Subcommand execution: local validation into an [`Action`], then the RPC(s) and rendering.
 
-use domain_proto::v1 as pb;
+use domain_proto::common::v1 as common_pb;
+use domain_proto::manager::admin::v1 as pb;
+use domain_proto::sequencer::admin::v1 as sequencer_admin_pb;
+use domain_proto::topology::v1 as topology_pb;
 
 use crate::cli::{
     Command, DomainCommand, MediatorsCommand, OutputFormat, ParametersCommand, ParticipantsCommand,
@@ -97,8 +100,11 @@ impl ParameterChanges {
 
     /// `current` with the given fields replaced.
     #[must_use]
-    pub fn overlay(&self, current: &pb::DomainParameters) -> pb::DomainParameters {
-        pb::DomainParameters {
+    pub fn overlay(
+        &self,
+        current: &topology_pb::DomainParameters,
+    ) -> topology_pb::DomainParameters {
+        topology_pb::DomainParameters {
             participant_response_timeout_micros: self
                 .participant_response_timeout_micros
                 .unwrap_or(current.participant_response_timeout_micros),
@@ -146,9 +152,9 @@ impl Action {
                 };
                 Action::SetParticipantState(pb::SetParticipantStateRequest {
                     participant_id,
-                    permission: pb::ParticipantPermission::from(*permission) as i32,
-                    trust_level: pb::TrustLevel::from(*trust_level) as i32,
-                    public_key: verified.map(|v| pb::PublicKey::from(&v.public_key)),
+                    permission: topology_pb::ParticipantPermission::from(*permission) as i32,
+                    trust_level: topology_pb::TrustLevel::from(*trust_level) as i32,
+                    public_key: verified.map(|v| common_pb::PublicKey::from(&v.public_key)),
                 })
             }
             Command::Domain(DomainCommand::ExportConnection { output_file, alias }) => {
@@ -200,17 +206,19 @@ impl Action {
         match self {
             Action::PruningStatus => {
                 let response = sequencers
-                    .call_sequencer(pb::PruningStatusRequest {}, |mut c, r| async move {
-                        c.pruning_status(r).await
-                    })
+                    .call_sequencer(
+                        sequencer_admin_pb::PruningStatusRequest {},
+                        |mut c, r| async move { c.pruning_status(r).await },
+                    )
                     .await?;
                 render(&PruningStatusView::from(&response), format)
             }
             Action::Prune { dry_run } => {
                 let response = sequencers
-                    .call_sequencer(pb::PruneRequest { dry_run }, |mut c, r| async move {
-                        c.prune(r).await
-                    })
+                    .call_sequencer(
+                        sequencer_admin_pb::PruneRequest { dry_run },
+                        |mut c, r| async move { c.prune(r).await },
+                    )
                     .await?;
                 let outcome = response.outcome.ok_or_else(|| {
                     CliError::Local("the sequencer answered without a prune outcome".to_owned())
@@ -221,7 +229,7 @@ impl Action {
                 below_micros,
                 dry_run,
             } => {
-                let request = pb::ForcePruneRequest {
+                let request = sequencer_admin_pb::ForcePruneRequest {
                     below_micros,
                     dry_run,
                 };
@@ -268,7 +276,8 @@ impl Action {
                         c.set_participant_state(r).await
                     })
                     .await?;
-                render(&StateChangeView::new(participant_id, &response), format)
+                let change = state_change(response.change)?;
+                render(&StateChangeView::new(participant_id, &change), format)
             }
             Action::ListParticipants => {
                 let response = replicas
@@ -283,12 +292,15 @@ impl Action {
             }
             Action::GetParticipant(participant_id) => {
                 let request = pb::GetParticipantRequest { participant_id };
-                let info = replicas
+                let response = replicas
                     .call(
                         request,
                         |mut c, r| async move { c.get_participant(r).await },
                     )
                     .await?;
+                let info = response.participant.ok_or_else(|| {
+                    CliError::Local("the domain manager answered without a participant".to_owned())
+                })?;
                 render(&ParticipantView::from(&info), format)
             }
             Action::DisableParticipant(participant_id) => {
@@ -301,7 +313,8 @@ impl Action {
                         |mut c, r| async move { c.disable_participant(r).await },
                     )
                     .await?;
-                render(&StateChangeView::new(participant_id, &response), format)
+                let change = state_change(response.change)?;
+                render(&StateChangeView::new(participant_id, &change), format)
             }
             Action::RemoveParticipant(participant_id) => {
                 let request = pb::RemoveParticipantRequest {
@@ -313,7 +326,8 @@ impl Action {
                         |mut c, r| async move { c.remove_participant(r).await },
                     )
                     .await?;
-                render(&StateChangeView::new(participant_id, &response), format)
+                let change = state_change(response.change)?;
+                render(&StateChangeView::new(participant_id, &change), format)
             }
             Action::ListMediators => {
                 let response = replicas
@@ -364,9 +378,10 @@ impl Action {
             }
             Action::Status => {
                 let response = replicas
-                    .call(pb::DomainStatusRequest {}, |mut c, r| async move {
-                        c.status(r).await
-                    })
+                    .call(
+                        pb::StatusRequest {},
+                        |mut c, r| async move { c.status(r).await },
+                    )
                     .await?;
                 render(&StatusView::from(&response), format)
             }
@@ -374,12 +389,24 @@ impl Action {
     }
 }
 
-async fn get_parameters(replicas: &Replicas) -> Result<pb::DomainParameters, CliError> {
+async fn get_parameters(replicas: &Replicas) -> Result<topology_pb::DomainParameters, CliError> {
     replicas
         .call(pb::GetParametersRequest {}, |mut c, r| async move {
             c.get_parameters(r).await
         })
-        .await
+        .await?
+        .parameters
+        .ok_or_else(|| CliError::Local("the domain manager answered without parameters".to_owned()))
+}
+
+/// The state change a SetParticipantState, DisableParticipant or RemoveParticipant answer
+/// carries.
+fn state_change(
+    change: Option<pb::ParticipantStateChange>,
+) -> Result<pb::ParticipantStateChange, CliError> {
+    change.ok_or_else(|| {
+        CliError::Local("the domain manager answered without a state change".to_owned())
+    })
 }
 
 #[cfg(test)]
@@ -404,8 +431,8 @@ mod tests {
             action,
             Action::SetParticipantState(pb::SetParticipantStateRequest {
                 participant_id: id,
-                permission: pb::ParticipantPermission::Observation as i32,
-                trust_level: pb::TrustLevel::Vip as i32,
+                permission: topology_pb::ParticipantPermission::Observation as i32,
+                trust_level: topology_pb::TrustLevel::Vip as i32,
                 public_key: None,
             })
         );
@@ -437,14 +464,14 @@ mod tests {
             topology_change_delay: Some(Duration::from_millis(250)),
         })
         .expect("valid");
-        let current = pb::DomainParameters {
+        let current = topology_pb::DomainParameters {
             participant_response_timeout_micros: 30_000_000,
             max_request_size: 1024,
             topology_change_delay_micros: 0,
         };
         assert_eq!(
             changes.overlay(&current),
-            pb::DomainParameters {
+            topology_pb::DomainParameters {
                 participant_response_timeout_micros: 30_000_000,
                 max_request_size: 2048,
                 topology_change_delay_micros: 250_000,

@@ -1,7 +1,7 @@
 //! `domainctl` owns the operator CLI over the domain manager's admin gRPC API
-//! (`domain.v1.DomainAdminService`): argument syntax and local validation ([`cli`]), replica
-//! failover and TLS ([`client`]), table and JSON rendering ([`output`]), and the mapping of
-//! failures to exit codes ([`error`]).
+//! (`domain.manager.admin.v1.DomainAdminService`): argument syntax and local validation
+//! ([`cli`]), replica failover and TLS ([`client`]), table and JSON rendering ([`output`]),
+//! and the mapping of failures to exit codes ([`error`]).
 //!
 //! # Usage
 //!
@@ -64,11 +64,14 @@
 //! | 2 | usage or invalid input, found before any network call: bad flags, invalid participant id or endpoint URL, unusable TLS files, an identity file that does not verify (`ONBOARDING_*`) |
 //! | 3 | no domain-manager replica could serve the call: all unreachable, passive, or timed out |
 
-pub mod cli;
-pub mod client;
-pub mod commands;
-pub mod error;
-pub mod output;
+mod cli;
+mod client;
+mod commands;
+mod error;
+mod output;
+
+#[cfg(test)]
+mod failover_tests;
 
 pub use cli::Cli;
 pub use error::{CliError, EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE};

@@ -4,7 +4,10 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use domain_proto::v1 as pb;
+use domain_proto::common::v1 as common_pb;
+use domain_proto::manager::admin::v1 as pb;
+use domain_proto::sequencer::admin::v1 as sequencer_admin_pb;
+use domain_proto::topology::v1 as topology_pb;
 use serde::Serialize;
 
 use crate::cli::OutputFormat;
@@ -148,12 +151,12 @@ pub fn duration_text(micros: i64) -> String {
 /// The lowercase name of a permission as sent by the server.
 #[must_use]
 pub fn permission_name(value: i32) -> String {
-    match pb::ParticipantPermission::try_from(value) {
-        Ok(pb::ParticipantPermission::Submission) => "submission".to_owned(),
-        Ok(pb::ParticipantPermission::Confirmation) => "confirmation".to_owned(),
-        Ok(pb::ParticipantPermission::Observation) => "observation".to_owned(),
-        Ok(pb::ParticipantPermission::Disabled) => "disabled".to_owned(),
-        Ok(pb::ParticipantPermission::Unspecified) => "unspecified".to_owned(),
+    match topology_pb::ParticipantPermission::try_from(value) {
+        Ok(topology_pb::ParticipantPermission::Submission) => "submission".to_owned(),
+        Ok(topology_pb::ParticipantPermission::Confirmation) => "confirmation".to_owned(),
+        Ok(topology_pb::ParticipantPermission::Observation) => "observation".to_owned(),
+        Ok(topology_pb::ParticipantPermission::Disabled) => "disabled".to_owned(),
+        Ok(topology_pb::ParticipantPermission::Unspecified) => "unspecified".to_owned(),
         Err(_) => format!("unknown({value})"),
     }
 }
@@ -161,10 +164,38 @@ pub fn permission_name(value: i32) -> String {
 /// The lowercase name of a trust level as sent by the server.
 #[must_use]
 pub fn trust_level_name(value: i32) -> String {
-    match pb::TrustLevel::try_from(value) {
-        Ok(pb::TrustLevel::Ordinary) => "ordinary".to_owned(),
-        Ok(pb::TrustLevel::Vip) => "vip".to_owned(),
-        Ok(pb::TrustLevel::Unspecified) => "unspecified".to_owned(),
+    match topology_pb::TrustLevel::try_from(value) {
+        Ok(topology_pb::TrustLevel::Ordinary) => "ordinary".to_owned(),
+        Ok(topology_pb::TrustLevel::Vip) => "vip".to_owned(),
+        Ok(topology_pb::TrustLevel::Unspecified) => "unspecified".to_owned(),
+        Err(_) => format!("unknown({value})"),
+    }
+}
+
+/// The name of a component state as sent by the server (`status`).
+#[must_use]
+pub fn component_state_name(value: i32) -> String {
+    match pb::ComponentState::try_from(value) {
+        Ok(pb::ComponentState::Active) => "active".to_owned(),
+        Ok(pb::ComponentState::Passive) => "passive".to_owned(),
+        Ok(pb::ComponentState::Serving) => "serving".to_owned(),
+        Ok(pb::ComponentState::NotServing) => "not-serving".to_owned(),
+        Ok(pb::ComponentState::Unreachable) => "unreachable".to_owned(),
+        Ok(pb::ComponentState::Unspecified) => "unspecified".to_owned(),
+        Err(_) => format!("unknown({value})"),
+    }
+}
+
+/// The name of a member kind as sent by the sequencer (`pruning status`).
+#[must_use]
+pub fn member_kind_name(value: i32) -> String {
+    use sequencer_admin_pb::MemberKind;
+    match MemberKind::try_from(value) {
+        Ok(MemberKind::Participant) => "participant".to_owned(),
+        Ok(MemberKind::Mediator) => "mediator".to_owned(),
+        Ok(MemberKind::DomainManager) => "domain-manager".to_owned(),
+        Ok(MemberKind::Sequencer) => "sequencer".to_owned(),
+        Ok(MemberKind::Unspecified) => "unknown".to_owned(),
         Err(_) => format!("unknown({value})"),
     }
 }
@@ -187,7 +218,7 @@ pub struct StateChangeView {
 impl StateChangeView {
     /// The view of a response to a change for `participant_id`.
     #[must_use]
-    pub fn new(participant_id: String, response: &pb::SetParticipantStateResponse) -> Self {
+    pub fn new(participant_id: String, response: &pb::ParticipantStateChange) -> Self {
         Self {
             participant_id,
             serial: response.serial,
@@ -299,14 +330,14 @@ impl From<&pb::MediatorInfo> for MediatorView {
     fn from(info: &pb::MediatorInfo) -> Self {
         let (algorithm, key) = match &info.public_key {
             Some(key) => (key.algorithm, key.key.as_slice()),
-            None => (pb::KeyAlgorithm::Unspecified as i32, &[][..]),
+            None => (common_pb::KeyAlgorithm::Unspecified as i32, &[][..]),
         };
-        let key_algorithm = match pb::KeyAlgorithm::try_from(algorithm) {
+        let key_algorithm = match common_pb::KeyAlgorithm::try_from(algorithm) {
             // Registered by id only: the key is bound by the id's fingerprint when the
             // mediator first authenticates.
             _ if info.public_key.is_none() => "-".to_owned(),
-            Ok(pb::KeyAlgorithm::Ed25519) => "ed25519".to_owned(),
-            Ok(pb::KeyAlgorithm::Unspecified) => "unspecified".to_owned(),
+            Ok(common_pb::KeyAlgorithm::Ed25519) => "ed25519".to_owned(),
+            Ok(common_pb::KeyAlgorithm::Unspecified) => "unspecified".to_owned(),
             Err(_) => format!("unknown({algorithm})"),
         };
         Self {
@@ -420,8 +451,8 @@ pub struct ParametersView {
     pub topology_change_delay: String,
 }
 
-impl From<&pb::DomainParameters> for ParametersView {
-    fn from(p: &pb::DomainParameters) -> Self {
+impl From<&topology_pb::DomainParameters> for ParametersView {
+    fn from(p: &topology_pb::DomainParameters) -> Self {
         Self {
             participant_response_timeout_micros: p.participant_response_timeout_micros,
             participant_response_timeout: duration_text(p.participant_response_timeout_micros),
@@ -510,8 +541,8 @@ pub struct StatusView {
     pub components: Vec<ComponentView>,
 }
 
-impl From<&pb::DomainStatusResponse> for StatusView {
-    fn from(status: &pb::DomainStatusResponse) -> Self {
+impl From<&pb::StatusResponse> for StatusView {
+    fn from(status: &pb::StatusResponse) -> Self {
         Self {
             domain_id: status.domain_id.clone(),
             lease_epoch: status.lease_epoch,
@@ -521,7 +552,7 @@ impl From<&pb::DomainStatusResponse> for StatusView {
                 .map(|c| ComponentView {
                     component: c.component.clone(),
                     endpoint: c.endpoint.clone(),
-                    state: c.state.clone(),
+                    state: component_state_name(c.state),
                     detail: c.detail.clone(),
                 })
                 .collect(),
@@ -609,14 +640,14 @@ pub struct TableRowsView {
     pub rows: u64,
 }
 
-impl From<&pb::PruningStatusResponse> for PruningStatusView {
-    fn from(r: &pb::PruningStatusResponse) -> Self {
+impl From<&sequencer_admin_pb::PruningStatusResponse> for PruningStatusView {
+    fn from(r: &sequencer_admin_pb::PruningStatusResponse) -> Self {
         let members: Vec<MemberPruningView> = r
             .members
             .iter()
             .map(|m| MemberPruningView {
                 member: m.member.clone(),
-                kind: m.kind.clone(),
+                kind: member_kind_name(m.kind),
                 enabled: m.enabled,
                 acknowledged_micros: m.acknowledged_micros,
                 acknowledged_at: (m.acknowledged_micros > 0)
@@ -732,8 +763,8 @@ pub struct PruneOutcomeView {
     pub deleted: Vec<TableRowsView>,
 }
 
-impl From<&pb::PruneOutcome> for PruneOutcomeView {
-    fn from(o: &pb::PruneOutcome) -> Self {
+impl From<&sequencer_admin_pb::PruneOutcome> for PruneOutcomeView {
+    fn from(o: &sequencer_admin_pb::PruneOutcome) -> Self {
         Self {
             dry_run: o.dry_run,
             previous_bound_micros: o.previous_bound_micros,
@@ -849,8 +880,8 @@ mod tests {
     fn participant_json() {
         let info = pb::ParticipantInfo {
             participant_id: PAR.to_owned(),
-            permission: pb::ParticipantPermission::Confirmation as i32,
-            trust_level: pb::TrustLevel::Vip as i32,
+            permission: topology_pb::ParticipantPermission::Confirmation as i32,
+            trust_level: topology_pb::TrustLevel::Vip as i32,
             effective_at_micros: 1_714_564_800_000_001,
             serial: 42,
         };
@@ -908,7 +939,7 @@ mod tests {
 
     #[test]
     fn state_change_json_has_both_timestamp_forms() {
-        let response = pb::SetParticipantStateResponse {
+        let response = pb::ParticipantStateChange {
             serial: 3,
             effective_at_micros: 1_000_000,
             changed: true,
@@ -923,13 +954,13 @@ mod tests {
 
     #[test]
     fn status_table() {
-        let status = pb::DomainStatusResponse {
+        let status = pb::StatusResponse {
             domain_id: "dom::1220ab".into(),
             lease_epoch: 4,
             components: vec![pb::ComponentStatus {
                 component: "domain-manager".into(),
                 endpoint: "http://dm-0:4402".into(),
-                state: "active".into(),
+                state: pb::ComponentState::Active as i32,
                 detail: String::new(),
             }],
         };
@@ -945,8 +976,8 @@ mod tests {
     fn mediator_with_bad_key() {
         let info = pb::MediatorInfo {
             mediator_id: "MED::m::1220ab".into(),
-            public_key: Some(pb::PublicKey {
-                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+            public_key: Some(common_pb::PublicKey {
+                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                 key: vec![1, 2, 3],
             }),
         };

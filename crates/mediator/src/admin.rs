@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use domain_lease::LeaseHandle;
-use domain_proto::v1::{self as pb, mediator_admin_service_server::MediatorAdminService};
+use domain_proto::mediator::admin::v1 as pb;
+use domain_proto::mediator::admin::v1::mediator_admin_service_server::MediatorAdminService;
 use tonic::{Request, Response, Status};
 
 use crate::Shared;
@@ -24,8 +25,8 @@ pub struct MediatorAdmin {
 impl MediatorAdminService for MediatorAdmin {
     async fn status(
         &self,
-        _request: Request<pb::MediatorStatusRequest>,
-    ) -> Result<Response<pb::MediatorStatusResponse>, Status> {
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let lease = self.lease.status();
         let (last_counter, pending) = if self.shared.session_running.load(Ordering::SeqCst) {
             (
@@ -48,7 +49,7 @@ impl MediatorAdminService for MediatorAdmin {
                 .map_err(MediatorError::Database)?;
             (counter, u64::try_from(pending).unwrap_or_default())
         };
-        Ok(Response::new(pb::MediatorStatusResponse {
+        Ok(Response::new(pb::StatusResponse {
             mediator_id: self.shared.mediator_id.to_string(),
             active: lease.is_active(),
             lease_epoch: u64::try_from(lease.epoch).unwrap_or_default(),

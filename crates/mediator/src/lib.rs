@@ -12,15 +12,19 @@
 //! verdict sending, time proofs); this module wires them, follows the lease and
 //! serves the admin and ops endpoints.
 
-pub mod admin;
+mod admin;
 pub mod config;
-pub mod error;
+mod error;
 mod fault;
-pub mod link;
-pub mod metrics;
+mod link;
+mod metrics;
+/// The confirmation state machine, pure and deterministic: public for the fuzz harness and
+/// for tests that drive it without a database.
 pub mod protocol;
-pub mod session;
-pub mod store;
+mod session;
+mod store;
+
+pub use metrics::{DECISION_BUCKETS, DECISION_LATENCY};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -29,8 +33,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use domain_backoff::{Backoff, BackoffConfig};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
-use domain_lease::{LeaseHandle, LeaseKeeper};
-use domain_proto::v1::mediator_admin_service_server::MediatorAdminServiceServer;
+use domain_lease::{LeaseHandle, RunningLease};
+use domain_proto::mediator::admin::v1::mediator_admin_service_server::MediatorAdminServiceServer;
 use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
 use domain_sequencer_client::MemberIdentity;
@@ -49,7 +53,7 @@ pub use domain_runtime::service::AdminListeners as Listeners;
 
 /// What the admin API and the readiness logic read about the running session.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     pub mediator_id: MemberId,
     /// A session (active term) has loaded its state and is processing.
     pub session_running: AtomicBool,
@@ -60,7 +64,7 @@ pub struct Shared {
 }
 
 /// Everything a session needs; built once per process.
-pub struct Context {
+pub(crate) struct Context {
     pub settings: ProcessorSettings,
     pub pool: deadpool_postgres::Pool,
     pub link: Arc<SequencerLink>,
@@ -111,38 +115,20 @@ pub async fn run(
     let mediator_id = mediator_id(&config.name, &key)?;
     tracing::info!(%domain_id, %mediator_id, database = %config.database.url.redacted(), "starting mediator");
 
-    let sqlx_pool = domain_storage::connect_sqlx(&config.database)
-        .await
-        .context("cannot connect to the database")?;
-    domain_storage::check_commit_mode(&sqlx_pool, config.database.allow_async_commit).await?;
-    domain_storage::run_migrations(&sqlx_pool, &store::MIGRATOR)
-        .await
-        .context("cannot migrate the database")?;
-    sqlx_pool.close().await;
-    let pool =
-        domain_storage::hot_pool(&config.database).context("cannot build the database pool")?;
+    let pool = domain_storage::open(&config.database, &store::MIGRATOR).await?;
     {
         let client = pool.get().await.context("cannot connect to the database")?;
         store::check_owner(&client, &mediator_id.to_string(), &domain_id.to_string())
             .await
             .context("refusing the database")?;
     }
-
-    // The lease has its own small pool, so renewals never wait behind processing.
-    let lease_db = domain_storage::DatabaseConfig {
-        pool_max_size: 2,
-        application_name: Some("mediator-lease".into()),
-        ..config.database.clone()
-    };
-    let lease_pool =
-        domain_storage::hot_pool(&lease_db).context("cannot build the lease database pool")?;
-    let mut lease_config = config.lease.clone();
-    lease_config.holder_address = config.advertised_admin_address.clone();
-    let keeper = LeaseKeeper::new(lease_pool, lease_config).context("invalid `lease`")?;
-    let lease = keeper.handle();
-    tracing::info!(holder = keeper.holder(), lease = %keeper.config().name, "lease keeper configured");
-    let lease_stop = CancellationToken::new();
-    let lease_task = tokio::spawn(keeper.run(lease_stop.clone()));
+    let running_lease = RunningLease::start(
+        &config.database,
+        "mediator-lease",
+        &config.lease,
+        &config.advertised_admin_address,
+    )?;
+    let lease = running_lease.handle();
 
     let tls = config
         .sequencer_tls
@@ -220,8 +206,7 @@ pub async fn run(
         tracing::warn!("processing did not stop within the shutdown grace");
     }
     // Release only after processing stopped, so the successor starts from our last commit.
-    lease_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), lease_task).await;
+    running_lease.release().await;
     let drained = servers.stop(grace).await;
     if drained.is_err() {
         anyhow::bail!("shutdown grace period of {grace:?} exceeded");

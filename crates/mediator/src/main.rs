@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use domain_mediator::{Listeners, MediatorConfig};
-use domain_runtime::config::{CommonArgs, EXIT_USAGE, load_or_exit};
+use domain_runtime::config::{CommonArgs, load_or_exit};
 
 /// An active-passive mediator replica of a Canton-style domain.
 #[derive(Parser)]
@@ -36,35 +36,27 @@ fn main() {
         return;
     }
     let config: MediatorConfig = load_or_exit("mediator", "MEDIATOR", &cli.common);
-    if let Err(problem) = config.validate() {
-        eprintln!("error: invalid mediator configuration: {problem}");
-        std::process::exit(EXIT_USAGE);
-    }
-    if let Err(error) =
-        domain_runtime::telemetry::init_logging("mediator", cli.common.log_format, &config.tracing)
-    {
-        eprintln!("error: {error}");
-        std::process::exit(EXIT_USAGE);
-    }
-    domain_runtime::service::run_service("mediator", || serve(config, cli.common.metric_labels()))
-}
-
-async fn serve(config: MediatorConfig, labels: Vec<(&'static str, String)>) -> anyhow::Result<()> {
-    // Wider buckets for the decision latency: it reaches the participant response timeout
-    // (30 s by default).
+    let problem = config
+        .validate()
+        .map_err(|p| format!("invalid mediator configuration: {p}"));
     // `member` tells mediator groups apart: a second group (another mediator id) in the same
     // namespace has its own lease and its own active replica.
-    let mut labels = labels;
+    let mut labels = cli.common.metric_labels();
     labels.push(("member", config.name.clone()));
-    let metrics = domain_runtime::metrics::install_recorder_with(
-        "mediator",
-        &labels,
-        &[(
-            domain_mediator::metrics::DECISION_LATENCY,
-            domain_mediator::metrics::DECISION_BUCKETS,
-        )],
-    )?;
-    let shutdown = domain_runtime::shutdown::shutdown_signal()?;
-    let listeners = Listeners::bind(&config.admin_api, config.ops_listen).await?;
-    domain_mediator::run(config, listeners, metrics, shutdown).await
+    domain_runtime::service::launch("mediator", &cli.common, &config.tracing, problem, || {
+        domain_runtime::service::serve_service(
+            "mediator",
+            &labels,
+            // Wider buckets for the decision latency: it reaches the participant response
+            // timeout (30 s by default).
+            &[(
+                domain_mediator::DECISION_LATENCY,
+                domain_mediator::DECISION_BUCKETS,
+            )],
+            async { Ok(Listeners::bind(&config.admin_api, config.ops_listen).await?) },
+            |listeners, metrics, shutdown| {
+                domain_mediator::run(config.clone(), listeners, metrics, shutdown)
+            },
+        )
+    })
 }

@@ -26,10 +26,13 @@ use std::time::Duration;
 use domain_identity::{
     DomainId, MemberId, MemberRole, PublicKey, SignaturePurpose, SigningKeyPair,
 };
-use domain_proto::v1 as pb;
+use domain_proto::common::v1 as common_pb;
+use domain_proto::confirmation::v1 as pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
+use domain_proto::topology::v1 as topology_pb;
 use domain_sequencer_client::to_proto_signature;
 use domain_time::Timestamp;
-use domain_topology::{Permission, SequencedTopology, TopologyError, TopologyState};
+use domain_topology::{Permission, SequencedTopology, TopologyState};
 use prost::Message as _;
 
 pub use domain_confirmation::{
@@ -53,12 +56,15 @@ pub struct Event {
     pub message_id: String,
     pub time_proof: bool,
     /// The envelopes addressed to this mediator.
-    pub envelopes: Vec<pb::Envelope>,
+    pub envelopes: Vec<sequencer_pb::Envelope>,
 }
 
 impl Event {
     /// Builds the processor's view from an event and its verified signed content.
-    pub fn from_verified(event: pb::SequencedEvent, content: &pb::SignedEventContent) -> Self {
+    pub fn from_verified(
+        event: sequencer_pb::SequencedEvent,
+        content: &sequencer_pb::SignedEventContent,
+    ) -> Self {
         Self {
             counter: event.counter,
             ts: event.timestamp_micros,
@@ -274,7 +280,6 @@ pub struct Processor {
     mediator: String,
     domain: String,
     domain_id: DomainId,
-    domain_manager: String,
     key: Arc<SigningKeyPair>,
     verdict_ttl: Duration,
     namespace_key: Option<PublicKey>,
@@ -322,7 +327,6 @@ impl Processor {
         Self {
             mediator: settings.mediator_id.to_string(),
             domain: settings.domain_id.to_string(),
-            domain_manager: domain_topology::domain_manager_member(&settings.domain_id).to_string(),
             domain_id: settings.domain_id,
             key: settings.key,
             verdict_ttl: settings.verdict_ttl,
@@ -482,7 +486,7 @@ impl Processor {
     fn envelope(
         &mut self,
         event: &Event,
-        envelope: &pb::Envelope,
+        envelope: &sequencer_pb::Envelope,
         now_micros: i64,
         changes: &mut Changes,
     ) {
@@ -531,65 +535,25 @@ impl Processor {
     fn topology_tx(
         &mut self,
         event: &Event,
-        signed: pb::SignedTopologyTransaction,
+        signed: topology_pb::SignedTopologyTransaction,
         changes: &mut Changes,
     ) {
-        if event.sender != self.domain_manager {
-            tracing::warn!(
-                sender = %event.sender,
-                event_ts = event.ts,
-                "ignored a topology transaction not sent by the domain manager"
-            );
-            changes
-                .envelopes_ignored
-                .push("topology_not_from_domain_manager");
-            return;
-        }
-        let Some(namespace_key) = &self.namespace_key else {
-            // Cannot happen through the session (events come through a link that knows the
-            // key); refusing keeps an unverified transaction out regardless.
-            tracing::error!(
-                event_ts = event.ts,
-                "ignored a topology transaction: the namespace key is not known"
-            );
-            changes.envelopes_ignored.push("topology_bad_signature");
-            return;
-        };
-        let tx = match domain_topology::verify_signed(&signed, &self.domain_id, namespace_key) {
-            Ok(tx) => tx,
-            Err(error @ TopologyError::BadSignature(_)) => {
-                tracing::error!(event_ts = event.ts, %error, "ignored a topology transaction without a valid namespace signature");
-                changes.envelopes_ignored.push("topology_bad_signature");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(event_ts = event.ts, %error, "ignored an invalid topology transaction");
-                changes.envelopes_ignored.push("invalid_topology");
-                return;
-            }
-        };
-        let serial = tx.serial;
-        let kind = tx.mapping.kind();
-        match self.topology.add(event.ts, tx) {
-            Some(effective_ts) => {
-                tracing::info!(
-                    serial,
-                    kind,
-                    sequenced_ts = event.ts,
-                    effective_ts,
-                    "topology transaction accepted"
-                );
-                changes.topology.push(TopologyRecord {
-                    serial,
-                    sequenced_ts: event.ts,
-                    effective_ts,
-                    counter: event.counter,
-                    signed: signed.encode_to_vec(),
-                });
-            }
-            None => {
-                tracing::debug!(serial, "topology serial seen before; ignored");
-            }
+        match self.topology.apply_sequenced(
+            &event.sender,
+            event.ts,
+            &signed,
+            &self.domain_id,
+            self.namespace_key.as_ref(),
+        ) {
+            Ok(Some(accepted)) => changes.topology.push(TopologyRecord {
+                serial: accepted.serial,
+                sequenced_ts: event.ts,
+                effective_ts: accepted.effective_ts,
+                counter: event.counter,
+                signed: signed.encode_to_vec(),
+            }),
+            Ok(None) => {}
+            Err(ignored) => changes.envelopes_ignored.push(ignored.label()),
         }
     }
 
@@ -602,7 +566,7 @@ impl Processor {
     fn request(
         &mut self,
         event: &Event,
-        envelope: &pb::Envelope,
+        envelope: &sequencer_pb::Envelope,
         req: pb::ConfirmationRequest,
         now_micros: i64,
         changes: &mut Changes,
@@ -939,7 +903,7 @@ impl Processor {
         let signed = pb::SignedVerdict {
             verdict,
             signature: Some(to_proto_signature(&signature, SignaturePurpose::Verdict)),
-            signer_key: Some(pb::PublicKey::from(self.key.public_key())),
+            signer_key: Some(common_pb::PublicKey::from(self.key.public_key())),
         };
         self.decided.insert(request.request_id, request.deadline);
         self.decided_by_deadline

@@ -8,6 +8,10 @@ use domain_identity::UniqueId;
 use domain_topology::{DomainParameters, Mapping, Operation, TopologyTransaction, TrustLevel};
 
 use super::*;
+use domain_proto::common::v1 as common_pb;
+use domain_proto::confirmation::v1 as pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
+use domain_proto::topology::v1 as topology_pb;
 
 const T0: i64 = 1_700_000_000_000_000;
 /// Topology sent at T0 is effective 250 ms later (default change delay).
@@ -111,7 +115,7 @@ impl Harness {
             mapping,
         };
         let signed = tx.sign(&self.domain_id, &self.domain_key);
-        let env = pb::Envelope {
+        let env = sequencer_pb::Envelope {
             content: msg(pb::domain_message::Message::Topology(signed)).into(),
             recipients: vec![],
             broadcast: true,
@@ -120,7 +124,7 @@ impl Harness {
         self.event(ts, &dom, vec![env])
     }
 
-    fn event(&mut self, ts: i64, sender: &str, envelopes: Vec<pb::Envelope>) -> Changes {
+    fn event(&mut self, ts: i64, sender: &str, envelopes: Vec<sequencer_pb::Envelope>) -> Changes {
         self.raw(Event {
             counter: self.counter,
             ts,
@@ -174,7 +178,7 @@ impl Harness {
         let mut recipients = vec![self.mediator.0.to_string()];
         recipients.extend(req.informees.iter().cloned());
         recipients.extend(req.confirming_participants.iter().cloned());
-        let env = pb::Envelope {
+        let env = sequencer_pb::Envelope {
             content: msg(pb::domain_message::Message::ConfirmationRequest(req)).into(),
             recipients,
             broadcast: false,
@@ -223,8 +227,8 @@ impl Harness {
                 &sig,
                 SignaturePurpose::ConfirmationResponse,
             )),
-            signer_key: Some(pb::PublicKey {
-                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+            signer_key: Some(common_pb::PublicKey {
+                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                 key: who.1.public_key().to_bytes().to_vec(),
             }),
         }
@@ -236,7 +240,7 @@ impl Harness {
         sender: &MemberId,
         signed: pb::SignedConfirmationResponse,
     ) -> Changes {
-        let env = pb::Envelope {
+        let env = sequencer_pb::Envelope {
             content: msg(pb::domain_message::Message::ConfirmationResponse(signed)).into(),
             recipients: vec![self.mediator.0.to_string()],
             broadcast: false,
@@ -298,7 +302,7 @@ fn topology_is_taken_from_the_domain_manager_only() {
         },
     };
     let signed = tx.sign(&h.domain_id, &h.domain_key);
-    let env = pb::Envelope {
+    let env = sequencer_pb::Envelope {
         content: msg(pb::domain_message::Message::Topology(signed)).into(),
         recipients: vec![],
         broadcast: true,
@@ -338,7 +342,7 @@ fn item_12_topology_with_a_bad_namespace_signature_is_not_applied() {
     }
     let dom = h.dom();
     for bad in [forged, tampered] {
-        let env = pb::Envelope {
+        let env = sequencer_pb::Envelope {
             content: msg(pb::domain_message::Message::Topology(bad)).into(),
             recipients: vec![],
             broadcast: true,
@@ -593,7 +597,7 @@ fn invalid_requests_are_rejected_at_once_with_a_reason() {
     // An informee the request was not sent to (the sequencer never checked it).
     let mut req = h.request_msg(&a, &[&a, &b], &[&a]);
     req.informees.push(c.to_string());
-    let env = pb::Envelope {
+    let env = sequencer_pb::Envelope {
         content: msg(pb::domain_message::Message::ConfirmationRequest(req)).into(),
         recipients: vec![h.mediator.0.to_string(), a.to_string(), b.to_string()],
         broadcast: false,
@@ -621,7 +625,7 @@ fn requests_for_other_mediators_or_from_non_participants_are_ignored() {
 
     let req = h.request_msg(&a, &[&a], &[&a]);
     let dom = h.dom();
-    let env = pb::Envelope {
+    let env = sequencer_pb::Envelope {
         content: msg(pb::domain_message::Message::ConfirmationRequest(req)).into(),
         recipients: vec![h.mediator.0.to_string()],
         broadcast: false,
@@ -630,7 +634,7 @@ fn requests_for_other_mediators_or_from_non_participants_are_ignored() {
     assert!(c.new_requests.is_empty());
     assert_eq!(c.envelopes_ignored, vec!["request_not_from_participant"]);
 
-    let garbage = pb::Envelope {
+    let garbage = sequencer_pb::Envelope {
         content: b"\xff\xff not a message".to_vec().into(),
         recipients: vec![h.mediator.0.to_string()],
         broadcast: false,
@@ -853,9 +857,11 @@ impl MemStore {
                 .values()
                 .map(|t| {
                     let signed =
-                        pb::SignedTopologyTransaction::decode(t.signed.as_slice()).expect("signed");
+                        topology_pb::SignedTopologyTransaction::decode(t.signed.as_slice())
+                            .expect("signed");
                     let tx =
-                        pb::TopologyTransaction::decode(signed.transaction.as_slice()).expect("tx");
+                        topology_pb::TopologyTransaction::decode(signed.transaction.as_slice())
+                            .expect("tx");
                     SequencedTopology {
                         sequenced_ts: t.sequenced_ts,
                         effective_ts: t.effective_ts,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use domain_backoff::{Backoff, BackoffConfig};
 use domain_lease::Fence;
-use domain_proto::v1 as pb;
+use domain_proto::sequencer::v1 as pb;
 use domain_runtime::ops::Readiness;
 use domain_runtime::telemetry::TraceContext;
 use domain_sequencer_client::{ClientError, StreamValidator};

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use domain_identity::{DomainId, MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
 use domain_lease::Fence;
-use domain_proto::v1 as pb;
+use domain_proto::common::v1 as common_pb;
+use domain_proto::confirmation::v1 as pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_sequencer_client::to_proto_signature;
 use domain_testkit::pg::PgCluster;
 use domain_time::Timestamp;
@@ -84,8 +86,8 @@ fn envelope(
     m: pb::domain_message::Message,
     recipients: Vec<String>,
     broadcast: bool,
-) -> pb::Envelope {
-    pb::Envelope {
+) -> sequencer_pb::Envelope {
+    sequencer_pb::Envelope {
         content: pb::DomainMessage { message: Some(m) }
             .encode_to_vec()
             .into(),
@@ -109,7 +111,7 @@ impl Fixture {
         let dom = domain_topology::domain_manager_member(&self.domain_id).to_string();
         let med = self.settings.mediator_id.to_string();
         let mut events = Vec::new();
-        let mut push = |ts: i64, sender: &str, envelopes: Vec<pb::Envelope>| {
+        let mut push = |ts: i64, sender: &str, envelopes: Vec<sequencer_pb::Envelope>| {
             events.push(Event {
                 counter: events.len() as i64,
                 ts,
@@ -199,8 +201,8 @@ impl Fixture {
                         &sig,
                         SignaturePurpose::ConfirmationResponse,
                     )),
-                    signer_key: Some(pb::PublicKey {
-                        algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+                    signer_key: Some(common_pb::PublicKey {
+                        algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                         key: who.1.public_key().to_bytes().to_vec(),
                     }),
                 };

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain_proto::v1::{self as pb, participant_admin_service_server::ParticipantAdminService};
+use domain_confirmation::Outcome;
+use domain_proto::participant::admin::v1 as pb;
+use domain_proto::participant::admin::v1::participant_admin_service_server::ParticipantAdminService;
 use tonic::{Request, Response, Status};
 
 use crate::error::ParticipantError;
@@ -51,27 +53,33 @@ impl ParticipantAdminService for ParticipantAdmin {
         let req = request.into_inner();
         let target = parse_participant_id(&req.target_participant_id)
             .map_err(ParticipantError::InvalidArgument)?;
-        let timeout = match req.timeout_millis {
+        let timeout = match req.timeout_micros {
             t if t < 0 => {
                 return Err(ParticipantError::InvalidArgument(
-                    "timeout_millis must not be negative".into(),
+                    "timeout_micros must not be negative".into(),
                 )
                 .into());
             }
             0 => self.node.config.ping_timeout,
-            t => Duration::from_millis(u64::try_from(t).unwrap_or(u64::MAX)).min(MAX_PING_TIMEOUT),
+            t => Duration::from_micros(u64::try_from(t).unwrap_or(u64::MAX)).min(MAX_PING_TIMEOUT),
         };
         let result = self.node.ping(target, timeout).await?;
+        let verdict = match result.outcome {
+            Outcome::Approved => pb::PingVerdict::Approved,
+            Outcome::Rejected { .. } => pb::PingVerdict::Rejected,
+            Outcome::TimedOut { .. } => pb::PingVerdict::TimedOut,
+        };
         Ok(Response::new(pb::PingResponse {
             round_trip_micros: i64::try_from(result.round_trip.as_micros()).unwrap_or(i64::MAX),
-            verdict: result.outcome.describe(),
+            verdict: verdict as i32,
+            description: result.outcome.describe(),
         }))
     }
 
     async fn status(
         &self,
-        _request: Request<pb::ParticipantStatusRequest>,
-    ) -> Result<Response<pb::ParticipantStatusResponse>, Status> {
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let committed = store::committed_count(&self.node.pool)
             .await
             .map_err(|e| ParticipantError::Database(e.to_string()))?;
@@ -105,7 +113,7 @@ impl ParticipantAdminService for ParticipantAdmin {
                 }
             }
         };
-        Ok(Response::new(pb::ParticipantStatusResponse {
+        Ok(Response::new(pb::StatusResponse {
             participant_id: self.node.identity.uid.to_string(),
             alias,
             endpoints,

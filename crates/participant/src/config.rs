@@ -27,8 +27,8 @@ pub struct ParticipantConfig {
     /// The participant's own PostgreSQL database (stream position, pending requests,
     /// committed transactions). Migrations are applied at start.
     pub database: DatabaseConfig,
-    /// Admin API (`domain.v1.ParticipantAdminService`, gRPC health, reflection).
-    /// Default listen `127.0.0.1:4602`: loopback only.
+    /// Admin API (`domain.participant.admin.v1.ParticipantAdminService`, gRPC health,
+    /// reflection). Default listen `127.0.0.1:4602`: loopback only.
     pub admin_api: GrpcServerConfig,
     /// Plaintext ops HTTP port: `/metrics`, `/health/live`, `/health/ready`.
     /// Default `0.0.0.0:4603`.
@@ -45,7 +45,7 @@ pub struct ParticipantConfig {
     /// Timeout of `connect-multi` checks and of one sequencer call attempt. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub sequencer_timeout: Duration,
-    /// Pings without a `timeout_millis` wait this long for the verdict. Default `10s`.
+    /// Pings without a `timeout_micros` wait this long for the verdict. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub ping_timeout: Duration,
     /// How long shutdown waits for in-flight calls to drain. Default `10s`.

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use domain_identity::{DomainId, MemberId, MemberRole, UniqueId};
-use domain_proto::v1::{self as pb, sequencer_service_client::SequencerServiceClient};
+use domain_proto::sequencer::v1 as pb;
+use domain_proto::sequencer::v1::sequencer_service_client::SequencerServiceClient;
 use domain_runtime::tls::{ClientTlsFiles, TlsError, client_tls_config};
 use domain_sequencer_client::DomainInfo;
 use serde::{Deserialize, Serialize};

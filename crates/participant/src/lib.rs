@@ -7,20 +7,25 @@
 //! pings: two-party confirmation round trips through the mediator. See
 //! docs/participant.md.
 
-pub mod admin;
+mod admin;
 pub mod config;
+/// Domain connection settings (the `connect` command and the node share them).
 pub mod connection;
-pub mod error;
+mod error;
+/// The participant's key and id on disk (`init`, `id`).
 pub mod identity;
-pub mod metrics;
-pub mod node;
+mod metrics;
+mod node;
+/// The confirmation state machine, pure and deterministic: public for the fuzz harness.
 pub mod protocol;
-pub mod store;
+mod store;
+
+pub use metrics::{PING_RTT, PING_RTT_BUCKETS};
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use domain_proto::v1::participant_admin_service_server::ParticipantAdminServiceServer;
+use domain_proto::participant::admin::v1::participant_admin_service_server::ParticipantAdminServiceServer;
 use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -53,13 +58,7 @@ pub async fn run(
         "starting participant"
     );
 
-    let pool = domain_storage::connect_sqlx(&config.database)
-        .await
-        .context("cannot connect to the database")?;
-    domain_storage::run_migrations(&pool, &MIGRATOR)
-        .await
-        .context("cannot migrate the database")?;
-    domain_storage::check_commit_mode(&pool, config.database.allow_async_commit).await?;
+    let pool = domain_storage::prepare(&config.database, &MIGRATOR).await?;
     // One node per database: a second process would interleave the stream position.
     let mut lock_conn = pool
         .acquire()

@@ -7,9 +7,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use domain_participant::config::DEFAULT_DATA_DIR;
 use domain_participant::{Listeners, ParticipantConfig, connection, identity};
-use domain_proto::v1::{
-    self as pb, participant_admin_service_client::ParticipantAdminServiceClient,
-};
+use domain_proto::participant::admin::v1 as pb;
+use domain_proto::participant::admin::v1::participant_admin_service_client::ParticipantAdminServiceClient;
 use domain_runtime::config::{CommonArgs, EXIT_USAGE, load_or_exit};
 
 /// Default admin endpoint of a running node.
@@ -437,7 +436,7 @@ async fn ping(target: String, admin_endpoint: String, timeout: Duration) -> Resu
     let mut client = admin_client(&admin_endpoint).await?;
     let mut request = tonic::Request::new(pb::PingRequest {
         target_participant_id: target.to_string(),
-        timeout_millis: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+        timeout_micros: i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX),
     });
     request.set_timeout(timeout + Duration::from_secs(5));
     let response = client
@@ -446,13 +445,13 @@ async fn ping(target: String, admin_endpoint: String, timeout: Duration) -> Resu
         .map_err(|s| describe_status(&format!("ping {target}"), &s))?
         .into_inner();
     let ms = response.round_trip_micros as f64 / 1000.0;
-    if response.verdict == "approved" {
+    if response.verdict() == pb::PingVerdict::Approved {
         println!("ping {target} approved in {ms:.1} ms");
         Ok(())
     } else {
         Err(format!(
             "ping {target} {} after {ms:.1} ms",
-            response.verdict
+            response.description
         ))
     }
 }
@@ -460,7 +459,7 @@ async fn ping(target: String, admin_endpoint: String, timeout: Duration) -> Resu
 async fn status(admin_endpoint: String) -> Result<(), String> {
     let mut client = admin_client(&admin_endpoint).await?;
     let s = client
-        .status(pb::ParticipantStatusRequest {})
+        .status(pb::StatusRequest {})
         .await
         .map_err(|s| describe_status("status", &s))?
         .into_inner();
@@ -490,32 +489,22 @@ fn run(common: CommonArgs, data_dir: Option<PathBuf>) {
     if let Some(dir) = data_dir {
         config.data_dir = dir;
     }
-    if let Err(problem) = config.validate() {
-        eprintln!("error: invalid participant configuration: {problem}");
-        std::process::exit(EXIT_USAGE);
-    }
-    if let Err(error) =
-        domain_runtime::telemetry::init_logging("participant", common.log_format, &config.tracing)
-    {
-        eprintln!("error: {error}");
-        std::process::exit(EXIT_USAGE);
-    }
-    domain_runtime::service::run_service("participant", || serve(config, common.metric_labels()))
-}
-
-async fn serve(
-    config: ParticipantConfig,
-    labels: Vec<(&'static str, String)>,
-) -> anyhow::Result<()> {
-    let metrics = domain_runtime::metrics::install_recorder_with(
-        "participant",
-        &labels,
-        &[(
-            domain_participant::metrics::PING_RTT,
-            domain_participant::metrics::PING_RTT_BUCKETS,
-        )],
-    )?;
-    let shutdown = domain_runtime::shutdown::shutdown_signal()?;
-    let listeners = Listeners::bind(&config.admin_api, config.ops_listen).await?;
-    domain_participant::run(config, listeners, metrics, shutdown).await
+    let problem = config
+        .validate()
+        .map_err(|p| format!("invalid participant configuration: {p}"));
+    let labels = common.metric_labels();
+    domain_runtime::service::launch("participant", &common, &config.tracing, problem, || {
+        domain_runtime::service::serve_service(
+            "participant",
+            &labels,
+            &[(
+                domain_participant::PING_RTT,
+                domain_participant::PING_RTT_BUCKETS,
+            )],
+            async { Ok(Listeners::bind(&config.admin_api, config.ops_listen).await?) },
+            |listeners, metrics, shutdown| {
+                domain_participant::run(config.clone(), listeners, metrics, shutdown)
+            },
+        )
+    })
 }

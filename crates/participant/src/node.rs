@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use domain_backoff::{Backoff, BackoffConfig};
 use domain_identity::{DomainId, Fingerprint, MemberId};
-use domain_proto::v1 as pb;
+use domain_proto::confirmation::v1 as pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_runtime::ops::Readiness;
 use domain_sequencer_client::{
     ClientError, ClientOptions, DomainClient, DomainPins, DomainTls, MemberIdentity,
@@ -72,7 +73,6 @@ fn client_error(e: &ClientError) -> SessionError {
 pub struct Live {
     pub client: DomainClient,
     pub alias: String,
-    pub domain_id: DomainId,
     /// The mediator requests go to now.
     pub mediator: Option<String>,
     pub last_counter: i64,
@@ -81,10 +81,8 @@ pub struct Live {
 /// The result of a ping.
 #[derive(Debug, Clone)]
 pub struct PingResult {
-    pub target: MemberId,
     pub outcome: Outcome,
     pub round_trip: Duration,
-    pub request_id: i64,
 }
 
 /// The running participant.
@@ -229,7 +227,7 @@ impl Node {
         };
         let mut recipients = vec![mediator];
         recipients.extend(parties);
-        let envelope = pb::Envelope {
+        let envelope = sequencer_pb::Envelope {
             content: pb::DomainMessage {
                 message: Some(pb::domain_message::Message::ConfirmationRequest(request)),
             }
@@ -295,10 +293,8 @@ impl Node {
             "ping finished"
         );
         Ok(PingResult {
-            target,
             outcome,
             round_trip,
-            request_id: response.sequencing_timestamp_micros,
         })
     }
 
@@ -489,7 +485,6 @@ async fn session(
     node.set_live(Some(Live {
         client: client.clone(),
         alias: connection.alias.clone(),
-        domain_id,
         mediator: processor.mediator_at(domain_sequencer_client::domain_client::now_micros()),
         last_counter: processor.last_counter(),
     }));
@@ -659,7 +654,8 @@ async fn outbox_sender(
         let pool = pool.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            let request = match pb::SendRequest::decode(outgoing.send_request.as_slice()) {
+            let request = match sequencer_pb::SendRequest::decode(outgoing.send_request.as_slice())
+            {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(message_id = %outgoing.message_id, error = %e, "undecodable outbox entry; dropping it");

@@ -27,9 +27,12 @@ use std::sync::Arc;
 use domain_identity::{
     DomainId, MemberId, MemberRole, PublicKey, SignaturePurpose, SigningKeyPair,
 };
-use domain_proto::v1 as pb;
+use domain_proto::common::v1 as common_pb;
+use domain_proto::confirmation::v1 as pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
+use domain_proto::topology::v1 as topology_pb;
 use domain_sequencer_client::to_proto_signature;
-use domain_topology::{Permission, SequencedTopology, TopologyError, TopologyState};
+use domain_topology::{Permission, SequencedTopology, TopologyState};
 use prost::Message as _;
 
 use crate::config::AutoConfirm;
@@ -57,12 +60,15 @@ pub struct Event {
     /// Set only in our own receipts.
     pub message_id: String,
     /// The envelopes addressed to this participant.
-    pub envelopes: Vec<pb::Envelope>,
+    pub envelopes: Vec<sequencer_pb::Envelope>,
 }
 
 impl Event {
     /// The processor's view of an event and its verified signed content.
-    pub fn from_verified(event: &pb::SequencedEvent, content: &pb::SignedEventContent) -> Self {
+    pub fn from_verified(
+        event: &sequencer_pb::SequencedEvent,
+        content: &sequencer_pb::SignedEventContent,
+    ) -> Self {
         Self {
             counter: event.counter,
             ts: event.timestamp_micros,
@@ -180,7 +186,6 @@ pub struct Processor {
     settings: ProcessorSettings,
     me: String,
     domain: String,
-    domain_manager: String,
     topology: TopologyState,
     pending: BTreeMap<i64, PendingRequest>,
     last_counter: i64,
@@ -196,7 +201,6 @@ impl Processor {
         Self {
             me: settings.participant.to_string(),
             domain: settings.domain_id.to_string(),
-            domain_manager: domain_topology::domain_manager_member(&settings.domain_id).to_string(),
             settings,
             topology,
             pending: restored
@@ -299,7 +303,12 @@ impl Processor {
         i64::try_from(t.as_micros()).unwrap_or(i64::MAX)
     }
 
-    fn envelope(&mut self, event: &Event, envelope: &pb::Envelope, changes: &mut Changes) {
+    fn envelope(
+        &mut self,
+        event: &Event,
+        envelope: &sequencer_pb::Envelope,
+        changes: &mut Changes,
+    ) {
         use pb::domain_message::Message;
         let message = match pb::DomainMessage::decode(&envelope.content[..]) {
             Ok(m) => m.message,
@@ -322,47 +331,24 @@ impl Processor {
     fn topology_tx(
         &mut self,
         event: &Event,
-        signed: pb::SignedTopologyTransaction,
+        signed: topology_pb::SignedTopologyTransaction,
         changes: &mut Changes,
     ) {
-        if event.sender != self.domain_manager {
-            tracing::warn!(sender = %event.sender, event_ts = event.ts, "ignored a topology transaction not sent by the domain manager");
-            changes.ignored.push("topology_not_from_domain_manager");
-            return;
-        }
-        let tx = match domain_topology::verify_signed(
+        match self.topology.apply_sequenced(
+            &event.sender,
+            event.ts,
             &signed,
             &self.settings.domain_id,
-            &self.settings.namespace_key,
+            Some(&self.settings.namespace_key),
         ) {
-            Ok(tx) => tx,
-            Err(error @ TopologyError::BadSignature(_)) => {
-                tracing::error!(event_ts = event.ts, %error, "ignored a topology transaction without a valid namespace signature");
-                changes.ignored.push("topology_bad_signature");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(event_ts = event.ts, %error, "ignored an invalid topology transaction");
-                changes.ignored.push("invalid_topology");
-                return;
-            }
-        };
-        let serial = tx.serial;
-        let kind = tx.mapping.kind();
-        if let Some(effective_ts) = self.topology.add(event.ts, tx) {
-            tracing::info!(
-                serial,
-                kind,
-                sequenced_ts = event.ts,
-                effective_ts,
-                "topology transaction accepted"
-            );
-            changes.topology.push(TopologyRecord {
-                serial,
+            Ok(Some(accepted)) => changes.topology.push(TopologyRecord {
+                serial: accepted.serial,
                 sequenced_ts: event.ts,
-                effective_ts,
+                effective_ts: accepted.effective_ts,
                 signed: signed.encode_to_vec(),
-            });
+            }),
+            Ok(None) => {}
+            Err(ignored) => changes.ignored.push(ignored.label()),
         }
     }
 
@@ -466,17 +452,17 @@ impl Processor {
                 &sig,
                 SignaturePurpose::ConfirmationResponse,
             )),
-            signer_key: Some(pb::PublicKey::from(key.public_key())),
+            signer_key: Some(common_pb::PublicKey::from(key.public_key())),
         };
         let content = pb::DomainMessage {
             message: Some(pb::domain_message::Message::ConfirmationResponse(signed)),
         }
         .encode_to_vec();
         let message_id = response_message_id(request_id, self.settings.participant.name());
-        let submission = pb::SubmissionRequest {
+        let submission = sequencer_pb::SubmissionRequest {
             sender: self.me.clone(),
             message_id: message_id.clone(),
-            envelopes: vec![pb::Envelope {
+            envelopes: vec![sequencer_pb::Envelope {
                 content: content.into(),
                 recipients: vec![req.mediator.clone()],
                 broadcast: false,
@@ -490,7 +476,7 @@ impl Processor {
             &self.settings.domain_id,
             &bytes,
         );
-        let send = pb::SendRequest {
+        let send = sequencer_pb::SendRequest {
             submission: bytes,
             signature: Some(to_proto_signature(&sig, SignaturePurpose::Submission)),
             // The trace context of the event being processed (set by the node), so the

@@ -1,6 +1,10 @@
 use super::*;
 use domain_identity::UniqueId;
 use domain_identity::{PublicKey, Signature};
+use domain_proto::common::v1 as common_pb;
+use domain_proto::confirmation::v1 as pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
+use domain_proto::topology::v1 as topology_pb;
 use domain_topology::{Mapping, Operation, TopologyTransaction, TrustLevel};
 
 struct World {
@@ -53,8 +57,8 @@ fn processor(w: &World, policy: AutoConfirm, hint: bool) -> Processor {
     })
 }
 
-fn env(message: pb::domain_message::Message) -> pb::Envelope {
-    pb::Envelope {
+fn env(message: pb::domain_message::Message) -> sequencer_pb::Envelope {
+    sequencer_pb::Envelope {
         content: pb::DomainMessage {
             message: Some(message),
         }
@@ -106,8 +110,8 @@ fn verdict(w: &World, key: &SigningKeyPair, request_id: i64, approve: bool) -> p
     pb::SignedVerdict {
         verdict,
         signature: Some(to_proto_signature(&sig, SignaturePurpose::Verdict)),
-        signer_key: Some(pb::PublicKey {
-            algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+        signer_key: Some(common_pb::PublicKey {
+            algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
             key: key.public_key().to_bytes().to_vec(),
         }),
     }
@@ -134,7 +138,7 @@ fn confirms_with_a_signed_response_to_the_mediator() {
     assert!(out.approve);
     // Default response timeout is 30 s.
     assert_eq!(out.max_sequencing_micros, 1_000 + 30_000_000);
-    let send = pb::SendRequest::decode(out.send_request.as_slice()).expect("send");
+    let send = sequencer_pb::SendRequest::decode(out.send_request.as_slice()).expect("send");
     let sig = send.signature.expect("sig");
     let sig = Signature::from_parts(&sig.signature, &sig.signer_fingerprint).expect("sig");
     w.me_key
@@ -146,7 +150,7 @@ fn confirms_with_a_signed_response_to_the_mediator() {
             &sig,
         )
         .expect("submission signature");
-    let sub = pb::SubmissionRequest::decode(send.submission.as_slice()).expect("sub");
+    let sub = sequencer_pb::SubmissionRequest::decode(send.submission.as_slice()).expect("sub");
     assert_eq!(sub.sender, w.me.to_string());
     assert_eq!(sub.envelopes[0].recipients, vec![w.mediator.to_string()]);
     let msg = pb::DomainMessage::decode(&sub.envelopes[0].content[..]).expect("msg");
@@ -313,7 +317,7 @@ fn rejections_are_reported_not_committed() {
     );
 }
 
-fn topology(w: &World, serial: u64, mapping: Mapping) -> pb::SignedTopologyTransaction {
+fn topology(w: &World, serial: u64, mapping: Mapping) -> topology_pb::SignedTopologyTransaction {
     TopologyTransaction {
         serial,
         operation: Operation::Replace,

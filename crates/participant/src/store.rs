@@ -2,7 +2,7 @@
 //! pending requests, committed transactions and the response outbox. Every processed
 //! batch is one transaction ([`commit`]).
 
-use domain_proto::v1 as pb;
+use domain_proto::sequencer::v1 as pb;
 use domain_topology::{SequencedTopology, TopologyTransaction};
 use prost::Message as _;
 use sqlx::postgres::PgPool;

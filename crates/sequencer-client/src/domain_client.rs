@@ -59,7 +59,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use domain_identity::{PublicKey, SignaturePurpose};
-use domain_proto::v1 as pb;
+use domain_proto::common::v1 as common_pb;
+use domain_proto::sequencer::v1 as pb;
 pub use domain_tls::{ClientTlsFiles, TlsError};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
@@ -782,7 +783,7 @@ impl Inner {
             timeout,
             client.challenge(pb::ChallengeRequest {
                 member: self.member.id.to_string(),
-                public_key: Some(pb::PublicKey::from(self.member.key.public_key())),
+                public_key: Some(common_pb::PublicKey::from(self.member.key.public_key())),
             }),
         )
         .await

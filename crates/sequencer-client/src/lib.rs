@@ -30,7 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain_identity::{MemberId, PublicKey, Signature, SignaturePurpose, SigningKeyPair};
-use domain_proto::v1::{self as pb, sequencer_service_client::SequencerServiceClient};
+use domain_proto::common::v1 as common_pb;
+use domain_proto::sequencer::v1 as pb;
+use domain_proto::sequencer::v1::sequencer_service_client::SequencerServiceClient;
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::RwLock;
@@ -170,7 +172,7 @@ impl SequencerConnection {
         let challenge = client
             .challenge(pb::ChallengeRequest {
                 member: self.member.id.to_string(),
-                public_key: Some(pb::PublicKey::from(self.member.key.public_key())),
+                public_key: Some(common_pb::PublicKey::from(self.member.key.public_key())),
             })
             .await?
             .into_inner();
@@ -409,8 +411,8 @@ impl StreamValidator {
 /// responses, verdicts): the key must be ed25519 and match `member`'s fingerprint,
 /// and the signature must be for `purpose` in `domain_id` over `payload`.
 pub fn verify_member_signature(
-    signer_key: Option<&pb::PublicKey>,
-    signature: Option<&pb::Signature>,
+    signer_key: Option<&common_pb::PublicKey>,
+    signature: Option<&common_pb::Signature>,
     member: &MemberId,
     purpose: SignaturePurpose,
     domain_id: &domain_identity::DomainId,
@@ -442,8 +444,8 @@ pub fn verify_member_signature(
 }
 
 /// The wire form of `sig`; see [`domain_proto::identity`].
-pub fn to_proto_signature(sig: &Signature, purpose: SignaturePurpose) -> pb::Signature {
-    pb::Signature::from_identity(sig, purpose)
+pub fn to_proto_signature(sig: &Signature, purpose: SignaturePurpose) -> common_pb::Signature {
+    common_pb::Signature::from_identity(sig, purpose)
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use domain_proto::v1 as pb;
+use domain_proto::sequencer::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;

@@ -20,7 +20,8 @@
 use std::collections::BTreeMap;
 
 use domain_identity::{DomainId, MemberId, PublicKey};
-use domain_proto::v1 as pb;
+use domain_proto::sequencer::v1 as pb;
+use domain_proto::topology::v1 as topology_pb;
 use domain_topology::{Mapping, Operation, TopologyTransaction};
 
 /// What every endpoint of one domain must agree on, with what the client could verify.
@@ -114,7 +115,7 @@ impl DomainInfo {
 fn registered_key(
     domain: &DomainId,
     namespace_key: &PublicKey,
-    registrations: &[pb::SignedTopologyTransaction],
+    registrations: &[topology_pb::SignedTopologyTransaction],
 ) -> Result<BTreeMap<String, Option<PublicKey>>, String> {
     let mut latest: BTreeMap<String, (u64, Option<PublicKey>)> = BTreeMap::new();
     for signed in registrations {
@@ -152,6 +153,7 @@ fn registered_key(
 #[cfg(test)]
 mod tests {
     use domain_identity::{MemberRole, SigningKeyPair, UniqueId};
+    use domain_proto::common::v1 as common_pb;
 
     use super::*;
 
@@ -178,7 +180,7 @@ mod tests {
         serial: u64,
         operation: Operation,
         seq: &SigningKeyPair,
-    ) -> pb::SignedTopologyTransaction {
+    ) -> topology_pb::SignedTopologyTransaction {
         TopologyTransaction {
             serial,
             operation,
@@ -194,10 +196,10 @@ mod tests {
         d: &Domain,
         seq: &SigningKeyPair,
         ns_shown: Option<&SigningKeyPair>,
-        registrations: Vec<pb::SignedTopologyTransaction>,
+        registrations: Vec<topology_pb::SignedTopologyTransaction>,
     ) -> pb::GetDomainInfoResponse {
-        let key = |k: &SigningKeyPair| pb::PublicKey {
-            algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+        let key = |k: &SigningKeyPair| common_pb::PublicKey {
+            algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
             key: k.public_key().to_bytes().to_vec(),
         };
         pb::GetDomainInfoResponse {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain_identity::{MemberId, PublicKey};
-use domain_proto::v1::{self as pb, sequencer_admin_service_server::SequencerAdminService};
+use domain_proto::sequencer::admin::v1 as pb;
+use domain_proto::sequencer::admin::v1::sequencer_admin_service_server::SequencerAdminService;
 use domain_time::Timestamp;
 use tonic::{Request, Response, Status};
 
@@ -169,7 +170,7 @@ impl SequencerAdminService for SequencerAdmin {
             .iter()
             .map(|m| pb::MemberPruningInfo {
                 member: m.member.clone(),
-                kind: m.kind.to_owned(),
+                kind: member_kind(m.kind) as i32,
                 enabled: m.enabled,
                 acknowledged_micros: m.acknowledged_ts.map_or(0, Timestamp::as_micros),
                 bound_micros: if m.counted { m.bound.as_micros() } else { 0 },
@@ -307,4 +308,15 @@ fn check_force_bound(
         )));
     }
     Ok(below)
+}
+
+/// The wire form of [`pruning::member_kind`]'s names.
+fn member_kind(kind: &str) -> pb::MemberKind {
+    match kind {
+        "participant" => pb::MemberKind::Participant,
+        "mediator" => pb::MemberKind::Mediator,
+        "domain-manager" => pb::MemberKind::DomainManager,
+        "sequencer" => pb::MemberKind::Sequencer,
+        _ => pb::MemberKind::Unspecified,
+    }
 }

@@ -59,6 +59,7 @@ impl HistoryGuard {
     }
 
     /// Whether a loss was reported.
+    #[cfg(test)]
     pub fn is_lost(&self) -> bool {
         self.lost.is_cancelled()
     }

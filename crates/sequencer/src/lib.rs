@@ -2,21 +2,31 @@
 //! over one shared PostgreSQL. Owns the `sequencer` binary's logic; see
 //! docs/architecture.md for the ordering protocol.
 
-pub mod admin;
+mod admin;
 pub mod config;
-pub mod error;
-pub mod history_guard;
-pub mod members;
-pub mod metrics;
-pub mod overload;
-pub mod pruning;
-pub mod reader;
-pub mod service;
-pub mod store;
-pub mod subscription;
-pub mod timestamp;
-pub mod topology;
-pub mod writer;
+mod error;
+mod history_guard;
+mod members;
+mod metrics;
+mod overload;
+mod pruning;
+mod reader;
+mod service;
+mod store;
+mod subscription;
+mod timestamp;
+mod topology;
+mod writer;
+
+#[cfg(test)]
+mod db_tests;
+
+/// The parsers of peer input, public so the fuzz harness (crates/domain-fuzz) drives exactly
+/// the code the service runs on every `Send` and topology event.
+pub mod untrusted {
+    pub use crate::service::{accepted_trace_context, check_submission_shape, decode_send};
+    pub use crate::topology::{recorded_participant_key, validate_submission};
+}
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -24,8 +34,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
-use domain_proto::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
-use domain_proto::v1::sequencer_service_server::SequencerServiceServer;
+use domain_proto::sequencer::admin::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
+use domain_proto::sequencer::v1::sequencer_service_server::SequencerServiceServer;
 use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
 use domain_time::Timestamp;
@@ -135,16 +145,7 @@ pub async fn run(
     );
     tracing::info!(%domain_id, %sequencer_id, database = %config.database.url.redacted(), "starting sequencer");
 
-    let sqlx_pool = domain_storage::connect_sqlx(&config.database)
-        .await
-        .context("cannot connect to the database")?;
-    domain_storage::run_migrations(&sqlx_pool, &MIGRATOR)
-        .await
-        .context("cannot migrate the database")?;
-    domain_storage::check_commit_mode(&sqlx_pool, config.database.allow_async_commit).await?;
-    sqlx_pool.close().await;
-    let pool =
-        domain_storage::hot_pool(&config.database).context("cannot build the database pool")?;
+    let pool = domain_storage::open(&config.database, &MIGRATOR).await?;
 
     let tasks = TaskTracker::new();
     let internal = shutdown.child_token();

@@ -1,7 +1,7 @@
 //! `sequencer` binary: parses config, installs telemetry, and runs one instance.
 
 use clap::{Parser, Subcommand};
-use domain_runtime::config::{CommonArgs, EXIT_USAGE, load_or_exit};
+use domain_runtime::config::{CommonArgs, load_or_exit};
 use domain_sequencer::{Listeners, SequencerConfig};
 
 /// An active-active sequencer instance of a Canton-style domain.
@@ -36,26 +36,25 @@ fn main() {
     }
     let config: SequencerConfig = load_or_exit("sequencer", "SEQUENCER", &cli.common);
     // Before anything binds: an admin API off the host without mutual TLS is refused.
-    if let Some(reason) = config.admin_api.admin_exposure_problem(true) {
-        eprintln!("error: invalid `admin-api`: {reason}");
-        std::process::exit(EXIT_USAGE);
-    }
-    if let Err(reason) = domain_sequencer::validate_listeners(&config) {
-        eprintln!("error: {reason}");
-        std::process::exit(EXIT_USAGE);
-    }
-    if let Err(error) =
-        domain_runtime::telemetry::init_logging("sequencer", cli.common.log_format, &config.tracing)
-    {
-        eprintln!("error: {error}");
-        std::process::exit(EXIT_USAGE);
-    }
-    domain_runtime::service::run_service("sequencer", || serve(config, cli.common.metric_labels()))
+    let problem = match config.admin_api.admin_exposure_problem(true) {
+        Some(reason) => Err(format!("invalid `admin-api`: {reason}")),
+        None => domain_sequencer::validate_listeners(&config),
+    };
+    let labels = cli.common.metric_labels();
+    domain_runtime::service::launch("sequencer", &cli.common, &config.tracing, problem, || {
+        domain_runtime::service::serve_service(
+            "sequencer",
+            &labels,
+            &[],
+            bind(&config),
+            |listeners, metrics, shutdown| {
+                domain_sequencer::run(config.clone(), listeners, metrics, shutdown)
+            },
+        )
+    })
 }
 
-async fn serve(config: SequencerConfig, labels: Vec<(&'static str, String)>) -> anyhow::Result<()> {
-    let metrics = domain_runtime::metrics::install_recorder_with("sequencer", &labels, &[])?;
-    let shutdown = domain_runtime::shutdown::shutdown_signal()?;
+async fn bind(config: &SequencerConfig) -> anyhow::Result<Listeners> {
     let listeners = Listeners {
         public: domain_runtime::grpc::bind(&config.public_api).await?,
         admin: domain_runtime::grpc::bind(&config.admin_api).await?,
@@ -67,5 +66,5 @@ async fn serve(config: SequencerConfig, labels: Vec<(&'static str, String)>) -> 
         ops = %listeners.ops.local_addr()?,
         "listening"
     );
-    domain_sequencer::run(config, listeners, metrics, shutdown).await
+    Ok(listeners)
 }

@@ -11,7 +11,6 @@ use crate::store::{self, MemberRow, StoreError};
 #[derive(Default)]
 struct Inner {
     by_name: HashMap<String, Arc<MemberRow>>,
-    by_id: HashMap<i32, Arc<MemberRow>>,
     loaded_at: Option<Instant>,
 }
 
@@ -47,11 +46,9 @@ impl Members {
             .map(|m| m.member.clone())
             .collect();
         inner.by_name.clear();
-        inner.by_id.clear();
         for row in rows {
             let row = Arc::new(row);
-            inner.by_name.insert(row.member.clone(), row.clone());
-            inner.by_id.insert(row.id, row);
+            inner.by_name.insert(row.member.clone(), row);
         }
         inner.loaded_at = Some(Instant::now());
         for name in previously_enabled {
@@ -83,25 +80,11 @@ impl Members {
                 if let Some(row) = &row {
                     let mut inner = self.inner.write().await;
                     inner.by_name.insert(row.member.clone(), row.clone());
-                    inner.by_id.insert(row.id, row.clone());
                 }
                 return Ok(row);
             }
         }
         self.reload().await?;
         Ok(self.inner.read().await.by_name.get(member).cloned())
-    }
-
-    pub async fn by_id(&self, id: i32) -> Option<Arc<MemberRow>> {
-        self.inner.read().await.by_id.get(&id).cloned()
-    }
-
-    pub async fn all(&self) -> Vec<Arc<MemberRow>> {
-        self.inner.read().await.by_name.values().cloned().collect()
-    }
-
-    /// Drops the cached key binding after it changed in the database.
-    pub async fn invalidate(&self) {
-        self.inner.write().await.loaded_at = None;
     }
 }

@@ -108,6 +108,7 @@ impl QueueBudget {
     }
 
     /// Bytes currently charged.
+    #[cfg(test)]
     pub fn charged(&self) -> usize {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).total
     }
@@ -177,6 +178,7 @@ impl CallSlots {
     }
 
     /// Calls in progress.
+    #[cfg(test)]
     pub fn in_use(&self) -> usize {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).0
     }

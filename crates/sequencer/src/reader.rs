@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain_proto::v1::{Envelope, SubmissionRequest};
+use domain_proto::sequencer::v1::{Envelope, SubmissionRequest};
 use domain_time::Timestamp;
 use prost::Message as _;
 use tokio::sync::{Mutex, Notify, watch};
@@ -200,6 +200,7 @@ impl Feed {
     }
 
     /// Bytes currently kept for receivers.
+    #[cfg(test)]
     pub fn buffered_bytes(&self) -> u64 {
         self.lock().bytes
     }
@@ -295,11 +296,6 @@ impl SharedReader {
         let _ = started.wait_for(|s| *s).await;
         let inner = self.inner.lock().await;
         (inner.position, self.feed.subscribe())
-    }
-
-    /// Bytes the live feed currently keeps for subscribers that have not taken them.
-    pub fn feed_bytes(&self) -> u64 {
-        self.feed.buffered_bytes()
     }
 
     /// Runs the reader loop until shutdown.

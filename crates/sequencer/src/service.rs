@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, Signature, SignaturePurpose};
+use domain_proto::common::v1 as common_pb;
 use domain_proto::identity::KeyConversionError;
-use domain_proto::v1::{self as pb, sequencer_service_server::SequencerService};
+use domain_proto::sequencer::v1 as pb;
+use domain_proto::sequencer::v1::sequencer_service_server::SequencerService;
+use domain_proto::topology::v1 as topology_pb;
 use domain_time::Timestamp;
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
@@ -110,8 +113,8 @@ const DOMAIN_TRUST_CACHE_TTL: Duration = Duration::from_secs(1);
 /// The part of GetDomainInfo read from the database (see [`SequencerCore::domain_trust`]).
 #[derive(Default)]
 struct DomainTrust {
-    namespace_key: Option<pb::PublicKey>,
-    registrations: Vec<pb::SignedTopologyTransaction>,
+    namespace_key: Option<common_pb::PublicKey>,
+    registrations: Vec<topology_pb::SignedTopologyTransaction>,
 }
 
 impl SequencerCore {
@@ -180,7 +183,7 @@ impl SequencerCore {
             // The row's key was checked against the DOM id's fingerprint when it was bound;
             // checked again so that this answer never shows a key that is not the namespace's.
             .filter(|key| self.settings.domain.matches_key(key))
-            .map(|key| pb::PublicKey::from(&key));
+            .map(|key| common_pb::PublicKey::from(&key));
         let rows = client
             .query(
                 "SELECT signed FROM seq_topology WHERE kind = 'sequencer' ORDER BY serial",
@@ -192,7 +195,7 @@ impl SequencerCore {
             .iter()
             .filter_map(|r| {
                 let bytes: Vec<u8> = r.get(0);
-                pb::SignedTopologyTransaction::decode(bytes.as_slice()).ok()
+                topology_pb::SignedTopologyTransaction::decode(bytes.as_slice()).ok()
             })
             .collect();
         Ok(DomainTrust {
@@ -622,7 +625,7 @@ impl SequencerService for SequencerApi {
         Ok(Response::new(pb::GetDomainInfoResponse {
             domain_id: s.domain.to_string(),
             sequencer_id: s.sequencer_id.to_string(),
-            sequencer_public_key: Some(pb::PublicKey::from(&s.public_key)),
+            sequencer_public_key: Some(common_pb::PublicKey::from(&s.public_key)),
             protocol_version: domain_proto::PROTOCOL_VERSION.to_string(),
             max_request_size: s.max_request_size as u64,
             namespace_public_key: trust.namespace_key.clone(),

@@ -246,6 +246,7 @@ pub(crate) const TOPOLOGY_APPLY_LOCK: i64 = domain_storage::locks::SEQ_TOPOLOGY_
 /// Claims a free instance index (random among those not online) and brings it
 /// online above every existing watermark and the wall clock. Runs on the
 /// writer's own connection so its backend pid is recorded for peers.
+#[cfg(test)]
 pub async fn go_online(
     client: &mut Client,
     modulus: u16,

@@ -7,10 +7,8 @@ use crate::error::ServiceError as _;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use domain_proto::v1::{
-    DeliveredEnvelope, SequencedEvent, Signature as ProtoSignature, SignaturePurpose,
-    SubscribeResponse,
-};
+use domain_proto::common::v1::{Signature as ProtoSignature, SignaturePurpose};
+use domain_proto::sequencer::v1::{DeliveredEnvelope, SequencedEvent, SubscribeResponse};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -160,6 +158,7 @@ impl MemberSlots {
     }
 
     /// Open subscriptions of the member with database id `member_id`.
+    #[cfg(test)]
     pub fn open(&self, member_id: i32) -> usize {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.get(&member_id).copied().unwrap_or(0)

@@ -7,7 +7,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use domain_identity::{DomainId, MemberRole, PublicKey};
-use domain_proto::v1 as pb;
+use domain_proto::confirmation::v1 as confirmation_pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
+use domain_proto::topology::v1 as pb;
 use domain_time::Timestamp;
 use domain_topology::{Mapping, Operation, SequencedTopology, TopologyState, TopologyTransaction};
 use prost::Message as _;
@@ -73,13 +75,13 @@ pub fn validate_submission(
     sender_role: MemberRole,
     sender_key: &PublicKey,
     domain_id: &DomainId,
-    envelopes: &[pb::Envelope],
+    envelopes: &[sequencer_pb::Envelope],
 ) -> Result<Vec<PendingTopology>, SequencerError> {
     let mut out = Vec::new();
     for env in envelopes {
-        let message = pb::DomainMessage::decode(&env.content[..]).ok();
+        let message = confirmation_pb::DomainMessage::decode(&env.content[..]).ok();
         let topology = match message.and_then(|m| m.message) {
-            Some(pb::domain_message::Message::Topology(t)) => Some(t),
+            Some(confirmation_pb::domain_message::Message::Topology(t)) => Some(t),
             _ => None,
         };
         match (sender_role, topology) {
@@ -181,17 +183,6 @@ impl TopologyCache {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = has_parameters;
         Ok(())
-    }
-
-    /// Topology change delay in force at `ts`, in microseconds.
-    pub fn delay_micros_at(&self, ts: i64) -> i64 {
-        let d = self
-            .state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .parameters_at(ts)
-            .topology_change_delay;
-        i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
     }
 
     /// The max request size in force now, if a parameters transaction set one.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use domain_backoff::{Backoff, BackoffConfig};
 use domain_identity::{DomainId, MemberId, SignaturePurpose, SigningKeyPair};
-use domain_proto::v1::SignedEventContent;
+use domain_proto::sequencer::v1::SignedEventContent;
 use domain_time::Timestamp;
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};

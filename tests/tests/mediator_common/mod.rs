@@ -20,7 +20,10 @@ use domain_e2e::topology::{
 };
 use domain_e2e::{connect, http_get, now_micros};
 use domain_identity::{DomainId, MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
-use domain_proto::v1 as pb;
+use domain_proto::common::v1 as common_pb;
+use domain_proto::confirmation::v1 as pb;
+use domain_proto::mediator::admin::v1 as mediator_admin_pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_sequencer_client::{SequencerConnection, to_proto_signature};
 use domain_testkit::cluster::SequencerCluster;
 use domain_testkit::pg::{PgCluster, TestDatabase};
@@ -426,14 +429,15 @@ listen = "127.0.0.1:{admin_port}"
         }
     }
 
-    pub async fn status(&self, i: usize) -> anyhow::Result<pb::MediatorStatusResponse> {
+    pub async fn status(&self, i: usize) -> anyhow::Result<mediator_admin_pb::StatusResponse> {
         let node = self.nodes.get(i).context("no such replica")?;
-        let mut client = pb::mediator_admin_service_client::MediatorAdminServiceClient::connect(
-            node.admin_endpoint(),
-        )
-        .await?;
+        let mut client =
+            mediator_admin_pb::mediator_admin_service_client::MediatorAdminServiceClient::connect(
+                node.admin_endpoint(),
+            )
+            .await?;
         Ok(client
-            .status(pb::MediatorStatusRequest {})
+            .status(mediator_admin_pb::StatusRequest {})
             .await?
             .into_inner())
     }
@@ -558,7 +562,7 @@ listen = "127.0.0.1:{admin_port}"
                 recipients.push(r.clone());
             }
         }
-        let envelope = pb::Envelope {
+        let envelope = sequencer_pb::Envelope {
             content: domain_message(pb::domain_message::Message::ConfirmationRequest(request))
                 .into(),
             recipients,
@@ -610,8 +614,8 @@ listen = "127.0.0.1:{admin_port}"
                 &sig,
                 SignaturePurpose::ConfirmationResponse,
             )),
-            signer_key: Some(pb::PublicKey {
-                algorithm: pb::KeyAlgorithm::Ed25519 as i32,
+            signer_key: Some(common_pb::PublicKey {
+                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
                 key: p.member.1.public_key().to_bytes().to_vec(),
             }),
         }
@@ -624,7 +628,7 @@ listen = "127.0.0.1:{admin_port}"
         signed: pb::SignedConfirmationResponse,
     ) -> anyhow::Result<i64> {
         let p = self.participant(who);
-        let envelope = pb::Envelope {
+        let envelope = sequencer_pb::Envelope {
             content: domain_message(pb::domain_message::Message::ConfirmationResponse(signed))
                 .into(),
             recipients: vec![self.mediator.0.to_string()],

@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, SigningKeyPair, UniqueId};
-use domain_lease::{Fence, LeaseConfig, LeaseHandle, LeaseKeeper, LeaseStatus, Role};
-use domain_manager::error::DomainManagerError;
-use domain_manager::gateway::{
+use crate::error::DomainManagerError;
+use crate::gateway::{
     DiscoveredSequencer, InstanceList, SendOutcome, Sequenced, SequencerGateway, TopologySend,
 };
-use domain_manager::manager::{Core, CoreSettings};
-use domain_manager::store::{self, RowState, StoreError};
+use crate::manager::{Core, CoreSettings};
+use crate::store::{self, RowState, StoreError};
+use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, SigningKeyPair, UniqueId};
+use domain_lease::{Fence, LeaseConfig, LeaseHandle, LeaseKeeper, LeaseStatus, Role};
 use domain_storage::DatabaseConfig;
 use domain_testkit::pg::PgCluster;
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TrustLevel};
@@ -42,7 +42,7 @@ async fn fresh_db() -> DatabaseConfig {
     let pool = domain_storage::connect_sqlx(&config)
         .await
         .expect("connect sqlx");
-    domain_storage::run_migrations(&pool, &domain_manager::MIGRATOR)
+    domain_storage::run_migrations(&pool, &crate::MIGRATOR)
         .await
         .expect("migrate");
     pool.close().await;

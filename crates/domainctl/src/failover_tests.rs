@@ -6,10 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use domain_proto::v1::domain_admin_service_server::{DomainAdminService, DomainAdminServiceServer};
-use domain_proto::v1::{self as pb};
-use domainctl::client::Replicas;
-use domainctl::error::CliError;
+use crate::client::Replicas;
+use crate::error::CliError;
+use domain_proto::manager::admin::v1 as pb;
+use domain_proto::manager::admin::v1::domain_admin_service_server::{
+    DomainAdminService, DomainAdminServiceServer,
+};
+use domain_proto::topology::v1 as topology_pb;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
@@ -48,12 +51,12 @@ impl Fake {
     }
 }
 
-fn state_response() -> pb::SetParticipantStateResponse {
-    pb::SetParticipantStateResponse {
+fn state_change() -> Option<pb::ParticipantStateChange> {
+    Some(pb::ParticipantStateChange {
         serial: 7,
         effective_at_micros: 1_000_000,
         changed: true,
-    }
+    })
 }
 
 #[tonic::async_trait]
@@ -63,12 +66,14 @@ impl DomainAdminService for Fake {
         _: Request<pb::SetParticipantStateRequest>,
     ) -> Reply<pb::SetParticipantStateResponse> {
         self.write()?;
-        Ok(Response::new(state_response()))
+        Ok(Response::new(pb::SetParticipantStateResponse {
+            change: state_change(),
+        }))
     }
     async fn get_participant(
         &self,
         request: Request<pb::GetParticipantRequest>,
-    ) -> Reply<pb::ParticipantInfo> {
+    ) -> Reply<pb::GetParticipantResponse> {
         self.read();
         let mut status = Status::not_found(format!(
             "unknown participant {}",
@@ -90,16 +95,20 @@ impl DomainAdminService for Fake {
     async fn disable_participant(
         &self,
         _: Request<pb::DisableParticipantRequest>,
-    ) -> Reply<pb::SetParticipantStateResponse> {
+    ) -> Reply<pb::DisableParticipantResponse> {
         self.write()?;
-        Ok(Response::new(state_response()))
+        Ok(Response::new(pb::DisableParticipantResponse {
+            change: state_change(),
+        }))
     }
     async fn remove_participant(
         &self,
         _: Request<pb::RemoveParticipantRequest>,
-    ) -> Reply<pb::SetParticipantStateResponse> {
+    ) -> Reply<pb::RemoveParticipantResponse> {
         self.write()?;
-        Ok(Response::new(state_response()))
+        Ok(Response::new(pb::RemoveParticipantResponse {
+            change: state_change(),
+        }))
     }
     async fn list_mediators(
         &self,
@@ -118,9 +127,9 @@ impl DomainAdminService for Fake {
     async fn get_parameters(
         &self,
         _: Request<pb::GetParametersRequest>,
-    ) -> Reply<pb::DomainParameters> {
+    ) -> Reply<pb::GetParametersResponse> {
         self.read();
-        Ok(Response::new(pb::DomainParameters::default()))
+        Ok(Response::new(pb::GetParametersResponse::default()))
     }
     async fn set_parameters(
         &self,
@@ -129,9 +138,9 @@ impl DomainAdminService for Fake {
         self.write()?;
         Ok(Response::new(pb::SetParametersResponse::default()))
     }
-    async fn status(&self, _: Request<pb::DomainStatusRequest>) -> Reply<pb::DomainStatusResponse> {
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Reply<pb::StatusResponse> {
         self.read();
-        Ok(Response::new(pb::DomainStatusResponse::default()))
+        Ok(Response::new(pb::StatusResponse::default()))
     }
     async fn export_connection(
         &self,
@@ -165,8 +174,8 @@ async fn start(active: bool, active_url: &str) -> (String, Arc<AtomicUsize>) {
 fn set_state_request() -> pb::SetParticipantStateRequest {
     pb::SetParticipantStateRequest {
         participant_id: "PAR::a::1220".to_owned(),
-        permission: pb::ParticipantPermission::Submission as i32,
-        trust_level: pb::TrustLevel::Ordinary as i32,
+        permission: topology_pb::ParticipantPermission::Submission as i32,
+        trust_level: topology_pb::TrustLevel::Ordinary as i32,
         public_key: None,
     }
 }
@@ -190,7 +199,7 @@ async fn passive_replica_redirects_writes_to_the_active_one() {
         Duration::from_secs(5),
     );
     let response = set_state(&replicas).await.expect("served by the active");
-    assert_eq!(response.serial, 7);
+    assert_eq!(response.change.map(|c| c.serial), Some(7));
     assert_eq!(passive_calls.load(Ordering::SeqCst), 1);
     assert_eq!(active_calls.load(Ordering::SeqCst), 1);
 }
@@ -200,9 +209,10 @@ async fn reads_are_served_by_a_passive_replica() {
     let (passive, passive_calls) = start(false, "").await;
     let replicas = Replicas::new(vec![passive], None, Duration::from_secs(5));
     replicas
-        .call(pb::DomainStatusRequest {}, |mut c, r| async move {
-            c.status(r).await
-        })
+        .call(
+            pb::StatusRequest {},
+            |mut c, r| async move { c.status(r).await },
+        )
         .await
         .expect("read from passive");
     assert_eq!(passive_calls.load(Ordering::SeqCst), 1);
@@ -280,7 +290,7 @@ async fn run_renders_json_from_the_active_replica() {
     let (active, _) = start(true, "").await;
     let (passive, _) = start(false, &active).await;
     let id = format!("PAR::alice::1220{}", "c".repeat(64));
-    let cli = domainctl::Cli::try_parse_from([
+    let cli = crate::Cli::try_parse_from([
         "domainctl",
         "participants",
         "set-state",
@@ -293,7 +303,7 @@ async fn run_renders_json_from_the_active_replica() {
         "json",
     ])
     .expect("valid command line");
-    let output = domainctl::run(cli).await.expect("served");
+    let output = crate::run(cli).await.expect("served");
     let json: serde_json::Value = serde_json::from_str(&output).expect("one JSON document");
     assert_eq!(
         json,

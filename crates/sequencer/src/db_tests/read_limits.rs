@@ -3,11 +3,10 @@
 //! before reach `reader.page-bytes`, always return at least one event (so reading makes
 //! progress with events larger than the budget), and say whether they stopped at a limit.
 
-use domain_sequencer::store;
+use crate::store;
 use domain_time::Timestamp;
 
-mod common;
-use common::migrated;
+use super::migrated;
 
 const EVENT_BYTES: usize = 100 * 1024;
 const EVENTS: i64 = 10;

@@ -5,11 +5,10 @@
 //! under the old 10 s delay can become effective *after* a later enable sequenced under
 //! the new 0 s delay.
 
-use domain_sequencer::store::{self, AppliedTopology, TopologyPass};
+use crate::store::{self, AppliedTopology, TopologyPass};
 use domain_time::Timestamp;
 
-mod common;
-use common::migrated;
+use super::migrated;
 
 const P: &str = "PAR::p::1220aaaa";
 

@@ -1,4 +1,9 @@
-//! Helpers shared by the sequencer crate's database tests.
+//! The sequencer's store against a real PostgreSQL (the shared test cluster), with the
+//! helpers those tests share. In-crate so the store can stay private.
+
+mod peer_offline;
+mod read_limits;
+mod topology_apply_order;
 
 use domain_storage::DatabaseConfig;
 use domain_testkit::pg::PgCluster;
@@ -8,7 +13,7 @@ pub async fn migrated(prefix: &str) -> DatabaseConfig {
     let db = PgCluster::shared().create_database(prefix).await;
     let cfg = DatabaseConfig::from_url(db.url.clone());
     let pool = domain_storage::connect_sqlx(&cfg).await.expect("sqlx pool");
-    domain_storage::run_migrations(&pool, &domain_sequencer::MIGRATOR)
+    domain_storage::run_migrations(&pool, &crate::MIGRATOR)
         .await
         .expect("migrations");
     pool.close().await;

@@ -8,12 +8,11 @@
 
 use std::time::Duration;
 
-use domain_sequencer::store::{self, InstanceClaim, StoreError, uuid_like::Owner};
+use crate::store::{self, InstanceClaim, StoreError, uuid_like::Owner};
 use domain_storage::DatabaseConfig;
 use domain_time::Timestamp;
 
-mod common;
-use common::migrated;
+use super::migrated;
 
 async fn online(cfg: &DatabaseConfig) -> Vec<(i16, bool)> {
     let (client, _task) = domain_storage::dedicated_connection(cfg)
