@@ -59,7 +59,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use domain_identity::{PublicKey, SignaturePurpose};
-use domain_proto::common::v1 as common_pb;
 use domain_proto::sequencer::v1 as pb;
 pub use domain_tls::{ClientTlsFiles, TlsError};
 use futures::StreamExt as _;
@@ -771,51 +770,15 @@ impl Inner {
     }
 
     async fn authenticate_via(&self, ep: &EndpointHandle) -> Result<(String, i64), ClientError> {
-        let timeout = self.options.call_timeout;
-        let no_answer = |what: &str| {
-            ClientError::Status(Status::deadline_exceeded(format!(
-                "{what}: no answer from {} within {timeout:?}",
-                ep.url
-            )))
-        };
-        let mut client = ep.client();
-        let challenge = tokio::time::timeout(
-            timeout,
-            client.challenge(pb::ChallengeRequest {
-                member: self.member.id.to_string(),
-                public_key: Some(common_pb::PublicKey::from(self.member.key.public_key())),
-            }),
+        let granted = crate::auth::authenticate(
+            &mut ep.client(),
+            &self.member,
+            &self.info.domain_id,
+            &ep.url,
+            self.options.call_timeout,
         )
-        .await
-        .map_err(|_| no_answer("Challenge"))??
-        .into_inner();
-        if challenge.domain_id != self.info.domain_id {
-            return Err(ClientError::DomainInfo(format!(
-                "{} issued a challenge for domain {}, expected {}",
-                ep.url, challenge.domain_id, self.info.domain_id
-            )));
-        }
-        let sig = self
-            .member
-            .key
-            .sign_with_domain_str(
-                SignaturePurpose::AuthChallenge,
-                &challenge.domain_id,
-                &challenge.nonce,
-            )
-            .map_err(|e| ClientError::DomainInfo(e.to_string()))?;
-        let resp = tokio::time::timeout(
-            timeout,
-            client.authenticate(pb::AuthenticateRequest {
-                member: self.member.id.to_string(),
-                nonce: challenge.nonce,
-                signature: Some(to_proto_signature(&sig, SignaturePurpose::AuthChallenge)),
-            }),
-        )
-        .await
-        .map_err(|_| no_answer("Authenticate"))??
-        .into_inner();
-        Ok((resp.token, resp.expires_at_micros))
+        .await?;
+        Ok((granted.token, granted.expires_at_micros))
     }
 
     fn store_token(&self, value: String, expires_at_micros: i64) {

@@ -11,6 +11,7 @@
 /// Exponential backoff with jitter ([`domain_backoff`], re-exported so the client's API
 /// keeps `backoff::{Backoff, BackoffConfig}`).
 pub use domain_backoff as backoff;
+mod auth;
 pub mod domain_client;
 pub mod health;
 pub mod metrics;
@@ -119,6 +120,9 @@ pub async fn connect_channel(
     })
 }
 
+/// How long [`SequencerConnection::authenticate`] waits for each of its two calls.
+pub const AUTH_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// An authenticated connection of one member to one sequencer endpoint.
 #[derive(Clone)]
 pub struct SequencerConnection {
@@ -166,34 +170,19 @@ impl SequencerConnection {
         Ok(conn)
     }
 
-    /// Runs challenge → signature → token and keeps the token for later calls.
+    /// Runs challenge → signature → token and keeps the token for later calls. Each call
+    /// waits at most [`AUTH_CALL_TIMEOUT`].
     pub async fn authenticate(&self) -> Result<(), ClientError> {
         let mut client = self.client.clone();
-        let challenge = client
-            .challenge(pb::ChallengeRequest {
-                member: self.member.id.to_string(),
-                public_key: Some(common_pb::PublicKey::from(self.member.key.public_key())),
-            })
-            .await?
-            .into_inner();
-        let sig = self
-            .member
-            .key
-            .sign_with_domain_str(
-                SignaturePurpose::AuthChallenge,
-                &challenge.domain_id,
-                &challenge.nonce,
-            )
-            .map_err(|e| ClientError::DomainInfo(e.to_string()))?;
-        let resp = client
-            .authenticate(pb::AuthenticateRequest {
-                member: self.member.id.to_string(),
-                nonce: challenge.nonce,
-                signature: Some(to_proto_signature(&sig, SignaturePurpose::AuthChallenge)),
-            })
-            .await?
-            .into_inner();
-        *self.token.write().await = Some((resp.token, resp.expires_at_micros));
+        let granted = auth::authenticate(
+            &mut client,
+            &self.member,
+            &self.domain_id,
+            "the sequencer",
+            AUTH_CALL_TIMEOUT,
+        )
+        .await?;
+        *self.token.write().await = Some((granted.token, granted.expires_at_micros));
         Ok(())
     }
 
