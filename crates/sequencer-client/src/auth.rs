@@ -10,15 +10,17 @@ use domain_identity::SignaturePurpose;
 use domain_proto::common::v1 as common_pb;
 use domain_proto::sequencer::v1 as pb;
 use domain_proto::sequencer::v1::sequencer_service_client::SequencerServiceClient;
+use domain_time::Timestamp;
 use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::{ClientError, MemberIdentity, to_proto_signature};
 
-/// A session token and its expiry (sequencer time, µs).
+/// A session token and when it expires (sequencer time).
+#[derive(Debug, Clone)]
 pub(crate) struct Granted {
     pub token: String,
-    pub expires_at_micros: i64,
+    pub expires_at: Timestamp,
 }
 
 /// Asks `url` for a challenge, refuses one issued for another domain than `domain_id`,
@@ -40,10 +42,7 @@ pub(crate) async fn authenticate(
         timeout,
         client.challenge(pb::ChallengeRequest {
             member: member.id.to_string(),
-            public_key: Some(common_pb::PublicKey {
-                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                key: member.key.public_key().to_bytes().to_vec(),
-            }),
+            public_key: Some(common_pb::PublicKey::from(member.key.public_key())),
         }),
     )
     .await
@@ -77,6 +76,6 @@ pub(crate) async fn authenticate(
     .into_inner();
     Ok(Granted {
         token: resp.token,
-        expires_at_micros: resp.expires_at_micros,
+        expires_at: Timestamp::from_micros(resp.expires_at_micros),
     })
 }

@@ -734,8 +734,8 @@ impl Inner {
             let idx = self.pick(avoid)?;
             let ep = &self.endpoints[idx];
             let error = match self.authenticate_via(ep).await {
-                Ok((value, expires_at_micros)) => {
-                    self.store_token(value, expires_at_micros);
+                Ok(granted) => {
+                    self.store_token(granted);
                     match reason {
                         TokenReason::Initial => {}
                         TokenReason::Expiry => {
@@ -769,21 +769,27 @@ impl Inner {
         }
     }
 
-    async fn authenticate_via(&self, ep: &EndpointHandle) -> Result<(String, i64), ClientError> {
-        let granted = crate::auth::authenticate(
+    async fn authenticate_via(
+        &self,
+        ep: &EndpointHandle,
+    ) -> Result<crate::auth::Granted, ClientError> {
+        crate::auth::authenticate(
             &mut ep.client(),
             &self.member,
             &self.info.domain_id,
             &ep.url,
             self.options.call_timeout,
         )
-        .await?;
-        Ok((granted.token, granted.expires_at_micros))
+        .await
     }
 
-    fn store_token(&self, value: String, expires_at_micros: i64) {
+    fn store_token(&self, granted: crate::auth::Granted) {
         let now = Instant::now();
-        let lifetime = Duration::from_micros((expires_at_micros - now_micros()).max(0) as u64);
+        let lifetime = granted
+            .expires_at
+            .duration_since(domain_time::Timestamp::now())
+            .unwrap_or_default();
+        let value = granted.token;
         let refresh_at = self
             .options
             .token_refresh_fraction

@@ -130,7 +130,7 @@ pub struct SequencerConnection {
     pub member: MemberIdentity,
     pub domain_id: String,
     pub sequencer_key: PublicKey,
-    token: Arc<RwLock<Option<(String, i64)>>>,
+    token: Arc<RwLock<Option<auth::Granted>>>,
 }
 
 impl SequencerConnection {
@@ -182,13 +182,13 @@ impl SequencerConnection {
             AUTH_CALL_TIMEOUT,
         )
         .await?;
-        *self.token.write().await = Some((granted.token, granted.expires_at_micros));
+        *self.token.write().await = Some(granted);
         Ok(())
     }
 
     /// Returns the current token, if authenticated.
     pub async fn token(&self) -> Option<String> {
-        self.token.read().await.as_ref().map(|(t, _)| t.clone())
+        self.token.read().await.as_ref().map(|g| g.token.clone())
     }
 
     async fn authed<T>(&self, msg: T) -> Result<Request<T>, ClientError> {
