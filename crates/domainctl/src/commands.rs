@@ -370,7 +370,7 @@ impl Action {
                     .await?;
                 let view = ParametersChangeView {
                     serial: response.serial,
-                    effective_at_micros: response.effective_at_micros,
+                    effective_at_micros: response.effective_at_micros.into(),
                     effective_at: rfc3339_micros(response.effective_at_micros),
                     parameters: ParametersView::from(&parameters),
                 };

@@ -2,6 +2,7 @@
 //! lowercase names, timestamps as both `*_micros` and RFC3339 `*_at`) and a small aligned-column
 //! table formatter.
 
+use domain_time::Timestamp;
 use std::time::{Duration, UNIX_EPOCH};
 
 use domain_proto::common::v1 as common_pb;
@@ -134,7 +135,8 @@ pub fn rfc3339_micros(micros: i64) -> Option<String> {
 }
 
 /// Table cell for a timestamp: RFC3339, or the raw value when it cannot be written as a date.
-fn timestamp_cell(micros: i64) -> String {
+fn timestamp_cell(at: Timestamp) -> String {
+    let micros = at.as_micros();
     rfc3339_micros(micros).unwrap_or_else(|| format!("invalid ({micros} µs)"))
 }
 
@@ -208,7 +210,7 @@ pub struct StateChangeView {
     /// Topology serial of the change (or of the state already in place).
     pub serial: u64,
     /// When the change takes effect on every member.
-    pub effective_at_micros: i64,
+    pub effective_at_micros: Timestamp,
     /// `effective_at_micros` as RFC3339.
     pub effective_at: Option<String>,
     /// False when the requested state was already in place.
@@ -222,7 +224,7 @@ impl StateChangeView {
         Self {
             participant_id,
             serial: response.serial,
-            effective_at_micros: response.effective_at_micros,
+            effective_at_micros: response.effective_at_micros.into(),
             effective_at: rfc3339_micros(response.effective_at_micros),
             changed: response.changed,
         }
@@ -255,7 +257,7 @@ pub struct ParticipantView {
     /// Topology serial of the state.
     pub serial: u64,
     /// When the state took (or takes) effect.
-    pub effective_at_micros: i64,
+    pub effective_at_micros: Timestamp,
     /// `effective_at_micros` as RFC3339.
     pub effective_at: Option<String>,
 }
@@ -267,7 +269,7 @@ impl From<&pb::ParticipantInfo> for ParticipantView {
             permission: permission_name(info.permission),
             trust_level: trust_level_name(info.trust_level),
             serial: info.serial,
-            effective_at_micros: info.effective_at_micros,
+            effective_at_micros: info.effective_at_micros.into(),
             effective_at: rfc3339_micros(info.effective_at_micros),
         }
     }
@@ -388,7 +390,7 @@ pub struct SequencerView {
     /// Whether the instance is currently sequencing.
     pub online: bool,
     /// The instance's sequencing watermark.
-    pub watermark_micros: i64,
+    pub watermark_micros: Timestamp,
     /// `watermark_micros` as RFC3339.
     pub watermark_at: Option<String>,
     /// How far the instance lags behind, in microseconds.
@@ -403,7 +405,7 @@ impl From<&pb::SequencerInstanceInfo> for SequencerView {
             sequencer_id: info.sequencer_id.clone(),
             index: info.index,
             online: info.online,
-            watermark_micros: info.watermark_micros,
+            watermark_micros: info.watermark_micros.into(),
             watermark_at: rfc3339_micros(info.watermark_micros),
             lag_micros: info.lag_micros,
             lag_ms: info.lag_micros as f64 / 1000.0,
@@ -493,7 +495,7 @@ pub struct ParametersChangeView {
     /// Topology serial of the change.
     pub serial: u64,
     /// When the change takes effect on every member.
-    pub effective_at_micros: i64,
+    pub effective_at_micros: Timestamp,
     /// `effective_at_micros` as RFC3339.
     pub effective_at: Option<String>,
     /// The full parameter set that was sent.
@@ -590,7 +592,7 @@ pub struct MemberPruningView {
     /// Whether the member is enabled.
     pub enabled: bool,
     /// Highest acknowledged timestamp (0: never acknowledged).
-    pub acknowledged_micros: i64,
+    pub acknowledged_micros: Timestamp,
     /// `acknowledged_micros` as RFC3339 (`null` when never acknowledged).
     pub acknowledged_at: Option<String>,
     /// How far the acknowledgement lies behind the sequencer clock, microseconds
@@ -599,7 +601,7 @@ pub struct MemberPruningView {
     /// Whether the member counts for the bound at all.
     pub counted: bool,
     /// How far this member lets pruning go (0 when not counted).
-    pub bound_micros: i64,
+    pub bound_micros: Timestamp,
     /// Whether this member is the one holding pruning back.
     pub holding_back: bool,
 }
@@ -608,11 +610,11 @@ pub struct MemberPruningView {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PruningStatusView {
     /// Events at or below this are gone.
-    pub lower_bound_micros: i64,
+    pub lower_bound_micros: Timestamp,
     /// `lower_bound_micros` as RFC3339.
     pub lower_bound_at: Option<String>,
     /// Where a prune now would move the bound.
-    pub candidate_bound_micros: i64,
+    pub candidate_bound_micros: Timestamp,
     /// `candidate_bound_micros` as RFC3339.
     pub candidate_bound_at: Option<String>,
     /// Retention window, microseconds.
@@ -620,9 +622,9 @@ pub struct PruningStatusView {
     /// The same as a humantime duration.
     pub retention: String,
     /// Safe watermark.
-    pub safe_watermark_micros: i64,
+    pub safe_watermark_micros: Timestamp,
     /// Sequencer clock when the status was taken.
-    pub now_micros: i64,
+    pub now_micros: Timestamp,
     /// The member holding pruning back, if a member does.
     pub holding_back: Option<String>,
     /// Every member.
@@ -649,26 +651,26 @@ impl From<&sequencer_admin_pb::PruningStatusResponse> for PruningStatusView {
                 member: m.member.clone(),
                 kind: member_kind_name(m.kind),
                 enabled: m.enabled,
-                acknowledged_micros: m.acknowledged_micros,
+                acknowledged_micros: m.acknowledged_micros.into(),
                 acknowledged_at: (m.acknowledged_micros > 0)
                     .then(|| rfc3339_micros(m.acknowledged_micros))
                     .flatten(),
                 acknowledged_age_micros: (m.acknowledged_micros > 0)
                     .then(|| r.now_micros.saturating_sub(m.acknowledged_micros)),
                 counted: m.counted,
-                bound_micros: m.bound_micros,
+                bound_micros: m.bound_micros.into(),
                 holding_back: m.holding_back,
             })
             .collect();
         Self {
-            lower_bound_micros: r.lower_bound_micros,
+            lower_bound_micros: r.lower_bound_micros.into(),
             lower_bound_at: rfc3339_micros(r.lower_bound_micros),
-            candidate_bound_micros: r.candidate_bound_micros,
+            candidate_bound_micros: r.candidate_bound_micros.into(),
             candidate_bound_at: rfc3339_micros(r.candidate_bound_micros),
             retention_micros: r.retention_micros,
             retention: duration_text(r.retention_micros),
-            safe_watermark_micros: r.safe_watermark_micros,
-            now_micros: r.now_micros,
+            safe_watermark_micros: r.safe_watermark_micros.into(),
+            now_micros: r.now_micros.into(),
             holding_back: members
                 .iter()
                 .find(|m| m.holding_back)
@@ -688,7 +690,8 @@ impl From<&sequencer_admin_pb::PruningStatusResponse> for PruningStatusView {
 
 impl Render for PruningStatusView {
     fn table(&self) -> String {
-        let age = |t: i64| duration_text(self.now_micros.saturating_sub(t));
+        let age =
+            |t: Timestamp| duration_text(self.now_micros.as_micros().saturating_sub(t.as_micros()));
         let mut members = Table::new(&[
             "MEMBER",
             "KIND",
@@ -703,7 +706,7 @@ impl Render for PruningStatusView {
                 m.member.clone(),
                 m.kind.clone(),
                 if m.enabled { "yes" } else { "no" }.to_owned(),
-                if m.acknowledged_micros > 0 {
+                if m.acknowledged_micros > Timestamp::EPOCH {
                     timestamp_cell(m.acknowledged_micros)
                 } else {
                     "never".to_owned()
@@ -722,7 +725,7 @@ impl Render for PruningStatusView {
         for t in &self.tables {
             tables.row(vec![t.table.clone(), t.rows.to_string()]);
         }
-        let bound = if self.lower_bound_micros > 0 {
+        let bound = if self.lower_bound_micros > Timestamp::EPOCH {
             format!(
                 "{} (age {})",
                 timestamp_cell(self.lower_bound_micros),
@@ -752,11 +755,11 @@ pub struct PruneOutcomeView {
     /// Nothing was changed.
     pub dry_run: bool,
     /// Bound before.
-    pub previous_bound_micros: i64,
+    pub previous_bound_micros: Timestamp,
     /// `previous_bound_micros` as RFC3339.
     pub previous_bound_at: Option<String>,
     /// Bound after (or, dry, that it would move to).
-    pub bound_micros: i64,
+    pub bound_micros: Timestamp,
     /// `bound_micros` as RFC3339.
     pub bound_at: Option<String>,
     /// Rows deleted (dry: would be deleted) per table.
@@ -767,9 +770,9 @@ impl From<&sequencer_admin_pb::PruneOutcome> for PruneOutcomeView {
     fn from(o: &sequencer_admin_pb::PruneOutcome) -> Self {
         Self {
             dry_run: o.dry_run,
-            previous_bound_micros: o.previous_bound_micros,
+            previous_bound_micros: o.previous_bound_micros.into(),
             previous_bound_at: rfc3339_micros(o.previous_bound_micros),
-            bound_micros: o.bound_micros,
+            bound_micros: o.bound_micros.into(),
             bound_at: rfc3339_micros(o.bound_micros),
             deleted: o
                 .deleted
@@ -926,7 +929,7 @@ mod tests {
                 permission: "submission".into(),
                 trust_level: "ordinary".into(),
                 serial: 7,
-                effective_at_micros: 0,
+                effective_at_micros: Timestamp::EPOCH,
                 effective_at: rfc3339_micros(0),
             }],
         };
