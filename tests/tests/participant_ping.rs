@@ -89,7 +89,16 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     ensure!(out.contains("approved in"), "{out}");
     println!("{out}");
     for i in [alice, bob] {
-        let rows = committed(&p(i).db).await?;
+        // A ping returns when the pinging side committed; the other side commits when its
+        // own stream delivers the verdict, which may be a moment later.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let rows = loop {
+            let rows = committed(&p(i).db).await?;
+            if rows.len() >= 2 || tokio::time::Instant::now() >= deadline {
+                break rows;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         ensure!(
             rows.len() == 2,
             "{}: {} committed transactions, expected 2",
