@@ -114,7 +114,8 @@ pub fn find_server(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
             "--jetstream {}: no such file; {hint}",
             p.display()
         );
-        return Ok(p.to_path_buf());
+        // Absolute: the server runs in its log directory.
+        return std::path::absolute(p).context("cannot resolve the --jetstream path");
     }
     let mut looked = Vec::new();
     if let Some(p) = std::env::var_os("NATS_SERVER") {
@@ -124,7 +125,7 @@ pub fn find_server(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
             "NATS_SERVER={}: no such file; {hint}",
             p.display()
         );
-        return Ok(p);
+        return std::path::absolute(&p).context("cannot resolve NATS_SERVER");
     }
     let in_target = domain_testkit::process::target_dir()
         .join("nats-server")
