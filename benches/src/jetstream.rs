@@ -306,7 +306,8 @@ async fn drive(args: &Args, server: &Server, binary: &Path) -> anyhow::Result<Je
 
     let m = args.subscribers;
     let stats = Stats::new(m);
-    let mut sub_tasks = Vec::new();
+    // Aborted on every return path, before the server is stopped under them.
+    let mut sub_tasks = AbortOnDrop(Vec::new());
     for i in 0..m {
         let subjects = subjects_for(i, m, args.fanout);
         bench_stream
@@ -334,7 +335,7 @@ async fn drive(args: &Args, server: &Server, binary: &Path) -> anyhow::Result<Je
         let fault = args.inject_fault.filter(|_| i == 0);
         let stats2 = stats.clone();
         let (payload_bytes, fanout) = (args.payload_bytes, args.fanout);
-        sub_tasks.push(tokio::spawn(async move {
+        sub_tasks.0.push(tokio::spawn(async move {
             if let Err(e) = follow(i, m, fanout, messages, &stats2, payload_bytes, fault).await {
                 stats2.fail(format!("jetstream subscriber {i}: {e:#}"));
             }
@@ -447,10 +448,19 @@ async fn drive(args: &Args, server: &Server, binary: &Path) -> anyhow::Result<Je
         })
     }
     .await;
-    for t in sub_tasks {
-        t.abort();
-    }
+    drop(sub_tasks);
     result
+}
+
+/// Aborts the subscriber tasks when dropped.
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
 }
 
 /// The running publishers.
