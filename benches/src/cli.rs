@@ -66,6 +66,11 @@ pub struct Args {
     /// Self-check: corrupt subscriber 0's stream at counter 10; the run must fail.
     #[arg(long, value_enum)]
     pub inject_fault: Option<crate::load::Fault>,
+    /// Phase 4: the same load against NATS JetStream (`sync_interval: always`, TLS) for
+    /// comparison. The value is the `nats-server` binary; without one, `NATS_SERVER`,
+    /// then `target/nats-server/nats-server` (benches/scripts/nats-server.sh), then PATH.
+    #[arg(long, value_name = "NATS_SERVER")]
+    pub jetstream: Option<Option<PathBuf>>,
     /// Write a JSON summary here.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -25,6 +25,73 @@ use crate::{micros_histogram, now_micros};
 /// Bytes of the header at the start of every payload.
 pub const HEADER_LEN: usize = 8 + 4 + 8 + 1;
 
+/// The ids and send instant at the start of every payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Wall-clock micros when the send started.
+    pub sent_at: i64,
+    pub sender: u32,
+    /// The sender's sequence number.
+    pub seq: u64,
+    pub phase: u8,
+}
+
+impl Header {
+    /// Writes the header into the first [`HEADER_LEN`] bytes of `content`.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `content` is shorter than [`HEADER_LEN`] (`--payload-bytes` is
+    /// validated to be at least that).
+    pub fn write(&self, content: &mut [u8]) {
+        content[0..8].copy_from_slice(&self.sent_at.to_le_bytes());
+        content[8..12].copy_from_slice(&self.sender.to_le_bytes());
+        content[12..20].copy_from_slice(&self.seq.to_le_bytes());
+        content[20] = self.phase;
+    }
+
+    /// Reads the header of a received payload.
+    pub fn read(c: &[u8]) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            c.len() >= HEADER_LEN,
+            "payload of {} bytes is shorter than the {HEADER_LEN}-byte header",
+            c.len()
+        );
+        Ok(Self {
+            sent_at: i64::from_le_bytes(c[0..8].try_into()?),
+            sender: u32::from_le_bytes(c[8..12].try_into()?),
+            seq: u64::from_le_bytes(c[12..20].try_into()?),
+            phase: c[20],
+        })
+    }
+}
+
+/// Pseudo-random filler of `len` bytes (the same for every run), overwritten by the
+/// header at the start.
+pub fn filler(len: usize) -> Vec<u8> {
+    (0..len)
+        .scan(0x9E37_79B9_7F4A_7C15u64, |s, _| {
+            *s ^= *s << 13;
+            *s ^= *s >> 7;
+            *s ^= *s << 17;
+            Some(*s as u8)
+        })
+        .collect()
+}
+
+/// The rotation slot of message `seq` of `sender` among `subscribers`: the first of
+/// its addressees.
+pub fn rotation_slot(sender: u32, seq: u64, subscribers: usize) -> usize {
+    ((sender as u64 + seq) % subscribers as u64) as usize
+}
+
+/// The subscribers message `seq` of `sender` is addressed to: `fanout` consecutive
+/// ones (mod `subscribers`) from its rotation slot.
+pub fn targets(sender: u32, seq: u64, subscribers: usize, fanout: usize) -> Vec<usize> {
+    let first = rotation_slot(sender, seq, subscribers);
+    (0..fanout).map(|j| (first + j) % subscribers).collect()
+}
+
 /// Connects and authenticates `member` to instance `i` of the cluster (TLS).
 pub async fn connect(
     cluster: &SequencerCluster,
@@ -113,13 +180,13 @@ impl Stats {
         lock(&self.fatal).clone()
     }
 
-    fn record(h: &Mutex<Histogram<u64>>, micros: i64) {
+    pub(crate) fn record(h: &Mutex<Histogram<u64>>, micros: i64) {
         let v = micros.clamp(1, 100_000_000) as u64;
         let _ = lock(h).record(v);
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -164,16 +231,7 @@ impl SenderSet {
         cfg: SendConfig,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let filler: Arc<Vec<u8>> = Arc::new(
-            (0..cfg.payload_bytes)
-                .scan(0x9E37_79B9_7F4A_7C15u64, |s, _| {
-                    *s ^= *s << 13;
-                    *s ^= *s >> 7;
-                    *s ^= *s << 17;
-                    Some(*s as u8)
-                })
-                .collect(),
-        );
+        let filler: Arc<Vec<u8>> = Arc::new(filler(cfg.payload_bytes));
         let mut tasks = Vec::new();
         for (sender_idx, conn) in conns.iter().enumerate() {
             let seq = Arc::new(AtomicU64::new(0));
@@ -248,14 +306,16 @@ impl Worker {
                 }
             }
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            let first = (self.sender_idx as usize + seq as usize) % m;
-            let targets: Vec<usize> = (0..self.cfg.fanout).map(|j| (first + j) % m).collect();
+            let targets = targets(self.sender_idx, seq, m, self.cfg.fanout);
             let mut content = self.filler.as_ref().clone();
             let sent_at = now_micros();
-            content[0..8].copy_from_slice(&sent_at.to_le_bytes());
-            content[8..12].copy_from_slice(&self.sender_idx.to_le_bytes());
-            content[12..20].copy_from_slice(&seq.to_le_bytes());
-            content[20] = self.cfg.phase;
+            Header {
+                sent_at,
+                sender: self.sender_idx,
+                seq,
+                phase: self.cfg.phase,
+            }
+            .write(&mut content);
             let envelope = pb::Envelope {
                 content: content.into(),
                 recipients: targets
@@ -424,10 +484,12 @@ async fn follow(
                 "payload has {} bytes, expected {payload_bytes}",
                 c.len()
             );
-            let sent_at = i64::from_le_bytes(c[0..8].try_into()?);
-            let sender = u32::from_le_bytes(c[8..12].try_into()?);
-            let seq = u64::from_le_bytes(c[12..20].try_into()?);
-            let phase = c[20];
+            let Header {
+                sent_at,
+                sender,
+                seq,
+                phase,
+            } = Header::read(c)?;
             if !seen.insert((phase, sender, seq)) {
                 anyhow::bail!("duplicate delivery of phase {phase} sender {sender} seq {seq}");
             }

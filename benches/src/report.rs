@@ -12,6 +12,9 @@ pub const TARGET_EVENTS_PER_SEC: f64 = 20_000.0;
 /// Send→deliver latency targets at a quarter of the target rate.
 pub const TARGET_P50_MS: f64 = 2.0;
 pub const TARGET_P99_MS: f64 = 10.0;
+/// Acknowledged events/s of the sequencer (phase 2) over acknowledged publishes/s of NATS
+/// JetStream with `sync_interval: always` (phase 4) in the same run.
+pub const TARGET_JETSTREAM_RATIO: f64 = 2.5;
 
 /// One measured load phase (2 or 3).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -125,6 +128,10 @@ pub struct Targets {
     pub latency_met: Option<bool>,
     /// True when phase 3 ran at or above a quarter of the throughput target.
     pub latency_rate_at_target: Option<bool>,
+    /// Phase 2 acked/s ÷ phase 4 (JetStream) acked/s, when both ran.
+    pub jetstream_ratio: Option<f64>,
+    pub jetstream_ratio_target: f64,
+    pub jetstream_ratio_met: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -137,12 +144,21 @@ pub struct Summary {
     pub raw_postgres: Option<RawResult>,
     pub throughput: Option<PhaseResult>,
     pub latency: Option<PhaseResult>,
+    /// Phase 4 (`--jetstream`): NATS JetStream under the same load.
+    pub jetstream: Option<crate::jetstream::JetStreamResult>,
     pub targets: Targets,
 }
 
 impl Summary {
     pub fn evaluate_targets(&mut self) {
+        let jetstream_ratio = match (&self.throughput, &self.jetstream) {
+            (Some(p), Some(j)) if j.acked_per_sec > 0.0 => Some(p.acked_per_sec / j.acked_per_sec),
+            _ => None,
+        };
         self.targets = Targets {
+            jetstream_ratio,
+            jetstream_ratio_target: TARGET_JETSTREAM_RATIO,
+            jetstream_ratio_met: jetstream_ratio.map(|r| r >= TARGET_JETSTREAM_RATIO),
             events_per_sec: TARGET_EVENTS_PER_SEC,
             throughput_met: self
                 .throughput
@@ -385,6 +401,68 @@ impl Summary {
                 );
             }
         }
+        if let Some(j) = &self.jetstream {
+            let l = &j.send_to_deliver;
+            o += &format!(
+                "\nPhase 4 NATS JetStream {} (sync_interval: always{}, TLS, file stream, 1 replica; \
+                 same senders, in flight, subscribers, fanout, payloads; latency ms)\n",
+                j.server_version,
+                if j.sync_always {
+                    " in force"
+                } else {
+                    " NOT in force"
+                }
+            );
+            o += &format!(
+                "  {:<11} {:>9} {:>11} | {:>7} {:>7} {:>7} {:>7} {:>7} | {:>9} {:>9}\n",
+                "phase",
+                "acked/s",
+                "deliv'd/s",
+                "p50",
+                "p90",
+                "p99",
+                "p99.9",
+                "max",
+                "ack p50",
+                "ack p99"
+            );
+            o += &format!(
+                "  {:<11} {:>9.0} {:>11.0} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.1} | {:>9.2} {:>9.2}\n",
+                "jetstream",
+                j.acked_per_sec,
+                j.delivered_per_sec,
+                l.p50_ms,
+                l.p90_ms,
+                l.p99_ms,
+                l.p999_ms,
+                l.max_ms,
+                j.send_to_ack.p50_ms,
+                j.send_to_ack.p99_ms
+            );
+            let c = &j.cpu;
+            o += &format!(
+                "  CPU (% of one core): nats-server {:.0}, bench {:.0}, postgres {:.0}, other {:.0}, iowait {:.0}, idle {:.0}; \
+                 CPU us per acked msg: nats-server {:.0} / bench {:.0}\n",
+                c.nats_server_pct,
+                c.bench_pct,
+                c.postgres_pct,
+                c.other_pct,
+                c.machine_iowait_pct,
+                c.machine_idle_pct,
+                j.cpu_micros_per_msg.nats_server,
+                j.cpu_micros_per_msg.bench
+            );
+            o += &format!(
+                "  verified: {} acknowledged publishes, {} stored, each delivered once to each addressee ({})\n",
+                j.acked_total,
+                j.stream_messages,
+                j.delivered_per_subscriber
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            );
+        }
         let t = &self.targets;
         o += "\nTargets\n";
         if let (Some(met), Some(p)) = (t.throughput_met, &self.throughput) {
@@ -413,6 +491,13 @@ impl Summary {
                 } else {
                     String::new()
                 }
+            );
+        }
+        if let (Some(r), Some(met)) = (t.jetstream_ratio, t.jetstream_ratio_met) {
+            o += &format!(
+                "  sequencer acked/s >= {:.1} x JetStream acked/s (sync always): {} ({r:.2} x)\n",
+                t.jetstream_ratio_target,
+                if met { "MET" } else { "NOT MET" }
             );
         }
         o

@@ -46,6 +46,12 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
         ..Summary::default()
     };
 
+    // Resolved first, so a missing nats-server fails before the long phases.
+    let nats_server = match &args.jetstream {
+        Some(explicit) => Some(crate::jetstream::find_server(explicit.as_deref())?),
+        None => None,
+    };
+
     let crypto = crate::crypto::measure(args.payload_bytes, args.fanout)?;
     eprintln!(
         "seqbench: phase 0: ed25519 sign {:.1} us, verify {:.1} us",
@@ -118,6 +124,18 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
         eprintln!("seqbench: database {} kept", db.name);
     }
     result?;
+    // After the sequencer cluster has stopped, so the two do not compete for the box.
+    if let Some(binary) = &nats_server {
+        let js = crate::jetstream::run(&args, binary).await?;
+        eprintln!(
+            "seqbench: phase 4: {:.0} acked/s, {:.0} delivered/s, send->deliver p50 {:.2} ms p99 {:.2} ms",
+            js.acked_per_sec,
+            js.delivered_per_sec,
+            js.send_to_deliver.p50_ms,
+            js.send_to_deliver.p99_ms
+        );
+        summary.jetstream = Some(js);
+    }
     summary.evaluate_targets();
     Ok(summary)
 }
@@ -357,7 +375,11 @@ async fn run_phase(
 
 /// Sleeps `total`, aborting on a fatal verification error; prints progress for
 /// measured windows.
-async fn wait_checking(stats: &Stats, total: Duration, progress: Option<u8>) -> anyhow::Result<()> {
+pub(crate) async fn wait_checking(
+    stats: &Stats,
+    total: Duration,
+    progress: Option<u8>,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut last = (
         Instant::now(),
