@@ -7,11 +7,21 @@ use crate::prom::SequencerMetrics;
 use crate::rawpg::RawResult;
 use crate::sysstat::CpuUsage;
 
-/// Durable (acknowledged) events/s the sequencer should sustain on this box.
-pub const TARGET_EVENTS_PER_SEC: f64 = 20_000.0;
-/// Send→deliver latency targets at a quarter of the target rate.
-pub const TARGET_P50_MS: f64 = 2.0;
+// Issue 17's targets (seqbench default shape, quiet box, one submission per `Send`).
+/// Durable (acknowledged) events/s at max (phase 2).
+pub const TARGET_EVENTS_PER_SEC: f64 = 18_000.0;
+/// ... and as a share of the raw PostgreSQL rows/s measured in the same run (phase 1).
+pub const TARGET_SHARE_OF_RAW: f64 = 0.20;
+/// Send→deliver latency at a quarter of the measured maximum (phase 3).
+pub const TARGET_P50_MS: f64 = 3.0;
 pub const TARGET_P99_MS: f64 = 10.0;
+/// PostgreSQL commits per event at a quarter of the maximum.
+pub const TARGET_COMMITS_PER_EVENT_QUARTER: f64 = 1.2;
+/// Sequencer CPU per event at a quarter of the maximum, µs.
+pub const TARGET_SEQ_CPU_QUARTER_US: f64 = 120.0;
+/// Sequencer and PostgreSQL CPU per event at max, µs.
+pub const TARGET_SEQ_CPU_MAX_US: f64 = 60.0;
+pub const TARGET_PG_CPU_MAX_US: f64 = 25.0;
 /// Acknowledged events/s of the sequencer (phase 2) over acknowledged publishes/s of NATS
 /// JetStream with `sync_interval: always` (phase 4) in the same run.
 pub const TARGET_JETSTREAM_RATIO: f64 = 2.5;
@@ -119,19 +129,20 @@ pub struct Shape {
     pub sequencer_config: String,
 }
 
+/// One target checked against a run: what is required, what was measured, whether it holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Targets {
-    pub events_per_sec: f64,
-    pub throughput_met: Option<bool>,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub latency_met: Option<bool>,
-    /// True when phase 3 ran at or above a quarter of the throughput target.
-    pub latency_rate_at_target: Option<bool>,
+    /// The targets the phases that ran can decide, in the issue's order.
+    pub checks: Vec<TargetCheck>,
     /// Phase 2 acked/s ÷ phase 4 (JetStream) acked/s, when both ran.
     pub jetstream_ratio: Option<f64>,
-    pub jetstream_ratio_target: f64,
-    pub jetstream_ratio_met: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -151,29 +162,82 @@ pub struct Summary {
 
 impl Summary {
     pub fn evaluate_targets(&mut self) {
+        let mut checks = Vec::new();
+        let mut check = |target: String, measured: String, met: bool| {
+            checks.push(TargetCheck {
+                target,
+                measured,
+                met,
+            });
+        };
+        if let Some(p) = &self.throughput {
+            check(
+                format!("throughput >= {TARGET_EVENTS_PER_SEC:.0} durable events/s"),
+                format!("{:.0}/s", p.acked_per_sec),
+                p.acked_per_sec >= TARGET_EVENTS_PER_SEC,
+            );
+            if let Some(raw) = &self.raw_postgres {
+                let share = p.acked_per_sec / raw.rows_per_sec.max(1.0);
+                check(
+                    format!(
+                        "throughput >= {:.0}% of raw PostgreSQL rows/s",
+                        TARGET_SHARE_OF_RAW * 100.0
+                    ),
+                    format!("{:.1}% of {:.0}/s", share * 100.0, raw.rows_per_sec),
+                    share >= TARGET_SHARE_OF_RAW,
+                );
+            }
+            let cpu = &p.cpu_micros_per_event;
+            check(
+                format!(
+                    "at max: sequencer CPU <= {TARGET_SEQ_CPU_MAX_US:.0} us/event, PostgreSQL <= {TARGET_PG_CPU_MAX_US:.0} us/event"
+                ),
+                format!("{:.0} / {:.0} us", cpu.sequencer, cpu.postgres),
+                cpu.sequencer <= TARGET_SEQ_CPU_MAX_US && cpu.postgres <= TARGET_PG_CPU_MAX_US,
+            );
+        }
+        if let Some(p) = &self.latency {
+            let at = format!(" at {:.0}/s", p.acked_per_sec);
+            check(
+                format!(
+                    "at 1/4 load: send->deliver p50 <= {TARGET_P50_MS} ms, p99 <= {TARGET_P99_MS} ms"
+                ),
+                format!(
+                    "p50 {:.2} ms, p99 {:.2} ms{at}",
+                    p.send_to_deliver.p50_ms, p.send_to_deliver.p99_ms
+                ),
+                p.send_to_deliver.p50_ms <= TARGET_P50_MS
+                    && p.send_to_deliver.p99_ms <= TARGET_P99_MS,
+            );
+            check(
+                format!(
+                    "at 1/4 load: PostgreSQL commits/event <= {TARGET_COMMITS_PER_EVENT_QUARTER}"
+                ),
+                format!("{:.2}{at}", p.postgres.commits_per_event),
+                p.postgres.commits_per_event <= TARGET_COMMITS_PER_EVENT_QUARTER,
+            );
+            check(
+                format!("at 1/4 load: sequencer CPU <= {TARGET_SEQ_CPU_QUARTER_US:.0} us/event"),
+                format!("{:.0} us{at}", p.cpu_micros_per_event.sequencer),
+                p.cpu_micros_per_event.sequencer <= TARGET_SEQ_CPU_QUARTER_US,
+            );
+        }
         let jetstream_ratio = match (&self.throughput, &self.jetstream) {
             (Some(p), Some(j)) if j.acked_per_sec > 0.0 => Some(p.acked_per_sec / j.acked_per_sec),
             _ => None,
         };
+        if let Some(r) = jetstream_ratio {
+            check(
+                format!(
+                    "sequencer acked/s >= {TARGET_JETSTREAM_RATIO:.1} x JetStream acked/s (sync always)"
+                ),
+                format!("{r:.2} x"),
+                r >= TARGET_JETSTREAM_RATIO,
+            );
+        }
         self.targets = Targets {
+            checks,
             jetstream_ratio,
-            jetstream_ratio_target: TARGET_JETSTREAM_RATIO,
-            jetstream_ratio_met: jetstream_ratio.map(|r| r >= TARGET_JETSTREAM_RATIO),
-            events_per_sec: TARGET_EVENTS_PER_SEC,
-            throughput_met: self
-                .throughput
-                .as_ref()
-                .map(|p| p.acked_per_sec >= TARGET_EVENTS_PER_SEC),
-            p50_ms: TARGET_P50_MS,
-            p99_ms: TARGET_P99_MS,
-            latency_met: self.latency.as_ref().map(|p| {
-                p.send_to_deliver.p50_ms <= TARGET_P50_MS
-                    && p.send_to_deliver.p99_ms <= TARGET_P99_MS
-            }),
-            latency_rate_at_target: self
-                .latency
-                .as_ref()
-                .map(|p| p.acked_per_sec >= TARGET_EVENTS_PER_SEC / 4.0 * 0.95),
         };
     }
 
@@ -463,41 +527,13 @@ impl Summary {
                     .join(" / ")
             );
         }
-        let t = &self.targets;
-        o += "\nTargets\n";
-        if let (Some(met), Some(p)) = (t.throughput_met, &self.throughput) {
+        o += "\nTargets (issue 17)\n";
+        for c in &self.targets.checks {
             o += &format!(
-                "  throughput >= {:.0} durable events/s: {} ({:.0}/s, {:.0}% of target)\n",
-                t.events_per_sec,
-                if met { "MET" } else { "NOT MET" },
-                p.acked_per_sec,
-                p.acked_per_sec / t.events_per_sec * 100.0
-            );
-        }
-        if let (Some(met), Some(p)) = (t.latency_met, &self.latency) {
-            o += &format!(
-                "  latency p50 <= {} ms, p99 <= {} ms: {} (p50 {:.2} ms, p99 {:.2} ms at {:.0}/s){}\n",
-                t.p50_ms,
-                t.p99_ms,
-                if met { "MET" } else { "NOT MET" },
-                p.send_to_deliver.p50_ms,
-                p.send_to_deliver.p99_ms,
-                p.acked_per_sec,
-                if t.latency_rate_at_target == Some(false) {
-                    format!(
-                        " -- but below a quarter of the {:.0}/s target rate",
-                        t.events_per_sec
-                    )
-                } else {
-                    String::new()
-                }
-            );
-        }
-        if let (Some(r), Some(met)) = (t.jetstream_ratio, t.jetstream_ratio_met) {
-            o += &format!(
-                "  sequencer acked/s >= {:.1} x JetStream acked/s (sync always): {} ({r:.2} x)\n",
-                t.jetstream_ratio_target,
-                if met { "MET" } else { "NOT MET" }
+                "  {}: {} ({})\n",
+                c.target,
+                if c.met { "MET" } else { "NOT MET" },
+                c.measured
             );
         }
         o
