@@ -32,9 +32,9 @@ use futures::StreamExt as _;
 use tokio::task::JoinHandle;
 
 use crate::cli::Args;
-use crate::load::{self, Fault, Header, Stats};
-use crate::sysstat::{self, CpuUsage};
-use crate::{Percentiles, now_micros};
+use crate::load::{self, Fault, Header, Stats, Window, Workers};
+use crate::now_micros;
+use crate::sysstat::{self, CpuUsage, MachineCpu};
 
 /// Phase number carried in the payload header.
 const PHASE: u8 = 4;
@@ -59,17 +59,9 @@ pub struct JetStreamResult {
     pub sync_always: bool,
     pub tls: bool,
     pub store_dir: String,
-    pub seconds: f64,
-    /// Acknowledged publishes (durable) in the window.
-    pub acked: u64,
-    pub acked_per_sec: f64,
-    /// Messages received by subscribers in the window (= acked × fanout).
-    pub delivered: u64,
-    pub delivered_per_sec: f64,
-    /// Send instant (in the payload) to receipt by a subscriber.
-    pub send_to_deliver: Percentiles,
-    /// Publish call to its PubAck.
-    pub send_to_ack: Percentiles,
+    /// Acknowledged publishes and deliveries in the window, with their latencies.
+    #[serde(flatten)]
+    pub window: Window,
     /// All acknowledged publishes of the phase (warm-up included) and the stream's
     /// message count at the end; equal, or the phase fails.
     pub acked_total: u64,
@@ -88,11 +80,8 @@ pub struct JetStreamCpu {
     pub bench_pct: f64,
     pub postgres_pct: f64,
     pub other_pct: f64,
-    pub machine_user_pct: f64,
-    pub machine_system_pct: f64,
-    pub machine_iowait_pct: f64,
-    pub machine_idle_pct: f64,
-    pub machine_steal_pct: f64,
+    #[serde(flatten)]
+    pub machine: MachineCpu,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -360,7 +349,7 @@ async fn drive(args: &Args, server: &Server, binary: &Path) -> anyhow::Result<Je
         args.senders, args.in_flight, m, args.fanout, args.warmup, args.duration
     );
     let result = async {
-        let set = PublisherSet::start(&publishers, &stats, args);
+        let set = start_publishers(&publishers, &stats, args);
         let measured = async {
             crate::seqbench::wait_checking(&stats, args.warmup, None).await?;
             let cpu_before = sysstat::sample(&[pid]);
@@ -382,7 +371,7 @@ async fn drive(args: &Args, server: &Server, binary: &Path) -> anyhow::Result<Je
         };
         set.stop_and_join().await?;
         if stats.send_errors.load(Ordering::SeqCst) > 0 {
-            let first = load::lock(&stats.first_send_error).clone().unwrap_or_default();
+            let first = stats.first_send_error();
             anyhow::bail!("phase {PHASE}: a publish failed; first: {first}");
         }
         let drained = Instant::now();
@@ -402,7 +391,6 @@ async fn drive(args: &Args, server: &Server, binary: &Path) -> anyhow::Result<Je
             drained.elapsed()
         );
         let acked = stats.acks_window.load(Ordering::SeqCst);
-        let delivered = stats.delivered_window.load(Ordering::SeqCst);
         let per = |pct: f64| {
             if acked > 0 {
                 pct / 100.0 * 1e6 * seconds / acked as f64
@@ -416,13 +404,7 @@ async fn drive(args: &Args, server: &Server, binary: &Path) -> anyhow::Result<Je
             sync_always: server.sync_always,
             tls: true,
             store_dir: server.store_dir.display().to_string(),
-            seconds,
-            acked,
-            acked_per_sec: acked as f64 / seconds,
-            delivered,
-            delivered_per_sec: delivered as f64 / seconds,
-            send_to_deliver: Percentiles::of(&load::lock(&stats.e2e)),
-            send_to_ack: Percentiles::of(&load::lock(&stats.ack)),
+            window: Window::of(&stats, seconds),
             acked_total,
             stream_messages,
             delivered_per_subscriber: stats
@@ -439,11 +421,7 @@ async fn drive(args: &Args, server: &Server, binary: &Path) -> anyhow::Result<Je
                 bench_pct: cpu.bench_pct,
                 postgres_pct: cpu.postgres_pct,
                 other_pct: cpu.other_pct,
-                machine_user_pct: cpu.machine_user_pct,
-                machine_system_pct: cpu.machine_system_pct,
-                machine_iowait_pct: cpu.machine_iowait_pct,
-                machine_idle_pct: cpu.machine_idle_pct,
-                machine_steal_pct: cpu.machine_steal_pct,
+                machine: cpu.machine,
             },
         })
     }
@@ -463,50 +441,28 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The running publishers.
-struct PublisherSet {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl PublisherSet {
-    fn start(publishers: &[jetstream::Context], stats: &Arc<Stats>, args: &Args) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let filler = Arc::new(load::filler(args.payload_bytes));
-        let mut tasks = Vec::new();
-        for (s, js) in publishers.iter().enumerate() {
-            let seq = Arc::new(AtomicU64::new(0));
-            for _ in 0..args.in_flight {
-                let w = Publisher {
-                    sender: s as u32,
-                    js: js.clone(),
-                    stats: stats.clone(),
-                    seq: seq.clone(),
-                    stop: stop.clone(),
-                    filler: filler.clone(),
-                    subscribers: args.subscribers,
-                    fanout: args.fanout,
-                };
-                tasks.push(tokio::spawn(w.run()));
-            }
-        }
-        Self { stop, tasks }
-    }
-
-    fn abort(self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.tasks {
-            t.abort();
+/// Starts the publishers of the phase.
+fn start_publishers(publishers: &[jetstream::Context], stats: &Arc<Stats>, args: &Args) -> Workers {
+    let mut workers = Workers::new();
+    let stop = workers.stop_flag();
+    let filler = Arc::new(load::filler(args.payload_bytes));
+    for (s, js) in publishers.iter().enumerate() {
+        let seq = Arc::new(AtomicU64::new(0));
+        for _ in 0..args.in_flight {
+            let w = Publisher {
+                sender: s as u32,
+                js: js.clone(),
+                stats: stats.clone(),
+                seq: seq.clone(),
+                stop: stop.clone(),
+                filler: filler.clone(),
+                subscribers: args.subscribers,
+                fanout: args.fanout,
+            };
+            workers.spawn(w.run());
         }
     }
-
-    async fn stop_and_join(self) -> anyhow::Result<()> {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.tasks {
-            t.await.context("a publisher task panicked")?;
-        }
-        Ok(())
-    }
+    workers
 }
 
 struct Publisher {
@@ -552,24 +508,9 @@ impl Publisher {
                     ));
                     break;
                 }
-                Ok(_) => {
-                    for t in &targets {
-                        self.stats.expected[*t].fetch_add(1, Ordering::SeqCst);
-                    }
-                    self.stats.acked_total.fetch_add(1, Ordering::SeqCst);
-                    if self.stats.recording.load(Ordering::Relaxed) {
-                        self.stats.acks_window.fetch_add(1, Ordering::Relaxed);
-                        Stats::record(&self.stats.ack, started.elapsed().as_micros() as i64);
-                    }
-                }
+                Ok(_) => self.stats.acked(&targets, started),
                 Err(e) => {
-                    self.stats.send_errors.fetch_add(1, Ordering::SeqCst);
-                    let mut first = load::lock(&self.stats.first_send_error);
-                    if first.is_none() {
-                        eprintln!("seqbench: publish {message_id} failed: {e}");
-                        *first = Some(format!("{message_id}: {e}"));
-                    }
-                    // An unknown outcome may still be stored and delivered; stop.
+                    self.stats.send_failed(&message_id, &e);
                     break;
                 }
             }

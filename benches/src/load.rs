@@ -20,7 +20,7 @@ use domain_sequencer_client::{MemberIdentity, SequencerConnection, StreamValidat
 use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 
-use crate::{micros_histogram, now_micros};
+use crate::{Percentiles, micros_histogram, now_micros};
 
 /// Bytes of the header at the start of every payload.
 pub const HEADER_LEN: usize = 8 + 4 + 8 + 1;
@@ -176,6 +176,36 @@ impl Stats {
         }
     }
 
+    /// Accounts a durable acknowledgement of a send started at `started` and addressed to
+    /// subscribers `targets`: each now expects it.
+    pub fn acked(&self, targets: &[usize], started: Instant) {
+        for t in targets {
+            self.expected[*t].fetch_add(1, Ordering::SeqCst);
+        }
+        self.acked_total.fetch_add(1, Ordering::SeqCst);
+        if self.recording.load(Ordering::Relaxed) {
+            self.acks_window.fetch_add(1, Ordering::Relaxed);
+            Stats::record(&self.ack, started.elapsed().as_micros() as i64);
+        }
+    }
+
+    /// Accounts a failed send; the first failure is kept for the report. The outcome is
+    /// unknown (the message may still be stored and delivered), so the caller stops the
+    /// worker: the delivery accounting would then report the surplus.
+    pub fn send_failed(&self, message_id: &str, error: &dyn std::fmt::Display) {
+        self.send_errors.fetch_add(1, Ordering::SeqCst);
+        let mut first = lock(&self.first_send_error);
+        if first.is_none() {
+            eprintln!("seqbench: send {message_id} failed: {error}");
+            *first = Some(format!("{message_id}: {error}"));
+        }
+    }
+
+    /// The first failed send of the phase (empty when none failed).
+    pub fn first_send_error(&self) -> String {
+        lock(&self.first_send_error).clone().unwrap_or_default()
+    }
+
     pub fn fatal(&self) -> Option<String> {
         lock(&self.fatal).clone()
     }
@@ -188,6 +218,40 @@ impl Stats {
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What one measured window of a load phase (the sequencer's or JetStream's) achieved:
+/// durable acknowledgements and deliveries, their rates and latencies.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Window {
+    pub seconds: f64,
+    /// Acknowledged (durable) sends in the window.
+    pub acked: u64,
+    pub acked_per_sec: f64,
+    /// Events received by subscribers in the window (= acked × fanout).
+    pub delivered: u64,
+    pub delivered_per_sec: f64,
+    /// Send instant (embedded in the payload) to receipt by a subscriber.
+    pub send_to_deliver: Percentiles,
+    /// Send call to its durable acknowledgement.
+    pub send_to_ack: Percentiles,
+}
+
+impl Window {
+    /// The window `stats` recorded over `seconds`.
+    pub fn of(stats: &Stats, seconds: f64) -> Self {
+        let acked = stats.acks_window.load(Ordering::SeqCst);
+        let delivered = stats.delivered_window.load(Ordering::SeqCst);
+        Self {
+            seconds,
+            acked,
+            acked_per_sec: acked as f64 / seconds,
+            delivered,
+            delivered_per_sec: delivered as f64 / seconds,
+            send_to_deliver: Percentiles::of(&lock(&stats.e2e)),
+            send_to_ack: Percentiles::of(&lock(&stats.ack)),
+        }
+    }
 }
 
 /// What the senders of one phase do.
@@ -216,49 +280,28 @@ impl Pacer {
     }
 }
 
-/// The running senders of one phase.
-pub struct SenderSet {
+/// The running load tasks of one phase (the sequencer's senders or JetStream's
+/// publishers): each loops until the shared stop flag is raised.
+pub struct Workers {
     stop: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl SenderSet {
-    /// Starts `cfg.in_flight` workers per sender connection.
-    pub fn start(
-        conns: &[SequencerConnection],
-        subscriber_ids: Arc<Vec<String>>,
-        stats: Arc<Stats>,
-        cfg: SendConfig,
-    ) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let filler: Arc<Vec<u8>> = Arc::new(filler(cfg.payload_bytes));
-        let mut tasks = Vec::new();
-        for (sender_idx, conn) in conns.iter().enumerate() {
-            let seq = Arc::new(AtomicU64::new(0));
-            let pacer = cfg.rate.filter(|r| *r > 0.0).map(|r| {
-                let per_sender = r / conns.len() as f64;
-                Arc::new(Pacer {
-                    start: Instant::now(),
-                    interval: Duration::from_secs_f64(1.0 / per_sender),
-                    next: AtomicU64::new(0),
-                })
-            });
-            for _ in 0..cfg.in_flight {
-                let w = Worker {
-                    sender_idx: sender_idx as u32,
-                    conn: conn.clone(),
-                    subscriber_ids: subscriber_ids.clone(),
-                    stats: stats.clone(),
-                    cfg: cfg.clone(),
-                    seq: seq.clone(),
-                    pacer: pacer.clone(),
-                    stop: stop.clone(),
-                    filler: filler.clone(),
-                };
-                tasks.push(tokio::spawn(w.run()));
-            }
+impl Workers {
+    pub fn new() -> Self {
+        Self {
+            stop: Arc::new(AtomicBool::new(false)),
+            tasks: Vec::new(),
         }
-        Self { stop, tasks }
+    }
+
+    /// The flag every task polls between sends.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(task));
     }
 
     /// Stops at once, abandoning outstanding sends (after a failure).
@@ -273,10 +316,55 @@ impl SenderSet {
     pub async fn stop_and_join(self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.tasks {
-            t.await.context("a sender task panicked")?;
+            t.await.context("a load task panicked")?;
         }
         Ok(())
     }
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Starts the sequencer's senders of one phase: `cfg.in_flight` workers per sender
+/// connection.
+pub fn start_senders(
+    conns: &[SequencerConnection],
+    subscriber_ids: Arc<Vec<String>>,
+    stats: Arc<Stats>,
+    cfg: SendConfig,
+) -> Workers {
+    let mut workers = Workers::new();
+    let stop = workers.stop_flag();
+    let filler: Arc<Vec<u8>> = Arc::new(filler(cfg.payload_bytes));
+    for (sender_idx, conn) in conns.iter().enumerate() {
+        let seq = Arc::new(AtomicU64::new(0));
+        let pacer = cfg.rate.filter(|r| *r > 0.0).map(|r| {
+            let per_sender = r / conns.len() as f64;
+            Arc::new(Pacer {
+                start: Instant::now(),
+                interval: Duration::from_secs_f64(1.0 / per_sender),
+                next: AtomicU64::new(0),
+            })
+        });
+        for _ in 0..cfg.in_flight {
+            let w = Worker {
+                sender_idx: sender_idx as u32,
+                conn: conn.clone(),
+                subscriber_ids: subscriber_ids.clone(),
+                stats: stats.clone(),
+                cfg: cfg.clone(),
+                seq: seq.clone(),
+                pacer: pacer.clone(),
+                stop: stop.clone(),
+                filler: filler.clone(),
+            };
+            workers.spawn(w.run());
+        }
+    }
+    workers
 }
 
 struct Worker {
@@ -336,26 +424,9 @@ impl Worker {
                         "fresh message {message_id} was reported as deduplicated"
                     ));
                 }
-                Ok(_) => {
-                    for t in &targets {
-                        self.stats.expected[*t].fetch_add(1, Ordering::SeqCst);
-                    }
-                    self.stats.acked_total.fetch_add(1, Ordering::Relaxed);
-                    if self.stats.recording.load(Ordering::Relaxed) {
-                        self.stats.acks_window.fetch_add(1, Ordering::Relaxed);
-                        Stats::record(&self.stats.ack, started.elapsed().as_micros() as i64);
-                    }
-                }
+                Ok(_) => self.stats.acked(&targets, started),
                 Err(e) => {
-                    self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                    let mut first = lock(&self.stats.first_send_error);
-                    if first.is_none() {
-                        eprintln!("seqbench: send {message_id} failed: {e}");
-                        *first = Some(format!("{message_id}: {e}"));
-                    }
-                    drop(first);
-                    // An unknown outcome may still be delivered; the delivery
-                    // accounting would then report it, so stop this worker.
+                    self.stats.send_failed(&message_id, &e);
                     break;
                 }
             }

@@ -79,6 +79,16 @@ impl PgDelta {
         let ev = (events as f64).max(1.0);
         let commits = b.xact_commit - a.xact_commit;
         let wal = b.wal_lsn_bytes - a.wal_lsn_bytes;
+        // One counter of every table's (scans, writes), per event over the window.
+        let per_table = |counter: fn(&(i64, i64)) -> i64| {
+            b.tables
+                .iter()
+                .map(|(t, now)| {
+                    let before = a.tables.get(t).map_or(0, counter);
+                    (t.clone(), (counter(now) - before) as f64 / ev)
+                })
+                .collect()
+        };
         Self {
             commits_per_sec: per_s(commits),
             rollbacks_per_sec: per_s(b.xact_rollback - a.xact_rollback),
@@ -89,26 +99,8 @@ impl PgDelta {
             wal_mb_per_sec: per_s(wal) / 1e6,
             commits_per_event: commits as f64 / ev,
             wal_bytes_per_event: wal as f64 / ev,
-            table_scans_per_event: b
-                .tables
-                .iter()
-                .map(|(t, (s, _))| {
-                    (
-                        t.clone(),
-                        (s - a.tables.get(t).map_or(0, |x| x.0)) as f64 / ev,
-                    )
-                })
-                .collect(),
-            table_writes_per_event: b
-                .tables
-                .iter()
-                .map(|(t, (_, w))| {
-                    (
-                        t.clone(),
-                        (w - a.tables.get(t).map_or(0, |x| x.1)) as f64 / ev,
-                    )
-                })
-                .collect(),
+            table_scans_per_event: per_table(|t| t.0),
+            table_writes_per_event: per_table(|t| t.1),
         }
     }
 }

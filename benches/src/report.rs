@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::Percentiles;
+use crate::load::Window;
 use crate::prom::SequencerMetrics;
 use crate::rawpg::RawResult;
 use crate::sysstat::CpuUsage;
@@ -32,15 +33,9 @@ pub struct PhaseResult {
     pub name: String,
     /// Target events/s of the token bucket; None = unbounded.
     pub target_rate: Option<f64>,
-    pub seconds: f64,
-    pub acked: u64,
-    pub acked_per_sec: f64,
-    pub delivered: u64,
-    pub delivered_per_sec: f64,
-    /// Send instant (embedded in the payload) to receipt by a subscriber.
-    pub send_to_deliver: Percentiles,
-    /// Send call to durable acknowledgement.
-    pub send_to_ack: Percentiles,
+    /// Acknowledged sends and deliveries in the window, with their latencies.
+    #[serde(flatten)]
+    pub window: Window,
     /// Paced phases only: lateness of sends against their token-bucket slot.
     pub schedule_lag: Option<Percentiles>,
     pub send_errors: u64,
@@ -173,11 +168,11 @@ impl Summary {
         if let Some(p) = &self.throughput {
             check(
                 format!("throughput >= {TARGET_EVENTS_PER_SEC:.0} durable events/s"),
-                format!("{:.0}/s", p.acked_per_sec),
-                p.acked_per_sec >= TARGET_EVENTS_PER_SEC,
+                format!("{:.0}/s", p.window.acked_per_sec),
+                p.window.acked_per_sec >= TARGET_EVENTS_PER_SEC,
             );
             if let Some(raw) = &self.raw_postgres {
-                let share = p.acked_per_sec / raw.rows_per_sec.max(1.0);
+                let share = p.window.acked_per_sec / raw.rows_per_sec.max(1.0);
                 check(
                     format!(
                         "throughput >= {:.0}% of raw PostgreSQL rows/s",
@@ -197,17 +192,17 @@ impl Summary {
             );
         }
         if let Some(p) = &self.latency {
-            let at = format!(" at {:.0}/s", p.acked_per_sec);
+            let at = format!(" at {:.0}/s", p.window.acked_per_sec);
             check(
                 format!(
                     "at 1/4 load: send->deliver p50 <= {TARGET_P50_MS} ms, p99 <= {TARGET_P99_MS} ms"
                 ),
                 format!(
                     "p50 {:.2} ms, p99 {:.2} ms{at}",
-                    p.send_to_deliver.p50_ms, p.send_to_deliver.p99_ms
+                    p.window.send_to_deliver.p50_ms, p.window.send_to_deliver.p99_ms
                 ),
-                p.send_to_deliver.p50_ms <= TARGET_P50_MS
-                    && p.send_to_deliver.p99_ms <= TARGET_P99_MS,
+                p.window.send_to_deliver.p50_ms <= TARGET_P50_MS
+                    && p.window.send_to_deliver.p99_ms <= TARGET_P99_MS,
             );
             check(
                 format!(
@@ -223,7 +218,9 @@ impl Summary {
             );
         }
         let jetstream_ratio = match (&self.throughput, &self.jetstream) {
-            (Some(p), Some(j)) if j.acked_per_sec > 0.0 => Some(p.acked_per_sec / j.acked_per_sec),
+            (Some(p), Some(j)) if j.window.acked_per_sec > 0.0 => {
+                Some(p.window.acked_per_sec / j.window.acked_per_sec)
+            }
             _ => None,
         };
         if let Some(r) = jetstream_ratio {
@@ -300,7 +297,7 @@ impl Summary {
                 r.cpu.postgres_pct,
                 r.cpu.bench_pct,
                 r.cpu.other_pct,
-                r.cpu.machine_idle_pct,
+                r.cpu.machine.idle_pct,
                 r.postgres_cpu_micros_per_row
             );
         }
@@ -310,42 +307,23 @@ impl Summary {
             .collect();
         if !phases.is_empty() {
             o += "\nPhases 2-3 (acked = durable; latency send->deliver in ms, from the send instant in the payload)\n";
-            o += &format!(
-                "  {:<11} {:>9} {:>9} {:>11} | {:>7} {:>7} {:>7} {:>7} {:>7} | {:>9} {:>9} | {:>4} {:>5}\n",
-                "phase",
-                "target/s",
-                "acked/s",
-                "deliv'd/s",
-                "p50",
-                "p90",
-                "p99",
-                "p99.9",
-                "max",
-                "ack p50",
-                "ack p99",
-                "errs",
-                "resub"
+            o += &table(
+                &[
+                    &[("phase", 11), ("target/s", 9)],
+                    LATENCY_COLS,
+                    &[SEP, ("errs", 4), ("resub", 5)],
+                ]
+                .concat(),
+                phases.iter().map(|p| {
+                    let target = p
+                        .target_rate
+                        .map_or("unbound".to_string(), |r| format!("{r:.0}"));
+                    let mut row = vec![p.name.clone(), target];
+                    row.extend(latency_cells(&p.window));
+                    row.extend([p.send_errors.to_string(), p.resubscribes.to_string()]);
+                    row
+                }),
             );
-            for p in &phases {
-                let l = &p.send_to_deliver;
-                o += &format!(
-                    "  {:<11} {:>9} {:>9.0} {:>11.0} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.1} | {:>9.2} {:>9.2} | {:>4} {:>5}\n",
-                    p.name,
-                    p.target_rate
-                        .map_or("unbound".to_string(), |r| format!("{r:.0}")),
-                    p.acked_per_sec,
-                    p.delivered_per_sec,
-                    l.p50_ms,
-                    l.p90_ms,
-                    l.p99_ms,
-                    l.p999_ms,
-                    l.max_ms,
-                    p.send_to_ack.p50_ms,
-                    p.send_to_ack.p99_ms,
-                    p.send_errors,
-                    p.resubscribes
-                );
-            }
             for p in &phases {
                 if let Some(lag) = &p.schedule_lag {
                     o += &format!(
@@ -355,63 +333,69 @@ impl Summary {
                 }
             }
             o += "\nSequencer metrics over each window (all instances; quantiles interpolated in Prometheus buckets)\n";
-            o += &format!(
-                "  {:<11} {:>8} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>10} {:>10} | {:>6} {:>6}\n",
-                "phase",
-                "batches",
-                "batch avg",
-                "batch p99",
-                "commit ms",
-                "c p50",
-                "c p99",
-                "queue+c ms",
-                "q+c p99",
-                "cuts",
-                "ckpts"
+            o += &table(
+                &[
+                    ("phase", 11),
+                    ("batches", 8),
+                    ("batch avg", 9),
+                    ("batch p99", 9),
+                    SEP,
+                    ("commit ms", 9),
+                    ("c p50", 9),
+                    ("c p99", 9),
+                    SEP,
+                    ("queue+c ms", 10),
+                    ("q+c p99", 10),
+                    SEP,
+                    ("cuts", 6),
+                    ("ckpts", 6),
+                ],
+                phases.iter().map(|p| {
+                    let q = &p.sequencer;
+                    let ms = |s: f64| s * 1e3;
+                    let mut row = vec![p.name.clone()];
+                    row.extend(fixed(0, &[q.batch_size.count]));
+                    row.extend(fixed(1, &[q.batch_size.mean]));
+                    row.extend(fixed(0, &[q.batch_size.p99]));
+                    row.extend(fixed(
+                        2,
+                        &[
+                            ms(q.commit_seconds.mean),
+                            ms(q.commit_seconds.p50),
+                            ms(q.commit_seconds.p99),
+                            ms(q.send_latency_seconds.mean),
+                            ms(q.send_latency_seconds.p99),
+                        ],
+                    ));
+                    row.extend(fixed(0, &[q.subscribers_cut, q.checkpoints_written]));
+                    row
+                }),
             );
-            for p in &phases {
-                let q = &p.sequencer;
-                o += &format!(
-                    "  {:<11} {:>8.0} {:>9.1} {:>9.0} | {:>9.2} {:>9.2} {:>9.2} | {:>10.2} {:>10.2} | {:>6.0} {:>6.0}\n",
-                    p.name,
-                    q.batch_size.count,
-                    q.batch_size.mean,
-                    q.batch_size.p99,
-                    q.commit_seconds.mean * 1e3,
-                    q.commit_seconds.p50 * 1e3,
-                    q.commit_seconds.p99 * 1e3,
-                    q.send_latency_seconds.mean * 1e3,
-                    q.send_latency_seconds.p99 * 1e3,
-                    q.subscribers_cut,
-                    q.checkpoints_written
-                );
-            }
             o += "\nPostgreSQL over each window (bench database; WAL is server-wide)\n";
-            o += &format!(
-                "  {:<11} {:>10} {:>11} {:>12} {:>11} {:>9} | {:>13} {:>14}\n",
-                "phase",
-                "commits/s",
-                "rollbacks/s",
-                "rows ins/s",
-                "rows read/s",
-                "WAL MB/s",
-                "commits/event",
-                "WAL bytes/event"
+            o += &table(
+                &[
+                    ("phase", 11),
+                    ("commits/s", 10),
+                    ("rollbacks/s", 11),
+                    ("rows ins/s", 12),
+                    ("rows read/s", 11),
+                    ("WAL MB/s", 9),
+                    SEP,
+                    ("commits/event", 13),
+                    ("WAL bytes/event", 14),
+                ],
+                phases.iter().map(|p| {
+                    let g = &p.postgres;
+                    let mut row = vec![p.name.clone()];
+                    row.extend(fixed(0, &[g.commits_per_sec]));
+                    row.extend(fixed(1, &[g.rollbacks_per_sec]));
+                    row.extend(fixed(0, &[g.rows_inserted_per_sec, g.rows_read_per_sec]));
+                    row.extend(fixed(1, &[g.wal_mb_per_sec]));
+                    row.extend(fixed(3, &[g.commits_per_event]));
+                    row.extend(fixed(0, &[g.wal_bytes_per_event]));
+                    row
+                }),
             );
-            for p in &phases {
-                let g = &p.postgres;
-                o += &format!(
-                    "  {:<11} {:>10.0} {:>11.1} {:>12.0} {:>11.0} {:>9.1} | {:>13.3} {:>14.0}\n",
-                    p.name,
-                    g.commits_per_sec,
-                    g.rollbacks_per_sec,
-                    g.rows_inserted_per_sec,
-                    g.rows_read_per_sec,
-                    g.wal_mb_per_sec,
-                    g.commits_per_event,
-                    g.wal_bytes_per_event
-                );
-            }
             for p in &phases {
                 let scans: Vec<String> = p
                     .postgres
@@ -431,42 +415,46 @@ impl Summary {
                 m.cores,
                 m.cores * 100
             );
-            o += &format!(
-                "  {:<11} {:>10} {:>9} {:>7} {:>7} | {:>6} {:>7} {:>7} {:>6} {:>6} | {}\n",
-                "phase",
-                "sequencers",
-                "postgres",
-                "bench",
-                "other",
-                "user",
-                "system",
-                "iowait",
-                "idle",
-                "steal",
-                "CPU us per acked event: seq / pg / bench"
+            o += &table(
+                &[
+                    ("phase", 11),
+                    ("sequencers", 10),
+                    ("postgres", 9),
+                    ("bench", 7),
+                    ("other", 7),
+                    SEP,
+                    ("user", 6),
+                    ("system", 7),
+                    ("iowait", 7),
+                    ("idle", 6),
+                    ("steal", 6),
+                    SEP,
+                    ("CPU us per acked event: seq / pg / bench", 0),
+                ],
+                phases.iter().map(|p| {
+                    let c = &p.cpu;
+                    let e = &p.cpu_micros_per_event;
+                    let mut row = vec![p.name.clone()];
+                    row.extend(fixed(
+                        0,
+                        &[
+                            c.sequencer_pct,
+                            c.postgres_pct,
+                            c.bench_pct,
+                            c.other_pct,
+                            c.machine.user_pct,
+                            c.machine.system_pct,
+                            c.machine.iowait_pct,
+                            c.machine.idle_pct,
+                            c.machine.steal_pct,
+                        ],
+                    ));
+                    row.push(fixed(0, &[e.sequencer, e.postgres, e.bench]).join(" / "));
+                    row
+                }),
             );
-            for p in &phases {
-                let c = &p.cpu;
-                o += &format!(
-                    "  {:<11} {:>10.0} {:>9.0} {:>7.0} {:>7.0} | {:>6.0} {:>7.0} {:>7.0} {:>6.0} {:>6.0} | {:.0} / {:.0} / {:.0}\n",
-                    p.name,
-                    c.sequencer_pct,
-                    c.postgres_pct,
-                    c.bench_pct,
-                    c.other_pct,
-                    c.machine_user_pct,
-                    c.machine_system_pct,
-                    c.machine_iowait_pct,
-                    c.machine_idle_pct,
-                    c.machine_steal_pct,
-                    p.cpu_micros_per_event.sequencer,
-                    p.cpu_micros_per_event.postgres,
-                    p.cpu_micros_per_event.bench
-                );
-            }
         }
         if let Some(j) = &self.jetstream {
-            let l = &j.send_to_deliver;
             o += &format!(
                 "\nPhase 4 NATS JetStream {} (sync_interval: always{}, TLS, file stream, 1 replica; \
                  same senders, in flight, subscribers, fanout, payloads; latency ms)\n",
@@ -477,32 +465,9 @@ impl Summary {
                     " NOT in force"
                 }
             );
-            o += &format!(
-                "  {:<11} {:>9} {:>11} | {:>7} {:>7} {:>7} {:>7} {:>7} | {:>9} {:>9}\n",
-                "phase",
-                "acked/s",
-                "deliv'd/s",
-                "p50",
-                "p90",
-                "p99",
-                "p99.9",
-                "max",
-                "ack p50",
-                "ack p99"
-            );
-            o += &format!(
-                "  {:<11} {:>9.0} {:>11.0} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.1} | {:>9.2} {:>9.2}\n",
-                "jetstream",
-                j.acked_per_sec,
-                j.delivered_per_sec,
-                l.p50_ms,
-                l.p90_ms,
-                l.p99_ms,
-                l.p999_ms,
-                l.max_ms,
-                j.send_to_ack.p50_ms,
-                j.send_to_ack.p99_ms
-            );
+            let mut row = vec!["jetstream".to_string()];
+            row.extend(latency_cells(&j.window));
+            o += &table(&[&[("phase", 11)], LATENCY_COLS].concat(), [row]);
             let c = &j.cpu;
             o += &format!(
                 "  CPU (% of one core): nats-server {:.0}, bench {:.0}, postgres {:.0}, other {:.0}, iowait {:.0}, idle {:.0}; \
@@ -511,8 +476,8 @@ impl Summary {
                 c.bench_pct,
                 c.postgres_pct,
                 c.other_pct,
-                c.machine_iowait_pct,
-                c.machine_idle_pct,
+                c.machine.iowait_pct,
+                c.machine.idle_pct,
                 j.cpu_micros_per_msg.nats_server,
                 j.cpu_micros_per_msg.bench
             );
@@ -537,5 +502,105 @@ impl Summary {
             );
         }
         o
+    }
+}
+
+/// A column group separator in a [`table`] layout.
+const SEP: (&str, usize) = ("|", 0);
+
+/// One printed table: a header line, then one line per row of already formatted cells, each
+/// line indented by two spaces. `cols` is the layout, `(header, width)` with [`SEP`] between
+/// column groups; the first column is left-aligned, the others right-aligned.
+fn table(cols: &[(&str, usize)], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let line = |cells: &[String]| {
+        let mut cells = cells.iter();
+        let parts: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, &(head, width))| {
+                if (head, width) == SEP {
+                    return SEP.0.to_string();
+                }
+                let cell = cells.next().map_or("", String::as_str);
+                if i == 0 {
+                    format!("{cell:<width$}")
+                } else {
+                    format!("{cell:>width$}")
+                }
+            })
+            .collect();
+        format!("  {}\n", parts.join(" "))
+    };
+    let header: Vec<String> = cols
+        .iter()
+        .filter(|&&c| c != SEP)
+        .map(|(head, _)| (*head).to_string())
+        .collect();
+    let mut out = line(&header);
+    for row in rows {
+        out += &line(&row);
+    }
+    out
+}
+
+/// The rate and latency columns every load phase reports (the sequencer's and JetStream's).
+const LATENCY_COLS: &[(&str, usize)] = &[
+    ("acked/s", 9),
+    ("deliv'd/s", 11),
+    SEP,
+    ("p50", 7),
+    ("p90", 7),
+    ("p99", 7),
+    ("p99.9", 7),
+    ("max", 7),
+    SEP,
+    ("ack p50", 9),
+    ("ack p99", 9),
+];
+
+/// The cells of [`LATENCY_COLS`].
+fn latency_cells(w: &Window) -> Vec<String> {
+    let (l, ack) = (&w.send_to_deliver, &w.send_to_ack);
+    let mut cells = fixed(0, &[w.acked_per_sec, w.delivered_per_sec]);
+    cells.extend(fixed(2, &[l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms]));
+    cells.extend(fixed(1, &[l.max_ms]));
+    cells.extend(fixed(2, &[ack.p50_ms, ack.p99_ms]));
+    cells
+}
+
+/// `values` formatted with `precision` decimals, one cell each.
+fn fixed(precision: usize, values: &[f64]) -> Vec<String> {
+    values.iter().map(|v| format!("{v:.precision$}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout `table` replaced was written out with `format!`; the output must not change.
+    #[test]
+    fn table_lines_match_the_hand_formatted_layout() {
+        let out = table(
+            &[
+                ("phase", 11),
+                ("batches", 8),
+                SEP,
+                ("c p50", 9),
+                SEP,
+                ("CPU us", 0),
+            ],
+            [vec![
+                "throughput".to_string(),
+                "12".to_string(),
+                "3.25".to_string(),
+                "1 / 2".to_string(),
+            ]],
+        );
+        let expected = format!(
+            "  {:<11} {:>8} | {:>9} | {}\n  {:<11} {:>8} | {:>9} | {}\n",
+            "phase", "batches", "c p50", "CPU us", "throughput", "12", "3.25", "1 / 2"
+        );
+        assert_eq!(out, expected);
+        assert_eq!(fixed(2, &[1.0, 2.345]), ["1.00", "2.35"]);
     }
 }

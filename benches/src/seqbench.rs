@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use domain_identity::MemberRole;
+use domain_identity::{MemberId, MemberRole, SigningKeyPair};
 use domain_localnet::sequencers::SequencerCluster;
 use domain_sequencer_client::SequencerConnection;
 use domain_testkit::pg::PgCluster;
 use domain_testkit::process::TestLogs;
 
 use crate::cli::Args;
-use crate::load::{self, SendConfig, SenderSet, Stats};
+use crate::load::{self, SendConfig, Stats, Window};
 use crate::prom::{self, Scrape, SequencerMetrics};
 use crate::report::{CpuPerEvent, Machine, PhaseResult, Shape, Summary};
 use crate::sysstat::{self, CpuUsage};
@@ -129,15 +129,32 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
         let js = crate::jetstream::run(&args, binary).await?;
         eprintln!(
             "seqbench: phase 4: {:.0} acked/s, {:.0} delivered/s, send->deliver p50 {:.2} ms p99 {:.2} ms",
-            js.acked_per_sec,
-            js.delivered_per_sec,
-            js.send_to_deliver.p50_ms,
-            js.send_to_deliver.p99_ms
+            js.window.acked_per_sec,
+            js.window.delivered_per_sec,
+            js.window.send_to_deliver.p50_ms,
+            js.window.send_to_deliver.p99_ms
         );
         summary.jetstream = Some(js);
     }
     summary.evaluate_targets();
     Ok(summary)
+}
+
+/// Registers `n` participants named `{prefix}-{i}`.
+async fn add_participants(
+    cluster: &SequencerCluster,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Vec<(MemberId, Arc<SigningKeyPair>)>> {
+    let mut members = Vec::with_capacity(n);
+    for i in 0..n {
+        members.push(
+            cluster
+                .add_member(MemberRole::Participant, &format!("{prefix}-{i}"))
+                .await?,
+        );
+    }
+    Ok(members)
 }
 
 async fn drive(
@@ -146,22 +163,8 @@ async fn drive(
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     let instances = cluster.nodes.len();
-    let mut senders = Vec::new();
-    for i in 0..args.senders {
-        senders.push(
-            cluster
-                .add_member(MemberRole::Participant, &format!("sender-{i}"))
-                .await?,
-        );
-    }
-    let mut subscribers = Vec::new();
-    for i in 0..args.subscribers {
-        subscribers.push(
-            cluster
-                .add_member(MemberRole::Participant, &format!("subscriber-{i}"))
-                .await?,
-        );
-    }
+    let senders = add_participants(cluster, "sender", args.senders).await?;
+    let subscribers = add_participants(cluster, "subscriber", args.subscribers).await?;
     let mut sender_conns: Vec<SequencerConnection> = Vec::new();
     for (i, m) in senders.iter().enumerate() {
         sender_conns.push(
@@ -193,29 +196,20 @@ async fn drive(
         .collect();
     let ops: Vec<String> = cluster.nodes.iter().map(|n| n.ops_url()).collect();
 
+    let rig = Rig {
+        args,
+        sender_conns: &sender_conns,
+        subscriber_ids: &subscriber_ids,
+        stats: &stats,
+        pids: &pids,
+        ops: &ops,
+        db_url: &cluster.database.url,
+    };
     let result = async {
-        let cfg = SendConfig {
-            phase: 2,
-            in_flight: args.in_flight,
-            rate: None,
-            payload_bytes: args.payload_bytes,
-            fanout: args.fanout,
-        };
         let mut measured = 0.0;
         if !args.skip_throughput {
-            let p2 = run_phase(
-                "throughput",
-                args,
-                &sender_conns,
-                &subscriber_ids,
-                &stats,
-                cfg,
-                &pids,
-                &ops,
-                &cluster.database.url,
-            )
-            .await?;
-            measured = p2.acked_per_sec;
+            let p2 = rig.run_phase("throughput", 2, None).await?;
+            measured = p2.window.acked_per_sec;
             summary.throughput = Some(p2);
         }
         if !args.skip_latency {
@@ -224,27 +218,7 @@ async fn drive(
                 Some(r) => Some(r as f64),
                 None => Some((measured / 4.0).max(1.0)),
             };
-            let cfg = SendConfig {
-                phase: 3,
-                in_flight: args.in_flight,
-                rate,
-                payload_bytes: args.payload_bytes,
-                fanout: args.fanout,
-            };
-            summary.latency = Some(
-                run_phase(
-                    "latency",
-                    args,
-                    &sender_conns,
-                    &subscriber_ids,
-                    &stats,
-                    cfg,
-                    &pids,
-                    &ops,
-                    &cluster.database.url,
-                )
-                .await?,
-            );
+            summary.latency = Some(rig.run_phase("latency", 3, rate).await?);
         }
         anyhow::Ok(())
     }
@@ -255,18 +229,48 @@ async fn drive(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_phase(
-    name: &str,
-    args: &Args,
-    sender_conns: &[SequencerConnection],
-    subscriber_ids: &Arc<Vec<String>>,
-    stats: &Arc<Stats>,
-    cfg: SendConfig,
-    pids: &[u32],
-    ops: &[String],
-    db_url: &str,
-) -> anyhow::Result<PhaseResult> {
+/// What every measured phase drives and samples: the senders' connections, the verifying
+/// subscribers' shared stats, and the processes, ops endpoints and database it measures.
+struct Rig<'a> {
+    args: &'a Args,
+    sender_conns: &'a [SequencerConnection],
+    subscriber_ids: &'a Arc<Vec<String>>,
+    stats: &'a Arc<Stats>,
+    pids: &'a [u32],
+    ops: &'a [String],
+    db_url: &'a str,
+}
+
+impl Rig<'_> {
+    /// Runs measured phase `phase` at `rate` events/s (None: unbounded).
+    async fn run_phase(
+        &self,
+        name: &str,
+        phase: u8,
+        rate: Option<f64>,
+    ) -> anyhow::Result<PhaseResult> {
+        let args = self.args;
+        let cfg = SendConfig {
+            phase,
+            in_flight: args.in_flight,
+            rate,
+            payload_bytes: args.payload_bytes,
+            fanout: args.fanout,
+        };
+        run_phase(name, self, cfg).await
+    }
+}
+
+async fn run_phase(name: &str, rig: &Rig<'_>, cfg: SendConfig) -> anyhow::Result<PhaseResult> {
+    let Rig {
+        args,
+        sender_conns,
+        subscriber_ids,
+        stats,
+        pids,
+        ops,
+        db_url,
+    } = *rig;
     let phase = cfg.phase;
     let target_rate = cfg.rate;
     eprintln!(
@@ -278,7 +282,7 @@ async fn run_phase(
         args.duration
     );
     stats.reset_window();
-    let set = SenderSet::start(sender_conns, subscriber_ids.clone(), stats.clone(), cfg);
+    let set = load::start_senders(sender_conns, subscriber_ids.clone(), stats.clone(), cfg);
     let measured = async {
         wait_checking(stats, args.warmup, None).await?;
         let scrapes_before = scrape_all(ops).await?;
@@ -322,35 +326,11 @@ async fn run_phase(
 
     let acked = stats.acks_window.load(Ordering::SeqCst);
     let cpu = CpuUsage::between(&cpu_before, &cpu_after);
-    let delivered = stats.delivered_window.load(Ordering::SeqCst);
     let result = PhaseResult {
         name: name.to_string(),
         target_rate,
-        seconds,
-        acked,
-        acked_per_sec: acked as f64 / seconds,
-        delivered,
-        delivered_per_sec: delivered as f64 / seconds,
-        send_to_deliver: Percentiles::of(
-            &stats
-                .e2e
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        ),
-        send_to_ack: Percentiles::of(
-            &stats
-                .ack
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        ),
-        schedule_lag: target_rate.map(|_| {
-            Percentiles::of(
-                &stats
-                    .sched_lag
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            )
-        }),
+        window: Window::of(stats, seconds),
+        schedule_lag: target_rate.map(|_| Percentiles::of(&load::lock(&stats.sched_lag))),
         send_errors: stats.send_errors.load(Ordering::SeqCst),
         resubscribes: stats.resubscribes.load(Ordering::SeqCst),
         cpu_micros_per_event: CpuPerEvent::of(&cpu, acked as f64 / seconds),
@@ -359,15 +339,10 @@ async fn run_phase(
         postgres: crate::pgstat::PgDelta::between(&pg_before, &pg_after, seconds, acked),
     };
     if result.send_errors > 0 {
-        let first = stats
-            .first_send_error
-            .lock()
-            .ok()
-            .and_then(|f| f.clone())
-            .unwrap_or_default();
         anyhow::bail!(
-            "phase {phase}: {} sends failed; first: {first}",
-            result.send_errors
+            "phase {phase}: {} sends failed; first: {}",
+            result.send_errors,
+            stats.first_send_error()
         );
     }
     Ok(result)
@@ -392,13 +367,7 @@ pub(crate) async fn wait_checking(
             anyhow::bail!("{f}");
         }
         if stats.send_errors.load(Ordering::Relaxed) > 0 {
-            let first = stats
-                .first_send_error
-                .lock()
-                .ok()
-                .and_then(|f| f.clone())
-                .unwrap_or_default();
-            anyhow::bail!("send failed: {first}");
+            anyhow::bail!("send failed: {}", stats.first_send_error());
         }
         tokio::time::sleep((total - start.elapsed()).min(Duration::from_millis(100))).await;
         if let Some(phase) = progress

@@ -28,11 +28,24 @@ pub struct CpuUsage {
     pub bench_pct: f64,
     /// Machine busy time not attributed to the three groups (other tenants, kernel threads).
     pub other_pct: f64,
-    pub machine_user_pct: f64,
-    pub machine_system_pct: f64,
-    pub machine_iowait_pct: f64,
-    pub machine_idle_pct: f64,
-    pub machine_steal_pct: f64,
+    #[serde(flatten)]
+    pub machine: MachineCpu,
+}
+
+/// Machine-wide CPU time between two samples, % of one core; shared by every phase's
+/// report (serialized flat, as `machine_*_pct`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MachineCpu {
+    #[serde(rename = "machine_user_pct")]
+    pub user_pct: f64,
+    #[serde(rename = "machine_system_pct")]
+    pub system_pct: f64,
+    #[serde(rename = "machine_iowait_pct")]
+    pub iowait_pct: f64,
+    #[serde(rename = "machine_idle_pct")]
+    pub idle_pct: f64,
+    #[serde(rename = "machine_steal_pct")]
+    pub steal_pct: f64,
 }
 
 /// Takes a sample; `sequencer_pids` are the instance processes.
@@ -78,11 +91,13 @@ impl CpuUsage {
             postgres_pct: pg,
             bench_pct: bench,
             other_pct: (busy - seq - pg - bench).max(0.0),
-            machine_user_pct: pct(m[0]),
-            machine_system_pct: pct(m[1]),
-            machine_iowait_pct: pct(m[2]),
-            machine_idle_pct: pct(m[3]),
-            machine_steal_pct: pct(m[4]),
+            machine: MachineCpu {
+                user_pct: pct(m[0]),
+                system_pct: pct(m[1]),
+                iowait_pct: pct(m[2]),
+                idle_pct: pct(m[3]),
+                steal_pct: pct(m[4]),
+            },
         }
     }
 }

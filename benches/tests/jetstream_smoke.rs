@@ -72,9 +72,15 @@ async fn jetstream_phase_delivers_every_acknowledged_message_once() {
         .expect("the JetStream phase passes its own verification");
     assert!(r.sync_always, "sync_interval: always not in force");
     assert!(r.tls);
-    assert!(r.acked > 0, "no publish acknowledged in the window: {r:?}");
-    assert!(r.delivered > 0, "nothing delivered in the window: {r:?}");
-    assert!(r.acked_total >= r.acked);
+    assert!(
+        r.window.acked > 0,
+        "no publish acknowledged in the window: {r:?}"
+    );
+    assert!(
+        r.window.delivered > 0,
+        "nothing delivered in the window: {r:?}"
+    );
+    assert!(r.acked_total >= r.window.acked);
     assert_eq!(r.stream_messages, r.acked_total, "{r:?}");
     assert_eq!(r.delivered_per_subscriber.len(), 3);
     assert_eq!(
@@ -82,7 +88,7 @@ async fn jetstream_phase_delivers_every_acknowledged_message_once() {
         r.acked_total * 2,
         "fanout 2: every acknowledged message goes to two subscribers"
     );
-    assert!(r.send_to_ack.count > 0 && r.send_to_deliver.count > 0);
+    assert!(r.window.send_to_ack.count > 0 && r.window.send_to_deliver.count > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
