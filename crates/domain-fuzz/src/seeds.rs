@@ -222,16 +222,6 @@ pub fn all() -> Vec<Seed> {
         }
         data
     };
-    add(
-        "grpc_codec",
-        "send",
-        codec("sequencer_pb.SendRequest", 0, &[alice_send.encode_to_vec()]),
-    );
-    add(
-        "grpc_codec",
-        "send-chunked",
-        codec("sequencer_pb.SendRequest", 7, &[alice_send.encode_to_vec()]),
-    );
     let challenge = sequencer_pb::ChallengeRequest {
         member: f.alice.0.to_string(),
         public_key: Some(common_pb::PublicKey {
@@ -239,15 +229,6 @@ pub fn all() -> Vec<Seed> {
             key: f.alice.1.public_key().to_bytes().to_vec(),
         }),
     };
-    add(
-        "grpc_codec",
-        "challenge",
-        codec(
-            "sequencer_pb.ChallengeRequest",
-            0,
-            &[challenge.encode_to_vec()],
-        ),
-    );
     let auth = sequencer_pb::AuthenticateRequest {
         member: f.alice.0.to_string(),
         nonce: vec![7; 32],
@@ -258,55 +239,29 @@ pub fn all() -> Vec<Seed> {
             SignaturePurpose::AuthChallenge,
         )),
     };
-    add(
-        "grpc_codec",
-        "authenticate",
-        codec(
-            "sequencer_pb.AuthenticateRequest",
-            0,
-            &[auth.encode_to_vec()],
-        ),
-    );
     let subscribe = sequencer_pb::SubscribeRequest {
         member: f.alice.0.to_string(),
         from_counter: 3,
     };
-    add(
-        "grpc_codec",
-        "subscribe-twice",
-        codec(
-            "sequencer_pb.SubscribeRequest",
-            3,
-            &[subscribe.encode_to_vec(), subscribe.encode_to_vec()],
-        ),
-    );
     let handshake = sequencer_pb::HandshakeRequest {
         client_protocol_versions: vec![domain_proto::PROTOCOL_VERSION.into()],
     };
-    add(
-        "grpc_codec",
-        "handshake",
-        codec(
-            "sequencer_pb.HandshakeRequest",
-            0,
-            &[handshake.encode_to_vec()],
-        ),
-    );
     let subscribe_response = sequencer_pb::SubscribeResponse { event: Some(event) };
-    add(
-        "grpc_codec",
-        "subscribe-response",
-        codec(
-            "sequencer_pb.SubscribeResponse",
-            0,
-            &[subscribe_response.encode_to_vec()],
-        ),
-    );
-    add(
-        "grpc_codec",
-        "empty-ack",
-        codec("sequencer_pb.AcknowledgeRequest", 0, &[Vec::new()]),
-    );
+    // (seed name, message type, chunk size, messages on one stream)
+    #[rustfmt::skip]
+    let grpc_seeds = [
+        ("send", "sequencer_pb.SendRequest", 0, vec![alice_send.encode_to_vec()]),
+        ("send-chunked", "sequencer_pb.SendRequest", 7, vec![alice_send.encode_to_vec()]),
+        ("challenge", "sequencer_pb.ChallengeRequest", 0, vec![challenge.encode_to_vec()]),
+        ("authenticate", "sequencer_pb.AuthenticateRequest", 0, vec![auth.encode_to_vec()]),
+        ("subscribe-twice", "sequencer_pb.SubscribeRequest", 3, vec![subscribe.encode_to_vec(), subscribe.encode_to_vec()]),
+        ("handshake", "sequencer_pb.HandshakeRequest", 0, vec![handshake.encode_to_vec()]),
+        ("subscribe-response", "sequencer_pb.SubscribeResponse", 0, vec![subscribe_response.encode_to_vec()]),
+        ("empty-ack", "sequencer_pb.AcknowledgeRequest", 0, vec![Vec::new()]),
+    ];
+    for (name, message_type, chunk, messages) in grpc_seeds {
+        add("grpc_codec", name, codec(message_type, chunk, &messages));
+    }
 
     // --- identity ------------------------------------------------------------------------------
     add("identity", "member-id", f.alice.0.to_string().into_bytes());

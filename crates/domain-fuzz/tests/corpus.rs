@@ -83,22 +83,40 @@ fn seeds_reach_the_decisions() {
             .unwrap_or_else(|| panic!("no seed {target}/{name}"))
             .data
     };
-    assert_eq!(
-        domain_fuzz::mediator_verdicts(seed("mediator_events", "approve")),
-        ["approved"]
-    );
-    assert_eq!(
-        domain_fuzz::mediator_verdicts(seed("mediator_events", "reject")),
-        ["rejected"]
-    );
-    assert_eq!(
-        domain_fuzz::mediator_verdicts(seed("mediator_events", "timeout")),
-        ["timed_out"]
-    );
-    assert_eq!(
-        domain_fuzz::participant_outcomes(seed("participant_events", "verdict")),
-        ["approved"]
-    );
+    // (target, seed, what the protocol decides on it)
+    let decisions: [(&str, &str, fn(&[u8]) -> Vec<&'static str>, &str); 4] = [
+        (
+            "mediator_events",
+            "approve",
+            domain_fuzz::mediator_verdicts,
+            "approved",
+        ),
+        (
+            "mediator_events",
+            "reject",
+            domain_fuzz::mediator_verdicts,
+            "rejected",
+        ),
+        (
+            "mediator_events",
+            "timeout",
+            domain_fuzz::mediator_verdicts,
+            "timed_out",
+        ),
+        (
+            "participant_events",
+            "verdict",
+            domain_fuzz::participant_outcomes,
+            "approved",
+        ),
+    ];
+    for (target, name, decide, expected) in decisions {
+        assert_eq!(
+            decide(seed(target, name)),
+            [expected],
+            "seed {target}/{name}"
+        );
+    }
     for name in [
         "participant-request",
         "time-proof",

@@ -452,26 +452,24 @@ mod tests {
         );
     }
 
+    /// `pick_endpoint` for cursors 0..6, every endpoint usable.
+    fn six_picks(healthy: &[bool; 3]) -> Vec<Option<usize>> {
+        (0..6)
+            .map(|c| pick_endpoint(healthy, &[true; 3], c, None))
+            .collect()
+    }
+
     #[test]
     fn round_robin_over_healthy() {
-        let healthy = [true, true, true];
-        let usable = [true; 3];
-        let picks: Vec<_> = (0..6)
-            .map(|c| pick_endpoint(&healthy, &usable, c, None))
-            .collect();
         assert_eq!(
-            picks,
+            six_picks(&[true, true, true]),
             vec![Some(0), Some(1), Some(2), Some(0), Some(1), Some(2)]
         );
     }
 
     #[test]
     fn skips_unhealthy() {
-        let healthy = [true, false, true];
-        let usable = [true; 3];
-        let picks: Vec<_> = (0..6)
-            .map(|c| pick_endpoint(&healthy, &usable, c, None))
-            .collect();
+        let picks = six_picks(&[true, false, true]);
         assert_eq!(
             picks,
             vec![Some(0), Some(2), Some(2), Some(0), Some(2), Some(2)]

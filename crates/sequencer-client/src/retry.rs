@@ -93,96 +93,64 @@ mod tests {
         st
     }
 
+    const DOWN: RetryClass = RetryClass::Retry {
+        endpoint_down: true,
+    };
+    const BUSY: RetryClass = RetryClass::Retry {
+        endpoint_down: false,
+    };
+
+    /// Every domain error code a sequencer sends, with the class a client gives it.
     #[test]
-    fn retryable_sequencer_codes() {
-        for (code, domain) in [
-            (Code::Unavailable, "SEQ_INSTANCE_OFFLINE"),
-            (Code::Unavailable, "SEQ_OUTCOME_UNKNOWN"),
-            (Code::Unavailable, "SEQ_DATABASE_UNAVAILABLE"),
-        ] {
-            assert_eq!(
-                classify_status(&with_code(code, domain)),
-                RetryClass::Retry {
-                    endpoint_down: true
-                },
-                "{domain}"
-            );
-        }
-        assert_eq!(
-            classify_status(&with_code(Code::ResourceExhausted, "SEQ_OVERLOADED")),
-            RetryClass::Retry {
-                endpoint_down: false
-            }
-        );
-        assert_eq!(
-            classify_status(&with_code(
-                Code::ResourceExhausted,
-                "SEQ_SUBSCRIBER_TOO_SLOW"
-            )),
-            RetryClass::Retry {
-                endpoint_down: false
-            }
-        );
-        // Plain transport failures and our own timeouts.
-        for st in [
-            Status::unavailable("tcp connect error"),
-            Status::deadline_exceeded("no answer"),
-            Status::unknown("h2 protocol error"),
-            Status::cancelled("stream reset"),
-            Status::internal("h2 protocol error: connection reset"),
-        ] {
-            assert_eq!(
-                classify_status(&st),
-                RetryClass::Retry {
-                    endpoint_down: true
-                },
-                "{st:?}"
-            );
+    fn sequencer_codes() {
+        use RetryClass::{Definitive, Reauthenticate};
+        use tonic::Code::*;
+        #[rustfmt::skip]
+        let table = [
+            (Unavailable, "SEQ_INSTANCE_OFFLINE", DOWN),
+            (Unavailable, "SEQ_OUTCOME_UNKNOWN", DOWN),
+            (Unavailable, "SEQ_DATABASE_UNAVAILABLE", DOWN),
+            (ResourceExhausted, "SEQ_OVERLOADED", BUSY),
+            (ResourceExhausted, "SEQ_SUBSCRIBER_TOO_SLOW", BUSY),
+            (InvalidArgument, "SEQ_MALFORMED_REQUEST", Definitive),
+            (InvalidArgument, "SEQ_SUBMISSION_SIGNATURE_INVALID", Definitive),
+            (InvalidArgument, "SEQ_RECIPIENT_UNKNOWN", Definitive),
+            (PermissionDenied, "SEQ_MEMBER_DISABLED", Definitive),
+            (PermissionDenied, "SEQ_MEMBER_UNKNOWN", Definitive),
+            (FailedPrecondition, "SEQ_MAX_SEQUENCING_TIME_EXCEEDED", Definitive),
+            (FailedPrecondition, "SEQ_RECIPIENT_DISABLED", Definitive),
+            (ResourceExhausted, "SEQ_REQUEST_TOO_LARGE", Definitive),
+            (OutOfRange, "SEQ_EVENTS_PRUNED", Definitive),
+            (Internal, "SEQ_INTERNAL", Definitive),
+            (Unauthenticated, "SEQ_KEY_MISMATCH", Definitive),
+            (Unauthenticated, "SEQ_CHALLENGE_SIGNATURE_INVALID", Definitive),
+            // Token problems: authenticate again, then retry.
+            (Unauthenticated, "SEQ_TOKEN_INVALID", Reauthenticate),
+            (Unauthenticated, "SEQ_MISSING_CREDENTIALS", Reauthenticate),
+        ];
+        for (code, domain, class) in table {
+            assert_eq!(classify_status(&with_code(code, domain)), class, "{domain}");
         }
     }
 
+    /// Statuses without a domain code: transport failures and our own timeouts are
+    /// retried elsewhere; anything else is final.
     #[test]
-    fn definitive_codes() {
-        for (code, domain) in [
-            (Code::InvalidArgument, "SEQ_MALFORMED_REQUEST"),
-            (Code::InvalidArgument, "SEQ_SUBMISSION_SIGNATURE_INVALID"),
-            (Code::InvalidArgument, "SEQ_RECIPIENT_UNKNOWN"),
-            (Code::PermissionDenied, "SEQ_MEMBER_DISABLED"),
-            (Code::PermissionDenied, "SEQ_MEMBER_UNKNOWN"),
-            (Code::FailedPrecondition, "SEQ_MAX_SEQUENCING_TIME_EXCEEDED"),
-            (Code::FailedPrecondition, "SEQ_RECIPIENT_DISABLED"),
-            (Code::ResourceExhausted, "SEQ_REQUEST_TOO_LARGE"),
-            (Code::OutOfRange, "SEQ_EVENTS_PRUNED"),
-            (Code::Internal, "SEQ_INTERNAL"),
-            (Code::Unauthenticated, "SEQ_KEY_MISMATCH"),
-            (Code::Unauthenticated, "SEQ_CHALLENGE_SIGNATURE_INVALID"),
-        ] {
-            assert_eq!(
-                classify_status(&with_code(code, domain)),
+    fn plain_statuses() {
+        for (st, class) in [
+            (Status::unavailable("tcp connect error"), DOWN),
+            (Status::deadline_exceeded("no answer"), DOWN),
+            (Status::unknown("h2 protocol error"), DOWN),
+            (Status::cancelled("stream reset"), DOWN),
+            (Status::internal("h2: connection reset"), DOWN),
+            (Status::invalid_argument("bad"), RetryClass::Definitive),
+            (
+                Status::out_of_range("decoded message length too large"),
                 RetryClass::Definitive,
-                "{domain}"
-            );
+            ),
+        ] {
+            assert_eq!(classify_status(&st), class, "{st:?}");
         }
-        assert_eq!(
-            classify_status(&Status::invalid_argument("bad")),
-            RetryClass::Definitive
-        );
-        assert_eq!(
-            classify_status(&Status::out_of_range("decoded message length too large")),
-            RetryClass::Definitive
-        );
-    }
-
-    #[test]
-    fn token_problems_ask_for_reauthentication() {
-        assert_eq!(
-            classify_status(&with_code(Code::Unauthenticated, "SEQ_TOKEN_INVALID")),
-            RetryClass::Reauthenticate
-        );
-        assert_eq!(
-            classify_status(&with_code(Code::Unauthenticated, "SEQ_MISSING_CREDENTIALS")),
-            RetryClass::Reauthenticate
-        );
     }
 
     #[test]
