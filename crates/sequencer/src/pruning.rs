@@ -41,6 +41,30 @@ pub fn below_bound_rule(n: usize) -> String {
     BELOW_BOUND_RULE.replace("$L", &format!("${n}"))
 }
 
+/// SQL that writes, for every member, a checkpoint at its newest event at or below `$1`
+/// when at least `min_new` (SQL: a literal or a parameter) of its events lie between its
+/// newest checkpoint at or below `$1` and `$1`. Events are counted under `rule` (a
+/// [`BELOW_BOUND_RULE`] with the bound substituted), exactly as readers count them.
+/// Deterministic, so a checkpoint two instances both write is the same row.
+pub fn checkpoints_sql(rule: &str, min_new: &str) -> String {
+    format!(
+        "INSERT INTO seq_checkpoints (member_id, counter, ts)
+         SELECT m.id, cp.counter + x.n, x.max_ts
+         FROM seq_members m
+         CROSS JOIN LATERAL (SELECT counter, ts FROM seq_checkpoints c WHERE c.member_id = m.id AND c.ts <= $1
+                             ORDER BY counter DESC LIMIT 1) cp
+         CROSS JOIN LATERAL (
+             SELECT count(*) AS n, max(u.ts) AS max_ts FROM (
+                 SELECT r.ts FROM seq_recipients r WHERE r.member_id = m.id AND r.ts > cp.ts AND r.ts <= $1
+                 UNION ALL
+                 SELECT r.ts FROM seq_recipients r WHERE r.member_id = -1 AND r.ts > greatest(cp.ts, m.registered_ts)
+                                                     AND r.ts <= $1) u
+             WHERE {rule}) x
+         WHERE x.n >= {min_new}
+         ON CONFLICT DO NOTHING"
+    )
+}
+
 /// Tables the pruner deletes from, in the order they are reported.
 pub const TABLES: [&str; 7] = [
     "seq_events",
@@ -321,26 +345,8 @@ pub async fn prune_to(
             return housekeep(client, limits, outcome).await;
         }
         outcome.bound = bound;
-        tx.execute(
-            &format!(
-                "INSERT INTO seq_checkpoints (member_id, counter, ts)
-                 SELECT m.id, cp.counter + x.n, x.max_ts
-                 FROM seq_members m
-                 CROSS JOIN LATERAL (SELECT counter, ts FROM seq_checkpoints c WHERE c.member_id = m.id AND c.ts <= $1
-                                     ORDER BY counter DESC LIMIT 1) cp
-                 CROSS JOIN LATERAL (
-                     SELECT count(*) AS n, max(u.ts) AS max_ts FROM (
-                         SELECT r.ts FROM seq_recipients r WHERE r.member_id = m.id AND r.ts > cp.ts AND r.ts <= $1
-                         UNION ALL
-                         SELECT r.ts FROM seq_recipients r WHERE r.member_id = -1 AND r.ts > greatest(cp.ts, m.registered_ts)
-                                                             AND r.ts <= $1) u
-                     WHERE {rule}) x
-                 WHERE x.n >= 1
-                 ON CONFLICT DO NOTHING"
-            ),
-            &[&bound, &previous],
-        )
-        .await?;
+        tx.execute(&checkpoints_sql(&rule, "1"), &[&bound, &previous])
+            .await?;
         tx.execute(
             "UPDATE seq_lower_bound SET ts = greatest(ts, $1)",
             &[&bound],

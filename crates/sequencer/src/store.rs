@@ -1046,20 +1046,10 @@ pub async fn write_checkpoints(
     }
     let n = tx
         .execute(
-            "INSERT INTO seq_checkpoints (member_id, counter, ts)
-             SELECT m.id, cp.counter + x.n, x.max_ts
-             FROM seq_members m
-             CROSS JOIN LATERAL (SELECT counter, ts FROM seq_checkpoints c WHERE c.member_id = m.id
-                                 ORDER BY counter DESC LIMIT 1) cp
-             CROSS JOIN LATERAL (
-                 SELECT count(*) AS n, max(u.ts) AS max_ts FROM (
-                     SELECT r.ts FROM seq_recipients r WHERE r.member_id = m.id AND r.ts > cp.ts AND r.ts <= $1
-                     UNION ALL
-                     SELECT r.ts FROM seq_recipients r WHERE r.member_id = -1 AND r.ts > greatest(cp.ts, m.registered_ts)
-                                                         AND r.ts <= $1) u
-                 WHERE u.ts > (SELECT ts FROM seq_lower_bound) OR u.ts IN (SELECT sequenced_ts FROM seq_topology)) x
-             WHERE x.n >= $2
-             ON CONFLICT DO NOTHING",
+            &crate::pruning::checkpoints_sql(
+                &crate::pruning::BELOW_BOUND_RULE.replace("$L", "(SELECT ts FROM seq_lower_bound)"),
+                "$2",
+            ),
             &[&up_to, &min_new],
         )
         .await?;
