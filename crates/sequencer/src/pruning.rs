@@ -287,27 +287,17 @@ pub async fn prune_to(
         } else {
             0
         };
-        let dedup: i64 = client
+        // What housekeeping deletes, in one round trip.
+        let expired = client
             .query_one(
-                "SELECT count(*) FROM seq_dedup WHERE max_sequencing_ts < $1",
+                "SELECT (SELECT count(*) FROM seq_dedup WHERE max_sequencing_ts < $1),
+                        (SELECT count(*) FROM seq_nonces WHERE expires_at < clock_timestamp()),
+                        (SELECT count(*) FROM seq_tokens WHERE expires_at < clock_timestamp())",
                 &[&limits.dedup_before],
             )
-            .await?
-            .get(0);
-        let nonces: i64 = client
-            .query_one(
-                "SELECT count(*) FROM seq_nonces WHERE expires_at < clock_timestamp()",
-                &[],
-            )
-            .await?
-            .get(0);
-        let tokens: i64 = client
-            .query_one(
-                "SELECT count(*) FROM seq_tokens WHERE expires_at < clock_timestamp()",
-                &[],
-            )
-            .await?
-            .get(0);
+            .await?;
+        let (dedup, nonces, tokens): (i64, i64, i64) =
+            (expired.get(0), expired.get(1), expired.get(2));
         outcome.deleted = vec![
             ("seq_events", to_u64(events)),
             ("seq_recipients", to_u64(recipients)),

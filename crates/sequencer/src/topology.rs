@@ -325,37 +325,25 @@ mod tests {
 
     #[test]
     fn member_effects() {
-        assert_eq!(
-            member_effect("participant_state", "replace", Some("submission")),
-            MemberEffect::Enable
-        );
-        assert_eq!(
-            member_effect("participant_state", "replace", Some("observation")),
-            MemberEffect::Enable
-        );
-        assert_eq!(
-            member_effect("participant_state", "replace", Some("disabled")),
-            MemberEffect::Disable
-        );
-        assert_eq!(
-            member_effect("participant_state", "remove", Some("submission")),
-            MemberEffect::Disable
-        );
-        assert_eq!(
-            member_effect("mediator", "replace", None),
-            MemberEffect::Enable
-        );
-        assert_eq!(
-            member_effect("mediator", "remove", None),
-            MemberEffect::Disable
-        );
-        assert_eq!(
-            member_effect("sequencer", "replace", None),
-            MemberEffect::None
-        );
-        assert_eq!(
-            member_effect("domain_parameters", "replace", None),
-            MemberEffect::None
-        );
+        use MemberEffect::{Disable, Enable, None};
+        // (kind, operation, permission, effect)
+        #[rustfmt::skip]
+        let table = [
+            ("participant_state", "replace", Some("submission"), Enable),
+            ("participant_state", "replace", Some("observation"), Enable),
+            ("participant_state", "replace", Some("disabled"), Disable),
+            ("participant_state", "remove", Some("submission"), Disable),
+            ("mediator", "replace", Option::None, Enable),
+            ("mediator", "remove", Option::None, Disable),
+            ("sequencer", "replace", Option::None, None),
+            ("domain_parameters", "replace", Option::None, None),
+        ];
+        for (kind, operation, permission, effect) in table {
+            assert_eq!(
+                member_effect(kind, operation, permission),
+                effect,
+                "{kind} {operation} {permission:?}"
+            );
+        }
     }
 }
