@@ -6,6 +6,8 @@ pub mod history;
 pub mod mediator;
 pub mod participant;
 pub mod proxy;
+pub mod seq_auth;
+pub mod seq_db;
 pub mod streams;
 pub mod topology;
 
