@@ -8,6 +8,7 @@ pub mod participant;
 pub mod proxy;
 pub mod seq_auth;
 pub mod seq_db;
+pub mod seq_member;
 pub mod streams;
 pub mod topology;
 
