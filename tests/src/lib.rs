@@ -7,6 +7,7 @@ pub mod mediator;
 pub mod participant;
 pub mod proxy;
 pub mod seq_auth;
+pub mod seq_cluster;
 pub mod seq_db;
 pub mod seq_member;
 pub mod streams;

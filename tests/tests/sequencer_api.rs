@@ -11,6 +11,7 @@
 //! The tests of this file run one at a time (they share 2 cores and measure times).
 
 use domain_e2e::e2e_test;
+use domain_e2e::seq_cluster::start_with_db;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -276,15 +277,14 @@ async fn retry_on_other_instance_is_deduplicated() -> anyhow::Result<()> {
 }
 
 async fn retry_on_other_instance_is_deduplicated_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared().create_database("seq_api_dedup").await;
-    let cluster = SequencerCluster::start(
+    let (cluster, db) = start_with_db(
         logs,
-        database.clone(),
+        "seq_api_dedup",
         2,
         "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
+        &[],
     )
     .await?;
-    let db = db_client(&database.url).await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
     let a0 = connect(&cluster, 0, &alice).await?;
@@ -465,11 +465,9 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
 }
 
 async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared().create_database("seq_api_bad").await;
     // Tokens live 1 s (case 6), so every case re-authenticates right before it.
     let config = "max-request-size = 10000\nauth.token-ttl = \"1s\"\npruning.interval = \"0s\"";
-    let cluster = SequencerCluster::start(logs, database.clone(), 2, config).await?;
-    let db = db_client(&database.url).await?;
+    let (cluster, db) = start_with_db(logs, "seq_api_bad", 2, config, &[]).await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
     let a = connect(&cluster, 0, &alice).await?;
@@ -881,15 +879,14 @@ e2e_test! {
 }
 
 async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared().create_database("seq_api_disable").await;
-    let cluster = SequencerCluster::start(
+    let (cluster, db) = start_with_db(
         logs,
-        database.clone(),
+        "seq_api_disable",
         2,
         "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
+        &[],
     )
     .await?;
-    let db = db_client(&database.url).await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
     let carol = cluster.add_member(MemberRole::Participant, "carol").await?;
@@ -1050,15 +1047,14 @@ e2e_test! {
 async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<()> {
     const N: usize = 20;
     const K: usize = 9; // everyone acknowledges the timestamp of bob's event K
-    let database = PgCluster::shared().create_database("seq_api_prune").await;
-    let cluster = SequencerCluster::start(
+    let (cluster, db) = start_with_db(
         logs,
-        database.clone(),
+        "seq_api_prune",
         2,
         "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
+        &[],
     )
     .await?;
-    let db = db_client(&database.url).await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
     let a = connect(&cluster, 0, &alice).await?;
@@ -1388,10 +1384,8 @@ e2e_test! {
 }
 
 async fn acknowledge_is_clamped_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared().create_database("seq_api_ack").await;
-    let cluster =
-        SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
-    let db = db_client(&database.url).await?;
+    let (cluster, db) =
+        start_with_db(logs, "seq_api_ack", 2, "pruning.interval = \"0s\"", &[]).await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
     let a = connect(&cluster, 0, &alice).await?;
@@ -1494,17 +1488,14 @@ e2e_test! {
 }
 
 async fn housekeeping_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared()
-        .create_database("seq_api_housekeeping")
-        .await;
-    let cluster = SequencerCluster::start(
+    let (cluster, db) = start_with_db(
         logs,
-        database.clone(),
+        "seq_api_housekeeping",
         1,
         "pruning.interval = \"0s\"\npruning.retention = \"0s\"\nauth.nonce-ttl = \"1s\"",
+        &[],
     )
     .await?;
-    let db = db_client(&database.url).await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
     let a = connect(&cluster, 0, &alice).await?;

@@ -13,10 +13,11 @@
 //!   delay itself.
 
 use domain_e2e::e2e_test;
+use domain_e2e::seq_cluster::start_with_db;
 use std::time::Duration;
 
 use anyhow::{bail, ensure};
-use domain_e2e::checks::{content_of, db_client, expect_status, next_event, status_of, stream_end};
+use domain_e2e::checks::{content_of, expect_status, next_event, status_of, stream_end};
 use domain_e2e::seq_auth::{
     connect_when_admitted, expect_refused_everywhere, expect_streams_disabled, refused_token,
 };
@@ -31,7 +32,7 @@ use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_sequencer_client::SequencerConnection;
-use domain_testkit::{pg::PgCluster, process::TestLogs};
+use domain_testkit::process::TestLogs;
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TopologyTransaction};
 use prost::Message as _;
 use tonic::Code;
@@ -46,9 +47,7 @@ e2e_test! {
 }
 
 async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared().create_database("topo_allowlist").await;
-    let cluster = SequencerCluster::start(logs, database.clone(), 2, "").await?;
-    let db = db_client(&database.url).await?;
+    let (cluster, db) = start_with_db(logs, "topo_allowlist", 2, "", &[]).await?;
     let dave = new_participant("dave")?;
 
     // 1. Not allowlisted: no token from any instance.
@@ -198,9 +197,7 @@ e2e_test! {
 }
 
 async fn signed_topology_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared().create_database("topo_signed").await;
-    let cluster = SequencerCluster::start(logs, database.clone(), 1, "").await?;
-    let db = db_client(&database.url).await?;
+    let (cluster, db) = start_with_db(logs, "topo_signed", 1, "", &[]).await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let a = connect(&cluster, 0, &alice).await?;
     let dom = connect(&cluster, 0, &domain_manager(&cluster)).await?;
@@ -399,9 +396,7 @@ async fn member_view(
 }
 
 async fn topology_timeline_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared().create_database("topo_timeline").await;
-    let cluster = SequencerCluster::start(logs, database.clone(), 2, "").await?;
-    let db = db_client(&database.url).await?;
+    let (cluster, db) = start_with_db(logs, "topo_timeline", 2, "", &[]).await?;
     let observer = cluster
         .add_member(MemberRole::Participant, "observer")
         .await?;
