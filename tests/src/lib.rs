@@ -10,6 +10,7 @@ pub mod seq_auth;
 pub mod seq_cluster;
 pub mod seq_db;
 pub mod seq_member;
+pub mod seq_rpc;
 pub mod streams;
 pub mod topology;
 

@@ -15,10 +15,11 @@
 //!    the timestamp members see.
 
 use domain_e2e::e2e_test;
+use domain_e2e::seq_rpc::rejected;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use domain_e2e::checks::{db_client, expect_status, stream_end};
 use domain_e2e::seq_auth::{
     connect_when_admitted, expect_refused_everywhere, expect_streams_disabled,
@@ -342,10 +343,7 @@ async fn split_brain_body(logs: TestLogs) -> anyhow::Result<()> {
     dms.nodes[old].process()?.resume()?;
     let old_write = pending_write.await.context("write task")?;
     println!("write sent to the paused old active, answered after SIGCONT: {old_write:?}");
-    let st = match old_write {
-        Ok(r) => bail!("the old active accepted a write after its lease expired: {r:?}"),
-        Err(st) => st,
-    };
+    let st = rejected(old_write, "the old active's write after its lease expired")?;
     expect_status(
         &st,
         Code::Unavailable,
@@ -358,10 +356,11 @@ async fn split_brain_body(logs: TestLogs) -> anyhow::Result<()> {
         !dms.nodes[old].is_ready().await,
         "old replica must report not ready"
     );
-    let st = match raw_set_state(&old_admin, &pid, pb::ParticipantPermission::Observation).await {
-        Ok(r) => bail!("the old replica accepted a write: {r:?}"),
-        Err(st) => st,
-    };
+    let st = rejected(
+        raw_set_state(&old_admin, &pid, pb::ParticipantPermission::Observation).await,
+        "a write at the old replica",
+    )?;
+
     expect_status(
         &st,
         Code::Unavailable,

@@ -12,6 +12,8 @@
 
 use domain_e2e::e2e_test;
 use domain_e2e::seq_cluster::start_with_db;
+use domain_e2e::seq_rpc::challenge_request;
+use domain_e2e::seq_rpc::rejected;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -26,7 +28,6 @@ use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
 use domain_localnet::config;
 use domain_localnet::sequencers::SequencerCluster;
-use domain_proto::common::v1 as common_pb;
 use domain_proto::sequencer::admin::v1 as sequencer_admin_pb;
 use domain_proto::sequencer::v1 as pb;
 use domain_proto::sequencer::v1::sequencer_service_client::SequencerServiceClient;
@@ -114,10 +115,7 @@ fn raw_status_of<T: std::fmt::Debug>(
     r: Result<tonic::Response<T>, Status>,
     case: &str,
 ) -> anyhow::Result<Status> {
-    match r {
-        Ok(v) => bail!("{case}: expected a rejection, got {:?}", v.into_inner()),
-        Err(st) => Ok(st),
-    }
+    rejected(r.map(tonic::Response::into_inner), case)
 }
 
 fn submission(
@@ -495,10 +493,7 @@ async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::R
             Some(&token),
         )
         .await;
-        let st = match r {
-            Ok(v) => bail!("{case}: accepted, answered {v:02x?}"),
-            Err(st) => st,
-        };
+        let st = rejected(r, &case)?;
         // Plain tonic-prost answers INTERNAL "failed to decode Protobuf message" with no
         // metadata; the generated services use domain_proto::codec::DomainCodec, which
         // remaps that to INVALID_ARGUMENT with code MALFORMED_PROTOBUF (docs/errors.md).
@@ -647,13 +642,7 @@ async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::R
     {
         let mut raw = SequencerServiceClient::new(channel_to(&cluster, 0).await?);
         let challenge = raw
-            .challenge(pb::ChallengeRequest {
-                member: alice.0.to_string(),
-                public_key: Some(common_pb::PublicKey {
-                    algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                    key: alice.1.public_key().to_bytes().to_vec(),
-                }),
-            })
+            .challenge(challenge_request(&alice.0, &alice.1))
             .await?
             .into_inner();
         let sig = alice.1.sign_with_domain_str(
@@ -751,15 +740,7 @@ async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::R
     {
         let before = counts(&db).await?;
         let mut raw = SequencerServiceClient::new(channel_to(&cluster, 1).await?);
-        let r = raw
-            .challenge(pb::ChallengeRequest {
-                member: ghost.to_string(),
-                public_key: Some(common_pb::PublicKey {
-                    algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                    key: ghost_key.public_key().to_bytes().to_vec(),
-                }),
-            })
-            .await;
+        let r = raw.challenge(challenge_request(&ghost, &ghost_key)).await;
         let st = raw_status_of(r, "(8)")?;
         expect_status(
             &st,
@@ -824,15 +805,7 @@ async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::R
         let before = counts(&db).await?;
         let mut raw = SequencerServiceClient::new(channel_to(&cluster, 0).await?);
         let other = SigningKeyPair::generate();
-        let r = raw
-            .challenge(pb::ChallengeRequest {
-                member: alice.0.to_string(),
-                public_key: Some(common_pb::PublicKey {
-                    algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                    key: other.public_key().to_bytes().to_vec(),
-                }),
-            })
-            .await;
+        let r = raw.challenge(challenge_request(&alice.0, &other)).await;
         let st = raw_status_of(r, "(11)")?;
         expect_status(
             &st,
@@ -1435,13 +1408,8 @@ async fn acknowledge_is_clamped_body(logs: TestLogs) -> anyhow::Result<()> {
     });
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
-    let st = match raw.acknowledge(req).await {
-        Ok(r) => bail!(
-            "ack for bob: expected a rejection, got {:?}",
-            r.into_inner()
-        ),
-        Err(st) => st,
-    };
+    let st = raw_status_of(raw.acknowledge(req).await, "ack for bob")?;
+
     expect_status(
         &st,
         Code::PermissionDenied,
@@ -1518,14 +1486,7 @@ async fn housekeeping_body(logs: TestLogs) -> anyhow::Result<()> {
     // Nonces nobody uses: unauthenticated Challenges.
     let mut raw = SequencerServiceClient::new(channel_to(&cluster, 0).await?);
     for _ in 0..20 {
-        raw.challenge(pb::ChallengeRequest {
-            member: alice.0.to_string(),
-            public_key: Some(common_pb::PublicKey {
-                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                key: alice.1.public_key().to_bytes().to_vec(),
-            }),
-        })
-        .await?;
+        raw.challenge(challenge_request(&alice.0, &alice.1)).await?;
     }
     let nonces: i64 = db
         .query_one("SELECT count(*) FROM seq_nonces", &[])
