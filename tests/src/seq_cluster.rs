@@ -22,3 +22,8 @@ pub async fn start_with_db(
     let db = db_client(&database.url).await?;
     Ok((cluster, db))
 }
+
+/// The environment of a one-instance cluster that sets `key` to `value`.
+pub fn one_instance_env(key: &str, value: impl ToString) -> Vec<Vec<(String, String)>> {
+    vec![vec![(key.to_string(), value.to_string())]]
+}

@@ -11,7 +11,8 @@
 //! The tests of this file run one at a time (they share 2 cores and measure times).
 
 use domain_e2e::e2e_test;
-use domain_e2e::seq_cluster::start_with_db;
+use domain_e2e::seq_cluster::{one_instance_env, start_with_db};
+use domain_e2e::seq_member::add_participants;
 use domain_e2e::seq_rpc::challenge_request;
 use domain_e2e::seq_rpc::rejected;
 use std::collections::BTreeMap;
@@ -1560,18 +1561,12 @@ e2e_test! {
 }
 
 async fn left_over_writer_transaction_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared()
-        .create_database("seq_api_leftover")
-        .await;
-    let env = vec![vec![(
-        "SEQUENCER_FAULT_DELAY_AFTER_WATERMARK_MS".to_string(),
-        "1500".to_string(),
-    )]];
-    let mut cluster = SequencerCluster::start_with_env(logs, database.clone(), 1, "", &env).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let env = one_instance_env("SEQUENCER_FAULT_DELAY_AFTER_WATERMARK_MS", 1500);
+    let (mut cluster, db) = start_with_db(logs, "seq_api_leftover", 1, "", &env).await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
 
-    let proxy = restart_behind_proxy(&mut cluster, 0, &database.url).await?;
+    let database_url = cluster.database.url.clone();
+    let proxy = restart_behind_proxy(&mut cluster, 0, &database_url).await?;
     let a = connect(&cluster, 0, &alice).await?;
 
     let first = tokio::spawn({
@@ -1588,7 +1583,6 @@ async fn left_over_writer_transaction_body(logs: TestLogs) -> anyhow::Result<()>
     let outcome = first.await?;
     println!("the send cut mid-commit answered: {outcome:?}");
 
-    let db = domain_e2e::checks::db_client(&database.url).await?;
     let left_over: i64 = db
         .query_one(
             "SELECT count(*) FROM pg_stat_activity
