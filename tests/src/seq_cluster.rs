@@ -27,3 +27,13 @@ pub async fn start_with_db(
 pub fn one_instance_env(key: &str, value: impl ToString) -> Vec<Vec<(String, String)>> {
     vec![vec![(key.to_string(), value.to_string())]]
 }
+
+/// The log of instance `i` of the cluster so far (empty if it has no process).
+pub fn node_log(cluster: &SequencerCluster, i: usize) -> String {
+    cluster
+        .nodes
+        .get(i)
+        .and_then(|n| n.process.as_ref())
+        .map(|p| p.read_log())
+        .unwrap_or_default()
+}

@@ -25,9 +25,23 @@ pub async fn add_participants<const N: usize>(
         .map_err(|_| anyhow::anyhow!("registered a different number of members than named"))
 }
 
+/// The max sequencing window of the tests' sends: [`send_to`] asks for sequencing within
+/// 60 s from now.
+pub const SEND_WINDOW: Duration = Duration::from_secs(60);
+
 /// Sends `content` from `conn` to `to` alone as one envelope, to be sequenced within
-/// `within` from now.
+/// [`SEND_WINDOW`].
 pub async fn send_to(
+    conn: &SequencerConnection,
+    message_id: &str,
+    content: &[u8],
+    to: &MemberId,
+) -> Result<pb::SendResponse, ClientError> {
+    send_within(conn, message_id, content, to, SEND_WINDOW).await
+}
+
+/// [`send_to`], to be sequenced within `within` from now.
+pub async fn send_within(
     conn: &SequencerConnection,
     message_id: &str,
     content: &[u8],

@@ -15,18 +15,19 @@
 //!    the timestamp members see.
 
 use domain_e2e::e2e_test;
+use domain_e2e::seq_member::send_to;
 use domain_e2e::seq_rpc::rejected;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use domain_e2e::checks::{db_client, expect_status, stream_end};
+use domain_e2e::now_micros;
 use domain_e2e::seq_auth::{
     connect_when_admitted, expect_refused_everywhere, expect_streams_disabled,
 };
 use domain_e2e::seq_db;
 use domain_e2e::topology::{new_participant, sleep_until_micros};
-use domain_e2e::{envelope, now_micros};
 use domain_localnet::domain_managers::{DomainManagers, domainctl};
 use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::manager::admin::v1 as manager_admin_pb;
@@ -67,6 +68,13 @@ fn field_i64(v: &Value, key: &str) -> anyhow::Result<i64> {
         .with_context(|| format!("no integer {key:?} in {v}"))
 }
 
+/// `participants set-state <id> --permission <permission>`, then `extra`.
+fn set_state_args<'a>(id: &'a str, permission: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["participants", "set-state", id, "--permission", permission];
+    args.extend_from_slice(extra);
+    args
+}
+
 async fn lease_epoch(db: &tokio_postgres::Client) -> anyhow::Result<i64> {
     seq_db::one(
         db,
@@ -91,6 +99,26 @@ async fn start_domain(
     Ok((cluster, dms))
 }
 
+/// [`start_domain`], then waits (10 s at most) for an active domain manager replica:
+/// returns the cluster, the replicas, a client of their database, the active replica and
+/// the lease epoch.
+async fn start_active(
+    logs: &TestLogs,
+    prefix: &str,
+) -> anyhow::Result<(
+    SequencerCluster,
+    DomainManagers,
+    tokio_postgres::Client,
+    usize,
+    i64,
+)> {
+    let (cluster, dms) = start_domain(logs, prefix).await?;
+    let db = db_client(&dms.database.url).await?;
+    let active = dms.wait_active(Duration::from_secs(10)).await?;
+    let epoch = lease_epoch(&db).await?;
+    Ok((cluster, dms, db, active, epoch))
+}
+
 e2e_test! {
     serial allowlist_through_domainctl => allowlist_body
 }
@@ -111,15 +139,7 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
 
     let set = ctl_json(
         &dms,
-        &[
-            "participants",
-            "set-state",
-            &erin_id,
-            "--permission",
-            "submission",
-            "--trust-level",
-            "ordinary",
-        ],
+        &set_state_args(&erin_id, "submission", &["--trust-level", "ordinary"]),
     )
     .await?;
     println!("set-state: {set}");
@@ -129,17 +149,7 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
         "first set-state changes: {set}"
     );
     // Idempotent: the same state again changes nothing.
-    let again = ctl_json(
-        &dms,
-        &[
-            "participants",
-            "set-state",
-            &erin_id,
-            "--permission",
-            "submission",
-        ],
-    )
-    .await?;
+    let again = ctl_json(&dms, &set_state_args(&erin_id, "submission", &[])).await?;
     ensure!(
         again.get("changed") == Some(&Value::Bool(false))
             && field_i64(&again, "serial")? == field_i64(&set, "serial")?,
@@ -154,12 +164,7 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
             "erin admitted by instance {i} {:.1} ms after the effective time",
             lag as f64 / 1000.0
         );
-        conn.send(
-            &format!("hello-{i}"),
-            vec![envelope(b"hi".to_vec(), &[&erin.0])],
-            now_micros() + 60_000_000,
-        )
-        .await?;
+        send_to(&conn, &format!("hello-{i}"), b"hi", &erin.0).await?;
         conns.push(conn);
     }
     let got = ctl_json(&dms, &["participants", "get", &erin_id]).await?;
@@ -223,25 +228,14 @@ async fn set_state_once(
 ) -> anyhow::Result<Output> {
     domainctl(
         endpoints,
-        &[
-            "participants",
-            "set-state",
-            id,
-            "--permission",
-            permission,
-            "--timeout",
-            "1s",
-        ],
+        &set_state_args(id, permission, &["--timeout", "1s"]),
     )
     .await
 }
 
 async fn sigkill_body(logs: TestLogs) -> anyhow::Result<()> {
-    let (_cluster, mut dms) = start_domain(&logs, "dm_kill").await?;
-    let db = db_client(&dms.database.url).await?;
-    let active = dms.wait_active(Duration::from_secs(10)).await?;
+    let (_cluster, mut dms, db, active, epoch_before) = start_active(&logs, "dm_kill").await?;
     let other = 1 - active;
-    let epoch_before = lease_epoch(&db).await?;
     let p = new_participant("frank")?;
     let out = set_state_once(&dms.endpoints(), &p.0.to_string(), "observation").await?;
     ensure!(
@@ -294,11 +288,8 @@ e2e_test! {
 }
 
 async fn split_brain_body(logs: TestLogs) -> anyhow::Result<()> {
-    let (_cluster, mut dms) = start_domain(&logs, "dm_split").await?;
-    let db = db_client(&dms.database.url).await?;
-    let old = dms.wait_active(Duration::from_secs(10)).await?;
+    let (_cluster, mut dms, db, old, old_epoch) = start_active(&logs, "dm_split").await?;
     let new = 1 - old;
-    let old_epoch = lease_epoch(&db).await?;
     let new_endpoint = vec![dms.nodes[new].admin_endpoint()];
     let p = new_participant("gina")?;
     let pid = p.0.to_string();
@@ -323,17 +314,7 @@ async fn split_brain_body(logs: TestLogs) -> anyhow::Result<()> {
         new_epoch == old_epoch + 1,
         "takeover epoch {old_epoch} -> {new_epoch}"
     );
-    let out = domainctl(
-        &new_endpoint,
-        &[
-            "participants",
-            "set-state",
-            &pid,
-            "--permission",
-            "submission",
-        ],
-    )
-    .await?;
+    let out = domainctl(&new_endpoint, &set_state_args(&pid, "submission", &[])).await?;
     ensure!(
         out.status.success(),
         "write through the new active: {}",
@@ -456,13 +437,7 @@ async fn bad_cli_body(logs: TestLogs) -> anyhow::Result<()> {
     let cases: Vec<(&str, Vec<&str>, i32, &str)> = vec![
         (
             "malformed id",
-            vec![
-                "participants",
-                "set-state",
-                "alice",
-                "--permission",
-                "submission",
-            ],
+            set_state_args("alice", "submission", &[]),
             2,
             "invalid participant id",
         ),
@@ -480,21 +455,13 @@ async fn bad_cli_body(logs: TestLogs) -> anyhow::Result<()> {
         ),
         (
             "invalid permission",
-            vec!["participants", "set-state", &known, "--permission", "admin"],
+            set_state_args(&known, "admin", &[]),
             2,
             "admin",
         ),
         (
             "invalid trust level",
-            vec![
-                "participants",
-                "set-state",
-                &known,
-                "--permission",
-                "submission",
-                "--trust-level",
-                "gold",
-            ],
+            set_state_args(&known, "submission", &["--trust-level", "gold"]),
             2,
             "gold",
         ),

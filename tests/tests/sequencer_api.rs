@@ -11,8 +11,8 @@
 //! The tests of this file run one at a time (they share 2 cores and measure times).
 
 use domain_e2e::e2e_test;
-use domain_e2e::seq_cluster::{one_instance_env, start_with_db};
-use domain_e2e::seq_member::add_participants;
+use domain_e2e::seq_cluster::{node_log, one_instance_env, start_with_db};
+use domain_e2e::seq_member::{add_participants, send_to, send_within};
 use domain_e2e::seq_rpc::challenge_request;
 use domain_e2e::seq_rpc::rejected;
 use std::collections::BTreeMap;
@@ -284,8 +284,7 @@ async fn retry_on_other_instance_is_deduplicated_body(logs: TestLogs) -> anyhow:
         &[],
     )
     .await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a0 = connect(&cluster, 0, &alice).await?;
     let a1 = connect(&cluster, 1, &alice).await?;
     let alice_db = member_db_id(&db, &alice.0).await?;
@@ -368,13 +367,7 @@ async fn retry_on_other_instance_is_deduplicated_body(logs: TestLogs) -> anyhow:
     }
 
     // A marker sent last: everything before it in a stream has been delivered.
-    let marker = a1
-        .send(
-            "marker",
-            vec![envelope(b"marker".to_vec(), &[&bob.0])],
-            now_micros() + 60_000_000,
-        )
-        .await?;
+    let marker = send_to(&a1, "marker", b"marker", &bob.0).await?;
     timestamps.insert(marker.sequencing_timestamp_micros, "marker".to_string());
     let expected: Vec<Vec<u8>> = timestamps
         .values()
@@ -467,8 +460,7 @@ async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::R
     // Tokens live 1 s (case 6), so every case re-authenticates right before it.
     let config = "max-request-size = 10000\nauth.token-ttl = \"1s\"\npruning.interval = \"0s\"";
     let (cluster, db) = start_with_db(logs, "seq_api_bad", 2, config, &[]).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 1, &bob).await?;
     let far = || now_micros() + 60_000_000;
@@ -861,9 +853,7 @@ async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
         &[],
     )
     .await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
-    let carol = cluster.add_member(MemberRole::Participant, "carol").await?;
+    let [alice, bob, carol] = add_participants(&cluster, ["alice", "bob", "carol"]).await?;
     let a0 = connect(&cluster, 0, &alice).await?;
     let a1 = connect(&cluster, 1, &alice).await?;
     let b0 = connect(&cluster, 0, &bob).await?;
@@ -872,12 +862,7 @@ async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
     // Alice follows her stream live on both instances.
     let mut s0 = a0.subscribe(0).await?;
     let mut s1 = a1.subscribe(0).await?;
-    b0.send(
-        "hi",
-        vec![envelope(b"hi alice".to_vec(), &[&alice.0])],
-        now_micros() + 60_000_000,
-    )
-    .await?;
+    send_to(&b0, "hi", b"hi alice", &alice.0).await?;
     for (i, s) in [&mut s0, &mut s1].into_iter().enumerate() {
         let e = next_event(s, &format!("alice live on instance {i}")).await?;
         ensure!(e.counter == 0 && content_of(&e) == b"hi alice");
@@ -938,12 +923,7 @@ async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
             (
                 "send",
                 status_of(
-                    a.send(
-                        &format!("after-disable-{i}"),
-                        vec![envelope(b"x".to_vec(), &[&bob.0])],
-                        now_micros() + 60_000_000,
-                    )
-                    .await,
+                    send_to(&a, &format!("after-disable-{i}"), b"x", &bob.0).await,
                     "send",
                 )?,
             ),
@@ -1001,12 +981,7 @@ async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
     assert_no_trace(&db, before, Some("after-disable-1"), "alice's sends").await?;
 
     // Others are unaffected.
-    b1.send(
-        "to-carol",
-        vec![envelope(b"x".to_vec(), &[&carol.0])],
-        now_micros() + 60_000_000,
-    )
-    .await?;
+    send_to(&b1, "to-carol", b"x", &carol.0).await?;
     Ok(())
 }
 
@@ -1029,8 +1004,7 @@ async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<(
         &[],
     )
     .await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 1, &bob).await?;
 
@@ -1163,13 +1137,7 @@ async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<(
     for _ in K + 1..N {
         validator.check(&next_event(&mut stream, "bob").await?)?;
     }
-    let last = a
-        .send(
-            "after-prune",
-            vec![envelope(b"after prune".to_vec(), &[&bob.0])],
-            now_micros() + 60_000_000,
-        )
-        .await?;
+    let last = send_to(&a, "after-prune", b"after prune", &bob.0).await?;
     let e = next_event(&mut stream, "bob live after pruning").await?;
     validator.check(&e)?;
     ensure!(
@@ -1233,8 +1201,7 @@ async fn health_turns_not_serving_when_database_unreachable_body(
         "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
     )
     .await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
 
     // Restart instance 1 with its database behind the proxy.
     let proxy = restart_behind_proxy(&mut cluster, 1, &database.url).await?;
@@ -1255,12 +1222,7 @@ async fn health_turns_not_serving_when_database_unreachable_body(
         "both SERVING before the cut"
     );
     let a1 = connect(&cluster, 1, &alice).await?;
-    a1.send(
-        "before-cut",
-        vec![envelope(b"x".to_vec(), &[&bob.0])],
-        now_micros() + 60_000_000,
-    )
-    .await?;
+    send_to(&a1, "before-cut", b"x", &bob.0).await?;
 
     let bound = Duration::from_secs(2);
     for (mode, cut) in [
@@ -1288,11 +1250,7 @@ async fn health_turns_not_serving_when_database_unreachable_body(
         let send_started = Instant::now();
         let r = tokio::time::timeout(
             Duration::from_secs(15),
-            a1.send(
-                &format!("during-cut-{cut}"),
-                vec![envelope(b"x".to_vec(), &[&bob.0])],
-                now_micros() + 60_000_000,
-            ),
+            send_to(&a1, &format!("during-cut-{cut}"), b"x", &bob.0),
         )
         .await;
         match &r {
@@ -1321,12 +1279,7 @@ async fn health_turns_not_serving_when_database_unreachable_body(
         println!("{mode}: instance 1 SERVING again {up:?} after the link was restored");
         // SERVING means usable: a send through instance 1 works at once.
         a1.authenticate().await?;
-        let sent = a1
-            .send(
-                &format!("after-cut-{cut}"),
-                vec![envelope(b"x".to_vec(), &[&bob.0])],
-                now_micros() + 60_000_000,
-            )
+        let sent = send_to(&a1, &format!("after-cut-{cut}"), b"x", &bob.0)
             .await
             .with_context(|| format!("{mode}: send after recovery"))?;
         ensure!(!sent.deduplicated);
@@ -1360,16 +1313,9 @@ e2e_test! {
 async fn acknowledge_is_clamped_body(logs: TestLogs) -> anyhow::Result<()> {
     let (cluster, db) =
         start_with_db(logs, "seq_api_ack", 2, "pruning.interval = \"0s\"", &[]).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
-    let sent = a
-        .send(
-            "ack-1",
-            vec![envelope(b"to bob".to_vec(), &[&bob.0])],
-            now_micros() + 60_000_000,
-        )
-        .await?;
+    let sent = send_to(&a, "ack-1", b"to bob", &bob.0).await?;
     let ts = sent.sequencing_timestamp_micros;
     // A member acknowledges what it received: before delivery the other instance's
     // watermark may still be below `ts`, and the ack would be (rightly) refused as ahead.
@@ -1465,15 +1411,16 @@ async fn housekeeping_body(logs: TestLogs) -> anyhow::Result<()> {
         &[],
     )
     .await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     // An event bob never acknowledges holds the bound just below it; its deduplication
     // row expires after one second.
-    a.send(
+    send_within(
+        &a,
         "short-lived",
-        vec![envelope(b"for bob".to_vec(), &[&bob.0])],
-        now_micros() + 1_000_000,
+        b"for bob",
+        &bob.0,
+        Duration::from_secs(1),
     )
     .await?;
     let mut admin = cluster.admin(0).await?;
@@ -1613,11 +1560,7 @@ async fn left_over_writer_transaction_body(logs: TestLogs) -> anyhow::Result<()>
             }
         }
     }
-    let log = cluster.nodes[0]
-        .process
-        .as_ref()
-        .map(|p| p.read_log())
-        .unwrap_or_default();
+    let log = node_log(&cluster, 0);
     ensure!(
         sequenced,
         "the instance did not sequence again within 20 s of losing its connection \
@@ -1657,8 +1600,7 @@ e2e_test! {
 async fn late_retry_body(logs: TestLogs) -> anyhow::Result<()> {
     let database = PgCluster::shared().create_database("seq_api_late").await;
     let cluster = SequencerCluster::start(logs, database, 2, "").await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let via0 = connect(&cluster, 0, &alice).await?;
     let via1 = connect(&cluster, 1, &alice).await?;
     let deadline = now_micros() + 1_000_000;
@@ -1783,8 +1725,7 @@ async fn revocation_during_catch_up_body(logs: TestLogs) -> anyhow::Result<()> {
         "reader.page-size = 20\nreader.subscription-buffer = 4",
     )
     .await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 0, &bob).await?;
     let mut sends = futures::stream::iter(0..BACKLOG)
@@ -2078,9 +2019,7 @@ async fn catch_up_does_not_hold_connections_body(logs: TestLogs) -> anyhow::Resu
     )
     .await?;
     let db = db_client(&database.url).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
-    let carol = cluster.add_member(MemberRole::Participant, "carol").await?;
+    let [alice, bob, carol] = add_participants(&cluster, ["alice", "bob", "carol"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 0, &bob).await?;
     let c = connect(&cluster, 0, &carol).await?;
@@ -2170,8 +2109,7 @@ async fn subscriptions_capped_body(logs: TestLogs) -> anyhow::Result<()> {
         &format!("reader.max-subscriptions-per-member = {CAP}"),
     )
     .await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 0, &bob).await?;
     let mut open = Vec::new();
@@ -2192,13 +2130,7 @@ async fn subscriptions_capped_body(logs: TestLogs) -> anyhow::Result<()> {
     );
     // The cap is per member: bob is not affected.
     let mut bob_stream = b.subscribe(0).await?;
-    let sent = a
-        .send(
-            "to-bob",
-            vec![envelope(b"hello".to_vec(), &[&bob.0])],
-            now_micros() + 60_000_000,
-        )
-        .await?;
+    let sent = send_to(&a, "to-bob", b"hello", &bob.0).await?;
     let e = next_event(&mut bob_stream, "bob's event").await?;
     ensure!(e.timestamp_micros == sent.sequencing_timestamp_micros);
     // Every open stream of alice still works.
@@ -2279,8 +2211,7 @@ async fn catch_up_pruned_between_pages_body(logs: TestLogs) -> anyhow::Result<()
         "reader.page-size = 20\nreader.subscription-buffer = 4\npruning.interval = \"0s\"",
     )
     .await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 0, &bob).await?;
     let backlog = send_backlog(&b, &alice.0, BACKLOG).await?;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use domain_e2e::checks::next_event;
 use domain_e2e::connect;
-use domain_e2e::seq_member::{add_participants, send_to};
+use domain_e2e::seq_member::{add_participants, send_within};
 use domain_localnet::sequencers::SequencerCluster;
 use domain_sequencer_client::StreamValidator;
 use domain_testkit::{pg::PgCluster, process::TestLogs};
@@ -18,7 +18,7 @@ async fn send_and_receive_across_instances() -> anyhow::Result<()> {
 
     let a0 = connect(&cluster, 0, &alice).await?;
     let b1 = connect(&cluster, 1, &bob).await?;
-    let sent = send_to(&a0, "m-1", b"hello", &bob.0, Duration::from_secs(10)).await?;
+    let sent = send_within(&a0, "m-1", b"hello", &bob.0, Duration::from_secs(10)).await?;
     assert!(!sent.deduplicated);
 
     let mut bob_stream = b1.subscribe(0).await?;

@@ -14,6 +14,7 @@
 
 use domain_e2e::e2e_test;
 use domain_e2e::seq_cluster::start_with_db;
+use domain_e2e::seq_member::{send_to, send_within};
 use std::time::Duration;
 
 use anyhow::{bail, ensure};
@@ -87,12 +88,7 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
         lag1 as f64 / 1000.0
     );
     let mut stream = d1.subscribe(0).await?;
-    d0.send(
-        "hello-self",
-        vec![envelope(b"dave to dave".to_vec(), &[&dave.0])],
-        now_micros() + 60_000_000,
-    )
-    .await?;
+    send_to(&d0, "hello-self", b"dave to dave", &dave.0).await?;
     // His stream starts with the topology history (his own allowlisting, sent by
     // the domain manager member), then his own message.
     let first = next_event(&mut stream, "dave's stream").await?;
@@ -148,13 +144,7 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
     .await?;
     for i in 0..2 {
         let old_token = status_of(
-            [&d0, &d1][i]
-                .send(
-                    &format!("after-{i}"),
-                    vec![envelope(b"x".to_vec(), &[&dave.0])],
-                    now_micros() + 60_000_000,
-                )
-                .await,
+            send_to([&d0, &d1][i], &format!("after-{i}"), b"x", &dave.0).await,
             "send with the old token",
         )?;
         ensure!(
@@ -286,22 +276,12 @@ async fn signed_topology_body(logs: TestLogs) -> anyhow::Result<()> {
     let ts = send_topology(&cluster, &dom, &tx).await?;
     // 4 KiB passes before the change is effective...
     if now_micros() < ts + DEFAULT_DELAY_MICROS - 50_000 {
-        a.send(
-            "big-before",
-            vec![envelope(vec![7u8; 4096], &[&alice.0])],
-            now_micros() + 60_000_000,
-        )
-        .await?;
+        send_to(&a, "big-before", &[7u8; 4096], &alice.0).await?;
     }
     sleep_until_micros(ts + DEFAULT_DELAY_MICROS + 50_000).await;
     // ... and not after.
     let st = status_of(
-        a.send(
-            "big-after",
-            vec![envelope(vec![7u8; 4096], &[&alice.0])],
-            now_micros() + 60_000_000,
-        )
-        .await,
+        send_to(&a, "big-after", &[7u8; 4096], &alice.0).await,
         "large send",
     )?;
     expect_status(
@@ -310,12 +290,7 @@ async fn signed_topology_body(logs: TestLogs) -> anyhow::Result<()> {
         Some("SEQ_REQUEST_TOO_LARGE"),
         "4 KiB send under a 2 KiB limit",
     )?;
-    a.send(
-        "small-after",
-        vec![envelope(vec![7u8; 512], &[&alice.0])],
-        now_micros() + 60_000_000,
-    )
-    .await?;
+    send_to(&a, "small-after", &[7u8; 512], &alice.0).await?;
     // The next transaction takes effect after the new 1 s delay.
     let ts = send_topology(
         &cluster,
@@ -482,10 +457,12 @@ async fn topology_timeline_body(logs: TestLogs) -> anyhow::Result<()> {
     );
     for i in 0..2 {
         let via = connect(&cluster, i, &p).await?;
-        via.send(
+        send_within(
+            &via,
             &format!("p-after-{i}"),
-            vec![envelope(b"still here".to_vec(), &[&observer.0])],
-            now_micros() + 10_000_000,
+            b"still here",
+            &observer.0,
+            Duration::from_secs(10),
         )
         .await?;
     }
