@@ -923,7 +923,7 @@ async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
             (
                 "send",
                 status_of(
-                    send_to(&a, &format!("after-disable-{i}"), b"x", &bob.0).await,
+                    send_to(a, &format!("after-disable-{i}"), b"x", &bob.0).await,
                     "send",
                 )?,
             ),
