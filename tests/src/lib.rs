@@ -6,6 +6,11 @@ pub mod history;
 pub mod mediator;
 pub mod participant;
 pub mod proxy;
+pub mod seq_auth;
+pub mod seq_cluster;
+pub mod seq_db;
+pub mod seq_member;
+pub mod seq_rpc;
 pub mod streams;
 pub mod topology;
 

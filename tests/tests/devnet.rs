@@ -43,28 +43,35 @@ fn number_after(text: &str, prefix: &str) -> Option<u64> {
     })
 }
 
-#[tokio::test]
-async fn devnet_runs_a_domain_pings_and_stops_cleanly() -> anyhow::Result<()> {
+/// How a `devnet` run to its end went.
+struct DevnetRun {
+    private_pg: bool,
+    elapsed: Duration,
+    stdout: String,
+    /// Exit, time, stdout and stderr, for error messages.
+    report: String,
+}
+
+/// Runs `devnet args` to its end (at most `limit`; printing its exit and output) and
+/// requires exit 0. With a private PostgreSQL (its binaries installed) devnet runs in `dir`
+/// with everything it creates; on the shared server it gets `--rm`, which also drops the
+/// databases.
+async fn run_devnet(args: &[&str], dir: &Path, limit: Duration) -> anyhow::Result<DevnetRun> {
     let mut cmd = tokio::process::Command::new(binary_path("devnet"));
-    cmd.args(["--duration", "20s", "--ping-interval", "2s", "--no-build"])
+    cmd.args(args)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let private_pg = pg_binaries_installed();
-    // With a private PostgreSQL everything devnet creates is in its directory, so the run
-    // directory is kept (a temporary one) to check the onboarding files afterwards; on a
-    // shared server `--rm` also drops the databases, and only the printed paths are checked.
-    let run_dir = tempfile::tempdir()?;
-    let dir = run_dir.path().join("devnet");
     if private_pg {
         cmd.env_remove("DATABASE_URL");
-        cmd.arg("--dir").arg(&dir);
+        cmd.arg("--dir").arg(dir);
     } else {
         cmd.arg("--rm");
     }
     let started = Instant::now();
-    let output = tokio::time::timeout(Duration::from_secs(150), cmd.output())
+    let output = tokio::time::timeout(limit, cmd.output())
         .await
-        .context("devnet did not finish within 150 s")??;
+        .with_context(|| format!("devnet {args:?} did not finish within {limit:?}"))??;
     let elapsed = started.elapsed();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -73,8 +80,34 @@ async fn devnet_runs_a_domain_pings_and_stops_cleanly() -> anyhow::Result<()> {
         output.status.code()
     );
     eprintln!("{report}");
+    ensure!(output.status.success(), "devnet {args:?} failed:\n{report}");
+    Ok(DevnetRun {
+        private_pg,
+        elapsed,
+        stdout,
+        report,
+    })
+}
 
-    ensure!(output.status.success(), "devnet failed:\n{report}");
+#[tokio::test]
+async fn devnet_runs_a_domain_pings_and_stops_cleanly() -> anyhow::Result<()> {
+    // With a private PostgreSQL everything devnet creates is in its directory, so the run
+    // directory is kept (a temporary one) to check the onboarding files afterwards; on a
+    // shared server only the printed paths are checked.
+    let run_dir = tempfile::tempdir()?;
+    let dir = run_dir.path().join("devnet");
+    let DevnetRun {
+        private_pg,
+        elapsed,
+        stdout,
+        report,
+    } = run_devnet(
+        &["--duration", "20s", "--ping-interval", "2s", "--no-build"],
+        &dir,
+        Duration::from_secs(150),
+    )
+    .await?;
+
     for name in COMPONENTS {
         let ok_lines = stdout
             .lines()
@@ -339,37 +372,21 @@ fn seconds_after(text: &str, prefix: &str) -> Option<f64> {
 /// printed: every kind of fault injected, every fault recovered from, pings approved.
 #[tokio::test]
 async fn devnet_chaos_injects_faults_and_recovers() -> anyhow::Result<()> {
-    let mut cmd = tokio::process::Command::new(binary_path("devnet"));
-    cmd.args([
-        "--chaos",
-        "--duration",
-        "25s",
-        "--chaos-interval",
-        "1s",
-        "--no-build",
-    ])
-    .stdin(std::process::Stdio::null())
-    .kill_on_drop(true);
     let run_dir = tempfile::tempdir()?;
-    if pg_binaries_installed() {
-        cmd.env_remove("DATABASE_URL");
-        cmd.arg("--dir").arg(run_dir.path().join("devnet"));
-    } else {
-        cmd.arg("--rm");
-    }
-    let started = Instant::now();
-    let output = tokio::time::timeout(Duration::from_secs(300), cmd.output())
-        .await
-        .context("devnet --chaos did not finish within 300 s")??;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let report = format!(
-        "exit {:?} after {:?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        output.status.code(),
-        started.elapsed()
-    );
-    eprintln!("{report}");
-    ensure!(output.status.success(), "devnet --chaos failed:\n{report}");
+    let stdout = run_devnet(
+        &[
+            "--chaos",
+            "--duration",
+            "25s",
+            "--chaos-interval",
+            "1s",
+            "--no-build",
+        ],
+        &run_dir.path().join("devnet"),
+        Duration::from_secs(300),
+    )
+    .await?
+    .stdout;
 
     // The table: rows per component kind add up to the total row; every fault recovered.
     let total = chaos_row(&stdout, "total").context("no total row in the chaos summary")?;

@@ -15,19 +15,24 @@
 //!    the timestamp members see.
 
 use domain_e2e::e2e_test;
+use domain_e2e::seq_member::send_to;
+use domain_e2e::seq_rpc::rejected;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use domain_e2e::checks::{db_client, expect_status, stream_end};
-use domain_e2e::topology::new_participant;
-use domain_e2e::{connect, envelope, now_micros};
+use domain_e2e::now_micros;
+use domain_e2e::seq_auth::{
+    connect_when_admitted, expect_refused_everywhere, expect_streams_disabled,
+};
+use domain_e2e::seq_db;
+use domain_e2e::topology::{new_participant, sleep_until_micros};
 use domain_localnet::domain_managers::{DomainManagers, domainctl};
 use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::manager::admin::v1 as manager_admin_pb;
 use domain_proto::manager::admin::v1::domain_admin_service_client::DomainAdminServiceClient;
 use domain_proto::topology::v1 as pb;
-use domain_sequencer_client::{ClientError, SequencerConnection};
 use domain_testkit::{pg::PgCluster, process::TestLogs};
 use serde_json::Value;
 use tonic::Code;
@@ -63,32 +68,20 @@ fn field_i64(v: &Value, key: &str) -> anyhow::Result<i64> {
         .with_context(|| format!("no integer {key:?} in {v}"))
 }
 
-async fn sleep_until_micros(t: i64) {
-    let wait = t - now_micros();
-    if wait > 0 {
-        tokio::time::sleep(Duration::from_micros(wait as u64)).await;
-    }
-}
-
-fn refusal(r: anyhow::Result<SequencerConnection>, case: &str) -> anyhow::Result<tonic::Status> {
-    match r {
-        Ok(_) => bail!("{case}: expected a refused token, got a connection"),
-        Err(e) => match e.downcast::<ClientError>() {
-            Ok(ClientError::Status(st)) => Ok(st),
-            Ok(other) => bail!("{case}: expected a gRPC status, got {other}"),
-            Err(other) => bail!("{case}: expected a gRPC status, got {other:#}"),
-        },
-    }
+/// `participants set-state <id> --permission <permission>`, then `extra`.
+fn set_state_args<'a>(id: &'a str, permission: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["participants", "set-state", id, "--permission", permission];
+    args.extend_from_slice(extra);
+    args
 }
 
 async fn lease_epoch(db: &tokio_postgres::Client) -> anyhow::Result<i64> {
-    Ok(db
-        .query_one(
-            "SELECT epoch FROM leases WHERE name = 'domain-manager'",
-            &[],
-        )
-        .await?
-        .get(0))
+    seq_db::one(
+        db,
+        "SELECT epoch FROM leases WHERE name = 'domain-manager'",
+        &[],
+    )
+    .await
 }
 
 async fn start_domain(
@@ -106,6 +99,26 @@ async fn start_domain(
     Ok((cluster, dms))
 }
 
+/// [`start_domain`], then waits (10 s at most) for an active domain manager replica:
+/// returns the cluster, the replicas, a client of their database, the active replica and
+/// the lease epoch.
+async fn start_active(
+    logs: &TestLogs,
+    prefix: &str,
+) -> anyhow::Result<(
+    SequencerCluster,
+    DomainManagers,
+    tokio_postgres::Client,
+    usize,
+    i64,
+)> {
+    let (cluster, dms) = start_domain(logs, prefix).await?;
+    let db = db_client(&dms.database.url).await?;
+    let active = dms.wait_active(Duration::from_secs(10)).await?;
+    let epoch = lease_epoch(&db).await?;
+    Ok((cluster, dms, db, active, epoch))
+}
+
 e2e_test! {
     serial allowlist_through_domainctl => allowlist_body
 }
@@ -115,27 +128,18 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
     let erin = new_participant("erin")?;
     let erin_id = erin.0.to_string();
 
-    for i in 0..2 {
-        let st = refusal(connect(&cluster, i, &erin).await, "before")?;
-        expect_status(
-            &st,
-            Code::PermissionDenied,
-            Some("SEQ_MEMBER_UNKNOWN"),
-            &format!("erin's challenge on instance {i} before set-state"),
-        )?;
-    }
+    expect_refused_everywhere(
+        &cluster,
+        &erin,
+        "erin",
+        "SEQ_MEMBER_UNKNOWN",
+        "before set-state",
+    )
+    .await?;
 
     let set = ctl_json(
         &dms,
-        &[
-            "participants",
-            "set-state",
-            &erin_id,
-            "--permission",
-            "submission",
-            "--trust-level",
-            "ordinary",
-        ],
+        &set_state_args(&erin_id, "submission", &["--trust-level", "ordinary"]),
     )
     .await?;
     println!("set-state: {set}");
@@ -145,17 +149,7 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
         "first set-state changes: {set}"
     );
     // Idempotent: the same state again changes nothing.
-    let again = ctl_json(
-        &dms,
-        &[
-            "participants",
-            "set-state",
-            &erin_id,
-            "--permission",
-            "submission",
-        ],
-    )
-    .await?;
+    let again = ctl_json(&dms, &set_state_args(&erin_id, "submission", &[])).await?;
     ensure!(
         again.get("changed") == Some(&Value::Bool(false))
             && field_i64(&again, "serial")? == field_i64(&set, "serial")?,
@@ -165,27 +159,12 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
     sleep_until_micros(effective).await;
     let mut conns = Vec::new();
     for i in 0..2 {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let conn = loop {
-            match connect(&cluster, i, &erin).await {
-                Ok(c) => break c,
-                Err(e) if Instant::now() < deadline => {
-                    ensure!(format!("{e:#}").contains("not registered"), "{e:#}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => bail!("instance {i} refuses erin after the effective time: {e:#}"),
-            }
-        };
+        let (conn, lag) = connect_when_admitted(&cluster, i, &erin, effective).await?;
         println!(
             "erin admitted by instance {i} {:.1} ms after the effective time",
-            (now_micros() - effective) as f64 / 1000.0
+            lag as f64 / 1000.0
         );
-        conn.send(
-            &format!("hello-{i}"),
-            vec![envelope(b"hi".to_vec(), &[&erin.0])],
-            now_micros() + 60_000_000,
-        )
-        .await?;
+        send_to(&conn, &format!("hello-{i}"), b"hi", &erin.0).await?;
         conns.push(conn);
     }
     let got = ctl_json(&dms, &["participants", "get", &erin_id]).await?;
@@ -214,27 +193,19 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
         "erin's subscriptions ended {:.1} ms after the disabling's effective time",
         lag as f64 / 1000.0
     );
-    for (i, st) in [(0, &st0), (1, &st1)] {
-        expect_status(
-            st,
-            Code::PermissionDenied,
-            Some("SEQ_MEMBER_DISABLED"),
-            &format!("erin's stream on instance {i}"),
-        )?;
-    }
+    expect_streams_disabled(&[&st0, &st1], "erin")?;
     ensure!(
         lag <= 1_000_000,
         "streams must end within 1 s of the effective time: {lag} µs"
     );
-    for i in 0..2 {
-        let st = refusal(connect(&cluster, i, &erin).await, "after disable")?;
-        expect_status(
-            &st,
-            Code::PermissionDenied,
-            Some("SEQ_MEMBER_DISABLED"),
-            &format!("erin's challenge on instance {i} after disable"),
-        )?;
-    }
+    expect_refused_everywhere(
+        &cluster,
+        &erin,
+        "erin",
+        "SEQ_MEMBER_DISABLED",
+        "after disable",
+    )
+    .await?;
 
     // The read-only views answer too.
     let seqs = ctl_json(&dms, &["sequencers", "list"]).await?;
@@ -257,25 +228,14 @@ async fn set_state_once(
 ) -> anyhow::Result<Output> {
     domainctl(
         endpoints,
-        &[
-            "participants",
-            "set-state",
-            id,
-            "--permission",
-            permission,
-            "--timeout",
-            "1s",
-        ],
+        &set_state_args(id, permission, &["--timeout", "1s"]),
     )
     .await
 }
 
 async fn sigkill_body(logs: TestLogs) -> anyhow::Result<()> {
-    let (_cluster, mut dms) = start_domain(&logs, "dm_kill").await?;
-    let db = db_client(&dms.database.url).await?;
-    let active = dms.wait_active(Duration::from_secs(10)).await?;
+    let (_cluster, mut dms, db, active, epoch_before) = start_active(&logs, "dm_kill").await?;
     let other = 1 - active;
-    let epoch_before = lease_epoch(&db).await?;
     let p = new_participant("frank")?;
     let out = set_state_once(&dms.endpoints(), &p.0.to_string(), "observation").await?;
     ensure!(
@@ -328,11 +288,8 @@ e2e_test! {
 }
 
 async fn split_brain_body(logs: TestLogs) -> anyhow::Result<()> {
-    let (_cluster, mut dms) = start_domain(&logs, "dm_split").await?;
-    let db = db_client(&dms.database.url).await?;
-    let old = dms.wait_active(Duration::from_secs(10)).await?;
+    let (_cluster, mut dms, db, old, old_epoch) = start_active(&logs, "dm_split").await?;
     let new = 1 - old;
-    let old_epoch = lease_epoch(&db).await?;
     let new_endpoint = vec![dms.nodes[new].admin_endpoint()];
     let p = new_participant("gina")?;
     let pid = p.0.to_string();
@@ -357,17 +314,7 @@ async fn split_brain_body(logs: TestLogs) -> anyhow::Result<()> {
         new_epoch == old_epoch + 1,
         "takeover epoch {old_epoch} -> {new_epoch}"
     );
-    let out = domainctl(
-        &new_endpoint,
-        &[
-            "participants",
-            "set-state",
-            &pid,
-            "--permission",
-            "submission",
-        ],
-    )
-    .await?;
+    let out = domainctl(&new_endpoint, &set_state_args(&pid, "submission", &[])).await?;
     ensure!(
         out.status.success(),
         "write through the new active: {}",
@@ -377,10 +324,7 @@ async fn split_brain_body(logs: TestLogs) -> anyhow::Result<()> {
     dms.nodes[old].process()?.resume()?;
     let old_write = pending_write.await.context("write task")?;
     println!("write sent to the paused old active, answered after SIGCONT: {old_write:?}");
-    let st = match old_write {
-        Ok(r) => bail!("the old active accepted a write after its lease expired: {r:?}"),
-        Err(st) => st,
-    };
+    let st = rejected(old_write, "the old active's write after its lease expired")?;
     expect_status(
         &st,
         Code::Unavailable,
@@ -393,10 +337,11 @@ async fn split_brain_body(logs: TestLogs) -> anyhow::Result<()> {
         !dms.nodes[old].is_ready().await,
         "old replica must report not ready"
     );
-    let st = match raw_set_state(&old_admin, &pid, pb::ParticipantPermission::Observation).await {
-        Ok(r) => bail!("the old replica accepted a write: {r:?}"),
-        Err(st) => st,
-    };
+    let st = rejected(
+        raw_set_state(&old_admin, &pid, pb::ParticipantPermission::Observation).await,
+        "a write at the old replica",
+    )?;
+
     expect_status(
         &st,
         Code::Unavailable,
@@ -422,16 +367,15 @@ async fn split_brain_body(logs: TestLogs) -> anyhow::Result<()> {
     );
 
     // The database proof: nothing written with the stale epoch after the takeover.
-    let r = db
-        .query_one(
-            "SELECT count(*) FILTER (WHERE written_epoch = $1 AND written_at >= l.acquired_at),
-                    count(*) FILTER (WHERE written_epoch = $2),
-                    min(l.acquired_at)::text
-             FROM dm_topology, leases l WHERE l.name = 'domain-manager'",
-            &[&old_epoch, &new_epoch],
-        )
-        .await?;
-    let (stale, fresh, acquired): (i64, i64, Option<String>) = (r.get(0), r.get(1), r.get(2));
+    let (stale, fresh, acquired): (i64, i64, Option<String>) = seq_db::three(
+        &db,
+        "SELECT count(*) FILTER (WHERE written_epoch = $1 AND written_at >= l.acquired_at),
+                count(*) FILTER (WHERE written_epoch = $2),
+                min(l.acquired_at)::text
+         FROM dm_topology, leases l WHERE l.name = 'domain-manager'",
+        &[&old_epoch, &new_epoch],
+    )
+    .await?;
     println!(
         "rows written with stale epoch {old_epoch} after the takeover at {acquired:?}: {stale}; rows with epoch {new_epoch}: {fresh}"
     );
@@ -482,14 +426,8 @@ async fn bad_cli_body(logs: TestLogs) -> anyhow::Result<()> {
     let db = db_client(&dms.database.url).await?;
     let seq_db = db_client(&cluster.database.url).await?;
     let counts = async || -> anyhow::Result<(i64, i64)> {
-        let a: i64 = db
-            .query_one("SELECT count(*) FROM dm_topology", &[])
-            .await?
-            .get(0);
-        let b: i64 = seq_db
-            .query_one("SELECT count(*) FROM seq_topology", &[])
-            .await?
-            .get(0);
+        let a: i64 = seq_db::one(&db, "SELECT count(*) FROM dm_topology", &[]).await?;
+        let b: i64 = seq_db::one(&seq_db, "SELECT count(*) FROM seq_topology", &[]).await?;
         Ok((a, b))
     };
     let before = counts().await?;
@@ -499,13 +437,7 @@ async fn bad_cli_body(logs: TestLogs) -> anyhow::Result<()> {
     let cases: Vec<(&str, Vec<&str>, i32, &str)> = vec![
         (
             "malformed id",
-            vec![
-                "participants",
-                "set-state",
-                "alice",
-                "--permission",
-                "submission",
-            ],
+            set_state_args("alice", "submission", &[]),
             2,
             "invalid participant id",
         ),
@@ -523,21 +455,13 @@ async fn bad_cli_body(logs: TestLogs) -> anyhow::Result<()> {
         ),
         (
             "invalid permission",
-            vec!["participants", "set-state", &known, "--permission", "admin"],
+            set_state_args(&known, "admin", &[]),
             2,
             "admin",
         ),
         (
             "invalid trust level",
-            vec![
-                "participants",
-                "set-state",
-                &known,
-                "--permission",
-                "submission",
-                "--trust-level",
-                "gold",
-            ],
+            set_state_args(&known, "submission", &["--trust-level", "gold"]),
             2,
             "gold",
         ),
@@ -659,13 +583,12 @@ async fn resend_after_deadline_body(logs: TestLogs) -> anyhow::Result<()> {
         "the write succeeded although its reply was dropped: {}",
         text(&out)
     );
-    let serial: i64 = dm_db
-        .query_one(
-            "SELECT serial FROM dm_topology WHERE mapping_key = $1",
-            &[&format!("participant/{pid}")],
-        )
-        .await?
-        .get(0);
+    let serial: i64 = seq_db::one(
+        &dm_db,
+        "SELECT serial FROM dm_topology WHERE mapping_key = $1",
+        &[&format!("participant/{pid}")],
+    )
+    .await?;
     let message_id = format!("topology-{serial}");
     let copies = async || -> anyhow::Result<Vec<i64>> {
         Ok(seq_db
@@ -695,13 +618,12 @@ async fn resend_after_deadline_body(logs: TestLogs) -> anyhow::Result<()> {
     // never goes).
     let dropped_since = Instant::now();
     loop {
-        let dedup: i64 = seq_db
-            .query_one(
-                "SELECT count(*) FROM seq_dedup WHERE message_id = $1",
-                &[&message_id],
-            )
-            .await?
-            .get(0);
+        let dedup: i64 = seq_db::one(
+            &seq_db,
+            "SELECT count(*) FROM seq_dedup WHERE message_id = $1",
+            &[&message_id],
+        )
+        .await?;
         if dedup == 0 && dropped_since.elapsed() > Duration::from_secs(3) {
             break;
         }
@@ -717,14 +639,14 @@ async fn resend_after_deadline_body(logs: TestLogs) -> anyhow::Result<()> {
     // The domain manager settles the row.
     let settled = Instant::now();
     let recorded: i64 = loop {
-        let row = dm_db
-            .query_one(
-                "SELECT state, sequenced_ts FROM dm_topology WHERE serial = $1",
-                &[&serial],
-            )
-            .await?;
-        if row.get::<_, String>(0) == "sequenced" {
-            break row.get(1);
+        let (state, sequenced): (String, Option<i64>) = seq_db::two(
+            &dm_db,
+            "SELECT state, sequenced_ts FROM dm_topology WHERE serial = $1",
+            &[&serial],
+        )
+        .await?;
+        if state == "sequenced" {
+            break sequenced.context("a sequenced row without sequenced_ts")?;
         }
         ensure!(
             settled.elapsed() < Duration::from_secs(20),
@@ -733,13 +655,13 @@ async fn resend_after_deadline_body(logs: TestLogs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let all = copies().await?;
-    let members: i64 = seq_db
-        .query_one(
-            "SELECT sequenced_ts FROM seq_topology WHERE serial = $1",
-            &[&serial],
-        )
-        .await?
-        .get(0);
+    let members: i64 = seq_db::one(
+        &seq_db,
+        "SELECT sequenced_ts FROM seq_topology WHERE serial = $1",
+        &[&serial],
+    )
+    .await?;
+
     println!(
         "replies dropped for {:.1} s; {message_id} sequenced {} time(s) at {all:?}; the domain \
          manager recorded {recorded}, members see {members}",

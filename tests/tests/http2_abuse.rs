@@ -292,6 +292,54 @@ impl RssPeak {
     }
 }
 
+/// What an attack is judged by, from its start: a legitimate client served throughout,
+/// the server's CPU time and its peak RSS growth.
+struct Watch {
+    legit: LegitClient,
+    before: Usage,
+    peak: RssPeak,
+}
+
+impl Watch {
+    /// Starts the legitimate client and the RSS sampling, and notes the server's usage.
+    fn start(target: &Target) -> anyhow::Result<Self> {
+        Ok(Self {
+            legit: target.legit_client()?,
+            before: target.usage()?,
+            peak: RssPeak::start(target.pid),
+        })
+    }
+
+    /// The server's CPU time since the start.
+    fn cpu(&self, target: &Target) -> anyhow::Result<Duration> {
+        Ok(target.usage()?.cpu_since(&self.before))
+    }
+
+    /// Stops watching: the peak RSS growth in MiB, and the legitimate client's report
+    /// (served on every attempt, at least `min` times).
+    async fn finish(self, min: usize) -> anyhow::Result<(f64, LegitReport)> {
+        let rss_peak = self.peak.growth_mib(&self.before).await?;
+        let report = self.legit.assert_served(min).await?;
+        Ok((rss_peak, report))
+    }
+}
+
+/// The server's peak RSS growth stayed below `max_rss_mib` and its CPU time below
+/// `max_cpu`.
+fn ensure_usage(
+    rss_peak: f64,
+    max_rss_mib: f64,
+    cpu: Duration,
+    max_cpu: Duration,
+) -> anyhow::Result<()> {
+    ensure!(
+        rss_peak < max_rss_mib,
+        "server rss grew by {rss_peak:.1} MiB"
+    );
+    ensure!(cpu < max_cpu, "server cpu {cpu:?}");
+    Ok(())
+}
+
 /// A metric's value (summed over series whose line starts with `prefix`) from `/metrics`.
 async fn metric(ops_url: &str, prefix: &str) -> anyhow::Result<f64> {
     let text = domain_e2e::http_get(ops_url, "/metrics").await?;
@@ -445,6 +493,25 @@ async fn write_until_refused(
     written
 }
 
+/// [`write_until_refused`] with `chunk` again and again, `budget` bytes at the most.
+async fn write_repeated(
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
+    chunk: &[u8],
+    budget: u64,
+    limit: Duration,
+) -> u64 {
+    let mut sent = 0u64;
+    write_until_refused(
+        writer,
+        || {
+            sent += chunk.len() as u64;
+            (sent <= budget).then(|| chunk.to_vec())
+        },
+        limit,
+    )
+    .await
+}
+
 async fn run<F>(name: &str, body: impl FnOnce(TestLogs) -> F) -> anyhow::Result<()>
 where
     F: std::future::Future<Output = anyhow::Result<()>>,
@@ -466,9 +533,7 @@ where
 async fn rapid_reset_is_bounded() -> anyhow::Result<()> {
     run("rapid_reset_is_bounded", |logs| async move {
         let target = Target::start(logs, "h2_rapid_reset", &[]).await?;
-        let legit = target.legit_client()?;
-        let before = target.usage()?;
-        let peak = RssPeak::start(target.pid);
+        let watch = Watch::start(&target)?;
 
         // Per connection at most this many streams are tried: without a guard the server
         // would take all of them (each a request the service sees and drops).
@@ -506,10 +571,8 @@ async fn rapid_reset_is_bounded() -> anyhow::Result<()> {
             endings.push(format!("{ended:?}"));
             per_connection.push(streams);
         }
-        let after = target.usage()?;
-        let rss_peak = peak.growth_mib(&before).await?;
-        let cpu = after.cpu_since(&before);
-        let report = legit.assert_served(3).await?;
+        let cpu = watch.cpu(&target)?;
+        let (rss_peak, report) = watch.finish(3).await?;
         println!(
             "rapid reset: streams per connection {per_connection:?}, server cpu {cpu:?}, \
              rss peak +{rss_peak:.1} MiB, legit {report:?}, endings {endings:?}"
@@ -560,9 +623,7 @@ const ATTACK: Duration = Duration::from_secs(3);
 async fn continuation_flood_is_bounded() -> anyhow::Result<()> {
     run("continuation_flood_is_bounded", |logs| async move {
         let target = Target::start(logs, "h2_continuation", &[]).await?;
-        let legit = target.legit_client()?;
-        let before = target.usage()?;
-        let peak = RssPeak::start(target.pid);
+        let watch = Watch::start(&target)?;
 
         // Up to 64 MiB per variant: an unbounded server buffers all of it.
         const BUDGET: u64 = 64 * 1024 * 1024;
@@ -594,23 +655,12 @@ async fn continuation_flood_is_bounded() -> anyhow::Result<()> {
             // 64 KiB chunks of CONTINUATION frames.
             let per_chunk = (64 * 1024 / continuation.len()).max(1);
             let chunk: Vec<u8> = continuation.repeat(per_chunk);
-            let mut sent = 0u64;
-            let written = write_until_refused(
-                &mut writer,
-                || {
-                    sent += chunk.len() as u64;
-                    (sent <= BUDGET).then(|| chunk.clone())
-                },
-                Duration::from_secs(6),
-            )
-            .await;
+            let written = write_repeated(&mut writer, &chunk, BUDGET, Duration::from_secs(6)).await;
             let seen = frames.await??;
             results.push((payload_len, written, seen));
         }
-        let after = target.usage()?;
-        let rss_peak = peak.growth_mib(&before).await?;
-        let cpu = after.cpu_since(&before);
-        let report = legit.assert_served(3).await?;
+        let cpu = watch.cpu(&target)?;
+        let (rss_peak, report) = watch.finish(3).await?;
         let summary: Vec<String> = results
             .iter()
             .map(|(len, written, seen)| {
@@ -641,10 +691,9 @@ async fn continuation_flood_is_bounded() -> anyhow::Result<()> {
             );
         }
         // Buffering the flood would cost 64 MiB; the guard costs nothing measurable.
-        ensure!(rss_peak < 32.0, "server rss grew by {rss_peak:.1} MiB");
         // Each connection ends after a handful of frames, so the server's work is a TLS
         // handshake per connection; 6 s of CPU is two whole cores for the 3 s of attack.
-        ensure!(cpu < Duration::from_secs(6), "server cpu {cpu:?}");
+        ensure_usage(rss_peak, 32.0, cpu, Duration::from_secs(6))?;
         Ok(())
     })
     .await
@@ -672,9 +721,7 @@ async fn settings_flood_is_bounded() -> anyhow::Result<()> {
             ],
         )
         .await?;
-        let legit = target.legit_client()?;
-        let before = target.usage()?;
-        let peak = RssPeak::start(target.pid);
+        let watch = Watch::start(&target)?;
 
         // Up to 256 MiB of SETTINGS frames (each with one setting, ENABLE_PUSH = 0: valid
         // from a client and free to apply).
@@ -684,29 +731,18 @@ async fn settings_flood_is_bounded() -> anyhow::Result<()> {
         let tls = target.tls().await?;
         let (reader, mut writer) = tokio::io::split(tls);
         writer.write_all(PREFACE).await?;
-        let mut sent = 0u64;
-        let written = write_until_refused(
-            &mut writer,
-            || {
-                sent += chunk.len() as u64;
-                (sent <= BUDGET).then(|| chunk.clone())
-            },
-            Duration::from_secs(5),
-        )
-        .await;
+        let written = write_repeated(&mut writer, &chunk, BUDGET, Duration::from_secs(5)).await;
         let frames_written = written / settings.len() as u64;
-        let during = target.usage()?;
+        let cpu = watch.cpu(&target)?;
         // Only now read what the server sent: the ACKs it wrote before it stopped reading.
         let seen = read_frames(reader, Duration::from_secs(5)).await?;
-        let after = target.usage()?;
-        let rss_peak = peak.growth_mib(&before).await?;
-        let cpu = during.cpu_since(&before);
-        let report = legit.assert_served(3).await?;
+        let cpu_in_all = watch.cpu(&target)?;
+        let (rss_peak, report) = watch.finish(3).await?;
         println!(
             "settings flood: {frames_written} frames written ({written} bytes), {seen:?}, \
              server cpu {cpu:?} during the flood, {:?} in all, rss peak +{rss_peak:.1} MiB, \
              legit {report:?}",
-            after.cpu_since(&before)
+            cpu_in_all
         );
 
         // The server reads only while it can write ACKs: what it took is the socket
@@ -723,10 +759,9 @@ async fn settings_flood_is_bounded() -> anyhow::Result<()> {
             seen.closed || seen.goaway.is_some(),
             "the connection is still open: {seen:?}"
         );
-        ensure!(rss_peak < 48.0, "server rss grew by {rss_peak:.1} MiB");
         // Processing SETTINGS is cheap; 5 s of flood on a loaded 2-core box stays below
         // 5 s of CPU unless the server also spins.
-        ensure!(cpu < Duration::from_secs(5), "server cpu {cpu:?}");
+        ensure_usage(rss_peak, 48.0, cpu, Duration::from_secs(5))?;
         Ok(())
     })
     .await
@@ -749,9 +784,7 @@ async fn many_idle_connections_are_bounded() -> anyhow::Result<()> {
         )
         .await?;
         let ops = target.ops_url()?;
-        let legit = target.legit_client()?;
-        let before = target.usage()?;
-        let peak = RssPeak::start(target.pid);
+        let watch = Watch::start(&target)?;
 
         const ATTEMPTS: usize = 1_000;
         let mut held = Vec::new();
@@ -767,12 +800,10 @@ async fn many_idle_connections_are_bounded() -> anyhow::Result<()> {
         // then count those still alive.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let alive = held.iter().filter(|(_, c)| !c.is_finished()).count();
-        let during = target.usage()?;
+        let cpu = watch.cpu(&target)?;
         let open = metric(&ops, "grpc_server_connections{").await?;
         let refused_metric = metric(&ops, "grpc_server_connections_refused_total{").await?;
-        let legit_report = legit.assert_served(3).await?;
-        let rss_peak = peak.growth_mib(&before).await?;
-        let cpu = during.cpu_since(&before);
+        let (rss_peak, legit_report) = watch.finish(3).await?;
         println!(
             "idle connections: {alive} of {ATTEMPTS} held open, {refused} refused; server says \
              {open} open (all listeners), {refused_metric} refused; server cpu {cpu:?}, \
@@ -790,9 +821,8 @@ async fn many_idle_connections_are_bounded() -> anyhow::Result<()> {
         // Measured: the cap's 100 connections cost the server ~2.5 MiB (TLS and HTTP/2
         // state); 1 000 uncapped ones cost 23 MiB. 12 MiB leaves room for allocator noise
         // and still fails without the cap.
-        ensure!(rss_peak < 12.0, "server rss grew by {rss_peak:.1} MiB");
         // 1 000 TLS handshakes (900 of them cut short) on a loaded box: under 10 s of CPU.
-        ensure!(cpu < Duration::from_secs(10), "server cpu {cpu:?}");
+        ensure_usage(rss_peak, 12.0, cpu, Duration::from_secs(10))?;
         drop(held);
         Ok(())
     })
@@ -816,9 +846,7 @@ async fn tls_handshake_slowloris_is_bounded() -> anyhow::Result<()> {
             &[("SEQUENCER__PUBLIC_API__TLS_HANDSHAKE_TIMEOUT", "2s")],
         )
         .await?;
-        let legit = target.legit_client()?;
-        let before = target.usage()?;
-        let peak = RssPeak::start(target.pid);
+        let watch = Watch::start(&target)?;
 
         const CONNECTIONS: usize = 300;
         // A TLS record header announcing a 512-byte handshake record, and 1 byte of it.
@@ -851,10 +879,8 @@ async fn tls_handshake_slowloris_is_bounded() -> anyhow::Result<()> {
                 None => still_open += 1,
             }
         }
-        let after = target.usage()?;
-        let rss_peak = peak.growth_mib(&before).await?;
-        let cpu = after.cpu_since(&before);
-        let report = legit.assert_served(5).await?;
+        let cpu = watch.cpu(&target)?;
+        let (rss_peak, report) = watch.finish(5).await?;
         let latest = closed_after.iter().max().copied().unwrap_or_default();
         println!(
             "slowloris: {} of {CONNECTIONS} closed by the server, the last after {latest:?} \
@@ -875,8 +901,7 @@ async fn tls_handshake_slowloris_is_bounded() -> anyhow::Result<()> {
             "the last stalled handshake was closed only after {latest:?}"
         );
         // 300 stalled handshakes hold a socket and a small rustls state each.
-        ensure!(rss_peak < 32.0, "server rss grew by {rss_peak:.1} MiB");
-        ensure!(cpu < Duration::from_secs(5), "server cpu {cpu:?}");
+        ensure_usage(rss_peak, 32.0, cpu, Duration::from_secs(5))?;
         Ok(())
     })
     .await
@@ -893,9 +918,7 @@ async fn tls_handshake_slowloris_is_bounded() -> anyhow::Result<()> {
 async fn oversized_headers_are_refused() -> anyhow::Result<()> {
     run("oversized_headers_are_refused", |logs| async move {
         let target = Target::start(logs, "h2_headers", &[]).await?;
-        let legit = target.legit_client()?;
-        let before = target.usage()?;
-        let peak = RssPeak::start(target.pid);
+        let watch = Watch::start(&target)?;
 
         let request = |value_len: usize| -> anyhow::Result<http::Request<()>> {
             Ok(http::Request::post(format!("https://localhost{GRPC_PATH}"))
@@ -961,10 +984,8 @@ async fn oversized_headers_are_refused() -> anyhow::Result<()> {
             );
             endings.push(outcome);
         }
-        let after = target.usage()?;
-        let rss_peak = peak.growth_mib(&before).await?;
-        let cpu = after.cpu_since(&before);
-        let report = legit.assert_served(3).await?;
+        let cpu = watch.cpu(&target)?;
+        let (rss_peak, report) = watch.finish(3).await?;
         println!(
             "oversized headers: {} requests of 1 MiB, all refused {:?}; server cpu {cpu:?}, \
              rss peak +{rss_peak:.1} MiB, legit {report:?}",
@@ -974,8 +995,7 @@ async fn oversized_headers_are_refused() -> anyhow::Result<()> {
         // Each 1 MiB header block would cost 1 MiB if buffered (tens of connections: tens
         // of MiB); refused early they cost nothing measurable. 24 MiB leaves room for
         // allocator noise.
-        ensure!(rss_peak < 24.0, "server rss grew by {rss_peak:.1} MiB");
-        ensure!(cpu < Duration::from_secs(5), "server cpu {cpu:?}");
+        ensure_usage(rss_peak, 24.0, cpu, Duration::from_secs(5))?;
         Ok(())
     })
     .await

@@ -186,6 +186,24 @@ struct ContainerConfig {
     sets: Vec<String>,
 }
 
+impl ContainerConfig {
+    /// Loads the container's config as the component does (its file, its `<prefix>__*`
+    /// environment, its `--set` flags); panics naming `what`.
+    fn load<T>(&self, prefix: &str, what: &str) -> T
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Default,
+    {
+        let env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{prefix}__")))
+            .cloned()
+            .collect();
+        domain_runtime::config::load(Some(&self.file), env, prefix, &self.sets)
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+}
+
 /// Writes what a mounted volume holds under `root/<mountPath>`: ConfigMap files as
 /// rendered, Secret keys as real keys and certificates of the right kind.
 fn materialise(
@@ -405,22 +423,9 @@ fn every_rendered_config_loads_and_validates() {
         assert!(!configs.is_empty(), "{name}: no component configs found");
         for c in configs {
             let what = format!("{name}: {}", component(&c.image));
-            let load_env = |prefix: &str| -> Vec<(String, String)> {
-                c.env
-                    .iter()
-                    .filter(|(k, _)| k.starts_with(&format!("{prefix}__")))
-                    .cloned()
-                    .collect()
-            };
             let database = match component(&c.image) {
                 "sequencer" => {
-                    let s: domain_sequencer::SequencerConfig = domain_runtime::config::load(
-                        Some(&c.file),
-                        load_env("SEQUENCER"),
-                        "SEQUENCER",
-                        &c.sets,
-                    )
-                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let s: domain_sequencer::SequencerConfig = c.load("SEQUENCER", &what);
                     assert_eq!(
                         s.domain_id.map(|d| d.to_string()).as_ref(),
                         Some(&identity.domain_id),
@@ -432,13 +437,7 @@ fn every_rendered_config_loads_and_validates() {
                     s.database
                 }
                 "mediator" => {
-                    let m: domain_mediator::MediatorConfig = domain_runtime::config::load(
-                        Some(&c.file),
-                        load_env("MEDIATOR"),
-                        "MEDIATOR",
-                        &c.sets,
-                    )
-                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let m: domain_mediator::MediatorConfig = c.load("MEDIATOR", &what);
                     m.validate().unwrap_or_else(|e| panic!("{what}: {e}"));
                     assert_eq!(
                         m.domain_id.map(|d| d.to_string()).as_ref(),
@@ -451,13 +450,8 @@ fn every_rendered_config_loads_and_validates() {
                     m.database
                 }
                 "domain-manager" => {
-                    let mut d: domain_manager::DomainManagerConfig = domain_runtime::config::load(
-                        Some(&c.file),
-                        load_env("DOMAIN_MANAGER"),
-                        "DOMAIN_MANAGER",
-                        &c.sets,
-                    )
-                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let mut d: domain_manager::DomainManagerConfig =
+                        c.load("DOMAIN_MANAGER", &what);
                     d.validate().unwrap_or_else(|e| panic!("{what}: {e}"));
                     assert_eq!(d.genesis.mediators, [identity.mediator_id()], "{what}");
                     let endpoints: Vec<_> = d
@@ -470,13 +464,7 @@ fn every_rendered_config_loads_and_validates() {
                 }
                 "participant" => {
                     let p: domain_participant::config::ParticipantConfig =
-                        domain_runtime::config::load(
-                            Some(&c.file),
-                            load_env("PARTICIPANT"),
-                            "PARTICIPANT",
-                            &c.sets,
-                        )
-                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                        c.load("PARTICIPANT", &what);
                     p.validate().unwrap_or_else(|e| panic!("{what}: {e}"));
                     p.database
                 }

@@ -3,19 +3,18 @@
 //! `Authenticate`.
 
 use domain_e2e::e2e_test;
+use domain_e2e::seq_cluster::start_with_db;
+use domain_e2e::seq_rpc::challenge_request;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::ensure;
-use domain_e2e::checks::db_client;
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
-use domain_localnet::sequencers::SequencerCluster;
-use domain_proto::common::v1 as common_pb;
 use domain_proto::sequencer::v1 as pb;
 use domain_proto::sequencer::v1::sequencer_service_client::SequencerServiceClient;
 use domain_sequencer_client::connect_channel;
-use domain_testkit::{pg::PgCluster, process::TestLogs};
+use domain_testkit::process::TestLogs;
 
 fn fresh_participant(name: &str) -> anyhow::Result<(MemberId, Arc<SigningKeyPair>)> {
     let key = SigningKeyPair::generate();
@@ -38,12 +37,8 @@ e2e_test! {
 }
 
 async fn body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared()
-        .create_database("open_registration")
-        .await;
-    let cluster =
-        SequencerCluster::start(logs, database.clone(), 1, "access-mode = \"open\"").await?;
-    let db = db_client(&database.url).await?;
+    let (cluster, db) =
+        start_with_db(logs, "open_registration", 1, "access-mode = \"open\"", &[]).await?;
 
     // A legitimate participant joins by proving its key (Challenge + Authenticate).
     let legit = fresh_participant("legit")?;
@@ -62,15 +57,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     for i in 0..50 {
         let (id, key) = fresh_participant(&format!("spam{i}"))?;
         // Answered or refused, it must not register: only the row count matters.
-        let _ = raw
-            .challenge(pb::ChallengeRequest {
-                member: id.to_string(),
-                public_key: Some(common_pb::PublicKey {
-                    algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                    key: key.public_key().to_bytes().to_vec(),
-                }),
-            })
-            .await;
+        let _ = raw.challenge(challenge_request(&id, &key)).await;
     }
     let after = member_rows(&db).await?;
     ensure!(

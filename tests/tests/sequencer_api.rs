@@ -11,6 +11,10 @@
 //! The tests of this file run one at a time (they share 2 cores and measure times).
 
 use domain_e2e::e2e_test;
+use domain_e2e::seq_cluster::{node_log, one_instance_env, start_with_db};
+use domain_e2e::seq_member::{add_participants, send_to, send_within};
+use domain_e2e::seq_rpc::challenge_request;
+use domain_e2e::seq_rpc::rejected;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -25,7 +29,6 @@ use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
 use domain_localnet::config;
 use domain_localnet::sequencers::SequencerCluster;
-use domain_proto::common::v1 as common_pb;
 use domain_proto::sequencer::admin::v1 as sequencer_admin_pb;
 use domain_proto::sequencer::v1 as pb;
 use domain_proto::sequencer::v1::sequencer_service_client::SequencerServiceClient;
@@ -113,10 +116,7 @@ fn raw_status_of<T: std::fmt::Debug>(
     r: Result<tonic::Response<T>, Status>,
     case: &str,
 ) -> anyhow::Result<Status> {
-    match r {
-        Ok(v) => bail!("{case}: expected a rejection, got {:?}", v.into_inner()),
-        Err(st) => Ok(st),
-    }
+    rejected(r.map(tonic::Response::into_inner), case)
 }
 
 fn submission(
@@ -276,17 +276,15 @@ async fn retry_on_other_instance_is_deduplicated() -> anyhow::Result<()> {
 }
 
 async fn retry_on_other_instance_is_deduplicated_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared().create_database("seq_api_dedup").await;
-    let cluster = SequencerCluster::start(
+    let (cluster, db) = start_with_db(
         logs,
-        database.clone(),
+        "seq_api_dedup",
         2,
         "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
+        &[],
     )
     .await?;
-    let db = db_client(&database.url).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a0 = connect(&cluster, 0, &alice).await?;
     let a1 = connect(&cluster, 1, &alice).await?;
     let alice_db = member_db_id(&db, &alice.0).await?;
@@ -369,13 +367,7 @@ async fn retry_on_other_instance_is_deduplicated_body(logs: TestLogs) -> anyhow:
     }
 
     // A marker sent last: everything before it in a stream has been delivered.
-    let marker = a1
-        .send(
-            "marker",
-            vec![envelope(b"marker".to_vec(), &[&bob.0])],
-            now_micros() + 60_000_000,
-        )
-        .await?;
+    let marker = send_to(&a1, "marker", b"marker", &bob.0).await?;
     timestamps.insert(marker.sequencing_timestamp_micros, "marker".to_string());
     let expected: Vec<Vec<u8>> = timestamps
         .values()
@@ -465,13 +457,10 @@ async fn bad_inputs_are_rejected_without_trace() -> anyhow::Result<()> {
 }
 
 async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared().create_database("seq_api_bad").await;
     // Tokens live 1 s (case 6), so every case re-authenticates right before it.
     let config = "max-request-size = 10000\nauth.token-ttl = \"1s\"\npruning.interval = \"0s\"";
-    let cluster = SequencerCluster::start(logs, database.clone(), 2, config).await?;
-    let db = db_client(&database.url).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let (cluster, db) = start_with_db(logs, "seq_api_bad", 2, config, &[]).await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 1, &bob).await?;
     let far = || now_micros() + 60_000_000;
@@ -497,10 +486,7 @@ async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::R
             Some(&token),
         )
         .await;
-        let st = match r {
-            Ok(v) => bail!("{case}: accepted, answered {v:02x?}"),
-            Err(st) => st,
-        };
+        let st = rejected(r, &case)?;
         // Plain tonic-prost answers INTERNAL "failed to decode Protobuf message" with no
         // metadata; the generated services use domain_proto::codec::DomainCodec, which
         // remaps that to INVALID_ARGUMENT with code MALFORMED_PROTOBUF (docs/errors.md).
@@ -649,13 +635,7 @@ async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::R
     {
         let mut raw = SequencerServiceClient::new(channel_to(&cluster, 0).await?);
         let challenge = raw
-            .challenge(pb::ChallengeRequest {
-                member: alice.0.to_string(),
-                public_key: Some(common_pb::PublicKey {
-                    algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                    key: alice.1.public_key().to_bytes().to_vec(),
-                }),
-            })
+            .challenge(challenge_request(&alice.0, &alice.1))
             .await?
             .into_inner();
         let sig = alice.1.sign_with_domain_str(
@@ -753,15 +733,7 @@ async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::R
     {
         let before = counts(&db).await?;
         let mut raw = SequencerServiceClient::new(channel_to(&cluster, 1).await?);
-        let r = raw
-            .challenge(pb::ChallengeRequest {
-                member: ghost.to_string(),
-                public_key: Some(common_pb::PublicKey {
-                    algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                    key: ghost_key.public_key().to_bytes().to_vec(),
-                }),
-            })
-            .await;
+        let r = raw.challenge(challenge_request(&ghost, &ghost_key)).await;
         let st = raw_status_of(r, "(8)")?;
         expect_status(
             &st,
@@ -826,15 +798,7 @@ async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::R
         let before = counts(&db).await?;
         let mut raw = SequencerServiceClient::new(channel_to(&cluster, 0).await?);
         let other = SigningKeyPair::generate();
-        let r = raw
-            .challenge(pb::ChallengeRequest {
-                member: alice.0.to_string(),
-                public_key: Some(common_pb::PublicKey {
-                    algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                    key: other.public_key().to_bytes().to_vec(),
-                }),
-            })
-            .await;
+        let r = raw.challenge(challenge_request(&alice.0, &other)).await;
         let st = raw_status_of(r, "(11)")?;
         expect_status(
             &st,
@@ -881,18 +845,15 @@ e2e_test! {
 }
 
 async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared().create_database("seq_api_disable").await;
-    let cluster = SequencerCluster::start(
+    let (cluster, db) = start_with_db(
         logs,
-        database.clone(),
+        "seq_api_disable",
         2,
         "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
+        &[],
     )
     .await?;
-    let db = db_client(&database.url).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
-    let carol = cluster.add_member(MemberRole::Participant, "carol").await?;
+    let [alice, bob, carol] = add_participants(&cluster, ["alice", "bob", "carol"]).await?;
     let a0 = connect(&cluster, 0, &alice).await?;
     let a1 = connect(&cluster, 1, &alice).await?;
     let b0 = connect(&cluster, 0, &bob).await?;
@@ -901,12 +862,7 @@ async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
     // Alice follows her stream live on both instances.
     let mut s0 = a0.subscribe(0).await?;
     let mut s1 = a1.subscribe(0).await?;
-    b0.send(
-        "hi",
-        vec![envelope(b"hi alice".to_vec(), &[&alice.0])],
-        now_micros() + 60_000_000,
-    )
-    .await?;
+    send_to(&b0, "hi", b"hi alice", &alice.0).await?;
     for (i, s) in [&mut s0, &mut s1].into_iter().enumerate() {
         let e = next_event(s, &format!("alice live on instance {i}")).await?;
         ensure!(e.counter == 0 && content_of(&e) == b"hi alice");
@@ -967,12 +923,7 @@ async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
             (
                 "send",
                 status_of(
-                    a.send(
-                        &format!("after-disable-{i}"),
-                        vec![envelope(b"x".to_vec(), &[&bob.0])],
-                        now_micros() + 60_000_000,
-                    )
-                    .await,
+                    send_to(a, &format!("after-disable-{i}"), b"x", &bob.0).await,
                     "send",
                 )?,
             ),
@@ -1030,12 +981,7 @@ async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
     assert_no_trace(&db, before, Some("after-disable-1"), "alice's sends").await?;
 
     // Others are unaffected.
-    b1.send(
-        "to-carol",
-        vec![envelope(b"x".to_vec(), &[&carol.0])],
-        now_micros() + 60_000_000,
-    )
-    .await?;
+    send_to(&b1, "to-carol", b"x", &carol.0).await?;
     Ok(())
 }
 
@@ -1050,17 +996,15 @@ e2e_test! {
 async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<()> {
     const N: usize = 20;
     const K: usize = 9; // everyone acknowledges the timestamp of bob's event K
-    let database = PgCluster::shared().create_database("seq_api_prune").await;
-    let cluster = SequencerCluster::start(
+    let (cluster, db) = start_with_db(
         logs,
-        database.clone(),
+        "seq_api_prune",
         2,
         "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
+        &[],
     )
     .await?;
-    let db = db_client(&database.url).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 1, &bob).await?;
 
@@ -1193,13 +1137,7 @@ async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<(
     for _ in K + 1..N {
         validator.check(&next_event(&mut stream, "bob").await?)?;
     }
-    let last = a
-        .send(
-            "after-prune",
-            vec![envelope(b"after prune".to_vec(), &[&bob.0])],
-            now_micros() + 60_000_000,
-        )
-        .await?;
+    let last = send_to(&a, "after-prune", b"after prune", &bob.0).await?;
     let e = next_event(&mut stream, "bob live after pruning").await?;
     validator.check(&e)?;
     ensure!(
@@ -1263,8 +1201,7 @@ async fn health_turns_not_serving_when_database_unreachable_body(
         "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
     )
     .await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
 
     // Restart instance 1 with its database behind the proxy.
     let proxy = restart_behind_proxy(&mut cluster, 1, &database.url).await?;
@@ -1285,12 +1222,7 @@ async fn health_turns_not_serving_when_database_unreachable_body(
         "both SERVING before the cut"
     );
     let a1 = connect(&cluster, 1, &alice).await?;
-    a1.send(
-        "before-cut",
-        vec![envelope(b"x".to_vec(), &[&bob.0])],
-        now_micros() + 60_000_000,
-    )
-    .await?;
+    send_to(&a1, "before-cut", b"x", &bob.0).await?;
 
     let bound = Duration::from_secs(2);
     for (mode, cut) in [
@@ -1318,11 +1250,7 @@ async fn health_turns_not_serving_when_database_unreachable_body(
         let send_started = Instant::now();
         let r = tokio::time::timeout(
             Duration::from_secs(15),
-            a1.send(
-                &format!("during-cut-{cut}"),
-                vec![envelope(b"x".to_vec(), &[&bob.0])],
-                now_micros() + 60_000_000,
-            ),
+            send_to(&a1, &format!("during-cut-{cut}"), b"x", &bob.0),
         )
         .await;
         match &r {
@@ -1351,12 +1279,7 @@ async fn health_turns_not_serving_when_database_unreachable_body(
         println!("{mode}: instance 1 SERVING again {up:?} after the link was restored");
         // SERVING means usable: a send through instance 1 works at once.
         a1.authenticate().await?;
-        let sent = a1
-            .send(
-                &format!("after-cut-{cut}"),
-                vec![envelope(b"x".to_vec(), &[&bob.0])],
-                now_micros() + 60_000_000,
-            )
+        let sent = send_to(&a1, &format!("after-cut-{cut}"), b"x", &bob.0)
             .await
             .with_context(|| format!("{mode}: send after recovery"))?;
         ensure!(!sent.deduplicated);
@@ -1388,20 +1311,11 @@ e2e_test! {
 }
 
 async fn acknowledge_is_clamped_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared().create_database("seq_api_ack").await;
-    let cluster =
-        SequencerCluster::start(logs, database.clone(), 2, "pruning.interval = \"0s\"").await?;
-    let db = db_client(&database.url).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let (cluster, db) =
+        start_with_db(logs, "seq_api_ack", 2, "pruning.interval = \"0s\"", &[]).await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
-    let sent = a
-        .send(
-            "ack-1",
-            vec![envelope(b"to bob".to_vec(), &[&bob.0])],
-            now_micros() + 60_000_000,
-        )
-        .await?;
+    let sent = send_to(&a, "ack-1", b"to bob", &bob.0).await?;
     let ts = sent.sequencing_timestamp_micros;
     // A member acknowledges what it received: before delivery the other instance's
     // watermark may still be below `ts`, and the ack would be (rightly) refused as ahead.
@@ -1441,13 +1355,8 @@ async fn acknowledge_is_clamped_body(logs: TestLogs) -> anyhow::Result<()> {
     });
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
-    let st = match raw.acknowledge(req).await {
-        Ok(r) => bail!(
-            "ack for bob: expected a rejection, got {:?}",
-            r.into_inner()
-        ),
-        Err(st) => st,
-    };
+    let st = raw_status_of(raw.acknowledge(req).await, "ack for bob")?;
+
     expect_status(
         &st,
         Code::PermissionDenied,
@@ -1494,26 +1403,24 @@ e2e_test! {
 }
 
 async fn housekeeping_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared()
-        .create_database("seq_api_housekeeping")
-        .await;
-    let cluster = SequencerCluster::start(
+    let (cluster, db) = start_with_db(
         logs,
-        database.clone(),
+        "seq_api_housekeeping",
         1,
         "pruning.interval = \"0s\"\npruning.retention = \"0s\"\nauth.nonce-ttl = \"1s\"",
+        &[],
     )
     .await?;
-    let db = db_client(&database.url).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     // An event bob never acknowledges holds the bound just below it; its deduplication
     // row expires after one second.
-    a.send(
+    send_within(
+        &a,
         "short-lived",
-        vec![envelope(b"for bob".to_vec(), &[&bob.0])],
-        now_micros() + 1_000_000,
+        b"for bob",
+        &bob.0,
+        Duration::from_secs(1),
     )
     .await?;
     let mut admin = cluster.admin(0).await?;
@@ -1527,14 +1434,7 @@ async fn housekeeping_body(logs: TestLogs) -> anyhow::Result<()> {
     // Nonces nobody uses: unauthenticated Challenges.
     let mut raw = SequencerServiceClient::new(channel_to(&cluster, 0).await?);
     for _ in 0..20 {
-        raw.challenge(pb::ChallengeRequest {
-            member: alice.0.to_string(),
-            public_key: Some(common_pb::PublicKey {
-                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                key: alice.1.public_key().to_bytes().to_vec(),
-            }),
-        })
-        .await?;
+        raw.challenge(challenge_request(&alice.0, &alice.1)).await?;
     }
     let nonces: i64 = db
         .query_one("SELECT count(*) FROM seq_nonces", &[])
@@ -1608,18 +1508,12 @@ e2e_test! {
 }
 
 async fn left_over_writer_transaction_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared()
-        .create_database("seq_api_leftover")
-        .await;
-    let env = vec![vec![(
-        "SEQUENCER_FAULT_DELAY_AFTER_WATERMARK_MS".to_string(),
-        "1500".to_string(),
-    )]];
-    let mut cluster = SequencerCluster::start_with_env(logs, database.clone(), 1, "", &env).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let env = one_instance_env("SEQUENCER_FAULT_DELAY_AFTER_WATERMARK_MS", 1500);
+    let (mut cluster, db) = start_with_db(logs, "seq_api_leftover", 1, "", &env).await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
 
-    let proxy = restart_behind_proxy(&mut cluster, 0, &database.url).await?;
+    let database_url = cluster.database.url.clone();
+    let proxy = restart_behind_proxy(&mut cluster, 0, &database_url).await?;
     let a = connect(&cluster, 0, &alice).await?;
 
     let first = tokio::spawn({
@@ -1636,7 +1530,6 @@ async fn left_over_writer_transaction_body(logs: TestLogs) -> anyhow::Result<()>
     let outcome = first.await?;
     println!("the send cut mid-commit answered: {outcome:?}");
 
-    let db = domain_e2e::checks::db_client(&database.url).await?;
     let left_over: i64 = db
         .query_one(
             "SELECT count(*) FROM pg_stat_activity
@@ -1667,11 +1560,7 @@ async fn left_over_writer_transaction_body(logs: TestLogs) -> anyhow::Result<()>
             }
         }
     }
-    let log = cluster.nodes[0]
-        .process
-        .as_ref()
-        .map(|p| p.read_log())
-        .unwrap_or_default();
+    let log = node_log(&cluster, 0);
     ensure!(
         sequenced,
         "the instance did not sequence again within 20 s of losing its connection \
@@ -1711,8 +1600,7 @@ e2e_test! {
 async fn late_retry_body(logs: TestLogs) -> anyhow::Result<()> {
     let database = PgCluster::shared().create_database("seq_api_late").await;
     let cluster = SequencerCluster::start(logs, database, 2, "").await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let via0 = connect(&cluster, 0, &alice).await?;
     let via1 = connect(&cluster, 1, &alice).await?;
     let deadline = now_micros() + 1_000_000;
@@ -1837,8 +1725,7 @@ async fn revocation_during_catch_up_body(logs: TestLogs) -> anyhow::Result<()> {
         "reader.page-size = 20\nreader.subscription-buffer = 4",
     )
     .await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 0, &bob).await?;
     let mut sends = futures::stream::iter(0..BACKLOG)
@@ -2132,9 +2019,7 @@ async fn catch_up_does_not_hold_connections_body(logs: TestLogs) -> anyhow::Resu
     )
     .await?;
     let db = db_client(&database.url).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
-    let carol = cluster.add_member(MemberRole::Participant, "carol").await?;
+    let [alice, bob, carol] = add_participants(&cluster, ["alice", "bob", "carol"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 0, &bob).await?;
     let c = connect(&cluster, 0, &carol).await?;
@@ -2224,8 +2109,7 @@ async fn subscriptions_capped_body(logs: TestLogs) -> anyhow::Result<()> {
         &format!("reader.max-subscriptions-per-member = {CAP}"),
     )
     .await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 0, &bob).await?;
     let mut open = Vec::new();
@@ -2246,13 +2130,7 @@ async fn subscriptions_capped_body(logs: TestLogs) -> anyhow::Result<()> {
     );
     // The cap is per member: bob is not affected.
     let mut bob_stream = b.subscribe(0).await?;
-    let sent = a
-        .send(
-            "to-bob",
-            vec![envelope(b"hello".to_vec(), &[&bob.0])],
-            now_micros() + 60_000_000,
-        )
-        .await?;
+    let sent = send_to(&a, "to-bob", b"hello", &bob.0).await?;
     let e = next_event(&mut bob_stream, "bob's event").await?;
     ensure!(e.timestamp_micros == sent.sequencing_timestamp_micros);
     // Every open stream of alice still works.
@@ -2333,8 +2211,7 @@ async fn catch_up_pruned_between_pages_body(logs: TestLogs) -> anyhow::Result<()
         "reader.page-size = 20\nreader.subscription-buffer = 4\npruning.interval = \"0s\"",
     )
     .await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 0, &bob).await?;
     let backlog = send_backlog(&b, &alice.0, BACKLOG).await?;

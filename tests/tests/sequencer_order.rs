@@ -34,15 +34,24 @@ use tokio::sync::watch;
 
 const INSTANCES: usize = 3;
 const MEMBERS: usize = 6;
-/// Submissions per sender with fast crypto: 6 x 1700 = 10 200 in total.
-const FULL_SENDS_PER_MEMBER: usize = 1700;
-/// Submissions per sender when ed25519 runs unoptimized (debug build).
-const DEBUG_SENDS_PER_MEMBER: usize = 250;
-/// Concurrent in-flight submissions per sender with fast crypto.
-const FULL_IN_FLIGHT: usize = 16;
-/// In-flight submissions per sender in a debug build: more only queues up behind signature
-/// checks and overloads two cores.
-const DEBUG_IN_FLIGHT: usize = 4;
+/// How much each sender submits, and how many of its submissions are in flight at once.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    sends_per_member: usize,
+    in_flight: usize,
+}
+
+/// With fast crypto: 6 x 1700 = 10 200 submissions in total, 16 in flight per sender.
+const FULL_LOAD: Load = Load {
+    sends_per_member: 1700,
+    in_flight: 16,
+};
+/// When ed25519 runs unoptimized (debug build): more than 4 in flight only queues up behind
+/// signature checks and overloads two cores.
+const DEBUG_LOAD: Load = Load {
+    sends_per_member: 250,
+    in_flight: 4,
+};
 /// Members that read their stream from a second instance too.
 const DOUBLE_READERS: [usize; 2] = [0, 3];
 
@@ -101,18 +110,19 @@ fn load_size() -> (usize, usize) {
             .and_then(|s| s.parse::<usize>().ok())
     };
     let cost = verify_cost();
-    let (per_member, in_flight) = if cost < Duration::from_millis(3) {
-        (FULL_SENDS_PER_MEMBER, FULL_IN_FLIGHT)
+    let load = if cost < Duration::from_millis(3) {
+        FULL_LOAD
     } else {
         println!(
             "ed25519 verify costs {cost:.1?} (unoptimized build): reduced load; set \
-             SEQ_ORDER_SENDS_PER_MEMBER={FULL_SENDS_PER_MEMBER} or optimize the crypto crates \
-             for the 10k run"
+             SEQ_ORDER_SENDS_PER_MEMBER={} or optimize the crypto crates for the 10k run",
+            FULL_LOAD.sends_per_member
         );
-        (DEBUG_SENDS_PER_MEMBER, DEBUG_IN_FLIGHT)
+        DEBUG_LOAD
     };
-    let per_member = env("SEQ_ORDER_SENDS_PER_MEMBER").unwrap_or(per_member);
-    let in_flight = env("SEQ_ORDER_IN_FLIGHT").unwrap_or(in_flight).max(1);
+    let per_member = env("SEQ_ORDER_SENDS_PER_MEMBER").unwrap_or(load.sends_per_member);
+    let in_flight = env("SEQ_ORDER_IN_FLIGHT").unwrap_or(load.in_flight).max(1);
+
     println!(
         "ed25519 verify {cost:.2?}; {MEMBERS} x {per_member} submissions, {in_flight} in flight per sender"
     );

@@ -11,17 +11,19 @@
 //! The tests of this file run one at a time (they measure memory and share 2 cores).
 
 use domain_e2e::e2e_test;
+use domain_e2e::seq_cluster::{one_instance_env, start_with_db};
+use domain_e2e::seq_member::add_participants;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use domain_e2e::checks::{db_client, error_code};
+use domain_e2e::checks::error_code;
 use domain_e2e::{connect, envelope, http_get, now_micros};
-use domain_identity::{MemberId, MemberRole, SigningKeyPair};
+use domain_identity::{MemberId, SigningKeyPair};
 use domain_localnet::sequencers::SequencerCluster;
 use domain_sequencer_client::{ClientError, ClientOptions, DomainClient, SequencerConnection};
-use domain_testkit::{pg::PgCluster, process::TestLogs};
+use domain_testkit::process::TestLogs;
 use tonic::Code;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -96,9 +98,6 @@ e2e_test! {
 }
 
 async fn queue_budget_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared()
-        .create_database("seq_overload_queue")
-        .await;
     // A held batch delays the database success that readiness waits for: without a longer
     // grace, health would turn NOT_SERVING and the library would abandon its attempt.
     let config = "max-request-size = 65536
@@ -110,17 +109,12 @@ max-member-queue-bytes = 100000
 [ha]
 db-health-grace = \"10s\"
 ";
-    let env = vec![vec![(
-        "SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS".to_string(),
-        "1500".to_string(),
-    )]];
-    let cluster = SequencerCluster::start_with_env(logs, database, 1, config, &env).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let env = one_instance_env("SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS", 1500);
+    let (cluster, db) = start_with_db(logs, "seq_overload_queue", 1, config, &env).await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 0, &bob).await?;
     let alice_client = connect_client(&cluster, &alice).await?;
-    let db = db_client(&cluster.database.url).await?;
     let deadline = now_micros() + 60_000_000;
     let payload = vec![7u8; 40 * 1024];
 
@@ -298,18 +292,10 @@ e2e_test! {
 }
 
 async fn memory_bounded_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared()
-        .create_database("seq_overload_rss")
-        .await;
-    let env = vec![vec![(
-        "SEQUENCER__PUBLIC_API__MAX_MESSAGE_SIZE".to_string(),
-        (320 * 1024).to_string(),
-    )]];
-    let mut cluster = SequencerCluster::start_with_env(logs, database, 1, CONFIG, &env).await?;
-    let flooder = cluster
-        .add_member(MemberRole::Participant, "flooder")
-        .await?;
-    let other = cluster.add_member(MemberRole::Participant, "other").await?;
+    let env = one_instance_env("SEQUENCER__PUBLIC_API__MAX_MESSAGE_SIZE", 320 * 1024);
+    let (mut cluster, _db) = start_with_db(logs, "seq_overload_rss", 1, CONFIG, &env).await?;
+    let [flooder, other] = add_participants(&cluster, ["flooder", "other"]).await?;
+
     let pid = cluster.nodes[0].process()?.pid();
     let ops = cluster.nodes[0].ops_url();
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use domain_backoff::{Backoff, BackoffConfig};
 use domain_e2e::checks::db_client;
+use domain_e2e::seq_db;
 use domain_e2e::{connect, envelope, now_micros};
 use domain_identity::MemberRole;
 use domain_localnet::sequencers::SequencerCluster;
@@ -122,13 +123,12 @@ async fn explain(
             removed: r.get(6),
         })
         .collect();
-    let exec: f64 = db
-        .query_one(
-            "SELECT ($1::text::jsonb -> 0 ->> 'Execution Time')::float8",
-            &[&json],
-        )
-        .await?
-        .get(0);
+    let exec: f64 = seq_db::one(
+        db,
+        "SELECT ($1::text::jsonb -> 0 ->> 'Execution Time')::float8",
+        &[&json],
+    )
+    .await?;
     Ok((nodes, exec))
 }
 
@@ -284,24 +284,22 @@ async fn resume_body(logs: TestLogs) -> anyhow::Result<()> {
     );
 
     // --- checkpoints ---------------------------------------------------------------
-    let bob_row = db
-        .query_one(
-            "SELECT id, registered_ts FROM seq_members WHERE member = $1",
-            &[&bob.0.to_string()],
-        )
-        .await?;
-    let (bob_id, bob_registered): (i32, i64) = (bob_row.get(0), bob_row.get(1));
+    let (bob_id, bob_registered): (i32, i64) = seq_db::two(
+        &db,
+        "SELECT id, registered_ts FROM seq_members WHERE member = $1",
+        &[&bob.0.to_string()],
+    )
+    .await?;
     // The checkpointer checkpoints every 512 new events; wait until it has caught up
     // with the end of the stream (fewer than 512 events after the last checkpoint).
     let wait_start = Instant::now();
     let last_cp = loop {
-        let last: i64 = db
-            .query_one(
-                "SELECT coalesce(max(counter), -1) FROM seq_checkpoints WHERE member_id = $1",
-                &[&bob_id],
-            )
-            .await?
-            .get(0);
+        let last: i64 = seq_db::one(
+            &db,
+            "SELECT coalesce(max(counter), -1) FROM seq_checkpoints WHERE member_id = $1",
+            &[&bob_id],
+        )
+        .await?;
         if (n as i64 - 1) - last < CHECKPOINT_EVERY {
             break last;
         }
@@ -398,7 +396,8 @@ async fn resume_body(logs: TestLogs) -> anyhow::Result<()> {
     );
 
     // --- the catch-up queries, as the subscription runs them ---------------------------
-    let up_to: i64 = db.query_one(SAFE_WATERMARK_SQL, &[]).await?.get(0);
+    let up_to: i64 = seq_db::one(&db, SAFE_WATERMARK_SQL, &[]).await?;
+
     let (cp_counter, cp_ts): (i64, i64) = db
         .query_opt(CHECKPOINT_BELOW_SQL, &[&bob_id, &(from as i64)])
         .await?

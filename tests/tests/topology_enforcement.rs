@@ -13,12 +13,18 @@
 //!   delay itself.
 
 use domain_e2e::e2e_test;
-use std::time::{Duration, Instant};
+use domain_e2e::seq_cluster::start_with_db;
+use domain_e2e::seq_member::{send_to, send_within};
+use std::time::Duration;
 
 use anyhow::{bail, ensure};
-use domain_e2e::checks::{content_of, db_client, expect_status, next_event, status_of, stream_end};
+use domain_e2e::checks::{content_of, expect_status, next_event, status_of, stream_end};
+use domain_e2e::seq_auth::{
+    connect_when_admitted, expect_refused_everywhere, expect_streams_disabled, refused_token,
+};
+use domain_e2e::seq_db;
 use domain_e2e::topology::{
-    Member, domain_manager, new_participant, send_topology, set_state, sleep_until_micros,
+    domain_manager, new_participant, send_topology, set_state, sleep_until_micros,
     topology_envelope,
 };
 use domain_e2e::{connect, envelope, now_micros};
@@ -26,8 +32,8 @@ use domain_identity::{MemberRole, SigningKeyPair, UniqueId};
 use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
-use domain_sequencer_client::{ClientError, SequencerConnection};
-use domain_testkit::{pg::PgCluster, process::TestLogs};
+use domain_sequencer_client::SequencerConnection;
+use domain_testkit::process::TestLogs;
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TopologyTransaction};
 use prost::Message as _;
 use tonic::Code;
@@ -37,65 +43,23 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Default topology change delay (no parameters transaction yet).
 const DEFAULT_DELAY_MICROS: i64 = 250_000;
 
-/// Connects once the member is admitted; returns the connection and how long
-/// after `effective` (sequencer time) that was.
-async fn connect_when_admitted(
-    cluster: &SequencerCluster,
-    i: usize,
-    member: &Member,
-    effective: i64,
-) -> anyhow::Result<(SequencerConnection, i64)> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match connect(cluster, i, member).await {
-            Ok(c) => return Ok((c, now_micros() - effective)),
-            Err(e) if Instant::now() < deadline => {
-                let text = format!("{e:#}");
-                ensure!(
-                    text.contains("not registered"),
-                    "unexpected refusal on instance {i}: {text}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => bail!("instance {i} still refuses after 5 s: {e:#}"),
-        }
-    }
-}
-
-fn auth_status(
-    r: anyhow::Result<SequencerConnection>,
-    case: &str,
-) -> anyhow::Result<tonic::Status> {
-    match r {
-        Ok(_) => bail!("{case}: expected a refused token, got a connection"),
-        Err(e) => match e.downcast::<ClientError>() {
-            Ok(ClientError::Status(st)) => Ok(st),
-            Ok(other) => bail!("{case}: expected a gRPC status, got {other}"),
-            Err(other) => bail!("{case}: expected a gRPC status, got {other:#}"),
-        },
-    }
-}
-
 e2e_test! {
     serial allowlist_admits_and_disables_participants => allowlist_body
 }
 
 async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared().create_database("topo_allowlist").await;
-    let cluster = SequencerCluster::start(logs, database.clone(), 2, "").await?;
-    let db = db_client(&database.url).await?;
+    let (cluster, db) = start_with_db(logs, "topo_allowlist", 2, "", &[]).await?;
     let dave = new_participant("dave")?;
 
     // 1. Not allowlisted: no token from any instance.
-    for i in 0..2 {
-        let st = auth_status(connect(&cluster, i, &dave).await, "before allowlisting")?;
-        expect_status(
-            &st,
-            Code::PermissionDenied,
-            Some("SEQ_MEMBER_UNKNOWN"),
-            &format!("dave's challenge on instance {i} before allowlisting"),
-        )?;
-    }
+    expect_refused_everywhere(
+        &cluster,
+        &dave,
+        "dave",
+        "SEQ_MEMBER_UNKNOWN",
+        "before allowlisting",
+    )
+    .await?;
 
     // 2. Allowlisted with submission permission: admitted at the effective time.
     let dom = connect(&cluster, 0, &domain_manager(&cluster)).await?;
@@ -107,7 +71,7 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
     .await?;
     let effective = ts + DEFAULT_DELAY_MICROS;
     if now_micros() < effective - 100_000 {
-        let st = auth_status(connect(&cluster, 1, &dave).await, "before effective")?;
+        let st = refused_token(connect(&cluster, 1, &dave).await, "before effective")?;
         expect_status(
             &st,
             Code::PermissionDenied,
@@ -124,12 +88,7 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
         lag1 as f64 / 1000.0
     );
     let mut stream = d1.subscribe(0).await?;
-    d0.send(
-        "hello-self",
-        vec![envelope(b"dave to dave".to_vec(), &[&dave.0])],
-        now_micros() + 60_000_000,
-    )
-    .await?;
+    send_to(&d0, "hello-self", b"dave to dave", &dave.0).await?;
     // His stream starts with the topology history (his own allowlisting, sent by
     // the domain manager member), then his own message.
     let first = next_event(&mut stream, "dave's stream").await?;
@@ -165,14 +124,7 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
         (ended0 - effective) as f64 / 1000.0,
         end_lag as f64 / 1000.0
     );
-    for (i, st) in [(0, &st0), (1, &st1)] {
-        expect_status(
-            st,
-            Code::PermissionDenied,
-            Some("SEQ_MEMBER_DISABLED"),
-            &format!("dave's stream on instance {i}"),
-        )?;
-    }
+    expect_streams_disabled(&[&st0, &st1], "dave")?;
     ensure!(
         ended0 >= effective - 2_000,
         "the stream ended {} µs before the effective time",
@@ -182,22 +134,17 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
         end_lag <= 1_000_000,
         "streams must end within 1 s of the effective time, took {end_lag} µs"
     );
+    expect_refused_everywhere(
+        &cluster,
+        &dave,
+        "dave",
+        "SEQ_MEMBER_DISABLED",
+        "after disabling",
+    )
+    .await?;
     for i in 0..2 {
-        let st = auth_status(connect(&cluster, i, &dave).await, "after disabling")?;
-        expect_status(
-            &st,
-            Code::PermissionDenied,
-            Some("SEQ_MEMBER_DISABLED"),
-            &format!("dave's challenge on instance {i} after disabling"),
-        )?;
         let old_token = status_of(
-            [&d0, &d1][i]
-                .send(
-                    &format!("after-{i}"),
-                    vec![envelope(b"x".to_vec(), &[&dave.0])],
-                    now_micros() + 60_000_000,
-                )
-                .await,
+            send_to([&d0, &d1][i], &format!("after-{i}"), b"x", &dave.0).await,
             "send with the old token",
         )?;
         ensure!(
@@ -208,13 +155,12 @@ async fn allowlist_body(logs: TestLogs) -> anyhow::Result<()> {
             "old token on instance {i}: {old_token:?}"
         );
     }
-    let r = db
-        .query_one(
-            "SELECT count(*), count(*) FILTER (WHERE applied), (SELECT count(*) FROM seq_tokens WHERE member = $1) FROM seq_topology",
-            &[&dave.0.to_string()],
-        )
-        .await?;
-    let (rows, applied, tokens): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
+    let (rows, applied, tokens): (i64, i64, i64) = seq_db::three(
+        &db,
+        "SELECT count(*), count(*) FILTER (WHERE applied), (SELECT count(*) FROM seq_tokens WHERE member = $1) FROM seq_topology",
+        &[&dave.0.to_string()],
+    )
+    .await?;
     ensure!(
         rows == 2 && applied == 2 && tokens == 0,
         "topology rows {rows}, applied {applied}, dave's tokens {tokens}"
@@ -241,119 +187,78 @@ e2e_test! {
 }
 
 async fn signed_topology_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared().create_database("topo_signed").await;
-    let cluster = SequencerCluster::start(logs, database.clone(), 1, "").await?;
-    let db = db_client(&database.url).await?;
+    let (cluster, db) = start_with_db(logs, "topo_signed", 1, "", &[]).await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let a = connect(&cluster, 0, &alice).await?;
     let dom = connect(&cluster, 0, &domain_manager(&cluster)).await?;
     let eve = new_participant("eve")?;
     let count = async || -> anyhow::Result<(i64, i64)> {
-        let r = db
-            .query_one(
-                "SELECT (SELECT count(*) FROM seq_topology), (SELECT count(*) FROM seq_events)",
-                &[],
-            )
-            .await?;
-        Ok((r.get(0), r.get(1)))
+        seq_db::two(
+            &db,
+            "SELECT (SELECT count(*) FROM seq_topology), (SELECT count(*) FROM seq_events)",
+            &[],
+        )
+        .await
     };
     let before = count().await?;
 
-    // A participant sends a correctly signed transaction: not its to send.
-    let good =
-        set_state(1, &eve.0, Permission::Submission).sign(&cluster.domain_id, &cluster.domain_key);
-    let st = status_of(
-        a.send(
-            "replay",
-            vec![topology_envelope(good)],
-            now_micros() + 60_000_000,
-        )
-        .await,
-        "participant sends topology",
-    )?;
-    expect_status(
-        &st,
-        Code::InvalidArgument,
-        Some("SEQ_TOPOLOGY_INVALID"),
-        "participant sends topology",
-    )?;
-    // The domain manager member sends one signed by another key.
-    let forged = set_state(1, &eve.0, Permission::Submission)
-        .sign(&cluster.domain_id, &SigningKeyPair::generate());
-    let st = status_of(
-        dom.send(
-            "topology-1",
-            vec![topology_envelope(forged)],
-            now_micros() + 60_000_000,
-        )
-        .await,
-        "forged signature",
-    )?;
-    expect_status(
-        &st,
-        Code::InvalidArgument,
-        Some("SEQ_TOPOLOGY_INVALID"),
-        "topology signed by another key",
-    )?;
-    // For another domain.
+    let allow_eve = set_state(1, &eve.0, Permission::Submission);
     let other_domain =
         domain_identity::DomainId::new(UniqueId::new("other", *cluster.domain_key.fingerprint())?);
-    let foreign =
-        set_state(1, &eve.0, Permission::Submission).sign(&other_domain, &cluster.domain_key);
-    let st = status_of(
-        dom.send(
-            "topology-1",
-            vec![topology_envelope(foreign)],
-            now_micros() + 60_000_000,
-        )
-        .await,
-        "other domain",
-    )?;
-    expect_status(
-        &st,
-        Code::InvalidArgument,
-        Some("SEQ_TOPOLOGY_INVALID"),
-        "topology of another domain",
-    )?;
-    // Not broadcast, and not topology at all.
-    let mut direct = topology_envelope(
-        set_state(1, &eve.0, Permission::Submission).sign(&cluster.domain_id, &cluster.domain_key),
-    );
+    let mut direct = topology_envelope(allow_eve.sign(&cluster.domain_id, &cluster.domain_key));
     direct.broadcast = false;
     direct.recipients = vec![alice.0.to_string()];
-    let st = status_of(
-        dom.send("topology-1", vec![direct], now_micros() + 60_000_000)
-            .await,
-        "direct",
-    )?;
-    expect_status(
-        &st,
-        Code::InvalidArgument,
-        Some("SEQ_TOPOLOGY_INVALID"),
-        "topology not broadcast",
-    )?;
-    let st = status_of(
-        dom.send(
+    // (case, sender, message id, envelope): every one refused as SEQ_TOPOLOGY_INVALID.
+    let refused: [(&str, &SequencerConnection, &str, sequencer_pb::Envelope); 5] = [
+        // A participant sends a correctly signed transaction: not its to send.
+        (
+            "participant sends topology",
+            &a,
+            "replay",
+            topology_envelope(allow_eve.sign(&cluster.domain_id, &cluster.domain_key)),
+        ),
+        // The domain manager member sends one signed by another key.
+        (
+            "topology signed by another key",
+            &dom,
+            "topology-1",
+            topology_envelope(allow_eve.sign(&cluster.domain_id, &SigningKeyPair::generate())),
+        ),
+        // For another domain.
+        (
+            "topology of another domain",
+            &dom,
+            "topology-1",
+            topology_envelope(allow_eve.sign(&other_domain, &cluster.domain_key)),
+        ),
+        // Not broadcast, and not topology at all.
+        ("topology not broadcast", &dom, "topology-1", direct),
+        (
+            "domain manager sends a non-topology payload",
+            &dom,
             "chat",
-            vec![envelope(b"hello".to_vec(), &[&alice.0])],
-            now_micros() + 60_000_000,
-        )
-        .await,
-        "application payload",
-    )?;
-    expect_status(
-        &st,
-        Code::InvalidArgument,
-        Some("SEQ_TOPOLOGY_INVALID"),
-        "domain manager sends a non-topology payload",
-    )?;
+            envelope(b"hello".to_vec(), &[&alice.0]),
+        ),
+    ];
+    for (case, sender, message_id, env) in refused {
+        let sent = sender
+            .send(message_id, vec![env], now_micros() + 60_000_000)
+            .await;
+        expect_status(
+            &status_of(sent, case)?,
+            Code::InvalidArgument,
+            Some("SEQ_TOPOLOGY_INVALID"),
+            case,
+        )?;
+    }
+
     ensure!(
         count().await? == before,
         "refused transactions left a trace: {before:?} -> {:?}",
         count().await?
     );
     ensure!(
-        auth_status(connect(&cluster, 0, &eve).await, "eve").is_ok(),
+        refused_token(connect(&cluster, 0, &eve).await, "eve").is_ok(),
         "eve must still be refused"
     );
 
@@ -371,22 +276,12 @@ async fn signed_topology_body(logs: TestLogs) -> anyhow::Result<()> {
     let ts = send_topology(&cluster, &dom, &tx).await?;
     // 4 KiB passes before the change is effective...
     if now_micros() < ts + DEFAULT_DELAY_MICROS - 50_000 {
-        a.send(
-            "big-before",
-            vec![envelope(vec![7u8; 4096], &[&alice.0])],
-            now_micros() + 60_000_000,
-        )
-        .await?;
+        send_to(&a, "big-before", &[7u8; 4096], &alice.0).await?;
     }
     sleep_until_micros(ts + DEFAULT_DELAY_MICROS + 50_000).await;
     // ... and not after.
     let st = status_of(
-        a.send(
-            "big-after",
-            vec![envelope(vec![7u8; 4096], &[&alice.0])],
-            now_micros() + 60_000_000,
-        )
-        .await,
+        send_to(&a, "big-after", &[7u8; 4096], &alice.0).await,
         "large send",
     )?;
     expect_status(
@@ -395,12 +290,7 @@ async fn signed_topology_body(logs: TestLogs) -> anyhow::Result<()> {
         Some("SEQ_REQUEST_TOO_LARGE"),
         "4 KiB send under a 2 KiB limit",
     )?;
-    a.send(
-        "small-after",
-        vec![envelope(vec![7u8; 512], &[&alice.0])],
-        now_micros() + 60_000_000,
-    )
-    .await?;
+    send_to(&a, "small-after", &[7u8; 512], &alice.0).await?;
     // The next transaction takes effect after the new 1 s delay.
     let ts = send_topology(
         &cluster,
@@ -408,13 +298,13 @@ async fn signed_topology_body(logs: TestLogs) -> anyhow::Result<()> {
         &set_state(2, &eve.0, Permission::Observation),
     )
     .await?;
-    let r = db
-        .query_one(
-            "SELECT sequenced_ts, effective_ts FROM seq_topology WHERE serial = 2",
-            &[],
-        )
-        .await?;
-    let (seq, eff): (i64, i64) = (r.get(0), r.get(1));
+    let (seq, eff): (i64, i64) = seq_db::two(
+        &db,
+        "SELECT sequenced_ts, effective_ts FROM seq_topology WHERE serial = 2",
+        &[],
+    )
+    .await?;
+
     ensure!(
         seq == ts && eff - seq == 1_000_000,
         "serial 2: sequenced {seq}, effective {eff}"
@@ -481,9 +371,7 @@ async fn member_view(
 }
 
 async fn topology_timeline_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared().create_database("topo_timeline").await;
-    let cluster = SequencerCluster::start(logs, database.clone(), 2, "").await?;
-    let db = db_client(&database.url).await?;
+    let (cluster, db) = start_with_db(logs, "topo_timeline", 2, "", &[]).await?;
     let observer = cluster
         .add_member(MemberRole::Participant, "observer")
         .await?;
@@ -569,10 +457,12 @@ async fn topology_timeline_body(logs: TestLogs) -> anyhow::Result<()> {
     );
     for i in 0..2 {
         let via = connect(&cluster, i, &p).await?;
-        via.send(
+        send_within(
+            &via,
             &format!("p-after-{i}"),
-            vec![envelope(b"still here".to_vec(), &[&observer.0])],
-            now_micros() + 10_000_000,
+            b"still here",
+            &observer.0,
+            Duration::from_secs(10),
         )
         .await?;
     }
