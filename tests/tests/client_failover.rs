@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use domain_e2e::checks::db_client;
+use domain_e2e::flt_util::max_of;
 use domain_e2e::{envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
 use domain_localnet::sequencers::SequencerCluster;
@@ -594,11 +595,7 @@ async fn sigstop_failover(logs: TestLogs) -> anyhow::Result<()> {
         .iter()
         .filter(|s| s.acked > paused_at && s.started < resumed_at)
         .collect();
-    let slowest = during
-        .iter()
-        .map(|s| s.acked - s.started.max(paused_at))
-        .max()
-        .unwrap_or_default();
+    let slowest = max_of(&during, |s| s.acked - s.started.max(paused_at));
     let via_paused_during = sent
         .iter()
         .filter(|s| {
@@ -864,11 +861,7 @@ async fn token_renewal(logs: TestLogs) -> anyhow::Result<()> {
         sent_a.len(),
         sent_b.len()
     );
-    let slowest_b = sent_b
-        .iter()
-        .map(|s| s.acked - s.started)
-        .max()
-        .unwrap_or_default();
+    let slowest_b = max_of(&sent_b, |s| s.acked - s.started);
     println!(
         "slowest of bob's sends (includes re-authentication): {} ms",
         slowest_b.as_millis()
