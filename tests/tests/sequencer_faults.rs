@@ -9,6 +9,7 @@
 //! The tests of this file run one at a time (they share two cores with three sequencers
 //! and PostgreSQL, and measure stalls).
 
+use domain_e2e::flt_util::log_of;
 use domain_e2e::streams::{collect, signed_key};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -967,11 +968,7 @@ async fn paused_instance(logs: TestLogs) -> anyhow::Result<()> {
         during > 0,
         "seq-1 delivered nothing while seq-0 was stopped: it was never excluded"
     );
-    let seq1_log = cluster.nodes[1]
-        .process
-        .as_ref()
-        .map(|p| p.read_log())
-        .unwrap_or_default();
+    let seq1_log = log_of(cluster.nodes[1].process.as_ref());
     ensure!(
         seq1_log.contains("marked stalled peer offline"),
         "seq-1 never marked the stopped seq-0 offline"
