@@ -147,6 +147,12 @@ impl Loaded {
     }
 }
 
+/// Prints a scenario's figures on one line: `FIGURES <scenario> <name>=<value> …`.
+fn print_figures(scenario: &str, figures: &[(&str, String)]) {
+    let figures: Vec<String> = figures.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("FIGURES {scenario} {}", figures.join(" "));
+}
+
 fn load_options() -> LoadOptions {
     LoadOptions {
         senders_per_client: 2,
@@ -315,14 +321,24 @@ async fn sync_failover(logs: TestLogs) -> anyhow::Result<()> {
         .filter(|d| d.endpoint.starts_with("fresh"))
         .count();
     ensure!(fresh > 0, "the fresh streams delivered nothing");
-    println!(
-        "FIGURES sync-failover unavailability_ms={} first_success_after_kill_ms={} acked={} \
-         unknown={} (sequenced {}) fresh_deliveries={fresh}",
-        report.max_unavailability.as_millis(),
-        gap.as_millis(),
-        acked.len(),
-        report.ops_unknown,
-        report.unknown_delivered
+    print_figures(
+        "sync-failover",
+        &[
+            (
+                "unavailability_ms",
+                report.max_unavailability.as_millis().to_string(),
+            ),
+            ("first_success_after_kill_ms", gap.as_millis().to_string()),
+            ("acked", acked.len().to_string()),
+            (
+                "unknown",
+                format!(
+                    "{} (sequenced {})",
+                    report.ops_unknown, report.unknown_delivered
+                ),
+            ),
+            ("fresh_deliveries", fresh.to_string()),
+        ],
     );
     Ok(())
 }
@@ -490,12 +506,20 @@ async fn async_failover(logs: TestLogs) -> anyhow::Result<()> {
     println!("async failover, after restart (fresh streams): {report}");
     report.ensure_ok()?;
     let full = history::check(&h, &CheckOptions::new(&ids, None));
-    println!(
-        "FIGURES async-failover acked_in_lag_window={acked_in_lag} lost_acked={} \
-         members_told_fork={} unavailability_ms={} (whole history: {full})",
-        lost.len(),
-        received_lost.len(),
-        full.max_unavailability.as_millis()
+    print_figures(
+        "async-failover",
+        &[
+            ("acked_in_lag_window", acked_in_lag.to_string()),
+            ("lost_acked", lost.len().to_string()),
+            ("members_told_fork", received_lost.len().to_string()),
+            (
+                "unavailability_ms",
+                format!(
+                    "{} (whole history: {full})",
+                    full.max_unavailability.as_millis()
+                ),
+            ),
+        ],
     );
     Ok(())
 }
@@ -612,10 +636,19 @@ async fn disk_full(logs: TestLogs) -> anyhow::Result<()> {
         "sends did not stall while the disk was full (longest gap {:?})",
         report.max_unavailability
     );
-    println!(
-        "FIGURES disk-full unavailability_ms={} recovery_after_free_ms={} load_successes_while_full={during}",
-        report.max_unavailability.as_millis(),
-        (back - freed_at).as_millis()
+    print_figures(
+        "disk-full",
+        &[
+            (
+                "unavailability_ms",
+                report.max_unavailability.as_millis().to_string(),
+            ),
+            (
+                "recovery_after_free_ms",
+                (back - freed_at).as_millis().to_string(),
+            ),
+            ("load_successes_while_full", during.to_string()),
+        ],
     );
     Ok(())
 }
