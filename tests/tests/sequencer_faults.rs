@@ -9,7 +9,7 @@
 //! The tests of this file run one at a time (they share two cores with three sequencers
 //! and PostgreSQL, and measure stalls).
 
-use domain_e2e::flt_util::log_of;
+use domain_e2e::flt_util::{log_of, query_i64};
 use domain_e2e::streams::{Collected, collect, signed_key};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -260,6 +260,33 @@ async fn faulted_pair(
         .push((var.to_string(), value.to_string()));
     let cluster = SequencerCluster::start_with_env(logs, db, 2, "", &env).await?;
     Ok((cluster, url))
+}
+
+/// `member` connected to instance 0 and to instance 1.
+async fn connect_to_both(
+    cluster: &SequencerCluster,
+    member: &Member,
+) -> anyhow::Result<[SequencerConnection; 2]> {
+    Ok([
+        connect_member(cluster, 0, member).await?,
+        connect_member(cluster, 1, member).await?,
+    ])
+}
+
+/// Sends `payload` to `to` alone through `conn`.
+async fn send_to(
+    conn: &SequencerConnection,
+    message_id: &str,
+    payload: &[u8],
+    to: &MemberId,
+    max_sequencing_time_micros: i64,
+) -> Result<pb::SendResponse, ClientError> {
+    conn.send(
+        message_id,
+        vec![envelope(payload.to_vec(), &[to])],
+        max_sequencing_time_micros,
+    )
+    .await
 }
 
 /// Registers a participant for each of `names`.
@@ -1021,8 +1048,7 @@ async fn paused_inside_a_batch(logs: TestLogs) -> anyhow::Result<()> {
     let (mut cluster, url) =
         faulted_pair(logs, "seq_paused_batch", 0, DELAY_BEFORE_COMMIT, "600").await?;
     let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
-    let via0 = connect_member(&cluster, 0, &alice).await?;
-    let via1 = connect_member(&cluster, 1, &alice).await?;
+    let [via0, via1] = connect_to_both(&cluster, &alice).await?;
     let max_ts = now_micros() + 60_000_000;
     let message = envelope(b"sent while the instance froze".to_vec(), &[&bob.0]);
 
@@ -1112,11 +1138,7 @@ async fn slow_commit_within_commit_timeout(logs: TestLogs) -> anyhow::Result<()>
         );
     }
     let online_after = writer_online_count(&cluster, 0);
-    let log = cluster.nodes[0]
-        .process
-        .as_ref()
-        .map(|p| p.read_log())
-        .unwrap_or_default();
+    let log = log_of(cluster.nodes[0].process.as_ref());
     ensure!(
         online_after == online_before,
         "the slow instance went online {} more time(s): its peer fenced it although every \
@@ -1146,18 +1168,18 @@ fn clock_jump_of_one_instance_does_not_drag_time_forward() -> anyhow::Result<()>
 async fn clock_jump_of_one_instance(logs: TestLogs) -> anyhow::Result<()> {
     let (cluster, url) = faulted_pair(logs, "seq_clock_jump", 1, CLOCK_OFFSET, "3600000").await?;
     let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
-    let via0 = connect_member(&cluster, 0, &alice).await?;
-    let via1 = connect_member(&cluster, 1, &alice).await?;
+    let [via0, via1] = connect_to_both(&cluster, &alice).await?;
 
     // An event batch of the fast instance: its watermark notification is an hour ahead.
-    let ahead = via1
-        .send(
-            "from-the-future",
-            vec![envelope(b"fast clock".to_vec(), &[&bob.0])],
-            now_micros() + 2 * 3_600_000_000,
-        )
-        .await
-        .context("send through the fast instance")?;
+    let ahead = send_to(
+        &via1,
+        "from-the-future",
+        b"fast clock",
+        &bob.0,
+        now_micros() + 2 * 3_600_000_000,
+    )
+    .await
+    .context("send through the fast instance")?;
     ensure!(
         ahead.sequencing_timestamp_micros > now_micros() + 3_000_000_000,
         "the clock offset hook did not take effect (ts {})",
@@ -1179,19 +1201,20 @@ async fn clock_jump_of_one_instance(logs: TestLogs) -> anyhow::Result<()> {
         }
         for i in 0..3 {
             let sent_at = now_micros();
-            let response = via0
-                .send(
-                    &format!("normal-{round}-{i}"),
-                    vec![envelope(b"normal deadline".to_vec(), &[&bob.0])],
-                    sent_at + 10_000_000,
-                )
-                .await
-                .with_context(|| {
-                    format!(
-                        "round {round}: a send through seq-0 with a 10 s max sequencing time \
+            let response = send_to(
+                &via0,
+                &format!("normal-{round}-{i}"),
+                b"normal deadline",
+                &bob.0,
+                sent_at + 10_000_000,
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "round {round}: a send through seq-0 with a 10 s max sequencing time \
                          failed (time dragged forward?)"
-                    )
-                })?;
+                )
+            })?;
             ensure!(
                 response.sequencing_timestamp_micros < sent_at + 10_000_000,
                 "timestamp {} is beyond the send's deadline",
@@ -1199,11 +1222,7 @@ async fn clock_jump_of_one_instance(logs: TestLogs) -> anyhow::Result<()> {
             );
         }
     }
-    let log = cluster.nodes[0]
-        .process
-        .as_ref()
-        .map(|p| p.read_log())
-        .unwrap_or_default();
+    let log = log_of(cluster.nodes[0].process.as_ref());
     let ignored = log.matches("ignored a watermark notification").count();
     ensure!(
         ignored >= 2,
@@ -1246,14 +1265,15 @@ async fn registered_moments_earlier(logs: TestLogs) -> anyhow::Result<()> {
         let fresh = cluster
             .add_member(MemberRole::Participant, &format!("fresh{round}"))
             .await?;
-        let sent = via1
-            .send(
-                &format!("to-fresh-{round}"),
-                vec![envelope(b"welcome".to_vec(), &[&fresh.0])],
-                now_micros() + 10_000_000,
-            )
-            .await
-            .with_context(|| format!("round {round}: send to the fresh member through seq-1"))?;
+        let sent = send_to(
+            &via1,
+            &format!("to-fresh-{round}"),
+            b"welcome",
+            &fresh.0,
+            now_micros() + 10_000_000,
+        )
+        .await
+        .with_context(|| format!("round {round}: send to the fresh member through seq-1"))?;
         let registered: i64 = client
             .query_one(
                 "SELECT registered_ts FROM seq_members WHERE member = $1",
@@ -1293,17 +1313,15 @@ async fn registered_moments_earlier(logs: TestLogs) -> anyhow::Result<()> {
             &[&ahead_id.to_string(), &(now_micros() + 5_000_000)],
         )
         .await?;
-    let events_before: i64 = client
-        .query_one("SELECT count(*) FROM seq_events", &[])
-        .await?
-        .get(0);
-    match via1
-        .send(
-            "to-ahead",
-            vec![envelope(b"too early".to_vec(), &[&ahead_id])],
-            now_micros() + 10_000_000,
-        )
-        .await
+    let events_before = query_i64(&client, "SELECT count(*) FROM seq_events", &[]).await?;
+    match send_to(
+        &via1,
+        "to-ahead",
+        b"too early",
+        &ahead_id,
+        now_micros() + 10_000_000,
+    )
+    .await
     {
         Ok(r) => bail!(
             "a send to a member registered 5 s ahead was sequenced at {} (time dragged forward)",
@@ -1317,23 +1335,21 @@ async fn registered_moments_earlier(logs: TestLogs) -> anyhow::Result<()> {
             );
         }
     }
-    let events_after: i64 = client
-        .query_one("SELECT count(*) FROM seq_events", &[])
-        .await?
-        .get(0);
+    let events_after = query_i64(&client, "SELECT count(*) FROM seq_events", &[]).await?;
     ensure!(
         events_after == events_before,
         "the refused send stored {} event(s)",
         events_after - events_before
     );
     let sent_at = now_micros();
-    let normal = via1
-        .send(
-            "after-ahead",
-            vec![envelope(b"normal".to_vec(), &[&alice.0])],
-            sent_at + 10_000_000,
-        )
-        .await?;
+    let normal = send_to(
+        &via1,
+        "after-ahead",
+        b"normal",
+        &alice.0,
+        sent_at + 10_000_000,
+    )
+    .await?;
     ensure!(
         normal.sequencing_timestamp_micros < sent_at + 2_000_000,
         "seq-1's time moved forward: {} for a send at {sent_at}",
