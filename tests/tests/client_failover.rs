@@ -338,6 +338,41 @@ struct UnderLoad {
     load: Load,
 }
 
+impl UnderLoad {
+    /// Waits (10 s at most each) until alice's subscription has left the `faulted`
+    /// instance, then until an event from the `other` instance arrived after `fault_at`;
+    /// returns both times.
+    async fn wait_moved_off(
+        &self,
+        fault_at: Instant,
+        faulted: &str,
+        other: &str,
+    ) -> anyhow::Result<(Instant, Instant)> {
+        let moved_at = wait_until(
+            &format!("subscription moved off the {faulted} instance"),
+            Duration::from_secs(10),
+            || {
+                self.client
+                    .current_subscription_endpoint()
+                    .is_some_and(|u| u != self.sub_url)
+            },
+        )
+        .await?;
+        let first_after = wait_until(
+            &format!("an event from the {other} instance"),
+            Duration::from_secs(10),
+            || {
+                self.collected
+                    .snapshot()
+                    .iter()
+                    .any(|(e, at)| *at > fault_at && e.endpoint != self.sub_url)
+            },
+        )
+        .await?;
+        Ok((moved_at, first_after))
+    }
+}
+
 /// Alice's sends and subscription running in the background.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -449,27 +484,8 @@ async fn sigkill_failover(logs: TestLogs) -> anyhow::Result<()> {
     let killed_at = Instant::now();
     let status = fx.cluster.nodes[fx.victim].process()?.kill()?;
     println!("SIGKILLed seq-{} ({status})", fx.victim);
-    let resubscribed_at = wait_until(
-        "subscription moved off the killed instance",
-        Duration::from_secs(10),
-        || {
-            fx.client
-                .current_subscription_endpoint()
-                .is_some_and(|u| u != fx.sub_url)
-        },
-    )
-    .await?;
-    let first_after = wait_until(
-        "an event from the surviving instance",
-        Duration::from_secs(10),
-        || {
-            fx.collected
-                .snapshot()
-                .iter()
-                .any(|(e, at)| *at > killed_at && e.endpoint != fx.sub_url)
-        },
-    )
-    .await?;
+    let (resubscribed_at, first_after) =
+        fx.wait_moved_off(killed_at, "killed", "surviving").await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stats_after_kill = fx.client.stats();
 
@@ -595,27 +611,7 @@ async fn sigstop_failover(logs: TestLogs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let moved_at = wait_until(
-        "subscription moved off the paused instance",
-        Duration::from_secs(10),
-        || {
-            fx.client
-                .current_subscription_endpoint()
-                .is_some_and(|u| u != fx.sub_url)
-        },
-    )
-    .await?;
-    let first_after = wait_until(
-        "an event from the other instance",
-        Duration::from_secs(10),
-        || {
-            fx.collected
-                .snapshot()
-                .iter()
-                .any(|(e, at)| *at > paused_at && e.endpoint != fx.sub_url)
-        },
-    )
-    .await?;
+    let (moved_at, first_after) = fx.wait_moved_off(paused_at, "paused", "other").await?;
     // Keep it stopped a while: nothing may be sent to it meanwhile.
     tokio::time::sleep(
         Duration::from_secs(4).saturating_sub(paused_at.elapsed()) + Duration::from_millis(500),
