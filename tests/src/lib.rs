@@ -2,6 +2,8 @@
 //! members to a [`domain_localnet::sequencers::SequencerCluster`].
 
 pub mod checks;
+pub mod flt_participant;
+pub mod flt_util;
 pub mod history;
 pub mod mediator;
 pub mod participant;

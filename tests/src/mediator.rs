@@ -472,20 +472,32 @@ impl MediatorDomain {
         name: &str,
         labels: &[(&str, &str)],
     ) -> anyhow::Result<f64> {
+        let [value] = self.metrics(i, [(name, labels)]).await?;
+        Ok(value)
+    }
+
+    /// Several metrics of replica `i` from one scrape: for each `(name, labels)`, the sum
+    /// of the series of that name carrying all those labels.
+    pub async fn metrics<const N: usize>(
+        &self,
+        i: usize,
+        wanted: [(&str, &[(&str, &str)]); N],
+    ) -> anyhow::Result<[f64; N]> {
         let node = self.nodes.get(i).context("no such replica")?;
         let text = http_get(&node.ops_url(), "/metrics").await?;
-        Ok(text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.rsplit_once(' '))
-            .filter(|(series, _)| {
-                (*series == name || series.starts_with(&format!("{name}{{")))
-                    && labels
-                        .iter()
-                        .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|(_, v)| v.parse::<f64>().ok())
-            .sum())
+        Ok(wanted.map(|(name, labels)| {
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.rsplit_once(' '))
+                .filter(|(series, _)| {
+                    (*series == name || series.starts_with(&format!("{name}{{")))
+                        && labels
+                            .iter()
+                            .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+                })
+                .filter_map(|(_, v)| v.parse::<f64>().ok())
+                .sum()
+        }))
     }
 
     pub fn participant(&self, name: &str) -> &Participant {
@@ -572,19 +584,18 @@ impl MediatorDomain {
         who: &str,
         request_id: i64,
         root_hash: &[u8],
-        approve: bool,
-        reason: &str,
+        answer: Answer<'_>,
     ) -> pb::SignedConfirmationResponse {
+        let (decision, reason) = match answer {
+            Answer::Approve => (pb::ConfirmationDecision::Approve, ""),
+            Answer::Reject(reason) => (pb::ConfirmationDecision::Reject, reason),
+        };
         let p = self.participant(who);
         let response = pb::ConfirmationResponse {
             request_id,
             participant: p.member.0.to_string(),
             root_hash: root_hash.to_vec(),
-            decision: if approve {
-                pb::ConfirmationDecision::Approve
-            } else {
-                pb::ConfirmationDecision::Reject
-            } as i32,
+            decision: decision as i32,
             reason: reason.to_string(),
             domain_id: self.cluster.domain_id.to_string(),
         }
@@ -622,15 +633,15 @@ impl MediatorDomain {
         .await
     }
 
+    /// `who` answers request `request_id`; returns the response's sequencing timestamp.
     pub async fn respond(
         &self,
         who: &str,
         request_id: i64,
         root_hash: &[u8],
-        approve: bool,
-        reason: &str,
+        answer: Answer<'_>,
     ) -> anyhow::Result<i64> {
-        let signed = self.signed_response(who, request_id, root_hash, approve, reason);
+        let signed = self.signed_response(who, request_id, root_hash, answer);
         self.send_response(who, signed).await
     }
 
@@ -673,6 +684,18 @@ impl MediatorDomain {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits for every verdict of `ids` at alice (within `alice_timeout`), then at bob
+    /// (within 10 s more).
+    pub async fn wait_verdicts_at_alice_and_bob(
+        &self,
+        ids: &[i64],
+        alice_timeout: Duration,
+    ) -> anyhow::Result<()> {
+        self.wait_verdicts("alice", ids, alice_timeout).await?;
+        self.wait_verdicts("bob", ids, Duration::from_secs(10))
+            .await
     }
 
     /// The verdicts `name` received for `request_id`.
@@ -845,23 +868,31 @@ impl MediatorDomain {
         match load.kind(i) {
             Kind::Approve => {
                 futures::try_join!(
-                    self.respond(submitter, id, &root, true, ""),
-                    self.respond(other, id, &root, true, "")
+                    self.respond(submitter, id, &root, Answer::Approve),
+                    self.respond(other, id, &root, Answer::Approve)
                 )?;
             }
             Kind::Reject => {
                 let reason = format!("reject-{i}");
                 futures::try_join!(
-                    self.respond(submitter, id, &root, true, ""),
-                    self.respond(other, id, &root, false, &reason)
+                    self.respond(submitter, id, &root, Answer::Approve),
+                    self.respond(other, id, &root, Answer::Reject(&reason))
                 )?;
             }
             Kind::Silent => {
-                self.respond(submitter, id, &root, true, "").await?;
+                self.respond(submitter, id, &root, Answer::Approve).await?;
             }
         }
         Ok(())
     }
+}
+
+/// A participant's answer to a confirmation request.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer<'a> {
+    Approve,
+    /// Reject, with the reason given.
+    Reject(&'a str),
 }
 
 /// What a verdict should say.

@@ -49,13 +49,19 @@ pub enum LinkState {
 pub struct TcpProxy {
     local: SocketAddr,
     target: SocketAddr,
+    controls: Arc<Controls>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+/// What the proxy's methods set and its accept loop and connections follow.
+struct Controls {
     state: watch::Sender<LinkState>,
     /// Incremented by `block()`: every connection of an older generation closes.
     generation: watch::Sender<u64>,
     /// Incremented by `strand()`: every connection of an older one is stranded.
     stranded: watch::Sender<u64>,
-    accepted: Arc<AtomicU64>,
-    accept_task: tokio::task::JoinHandle<()>,
+    /// Connections accepted so far.
+    accepted: AtomicU64,
 }
 
 impl TcpProxy {
@@ -63,25 +69,17 @@ impl TcpProxy {
     pub async fn start(target: SocketAddr) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let local = listener.local_addr()?;
-        let (state, _) = watch::channel(LinkState::Open);
-        let (generation, _) = watch::channel(0u64);
-        let (stranded, _) = watch::channel(0u64);
-        let accepted = Arc::new(AtomicU64::new(0));
-        let accept_task = tokio::spawn(accept_loop(
-            listener,
-            target,
-            state.subscribe(),
-            generation.clone(),
-            stranded.clone(),
-            accepted.clone(),
-        ));
+        let controls = Arc::new(Controls {
+            state: watch::channel(LinkState::Open).0,
+            generation: watch::channel(0u64).0,
+            stranded: watch::channel(0u64).0,
+            accepted: AtomicU64::new(0),
+        });
+        let accept_task = tokio::spawn(accept_loop(listener, target, controls.clone()));
         Ok(Self {
             local,
             target,
-            state,
-            generation,
-            stranded,
-            accepted,
+            controls,
             accept_task,
         })
     }
@@ -98,33 +96,33 @@ impl TcpProxy {
 
     /// Connections accepted so far (including refused ones).
     pub fn accepted(&self) -> u64 {
-        self.accepted.load(Ordering::Relaxed)
+        self.controls.accepted.load(Ordering::Relaxed)
     }
 
     pub fn state(&self) -> LinkState {
-        *self.state.borrow()
+        *self.controls.state.borrow()
     }
 
     /// Closes every current connection and refuses new ones.
     pub fn block(&self) {
-        self.state.send_replace(LinkState::Blocked);
-        self.generation.send_modify(|g| *g += 1);
+        self.controls.state.send_replace(LinkState::Blocked);
+        self.controls.generation.send_modify(|g| *g += 1);
     }
 
     /// Stops forwarding without closing anything (black hole).
     pub fn stall(&self) {
-        self.state.send_replace(LinkState::Stalled);
+        self.controls.state.send_replace(LinkState::Stalled);
     }
 
     /// Closes the client side of every current connection and keeps the server side open
     /// and silent until the proxy is dropped; new connections are forwarded.
     pub fn strand(&self) {
-        self.stranded.send_modify(|g| *g += 1);
+        self.controls.stranded.send_modify(|g| *g += 1);
     }
 
     /// Opens the link again: new connections are forwarded, stalled ones resume.
     pub fn unblock(&self) {
-        self.state.send_replace(LinkState::Open);
+        self.controls.state.send_replace(LinkState::Open);
     }
 }
 
@@ -134,14 +132,8 @@ impl Drop for TcpProxy {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    target: SocketAddr,
-    state: watch::Receiver<LinkState>,
-    generation: watch::Sender<u64>,
-    stranded: watch::Sender<u64>,
-    accepted: Arc<AtomicU64>,
-) {
+async fn accept_loop(listener: TcpListener, target: SocketAddr, controls: Arc<Controls>) {
+    let state = controls.state.subscribe();
     // Owns the connection tasks: aborting the accept task (drop) aborts them all.
     let mut connections = JoinSet::new();
     loop {
@@ -153,7 +145,7 @@ async fn accept_loop(
             // Reap finished connection tasks so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        accepted.fetch_add(1, Ordering::Relaxed);
+        controls.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = client.set_nodelay(true);
         let current = *state.borrow();
         match current {
@@ -164,8 +156,8 @@ async fn accept_loop(
             }
             LinkState::Open | LinkState::Stalled => {
                 let state = state.clone();
-                let gen_rx = generation.subscribe();
-                let strand_rx = stranded.subscribe();
+                let gen_rx = controls.generation.subscribe();
+                let strand_rx = controls.stranded.subscribe();
                 connections.spawn(serve(client, target, state, gen_rx, strand_rx));
             }
         }

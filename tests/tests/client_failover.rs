@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use domain_e2e::checks::db_client;
+use domain_e2e::flt_util::max_of;
 use domain_e2e::{envelope, now_micros};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair};
 use domain_localnet::sequencers::SequencerCluster;
@@ -325,18 +326,105 @@ async fn wait_for_events(c: &Collected, n: usize, timeout: Duration) -> anyhow::
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------------
-// (a) SIGKILL of the instance the client reads from
-// ---------------------------------------------------------------------------------------
-
-#[test]
-fn sigkill_of_subscribed_instance_loses_and_duplicates_nothing() -> anyhow::Result<()> {
-    run("client_sigkill_failover", sigkill_failover)
+/// Alice's client on a 2-instance cluster, subscribed from counter 0, sending to bob.
+struct UnderLoad {
+    cluster: SequencerCluster,
+    alice: Member,
+    client: DomainClient,
+    collected: Collected,
+    /// The endpoint alice's subscription reads from, and its instance.
+    sub_url: String,
+    victim: usize,
+    load: Load,
 }
 
-async fn sigkill_failover(logs: TestLogs) -> anyhow::Result<()> {
-    let db = PgCluster::shared().create_database("client_kill").await;
-    let mut cluster = SequencerCluster::start(logs, db, 2, "").await?;
+impl UnderLoad {
+    /// Waits (10 s at most each) until alice's subscription has left the `faulted`
+    /// instance, then until an event from the `other` instance arrived after `fault_at`;
+    /// returns both times.
+    async fn wait_moved_off(
+        &self,
+        fault_at: Instant,
+        faulted: &str,
+        other: &str,
+    ) -> anyhow::Result<(Instant, Instant)> {
+        let moved_at = wait_until(
+            &format!("subscription moved off the {faulted} instance"),
+            Duration::from_secs(10),
+            || {
+                self.client
+                    .current_subscription_endpoint()
+                    .is_some_and(|u| u != self.sub_url)
+            },
+        )
+        .await?;
+        let first_after = wait_until(
+            &format!("an event from the {other} instance"),
+            Duration::from_secs(10),
+            || {
+                self.collected
+                    .snapshot()
+                    .iter()
+                    .any(|(e, at)| *at > fault_at && e.endpoint != self.sub_url)
+            },
+        )
+        .await?;
+        Ok((moved_at, first_after))
+    }
+}
+
+/// Alice's sends and subscription running in the background.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sender: tokio::task::JoinHandle<anyhow::Result<Vec<Sent>>>,
+    sub_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Load {
+    /// Stops the sends; waits until `collected` (the subscription, still open) holds an
+    /// event for each of them. Returns the sends and when they were told to stop.
+    async fn stop(self, collected: &Collected) -> anyhow::Result<(Vec<Sent>, Instant)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let stopped_at = Instant::now();
+        let sent = self.sender.await??;
+        wait_for_events(collected, sent.len(), Duration::from_secs(20)).await?;
+        ensure!(!self.sub_task.is_finished(), "subscription ended: {:?}", {
+            self.sub_task.await
+        });
+        Ok((sent, stopped_at))
+    }
+}
+
+/// A fault scenario under [`subscribe_and_send`]'s load.
+struct Scenario {
+    db_name: &'static str,
+    /// Message ids `<prefix>-<n>`, sent every `interval`.
+    prefix: &'static str,
+    interval: Duration,
+    /// What is done to the instance alice reads from (for messages).
+    fault: &'static str,
+}
+
+const KILL: Scenario = Scenario {
+    db_name: "client_kill",
+    prefix: "kill",
+    interval: Duration::from_millis(40),
+    fault: "kill",
+};
+
+const PAUSE: Scenario = Scenario {
+    db_name: "client_stop",
+    prefix: "stop",
+    interval: Duration::from_millis(50),
+    fault: "pause",
+};
+
+/// Registers alice and bob on a 2-instance cluster (a fresh database), connects alice's
+/// client and subscribes it from counter 0, then sends to bob in the background (8 in
+/// flight at most); after 2 s the stream must be flowing (before the fault).
+async fn subscribe_and_send(logs: TestLogs, scenario: &Scenario) -> anyhow::Result<UnderLoad> {
+    let db = PgCluster::shared().create_database(scenario.db_name).await;
+    let cluster = SequencerCluster::start(logs, db, 2, "").await?;
     let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
     let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
     let client = connect_client(&cluster, &alice, ClientOptions::default()).await?;
@@ -355,67 +443,74 @@ async fn sigkill_failover(logs: TestLogs) -> anyhow::Result<()> {
     let sender = tokio::spawn(send_loop(
         client.clone(),
         bob.0.clone(),
-        "kill",
-        Duration::from_millis(40),
+        scenario.prefix,
+        scenario.interval,
         8,
         stop.clone(),
     ));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    ensure!(collected.len() > 10, "stream not flowing before the kill");
+    ensure!(
+        collected.len() > 10,
+        "stream not flowing before the {}",
+        scenario.fault
+    );
+    Ok(UnderLoad {
+        cluster,
+        alice,
+        client,
+        collected,
+        sub_url,
+        victim,
+        load: Load {
+            stop,
+            sender,
+            sub_task,
+        },
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// (a) SIGKILL of the instance the client reads from
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn sigkill_of_subscribed_instance_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    run("client_sigkill_failover", sigkill_failover)
+}
+
+async fn sigkill_failover(logs: TestLogs) -> anyhow::Result<()> {
+    let mut fx = subscribe_and_send(logs, &KILL).await?;
 
     let killed_at = Instant::now();
-    let status = cluster.nodes[victim].process()?.kill()?;
-    println!("SIGKILLed seq-{victim} ({status})");
-    let resubscribed_at = wait_until(
-        "subscription moved off the killed instance",
-        Duration::from_secs(10),
-        || {
-            client
-                .current_subscription_endpoint()
-                .is_some_and(|u| u != sub_url)
-        },
-    )
-    .await?;
-    let first_after = wait_until(
-        "an event from the surviving instance",
-        Duration::from_secs(10),
-        || {
-            collected
-                .snapshot()
-                .iter()
-                .any(|(e, at)| *at > killed_at && e.endpoint != sub_url)
-        },
-    )
-    .await?;
+    let status = fx.cluster.nodes[fx.victim].process()?.kill()?;
+    println!("SIGKILLed seq-{} ({status})", fx.victim);
+    let (resubscribed_at, first_after) =
+        fx.wait_moved_off(killed_at, "killed", "surviving").await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let stats_after_kill = client.stats();
+    let stats_after_kill = fx.client.stats();
 
     // The crashed instance comes back: the client takes it into the rotation again.
     let restart = Instant::now();
-    cluster.start_node(victim).await?;
+    fx.cluster.start_node(fx.victim).await?;
     let serving_at = Instant::now();
     let healthy_again = wait_until(
         "restarted endpoint healthy in the client",
         Duration::from_secs(10),
-        || client.endpoint_health().iter().all(|(_, h)| *h),
+        || fx.client.endpoint_health().iter().all(|(_, h)| *h),
     )
     .await?;
     println!(
-        "seq-{victim} restarted (SERVING after {} ms), healthy in the client {} ms later",
+        "seq-{} restarted (SERVING after {} ms), healthy in the client {} ms later",
+        fx.victim,
         (serving_at - restart).as_millis(),
         (healthy_again - serving_at).as_millis()
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let sent = sender.await??;
-    wait_for_events(&collected, sent.len(), Duration::from_secs(20)).await?;
-    ensure!(!sub_task.is_finished(), "subscription ended: {:?}", {
-        sub_task.await
-    });
-    let events = collected.snapshot();
+    let (sent, _) = fx.load.stop(&fx.collected).await?;
+    let events = fx.collected.snapshot();
     let via_restarted = sent
         .iter()
-        .filter(|s| s.receipt.endpoint == sub_url && s.started > healthy_again)
+        .filter(|s| s.receipt.endpoint == fx.sub_url && s.started > healthy_again)
         .count();
 
     let arrivals: Vec<Instant> = events.iter().map(|(_, at)| *at).collect();
@@ -434,7 +529,7 @@ async fn sigkill_failover(logs: TestLogs) -> anyhow::Result<()> {
         .map(|s| s.acked - s.started)
         .max()
         .unwrap_or_default();
-    let stats = client.stats();
+    let stats = fx.client.stats();
     println!(
         "sends: {} via {:?} ({via_restarted} through the restarted instance); stats right \
          after the kill {stats_after_kill:?}, at the end {stats:?}",
@@ -442,10 +537,11 @@ async fn sigkill_failover(logs: TestLogs) -> anyhow::Result<()> {
         via_summary(&sent),
     );
     println!(
-        "interruption after SIGKILL of seq-{victim}: subscription moved after {} ms, first event \
+        "interruption after SIGKILL of seq-{}: subscription moved after {} ms, first event \
          from the survivor after {} ms; largest stream gap {} ms (before the kill {} ms); \
          largest gap between send acknowledgements {} ms; slowest send around the kill {} ms \
          (target {INTERRUPTION_TARGET:?}: {})",
+        fx.victim,
         (resubscribed_at - killed_at).as_millis(),
         (first_after - killed_at).as_millis(),
         stream_gap.as_millis(),
@@ -459,7 +555,7 @@ async fn sigkill_failover(logs: TestLogs) -> anyhow::Result<()> {
         }
     );
 
-    check_history(&cluster, &alice.0, &events, &sent).await?;
+    check_history(&fx.cluster, &fx.alice.0, &events, &sent).await?;
     ensure!(
         stats_after_kill.resubscriptions >= 1,
         "no resubscription counted: {stats_after_kill:?}"
@@ -471,7 +567,7 @@ async fn sigkill_failover(logs: TestLogs) -> anyhow::Result<()> {
     ensure!(
         events
             .iter()
-            .any(|(e, at)| *at < killed_at && e.endpoint == sub_url),
+            .any(|(e, at)| *at < killed_at && e.endpoint == fx.sub_url),
         "no event came from the killed instance before the kill"
     );
     ensure!(
@@ -499,131 +595,77 @@ fn sigstopped_instance_is_abandoned_within_3s() -> anyhow::Result<()> {
 }
 
 async fn sigstop_failover(logs: TestLogs) -> anyhow::Result<()> {
-    let db = PgCluster::shared().create_database("client_stop").await;
-    let mut cluster = SequencerCluster::start(logs, db, 2, "").await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
-    let client = connect_client(&cluster, &alice, ClientOptions::default()).await?;
-    let (collected, sub_task) = Collected::start(client.subscribe(0)?);
-    wait_until("subscription open", Duration::from_secs(10), || {
-        client.current_subscription_endpoint().is_some()
-    })
-    .await?;
-    let sub_url = client
-        .current_subscription_endpoint()
-        .context("no subscription")?;
-    let victim = node_of(&cluster, &sub_url)?;
-    println!("alice subscribed through seq-{victim} ({sub_url})");
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = tokio::spawn(send_loop(
-        client.clone(),
-        bob.0.clone(),
-        "stop",
-        Duration::from_millis(50),
-        8,
-        stop.clone(),
-    ));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    ensure!(collected.len() > 10, "stream not flowing before the pause");
+    let mut fx = subscribe_and_send(logs, &PAUSE).await?;
 
     let paused_at = Instant::now();
-    cluster.nodes[victim].process()?.pause()?;
-    println!("SIGSTOPped seq-{victim}");
+    fx.cluster.nodes[fx.victim].process()?.pause()?;
+    println!("SIGSTOPped seq-{}", fx.victim);
     let unhealthy_at = wait_until(
         "paused endpoint marked unhealthy",
         Duration::from_secs(10),
         || {
-            client
+            fx.client
                 .endpoint_health()
                 .iter()
-                .any(|(u, h)| *u == sub_url && !*h)
+                .any(|(u, h)| *u == fx.sub_url && !*h)
         },
     )
     .await?;
-    let moved_at = wait_until(
-        "subscription moved off the paused instance",
-        Duration::from_secs(10),
-        || {
-            client
-                .current_subscription_endpoint()
-                .is_some_and(|u| u != sub_url)
-        },
-    )
-    .await?;
-    let first_after = wait_until(
-        "an event from the other instance",
-        Duration::from_secs(10),
-        || {
-            collected
-                .snapshot()
-                .iter()
-                .any(|(e, at)| *at > paused_at && e.endpoint != sub_url)
-        },
-    )
-    .await?;
+    let (moved_at, first_after) = fx.wait_moved_off(paused_at, "paused", "other").await?;
     // Keep it stopped a while: nothing may be sent to it meanwhile.
     tokio::time::sleep(
         Duration::from_secs(4).saturating_sub(paused_at.elapsed()) + Duration::from_millis(500),
     )
     .await;
     let resumed_at = Instant::now();
-    cluster.nodes[victim].process()?.resume()?;
+    fx.cluster.nodes[fx.victim].process()?.resume()?;
     println!(
-        "SIGCONTed seq-{victim} after {:.1?}",
+        "SIGCONTed seq-{} after {:.1?}",
+        fx.victim,
         resumed_at - paused_at
     );
     let healthy_again = wait_until(
         "resumed endpoint healthy again",
         Duration::from_secs(30),
-        || client.endpoint_health().iter().all(|(_, h)| *h),
+        || fx.client.endpoint_health().iter().all(|(_, h)| *h),
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let stopped_at = Instant::now();
-    let sent = sender.await??;
-    wait_for_events(&collected, sent.len(), Duration::from_secs(20)).await?;
-    ensure!(!sub_task.is_finished(), "subscription ended: {:?}", {
-        sub_task.await
-    });
-    let events = collected.snapshot();
+    let (sent, stopped_at) = fx.load.stop(&fx.collected).await?;
+    let events = fx.collected.snapshot();
 
     // Sends that were in flight at the pause or started while the endpoint was stopped.
     let during: Vec<&Sent> = sent
         .iter()
         .filter(|s| s.acked > paused_at && s.started < resumed_at)
         .collect();
-    let slowest = during
-        .iter()
-        .map(|s| s.acked - s.started.max(paused_at))
-        .max()
-        .unwrap_or_default();
+    let slowest = max_of(&during, |s| s.acked - s.started.max(paused_at));
     let via_paused_during = sent
         .iter()
         .filter(|s| {
-            s.receipt.endpoint == sub_url
+            s.receipt.endpoint == fx.sub_url
                 && s.acked > paused_at + Duration::from_millis(200)
                 && s.acked < resumed_at
         })
         .count();
     let via_resumed_after = sent
         .iter()
-        .filter(|s| s.receipt.endpoint == sub_url && s.started > healthy_again)
+        .filter(|s| s.receipt.endpoint == fx.sub_url && s.started > healthy_again)
         .count();
     let arrivals: Vec<Instant> = events.iter().map(|(_, at)| *at).collect();
     let stream_gap = largest_gap(&arrivals, paused_at, stopped_at + Duration::from_secs(20));
-    let stats = client.stats();
+    let stats = fx.client.stats();
     println!(
         "sends: {} via {:?}; stats {stats:?}",
         sent.len(),
         via_summary(&sent)
     );
     println!(
-        "SIGSTOP of seq-{victim}: marked unhealthy after {} ms; subscription abandoned after {} ms \
+        "SIGSTOP of seq-{}: marked unhealthy after {} ms; subscription abandoned after {} ms \
          (bound {ABANDON_BOUND:?}); first event from the other instance after {} ms; largest \
          stream gap {} ms; slowest send in flight during the pause took {} ms after the pause \
          ({} such sends); healthy again {} ms after SIGCONT; {} sends through it afterwards",
+        fx.victim,
         (unhealthy_at - paused_at).as_millis(),
         (moved_at - paused_at).as_millis(),
         (first_after - paused_at).as_millis(),
@@ -634,7 +676,7 @@ async fn sigstop_failover(logs: TestLogs) -> anyhow::Result<()> {
         via_resumed_after
     );
 
-    check_history(&cluster, &alice.0, &events, &sent).await?;
+    check_history(&fx.cluster, &fx.alice.0, &events, &sent).await?;
     ensure!(
         moved_at - paused_at <= ABANDON_BOUND,
         "subscription abandoned the paused instance only after {:?}",
@@ -864,11 +906,7 @@ async fn token_renewal(logs: TestLogs) -> anyhow::Result<()> {
         sent_a.len(),
         sent_b.len()
     );
-    let slowest_b = sent_b
-        .iter()
-        .map(|s| s.acked - s.started)
-        .max()
-        .unwrap_or_default();
+    let slowest_b = max_of(&sent_b, |s| s.acked - s.started);
     println!(
         "slowest of bob's sends (includes re-authentication): {} ms",
         slowest_b.as_millis()

@@ -17,7 +17,7 @@ use domain_proto::sequencer::v1::sequencer_service_server::{
 use domain_proto::topology::v1 as topology_pb;
 use domain_sequencer_client::{
     BackoffConfig, ClientError, ClientOptions, DomainClient, DomainPins, DomainTls, MemberIdentity,
-    to_proto_signature,
+    SendReceipt, to_proto_signature,
 };
 use domain_topology::{Mapping, Operation, TopologyTransaction};
 use futures::StreamExt as _;
@@ -386,6 +386,17 @@ async fn connect(servers: &[&Running], options: ClientOptions) -> DomainClient {
         .expect("connect")
 }
 
+/// Sends the empty message `id` (10 s to be sequenced), which must be accepted through
+/// `endpoint`.
+async fn send_through(client: &DomainClient, id: &str, endpoint: &str) -> SendReceipt {
+    let r = client
+        .send_detailed(id, vec![], now_micros() + 10_000_000)
+        .await
+        .expect("sent");
+    assert_eq!(r.endpoint, endpoint, "{id} went through another endpoint");
+    r
+}
+
 async fn wait_all_healthy(client: &DomainClient) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !client.endpoint_health().iter().all(|(_, h)| *h) {
@@ -493,11 +504,7 @@ async fn retryable_failures_move_to_another_endpoint_with_the_same_bytes() {
     let client = connect(&[&a, &b], fast_options()).await;
     wait_all_healthy(&client).await;
     for i in 0..6 {
-        let r = client
-            .send_detailed(&format!("m-{i}"), vec![], now_micros() + 10_000_000)
-            .await
-            .expect("sent");
-        assert_eq!(r.endpoint, b.url);
+        send_through(&client, &format!("m-{i}"), &b.url).await;
         wait_all_healthy(&client).await;
     }
     let to_a = a.fake.0.sends.lock().expect("lock").clone();
@@ -589,11 +596,7 @@ async fn a_call_that_never_returns_is_abandoned() {
     // a stays SERVING: only the call timeout (500 ms here) rescues the send.
     let mut slowest = Duration::ZERO;
     for i in 0..4 {
-        let r = client
-            .send_detailed(&format!("m-{i}"), vec![], now_micros() + 10_000_000)
-            .await
-            .expect("sent");
-        assert_eq!(r.endpoint, b.url);
+        let r = send_through(&client, &format!("m-{i}"), &b.url).await;
         slowest = slowest.max(r.elapsed);
     }
     assert!(slowest < Duration::from_millis(1000), "{slowest:?}");
@@ -616,11 +619,7 @@ async fn a_call_that_never_returns_is_abandoned() {
     });
     let started = Instant::now();
     for i in 0..2 {
-        let r = client
-            .send_detailed(&format!("n-{i}"), vec![], now_micros() + 10_000_000)
-            .await
-            .expect("sent");
-        assert_eq!(r.endpoint, b.url);
+        send_through(&client, &format!("n-{i}"), &b.url).await;
     }
     assert!(
         started.elapsed() < Duration::from_millis(1500),

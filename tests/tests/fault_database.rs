@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use domain_e2e::history::{self, CheckOptions, History, LoadOptions, Outcome, Recorder};
+use domain_e2e::history::{
+    self, CheckOptions, History, LoadHandle, LoadOptions, Outcome, Recorder, Report,
+};
 use domain_e2e::{connect_member, envelope, load_clients, now_micros};
 use domain_identity::{MemberId, SigningKeyPair};
 use domain_localnet::sequencers::SequencerCluster;
@@ -71,6 +73,84 @@ async fn start_domain(
         .map(|c| (c.member().id.clone(), c.member().key.clone()))
         .collect();
     Ok((cluster, clients, members))
+}
+
+/// A domain (see [`start_domain`]) under load, once 50 sends were acknowledged.
+struct Loaded {
+    cluster: SequencerCluster,
+    members: Vec<Member>,
+    ids: Vec<MemberId>,
+    recorder: Recorder,
+}
+
+/// [`start_domain`] on `db`, load from its clients, and the first 50 acknowledgements.
+async fn start_loaded(logs: TestLogs, db: TestDatabase) -> anyhow::Result<(Loaded, LoadHandle)> {
+    let (cluster, clients, members) = start_domain(logs, db).await?;
+    let ids = members.iter().map(|m| m.0.clone()).collect();
+    let recorder = Recorder::new();
+    let load = history::start_load(clients, recorder.clone(), load_options());
+    wait_for_successes(&recorder, Duration::ZERO, 50, Duration::from_secs(10)).await?;
+    let loaded = Loaded {
+        cluster,
+        members,
+        ids,
+        recorder,
+    };
+    Ok((loaded, load))
+}
+
+/// A PostgreSQL primary and standby with `replication`, the database `name` on them, and
+/// a loaded domain on that database ([`start_loaded`]).
+async fn start_on_pair(
+    logs: TestLogs,
+    replication: Replication,
+    name: &str,
+) -> anyhow::Result<(PgHaPair, TestDatabase, Loaded, LoadHandle)> {
+    let pair = PgHaPair::start(replication)?;
+    let db = pair.create_database(name).await?;
+    println!("database url: {}", db.url);
+    let (loaded, load) = start_loaded(logs, db.clone()).await?;
+    Ok((pair, db, loaded, load))
+}
+
+impl Loaded {
+    /// Waits for 20 sends acknowledged after `fault_end` (20 s at most) and marks it, `what`
+    /// being what ended the fault; returns the first of them.
+    async fn wait_sends_back(&self, fault_end: Duration, what: &str) -> anyhow::Result<Duration> {
+        let back =
+            wait_for_successes(&self.recorder, fault_end, 20, Duration::from_secs(20)).await?;
+        self.recorder.mark(&format!(
+            "sends succeed again, {} ms after {what}",
+            (back - fault_end).as_millis()
+        ));
+        Ok(back)
+    }
+
+    /// Lets the load run `settle` longer, stops it, records fresh streams of every member
+    /// and checks the history (unavailability `bound`); prints the report as `label`.
+    async fn stop_and_check(
+        &self,
+        load: LoadHandle,
+        settle: Duration,
+        bound: Option<Duration>,
+        label: &str,
+    ) -> anyhow::Result<(History, Report)> {
+        tokio::time::sleep(settle).await;
+        load.stop(Duration::from_secs(10)).await?;
+        // What the database serves now, from counter 0 on every instance.
+        record_fresh_streams(&self.cluster, &self.members, &self.recorder).await?;
+        let h = self.recorder.snapshot();
+        let report = history::check(&h, &CheckOptions::new(&self.ids, bound));
+        println!("{label}: {report}");
+        report.ensure_ok()?;
+        Ok((h, report))
+    }
+}
+
+/// Prints a scenario's figures on one line: `FIGURES <scenario> <name>=<value> …`.
+fn print_figures(scenario: &str, figures: &[(&str, String)]) {
+    let figures: Vec<String> = figures.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("FIGURES {scenario} {}", figures.join(" "));
 }
 
 fn load_options() -> LoadOptions {
@@ -175,14 +255,8 @@ fn sync_standby_failover_loses_nothing() -> anyhow::Result<()> {
 }
 
 async fn sync_failover(logs: TestLogs) -> anyhow::Result<()> {
-    let pair = PgHaPair::start(Replication::Synchronous)?;
-    let db = pair.create_database("pgha_sync").await?;
-    println!("database url: {}", db.url);
-    let (cluster, clients, members) = start_domain(logs, db.clone()).await?;
-    let ids: Vec<MemberId> = members.iter().map(|m| m.0.clone()).collect();
-    let recorder = Recorder::new();
-    let load = history::start_load(clients, recorder.clone(), load_options());
-    wait_for_successes(&recorder, Duration::ZERO, 50, Duration::from_secs(10)).await?;
+    let (pair, db, d, load) = start_on_pair(logs, Replication::Synchronous, "pgha_sync").await?;
+    let recorder = &d.recorder;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Commits in flight when the primary dies: stop its WAL sender (commits wait for the
@@ -201,20 +275,16 @@ async fn sync_failover(logs: TestLogs) -> anyhow::Result<()> {
         !pair.in_recovery(true)?,
         "the standby is still in recovery after promotion"
     );
-    let back = wait_for_successes(&recorder, killed_at, 20, Duration::from_secs(20)).await?;
-    recorder.mark(&format!(
-        "sends succeed again, {} ms after the kill",
-        (back - killed_at).as_millis()
-    ));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    load.stop(Duration::from_secs(10)).await?;
-    // What the promoted standby serves now, from counter 0 on both instances.
-    record_fresh_streams(&cluster, &members, &recorder).await?;
-
-    let h = recorder.snapshot();
-    let report = history::check(&h, &CheckOptions::new(&ids, Some(SYNC_FAILOVER_BOUND)));
-    println!("sync failover: {report}");
-    report.ensure_ok()?;
+    let back = d.wait_sends_back(killed_at, "the kill").await?;
+    // Fresh streams: what the promoted standby serves.
+    let (h, report) = d
+        .stop_and_check(
+            load,
+            Duration::from_secs(2),
+            Some(SYNC_FAILOVER_BOUND),
+            "sync failover",
+        )
+        .await?;
     // The fault took effect: the longest gap without a successful send starts before the
     // kill (commits waited for the stopped WAL sender), lasts at least that stop and ends
     // only after the kill; and the promoted standby holds every acknowledged send.
@@ -251,14 +321,24 @@ async fn sync_failover(logs: TestLogs) -> anyhow::Result<()> {
         .filter(|d| d.endpoint.starts_with("fresh"))
         .count();
     ensure!(fresh > 0, "the fresh streams delivered nothing");
-    println!(
-        "FIGURES sync-failover unavailability_ms={} first_success_after_kill_ms={} acked={} \
-         unknown={} (sequenced {}) fresh_deliveries={fresh}",
-        report.max_unavailability.as_millis(),
-        gap.as_millis(),
-        acked.len(),
-        report.ops_unknown,
-        report.unknown_delivered
+    print_figures(
+        "sync-failover",
+        &[
+            (
+                "unavailability_ms",
+                report.max_unavailability.as_millis().to_string(),
+            ),
+            ("first_success_after_kill_ms", gap.as_millis().to_string()),
+            ("acked", acked.len().to_string()),
+            (
+                "unknown",
+                format!(
+                    "{} (sequenced {})",
+                    report.ops_unknown, report.unknown_delivered
+                ),
+            ),
+            ("fresh_deliveries", fresh.to_string()),
+        ],
     );
     Ok(())
 }
@@ -273,12 +353,17 @@ fn async_standby_failover_is_detected() -> anyhow::Result<()> {
 }
 
 async fn async_failover(logs: TestLogs) -> anyhow::Result<()> {
-    let pair = PgHaPair::start(Replication::Asynchronous)?;
-    let db = pair.create_database("pgha_async").await?;
-    let (mut cluster, clients, members) = start_domain(logs, db.clone()).await?;
-    let recorder = Recorder::new();
-    let load = history::start_load(clients, recorder.clone(), load_options());
-    wait_for_successes(&recorder, Duration::ZERO, 50, Duration::from_secs(10)).await?;
+    let (
+        pair,
+        db,
+        Loaded {
+            mut cluster,
+            members,
+            ids,
+            recorder,
+        },
+        load,
+    ) = start_on_pair(logs, Replication::Asynchronous, "pgha_async").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The standby falls behind: the primary goes on acknowledging commits it does not send.
@@ -417,17 +502,24 @@ async fn async_failover(logs: TestLogs) -> anyhow::Result<()> {
             .collect(),
         ..History::default()
     };
-    let ids: Vec<MemberId> = members.iter().map(|m| m.0.clone()).collect();
     let report = history::check(&fresh_only, &CheckOptions::new(&ids, None));
     println!("async failover, after restart (fresh streams): {report}");
     report.ensure_ok()?;
     let full = history::check(&h, &CheckOptions::new(&ids, None));
-    println!(
-        "FIGURES async-failover acked_in_lag_window={acked_in_lag} lost_acked={} \
-         members_told_fork={} unavailability_ms={} (whole history: {full})",
-        lost.len(),
-        received_lost.len(),
-        full.max_unavailability.as_millis()
+    print_figures(
+        "async-failover",
+        &[
+            ("acked_in_lag_window", acked_in_lag.to_string()),
+            ("lost_acked", lost.len().to_string()),
+            ("members_told_fork", received_lost.len().to_string()),
+            (
+                "unavailability_ms",
+                format!(
+                    "{} (whole history: {full})",
+                    full.max_unavailability.as_millis()
+                ),
+            ),
+        ],
     );
     Ok(())
 }
@@ -444,14 +536,16 @@ fn disk_full_fails_sends_retryably() -> anyhow::Result<()> {
 async fn disk_full(logs: TestLogs) -> anyhow::Result<()> {
     let disk = PgDiskFull::start(64)?;
     let db = disk.create_database("pgha_disk").await?;
-    let (cluster, clients, members) = start_domain(logs, db.clone()).await?;
-    let ids: Vec<MemberId> = members.iter().map(|m| m.0.clone()).collect();
-    let recorder = Recorder::new();
-    let load = history::start_load(clients, recorder.clone(), load_options());
-    wait_for_successes(&recorder, Duration::ZERO, 50, Duration::from_secs(10)).await?;
+    let (d, load) = start_loaded(logs, db.clone()).await?;
+    let Loaded {
+        cluster,
+        members,
+        ids,
+        recorder,
+    } = &d;
 
     // A raw connection (no client-side retries) to see what a send gets.
-    let probe = connect_member(&cluster, 0, &members[0]).await?;
+    let probe = connect_member(cluster, 0, &members[0]).await?;
     let filled = disk.fill()?;
     let full_at = recorder.elapsed();
     recorder.mark(&format!(
@@ -465,7 +559,7 @@ async fn disk_full(logs: TestLogs) -> anyhow::Result<()> {
     let mut probes = 0;
     while Instant::now() < deadline {
         probes += 1;
-        let op = recorder.invoke(&members[0].0, &ids);
+        let op = recorder.invoke(&members[0].0, ids);
         let recipients: Vec<&MemberId> = ids.iter().collect();
         let result = tokio::time::timeout(
             Duration::from_secs(5),
@@ -533,27 +627,28 @@ async fn disk_full(logs: TestLogs) -> anyhow::Result<()> {
         "ballast removed ({probes} probe sends while full; {during} load sends succeeded \
          0.5 s or more into the fault)"
     ));
-    let back = wait_for_successes(&recorder, freed_at, 20, Duration::from_secs(20)).await?;
-    recorder.mark(&format!(
-        "sends succeed again, {} ms after space returned",
-        (back - freed_at).as_millis()
-    ));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    load.stop(Duration::from_secs(10)).await?;
-    record_fresh_streams(&cluster, &members, &recorder).await?;
-    let h = recorder.snapshot();
-    let report = history::check(&h, &CheckOptions::new(&ids, None));
-    println!("disk full: {report}");
-    report.ensure_ok()?;
+    let back = d.wait_sends_back(freed_at, "space returned").await?;
+    let (_, report) = d
+        .stop_and_check(load, Duration::from_secs(1), None, "disk full")
+        .await?;
     ensure!(
         report.max_unavailability >= Duration::from_millis(500),
         "sends did not stall while the disk was full (longest gap {:?})",
         report.max_unavailability
     );
-    println!(
-        "FIGURES disk-full unavailability_ms={} recovery_after_free_ms={} load_successes_while_full={during}",
-        report.max_unavailability.as_millis(),
-        (back - freed_at).as_millis()
+    print_figures(
+        "disk-full",
+        &[
+            (
+                "unavailability_ms",
+                report.max_unavailability.as_millis().to_string(),
+            ),
+            (
+                "recovery_after_free_ms",
+                (back - freed_at).as_millis().to_string(),
+            ),
+            ("load_successes_while_full", during.to_string()),
+        ],
     );
     Ok(())
 }

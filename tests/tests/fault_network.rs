@@ -1065,9 +1065,7 @@ async fn active_mediator_partitioned_from_its_database() -> anyhow::Result<()> {
         };
         responses?;
         let (demoted, took_over, cut) = fault?;
-        d.wait_verdicts("alice", &ids, Duration::from_secs(30))
-            .await?;
-        d.wait_verdicts("bob", &ids, Duration::from_secs(10))
+        d.wait_verdicts_at_alice_and_bob(&ids, Duration::from_secs(30))
             .await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         // No lost and no doubled request: exactly one verdict each, at each participant.

@@ -318,6 +318,16 @@ fn acked_between(h: &History, from: Duration, to: Duration) -> usize {
         .count()
 }
 
+/// The load goes on after the fault: at least 20 sends acknowledged after `healed` (the
+/// moment the fault ended, described by `after`).
+fn ensure_load_after(h: &History, healed: Duration, after: &str) -> anyhow::Result<()> {
+    ensure!(
+        acked_between(h, healed, Duration::MAX) >= 20,
+        "no load after {after}"
+    );
+    Ok(())
+}
+
 /// The interval without a successful send that contains `t`: from the last completion
 /// before `t` to the first one after it.
 fn gap_around(h: &History, t: Duration) -> Duration {
@@ -435,11 +445,7 @@ async fn pg_restart(logs: TestLogs, mode: &'static str) -> anyhow::Result<()> {
         millis(report.max_unavailability),
         acked_between(&history, t0, t1)
     );
-    ensure!(
-        acked_between(&history, t1, Duration::MAX) >= 20,
-        "no load after the restart"
-    );
-    Ok(())
+    ensure_load_after(&history, t1, "the restart")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -585,11 +591,7 @@ async fn pg_sigstop(logs: TestLogs) -> anyhow::Result<()> {
         "longest unavailability {:?} is shorter than the stop: the fault did not take effect",
         report.max_unavailability
     );
-    ensure!(
-        acked_between(&history, t1, Duration::MAX) >= 20,
-        "no load after SIGCONT"
-    );
-    Ok(())
+    ensure_load_after(&history, t1, "SIGCONT")
 }
 
 // ---------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use domain_e2e::checks::db_client;
-use domain_e2e::mediator::{Expected, Load, MediatorDomain, ServingStatus, check_outcome};
+use domain_e2e::flt_util::query_i64;
+use domain_e2e::mediator::{Answer, Expected, Load, MediatorDomain, ServingStatus, check_outcome};
 use domain_testkit::process::TestLogs;
 use futures::{StreamExt as _, TryStreamExt as _};
 
@@ -126,9 +127,7 @@ async fn failover_body(logs: TestLogs) -> anyhow::Result<()> {
     responses?;
     let (killed, killed_micros, takeover) = kill?;
 
-    d.wait_verdicts("alice", &ids, Duration::from_secs(30))
-        .await?;
-    d.wait_verdicts("bob", &ids, Duration::from_secs(10))
+    d.wait_verdicts_at_alice_and_bob(&ids, Duration::from_secs(30))
         .await?;
     // The first verdict the successor got sequenced (same host clock as the sequencers).
     let first_after = {
@@ -234,8 +233,8 @@ async fn failover_body(logs: TestLogs) -> anyhow::Result<()> {
         let id = d
             .request("alice", &["alice", "bob"], &["alice", "bob"], &root)
             .await?;
-        d.respond("alice", id, &root, true, "").await?;
-        d.respond("bob", id, &root, true, "").await?;
+        d.respond("alice", id, &root, Answer::Approve).await?;
+        d.respond("bob", id, &root, Answer::Approve).await?;
         more.push(id);
     }
     d.wait_verdicts("bob", &more, Duration::from_secs(10))
@@ -357,21 +356,18 @@ async fn paused_in_transaction_body(logs: TestLogs) -> anyhow::Result<()> {
         TAKEOVER_LIMIT.as_secs_f64() * 1000.0
     );
     ensure!(takeover <= TAKEOVER_LIMIT, "takeover took {takeover:?}");
-    let alive: i64 = med_db
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
-            &[&held_pid],
-        )
-        .await?
-        .get(0);
+    let alive = query_i64(
+        &med_db,
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+        &[&held_pid],
+    )
+    .await?;
     ensure!(
         alive == 0,
         "the paused replica's held session survived the takeover"
     );
 
-    d.wait_verdicts("alice", &ids, Duration::from_secs(30))
-        .await?;
-    d.wait_verdicts("bob", &ids, Duration::from_secs(10))
+    d.wait_verdicts_at_alice_and_bob(&ids, Duration::from_secs(30))
         .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 

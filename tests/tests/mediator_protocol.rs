@@ -13,10 +13,13 @@
 //!   confirmer without confirmation permission is rejected by the mediator.
 
 use domain_e2e::e2e_test;
+use domain_e2e::flt_util::log_of;
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use domain_e2e::mediator::{Expected, Kind, Load, MediatorDomain, ServingStatus, check_outcome};
+use domain_e2e::mediator::{
+    Answer, Expected, Kind, Load, MediatorDomain, ServingStatus, check_outcome,
+};
 use domain_identity::SignaturePurpose;
 use domain_sequencer_client::to_proto_signature;
 use domain_testkit::process::TestLogs;
@@ -69,9 +72,7 @@ async fn thousand_body(logs: TestLogs) -> anyhow::Result<()> {
         .await?;
     let send_time = started.elapsed();
     let ids: Vec<i64> = sent.iter().map(|(_, id)| *id).collect();
-    d.wait_verdicts("alice", &ids, Duration::from_secs(40))
-        .await?;
-    d.wait_verdicts("bob", &ids, Duration::from_secs(10))
+    d.wait_verdicts_at_alice_and_bob(&ids, Duration::from_secs(40))
         .await?;
     let all_time = started.elapsed();
     // Anything duplicated would arrive right behind: give it time to show up.
@@ -105,25 +106,14 @@ async fn thousand_body(logs: TestLogs) -> anyhow::Result<()> {
         let n = db.get(&format!("verdict-{id}")).copied().unwrap_or(0);
         ensure!(n == 1, "verdict-{id} sequenced {n} times");
     }
-    let approved = d
-        .metric(
+    let [approved, rejected, timed_out] = d
+        .metrics(
             active,
-            "mediator_verdicts_total",
-            &[("outcome", "approved")],
-        )
-        .await?;
-    let rejected = d
-        .metric(
-            active,
-            "mediator_verdicts_total",
-            &[("outcome", "rejected")],
-        )
-        .await?;
-    let timed_out = d
-        .metric(
-            active,
-            "mediator_verdicts_total",
-            &[("outcome", "timed_out")],
+            [
+                ("mediator_verdicts_total", &[("outcome", "approved")]),
+                ("mediator_verdicts_total", &[("outcome", "rejected")]),
+                ("mediator_verdicts_total", &[("outcome", "timed_out")]),
+            ],
         )
         .await?;
     ensure!(
@@ -142,31 +132,25 @@ async fn thousand_body(logs: TestLogs) -> anyhow::Result<()> {
     ensure!(d.grpc_health(passive).await? == ServingStatus::NotServing);
     // The only responses a clean run ignores: a submitter's approval sequenced
     // after the other confirmer's reject already decided the request.
-    let ignored = d
-        .metric(active, "mediator_responses_ignored_total", &[])
-        .await?;
-    let decided = d
-        .metric(
+    let [ignored, decided, latency_sum, batches, events] = d
+        .metrics(
             active,
-            "mediator_responses_ignored_total",
-            &[("reason", "decided")],
+            [
+                ("mediator_responses_ignored_total", &[]),
+                ("mediator_responses_ignored_total", &[("reason", "decided")]),
+                (
+                    "mediator_decision_latency_seconds_sum",
+                    &[("outcome", "approved")],
+                ),
+                ("mediator_batch_size_count", &[]),
+                ("mediator_events_processed_total", &[]),
+            ],
         )
         .await?;
     ensure!(
         ignored == decided && decided <= counts[1] as f64,
         "{ignored} responses ignored in a clean run, {decided} of them after a reject"
     );
-    let latency_sum = d
-        .metric(
-            active,
-            "mediator_decision_latency_seconds_sum",
-            &[("outcome", "approved")],
-        )
-        .await?;
-    let batches = d.metric(active, "mediator_batch_size_count", &[]).await?;
-    let events = d
-        .metric(active, "mediator_events_processed_total", &[])
-        .await?;
     println!(
         "{N} requests ({} approve, {} reject, {} timeout): sent with their responses in {:.2} s, \
          all verdicts at both participants after {:.2} s; mean approve decision latency {:.1} ms \
@@ -206,7 +190,7 @@ async fn ignored_body(logs: TestLogs) -> anyhow::Result<()> {
     let r1 = d
         .request("alice", &["alice", "bob"], &["alice", "bob"], b"r1")
         .await?;
-    let mut forged = d.signed_response("bob", r1, b"r1", false, "forged");
+    let mut forged = d.signed_response("bob", r1, b"r1", Answer::Reject("forged"));
     let sig = d.participant("carol").member.1.sign(
         SignaturePurpose::ConfirmationResponse,
         &domain_id,
@@ -217,29 +201,31 @@ async fn ignored_body(logs: TestLogs) -> anyhow::Result<()> {
         SignaturePurpose::ConfirmationResponse,
     ));
     d.send_response("bob", forged).await?;
-    d.respond("alice", r1, b"r1", true, "").await?;
-    d.respond("bob", r1, b"r1", true, "").await?;
+    d.respond("alice", r1, b"r1", Answer::Approve).await?;
+    d.respond("bob", r1, b"r1", Answer::Approve).await?;
 
     // 2. Not confirming: carol is an informee, not a confirmer; her reject comes first.
     let r2 = d
         .request("alice", &["alice", "bob", "carol"], &["alice"], b"r2")
         .await?;
-    d.respond("carol", r2, b"r2", false, "not mine to reject")
+    d.respond("carol", r2, b"r2", Answer::Reject("not mine to reject"))
         .await?;
-    d.respond("alice", r2, b"r2", true, "").await?;
+    d.respond("alice", r2, b"r2", Answer::Approve).await?;
 
     // 3. Unknown request.
-    d.respond("carol", r2 + 1, b"r2", false, "no such request")
+    d.respond("carol", r2 + 1, b"r2", Answer::Reject("no such request"))
         .await?;
 
     // 4. After the deadline: bob stays silent, times out, then rejects.
     let r3 = d
         .request("alice", &["alice", "bob"], &["alice", "bob"], b"r3")
         .await?;
-    d.respond("alice", r3, b"r3", true, "").await?;
+    d.respond("alice", r3, b"r3", Answer::Approve).await?;
     d.wait_verdicts("alice", &[r1, r2, r3], Duration::from_secs(15))
         .await?;
-    let late_ts = d.respond("bob", r3, b"r3", false, "too late").await?;
+    let late_ts = d
+        .respond("bob", r3, b"r3", Answer::Reject("too late"))
+        .await?;
     ensure!(
         late_ts > r3 + 2_000_000,
         "the late response was sequenced before the deadline"
@@ -296,11 +282,7 @@ async fn ignored_body(logs: TestLogs) -> anyhow::Result<()> {
     );
 
     // Counted once each, nothing else ignored, and logged with the reason.
-    let log = d.nodes[0]
-        .process
-        .as_ref()
-        .map(|p| p.read_log())
-        .unwrap_or_default();
+    let log = log_of(d.nodes[0].process.as_ref());
     for reason in ["bad_signature", "not_confirming", "unknown_request", "late"] {
         let n = d
             .metric(0, "mediator_responses_ignored_total", &[("reason", reason)])

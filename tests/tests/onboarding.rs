@@ -140,16 +140,7 @@ async fn impostor_first(logs: TestLogs) -> anyhow::Result<()> {
         saved.contains(&format!("sequencer-key = \"{}\"", real_key.fingerprint())),
         "real sequencer key not pinned:\n{saved}"
     );
-    let alice = domain
-        .adopt_participant("alice", &member, data.clone(), "payload", true)
-        .await?;
-    let bob_member = domain.participants[0].member.clone();
-    let mut alice_admin = domain.participants[alice].admin().await?;
-    let mut bob_admin = domain.participants[0].admin().await?;
-    let r = ping_until_mediator_known(&mut alice_admin, &bob_member).await?;
-    ensure!(r.verdict() == PingVerdict::Approved, "alice -> bob: {r:?}");
-    let r = ping_until_mediator_known(&mut bob_admin, &member).await?;
-    ensure!(r.verdict() == PingVerdict::Approved, "bob -> alice: {r:?}");
+    adopt_alice_and_ping_bob(&mut domain, &member, &data).await?;
     domain.logs.passed();
     Ok(())
 }
@@ -185,36 +176,18 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     .await?;
     // "By email" to the provider.
     let identity_text = std::fs::read_to_string(&identity)?;
-    let received = provider.join("alice-identity.json");
-    std::fs::write(&received, &identity_text)?;
+    let received = write_in(&provider, "alice-identity.json", &identity_text)?;
 
     let unknown = |out: &std::process::Output| {
         !out.status.success() && text(out).contains("DM_UNKNOWN_PARTICIPANT")
     };
-    let set_state = |file: std::path::PathBuf| {
-        let dms = domain.dms.endpoints();
-        async move {
-            domain_localnet::domain_managers::domainctl(
-                &dms,
-                &[
-                    "participants",
-                    "set-state",
-                    "--identity-file",
-                    &file.to_string_lossy(),
-                    "--permission",
-                    "submission",
-                ],
-            )
-            .await
-        }
-    };
     // Tampered: edited after signing.
-    let tampered = provider.join("tampered.json");
-    std::fs::write(
-        &tampered,
+    let tampered = write_in(
+        &provider,
+        "tampered.json",
         identity_text.replace("Alice Corp", "Mallory Corp"),
     )?;
-    let out = set_state(tampered).await?;
+    let out = set_state(&domain, &tampered).await?;
     ensure!(
         out.status.code() == Some(2) && stderr(&out).contains("ONBOARDING_SIGNATURE_INVALID"),
         "tampered identity file: {}",
@@ -223,9 +196,12 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     // A key that does not give the id's fingerprint.
     let mut value: serde_json::Value = serde_json::from_str(&identity_text)?;
     value["public-key"] = hex_key(SigningKeyPair::generate().public_key()).into();
-    let swapped = provider.join("swapped-key.json");
-    std::fs::write(&swapped, serde_json::to_string_pretty(&value)?)?;
-    let out = set_state(swapped).await?;
+    let swapped = write_in(
+        &provider,
+        "swapped-key.json",
+        serde_json::to_string_pretty(&value)?,
+    )?;
+    let out = set_state(&domain, &swapped).await?;
     ensure!(
         out.status.code() == Some(2)
             && stderr(&out).contains("ONBOARDING_KEY_MISMATCH")
@@ -244,7 +220,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     );
 
     // The genuine file: allowlisted, key recorded.
-    let out = set_state(received).await?;
+    let out = set_state(&domain, &received).await?;
     ensure!(
         out.status.success(),
         "set-state --identity-file: {}",
@@ -265,35 +241,19 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     let bundle = verify_bundle(&bundle_text)?;
     ensure!(bundle.domain_id == domain.cluster.domain_id);
     ensure!(bundle.body.endpoints == domain.sequencer_endpoints());
-    let sent = party.join("bundle.json");
-    std::fs::write(&sent, &bundle_text)?;
+    let sent = write_in(&party, "bundle.json", &bundle_text)?;
 
     // 2. The party: refusals, nothing written.
-    let connect = |file: std::path::PathBuf| {
-        let data_s = data_s.clone();
-        async move {
-            participant_cli(&[
-                "connect",
-                "--bundle",
-                &file.to_string_lossy(),
-                "--timeout",
-                "3s",
-                "--data-dir",
-                &data_s,
-            ])
-            .await
-        }
-    };
-    let edited = party.join("edited.json");
-    std::fs::write(
-        &edited,
+    let edited = write_in(
+        &party,
+        "edited.json",
         bundle_text.replace("\"alias\": \"testdomain\"", "\"alias\": \"evil\""),
     )?;
     ensure!(
         bundle_text != std::fs::read_to_string(&edited)?,
         "edit did not apply"
     );
-    let out = connect(edited).await?;
+    let out = connect(&edited, &data_s).await?;
     ensure!(
         !out.status.success() && stderr(&out).contains("ONBOARDING_SIGNATURE_INVALID"),
         "edited bundle: {}",
@@ -321,9 +281,8 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
         &other_domain.to_string(),
         &domain.cluster.domain_id.to_string(),
     );
-    let forged_path = party.join("forged.json");
-    std::fs::write(&forged_path, forged)?;
-    let out = connect(forged_path).await?;
+    let forged_path = write_in(&party, "forged.json", forged)?;
+    let out = connect(&forged_path, &data_s).await?;
     ensure!(
         !out.status.success() && stderr(&out).contains("ONBOARDING_WRONG_SIGNER"),
         "bundle signed by another domain's key: {}",
@@ -372,9 +331,8 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
         &domain.cluster.domain_key,
         contents(mixed_endpoints),
     )?;
-    let mixed_path = party.join("mixed.json");
-    std::fs::write(&mixed_path, mixed)?;
-    let out = connect(mixed_path).await?;
+    let mixed_path = write_in(&party, "mixed.json", mixed)?;
+    let out = connect(&mixed_path, &data_s).await?;
     let err = stderr(&out);
     ensure!(out.status.success(), "mixed bundle: {}", text(&out));
     ensure!(
@@ -398,7 +356,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     }
 
     // The genuine bundle.
-    let out = connect(sent).await?;
+    let out = connect(&sent, &data_s).await?;
     ensure!(out.status.success(), "connect --bundle: {}", text(&out));
     let saved = std::fs::read_to_string(&conn_file)?;
     ensure!(
@@ -440,16 +398,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
             1,
         ),
     )?;
-    let alice = domain
-        .adopt_participant("alice", &member, data.clone(), "payload", true)
-        .await?;
-    let bob_member = domain.participants[0].member.clone();
-    let mut alice_admin = domain.participants[alice].admin().await?;
-    let mut bob_admin = domain.participants[0].admin().await?;
-    let r = ping_until_mediator_known(&mut alice_admin, &bob_member).await?;
-    ensure!(r.verdict() == PingVerdict::Approved, "alice -> bob: {r:?}");
-    let r = ping_until_mediator_known(&mut bob_admin, &member).await?;
-    ensure!(r.verdict() == PingVerdict::Approved, "bob -> alice: {r:?}");
+    let mut alice_admin = adopt_alice_and_ping_bob(&mut domain, &member, &data).await?;
     let status = alice_admin
         .status(domain_proto::participant::admin::v1::StatusRequest {})
         .await?
@@ -491,18 +440,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     let mtls_s = mtls_dir.to_string_lossy().into_owned();
     participant_ok(&["init", "--name", "alice", "--data-dir", &mtls_s]).await?;
     let ca = files.ca.to_string_lossy().into_owned();
-    let out = participant_cli(&[
-        "connect-multi",
-        "mtls",
-        &other_ep,
-        "--ca",
-        &ca,
-        "--timeout",
-        "3s",
-        "--data-dir",
-        &mtls_s,
-    ])
-    .await?;
+    let out = participant_cli(&mtls_connect_args(&other_ep, &ca, &mtls_s, &[])).await?;
     ensure!(
         !out.status.success() && stderr(&out).contains("the sequencer refused"),
         "no client certificate: {}",
@@ -517,23 +455,19 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     // That domain has no domain manager, so no namespace-signed registration can vouch for
     // its sequencer key: pinned explicitly (issue 11 item 12).
     let other_key = seq_key(&other)?.fingerprint().to_string();
-    let out = participant_cli(&[
-        "connect-multi",
-        "mtls",
+    let out = participant_cli(&mtls_connect_args(
         &other_ep,
-        "--ca",
         &ca,
-        "--client-cert",
-        &cert,
-        "--client-key",
-        &key,
-        "--expect-sequencer-key",
-        &other_key,
-        "--timeout",
-        "3s",
-        "--data-dir",
         &mtls_s,
-    ])
+        &[
+            "--client-cert",
+            &cert,
+            "--client-key",
+            &key,
+            "--expect-sequencer-key",
+            &other_key,
+        ],
+    ))
     .await?;
     ensure!(
         out.status.success(),
@@ -548,13 +482,84 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The provider allowlists the party from its identity `file`
+/// (`domainctl participants set-state --identity-file <file> --permission submission`).
+async fn set_state(
+    domain: &Domain,
+    file: &std::path::Path,
+) -> anyhow::Result<std::process::Output> {
+    domain_localnet::domain_managers::domainctl(
+        &domain.dms.endpoints(),
+        &[
+            "participants",
+            "set-state",
+            "--identity-file",
+            &file.to_string_lossy(),
+            "--permission",
+            "submission",
+        ],
+    )
+    .await
+}
+
+/// The party connects from the bundle `file` (`participant connect --bundle <file>`).
+async fn connect(file: &std::path::Path, data_dir: &str) -> anyhow::Result<std::process::Output> {
+    participant_cli(&[
+        "connect",
+        "--bundle",
+        &file.to_string_lossy(),
+        "--timeout",
+        "3s",
+        "--data-dir",
+        data_dir,
+    ])
+    .await
+}
+
+/// `connect-multi mtls <endpoint> --ca <ca> <extra…> --timeout 3s --data-dir <data_dir>`.
+fn mtls_connect_args<'a>(
+    endpoint: &'a str,
+    ca: &'a str,
+    data_dir: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["connect-multi", "mtls", endpoint, "--ca", ca];
+    args.extend_from_slice(extra);
+    args.extend(["--timeout", "3s", "--data-dir", data_dir]);
+    args
+}
+
+type AdminClient =
+    domain_proto::participant::admin::v1::participant_admin_service_client::ParticipantAdminServiceClient<
+        tonic::transport::Channel,
+    >;
+
+/// Starts the party's node `alice` (identity `member`, data directory `data`; bob is
+/// participant 0) and pings bob from it and it from bob, both approved; returns alice's
+/// admin client.
+async fn adopt_alice_and_ping_bob(
+    domain: &mut Domain,
+    member: &str,
+    data: &std::path::Path,
+) -> anyhow::Result<AdminClient> {
+    let alice = domain
+        .adopt_participant("alice", member, data.to_path_buf(), "payload", true)
+        .await?;
+    let bob_member = domain.participants[0].member.clone();
+    let mut alice_admin = domain.participants[alice].admin().await?;
+    let mut bob_admin = domain.participants[0].admin().await?;
+    let r = ping_until_mediator_known(&mut alice_admin, &bob_member).await?;
+    ensure!(r.verdict() == PingVerdict::Approved, "alice -> bob: {r:?}");
+    let r = ping_until_mediator_known(&mut bob_admin, member).await?;
+    ensure!(r.verdict() == PingVerdict::Approved, "bob -> alice: {r:?}");
+    Ok(alice_admin)
+}
+
 /// A ping, retried while the node has not yet read the mediator registration from the
 /// topology history at the start of its stream (a node is healthy once subscribed, which can
 /// be a moment before that; on a loaded machine the first ping can come first).
 async fn ping_until_mediator_known(
-    from: &mut domain_proto::participant::admin::v1::participant_admin_service_client::ParticipantAdminServiceClient<
-        tonic::transport::Channel,
-    >,
+    from: &mut AdminClient,
     target: &str,
 ) -> anyhow::Result<domain_proto::participant::admin::v1::PingResponse> {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -569,6 +574,17 @@ async fn ping_until_mediator_known(
             other => return Ok(other?),
         }
     }
+}
+
+/// Writes `contents` to the file `name` in `dir`; returns its path.
+fn write_in(
+    dir: &std::path::Path,
+    name: &str,
+    contents: impl AsRef<[u8]>,
+) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, contents)?;
+    Ok(path)
 }
 
 fn hex_key(key: &PublicKey) -> String {

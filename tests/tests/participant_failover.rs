@@ -28,9 +28,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use common::{
-    Domain, Layout, committed, mediator_endpoint, participant_cli, participant_ok, ping_rpc, text,
+    Domain, Layout, committed, mediator_endpoint, participant_cli, participant_ok, ping_rpc,
 };
 use domain_e2e::checks::keep_logs_on_error;
+use domain_e2e::flt_participant::{ensure_cli_failed, start_alice_and_bob};
+use domain_e2e::flt_util::max_of;
 use domain_proto::participant::admin::v1::PingVerdict;
 use domain_testkit::certs::TestPki;
 use domain_testkit::process::TestLogs;
@@ -64,6 +66,14 @@ struct PingRecord {
 
 type History = Arc<Mutex<Vec<PingRecord>>>;
 
+/// Every ping recorded so far.
+fn all_pings(history: &History) -> Vec<PingRecord> {
+    history
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
 fn approved_after(history: &History, t: Instant) -> Vec<PingRecord> {
     history
         .lock()
@@ -87,10 +97,7 @@ async fn wait_approved_after(
             return Ok(done);
         }
         if Instant::now() >= deadline {
-            let all = history
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
+            let all = all_pings(history);
             let recent: Vec<_> = all
                 .iter()
                 .filter(|r| r.ended > t)
@@ -139,6 +146,18 @@ async fn current_endpoint(domain: &Domain) -> anyhow::Result<String> {
     }
 }
 
+/// The endpoint alice reads from and its instance; prints where the mediator reads from.
+async fn alice_reads_from(domain: &Domain) -> anyhow::Result<(String, usize)> {
+    let endpoint = current_endpoint(domain).await?;
+    let node = node_of(domain, &endpoint)?;
+    let mediator_on = mediator_endpoint(&domain.mediator_ops).await?;
+    println!(
+        "alice reads from {endpoint}, the mediator from {}",
+        mediator_on.as_deref().unwrap_or("?")
+    );
+    Ok((endpoint, node))
+}
+
 fn node_of(domain: &Domain, endpoint: &str) -> anyhow::Result<usize> {
     domain
         .cluster
@@ -161,13 +180,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
         participants_on: vec![0, 1, 2],
         ..Layout::default()
     };
-    let mut domain = Domain::start_with(
-        logs,
-        layout,
-        &[("alice", "payload"), ("bob", "payload")],
-        "10s",
-    )
-    .await?;
+    let mut domain = start_alice_and_bob(logs, layout, "payload", "10s").await?;
 
     // Continuous pings alice → bob.
     let history: History = Arc::new(Mutex::new(Vec::new()));
@@ -199,13 +212,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     wait_approved_after(&history, t0, 5, Duration::from_secs(30)).await?;
 
     // 1. SIGKILL the instance alice reads from.
-    let first = current_endpoint(&domain).await?;
-    let killed = node_of(&domain, &first)?;
-    let mediator_on = mediator_endpoint(&domain.mediator_ops).await?;
-    println!(
-        "alice reads from {first}, the mediator from {}",
-        mediator_on.as_deref().unwrap_or("?")
-    );
+    let (first, killed) = alice_reads_from(&domain).await?;
     let k = Instant::now();
     domain.cluster.nodes[killed].process()?.kill()?;
     let (second, moved_at) = wait_moved(&domain, &first, Duration::from_secs(10)).await?;
@@ -228,13 +235,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let r = Instant::now();
     wait_approved_after(&history, r, 3, Duration::from_secs(30)).await?;
-    let current = current_endpoint(&domain).await?;
-    let stopped = node_of(&domain, &current)?;
-    let mediator_on = mediator_endpoint(&domain.mediator_ops).await?;
-    println!(
-        "alice reads from {current}, the mediator from {}",
-        mediator_on.as_deref().unwrap_or("?")
-    );
+    let (current, stopped) = alice_reads_from(&domain).await?;
     let s = Instant::now();
     domain.cluster.nodes[stopped].process()?.pause()?;
     let moved = wait_moved(&domain, &current, Duration::from_secs(10)).await;
@@ -250,10 +251,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
 
     stop.stop();
     pinger.await?;
-    let all = history
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let all = all_pings(&history);
     let lost: Vec<_> = all
         .iter()
         .filter(|r| !matches!(&r.outcome, Ok((PingVerdict::Approved, _))))
@@ -263,11 +261,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
         .filter_map(|r| r.outcome.as_ref().ok().map(|o| o.1))
         .collect();
     rtts.sort_unstable();
-    let longest = all
-        .iter()
-        .map(|r| r.ended - r.started)
-        .max()
-        .unwrap_or_default();
+    let longest = max_of(&all, |r| r.ended - r.started);
     println!(
         "{} pings, {} not approved; round trip median {} µs, max {} µs; longest ping call {longest:?}",
         all.len(),
@@ -320,37 +314,43 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     let other_s = other_ca.to_string_lossy().into_owned();
     args.extend(["--ca", &other_s, "--timeout", "2s", "--data-dir", &dir_s]);
     let out = participant_cli(&args).await?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        !out.status.success(),
-        "connected with an untrusted CA: {}",
-        text(&out)
-    );
-    ensure!(
-        stderr.contains("UnknownIssuer") || stderr.contains("certificate"),
-        "the error does not say the certificate is untrusted: {}",
-        text(&out)
-    );
+    ensure_cli_failed(
+        &out,
+        "connecting with an untrusted CA",
+        "the certificate is untrusted",
+        |e| e.contains("UnknownIssuer") || e.contains("certificate"),
+    )?;
     ensure!(!dir.join("domain-connection.toml").exists());
 
     // Bounds of the issue, checked last so the measurements are always printed.
     ensure!(lost.is_empty(), "pings lost: {lost:?}");
-    ensure!(
-        resubscribe <= Duration::from_secs(1),
-        "resubscription after SIGKILL took {resubscribe:?}"
-    );
-    ensure!(
-        interruption <= Duration::from_secs(1),
-        "pings were interrupted for {interruption:?} by the SIGKILL (first approval {resume_kill:?} after it)"
-    );
-    ensure!(
-        abandon <= Duration::from_secs(3),
-        "the SIGSTOPped instance was abandoned after {abandon:?}"
-    );
-    ensure!(
-        resume_stop <= Duration::from_secs(3),
-        "pings resumed {resume_stop:?} after SIGSTOP"
-    );
+    let bounds = [
+        (
+            resubscribe,
+            Duration::from_secs(1),
+            format!("resubscription after SIGKILL took {resubscribe:?}"),
+        ),
+        (
+            interruption,
+            Duration::from_secs(1),
+            format!(
+                "pings were interrupted for {interruption:?} by the SIGKILL (first approval {resume_kill:?} after it)"
+            ),
+        ),
+        (
+            abandon,
+            Duration::from_secs(3),
+            format!("the SIGSTOPped instance was abandoned after {abandon:?}"),
+        ),
+        (
+            resume_stop,
+            Duration::from_secs(3),
+            format!("pings resumed {resume_stop:?} after SIGSTOP"),
+        ),
+    ];
+    for (measured, bound, failure) in bounds {
+        ensure!(measured <= bound, "{failure}");
+    }
     domain.logs.passed();
     Ok(())
 }

@@ -21,8 +21,9 @@ use domain_e2e::participant as common;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use common::{Domain, committed, participant_cli, participant_ok, text};
+use common::{Domain, committed, participant_cli, participant_ok};
 use domain_e2e::checks::keep_logs_on_error;
+use domain_e2e::flt_participant::{ensure_cli_failed, ping_cli, ping_ok};
 use domain_proto::participant::admin::v1 as pb;
 use domain_testkit::process::TestLogs;
 use domain_testkit::process::free_port;
@@ -58,34 +59,19 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
         "init is not idempotent"
     );
     let rename = participant_cli(&["init", "--name", "mallory", "--data-dir", &alice_dir]).await?;
-    ensure!(
-        !rename.status.success(),
-        "rename accepted: {}",
-        text(&rename)
-    );
-    ensure!(String::from_utf8_lossy(&rename.stderr).contains("cannot be renamed"));
+    ensure_cli_failed(&rename, "rename", "cannot be renamed", |e| {
+        e.contains("cannot be renamed")
+    })?;
     ensure!(p(alice).uid.starts_with("alice::1220"));
 
     // 2. Pings both ways.
-    let out = participant_ok(&[
-        "ping",
-        &p(bob).uid,
-        "--admin-endpoint",
-        &p(alice).admin_url(),
-    ])
-    .await?;
+    let out = ping_ok(&p(bob).uid, &p(alice).admin_url()).await?;
     ensure!(
         out.starts_with(&format!("ping {} approved in ", p(bob).member)) && out.ends_with(" ms"),
         "unexpected ping output {out:?}"
     );
     println!("{out}");
-    let out = participant_ok(&[
-        "ping",
-        &p(alice).member,
-        "--admin-endpoint",
-        &p(bob).admin_url(),
-    ])
-    .await?;
+    let out = ping_ok(&p(alice).member, &p(bob).admin_url()).await?;
     ensure!(out.contains("approved in"), "{out}");
     println!("{out}");
     for i in [alice, bob] {
@@ -119,40 +105,18 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     );
 
     // 3. Reject and timeout.
-    let out = participant_cli(&[
-        "ping",
-        &p(carol).member,
-        "--admin-endpoint",
-        &p(alice).admin_url(),
-    ])
-    .await?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        !out.status.success(),
-        "ping to a rejecting participant succeeded: {}",
-        text(&out)
-    );
-    ensure!(
-        stderr.contains(&format!("rejected by {}", p(carol).member)),
-        "{}",
-        text(&out)
-    );
-    let out = participant_cli(&[
-        "ping",
-        &p(dave).member,
-        "--admin-endpoint",
-        &p(alice).admin_url(),
-        "--timeout",
-        "8s",
-    ])
-    .await?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success(), "{}", text(&out));
-    ensure!(
-        stderr.contains("timed out (no response from") && stderr.contains(&p(dave).member),
-        "{}",
-        text(&out)
-    );
+    let out = ping_cli(&p(carol).member, &p(alice).admin_url(), &[]).await?;
+    let rejected_by = format!("rejected by {}", p(carol).member);
+    ensure_cli_failed(&out, "ping to a rejecting participant", &rejected_by, |e| {
+        e.contains(&rejected_by)
+    })?;
+    let out = ping_cli(&p(dave).member, &p(alice).admin_url(), &["--timeout", "8s"]).await?;
+    ensure_cli_failed(
+        &out,
+        "ping to a participant that never answers",
+        "that it timed out waiting for dave",
+        |e| e.contains("timed out (no response from") && e.contains(&p(dave).member),
+    )?;
     for i in [carol, dave] {
         ensure!(
             committed(&p(i).db).await?.is_empty(),
@@ -165,19 +129,13 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     // 4. A participant that is not allowlisted.
     let eve = domain.add_participant("eve", "payload", false).await?;
     let p = |i: usize| &domain.participants[i];
-    let out = participant_cli(&[
-        "ping",
-        &p(eve).member,
-        "--admin-endpoint",
-        &p(alice).admin_url(),
-    ])
-    .await?;
-    ensure!(!out.status.success(), "{}", text(&out));
-    ensure!(
-        String::from_utf8_lossy(&out.stderr).contains("PAR_SEND_FAILED"),
-        "{}",
-        text(&out)
-    );
+    let out = ping_cli(&p(eve).member, &p(alice).admin_url(), &[]).await?;
+    ensure_cli_failed(
+        &out,
+        "ping to a participant that is not allowlisted",
+        "PAR_SEND_FAILED",
+        |e| e.contains("PAR_SEND_FAILED"),
+    )?;
 
     // 5. Restart alice: resumes after its last event, pings again.
     let alice_counter = p(alice)
@@ -192,13 +150,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
         .await?;
     domain.start_participant(alice).await?;
     let p = |i: usize| &domain.participants[i];
-    let out = participant_ok(&[
-        "ping",
-        &p(bob).member,
-        "--admin-endpoint",
-        &p(alice).admin_url(),
-    ])
-    .await?;
+    let out = ping_ok(&p(bob).member, &p(alice).admin_url()).await?;
     ensure!(out.contains("approved in"), "{out}");
     let after = p(alice)
         .metric("participant_last_counter")
@@ -232,13 +184,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
     let status = admin.status(pb::StatusRequest {}).await?.into_inner();
     ensure!(status.alias == "again", "status {status:?}");
     ensure!(status.committed_transactions == 3);
-    let out = participant_ok(&[
-        "ping",
-        &p(bob).member,
-        "--admin-endpoint",
-        &p(alice).admin_url(),
-    ])
-    .await?;
+    let out = ping_ok(&p(bob).member, &p(alice).admin_url()).await?;
     ensure!(out.contains("approved in"), "{out}");
 
     // 6. connect-multi errors (offline, in a fresh data dir).
@@ -257,12 +203,12 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
         &dir_s,
     ])
     .await?;
-    ensure!(!out.status.success(), "{}", text(&out));
-    ensure!(
-        String::from_utf8_lossy(&out.stderr).contains("no-such-ca.pem"),
-        "{}",
-        text(&out)
-    );
+    ensure_cli_failed(
+        &out,
+        "connect-multi with a missing CA",
+        "no-such-ca.pem",
+        |e| e.contains("no-such-ca.pem"),
+    )?;
     let dead = format!("https://localhost:{}", free_port());
     let ca = domain.cluster.pki_files.ca.to_string_lossy().into_owned();
     let out = participant_cli(&[
@@ -277,13 +223,12 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
         &dir_s,
     ])
     .await?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success(), "{}", text(&out));
-    ensure!(
-        stderr.contains("cannot reach domain d") && stderr.contains(&dead),
-        "{}",
-        text(&out)
-    );
+    ensure_cli_failed(
+        &out,
+        "connect-multi to an unreachable endpoint",
+        "cannot reach domain d",
+        |e| e.contains("cannot reach domain d") && e.contains(&dead),
+    )?;
     ensure!(
         !dir.join("domain-connection.toml").exists(),
         "a failed connect-multi persisted"

@@ -23,6 +23,7 @@ use domain_proto::participant::admin::v1::PingVerdict;
 use domain_testkit::process::{TestLogs, binary_path, wait_for_http_ok};
 use serde_json::Value;
 
+use domain_e2e::flt_participant::start_alice_and_bob;
 use domain_e2e::participant::{Domain, Layout, ping_rpc, text};
 
 /// Tables whose growth pruning must bound.
@@ -183,13 +184,7 @@ async fn body(logs: TestLogs) -> anyhow::Result<()> {
         participant_config: "acknowledge-interval = \"1s\"".to_owned(),
         ..Layout::default()
     };
-    let mut domain = Domain::start_with(
-        logs,
-        layout,
-        &[("alice", "approve"), ("bob", "approve")],
-        "5s",
-    )
-    .await?;
+    let mut domain = start_alice_and_bob(logs, layout, "approve", "5s").await?;
     let seq_db = db_client(&domain.cluster.database.url).await?;
     let alice = domain.participants[0].member.clone();
     let bob = domain.participants[1].member.clone();

@@ -9,7 +9,8 @@
 //! The tests of this file run one at a time (they share two cores with three sequencers
 //! and PostgreSQL, and measure stalls).
 
-use domain_e2e::streams::{collect, signed_key};
+use domain_e2e::flt_util::{log_of, query_i64};
+use domain_e2e::streams::{Collected, collect, signed_key};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -227,6 +228,184 @@ impl EventVerifier {
     }
 }
 
+/// Fault injection variable of the sequencer: hold every batch this many ms before COMMIT.
+const DELAY_BEFORE_COMMIT: &str = "SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS";
+/// Fault injection variable of the sequencer: its clock runs this many ms off.
+const CLOCK_OFFSET: &str = "SEQUENCER_FAULT_CLOCK_OFFSET_MS";
+
+/// `instances` sequencer instances (default configuration) on a fresh database `db_name`.
+async fn cluster_on_fresh_db(
+    logs: TestLogs,
+    db_name: &str,
+    instances: usize,
+) -> anyhow::Result<SequencerCluster> {
+    let db = PgCluster::shared().create_database(db_name).await;
+    SequencerCluster::start(logs, db, instances, "").await
+}
+
+/// A 2-instance cluster on a fresh database `db_name` whose instance `faulted` runs with
+/// the fault injection variable `var = value` (the other without); also the database URL.
+async fn faulted_pair(
+    logs: TestLogs,
+    db_name: &str,
+    faulted: usize,
+    var: &str,
+    value: &str,
+) -> anyhow::Result<(SequencerCluster, String)> {
+    let db = PgCluster::shared().create_database(db_name).await;
+    let url = db.url.clone();
+    let mut env = vec![vec![], vec![]];
+    env.get_mut(faulted)
+        .with_context(|| format!("no instance {faulted} in a pair"))?
+        .push((var.to_string(), value.to_string()));
+    let cluster = SequencerCluster::start_with_env(logs, db, 2, "", &env).await?;
+    Ok((cluster, url))
+}
+
+/// `member` connected to instance 0 and to instance 1.
+async fn connect_to_both(
+    cluster: &SequencerCluster,
+    member: &Member,
+) -> anyhow::Result<[SequencerConnection; 2]> {
+    Ok([
+        connect_member(cluster, 0, member).await?,
+        connect_member(cluster, 1, member).await?,
+    ])
+}
+
+/// Sends `payload` to `to` alone through `conn`.
+async fn send_to(
+    conn: &SequencerConnection,
+    message_id: &str,
+    payload: &[u8],
+    to: &MemberId,
+    max_sequencing_time_micros: i64,
+) -> Result<pb::SendResponse, ClientError> {
+    conn.send(
+        message_id,
+        vec![envelope(payload.to_vec(), &[to])],
+        max_sequencing_time_micros,
+    )
+    .await
+}
+
+/// Registers a participant for each of `names`.
+async fn add_participants<const N: usize>(
+    cluster: &SequencerCluster,
+    names: [&str; N],
+) -> anyhow::Result<[Member; N]> {
+    let mut members = Vec::with_capacity(N);
+    for name in names {
+        members.push(cluster.add_member(MemberRole::Participant, name).await?);
+    }
+    members
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("registered a different number of members"))
+}
+
+/// Streams of `(member, instance)` pairs, read from counter 0 in the background until they
+/// are told how many events to expect.
+struct Readers<'a> {
+    subs: Vec<(&'a Member, usize)>,
+    conns: Vec<SequencerConnection>,
+    targets: Vec<watch::Sender<Option<usize>>>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Collected>>>,
+}
+
+impl<'a> Readers<'a> {
+    async fn start(
+        cluster: &SequencerCluster,
+        subs: Vec<(&'a Member, usize)>,
+        deadline: Instant,
+    ) -> anyhow::Result<Self> {
+        let (mut conns, mut targets, mut tasks) = (Vec::new(), Vec::new(), Vec::new());
+        for &(m, inst) in &subs {
+            let conn = connect_member(cluster, inst, m).await?;
+            let (tx, rx) = watch::channel(None);
+            targets.push(tx);
+            tasks.push(tokio::spawn(collect(
+                conn.clone(),
+                0,
+                rx,
+                deadline,
+                Duration::from_millis(500),
+            )));
+            conns.push(conn);
+        }
+        Ok(Self {
+            subs,
+            conns,
+            targets,
+            tasks,
+        })
+    }
+
+    /// Tells every reader to expect `n` events; their streams, in the order of `subs`.
+    async fn collected(&mut self, n: usize) -> anyhow::Result<Vec<Collected>> {
+        for tx in &self.targets {
+            tx.send_replace(Some(n));
+        }
+        let mut collected = Vec::new();
+        for task in self.tasks.drain(..) {
+            collected.push(task.await??);
+        }
+        Ok(collected)
+    }
+
+    /// [`check_stream`] of every collected stream (from counter 0) against `by_ts`; prints
+    /// `<member> on seq-<i>: all <n> <what> (<k> resubscribes)`.
+    fn check(
+        &self,
+        collected: &[Collected],
+        by_ts: &HashMap<i64, &Ack>,
+        what: &str,
+    ) -> anyhow::Result<EventVerifier> {
+        let mut verifier = EventVerifier::default();
+        for ((c, &(m, inst)), conn) in collected.iter().zip(&self.subs).zip(&self.conns) {
+            let label = format!("{} on seq-{inst}", m.0.name());
+            check_stream(&label, &mut verifier, conn, &c.events, 0, by_ts)?;
+            println!(
+                "{label}: all {} {what} ({} resubscribes)",
+                c.events.len(),
+                c.resubscribes
+            );
+        }
+        Ok(verifier)
+    }
+}
+
+/// `n` events of `conn`'s stream from counter `from` (30 s at most, then 300 ms more for
+/// extra events).
+async fn read_events(conn: &SequencerConnection, from: i64, n: usize) -> anyhow::Result<Collected> {
+    let (_tx, rx) = watch::channel(Some(n));
+    collect(
+        conn.clone(),
+        from,
+        rx,
+        Instant::now() + Duration::from_secs(30),
+        Duration::from_millis(300),
+    )
+    .await
+}
+
+/// The streams `x` and `y` (of `whose` member, read from two places: `between`) are byte
+/// for byte the same, as far as both go.
+fn ensure_same_bytes(
+    x: &Collected,
+    y: &Collected,
+    whose: &str,
+    between: &str,
+) -> anyhow::Result<()> {
+    for (x, y) in x.events.iter().zip(&y.events) {
+        ensure!(
+            x.encode_to_vec() == y.encode_to_vec(),
+            "{whose} event {} differs between {between}",
+            x.counter
+        );
+    }
+    Ok(())
+}
+
 /// Checks a stream read from `first_counter`: verified events, gap-free counters, strictly
 /// increasing and chained timestamps, no duplicate message, and exactly the `expected`
 /// acknowledged timestamps, each event carrying the acknowledged sender and message.
@@ -426,40 +605,13 @@ fn commit_order_race_never_skips() -> anyhow::Result<()> {
 }
 
 async fn commit_order_race(logs: TestLogs) -> anyhow::Result<()> {
-    let db = PgCluster::shared().create_database("seq_race").await;
-    let env = vec![
-        vec![(
-            "SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS".to_string(),
-            "300".to_string(),
-        )],
-        vec![],
-    ];
-    let cluster = SequencerCluster::start_with_env(logs, db, 2, "", &env).await?;
-    let a = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let b = cluster.add_member(MemberRole::Participant, "bob").await?;
-    let r = cluster
-        .add_member(MemberRole::Participant, "reader")
-        .await?;
+    let (cluster, _) = faulted_pair(logs, "seq_race", 0, DELAY_BEFORE_COMMIT, "300").await?;
+    let [a, b, r] = add_participants(&cluster, ["alice", "bob", "reader"]).await?;
 
     // Every event reaches all three members: alice -> {reader, bob}, bob -> {reader, alice}.
     let deadline = Instant::now() + Duration::from_secs(60);
     let subs: Vec<(&Member, usize)> = vec![(&r, 0), (&r, 1), (&a, 1), (&b, 0)];
-    let mut targets = Vec::new();
-    let mut collectors = Vec::new();
-    let mut sub_conns = Vec::new();
-    for &(m, inst) in &subs {
-        let conn = connect_member(&cluster, inst, m).await?;
-        let (tx, rx) = watch::channel(None);
-        targets.push(tx);
-        collectors.push(tokio::spawn(collect(
-            conn.clone(),
-            0,
-            rx,
-            deadline,
-            Duration::from_millis(500),
-        )));
-        sub_conns.push(conn);
-    }
+    let mut readers = Readers::start(&cluster, subs, deadline).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let alice = LoadSender {
@@ -522,31 +674,10 @@ async fn commit_order_race(logs: TestLogs) -> anyhow::Result<()> {
 
     let all: Vec<Ack> = alice_acks.iter().chain(&bob_acks).cloned().collect();
     let by_ts = index_acks(&all)?;
-    for tx in &targets {
-        tx.send_replace(Some(all.len()));
-    }
-    let mut collected = Vec::new();
-    for c in collectors {
-        collected.push(c.await??);
-    }
-    let mut verifier = EventVerifier::default();
-    for ((c, &(m, inst)), conn) in collected.iter().zip(&subs).zip(&sub_conns) {
-        let label = format!("{} on seq-{inst}", m.0.name());
-        check_stream(&label, &mut verifier, conn, &c.events, 0, &by_ts)?;
-        println!(
-            "{label}: all {} events, in order, gap-free ({} resubscribes)",
-            c.events.len(),
-            c.resubscribes
-        );
-    }
+    let collected = readers.collected(all.len()).await?;
+    let verifier = readers.check(&collected, &by_ts, "events, in order, gap-free")?;
     // The reader's stream is byte-identical on both instances.
-    for (x, y) in collected[0].events.iter().zip(&collected[1].events) {
-        ensure!(
-            x.encode_to_vec() == y.encode_to_vec(),
-            "reader's event {} differs between instances",
-            x.counter
-        );
-    }
+    ensure_same_bytes(&collected[0], &collected[1], "reader's", "instances")?;
     println!(
         "{} distinct events signature-verified",
         verifier.full_checks
@@ -570,8 +701,7 @@ fn sigkill_one_instance_under_load() -> anyhow::Result<()> {
 }
 
 async fn sigkill_under_load(logs: TestLogs) -> anyhow::Result<()> {
-    let db = PgCluster::shared().create_database("seq_kill").await;
-    let mut cluster = SequencerCluster::start(logs, db, 3, "").await?;
+    let mut cluster = cluster_on_fresh_db(logs, "seq_kill", 3).await?;
     let mut senders: Vec<Member> = Vec::new();
     for i in 0..3 {
         senders.push(
@@ -580,31 +710,11 @@ async fn sigkill_under_load(logs: TestLogs) -> anyhow::Result<()> {
                 .await?,
         );
     }
-    let o1 = cluster
-        .add_member(MemberRole::Participant, "observer1")
-        .await?;
-    let o2 = cluster
-        .add_member(MemberRole::Participant, "observer2")
-        .await?;
+    let [o1, o2] = add_participants(&cluster, ["observer1", "observer2"]).await?;
 
     let deadline = Instant::now() + Duration::from_secs(90);
     let obs: Vec<(&Member, usize)> = vec![(&o1, 1), (&o2, 2)];
-    let mut targets = Vec::new();
-    let mut collectors = Vec::new();
-    let mut obs_conns = Vec::new();
-    for &(m, inst) in &obs {
-        let conn = connect_member(&cluster, inst, m).await?;
-        let (tx, rx) = watch::channel(None);
-        targets.push(tx);
-        collectors.push(tokio::spawn(collect(
-            conn.clone(),
-            0,
-            rx,
-            deadline,
-            Duration::from_millis(500),
-        )));
-        obs_conns.push(conn);
-    }
+    let mut readers = Readers::start(&cluster, obs, deadline).await?;
 
     // sender0 lives on instance 0 and fails over to 1 and 2; sender1/2 on 1/2 fail over to
     // the other survivor.
@@ -642,17 +752,11 @@ async fn sigkill_under_load(logs: TestLogs) -> anyhow::Result<()> {
         acks.extend(a);
     }
     let by_ts = index_acks(&acks)?;
-    for tx in &targets {
-        tx.send_replace(Some(acks.len()));
-    }
-    let mut collected = Vec::new();
-    for c in collectors {
-        collected.push(c.await??);
-    }
+    let collected = readers.collected(acks.len()).await?;
 
     // Delivery stall on the survivors around the kill.
     let mut worst = Duration::ZERO;
-    for (c, &(m, inst)) in collected.iter().zip(&obs) {
+    for (c, &(m, inst)) in collected.iter().zip(&readers.subs) {
         let (before, _) = largest_gap(&c.arrivals, t0 + Duration::from_millis(500), killed_at);
         let (gap, ended) =
             largest_gap(&c.arrivals, killed_at, stopped_at + Duration::from_secs(60));
@@ -684,16 +788,7 @@ async fn sigkill_under_load(logs: TestLogs) -> anyhow::Result<()> {
     ensure!(marked, "no survivor marked the killed seq-0 offline");
 
     // No loss, no duplicate, identical streams.
-    let mut verifier = EventVerifier::default();
-    for ((c, &(m, inst)), conn) in collected.iter().zip(&obs).zip(&obs_conns) {
-        let label = format!("{} on seq-{inst}", m.0.name());
-        check_stream(&label, &mut verifier, conn, &c.events, 0, &by_ts)?;
-        println!(
-            "{label}: all {} acknowledged events exactly once ({} resubscribes)",
-            c.events.len(),
-            c.resubscribes
-        );
-    }
+    let mut verifier = readers.check(&collected, &by_ts, "acknowledged events exactly once")?;
     for (x, y) in collected[0].events.iter().zip(&collected[1].events) {
         ensure!(
             x.timestamp_micros == y.timestamp_micros,
@@ -739,16 +834,7 @@ async fn sigkill_under_load(logs: TestLogs) -> anyhow::Result<()> {
     let by_ts_all = index_acks(&all)?;
     let history = collected[0].events.len();
     let o1_on_0 = connect_member(&cluster, 0, &o1).await?;
-    let (tx, rx) = watch::channel(Some(all.len()));
-    let replay = collect(
-        o1_on_0.clone(),
-        0,
-        rx,
-        Instant::now() + Duration::from_secs(30),
-        Duration::from_millis(300),
-    )
-    .await?;
-    drop(tx);
+    let replay = read_events(&o1_on_0, 0, all.len()).await?;
     check_stream(
         "observer1 on restarted seq-0",
         &mut verifier,
@@ -757,25 +843,15 @@ async fn sigkill_under_load(logs: TestLogs) -> anyhow::Result<()> {
         0,
         &by_ts_all,
     )?;
-    for (x, y) in collected[0].events.iter().zip(&replay.events) {
-        ensure!(
-            x.encode_to_vec() == y.encode_to_vec(),
-            "observer1's event {} differs between seq-1 and restarted seq-0",
-            x.counter
-        );
-    }
+    ensure_same_bytes(
+        &collected[0],
+        &replay,
+        "observer1's",
+        "seq-1 and restarted seq-0",
+    )?;
     // The new events reach instance 2's subscribers too.
-    let o2_conn = &obs_conns[1];
-    let (tx, rx) = watch::channel(Some(after.len()));
-    let tail = collect(
-        o2_conn.clone(),
-        history as i64,
-        rx,
-        Instant::now() + Duration::from_secs(30),
-        Duration::from_millis(300),
-    )
-    .await?;
-    drop(tx);
+    let o2_conn = &readers.conns[1];
+    let tail = read_events(o2_conn, history as i64, after.len()).await?;
     let after_ts: HashMap<i64, &Ack> = after.iter().map(|a| (a.ts, a)).collect();
     check_stream(
         "observer2 on seq-2 after the restart",
@@ -806,36 +882,12 @@ fn paused_instance_is_excluded_and_recovers() -> anyhow::Result<()> {
 }
 
 async fn paused_instance(logs: TestLogs) -> anyhow::Result<()> {
-    let db = PgCluster::shared().create_database("seq_pause").await;
-    let mut cluster = SequencerCluster::start(logs, db, 2, "").await?;
-    let s0m = cluster
-        .add_member(MemberRole::Participant, "sender0")
-        .await?;
-    let s1m = cluster
-        .add_member(MemberRole::Participant, "sender1")
-        .await?;
-    let r = cluster
-        .add_member(MemberRole::Participant, "reader")
-        .await?;
+    let mut cluster = cluster_on_fresh_db(logs, "seq_pause", 2).await?;
+    let [s0m, s1m, r] = add_participants(&cluster, ["sender0", "sender1", "reader"]).await?;
 
     let deadline = Instant::now() + Duration::from_secs(90);
     let subs: Vec<(&Member, usize)> = vec![(&r, 1), (&r, 0)];
-    let mut targets = Vec::new();
-    let mut collectors = Vec::new();
-    let mut sub_conns = Vec::new();
-    for &(m, inst) in &subs {
-        let conn = connect_member(&cluster, inst, m).await?;
-        let (tx, rx) = watch::channel(None);
-        targets.push(tx);
-        collectors.push(tokio::spawn(collect(
-            conn.clone(),
-            0,
-            rx,
-            deadline,
-            Duration::from_millis(500),
-        )));
-        sub_conns.push(conn);
-    }
+    let mut readers = Readers::start(&cluster, subs, deadline).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let sender1 = LoadSender {
@@ -927,13 +979,7 @@ async fn paused_instance(logs: TestLogs) -> anyhow::Result<()> {
     ensure!(via0_after > 0, "the recovered seq-0 acknowledged no send");
 
     let by_ts = index_acks(&acks)?;
-    for tx in &targets {
-        tx.send_replace(Some(acks.len()));
-    }
-    let mut collected = Vec::new();
-    for c in collectors {
-        collected.push(c.await??);
-    }
+    let collected = readers.collected(acks.len()).await?;
     // Delivery on instance 1 resumes once seq-0 is marked offline.
     let (before, _) = largest_gap(
         &collected[0].arrivals,
@@ -967,34 +1013,14 @@ async fn paused_instance(logs: TestLogs) -> anyhow::Result<()> {
         during > 0,
         "seq-1 delivered nothing while seq-0 was stopped: it was never excluded"
     );
-    let seq1_log = cluster.nodes[1]
-        .process
-        .as_ref()
-        .map(|p| p.read_log())
-        .unwrap_or_default();
+    let seq1_log = log_of(cluster.nodes[1].process.as_ref());
     ensure!(
         seq1_log.contains("marked stalled peer offline"),
         "seq-1 never marked the stopped seq-0 offline"
     );
 
-    let mut verifier = EventVerifier::default();
-    for ((c, &(m, inst)), conn) in collected.iter().zip(&subs).zip(&sub_conns) {
-        let label = format!("{} on seq-{inst}", m.0.name());
-        check_stream(&label, &mut verifier, conn, &c.events, 0, &by_ts)?;
-        println!(
-            "{label}: all {} events exactly once, consistent ({} resubscribes)",
-            c.events.len(),
-            c.resubscribes
-        );
-    }
-    for (x, y) in collected[0].events.iter().zip(&collected[1].events) {
-        ensure!(
-            x.encode_to_vec() == y.encode_to_vec(),
-            "reader's event {} differs between instances",
-            x.counter
-        );
-    }
-    Ok(())
+    readers.check(&collected, &by_ts, "events exactly once, consistent")?;
+    ensure_same_bytes(&collected[0], &collected[1], "reader's", "instances")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1016,25 +1042,13 @@ fn paused_inside_a_batch_does_not_block_retries() -> anyhow::Result<()> {
 }
 
 async fn paused_inside_a_batch(logs: TestLogs) -> anyhow::Result<()> {
-    let db = PgCluster::shared()
-        .create_database("seq_paused_batch")
-        .await;
-    let url = db.url.clone();
     // seq-0 holds every batch open for 600 ms before its commit: time to stop it inside.
     // (A frozen process also stops the heartbeat its writer keeps up during a slow batch,
     // so its peers mark it offline after `offline-after`.)
-    let env = vec![
-        vec![(
-            "SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS".to_string(),
-            "600".to_string(),
-        )],
-        vec![],
-    ];
-    let mut cluster = SequencerCluster::start_with_env(logs, db, 2, "", &env).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
-    let via0 = connect_member(&cluster, 0, &alice).await?;
-    let via1 = connect_member(&cluster, 1, &alice).await?;
+    let (mut cluster, url) =
+        faulted_pair(logs, "seq_paused_batch", 0, DELAY_BEFORE_COMMIT, "600").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
+    let [via0, via1] = connect_to_both(&cluster, &alice).await?;
     let max_ts = now_micros() + 60_000_000;
     let message = envelope(b"sent while the instance froze".to_vec(), &[&bob.0]);
 
@@ -1103,17 +1117,9 @@ fn slow_commit_within_commit_timeout_does_not_fence() -> anyhow::Result<()> {
 }
 
 async fn slow_commit_within_commit_timeout(logs: TestLogs) -> anyhow::Result<()> {
-    let db = PgCluster::shared().create_database("seq_slow_commit").await;
-    let env = vec![
-        vec![(
-            "SEQUENCER_FAULT_DELAY_BEFORE_COMMIT_MS".to_string(),
-            "1200".to_string(),
-        )],
-        vec![],
-    ];
-    let cluster = SequencerCluster::start_with_env(logs, db, 2, "", &env).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
+    let (cluster, _) =
+        faulted_pair(logs, "seq_slow_commit", 0, DELAY_BEFORE_COMMIT, "1200").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
     let via0 = connect_member(&cluster, 0, &alice).await?;
     let online_before = writer_online_count(&cluster, 0);
     for i in 0..3 {
@@ -1132,11 +1138,7 @@ async fn slow_commit_within_commit_timeout(logs: TestLogs) -> anyhow::Result<()>
         );
     }
     let online_after = writer_online_count(&cluster, 0);
-    let log = cluster.nodes[0]
-        .process
-        .as_ref()
-        .map(|p| p.read_log())
-        .unwrap_or_default();
+    let log = log_of(cluster.nodes[0].process.as_ref());
     ensure!(
         online_after == online_before,
         "the slow instance went online {} more time(s): its peer fenced it although every \
@@ -1164,30 +1166,20 @@ fn clock_jump_of_one_instance_does_not_drag_time_forward() -> anyhow::Result<()>
 }
 
 async fn clock_jump_of_one_instance(logs: TestLogs) -> anyhow::Result<()> {
-    let db = PgCluster::shared().create_database("seq_clock_jump").await;
-    let url = db.url.clone();
-    let env = vec![
-        vec![],
-        vec![(
-            "SEQUENCER_FAULT_CLOCK_OFFSET_MS".to_string(),
-            "3600000".to_string(),
-        )],
-    ];
-    let cluster = SequencerCluster::start_with_env(logs, db, 2, "", &env).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
-    let bob = cluster.add_member(MemberRole::Participant, "bob").await?;
-    let via0 = connect_member(&cluster, 0, &alice).await?;
-    let via1 = connect_member(&cluster, 1, &alice).await?;
+    let (cluster, url) = faulted_pair(logs, "seq_clock_jump", 1, CLOCK_OFFSET, "3600000").await?;
+    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
+    let [via0, via1] = connect_to_both(&cluster, &alice).await?;
 
     // An event batch of the fast instance: its watermark notification is an hour ahead.
-    let ahead = via1
-        .send(
-            "from-the-future",
-            vec![envelope(b"fast clock".to_vec(), &[&bob.0])],
-            now_micros() + 2 * 3_600_000_000,
-        )
-        .await
-        .context("send through the fast instance")?;
+    let ahead = send_to(
+        &via1,
+        "from-the-future",
+        b"fast clock",
+        &bob.0,
+        now_micros() + 2 * 3_600_000_000,
+    )
+    .await
+    .context("send through the fast instance")?;
     ensure!(
         ahead.sequencing_timestamp_micros > now_micros() + 3_000_000_000,
         "the clock offset hook did not take effect (ts {})",
@@ -1209,19 +1201,20 @@ async fn clock_jump_of_one_instance(logs: TestLogs) -> anyhow::Result<()> {
         }
         for i in 0..3 {
             let sent_at = now_micros();
-            let response = via0
-                .send(
-                    &format!("normal-{round}-{i}"),
-                    vec![envelope(b"normal deadline".to_vec(), &[&bob.0])],
-                    sent_at + 10_000_000,
-                )
-                .await
-                .with_context(|| {
-                    format!(
-                        "round {round}: a send through seq-0 with a 10 s max sequencing time \
+            let response = send_to(
+                &via0,
+                &format!("normal-{round}-{i}"),
+                b"normal deadline",
+                &bob.0,
+                sent_at + 10_000_000,
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "round {round}: a send through seq-0 with a 10 s max sequencing time \
                          failed (time dragged forward?)"
-                    )
-                })?;
+                )
+            })?;
             ensure!(
                 response.sequencing_timestamp_micros < sent_at + 10_000_000,
                 "timestamp {} is beyond the send's deadline",
@@ -1229,11 +1222,7 @@ async fn clock_jump_of_one_instance(logs: TestLogs) -> anyhow::Result<()> {
             );
         }
     }
-    let log = cluster.nodes[0]
-        .process
-        .as_ref()
-        .map(|p| p.read_log())
-        .unwrap_or_default();
+    let log = log_of(cluster.nodes[0].process.as_ref());
     let ignored = log.matches("ignored a watermark notification").count();
     ensure!(
         ignored >= 2,
@@ -1267,19 +1256,8 @@ fn event_to_a_member_registered_moments_earlier_is_delivered_item_6() -> anyhow:
 }
 
 async fn registered_moments_earlier(logs: TestLogs) -> anyhow::Result<()> {
-    let db = PgCluster::shared()
-        .create_database("seq_fresh_member")
-        .await;
-    let url = db.url.clone();
-    let env = vec![
-        vec![],
-        vec![(
-            "SEQUENCER_FAULT_CLOCK_OFFSET_MS".to_string(),
-            "-600".to_string(),
-        )],
-    ];
-    let cluster = SequencerCluster::start_with_env(logs, db, 2, "", &env).await?;
-    let alice = cluster.add_member(MemberRole::Participant, "alice").await?;
+    let (cluster, url) = faulted_pair(logs, "seq_fresh_member", 1, CLOCK_OFFSET, "-600").await?;
+    let [alice] = add_participants(&cluster, ["alice"]).await?;
     let via1 = connect_member(&cluster, 1, &alice).await?;
     let client = domain_e2e::checks::db_client(&url).await?;
     for round in 0..3 {
@@ -1287,14 +1265,15 @@ async fn registered_moments_earlier(logs: TestLogs) -> anyhow::Result<()> {
         let fresh = cluster
             .add_member(MemberRole::Participant, &format!("fresh{round}"))
             .await?;
-        let sent = via1
-            .send(
-                &format!("to-fresh-{round}"),
-                vec![envelope(b"welcome".to_vec(), &[&fresh.0])],
-                now_micros() + 10_000_000,
-            )
-            .await
-            .with_context(|| format!("round {round}: send to the fresh member through seq-1"))?;
+        let sent = send_to(
+            &via1,
+            &format!("to-fresh-{round}"),
+            b"welcome",
+            &fresh.0,
+            now_micros() + 10_000_000,
+        )
+        .await
+        .with_context(|| format!("round {round}: send to the fresh member through seq-1"))?;
         let registered: i64 = client
             .query_one(
                 "SELECT registered_ts FROM seq_members WHERE member = $1",
@@ -1334,17 +1313,15 @@ async fn registered_moments_earlier(logs: TestLogs) -> anyhow::Result<()> {
             &[&ahead_id.to_string(), &(now_micros() + 5_000_000)],
         )
         .await?;
-    let events_before: i64 = client
-        .query_one("SELECT count(*) FROM seq_events", &[])
-        .await?
-        .get(0);
-    match via1
-        .send(
-            "to-ahead",
-            vec![envelope(b"too early".to_vec(), &[&ahead_id])],
-            now_micros() + 10_000_000,
-        )
-        .await
+    let events_before = query_i64(&client, "SELECT count(*) FROM seq_events", &[]).await?;
+    match send_to(
+        &via1,
+        "to-ahead",
+        b"too early",
+        &ahead_id,
+        now_micros() + 10_000_000,
+    )
+    .await
     {
         Ok(r) => bail!(
             "a send to a member registered 5 s ahead was sequenced at {} (time dragged forward)",
@@ -1358,23 +1335,21 @@ async fn registered_moments_earlier(logs: TestLogs) -> anyhow::Result<()> {
             );
         }
     }
-    let events_after: i64 = client
-        .query_one("SELECT count(*) FROM seq_events", &[])
-        .await?
-        .get(0);
+    let events_after = query_i64(&client, "SELECT count(*) FROM seq_events", &[]).await?;
     ensure!(
         events_after == events_before,
         "the refused send stored {} event(s)",
         events_after - events_before
     );
     let sent_at = now_micros();
-    let normal = via1
-        .send(
-            "after-ahead",
-            vec![envelope(b"normal".to_vec(), &[&alice.0])],
-            sent_at + 10_000_000,
-        )
-        .await?;
+    let normal = send_to(
+        &via1,
+        "after-ahead",
+        b"normal",
+        &alice.0,
+        sent_at + 10_000_000,
+    )
+    .await?;
     ensure!(
         normal.sequencing_timestamp_micros < sent_at + 2_000_000,
         "seq-1's time moved forward: {} for a send at {sent_at}",
