@@ -284,6 +284,18 @@ pub fn dump<T: Serialize>(config: &T) -> Result<String, ConfigError> {
     })
 }
 
+/// Loads the PEM signing key named by setting `setting` (e.g. `signing-key-file`); the
+/// error names the setting and the file.
+pub fn load_signing_key(
+    setting: &str,
+    path: &Path,
+) -> anyhow::Result<std::sync::Arc<domain_identity::SigningKeyPair>> {
+    use anyhow::Context as _;
+    let key = domain_identity::SigningKeyPair::load_pem(path)
+        .with_context(|| format!("cannot load `{setting}` {}", path.display()))?;
+    Ok(std::sync::Arc::new(key))
+}
+
 /// Loads the configuration for `component` from `args` and the process environment, or
 /// prints the error to stderr and exits with [`EXIT_USAGE`]. With `--dump-config`, prints the
 /// effective configuration to stdout and exits with 0.

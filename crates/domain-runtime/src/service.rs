@@ -45,6 +45,25 @@ impl AdminListeners {
     }
 }
 
+impl AdminListeners {
+    /// Serves `admin` (the admin API, built by
+    /// [`service_router`](crate::grpc::service_router) from `config`) on the admin listener
+    /// and the ops HTTP server on the ops listener: the servers of a service whose one gRPC
+    /// API is its admin API.
+    pub fn serve(
+        self,
+        config: &crate::grpc::GrpcServerConfig,
+        admin: crate::grpc::ServiceRouter,
+        metrics: PrometheusHandle,
+        readiness: &Readiness,
+    ) -> Servers {
+        let mut servers = Servers::new();
+        servers.grpc("admin", config, admin, self.admin);
+        servers.ops(self.ops, metrics, readiness);
+        servers
+    }
+}
+
 /// A listener of [`AdminListeners`] could not be bound; the message names the setting.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {

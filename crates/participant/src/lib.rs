@@ -27,7 +27,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use domain_proto::participant::admin::v1::participant_admin_service_server::ParticipantAdminServiceServer;
 use domain_runtime::ops::Readiness;
-use domain_runtime::service::Servers;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::Connection as _;
 use tokio_util::sync::CancellationToken;
@@ -97,9 +96,7 @@ pub async fn run(
             .max_encoding_message_size(max_msg);
     let admin = domain_runtime::grpc::service_router(&config.admin_api, health_server)?
         .add_service(admin_api);
-    let mut servers = Servers::new();
-    servers.grpc("admin", &config.admin_api, admin, listeners.admin);
-    servers.ops(listeners.ops, metrics_handle, &readiness);
+    let servers = listeners.serve(&config.admin_api, admin, metrics_handle, &readiness);
 
     tokio::select! {
         _ = shutdown.cancelled() => {}

@@ -33,11 +33,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
+use domain_identity::{MemberId, MemberRole, UniqueId};
 use domain_proto::sequencer::admin::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
 use domain_proto::sequencer::v1::sequencer_service_server::SequencerServiceServer;
 use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
+use domain_runtime::shutdown::Ticks;
 use domain_time::Timestamp;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -131,14 +132,8 @@ pub async fn run(
         .domain_id
         .clone()
         .context("`domain-id` is required")?;
-    let key = Arc::new(
-        SigningKeyPair::load_pem(&config.signing_key_file).with_context(|| {
-            format!(
-                "cannot load `signing-key-file` {}",
-                config.signing_key_file.display()
-            )
-        })?,
-    );
+    let key =
+        domain_runtime::config::load_signing_key("signing-key-file", &config.signing_key_file)?;
     let sequencer_id = MemberId::new(
         MemberRole::Sequencer,
         UniqueId::new(config.name.clone(), *key.fingerprint()).context("invalid `name`")?,
@@ -540,13 +535,8 @@ async fn offline_checker(
     ha: config::HaConfig,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(ha.online_check_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Ticks::new(ha.online_check_interval, &shutdown);
+    while ticks.next().await {
         // Only an online instance judges its peers: one that lost the database
         // would otherwise be the one lagging.
         // One borrow, released at once: taking a second read lock of the watch while
@@ -580,13 +570,8 @@ async fn checkpointer(
     cfg: config::ReaderConfig,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(cfg.checkpoint_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Ticks::new(cfg.checkpoint_interval, &shutdown);
+    while ticks.next().await {
         let Ok(mut client) = pool.get().await else {
             continue;
         };
@@ -606,14 +591,8 @@ async fn pruner(
     cfg: config::PruningConfig,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(cfg.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Ticks::after_first_period(cfg.interval, &shutdown);
+    while ticks.next().await {
         let Ok(client) = pool.get().await else {
             continue;
         };
@@ -653,14 +632,9 @@ async fn pruning_gauges(
     retention: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = Ticks::new(Duration::from_secs(5), &shutdown);
     let mut holder = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    while ticks.next().await {
         let Ok(client) = pool.get().await else {
             continue;
         };
