@@ -27,9 +27,9 @@ use domain_lease::{LeaseHandle, Role, RunningLease};
 use domain_proto::manager::admin::v1::domain_admin_service_server::DomainAdminServiceServer;
 use domain_runtime::grpc::HealthHandle;
 use domain_runtime::ops::Readiness;
+use domain_runtime::service::Started;
 use domain_runtime::shutdown::Ticks;
 use domain_sequencer_client::MemberIdentity;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -116,9 +116,7 @@ pub fn domain_id_of_key_file(path: &Path, domain_name: &str) -> Result<DomainId,
 /// error, such as a database belonging to another domain).
 pub async fn run(
     mut config: DomainManagerConfig,
-    listeners: Listeners,
-    metrics_handle: PrometheusHandle,
-    shutdown: CancellationToken,
+    started: Started<Listeners>,
 ) -> anyhow::Result<()> {
     crate::metrics::describe();
     fault::init();
@@ -129,7 +127,7 @@ pub async fn run(
         domain_runtime::config::load_signing_key("namespace-key-file", &config.namespace_key_file)?;
     let domain_id = domain_id_for(&config.domain_name, &key).context("invalid `domain-name`")?;
     let member = domain_topology::domain_manager_member(&domain_id);
-    let admin_addr = listeners.admin.local_addr()?;
+    let admin_addr = started.listeners.admin.local_addr()?;
     let advertised = if config.advertised_admin_address.is_empty() {
         let scheme = if config.admin_api.tls.is_some() {
             "https"
@@ -248,7 +246,7 @@ pub async fn run(
     .max_encoding_message_size(max_msg);
     let admin = domain_runtime::grpc::service_router(&config.admin_api, health_server)?
         .add_service(admin_api);
-    let servers = listeners.serve(&config.admin_api, admin, metrics_handle, &readiness);
+    let (servers, shutdown) = started.serve_admin(&config.admin_api, admin, &readiness);
 
     let fatal = tokio::select! {
         () = shutdown.cancelled() => None,
@@ -261,8 +259,7 @@ pub async fn run(
     internal.cancel();
     let grace = config.shutdown_grace;
     let drained = servers.stop(grace).await;
-    tasks.close();
-    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    let _ = domain_runtime::shutdown::drain_tracker(Duration::from_secs(2), &tasks).await;
     running_lease.release().await;
     if let Some(reason) = fatal {
         anyhow::bail!(reason);

@@ -284,6 +284,21 @@ pub fn dump<T: Serialize>(config: &T) -> Result<String, ConfigError> {
     })
 }
 
+/// The domain a member (sequencer, mediator) belongs to and its signing key, from its
+/// `domain-id` (required) and `signing-key-file` settings.
+pub fn member_domain_and_key(
+    domain_id: Option<&domain_identity::DomainId>,
+    signing_key_file: &Path,
+) -> anyhow::Result<(
+    domain_identity::DomainId,
+    std::sync::Arc<domain_identity::SigningKeyPair>,
+)> {
+    use anyhow::Context as _;
+    let domain_id = domain_id.cloned().context("`domain-id` is required")?;
+    let key = load_signing_key("signing-key-file", signing_key_file)?;
+    Ok((domain_id, key))
+}
+
 /// Loads the PEM signing key named by setting `setting` (e.g. `signing-key-file`); the
 /// error names the setting and the file.
 pub fn load_signing_key(

@@ -45,25 +45,6 @@ impl AdminListeners {
     }
 }
 
-impl AdminListeners {
-    /// Serves `admin` (the admin API, built by
-    /// [`service_router`](crate::grpc::service_router) from `config`) on the admin listener
-    /// and the ops HTTP server on the ops listener: the servers of a service whose one gRPC
-    /// API is its admin API.
-    pub fn serve(
-        self,
-        config: &crate::grpc::GrpcServerConfig,
-        admin: crate::grpc::ServiceRouter,
-        metrics: PrometheusHandle,
-        readiness: &Readiness,
-    ) -> Servers {
-        let mut servers = Servers::new();
-        servers.grpc("admin", config, admin, self.admin);
-        servers.ops(self.ops, metrics, readiness);
-        servers
-    }
-}
-
 /// A listener of [`AdminListeners`] could not be bound; the message names the setting.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -135,6 +116,80 @@ impl Servers {
     }
 }
 
+/// The command line of a service binary: the common flags and, optionally, one of the
+/// binary's own subcommands `C`; without one, the service runs.
+#[derive(Debug, clap::Parser)]
+pub struct ServiceCli<C: clap::Subcommand> {
+    #[command(flatten)]
+    pub common: crate::config::CommonArgs,
+    #[command(subcommand)]
+    pub command: Option<C>,
+}
+
+impl<C: clap::Subcommand> ServiceCli<C> {
+    /// Parses the process's arguments (exiting with clap's message and code on an error, or
+    /// after `--help`/`--version`). `describe` names the binary and gives its help texts,
+    /// e.g. `|c| c.name("mediator").about("...")`; the version is the workspace's.
+    pub fn parse_with(describe: impl FnOnce(clap::Command) -> clap::Command) -> Self {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let command = describe(Self::command().version(env!("CARGO_PKG_VERSION")));
+        Self::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit())
+    }
+}
+
+/// The subcommand of a service whose replicas share one signing key.
+#[derive(Debug, clap::Subcommand)]
+pub enum KeyCommand {
+    /// Generates the signing key (PKCS#8 PEM, mode 0600) and prints its fingerprint.
+    GenerateKey {
+        /// Where to write the key; an existing file is never overwritten.
+        path: std::path::PathBuf,
+    },
+}
+
+impl KeyCommand {
+    /// Runs the subcommand; on an error, prints it and exits with code 1.
+    pub fn run(self) {
+        match self {
+            Self::GenerateKey { path } => {
+                let key = domain_identity::SigningKeyPair::generate();
+                if let Err(error) = key.save_pem(&path) {
+                    eprintln!("error: {error}");
+                    std::process::exit(1);
+                }
+                println!("{}", key.fingerprint());
+            }
+        }
+    }
+}
+
+/// What a service's `run` gets from [`serve_service`]: its bound listeners, the handle of
+/// the Prometheus recorder, and the shutdown token.
+#[derive(Debug)]
+pub struct Started<L> {
+    pub listeners: L,
+    pub metrics: PrometheusHandle,
+    pub shutdown: CancellationToken,
+}
+
+impl Started<AdminListeners> {
+    /// Serves `admin` (the admin API, built by
+    /// [`service_router`](crate::grpc::service_router) from `config`) on the admin listener
+    /// and the ops HTTP server on the ops listener: the servers of a service whose one gRPC
+    /// API is its admin API. Returns them, and the shutdown token.
+    pub fn serve_admin(
+        self,
+        config: &crate::grpc::GrpcServerConfig,
+        admin: crate::grpc::ServiceRouter,
+        readiness: &Readiness,
+    ) -> (Servers, CancellationToken) {
+        let mut servers = Servers::new();
+        servers.grpc("admin", config, admin, self.listeners.admin);
+        servers.ops(self.listeners.ops, self.metrics, readiness);
+        (servers, self.shutdown)
+    }
+}
+
 /// The tail of every service binary's `main`, once its configuration is loaded: a
 /// configuration `problem` is printed and exits with [`EXIT_USAGE`](crate::config::EXIT_USAGE)
 /// before anything starts; otherwise logging is installed and `serve` runs on the service
@@ -170,7 +225,7 @@ pub async fn serve_service<L, B, R>(
     labels: &[(&'static str, String)],
     buckets: &[(&str, &[f64])],
     bind: B,
-    run: impl FnOnce(L, PrometheusHandle, CancellationToken) -> R,
+    run: impl FnOnce(Started<L>) -> R,
 ) -> anyhow::Result<()>
 where
     B: Future<Output = anyhow::Result<L>>,
@@ -179,7 +234,12 @@ where
     let metrics = crate::metrics::install_recorder_with(component, labels, buckets)?;
     let shutdown = crate::shutdown::shutdown_signal()?;
     let listeners = bind.await?;
-    run(listeners, metrics, shutdown).await
+    run(Started {
+        listeners,
+        metrics,
+        shutdown,
+    })
+    .await
 }
 
 /// Runs `serve` to completion and exits the process with its outcome.

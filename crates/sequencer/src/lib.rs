@@ -36,11 +36,12 @@ use anyhow::Context as _;
 use domain_identity::{MemberId, MemberRole, UniqueId};
 use domain_proto::sequencer::admin::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
 use domain_proto::sequencer::v1::sequencer_service_server::SequencerServiceServer;
+use domain_runtime::config::member_domain_and_key;
 use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
+use domain_runtime::service::Started;
 use domain_runtime::shutdown::Ticks;
 use domain_time::Timestamp;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -114,12 +115,7 @@ pub fn validate_listeners(config: &SequencerConfig) -> Result<(), String> {
 }
 
 /// Runs one sequencer instance until `shutdown` is cancelled.
-pub async fn run(
-    config: SequencerConfig,
-    listeners: Listeners,
-    metrics_handle: PrometheusHandle,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(config: SequencerConfig, started: Started<Listeners>) -> anyhow::Result<()> {
     crate::metrics::describe();
     config.pruning.validate()?;
     config.reader.validate()?;
@@ -128,12 +124,8 @@ pub async fn run(
         anyhow::bail!("invalid `admin-api`: {reason}");
     }
     validate_listeners(&config).map_err(anyhow::Error::msg)?;
-    let domain_id = config
-        .domain_id
-        .clone()
-        .context("`domain-id` is required")?;
-    let key =
-        domain_runtime::config::load_signing_key("signing-key-file", &config.signing_key_file)?;
+    let (domain_id, key) =
+        member_domain_and_key(config.domain_id.as_ref(), &config.signing_key_file)?;
     let sequencer_id = MemberId::new(
         MemberRole::Sequencer,
         UniqueId::new(config.name.clone(), *key.fingerprint()).context("invalid `name`")?,
@@ -143,7 +135,7 @@ pub async fn run(
     let pool = domain_storage::open(&config.database, &MIGRATOR).await?;
 
     let tasks = TaskTracker::new();
-    let internal = shutdown.child_token();
+    let internal = started.shutdown.child_token();
     let members = Members::new(pool.clone());
     members.reload().await.context("cannot load members")?;
     let topology = topology::TopologyCache::new();
@@ -311,12 +303,17 @@ pub async fn run(
     let admin = domain_runtime::grpc::service_router(&config.admin_api, health_server)?
         .add_service(admin_api);
     let mut servers = Servers::new();
-    servers.grpc("public", &config.public_api, public, listeners.public);
-    servers.grpc("admin", &config.admin_api, admin, listeners.admin);
-    servers.ops(listeners.ops, metrics_handle, &readiness);
+    servers.grpc(
+        "public",
+        &config.public_api,
+        public,
+        started.listeners.public,
+    );
+    servers.grpc("admin", &config.admin_api, admin, started.listeners.admin);
+    servers.ops(started.listeners.ops, started.metrics, &readiness);
 
     let history_lost = tokio::select! {
-        () = shutdown.cancelled() => None,
+        () = started.shutdown.cancelled() => None,
         reason = history.lost() => Some(reason),
     };
     tracing::info!("shutting down: draining subscriptions and in-flight sends");
@@ -328,8 +325,7 @@ pub async fn run(
     let drained = servers.stop(grace).await;
     writer_shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
-    tasks.close();
-    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    let _ = domain_runtime::shutdown::drain_tracker(Duration::from_secs(2), &tasks).await;
     if let Some(reason) = history_lost {
         // Exit non-zero: the orchestrator restarts the instance, which then serves what the
         // database holds (see history_guard).
