@@ -299,6 +299,16 @@ pub fn member_domain_and_key(
     Ok((domain_id, key))
 }
 
+/// `127.0.0.1:<port>`: a default listen address reachable from this host only (admin APIs).
+pub const fn loopback(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port)
+}
+
+/// `0.0.0.0:<port>`: a default listen address on every interface (ops servers).
+pub const fn all_interfaces(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port)
+}
+
 /// Loads the PEM signing key named by setting `setting` (e.g. `signing-key-file`); the
 /// error names the setting and the file.
 pub fn load_signing_key(
@@ -634,26 +644,25 @@ mod tests {
 
     #[test]
     fn metrics_domain_label_is_bounded() {
-        assert_eq!(
-            parse_metrics_label("acme-prod_1.eu"),
-            Ok("acme-prod_1.eu".into())
-        );
-        assert_eq!(
-            parse_metrics_label(""),
-            Err("must be 1 to 63 characters, got 0".into())
-        );
-        assert_eq!(
-            parse_metrics_label(&"a".repeat(64)),
-            Err("must be 1 to 63 characters, got 64".into())
-        );
-        assert_eq!(
-            parse_metrics_label("a b"),
-            Err("character ' ' is not one of A-Z a-z 0-9 . _ -".into())
-        );
-        assert_eq!(
-            parse_metrics_label("x\"}"),
-            Err("character '\"' is not one of A-Z a-z 0-9 . _ -".into())
-        );
+        let too_long = "a".repeat(64);
+        let cases: [(&str, Result<&str, &str>); 5] = [
+            ("acme-prod_1.eu", Ok("acme-prod_1.eu")),
+            ("", Err("must be 1 to 63 characters, got 0")),
+            (&too_long, Err("must be 1 to 63 characters, got 64")),
+            ("a b", Err("character ' ' is not one of A-Z a-z 0-9 . _ -")),
+            (
+                "x\"}",
+                Err("character '\"' is not one of A-Z a-z 0-9 . _ -"),
+            ),
+        ];
+        for (value, expected) in cases {
+            let expected = expected.map(str::to_owned).map_err(str::to_owned);
+            assert_eq!(
+                parse_metrics_label(value),
+                expected,
+                "parse_metrics_label({value:?})"
+            );
+        }
     }
 
     #[test]

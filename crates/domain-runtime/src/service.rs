@@ -10,8 +10,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::service::Routes;
-use tonic::transport::server::Router;
 
 use crate::ops::Readiness;
 use crate::shutdown::DrainTimedOut;
@@ -72,24 +70,13 @@ impl Servers {
 
     /// Serves `router` on `listener` until [`Servers::stop`], with the connection caps of
     /// `config` (the config the router was built from); `api` names it in logs and metrics.
-    pub fn grpc<L, ResBody>(
+    pub fn grpc(
         &mut self,
         api: &'static str,
         config: &crate::grpc::GrpcServerConfig,
-        router: Router<L>,
+        router: crate::grpc::ServiceRouter,
         listener: TcpListener,
-    ) where
-        L: tower::Layer<Routes> + Send + 'static,
-        L::Service: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
-            + Clone
-            + Send
-            + 'static,
-        <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send,
-        <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
-            Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-        ResBody: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-        ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    ) {
         let stop = self.stop.clone();
         let limits = config.connection_limits();
         self.tasks.push(tokio::spawn(async move {
