@@ -198,20 +198,23 @@ impl ConfigError {
     }
 }
 
+/// What a service's configuration type is: its defaults serialize to the TOML tree the
+/// layers are merged into, and the merged tree deserializes back into it.
+pub trait ServiceConfig: Serialize + DeserializeOwned + Default {}
+
+impl<T: Serialize + DeserializeOwned + Default> ServiceConfig for T {}
+
 /// Loads a configuration from defaults, an optional TOML file, the given environment and
 /// `--set` overrides (`key.path=value`).
 ///
 /// `env` is only scanned for names starting with `<env_prefix>__`; pass `std::env::vars()` in
 /// a binary and a literal list in tests.
-pub fn load<T>(
+pub fn load<T: ServiceConfig>(
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
     env_prefix: &str,
     overrides: &[String],
-) -> Result<T, ConfigError>
-where
-    T: Serialize + DeserializeOwned + Default,
-{
+) -> Result<T, ConfigError> {
     let text = match file {
         Some(path) => Some(
             std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
@@ -227,15 +230,12 @@ where
 /// [`load`] with the file already read: `file` is its path (for error messages) and its
 /// text. Public so the config fuzz target (docs/fuzzing.md) parses TOML text exactly as the
 /// services do, without a file per input.
-pub fn load_text<T>(
+pub fn load_text<T: ServiceConfig>(
     file: Option<(&Path, &str)>,
     env: impl IntoIterator<Item = (String, String)>,
     env_prefix: &str,
     overrides: &[String],
-) -> Result<T, ConfigError>
-where
-    T: Serialize + DeserializeOwned + Default,
-{
+) -> Result<T, ConfigError> {
     let mut tree = match Value::try_from(T::default()) {
         Ok(Value::Table(table)) => table,
         Ok(other) => {
@@ -324,10 +324,7 @@ pub fn load_signing_key(
 /// Loads the configuration for `component` from `args` and the process environment, or
 /// prints the error to stderr and exits with [`EXIT_USAGE`]. With `--dump-config`, prints the
 /// effective configuration to stdout and exits with 0.
-pub fn load_or_exit<T>(component: &str, env_prefix: &str, args: &CommonArgs) -> T
-where
-    T: Serialize + DeserializeOwned + Default,
-{
+pub fn load_or_exit<T: ServiceConfig>(component: &str, env_prefix: &str, args: &CommonArgs) -> T {
     let var_prefix = format!("{env_prefix}__");
     let mut env = Vec::new();
     for (name, value) in std::env::vars_os() {
