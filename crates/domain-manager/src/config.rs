@@ -19,12 +19,10 @@ use serde::{Deserialize, Serialize};
 pub const LEASE_NAME: &str = "domain-manager";
 
 /// Default admin API listen address: loopback only.
-pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4402);
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = domain_runtime::config::loopback(4402);
 
 /// Default ops listen address.
-pub const DEFAULT_OPS_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 4403);
+pub const DEFAULT_OPS_LISTEN: SocketAddr = domain_runtime::config::all_interfaces(4403);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]

@@ -7,46 +7,26 @@
 //!   sequencer's reply"). Tests use it for a reply lost after sequencing.
 
 #[cfg(feature = "fault-injection")]
-mod enabled {
-    use std::path::PathBuf;
-    use std::sync::OnceLock;
+static DROP_REPLY: domain_runtime::fault::FileHook = domain_runtime::fault::FileHook::new(
+    "DOMAIN_MANAGER_FAULT_DROP_REPLY_FILE",
+    "fault injection active: sequencer replies are dropped while the file exists",
+);
 
-    const DROP_ENV: &str = "DOMAIN_MANAGER_FAULT_DROP_REPLY_FILE";
-
-    fn drop_file() -> Option<&'static PathBuf> {
-        static DROP: OnceLock<Option<PathBuf>> = OnceLock::new();
-        DROP.get_or_init(|| {
-            let path = std::env::var_os(DROP_ENV).map(PathBuf::from)?;
-            tracing::warn!(
-                hook = DROP_ENV,
-                path = %path.display(),
-                "fault injection active: sequencer replies are dropped while the file exists"
-            );
-            Some(path)
-        })
-        .as_ref()
-    }
-
-    /// Reads the environment once, so the hook is announced at start-up.
-    pub fn init() {
-        let _ = drop_file();
-    }
-
-    /// Whether the reply to the send of `message_id` is to be dropped.
-    pub fn drop_reply(message_id: &str) -> bool {
-        let drop = drop_file().is_some_and(|p| p.exists());
-        if drop {
-            tracing::warn!(message_id, "fault injection: dropped the sequencer's reply");
-        }
-        drop
-    }
+/// Reads the environment once, so the hook is announced at start-up.
+pub(crate) fn init() {
+    #[cfg(feature = "fault-injection")]
+    DROP_REPLY.init();
 }
 
+/// Whether the reply to the send of `message_id` is to be dropped.
 #[cfg(feature = "fault-injection")]
-pub(crate) use enabled::{drop_reply, init};
-
-#[cfg(not(feature = "fault-injection"))]
-pub(crate) fn init() {}
+pub(crate) fn drop_reply(message_id: &str) -> bool {
+    let drop = DROP_REPLY.is_armed();
+    if drop {
+        tracing::warn!(message_id, "fault injection: dropped the sequencer's reply");
+    }
+    drop
+}
 
 #[cfg(not(feature = "fault-injection"))]
 pub(crate) fn drop_reply(_message_id: &str) -> bool {

@@ -27,9 +27,9 @@ use domain_lease::{LeaseHandle, Role, RunningLease};
 use domain_proto::manager::admin::v1::domain_admin_service_server::DomainAdminServiceServer;
 use domain_runtime::grpc::HealthHandle;
 use domain_runtime::ops::Readiness;
-use domain_runtime::service::Servers;
+use domain_runtime::service::Started;
+use domain_runtime::shutdown::Ticks;
 use domain_sequencer_client::MemberIdentity;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -116,26 +116,18 @@ pub fn domain_id_of_key_file(path: &Path, domain_name: &str) -> Result<DomainId,
 /// error, such as a database belonging to another domain).
 pub async fn run(
     mut config: DomainManagerConfig,
-    listeners: Listeners,
-    metrics_handle: PrometheusHandle,
-    shutdown: CancellationToken,
+    started: Started<Listeners>,
 ) -> anyhow::Result<()> {
     crate::metrics::describe();
     fault::init();
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    let key = Arc::new(
-        SigningKeyPair::load_pem(&config.namespace_key_file).with_context(|| {
-            format!(
-                "cannot load `namespace-key-file` {}",
-                config.namespace_key_file.display()
-            )
-        })?,
-    );
+    let key =
+        domain_runtime::config::load_signing_key("namespace-key-file", &config.namespace_key_file)?;
     let domain_id = domain_id_for(&config.domain_name, &key).context("invalid `domain-name`")?;
     let member = domain_topology::domain_manager_member(&domain_id);
-    let admin_addr = listeners.admin.local_addr()?;
+    let admin_addr = started.listeners.admin.local_addr()?;
     let advertised = if config.advertised_admin_address.is_empty() {
         let scheme = if config.admin_api.tls.is_some() {
             "https"
@@ -172,12 +164,7 @@ pub async fn run(
     let lease = running_lease.handle();
 
     // Core and its sequencer gateway.
-    let tls = config
-        .sequencer_tls
-        .as_ref()
-        .map(domain_runtime::tls::client_tls_config)
-        .transpose()
-        .context("invalid `sequencer-tls`")?;
+    let tls = domain_runtime::tls::sequencer_client_tls(config.sequencer_tls.as_ref())?;
     let gateway = Arc::new(GrpcGateway::new(
         config.sequencers.clone(),
         tls,
@@ -259,9 +246,7 @@ pub async fn run(
     .max_encoding_message_size(max_msg);
     let admin = domain_runtime::grpc::service_router(&config.admin_api, health_server)?
         .add_service(admin_api);
-    let mut servers = Servers::new();
-    servers.grpc("admin", &config.admin_api, admin, listeners.admin);
-    servers.ops(listeners.ops, metrics_handle, &readiness);
+    let (servers, shutdown) = started.serve_admin(&config.admin_api, admin, &readiness);
 
     let fatal = tokio::select! {
         () = shutdown.cancelled() => None,
@@ -274,8 +259,7 @@ pub async fn run(
     internal.cancel();
     let grace = config.shutdown_grace;
     let drained = servers.stop(grace).await;
-    tasks.close();
-    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    let _ = domain_runtime::shutdown::drain_tracker(Duration::from_secs(2), &tasks).await;
     running_lease.release().await;
     if let Some(reason) = fatal {
         anyhow::bail!(reason);
@@ -411,13 +395,8 @@ pub async fn activity_loop(
 
 /// Keeps `dm_allowlist_size` current on every replica (passive ones read the database).
 async fn gauge_loop(core: Arc<Core>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Ticks::new(Duration::from_secs(5), &shutdown);
+    while ticks.next().await {
         if let Err(error) = core.refresh_allowlist_gauge().await {
             tracing::debug!(%error, "cannot refresh the allowlist gauge");
         }

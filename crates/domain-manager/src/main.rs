@@ -3,21 +3,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use domain_manager::{DomainManagerConfig, KeyFileError, Listeners};
-use domain_runtime::config::{CommonArgs, EXIT_USAGE, load_or_exit};
-
-/// The domain manager of a Canton-style domain (active-passive replicas).
-///
-/// Without a subcommand, runs one replica.
-#[derive(Parser)]
-#[command(name = "domain-manager", version)]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
+use domain_runtime::config::{EXIT_USAGE, load_or_exit};
+use domain_runtime::service::ServiceCli;
 
 #[derive(Subcommand)]
 enum Command {
@@ -50,7 +39,15 @@ fn key_command_exit(error: &KeyFileError) -> ! {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = ServiceCli::<Command>::parse_with(|command| {
+        command
+            .name("domain-manager")
+            .about("The domain manager of a Canton-style domain (active-passive replicas)")
+            .long_about(
+                "The domain manager of a Canton-style domain (active-passive replicas).\n\n\
+                 Without a subcommand, runs one replica.",
+            )
+    });
     match cli.command {
         Some(Command::Init {
             key_file,
@@ -95,9 +92,7 @@ fn main() {
                 &labels,
                 &[],
                 async { Ok(Listeners::bind(&config.admin_api, config.ops_listen).await?) },
-                |listeners, metrics, shutdown| {
-                    domain_manager::run(config.clone(), listeners, metrics, shutdown)
-                },
+                |started| domain_manager::run(config.clone(), started),
             )
         },
     )

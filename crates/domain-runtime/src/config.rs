@@ -198,20 +198,23 @@ impl ConfigError {
     }
 }
 
+/// What a service's configuration type is: its defaults serialize to the TOML tree the
+/// layers are merged into, and the merged tree deserializes back into it.
+pub trait ServiceConfig: Serialize + DeserializeOwned + Default {}
+
+impl<T: Serialize + DeserializeOwned + Default> ServiceConfig for T {}
+
 /// Loads a configuration from defaults, an optional TOML file, the given environment and
 /// `--set` overrides (`key.path=value`).
 ///
 /// `env` is only scanned for names starting with `<env_prefix>__`; pass `std::env::vars()` in
 /// a binary and a literal list in tests.
-pub fn load<T>(
+pub fn load<T: ServiceConfig>(
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
     env_prefix: &str,
     overrides: &[String],
-) -> Result<T, ConfigError>
-where
-    T: Serialize + DeserializeOwned + Default,
-{
+) -> Result<T, ConfigError> {
     let text = match file {
         Some(path) => Some(
             std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
@@ -227,15 +230,12 @@ where
 /// [`load`] with the file already read: `file` is its path (for error messages) and its
 /// text. Public so the config fuzz target (docs/fuzzing.md) parses TOML text exactly as the
 /// services do, without a file per input.
-pub fn load_text<T>(
+pub fn load_text<T: ServiceConfig>(
     file: Option<(&Path, &str)>,
     env: impl IntoIterator<Item = (String, String)>,
     env_prefix: &str,
     overrides: &[String],
-) -> Result<T, ConfigError>
-where
-    T: Serialize + DeserializeOwned + Default,
-{
+) -> Result<T, ConfigError> {
     let mut tree = match Value::try_from(T::default()) {
         Ok(Value::Table(table)) => table,
         Ok(other) => {
@@ -284,13 +284,47 @@ pub fn dump<T: Serialize>(config: &T) -> Result<String, ConfigError> {
     })
 }
 
+/// The domain a member (sequencer, mediator) belongs to and its signing key, from its
+/// `domain-id` (required) and `signing-key-file` settings.
+pub fn member_domain_and_key(
+    domain_id: Option<&domain_identity::DomainId>,
+    signing_key_file: &Path,
+) -> anyhow::Result<(
+    domain_identity::DomainId,
+    std::sync::Arc<domain_identity::SigningKeyPair>,
+)> {
+    use anyhow::Context as _;
+    let domain_id = domain_id.cloned().context("`domain-id` is required")?;
+    let key = load_signing_key("signing-key-file", signing_key_file)?;
+    Ok((domain_id, key))
+}
+
+/// `127.0.0.1:<port>`: a default listen address reachable from this host only (admin APIs).
+pub const fn loopback(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port)
+}
+
+/// `0.0.0.0:<port>`: a default listen address on every interface (ops servers).
+pub const fn all_interfaces(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port)
+}
+
+/// Loads the PEM signing key named by setting `setting` (e.g. `signing-key-file`); the
+/// error names the setting and the file.
+pub fn load_signing_key(
+    setting: &str,
+    path: &Path,
+) -> anyhow::Result<std::sync::Arc<domain_identity::SigningKeyPair>> {
+    use anyhow::Context as _;
+    let key = domain_identity::SigningKeyPair::load_pem(path)
+        .with_context(|| format!("cannot load `{setting}` {}", path.display()))?;
+    Ok(std::sync::Arc::new(key))
+}
+
 /// Loads the configuration for `component` from `args` and the process environment, or
 /// prints the error to stderr and exits with [`EXIT_USAGE`]. With `--dump-config`, prints the
 /// effective configuration to stdout and exits with 0.
-pub fn load_or_exit<T>(component: &str, env_prefix: &str, args: &CommonArgs) -> T
-where
-    T: Serialize + DeserializeOwned + Default,
-{
+pub fn load_or_exit<T: ServiceConfig>(component: &str, env_prefix: &str, args: &CommonArgs) -> T {
     let var_prefix = format!("{env_prefix}__");
     let mut env = Vec::new();
     for (name, value) in std::env::vars_os() {
@@ -607,26 +641,25 @@ mod tests {
 
     #[test]
     fn metrics_domain_label_is_bounded() {
-        assert_eq!(
-            parse_metrics_label("acme-prod_1.eu"),
-            Ok("acme-prod_1.eu".into())
-        );
-        assert_eq!(
-            parse_metrics_label(""),
-            Err("must be 1 to 63 characters, got 0".into())
-        );
-        assert_eq!(
-            parse_metrics_label(&"a".repeat(64)),
-            Err("must be 1 to 63 characters, got 64".into())
-        );
-        assert_eq!(
-            parse_metrics_label("a b"),
-            Err("character ' ' is not one of A-Z a-z 0-9 . _ -".into())
-        );
-        assert_eq!(
-            parse_metrics_label("x\"}"),
-            Err("character '\"' is not one of A-Z a-z 0-9 . _ -".into())
-        );
+        let too_long = "a".repeat(64);
+        let cases: [(&str, Result<&str, &str>); 5] = [
+            ("acme-prod_1.eu", Ok("acme-prod_1.eu")),
+            ("", Err("must be 1 to 63 characters, got 0")),
+            (&too_long, Err("must be 1 to 63 characters, got 64")),
+            ("a b", Err("character ' ' is not one of A-Z a-z 0-9 . _ -")),
+            (
+                "x\"}",
+                Err("character '\"' is not one of A-Z a-z 0-9 . _ -"),
+            ),
+        ];
+        for (value, expected) in cases {
+            let expected = expected.map(str::to_owned).map_err(str::to_owned);
+            assert_eq!(
+                parse_metrics_label(value),
+                expected,
+                "parse_metrics_label({value:?})"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`tls`]: PEM loading for tonic server and client TLS, with errors naming the file.
 //! - [`grpc`]: gRPC server settings, the server builder, health and reflection services, and
 //!   `serve` over an already-bound listener.
+//! - [`fault`]: the trigger-file hook behind the services' test-only fault injection.
 //! - [`shutdown`]: the SIGTERM/SIGINT cancellation token and a deadline-bounded drain.
 //!
 //! A binary's `main` is expected to: install the rustls ring provider
@@ -22,6 +23,7 @@
 //! bind its listeners, then run its service until [`shutdown::shutdown_signal`] fires.
 
 pub mod config;
+pub mod fault;
 pub mod grpc;
 pub mod listener;
 pub mod metrics;

@@ -10,8 +10,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::service::Routes;
-use tonic::transport::server::Router;
 
 use crate::ops::Readiness;
 use crate::shutdown::DrainTimedOut;
@@ -72,24 +70,13 @@ impl Servers {
 
     /// Serves `router` on `listener` until [`Servers::stop`], with the connection caps of
     /// `config` (the config the router was built from); `api` names it in logs and metrics.
-    pub fn grpc<L, ResBody>(
+    pub fn grpc(
         &mut self,
         api: &'static str,
         config: &crate::grpc::GrpcServerConfig,
-        router: Router<L>,
+        router: crate::grpc::ServiceRouter,
         listener: TcpListener,
-    ) where
-        L: tower::Layer<Routes> + Send + 'static,
-        L::Service: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
-            + Clone
-            + Send
-            + 'static,
-        <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send,
-        <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
-            Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-        ResBody: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-        ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    ) {
         let stop = self.stop.clone();
         let limits = config.connection_limits();
         self.tasks.push(tokio::spawn(async move {
@@ -113,6 +100,80 @@ impl Servers {
     pub async fn stop(self, grace: Duration) -> Result<(), DrainTimedOut> {
         self.stop.cancel();
         crate::shutdown::drain(grace, self.tasks).await.map(drop)
+    }
+}
+
+/// The command line of a service binary: the common flags and, optionally, one of the
+/// binary's own subcommands `C`; without one, the service runs.
+#[derive(Debug, clap::Parser)]
+pub struct ServiceCli<C: clap::Subcommand> {
+    #[command(flatten)]
+    pub common: crate::config::CommonArgs,
+    #[command(subcommand)]
+    pub command: Option<C>,
+}
+
+impl<C: clap::Subcommand> ServiceCli<C> {
+    /// Parses the process's arguments (exiting with clap's message and code on an error, or
+    /// after `--help`/`--version`). `describe` names the binary and gives its help texts,
+    /// e.g. `|c| c.name("mediator").about("...")`; the version is the workspace's.
+    pub fn parse_with(describe: impl FnOnce(clap::Command) -> clap::Command) -> Self {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let command = describe(Self::command().version(env!("CARGO_PKG_VERSION")));
+        Self::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit())
+    }
+}
+
+/// The subcommand of a service whose replicas share one signing key.
+#[derive(Debug, clap::Subcommand)]
+pub enum KeyCommand {
+    /// Generates the signing key (PKCS#8 PEM, mode 0600) and prints its fingerprint.
+    GenerateKey {
+        /// Where to write the key; an existing file is never overwritten.
+        path: std::path::PathBuf,
+    },
+}
+
+impl KeyCommand {
+    /// Runs the subcommand; on an error, prints it and exits with code 1.
+    pub fn run(self) {
+        match self {
+            Self::GenerateKey { path } => {
+                let key = domain_identity::SigningKeyPair::generate();
+                if let Err(error) = key.save_pem(&path) {
+                    eprintln!("error: {error}");
+                    std::process::exit(1);
+                }
+                println!("{}", key.fingerprint());
+            }
+        }
+    }
+}
+
+/// What a service's `run` gets from [`serve_service`]: its bound listeners, the handle of
+/// the Prometheus recorder, and the shutdown token.
+#[derive(Debug)]
+pub struct Started<L> {
+    pub listeners: L,
+    pub metrics: PrometheusHandle,
+    pub shutdown: CancellationToken,
+}
+
+impl Started<AdminListeners> {
+    /// Serves `admin` (the admin API, built by
+    /// [`service_router`](crate::grpc::service_router) from `config`) on the admin listener
+    /// and the ops HTTP server on the ops listener: the servers of a service whose one gRPC
+    /// API is its admin API. Returns them, and the shutdown token.
+    pub fn serve_admin(
+        self,
+        config: &crate::grpc::GrpcServerConfig,
+        admin: crate::grpc::ServiceRouter,
+        readiness: &Readiness,
+    ) -> (Servers, CancellationToken) {
+        let mut servers = Servers::new();
+        servers.grpc("admin", config, admin, self.listeners.admin);
+        servers.ops(self.listeners.ops, self.metrics, readiness);
+        (servers, self.shutdown)
     }
 }
 
@@ -151,7 +212,7 @@ pub async fn serve_service<L, B, R>(
     labels: &[(&'static str, String)],
     buckets: &[(&str, &[f64])],
     bind: B,
-    run: impl FnOnce(L, PrometheusHandle, CancellationToken) -> R,
+    run: impl FnOnce(Started<L>) -> R,
 ) -> anyhow::Result<()>
 where
     B: Future<Output = anyhow::Result<L>>,
@@ -160,7 +221,12 @@ where
     let metrics = crate::metrics::install_recorder_with(component, labels, buckets)?;
     let shutdown = crate::shutdown::shutdown_signal()?;
     let listeners = bind.await?;
-    run(listeners, metrics, shutdown).await
+    run(Started {
+        listeners,
+        metrics,
+        shutdown,
+    })
+    .await
 }
 
 /// Runs `serve` to completion and exits the process with its outcome.

@@ -8,51 +8,31 @@
 //!   transaction.
 
 #[cfg(feature = "fault-injection")]
-mod enabled {
-    use std::path::PathBuf;
-    use std::sync::OnceLock;
-    use std::time::Duration;
+static HOLD_FENCED_TX: domain_runtime::fault::FileHook = domain_runtime::fault::FileHook::new(
+    "MEDIATOR_FAULT_HOLD_FENCED_TX_FILE",
+    "fault injection active: fenced transactions are held open while the file exists",
+);
 
-    const HOLD_ENV: &str = "MEDIATOR_FAULT_HOLD_FENCED_TX_FILE";
+/// Reads the environment once, so the hook is announced at start-up.
+pub(crate) fn init() {
+    #[cfg(feature = "fault-injection")]
+    HOLD_FENCED_TX.init();
+}
 
-    fn hold_file() -> Option<&'static PathBuf> {
-        static HOLD: OnceLock<Option<PathBuf>> = OnceLock::new();
-        HOLD.get_or_init(|| {
-            let path = std::env::var_os(HOLD_ENV).map(PathBuf::from)?;
-            tracing::warn!(
-                hook = HOLD_ENV,
-                path = %path.display(),
-                "fault injection active: fenced transactions are held open while the file exists"
-            );
-            Some(path)
-        })
-        .as_ref()
-    }
-
-    /// Reads the environment once, so the hook is announced at start-up.
-    pub fn init() {
-        let _ = hold_file();
-    }
-
-    /// Holds the calling fenced transaction open while the trigger file exists.
-    pub async fn hold_fenced_transaction() {
-        let Some(path) = hold_file() else { return };
+/// Holds the calling fenced transaction open while the trigger file exists.
+pub(crate) async fn hold_fenced_transaction() {
+    #[cfg(feature = "fault-injection")]
+    {
+        let Some(path) = HOLD_FENCED_TX.path() else {
+            return;
+        };
         if !path.exists() {
             return;
         }
         tracing::warn!(path = %path.display(), "fault injection: holding a fenced transaction open");
         while path.exists() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         tracing::warn!("fault injection: released the held fenced transaction");
     }
 }
-
-#[cfg(feature = "fault-injection")]
-pub(crate) use enabled::{hold_fenced_transaction, init};
-
-#[cfg(not(feature = "fault-injection"))]
-pub(crate) fn init() {}
-
-#[cfg(not(feature = "fault-injection"))]
-pub(crate) async fn hold_fenced_transaction() {}

@@ -35,10 +35,10 @@ use domain_backoff::{Backoff, BackoffConfig};
 use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
 use domain_lease::{LeaseHandle, RunningLease};
 use domain_proto::mediator::admin::v1::mediator_admin_service_server::MediatorAdminServiceServer;
+use domain_runtime::config::member_domain_and_key;
 use domain_runtime::ops::Readiness;
-use domain_runtime::service::Servers;
+use domain_runtime::service::Started;
 use domain_sequencer_client::MemberIdentity;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -89,29 +89,14 @@ pub fn mediator_id(name: &str, key: &SigningKeyPair) -> anyhow::Result<MemberId>
 }
 
 /// Runs one mediator replica until `shutdown` is cancelled.
-pub async fn run(
-    config: MediatorConfig,
-    listeners: Listeners,
-    metrics_handle: PrometheusHandle,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(config: MediatorConfig, started: Started<Listeners>) -> anyhow::Result<()> {
     crate::metrics::describe();
     fault::init();
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    let domain_id = config
-        .domain_id
-        .clone()
-        .context("`domain-id` is required")?;
-    let key = Arc::new(
-        SigningKeyPair::load_pem(&config.signing_key_file).with_context(|| {
-            format!(
-                "cannot load `signing-key-file` {}",
-                config.signing_key_file.display()
-            )
-        })?,
-    );
+    let (domain_id, key) =
+        member_domain_and_key(config.domain_id.as_ref(), &config.signing_key_file)?;
     let mediator_id = mediator_id(&config.name, &key)?;
     tracing::info!(%domain_id, %mediator_id, database = %config.database.url.redacted(), "starting mediator");
 
@@ -130,12 +115,7 @@ pub async fn run(
     )?;
     let lease = running_lease.handle();
 
-    let tls = config
-        .sequencer_tls
-        .as_ref()
-        .map(domain_runtime::tls::client_tls_config)
-        .transpose()
-        .context("invalid `sequencer-tls`")?;
+    let tls = domain_runtime::tls::sequencer_client_tls(config.sequencer_tls.as_ref())?;
     let link = Arc::new(SequencerLink::new(
         config.sequencers.clone(),
         tls,
@@ -187,9 +167,7 @@ pub async fn run(
     .max_encoding_message_size(max_msg);
     let admin = domain_runtime::grpc::service_router(&config.admin_api, health_server)?
         .add_service(admin_api);
-    let mut servers = Servers::new();
-    servers.grpc("admin", &config.admin_api, admin, listeners.admin);
-    servers.ops(listeners.ops, metrics_handle, &readiness);
+    let (servers, shutdown) = started.serve_admin(&config.admin_api, admin, &readiness);
 
     let work_stop = CancellationToken::new();
     // Connect to the sequencers while still passive, so a takeover finds the client

@@ -1,39 +1,23 @@
 //! `mediator` binary: parses config, installs telemetry, and runs one replica.
 
-use clap::{Parser, Subcommand};
 use domain_mediator::{Listeners, MediatorConfig};
-use domain_runtime::config::{CommonArgs, load_or_exit};
-
-/// An active-passive mediator replica of a Canton-style domain.
-#[derive(Parser)]
-#[command(name = "mediator", version)]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Generates the mediator signing key shared by all replicas (PKCS#8 PEM, mode 0600)
-    /// and prints its fingerprint.
-    GenerateKey {
-        /// Where to write the key; an existing file is never overwritten.
-        path: std::path::PathBuf,
-    },
-}
+use domain_runtime::config::load_or_exit;
+use domain_runtime::service::{KeyCommand, ServiceCli};
 
 fn main() {
-    let cli = Cli::parse();
-    if let Some(Command::GenerateKey { path }) = cli.command {
-        let key = domain_identity::SigningKeyPair::generate();
-        if let Err(error) = key.save_pem(&path) {
-            eprintln!("error: {error}");
-            std::process::exit(1);
-        }
-        println!("{}", key.fingerprint());
-        return;
+    let cli = ServiceCli::<KeyCommand>::parse_with(|command| {
+        command
+            .name("mediator")
+            .about("An active-passive mediator replica of a Canton-style domain")
+            .mut_subcommand("generate-key", |generate| {
+                generate.about(
+                    "Generates the mediator signing key shared by all replicas (PKCS#8 PEM, \
+                     mode 0600) and prints its fingerprint",
+                )
+            })
+    });
+    if let Some(command) = cli.command {
+        return command.run();
     }
     let config: MediatorConfig = load_or_exit("mediator", "MEDIATOR", &cli.common);
     let problem = config
@@ -54,9 +38,7 @@ fn main() {
                 domain_mediator::DECISION_BUCKETS,
             )],
             async { Ok(Listeners::bind(&config.admin_api, config.ops_listen).await?) },
-            |listeners, metrics, shutdown| {
-                domain_mediator::run(config.clone(), listeners, metrics, shutdown)
-            },
+            |started| domain_mediator::run(config.clone(), started),
         )
     })
 }

@@ -17,6 +17,7 @@ use domain_backoff::{Backoff, BackoffConfig};
 use domain_lease::Fence;
 use domain_proto::sequencer::v1 as pb;
 use domain_runtime::ops::Readiness;
+use domain_runtime::shutdown::Ticks;
 use domain_runtime::telemetry::TraceContext;
 use domain_sequencer_client::{ClientError, StreamValidator};
 use domain_time::Timestamp;
@@ -614,13 +615,8 @@ async fn pruner(
 ) {
     const CHUNK: i64 = 5_000;
     let retention = ctx.request_retention;
-    let mut tick = tokio::time::interval(PRUNE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Ticks::new(PRUNE_INTERVAL, &cancel);
+    while ticks.next().await {
         let last_ts = Timestamp::from_micros(ctx.shared.last_ts.load(Ordering::SeqCst));
         // Nothing is old enough before sequencer time passes the retention.
         let Some(before) = last_ts
@@ -671,15 +667,10 @@ async fn pruner(
 /// only as long as the active session, so a passive replica never acknowledges and a new
 /// active starts from what its database holds.
 async fn acknowledger(ctx: Arc<Context>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(ctx.acknowledge_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = Ticks::new(ctx.acknowledge_interval, &cancel);
     let mut acknowledged = 0i64;
     let mut first = true;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    while ticks.next().await {
         let persisted = ctx.shared.last_ts.load(Ordering::SeqCst);
         if persisted <= acknowledged {
             continue;
@@ -716,13 +707,8 @@ async fn acknowledger(ctx: Arc<Context>, cancel: CancellationToken) {
 /// Requests a time proof every `time-proof-interval` while requests are
 /// pending, so deadlines expire on an idle domain.
 async fn time_proofs(ctx: Arc<Context>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(ctx.time_proof_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Ticks::new(ctx.time_proof_interval, &cancel);
+    while ticks.next().await {
         if ctx.shared.pending.load(Ordering::SeqCst) == 0 {
             continue;
         }

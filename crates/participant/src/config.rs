@@ -12,11 +12,9 @@ use serde::{Deserialize, Serialize};
 /// Default data directory (relative to the working directory).
 pub const DEFAULT_DATA_DIR: &str = "participant-data";
 /// Default admin API address: loopback only.
-pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4602);
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = domain_runtime::config::loopback(4602);
 /// Default ops listen address.
-pub const DEFAULT_OPS_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 4603);
+pub const DEFAULT_OPS_LISTEN: SocketAddr = domain_runtime::config::all_interfaces(4603);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]

@@ -27,10 +27,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use domain_proto::participant::admin::v1::participant_admin_service_server::ParticipantAdminServiceServer;
 use domain_runtime::ops::Readiness;
-use domain_runtime::service::Servers;
-use metrics_exporter_prometheus::PrometheusHandle;
+use domain_runtime::service::Started;
 use sqlx::Connection as _;
-use tokio_util::sync::CancellationToken;
 
 pub use config::ParticipantConfig;
 
@@ -41,12 +39,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 pub use domain_runtime::service::AdminListeners as Listeners;
 
 /// Runs the participant node until `shutdown` is cancelled.
-pub async fn run(
-    config: ParticipantConfig,
-    listeners: Listeners,
-    metrics_handle: PrometheusHandle,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(config: ParticipantConfig, started: Started<Listeners>) -> anyhow::Result<()> {
     metrics::describe();
     let identity = identity::load(&config.data_dir)?;
     let connection = connection::load(&config.data_dir)?;
@@ -85,7 +78,7 @@ pub async fn run(
         connection,
         readiness.clone(),
     );
-    let internal = shutdown.child_token();
+    let internal = started.shutdown.child_token();
     let sessions = tokio::spawn(node::run_sessions(node.clone(), internal.clone()));
 
     let max_msg = config.admin_api.max_message_size;
@@ -97,9 +90,7 @@ pub async fn run(
             .max_encoding_message_size(max_msg);
     let admin = domain_runtime::grpc::service_router(&config.admin_api, health_server)?
         .add_service(admin_api);
-    let mut servers = Servers::new();
-    servers.grpc("admin", &config.admin_api, admin, listeners.admin);
-    servers.ops(listeners.ops, metrics_handle, &readiness);
+    let (servers, shutdown) = started.serve_admin(&config.admin_api, admin, &readiness);
 
     tokio::select! {
         _ = shutdown.cancelled() => {}

@@ -502,9 +502,7 @@ fn run(common: CommonArgs, data_dir: Option<PathBuf>) {
                 domain_participant::PING_RTT_BUCKETS,
             )],
             async { Ok(Listeners::bind(&config.admin_api, config.ops_listen).await?) },
-            |listeners, metrics, shutdown| {
-                domain_participant::run(config.clone(), listeners, metrics, shutdown)
-            },
+            |started| domain_participant::run(config.clone(), started),
         )
     })
 }

@@ -33,13 +33,15 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
+use domain_identity::{MemberId, MemberRole, UniqueId};
 use domain_proto::sequencer::admin::v1::sequencer_admin_service_server::SequencerAdminServiceServer;
 use domain_proto::sequencer::v1::sequencer_service_server::SequencerServiceServer;
+use domain_runtime::config::member_domain_and_key;
 use domain_runtime::ops::Readiness;
 use domain_runtime::service::Servers;
+use domain_runtime::service::Started;
+use domain_runtime::shutdown::Ticks;
 use domain_time::Timestamp;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -113,12 +115,7 @@ pub fn validate_listeners(config: &SequencerConfig) -> Result<(), String> {
 }
 
 /// Runs one sequencer instance until `shutdown` is cancelled.
-pub async fn run(
-    config: SequencerConfig,
-    listeners: Listeners,
-    metrics_handle: PrometheusHandle,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(config: SequencerConfig, started: Started<Listeners>) -> anyhow::Result<()> {
     crate::metrics::describe();
     config.pruning.validate()?;
     config.reader.validate()?;
@@ -127,18 +124,8 @@ pub async fn run(
         anyhow::bail!("invalid `admin-api`: {reason}");
     }
     validate_listeners(&config).map_err(anyhow::Error::msg)?;
-    let domain_id = config
-        .domain_id
-        .clone()
-        .context("`domain-id` is required")?;
-    let key = Arc::new(
-        SigningKeyPair::load_pem(&config.signing_key_file).with_context(|| {
-            format!(
-                "cannot load `signing-key-file` {}",
-                config.signing_key_file.display()
-            )
-        })?,
-    );
+    let (domain_id, key) =
+        member_domain_and_key(config.domain_id.as_ref(), &config.signing_key_file)?;
     let sequencer_id = MemberId::new(
         MemberRole::Sequencer,
         UniqueId::new(config.name.clone(), *key.fingerprint()).context("invalid `name`")?,
@@ -148,7 +135,7 @@ pub async fn run(
     let pool = domain_storage::open(&config.database, &MIGRATOR).await?;
 
     let tasks = TaskTracker::new();
-    let internal = shutdown.child_token();
+    let internal = started.shutdown.child_token();
     let members = Members::new(pool.clone());
     members.reload().await.context("cannot load members")?;
     let topology = topology::TopologyCache::new();
@@ -316,12 +303,17 @@ pub async fn run(
     let admin = domain_runtime::grpc::service_router(&config.admin_api, health_server)?
         .add_service(admin_api);
     let mut servers = Servers::new();
-    servers.grpc("public", &config.public_api, public, listeners.public);
-    servers.grpc("admin", &config.admin_api, admin, listeners.admin);
-    servers.ops(listeners.ops, metrics_handle, &readiness);
+    servers.grpc(
+        "public",
+        &config.public_api,
+        public,
+        started.listeners.public,
+    );
+    servers.grpc("admin", &config.admin_api, admin, started.listeners.admin);
+    servers.ops(started.listeners.ops, started.metrics, &readiness);
 
     let history_lost = tokio::select! {
-        () = shutdown.cancelled() => None,
+        () = started.shutdown.cancelled() => None,
         reason = history.lost() => Some(reason),
     };
     tracing::info!("shutting down: draining subscriptions and in-flight sends");
@@ -333,8 +325,7 @@ pub async fn run(
     let drained = servers.stop(grace).await;
     writer_shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
-    tasks.close();
-    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    let _ = domain_runtime::shutdown::drain_tracker(Duration::from_secs(2), &tasks).await;
     if let Some(reason) = history_lost {
         // Exit non-zero: the orchestrator restarts the instance, which then serves what the
         // database holds (see history_guard).
@@ -540,13 +531,8 @@ async fn offline_checker(
     ha: config::HaConfig,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(ha.online_check_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Ticks::new(ha.online_check_interval, &shutdown);
+    while ticks.next().await {
         // Only an online instance judges its peers: one that lost the database
         // would otherwise be the one lagging.
         // One borrow, released at once: taking a second read lock of the watch while
@@ -580,13 +566,8 @@ async fn checkpointer(
     cfg: config::ReaderConfig,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(cfg.checkpoint_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Ticks::new(cfg.checkpoint_interval, &shutdown);
+    while ticks.next().await {
         let Ok(mut client) = pool.get().await else {
             continue;
         };
@@ -606,14 +587,8 @@ async fn pruner(
     cfg: config::PruningConfig,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(cfg.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Ticks::after_first_period(cfg.interval, &shutdown);
+    while ticks.next().await {
         let Ok(client) = pool.get().await else {
             continue;
         };
@@ -653,14 +628,9 @@ async fn pruning_gauges(
     retention: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = Ticks::new(Duration::from_secs(5), &shutdown);
     let mut holder = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    while ticks.next().await {
         let Ok(client) = pool.get().await else {
             continue;
         };

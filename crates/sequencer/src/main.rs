@@ -1,38 +1,23 @@
 //! `sequencer` binary: parses config, installs telemetry, and runs one instance.
 
-use clap::{Parser, Subcommand};
-use domain_runtime::config::{CommonArgs, load_or_exit};
+use domain_runtime::config::load_or_exit;
+use domain_runtime::service::{KeyCommand, ServiceCli};
 use domain_sequencer::{Listeners, SequencerConfig};
 
-/// An active-active sequencer instance of a Canton-style domain.
-#[derive(Parser)]
-#[command(name = "sequencer", version)]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Generates the shared sequencer signing key (PKCS#8 PEM, mode 0600) and prints its fingerprint.
-    GenerateKey {
-        /// Where to write the key; an existing file is never overwritten.
-        path: std::path::PathBuf,
-    },
-}
-
 fn main() {
-    let cli = Cli::parse();
-    if let Some(Command::GenerateKey { path }) = cli.command {
-        let key = domain_identity::SigningKeyPair::generate();
-        if let Err(error) = key.save_pem(&path) {
-            eprintln!("error: {error}");
-            std::process::exit(1);
-        }
-        println!("{}", key.fingerprint());
-        return;
+    let cli = ServiceCli::<KeyCommand>::parse_with(|command| {
+        command
+            .name("sequencer")
+            .about("An active-active sequencer instance of a Canton-style domain")
+            .mut_subcommand("generate-key", |generate| {
+                generate.about(
+                    "Generates the shared sequencer signing key (PKCS#8 PEM, mode 0600) and \
+                     prints its fingerprint",
+                )
+            })
+    });
+    if let Some(command) = cli.command {
+        return command.run();
     }
     let config: SequencerConfig = load_or_exit("sequencer", "SEQUENCER", &cli.common);
     // Before anything binds: an admin API off the host without mutual TLS is refused.
@@ -47,9 +32,7 @@ fn main() {
             &labels,
             &[],
             bind(&config),
-            |listeners, metrics, shutdown| {
-                domain_sequencer::run(config.clone(), listeners, metrics, shutdown)
-            },
+            |started| domain_sequencer::run(config.clone(), started),
         )
     })
 }
