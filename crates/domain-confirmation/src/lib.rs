@@ -3,9 +3,11 @@
 //! request ended ([`Outcome`]), what makes a verdict valid ([`verify_verdict`]), and the
 //! message ids verdicts are sent with ([`verdict_message_id`]).
 
-use domain_identity::{DomainId, MemberId, SignaturePurpose};
+use domain_identity::{DomainId, MemberId, SignaturePurpose, SigningKeyPair};
+use domain_proto::common::v1 as common_pb;
 use domain_proto::confirmation::v1 as pb;
-use prost::Message as _;
+use domain_sequencer_client::to_proto_signature;
+use prost::Message;
 
 /// Message ids of verdicts are `verdict-<request id>`: a resend (after a failover, or a
 /// retry) is deduplicated by the sequencer.
@@ -91,6 +93,106 @@ impl Outcome {
     }
 }
 
+/// The two signed messages of the protocol: a participant's [`pb::SignedConfirmationResponse`]
+/// and a mediator's [`pb::SignedVerdict`]. Both carry the encoded message, a signature of one
+/// purpose for the domain over those bytes, and the signer's public key; [`sign`] builds one,
+/// [`verify_signature`] checks one.
+pub trait SignedMessage: Sized {
+    /// The signature purpose of this message.
+    const PURPOSE: SignaturePurpose;
+    /// The message from its signed bytes, signature and signer key.
+    fn from_parts(
+        bytes: Vec<u8>,
+        signature: common_pb::Signature,
+        signer_key: common_pb::PublicKey,
+    ) -> Self;
+    /// The signed bytes.
+    fn bytes(&self) -> &[u8];
+    fn signature(&self) -> Option<&common_pb::Signature>;
+    fn signer_key(&self) -> Option<&common_pb::PublicKey>;
+}
+
+impl SignedMessage for pb::SignedConfirmationResponse {
+    const PURPOSE: SignaturePurpose = SignaturePurpose::ConfirmationResponse;
+    fn from_parts(
+        response: Vec<u8>,
+        signature: common_pb::Signature,
+        signer_key: common_pb::PublicKey,
+    ) -> Self {
+        Self {
+            response,
+            signature: Some(signature),
+            signer_key: Some(signer_key),
+        }
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.response
+    }
+    fn signature(&self) -> Option<&common_pb::Signature> {
+        self.signature.as_ref()
+    }
+    fn signer_key(&self) -> Option<&common_pb::PublicKey> {
+        self.signer_key.as_ref()
+    }
+}
+
+impl SignedMessage for pb::SignedVerdict {
+    const PURPOSE: SignaturePurpose = SignaturePurpose::Verdict;
+    fn from_parts(
+        verdict: Vec<u8>,
+        signature: common_pb::Signature,
+        signer_key: common_pb::PublicKey,
+    ) -> Self {
+        Self {
+            verdict,
+            signature: Some(signature),
+            signer_key: Some(signer_key),
+        }
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.verdict
+    }
+    fn signature(&self) -> Option<&common_pb::Signature> {
+        self.signature.as_ref()
+    }
+    fn signer_key(&self) -> Option<&common_pb::PublicKey> {
+        self.signer_key.as_ref()
+    }
+}
+
+/// Encodes `message` and signs it with `key` for `domain_id` (the purpose of `S`), with the
+/// signer's public key attached.
+pub fn sign<S: SignedMessage>(
+    key: &SigningKeyPair,
+    domain_id: &DomainId,
+    message: &impl Message,
+) -> S {
+    let bytes = message.encode_to_vec();
+    let signature = key.sign(S::PURPOSE, domain_id, &bytes);
+    S::from_parts(
+        bytes,
+        to_proto_signature(&signature, S::PURPOSE),
+        common_pb::PublicKey::from(key.public_key()),
+    )
+}
+
+/// Checks that `signed` carries `signer`'s key (by fingerprint) and a valid signature of the
+/// purpose of `S` for this domain over its bytes.
+pub fn verify_signature<S: SignedMessage>(
+    signed: &S,
+    signer: &MemberId,
+    domain_id: &DomainId,
+) -> Result<(), String> {
+    domain_sequencer_client::verify_member_signature(
+        signed.signer_key(),
+        signed.signature(),
+        signer,
+        S::PURPOSE,
+        domain_id,
+        signed.bytes(),
+    )
+}
+
 /// Verifies a verdict the way every participant must: the signer key is the mediator's
 /// (its fingerprint is the one in the mediator id), the signature has purpose VERDICT for
 /// this domain and covers the verdict bytes, the bytes decode, and the verdict names this
@@ -100,14 +202,7 @@ pub fn verify_verdict(
     mediator: &MemberId,
     domain_id: &DomainId,
 ) -> Result<pb::Verdict, String> {
-    domain_sequencer_client::verify_member_signature(
-        signed.signer_key.as_ref(),
-        signed.signature.as_ref(),
-        mediator,
-        SignaturePurpose::Verdict,
-        domain_id,
-        &signed.verdict,
-    )?;
+    verify_signature(signed, mediator, domain_id)?;
     let verdict = pb::Verdict::decode(signed.verdict.as_slice())
         .map_err(|e| format!("undecodable verdict: {e}"))?;
     if verdict.mediator != mediator.to_string() || verdict.domain_id != domain_id.to_string() {

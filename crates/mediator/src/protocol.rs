@@ -23,14 +23,10 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain_identity::{
-    DomainId, MemberId, MemberRole, PublicKey, SignaturePurpose, SigningKeyPair,
-};
-use domain_proto::common::v1 as common_pb;
+use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, SigningKeyPair};
 use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_proto::topology::v1 as topology_pb;
-use domain_sequencer_client::to_proto_signature;
 use domain_time::Timestamp;
 use domain_topology::{Permission, SequencedTopology, TopologyState};
 use prost::Message as _;
@@ -38,6 +34,7 @@ use prost::Message as _;
 pub use domain_confirmation::{
     Outcome, VERDICT_MESSAGE_PREFIX, parse_verdict_message_id, verdict_message_id, verify_verdict,
 };
+use domain_confirmation::{sign, verify_signature};
 
 /// How long (sequencer time) after its deadline a decided request is still
 /// remembered in memory, to classify stray responses as `late` or `decided`
@@ -764,7 +761,7 @@ impl Processor {
                 );
             }
         };
-        if let Err(detail) = verify_response_signature(signed, &sender_id, &self.domain_id) {
+        if let Err(detail) = verify_signature(signed, &sender_id, &self.domain_id) {
             return self.ignore(changes, R::BadSignature, event, rid, &detail);
         }
         if response.domain_id != self.domain {
@@ -889,22 +886,17 @@ impl Processor {
         now_micros: i64,
         changes: &mut Changes,
     ) {
-        let verdict = pb::Verdict {
-            request_id: request.request_id,
-            root_hash: request.root_hash.clone(),
-            mediator: self.mediator.clone(),
-            domain_id: self.domain.clone(),
-            outcome: Some(outcome.to_proto()),
-        }
-        .encode_to_vec();
-        let signature = self
-            .key
-            .sign(SignaturePurpose::Verdict, &self.domain_id, &verdict);
-        let signed = pb::SignedVerdict {
-            verdict,
-            signature: Some(to_proto_signature(&signature, SignaturePurpose::Verdict)),
-            signer_key: Some(common_pb::PublicKey::from(self.key.public_key())),
-        };
+        let signed: pb::SignedVerdict = sign(
+            &self.key,
+            &self.domain_id,
+            &pb::Verdict {
+                request_id: request.request_id,
+                root_hash: request.root_hash.clone(),
+                mediator: self.mediator.clone(),
+                domain_id: self.domain.clone(),
+                outcome: Some(outcome.to_proto()),
+            },
+        );
         self.decided.insert(request.request_id, request.deadline);
         self.decided_by_deadline
             .insert((request.deadline, request.request_id));
@@ -949,23 +941,6 @@ fn check_members(
         }
     }
     Ok(())
-}
-
-/// Checks that `signed` carries `participant`'s key (by fingerprint) and a
-/// valid CONFIRMATION_RESPONSE signature of this domain over the response bytes.
-fn verify_response_signature(
-    signed: &pb::SignedConfirmationResponse,
-    participant: &MemberId,
-    domain_id: &DomainId,
-) -> Result<(), String> {
-    domain_sequencer_client::verify_member_signature(
-        signed.signer_key.as_ref(),
-        signed.signature.as_ref(),
-        participant,
-        SignaturePurpose::ConfirmationResponse,
-        domain_id,
-        &signed.response,
-    )
 }
 
 /// Wraps an encoded `SignedVerdict` into the `DomainMessage` envelope content.

@@ -8,10 +8,11 @@ use domain_identity::UniqueId;
 use domain_topology::{DomainParameters, Mapping, Operation, TopologyTransaction, TrustLevel};
 
 use super::*;
-use domain_proto::common::v1 as common_pb;
+use domain_identity::SignaturePurpose;
 use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_proto::topology::v1 as topology_pb;
+use domain_sequencer_client::to_proto_signature;
 
 const T0: i64 = 1_700_000_000_000_000;
 /// Topology sent at T0 is effective 250 ms later (default change delay).
@@ -215,23 +216,7 @@ impl Harness {
         who: &(MemberId, Arc<SigningKeyPair>),
         response: &pb::ConfirmationResponse,
     ) -> pb::SignedConfirmationResponse {
-        let bytes = response.encode_to_vec();
-        let sig = who.1.sign(
-            SignaturePurpose::ConfirmationResponse,
-            &self.domain_id,
-            &bytes,
-        );
-        pb::SignedConfirmationResponse {
-            response: bytes,
-            signature: Some(to_proto_signature(
-                &sig,
-                SignaturePurpose::ConfirmationResponse,
-            )),
-            signer_key: Some(common_pb::PublicKey {
-                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                key: who.1.public_key().to_bytes().to_vec(),
-            }),
-        }
+        domain_confirmation::sign(&who.1, &self.domain_id, response)
     }
 
     fn send_response(

@@ -5,12 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain_identity::{DomainId, MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
+use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
 use domain_lease::Fence;
-use domain_proto::common::v1 as common_pb;
 use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
-use domain_sequencer_client::to_proto_signature;
 use domain_testkit::pg::PgCluster;
 use domain_time::Timestamp;
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TrustLevel};
@@ -181,31 +179,18 @@ impl Fixture {
                 _ => &[&self.a],
             };
             for (j, who) in approvals.iter().enumerate() {
-                let response = pb::ConfirmationResponse {
-                    request_id,
-                    participant: who.0.to_string(),
-                    root_hash: vec![k as u8 + 1],
-                    decision: pb::ConfirmationDecision::Approve as i32,
-                    reason: String::new(),
-                    domain_id: self.domain_id.to_string(),
-                }
-                .encode_to_vec();
-                let sig = who.1.sign(
-                    SignaturePurpose::ConfirmationResponse,
+                let signed: pb::SignedConfirmationResponse = domain_confirmation::sign(
+                    &who.1,
                     &self.domain_id,
-                    &response,
+                    &pb::ConfirmationResponse {
+                        request_id,
+                        participant: who.0.to_string(),
+                        root_hash: vec![k as u8 + 1],
+                        decision: pb::ConfirmationDecision::Approve as i32,
+                        reason: String::new(),
+                        domain_id: self.domain_id.to_string(),
+                    },
                 );
-                let signed = pb::SignedConfirmationResponse {
-                    response,
-                    signature: Some(to_proto_signature(
-                        &sig,
-                        SignaturePurpose::ConfirmationResponse,
-                    )),
-                    signer_key: Some(common_pb::PublicKey {
-                        algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                        key: who.1.public_key().to_bytes().to_vec(),
-                    }),
-                };
                 push(
                     request_id + 1 + j as i64,
                     &who.0.to_string(),

@@ -20,6 +20,7 @@
 //!   whose fingerprint is that mediator's (purpose VERDICT, this domain), for a pending
 //!   request with that mediator and root hash; an approval commits the transaction.
 
+use domain_confirmation::sign;
 pub use domain_confirmation::{Outcome, verify_verdict};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -27,7 +28,6 @@ use std::sync::Arc;
 use domain_identity::{
     DomainId, MemberId, MemberRole, PublicKey, SignaturePurpose, SigningKeyPair,
 };
-use domain_proto::common::v1 as common_pb;
 use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_proto::topology::v1 as topology_pb;
@@ -428,32 +428,22 @@ impl Processor {
         max_sequencing_micros: i64,
     ) -> Outgoing {
         let key = &self.settings.key;
-        let response = pb::ConfirmationResponse {
-            request_id,
-            participant: self.me.clone(),
-            root_hash: req.root_hash.clone(),
-            decision: if approve {
-                pb::ConfirmationDecision::Approve as i32
-            } else {
-                pb::ConfirmationDecision::Reject as i32
-            },
-            reason: reason.to_owned(),
-            domain_id: self.domain.clone(),
-        }
-        .encode_to_vec();
-        let sig = key.sign(
-            SignaturePurpose::ConfirmationResponse,
+        let signed: pb::SignedConfirmationResponse = sign(
+            key,
             &self.settings.domain_id,
-            &response,
+            &pb::ConfirmationResponse {
+                request_id,
+                participant: self.me.clone(),
+                root_hash: req.root_hash.clone(),
+                decision: if approve {
+                    pb::ConfirmationDecision::Approve as i32
+                } else {
+                    pb::ConfirmationDecision::Reject as i32
+                },
+                reason: reason.to_owned(),
+                domain_id: self.domain.clone(),
+            },
         );
-        let signed = pb::SignedConfirmationResponse {
-            response,
-            signature: Some(to_proto_signature(
-                &sig,
-                SignaturePurpose::ConfirmationResponse,
-            )),
-            signer_key: Some(common_pb::PublicKey::from(key.public_key())),
-        };
         let content = pb::DomainMessage {
             message: Some(pb::domain_message::Message::ConfirmationResponse(signed)),
         }

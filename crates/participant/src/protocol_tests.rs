@@ -1,7 +1,6 @@
 use super::*;
 use domain_identity::UniqueId;
 use domain_identity::{PublicKey, Signature};
-use domain_proto::common::v1 as common_pb;
 use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_proto::topology::v1 as topology_pb;
@@ -104,17 +103,8 @@ fn verdict(w: &World, key: &SigningKeyPair, request_id: i64, approve: bool) -> p
                 reason: "no".into(),
             })
         }),
-    }
-    .encode_to_vec();
-    let sig = key.sign(SignaturePurpose::Verdict, &w.domain, &verdict);
-    pb::SignedVerdict {
-        verdict,
-        signature: Some(to_proto_signature(&sig, SignaturePurpose::Verdict)),
-        signer_key: Some(common_pb::PublicKey {
-            algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-            key: key.public_key().to_bytes().to_vec(),
-        }),
-    }
+    };
+    domain_confirmation::sign(key, &w.domain, &verdict)
 }
 
 use pb::domain_message::Message as M;
