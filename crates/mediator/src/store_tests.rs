@@ -215,20 +215,96 @@ impl Fixture {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn persisted_batches_load_back_into_the_same_state() {
-    let mut f = fixture("med_store_roundtrip").await;
+/// Every test's prologue: a migrated database with a fixture, the fence of epoch 1 held by
+/// `h1`, what the empty store loads (checked by the caller), the prepared statements, a
+/// processor restored from the empty store and the fixture's events.
+struct Started {
+    f: Fixture,
+    mediator: String,
+    domain: String,
+    fence: Fence,
+    loaded: Loaded,
+    stmts: Statements,
+    processor: Processor,
+    events: Vec<Event>,
+}
+
+async fn start(prefix: &str) -> Started {
+    let mut f = fixture(prefix).await;
     let (mediator, domain) = f.ids();
     let fence = fence(1, "h1");
     let loaded = load(&mut f.client, &fence, &mediator, &domain)
         .await
-        .expect("load empty");
+        .expect("load");
+    let stmts = Statements::prepare(&f.client).await.expect("prepare");
+    let processor = Processor::restore(f.settings.clone(), loaded.restored.clone());
+    let events = f.events();
+    Started {
+        f,
+        mediator,
+        domain,
+        fence,
+        loaded,
+        stmts,
+        processor,
+        events,
+    }
+}
+
+/// The decided requests' ids, by `sql`.
+async fn request_ids(client: &Client, sql: &str) -> Vec<i64> {
+    client
+        .query(sql, &[])
+        .await
+        .expect("request ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Sets the verdict state of `request_id` (and its deadline, when given).
+async fn set_verdict_state(client: &Client, request_id: i64, state: &str, deadline: Option<i64>) {
+    client
+        .execute(
+            "UPDATE med_requests SET verdict_state = $2, deadline_ts = coalesce($3, deadline_ts) \
+             WHERE request_id = $1",
+            &[&request_id, &state, &deadline],
+        )
+        .await
+        .expect("set verdict state");
+}
+
+/// Another replica (`h2`, epoch 2) takes the lease over.
+async fn take_over(client: &Client) {
+    client
+        .execute(
+            "UPDATE leases SET holder = 'h2', epoch = 2 WHERE name = 'mediator'",
+            &[],
+        )
+        .await
+        .expect("takeover");
+}
+
+fn assert_fenced<T: std::fmt::Debug>(what: &str, result: Result<T, StoreError>) {
+    let err = result.expect_err(what);
+    assert!(err.is_fenced(), "{what}: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisted_batches_load_back_into_the_same_state() {
+    let Started {
+        mut f,
+        mediator,
+        domain,
+        fence,
+        loaded,
+        stmts,
+        mut processor,
+        events,
+    } = start("med_store_roundtrip").await;
     assert_eq!(loaded.restored.last_counter, -1);
     assert!(loaded.restored.pending.is_empty() && loaded.unsent.is_empty());
 
-    let events = f.events();
-    let stmts = Statements::prepare(&f.client).await.expect("prepare");
-    let mut processor = Processor::restore(f.settings.clone(), loaded.restored);
     let mut decided = Vec::new();
     for chunk in events.chunks(4) {
         let changes = processor.process_batch(chunk, 1_800_000_000_000_000);
@@ -268,13 +344,7 @@ async fn persisted_batches_load_back_into_the_same_state() {
         ],
         "a receipt is never downgraded by a later acknowledgement"
     );
-    f.client
-        .execute(
-            "UPDATE med_requests SET verdict_state = 'unsent' WHERE request_id = $1",
-            &[&decided[1].request_id],
-        )
-        .await
-        .expect("reset");
+    set_verdict_state(&f.client, decided[1].request_id, "unsent", None).await;
 
     let again = load(&mut f.client, &fence, &mediator, &domain)
         .await
@@ -330,46 +400,39 @@ async fn persisted_batches_load_back_into_the_same_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_epoch_writes_nothing() {
-    let mut f = fixture("med_store_fence").await;
-    let (mediator, domain) = f.ids();
-    let old = fence(1, "h1");
-    let loaded = load(&mut f.client, &old, &mediator, &domain)
-        .await
-        .expect("load");
-    let stmts = Statements::prepare(&f.client).await.expect("prepare");
-    let mut processor = Processor::restore(f.settings.clone(), loaded.restored);
-    let events = f.events();
+    let Started {
+        mut f,
+        mediator,
+        domain,
+        fence: old,
+        stmts,
+        mut processor,
+        events,
+        ..
+    } = start("med_store_fence").await;
     let changes = processor.process_batch(&events[..5], 1_800_000_000_000_000);
     persist(&mut f.client, &stmts, &old, &changes)
         .await
         .expect("persist");
 
     // Another replica takes over.
-    f.client
-        .execute(
-            "UPDATE leases SET holder = 'h2', epoch = 2 WHERE name = 'mediator'",
-            &[],
-        )
-        .await
-        .expect("takeover");
+    take_over(&f.client).await;
     let changes = processor.process_batch(&events[5..], 1_800_000_000_000_000);
     assert!(!changes.decisions.is_empty());
-    let err = persist(&mut f.client, &stmts, &old, &changes)
-        .await
-        .expect_err("fenced");
-    assert!(err.is_fenced(), "{err}");
-    let err = mark_verdicts(
-        &mut f.client,
-        &old,
-        &[(changes.decisions[0].request_id, SendState::Sent)],
-    )
-    .await
-    .expect_err("fenced");
-    assert!(err.is_fenced(), "{err}");
-    let err = load(&mut f.client, &old, &mediator, &domain)
-        .await
-        .expect_err("fenced");
-    assert!(err.is_fenced(), "{err}");
+    assert_fenced(
+        "persist",
+        persist(&mut f.client, &stmts, &old, &changes).await,
+    );
+    assert_fenced(
+        "mark verdicts",
+        mark_verdicts(
+            &mut f.client,
+            &old,
+            &[(changes.decisions[0].request_id, SendState::Sent)],
+        )
+        .await,
+    );
+    assert_fenced("load", load(&mut f.client, &old, &mediator, &domain).await);
     let row = f
         .client
         .query_one(
@@ -402,15 +465,14 @@ async fn a_stale_epoch_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_deletes_only_finished_requests_past_the_retention() {
-    let mut f = fixture("med_store_prune").await;
-    let (mediator, domain) = f.ids();
-    let current = fence(1, "h1");
-    let loaded = load(&mut f.client, &current, &mediator, &domain)
-        .await
-        .expect("load");
-    let stmts = Statements::prepare(&f.client).await.expect("prepare");
-    let mut processor = Processor::restore(f.settings.clone(), loaded.restored);
-    let events = f.events();
+    let Started {
+        mut f,
+        fence: current,
+        stmts,
+        mut processor,
+        events,
+        ..
+    } = start("med_store_prune").await;
     let changes = processor.process_batch(&events, 1_800_000_000_000_000);
     persist(&mut f.client, &stmts, &current, &changes)
         .await
@@ -426,45 +488,20 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
     assert!(decided >= 2, "the fixture decides at least two requests");
     // One finished verdict per state that needs nothing more, one still unsent; and one
     // finished request whose deadline is recent.
-    let ids: Vec<i64> = f
-        .client
-        .query(
-            "SELECT request_id FROM med_requests WHERE state = 'decided' ORDER BY request_id",
-            &[],
-        )
-        .await
-        .expect("ids")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    f.client
-        .execute(
-            "UPDATE med_requests SET verdict_state = 'sequenced', deadline_ts = 10 WHERE request_id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .expect("finish");
-    f.client
-        .execute(
-            "UPDATE med_requests SET verdict_state = 'unsent', deadline_ts = 10 WHERE request_id = $1",
-            &[&ids[1]],
-        )
-        .await
-        .expect("unsent");
+    let ids = request_ids(
+        &f.client,
+        "SELECT request_id FROM med_requests WHERE state = 'decided' ORDER BY request_id",
+    )
+    .await;
+    set_verdict_state(&f.client, ids[0], "sequenced", Some(10)).await;
+    set_verdict_state(&f.client, ids[1], "unsent", Some(10)).await;
     let total = count(&f.client, "SELECT count(*) FROM med_requests").await;
 
     let deleted = prune(&mut f.client, &current, Timestamp::from_micros(100), 5_000)
         .await
         .expect("prune");
     assert_eq!(deleted, 1);
-    let left: Vec<i64> = f
-        .client
-        .query("SELECT request_id FROM med_requests", &[])
-        .await
-        .expect("left")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let left = request_ids(&f.client, "SELECT request_id FROM med_requests").await;
     assert_eq!(left.len() as i64, total - 1);
     assert!(!left.contains(&ids[0]) && left.contains(&ids[1]));
     let orphans = count(
@@ -481,24 +518,12 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
             .expect("prune"),
         0
     );
-    f.client
-        .execute(
-            "UPDATE med_requests SET verdict_state = 'sequenced', deadline_ts = 10 WHERE request_id = $1",
-            &[&ids[1]],
-        )
-        .await
-        .expect("finish");
-    f.client
-        .execute(
-            "UPDATE leases SET holder = 'h2', epoch = 2 WHERE name = 'mediator'",
-            &[],
-        )
-        .await
-        .expect("takeover");
-    let err = prune(&mut f.client, &current, Timestamp::from_micros(100), 5_000)
-        .await
-        .expect_err("fenced");
-    assert!(err.is_fenced(), "{err}");
+    set_verdict_state(&f.client, ids[1], "sequenced", Some(10)).await;
+    take_over(&f.client).await;
+    assert_fenced(
+        "prune",
+        prune(&mut f.client, &current, Timestamp::from_micros(100), 5_000).await,
+    );
     assert_eq!(
         count(&f.client, "SELECT count(*) FROM med_requests").await,
         total - 1
