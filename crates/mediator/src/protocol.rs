@@ -954,4 +954,4 @@ pub fn verdict_envelope_content(signed_verdict: &[u8]) -> Result<Vec<u8>, prost:
 
 #[cfg(test)]
 #[path = "protocol_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -11,10 +11,11 @@ use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_testkit::pg::PgCluster;
 use domain_time::Timestamp;
-use domain_topology::{DomainParameters, Mapping, Operation, Permission, TrustLevel};
+use domain_topology::{DomainParameters, Mapping, Operation, Permission};
 use prost::Message as _;
 
 use super::*;
+use crate::protocol::tests::{allowlisted, member};
 use crate::protocol::{Event, Processor, ProcessorSettings};
 
 struct Fixture {
@@ -48,13 +49,6 @@ async fn fixture(prefix: &str) -> Fixture {
         .expect("lease");
     let domain_key = SigningKeyPair::from_seed(&[1; 32]);
     let domain_id = DomainId::new(UniqueId::new("dom", *domain_key.fingerprint()).expect("id"));
-    let member = |role, name: &str, seed: u8| {
-        let key = SigningKeyPair::from_seed(&[seed; 32]);
-        (
-            MemberId::new(role, UniqueId::new(name, *key.fingerprint()).expect("id")),
-            Arc::new(key),
-        )
-    };
     let mediator = member(MemberRole::Mediator, "med", 2);
     Fixture {
         client,
@@ -120,18 +114,8 @@ impl Fixture {
             });
         };
         let mappings = [
-            Mapping::Participant {
-                participant: self.a.0.clone(),
-                permission: Permission::Submission,
-                trust_level: TrustLevel::Ordinary,
-                public_key: None,
-            },
-            Mapping::Participant {
-                participant: self.b.0.clone(),
-                permission: Permission::Confirmation,
-                trust_level: TrustLevel::Ordinary,
-                public_key: None,
-            },
+            allowlisted(self.a.0.clone(), Permission::Submission),
+            allowlisted(self.b.0.clone(), Permission::Confirmation),
             Mapping::Parameters(DomainParameters {
                 participant_response_timeout: Duration::from_secs(1),
                 ..DomainParameters::default()
@@ -400,16 +384,10 @@ async fn persisted_batches_load_back_into_the_same_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_epoch_writes_nothing() {
-    let Started {
-        mut f,
-        mediator,
-        domain,
-        fence: old,
-        stmts,
-        mut processor,
-        events,
-        ..
-    } = start("med_store_fence").await;
+    let mut s = start("med_store_fence").await;
+    let (f, old, stmts, processor, events) =
+        (&mut s.f, &s.fence, &s.stmts, &mut s.processor, &s.events);
+    let (mediator, domain) = (&s.mediator, &s.domain);
     let changes = processor.process_batch(&events[..5], 1_800_000_000_000_000);
     persist(&mut f.client, &stmts, &old, &changes)
         .await
@@ -465,15 +443,9 @@ async fn a_stale_epoch_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_deletes_only_finished_requests_past_the_retention() {
-    let Started {
-        mut f,
-        fence: current,
-        stmts,
-        mut processor,
-        events,
-        ..
-    } = start("med_store_prune").await;
-    let changes = processor.process_batch(&events, 1_800_000_000_000_000);
+    let mut s = start("med_store_prune").await;
+    let (f, current, stmts, processor) = (&mut s.f, &s.fence, &s.stmts, &mut s.processor);
+    let changes = processor.process_batch(&s.events, 1_800_000_000_000_000);
     persist(&mut f.client, &stmts, &current, &changes)
         .await
         .expect("persist");

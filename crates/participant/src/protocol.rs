@@ -83,8 +83,8 @@ impl Event {
     }
 }
 
-/// A request we are an informee of, until its verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A request we are an informee of, until its verdict (a row of `par_pending_requests`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PendingRequest {
     pub request_id: i64,
     pub submitter: String,
@@ -110,8 +110,8 @@ pub struct Committed {
     pub sequenced_ts: i64,
 }
 
-/// A confirmation response to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A confirmation response to send (a row of `par_outbox`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Outgoing {
     pub message_id: String,
     /// Encoded, signed SendRequest.
