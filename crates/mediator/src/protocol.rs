@@ -39,7 +39,7 @@ use domain_confirmation::{sign, verify_signature};
 /// How long (sequencer time) after its deadline a decided request is still
 /// remembered in memory, to classify stray responses as `late` or `decided`
 /// rather than `unknown_request`. Only metrics and logs depend on it.
-pub const DECIDED_RETENTION_MICROS: i64 = 5 * 60 * 1_000_000;
+pub const DECIDED_RETENTION: Duration = Duration::from_secs(5 * 60);
 
 /// One sequenced event, already verified (sequencer signature, envelope
 /// hashes, counter continuity), as the processor sees it.
@@ -178,7 +178,8 @@ pub struct Request {
     /// were recipients of the request (so the sequencer knew them).
     pub recipients: Vec<String>,
     pub root_hash: Vec<u8>,
-    pub deadline: i64,
+    /// Responses sequenced after it do not count.
+    pub deadline: Timestamp,
     /// Counted responses by participant.
     pub responses: BTreeMap<String, ResponseRecord>,
 }
@@ -255,8 +256,16 @@ pub struct Restored {
     pub last_ts: i64,
     pub topology: Vec<SequencedTopology>,
     pub pending: Vec<Request>,
-    /// Recently decided requests: (request id, deadline).
-    pub decided: Vec<(i64, i64)>,
+    /// Recently decided requests.
+    pub decided: Vec<DecidedDeadline>,
+}
+
+/// A recently decided request's id and deadline: enough to classify a stray response as
+/// `late` or `decided`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecidedDeadline {
+    pub request_id: i64,
+    pub deadline: Timestamp,
 }
 
 /// Static settings of a processor.
@@ -283,10 +292,10 @@ pub struct Processor {
     topology: TopologyState,
     pending: BTreeMap<i64, Request>,
     /// (deadline, request id) of every pending request.
-    deadlines: BTreeSet<(i64, i64)>,
+    deadlines: BTreeSet<(Timestamp, i64)>,
     /// Recently decided: request id → deadline.
-    decided: BTreeMap<i64, i64>,
-    decided_by_deadline: BTreeSet<(i64, i64)>,
+    decided: BTreeMap<i64, Timestamp>,
+    decided_by_deadline: BTreeSet<(Timestamp, i64)>,
     last_counter: i64,
     last_ts: i64,
 }
@@ -317,9 +326,13 @@ impl Processor {
         }
         let mut decided = BTreeMap::new();
         let mut decided_by_deadline = BTreeSet::new();
-        for (id, deadline) in restored.decided {
-            decided.insert(id, deadline);
-            decided_by_deadline.insert((deadline, id));
+        for DecidedDeadline {
+            request_id,
+            deadline,
+        } in restored.decided
+        {
+            decided.insert(request_id, deadline);
+            decided_by_deadline.insert((deadline, request_id));
         }
         Self {
             mediator: settings.mediator_id.to_string(),
@@ -368,7 +381,7 @@ impl Processor {
     }
 
     /// Earliest deadline among the pending requests.
-    pub fn earliest_deadline(&self) -> Option<i64> {
+    pub fn earliest_deadline(&self) -> Option<Timestamp> {
         self.deadlines.first().map(|(d, _)| *d)
     }
 
@@ -433,7 +446,7 @@ impl Processor {
 
     fn expire(&mut self, ts: i64, now_micros: i64, changes: &mut Changes) {
         while let Some(&(deadline, request_id)) = self.deadlines.first() {
-            if deadline >= ts {
+            if deadline >= Timestamp::from_micros(ts) {
                 break;
             }
             self.deadlines.pop_first();
@@ -453,7 +466,7 @@ impl Processor {
                 .collect();
             tracing::info!(
                 request_id,
-                deadline,
+                deadline = deadline.as_micros(),
                 event_ts = ts,
                 missing = ?missing,
                 "request timed out"
@@ -472,7 +485,7 @@ impl Processor {
 
     fn forget_decided(&mut self, ts: i64) {
         while let Some(&(deadline, id)) = self.decided_by_deadline.first() {
-            if deadline.saturating_add(DECIDED_RETENTION_MICROS) >= ts {
+            if deadline + DECIDED_RETENTION >= Timestamp::from_micros(ts) {
                 break;
             }
             self.decided_by_deadline.pop_first();
@@ -596,8 +609,7 @@ impl Processor {
             .topology
             .parameters_at(request_id)
             .participant_response_timeout;
-        let deadline =
-            request_id.saturating_add(i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX));
+        let deadline = Timestamp::from_micros(request_id) + timeout;
         let was_recipient =
             |m: &str| envelope.broadcast || envelope.recipients.iter().any(|r| r == m);
         let mut recipients: BTreeSet<String> = BTreeSet::new();
@@ -623,7 +635,7 @@ impl Processor {
             Ok(()) => {
                 tracing::debug!(
                     request_id,
-                    deadline,
+                    deadline = deadline.as_micros(),
                     submitter = %req.submitter,
                     confirmers = request.confirmers.len(),
                     "request opened"
@@ -782,7 +794,7 @@ impl Processor {
         let request_id = response.request_id;
         let Some(request) = self.pending.get(&request_id) else {
             return match self.decided.get(&request_id) {
-                Some(&deadline) if event.ts > deadline => {
+                Some(&deadline) if Timestamp::from_micros(event.ts) > deadline => {
                     let detail = format!("sequenced at {} after the deadline {deadline}", event.ts);
                     self.ignore(changes, R::Late, event, rid, &detail)
                 }
@@ -826,7 +838,7 @@ impl Processor {
                 "root hash differs from the request's",
             );
         }
-        if event.ts > request.deadline {
+        if Timestamp::from_micros(event.ts) > request.deadline {
             let detail = format!(
                 "sequenced at {} after the deadline {}",
                 event.ts, request.deadline

@@ -357,7 +357,10 @@ fn approves_when_every_confirmer_approves() {
     let c = h.standard_request(REQ);
     assert_eq!(c.new_requests.len(), 1);
     let r = &c.new_requests[0];
-    assert_eq!((r.request_id, r.deadline), (REQ, REQ + TIMEOUT));
+    assert_eq!(
+        (r.request_id, r.deadline),
+        (REQ, Timestamp::from_micros(REQ + TIMEOUT))
+    );
     assert!(c.decisions.is_empty());
     assert_eq!(h.p.pending_count(), 1);
 
@@ -849,7 +852,10 @@ impl MemStore {
                 .requests
                 .values()
                 .filter(|(_, d)| d.is_some())
-                .map(|(r, _)| (r.request_id, r.deadline))
+                .map(|(r, _)| DecidedDeadline {
+                    request_id: r.request_id,
+                    deadline: r.deadline,
+                })
                 .collect(),
         }
     }

@@ -14,7 +14,7 @@ use tokio_postgres::{Client, Statement, Transaction};
 type P = dyn ToSql + Sync;
 
 use crate::protocol::{
-    Changes, DECIDED_RETENTION_MICROS, Decision, Request, ResponseRecord, Restored,
+    Changes, DECIDED_RETENTION, DecidedDeadline, Decision, Request, ResponseRecord, Restored,
 };
 
 /// Embedded migrations of the mediator's database (`migrations/mediator/`).
@@ -203,7 +203,7 @@ pub async fn load(
             );
         }
 
-        let since = last_ts.saturating_sub(DECIDED_RETENTION_MICROS);
+        let since = Timestamp::from_micros(last_ts) - DECIDED_RETENTION;
         let decided = tx
             .query(
                 "SELECT request_id, deadline_ts FROM med_requests WHERE state = 'decided' AND deadline_ts >= $1",
@@ -211,7 +211,10 @@ pub async fn load(
             )
             .await?
             .into_iter()
-            .map(|row| (row.get(0), row.get(1)))
+            .map(|row| DecidedDeadline {
+                request_id: row.get(0),
+                deadline: row.get(1),
+            })
             .collect();
 
         let unsent = tx

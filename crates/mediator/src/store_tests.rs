@@ -346,7 +346,7 @@ async fn persisted_batches_load_back_into_the_same_state() {
         "pending request with its responses"
     );
     assert_eq!(r.pending[0].responses.len(), 1);
-    let mut decided_ids: Vec<i64> = r.decided.iter().map(|(id, _)| *id).collect();
+    let mut decided_ids: Vec<i64> = r.decided.iter().map(|d| d.request_id).collect();
     decided_ids.sort();
     assert_eq!(
         decided_ids,
