@@ -235,14 +235,18 @@ async fn start(prefix: &str) -> Started {
     }
 }
 
-/// The decided requests' ids, by `sql`.
-async fn request_ids(client: &Client, sql: &str) -> Vec<i64> {
+/// The rows of `sql`, each mapped by `row`.
+async fn query_all<T>(
+    client: &Client,
+    sql: &str,
+    row: impl Fn(&tokio_postgres::Row) -> T,
+) -> Vec<T> {
     client
         .query(sql, &[])
         .await
-        .expect("request ids")
+        .expect("query")
         .iter()
-        .map(|r| r.get(0))
+        .map(row)
         .collect()
 }
 
@@ -309,17 +313,12 @@ async fn persisted_batches_load_back_into_the_same_state() {
     )
     .await
     .expect("mark");
-    let states: Vec<(i64, String)> = f
-        .client
-        .query(
-            "SELECT request_id, verdict_state FROM med_requests WHERE state = 'decided' ORDER BY 1",
-            &[],
-        )
-        .await
-        .expect("query")
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let states: Vec<(i64, String)> = query_all(
+        &f.client,
+        "SELECT request_id, verdict_state FROM med_requests WHERE state = 'decided' ORDER BY 1",
+        |r| (r.get(0), r.get(1)),
+    )
+    .await;
     assert_eq!(
         states,
         vec![
@@ -460,9 +459,10 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
     assert!(decided >= 2, "the fixture decides at least two requests");
     // One finished verdict per state that needs nothing more, one still unsent; and one
     // finished request whose deadline is recent.
-    let ids = request_ids(
+    let ids: Vec<i64> = query_all(
         &f.client,
         "SELECT request_id FROM med_requests WHERE state = 'decided' ORDER BY request_id",
+        |r| r.get(0),
     )
     .await;
     set_verdict_state(&f.client, ids[0], "sequenced", Some(10)).await;
@@ -473,7 +473,10 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
         .await
         .expect("prune");
     assert_eq!(deleted, 1);
-    let left = request_ids(&f.client, "SELECT request_id FROM med_requests").await;
+    let left: Vec<i64> = query_all(&f.client, "SELECT request_id FROM med_requests", |r| {
+        r.get(0)
+    })
+    .await;
     assert_eq!(left.len() as i64, total - 1);
     assert!(!left.contains(&ids[0]) && left.contains(&ids[1]));
     let orphans = count(
