@@ -1,11 +1,16 @@
 //! The confirmation protocol's vocabulary, shared by the mediator (which decides and signs
 //! verdicts), the participant (which verifies and applies them) and the tests: how a
 //! request ended ([`Outcome`]), what makes a verdict valid ([`verify_verdict`]), and the
-//! message ids verdicts are sent with ([`verdict_message_id`]).
+//! message ids verdicts are sent with ([`verdict_message_id`]), how both sides sign and
+//! verify the protocol's signed messages ([`sign`], [`verify_signature`]), and the view of a
+//! verified sequenced event both processors take in ([`Event`]).
+
+use std::borrow::Borrow;
 
 use domain_identity::{DomainId, MemberId, SignaturePurpose, SigningKeyPair};
 use domain_proto::common::v1 as common_pb;
 use domain_proto::confirmation::v1 as pb;
+use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_sequencer_client::to_proto_signature;
 use prost::Message;
 
@@ -24,6 +29,44 @@ pub fn parse_verdict_message_id(message_id: &str) -> Option<i64> {
         .strip_prefix(VERDICT_MESSAGE_PREFIX)?
         .parse()
         .ok()
+}
+
+/// One sequenced event, already verified (sequencer signature, envelope hashes, counter
+/// continuity), as a confirmation processor (mediator or participant) sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub counter: i64,
+    pub ts: i64,
+    /// The (sequencer-signed) sender of the event.
+    pub sender: String,
+    /// Set only in our own receipts.
+    pub message_id: String,
+    pub time_proof: bool,
+    /// The envelopes addressed to this member.
+    pub envelopes: Vec<sequencer_pb::Envelope>,
+}
+
+impl Event {
+    /// The processor's view of an event (owned or borrowed; envelope contents are shared,
+    /// not copied) and its verified signed content.
+    pub fn from_verified(
+        event: impl Borrow<sequencer_pb::SequencedEvent>,
+        content: &sequencer_pb::SignedEventContent,
+    ) -> Self {
+        let event = event.borrow();
+        Self {
+            counter: event.counter,
+            ts: event.timestamp_micros,
+            sender: content.sender.clone(),
+            message_id: event.message_id.clone(),
+            time_proof: content.time_proof,
+            envelopes: event
+                .envelopes
+                .iter()
+                .filter_map(|d| d.envelope.clone())
+                .collect(),
+        }
+    }
 }
 
 /// How a confirmation request ended.

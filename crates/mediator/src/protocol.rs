@@ -32,7 +32,8 @@ use domain_topology::{Permission, SequencedTopology, TopologyState};
 use prost::Message as _;
 
 pub use domain_confirmation::{
-    Outcome, VERDICT_MESSAGE_PREFIX, parse_verdict_message_id, verdict_message_id, verify_verdict,
+    Event, Outcome, VERDICT_MESSAGE_PREFIX, parse_verdict_message_id, verdict_message_id,
+    verify_verdict,
 };
 use domain_confirmation::{sign, verify_signature};
 
@@ -40,42 +41,6 @@ use domain_confirmation::{sign, verify_signature};
 /// remembered in memory, to classify stray responses as `late` or `decided`
 /// rather than `unknown_request`. Only metrics and logs depend on it.
 pub const DECIDED_RETENTION: Duration = Duration::from_secs(5 * 60);
-
-/// One sequenced event, already verified (sequencer signature, envelope
-/// hashes, counter continuity), as the processor sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub counter: i64,
-    pub ts: i64,
-    /// The (sequencer-signed) sender of the event.
-    pub sender: String,
-    /// Set only in our own receipts.
-    pub message_id: String,
-    pub time_proof: bool,
-    /// The envelopes addressed to this mediator.
-    pub envelopes: Vec<sequencer_pb::Envelope>,
-}
-
-impl Event {
-    /// Builds the processor's view from an event and its verified signed content.
-    pub fn from_verified(
-        event: sequencer_pb::SequencedEvent,
-        content: &sequencer_pb::SignedEventContent,
-    ) -> Self {
-        Self {
-            counter: event.counter,
-            ts: event.timestamp_micros,
-            sender: content.sender.clone(),
-            message_id: event.message_id,
-            time_proof: content.time_proof,
-            envelopes: event
-                .envelopes
-                .into_iter()
-                .filter_map(|d| d.envelope)
-                .collect(),
-        }
-    }
-}
 
 /// Why a confirmation response was ignored: the label of
 /// `mediator_responses_ignored_total{reason}`.

@@ -21,7 +21,7 @@
 //!   request with that mediator and root hash; an approval commits the transaction.
 
 use domain_confirmation::sign;
-pub use domain_confirmation::{Outcome, verify_verdict};
+pub use domain_confirmation::{Event, Outcome, verify_verdict};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -48,39 +48,6 @@ pub const PENDING_RETENTION_MICROS: i64 = 10 * 60 * 1_000_000;
 /// The message id of this participant's response to `request_id`.
 pub fn response_message_id(request_id: i64, participant_name: &str) -> String {
     format!("{RESPONSE_MESSAGE_PREFIX}{request_id}-{participant_name}")
-}
-
-/// One verified sequenced event, as the processor sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub counter: i64,
-    pub ts: i64,
-    /// The sender, from the sequencer-signed content.
-    pub sender: String,
-    /// Set only in our own receipts.
-    pub message_id: String,
-    /// The envelopes addressed to this participant.
-    pub envelopes: Vec<sequencer_pb::Envelope>,
-}
-
-impl Event {
-    /// The processor's view of an event and its verified signed content.
-    pub fn from_verified(
-        event: &sequencer_pb::SequencedEvent,
-        content: &sequencer_pb::SignedEventContent,
-    ) -> Self {
-        Self {
-            counter: event.counter,
-            ts: event.timestamp_micros,
-            sender: content.sender.clone(),
-            message_id: event.message_id.clone(),
-            envelopes: event
-                .envelopes
-                .iter()
-                .filter_map(|d| d.envelope.clone())
-                .collect(),
-        }
-    }
 }
 
 /// A request we are an informee of, until its verdict (a row of `par_pending_requests`).

@@ -74,6 +74,7 @@ fn event(counter: i64, ts: i64, sender: &str, message: pb::domain_message::Messa
         ts,
         sender: sender.to_string(),
         message_id: String::new(),
+        time_proof: false,
         envelopes: vec![env(message)],
     }
 }
