@@ -123,7 +123,7 @@ impl Decision {
 pub struct ResponseRecord {
     pub participant: String,
     /// Sequencing timestamp of the response.
-    pub ts: i64,
+    pub ts: Timestamp,
     pub decision: Decision,
     pub reason: String,
 }
@@ -821,7 +821,7 @@ impl Processor {
         }
         let record = ResponseRecord {
             participant: event.sender.clone(),
-            ts: event.ts,
+            ts: Timestamp::from_micros(event.ts),
             decision,
             reason: response.reason.clone(),
         };
