@@ -388,7 +388,7 @@ async fn a_stale_epoch_writes_nothing() {
         (&mut s.f, &s.fence, &s.stmts, &mut s.processor, &s.events);
     let (mediator, domain) = (&s.mediator, &s.domain);
     let changes = processor.process_batch(&events[..5], 1_800_000_000_000_000);
-    persist(&mut f.client, &stmts, &old, &changes)
+    persist(&mut f.client, stmts, old, &changes)
         .await
         .expect("persist");
 
@@ -398,18 +398,18 @@ async fn a_stale_epoch_writes_nothing() {
     assert!(!changes.decisions.is_empty());
     assert_fenced(
         "persist",
-        persist(&mut f.client, &stmts, &old, &changes).await,
+        persist(&mut f.client, stmts, old, &changes).await,
     );
     assert_fenced(
         "mark verdicts",
         mark_verdicts(
             &mut f.client,
-            &old,
+            old,
             &[(changes.decisions[0].request_id, SendState::Sent)],
         )
         .await,
     );
-    assert_fenced("load", load(&mut f.client, &old, &mediator, &domain).await);
+    assert_fenced("load", load(&mut f.client, old, mediator, domain).await);
     let row = f
         .client
         .query_one(
@@ -428,14 +428,14 @@ async fn a_stale_epoch_writes_nothing() {
 
     // The new holder continues from the committed state and decides the same.
     let new = fence(2, "h2");
-    let loaded = load(&mut f.client, &new, &mediator, &domain)
+    let loaded = load(&mut f.client, &new, mediator, domain)
         .await
         .expect("load");
     assert_eq!(loaded.restored.last_counter, 4);
     let mut successor = Processor::restore(f.settings.clone(), loaded.restored);
     let replay = successor.process_batch(&events[5..], 1_800_000_000_000_000);
     assert_eq!(replay.decisions, changes.decisions);
-    persist(&mut f.client, &stmts, &new, &replay)
+    persist(&mut f.client, stmts, &new, &replay)
         .await
         .expect("persist");
 }
@@ -445,7 +445,7 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
     let mut s = start("med_store_prune").await;
     let (f, current, stmts, processor) = (&mut s.f, &s.fence, &s.stmts, &mut s.processor);
     let changes = processor.process_batch(&s.events, 1_800_000_000_000_000);
-    persist(&mut f.client, &stmts, &current, &changes)
+    persist(&mut f.client, stmts, current, &changes)
         .await
         .expect("persist");
     let count = async |client: &Client, sql: &str| -> i64 {
@@ -469,7 +469,7 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
     set_verdict_state(&f.client, ids[1], "unsent", Some(10)).await;
     let total = count(&f.client, "SELECT count(*) FROM med_requests").await;
 
-    let deleted = prune(&mut f.client, &current, Timestamp::from_micros(100), 5_000)
+    let deleted = prune(&mut f.client, current, Timestamp::from_micros(100), 5_000)
         .await
         .expect("prune");
     assert_eq!(deleted, 1);
@@ -488,7 +488,7 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
     assert_eq!(orphans, 0);
     // Nothing else is due; a stale epoch deletes nothing.
     assert_eq!(
-        prune(&mut f.client, &current, Timestamp::from_micros(100), 5_000)
+        prune(&mut f.client, current, Timestamp::from_micros(100), 5_000)
             .await
             .expect("prune"),
         0
@@ -497,7 +497,7 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
     take_over(&f.client).await;
     assert_fenced(
         "prune",
-        prune(&mut f.client, &current, Timestamp::from_micros(100), 5_000).await,
+        prune(&mut f.client, current, Timestamp::from_micros(100), 5_000).await,
     );
     assert_eq!(
         count(&f.client, "SELECT count(*) FROM med_requests").await,
