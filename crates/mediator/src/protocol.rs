@@ -168,8 +168,8 @@ pub struct DecidedVerdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopologyRecord {
     pub serial: u64,
-    pub sequenced_ts: i64,
-    pub effective_ts: i64,
+    pub sequenced_ts: Timestamp,
+    pub effective_ts: Timestamp,
     pub counter: i64,
     /// Encoded `SignedTopologyTransaction` as sequenced.
     pub signed: Vec<u8>,
@@ -522,8 +522,8 @@ impl Processor {
         ) {
             Ok(Some(accepted)) => changes.topology.push(TopologyRecord {
                 serial: accepted.serial,
-                sequenced_ts: event.ts,
-                effective_ts: accepted.effective_ts,
+                sequenced_ts: Timestamp::from_micros(event.ts),
+                effective_ts: Timestamp::from_micros(accepted.effective_ts),
                 counter: event.counter,
                 signed: signed.encode_to_vec(),
             }),

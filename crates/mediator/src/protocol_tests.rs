@@ -836,8 +836,8 @@ impl MemStore {
                         topology_pb::TopologyTransaction::decode(signed.transaction.as_slice())
                             .expect("tx");
                     SequencedTopology {
-                        sequenced_ts: t.sequenced_ts,
-                        effective_ts: t.effective_ts,
+                        sequenced_ts: t.sequenced_ts.as_micros(),
+                        effective_ts: t.effective_ts.as_micros(),
                         tx: TopologyTransaction::from_proto(&tx, domain).expect("valid"),
                     }
                 })
