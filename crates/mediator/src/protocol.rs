@@ -23,62 +23,24 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain_identity::{
-    DomainId, MemberId, MemberRole, PublicKey, SignaturePurpose, SigningKeyPair,
-};
-use domain_proto::common::v1 as common_pb;
+use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, SigningKeyPair};
 use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_proto::topology::v1 as topology_pb;
-use domain_sequencer_client::to_proto_signature;
 use domain_time::Timestamp;
 use domain_topology::{Permission, SequencedTopology, TopologyState};
 use prost::Message as _;
 
 pub use domain_confirmation::{
-    Outcome, VERDICT_MESSAGE_PREFIX, parse_verdict_message_id, verdict_message_id, verify_verdict,
+    Event, Outcome, VERDICT_MESSAGE_PREFIX, parse_verdict_message_id, verdict_message_id,
+    verify_verdict,
 };
+use domain_confirmation::{sign, verify_signature};
 
 /// How long (sequencer time) after its deadline a decided request is still
 /// remembered in memory, to classify stray responses as `late` or `decided`
 /// rather than `unknown_request`. Only metrics and logs depend on it.
-pub const DECIDED_RETENTION_MICROS: i64 = 5 * 60 * 1_000_000;
-
-/// One sequenced event, already verified (sequencer signature, envelope
-/// hashes, counter continuity), as the processor sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub counter: i64,
-    pub ts: i64,
-    /// The (sequencer-signed) sender of the event.
-    pub sender: String,
-    /// Set only in our own receipts.
-    pub message_id: String,
-    pub time_proof: bool,
-    /// The envelopes addressed to this mediator.
-    pub envelopes: Vec<sequencer_pb::Envelope>,
-}
-
-impl Event {
-    /// Builds the processor's view from an event and its verified signed content.
-    pub fn from_verified(
-        event: sequencer_pb::SequencedEvent,
-        content: &sequencer_pb::SignedEventContent,
-    ) -> Self {
-        Self {
-            counter: event.counter,
-            ts: event.timestamp_micros,
-            sender: content.sender.clone(),
-            message_id: event.message_id,
-            time_proof: content.time_proof,
-            envelopes: event
-                .envelopes
-                .into_iter()
-                .filter_map(|d| d.envelope)
-                .collect(),
-        }
-    }
-}
+pub const DECIDED_RETENTION: Duration = Duration::from_secs(5 * 60);
 
 /// Why a confirmation response was ignored: the label of
 /// `mediator_responses_ignored_total{reason}`.
@@ -161,7 +123,7 @@ impl Decision {
 pub struct ResponseRecord {
     pub participant: String,
     /// Sequencing timestamp of the response.
-    pub ts: i64,
+    pub ts: Timestamp,
     pub decision: Decision,
     pub reason: String,
 }
@@ -181,7 +143,8 @@ pub struct Request {
     /// were recipients of the request (so the sequencer knew them).
     pub recipients: Vec<String>,
     pub root_hash: Vec<u8>,
-    pub deadline: i64,
+    /// Responses sequenced after it do not count.
+    pub deadline: Timestamp,
     /// Counted responses by participant.
     pub responses: BTreeMap<String, ResponseRecord>,
 }
@@ -205,8 +168,8 @@ pub struct DecidedVerdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopologyRecord {
     pub serial: u64,
-    pub sequenced_ts: i64,
-    pub effective_ts: i64,
+    pub sequenced_ts: Timestamp,
+    pub effective_ts: Timestamp,
     pub counter: i64,
     /// Encoded `SignedTopologyTransaction` as sequenced.
     pub signed: Vec<u8>,
@@ -258,8 +221,16 @@ pub struct Restored {
     pub last_ts: i64,
     pub topology: Vec<SequencedTopology>,
     pub pending: Vec<Request>,
-    /// Recently decided requests: (request id, deadline).
-    pub decided: Vec<(i64, i64)>,
+    /// Recently decided requests.
+    pub decided: Vec<DecidedDeadline>,
+}
+
+/// A recently decided request's id and deadline: enough to classify a stray response as
+/// `late` or `decided`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecidedDeadline {
+    pub request_id: i64,
+    pub deadline: Timestamp,
 }
 
 /// Static settings of a processor.
@@ -286,10 +257,10 @@ pub struct Processor {
     topology: TopologyState,
     pending: BTreeMap<i64, Request>,
     /// (deadline, request id) of every pending request.
-    deadlines: BTreeSet<(i64, i64)>,
+    deadlines: BTreeSet<(Timestamp, i64)>,
     /// Recently decided: request id → deadline.
-    decided: BTreeMap<i64, i64>,
-    decided_by_deadline: BTreeSet<(i64, i64)>,
+    decided: BTreeMap<i64, Timestamp>,
+    decided_by_deadline: BTreeSet<(Timestamp, i64)>,
     last_counter: i64,
     last_ts: i64,
 }
@@ -320,9 +291,13 @@ impl Processor {
         }
         let mut decided = BTreeMap::new();
         let mut decided_by_deadline = BTreeSet::new();
-        for (id, deadline) in restored.decided {
-            decided.insert(id, deadline);
-            decided_by_deadline.insert((deadline, id));
+        for DecidedDeadline {
+            request_id,
+            deadline,
+        } in restored.decided
+        {
+            decided.insert(request_id, deadline);
+            decided_by_deadline.insert((deadline, request_id));
         }
         Self {
             mediator: settings.mediator_id.to_string(),
@@ -371,7 +346,7 @@ impl Processor {
     }
 
     /// Earliest deadline among the pending requests.
-    pub fn earliest_deadline(&self) -> Option<i64> {
+    pub fn earliest_deadline(&self) -> Option<Timestamp> {
         self.deadlines.first().map(|(d, _)| *d)
     }
 
@@ -436,7 +411,7 @@ impl Processor {
 
     fn expire(&mut self, ts: i64, now_micros: i64, changes: &mut Changes) {
         while let Some(&(deadline, request_id)) = self.deadlines.first() {
-            if deadline >= ts {
+            if deadline >= Timestamp::from_micros(ts) {
                 break;
             }
             self.deadlines.pop_first();
@@ -456,7 +431,7 @@ impl Processor {
                 .collect();
             tracing::info!(
                 request_id,
-                deadline,
+                deadline = deadline.as_micros(),
                 event_ts = ts,
                 missing = ?missing,
                 "request timed out"
@@ -475,7 +450,7 @@ impl Processor {
 
     fn forget_decided(&mut self, ts: i64) {
         while let Some(&(deadline, id)) = self.decided_by_deadline.first() {
-            if deadline.saturating_add(DECIDED_RETENTION_MICROS) >= ts {
+            if deadline + DECIDED_RETENTION >= Timestamp::from_micros(ts) {
                 break;
             }
             self.decided_by_deadline.pop_first();
@@ -547,8 +522,8 @@ impl Processor {
         ) {
             Ok(Some(accepted)) => changes.topology.push(TopologyRecord {
                 serial: accepted.serial,
-                sequenced_ts: event.ts,
-                effective_ts: accepted.effective_ts,
+                sequenced_ts: Timestamp::from_micros(event.ts),
+                effective_ts: Timestamp::from_micros(accepted.effective_ts),
                 counter: event.counter,
                 signed: signed.encode_to_vec(),
             }),
@@ -599,8 +574,7 @@ impl Processor {
             .topology
             .parameters_at(request_id)
             .participant_response_timeout;
-        let deadline =
-            request_id.saturating_add(i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX));
+        let deadline = Timestamp::from_micros(request_id) + timeout;
         let was_recipient =
             |m: &str| envelope.broadcast || envelope.recipients.iter().any(|r| r == m);
         let mut recipients: BTreeSet<String> = BTreeSet::new();
@@ -626,7 +600,7 @@ impl Processor {
             Ok(()) => {
                 tracing::debug!(
                     request_id,
-                    deadline,
+                    deadline = deadline.as_micros(),
                     submitter = %req.submitter,
                     confirmers = request.confirmers.len(),
                     "request opened"
@@ -764,7 +738,7 @@ impl Processor {
                 );
             }
         };
-        if let Err(detail) = verify_response_signature(signed, &sender_id, &self.domain_id) {
+        if let Err(detail) = verify_signature(signed, &sender_id, &self.domain_id) {
             return self.ignore(changes, R::BadSignature, event, rid, &detail);
         }
         if response.domain_id != self.domain {
@@ -785,7 +759,7 @@ impl Processor {
         let request_id = response.request_id;
         let Some(request) = self.pending.get(&request_id) else {
             return match self.decided.get(&request_id) {
-                Some(&deadline) if event.ts > deadline => {
+                Some(&deadline) if Timestamp::from_micros(event.ts) > deadline => {
                     let detail = format!("sequenced at {} after the deadline {deadline}", event.ts);
                     self.ignore(changes, R::Late, event, rid, &detail)
                 }
@@ -829,7 +803,7 @@ impl Processor {
                 "root hash differs from the request's",
             );
         }
-        if event.ts > request.deadline {
+        if Timestamp::from_micros(event.ts) > request.deadline {
             let detail = format!(
                 "sequenced at {} after the deadline {}",
                 event.ts, request.deadline
@@ -847,7 +821,7 @@ impl Processor {
         }
         let record = ResponseRecord {
             participant: event.sender.clone(),
-            ts: event.ts,
+            ts: Timestamp::from_micros(event.ts),
             decision,
             reason: response.reason.clone(),
         };
@@ -889,22 +863,17 @@ impl Processor {
         now_micros: i64,
         changes: &mut Changes,
     ) {
-        let verdict = pb::Verdict {
-            request_id: request.request_id,
-            root_hash: request.root_hash.clone(),
-            mediator: self.mediator.clone(),
-            domain_id: self.domain.clone(),
-            outcome: Some(outcome.to_proto()),
-        }
-        .encode_to_vec();
-        let signature = self
-            .key
-            .sign(SignaturePurpose::Verdict, &self.domain_id, &verdict);
-        let signed = pb::SignedVerdict {
-            verdict,
-            signature: Some(to_proto_signature(&signature, SignaturePurpose::Verdict)),
-            signer_key: Some(common_pb::PublicKey::from(self.key.public_key())),
-        };
+        let signed: pb::SignedVerdict = sign(
+            &self.key,
+            &self.domain_id,
+            &pb::Verdict {
+                request_id: request.request_id,
+                root_hash: request.root_hash.clone(),
+                mediator: self.mediator.clone(),
+                domain_id: self.domain.clone(),
+                outcome: Some(outcome.to_proto()),
+            },
+        );
         self.decided.insert(request.request_id, request.deadline);
         self.decided_by_deadline
             .insert((request.deadline, request.request_id));
@@ -951,23 +920,6 @@ fn check_members(
     Ok(())
 }
 
-/// Checks that `signed` carries `participant`'s key (by fingerprint) and a
-/// valid CONFIRMATION_RESPONSE signature of this domain over the response bytes.
-fn verify_response_signature(
-    signed: &pb::SignedConfirmationResponse,
-    participant: &MemberId,
-    domain_id: &DomainId,
-) -> Result<(), String> {
-    domain_sequencer_client::verify_member_signature(
-        signed.signer_key.as_ref(),
-        signed.signature.as_ref(),
-        participant,
-        SignaturePurpose::ConfirmationResponse,
-        domain_id,
-        &signed.response,
-    )
-}
-
 /// Wraps an encoded `SignedVerdict` into the `DomainMessage` envelope content.
 pub fn verdict_envelope_content(signed_verdict: &[u8]) -> Result<Vec<u8>, prost::DecodeError> {
     let signed = pb::SignedVerdict::decode(signed_verdict)?;
@@ -979,4 +931,4 @@ pub fn verdict_envelope_content(signed_verdict: &[u8]) -> Result<Vec<u8>, prost:
 
 #[cfg(test)]
 #[path = "protocol_tests.rs"]
-mod tests;
+pub(crate) mod tests;

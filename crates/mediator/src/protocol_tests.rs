@@ -8,10 +8,11 @@ use domain_identity::UniqueId;
 use domain_topology::{DomainParameters, Mapping, Operation, TopologyTransaction, TrustLevel};
 
 use super::*;
-use domain_proto::common::v1 as common_pb;
+use domain_identity::SignaturePurpose;
 use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_proto::topology::v1 as topology_pb;
+use domain_sequencer_client::to_proto_signature;
 
 const T0: i64 = 1_700_000_000_000_000;
 /// Topology sent at T0 is effective 250 ms later (default change delay).
@@ -19,10 +20,21 @@ const REQ: i64 = T0 + 1_000_000;
 const TIMEOUT: i64 = 2_000_000;
 const NOW: i64 = T0 + 10_000_000;
 
-fn member(role: MemberRole, name: &str, seed: u8) -> (MemberId, Arc<SigningKeyPair>) {
+/// A member with the key of `seed`.
+pub(crate) fn member(role: MemberRole, name: &str, seed: u8) -> (MemberId, Arc<SigningKeyPair>) {
     let key = SigningKeyPair::from_seed(&[seed; 32]);
     let id = MemberId::new(role, UniqueId::new(name, *key.fingerprint()).expect("id"));
     (id, Arc::new(key))
+}
+
+/// `participant` allowlisted with `permission`, trust level ordinary, no key.
+pub(crate) fn allowlisted(participant: MemberId, permission: Permission) -> Mapping {
+    Mapping::Participant {
+        participant,
+        permission,
+        trust_level: TrustLevel::Ordinary,
+        public_key: None,
+    }
 }
 
 struct Harness {
@@ -71,12 +83,7 @@ impl Harness {
             h.topology(
                 T0 + serial as i64,
                 serial as u64 + 1,
-                Mapping::Participant {
-                    participant: id,
-                    permission,
-                    trust_level: TrustLevel::Ordinary,
-                    public_key: None,
-                },
+                allowlisted(id, permission),
             );
         }
         h.topology(
@@ -215,23 +222,7 @@ impl Harness {
         who: &(MemberId, Arc<SigningKeyPair>),
         response: &pb::ConfirmationResponse,
     ) -> pb::SignedConfirmationResponse {
-        let bytes = response.encode_to_vec();
-        let sig = who.1.sign(
-            SignaturePurpose::ConfirmationResponse,
-            &self.domain_id,
-            &bytes,
-        );
-        pb::SignedConfirmationResponse {
-            response: bytes,
-            signature: Some(to_proto_signature(
-                &sig,
-                SignaturePurpose::ConfirmationResponse,
-            )),
-            signer_key: Some(common_pb::PublicKey {
-                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                key: who.1.public_key().to_bytes().to_vec(),
-            }),
-        }
+        domain_confirmation::sign(&who.1, &self.domain_id, response)
     }
 
     fn send_response(
@@ -275,6 +266,12 @@ fn msg(m: pb::domain_message::Message) -> Vec<u8> {
 
 use pb::ConfirmationDecision::{Approve as APPROVE, Reject as REJECT};
 
+/// `c` decided nothing and ignored its one response for `reason`.
+fn assert_ignored_undecided(c: &Changes, reason: IgnoreReason) {
+    assert!(c.decisions.is_empty(), "{reason:?} must not decide: {c:?}");
+    assert_eq!(c.ignored, vec![reason]);
+}
+
 fn only_decision(c: &Changes) -> &DecidedVerdict {
     assert_eq!(c.decisions.len(), 1, "expected exactly one decision: {c:?}");
     &c.decisions[0]
@@ -294,12 +291,7 @@ fn topology_is_taken_from_the_domain_manager_only() {
     let tx = TopologyTransaction {
         serial: 6,
         operation: Operation::Replace,
-        mapping: Mapping::Participant {
-            participant: h.e.0.clone(),
-            permission: Permission::Submission,
-            trust_level: TrustLevel::Ordinary,
-            public_key: None,
-        },
+        mapping: allowlisted(h.e.0.clone(), Permission::Submission),
     };
     let signed = tx.sign(&h.domain_id, &h.domain_key);
     let env = sequencer_pb::Envelope {
@@ -327,12 +319,7 @@ fn item_12_topology_with_a_bad_namespace_signature_is_not_applied() {
     let tx = TopologyTransaction {
         serial: 6,
         operation: Operation::Replace,
-        mapping: Mapping::Participant {
-            participant: h.e.0.clone(),
-            permission: Permission::Submission,
-            trust_level: TrustLevel::Ordinary,
-            public_key: None,
-        },
+        mapping: allowlisted(h.e.0.clone(), Permission::Submission),
     };
     let rogue = SigningKeyPair::from_seed(&[9; 32]);
     let forged = tx.sign(&h.domain_id, &rogue);
@@ -370,7 +357,10 @@ fn approves_when_every_confirmer_approves() {
     let c = h.standard_request(REQ);
     assert_eq!(c.new_requests.len(), 1);
     let r = &c.new_requests[0];
-    assert_eq!((r.request_id, r.deadline), (REQ, REQ + TIMEOUT));
+    assert_eq!(
+        (r.request_id, r.deadline),
+        (REQ, Timestamp::from_micros(REQ + TIMEOUT))
+    );
     assert!(c.decisions.is_empty());
     assert_eq!(h.p.pending_count(), 1);
 
@@ -428,8 +418,7 @@ fn first_reject_decides_and_later_responses_are_ignored() {
     }
     let a = h.a.clone();
     let c = h.respond(REQ + 20, &a, REQ, APPROVE, "");
-    assert!(c.decisions.is_empty());
-    assert_eq!(c.ignored, vec![IgnoreReason::Decided]);
+    assert_ignored_undecided(&c, IgnoreReason::Decided);
 }
 
 #[test]
@@ -456,8 +445,7 @@ fn times_out_when_a_time_proof_passes_the_deadline() {
     // b answers after the deadline: late, ignored, nothing decided again.
     let b = h.b.clone();
     let c = h.respond(REQ + TIMEOUT + 5, &b, REQ, REJECT, "too late");
-    assert!(c.decisions.is_empty());
-    assert_eq!(c.ignored, vec![IgnoreReason::Late]);
+    assert_ignored_undecided(&c, IgnoreReason::Late);
 }
 
 #[test]
@@ -488,12 +476,7 @@ fn any_later_event_times_out_every_overdue_request_in_deadline_order() {
     let c = h.topology(
         REQ + 10 * TIMEOUT,
         9,
-        Mapping::Participant {
-            participant: h.e.0.clone(),
-            permission: Permission::Observation,
-            trust_level: TrustLevel::Ordinary,
-            public_key: None,
-        },
+        allowlisted(h.e.0.clone(), Permission::Observation),
     );
     let ids: Vec<i64> = c.decisions.iter().map(|d| d.request_id).collect();
     assert_eq!(ids, vec![REQ, REQ + 5]);
@@ -654,9 +637,8 @@ fn every_ignore_reason_is_detected_and_never_changes_the_verdict() {
         ts
     };
     let expect = |h: &mut Harness, changes: Changes, reason: IgnoreReason| {
-        assert!(changes.decisions.is_empty(), "{reason:?} must not decide");
+        assert_ignored_undecided(&changes, reason);
         assert!(changes.responses.is_empty(), "{reason:?} must not count");
-        assert_eq!(changes.ignored, vec![reason]);
         assert_eq!(h.p.pending(REQ).map(|r| r.responses.len()), Some(0));
     };
 
@@ -763,16 +745,7 @@ fn permissions_are_taken_at_the_request_time() {
     h.standard_request(REQ);
     // bob is disabled right after the request (effective 250 ms later): his
     // response still counts, since the request was made while he could confirm.
-    h.topology(
-        REQ + 1,
-        6,
-        Mapping::Participant {
-            participant: h.b.0.clone(),
-            permission: Permission::Disabled,
-            trust_level: TrustLevel::Ordinary,
-            public_key: None,
-        },
-    );
+    h.topology(REQ + 1, 6, allowlisted(h.b.0.clone(), Permission::Disabled));
     let (a, b) = (h.a.clone(), h.b.clone());
     h.respond(REQ + 500_000, &a, REQ, APPROVE, "");
     let c = h.respond(REQ + 600_000, &b, REQ, APPROVE, "");
@@ -863,8 +836,8 @@ impl MemStore {
                         topology_pb::TopologyTransaction::decode(signed.transaction.as_slice())
                             .expect("tx");
                     SequencedTopology {
-                        sequenced_ts: t.sequenced_ts,
-                        effective_ts: t.effective_ts,
+                        sequenced_ts: t.sequenced_ts.as_micros(),
+                        effective_ts: t.effective_ts.as_micros(),
                         tx: TopologyTransaction::from_proto(&tx, domain).expect("valid"),
                     }
                 })
@@ -879,7 +852,10 @@ impl MemStore {
                 .requests
                 .values()
                 .filter(|(_, d)| d.is_some())
-                .map(|(r, _)| (r.request_id, r.deadline))
+                .map(|(r, _)| DecidedDeadline {
+                    request_id: r.request_id,
+                    deadline: r.deadline,
+                })
                 .collect(),
         }
     }

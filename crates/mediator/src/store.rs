@@ -14,7 +14,7 @@ use tokio_postgres::{Client, Statement, Transaction};
 type P = dyn ToSql + Sync;
 
 use crate::protocol::{
-    Changes, DECIDED_RETENTION_MICROS, Decision, Request, ResponseRecord, Restored,
+    Changes, DECIDED_RETENTION, DecidedDeadline, Decision, Request, ResponseRecord, Restored,
 };
 
 /// Embedded migrations of the mediator's database (`migrations/mediator/`).
@@ -203,7 +203,7 @@ pub async fn load(
             );
         }
 
-        let since = last_ts.saturating_sub(DECIDED_RETENTION_MICROS);
+        let since = Timestamp::from_micros(last_ts) - DECIDED_RETENTION;
         let decided = tx
             .query(
                 "SELECT request_id, deadline_ts FROM med_requests WHERE state = 'decided' AND deadline_ts >= $1",
@@ -211,7 +211,10 @@ pub async fn load(
             )
             .await?
             .into_iter()
-            .map(|row| (row.get(0), row.get(1)))
+            .map(|row| DecidedDeadline {
+                request_id: row.get(0),
+                deadline: row.get(1),
+            })
             .collect();
 
         let unsent = tx
@@ -258,48 +261,40 @@ pub struct Statements {
     advance: Statement,
 }
 
+const INSERT_REQUEST: &str = "INSERT INTO med_requests (request_id, counter, submitter, informees, confirmers, \
+     recipients, root_hash, deadline_ts, state, written_epoch) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9)";
+const INSERT_RESPONSE: &str = "INSERT INTO med_responses (request_id, participant, ts, decision, reason, written_epoch) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+const DECIDE: &str = "UPDATE med_requests SET state = 'decided', outcome = $2, decided_ts = $3, verdict = $4, \
+     max_sequencing_ts = $5, verdict_state = 'unsent', written_epoch = $6, \
+     decided_at = clock_timestamp() \
+     WHERE request_id = $1 AND state = 'pending'";
+const RECEIPT: &str = "UPDATE med_requests SET verdict_state = 'sequenced', verdict_ts = $2, written_epoch = $3 \
+     WHERE request_id = $1 AND state = 'decided'";
+const INSERT_TOPOLOGY: &str = "INSERT INTO med_topology (serial, sequenced_ts, effective_ts, counter, signed, written_epoch) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+const ADVANCE: &str = "UPDATE med_state SET last_counter = $1, last_ts = $2, written_epoch = $3, \
+     written_at = clock_timestamp() WHERE last_counter < $1";
+
 impl Statements {
+    /// Prepares the statements (pipelined on the one connection).
     pub async fn prepare(client: &Client) -> Result<Self, StoreError> {
+        let (insert_request, insert_response, decide, receipt, insert_topology, advance) = tokio::try_join!(
+            client.prepare(INSERT_REQUEST),
+            client.prepare(INSERT_RESPONSE),
+            client.prepare(DECIDE),
+            client.prepare(RECEIPT),
+            client.prepare(INSERT_TOPOLOGY),
+            client.prepare(ADVANCE),
+        )?;
         Ok(Self {
-            insert_request: client
-                .prepare(
-                    "INSERT INTO med_requests (request_id, counter, submitter, informees, confirmers, \
-                     recipients, root_hash, deadline_ts, state, written_epoch) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9)",
-                )
-                .await?,
-            insert_response: client
-                .prepare(
-                    "INSERT INTO med_responses (request_id, participant, ts, decision, reason, written_epoch) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .await?,
-            decide: client
-                .prepare(
-                    "UPDATE med_requests SET state = 'decided', outcome = $2, decided_ts = $3, verdict = $4, \
-                     max_sequencing_ts = $5, verdict_state = 'unsent', written_epoch = $6, \
-                     decided_at = clock_timestamp() \
-                     WHERE request_id = $1 AND state = 'pending'",
-                )
-                .await?,
-            receipt: client
-                .prepare(
-                    "UPDATE med_requests SET verdict_state = 'sequenced', verdict_ts = $2, written_epoch = $3 \
-                     WHERE request_id = $1 AND state = 'decided'",
-                )
-                .await?,
-            insert_topology: client
-                .prepare(
-                    "INSERT INTO med_topology (serial, sequenced_ts, effective_ts, counter, signed, written_epoch) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .await?,
-            advance: client
-                .prepare(
-                    "UPDATE med_state SET last_counter = $1, last_ts = $2, written_epoch = $3, \
-                     written_at = clock_timestamp() WHERE last_counter < $1",
-                )
-                .await?,
+            insert_request,
+            insert_response,
+            decide,
+            receipt,
+            insert_topology,
+            advance,
         })
     }
 }

@@ -5,18 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain_identity::{DomainId, MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
+use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
 use domain_lease::Fence;
-use domain_proto::common::v1 as common_pb;
 use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
-use domain_sequencer_client::to_proto_signature;
 use domain_testkit::pg::PgCluster;
 use domain_time::Timestamp;
-use domain_topology::{DomainParameters, Mapping, Operation, Permission, TrustLevel};
+use domain_topology::{DomainParameters, Mapping, Operation, Permission};
 use prost::Message as _;
 
 use super::*;
+use crate::protocol::tests::{allowlisted, member};
 use crate::protocol::{Event, Processor, ProcessorSettings};
 
 struct Fixture {
@@ -50,13 +49,6 @@ async fn fixture(prefix: &str) -> Fixture {
         .expect("lease");
     let domain_key = SigningKeyPair::from_seed(&[1; 32]);
     let domain_id = DomainId::new(UniqueId::new("dom", *domain_key.fingerprint()).expect("id"));
-    let member = |role, name: &str, seed: u8| {
-        let key = SigningKeyPair::from_seed(&[seed; 32]);
-        (
-            MemberId::new(role, UniqueId::new(name, *key.fingerprint()).expect("id")),
-            Arc::new(key),
-        )
-    };
     let mediator = member(MemberRole::Mediator, "med", 2);
     Fixture {
         client,
@@ -122,18 +114,8 @@ impl Fixture {
             });
         };
         let mappings = [
-            Mapping::Participant {
-                participant: self.a.0.clone(),
-                permission: Permission::Submission,
-                trust_level: TrustLevel::Ordinary,
-                public_key: None,
-            },
-            Mapping::Participant {
-                participant: self.b.0.clone(),
-                permission: Permission::Confirmation,
-                trust_level: TrustLevel::Ordinary,
-                public_key: None,
-            },
+            allowlisted(self.a.0.clone(), Permission::Submission),
+            allowlisted(self.b.0.clone(), Permission::Confirmation),
             Mapping::Parameters(DomainParameters {
                 participant_response_timeout: Duration::from_secs(1),
                 ..DomainParameters::default()
@@ -181,31 +163,18 @@ impl Fixture {
                 _ => &[&self.a],
             };
             for (j, who) in approvals.iter().enumerate() {
-                let response = pb::ConfirmationResponse {
-                    request_id,
-                    participant: who.0.to_string(),
-                    root_hash: vec![k as u8 + 1],
-                    decision: pb::ConfirmationDecision::Approve as i32,
-                    reason: String::new(),
-                    domain_id: self.domain_id.to_string(),
-                }
-                .encode_to_vec();
-                let sig = who.1.sign(
-                    SignaturePurpose::ConfirmationResponse,
+                let signed: pb::SignedConfirmationResponse = domain_confirmation::sign(
+                    &who.1,
                     &self.domain_id,
-                    &response,
+                    &pb::ConfirmationResponse {
+                        request_id,
+                        participant: who.0.to_string(),
+                        root_hash: vec![k as u8 + 1],
+                        decision: pb::ConfirmationDecision::Approve as i32,
+                        reason: String::new(),
+                        domain_id: self.domain_id.to_string(),
+                    },
                 );
-                let signed = pb::SignedConfirmationResponse {
-                    response,
-                    signature: Some(to_proto_signature(
-                        &sig,
-                        SignaturePurpose::ConfirmationResponse,
-                    )),
-                    signer_key: Some(common_pb::PublicKey {
-                        algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                        key: who.1.public_key().to_bytes().to_vec(),
-                    }),
-                };
                 push(
                     request_id + 1 + j as i64,
                     &who.0.to_string(),
@@ -230,20 +199,100 @@ impl Fixture {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn persisted_batches_load_back_into_the_same_state() {
-    let mut f = fixture("med_store_roundtrip").await;
+/// Every test's prologue: a migrated database with a fixture, the fence of epoch 1 held by
+/// `h1`, what the empty store loads (checked by the caller), the prepared statements, a
+/// processor restored from the empty store and the fixture's events.
+struct Started {
+    f: Fixture,
+    mediator: String,
+    domain: String,
+    fence: Fence,
+    loaded: Loaded,
+    stmts: Statements,
+    processor: Processor,
+    events: Vec<Event>,
+}
+
+async fn start(prefix: &str) -> Started {
+    let mut f = fixture(prefix).await;
     let (mediator, domain) = f.ids();
     let fence = fence(1, "h1");
     let loaded = load(&mut f.client, &fence, &mediator, &domain)
         .await
-        .expect("load empty");
+        .expect("load");
+    let stmts = Statements::prepare(&f.client).await.expect("prepare");
+    let processor = Processor::restore(f.settings.clone(), loaded.restored.clone());
+    let events = f.events();
+    Started {
+        f,
+        mediator,
+        domain,
+        fence,
+        loaded,
+        stmts,
+        processor,
+        events,
+    }
+}
+
+/// The rows of `sql`, each mapped by `row`.
+async fn query_all<T>(
+    client: &Client,
+    sql: &str,
+    row: impl Fn(&tokio_postgres::Row) -> T,
+) -> Vec<T> {
+    client
+        .query(sql, &[])
+        .await
+        .expect("query")
+        .iter()
+        .map(row)
+        .collect()
+}
+
+/// Sets the verdict state of `request_id` (and its deadline, when given).
+async fn set_verdict_state(client: &Client, request_id: i64, state: &str, deadline: Option<i64>) {
+    client
+        .execute(
+            "UPDATE med_requests SET verdict_state = $2, deadline_ts = coalesce($3, deadline_ts) \
+             WHERE request_id = $1",
+            &[&request_id, &state, &deadline],
+        )
+        .await
+        .expect("set verdict state");
+}
+
+/// Another replica (`h2`, epoch 2) takes the lease over.
+async fn take_over(client: &Client) {
+    client
+        .execute(
+            "UPDATE leases SET holder = 'h2', epoch = 2 WHERE name = 'mediator'",
+            &[],
+        )
+        .await
+        .expect("takeover");
+}
+
+fn assert_fenced<T: std::fmt::Debug>(what: &str, result: Result<T, StoreError>) {
+    let err = result.expect_err(what);
+    assert!(err.is_fenced(), "{what}: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisted_batches_load_back_into_the_same_state() {
+    let Started {
+        mut f,
+        mediator,
+        domain,
+        fence,
+        loaded,
+        stmts,
+        mut processor,
+        events,
+    } = start("med_store_roundtrip").await;
     assert_eq!(loaded.restored.last_counter, -1);
     assert!(loaded.restored.pending.is_empty() && loaded.unsent.is_empty());
 
-    let events = f.events();
-    let stmts = Statements::prepare(&f.client).await.expect("prepare");
-    let mut processor = Processor::restore(f.settings.clone(), loaded.restored);
     let mut decided = Vec::new();
     for chunk in events.chunks(4) {
         let changes = processor.process_batch(chunk, 1_800_000_000_000_000);
@@ -264,17 +313,12 @@ async fn persisted_batches_load_back_into_the_same_state() {
     )
     .await
     .expect("mark");
-    let states: Vec<(i64, String)> = f
-        .client
-        .query(
-            "SELECT request_id, verdict_state FROM med_requests WHERE state = 'decided' ORDER BY 1",
-            &[],
-        )
-        .await
-        .expect("query")
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let states: Vec<(i64, String)> = query_all(
+        &f.client,
+        "SELECT request_id, verdict_state FROM med_requests WHERE state = 'decided' ORDER BY 1",
+        |r| (r.get(0), r.get(1)),
+    )
+    .await;
     assert_eq!(
         states,
         vec![
@@ -283,13 +327,7 @@ async fn persisted_batches_load_back_into_the_same_state() {
         ],
         "a receipt is never downgraded by a later acknowledgement"
     );
-    f.client
-        .execute(
-            "UPDATE med_requests SET verdict_state = 'unsent' WHERE request_id = $1",
-            &[&decided[1].request_id],
-        )
-        .await
-        .expect("reset");
+    set_verdict_state(&f.client, decided[1].request_id, "unsent", None).await;
 
     let again = load(&mut f.client, &fence, &mediator, &domain)
         .await
@@ -307,7 +345,7 @@ async fn persisted_batches_load_back_into_the_same_state() {
         "pending request with its responses"
     );
     assert_eq!(r.pending[0].responses.len(), 1);
-    let mut decided_ids: Vec<i64> = r.decided.iter().map(|(id, _)| *id).collect();
+    let mut decided_ids: Vec<i64> = r.decided.iter().map(|d| d.request_id).collect();
     decided_ids.sort();
     assert_eq!(
         decided_ids,
@@ -345,46 +383,33 @@ async fn persisted_batches_load_back_into_the_same_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_epoch_writes_nothing() {
-    let mut f = fixture("med_store_fence").await;
-    let (mediator, domain) = f.ids();
-    let old = fence(1, "h1");
-    let loaded = load(&mut f.client, &old, &mediator, &domain)
-        .await
-        .expect("load");
-    let stmts = Statements::prepare(&f.client).await.expect("prepare");
-    let mut processor = Processor::restore(f.settings.clone(), loaded.restored);
-    let events = f.events();
+    let mut s = start("med_store_fence").await;
+    let (f, old, stmts, processor, events) =
+        (&mut s.f, &s.fence, &s.stmts, &mut s.processor, &s.events);
+    let (mediator, domain) = (&s.mediator, &s.domain);
     let changes = processor.process_batch(&events[..5], 1_800_000_000_000_000);
-    persist(&mut f.client, &stmts, &old, &changes)
+    persist(&mut f.client, stmts, old, &changes)
         .await
         .expect("persist");
 
     // Another replica takes over.
-    f.client
-        .execute(
-            "UPDATE leases SET holder = 'h2', epoch = 2 WHERE name = 'mediator'",
-            &[],
-        )
-        .await
-        .expect("takeover");
+    take_over(&f.client).await;
     let changes = processor.process_batch(&events[5..], 1_800_000_000_000_000);
     assert!(!changes.decisions.is_empty());
-    let err = persist(&mut f.client, &stmts, &old, &changes)
-        .await
-        .expect_err("fenced");
-    assert!(err.is_fenced(), "{err}");
-    let err = mark_verdicts(
-        &mut f.client,
-        &old,
-        &[(changes.decisions[0].request_id, SendState::Sent)],
-    )
-    .await
-    .expect_err("fenced");
-    assert!(err.is_fenced(), "{err}");
-    let err = load(&mut f.client, &old, &mediator, &domain)
-        .await
-        .expect_err("fenced");
-    assert!(err.is_fenced(), "{err}");
+    assert_fenced(
+        "persist",
+        persist(&mut f.client, stmts, old, &changes).await,
+    );
+    assert_fenced(
+        "mark verdicts",
+        mark_verdicts(
+            &mut f.client,
+            old,
+            &[(changes.decisions[0].request_id, SendState::Sent)],
+        )
+        .await,
+    );
+    assert_fenced("load", load(&mut f.client, old, mediator, domain).await);
     let row = f
         .client
         .query_one(
@@ -403,31 +428,24 @@ async fn a_stale_epoch_writes_nothing() {
 
     // The new holder continues from the committed state and decides the same.
     let new = fence(2, "h2");
-    let loaded = load(&mut f.client, &new, &mediator, &domain)
+    let loaded = load(&mut f.client, &new, mediator, domain)
         .await
         .expect("load");
     assert_eq!(loaded.restored.last_counter, 4);
     let mut successor = Processor::restore(f.settings.clone(), loaded.restored);
     let replay = successor.process_batch(&events[5..], 1_800_000_000_000_000);
     assert_eq!(replay.decisions, changes.decisions);
-    persist(&mut f.client, &stmts, &new, &replay)
+    persist(&mut f.client, stmts, &new, &replay)
         .await
         .expect("persist");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_deletes_only_finished_requests_past_the_retention() {
-    let mut f = fixture("med_store_prune").await;
-    let (mediator, domain) = f.ids();
-    let current = fence(1, "h1");
-    let loaded = load(&mut f.client, &current, &mediator, &domain)
-        .await
-        .expect("load");
-    let stmts = Statements::prepare(&f.client).await.expect("prepare");
-    let mut processor = Processor::restore(f.settings.clone(), loaded.restored);
-    let events = f.events();
-    let changes = processor.process_batch(&events, 1_800_000_000_000_000);
-    persist(&mut f.client, &stmts, &current, &changes)
+    let mut s = start("med_store_prune").await;
+    let (f, current, stmts, processor) = (&mut s.f, &s.fence, &s.stmts, &mut s.processor);
+    let changes = processor.process_batch(&s.events, 1_800_000_000_000_000);
+    persist(&mut f.client, stmts, current, &changes)
         .await
         .expect("persist");
     let count = async |client: &Client, sql: &str| -> i64 {
@@ -441,45 +459,24 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
     assert!(decided >= 2, "the fixture decides at least two requests");
     // One finished verdict per state that needs nothing more, one still unsent; and one
     // finished request whose deadline is recent.
-    let ids: Vec<i64> = f
-        .client
-        .query(
-            "SELECT request_id FROM med_requests WHERE state = 'decided' ORDER BY request_id",
-            &[],
-        )
-        .await
-        .expect("ids")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    f.client
-        .execute(
-            "UPDATE med_requests SET verdict_state = 'sequenced', deadline_ts = 10 WHERE request_id = $1",
-            &[&ids[0]],
-        )
-        .await
-        .expect("finish");
-    f.client
-        .execute(
-            "UPDATE med_requests SET verdict_state = 'unsent', deadline_ts = 10 WHERE request_id = $1",
-            &[&ids[1]],
-        )
-        .await
-        .expect("unsent");
+    let ids: Vec<i64> = query_all(
+        &f.client,
+        "SELECT request_id FROM med_requests WHERE state = 'decided' ORDER BY request_id",
+        |r| r.get(0),
+    )
+    .await;
+    set_verdict_state(&f.client, ids[0], "sequenced", Some(10)).await;
+    set_verdict_state(&f.client, ids[1], "unsent", Some(10)).await;
     let total = count(&f.client, "SELECT count(*) FROM med_requests").await;
 
-    let deleted = prune(&mut f.client, &current, Timestamp::from_micros(100), 5_000)
+    let deleted = prune(&mut f.client, current, Timestamp::from_micros(100), 5_000)
         .await
         .expect("prune");
     assert_eq!(deleted, 1);
-    let left: Vec<i64> = f
-        .client
-        .query("SELECT request_id FROM med_requests", &[])
-        .await
-        .expect("left")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let left: Vec<i64> = query_all(&f.client, "SELECT request_id FROM med_requests", |r| {
+        r.get(0)
+    })
+    .await;
     assert_eq!(left.len() as i64, total - 1);
     assert!(!left.contains(&ids[0]) && left.contains(&ids[1]));
     let orphans = count(
@@ -491,29 +488,17 @@ async fn pruning_deletes_only_finished_requests_past_the_retention() {
     assert_eq!(orphans, 0);
     // Nothing else is due; a stale epoch deletes nothing.
     assert_eq!(
-        prune(&mut f.client, &current, Timestamp::from_micros(100), 5_000)
+        prune(&mut f.client, current, Timestamp::from_micros(100), 5_000)
             .await
             .expect("prune"),
         0
     );
-    f.client
-        .execute(
-            "UPDATE med_requests SET verdict_state = 'sequenced', deadline_ts = 10 WHERE request_id = $1",
-            &[&ids[1]],
-        )
-        .await
-        .expect("finish");
-    f.client
-        .execute(
-            "UPDATE leases SET holder = 'h2', epoch = 2 WHERE name = 'mediator'",
-            &[],
-        )
-        .await
-        .expect("takeover");
-    let err = prune(&mut f.client, &current, Timestamp::from_micros(100), 5_000)
-        .await
-        .expect_err("fenced");
-    assert!(err.is_fenced(), "{err}");
+    set_verdict_state(&f.client, ids[1], "sequenced", Some(10)).await;
+    take_over(&f.client).await;
+    assert_fenced(
+        "prune",
+        prune(&mut f.client, current, Timestamp::from_micros(100), 5_000).await,
+    );
     assert_eq!(
         count(&f.client, "SELECT count(*) FROM med_requests").await,
         total - 1

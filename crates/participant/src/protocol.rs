@@ -20,14 +20,14 @@
 //!   whose fingerprint is that mediator's (purpose VERDICT, this domain), for a pending
 //!   request with that mediator and root hash; an approval commits the transaction.
 
-pub use domain_confirmation::{Outcome, verify_verdict};
+use domain_confirmation::sign;
+pub use domain_confirmation::{Event, Outcome, verify_verdict};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use domain_identity::{
     DomainId, MemberId, MemberRole, PublicKey, SignaturePurpose, SigningKeyPair,
 };
-use domain_proto::common::v1 as common_pb;
 use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_proto::topology::v1 as topology_pb;
@@ -50,41 +50,8 @@ pub fn response_message_id(request_id: i64, participant_name: &str) -> String {
     format!("{RESPONSE_MESSAGE_PREFIX}{request_id}-{participant_name}")
 }
 
-/// One verified sequenced event, as the processor sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub counter: i64,
-    pub ts: i64,
-    /// The sender, from the sequencer-signed content.
-    pub sender: String,
-    /// Set only in our own receipts.
-    pub message_id: String,
-    /// The envelopes addressed to this participant.
-    pub envelopes: Vec<sequencer_pb::Envelope>,
-}
-
-impl Event {
-    /// The processor's view of an event and its verified signed content.
-    pub fn from_verified(
-        event: &sequencer_pb::SequencedEvent,
-        content: &sequencer_pb::SignedEventContent,
-    ) -> Self {
-        Self {
-            counter: event.counter,
-            ts: event.timestamp_micros,
-            sender: content.sender.clone(),
-            message_id: event.message_id.clone(),
-            envelopes: event
-                .envelopes
-                .iter()
-                .filter_map(|d| d.envelope.clone())
-                .collect(),
-        }
-    }
-}
-
-/// A request we are an informee of, until its verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A request we are an informee of, until its verdict (a row of `par_pending_requests`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PendingRequest {
     pub request_id: i64,
     pub submitter: String,
@@ -110,8 +77,8 @@ pub struct Committed {
     pub sequenced_ts: i64,
 }
 
-/// A confirmation response to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A confirmation response to send (a row of `par_outbox`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Outgoing {
     pub message_id: String,
     /// Encoded, signed SendRequest.
@@ -428,32 +395,22 @@ impl Processor {
         max_sequencing_micros: i64,
     ) -> Outgoing {
         let key = &self.settings.key;
-        let response = pb::ConfirmationResponse {
-            request_id,
-            participant: self.me.clone(),
-            root_hash: req.root_hash.clone(),
-            decision: if approve {
-                pb::ConfirmationDecision::Approve as i32
-            } else {
-                pb::ConfirmationDecision::Reject as i32
-            },
-            reason: reason.to_owned(),
-            domain_id: self.domain.clone(),
-        }
-        .encode_to_vec();
-        let sig = key.sign(
-            SignaturePurpose::ConfirmationResponse,
+        let signed: pb::SignedConfirmationResponse = sign(
+            key,
             &self.settings.domain_id,
-            &response,
+            &pb::ConfirmationResponse {
+                request_id,
+                participant: self.me.clone(),
+                root_hash: req.root_hash.clone(),
+                decision: if approve {
+                    pb::ConfirmationDecision::Approve as i32
+                } else {
+                    pb::ConfirmationDecision::Reject as i32
+                },
+                reason: reason.to_owned(),
+                domain_id: self.domain.clone(),
+            },
         );
-        let signed = pb::SignedConfirmationResponse {
-            response,
-            signature: Some(to_proto_signature(
-                &sig,
-                SignaturePurpose::ConfirmationResponse,
-            )),
-            signer_key: Some(common_pb::PublicKey::from(key.public_key())),
-        };
         let content = pb::DomainMessage {
             message: Some(pb::domain_message::Message::ConfirmationResponse(signed)),
         }

@@ -1,7 +1,6 @@
 use super::*;
 use domain_identity::UniqueId;
 use domain_identity::{PublicKey, Signature};
-use domain_proto::common::v1 as common_pb;
 use domain_proto::confirmation::v1 as pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
 use domain_proto::topology::v1 as topology_pb;
@@ -75,6 +74,7 @@ fn event(counter: i64, ts: i64, sender: &str, message: pb::domain_message::Messa
         ts,
         sender: sender.to_string(),
         message_id: String::new(),
+        time_proof: false,
         envelopes: vec![env(message)],
     }
 }
@@ -104,20 +104,18 @@ fn verdict(w: &World, key: &SigningKeyPair, request_id: i64, approve: bool) -> p
                 reason: "no".into(),
             })
         }),
-    }
-    .encode_to_vec();
-    let sig = key.sign(SignaturePurpose::Verdict, &w.domain, &verdict);
-    pb::SignedVerdict {
-        verdict,
-        signature: Some(to_proto_signature(&sig, SignaturePurpose::Verdict)),
-        signer_key: Some(common_pb::PublicKey {
-            algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-            key: key.public_key().to_bytes().to_vec(),
-        }),
-    }
+    };
+    domain_confirmation::sign(key, &w.domain, &verdict)
 }
 
 use pb::domain_message::Message as M;
+
+/// Processes `ev` (its encoding left empty) and returns what it changed.
+fn feed(p: &mut Processor, ev: &Event) -> Changes {
+    let mut c = Changes::default();
+    p.process(ev, vec![], &mut c);
+    c
+}
 
 #[test]
 fn confirms_with_a_signed_response_to_the_mediator() {
@@ -182,18 +180,16 @@ fn confirms_with_a_signed_response_to_the_mediator() {
 fn payload_policy_rejects_and_off_stays_silent() {
     let w = world();
     let mut p = processor(&w, AutoConfirm::Payload, true);
-    let mut c = Changes::default();
     let ev = event(
         0,
         5,
         &w.other.to_string(),
         M::ConfirmationRequest(request(&w, &w.other, b"reject this")),
     );
-    p.process(&ev, vec![], &mut c);
+    let c = feed(&mut p, &ev);
     assert!(!c.outbox[0].approve);
     let mut p = processor(&w, AutoConfirm::Off, true);
-    let mut c = Changes::default();
-    p.process(&ev, vec![], &mut c);
+    let c = feed(&mut p, &ev);
     assert!(c.outbox.is_empty());
     assert_eq!(c.new_pending.len(), 1, "still tracked for the verdict");
 }
@@ -202,23 +198,19 @@ fn payload_policy_rejects_and_off_stays_silent() {
 fn requests_not_for_us_or_with_a_forged_submitter_are_ignored() {
     let w = world();
     let mut p = processor(&w, AutoConfirm::Payload, true);
-    let mut c = Changes::default();
     let mut req = request(&w, &w.other, b"x");
     req.informees = vec![w.other.to_string()];
     req.confirming_participants = vec![w.other.to_string()];
-    p.process(
+    let c = feed(
+        &mut p,
         &event(0, 5, &w.other.to_string(), M::ConfirmationRequest(req)),
-        vec![],
-        &mut c,
     );
     assert!(c.new_pending.is_empty());
     assert_eq!(c.ignored, vec!["not_informee"]);
-    let mut c = Changes::default();
     let req = request(&w, &w.me, b"x");
-    p.process(
+    let c = feed(
+        &mut p,
         &event(1, 6, &w.other.to_string(), M::ConfirmationRequest(req)),
-        vec![],
-        &mut c,
     );
     assert_eq!(c.ignored, vec!["submitter_mismatch"]);
     assert!(c.outbox.is_empty());
@@ -228,7 +220,6 @@ fn requests_not_for_us_or_with_a_forged_submitter_are_ignored() {
 fn approved_verdicts_commit_and_forged_ones_do_not() {
     let w = world();
     let mut p = processor(&w, AutoConfirm::Payload, true);
-    let mut c = Changes::default();
     let mut ev = event(
         0,
         100,
@@ -236,35 +227,29 @@ fn approved_verdicts_commit_and_forged_ones_do_not() {
         M::ConfirmationRequest(request(&w, &w.me, b"ping x")),
     );
     ev.message_id = "ping-abc".into();
-    p.process(&ev, vec![], &mut c);
+    let c = feed(&mut p, &ev);
     assert_eq!(c.new_pending[0].message_id, "ping-abc");
 
     // Signed by a key that is not the mediator's.
-    let mut c = Changes::default();
     let forged = verdict(&w, &w.domain_key, 100, true);
-    p.process(
+    let c = feed(
+        &mut p,
         &event(1, 200, &w.mediator.to_string(), M::Verdict(forged)),
-        vec![],
-        &mut c,
     );
     assert_eq!(c.ignored, vec!["bad_verdict_signature"]);
     assert!(c.committed.is_empty());
 
     // Valid signature, but not sent by the mediator.
-    let mut c = Changes::default();
     let good = verdict(&w, &w.mediator_key, 100, true);
-    p.process(
+    let c = feed(
+        &mut p,
         &event(2, 300, &w.other.to_string(), M::Verdict(good.clone())),
-        vec![],
-        &mut c,
     );
     assert_eq!(c.ignored, vec!["bad_verdict"]);
 
-    let mut c = Changes::default();
-    p.process(
+    let c = feed(
+        &mut p,
         &event(3, 400, &w.mediator.to_string(), M::Verdict(good.clone())),
-        vec![],
-        &mut c,
     );
     assert_eq!(c.committed.len(), 1);
     assert_eq!(c.committed[0].request_id, 100);
@@ -276,11 +261,9 @@ fn approved_verdicts_commit_and_forged_ones_do_not() {
     assert_eq!(p.pending_count(), 0);
 
     // A second copy is for an unknown request now.
-    let mut c = Changes::default();
-    p.process(
+    let c = feed(
+        &mut p,
         &event(4, 500, &w.mediator.to_string(), M::Verdict(good)),
-        vec![],
-        &mut c,
     );
     assert_eq!(c.ignored, vec!["unknown_request"]);
 }
@@ -289,23 +272,19 @@ fn approved_verdicts_commit_and_forged_ones_do_not() {
 fn rejections_are_reported_not_committed() {
     let w = world();
     let mut p = processor(&w, AutoConfirm::Payload, true);
-    let mut c = Changes::default();
-    p.process(
+    feed(
+        &mut p,
         &event(
             0,
             100,
             &w.other.to_string(),
             M::ConfirmationRequest(request(&w, &w.other, b"x")),
         ),
-        vec![],
-        &mut c,
     );
-    let mut c = Changes::default();
     let v = verdict(&w, &w.mediator_key, 100, false);
-    p.process(
+    let c = feed(
+        &mut p,
         &event(1, 200, &w.mediator.to_string(), M::Verdict(v)),
-        vec![],
-        &mut c,
     );
     assert!(c.committed.is_empty());
     assert_eq!(c.decided[0].outcome.label(), "rejected");
@@ -340,16 +319,13 @@ fn topology_only_from_the_domain_manager_and_mediator_from_topology() {
             public_key: None,
         },
     );
-    let mut c = Changes::default();
-    p.process(
+    let c = feed(
+        &mut p,
         &event(0, 1_000, &w.other.to_string(), M::Topology(med.clone())),
-        vec![],
-        &mut c,
     );
     assert_eq!(c.ignored, vec!["topology_not_from_domain_manager"]);
     assert_eq!(p.mediator_at(10_000_000), None);
-    let mut c = Changes::default();
-    p.process(&event(1, 2_000, &dm, M::Topology(med)), vec![], &mut c);
+    let c = feed(&mut p, &event(1, 2_000, &dm, M::Topology(med)));
     assert_eq!(c.topology.len(), 1);
     assert_eq!(c.topology[0].effective_ts, 2_000 + 250_000);
     assert_eq!(p.mediator_at(2_000), None, "not effective yet");
@@ -366,18 +342,15 @@ fn topology_only_from_the_domain_manager_and_mediator_from_topology() {
             public_key: None,
         },
     );
-    let mut c = Changes::default();
-    p.process(&event(2, 300_000, &dm, M::Topology(state)), vec![], &mut c);
-    let mut c = Changes::default();
-    p.process(
+    feed(&mut p, &event(2, 300_000, &dm, M::Topology(state)));
+    let c = feed(
+        &mut p,
         &event(
             3,
             600_000,
             &w.other.to_string(),
             M::ConfirmationRequest(request(&w, &w.other, b"x")),
         ),
-        vec![],
-        &mut c,
     );
     assert!(c.outbox.is_empty());
     assert_eq!(c.ignored, vec!["cannot_confirm"]);
@@ -412,21 +385,17 @@ fn item_12_topology_with_a_bad_namespace_signature_is_not_applied() {
     let mut unsigned = tx.sign(&w.domain, &w.domain_key);
     unsigned.signature = None;
     for (i, bad) in [forged, tampered, unsigned].into_iter().enumerate() {
-        let mut c = Changes::default();
-        p.process(
+        let c = feed(
+            &mut p,
             &event(i as i64, 1_000 + i as i64, &dm, M::Topology(bad)),
-            vec![],
-            &mut c,
         );
         assert!(c.topology.is_empty(), "bad transaction {i} was applied");
         assert_eq!(c.ignored, vec!["topology_bad_signature"], "transaction {i}");
     }
     assert_eq!(p.topology().len(), 0);
     assert_eq!(p.mediator_at(10_000_000), None);
-
-    let mut c = Changes::default();
     let good = tx.sign(&w.domain, &w.domain_key);
-    p.process(&event(3, 2_000, &dm, M::Topology(good)), vec![], &mut c);
+    let c = feed(&mut p, &event(3, 2_000, &dm, M::Topology(good)));
     assert_eq!(c.topology.len(), 1);
     assert_eq!(p.mediator_at(10_000_000), Some(w.mediator.to_string()));
 }

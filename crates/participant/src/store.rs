@@ -106,41 +106,18 @@ pub async fn load(pool: &PgPool, domain_id: &str) -> Result<Loaded, StoreError> 
             tx,
         });
     }
-    let pending = sqlx::query(
+    // Columns named as the fields (`FromRow`).
+    let pending = sqlx::query_as::<_, PendingRequest>(
         "SELECT request_id, submitter, informees, confirmers, mediator, root_hash, payload, message_id
          FROM par_pending_requests ORDER BY request_id",
     )
     .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|r| {
-        Ok(PendingRequest {
-            request_id: r.try_get(0)?,
-            submitter: r.try_get(1)?,
-            informees: r.try_get(2)?,
-            confirmers: r.try_get(3)?,
-            mediator: r.try_get(4)?,
-            root_hash: r.try_get(5)?,
-            payload: r.try_get(6)?,
-            message_id: r.try_get(7)?,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let outbox = sqlx::query(
+    .await?;
+    let outbox = sqlx::query_as::<_, Outgoing>(
         "SELECT message_id, send_request, max_sequencing_micros, approve FROM par_outbox ORDER BY created_at",
     )
     .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|r| {
-        Ok(Outgoing {
-            message_id: r.try_get(0)?,
-            send_request: r.try_get(1)?,
-            max_sequencing_micros: r.try_get(2)?,
-            approve: r.try_get(3)?,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    .await?;
     Ok(Loaded {
         restored: Restored {
             last_counter,
