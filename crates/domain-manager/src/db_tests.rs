@@ -407,7 +407,7 @@ impl Setup {
 
     async fn rows(&self) -> Vec<store::TopologyRecord> {
         let client = pool(&self.db).get().await.expect("client");
-        store::load_all(&**client, &self.domain_id)
+        store::load(&**client, &self.domain_id, store::Rows::All)
             .await
             .expect("load")
     }
@@ -493,7 +493,7 @@ async fn serials_are_allocated_in_order_and_rows_go_from_pending_to_sequenced() 
         .expect("signed by the namespace key");
     assert_eq!(verified, first.tx);
 
-    let pending = store::load_pending(&**client, &s.domain_id)
+    let pending = store::load(&**client, &s.domain_id, store::Rows::Pending)
         .await
         .expect("pending");
     assert_eq!(pending.len(), 2);

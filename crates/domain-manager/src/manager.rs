@@ -495,7 +495,7 @@ impl Core {
                 }
                 other => other?,
             }
-            let records = store::load_all(&**client, &self.domain_id).await?;
+            let records = store::load(&**client, &self.domain_id, store::Rows::All).await?;
             let pending = records.iter().any(|r| r.sequenced().is_none());
             // The sequencer key our own latest registration names (pending ones count:
             // a resend of a registration goes to the key it registers).
@@ -555,7 +555,7 @@ impl Core {
     ) -> Result<(), DomainManagerError> {
         let pending = {
             let client = self.client().await?;
-            store::load_pending(&**client, &self.domain_id).await?
+            store::load(&**client, &self.domain_id, store::Rows::Pending).await?
         };
         for record in pending {
             tracing::info!(
