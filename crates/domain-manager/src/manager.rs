@@ -81,6 +81,39 @@ pub enum Decision {
     },
 }
 
+impl Decision {
+    /// Sequence `operation` on the participant mapping with these attributes.
+    fn send_participant(
+        operation: Operation,
+        participant: &MemberId,
+        permission: Permission,
+        trust_level: TrustLevel,
+        public_key: Option<PublicKey>,
+    ) -> Self {
+        Self::Send {
+            operation,
+            mapping: Mapping::Participant {
+                participant: participant.clone(),
+                permission,
+                trust_level,
+                public_key,
+            },
+        }
+    }
+
+    /// Nothing to do: `entry`, the latest row of the key, already says it.
+    fn in_place(entry: &SequencedTopology) -> Self {
+        Self::NoOp {
+            serial: entry.tx.serial,
+            effective_ts: entry.effective_ts,
+        }
+    }
+}
+
+fn unknown_participant(participant: &MemberId) -> DomainManagerError {
+    DomainManagerError::UnknownParticipant(participant.to_string())
+}
+
 /// Validates a participant id: `PAR::name::1220…`.
 pub fn parse_participant_id(s: &str) -> Result<MemberId, DomainManagerError> {
     MemberId::parse_participant(s, false)
@@ -137,20 +170,15 @@ pub fn decide_set_state(
         && participant_attrs(entry) == Some((permission, trust_level))
         && public_key == previous_key
     {
-        return Decision::NoOp {
-            serial: entry.tx.serial,
-            effective_ts: entry.effective_ts,
-        };
+        return Decision::in_place(entry);
     }
-    Decision::Send {
-        operation: Operation::Replace,
-        mapping: Mapping::Participant {
-            participant: participant.clone(),
-            permission,
-            trust_level,
-            public_key,
-        },
-    }
+    Decision::send_participant(
+        Operation::Replace,
+        participant,
+        permission,
+        trust_level,
+        public_key,
+    )
 }
 
 /// DisableParticipant: permission disabled, trust level kept. Unknown (never set, or
@@ -159,11 +187,9 @@ pub fn decide_disable(
     latest: Option<&SequencedTopology>,
     participant: &MemberId,
 ) -> Result<Decision, DomainManagerError> {
-    let Some((_, trust_level)) = latest.and_then(participant_attrs) else {
-        return Err(DomainManagerError::UnknownParticipant(
-            participant.to_string(),
-        ));
-    };
+    let (_, trust_level) = latest
+        .and_then(participant_attrs)
+        .ok_or_else(|| unknown_participant(participant))?;
     Ok(decide_set_state(
         latest,
         participant,
@@ -179,16 +205,9 @@ pub fn decide_remove(
     latest: Option<&SequencedTopology>,
     participant: &MemberId,
 ) -> Result<Decision, DomainManagerError> {
-    let Some(entry) = latest else {
-        return Err(DomainManagerError::UnknownParticipant(
-            participant.to_string(),
-        ));
-    };
+    let entry = latest.ok_or_else(|| unknown_participant(participant))?;
     match (&entry.tx.operation, &entry.tx.mapping) {
-        (Operation::Remove, _) => Ok(Decision::NoOp {
-            serial: entry.tx.serial,
-            effective_ts: entry.effective_ts,
-        }),
+        (Operation::Remove, _) => Ok(Decision::in_place(entry)),
         (
             Operation::Replace,
             Mapping::Participant {
@@ -197,16 +216,14 @@ pub fn decide_remove(
                 public_key,
                 ..
             },
-        ) => Ok(Decision::Send {
-            operation: Operation::Remove,
             // The wire format requires valid attributes even on a removal.
-            mapping: Mapping::Participant {
-                participant: participant.clone(),
-                permission: *permission,
-                trust_level: *trust_level,
-                public_key: public_key.clone(),
-            },
-        }),
+        ) => Ok(Decision::send_participant(
+            Operation::Remove,
+            participant,
+            *permission,
+            *trust_level,
+            public_key.clone(),
+        )),
         _ => Err(DomainManagerError::Internal(format!(
             "latest transaction of {participant} is not a participant mapping"
         ))),
@@ -221,10 +238,7 @@ pub fn decide_parameters(
     if let Some(entry) = latest
         && entry.tx.mapping == Mapping::Parameters(parameters)
     {
-        return Decision::NoOp {
-            serial: entry.tx.serial,
-            effective_ts: entry.effective_ts,
-        };
+        return Decision::in_place(entry);
     }
     Decision::Send {
         operation: Operation::Replace,
