@@ -76,8 +76,10 @@ fn renew_interval_must_be_below_half_the_ttl() {
 
 #[test]
 fn other_invalid_settings_name_their_key() {
+    /// Makes one setting of a valid config wrong.
+    type Breaks = fn(&mut LeaseConfig);
     // (the setting that is wrong, what makes it wrong in an otherwise valid config)
-    let cases: [(&str, fn(&mut LeaseConfig)); 5] = [
+    let cases: [(&str, Breaks); 5] = [
         ("name", |c| *c = LeaseConfig::default()),
         ("ttl", |c| c.ttl = Duration::from_millis(50)),
         ("poll-interval", |c| c.poll_interval = Duration::ZERO),

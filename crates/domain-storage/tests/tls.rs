@@ -161,7 +161,10 @@ async fn assert_all_fail(cfg: &DatabaseConfig, needle: &str, why: &str) {
 /// Asserts whether sqlx and the three tokio-postgres paths all encrypt under `cfg`.
 async fn assert_encrypted(cfg: &DatabaseConfig, encrypted: bool, what: &str) {
     assert_eq!(
-        ssl_of_sqlx(cfg).await.expect(&format!("sqlx {what}")).0,
+        ssl_of_sqlx(cfg)
+            .await
+            .unwrap_or_else(|e| panic!("sqlx {what}: {e}"))
+            .0,
         encrypted,
         "sqlx, {what}"
     );

@@ -20,9 +20,9 @@ pub async fn assert_commit_mode_refused_unless_allowed(
     pool: &sqlx::PgPool,
     value: &str,
 ) -> StorageError {
-    let err = check_commit_mode(pool, false)
-        .await
-        .expect_err(&format!("synchronous_commit = {value} must be refused"));
+    let Err(err) = check_commit_mode(pool, false).await else {
+        panic!("synchronous_commit = {value} must be refused");
+    };
     let msg = err.to_string();
     assert!(
         msg.contains(&format!("synchronous_commit = {value}")),
