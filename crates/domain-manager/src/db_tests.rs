@@ -471,23 +471,23 @@ async fn serials_are_allocated_in_order_and_rows_go_from_pending_to_sequenced() 
     let mut client = s.client().await;
     let (participant, _) = member(MemberRole::Participant, "alice");
 
-    let first = s
-        .insert(
-            &fence,
-            Mapping::Participant {
-                participant: participant.clone(),
-                permission: Permission::Submission,
-                trust_level: TrustLevel::Ordinary,
-                public_key: None,
-            },
-        )
-        .await
-        .expect("insert 1");
-    let second = s
-        .insert(&fence, default_parameters())
-        .await
-        .expect("insert 2");
-    assert_eq!((first.serial(), second.serial()), (1, 2));
+    let participant_row = Mapping::Participant {
+        participant: participant.clone(),
+        permission: Permission::Submission,
+        trust_level: TrustLevel::Ordinary,
+        public_key: None,
+    };
+    let mut inserted = Vec::new();
+    for (n, mapping) in [participant_row, default_parameters()]
+        .into_iter()
+        .enumerate()
+    {
+        let record = s.insert(&fence, mapping).await;
+        inserted.push(record.unwrap_or_else(|e| panic!("insert {}: {e:?}", n + 1)));
+    }
+    let serials: Vec<u64> = inserted.iter().map(|r| r.serial()).collect();
+    assert_eq!(serials, [1, 2]);
+    let first = &inserted[0];
     // What is stored verifies under the namespace key.
     let verified = domain_topology::verify_signed(&first.signed, &s.domain_id, s.key.public_key())
         .expect("signed by the namespace key");
