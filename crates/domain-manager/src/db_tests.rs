@@ -12,7 +12,7 @@ use crate::error::DomainManagerError;
 use crate::gateway::{
     DiscoveredSequencer, InstanceList, SendOutcome, Sequenced, SequencerGateway, TopologySend,
 };
-use crate::manager::{Core, CoreSettings, WriteOutcome};
+use crate::manager::{Core, CoreSettings, Retirement, WriteOutcome};
 use crate::store::{self, RowState, StoreError};
 use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, SigningKeyPair, UniqueId};
 use domain_lease::{Fence, LeaseConfig, LeaseHandle, LeaseKeeper, LeaseStatus, Role};
@@ -720,7 +720,7 @@ async fn writes_are_idempotent_and_failed_sends_are_resent_with_the_same_serial(
     // Unreachable: the next write first resends serial 6, fails, allocates nothing.
     s.fake.set_mode(Mode::Unreachable);
     let e = core
-        .disable_participant(&alice, deadline())
+        .retire_participant(&alice, Retirement::Disable, deadline())
         .await
         .expect_err("unreachable");
     assert_eq!(e.code(), "DM_SEQUENCER_UNAVAILABLE");
@@ -741,7 +741,7 @@ async fn writes_are_idempotent_and_failed_sends_are_resent_with_the_same_serial(
 
     // Disable keeps the trust level; remove; unknown participants are refused.
     let disabled = core
-        .disable_participant(&alice, deadline())
+        .retire_participant(&alice, Retirement::Disable, deadline())
         .await
         .expect("disable");
     assert!(disabled.changed);
@@ -756,21 +756,29 @@ async fn writes_are_idempotent_and_failed_sends_are_resent_with_the_same_serial(
         }
     );
     let removed = core
-        .remove_participant(&alice, deadline())
+        .retire_participant(&alice, Retirement::Remove, deadline())
         .await
         .expect("remove");
     assert!(removed.changed);
     assert!(
         !core
-            .remove_participant(&alice, deadline())
+            .retire_participant(&alice, Retirement::Remove, deadline())
             .await
             .expect("idempotent")
             .changed
     );
     let (bob, _) = member(MemberRole::Participant, "bob");
     for (what, result) in [
-        ("disable", core.disable_participant(&bob, deadline()).await),
-        ("remove", core.remove_participant(&bob, deadline()).await),
+        (
+            "disable",
+            core.retire_participant(&bob, Retirement::Disable, deadline())
+                .await,
+        ),
+        (
+            "remove",
+            core.retire_participant(&bob, Retirement::Remove, deadline())
+                .await,
+        ),
     ] {
         assert_eq!(
             result.expect_err(what).code(),

@@ -181,6 +181,25 @@ pub fn decide_set_state(
     )
 }
 
+/// How a participant is taken out of the domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retirement {
+    /// DisableParticipant: [`decide_disable`].
+    Disable,
+    /// RemoveParticipant: [`decide_remove`].
+    Remove,
+}
+
+impl Retirement {
+    /// What happened to the participant, for logs.
+    pub fn done(self) -> &'static str {
+        match self {
+            Self::Disable => "participant disabled",
+            Self::Remove => "participant removed",
+        }
+    }
+}
+
 /// DisableParticipant: permission disabled, trust level kept. Unknown (never set, or
 /// removed) participants are refused.
 pub fn decide_disable(
@@ -937,24 +956,19 @@ impl Core {
         &self.key
     }
 
-    pub async fn disable_participant(
+    /// Disables or removes a known participant (see [`decide_disable`], [`decide_remove`]).
+    pub async fn retire_participant(
         &self,
         participant: &MemberId,
+        retirement: Retirement,
         deadline: Instant,
     ) -> Result<WriteOutcome, DomainManagerError> {
         let key = format!("participant/{participant}");
-        self.submit(&key, deadline, |latest| decide_disable(latest, participant))
-            .await
-    }
-
-    pub async fn remove_participant(
-        &self,
-        participant: &MemberId,
-        deadline: Instant,
-    ) -> Result<WriteOutcome, DomainManagerError> {
-        let key = format!("participant/{participant}");
-        self.submit(&key, deadline, |latest| decide_remove(latest, participant))
-            .await
+        self.submit(&key, deadline, |latest| match retirement {
+            Retirement::Disable => decide_disable(latest, participant),
+            Retirement::Remove => decide_remove(latest, participant),
+        })
+        .await
     }
 
     pub async fn set_parameters(
