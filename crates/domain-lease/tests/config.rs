@@ -76,38 +76,19 @@ fn renew_interval_must_be_below_half_the_ttl() {
 
 #[test]
 fn other_invalid_settings_name_their_key() {
-    let cases = [
-        (LeaseConfig::default(), "name"),
-        (
-            LeaseConfig {
-                ttl: Duration::from_millis(50),
-                ..LeaseConfig::new("m")
-            },
-            "ttl",
-        ),
-        (
-            LeaseConfig {
-                poll_interval: Duration::ZERO,
-                ..LeaseConfig::new("m")
-            },
-            "poll-interval",
-        ),
-        (
-            LeaseConfig {
-                op_timeout: Duration::from_secs(2),
-                ..LeaseConfig::new("m")
-            },
-            "op-timeout",
-        ),
-        (
-            LeaseConfig {
-                renew_interval: Duration::ZERO,
-                ..LeaseConfig::new("m")
-            },
-            "renew-interval",
-        ),
+    /// Makes one setting of a valid config wrong.
+    type Breaks = fn(&mut LeaseConfig);
+    // (the setting that is wrong, what makes it wrong in an otherwise valid config)
+    let cases: [(&str, Breaks); 5] = [
+        ("name", |c| *c = LeaseConfig::default()),
+        ("ttl", |c| c.ttl = Duration::from_millis(50)),
+        ("poll-interval", |c| c.poll_interval = Duration::ZERO),
+        ("op-timeout", |c| c.op_timeout = Duration::from_secs(2)),
+        ("renew-interval", |c| c.renew_interval = Duration::ZERO),
     ];
-    for (config, expected) in cases {
+    for (expected, break_it) in cases {
+        let mut config = LeaseConfig::new("m");
+        break_it(&mut config);
         match config.validate() {
             Err(LeaseError::InvalidConfig { key, reason }) => {
                 assert_eq!(key, expected, "{reason}");

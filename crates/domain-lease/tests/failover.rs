@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{
-    connect, fenced_insert, fresh_db, keeper, lease_config, lease_row, wait_status, written_rows,
+    assert_lease_row, connect, fenced_insert, fresh_db, fresh_db_with_admin, keeper, lease_config,
+    lease_row, start_active, start_standby, wait_active, wait_status, written_rows,
 };
-use domain_lease::{LeaseError, Role};
+use domain_lease::{LeaseError, LeaseHandle, Role};
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -19,27 +20,15 @@ const TAKEOVER_LIMIT: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn abrupt_stop_of_active_fails_over_within_three_seconds() {
-    let db = fresh_db("lease_crash").await;
-    let admin = connect(db.url.expose()).await;
-    let (keeper_a, a) = keeper(&db, lease_config("replica-a"));
-    let (keeper_b, b) = keeper(&db, lease_config("replica-b"));
-    let ttl = keeper_a.config().ttl;
-    let renew_interval = keeper_a.config().renew_interval;
-    let mut a_rx = keeper_a.subscribe();
-    let mut b_rx = keeper_b.subscribe();
+    let (db, admin) = fresh_db_with_admin("lease_crash").await;
+    let config_a = lease_config("replica-a");
+    let (ttl, renew_interval) = (config_a.ttl, config_a.renew_interval);
     let shutdown = CancellationToken::new();
 
-    let task_a = tokio::spawn(keeper_a.run(shutdown.clone()));
-    let (status, _) = wait_status(&mut a_rx, Duration::from_secs(5), "A active", |s| {
-        s.is_active()
-    })
-    .await;
+    let ((a, a_rx, task_a), status) = start_active(&db, config_a, &shutdown).await;
     assert_eq!(status.epoch, 1, "a fresh lease starts at epoch 1");
-    let task_b = tokio::spawn(keeper_b.run(shutdown.clone()));
-    let (status, _) = wait_status(&mut b_rx, Duration::from_secs(5), "B sees A", |s| {
-        s.holder.as_deref() == Some("replica-a")
-    })
-    .await;
+    let ((b, _, task_b), status) =
+        start_standby(&db, lease_config("replica-b"), &shutdown, "replica-a").await;
     assert_eq!(status.role, Role::Passive);
     assert_eq!(
         status.holder_address.as_deref(),
@@ -94,11 +83,9 @@ async fn abrupt_stop_of_active_fails_over_within_three_seconds() {
         a_rx.borrow().is_active(),
         "A's aborted keeper could not publish, yet its handle reports passive"
     );
-    assert_eq!(b.fence().expect("B active").epoch, epoch + 1);
-    let (holder, db_epoch, live) = lease_row(&admin).await;
-    assert_eq!(
-        (holder.as_str(), db_epoch, live),
-        ("replica-b", epoch + 1, true)
+    assert!(
+        assert_holds(&admin, &b, "replica-b", epoch + 1).await,
+        "B's lease is live"
     );
 
     shutdown.cancel();
@@ -107,34 +94,19 @@ async fn abrupt_stop_of_active_fails_over_within_three_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_release_hands_over_at_once() {
-    let db = fresh_db("lease_release").await;
-    let admin = connect(db.url.expose()).await;
-    let (keeper_a, a) = keeper(&db, lease_config("replica-a"));
-    let (keeper_b, b) = keeper(&db, lease_config("replica-b"));
-    let poll_interval = keeper_b.config().poll_interval;
-    let mut a_rx = keeper_a.subscribe();
-    let mut b_rx = keeper_b.subscribe();
+    let (db, admin) = fresh_db_with_admin("lease_release").await;
+    let config_b = lease_config("replica-b");
+    let poll_interval = config_b.poll_interval;
     let stop_a = CancellationToken::new();
     let stop_b = CancellationToken::new();
 
-    let task_a = tokio::spawn(keeper_a.run(stop_a.clone()));
-    wait_status(&mut a_rx, Duration::from_secs(5), "A active", |s| {
-        s.is_active()
-    })
-    .await;
-    let task_b = tokio::spawn(keeper_b.run(stop_b.clone()));
-    wait_status(&mut b_rx, Duration::from_secs(5), "B sees A", |s| {
-        s.holder.as_deref() == Some("replica-a")
-    })
-    .await;
+    let ((a, a_rx, task_a), _) = start_active(&db, lease_config("replica-a"), &stop_a).await;
+    let ((b, mut b_rx, task_b), _) = start_standby(&db, config_b, &stop_b, "replica-a").await;
     let epoch = a.fence().expect("A active").epoch;
 
     stop_a.cancel();
     let stopped = Instant::now();
-    let (status, _) = wait_status(&mut b_rx, Duration::from_secs(5), "B active", |s| {
-        s.is_active()
-    })
-    .await;
+    let status = wait_active(&mut b_rx, "B active").await;
     let took = stopped.elapsed();
     task_a.await.expect("A keeper");
     println!("graceful release: B active {took:?} after A was asked to stop");
@@ -146,9 +118,7 @@ async fn graceful_release_hands_over_at_once() {
     assert!(!a.is_active());
     assert!(!a_rx.borrow().is_active(), "A's final status is passive");
     assert!(a.fence().is_none());
-    let (holder, db_epoch, _) = lease_row(&admin).await;
-    assert_eq!((holder.as_str(), db_epoch), ("replica-b", epoch + 1));
-    assert_eq!(b.fence().expect("B active").epoch, epoch + 1);
+    assert_holds(&admin, &b, "replica-b", epoch + 1).await;
 
     stop_b.cancel();
     task_b.await.expect("B keeper");
@@ -160,13 +130,10 @@ async fn graceful_release_hands_over_at_once() {
 /// worst case: a zombie writer that never looks at the role).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paused_holder_gets_no_write_accepted_after_takeover() {
-    let db = fresh_db("lease_split_brain").await;
-    let admin = connect(db.url.expose()).await;
+    let (db, admin) = fresh_db_with_admin("lease_split_brain").await;
     let (keeper_a, a) = keeper(&db, lease_config("replica-a"));
-    let (keeper_b, b) = keeper(&db, lease_config("replica-b"));
     let ttl = keeper_a.config().ttl;
     let mut a_rx = keeper_a.subscribe();
-    let mut b_rx = keeper_b.subscribe();
 
     // A's "process": a current-thread runtime on its own OS thread.
     let stop_a = CancellationToken::new();
@@ -183,16 +150,10 @@ async fn paused_holder_gets_no_write_accepted_after_takeover() {
         })
     };
     let a_runtime = rt_rx.recv().expect("A's runtime");
-    wait_status(&mut a_rx, Duration::from_secs(5), "A active", |s| {
-        s.is_active()
-    })
-    .await;
+    wait_active(&mut a_rx, "A active").await;
     let stop_b = CancellationToken::new();
-    let b_task = tokio::spawn(keeper_b.run(stop_b.clone()));
-    wait_status(&mut b_rx, Duration::from_secs(5), "B sees A", |s| {
-        s.holder.as_deref() == Some("replica-a")
-    })
-    .await;
+    let ((b, mut b_rx, b_task), _) =
+        start_standby(&db, lease_config("replica-b"), &stop_b, "replica-a").await;
     let fence_a = a.fence().expect("A active");
     let epoch = fence_a.epoch;
 
@@ -260,10 +221,7 @@ async fn paused_holder_gets_no_write_accepted_after_takeover() {
     assert!(a.fence().is_none());
     assert!(handle_passive < ttl, "took {handle_passive:?}");
 
-    let (status, _) = wait_status(&mut b_rx, Duration::from_secs(5), "B active", |s| {
-        s.is_active()
-    })
-    .await;
+    let status = wait_active(&mut b_rx, "B active").await;
     let takeover = paused.elapsed();
     assert_eq!(status.role, Role::Active { epoch: epoch + 1 });
     assert!(takeover < TAKEOVER_LIMIT, "takeover took {takeover:?}");
@@ -340,8 +298,7 @@ async fn paused_holder_gets_no_write_accepted_after_takeover() {
     .await;
     assert_eq!(status.epoch, epoch + 1);
     assert!(b.is_active());
-    let (holder, db_epoch, _) = lease_row(&admin).await;
-    assert_eq!((holder.as_str(), db_epoch), ("replica-b", epoch + 1));
+    assert_lease_row(&admin, "replica-b", epoch + 1).await;
     println!(
         "paused holder: A's handle passive {handle_passive:?} after the pause; B active \
          {takeover:?} after it; zombie writer: {committed} commits at epoch {epoch}, \
@@ -366,25 +323,13 @@ async fn paused_holder_gets_no_write_accepted_after_takeover() {
 /// commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn item_8_takeover_ends_open_fenced_transaction_of_expired_holder() {
-    let db = fresh_db("lease_concurrent").await;
-    let admin = connect(db.url.expose()).await;
-    let (keeper_a, a) = keeper(&db, lease_config("replica-a"));
-    let mut a_rx = keeper_a.subscribe();
+    let (db, admin) = fresh_db_with_admin("lease_concurrent").await;
     let shutdown = CancellationToken::new();
-    let task_a = tokio::spawn(keeper_a.run(shutdown.clone()));
-    wait_status(&mut a_rx, Duration::from_secs(5), "A active", |s| {
-        s.is_active()
-    })
-    .await;
+    let ((a, _, task_a), _) = start_active(&db, lease_config("replica-a"), &shutdown).await;
     let mut standbys = Vec::new();
     for name in ["replica-b", "replica-c", "replica-d"] {
-        let (keeper, handle) = keeper(&db, lease_config(name));
-        let mut rx = keeper.subscribe();
-        let task = tokio::spawn(keeper.run(shutdown.clone()));
-        wait_status(&mut rx, Duration::from_secs(5), "standby sees A", |s| {
-            s.holder.as_deref() == Some("replica-a")
-        })
-        .await;
+        let ((handle, _, task), _) =
+            start_standby(&db, lease_config(name), &shutdown, "replica-a").await;
         standbys.push((name, handle, task));
     }
     let fence_a = a.fence().expect("A active");
@@ -467,8 +412,7 @@ async fn item_8_takeover_ends_open_fenced_transaction_of_expired_holder() {
         assert_eq!(active, vec![winner]);
         sleep(Duration::from_millis(5)).await;
     }
-    let (holder, db_epoch, _) = lease_row(&admin).await;
-    assert_eq!((holder.as_str(), db_epoch), (winner, epoch + 1));
+    assert_lease_row(&admin, winner, epoch + 1).await;
     println!(
         "open fenced transaction: A renewed normally for 1.2 s with it open; {winner} took \
          over {takeover:?} after A's keeper died, ending A's transaction; epoch {} -> {}",
@@ -499,6 +443,19 @@ async fn item_8_takeover_ends_open_fenced_transaction_of_expired_holder() {
     for (_, _, task) in standbys {
         task.await.expect("standby keeper");
     }
+}
+
+/// Asserts that `handle` (of `holder`) is active at `epoch` and that the lease row says so;
+/// returns whether the row is live.
+async fn assert_holds(
+    admin: &tokio_postgres::Client,
+    handle: &LeaseHandle,
+    holder: &str,
+    epoch: i64,
+) -> bool {
+    let fence = handle.fence().expect("active");
+    assert_eq!(fence.epoch, epoch, "{holder}'s fence");
+    assert_lease_row(admin, holder, epoch).await
 }
 
 /// Whether a backend with `pid` exists in this database.
@@ -533,14 +490,8 @@ async fn lease_expiry(client: &tokio_postgres::Client) -> (String, i64, i64) {
 async fn renewals_survive_continuous_fenced_writes() {
     const WRITERS: usize = 16;
     let db = fresh_db("lease_write_load").await;
-    let (keeper_a, a) = keeper(&db, lease_config("replica-a"));
-    let mut a_rx = keeper_a.subscribe();
     let shutdown = CancellationToken::new();
-    let task_a = tokio::spawn(keeper_a.run(shutdown.clone()));
-    let (status, _) = wait_status(&mut a_rx, Duration::from_secs(5), "A active", |s| {
-        s.is_active()
-    })
-    .await;
+    let ((a, a_rx, task_a), status) = start_active(&db, lease_config("replica-a"), &shutdown).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();

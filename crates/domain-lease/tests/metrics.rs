@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, fresh_db, keeper, lease_config, wait_status};
+use common::{fresh_db_with_admin, lease_config, start_active, wait_status};
 use domain_lease::Role;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,18 @@ fn sample(rendered: &str, series: &str) -> Option<f64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// Asserts the value of each `(metric, value)` for the test lease in `rendered`.
+fn assert_samples(rendered: &str, expected: &[(&str, f64)]) {
+    let lease = format!("{{lease=\"{}\"}}", common::LEASE);
+    for (metric, value) in expected {
+        assert_eq!(
+            sample(rendered, &format!("{metric}{lease}")),
+            Some(*value),
+            "{metric}: {rendered}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_track_takeover_renewals_and_loss() {
     let recorder = PrometheusBuilder::new().build_recorder();
@@ -26,34 +38,20 @@ async fn metrics_track_takeover_renewals_and_loss() {
     metrics::set_global_recorder(recorder).expect("first recorder of this process");
     domain_lease::describe_metrics();
 
-    let db = fresh_db("lease_metrics").await;
-    let admin = connect(db.url.expose()).await;
-    let (keeper_a, a) = keeper(&db, lease_config("replica-a"));
-    let mut a_rx = keeper_a.subscribe();
+    let (db, admin) = fresh_db_with_admin("lease_metrics").await;
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(keeper_a.run(shutdown.clone()));
-    wait_status(&mut a_rx, Duration::from_secs(5), "A active", |s| {
-        s.is_active()
-    })
-    .await;
+    let ((a, mut a_rx, task), _) = start_active(&db, lease_config("replica-a"), &shutdown).await;
     tokio::time::sleep(Duration::from_millis(1600)).await;
 
     let lease = format!("{{lease=\"{}\"}}", common::LEASE);
     let text = prometheus.render();
-    assert_eq!(
-        sample(&text, &format!("lease_active{lease}")),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, &format!("lease_epoch{lease}")),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, &format!("lease_takeovers_total{lease}")),
-        Some(1.0),
-        "{text}"
+    assert_samples(
+        &text,
+        &[
+            ("lease_active", 1.0),
+            ("lease_epoch", 1.0),
+            ("lease_takeovers_total", 1.0),
+        ],
     );
     let renewals = sample(&text, &format!("lease_renew_seconds_count{lease}")).unwrap_or(0.0);
     assert!(renewals >= 2.0, "{text}");
@@ -92,20 +90,13 @@ async fn metrics_track_takeover_renewals_and_loss() {
     assert_eq!(status.epoch, 2);
 
     let text = prometheus.render();
-    assert_eq!(
-        sample(&text, &format!("lease_active{lease}")),
-        Some(0.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, &format!("lease_losses_total{lease}")),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, &format!("lease_epoch{lease}")),
-        Some(2.0),
-        "{text}"
+    assert_samples(
+        &text,
+        &[
+            ("lease_active", 0.0),
+            ("lease_losses_total", 1.0),
+            ("lease_epoch", 2.0),
+        ],
     );
     println!("A noticed the stolen lease {took:?} later; metrics:\n{text}");
 

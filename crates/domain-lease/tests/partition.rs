@@ -7,7 +7,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{connect, fresh_db, keeper, lease_config, lease_row, wait_status};
+use common::{
+    assert_lease_row, fresh_db_with_admin, lease_config, start_active, start_standby, wait_active,
+    wait_status,
+};
 use domain_lease::{LeaseConfig, Role};
 use domain_storage::DatabaseConfig;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -136,8 +139,7 @@ fn server_addr(db: &DatabaseConfig) -> SocketAddr {
 /// `slow_pool`: give A's pool long timeouts, so that only the keeper's own bounds (local
 /// deadline, `op-timeout`) can end a hanging renewal.
 async fn partition_scenario(prefix: &str, config_a: LeaseConfig, slow_pool: bool) -> Duration {
-    let db = fresh_db(prefix).await;
-    let admin = connect(db.url.expose()).await;
+    let (db, admin) = fresh_db_with_admin(prefix).await;
     let proxy = Proxy::start(server_addr(&db)).await;
     let ttl = config_a.ttl;
     let mut db_a = via_proxy(&db, proxy.addr);
@@ -147,23 +149,12 @@ async fn partition_scenario(prefix: &str, config_a: LeaseConfig, slow_pool: bool
         db_a.pool_recycle_timeout = Duration::from_secs(10);
         db_a.connect_timeout = Duration::from_secs(10);
     }
-    let (keeper_a, a) = keeper(&db_a, config_a);
-    let (keeper_b, b) = keeper(&db, lease_config("replica-b"));
-    let mut a_rx = keeper_a.subscribe();
-    let mut b_rx = keeper_b.subscribe();
     let shutdown = CancellationToken::new();
 
-    let task_a = tokio::spawn(keeper_a.run(shutdown.clone()));
-    let (status, _) = wait_status(&mut a_rx, Duration::from_secs(5), "A active", |s| {
-        s.is_active()
-    })
-    .await;
+    let ((a, mut a_rx, task_a), status) = start_active(&db_a, config_a, &shutdown).await;
     let epoch = status.epoch;
-    let task_b = tokio::spawn(keeper_b.run(shutdown.clone()));
-    wait_status(&mut b_rx, Duration::from_secs(5), "B sees A", |s| {
-        s.holder.as_deref() == Some("replica-a")
-    })
-    .await;
+    let ((b, mut b_rx, task_b), _) =
+        start_standby(&db, lease_config("replica-b"), &shutdown, "replica-a").await;
     // Let A go through a few renewals through the proxy.
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(a.is_active());
@@ -180,10 +171,7 @@ async fn partition_scenario(prefix: &str, config_a: LeaseConfig, slow_pool: bool
     assert!(demoted < ttl, "A still active {demoted:?} after the cut");
     assert!(!b.is_active(), "B active before A demoted itself");
 
-    let (status, _) = wait_status(&mut b_rx, Duration::from_secs(5), "B active", |s| {
-        s.is_active()
-    })
-    .await;
+    let status = wait_active(&mut b_rx, "B active").await;
     let takeover = cut.elapsed();
     assert_eq!(status.role, Role::Active { epoch: epoch + 1 });
     assert!(takeover > demoted);
@@ -200,8 +188,7 @@ async fn partition_scenario(prefix: &str, config_a: LeaseConfig, slow_pool: bool
     .await;
     let caught_up = healed.elapsed();
     assert!(b.is_active());
-    let (holder, db_epoch, _) = lease_row(&admin).await;
-    assert_eq!((holder.as_str(), db_epoch), ("replica-b", epoch + 1));
+    assert_lease_row(&admin, "replica-b", epoch + 1).await;
     println!(
         "{prefix}: A passive {demoted:?} after the cut (ttl {ttl:?}); B active {takeover:?} \
          after the cut; A saw B {caught_up:?} after the heal"
@@ -243,16 +230,14 @@ async fn cut_database_demotes_active_with_default_settings() {
 /// database is back, it re-acquires its own row with a new epoch (no standby around).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reacquiring_own_lease_after_a_loss_starts_a_new_epoch() {
-    let db = fresh_db("lease_reacquire").await;
-    let admin = connect(db.url.expose()).await;
+    let (db, admin) = fresh_db_with_admin("lease_reacquire").await;
     let proxy = Proxy::start(server_addr(&db)).await;
-    let (keeper_a, a) = keeper(&via_proxy(&db, proxy.addr), lease_config("replica-a"));
-    let mut a_rx = keeper_a.subscribe();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(keeper_a.run(shutdown.clone()));
-    let (status, _) = wait_status(&mut a_rx, Duration::from_secs(5), "A active", |s| {
-        s.is_active()
-    })
+    let ((a, mut a_rx, task), status) = start_active(
+        &via_proxy(&db, proxy.addr),
+        lease_config("replica-a"),
+        &shutdown,
+    )
     .await;
     let epoch = status.epoch;
 
@@ -261,8 +246,7 @@ async fn reacquiring_own_lease_after_a_loss_starts_a_new_epoch() {
         !s.is_active()
     })
     .await;
-    let (holder, db_epoch, live) = lease_row(&admin).await;
-    assert_eq!((holder.as_str(), db_epoch), ("replica-a", epoch));
+    let live = assert_lease_row(&admin, "replica-a", epoch).await;
     assert!(live, "the row must still be A's for this test");
     proxy.heal();
     let (status, took) = wait_status(&mut a_rx, Duration::from_secs(3), "A active again", |s| {
@@ -271,8 +255,7 @@ async fn reacquiring_own_lease_after_a_loss_starts_a_new_epoch() {
     .await;
     assert_eq!(status.role, Role::Active { epoch: epoch + 1 });
     assert_eq!(a.fence().expect("active").epoch, epoch + 1);
-    let (holder, db_epoch, _) = lease_row(&admin).await;
-    assert_eq!((holder.as_str(), db_epoch), ("replica-a", epoch + 1));
+    assert_lease_row(&admin, "replica-a", epoch + 1).await;
     println!(
         "re-acquire: A active again {took:?} after the heal, epoch {epoch} -> {}",
         epoch + 1

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::config::{ComponentKind, ConnectionConfig};
 use crate::error::DomainManagerError;
 use crate::manager::{
-    Core, WriteOutcome, parse_participant_id, parse_permission, parse_trust_level,
+    Core, Retirement, WriteOutcome, parse_participant_id, parse_permission, parse_trust_level,
 };
 use crate::metrics as m;
 use crate::status::{PROBE_TIMEOUT, probe_ready};
@@ -220,6 +220,29 @@ impl DomainAdmin {
             .ok_or_else(|| DomainManagerError::UnknownParticipant(id.to_string()))
     }
 
+    /// DisableParticipant and RemoveParticipant: retires the participant and logs it.
+    async fn retire_inner(
+        &self,
+        participant_id: &str,
+        retirement: Retirement,
+        deadline: Instant,
+    ) -> Result<Option<pb::ParticipantStateChange>, DomainManagerError> {
+        let id = parse_participant_id(participant_id)?;
+        let outcome = self
+            .core
+            .retire_participant(&id, retirement, deadline)
+            .await?;
+        tracing::info!(
+            participant = %id,
+            serial = outcome.serial,
+            effective_ts = outcome.effective_ts,
+            changed = outcome.changed,
+            "{}",
+            retirement.done()
+        );
+        Ok(state_change(outcome))
+    }
+
     async fn list_participants_inner(
         &self,
     ) -> Result<pb::ListParticipantsResponse, DomainManagerError> {
@@ -415,22 +438,10 @@ impl DomainAdminService for DomainAdmin {
         req: Request<pb::DisableParticipantRequest>,
     ) -> Result<Response<pb::DisableParticipantResponse>, Status> {
         let deadline = self.core.request_deadline(grpc_timeout(req.metadata()));
-        let r = req.into_inner();
-        let result = async {
-            let id = parse_participant_id(&r.participant_id)?;
-            let outcome = self.core.disable_participant(&id, deadline).await?;
-            tracing::info!(
-                participant = %id,
-                serial = outcome.serial,
-                effective_ts = outcome.effective_ts,
-                changed = outcome.changed,
-                "participant disabled"
-            );
-            Ok(pb::DisableParticipantResponse {
-                change: state_change(outcome),
-            })
-        }
-        .await;
+        let result = self
+            .retire_inner(&req.get_ref().participant_id, Retirement::Disable, deadline)
+            .await
+            .map(|change| pb::DisableParticipantResponse { change });
         finish("DisableParticipant", result).map(Response::new)
     }
 
@@ -439,22 +450,10 @@ impl DomainAdminService for DomainAdmin {
         req: Request<pb::RemoveParticipantRequest>,
     ) -> Result<Response<pb::RemoveParticipantResponse>, Status> {
         let deadline = self.core.request_deadline(grpc_timeout(req.metadata()));
-        let r = req.into_inner();
-        let result = async {
-            let id = parse_participant_id(&r.participant_id)?;
-            let outcome = self.core.remove_participant(&id, deadline).await?;
-            tracing::info!(
-                participant = %id,
-                serial = outcome.serial,
-                effective_ts = outcome.effective_ts,
-                changed = outcome.changed,
-                "participant removed"
-            );
-            Ok(pb::RemoveParticipantResponse {
-                change: state_change(outcome),
-            })
-        }
-        .await;
+        let result = self
+            .retire_inner(&req.get_ref().participant_id, Retirement::Remove, deadline)
+            .await
+            .map(|change| pb::RemoveParticipantResponse { change });
         finish("RemoveParticipant", result).map(Response::new)
     }
 

@@ -12,7 +12,7 @@ use crate::error::DomainManagerError;
 use crate::gateway::{
     DiscoveredSequencer, InstanceList, SendOutcome, Sequenced, SequencerGateway, TopologySend,
 };
-use crate::manager::{Core, CoreSettings};
+use crate::manager::{Core, CoreSettings, Retirement, WriteOutcome};
 use crate::store::{self, RowState, StoreError};
 use domain_identity::{DomainId, MemberId, MemberRole, PublicKey, SigningKeyPair, UniqueId};
 use domain_lease::{Fence, LeaseConfig, LeaseHandle, LeaseKeeper, LeaseStatus, Role};
@@ -189,6 +189,11 @@ impl FakeSequencer {
         self.dedup.lock().expect("lock").clear();
     }
 
+    /// The timestamp `message_id` was sequenced at, while its deduplication record lasts.
+    fn dedup_ts(&self, message_id: &str) -> Option<i64> {
+        self.dedup.lock().expect("lock").get(message_id).copied()
+    }
+
     /// Message ids sequenced so far.
     fn sequenced_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self
@@ -353,71 +358,142 @@ impl Setup {
             pool(&self.db),
             replica.handle.clone(),
             self.fake.clone(),
-            CoreSettings {
-                send_deadline: Duration::from_secs(5),
-                max_sequencing_window: Duration::from_secs(60),
-                genesis_mediators: self.mediators.clone(),
-                genesis_parameters: self.parameters,
-                lease_name: LEASE.into(),
-            },
+            settings(self.mediators.clone(), self.parameters),
         )
+    }
+
+    /// A fresh setup with replica `dm-a` active; returns its fence too.
+    async fn with_active() -> (Self, Replica, Fence) {
+        let s = Self::new().await;
+        let a = start_keeper(&s.db, "dm-a");
+        let fence = wait_active(&a).await;
+        (s, a, fence)
+    }
+
+    /// A pooled connection to the test database.
+    async fn client(&self) -> deadpool_postgres::Object {
+        pool(&self.db).get().await.expect("client")
+    }
+
+    /// A fresh setup with replica `dm-a` active and its core bootstrapped.
+    async fn bootstrapped() -> (Self, Replica, Arc<Core>) {
+        let s = Self::new().await;
+        let a = start_keeper(&s.db, "dm-a");
+        wait_active(&a).await;
+        let core = s.core(&a);
+        core.activate(deadline()).await.expect("bootstrap");
+        (s, a, core)
+    }
+
+    /// Inserts a pending `Replace` of `mapping` under `fence`, signed by the namespace key,
+    /// on a connection of its own.
+    async fn insert(
+        &self,
+        fence: &Fence,
+        mapping: Mapping,
+    ) -> Result<store::TopologyRecord, StoreError> {
+        let mut client = self.client().await;
+        store::insert_pending(
+            &mut client,
+            fence,
+            &self.domain_id,
+            &self.key,
+            Operation::Replace,
+            mapping,
+            MAX_SEQUENCING_TS,
+        )
+        .await
     }
 
     async fn rows(&self) -> Vec<store::TopologyRecord> {
         let client = pool(&self.db).get().await.expect("client");
-        store::load_all(&**client, &self.domain_id)
+        store::load(&**client, &self.domain_id, store::Rows::All)
             .await
             .expect("load")
     }
+}
+
+/// The default domain parameters as a topology mapping.
+fn default_parameters() -> Mapping {
+    Mapping::Parameters(DomainParameters::default())
 }
 
 fn deadline() -> Instant {
     Instant::now() + Duration::from_secs(5)
 }
 
+/// The core settings of every test replica, with the given genesis topology.
+fn settings(
+    genesis_mediators: Vec<MemberId>,
+    genesis_parameters: DomainParameters,
+) -> CoreSettings {
+    CoreSettings {
+        send_deadline: Duration::from_secs(5),
+        max_sequencing_window: Duration::from_secs(60),
+        genesis_mediators,
+        genesis_parameters,
+        lease_name: LEASE.into(),
+    }
+}
+
+/// `core.set_participant_state` without a key, with the default [`deadline`].
+async fn set_state(
+    core: &Core,
+    participant: &MemberId,
+    permission: Permission,
+    trust_level: TrustLevel,
+) -> Result<WriteOutcome, DomainManagerError> {
+    core.set_participant_state(participant, permission, trust_level, None, deadline())
+        .await
+}
+
+/// Asserts that a write was refused with DM_NOT_ACTIVE naming `holder` and its address.
+fn assert_not_active(result: Result<WriteOutcome, DomainManagerError>, holder: &str) {
+    match result {
+        Err(DomainManagerError::NotActive {
+            holder: named,
+            address,
+        }) => {
+            assert_eq!(named.as_deref(), Some(holder));
+            assert_eq!(
+                address,
+                Some(format!("http://{holder}.example:4402")),
+                "address of {holder}"
+            );
+        }
+        other => panic!("expected DM_NOT_ACTIVE naming {holder}, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn serials_are_allocated_in_order_and_rows_go_from_pending_to_sequenced() {
-    let s = Setup::new().await;
-    let a = start_keeper(&s.db, "dm-a");
-    let fence = wait_active(&a).await;
-    let p = pool(&s.db);
-    let mut client = p.get().await.expect("client");
+    let (s, a, fence) = Setup::with_active().await;
+    let mut client = s.client().await;
     let (participant, _) = member(MemberRole::Participant, "alice");
 
-    let first = store::insert_pending(
-        &mut client,
-        &fence,
-        &s.domain_id,
-        &s.key,
-        Operation::Replace,
-        Mapping::Participant {
-            participant: participant.clone(),
-            permission: Permission::Submission,
-            trust_level: TrustLevel::Ordinary,
-            public_key: None,
-        },
-        MAX_SEQUENCING_TS,
-    )
-    .await
-    .expect("insert 1");
-    let second = store::insert_pending(
-        &mut client,
-        &fence,
-        &s.domain_id,
-        &s.key,
-        Operation::Replace,
-        Mapping::Parameters(DomainParameters::default()),
-        MAX_SEQUENCING_TS,
-    )
-    .await
-    .expect("insert 2");
-    assert_eq!((first.serial(), second.serial()), (1, 2));
+    let participant_row = Mapping::Participant {
+        participant: participant.clone(),
+        permission: Permission::Submission,
+        trust_level: TrustLevel::Ordinary,
+        public_key: None,
+    };
+    let mut inserted = Vec::new();
+    for (n, mapping) in [participant_row, default_parameters()]
+        .into_iter()
+        .enumerate()
+    {
+        let record = s.insert(&fence, mapping).await;
+        inserted.push(record.unwrap_or_else(|e| panic!("insert {}: {e:?}", n + 1)));
+    }
+    let serials: Vec<u64> = inserted.iter().map(|r| r.serial()).collect();
+    assert_eq!(serials, [1, 2]);
+    let first = &inserted[0];
     // What is stored verifies under the namespace key.
     let verified = domain_topology::verify_signed(&first.signed, &s.domain_id, s.key.public_key())
         .expect("signed by the namespace key");
     assert_eq!(verified, first.tx);
 
-    let pending = store::load_pending(&**client, &s.domain_id)
+    let pending = store::load(&**client, &s.domain_id, store::Rows::Pending)
         .await
         .expect("pending");
     assert_eq!(pending.len(), 2);
@@ -465,40 +541,23 @@ async fn serials_are_allocated_in_order_and_rows_go_from_pending_to_sequenced() 
 
 #[tokio::test]
 async fn a_stale_fence_gets_no_write_accepted() {
-    let s = Setup::new().await;
-    let a = start_keeper(&s.db, "dm-a");
-    let stale = wait_active(&a).await;
+    let (s, a, stale) = Setup::with_active().await;
     // A dies without releasing (crash / pause); B takes over once the lease expires.
     a.task.abort();
     let b = start_keeper(&s.db, "dm-b");
     let fresh = wait_active(&b).await;
     assert!(fresh.epoch > stale.epoch);
 
-    let p = pool(&s.db);
-    let mut client = p.get().await.expect("client");
-    let inserted = store::insert_pending(
-        &mut client,
-        &fresh,
-        &s.domain_id,
-        &s.key,
-        Operation::Replace,
-        Mapping::Parameters(DomainParameters::default()),
-        MAX_SEQUENCING_TS,
-    )
-    .await
-    .expect("the new active writes");
+    let mut client = s.client().await;
+    let inserted = s
+        .insert(&fresh, default_parameters())
+        .await
+        .expect("the new active writes");
 
-    let rejected = store::insert_pending(
-        &mut client,
-        &stale,
-        &s.domain_id,
-        &s.key,
-        Operation::Replace,
-        Mapping::Parameters(DomainParameters::default()),
-        MAX_SEQUENCING_TS,
-    )
-    .await
-    .expect_err("stale insert");
+    let rejected = s
+        .insert(&stale, default_parameters())
+        .await
+        .expect_err("stale insert");
     assert!(
         matches!(&rejected, StoreError::Lease(e) if e.is_fenced()),
         "{rejected:?}"
@@ -538,11 +597,7 @@ async fn a_stale_fence_gets_no_write_accepted() {
 
 #[tokio::test]
 async fn bootstrap_is_idempotent_across_restarts_and_takeovers() {
-    let s = Setup::new().await;
-    let a = start_keeper(&s.db, "dm-a");
-    wait_active(&a).await;
-    let core = s.core(&a);
-    core.activate(deadline()).await.expect("bootstrap");
+    let (s, a, core) = Setup::bootstrapped().await;
 
     let rows = s.rows().await;
     let kinds: Vec<_> = rows.iter().map(|r| r.tx.mapping.kind()).collect();
@@ -585,11 +640,8 @@ async fn bootstrap_is_idempotent_across_restarts_and_takeovers() {
 
 #[tokio::test]
 async fn a_database_of_another_domain_is_refused() {
-    let s = Setup::new().await;
-    let a = start_keeper(&s.db, "dm-a");
-    let fence = wait_active(&a).await;
-    let p = pool(&s.db);
-    let mut client = p.get().await.expect("client");
+    let (s, a, fence) = Setup::with_active().await;
+    let mut client = s.client().await;
     store::ensure_domain(&mut client, &fence, &s.domain_id)
         .await
         .expect("first domain");
@@ -618,13 +670,7 @@ async fn a_database_of_another_domain_is_refused() {
         pool(&s.db),
         a.handle.clone(),
         s.fake.clone(),
-        CoreSettings {
-            send_deadline: Duration::from_secs(5),
-            max_sequencing_window: Duration::from_secs(60),
-            genesis_mediators: Vec::new(),
-            genesis_parameters: DomainParameters::default(),
-            lease_name: LEASE.into(),
-        },
+        settings(Vec::new(), DomainParameters::default()),
     );
     assert!(core.activate(deadline()).await.is_err());
     assert!(core.fatal().is_cancelled());
@@ -638,21 +684,10 @@ async fn a_database_of_another_domain_is_refused() {
 
 #[tokio::test]
 async fn writes_are_idempotent_and_failed_sends_are_resent_with_the_same_serial() {
-    let s = Setup::new().await;
-    let a = start_keeper(&s.db, "dm-a");
-    wait_active(&a).await;
-    let core = s.core(&a);
-    core.activate(deadline()).await.expect("bootstrap");
+    let (s, a, core) = Setup::bootstrapped().await;
     let (alice, _) = member(MemberRole::Participant, "alice");
 
-    let set = core
-        .set_participant_state(
-            &alice,
-            Permission::Submission,
-            TrustLevel::Ordinary,
-            None,
-            deadline(),
-        )
+    let set = set_state(&core, &alice, Permission::Submission, TrustLevel::Ordinary)
         .await
         .expect("set");
     assert!(set.changed);
@@ -669,14 +704,7 @@ async fn writes_are_idempotent_and_failed_sends_are_resent_with_the_same_serial(
     assert_eq!(effective_ts, sequenced_ts + 100_000);
     assert_eq!(set.effective_ts, effective_ts);
 
-    let again = core
-        .set_participant_state(
-            &alice,
-            Permission::Submission,
-            TrustLevel::Ordinary,
-            None,
-            deadline(),
-        )
+    let again = set_state(&core, &alice, Permission::Submission, TrustLevel::Ordinary)
         .await
         .expect("same state");
     assert_eq!((again.changed, again.serial), (false, 5));
@@ -685,21 +713,14 @@ async fn writes_are_idempotent_and_failed_sends_are_resent_with_the_same_serial(
 
     // The sequencer sequences the change but the answer is lost: the row stays pending.
     s.fake.set_mode(Mode::LoseAnswer);
-    let e = core
-        .set_participant_state(
-            &alice,
-            Permission::Observation,
-            TrustLevel::Vip,
-            None,
-            deadline(),
-        )
+    let e = set_state(&core, &alice, Permission::Observation, TrustLevel::Vip)
         .await
         .expect_err("answer lost");
     assert_eq!(e.code(), "DM_SEQUENCER_UNAVAILABLE");
     // Unreachable: the next write first resends serial 6, fails, allocates nothing.
     s.fake.set_mode(Mode::Unreachable);
     let e = core
-        .disable_participant(&alice, deadline())
+        .retire_participant(&alice, Retirement::Disable, deadline())
         .await
         .expect_err("unreachable");
     assert_eq!(e.code(), "DM_SEQUENCER_UNAVAILABLE");
@@ -716,19 +737,11 @@ async fn writes_are_idempotent_and_failed_sends_are_resent_with_the_same_serial(
     let rows = s.rows().await;
     assert!(rows[5].sequenced().is_some());
     let sequenced_6 = rows[5].sequenced().expect("sequenced").sequenced_ts;
-    assert_eq!(
-        Some(sequenced_6),
-        s.fake
-            .dedup
-            .lock()
-            .expect("lock")
-            .get("topology-6")
-            .copied()
-    );
+    assert_eq!(Some(sequenced_6), s.fake.dedup_ts("topology-6"));
 
     // Disable keeps the trust level; remove; unknown participants are refused.
     let disabled = core
-        .disable_participant(&alice, deadline())
+        .retire_participant(&alice, Retirement::Disable, deadline())
         .await
         .expect("disable");
     assert!(disabled.changed);
@@ -743,32 +756,36 @@ async fn writes_are_idempotent_and_failed_sends_are_resent_with_the_same_serial(
         }
     );
     let removed = core
-        .remove_participant(&alice, deadline())
+        .retire_participant(&alice, Retirement::Remove, deadline())
         .await
         .expect("remove");
     assert!(removed.changed);
     assert!(
         !core
-            .remove_participant(&alice, deadline())
+            .retire_participant(&alice, Retirement::Remove, deadline())
             .await
             .expect("idempotent")
             .changed
     );
     let (bob, _) = member(MemberRole::Participant, "bob");
-    assert_eq!(
-        core.disable_participant(&bob, deadline())
-            .await
-            .expect_err("unknown")
-            .code(),
-        "DM_UNKNOWN_PARTICIPANT"
-    );
-    assert_eq!(
-        core.remove_participant(&bob, deadline())
-            .await
-            .expect_err("unknown")
-            .code(),
-        "DM_UNKNOWN_PARTICIPANT"
-    );
+    for (what, result) in [
+        (
+            "disable",
+            core.retire_participant(&bob, Retirement::Disable, deadline())
+                .await,
+        ),
+        (
+            "remove",
+            core.retire_participant(&bob, Retirement::Remove, deadline())
+                .await,
+        ),
+    ] {
+        assert_eq!(
+            result.expect_err(what).code(),
+            "DM_UNKNOWN_PARTICIPANT",
+            "{what} an unknown participant"
+        );
+    }
     a.stop.cancel();
 }
 
@@ -778,11 +795,7 @@ async fn writes_are_idempotent_and_failed_sends_are_resent_with_the_same_serial(
 /// reached the sequencer, it is sent again under a new message id, once.
 #[tokio::test]
 async fn item_14_resend_past_its_deadline_records_the_original_or_sends_anew() {
-    let s = Setup::new().await;
-    let a = start_keeper(&s.db, "dm-a");
-    wait_active(&a).await;
-    let core = s.core(&a);
-    core.activate(deadline()).await.expect("bootstrap");
+    let (s, a, core) = Setup::bootstrapped().await;
     let first = s.rows().await.len();
     let (alice, _) = member(MemberRole::Participant, "alice");
     let (bob, _) = member(MemberRole::Participant, "bob");
@@ -802,24 +815,33 @@ async fn item_14_resend_past_its_deadline_records_the_original_or_sends_anew() {
         ids
     };
 
+    // A write of `participant` fails with the sequencer in `mode` (`failure`); its deadline
+    // passes and the record is pruned; the retry settles it (`settled`). Returns the row of
+    // serial `serial` and the copies sequenced under that serial (exactly one).
+    let settle_past_deadline =
+        async |participant: &MemberId, mode: Mode, failure: &str, settled: &str, serial: usize| {
+            s.fake.set_mode(mode);
+            set_state(
+                &core,
+                participant,
+                Permission::Submission,
+                TrustLevel::Ordinary,
+            )
+            .await
+            .expect_err(failure);
+            s.fake.expire_seen();
+            s.fake.set_mode(Mode::Ok);
+            core.retry_pending(deadline()).await.expect(settled);
+            let row = s.rows().await[serial - 1].clone();
+            let sequenced = copies(serial);
+            assert_eq!(sequenced.len(), 1, "serial {serial}: {sequenced:?}");
+            (row, sequenced)
+        };
+
     // Sequenced, answer lost; then its deadline passes and the record is pruned.
-    s.fake.set_mode(Mode::LoseAnswer);
-    core.set_participant_state(
-        &alice,
-        Permission::Submission,
-        TrustLevel::Ordinary,
-        None,
-        deadline(),
-    )
-    .await
-    .expect_err("answer lost");
-    s.fake.expire_seen();
-    s.fake.set_mode(Mode::Ok);
-    core.retry_pending(deadline()).await.expect("settled");
     let serial = first + 1;
-    let row = s.rows().await[first].clone();
-    let sequenced = copies(serial);
-    assert_eq!(sequenced.len(), 1, "{sequenced:?}");
+    let (row, sequenced) =
+        settle_past_deadline(&alice, Mode::LoseAnswer, "answer lost", "settled", serial).await;
     assert_eq!(sequenced[0].0, format!("topology-{serial}"));
     assert_eq!(
         row.sequenced().map(|t| t.sequenced_ts),
@@ -829,23 +851,9 @@ async fn item_14_resend_past_its_deadline_records_the_original_or_sends_anew() {
 
     // Never reached a sequencer before its deadline passed: sent again, once, under a
     // new message id, which the row records.
-    s.fake.set_mode(Mode::Unreachable);
-    core.set_participant_state(
-        &bob,
-        Permission::Submission,
-        TrustLevel::Ordinary,
-        None,
-        deadline(),
-    )
-    .await
-    .expect_err("unreachable");
-    s.fake.expire_seen();
-    s.fake.set_mode(Mode::Ok);
-    core.retry_pending(deadline()).await.expect("sent anew");
     let serial = first + 2;
-    let row = s.rows().await[first + 1].clone();
-    let sequenced = copies(serial);
-    assert_eq!(sequenced.len(), 1, "{sequenced:?}");
+    let (row, sequenced) =
+        settle_past_deadline(&bob, Mode::Unreachable, "unreachable", "sent anew", serial).await;
     assert!(
         sequenced[0].0.starts_with(&format!("topology-{serial}-")),
         "{sequenced:?}"
@@ -861,11 +869,7 @@ async fn item_14_resend_past_its_deadline_records_the_original_or_sends_anew() {
 
 #[tokio::test]
 async fn a_passive_replica_names_the_active_one_and_a_lost_lease_stops_the_write() {
-    let s = Setup::new().await;
-    let a = start_keeper(&s.db, "dm-a");
-    wait_active(&a).await;
-    let core_a = s.core(&a);
-    core_a.activate(deadline()).await.expect("bootstrap");
+    let (s, a, core_a) = Setup::bootstrapped().await;
 
     let b = start_keeper(&s.db, "dm-b");
     wait_status(&b.handle, "passive, seeing dm-a", |st| {
@@ -874,22 +878,16 @@ async fn a_passive_replica_names_the_active_one_and_a_lost_lease_stops_the_write
     .await;
     let core_b = s.core(&b);
     let (alice, _) = member(MemberRole::Participant, "alice");
-    match core_b
-        .set_participant_state(
+    assert_not_active(
+        set_state(
+            &core_b,
             &alice,
             Permission::Submission,
             TrustLevel::Ordinary,
-            None,
-            deadline(),
         )
-        .await
-    {
-        Err(DomainManagerError::NotActive { holder, address }) => {
-            assert_eq!(holder.as_deref(), Some("dm-a"));
-            assert_eq!(address.as_deref(), Some("http://dm-a.example:4402"));
-        }
-        other => panic!("expected DM_NOT_ACTIVE, got {other:?}"),
-    }
+        .await,
+        "dm-a",
+    );
 
     // A's transaction is sequenced but the answer has not arrived when A loses its
     // lease (paused past its ttl).
@@ -898,15 +896,13 @@ async fn a_passive_replica_names_the_active_one_and_a_lost_lease_stops_the_write
         let core_a = core_a.clone();
         let alice = alice.clone();
         async move {
-            core_a
-                .set_participant_state(
-                    &alice,
-                    Permission::Submission,
-                    TrustLevel::Ordinary,
-                    None,
-                    deadline(),
-                )
-                .await
+            set_state(
+                &core_a,
+                &alice,
+                Permission::Submission,
+                TrustLevel::Ordinary,
+            )
+            .await
         }
     });
     s.fake.entered.notified().await;
@@ -921,31 +917,19 @@ async fn a_passive_replica_names_the_active_one_and_a_lost_lease_stops_the_write
         .expect_err("lease lost mid-way");
     assert_eq!(e.code(), "DM_NOT_ACTIVE", "{e:?}");
     // A's keeper is gone and never saw B; the answer still names B (from the lease row).
-    match core_a
-        .set_participant_state(
+    assert_not_active(
+        set_state(
+            &core_a,
             &alice,
             Permission::Observation,
             TrustLevel::Ordinary,
-            None,
-            deadline(),
         )
-        .await
-    {
-        Err(DomainManagerError::NotActive { holder, address }) => {
-            assert_eq!(holder.as_deref(), Some("dm-b"));
-            assert_eq!(address.as_deref(), Some("http://dm-b.example:4402"));
-        }
-        other => panic!("expected DM_NOT_ACTIVE, got {other:?}"),
-    }
+        .await,
+        "dm-b",
+    );
     let rows = s.rows().await;
     assert_eq!(rows.last().map(|r| r.state), Some(RowState::Pending));
-    let sequenced_first = s
-        .fake
-        .dedup
-        .lock()
-        .expect("lock")
-        .get("topology-5")
-        .copied();
+    let sequenced_first = s.fake.dedup_ts("topology-5");
 
     // The new active resends it (deduplicated) before anything else.
     core_b.activate(deadline()).await.expect("takeover");
@@ -954,16 +938,14 @@ async fn a_passive_replica_names_the_active_one_and_a_lost_lease_stops_the_write
     assert_eq!(row.serial(), 5);
     assert_eq!(row.written_epoch, fence_b.epoch);
     assert_eq!(row.sequenced().map(|t| t.sequenced_ts), sequenced_first);
-    let again = core_b
-        .set_participant_state(
-            &alice,
-            Permission::Submission,
-            TrustLevel::Ordinary,
-            None,
-            deadline(),
-        )
-        .await
-        .expect("idempotent on the new active");
+    let again = set_state(
+        &core_b,
+        &alice,
+        Permission::Submission,
+        TrustLevel::Ordinary,
+    )
+    .await
+    .expect("idempotent on the new active");
     assert_eq!((again.changed, again.serial), (false, 5));
     b.stop.cancel();
 }

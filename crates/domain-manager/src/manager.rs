@@ -81,6 +81,39 @@ pub enum Decision {
     },
 }
 
+impl Decision {
+    /// Sequence `operation` on the participant mapping with these attributes.
+    fn send_participant(
+        operation: Operation,
+        participant: &MemberId,
+        permission: Permission,
+        trust_level: TrustLevel,
+        public_key: Option<PublicKey>,
+    ) -> Self {
+        Self::Send {
+            operation,
+            mapping: Mapping::Participant {
+                participant: participant.clone(),
+                permission,
+                trust_level,
+                public_key,
+            },
+        }
+    }
+
+    /// Nothing to do: `entry`, the latest row of the key, already says it.
+    fn in_place(entry: &SequencedTopology) -> Self {
+        Self::NoOp {
+            serial: entry.tx.serial,
+            effective_ts: entry.effective_ts,
+        }
+    }
+}
+
+fn unknown_participant(participant: &MemberId) -> DomainManagerError {
+    DomainManagerError::UnknownParticipant(participant.to_string())
+}
+
 /// Validates a participant id: `PAR::name::1220…`.
 pub fn parse_participant_id(s: &str) -> Result<MemberId, DomainManagerError> {
     MemberId::parse_participant(s, false)
@@ -137,19 +170,33 @@ pub fn decide_set_state(
         && participant_attrs(entry) == Some((permission, trust_level))
         && public_key == previous_key
     {
-        return Decision::NoOp {
-            serial: entry.tx.serial,
-            effective_ts: entry.effective_ts,
-        };
+        return Decision::in_place(entry);
     }
-    Decision::Send {
-        operation: Operation::Replace,
-        mapping: Mapping::Participant {
-            participant: participant.clone(),
-            permission,
-            trust_level,
-            public_key,
-        },
+    Decision::send_participant(
+        Operation::Replace,
+        participant,
+        permission,
+        trust_level,
+        public_key,
+    )
+}
+
+/// How a participant is taken out of the domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retirement {
+    /// DisableParticipant: [`decide_disable`].
+    Disable,
+    /// RemoveParticipant: [`decide_remove`].
+    Remove,
+}
+
+impl Retirement {
+    /// What happened to the participant, for logs.
+    pub fn done(self) -> &'static str {
+        match self {
+            Self::Disable => "participant disabled",
+            Self::Remove => "participant removed",
+        }
     }
 }
 
@@ -159,11 +206,9 @@ pub fn decide_disable(
     latest: Option<&SequencedTopology>,
     participant: &MemberId,
 ) -> Result<Decision, DomainManagerError> {
-    let Some((_, trust_level)) = latest.and_then(participant_attrs) else {
-        return Err(DomainManagerError::UnknownParticipant(
-            participant.to_string(),
-        ));
-    };
+    let (_, trust_level) = latest
+        .and_then(participant_attrs)
+        .ok_or_else(|| unknown_participant(participant))?;
     Ok(decide_set_state(
         latest,
         participant,
@@ -179,16 +224,9 @@ pub fn decide_remove(
     latest: Option<&SequencedTopology>,
     participant: &MemberId,
 ) -> Result<Decision, DomainManagerError> {
-    let Some(entry) = latest else {
-        return Err(DomainManagerError::UnknownParticipant(
-            participant.to_string(),
-        ));
-    };
+    let entry = latest.ok_or_else(|| unknown_participant(participant))?;
     match (&entry.tx.operation, &entry.tx.mapping) {
-        (Operation::Remove, _) => Ok(Decision::NoOp {
-            serial: entry.tx.serial,
-            effective_ts: entry.effective_ts,
-        }),
+        (Operation::Remove, _) => Ok(Decision::in_place(entry)),
         (
             Operation::Replace,
             Mapping::Participant {
@@ -197,16 +235,14 @@ pub fn decide_remove(
                 public_key,
                 ..
             },
-        ) => Ok(Decision::Send {
-            operation: Operation::Remove,
             // The wire format requires valid attributes even on a removal.
-            mapping: Mapping::Participant {
-                participant: participant.clone(),
-                permission: *permission,
-                trust_level: *trust_level,
-                public_key: public_key.clone(),
-            },
-        }),
+        ) => Ok(Decision::send_participant(
+            Operation::Remove,
+            participant,
+            *permission,
+            *trust_level,
+            public_key.clone(),
+        )),
         _ => Err(DomainManagerError::Internal(format!(
             "latest transaction of {participant} is not a participant mapping"
         ))),
@@ -221,10 +257,7 @@ pub fn decide_parameters(
     if let Some(entry) = latest
         && entry.tx.mapping == Mapping::Parameters(parameters)
     {
-        return Decision::NoOp {
-            serial: entry.tx.serial,
-            effective_ts: entry.effective_ts,
-        };
+        return Decision::in_place(entry);
     }
     Decision::Send {
         operation: Operation::Replace,
@@ -495,7 +528,7 @@ impl Core {
                 }
                 other => other?,
             }
-            let records = store::load_all(&**client, &self.domain_id).await?;
+            let records = store::load(&**client, &self.domain_id, store::Rows::All).await?;
             let pending = records.iter().any(|r| r.sequenced().is_none());
             // The sequencer key our own latest registration names (pending ones count:
             // a resend of a registration goes to the key it registers).
@@ -555,7 +588,7 @@ impl Core {
     ) -> Result<(), DomainManagerError> {
         let pending = {
             let client = self.client().await?;
-            store::load_pending(&**client, &self.domain_id).await?
+            store::load(&**client, &self.domain_id, store::Rows::Pending).await?
         };
         for record in pending {
             tracing::info!(
@@ -923,24 +956,19 @@ impl Core {
         &self.key
     }
 
-    pub async fn disable_participant(
+    /// Disables or removes a known participant (see [`decide_disable`], [`decide_remove`]).
+    pub async fn retire_participant(
         &self,
         participant: &MemberId,
+        retirement: Retirement,
         deadline: Instant,
     ) -> Result<WriteOutcome, DomainManagerError> {
         let key = format!("participant/{participant}");
-        self.submit(&key, deadline, |latest| decide_disable(latest, participant))
-            .await
-    }
-
-    pub async fn remove_participant(
-        &self,
-        participant: &MemberId,
-        deadline: Instant,
-    ) -> Result<WriteOutcome, DomainManagerError> {
-        let key = format!("participant/{participant}");
-        self.submit(&key, deadline, |latest| decide_remove(latest, participant))
-            .await
+        self.submit(&key, deadline, |latest| match retirement {
+            Retirement::Disable => decide_disable(latest, participant),
+            Retirement::Remove => decide_remove(latest, participant),
+        })
+        .await
     }
 
     pub async fn set_parameters(

@@ -59,26 +59,29 @@ mod tests {
 
     #[test]
     fn maps_probes_to_states() {
-        assert_eq!(
-            Probe::Answered(200).state(ComponentKind::Mediator),
-            ComponentState::Active
-        );
-        assert_eq!(
-            Probe::Answered(503).state(ComponentKind::DomainManager),
-            ComponentState::Passive
-        );
-        assert_eq!(
-            Probe::Answered(200).state(ComponentKind::Sequencer),
-            ComponentState::Serving
-        );
-        assert_eq!(
-            Probe::Answered(503).state(ComponentKind::Participant),
-            ComponentState::NotServing
-        );
-        assert_eq!(
-            Probe::Unreachable("x".into()).state(ComponentKind::Sequencer),
-            ComponentState::Unreachable
-        );
+        // (component, HTTP status of its readiness probe or None if unreachable, state)
+        let cases = [
+            (ComponentKind::Mediator, Some(200), ComponentState::Active),
+            (
+                ComponentKind::DomainManager,
+                Some(503),
+                ComponentState::Passive,
+            ),
+            (ComponentKind::Sequencer, Some(200), ComponentState::Serving),
+            (
+                ComponentKind::Participant,
+                Some(503),
+                ComponentState::NotServing,
+            ),
+            (ComponentKind::Sequencer, None, ComponentState::Unreachable),
+        ];
+        for (kind, answer, state) in cases {
+            let probe = match answer {
+                Some(status) => Probe::Answered(status),
+                None => Probe::Unreachable("x".into()),
+            };
+            assert_eq!(probe.state(kind), state, "{probe:?} of a {kind:?}");
+        }
     }
 
     async fn serve_once(answer: &'static str) -> String {

@@ -11,6 +11,7 @@ use domain_lease::{Fence, LeaseError, fenced_transaction};
 use domain_proto::topology::v1 as pb;
 use domain_topology::{Mapping, Operation, SequencedTopology, TopologyState, TopologyTransaction};
 use prost::Message as _;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Row};
 
 #[derive(Debug, thiserror::Error)]
@@ -199,38 +200,32 @@ pub async fn ensure_domain(
     .await
 }
 
-/// Every topology row, by serial.
-pub async fn load_all(
-    client: &impl GenericClient,
-    domain_id: &DomainId,
-) -> Result<Vec<TopologyRecord>, StoreError> {
-    let id = domain_id.to_string();
-    client
-        .query(
-            &format!("SELECT {COLUMNS} FROM dm_topology ORDER BY serial"),
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| decode_row(r, &id))
-        .collect()
+/// Which topology rows [`load`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Every row.
+    All,
+    /// The rows still pending.
+    Pending,
 }
 
-/// Pending rows, by serial.
-pub async fn load_pending(
+/// The topology rows `which` selects, by serial.
+pub async fn load(
     client: &impl GenericClient,
     domain_id: &DomainId,
+    which: Rows,
 ) -> Result<Vec<TopologyRecord>, StoreError> {
-    let id = domain_id.to_string();
-    client
-        .query(
-            &format!("SELECT {COLUMNS} FROM dm_topology WHERE state = 'pending' ORDER BY serial"),
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| decode_row(r, &id))
-        .collect()
+    let filter = match which {
+        Rows::All => "",
+        Rows::Pending => "WHERE state = 'pending' ",
+    };
+    query_records(
+        client,
+        domain_id,
+        &format!("SELECT {COLUMNS} FROM dm_topology {filter}ORDER BY serial"),
+        &[],
+    )
+    .await
 }
 
 /// The latest sequenced row of every mapping key of `kind` (all kinds when `None`),
@@ -240,16 +235,29 @@ pub async fn latest_sequenced(
     domain_id: &DomainId,
     kind: Option<&str>,
 ) -> Result<Vec<TopologyRecord>, StoreError> {
+    query_records(
+        client,
+        domain_id,
+        &format!(
+            "SELECT DISTINCT ON (mapping_key) {COLUMNS} FROM dm_topology \
+             WHERE state = 'sequenced' AND ($1::text IS NULL OR kind = $1) \
+             ORDER BY mapping_key, serial DESC"
+        ),
+        &[&kind],
+    )
+    .await
+}
+
+/// The topology rows `sql` selects (as [`COLUMNS`]), decoded, in the order it returns them.
+async fn query_records(
+    client: &impl GenericClient,
+    domain_id: &DomainId,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<TopologyRecord>, StoreError> {
     let id = domain_id.to_string();
     client
-        .query(
-            &format!(
-                "SELECT DISTINCT ON (mapping_key) {COLUMNS} FROM dm_topology \
-                 WHERE state = 'sequenced' AND ($1::text IS NULL OR kind = $1) \
-                 ORDER BY mapping_key, serial DESC"
-            ),
-            &[&kind],
-        )
+        .query(sql, params)
         .await?
         .iter()
         .map(|r| decode_row(r, &id))
@@ -344,22 +352,34 @@ pub async fn set_send(
     max_sequencing_ts: i64,
 ) -> Result<bool, StoreError> {
     fenced_transaction(client, fence, async |tx| {
-        let updated = tx
-            .execute(
-                "UPDATE dm_topology SET message_id = $2, max_sequencing_ts = $3, \
-                     written_epoch = $4, written_at = clock_timestamp() \
-                 WHERE serial = $1 AND state = 'pending'",
-                &[
-                    &serial_i64(serial),
-                    &message_id,
-                    &max_sequencing_ts,
-                    &fence.epoch,
-                ],
-            )
-            .await?;
-        Ok::<_, StoreError>(updated == 1)
+        let set = "message_id = $2, max_sequencing_ts = $3";
+        Ok::<_, StoreError>(
+            update_pending(tx, fence, serial, set, [&message_id, &max_sequencing_ts]).await?,
+        )
     })
     .await
+}
+
+/// Sets two columns of row `serial` if it is still pending (`set` assigns them from `$2`
+/// and `$3`), stamping the writing epoch and time; returns whether the row was updated.
+async fn update_pending(
+    tx: &impl GenericClient,
+    fence: &Fence,
+    serial: u64,
+    set: &str,
+    values: [&(dyn ToSql + Sync); 2],
+) -> Result<bool, tokio_postgres::Error> {
+    let sql = format!(
+        "UPDATE dm_topology SET {set}, written_epoch = $4, written_at = clock_timestamp() \
+         WHERE serial = $1 AND state = 'pending'"
+    );
+    let updated = tx
+        .execute(
+            &sql,
+            &[&serial_i64(serial), values[0], values[1], &fence.epoch],
+        )
+        .await?;
+    Ok(updated == 1)
 }
 
 /// Marks a pending row sequenced (fenced). Returns the row's final timing: the given
@@ -372,20 +392,8 @@ pub async fn mark_sequenced(
     effective_ts: i64,
 ) -> Result<(i64, i64), StoreError> {
     fenced_transaction(client, fence, async |tx| {
-        let updated = tx
-            .execute(
-                "UPDATE dm_topology SET state = 'sequenced', sequenced_ts = $2, effective_ts = $3, \
-                     written_epoch = $4, written_at = clock_timestamp() \
-                 WHERE serial = $1 AND state = 'pending'",
-                &[
-                    &serial_i64(serial),
-                    &sequenced_ts,
-                    &effective_ts,
-                    &fence.epoch,
-                ],
-            )
-            .await?;
-        if updated == 1 {
+        let set = "state = 'sequenced', sequenced_ts = $2, effective_ts = $3";
+        if update_pending(tx, fence, serial, set, [&sequenced_ts, &effective_ts]).await? {
             return Ok((sequenced_ts, effective_ts));
         }
         let row = tx

@@ -72,6 +72,11 @@ fn load(
     config::load(file, env(vars), PREFIX, &flags(sets))
 }
 
+/// [`load`] with environment variables only: no file, no `--set`.
+fn load_env(vars: &[(&str, &str)]) -> Result<TestConfig, ConfigError> {
+    load(None, vars, &[])
+}
+
 #[test]
 fn layers_apply_in_order_default_file_env_flag() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -102,22 +107,18 @@ fn layers_apply_in_order_default_file_env_flag() {
 
 #[test]
 fn env_names_map_to_kebab_case_keys_and_values_are_typed() {
-    let cfg = load(
-        None,
-        &[
-            ("SEQUENCER__DATABASE__POOL_SIZE", "7"),
-            ("SEQUENCER__GRPC__MAX_MESSAGE_SIZE", "1024"),
-            ("SEQUENCER__GRPC__HTTP2_KEEPALIVE_INTERVAL", "30s"),
-            ("SEQUENCER__GRPC__LISTEN", "127.0.0.1:7000"),
-            // A numeric-looking secret stays a string for a string field.
-            ("SEQUENCER__DATABASE__PASSWORD", "123"),
-            // Other prefixes and single-underscore names are not ours.
-            ("SEQUENCER_CONFIG_FILE", "/nope.toml"),
-            ("SEQUENCERX__BATCH_SIZE", "1"),
-            ("MEDIATOR__BATCH_SIZE", "1"),
-        ],
-        &[],
-    )
+    let cfg = load_env(&[
+        ("SEQUENCER__DATABASE__POOL_SIZE", "7"),
+        ("SEQUENCER__GRPC__MAX_MESSAGE_SIZE", "1024"),
+        ("SEQUENCER__GRPC__HTTP2_KEEPALIVE_INTERVAL", "30s"),
+        ("SEQUENCER__GRPC__LISTEN", "127.0.0.1:7000"),
+        // A numeric-looking secret stays a string for a string field.
+        ("SEQUENCER__DATABASE__PASSWORD", "123"),
+        // Other prefixes and single-underscore names are not ours.
+        ("SEQUENCER_CONFIG_FILE", "/nope.toml"),
+        ("SEQUENCERX__BATCH_SIZE", "1"),
+        ("MEDIATOR__BATCH_SIZE", "1"),
+    ])
     .expect("env config");
     assert_eq!(cfg.database.pool_size, 7);
     assert_eq!(cfg.grpc.max_message_size, 1024);
@@ -129,15 +130,11 @@ fn env_names_map_to_kebab_case_keys_and_values_are_typed() {
 
 #[test]
 fn nested_tables_can_be_built_from_several_env_vars() {
-    let cfg = load(
-        None,
-        &[
-            ("SEQUENCER__GRPC__TLS__KEY", "/tls/tls.key"),
-            ("SEQUENCER__GRPC__TLS__CERT", "/tls/tls.crt"),
-            ("SEQUENCER__GRPC__TLS__REQUIRE_CLIENT_CERT", "true"),
-        ],
-        &[],
-    )
+    let cfg = load_env(&[
+        ("SEQUENCER__GRPC__TLS__KEY", "/tls/tls.key"),
+        ("SEQUENCER__GRPC__TLS__CERT", "/tls/tls.crt"),
+        ("SEQUENCER__GRPC__TLS__REQUIRE_CLIENT_CERT", "true"),
+    ])
     .expect("tls from env");
     let tls = cfg.grpc.tls.expect("tls set");
     assert_eq!(tls.cert, PathBuf::from("/tls/tls.crt"));
@@ -163,14 +160,10 @@ fn unknown_key_in_file_names_the_key_path_and_the_file() {
 
 #[test]
 fn unknown_key_in_env_names_the_variable() {
-    let error = load(
-        None,
-        &[
-            ("SEQUENCER__DATABASE__URL", "postgres://ok"),
-            ("SEQUENCER__DATABASE__URLL", "postgres://typo"),
-        ],
-        &[],
-    )
+    let error = load_env(&[
+        ("SEQUENCER__DATABASE__URL", "postgres://ok"),
+        ("SEQUENCER__DATABASE__URLL", "postgres://typo"),
+    ])
     .expect_err("typo must fail");
     assert_eq!(error.key(), Some("database.urll"));
     assert_eq!(
@@ -200,7 +193,7 @@ fn type_errors_name_the_key_in_every_layer() {
         "{error}"
     );
 
-    let error = load(None, &[("SEQUENCER__BATCH_SIZE", "lots")], &[]).expect_err("env");
+    let error = load_env(&[("SEQUENCER__BATCH_SIZE", "lots")]).expect_err("env");
     assert_eq!(error.key(), Some("batch-size"));
     assert_eq!(
         error.origin(),
@@ -221,8 +214,8 @@ fn type_errors_name_the_key_in_every_layer() {
 
 #[test]
 fn incomplete_nested_table_blames_the_variable_that_created_it() {
-    let error = load(None, &[("SEQUENCER__GRPC__TLS__CERT", "/tls/tls.crt")], &[])
-        .expect_err("tls.key missing");
+    let error =
+        load_env(&[("SEQUENCER__GRPC__TLS__CERT", "/tls/tls.crt")]).expect_err("tls.key missing");
     assert_eq!(error.key(), Some("grpc.tls"));
     assert!(error.to_string().contains("missing field `key`"), "{error}");
     assert_eq!(
@@ -252,7 +245,7 @@ fn malformed_inputs_are_reported() {
         );
     }
 
-    let error = load(None, &[("SEQUENCER____X", "1")], &[]).expect_err("empty segment");
+    let error = load_env(&[("SEQUENCER____X", "1")]).expect_err("empty segment");
     assert!(matches!(error, ConfigError::Malformed { .. }), "{error:?}");
 
     let error = load(None, &[], &["batch-size.deeper=1"]).expect_err("scalar is not a table");

@@ -7,11 +7,13 @@ use domain_runtime::grpc::{self, GrpcServerConfig};
 use domain_runtime::metrics::{GrpcMetricsLayer, build_recorder};
 use domain_runtime::ops::Readiness;
 use domain_runtime::telemetry::{TraceContextInterceptor, TraceContextLayer};
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+
+mod common;
+use common::Served;
 
 /// Polls `f` until it returns true, for at most 5 s.
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
@@ -45,14 +47,8 @@ async fn health_follows_readiness_and_rpcs_are_measured() {
         .layer(GrpcMetricsLayer)
         .add_service(health_service)
         .add_service(grpc::reflection_service().expect("reflection"));
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(grpc::serve(
-        router,
-        listener,
-        config.connection_limits(),
-        "test",
-        shutdown.clone(),
-    ));
+    let limits = config.connection_limits();
+    let server = Served::spawn(|shutdown| grpc::serve(router, listener, limits, "test", shutdown));
 
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
@@ -149,12 +145,7 @@ async fn health_follows_readiness_and_rpcs_are_measured() {
         "{text}"
     );
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("server drains within 5s")
-        .expect("server task")
-        .expect("server result");
+    server.stop().await;
     drop(readiness);
     tokio::time::timeout(Duration::from_secs(5), follower)
         .await
@@ -209,14 +200,9 @@ async fn reflection_follows_the_listener_setting() {
         let addr = listener.local_addr().expect("addr");
         let (_health, health_service) = grpc::health_service(config.max_message_size).await;
         let router = grpc::service_router(&config, health_service).expect("router");
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(grpc::serve(
-            router,
-            listener,
-            config.connection_limits(),
-            "test",
-            shutdown.clone(),
-        ));
+        let limits = config.connection_limits();
+        let server =
+            Served::spawn(|shutdown| grpc::serve(router, listener, limits, "test", shutdown));
 
         let answer = reflected_services(addr).await;
         if reflection {
@@ -229,11 +215,6 @@ async fn reflection_follows_the_listener_setting() {
             assert_eq!(answer, Err(tonic::Code::Unimplemented));
         }
 
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), server)
-            .await
-            .expect("server drains within 5s")
-            .expect("server task")
-            .expect("server result");
+        server.stop().await;
     }
 }

@@ -8,12 +8,13 @@ use std::time::Duration;
 use domain_runtime::grpc::{self, GrpcServerConfig};
 use domain_runtime::tls::{self, ClientTlsFiles, ServerTlsFiles, TlsError};
 use domain_testkit::certs::{PkiFiles, TestPki};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+
+mod common;
+use common::Served;
 
 fn install_provider() {
     // Several tests race to install it; only the first call wins, which is fine.
@@ -22,8 +23,7 @@ fn install_provider() {
 
 struct TestServer {
     addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), grpc::GrpcError>>,
+    served: Served,
 }
 
 impl TestServer {
@@ -40,28 +40,14 @@ impl TestServer {
         let router = grpc::server_builder(&config)
             .expect("server builder")
             .add_service(health_service);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(grpc::serve(
-            router,
-            listener,
-            config.connection_limits(),
-            "test",
-            shutdown.clone(),
-        ));
-        Self {
-            addr,
-            shutdown,
-            task,
-        }
+        let limits = config.connection_limits();
+        let served =
+            Served::spawn(|shutdown| grpc::serve(router, listener, limits, "test", shutdown));
+        Self { addr, served }
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), self.task)
-            .await
-            .expect("server stops within 5s")
-            .expect("server task")
-            .expect("server result");
+        self.served.stop().await;
     }
 }
 
@@ -108,11 +94,23 @@ async fn check(
     Ok(response.into_inner().status())
 }
 
+/// A fresh PKI written to a temporary directory (kept while the directory lives).
+fn pki_files(name: Option<&str>) -> (tempfile::TempDir, PkiFiles) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = match name {
+        None => TestPki::new(),
+        Some(name) => TestPki::with_name(name),
+    };
+    let files = pki
+        .expect("pki")
+        .write_files(dir.path())
+        .expect("write pki");
+    (dir, files)
+}
+
 #[tokio::test]
 async fn client_trusting_the_ca_gets_serving_and_others_are_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pki = TestPki::new().expect("pki");
-    let files = pki.write_files(dir.path()).expect("write pki");
+    let (_dir, files) = pki_files(None);
     let server = TestServer::start(server_files(&files, false)).await;
 
     let trusting = client_files(&files.ca, None);
@@ -125,11 +123,7 @@ async fn client_trusting_the_ca_gets_serving_and_others_are_refused() {
         Ok(ServingStatus::Serving)
     );
 
-    let other_dir = tempfile::tempdir().expect("tempdir");
-    let other = TestPki::with_name("some other ca")
-        .expect("other pki")
-        .write_files(other_dir.path())
-        .expect("write other pki");
+    let (_other_dir, other) = pki_files(Some("some other ca"));
     let distrusting = client_files(&other.ca, None);
     let refused = check(server.addr, &distrusting, "").await;
     assert!(refused.is_err(), "client with another CA got {refused:?}");
@@ -139,9 +133,7 @@ async fn client_trusting_the_ca_gets_serving_and_others_are_refused() {
 
 #[tokio::test]
 async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pki = TestPki::new().expect("pki");
-    let files = pki.write_files(dir.path()).expect("write pki");
+    let (_dir, files) = pki_files(None);
     let server = TestServer::start(server_files(&files, true)).await;
 
     let anonymous = client_files(&files.ca, None);
@@ -151,11 +143,7 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
         "client without certificate got {refused:?}"
     );
 
-    let other_dir = tempfile::tempdir().expect("tempdir");
-    let other = TestPki::with_name("rogue ca")
-        .expect("rogue pki")
-        .write_files(other_dir.path())
-        .expect("write rogue pki");
+    let (_other_dir, other) = pki_files(Some("rogue ca"));
     let rogue = client_files(&files.ca, Some((&other.client_cert, &other.client_key)));
     let refused = check(server.addr, &rogue, "").await;
     assert!(
@@ -185,60 +173,47 @@ fn expect_invalid(result: Result<impl std::fmt::Debug, TlsError>, path: &Path, p
 #[test]
 fn tls_file_errors_name_the_file_and_the_problem() {
     install_provider();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let files = TestPki::new()
-        .expect("pki")
-        .write_files(dir.path())
-        .expect("write pki");
+    let (dir, files) = pki_files(None);
 
     let missing = dir.path().join("absent.pem");
-    expect_invalid(
-        tls::server_tls_config(&ServerTlsFiles {
-            cert: missing.clone(),
-            key: files.server_key.clone(),
-            client_ca: None,
-            require_client_cert: false,
-        }),
-        &missing,
-        "does not exist",
-    );
-
     let garbage: PathBuf = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not pem at all\n").expect("write");
-    expect_invalid(
-        tls::server_tls_config(&ServerTlsFiles {
-            cert: garbage.clone(),
-            key: files.server_key.clone(),
-            client_ca: None,
-            require_client_cert: false,
-        }),
-        &garbage,
-        "no certificate found",
-    );
-
-    // A certificate where the key should be.
-    expect_invalid(
-        tls::server_tls_config(&ServerTlsFiles {
-            cert: files.server_cert.clone(),
-            key: files.server_cert.clone(),
-            client_ca: None,
-            require_client_cert: false,
-        }),
-        &files.server_cert,
-        "no private key found",
-    );
-
-    // The client key does not belong to the server certificate.
-    expect_invalid(
-        tls::server_tls_config(&ServerTlsFiles {
-            cert: files.server_cert.clone(),
-            key: files.client_key.clone(),
-            client_ca: None,
-            require_client_cert: false,
-        }),
-        &files.client_key,
-        "unusable",
-    );
+    // (certificate, key, the file the error must name, the problem it must say)
+    let server_cases = [
+        (&missing, &files.server_key, &missing, "does not exist"),
+        (
+            &garbage,
+            &files.server_key,
+            &garbage,
+            "no certificate found",
+        ),
+        // A certificate where the key should be.
+        (
+            &files.server_cert,
+            &files.server_cert,
+            &files.server_cert,
+            "no private key found",
+        ),
+        // The client key does not belong to the server certificate.
+        (
+            &files.server_cert,
+            &files.client_key,
+            &files.client_key,
+            "unusable",
+        ),
+    ];
+    for (cert, key, named, problem) in server_cases {
+        expect_invalid(
+            tls::server_tls_config(&ServerTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
+                require_client_cert: false,
+            }),
+            named,
+            problem,
+        );
+    }
 
     expect_invalid(
         tls::client_tls_config(&ClientTlsFiles {
@@ -270,11 +245,7 @@ fn tls_file_errors_name_the_file_and_the_problem() {
 
 #[test]
 fn loaded_certificates_report_their_expiry() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let files = TestPki::new()
-        .expect("pki")
-        .write_files(dir.path())
-        .expect("write pki");
+    let (_dir, files) = pki_files(None);
     domain_runtime::tls::server_tls_config(&server_files(&files, true)).expect("server tls");
     let text = domain_runtime::scrape::render();
     // rcgen's default notAfter is 4096-01-01T00:00:00Z.

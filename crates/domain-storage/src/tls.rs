@@ -222,20 +222,25 @@ impl TlsSettings {
             .with_safe_default_protocol_versions()
             .map_err(|e| invalid(format!("cannot set up TLS: {e}")))?;
         let verifier: Arc<dyn ServerCertVerifier> = match self.mode {
-            SslMode::Disable | SslMode::Prefer | SslMode::Require => {
-                Arc::new(NoCertificateCheck { provider })
-            }
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(LenientVerifier {
+                provider,
+                chain: None,
+            }),
             SslMode::VerifyCa | SslMode::VerifyFull => {
                 let roots = self.root_store()?;
-                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| {
-                        invalid(format!(
-                            "database.sslrootcert is unusable as a trust anchor: {e}"
-                        ))
-                    })?;
+                let webpki =
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                        .map_err(|e| {
+                            invalid(format!(
+                                "database.sslrootcert is unusable as a trust anchor: {e}"
+                            ))
+                        })?;
                 if self.mode == SslMode::VerifyCa {
-                    Arc::new(IgnoreHostName { inner: webpki })
+                    Arc::new(LenientVerifier {
+                        provider,
+                        chain: Some(webpki),
+                    })
                 } else {
                     webpki
                 }
@@ -315,26 +320,40 @@ fn read_certs(path: &Path, setting: &str) -> Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
-/// `prefer` and `require` without a root certificate: encrypt, but accept any server
-/// certificate (libpq's behaviour). The handshake signature is still checked, so the
-/// server must hold the key of the certificate it presents.
+/// The certificate checks short of `verify-full`. Without a chain (`prefer` and `require`
+/// without a root certificate): encrypt, but accept any server certificate (libpq's
+/// behaviour). With one (`verify-ca`): the full webpki chain check, except that a
+/// certificate for another host name is accepted. The handshake signature is checked in
+/// both cases, so the server must hold the key of the certificate it presents.
 #[derive(Debug)]
-struct NoCertificateCheck {
+struct LenientVerifier {
     provider: Arc<CryptoProvider>,
+    chain: Option<Arc<WebPkiServerVerifier>>,
 }
 
-impl ServerCertVerifier for NoCertificateCheck {
+impl ServerCertVerifier for LenientVerifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            // webpki checks the name last, so the chain is already known to be good.
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
 
+    // The signature checks are webpki's own: the chain verifier is built from the same
+    // provider, so its algorithms are `provider.signature_verification_algorithms`.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
@@ -370,60 +389,6 @@ impl ServerCertVerifier for NoCertificateCheck {
     }
 }
 
-/// `verify-ca`: the full webpki chain check, except that a certificate for another host
-/// name is accepted.
-#[derive(Debug)]
-struct IgnoreHostName {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for IgnoreHostName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            // webpki checks the name last, so the chain is already known to be good.
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 /// A connector for cancel requests (`CancelToken::cancel_query`) where the `[database]`
 /// section is not at hand, e.g. in a lease keeper that only has a pool.
 ///
@@ -439,7 +404,10 @@ pub fn cancel_connector() -> PgTls {
         .map(|builder| {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoCertificateCheck { provider }))
+                .with_custom_certificate_verifier(Arc::new(LenientVerifier {
+                    provider,
+                    chain: None,
+                }))
                 .with_no_client_auth()
         });
     PgTls {
@@ -666,41 +634,49 @@ mod tests {
         assert_eq!(percent_decode("a%2"), "a%2");
     }
 
-    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
+    /// [`TlsSettings::resolve`] with paths and URL parameters written as strings.
+    fn resolve(
+        mode: Option<SslMode>,
+        root: Option<&str>,
+        cert: Option<&str>,
+        key: Option<&str>,
+        url_params: &[(&str, &str)],
+    ) -> Result<TlsSettings, StorageError> {
+        let url_params: Vec<(String, String)> = url_params
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+            .collect();
+        TlsSettings::resolve(
+            mode,
+            root.map(Path::new),
+            cert.map(Path::new),
+            key.map(Path::new),
+            &url_params,
+        )
     }
 
     #[test]
     fn config_keys_win_over_url_params() {
-        let s = TlsSettings::resolve(
+        let s = resolve(
             Some(SslMode::VerifyFull),
-            Some(Path::new("/etc/ca.pem")),
+            Some("/etc/ca.pem"),
             None,
             None,
-            &params(&[("sslmode", "disable"), ("sslrootcert", "/other")]),
+            &[("sslmode", "disable"), ("sslrootcert", "/other")],
         )
         .expect("valid");
         assert_eq!(s.mode, SslMode::VerifyFull);
         assert_eq!(s.root_cert.as_deref(), Some(Path::new("/etc/ca.pem")));
-        let s = TlsSettings::resolve(None, None, None, None, &[]).expect("valid");
+        let s = resolve(None, None, None, None, &[]).expect("valid");
         assert_eq!(s.mode, SslMode::Prefer);
     }
 
     #[test]
     fn inconsistent_settings_are_refused_naming_the_setting() {
-        let err = |mode, root: Option<&str>, cert: Option<&str>, key: Option<&str>| {
-            TlsSettings::resolve(
-                mode,
-                root.map(Path::new),
-                cert.map(Path::new),
-                key.map(Path::new),
-                &[],
-            )
-            .expect_err("inconsistent")
-            .to_string()
+        let err = |mode, root, cert, key| {
+            resolve(mode, root, cert, key, &[])
+                .expect_err("inconsistent")
+                .to_string()
         };
         assert!(
             err(Some(SslMode::VerifyFull), None, None, None).contains("needs database.sslrootcert")
@@ -717,28 +693,15 @@ mod tests {
         assert!(
             err(Some(SslMode::Require), None, None, Some("/k")).contains("database.sslcert is not")
         );
-        let bad = TlsSettings::resolve(
-            None,
-            None,
-            None,
-            None,
-            &params(&[("sslmode", "verify_full")]),
-        )
-        .expect_err("bad value")
-        .to_string();
+        let bad = resolve(None, None, None, None, &[("sslmode", "verify_full")])
+            .expect_err("bad value")
+            .to_string();
         assert!(bad.contains("sslmode=verify_full in database.url"), "{bad}");
     }
 
     #[test]
     fn require_with_a_root_certificate_verifies_the_chain() {
-        let s = TlsSettings::resolve(
-            Some(SslMode::Require),
-            Some(Path::new("/ca")),
-            None,
-            None,
-            &[],
-        )
-        .expect("valid");
+        let s = resolve(Some(SslMode::Require), Some("/ca"), None, None, &[]).expect("valid");
         assert_eq!(s.mode, SslMode::VerifyCa);
     }
 }

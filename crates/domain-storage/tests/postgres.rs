@@ -9,12 +9,31 @@ use domain_storage::{
 };
 use domain_testkit::pg::PgCluster;
 
+mod common;
+use common::{assert_commit_mode_refused_unless_allowed, set_synchronous_commit};
+
 async fn fresh_config(prefix: &str) -> DatabaseConfig {
     let db = PgCluster::shared().create_database(prefix).await;
     DatabaseConfig {
         application_name: Some(format!("test-{prefix}")),
         ..DatabaseConfig::from_url(db.url)
     }
+}
+
+/// Awaits `op`, which must fail within `bound` (`why` says why it must fail), and returns
+/// its error.
+async fn fails_within<T, E: Into<StorageError>>(
+    bound: Duration,
+    why: &str,
+    op: impl Future<Output = Result<T, E>>,
+) -> StorageError {
+    let started = Instant::now();
+    let err = match op.await {
+        Ok(_) => panic!("succeeded, although {why}"),
+        Err(e) => e.into(),
+    };
+    assert!(started.elapsed() < bound, "took {:?}", started.elapsed());
+    err
 }
 
 #[tokio::test]
@@ -55,30 +74,23 @@ async fn statement_timeout_cancels_long_statements() {
 
     let hot = hot_pool(&cfg).expect("hot pool");
     let client = hot.get().await.expect("pooled connection");
-    let started = Instant::now();
-    let err = client
-        .query_one("SELECT pg_sleep(5)", &[])
-        .await
-        .expect_err("cancelled by statement_timeout");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert!(StorageError::from(err).is_timeout());
+    let why = "cancelled by statement_timeout";
+    let err = fails_within(
+        Duration::from_secs(3),
+        why,
+        client.query_one("SELECT pg_sleep(5)", &[]),
+    )
+    .await;
+    assert!(err.is_timeout());
 
     let pool = connect_sqlx(&cfg).await.expect("sqlx pool");
-    let started = Instant::now();
-    let err = sqlx::query("SELECT pg_sleep(5)")
-        .execute(&pool)
-        .await
-        .expect_err("cancelled by statement_timeout");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert!(StorageError::from(err).is_timeout());
+    let err = fails_within(
+        Duration::from_secs(3),
+        why,
+        sqlx::query("SELECT pg_sleep(5)").execute(&pool),
+    )
+    .await;
+    assert!(err.is_timeout());
 
     let (client, _task) = dedicated_connection(&cfg).await.expect("dedicated");
     let err = client
@@ -98,13 +110,7 @@ async fn exhausted_pool_fails_with_wait_timeout() {
     let hot = hot_pool(&cfg).expect("hot pool");
     let held = hot.get().await.expect("first connection");
 
-    let started = Instant::now();
-    let err = StorageError::from(hot.get().await.expect_err("pool exhausted"));
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
+    let err = fails_within(Duration::from_secs(2), "the pool is exhausted", hot.get()).await;
     assert!(
         matches!(err, StorageError::PoolTimeout(PoolTimeoutKind::Wait)),
         "unexpected error: {err}"
@@ -132,30 +138,16 @@ async fn async_commit_is_refused_unless_allowed() {
         .fetch_one(&pool)
         .await
         .expect("current database");
-    // The name comes from the server (current_database()), not from input.
-    let alter = format!("ALTER DATABASE \"{db}\" SET synchronous_commit = off");
-    sqlx::query(sqlx::AssertSqlSafe(alter))
-        .execute(&pool)
-        .await
-        .expect("alter database");
+    set_synchronous_commit(&pool, &db, "off").await;
     pool.close().await;
 
     // Database-level settings apply to new sessions only: reconnect.
     let pool = connect_sqlx(&cfg).await.expect("sqlx pool");
-    let err = check_commit_mode(&pool, false)
-        .await
-        .expect_err("synchronous_commit = off must be refused");
+    let err = assert_commit_mode_refused_unless_allowed(&pool, "off").await;
     assert!(
         matches!(&err, StorageError::UnsafeCommitMode { value } if value == "off"),
         "unexpected error: {err}"
     );
-    let msg = err.to_string();
-    assert!(msg.contains("synchronous_commit = off"), "{msg}");
-    assert!(msg.contains("database.allow-async-commit"), "{msg}");
-
-    check_commit_mode(&pool, true)
-        .await
-        .expect("allowed by database.allow-async-commit");
 }
 
 #[tokio::test]

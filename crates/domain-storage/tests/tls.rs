@@ -9,8 +9,11 @@ use domain_storage::{
     DatabaseConfig, SslMode, StorageError, cancel_connector, check_commit_mode, connect_sqlx,
     dedicated_connection, hot_pool, listen_connection,
 };
-use domain_testkit::certs::TestPki;
+use domain_testkit::certs::{CertifiedKeyPem, TestPki};
 use domain_testkit::pg::{ClusterOptions, PgCluster};
+
+mod common;
+use common::{assert_commit_mode_refused_unless_allowed, set_synchronous_commit};
 
 /// A private cluster, stopped when the test ends (also when it fails).
 struct Server {
@@ -72,6 +75,14 @@ impl Server {
         std::fs::write(&path, contents).expect("write file");
         path
     }
+
+    /// Writes a client certificate and its key to `<name>.crt` and `<name>.key`.
+    fn cert_files(&self, name: &str, issued: &CertifiedKeyPem) -> (PathBuf, PathBuf) {
+        (
+            self.file(&format!("{name}.crt"), &issued.cert_pem),
+            self.file(&format!("{name}.key"), &issued.key_pem),
+        )
+    }
 }
 
 /// Is this session encrypted, and with which client certificate?
@@ -112,6 +123,11 @@ fn with_tls(url: String, mode: SslMode, root: &Path) -> DatabaseConfig {
     }
 }
 
+/// `with_tls` for database `db` at `host:port`, as user postgres.
+fn tls_to(host: &str, port: u16, db: &str, mode: SslMode, root: &Path) -> DatabaseConfig {
+    with_tls(url(host, port, db, ""), mode, root)
+}
+
 /// Asserts that every connection kind fails with a message naming `needle` (the setting).
 async fn assert_all_fail(cfg: &DatabaseConfig, needle: &str, why: &str) {
     let err = ssl_of_sqlx(cfg).await.expect_err(why);
@@ -142,6 +158,39 @@ async fn assert_all_fail(cfg: &DatabaseConfig, needle: &str, why: &str) {
     assert!(err.to_string().contains("TLS"), "hot pool, {why}: {err}");
 }
 
+/// Asserts whether sqlx and the three tokio-postgres paths all encrypt under `cfg`.
+async fn assert_encrypted(cfg: &DatabaseConfig, encrypted: bool, what: &str) {
+    assert_eq!(
+        ssl_of_sqlx(cfg)
+            .await
+            .unwrap_or_else(|e| panic!("sqlx {what}: {e}"))
+            .0,
+        encrypted,
+        "sqlx, {what}"
+    );
+    assert_eq!(
+        ssl_of_tokio_postgres(cfg).await.expect(what),
+        [encrypted; 3],
+        "{what}"
+    );
+}
+
+/// Asserts that the server refuses both sqlx and a dedicated connection under `cfg` (`why`),
+/// with a message containing `needle` where one is given.
+async fn assert_refused(cfg: &DatabaseConfig, why: &str, needle: Option<&str>) {
+    let err = ssl_of_sqlx(cfg).await.expect_err(why);
+    if let Some(needle) = needle {
+        assert!(err.to_string().contains(needle), "sqlx, {why}: {err}");
+    }
+    let err = match dedicated_connection(cfg).await {
+        Ok(_) => panic!("dedicated connection succeeded {why}"),
+        Err(e) => e,
+    };
+    if let Some(needle) = needle {
+        assert!(err.to_string().contains(needle), "dedicated, {why}: {err}");
+    }
+}
+
 #[tokio::test]
 async fn tls_modes_against_a_real_server() {
     let pki = TestPki::new().expect("pki");
@@ -157,33 +206,17 @@ async fn tls_modes_against_a_real_server() {
         &db.name,
         &format!("?sslmode=verify-full&sslrootcert={}", ca.display()),
     ));
-    assert!(ssl_of_sqlx(&cfg).await.expect("sqlx verify-full").0);
-    assert_eq!(
-        ssl_of_tokio_postgres(&cfg).await.expect("verify-full"),
-        [true, true, true]
-    );
+    assert_encrypted(&cfg, true, "verify-full").await;
     // The same from config keys, and the dump shows them (paths only).
-    let cfg = with_tls(
-        url("localhost", port, &db.name, ""),
-        SslMode::VerifyFull,
-        &ca,
-    );
-    assert!(ssl_of_sqlx(&cfg).await.expect("sqlx verify-full").0);
-    assert_eq!(
-        ssl_of_tokio_postgres(&cfg).await.expect("verify-full"),
-        [true, true, true]
-    );
+    let cfg = tls_to("localhost", port, &db.name, SslMode::VerifyFull, &ca);
+    assert_encrypted(&cfg, true, "verify-full").await;
 
     // A client certificate is presented by both drivers.
     let client = pki.issue_client("seq-client").expect("client cert");
     let cfg = DatabaseConfig {
         sslcert: Some(server.file("client.pem", &client.cert_pem)),
         sslkey: Some(server.file("client.key", &client.key_pem)),
-        ..with_tls(
-            url("localhost", port, &db.name, ""),
-            SslMode::VerifyFull,
-            &ca,
-        )
+        ..tls_to("localhost", port, &db.name, SslMode::VerifyFull, &ca)
     };
     let (ssl, dn) = ssl_of_sqlx(&cfg).await.expect("sqlx with client cert");
     assert!(ssl);
@@ -217,11 +250,7 @@ async fn tls_modes_against_a_real_server() {
             &ca,
         )
     };
-    assert!(ssl_of_sqlx(&cfg).await.expect("sqlx scram over tls").0);
-    assert_eq!(
-        ssl_of_tokio_postgres(&cfg).await.expect("scram over tls"),
-        [true, true, true]
-    );
+    assert_encrypted(&cfg, true, "scram over tls").await;
     let plain = DatabaseConfig {
         password_file: Some(password),
         ..DatabaseConfig::from_url(format!(
@@ -236,19 +265,11 @@ async fn tls_modes_against_a_real_server() {
     // A CA that did not sign the server certificate: refused, naming the settings.
     let other = TestPki::with_name("some other ca").expect("pki");
     let wrong_ca = server.file("wrong-ca.pem", other.ca_pem());
-    let cfg = with_tls(
-        url("localhost", port, &db.name, ""),
-        SslMode::VerifyFull,
-        &wrong_ca,
-    );
+    let cfg = tls_to("localhost", port, &db.name, SslMode::VerifyFull, &wrong_ca);
     assert_all_fail(&cfg, "database.sslrootcert", "the CA is wrong").await;
 
     // The certificate names localhost, not 127.0.0.1: verify-full refuses...
-    let cfg = with_tls(
-        url("127.0.0.1", port, &db.name, ""),
-        SslMode::VerifyFull,
-        &ca,
-    );
+    let cfg = tls_to("127.0.0.1", port, &db.name, SslMode::VerifyFull, &ca);
     assert_all_fail(
         &cfg,
         "database.sslmode = verify-full",
@@ -256,36 +277,20 @@ async fn tls_modes_against_a_real_server() {
     )
     .await;
     // ... and verify-ca, which checks the chain only, accepts.
-    let cfg = with_tls(url("127.0.0.1", port, &db.name, ""), SslMode::VerifyCa, &ca);
-    assert!(ssl_of_sqlx(&cfg).await.expect("sqlx verify-ca").0);
-    assert_eq!(
-        ssl_of_tokio_postgres(&cfg).await.expect("verify-ca"),
-        [true, true, true]
-    );
+    let cfg = tls_to("127.0.0.1", port, &db.name, SslMode::VerifyCa, &ca);
+    assert_encrypted(&cfg, true, "verify-ca").await;
 
     // prefer encrypts when the server offers TLS; disable does not.
     let cfg = DatabaseConfig::from_url(url("127.0.0.1", port, &db.name, ""));
-    assert!(ssl_of_sqlx(&cfg).await.expect("sqlx prefer").0);
-    assert_eq!(
-        ssl_of_tokio_postgres(&cfg).await.expect("prefer"),
-        [true, true, true]
-    );
+    assert_encrypted(&cfg, true, "prefer").await;
     let cfg = DatabaseConfig::from_url(url("127.0.0.1", port, &db.name, "?sslmode=disable"));
-    assert!(!ssl_of_sqlx(&cfg).await.expect("sqlx disable").0);
-    assert_eq!(
-        ssl_of_tokio_postgres(&cfg).await.expect("disable"),
-        [false, false, false]
-    );
+    assert_encrypted(&cfg, false, "disable").await;
 
     // Cancel requests of a TLS session: NoTls cannot send them (the token insists on TLS),
     // cancel_connector can, without the config at hand.
     let cfg = DatabaseConfig {
         statement_timeout: std::time::Duration::ZERO,
-        ..with_tls(
-            url("localhost", port, &db.name, ""),
-            SslMode::VerifyFull,
-            &ca,
-        )
+        ..tls_to("localhost", port, &db.name, SslMode::VerifyFull, &ca)
     };
     let (sleeper, _task) = dedicated_connection(&cfg).await.expect("dedicated");
     let token = sleeper.cancel_token();
@@ -333,8 +338,10 @@ async fn tls_modes_against_a_real_server() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 
     // A missing root certificate file fails before connecting, naming the setting.
-    let cfg = with_tls(
-        url("localhost", port, &db.name, ""),
+    let cfg = tls_to(
+        "localhost",
+        port,
+        &db.name,
         SslMode::VerifyFull,
         Path::new("/nonexistent/ca.pem"),
     );
@@ -354,28 +361,23 @@ async fn tls_required_against_a_server_without_tls_fails_without_fallback() {
 
     // prefer falls back to plaintext: that is what prefer means.
     let cfg = DatabaseConfig::from_url(url("127.0.0.1", port, &db.name, ""));
-    assert!(!ssl_of_sqlx(&cfg).await.expect("sqlx prefer").0);
-    assert_eq!(
-        ssl_of_tokio_postgres(&cfg).await.expect("prefer"),
-        [false, false, false]
-    );
+    assert_encrypted(&cfg, false, "prefer").await;
 
-    // require (and the verify modes) never do.
-    let cfg = DatabaseConfig::from_url(url("127.0.0.1", port, &db.name, "?sslmode=require"));
-    assert_all_fail(&cfg, "database.sslmode = require", "the server has no TLS").await;
+    // require (and the verify modes) never do: each fails naming its mode.
     let pki = TestPki::new().expect("pki");
     let ca = server.file("ca.pem", pki.ca_pem());
-    let cfg = with_tls(
-        url("localhost", port, &db.name, ""),
-        SslMode::VerifyFull,
-        &ca,
-    );
-    assert_all_fail(
-        &cfg,
-        "database.sslmode = verify-full",
-        "the server has no TLS",
-    )
-    .await;
+    for (cfg, needle) in [
+        (
+            DatabaseConfig::from_url(url("127.0.0.1", port, &db.name, "?sslmode=require")),
+            "database.sslmode = require",
+        ),
+        (
+            tls_to("localhost", port, &db.name, SslMode::VerifyFull, &ca),
+            "database.sslmode = verify-full",
+        ),
+    ] {
+        assert_all_fail(&cfg, needle, "the server has no TLS").await;
+    }
 }
 
 #[tokio::test]
@@ -393,20 +395,13 @@ async fn local_commit_is_refused_when_standbys_are_synchronous() {
     let cfg = DatabaseConfig::from_url(db.url.clone());
 
     let pool = connect_sqlx(&cfg).await.expect("sqlx pool");
-    let err = check_commit_mode(&pool, false)
-        .await
-        .expect_err("local with synchronous standbys must be refused");
+    // Refused: local does not wait for the synchronous standbys.
+    let err = assert_commit_mode_refused_unless_allowed(&pool, "local").await;
     assert!(
         matches!(&err, StorageError::UnreplicatedCommitMode { value, standby_names }
             if value == "local" && standby_names == "standby_a"),
         "unexpected error: {err}"
     );
-    let msg = err.to_string();
-    assert!(msg.contains("synchronous_commit = local"), "{msg}");
-    assert!(msg.contains("database.allow-async-commit"), "{msg}");
-    check_commit_mode(&pool, true)
-        .await
-        .expect("allowed by database.allow-async-commit");
 
     // remote_write, on and remote_apply wait for the standby, so they are accepted; off is
     // refused as everywhere. Set per database, as an operator would for one role or db.
@@ -416,14 +411,7 @@ async fn local_commit_is_refused_when_standbys_are_synchronous() {
         ("remote_apply", true),
         ("off", false),
     ] {
-        let alter = format!(
-            "ALTER DATABASE \"{}\" SET synchronous_commit = {value}",
-            db.name
-        );
-        sqlx::query(sqlx::AssertSqlSafe(alter))
-            .execute(&pool)
-            .await
-            .expect("alter database");
+        set_synchronous_commit(&pool, &db.name, value).await;
         let fresh = connect_sqlx(&cfg).await.expect("sqlx pool");
         let result = check_commit_mode(&fresh, false).await;
         assert_eq!(
@@ -450,14 +438,7 @@ async fn local_commit_without_synchronous_standbys_is_durable() {
         standby_names, "",
         "the shared test server replicates nowhere"
     );
-    let alter = format!(
-        "ALTER DATABASE \"{}\" SET synchronous_commit = local",
-        db.name
-    );
-    sqlx::query(sqlx::AssertSqlSafe(alter))
-        .execute(&pool)
-        .await
-        .expect("alter database");
+    set_synchronous_commit(&pool, &db.name, "local").await;
     let fresh = connect_sqlx(&cfg).await.expect("sqlx pool");
     check_commit_mode(&fresh, false)
         .await
@@ -521,8 +502,7 @@ async fn certificate_authentication_without_a_password() {
 
     let server_ca = server.file("server-ca.pem", server_pki.ca_pem());
     let own = client_pki.issue_client("app_cert").expect("client cert");
-    let cert = server.file("tls.crt", &own.cert_pem);
-    let key = server.file("tls.key", &own.key_pem);
+    let (cert, key) = server.cert_files("tls", &own);
     let base_url = format!("postgres://app_cert@localhost:{port}/app_cert");
     let keyed = |cert: &Path, key: &Path| DatabaseConfig {
         sslcert: Some(cert.to_path_buf()),
@@ -570,77 +550,43 @@ async fn certificate_authentication_without_a_password() {
         .get(0);
     assert_eq!(user, "app_cert");
 
-    // Without a certificate: refused by the server, no password to fall back on.
-    let bare = with_tls(base_url.clone(), SslMode::VerifyFull, &server_ca);
-    let err = ssl_of_sqlx(&bare).await.expect_err("no client certificate");
-    assert!(
-        err.to_string()
-            .contains("requires a valid client certificate"),
-        "sqlx: {err}"
-    );
-    let err = match dedicated_connection(&bare).await {
-        Ok(_) => panic!("dedicated connection without a client certificate"),
-        Err(e) => e,
-    };
-    assert!(
-        err.to_string()
-            .contains("requires a valid client certificate"),
-        "dedicated: {err}"
-    );
-
-    // A certificate from the right CA for another role: the CN must be the role.
-    let other = client_pki.issue_client("intruder").expect("client cert");
-    let cfg = keyed(
-        &server.file("intruder.crt", &other.cert_pem),
-        &server.file("intruder.key", &other.key_pem),
-    );
-    let err = ssl_of_sqlx(&cfg).await.expect_err("CN is not the role");
-    assert!(
-        err.to_string()
-            .contains("certificate authentication failed for user \"app_cert\""),
-        "sqlx: {err}"
-    );
-    let err = match dedicated_connection(&cfg).await {
-        Ok(_) => panic!("dedicated connection with another role's certificate"),
-        Err(e) => e,
-    };
-    assert!(
-        err.to_string()
-            .contains("certificate authentication failed for user \"app_cert\""),
-        "dedicated: {err}"
-    );
-
-    // The right CN from a CA the server does not trust for clients (here the server CA):
-    // the handshake fails.
+    // Refused by the server, for both drivers: (why, config, what the error says).
+    let intruder = client_pki.issue_client("intruder").expect("client cert");
+    let intruder = server.cert_files("intruder", &intruder);
     let foreign = server_pki.issue_client("app_cert").expect("client cert");
-    let cfg = keyed(
-        &server.file("foreign.crt", &foreign.cert_pem),
-        &server.file("foreign.key", &foreign.key_pem),
-    );
-    ssl_of_sqlx(&cfg)
-        .await
-        .expect_err("client certificate from an untrusted CA");
-    if dedicated_connection(&cfg).await.is_ok() {
-        panic!("dedicated connection with a certificate from an untrusted CA");
+    let foreign = server.cert_files("foreign", &foreign);
+    let refused = [
+        // No password to fall back on.
+        (
+            "without a client certificate",
+            with_tls(base_url.clone(), SslMode::VerifyFull, &server_ca),
+            Some("requires a valid client certificate"),
+        ),
+        // From the right CA for another role: the CN must be the role.
+        (
+            "with another role's certificate",
+            keyed(&intruder.0, &intruder.1),
+            Some("certificate authentication failed for user \"app_cert\""),
+        ),
+        // The right CN from a CA the server does not trust for clients (here the server
+        // CA): the handshake fails.
+        (
+            "with a certificate from an untrusted CA",
+            keyed(&foreign.0, &foreign.1),
+            None,
+        ),
+        // Plain TCP (a client certificate with sslmode=disable is already refused by the
+        // config check).
+        (
+            "over plain TCP",
+            DatabaseConfig::from_url(format!(
+                "postgres://app_cert@127.0.0.1:{port}/app_cert?sslmode=disable"
+            )),
+            Some("pg_hba.conf rejects"),
+        ),
+    ];
+    for (why, cfg, needle) in &refused {
+        assert_refused(cfg, why, *needle).await;
     }
-
-    // Plain TCP is refused by the server (a client certificate with sslmode=disable is
-    // already refused by the config check).
-    let cfg = DatabaseConfig::from_url(format!(
-        "postgres://app_cert@127.0.0.1:{port}/app_cert?sslmode=disable"
-    ));
-    let err = ssl_of_sqlx(&cfg).await.expect_err("plaintext");
-    assert!(
-        err.to_string().contains("pg_hba.conf rejects"),
-        "sqlx: {err}"
-    );
-    let err = match dedicated_connection(&cfg).await {
-        Ok(_) => panic!("dedicated plaintext connection"),
-        Err(e) => e,
-    };
-    assert!(
-        err.to_string().contains("pg_hba.conf rejects"),
-        "dedicated: {err}"
-    );
     admin.close().await;
 }

@@ -12,8 +12,10 @@ use domain_lease::{
 use domain_storage::{DatabaseConfig, hot_pool};
 use domain_testkit::pg::PgCluster;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
 
 pub const LEASE: &str = "test-lease";
 
@@ -44,6 +46,13 @@ pub async fn fresh_db(prefix: &str) -> DatabaseConfig {
     }
 }
 
+/// [`fresh_db`] and a plain admin connection to it, as most tests start.
+pub async fn fresh_db_with_admin(prefix: &str) -> (DatabaseConfig, Client) {
+    let db = fresh_db(prefix).await;
+    let admin = connect(db.url.expose()).await;
+    (db, admin)
+}
+
 /// Opens a plain connection (driven by a spawned task).
 pub async fn connect(url: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
@@ -72,6 +81,47 @@ pub fn keeper(db: &DatabaseConfig, config: LeaseConfig) -> (LeaseKeeper, LeaseHa
     (keeper, handle)
 }
 
+/// A running keeper: its handle, its status feed and its task.
+pub type Running = (LeaseHandle, watch::Receiver<LeaseStatus>, JoinHandle<()>);
+
+/// Spawns a keeper for `config` with its own pool, running until `shutdown`.
+pub fn spawn_keeper(
+    db: &DatabaseConfig,
+    config: LeaseConfig,
+    shutdown: &CancellationToken,
+) -> Running {
+    let (keeper, handle) = keeper(db, config);
+    let rx = keeper.subscribe();
+    let task = tokio::spawn(keeper.run(shutdown.clone()));
+    (handle, rx, task)
+}
+
+/// [`spawn_keeper`], then waits up to 5 s until it is active; returns the active status too.
+pub async fn start_active(
+    db: &DatabaseConfig,
+    config: LeaseConfig,
+    shutdown: &CancellationToken,
+) -> (Running, LeaseStatus) {
+    let what = format!("{} active", config.holder);
+    let (handle, mut rx, task) = spawn_keeper(db, config, shutdown);
+    let status = wait_active(&mut rx, &what).await;
+    ((handle, rx, task), status)
+}
+
+/// [`spawn_keeper`], then waits up to 5 s until it sees `holder` holding the lease; returns
+/// that status too.
+pub async fn start_standby(
+    db: &DatabaseConfig,
+    config: LeaseConfig,
+    shutdown: &CancellationToken,
+    holder: &str,
+) -> (Running, LeaseStatus) {
+    let what = format!("{} sees {holder}", config.holder);
+    let (handle, mut rx, task) = spawn_keeper(db, config, shutdown);
+    let status = wait_holder(&mut rx, &what, holder).await;
+    ((handle, rx, task), status)
+}
+
 /// Waits until the keeper publishes a status matching `pred`; returns the status and how
 /// long it took. Panics after `limit`.
 pub async fn wait_status(
@@ -95,6 +145,26 @@ pub async fn wait_status(
     }
 }
 
+/// Waits up to 5 s until the keeper reports itself active (`what` names the wait).
+pub async fn wait_active(rx: &mut watch::Receiver<LeaseStatus>, what: &str) -> LeaseStatus {
+    wait_status(rx, Duration::from_secs(5), what, |s| s.is_active())
+        .await
+        .0
+}
+
+/// Waits up to 5 s until the keeper sees `holder` holding the lease (`what` names the wait).
+pub async fn wait_holder(
+    rx: &mut watch::Receiver<LeaseStatus>,
+    what: &str,
+    holder: &str,
+) -> LeaseStatus {
+    wait_status(rx, Duration::from_secs(5), what, |s| {
+        s.holder.as_deref() == Some(holder)
+    })
+    .await
+    .0
+}
+
 /// Returns `(holder, epoch, live)` of the lease row.
 pub async fn lease_row(client: &Client) -> (String, i64, bool) {
     let row = client
@@ -105,6 +175,13 @@ pub async fn lease_row(client: &Client) -> (String, i64, bool) {
         .await
         .expect("lease row");
     (row.get(0), row.get(1), row.get(2))
+}
+
+/// Asserts that the lease row names `holder` at `epoch`; returns whether it is live.
+pub async fn assert_lease_row(client: &Client, holder: &str, epoch: i64) -> bool {
+    let (db_holder, db_epoch, live) = lease_row(client).await;
+    assert_eq!((db_holder.as_str(), db_epoch), (holder, epoch), "lease row");
+    live
 }
 
 /// Inserts `(fence.epoch, who)` into `fenced_writes` in a fenced transaction; returns the id.

@@ -127,6 +127,26 @@ fn claim(index: i16, watermark: Timestamp) -> Option<InstanceClaim> {
     Some(InstanceClaim { index, watermark })
 }
 
+/// `owner` (address "x") going online again after a connection loss, with `committed` the
+/// last commit the database acknowledged to it.
+async fn come_back(
+    client: &mut tokio_postgres::Client,
+    owner: &Owner,
+    preferred: Option<i16>,
+    committed: Option<InstanceClaim>,
+) -> Result<InstanceClaim, StoreError> {
+    store::go_online_checked(
+        client,
+        32,
+        owner.clone(),
+        micros(),
+        "x",
+        preferred,
+        committed,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn writer_detects_a_watermark_below_its_last_commit() {
     let cfg = migrated("history_lost").await;
@@ -147,17 +167,9 @@ async fn writer_detects_a_watermark_below_its_last_commit() {
     let InstanceClaim {
         index: again,
         watermark: floor2,
-    } = store::go_online_checked(
-        &mut client,
-        32,
-        owner.clone(),
-        micros(),
-        "x",
-        Some(3),
-        claim(index, floor),
-    )
-    .await
-    .expect("same history");
+    } = come_back(&mut client, &owner, Some(3), claim(index, floor))
+        .await
+        .expect("same history");
     assert_eq!(again, 3);
     assert!(floor2 >= floor);
 
@@ -180,25 +192,14 @@ async fn writer_detects_a_watermark_below_its_last_commit() {
         .await
         .expect("takeover");
     assert_eq!(taken, 3);
-    store::go_online_checked(
-        &mut client,
-        32,
-        owner.clone(),
-        micros(),
-        "x",
-        None,
-        claim(3, floor2),
-    )
-    .await
-    .expect("a takeover is not a loss");
+    come_back(&mut client, &owner, None, claim(3, floor2))
+        .await
+        .expect("a takeover is not a loss");
 
     // The database lost the last commits: the row is below what was acknowledged.
-    let err = store::go_online_checked(
+    let err = come_back(
         &mut client,
-        32,
-        owner.clone(),
-        micros(),
-        "x",
+        &owner,
         Some(3),
         claim(3, floor3 + Duration::from_secs(1)),
     )
@@ -214,12 +215,9 @@ async fn writer_detects_a_watermark_below_its_last_commit() {
     );
     // The row of the last commit is gone altogether (a restored backup older than the
     // instance): also a loss.
-    let err = store::go_online_checked(
+    let err = come_back(
         &mut client,
-        32,
-        owner,
-        micros(),
-        "x",
+        &owner,
         None,
         claim(17, Timestamp::from_micros(1)),
     )

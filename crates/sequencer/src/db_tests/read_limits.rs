@@ -53,6 +53,28 @@ fn ts(micros: i64) -> Timestamp {
     Timestamp::from_micros(micros)
 }
 
+/// A catch-up page of `member` (registered at 0) after `after`, up to the last event, with
+/// a row limit of 1000 and a budget of `budget` bytes.
+async fn catch_up(
+    client: &tokio_postgres::Client,
+    member: i32,
+    after: i64,
+    budget: i64,
+) -> store::EventPage {
+    store::member_events(
+        client,
+        member,
+        ts(0),
+        ts(after),
+        ts(EVENTS),
+        1000,
+        ts(0),
+        budget,
+    )
+    .await
+    .expect("member_events")
+}
+
 #[tokio::test]
 async fn read_pages_are_bounded_in_bytes_item_3() {
     let (pool, member) = setup("read_limits").await;
@@ -71,18 +93,7 @@ async fn read_pages_are_bounded_in_bytes_item_3() {
         let global = store::read_global(&**client, ts(0), ts(EVENTS), 1000, budget)
             .await
             .expect("read_global");
-        let mine = store::member_events(
-            &**client,
-            member,
-            ts(0),
-            ts(0),
-            ts(EVENTS),
-            1000,
-            ts(0),
-            budget,
-        )
-        .await
-        .expect("member_events");
+        let mine = catch_up(&client, member, 0, budget).await;
         for (what, page) in [("shared reader", &global), ("catch-up", &mine)] {
             assert_eq!(
                 timestamps(page),
@@ -108,32 +119,10 @@ async fn read_pages_are_bounded_in_bytes_item_3() {
     assert_eq!(timestamps(&page), vec![4, 5]);
     assert!(page.truncated);
     // A page that ends exactly at the range's last event within the limits is complete.
-    let page = store::member_events(
-        &**client,
-        member,
-        ts(0),
-        ts(8),
-        ts(EVENTS),
-        1000,
-        ts(0),
-        2 * size,
-    )
-    .await
-    .expect("member_events");
+    let page = catch_up(&client, member, 8, 2 * size).await;
     assert_eq!(timestamps(&page), vec![9, 10]);
     assert!(page.truncated, "the budget was reached, so more may follow");
-    let page = store::member_events(
-        &**client,
-        member,
-        ts(0),
-        ts(8),
-        ts(EVENTS),
-        1000,
-        ts(0),
-        3 * size,
-    )
-    .await
-    .expect("member_events");
+    let page = catch_up(&client, member, 8, 3 * size).await;
     assert_eq!(timestamps(&page), vec![9, 10]);
     assert!(!page.truncated, "below both limits: the range is read");
 }

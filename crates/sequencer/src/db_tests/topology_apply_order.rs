@@ -145,56 +145,74 @@ async fn seq_topology_refuses_rows_outside_its_column_domains() {
                 .await
         }
     };
+    // (case, serial, sequenced, effective, kind, operation, member, permission)
     let bad = [
         (
             "serial 0",
-            row(
-                0,
-                1,
-                1,
-                "participant_state",
-                "replace",
-                Some(P),
-                Some("submission"),
-            )
-            .await,
+            0,
+            1,
+            1,
+            "participant_state",
+            "replace",
+            Some(P),
+            Some("submission"),
         ),
-        (
-            "unknown kind",
-            row(1, 1, 1, "bogus", "replace", Some(P), None).await,
-        ),
+        ("unknown kind", 1, 1, 1, "bogus", "replace", Some(P), None),
         (
             "unknown operation",
-            row(2, 1, 1, "mediator", "upsert", Some(P), None).await,
+            2,
+            1,
+            1,
+            "mediator",
+            "upsert",
+            Some(P),
+            None,
         ),
         (
             "unknown permission",
-            row(
-                3,
-                1,
-                1,
-                "participant_state",
-                "replace",
-                Some(P),
-                Some("root"),
-            )
-            .await,
+            3,
+            1,
+            1,
+            "participant_state",
+            "replace",
+            Some(P),
+            Some("root"),
         ),
         (
             "member on parameters",
-            row(4, 1, 1, "domain_parameters", "replace", Some(P), None).await,
+            4,
+            1,
+            1,
+            "domain_parameters",
+            "replace",
+            Some(P),
+            None,
         ),
         (
             "no member on a mapping",
-            row(5, 1, 1, "sequencer", "replace", None, None).await,
+            5,
+            1,
+            1,
+            "sequencer",
+            "replace",
+            None,
+            None,
         ),
         (
             "effective before sequenced",
-            row(6, 10, 9, "mediator", "replace", Some(P), None).await,
+            6,
+            10,
+            9,
+            "mediator",
+            "replace",
+            Some(P),
+            None,
         ),
     ];
-    for (case, result) in bad {
-        let err = result.expect_err(case);
+    for (case, serial, seq, eff, kind, op, member, perm) in bad {
+        let err = row(serial, seq, eff, kind, op, member, perm)
+            .await
+            .expect_err(case);
         assert_eq!(
             err.code(),
             Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
