@@ -12,6 +12,7 @@
 
 use domain_e2e::e2e_test;
 use domain_e2e::seq_cluster::{node_log, one_instance_env, start_with_db};
+use domain_e2e::seq_db;
 use domain_e2e::seq_member::{add_participants, send_to, send_within};
 use domain_e2e::seq_rpc::challenge_request;
 use domain_e2e::seq_rpc::rejected;
@@ -22,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use domain_e2e::checks::{
-    ERROR_CODE, content_of, db_client, error_code, expect_status, keep_logs_on_error, next_event,
-    status_of, stream_end, subscribe_error,
+    ERROR_CODE, content_of, db_client, error_code, expect_status, next_event, status_of,
+    stream_end, subscribe_error,
 };
 use domain_e2e::proxy::TcpProxy;
 use domain_e2e::{connect, envelope, now_micros};
@@ -31,6 +32,7 @@ use domain_identity::{MemberId, MemberRole, SignaturePurpose, SigningKeyPair, Un
 use domain_localnet::config;
 use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::sequencer::admin::v1 as sequencer_admin_pb;
+use domain_proto::sequencer::admin::v1::sequencer_admin_service_client::SequencerAdminServiceClient;
 use domain_proto::sequencer::v1 as pb;
 use domain_proto::sequencer::v1::sequencer_service_client::SequencerServiceClient;
 use domain_sequencer::SequencerConfig;
@@ -41,6 +43,7 @@ use domain_testkit::{pg::PgCluster, process::TestLogs};
 use futures::StreamExt as _;
 use prost::Message as _;
 use prost::bytes::{Buf as _, BufMut as _};
+use tokio_postgres::types::FromSqlOwned;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -134,14 +137,54 @@ fn submission(
     }
 }
 
-async fn member_db_id(db: &tokio_postgres::Client, member: &MemberId) -> anyhow::Result<i32> {
-    Ok(db
-        .query_one(
-            "SELECT id FROM seq_members WHERE member = $1",
-            &[&member.to_string()],
-        )
+/// Column `column` of `member`'s row in `seq_members`.
+async fn member_column<T: FromSqlOwned>(
+    db: &tokio_postgres::Client,
+    column: &str,
+    member: &MemberId,
+) -> anyhow::Result<T> {
+    let sql = format!("SELECT {column} FROM seq_members WHERE member = $1");
+    seq_db::one(db, &sql, &[&member.to_string()]).await
+}
+
+/// The configuration of the tests that prune only when asked, up to the acknowledgements.
+const PRUNE_ON_DEMAND: &str = "pruning.interval = \"0s\"\npruning.retention = \"0s\"";
+
+/// The start of most tests here: a cluster of `instances` over a fresh database `db_name`
+/// with `config`, a client of that database for the checks, and the participants `names`
+/// registered.
+async fn start_members<const N: usize>(
+    logs: TestLogs,
+    db_name: &str,
+    instances: usize,
+    config: &str,
+    names: [&str; N],
+) -> anyhow::Result<(SequencerCluster, tokio_postgres::Client, [Member; N])> {
+    let (cluster, db) = start_with_db(logs, db_name, instances, config, &[]).await?;
+    let members = add_participants(&cluster, names).await?;
+    Ok((cluster, db, members))
+}
+
+/// Disables `member` through the admin API of instance 0.
+async fn disable(cluster: &SequencerCluster, member: &MemberId) -> anyhow::Result<()> {
+    cluster
+        .admin(0)
         .await?
-        .get(0))
+        .disable_member(sequencer_admin_pb::DisableMemberRequest {
+            member: member.to_string(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// One pruning round, run now through `admin`.
+async fn prune(
+    admin: &mut SequencerAdminServiceClient<Channel>,
+) -> anyhow::Result<sequencer_admin_pb::PruneResponse> {
+    Ok(admin
+        .prune(sequencer_admin_pb::PruneRequest::default())
+        .await?
+        .into_inner())
 }
 
 async fn channel_to(cluster: &SequencerCluster, i: usize) -> anyhow::Result<Channel> {
@@ -265,30 +308,16 @@ async fn wait_health(channel: &Channel, want: i32, limit: Duration) -> anyhow::R
 // A. retries are deduplicated across instances
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_on_other_instance_is_deduplicated() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("retry_on_other_instance_is_deduplicated");
-    keep_logs_on_error(
-        &logs,
-        retry_on_other_instance_is_deduplicated_body(logs.clone()),
-    )
-    .await
+e2e_test! {
+    serial retry_on_other_instance_is_deduplicated => retry_on_other_instance_is_deduplicated_body
 }
 
 async fn retry_on_other_instance_is_deduplicated_body(logs: TestLogs) -> anyhow::Result<()> {
-    let (cluster, db) = start_with_db(
-        logs,
-        "seq_api_dedup",
-        2,
-        "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
-        &[],
-    )
-    .await?;
-    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
+    let (cluster, db, [alice, bob]) =
+        start_members(logs, "seq_api_dedup", 2, PRUNE_ON_DEMAND, ["alice", "bob"]).await?;
     let a0 = connect(&cluster, 0, &alice).await?;
     let a1 = connect(&cluster, 1, &alice).await?;
-    let alice_db = member_db_id(&db, &alice.0).await?;
+    let alice_db: i32 = member_column(&db, "id", &alice.0).await?;
 
     // Sequential: the retry reaches the other instance after the first send answered.
     let req = a0.sign_submission(&submission(
@@ -1007,8 +1036,8 @@ impl BadInputs {
 async fn bad_inputs_are_rejected_without_trace_body(logs: TestLogs) -> anyhow::Result<()> {
     // Tokens live 1 s (case 6), so every case re-authenticates right before it.
     let config = "max-request-size = 10000\nauth.token-ttl = \"1s\"\npruning.interval = \"0s\"";
-    let (cluster, db) = start_with_db(logs, "seq_api_bad", 2, config, &[]).await?;
-    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
+    let (cluster, db, [alice, bob]) =
+        start_members(logs, "seq_api_bad", 2, config, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 1, &bob).await?;
     let bad = BadInputs {
@@ -1037,15 +1066,9 @@ e2e_test! {
 }
 
 async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
-    let (cluster, db) = start_with_db(
-        logs,
-        "seq_api_disable",
-        2,
-        "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
-        &[],
-    )
-    .await?;
-    let [alice, bob, carol] = add_participants(&cluster, ["alice", "bob", "carol"]).await?;
+    let names = ["alice", "bob", "carol"];
+    let (cluster, db, [alice, bob, carol]) =
+        start_members(logs, "seq_api_disable", 2, PRUNE_ON_DEMAND, names).await?;
     let a0 = connect(&cluster, 0, &alice).await?;
     let a1 = connect(&cluster, 1, &alice).await?;
     let b0 = connect(&cluster, 0, &bob).await?;
@@ -1061,13 +1084,7 @@ async fn disabled_member_is_cut_off_body(logs: TestLogs) -> anyhow::Result<()> {
     }
 
     let t0 = Instant::now();
-    cluster
-        .admin(0)
-        .await?
-        .disable_member(sequencer_admin_pb::DisableMemberRequest {
-            member: alice.0.to_string(),
-        })
-        .await?;
+    disable(&cluster, &alice.0).await?;
     let admin_done = t0.elapsed();
     let (r0, r1) = tokio::join!(
         stream_end(s0, "alice on instance 0".into()),
@@ -1188,15 +1205,8 @@ e2e_test! {
 async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<()> {
     const N: usize = 20;
     const K: usize = 9; // everyone acknowledges the timestamp of bob's event K
-    let (cluster, db) = start_with_db(
-        logs,
-        "seq_api_prune",
-        2,
-        "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
-        &[],
-    )
-    .await?;
-    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
+    let (cluster, db, [alice, bob]) =
+        start_members(logs, "seq_api_prune", 2, PRUNE_ON_DEMAND, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 1, &bob).await?;
 
@@ -1235,10 +1245,7 @@ async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<(
     let mut admin = cluster.admin(1).await?;
     // Only alice acknowledged: nothing may go.
     a.acknowledge(ack).await?;
-    let partial = admin
-        .prune(sequencer_admin_pb::PruneRequest::default())
-        .await?
-        .into_inner();
+    let partial = prune(&mut admin).await?;
     println!("prune with only alice's acknowledgement: {partial:?}");
     ensure!(
         partial.events_deleted == 0,
@@ -1253,10 +1260,7 @@ async fn acknowledged_events_are_pruned_body(logs: TestLogs) -> anyhow::Result<(
     );
 
     b.acknowledge(ack).await?;
-    let pruned = admin
-        .prune(sequencer_admin_pb::PruneRequest::default())
-        .await?
-        .into_inner();
+    let pruned = prune(&mut admin).await?;
     println!("prune after everyone acknowledged {ack}: {pruned:?}");
     ensure!(pruned.events_deleted > 0, "nothing pruned");
     ensure!(
@@ -1371,28 +1375,15 @@ fn db_addr(url: &str) -> anyhow::Result<SocketAddr> {
     Ok(host_port.parse()?)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_turns_not_serving_when_database_unreachable() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let logs = TestLogs::new("health_turns_not_serving_when_database_unreachable");
-    keep_logs_on_error(
-        &logs,
-        health_turns_not_serving_when_database_unreachable_body(logs.clone()),
-    )
-    .await
+e2e_test! {
+    serial health_turns_not_serving_when_database_unreachable => health_turns_not_serving_when_database_unreachable_body
 }
 
 async fn health_turns_not_serving_when_database_unreachable_body(
     logs: TestLogs,
 ) -> anyhow::Result<()> {
     let database = PgCluster::shared().create_database("seq_api_health").await;
-    let mut cluster = SequencerCluster::start(
-        logs,
-        database.clone(),
-        2,
-        "pruning.interval = \"0s\"\npruning.retention = \"0s\"",
-    )
-    .await?;
+    let mut cluster = SequencerCluster::start(logs, database.clone(), 2, PRUNE_ON_DEMAND).await?;
     let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
 
     // Restart instance 1 with its database behind the proxy.
@@ -1486,13 +1477,7 @@ async fn health_turns_not_serving_when_database_unreachable_body(
 
 /// The member's stored acknowledgement.
 async fn stored_ack(db: &tokio_postgres::Client, member: &MemberId) -> anyhow::Result<Option<i64>> {
-    Ok(db
-        .query_one(
-            "SELECT acknowledged_ts FROM seq_members WHERE member = $1",
-            &[&member.to_string()],
-        )
-        .await?
-        .get(0))
+    member_column(db, "acknowledged_ts", member).await
 }
 
 e2e_test! {
@@ -1503,9 +1488,9 @@ e2e_test! {
 }
 
 async fn acknowledge_is_clamped_body(logs: TestLogs) -> anyhow::Result<()> {
-    let (cluster, db) =
-        start_with_db(logs, "seq_api_ack", 2, "pruning.interval = \"0s\"", &[]).await?;
-    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
+    let config = "pruning.interval = \"0s\"";
+    let (cluster, db, [alice, bob]) =
+        start_members(logs, "seq_api_ack", 2, config, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let sent = send_to(&a, "ack-1", b"to bob", &bob.0).await?;
     let ts = sent.sequencing_timestamp_micros;
@@ -1595,15 +1580,9 @@ e2e_test! {
 }
 
 async fn housekeeping_body(logs: TestLogs) -> anyhow::Result<()> {
-    let (cluster, db) = start_with_db(
-        logs,
-        "seq_api_housekeeping",
-        1,
-        "pruning.interval = \"0s\"\npruning.retention = \"0s\"\nauth.nonce-ttl = \"1s\"",
-        &[],
-    )
-    .await?;
-    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
+    let config = format!("{PRUNE_ON_DEMAND}\nauth.nonce-ttl = \"1s\"");
+    let (cluster, db, [alice, bob]) =
+        start_members(logs, "seq_api_housekeeping", 1, &config, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     // An event bob never acknowledges holds the bound just below it; its deduplication
     // row expires after one second.
@@ -1616,12 +1595,7 @@ async fn housekeeping_body(logs: TestLogs) -> anyhow::Result<()> {
     )
     .await?;
     let mut admin = cluster.admin(0).await?;
-    let first = admin
-        .prune(sequencer_admin_pb::PruneRequest::default())
-        .await?
-        .into_inner()
-        .outcome
-        .context("outcome")?;
+    let first = prune(&mut admin).await?.outcome.context("outcome")?;
     println!("first prune: {first:?}");
     // Nonces nobody uses: unauthenticated Challenges.
     let mut raw = SequencerServiceClient::new(channel_to(&cluster, 0).await?);
@@ -1634,12 +1608,7 @@ async fn housekeeping_body(logs: TestLogs) -> anyhow::Result<()> {
         .get(0);
     ensure!(nonces >= 20, "challenges stored {nonces} nonces");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let second = admin
-        .prune(sequencer_admin_pb::PruneRequest::default())
-        .await?
-        .into_inner()
-        .outcome
-        .context("outcome")?;
+    let second = prune(&mut admin).await?.outcome.context("outcome")?;
     println!("second prune: {second:?}");
     ensure!(
         second.bound_micros == first.bound_micros,
@@ -1790,9 +1759,8 @@ e2e_test! {
 }
 
 async fn late_retry_body(logs: TestLogs) -> anyhow::Result<()> {
-    let database = PgCluster::shared().create_database("seq_api_late").await;
-    let cluster = SequencerCluster::start(logs, database, 2, "").await?;
-    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
+    let (cluster, _, [alice, bob]) =
+        start_members(logs, "seq_api_late", 2, "", ["alice", "bob"]).await?;
     let via0 = connect(&cluster, 0, &alice).await?;
     let via1 = connect(&cluster, 1, &alice).await?;
     let deadline = now_micros() + 1_000_000;
@@ -1862,13 +1830,7 @@ async fn bootstrap_re_enable_body(logs: TestLogs) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    cluster
-        .admin(0)
-        .await?
-        .disable_member(sequencer_admin_pb::DisableMemberRequest {
-            member: p.to_string(),
-        })
-        .await?;
+    disable(&cluster, &p).await?;
     let node = &mut cluster.nodes[0];
     node.process()?.terminate(Duration::from_secs(15)).await?;
     cluster.start_node(0).await?;
@@ -1909,15 +1871,8 @@ e2e_test! {
 
 async fn revocation_during_catch_up_body(logs: TestLogs) -> anyhow::Result<()> {
     const BACKLOG: usize = 1_000;
-    let database = PgCluster::shared().create_database("seq_api_revoke").await;
-    let cluster = SequencerCluster::start(
-        logs,
-        database,
-        1,
-        "reader.page-size = 20\nreader.subscription-buffer = 4",
-    )
-    .await?;
-    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
+    let (cluster, _, [alice, bob]) =
+        start_members(logs, "seq_api_revoke", 1, SLOW_READER, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 0, &bob).await?;
     let mut sends = futures::stream::iter(0..BACKLOG)
@@ -1941,13 +1896,7 @@ async fn revocation_during_catch_up_body(logs: TestLogs) -> anyhow::Result<()> {
     for i in 0..5 {
         next_event(&mut stream, &format!("backlog event {i}")).await?;
     }
-    cluster
-        .admin(0)
-        .await?
-        .disable_member(sequencer_admin_pb::DisableMemberRequest {
-            member: alice.0.to_string(),
-        })
-        .await?;
+    disable(&cluster, &alice.0).await?;
     // Let the revocation reach the instance before reading on.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut after = 0usize;
@@ -2096,6 +2045,9 @@ fn admin_api_off_loopback_requires_tls() -> anyhow::Result<()> {
 // the client; subscriptions per member are capped
 // ---------------------------------------------------------------------------
 
+/// A reader that catches up slowly: pages of 20 events, a subscription buffer of 4.
+const SLOW_READER: &str = "reader.page-size = 20\nreader.subscription-buffer = 4";
+
 /// A 64 KiB payload whose first 8 bytes carry `i`, so a delivered event names its send.
 fn numbered_payload(i: usize) -> Vec<u8> {
     let mut v = vec![(i % 251) as u8; 64 * 1024];
@@ -2203,7 +2155,7 @@ async fn catch_up_does_not_hold_connections_body(logs: TestLogs) -> anyhow::Resu
         logs,
         database.clone(),
         1,
-        "reader.page-size = 20\nreader.subscription-buffer = 4",
+        SLOW_READER,
         &[vec![(
             "SEQUENCER__DATABASE__POOL_MAX_SIZE".into(),
             POOL.to_string(),
@@ -2293,15 +2245,9 @@ e2e_test! {
 
 async fn subscriptions_capped_body(logs: TestLogs) -> anyhow::Result<()> {
     const CAP: usize = 3;
-    let database = PgCluster::shared().create_database("seq_api_subcap").await;
-    let cluster = SequencerCluster::start(
-        logs,
-        database,
-        1,
-        &format!("reader.max-subscriptions-per-member = {CAP}"),
-    )
-    .await?;
-    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
+    let config = format!("reader.max-subscriptions-per-member = {CAP}");
+    let (cluster, _, [alice, bob]) =
+        start_members(logs, "seq_api_subcap", 1, &config, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 0, &bob).await?;
     let mut open = Vec::new();
@@ -2358,13 +2304,7 @@ async fn subscriptions_capped_body(logs: TestLogs) -> anyhow::Result<()> {
         "alice at the cap again",
     )?;
     // Streams that end with an error free their slots too: disabling alice ends all.
-    cluster
-        .admin(0)
-        .await?
-        .disable_member(sequencer_admin_pb::DisableMemberRequest {
-            member: alice.0.to_string(),
-        })
-        .await?;
+    disable(&cluster, &alice.0).await?;
     let (st, _) = stream_end(again, "alice's stream".into()).await?;
     ensure!(st.code() == Code::PermissionDenied, "{st:?}");
     drop(open);
@@ -2393,17 +2333,9 @@ e2e_test! {
 async fn catch_up_pruned_between_pages_body(logs: TestLogs) -> anyhow::Result<()> {
     const BACKLOG: usize = 200;
     const BOUND_AT: usize = 150; // the forced bound is this event's timestamp
-    let database = PgCluster::shared()
-        .create_database("seq_api_catchup_prune")
-        .await;
-    let cluster = SequencerCluster::start(
-        logs,
-        database,
-        1,
-        "reader.page-size = 20\nreader.subscription-buffer = 4\npruning.interval = \"0s\"",
-    )
-    .await?;
-    let [alice, bob] = add_participants(&cluster, ["alice", "bob"]).await?;
+    let config = format!("{SLOW_READER}\npruning.interval = \"0s\"");
+    let (cluster, _, [alice, bob]) =
+        start_members(logs, "seq_api_catchup_prune", 1, &config, ["alice", "bob"]).await?;
     let a = connect(&cluster, 0, &alice).await?;
     let b = connect(&cluster, 0, &bob).await?;
     let backlog = send_backlog(&b, &alice.0, BACKLOG).await?;
