@@ -10,6 +10,7 @@
 //! and PostgreSQL, and measure stalls).
 
 use domain_e2e::flt_util::{log_of, query_i64};
+use domain_e2e::seq_member::add_participants;
 use domain_e2e::streams::{Collected, collect, signed_key};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -287,20 +288,6 @@ async fn send_to(
         max_sequencing_time_micros,
     )
     .await
-}
-
-/// Registers a participant for each of `names`.
-async fn add_participants<const N: usize>(
-    cluster: &SequencerCluster,
-    names: [&str; N],
-) -> anyhow::Result<[Member; N]> {
-    let mut members = Vec::with_capacity(N);
-    for name in names {
-        members.push(cluster.add_member(MemberRole::Participant, name).await?);
-    }
-    members
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("registered a different number of members"))
 }
 
 /// Streams of `(member, instance)` pairs, read from counter 0 in the background until they
