@@ -1,9 +1,6 @@
 //! Unique ids (`name::fingerprint`), member ids (`ROLE::name::fingerprint`) and domain ids.
 
 use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::fingerprint::Fingerprint;
 use crate::keys::PublicKey;
@@ -172,19 +169,7 @@ impl fmt::Display for UniqueId {
     }
 }
 
-impl fmt::Debug for UniqueId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "UniqueId({self})")
-    }
-}
-
-impl FromStr for UniqueId {
-    type Err = IdError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
+string_form!(UniqueId, UniqueId::parse, debug);
 
 /// The role of a domain member, written as the prefix of its [`MemberId`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -247,13 +232,7 @@ impl fmt::Display for MemberRole {
     }
 }
 
-impl FromStr for MemberRole {
-    type Err = IdError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::from_prefix(s)
-    }
-}
+string_form!(MemberRole, MemberRole::from_prefix);
 
 /// A domain member: a role plus a unique id, written `ROLE::name::fingerprint`,
 /// e.g. `PAR::alice::1220ab…`. The fingerprint names the member's key (see
@@ -342,19 +321,7 @@ impl fmt::Display for MemberId {
     }
 }
 
-impl fmt::Debug for MemberId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MemberId({self})")
-    }
-}
-
-impl FromStr for MemberId {
-    type Err = IdError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
+string_form!(MemberId, MemberId::parse, debug);
 
 /// The id of a domain: a [`UniqueId`] whose fingerprint is the domain's namespace key,
 /// written `name::fingerprint` (no role prefix). Its string form is what signatures are
@@ -411,43 +378,14 @@ impl fmt::Display for DomainId {
     }
 }
 
-impl fmt::Debug for DomainId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DomainId({self})")
-    }
-}
-
-impl FromStr for DomainId {
-    type Err = IdError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
-
-macro_rules! serde_via_string {
-    ($($ty:ty),*) => {$(
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_str(self)
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(deserializer)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    )*};
-}
-
-serde_via_string!(UniqueId, MemberRole, MemberId, DomainId);
+string_form!(DomainId, DomainId::parse, debug);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keys::SigningKeyPair;
+
+    const FP: &str = "1220aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
     fn fp(byte: u8) -> Fingerprint {
         Fingerprint::of_public_key_bytes(&[byte; 32])
@@ -696,13 +634,6 @@ mod tests {
             "missing fingerprint (expected \"1220\" followed by 64 lowercase hex characters)"
         );
     }
-}
-
-#[cfg(test)]
-mod participant_id_tests {
-    use super::*;
-
-    const FP: &str = "1220aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
     #[test]
     fn one_parser_for_participant_ids() {
