@@ -1,9 +1,6 @@
 //! Unique ids (`name::fingerprint`), member ids (`ROLE::name::fingerprint`) and domain ids.
 
 use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::fingerprint::Fingerprint;
 use crate::keys::PublicKey;
@@ -172,19 +169,7 @@ impl fmt::Display for UniqueId {
     }
 }
 
-impl fmt::Debug for UniqueId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "UniqueId({self})")
-    }
-}
-
-impl FromStr for UniqueId {
-    type Err = IdError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
+string_form!(UniqueId, UniqueId::parse, debug);
 
 /// The role of a domain member, written as the prefix of its [`MemberId`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -247,13 +232,7 @@ impl fmt::Display for MemberRole {
     }
 }
 
-impl FromStr for MemberRole {
-    type Err = IdError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::from_prefix(s)
-    }
-}
+string_form!(MemberRole, MemberRole::from_prefix);
 
 /// A domain member: a role plus a unique id, written `ROLE::name::fingerprint`,
 /// e.g. `PAR::alice::1220ab…`. The fingerprint names the member's key (see
@@ -342,19 +321,7 @@ impl fmt::Display for MemberId {
     }
 }
 
-impl fmt::Debug for MemberId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MemberId({self})")
-    }
-}
-
-impl FromStr for MemberId {
-    type Err = IdError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
+string_form!(MemberId, MemberId::parse, debug);
 
 /// The id of a domain: a [`UniqueId`] whose fingerprint is the domain's namespace key,
 /// written `name::fingerprint` (no role prefix). Its string form is what signatures are
@@ -411,43 +378,14 @@ impl fmt::Display for DomainId {
     }
 }
 
-impl fmt::Debug for DomainId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DomainId({self})")
-    }
-}
-
-impl FromStr for DomainId {
-    type Err = IdError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
-
-macro_rules! serde_via_string {
-    ($($ty:ty),*) => {$(
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_str(self)
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(deserializer)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    )*};
-}
-
-serde_via_string!(UniqueId, MemberRole, MemberId, DomainId);
+string_form!(DomainId, DomainId::parse, debug);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keys::SigningKeyPair;
+
+    const FP: &str = "1220aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
     fn fp(byte: u8) -> Fingerprint {
         Fingerprint::of_public_key_bytes(&[byte; 32])
@@ -478,47 +416,48 @@ mod tests {
         assert_eq!(UniqueId::new("", fp(1)), Err(IdError::EmptyName));
     }
 
+    /// Asserts that `parse` refuses every input of `cases` with exactly its error.
+    fn assert_rejections<T: fmt::Debug>(
+        parse: fn(&str) -> Result<T, IdError>,
+        cases: &[(String, IdError)],
+    ) {
+        for (input, expected) in cases {
+            match parse(input) {
+                Err(err) => assert_eq!(&err, expected, "input {input:?}"),
+                Ok(parsed) => panic!("input {input:?} accepted as {parsed:?}"),
+            }
+        }
+    }
+
     #[test]
     fn unique_id_rejections() {
         let f = fp(1).to_string();
-        assert_eq!(
-            UniqueId::parse("alice"),
-            Err(IdError::MissingSeparator {
-                expected: "name::fingerprint"
-            })
+        let invalid_char = |ch, position| IdError::InvalidNameChar { ch, position };
+        assert_rejections(
+            UniqueId::parse,
+            &[
+                (
+                    "alice".into(),
+                    IdError::MissingSeparator {
+                        expected: "name::fingerprint",
+                    },
+                ),
+                (format!("::{f}"), IdError::EmptyName),
+                ("alice::".into(), IdError::EmptyFingerprint),
+                (format!("al ice::{f}"), invalid_char(' ', 2)),
+                (format!("alicé::{f}"), invalid_char('é', 4)),
+                // A name cannot contain ':', so "a:b::fp" fails on the name.
+                (format!("a:b::{f}"), invalid_char(':', 1)),
+                // Trailing junk after the fingerprint.
+                (
+                    format!("alice::{f}::x"),
+                    IdError::FingerprintNotHex {
+                        ch: ':',
+                        position: 68,
+                    },
+                ),
+            ],
         );
-        assert_eq!(UniqueId::parse(&format!("::{f}")), Err(IdError::EmptyName));
-        assert_eq!(UniqueId::parse("alice::"), Err(IdError::EmptyFingerprint));
-        assert_eq!(
-            UniqueId::parse(&format!("al ice::{f}")),
-            Err(IdError::InvalidNameChar {
-                ch: ' ',
-                position: 2
-            })
-        );
-        assert_eq!(
-            UniqueId::parse(&format!("alicé::{f}")),
-            Err(IdError::InvalidNameChar {
-                ch: 'é',
-                position: 4
-            })
-        );
-        // A name cannot contain ':', so "a:b::fp" fails on the name.
-        assert_eq!(
-            UniqueId::parse(&format!("a:b::{f}")),
-            Err(IdError::InvalidNameChar {
-                ch: ':',
-                position: 1
-            })
-        );
-        // Trailing junk after the fingerprint.
-        assert!(matches!(
-            UniqueId::parse(&format!("alice::{f}::x")),
-            Err(IdError::FingerprintNotHex {
-                ch: ':',
-                position: 68
-            })
-        ));
     }
 
     #[test]
@@ -550,79 +489,61 @@ mod tests {
     fn member_id_rejections() {
         let f = fp(1).to_string();
         let unknown = MemberId::parse(&format!("XYZ::a::{f}"));
-        assert_eq!(
-            unknown,
-            Err(IdError::UnknownRole {
-                prefix: "XYZ".into()
-            })
-        );
         let msg = unknown.map_err(|e| e.to_string()).expect_err("rejected");
         assert_eq!(
             msg,
             "unknown member role prefix \"XYZ\" (valid prefixes: PAR, MED, SEQ, DOM)"
         );
-        // Prefixes are case-sensitive.
-        assert!(matches!(
-            MemberId::parse(&format!("par::a::{f}")),
-            Err(IdError::UnknownRole { .. })
-        ));
-        // A unique id without a role is an unknown role named after the name.
-        assert_eq!(
-            MemberId::parse(&format!("alice::{f}")),
-            Err(IdError::UnknownRole {
-                prefix: "alice".into()
-            })
-        );
-        // Missing fingerprint, with and without the trailing separator.
-        assert_eq!(
-            MemberId::parse("PAR::alice"),
-            Err(IdError::MissingSeparator {
-                expected: "ROLE::name::fingerprint"
-            })
-        );
-        assert_eq!(
-            MemberId::parse("PAR::alice::"),
-            Err(IdError::EmptyFingerprint)
-        );
-        assert_eq!(
-            MemberId::parse("PAR"),
-            Err(IdError::MissingSeparator {
-                expected: "ROLE::name::fingerprint"
-            })
-        );
-        // Wrong-length fingerprint.
-        assert_eq!(
-            MemberId::parse(&format!("PAR::alice::{}", &f[..67])),
-            Err(IdError::FingerprintLength { len: 67 })
-        );
-        // Non-hex fingerprint.
+        let unknown_role = |prefix: &str| IdError::UnknownRole {
+            prefix: prefix.into(),
+        };
+        let missing_separator = IdError::MissingSeparator {
+            expected: "ROLE::name::fingerprint",
+        };
         let mut non_hex = f.clone();
         non_hex.replace_range(20..21, "z");
-        assert_eq!(
-            MemberId::parse(&format!("PAR::alice::{non_hex}")),
-            Err(IdError::FingerprintNotHex {
-                ch: 'z',
-                position: 20
-            })
-        );
-        // Bad fingerprint prefix.
-        assert_eq!(
-            MemberId::parse(&format!("PAR::alice::1221{}", &f[4..])),
-            Err(IdError::FingerprintPrefix {
-                found: "1221".into()
-            })
-        );
-        // Bad name character.
-        assert_eq!(
-            MemberId::parse(&format!("PAR::ali/ce::{f}")),
-            Err(IdError::InvalidNameChar {
-                ch: '/',
-                position: 3
-            })
-        );
-        assert_eq!(
-            MemberId::parse(&format!("PAR::::{f}")),
-            Err(IdError::EmptyName)
+        assert_rejections(
+            MemberId::parse,
+            &[
+                (format!("XYZ::a::{f}"), unknown_role("XYZ")),
+                // Prefixes are case-sensitive.
+                (format!("par::a::{f}"), unknown_role("par")),
+                // A unique id without a role is an unknown role named after the name.
+                (format!("alice::{f}"), unknown_role("alice")),
+                // Missing fingerprint, with and without the trailing separator.
+                ("PAR::alice".into(), missing_separator.clone()),
+                ("PAR::alice::".into(), IdError::EmptyFingerprint),
+                ("PAR".into(), missing_separator),
+                // Wrong-length fingerprint.
+                (
+                    format!("PAR::alice::{}", &f[..67]),
+                    IdError::FingerprintLength { len: 67 },
+                ),
+                // Non-hex fingerprint.
+                (
+                    format!("PAR::alice::{non_hex}"),
+                    IdError::FingerprintNotHex {
+                        ch: 'z',
+                        position: 20,
+                    },
+                ),
+                // Bad fingerprint prefix.
+                (
+                    format!("PAR::alice::1221{}", &f[4..]),
+                    IdError::FingerprintPrefix {
+                        found: "1221".into(),
+                    },
+                ),
+                // Bad name character.
+                (
+                    format!("PAR::ali/ce::{f}"),
+                    IdError::InvalidNameChar {
+                        ch: '/',
+                        position: 3,
+                    },
+                ),
+                (format!("PAR::::{f}"), IdError::EmptyName),
+            ],
         );
         // Serde surfaces the parse error.
         let err =
@@ -696,13 +617,6 @@ mod tests {
             "missing fingerprint (expected \"1220\" followed by 64 lowercase hex characters)"
         );
     }
-}
-
-#[cfg(test)]
-mod participant_id_tests {
-    use super::*;
-
-    const FP: &str = "1220aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
     #[test]
     fn one_parser_for_participant_ids() {

@@ -12,6 +12,9 @@
 //! * `PublicKey.key` (ed25519) ⇄ [`PublicKey::as_bytes`] / [`PublicKey::from_bytes`],
 //! * member and domain id strings ⇄ [`MemberId`] / [`DomainId`] via `FromStr` and `Display`.
 
+#[macro_use]
+mod string_form;
+
 mod fingerprint;
 mod ids;
 mod keys;

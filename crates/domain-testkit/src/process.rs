@@ -857,15 +857,21 @@ mod tests {
         );
     }
 
+    /// Spawns `builder` with its output in the logs of the test `test`.
+    fn spawn_logged(test: &str, builder: ProcessBuilder) -> (TestLogs, ManagedProcess) {
+        let logs = TestLogs::new(test);
+        let p = builder.logs(&logs).spawn().expect("spawn");
+        (logs, p)
+    }
+
     #[tokio::test]
     async fn spawn_signal_and_log() {
-        let logs = TestLogs::new("spawn_signal_and_log");
-        let mut p = ProcessBuilder::new("/bin/sh")
-            .name("sleeper")
-            .logs(&logs)
-            .args(["-c", "echo hello; echo oops >&2; exec sleep 30"])
-            .spawn()
-            .expect("spawn");
+        let (logs, mut p) = spawn_logged(
+            "spawn_signal_and_log",
+            ProcessBuilder::new("/bin/sh")
+                .name("sleeper")
+                .args(["-c", "echo hello; echo oops >&2; exec sleep 30"]),
+        );
         p.wait_for_log("oops", Duration::from_secs(5))
             .await
             .expect("log");
@@ -888,12 +894,8 @@ mod tests {
 
     #[tokio::test]
     async fn kill_reaps() {
-        let logs = TestLogs::new("kill_reaps");
-        let mut p = ProcessBuilder::new("/bin/sleep")
-            .arg("30")
-            .logs(&logs)
-            .spawn()
-            .expect("spawn");
+        let (_logs, mut p) =
+            spawn_logged("kill_reaps", ProcessBuilder::new("/bin/sleep").arg("30"));
         let status = p.kill().expect("kill");
         assert!(!status.success());
         assert_eq!(p.try_exit_status(), Some(status));

@@ -420,46 +420,29 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert_eq!(
-            classify(&status(
-                Code::Unavailable,
-                Some(DM_NOT_ACTIVE),
-                Some("http://dm-1:4402")
-            )),
-            Disposition::TryNext {
-                active_replica: Some("http://dm-1:4402".into())
-            }
-        );
-        assert_eq!(
-            classify(&status(Code::Unavailable, Some(DM_NOT_ACTIVE), Some(""))),
-            Disposition::TryNext {
-                active_replica: None
-            }
-        );
-        assert_eq!(
-            classify(&status(Code::Unavailable, None, None)),
-            Disposition::TryNext {
-                active_replica: None
-            }
-        );
-        assert_eq!(
-            classify(&status(Code::DeadlineExceeded, None, None)),
-            Disposition::TryNext {
-                active_replica: None
-            }
-        );
-        assert_eq!(
-            classify(&status(Code::Cancelled, None, None)),
-            Disposition::TryNext {
-                active_replica: None
-            }
-        );
-        assert_eq!(
-            classify(&status(Code::Unimplemented, None, None)),
-            Disposition::TryNext {
-                active_replica: None
-            }
-        );
+        let try_next = |active_replica: Option<&str>| Disposition::TryNext {
+            active_replica: active_replica.map(Into::into),
+        };
+        let mut cases = vec![
+            (
+                status(
+                    Code::Unavailable,
+                    Some(DM_NOT_ACTIVE),
+                    Some("http://dm-1:4402"),
+                ),
+                try_next(Some("http://dm-1:4402")),
+            ),
+            (
+                status(Code::Unavailable, Some(DM_NOT_ACTIVE), Some("")),
+                try_next(None),
+            ),
+            (status(Code::Unavailable, None, None), try_next(None)),
+            (status(Code::DeadlineExceeded, None, None), try_next(None)),
+            (status(Code::Cancelled, None, None), try_next(None)),
+            (status(Code::Unimplemented, None, None), try_next(None)),
+            // A server's UNKNOWN (no local transport cause) is an answer.
+            (status(Code::Unknown, None, None), Disposition::Final),
+        ];
         for code in [
             Code::InvalidArgument,
             Code::NotFound,
@@ -468,24 +451,17 @@ mod tests {
             Code::AlreadyExists,
             Code::Internal,
         ] {
-            assert_eq!(
-                classify(&status(code, Some("DM_INVALID_ARGUMENT"), None)),
-                Disposition::Final
-            );
-            assert_eq!(classify(&status(code, None, None)), Disposition::Final);
+            cases.push((
+                status(code, Some("DM_INVALID_ARGUMENT"), None),
+                Disposition::Final,
+            ));
+            cases.push((status(code, None, None), Disposition::Final));
         }
-        // A server's UNKNOWN (no local transport cause) is an answer.
-        assert_eq!(
-            classify(&status(Code::Unknown, None, None)),
-            Disposition::Final
-        );
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
-        assert_eq!(
-            classify(&Status::from_error(Box::new(io))),
-            Disposition::TryNext {
-                active_replica: None
-            }
-        );
+        cases.push((Status::from_error(Box::new(io)), try_next(None)));
+        for (status, expected) in &cases {
+            assert_eq!(&classify(status), expected, "{status:?}");
+        }
     }
 
     #[test]
@@ -513,20 +489,25 @@ mod tests {
     #[test]
     fn bad_ca_file_names_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let missing = dir.path().join("missing.pem");
-        let error = load_tls(Some(&missing), None, None, &[]).expect_err("missing");
-        assert_eq!(error.exit_code(), 2);
-        let text = error.to_string();
-        assert!(text.contains(&missing.display().to_string()), "{text}");
-        assert!(text.contains("does not exist"), "{text}");
-
-        let garbage = dir.path().join("garbage.pem");
-        std::fs::write(&garbage, "not a certificate\n").expect("write");
-        let error = load_tls(Some(&garbage), None, None, &[]).expect_err("garbage");
-        assert_eq!(error.exit_code(), 2);
-        let text = error.to_string();
-        assert!(text.contains(&garbage.display().to_string()), "{text}");
-        assert!(text.contains("no certificate found"), "{text}");
+        // (file name, contents written there, what the refusal says)
+        for (name, contents, reason) in [
+            ("missing.pem", None, "does not exist"),
+            (
+                "garbage.pem",
+                Some("not a certificate\n"),
+                "no certificate found",
+            ),
+        ] {
+            let path = dir.path().join(name);
+            if let Some(contents) = contents {
+                std::fs::write(&path, contents).expect("write");
+            }
+            let error = load_tls(Some(&path), None, None, &[]).expect_err(name);
+            assert_eq!(error.exit_code(), 2, "{name}");
+            let text = error.to_string();
+            assert!(text.contains(&path.display().to_string()), "{name}: {text}");
+            assert!(text.contains(reason), "{name}: {text}");
+        }
 
         let good = dir.path().join("ca.pem");
         let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
