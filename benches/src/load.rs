@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use domain_identity::{MemberId, SigningKeyPair};
 use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::sequencer::v1 as pb;
-use domain_sequencer_client::{MemberIdentity, SequencerConnection, StreamValidator};
+use domain_sequencer_client::{SequencerConnection, StreamValidator};
 use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 
@@ -98,21 +98,7 @@ pub async fn connect(
     i: usize,
     member: &(MemberId, Arc<SigningKeyPair>),
 ) -> anyhow::Result<SequencerConnection> {
-    let node = cluster
-        .nodes
-        .get(i)
-        .with_context(|| format!("no instance {i}"))?;
-    let member = MemberIdentity {
-        id: member.0.clone(),
-        key: member.1.clone(),
-    };
-    Ok(SequencerConnection::connect(
-        &node.public_endpoint(),
-        Some(cluster.client_tls()),
-        member,
-        Duration::from_secs(5),
-    )
-    .await?)
+    cluster.connect(i, member).await
 }
 
 /// Counters and histograms shared by senders, subscribers and the driver.

@@ -34,21 +34,7 @@ pub async fn connect(
     i: usize,
     member: &(MemberId, Arc<SigningKeyPair>),
 ) -> anyhow::Result<SequencerConnection> {
-    let node = cluster
-        .nodes
-        .get(i)
-        .with_context(|| format!("no instance {i}"))?;
-    let member = MemberIdentity {
-        id: member.0.clone(),
-        key: member.1.clone(),
-    };
-    Ok(SequencerConnection::connect(
-        &node.public_endpoint(),
-        Some(cluster.client_tls()),
-        member,
-        Duration::from_secs(5),
-    )
-    .await?)
+    cluster.connect(i, member).await
 }
 
 /// A one-envelope payload addressed to `recipients`.

@@ -17,16 +17,15 @@ use crate::topology::{
 };
 use crate::{connect, http_get, now_micros};
 use anyhow::{Context as _, bail, ensure};
-use domain_identity::{DomainId, MemberId, MemberRole, SignaturePurpose, SigningKeyPair, UniqueId};
+use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
 use domain_localnet::config::{self, Listeners};
 use domain_localnet::sequencers::{Placement, SequencerCluster};
-use domain_proto::common::v1 as common_pb;
 use domain_proto::confirmation::v1 as pb;
 use domain_proto::mediator::admin::v1 as mediator_admin_pb;
 use domain_proto::sequencer::v1 as sequencer_pb;
-use domain_sequencer_client::{SequencerConnection, to_proto_signature};
+use domain_sequencer_client::SequencerConnection;
 use domain_testkit::pg::{PgCluster, TestDatabase};
-use domain_testkit::process::{ManagedProcess, ProcessBuilder, TestLogs, binary_path};
+use domain_testkit::process::{ManagedProcess, TestLogs, binary_path};
 use domain_topology::{DomainParameters, Mapping, Operation, Permission, TopologyTransaction};
 use prost::Message as _;
 
@@ -336,19 +335,9 @@ impl MediatorDomain {
     /// (Re)starts replica `i` (does not wait for anything).
     pub fn start_mediator(&mut self, i: usize) -> anyhow::Result<()> {
         let node = self.nodes.get_mut(i).context("no such replica")?;
-        let builder = match &node.placement.netns {
-            None => ProcessBuilder::new(binary_path("mediator")),
-            Some(ns) => ProcessBuilder::new(domain_testkit::netns::ip_path())
-                .args(["netns", "exec", ns.as_str()])
-                .arg(binary_path("mediator")),
-        };
         node.process = Some(
-            builder
-                .arg("--config-file")
-                .arg(node.config_path.as_os_str())
-                .arg("--log-format")
-                .arg("json")
-                .env("RUST_LOG", "info")
+            node.placement
+                .service("mediator", &node.config_path)
                 // Test fault hook: while this file exists, the replica holds its next
                 // fenced transaction open (see `hold_file`).
                 .env(
@@ -598,24 +587,8 @@ impl MediatorDomain {
             decision: decision as i32,
             reason: reason.to_string(),
             domain_id: self.cluster.domain_id.to_string(),
-        }
-        .encode_to_vec();
-        let sig = p.member.1.sign(
-            SignaturePurpose::ConfirmationResponse,
-            &self.cluster.domain_id,
-            &response,
-        );
-        pb::SignedConfirmationResponse {
-            response,
-            signature: Some(to_proto_signature(
-                &sig,
-                SignaturePurpose::ConfirmationResponse,
-            )),
-            signer_key: Some(common_pb::PublicKey {
-                algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-                key: p.member.1.public_key().to_bytes().to_vec(),
-            }),
-        }
+        };
+        domain_confirmation::sign(&p.member.1, &self.cluster.domain_id, &response)
     }
 
     /// `who` sends `signed` to the mediator; returns its sequencing timestamp.

@@ -11,7 +11,7 @@ use domain_proto::confirmation::v1 as confirmation_pb;
 use domain_proto::sequencer::v1 as pb;
 use domain_proto::topology::v1 as topology_pb;
 use domain_sequencer_client::SequencerConnection;
-use domain_topology::{Mapping, Operation, Permission, TopologyTransaction, TrustLevel};
+use domain_topology::{Mapping, Operation, Permission, TopologyTransaction};
 use prost::Message as _;
 
 use crate::now_micros;
@@ -36,16 +36,7 @@ pub fn domain_manager(cluster: &SequencerCluster) -> Member {
 }
 
 pub fn set_state(serial: u64, p: &MemberId, permission: Permission) -> TopologyTransaction {
-    TopologyTransaction {
-        serial,
-        operation: Operation::Replace,
-        mapping: Mapping::Participant {
-            participant: p.clone(),
-            permission,
-            trust_level: TrustLevel::Ordinary,
-            public_key: None,
-        },
-    }
+    TopologyTransaction::replace_participant(serial, p, permission)
 }
 
 pub fn topology_envelope(signed: topology_pb::SignedTopologyTransaction) -> pb::Envelope {

@@ -16,7 +16,6 @@
 //! the server log, NOT_SERVING, kills counted and failovers seen by the clients), so none
 //! can pass without the fault.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
@@ -171,16 +170,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 fn signal(signal: &str, pid: u32) -> anyhow::Result<()> {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("cannot run kill")?;
-    ensure!(status.success(), "kill -{signal} {pid} failed: {status}");
-    Ok(())
+    domain_testkit::process::send_signal(pid, signal)
 }
 
 /// A sequencer cluster with two members, a `DomainClient` each over every instance, and

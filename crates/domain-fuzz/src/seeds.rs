@@ -438,24 +438,12 @@ fn response_message(
         decision: decision as i32,
         reason: String::new(),
         domain_id: f.domain_id.to_string(),
-    }
-    .encode_to_vec();
-    let sig = f.bob.1.sign(
-        SignaturePurpose::ConfirmationResponse,
+    };
+    pb::domain_message::Message::ConfirmationResponse(domain_confirmation::sign(
+        &f.bob.1,
         &f.domain_id,
         &response,
-    );
-    pb::domain_message::Message::ConfirmationResponse(pb::SignedConfirmationResponse {
-        response,
-        signature: Some(to_proto_signature(
-            &sig,
-            SignaturePurpose::ConfirmationResponse,
-        )),
-        signer_key: Some(common_pb::PublicKey {
-            algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-            key: f.bob.1.public_key().to_bytes().to_vec(),
-        }),
-    })
+    ))
 }
 
 fn verdict_message(f: &Fixture) -> pb::domain_message::Message {
@@ -465,20 +453,12 @@ fn verdict_message(f: &Fixture) -> pb::domain_message::Message {
         outcome: Some(pb::verdict::Outcome::Approved(pb::Approved {})),
         mediator: f.mediator.0.to_string(),
         domain_id: f.domain_id.to_string(),
-    }
-    .encode_to_vec();
-    let sig = f
-        .mediator
-        .1
-        .sign(SignaturePurpose::Verdict, &f.domain_id, &verdict);
-    pb::domain_message::Message::Verdict(pb::SignedVerdict {
-        verdict,
-        signature: Some(to_proto_signature(&sig, SignaturePurpose::Verdict)),
-        signer_key: Some(common_pb::PublicKey {
-            algorithm: common_pb::KeyAlgorithm::Ed25519 as i32,
-            key: f.mediator.1.public_key().to_bytes().to_vec(),
-        }),
-    })
+    };
+    pb::domain_message::Message::Verdict(domain_confirmation::sign(
+        &f.mediator.1,
+        &f.domain_id,
+        &verdict,
+    ))
 }
 
 fn envelope(

@@ -84,7 +84,8 @@ fn seeds_reach_the_decisions() {
             .data
     };
     // (target, seed, what the protocol decides on it)
-    let decisions: [(&str, &str, fn(&[u8]) -> Vec<&'static str>, &str); 4] = [
+    type Decide = fn(&[u8]) -> Vec<&'static str>;
+    let decisions: [(&str, &str, Decide, &str); 4] = [
         (
             "mediator_events",
             "approve",

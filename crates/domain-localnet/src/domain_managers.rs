@@ -11,8 +11,7 @@ use domain_manager::DomainManagerConfig;
 use domain_manager::config::ComponentKind;
 use domain_testkit::pg::TestDatabase;
 use domain_testkit::process::{
-    ManagedProcess, ProcessBuilder, TestLogs, binary_path, ensure_success, http_status,
-    wait_for_http_ok,
+    ManagedProcess, TestLogs, binary_path, ensure_success, http_status, wait_for_http_ok,
 };
 
 use crate::config::{self, Listeners};
@@ -189,19 +188,9 @@ impl DomainManagers {
     /// (Re)starts replica `i` and waits until its ops port is live.
     pub async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
         let node = self.nodes.get_mut(i).context("no such replica")?;
-        let builder = match &node.placement.netns {
-            None => ProcessBuilder::new(binary_path("domain-manager")),
-            Some(ns) => ProcessBuilder::new(domain_testkit::netns::ip_path())
-                .args(["netns", "exec", ns.as_str()])
-                .arg(binary_path("domain-manager")),
-        };
         node.process = Some(
-            builder
-                .arg("--config-file")
-                .arg(node.config_path.as_os_str())
-                .arg("--log-format")
-                .arg("json")
-                .env("RUST_LOG", "info")
+            node.placement
+                .service("domain-manager", &node.config_path)
                 // Test fault hook: while this file exists, the replica throws away the
                 // sequencer's replies to its sends (see `drop_reply_file`).
                 .env(

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use domain_identity::{DomainId, MemberId, MemberRole, SigningKeyPair, UniqueId};
 use domain_proto::sequencer::admin::v1 as pb;
 use domain_proto::sequencer::admin::v1::sequencer_admin_service_client::SequencerAdminServiceClient;
+use domain_sequencer_client::{MemberIdentity, SequencerConnection};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use domain_testkit::certs::{PkiFiles, TestPki};
@@ -47,6 +48,22 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// The process of service `binary` (a workspace binary) placed here, reading
+    /// `config_file` and logging JSON at `info`.
+    pub fn service(&self, binary: &str, config_file: &std::path::Path) -> ProcessBuilder {
+        match &self.netns {
+            None => ProcessBuilder::new(binary_path(binary)),
+            Some(ns) => ProcessBuilder::new(domain_testkit::netns::ip_path())
+                .args(["netns", "exec", ns.as_str()])
+                .arg(binary_path(binary)),
+        }
+        .arg("--config-file")
+        .arg(config_file.as_os_str())
+        .arg("--log-format")
+        .arg("json")
+        .env("RUST_LOG", "info")
+    }
+
     /// In the root namespace, listening on `addr`, with the cluster's database URL.
     pub fn on(addr: IpAddr) -> Self {
         Self {
@@ -207,23 +224,38 @@ impl SequencerCluster {
             .domain_name("localhost")
     }
 
+    /// Connects and authenticates `member` to instance `i` (TLS, 5 s to connect).
+    pub async fn connect(
+        &self,
+        i: usize,
+        member: &(MemberId, Arc<SigningKeyPair>),
+    ) -> anyhow::Result<SequencerConnection> {
+        let node = self
+            .nodes
+            .get(i)
+            .with_context(|| format!("no instance {i}"))?;
+        let member = MemberIdentity {
+            id: member.0.clone(),
+            key: member.1.clone(),
+        };
+        Ok(SequencerConnection::connect(
+            &node.public_endpoint(),
+            Some(self.client_tls()),
+            member,
+            Duration::from_secs(5),
+        )
+        .await?)
+    }
+
     /// (Re)starts instance `i` and waits until its health reports SERVING.
     pub async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
         let tls = self.client_tls();
         let node = self.nodes.get_mut(i).context("no such instance")?;
-        let mut builder = match &node.placement.netns {
-            None => ProcessBuilder::new(binary_path("sequencer")),
-            Some(ns) => ProcessBuilder::new(domain_testkit::netns::ip_path())
-                .args(["netns", "exec", ns.as_str()])
-                .arg(binary_path("sequencer")),
-        }
-        .arg("--config-file")
-        .arg(node.config_path.as_os_str())
-        .arg("--log-format")
-        .arg("json")
-        .env("RUST_LOG", "info")
-        .name(node.name.clone())
-        .logs(&self.logs);
+        let mut builder = node
+            .placement
+            .service("sequencer", &node.config_path)
+            .name(node.name.clone())
+            .logs(&self.logs);
         for (k, v) in &node.extra_env {
             builder = builder.env(k, v);
         }

@@ -347,6 +347,25 @@ fn proto_key(key: &PublicKey) -> common_pb::PublicKey {
 }
 
 impl TopologyTransaction {
+    /// Transaction `serial` giving `participant` `permission` at ordinary trust, its key
+    /// left as registered.
+    pub fn replace_participant(
+        serial: u64,
+        participant: &MemberId,
+        permission: Permission,
+    ) -> Self {
+        Self {
+            serial,
+            operation: Operation::Replace,
+            mapping: Mapping::Participant {
+                participant: participant.clone(),
+                permission,
+                trust_level: TrustLevel::Ordinary,
+                public_key: None,
+            },
+        }
+    }
+
     /// Decodes and validates the transaction a signed envelope carries, for domain
     /// `domain_id`. The signature is **not** checked: only for transactions verified before
     /// (e.g. reloaded from a store that holds verified ones). Anything received is checked

@@ -14,16 +14,7 @@ fn participant(seed: u8) -> MemberId {
 }
 
 fn set_state(serial: u64, p: &MemberId, permission: Permission) -> TopologyTransaction {
-    TopologyTransaction {
-        serial,
-        operation: Operation::Replace,
-        mapping: Mapping::Participant {
-            participant: p.clone(),
-            permission,
-            trust_level: TrustLevel::Ordinary,
-            public_key: None,
-        },
-    }
+    TopologyTransaction::replace_participant(serial, p, permission)
 }
 
 #[test]
