@@ -13,8 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use domain_identity::{MemberId, SigningKeyPair};
-use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::sequencer::v1 as pb;
 use domain_sequencer_client::{SequencerConnection, StreamValidator};
 use hdrhistogram::Histogram;
@@ -90,15 +88,6 @@ pub fn rotation_slot(sender: u32, seq: u64, subscribers: usize) -> usize {
 pub fn targets(sender: u32, seq: u64, subscribers: usize, fanout: usize) -> Vec<usize> {
     let first = rotation_slot(sender, seq, subscribers);
     (0..fanout).map(|j| (first + j) % subscribers).collect()
-}
-
-/// Connects and authenticates `member` to instance `i` of the cluster (TLS).
-pub async fn connect(
-    cluster: &SequencerCluster,
-    i: usize,
-    member: &(MemberId, Arc<SigningKeyPair>),
-) -> anyhow::Result<SequencerConnection> {
-    cluster.connect(i, member).await
 }
 
 /// Counters and histograms shared by senders, subscribers and the driver.
