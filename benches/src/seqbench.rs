@@ -168,7 +168,8 @@ async fn drive(
     let mut sender_conns: Vec<SequencerConnection> = Vec::new();
     for (i, m) in senders.iter().enumerate() {
         sender_conns.push(
-            cluster.connect(i % instances, m)
+            cluster
+                .connect(i % instances, m)
                 .await
                 .with_context(|| format!("sender {i}"))?,
         );
@@ -178,7 +179,8 @@ async fn drive(
         Arc::new(subscribers.iter().map(|m| m.0.to_string()).collect());
     let mut sub_tasks = Vec::new();
     for (i, m) in subscribers.iter().enumerate() {
-        let conn = cluster.connect(i % instances, m)
+        let conn = cluster
+            .connect(i % instances, m)
             .await
             .with_context(|| format!("subscriber {i}"))?;
         sub_tasks.push(load::spawn_subscriber(
