@@ -119,6 +119,44 @@ pub async fn drain_tracker(deadline: Duration, tracker: &TaskTracker) -> Result<
         .map_err(|_| DrainTimedOut { deadline })
 }
 
+/// The clock of a periodic background task: a tick every `period` (a late tick delays the
+/// next ones rather than bunching them) until the task's stop token is cancelled.
+#[derive(Debug)]
+pub struct Ticks {
+    interval: tokio::time::Interval,
+    stop: CancellationToken,
+}
+
+impl Ticks {
+    /// Ticks every `period`, the first one at once.
+    pub fn new(period: Duration, stop: &CancellationToken) -> Self {
+        Self::from_interval(tokio::time::interval(period), stop)
+    }
+
+    /// Ticks every `period`, the first one after one period.
+    pub fn after_first_period(period: Duration, stop: &CancellationToken) -> Self {
+        let start = tokio::time::Instant::now() + period;
+        Self::from_interval(tokio::time::interval_at(start, period), stop)
+    }
+
+    fn from_interval(mut interval: tokio::time::Interval, stop: &CancellationToken) -> Self {
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            interval,
+            stop: stop.clone(),
+        }
+    }
+
+    /// Waits for the next tick: `true` when it came, `false` once the stop token is
+    /// cancelled (the task should return).
+    pub async fn next(&mut self) -> bool {
+        tokio::select! {
+            () = self.stop.cancelled() => false,
+            _ = self.interval.tick() => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,43 +235,5 @@ mod tests {
                 .await
                 .is_err()
         );
-    }
-}
-
-/// The clock of a periodic background task: a tick every `period` (a late tick delays the
-/// next ones rather than bunching them) until the task's stop token is cancelled.
-#[derive(Debug)]
-pub struct Ticks {
-    interval: tokio::time::Interval,
-    stop: CancellationToken,
-}
-
-impl Ticks {
-    /// Ticks every `period`, the first one at once.
-    pub fn new(period: Duration, stop: &CancellationToken) -> Self {
-        Self::from_interval(tokio::time::interval(period), stop)
-    }
-
-    /// Ticks every `period`, the first one after one period.
-    pub fn after_first_period(period: Duration, stop: &CancellationToken) -> Self {
-        let start = tokio::time::Instant::now() + period;
-        Self::from_interval(tokio::time::interval_at(start, period), stop)
-    }
-
-    fn from_interval(mut interval: tokio::time::Interval, stop: &CancellationToken) -> Self {
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Self {
-            interval,
-            stop: stop.clone(),
-        }
-    }
-
-    /// Waits for the next tick: `true` when it came, `false` once the stop token is
-    /// cancelled (the task should return).
-    pub async fn next(&mut self) -> bool {
-        tokio::select! {
-            () = self.stop.cancelled() => false,
-            _ = self.interval.tick() => true,
-        }
     }
 }
