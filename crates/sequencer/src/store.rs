@@ -398,7 +398,12 @@ pub struct WriterStatements {
     events: tokio_postgres::Statement,
     recipients: tokio_postgres::Statement,
     watermark: tokio_postgres::Statement,
+    /// `seq_write_batch` (migration 0006): a batch of events in one round trip.
+    write_batch: tokio_postgres::Statement,
 }
+
+/// SQLSTATE `seq_write_batch` raises for a fenced instance.
+const FENCED_SQLSTATE: &str = "SQ001";
 
 impl WriterStatements {
     pub async fn prepare(client: &Client) -> Result<Self, StoreError> {
@@ -440,6 +445,12 @@ impl WriterStatements {
                      SELECT pg_notify('seq_watermark', $2::text || ':' || $1::text || ':' || $4::text) FROM u",
                 )
                 .await?,
+            write_batch: client
+                .prepare(
+                    "SELECT dup_sender, dup_message_id, dup_ts FROM seq_write_batch(
+                        $1, $2::text::uuid, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .await?,
         })
     }
 }
@@ -467,6 +478,9 @@ pub async fn commit_batch(
     domain_id: &str,
     faults: &FaultHooks,
 ) -> Result<BatchOutcome, StoreError> {
+    if registrations.is_empty() && events.iter().all(|e| e.topology.is_empty()) {
+        return commit_events(client, stmts, index, owner, events, watermark, faults).await;
+    }
     let tx = client.transaction().await?;
     let mut outcome = BatchOutcome::default();
     let mut fresh = std::collections::HashSet::new();
@@ -634,6 +648,68 @@ pub async fn commit_batch(
     }
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// The common batch, events only (no registration, no topology transaction): one call of
+/// `seq_write_batch`, one round trip and one commit (issue 17). The explicit transaction
+/// around it exists only for the fault-injection pause after the watermark update.
+async fn commit_events(
+    client: &mut Client,
+    stmts: &WriterStatements,
+    index: i16,
+    owner: &uuid_like::Owner,
+    events: &[NewEvent],
+    watermark: Timestamp,
+    faults: &FaultHooks,
+) -> Result<BatchOutcome, StoreError> {
+    let ts: Vec<Timestamp> = events.iter().map(|e| e.ts).collect();
+    let sender: Vec<i32> = events.iter().map(|e| e.sender).collect();
+    let mid: Vec<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
+    let mst: Vec<Timestamp> = events.iter().map(|e| e.max_sequencing_ts).collect();
+    let rec: Vec<String> = events
+        .iter()
+        .map(|e| int_array_literal(&e.recipients))
+        .collect();
+    let sub: Vec<&[u8]> = events.iter().map(|e| e.submission.as_slice()).collect();
+    let con: Vec<&[u8]> = events.iter().map(|e| e.content.as_slice()).collect();
+    let sig: Vec<&[u8]> = events.iter().map(|e| e.signature.as_slice()).collect();
+    let trace: Vec<Option<&str>> = events.iter().map(|e| e.trace_context.as_deref()).collect();
+    // The pause before the watermark update runs inside the function, where the old
+    // multi-statement batch paused: dedup rows held, the instance row not yet locked.
+    let hold_ms = faults
+        .delay_before_commit
+        .map_or(0, |d| i32::try_from(d.as_millis()).unwrap_or(i32::MAX));
+    let params: [&(dyn ToSql + Sync); 13] = [
+        &index, &owner.0, &watermark, &ts, &sender, &mid, &mst, &rec, &sub, &con, &sig, &trace,
+        &hold_ms,
+    ];
+    let rows = match faults.delay_after_watermark {
+        None => client.query(&stmts.write_batch, &params).await,
+        Some(delay) => {
+            let tx = client.transaction().await?;
+            let rows = tx.query(&stmts.write_batch, &params).await;
+            if rows.is_ok() {
+                tokio::time::sleep(delay).await;
+                tx.commit().await?;
+            }
+            rows
+        }
+    };
+    let rows = rows.map_err(|e| match e.code() {
+        Some(code) if code.code() == FENCED_SQLSTATE => StoreError::Fenced { index },
+        _ => StoreError::Db(e),
+    })?;
+    Ok(BatchOutcome {
+        duplicates: rows
+            .iter()
+            .map(|row| SequencedBefore {
+                sender: row.get(0),
+                message_id: row.get(1),
+                ts: row.get(2),
+            })
+            .collect(),
+        registered: Vec::new(),
+    })
 }
 
 /// Sequencing timestamps of the `(sender, message id)` pairs that were sequenced (their

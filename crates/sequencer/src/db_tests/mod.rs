@@ -4,6 +4,7 @@
 mod peer_offline;
 mod read_limits;
 mod topology_apply_order;
+mod write_batch;
 
 use domain_storage::DatabaseConfig;
 use domain_testkit::pg::PgCluster;
