@@ -372,7 +372,7 @@ async fn listen_loop(
             }
         };
         // Anything missed while disconnected is picked up by this wake-up.
-        reader.wake.notify_one();
+        reader.resync();
         let _ = core.members.reload().await;
         loop {
             let n = tokio::select! {
@@ -381,8 +381,7 @@ async fn listen_loop(
             };
             let Some(n) = n else { break };
             if n.channel() == store::WATERMARK_CHANNEL {
-                reader.wake.notify_one();
-                let announced = match parse_watermark_notification(
+                let notice = match parse_watermark_notification(
                     n.payload(),
                     ha.total_node_count,
                     timestamp::clock(),
@@ -397,14 +396,18 @@ async fn listen_loop(
                             %reason,
                             "ignored a watermark notification"
                         );
+                        // Still a reason to look: the read takes the safe watermark from
+                        // the database, whatever the payload said.
+                        reader.resync();
                         continue;
                     }
                 };
-                if let Some(PeerWatermark {
+                reader.announce(notice.for_reader());
+                if let WatermarkNotice::Advanced(PeerWatermark {
                     index: idx,
                     watermark: wm,
                     is_event: true,
-                }) = announced
+                }) = notice
                     && state.borrow().index != Some(idx)
                 {
                     peer_tx.send_if_modified(|cur| {
@@ -465,7 +468,7 @@ impl std::fmt::Display for IgnoredWatermark {
     }
 }
 
-/// A peer's watermark announcement (`seq_watermark` notification).
+/// A peer's watermark announcement after a batch or heartbeat (`seq_watermark`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PeerWatermark {
     index: i16,
@@ -474,18 +477,43 @@ struct PeerWatermark {
     is_event: bool,
 }
 
+/// A `seq_watermark` notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WatermarkNotice {
+    /// `<index>:<watermark>:<e|h>`: after a batch or heartbeat.
+    Advanced(PeerWatermark),
+    /// `<index>:<watermark>`: the instance came online at this watermark.
+    Online { index: i16, watermark: Timestamp },
+    /// `<index>:offline`: the instance went (or was marked) offline.
+    Offline { index: i16 },
+}
+
+impl WatermarkNotice {
+    /// What the shared reader takes from it.
+    fn for_reader(self) -> reader::Announcement {
+        match self {
+            WatermarkNotice::Advanced(PeerWatermark {
+                index, watermark, ..
+            })
+            | WatermarkNotice::Online { index, watermark } => {
+                reader::Announcement::Watermark { index, watermark }
+            }
+            WatermarkNotice::Offline { index } => reader::Announcement::Offline { index },
+        }
+    }
+}
+
 /// Parses a `seq_watermark` payload.
 ///
 /// Peers send `<index>:<watermark>:<e|h>` after a batch, `<index>:<watermark>` when they
 /// come online and `<index>:offline` when they (or a peer on their behalf) go offline.
-/// The last two carry nothing to follow but are legitimate; they are answered with
-/// `Ok(None)` so they are neither followed nor counted as forged.
+/// Anything else, and watermarks further ahead of `now` than `max_skew`, are refused.
 fn parse_watermark_notification(
     payload: &str,
     modulus: u16,
     now: Timestamp,
     max_skew: Duration,
-) -> Result<Option<PeerWatermark>, IgnoredWatermark> {
+) -> Result<WatermarkNotice, IgnoredWatermark> {
     let mut parts = payload.split(':');
     let idx = parts.next().and_then(|s| s.parse::<i16>().ok());
     let Some(idx) = idx else {
@@ -497,7 +525,7 @@ fn parse_watermark_notification(
     let second = parts.next();
     if second == Some("offline") {
         return match parts.next() {
-            None => Ok(None),
+            None => Ok(WatermarkNotice::Offline { index: idx }),
             Some(_) => Err(IgnoredWatermark::Malformed),
         };
     }
@@ -518,11 +546,17 @@ fn parse_watermark_notification(
     if watermark > now + max_skew {
         return Err(IgnoredWatermark::AheadOfClock);
     }
-    Ok(kind.map(|is_event| PeerWatermark {
-        index: idx,
-        watermark,
-        is_event,
-    }))
+    Ok(match kind {
+        Some(is_event) => WatermarkNotice::Advanced(PeerWatermark {
+            index: idx,
+            watermark,
+            is_event,
+        }),
+        None => WatermarkNotice::Online {
+            index: idx,
+            watermark,
+        },
+    })
 }
 
 async fn offline_checker(
@@ -748,9 +782,16 @@ mod watermark_notification_tests {
 
     const NOW: i64 = 1_800_000_000_000_000;
 
+    /// Batches and heartbeats as `Some((index, watermark, is_event))`, online and offline
+    /// announcements as `None`.
     fn parse(p: &str) -> Result<Option<(i16, i64, bool)>, IgnoredWatermark> {
         parse_watermark_notification(p, 32, Timestamp::from_micros(NOW), Duration::from_secs(1))
-            .map(|a| a.map(|a| (a.index, a.watermark.as_micros(), a.is_event)))
+            .map(|n| match n {
+                WatermarkNotice::Advanced(a) => {
+                    Some((a.index, a.watermark.as_micros(), a.is_event))
+                }
+                WatermarkNotice::Online { .. } | WatermarkNotice::Offline { .. } => None,
+            })
     }
 
     #[test]
@@ -763,6 +804,27 @@ mod watermark_notification_tests {
         // go_online and go_offline / the offline checker: legitimate, nothing to follow.
         assert_eq!(parse(&format!("16:{NOW}")), Ok(None));
         assert_eq!(parse("4:offline"), Ok(None));
+        // The shared reader follows all four (as hints of when to read).
+        let now = Timestamp::from_micros(NOW);
+        let reader = |p: &str| {
+            parse_watermark_notification(p, 32, now, Duration::from_secs(1)).map(|n| n.for_reader())
+        };
+        use reader::Announcement::*;
+        for p in [
+            format!("16:{NOW}"),
+            format!("16:{NOW}:e"),
+            format!("16:{NOW}:h"),
+        ] {
+            assert_eq!(
+                reader(&p),
+                Ok(Watermark {
+                    index: 16,
+                    watermark: now
+                }),
+                "{p}"
+            );
+        }
+        assert_eq!(reader("4:offline"), Ok(Offline { index: 4 }));
     }
 
     #[test]

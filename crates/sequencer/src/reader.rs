@@ -266,12 +266,53 @@ struct ReaderInner {
     verify_last_event: bool,
 }
 
+/// A `seq_watermark` notification, as the reader uses it: a hint of when reading is worth
+/// a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announcement {
+    /// The instance committed (or came online at) this watermark.
+    Watermark { index: i16, watermark: Timestamp },
+    /// The instance went offline: it no longer holds the safe watermark back.
+    Offline { index: i16 },
+}
+
+/// The online instances' watermarks, as of the last read plus the notifications since.
+/// Only a hint: the read takes the safe watermark from the database, in the snapshot of
+/// the events it returns. A stale hint costs a query (too high) or delays delivery to the
+/// next poll (too low), never correctness.
+#[derive(Debug, Default)]
+struct Hints {
+    online: std::collections::HashMap<i16, Timestamp>,
+    /// Set by a read; until then every wake-up reads.
+    known: bool,
+}
+
+impl Hints {
+    fn apply(&mut self, a: Announcement) {
+        match a {
+            Announcement::Watermark { index, watermark } => {
+                let w = self.online.entry(index).or_insert(watermark);
+                *w = (*w).max(watermark);
+            }
+            Announcement::Offline { index } => {
+                self.online.remove(&index);
+            }
+        }
+    }
+
+    /// Whether the safe watermark may have passed `position`.
+    fn may_have_passed(&self, position: Timestamp) -> bool {
+        !self.known || self.online.values().min().is_none_or(|m| *m > position)
+    }
+}
+
 /// Handle shared between the reader task and subscriptions.
 pub struct SharedReader {
     inner: Mutex<ReaderInner>,
     feed: Arc<Feed>,
     pub wake: Notify,
     started: tokio::sync::watch::Sender<bool>,
+    hints: std::sync::Mutex<Hints>,
 }
 
 impl SharedReader {
@@ -286,7 +327,30 @@ impl SharedReader {
             feed: Feed::new(limits),
             wake: Notify::new(),
             started,
+            hints: std::sync::Mutex::new(Hints::default()),
         })
+    }
+
+    /// Follows a watermark notification, waking the reader only when the safe watermark
+    /// may have moved past what it published: with two instances, half the notifications
+    /// (a batch of one instance before the other overtakes it) cannot make anything
+    /// deliverable, and each used to cost a query.
+    pub fn announce(&self, a: Announcement) {
+        self.hints_lock().apply(a);
+        self.wake.notify_one();
+    }
+
+    /// Forgets the hints and wakes the reader: the next round reads whatever they said
+    /// (after the notification connection was lost, or a payload that could not be
+    /// followed).
+    pub fn resync(&self) {
+        self.hints_lock().known = false;
+        self.wake.notify_one();
+    }
+
+    fn hints_lock(&self) -> std::sync::MutexGuard<'_, Hints> {
+        // A plain map: consistent across a panic elsewhere, so a poisoned lock is usable.
+        self.hints.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Subscribes to live batches. Returns the position from which live batches
@@ -342,8 +406,12 @@ impl SharedReader {
                 }
             }
         }
+        // Held across rounds: taking it from the pool on every wake-up cost the pool's
+        // validation query. Dropped after any failure, so the next round reconnects.
+        let mut conn = None;
         loop {
-            if let Err(error) = self.catch_up(&pool, page).await {
+            if let Err(error) = self.catch_up(&pool, &mut conn, page).await {
+                conn = None;
                 match error {
                     // Stop publishing: what follows would be counted on top of events the
                     // database no longer has. `run` stops the instance.
@@ -371,11 +439,20 @@ impl SharedReader {
                 }
                 continue;
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.wake.notified() => {}
-                // Fallback only: notifications normally wake us first.
-                _ = tokio::time::sleep(poll_interval) => {}
+            // Fallback only: notifications normally wake us first.
+            let poll = tokio::time::sleep(poll_interval);
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = &mut poll => break,
+                    _ = self.wake.notified() => {
+                        let position = self.inner.lock().await.position;
+                        if self.hints_lock().may_have_passed(position) {
+                            break;
+                        }
+                    }
+                }
             }
         }
     }
@@ -383,9 +460,13 @@ impl SharedReader {
     async fn catch_up(
         &self,
         pool: &deadpool_postgres::Pool,
+        conn: &mut Option<deadpool_postgres::Object>,
         page: ReadPage,
     ) -> Result<(), CatchUpError> {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
+        let client: &deadpool_postgres::Object = match conn {
+            Some(c) => c,
+            None => conn.insert(pool.get().await.map_err(|e| e.to_string())?),
+        };
         // After a failure the database may be another server (a promoted standby): the
         // newest event delivered must still be there.
         let (verify, last_event) = {
@@ -394,7 +475,7 @@ impl SharedReader {
         };
         if verify {
             if let Some(ts) = last_event
-                && !store::event_retained_or_pruned(&**client, ts)
+                && !store::event_retained_or_pruned(&***client, ts)
                     .await
                     .map_err(|e| e.to_string())?
             {
@@ -404,9 +485,18 @@ impl SharedReader {
         }
         loop {
             let position = self.inner.lock().await.position;
-            let safe = store::safe_watermark(&**client)
+            let store::Deliverable {
+                safe,
+                online,
+                page: read,
+            } = store::read_deliverable(client, position, page.rows, page.bytes)
                 .await
                 .map_err(|e| e.to_string())?;
+            {
+                let mut hints = self.hints_lock();
+                hints.online = online.into_iter().collect();
+                hints.known = true;
+            }
             if safe < position {
                 // The safe watermark never decreases in a database that only moves forward
                 // (instances come online above every watermark, offline ones leave the
@@ -416,9 +506,6 @@ impl SharedReader {
             if safe == position {
                 return Ok(());
             }
-            let read = store::read_global(&**client, position, safe, page.rows, page.bytes)
-                .await
-                .map_err(|e| e.to_string())?;
             let full = read.truncated;
             let up_to = if full {
                 read.events.last().map_or(safe, |e| e.ts)
@@ -511,6 +598,43 @@ mod tests {
         batches: 100,
         bytes: 1000,
     };
+
+    /// Issue 17: a wake-up reads only when the announced watermarks may have carried the
+    /// safe watermark past the position; unknown hints always read.
+    #[test]
+    fn hints_skip_reads_that_cannot_deliver() {
+        let t = Timestamp::from_micros;
+        let mut h = Hints::default();
+        assert!(h.may_have_passed(t(100)), "nothing read yet: read");
+        h.known = true;
+        h.online = [(0, t(100)), (1, t(90))].into_iter().collect();
+        assert!(!h.may_have_passed(t(90)), "instance 1 holds it at 90");
+        // Instance 0's next batch: still held back by instance 1.
+        h.apply(Announcement::Watermark {
+            index: 0,
+            watermark: t(120),
+        });
+        assert!(!h.may_have_passed(t(90)));
+        // Instance 1 overtakes: the minimum is now 120.
+        h.apply(Announcement::Watermark {
+            index: 1,
+            watermark: t(121),
+        });
+        assert!(h.may_have_passed(t(90)));
+        // A stale announcement never lowers a watermark.
+        h.apply(Announcement::Watermark {
+            index: 1,
+            watermark: t(80),
+        });
+        assert!(h.may_have_passed(t(119)));
+        // Instance 0 goes offline: instance 1 alone decides.
+        h.apply(Announcement::Offline { index: 0 });
+        assert!(h.may_have_passed(t(120)));
+        assert!(!h.may_have_passed(t(121)));
+        // Nobody online: the safe watermark is the highest stored one, so read.
+        h.apply(Announcement::Offline { index: 1 });
+        assert!(h.may_have_passed(t(1_000)));
+    }
 
     /// Issue 11 item 3 (read side): the feed keeps at most its byte budget for a
     /// subscriber that does not take batches (plus the newest one), and that subscriber

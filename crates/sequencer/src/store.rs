@@ -929,15 +929,20 @@ pub async fn list_instances(client: &impl GenericClient) -> Result<Vec<InstanceR
 const EVENT_COLUMNS: &str = "e.ts, e.sender, e.message_id, e.recipients, e.submission, e.content, e.signature, e.trace_context";
 
 fn event_from_row(r: &tokio_postgres::Row) -> StoredEvent {
+    event_from_row_at(r, 0)
+}
+
+/// An event whose [`EVENT_COLUMNS`] start at column `at`.
+fn event_from_row_at(r: &tokio_postgres::Row, at: usize) -> StoredEvent {
     StoredEvent {
-        ts: r.get(0),
-        sender: r.get(1),
-        message_id: r.get(2),
-        recipients: r.get(3),
-        submission: r.get(4),
-        content: r.get(5),
-        signature: r.get(6),
-        trace_context: r.get(7),
+        ts: r.get(at),
+        sender: r.get(at + 1),
+        message_id: r.get(at + 2),
+        recipients: r.get(at + 3),
+        submission: r.get(at + 4),
+        content: r.get(at + 5),
+        signature: r.get(at + 6),
+        trace_context: r.get(at + 7),
     }
 }
 
@@ -959,30 +964,63 @@ fn byte_budgeted(inner: &str, n: usize) -> String {
     )
 }
 
-/// Reads the events in `(after, up_to]` in timestamp order: at most `limit`, and no more
-/// once `max_bytes` is reached (at least one).
-pub async fn read_global(
-    client: &impl GenericClient,
+/// What the shared reader may deliver next: the safe watermark, the online instances'
+/// watermarks and the first page of events in `(after, safe]`, all from one statement and
+/// so one snapshot (issue 17: the reader used to take a pooled connection, which the pool
+/// verified with a query, then prepare and run the watermark query and the page query,
+/// five round trips and three transactions per wake-up).
+#[derive(Debug)]
+pub struct Deliverable {
+    pub safe: Timestamp,
+    /// `(instance_index, watermark_ts)` of every online instance.
+    pub online: Vec<(i16, Timestamp)>,
+    pub page: EventPage,
+}
+
+/// Reads [`Deliverable`] above `after`: at most `limit` events, and no more once
+/// `max_bytes` is reached (at least one). Prepared once per connection.
+pub async fn read_deliverable(
+    client: &deadpool_postgres::Object,
     after: Timestamp,
-    up_to: Timestamp,
     limit: i64,
     max_bytes: i64,
-) -> Result<EventPage, StoreError> {
-    let sql = byte_budgeted(
+) -> Result<Deliverable, StoreError> {
+    let events = byte_budgeted(
         &format!(
             "SELECT {EVENT_COLUMNS}, {PAGE_BYTES_SQL} AS page_bytes FROM seq_events e
-             WHERE e.ts > $1 AND e.ts <= $2 ORDER BY e.ts LIMIT $3"
+             WHERE e.ts > $1 AND e.ts <= w.safe ORDER BY e.ts LIMIT $2"
         ),
-        4,
+        3,
     );
-    let rows = client
-        .query(&sql, &[&after, &up_to, &limit, &max_bytes])
-        .await?;
-    Ok(EventPage::new(
-        rows.iter().map(event_from_row).collect(),
-        limit,
-        max_bytes,
-    ))
+    let sql = format!(
+        "WITH w AS (
+           SELECT coalesce(min(watermark_ts) FILTER (WHERE online), max(watermark_ts), 0)::bigint AS safe,
+                  coalesce(array_agg(instance_index) FILTER (WHERE online), '{{}}') AS idx,
+                  coalesce(array_agg(watermark_ts) FILTER (WHERE online), '{{}}') AS wms
+           FROM seq_instances)
+         SELECT w.safe, w.idx, w.wms, p.* FROM w LEFT JOIN LATERAL ({events}) p ON true ORDER BY p.ts"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client.query(&stmt, &[&after, &limit, &max_bytes]).await?;
+    let Some(first) = rows.first() else {
+        return Err(StoreError::Internal(
+            "the deliverable read returned no row".into(),
+        ));
+    };
+    let safe: Timestamp = first.get(0);
+    let idx: Vec<i16> = first.get(1);
+    let wms: Vec<Timestamp> = first.get(2);
+    // A range without events is one row whose event columns are NULL.
+    let events = rows
+        .iter()
+        .filter(|r| r.get::<_, Option<Timestamp>>(3).is_some())
+        .map(|r| event_from_row_at(r, 3))
+        .collect();
+    Ok(Deliverable {
+        safe,
+        online: idx.into_iter().zip(wms).collect(),
+        page: EventPage::new(events, limit, max_bytes),
+    })
 }
 
 /// The member's event timestamps in `(after, up_to]`: its own recipient rows

@@ -24,6 +24,16 @@ async fn setup(prefix: &str) -> (deadpool_postgres::Pool, i32) {
         .await
         .expect("member")
         .get(0);
+    // One online instance whose watermark covers every event: the shared reader's safe
+    // watermark.
+    client
+        .execute(
+            "INSERT INTO seq_instances (instance_index, owner, online, watermark_ts, heartbeat_at)
+             VALUES (0, gen_random_uuid(), true, $1, now())",
+            &[&EVENTS],
+        )
+        .await
+        .expect("instance");
     for ts in 1..=EVENTS {
         let submission = vec![ts as u8; EVENT_BYTES];
         client
@@ -75,6 +85,22 @@ async fn catch_up(
     .expect("member_events")
 }
 
+/// The shared reader's page after `after` (its safe watermark and the online instances,
+/// read in the same statement, checked on the way).
+async fn shared_reader(
+    client: &deadpool_postgres::Object,
+    after: i64,
+    limit: i64,
+    budget: i64,
+) -> store::EventPage {
+    let read = store::read_deliverable(client, ts(after), limit, budget)
+        .await
+        .expect("read_deliverable");
+    assert_eq!(read.safe, ts(EVENTS));
+    assert_eq!(read.online, vec![(0, ts(EVENTS))]);
+    read.page
+}
+
 #[tokio::test]
 async fn read_pages_are_bounded_in_bytes_item_3() {
     let (pool, member) = setup("read_limits").await;
@@ -90,9 +116,7 @@ async fn read_pages_are_bounded_in_bytes_item_3() {
         (100 * size, EVENTS), // everything, and the page says so
     ];
     for (budget, want) in cases {
-        let global = store::read_global(&**client, ts(0), ts(EVENTS), 1000, budget)
-            .await
-            .expect("read_global");
+        let global = shared_reader(&client, 0, 1000, budget).await;
         let mine = catch_up(&client, member, 0, budget).await;
         for (what, page) in [("shared reader", &global), ("catch-up", &mine)] {
             assert_eq!(
@@ -113,11 +137,13 @@ async fn read_pages_are_bounded_in_bytes_item_3() {
         }
     }
     // The row limit still applies, and a page that hit it says so.
-    let page = store::read_global(&**client, ts(3), ts(EVENTS), 2, i64::MAX)
-        .await
-        .expect("read_global");
+    let page = shared_reader(&client, 3, 2, i64::MAX).await;
     assert_eq!(timestamps(&page), vec![4, 5]);
     assert!(page.truncated);
+    // Nothing above the safe watermark: an empty, complete page.
+    let page = shared_reader(&client, EVENTS, 1000, i64::MAX).await;
+    assert_eq!(timestamps(&page), Vec::<i64>::new());
+    assert!(!page.truncated);
     // A page that ends exactly at the range's last event within the limits is complete.
     let page = catch_up(&client, member, 8, 2 * size).await;
     assert_eq!(timestamps(&page), vec![9, 10]);

@@ -172,7 +172,10 @@ async fn same_results_on(path: Path) {
     // Two fresh keys: a message to member 2 and a broadcast.
     let first = rig
         .batch(
-            &[event(100, 1, "m1", &[1, 2], 500), event(101, 1, "m2", &[-1], 150)],
+            &[
+                event(100, 1, "m1", &[1, 2], 500),
+                event(101, 1, "m2", &[-1], 150),
+            ],
             101,
             &none,
         )
@@ -247,7 +250,8 @@ async fn same_results_on(path: Path) {
     );
     assert_eq!(rig.events().await.len(), 5);
     assert_eq!(
-        rig.rows("SELECT message_id FROM seq_dedup WHERE sender = 3").await,
+        rig.rows("SELECT message_id FROM seq_dedup WHERE sender = 3")
+            .await,
         Vec::<String>::new()
     );
     assert_eq!(rig.watermark().await, 300);
