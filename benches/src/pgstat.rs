@@ -23,6 +23,11 @@ pub struct PgDelta {
     pub rollbacks_per_sec: f64,
     pub rows_inserted_per_sec: f64,
     pub rows_read_per_sec: f64,
+    /// Database reads (lookups) per second: index and sequential scans of the sequencer's
+    /// tables (`seq_*`), summed. Each read query of the sequencer (a page of events, the
+    /// safe watermark, a token check) counts once per table it touches, whatever it returns;
+    /// the figure that must stay flat when subscribers are added.
+    pub reads_per_sec: f64,
     /// Server-wide WAL (other databases on the server count too).
     pub wal_mb_per_sec: f64,
     pub commits_per_event: f64,
@@ -95,6 +100,12 @@ impl PgDelta {
             rows_inserted_per_sec: per_s(b.tup_inserted - a.tup_inserted),
             rows_read_per_sec: per_s(
                 (b.tup_returned - a.tup_returned) + (b.tup_fetched - a.tup_fetched),
+            ),
+            reads_per_sec: per_s(
+                b.tables
+                    .iter()
+                    .map(|(t, now)| now.0 - a.tables.get(t).map_or(0, |x| x.0))
+                    .sum(),
             ),
             wal_mb_per_sec: per_s(wal) / 1e6,
             commits_per_event: commits as f64 / ev,
