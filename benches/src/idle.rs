@@ -3,13 +3,16 @@
 //! (RSS per subscriber) and whether its database reads grow with the subscribers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use domain_identity::{MemberId, MemberRole, SigningKeyPair, UniqueId};
 use domain_localnet::sequencers::SequencerCluster;
 use domain_proto::sequencer::admin::v1 as admin_pb;
-use domain_sequencer_client::{MemberIdentity, SequencerConnection};
+use domain_proto::sequencer::v1::SubscribeResponse;
+use domain_sequencer_client::retry::{self, RetryClass};
+use domain_sequencer_client::{ClientError, MemberIdentity, SequencerConnection};
 use futures::{StreamExt as _, TryStreamExt as _};
 use tokio::task::JoinHandle;
 
@@ -18,9 +21,13 @@ use crate::load::Stats;
 /// Registrations in flight at once over the one admin connection: each is a database
 /// write on instance 0, so a few overlap the round trips without queueing many.
 const REGISTER_CONCURRENCY: usize = 16;
-/// Connect + authenticate + subscribe sequences in flight at once (each is 3–4 RPCs and
-/// a signature on each side).
-const SUBSCRIBE_CONCURRENCY: usize = 32;
+/// Domain info + authenticate + subscribe sequences in flight at once (each is 4 RPCs and
+/// a signature on each side). The sequencer sheds what it cannot take at once
+/// (`SEQ_OVERLOADED`); those are retried, this keeps the retries few.
+const SUBSCRIBE_CONCURRENCY: usize = 8;
+/// First and last pause between attempts after a busy answer.
+const RETRY_FIRST: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 /// Bound on one member's authenticate + subscribe, so a stuck stream fails the run
 /// instead of hanging it.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,6 +48,8 @@ pub struct IdleResult {
     pub register_seconds: f64,
     /// Wall time to connect, authenticate and subscribe every idle member.
     pub subscribe_seconds: f64,
+    /// Attempts the sequencer refused as busy (`SEQ_OVERLOADED`) and that were retried.
+    pub busy_retries: u64,
     /// RSS of each instance before the idle subscribers connected (after the senders and
     /// verifying subscribers had, and [`SETTLE`]), and after all were subscribed (+ [`SETTLE`]).
     pub rss_before_bytes: Vec<u64>,
@@ -97,15 +106,16 @@ pub async fn register(
 /// Connects, authenticates and subscribes `members` (chunks of `per_instance`: chunk *i*
 /// on instance *i*), `streams_per_connection` of them sharing one TLS connection, and
 /// spawns one task per stream that fails the run (through `stats`) if anything arrives
-/// or the stream ends. Returns the tasks and the number of connections.
+/// or the stream ends. Returns the tasks, the number of connections and of busy retries.
 pub async fn subscribe(
     cluster: &SequencerCluster,
     members: &[(MemberId, Arc<SigningKeyPair>)],
     per_instance: usize,
     streams_per_connection: usize,
     stats: &Arc<Stats>,
-) -> anyhow::Result<(Vec<JoinHandle<()>>, usize)> {
+) -> anyhow::Result<(Vec<JoinHandle<()>>, usize, u64)> {
     let tls = cluster.client_tls();
+    let busy_retries = Arc::new(AtomicU64::new(0));
     // (instance, connection's channel, member) for every idle member.
     let mut jobs = Vec::with_capacity(members.len());
     let mut connections = 0;
@@ -132,13 +142,27 @@ pub async fn subscribe(
     let outcomes: Vec<anyhow::Result<JoinHandle<()>>> = futures::stream::iter(jobs)
         .map(|(instance, channel, (id, key))| {
             let stats = stats.clone();
+            let busy_retries = busy_retries.clone();
             async move {
                 let member = MemberIdentity { id, key };
                 let what = format!("idle subscriber {} on instance {instance}", member.id);
                 let stream = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-                    let conn = SequencerConnection::new(channel, member).await?;
-                    conn.authenticate().await?;
-                    conn.subscribe(0).await
+                    let mut pause = RETRY_FIRST;
+                    loop {
+                        match open(channel.clone(), member.clone()).await {
+                            Err(e)
+                                if retry::classify(&e)
+                                    == (RetryClass::Retry {
+                                        endpoint_down: false,
+                                    }) =>
+                            {
+                                busy_retries.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(pause).await;
+                                pause = (pause * 2).min(RETRY_MAX);
+                            }
+                            other => break other,
+                        }
+                    }
                 })
                 .await
                 .map_err(|_| {
@@ -169,16 +193,23 @@ pub async fn subscribe(
         }
         return Err(e);
     }
-    Ok((tasks, connections))
+    Ok((tasks, connections, busy_retries.load(Ordering::Relaxed)))
+}
+
+/// One attempt: domain info, authentication and the subscription from counter 0, over
+/// the shared `channel`.
+async fn open(
+    channel: tonic::transport::Channel,
+    member: MemberIdentity,
+) -> Result<tonic::Streaming<SubscribeResponse>, ClientError> {
+    let conn = SequencerConnection::new(channel, member).await?;
+    conn.authenticate().await?;
+    conn.subscribe(0).await
 }
 
 /// Holds an idle subscription open for the run. Nothing is addressed to an idle member,
 /// so any event, or the end of the stream, is a failure of the run.
-async fn watch(
-    what: String,
-    mut stream: tonic::Streaming<domain_proto::sequencer::v1::SubscribeResponse>,
-    stats: Arc<Stats>,
-) {
+async fn watch(what: String, mut stream: tonic::Streaming<SubscribeResponse>, stats: Arc<Stats>) {
     let failure = match stream.message().await {
         Ok(Some(m)) => format!(
             "{what} received an event (counter {}) though nothing is addressed to it",

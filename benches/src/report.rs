@@ -323,13 +323,14 @@ impl Summary {
             };
             o += &format!(
                 "\nIdle subscribers: {} per instance, {} in all, on {} TLS connections (up to {} streams each); \
-                 registered in {:.1}s, subscribed in {:.1}s\n",
+                 registered in {:.1}s, subscribed in {:.1}s ({} attempts refused as busy and retried)\n",
                 i.per_instance,
                 i.total,
                 i.connections,
                 i.streams_per_connection,
                 i.register_seconds,
-                i.subscribe_seconds
+                i.subscribe_seconds,
+                i.busy_retries
             );
             o += &format!(
                 "  sequencer RSS (MiB, per instance) before {} / after {}: {:.0} bytes ({:.1} KiB) per idle subscriber\n",
@@ -448,10 +449,13 @@ impl Summary {
                     .table_scans_per_event
                     .iter()
                     .filter(|(_, v)| **v >= 0.005)
-                    .map(|(t, v)| format!("{t} {v:.2}"))
+                    .map(|(t, v)| {
+                        let per_sec = p.postgres.table_scans_per_sec.get(t).copied();
+                        format!("{t} {v:.2} ({:.0}/s)", per_sec.unwrap_or(0.0))
+                    })
                     .collect();
                 o += &format!(
-                    "  {:<11} table scans per event: {}\n",
+                    "  {:<11} table scans per event (per second): {}\n",
                     p.name,
                     scans.join(", ")
                 );

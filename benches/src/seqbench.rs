@@ -262,7 +262,7 @@ async fn connect_idle(
     wait_checking(stats, idle::SETTLE, None).await?;
     let rss_before_bytes = idle::rss_of(pids)?;
     let subscribing = Instant::now();
-    let (tasks, connections) = idle::subscribe(
+    let (tasks, connections, busy_retries) = idle::subscribe(
         cluster,
         members,
         args.idle_subscribers,
@@ -292,6 +292,7 @@ async fn connect_idle(
         connections,
         register_seconds: 0.0,
         subscribe_seconds,
+        busy_retries,
         rss_per_idle_subscriber_bytes: IdleResult::per_subscriber(
             &rss_before_bytes,
             &rss_after_bytes,
@@ -301,7 +302,7 @@ async fn connect_idle(
         rss_after_bytes,
     };
     eprintln!(
-        "seqbench: {} idle subscribers on {} connections subscribed in {subscribe_seconds:.1}s; \
+        "seqbench: {} idle subscribers on {} connections subscribed in {subscribe_seconds:.1}s ({busy_retries} busy retries); \
          sequencer RSS {:.1} -> {:.1} MiB, {:.0} bytes per idle subscriber",
         result.total,
         connections,
