@@ -86,7 +86,7 @@ pub async fn register(
                 let key = SigningKeyPair::generate();
                 let id = MemberId::new(
                     MemberRole::Participant,
-                    UniqueId::new(&format!("{prefix}-{i}"), *key.fingerprint())?,
+                    UniqueId::new(format!("{prefix}-{i}"), *key.fingerprint())?,
                 );
                 admin
                     .register_member(admin_pb::RegisterMemberRequest {

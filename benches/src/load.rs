@@ -436,9 +436,12 @@ const FAULT_AT_COUNTER: i64 = 10;
 pub struct VerifiedEvents {
     /// Recipients of every event (`--fanout`).
     copies: usize,
-    /// Signed content -> (its verified signature, copies still to come).
-    pending: Mutex<HashMap<Vec<u8>, (Option<common_pb::Signature>, usize)>>,
+    /// Signed content -> its verified signature and the copies still to come.
+    pending: Mutex<HashMap<Vec<u8>, Pending>>,
 }
+
+/// A verified event of [`VerifiedEvents`]: (its sequencer signature, copies still to come).
+type Pending = (Option<common_pb::Signature>, usize);
 
 impl VerifiedEvents {
     /// None for fanout 1, where no event has a second copy.
