@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
+/// The sequencer's default `public-api.max-concurrent-streams` (HTTP/2 streams per
+/// connection); a client stream beyond it queues until another ends.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 1024;
+
 /// End-to-end sequencer benchmark: raw PostgreSQL limit, throughput, and latency at
 /// a fraction of the measured throughput, over real `sequencer` processes with TLS.
 #[derive(Debug, Clone, Parser)]
@@ -19,6 +23,16 @@ pub struct Args {
     /// Subscribers each message is addressed to (1..=subscribers), rotating.
     #[arg(long, default_value_t = 1)]
     pub fanout: usize,
+    /// Extra members per instance that subscribe and receive nothing (no message is
+    /// addressed to them), to measure what an idle subscription costs: sequencer RSS per
+    /// idle subscriber, and database reads/s against the number of subscribers.
+    #[arg(long, default_value_t = 0)]
+    pub idle_subscribers: usize,
+    /// Idle subscriptions multiplexed as HTTP/2 streams over one TLS connection (1 = one
+    /// connection per idle subscriber). At most 1024, the sequencer's default
+    /// `public-api.max-concurrent-streams`: a stream beyond it would wait forever.
+    #[arg(long, default_value_t = 1000)]
+    pub idle_streams_per_connection: usize,
     /// Envelope content size in bytes (the first 21 bytes carry the send instant and ids).
     #[arg(long, default_value_t = 1024)]
     pub payload_bytes: usize,
@@ -90,6 +104,10 @@ impl Args {
             self.payload_bytes >= crate::load::HEADER_LEN,
             "--payload-bytes must be at least {}",
             crate::load::HEADER_LEN
+        );
+        anyhow::ensure!(
+            (1..=MAX_STREAMS_PER_CONNECTION).contains(&self.idle_streams_per_connection),
+            "--idle-streams-per-connection must be in 1..={MAX_STREAMS_PER_CONNECTION}"
         );
         anyhow::ensure!(!self.duration.is_zero(), "--duration must be positive");
         anyhow::ensure!(

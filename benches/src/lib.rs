@@ -6,6 +6,7 @@
 //! - [`crypto`]: phase 0, the cost of the per-event ed25519 work on this machine.
 //! - [`rawpg`]: phase 1, the raw PostgreSQL insert limit for the sequencer's row shape.
 //! - [`load`]: phases 2 and 3, senders and verifying subscribers against a real cluster.
+//! - [`idle`]: idle subscribers, and the sequencer RSS they cost.
 //! - [`jetstream`]: optional phase 4, the same load against NATS JetStream.
 //! - [`sysstat`]: CPU accounting per process group from `/proc`.
 //! - [`pgstat`]: PostgreSQL transaction, row and WAL counters per phase.
@@ -15,6 +16,7 @@
 
 pub mod cli;
 pub mod crypto;
+pub mod idle;
 pub mod jetstream;
 pub mod load;
 pub mod pgstat;

@@ -23,6 +23,14 @@ pub struct PgDelta {
     pub rollbacks_per_sec: f64,
     pub rows_inserted_per_sec: f64,
     pub rows_read_per_sec: f64,
+    /// Database reads (lookups) per second: index and sequential scans of the sequencer's
+    /// tables (`seq_*`), summed. Each read query of the sequencer (a page of events, the
+    /// safe watermark, a token check) counts once per table it touches, whatever it returns;
+    /// the figure that must stay flat when subscribers are added.
+    pub reads_per_sec: f64,
+    /// The same per table: which lookups grow (e.g. `seq_events` page reads with the
+    /// subscribers, `seq_dedup` with the sends).
+    pub table_scans_per_sec: std::collections::BTreeMap<String, f64>,
     /// Server-wide WAL (other databases on the server count too).
     pub wal_mb_per_sec: f64,
     pub commits_per_event: f64,
@@ -79,16 +87,17 @@ impl PgDelta {
         let ev = (events as f64).max(1.0);
         let commits = b.xact_commit - a.xact_commit;
         let wal = b.wal_lsn_bytes - a.wal_lsn_bytes;
-        // One counter of every table's (scans, writes), per event over the window.
-        let per_table = |counter: fn(&(i64, i64)) -> i64| {
+        // One counter of every table's (scans, writes) over the window, divided by `by`.
+        let per_table = |counter: fn(&(i64, i64)) -> i64, by: f64| {
             b.tables
                 .iter()
                 .map(|(t, now)| {
                     let before = a.tables.get(t).map_or(0, counter);
-                    (t.clone(), (counter(now) - before) as f64 / ev)
+                    (t.clone(), (counter(now) - before) as f64 / by)
                 })
-                .collect()
+                .collect::<std::collections::BTreeMap<String, f64>>()
         };
+        let scans_per_sec = per_table(|t| t.0, seconds.max(1e-9));
         Self {
             commits_per_sec: per_s(commits),
             rollbacks_per_sec: per_s(b.xact_rollback - a.xact_rollback),
@@ -96,11 +105,13 @@ impl PgDelta {
             rows_read_per_sec: per_s(
                 (b.tup_returned - a.tup_returned) + (b.tup_fetched - a.tup_fetched),
             ),
+            reads_per_sec: scans_per_sec.values().sum(),
+            table_scans_per_sec: scans_per_sec,
             wal_mb_per_sec: per_s(wal) / 1e6,
             commits_per_event: commits as f64 / ev,
             wal_bytes_per_event: wal as f64 / ev,
-            table_scans_per_event: per_table(|t| t.0),
-            table_writes_per_event: per_table(|t| t.1),
+            table_scans_per_event: per_table(|t| t.0, ev),
+            table_writes_per_event: per_table(|t| t.1, ev),
         }
     }
 }

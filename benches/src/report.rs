@@ -44,6 +44,9 @@ pub struct PhaseResult {
     /// CPU time per acknowledged event, µs, by process group: what one event costs
     /// regardless of how busy the machine was.
     pub cpu_micros_per_event: CpuPerEvent,
+    /// CPU time per delivery (one event received by one subscriber), µs: with fanout K
+    /// each event is K deliveries, so this is the broadcast cost per recipient.
+    pub cpu_micros_per_delivery: CpuPerEvent,
     pub sequencer: SequencerMetrics,
     pub postgres: crate::pgstat::PgDelta,
 }
@@ -116,6 +119,8 @@ pub struct Shape {
     pub senders: usize,
     pub subscribers: usize,
     pub fanout: usize,
+    /// `--idle-subscribers`: members per instance subscribed that receive nothing.
+    pub idle_subscribers_per_instance: usize,
     pub payload_bytes: usize,
     pub in_flight_per_sender: usize,
     pub warmup_s: f64,
@@ -150,6 +155,8 @@ pub struct Summary {
     pub raw_postgres: Option<RawResult>,
     pub throughput: Option<PhaseResult>,
     pub latency: Option<PhaseResult>,
+    /// `--idle-subscribers`: what the idle subscriptions cost in sequencer RSS.
+    pub idle: Option<crate::idle::IdleResult>,
     /// Phase 4 (`--jetstream`): NATS JetStream under the same load.
     pub jetstream: Option<crate::jetstream::JetStreamResult>,
     pub targets: Targets,
@@ -260,6 +267,12 @@ impl Summary {
             s.warmup_s,
             s.duration_s
         );
+        if s.idle_subscribers_per_instance > 0 {
+            o += &format!(
+                "idle    : {} idle subscribers per instance (subscribed, nothing addressed to them)\n",
+                s.idle_subscribers_per_instance
+            );
+        }
         if !s.sequencer_config.is_empty() {
             o += &format!("config  : {:?}\n", s.sequencer_config);
         }
@@ -299,6 +312,32 @@ impl Summary {
                 r.cpu.other_pct,
                 r.cpu.machine.idle_pct,
                 r.postgres_cpu_micros_per_row
+            );
+        }
+        if let Some(i) = &self.idle {
+            let mib = |b: &[u64]| {
+                b.iter()
+                    .map(|v| format!("{:.1}", *v as f64 / 1048576.0))
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            };
+            o += &format!(
+                "\nIdle subscribers: {} per instance, {} in all, on {} TLS connections (up to {} streams each); \
+                 registered in {:.1}s, subscribed in {:.1}s ({} attempts refused as busy and retried)\n",
+                i.per_instance,
+                i.total,
+                i.connections,
+                i.streams_per_connection,
+                i.register_seconds,
+                i.subscribe_seconds,
+                i.busy_retries
+            );
+            o += &format!(
+                "  sequencer RSS (MiB, per instance) before {} / after {}: {:.0} bytes ({:.1} KiB) per idle subscriber\n",
+                mib(&i.rss_before_bytes),
+                mib(&i.rss_after_bytes),
+                i.rss_per_idle_subscriber_bytes,
+                i.rss_per_idle_subscriber_bytes / 1024.0
             );
         }
         let phases: Vec<&PhaseResult> = [&self.throughput, &self.latency]
@@ -379,6 +418,7 @@ impl Summary {
                     ("rollbacks/s", 11),
                     ("rows ins/s", 12),
                     ("rows read/s", 11),
+                    ("reads/s", 8),
                     ("WAL MB/s", 9),
                     SEP,
                     ("commits/event", 13),
@@ -389,7 +429,14 @@ impl Summary {
                     let mut row = vec![p.name.clone()];
                     row.extend(fixed(0, &[g.commits_per_sec]));
                     row.extend(fixed(1, &[g.rollbacks_per_sec]));
-                    row.extend(fixed(0, &[g.rows_inserted_per_sec, g.rows_read_per_sec]));
+                    row.extend(fixed(
+                        0,
+                        &[
+                            g.rows_inserted_per_sec,
+                            g.rows_read_per_sec,
+                            g.reads_per_sec,
+                        ],
+                    ));
                     row.extend(fixed(1, &[g.wal_mb_per_sec]));
                     row.extend(fixed(3, &[g.commits_per_event]));
                     row.extend(fixed(0, &[g.wal_bytes_per_event]));
@@ -402,10 +449,13 @@ impl Summary {
                     .table_scans_per_event
                     .iter()
                     .filter(|(_, v)| **v >= 0.005)
-                    .map(|(t, v)| format!("{t} {v:.2}"))
+                    .map(|(t, v)| {
+                        let per_sec = p.postgres.table_scans_per_sec.get(t).copied();
+                        format!("{t} {v:.2} ({:.0}/s)", per_sec.unwrap_or(0.0))
+                    })
                     .collect();
                 o += &format!(
-                    "  {:<11} table scans per event: {}\n",
+                    "  {:<11} table scans per event (per second): {}\n",
                     p.name,
                     scans.join(", ")
                 );
@@ -430,6 +480,8 @@ impl Summary {
                     ("steal", 6),
                     SEP,
                     ("CPU us per acked event: seq / pg / bench", 0),
+                    SEP,
+                    ("per delivery", 0),
                 ],
                 phases.iter().map(|p| {
                     let c = &p.cpu;
@@ -450,6 +502,8 @@ impl Summary {
                         ],
                     ));
                     row.push(fixed(0, &[e.sequencer, e.postgres, e.bench]).join(" / "));
+                    let d = &p.cpu_micros_per_delivery;
+                    row.push(fixed(1, &[d.sequencer, d.postgres, d.bench]).join(" / "));
                     row
                 }),
             );

@@ -7,13 +7,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use domain_identity::{MemberId, MemberRole, SigningKeyPair};
+use domain_identity::{MemberId, SigningKeyPair};
 use domain_localnet::sequencers::SequencerCluster;
 use domain_sequencer_client::SequencerConnection;
 use domain_testkit::pg::PgCluster;
 use domain_testkit::process::TestLogs;
 
 use crate::cli::Args;
+use crate::idle::{self, IdleResult};
 use crate::load::{self, SendConfig, Stats, Window};
 use crate::prom::{self, Scrape, SequencerMetrics};
 use crate::report::{CpuPerEvent, Machine, PhaseResult, Shape, Summary};
@@ -36,6 +37,7 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
             senders: args.senders,
             subscribers: args.subscribers,
             fanout: args.fanout,
+            idle_subscribers_per_instance: args.idle_subscribers,
             payload_bytes: args.payload_bytes,
             in_flight_per_sender: args.in_flight,
             warmup_s: args.warmup.as_secs_f64(),
@@ -140,31 +142,25 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
-/// Registers `n` participants named `{prefix}-{i}`.
-async fn add_participants(
-    cluster: &SequencerCluster,
-    prefix: &str,
-    n: usize,
-) -> anyhow::Result<Vec<(MemberId, Arc<SigningKeyPair>)>> {
-    let mut members = Vec::with_capacity(n);
-    for i in 0..n {
-        members.push(
-            cluster
-                .add_member(MemberRole::Participant, &format!("{prefix}-{i}"))
-                .await?,
-        );
-    }
-    Ok(members)
-}
-
 async fn drive(
     args: &Args,
     cluster: &SequencerCluster,
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     let instances = cluster.nodes.len();
-    let senders = add_participants(cluster, "sender", args.senders).await?;
-    let subscribers = add_participants(cluster, "subscriber", args.subscribers).await?;
+    let senders = idle::register(cluster, "sender", args.senders).await?;
+    let subscribers = idle::register(cluster, "subscriber", args.subscribers).await?;
+    // Registered before the first RSS reading, so that the member tables a sequencer may
+    // cache count in neither the before nor the after of the idle subscribers' cost.
+    let registering = Instant::now();
+    let idle_members = idle::register(cluster, "idle", args.idle_subscribers * instances).await?;
+    let register_seconds = registering.elapsed().as_secs_f64();
+    if !idle_members.is_empty() {
+        eprintln!(
+            "seqbench: {} idle members registered in {register_seconds:.1}s",
+            idle_members.len()
+        );
+    }
     let mut sender_conns: Vec<SequencerConnection> = Vec::new();
     for (i, m) in senders.iter().enumerate() {
         sender_conns.push(
@@ -175,6 +171,7 @@ async fn drive(
         );
     }
     let stats = Stats::new(args.subscribers);
+    let verified = load::VerifiedEvents::for_fanout(args.fanout);
     let subscriber_ids: Arc<Vec<String>> =
         Arc::new(subscribers.iter().map(|m| m.0.to_string()).collect());
     let mut sub_tasks = Vec::new();
@@ -189,6 +186,7 @@ async fn drive(
             stats.clone(),
             args.payload_bytes,
             args.inject_fault.filter(|_| i == 0),
+            verified.clone(),
         ));
     }
     let pids: Vec<u32> = cluster
@@ -196,6 +194,21 @@ async fn drive(
         .iter()
         .filter_map(|n| n.process.as_ref().map(|p| p.pid()))
         .collect();
+    if !idle_members.is_empty() {
+        match connect_idle(args, cluster, &idle_members, &stats, &pids).await {
+            Ok((tasks, mut result)) => {
+                sub_tasks.extend(tasks);
+                result.register_seconds = register_seconds;
+                summary.idle = Some(result);
+            }
+            Err(e) => {
+                for t in sub_tasks {
+                    t.abort();
+                }
+                return Err(e);
+            }
+        }
+    }
     let ops: Vec<String> = cluster.nodes.iter().map(|n| n.ops_url()).collect();
 
     let rig = Rig {
@@ -229,6 +242,79 @@ async fn drive(
         t.abort();
     }
     result
+}
+
+/// Reads the sequencers' RSS, subscribes the idle members, lets the processes settle and
+/// reads it again.
+async fn connect_idle(
+    args: &Args,
+    cluster: &SequencerCluster,
+    members: &[(MemberId, Arc<SigningKeyPair>)],
+    stats: &Arc<Stats>,
+    pids: &[u32],
+) -> anyhow::Result<(Vec<tokio::task::JoinHandle<()>>, IdleResult)> {
+    anyhow::ensure!(
+        pids.len() == cluster.nodes.len(),
+        "only {} of {} sequencer processes are running",
+        pids.len(),
+        cluster.nodes.len()
+    );
+    wait_checking(stats, idle::SETTLE, None).await?;
+    let rss_before_bytes = idle::rss_of(pids)?;
+    let subscribing = Instant::now();
+    let (tasks, connections, busy_retries) = idle::subscribe(
+        cluster,
+        members,
+        args.idle_subscribers,
+        args.idle_streams_per_connection,
+        stats,
+    )
+    .await?;
+    let subscribe_seconds = subscribing.elapsed().as_secs_f64();
+    let after = async {
+        wait_checking(stats, idle::SETTLE, None).await?;
+        idle::rss_of(pids)
+    }
+    .await;
+    let rss_after_bytes = match after {
+        Ok(r) => r,
+        Err(e) => {
+            for t in tasks {
+                t.abort();
+            }
+            return Err(e);
+        }
+    };
+    let result = IdleResult {
+        per_instance: args.idle_subscribers,
+        total: members.len(),
+        streams_per_connection: args.idle_streams_per_connection,
+        connections,
+        register_seconds: 0.0,
+        subscribe_seconds,
+        busy_retries,
+        rss_per_idle_subscriber_bytes: IdleResult::per_subscriber(
+            &rss_before_bytes,
+            &rss_after_bytes,
+            members.len(),
+        ),
+        rss_before_bytes,
+        rss_after_bytes,
+    };
+    eprintln!(
+        "seqbench: {} idle subscribers on {} connections subscribed in {subscribe_seconds:.1}s ({busy_retries} busy retries); \
+         sequencer RSS {:.1} -> {:.1} MiB, {:.0} bytes per idle subscriber",
+        result.total,
+        connections,
+        mib(result.rss_before_bytes.iter().sum()),
+        mib(result.rss_after_bytes.iter().sum()),
+        result.rss_per_idle_subscriber_bytes
+    );
+    Ok((tasks, result))
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// What every measured phase drives and samples: the senders' connections, the verifying
@@ -336,6 +422,10 @@ async fn run_phase(name: &str, rig: &Rig<'_>, cfg: SendConfig) -> anyhow::Result
         send_errors: stats.send_errors.load(Ordering::SeqCst),
         resubscribes: stats.resubscribes.load(Ordering::SeqCst),
         cpu_micros_per_event: CpuPerEvent::of(&cpu, acked as f64 / seconds),
+        cpu_micros_per_delivery: CpuPerEvent::of(
+            &cpu,
+            stats.delivered_window.load(Ordering::SeqCst) as f64 / seconds,
+        ),
         cpu,
         sequencer: SequencerMetrics::between(&scrapes_before, &scrapes_after),
         postgres: crate::pgstat::PgDelta::between(&pg_before, &pg_after, seconds, acked),

@@ -146,3 +146,37 @@ fn machine_ticks() -> Option<[u64; 5]> {
         get(7),
     ])
 }
+
+/// Resident set size of process `pid` in bytes (`VmRSS` of `/proc/<pid>/status`), or
+/// None when the process is gone or the line is missing.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss(&status)
+}
+
+/// The `VmRSS:   1234 kB` line of a `/proc/<pid>/status`, in bytes.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut fields = line.split_whitespace().skip(1);
+    let value: u64 = fields.next()?.parse().ok()?;
+    // The kernel always prints kB (KiB) here; anything else is not a status file we know.
+    (fields.next()? == "kB").then_some(value * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        let status = "Name:\tsequencer\nVmPeak:\t  900 kB\nVmRSS:\t   12345 kB\nThreads:\t4\n";
+        assert_eq!(parse_vm_rss(status), Some(12345 * 1024));
+        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        assert_eq!(parse_vm_rss("VmRSS:\t12 MB\n"), None);
+    }
+
+    #[test]
+    fn own_rss_is_positive() {
+        assert!(rss_bytes(std::process::id()).is_some_and(|b| b > 0));
+    }
+}
