@@ -652,7 +652,7 @@ pub async fn commit_batch(
 
 /// The common batch, events only (no registration, no topology transaction): one call of
 /// `seq_write_batch`, one round trip and one commit (issue 17). The explicit transaction
-/// around it exists only for the fault-injection pause after the watermark update.
+/// around it exists only under fault injection.
 async fn commit_events(
     client: &mut Client,
     stmts: &WriterStatements,
@@ -683,17 +683,22 @@ async fn commit_events(
         &index, &owner.0, &watermark, &ts, &sender, &mid, &mst, &rec, &sub, &con, &sig, &trace,
         &hold_ms,
     ];
-    let rows = match faults.delay_after_watermark {
-        None => client.query(&stmts.write_batch, &params).await,
-        Some(delay) => {
-            let tx = client.transaction().await?;
-            let rows = tx.query(&stmts.write_batch, &params).await;
-            if rows.is_ok() {
+    let rows = if faults.delay_before_commit.is_none() && faults.delay_after_watermark.is_none() {
+        client.query(&stmts.write_batch, &params).await
+    } else {
+        // Under fault injection the batch keeps an explicit transaction, committed in a
+        // round trip of its own: a process stopped during the pause then leaves it open
+        // with its locks held, as a batch with registrations or topology still can, and
+        // the fault tests cover what its peers do about that.
+        let tx = client.transaction().await?;
+        let rows = tx.query(&stmts.write_batch, &params).await;
+        if rows.is_ok() {
+            if let Some(delay) = faults.delay_after_watermark {
                 tokio::time::sleep(delay).await;
-                tx.commit().await?;
             }
-            rows
+            tx.commit().await?;
         }
+        rows
     };
     let rows = rows.map_err(|e| match e.code() {
         Some(code) if code.code() == FENCED_SQLSTATE => StoreError::Fenced { index },
