@@ -973,9 +973,14 @@ mod token_cache_tests {
         let mut e = entry(t0);
         assert!(e.use_or_refresh(now, t0).is_some(), "fresh");
         let later = t0 + TOKEN_CACHE_TTL;
-        assert_eq!(e.use_or_refresh(now, later), None, "the first request past the TTL reads");
+        assert_eq!(
+            e.use_or_refresh(now, later),
+            None,
+            "the first request past the TTL reads"
+        );
         assert!(
-            e.use_or_refresh(now, later + Duration::from_millis(5)).is_some(),
+            e.use_or_refresh(now, later + Duration::from_millis(5))
+                .is_some(),
             "the others keep the entry while that read is in flight"
         );
         assert_eq!(
