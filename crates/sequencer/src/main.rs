@@ -4,12 +4,6 @@ use domain_runtime::config::load_or_exit;
 use domain_runtime::service::{KeyCommand, ServiceCli};
 use domain_sequencer::{Listeners, SequencerConfig};
 
-// glibc's malloc/free/consolidate were 10-15 % of the sequencer's CPU at full load (perf,
-// issue 17): every send allocates its request, submission, event and reply buffers on one
-// thread and frees them on another. mimalloc's per-thread free lists cost a fraction.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let cli = ServiceCli::<KeyCommand>::parse_with(|command| {
         command
