@@ -296,6 +296,7 @@ fn history(key: &SigningKeyPair, n: i64, tweak: impl Fn(i64) -> i64) -> Vec<pb::
                 envelopes: vec![],
                 message_id: String::new(),
                 trace_context: String::new(),
+                batch_proof: None,
             };
             prev = ts;
             e

@@ -114,6 +114,27 @@ pub fn all() -> Vec<Seed> {
         "",
     );
     add("sequenced_event", "time-proof", tp.encode_to_vec());
+    // The sequencer's form since batch signatures: the same two events and a third as one
+    // signed batch, each with its inclusion proof.
+    let third = sequenced(
+        &f,
+        8,
+        REQUEST_TS + 6,
+        REQUEST_TS + 5,
+        &f.alice.0.to_string(),
+        &[],
+        "",
+    );
+    for (i, e) in batch_signed(&f, &[event.clone(), tp.clone(), third])
+        .iter()
+        .enumerate()
+    {
+        add(
+            "sequenced_event",
+            &format!("batch-leaf-{i}"),
+            e.encode_to_vec(),
+        );
+    }
 
     // --- mediator_events / participant_events --------------------------------------------------
     let mut stream = Vec::new();
@@ -542,7 +563,42 @@ fn sequenced(
             .collect(),
         message_id: message_id.to_owned(),
         trace_context: String::new(),
+        batch_proof: None,
     }
+}
+
+/// `events` re-signed as one batch, the way the sequencer signs (one signature over the
+/// Merkle root of their contents, an inclusion proof in each).
+fn batch_signed(
+    f: &Fixture,
+    events: &[sequencer_pb::SequencedEvent],
+) -> Vec<sequencer_pb::SequencedEvent> {
+    use domain_identity::batch;
+    let leaves: Vec<batch::Hash> = events
+        .iter()
+        .map(|e| batch::leaf_hash(&e.content))
+        .collect();
+    let Some((root, paths)) = batch::tree(&leaves) else {
+        return Vec::new();
+    };
+    let count = u32::try_from(events.len()).expect("few events");
+    let sig = f.sequencer_key.sign(
+        SignaturePurpose::SequencedBatch,
+        &f.domain_id,
+        &batch::root_payload(count, &root),
+    );
+    (0u32..)
+        .zip(events.iter().zip(paths))
+        .map(|(leaf_index, (e, path))| sequencer_pb::SequencedEvent {
+            signature: Some(to_proto_signature(&sig, SignaturePurpose::SequencedBatch)),
+            batch_proof: Some(sequencer_pb::BatchProof {
+                leaf_index,
+                leaf_count: count,
+                path: path.iter().map(|h| h.to_vec()).collect(),
+            }),
+            ..e.clone()
+        })
+        .collect()
 }
 
 fn digest(bytes: &[u8]) -> Vec<u8> {

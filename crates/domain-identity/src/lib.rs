@@ -15,6 +15,7 @@
 #[macro_use]
 mod string_form;
 
+pub mod batch;
 mod fingerprint;
 mod ids;
 mod keys;

@@ -73,11 +73,14 @@ pub enum SignaturePurpose {
     IdentityFile,
     /// A domain's connection bundle, signed by the namespace key (proto 9).
     ConnectionBundle,
+    /// The Merkle root of a batch of sequenced events ([`crate::batch`]); each delivered
+    /// event carries its inclusion proof (proto 10).
+    SequencedBatch,
 }
 
 impl SignaturePurpose {
     /// Every purpose, in proto order.
-    pub const ALL: [SignaturePurpose; 9] = [
+    pub const ALL: [SignaturePurpose; 10] = [
         SignaturePurpose::AuthChallenge,
         SignaturePurpose::Submission,
         SignaturePurpose::SequencedEvent,
@@ -87,6 +90,7 @@ impl SignaturePurpose {
         SignaturePurpose::Acknowledgement,
         SignaturePurpose::IdentityFile,
         SignaturePurpose::ConnectionBundle,
+        SignaturePurpose::SequencedBatch,
     ];
 
     /// The stable tag string included in the signed bytes.
@@ -102,10 +106,11 @@ impl SignaturePurpose {
             SignaturePurpose::Acknowledgement => "acknowledgement",
             SignaturePurpose::IdentityFile => "identity-file",
             SignaturePurpose::ConnectionBundle => "connection-bundle",
+            SignaturePurpose::SequencedBatch => "sequenced-batch",
         }
     }
 
-    /// The `domain.common.v1.SignaturePurpose` number (1 to 9).
+    /// The `domain.common.v1.SignaturePurpose` number (1 to 10).
     #[must_use]
     pub fn as_i32(self) -> i32 {
         match self {
@@ -118,6 +123,7 @@ impl SignaturePurpose {
             SignaturePurpose::Acknowledgement => 7,
             SignaturePurpose::IdentityFile => 8,
             SignaturePurpose::ConnectionBundle => 9,
+            SignaturePurpose::SequencedBatch => 10,
         }
     }
 
@@ -135,6 +141,7 @@ impl SignaturePurpose {
             7 => Ok(SignaturePurpose::Acknowledgement),
             8 => Ok(SignaturePurpose::IdentityFile),
             9 => Ok(SignaturePurpose::ConnectionBundle),
+            10 => Ok(SignaturePurpose::SequencedBatch),
             other => Err(SignatureError::UnknownPurpose(other)),
         }
     }
@@ -287,6 +294,7 @@ mod tests {
             (SignaturePurpose::Acknowledgement, 7, "acknowledgement"),
             (SignaturePurpose::IdentityFile, 8, "identity-file"),
             (SignaturePurpose::ConnectionBundle, 9, "connection-bundle"),
+            (SignaturePurpose::SequencedBatch, 10, "sequenced-batch"),
         ];
         assert_eq!(SignaturePurpose::ALL.len(), expected.len());
         for (purpose, number, tag) in expected {
@@ -302,8 +310,8 @@ mod tests {
             Err(SignatureError::UnspecifiedPurpose)
         );
         assert_eq!(
-            SignaturePurpose::from_i32(10),
-            Err(SignatureError::UnknownPurpose(10))
+            SignaturePurpose::from_i32(11),
+            Err(SignatureError::UnknownPurpose(11))
         );
         assert_eq!(
             SignaturePurpose::from_i32(-1),

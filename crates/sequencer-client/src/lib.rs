@@ -30,7 +30,7 @@ pub use subscription::{Subscription, VerifiedEvent, check_redelivered, event_tra
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain_identity::{MemberId, PublicKey, Signature, SignaturePurpose, SigningKeyPair};
+use domain_identity::{MemberId, PublicKey, Signature, SignaturePurpose, SigningKeyPair, batch};
 use domain_proto::common::v1 as common_pb;
 use domain_proto::sequencer::v1 as pb;
 use domain_proto::sequencer::v1::sequencer_service_client::SequencerServiceClient;
@@ -131,6 +131,8 @@ pub struct SequencerConnection {
     pub domain_id: String,
     pub sequencer_key: PublicKey,
     token: Arc<RwLock<Option<auth::Granted>>>,
+    /// Batch roots whose signature [`Self::verify_event`] checked (shared by clones).
+    batch_roots: Arc<std::sync::Mutex<BatchRoots>>,
 }
 
 impl SequencerConnection {
@@ -154,6 +156,7 @@ impl SequencerConnection {
             domain_id: info.domain_id,
             sequencer_key,
             token: Arc::new(RwLock::new(None)),
+            batch_roots: Arc::default(),
         })
     }
 
@@ -271,12 +274,23 @@ impl SequencerConnection {
     }
 
     /// Verifies an event's sequencer signature and that every delivered envelope
-    /// is one the signature covers.
+    /// is one the signature covers; a batch's signature is checked once per connection.
     pub fn verify_event(
         &self,
         event: &pb::SequencedEvent,
     ) -> Result<pb::SignedEventContent, ClientError> {
-        verify_event(&self.sequencer_key, &self.domain_id, event)
+        // A panic elsewhere while holding the lock leaves only a list of verified roots,
+        // every one of which is still verified.
+        let mut roots = self
+            .batch_roots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        verify_event_with(
+            &self.sequencer_key,
+            &self.domain_id,
+            event,
+            Some(&mut roots),
+        )
     }
 }
 
@@ -291,26 +305,93 @@ pub fn current_trace_context() -> String {
 }
 
 /// Verifies an event against the sequencer key and domain id: the sequencer
-/// signature, then [`check_event_content`].
+/// signature (over the event, or over its batch's root with the event's inclusion proof),
+/// then [`check_event_content`]. Checks every signature it meets; a stream verifier keeps a
+/// [`BatchRoots`] and calls [`verify_event_with`] to check each batch's signature once.
 pub fn verify_event(
     key: &PublicKey,
     domain_id: &str,
     event: &pb::SequencedEvent,
 ) -> Result<pb::SignedEventContent, ClientError> {
+    verify_event_with(key, domain_id, event, None)
+}
+
+/// [`verify_event`], skipping the signature check of a batch root found in `roots` and
+/// remembering each batch root whose signature it checked.
+pub fn verify_event_with(
+    key: &PublicKey,
+    domain_id: &str,
+    event: &pb::SequencedEvent,
+    roots: Option<&mut BatchRoots>,
+) -> Result<pb::SignedEventContent, ClientError> {
     let sig = event
         .signature
         .as_ref()
         .ok_or_else(|| ClientError::InvalidEvent("missing signature".into()))?;
-    let signature =
-        Signature::try_from(sig).map_err(|e| ClientError::InvalidEvent(e.to_string()))?;
-    key.verify_with_domain_str(
-        SignaturePurpose::SequencedEvent,
-        domain_id,
-        &event.content,
-        &signature,
-    )
-    .map_err(|e| ClientError::InvalidEvent(format!("bad sequencer signature: {e}")))?;
+    match &event.batch_proof {
+        None => {
+            let signature =
+                Signature::try_from(sig).map_err(|e| ClientError::InvalidEvent(e.to_string()))?;
+            key.verify_with_domain_str(
+                SignaturePurpose::SequencedEvent,
+                domain_id,
+                &event.content,
+                &signature,
+            )
+            .map_err(|e| ClientError::InvalidEvent(format!("bad sequencer signature: {e}")))?;
+        }
+        Some(proof) => {
+            let root = batch::root_from_path(
+                batch::leaf_hash(&event.content),
+                proof.leaf_index,
+                proof.leaf_count,
+                &proof.path,
+            )
+            .map_err(|e| ClientError::InvalidEvent(format!("bad batch proof: {e}")))?;
+            let payload = batch::root_payload(proof.leaf_count, &root);
+            let known = roots.as_ref().is_some_and(|r| r.contains(&payload));
+            if !known {
+                let signature = Signature::try_from(sig)
+                    .map_err(|e| ClientError::InvalidEvent(e.to_string()))?;
+                key.verify_with_domain_str(
+                    SignaturePurpose::SequencedBatch,
+                    domain_id,
+                    &payload,
+                    &signature,
+                )
+                .map_err(|e| {
+                    ClientError::InvalidEvent(format!("bad sequencer batch signature: {e}"))
+                })?;
+                if let Some(roots) = roots {
+                    roots.insert(payload);
+                }
+            }
+        }
+    }
     check_event_content(event)
+}
+
+/// Batch roots (with their leaf counts) whose sequencer signature a verifier has checked,
+/// for one sequencer key and domain: the most recent [`BatchRoots::CAPACITY`], since the
+/// events of one batch reach a member one after the other.
+#[derive(Debug, Clone, Default)]
+pub struct BatchRoots {
+    recent: std::collections::VecDeque<[u8; batch::ROOT_PAYLOAD_LEN]>,
+}
+
+impl BatchRoots {
+    pub const CAPACITY: usize = 16;
+
+    fn contains(&self, payload: &[u8; batch::ROOT_PAYLOAD_LEN]) -> bool {
+        self.recent.iter().any(|p| p == payload)
+    }
+
+    fn insert(&mut self, payload: [u8; batch::ROOT_PAYLOAD_LEN]) {
+        if self.recent.len() == Self::CAPACITY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(payload);
+    }
 }
 
 /// The per-recipient part of event verification, once the signature over
@@ -464,5 +545,193 @@ mod stream_validator_tests {
             }
             other => panic!("expected InvalidEvent, got {other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod batch_signature_tests {
+    use super::*;
+
+    const DOMAIN: &str = "d::1220aa";
+
+    fn content(ts: i64) -> Vec<u8> {
+        pb::SignedEventContent {
+            domain_id: DOMAIN.into(),
+            timestamp_micros: ts,
+            sender: "s".into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn proto_sig(
+        key: &SigningKeyPair,
+        purpose: SignaturePurpose,
+        payload: &[u8],
+    ) -> common_pb::Signature {
+        let sig = key
+            .sign_with_domain_str(purpose, DOMAIN, payload)
+            .expect("sign");
+        common_pb::Signature {
+            signature: sig.to_bytes().to_vec(),
+            signer_fingerprint: key.fingerprint().to_string(),
+            purpose: purpose.as_i32(),
+        }
+    }
+
+    /// A batch of `n` events signed the way the sequencer's writer does.
+    fn batch_of(key: &SigningKeyPair, n: usize) -> Vec<pb::SequencedEvent> {
+        let contents: Vec<Vec<u8>> = (0..n).map(|i| content(100 + i as i64)).collect();
+        let leaves: Vec<batch::Hash> = contents.iter().map(|c| batch::leaf_hash(c)).collect();
+        let (root, paths) = batch::tree(&leaves).expect("non-empty");
+        let payload = batch::root_payload(n as u32, &root);
+        let signature = proto_sig(key, SignaturePurpose::SequencedBatch, &payload);
+        contents
+            .into_iter()
+            .zip(paths)
+            .enumerate()
+            .map(|(i, (content, path))| pb::SequencedEvent {
+                counter: i as i64,
+                timestamp_micros: 100 + i as i64,
+                content,
+                signature: Some(signature.clone()),
+                batch_proof: Some(pb::BatchProof {
+                    leaf_index: i as u32,
+                    leaf_count: n as u32,
+                    path: path.iter().map(|h| h.to_vec()).collect(),
+                }),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn rejected(result: Result<pb::SignedEventContent, ClientError>) -> String {
+        match result {
+            Err(ClientError::InvalidEvent(reason)) => reason,
+            other => panic!("expected InvalidEvent, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_event_of_a_signed_batch_verifies() {
+        let key = SigningKeyPair::from_seed(&[5; 32]);
+        for n in [1, 2, 3, 7, 27] {
+            for event in batch_of(&key, n) {
+                verify_event(key.public_key(), DOMAIN, &event).expect("valid");
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_event_is_refused_when_anything_signed_changes() {
+        let key = SigningKeyPair::from_seed(&[5; 32]);
+        let events = batch_of(&key, 5);
+        let pk = key.public_key();
+
+        let mut tampered = events[2].clone();
+        tampered.content = content(999);
+        tampered.timestamp_micros = 999;
+        assert!(rejected(verify_event(pk, DOMAIN, &tampered)).contains("batch signature"));
+
+        let mut moved = events[2].clone();
+        if let Some(p) = moved.batch_proof.as_mut() {
+            p.leaf_index = 3;
+        }
+        assert!(rejected(verify_event(pk, DOMAIN, &moved)).contains("batch signature"));
+
+        let mut recounted = events[2].clone();
+        if let Some(p) = recounted.batch_proof.as_mut() {
+            p.leaf_count = 9;
+        }
+        let reason = rejected(verify_event(pk, DOMAIN, &recounted));
+        assert!(reason.contains("batch"), "{reason}");
+
+        let mut out_of_range = events[2].clone();
+        if let Some(p) = out_of_range.batch_proof.as_mut() {
+            p.leaf_index = 5;
+        }
+        assert!(rejected(verify_event(pk, DOMAIN, &out_of_range)).contains("bad batch proof"));
+
+        let mut too_long = events[2].clone();
+        if let Some(p) = too_long.batch_proof.as_mut() {
+            p.path = vec![vec![0; 32]; batch::MAX_PATH_LEN + 1];
+        }
+        assert!(rejected(verify_event(pk, DOMAIN, &too_long)).contains("bad batch proof"));
+
+        // The root's signature made for a single event's purpose is not a batch signature.
+        let mut wrong_purpose = events[0].clone();
+        let Some(p) = events[0].batch_proof.as_ref() else {
+            panic!("proof")
+        };
+        let leaves: Vec<batch::Hash> = events
+            .iter()
+            .map(|e| batch::leaf_hash(&e.content))
+            .collect();
+        let (root, _) = batch::tree(&leaves).expect("non-empty");
+        assert_eq!(p.leaf_count, 5);
+        wrong_purpose.signature = Some(proto_sig(
+            &key,
+            SignaturePurpose::SequencedEvent,
+            &batch::root_payload(5, &root),
+        ));
+        rejected(verify_event(pk, DOMAIN, &wrong_purpose));
+
+        // Another key's batch signature.
+        let other = SigningKeyPair::from_seed(&[6; 32]);
+        rejected(verify_event(other.public_key(), DOMAIN, &events[1]));
+        // Another domain.
+        rejected(verify_event(pk, "d::1220bb", &events[1]));
+    }
+
+    #[test]
+    fn a_per_event_signature_still_verifies_and_is_not_a_batch_one() {
+        let key = SigningKeyPair::from_seed(&[5; 32]);
+        let c = content(100);
+        let event = pb::SequencedEvent {
+            timestamp_micros: 100,
+            signature: Some(proto_sig(&key, SignaturePurpose::SequencedEvent, &c)),
+            content: c,
+            ..Default::default()
+        };
+        verify_event(key.public_key(), DOMAIN, &event).expect("valid");
+        // Adding a proof makes the same signature a (wrong) batch signature.
+        let with_proof = pb::SequencedEvent {
+            batch_proof: Some(pb::BatchProof {
+                leaf_index: 0,
+                leaf_count: 1,
+                path: vec![],
+            }),
+            ..event
+        };
+        rejected(verify_event(key.public_key(), DOMAIN, &with_proof));
+    }
+
+    #[test]
+    fn a_verified_root_is_not_checked_again_and_a_new_one_is() {
+        let key = SigningKeyPair::from_seed(&[5; 32]);
+        let pk = key.public_key();
+        let events = batch_of(&key, 4);
+        let mut roots = BatchRoots::default();
+        verify_event_with(pk, DOMAIN, &events[0], Some(&mut roots)).expect("valid");
+        // The second event of the batch with a garbage signature: its proof leads to the
+        // root already verified, so the signature is not looked at (the cache is in use)...
+        let mut garbled = events[1].clone();
+        if let Some(s) = garbled.signature.as_mut() {
+            s.signature = vec![0; 64];
+        }
+        verify_event_with(pk, DOMAIN, &garbled, Some(&mut roots)).expect("root known");
+        // ...while without the cache it is.
+        rejected(verify_event(pk, DOMAIN, &garbled));
+        // An event of another batch is checked: a garbage signature there is refused.
+        let mut other = batch_of(&key, 3)[0].clone();
+        if let Some(s) = other.signature.as_mut() {
+            s.signature = vec![0; 64];
+        }
+        rejected(verify_event_with(pk, DOMAIN, &other, Some(&mut roots)));
+        // The cache is bounded.
+        for n in 1..=40 {
+            verify_event_with(pk, DOMAIN, &batch_of(&key, n)[0], Some(&mut roots)).expect("valid");
+        }
+        assert_eq!(roots.recent.len(), BatchRoots::CAPACITY);
     }
 }

@@ -39,7 +39,7 @@ use crate::backoff::Backoff;
 use crate::domain_client::{DomainClient, Inner, authed, describe_status};
 use crate::health::DomainInfo;
 use crate::retry::{RetryClass, classify_status, error_code};
-use crate::{ClientError, StreamValidator, metrics, verify_event};
+use crate::{BatchRoots, ClientError, StreamValidator, metrics, verify_event_with};
 
 /// One verified event with the endpoint that delivered it.
 #[derive(Debug, Clone)]
@@ -184,6 +184,8 @@ pub(crate) struct Cursor {
     validator: StreamValidator,
     /// The last processed event is no longer served (pruned): resume after it instead.
     replay_unavailable: bool,
+    /// Batch roots whose sequencer signature this stream checked.
+    roots: BatchRoots,
 }
 
 impl Cursor {
@@ -194,12 +196,14 @@ impl Cursor {
                 next_counter: c,
                 validator: StreamValidator::default(),
                 replay_unavailable: false,
+                roots: BatchRoots::default(),
             },
             Start::After(event) => Self {
                 next_counter: event.counter + 1,
                 validator: StreamValidator::starting_after(event.counter, event.timestamp_micros),
                 last: Some(event),
                 replay_unavailable: false,
+                roots: BatchRoots::default(),
             },
         }
     }
@@ -218,7 +222,12 @@ impl Cursor {
         event: &pb::SequencedEvent,
         info: &DomainInfo,
     ) -> Result<pb::SignedEventContent, ClientError> {
-        let content = verify_event(&info.sequencer_key, &info.domain_id, event)?;
+        let content = verify_event_with(
+            &info.sequencer_key,
+            &info.domain_id,
+            event,
+            Some(&mut self.roots),
+        )?;
         if content.domain_id != info.domain_id {
             return Err(ClientError::InvalidEvent(format!(
                 "event {} is for domain {}, expected {}",
@@ -492,6 +501,7 @@ mod tests {
             envelopes: vec![],
             message_id: String::new(),
             trace_context: String::new(),
+            batch_proof: None,
         }
     }
 

@@ -5,6 +5,7 @@
 mod admin;
 pub mod config;
 mod error;
+mod event_auth;
 mod history_guard;
 mod members;
 mod metrics;

@@ -13,6 +13,7 @@ use prost::Message as _;
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::event_auth::EventAuth;
 use crate::history_guard::HistoryGuard;
 use crate::metrics as m;
 use crate::store::{self, BROADCAST_MEMBER_ID, StoredEvent};
@@ -26,7 +27,7 @@ pub struct GlobalEvent {
     pub recipients: Vec<i32>,
     pub envelopes: Vec<Envelope>,
     pub content: Vec<u8>,
-    pub signature: Vec<u8>,
+    pub auth: EventAuth,
     /// The sender's `traceparent`, delivered to every recipient.
     pub trace_context: Option<String>,
 }
@@ -46,7 +47,7 @@ impl GlobalEvent {
             recipients: e.recipients,
             envelopes,
             content: e.content,
-            signature: e.signature,
+            auth: EventAuth::from_stored(e.signature),
             trace_context: e.trace_context,
         }
     }

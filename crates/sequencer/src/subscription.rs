@@ -7,7 +7,7 @@ use crate::error::ServiceError as _;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use domain_proto::common::v1::{Signature as ProtoSignature, SignaturePurpose};
+use domain_proto::common::v1::Signature as ProtoSignature;
 use domain_proto::sequencer::v1::{DeliveredEnvelope, SequencedEvent, SubscribeResponse};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -599,10 +599,11 @@ pub fn to_member_event(
         previous_timestamp_micros: prev_ts.as_micros(),
         content: event.content.clone(),
         signature: Some(ProtoSignature {
-            signature: event.signature.clone(),
+            signature: event.auth.signature.clone(),
             signer_fingerprint: fingerprint.to_string(),
-            purpose: SignaturePurpose::SequencedEvent as i32,
+            purpose: event.auth.purpose as i32,
         }),
+        batch_proof: event.auth.batch_proof.clone(),
         envelopes,
         message_id: if event.sender == member.id {
             event.message_id.clone()

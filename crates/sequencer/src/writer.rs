@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use domain_backoff::{Backoff, BackoffConfig};
-use domain_identity::{DomainId, MemberId, SignaturePurpose, SigningKeyPair};
+use domain_identity::{DomainId, MemberId, SignaturePurpose, SigningKeyPair, batch};
 use domain_proto::sequencer::v1::SignedEventContent;
 use domain_time::Timestamp;
 use prost::Message as _;
@@ -454,14 +454,6 @@ impl Writer {
                         time_proof: sub.time_proof,
                     }
                     .encode_to_vec();
-                    let signature = self
-                        .key
-                        .sign_with_domain_str(
-                            SignaturePurpose::SequencedEvent,
-                            &domain_id,
-                            &content,
-                        )
-                        .map_err(|e| StoreError::Internal(format!("cannot sign event: {e}")))?;
                     events.push(NewEvent {
                         ts,
                         sender: sub.sender_id,
@@ -471,7 +463,8 @@ impl Writer {
                         // (its queue charge stays until then and covers them).
                         submission: std::mem::take(&mut sub.submission),
                         content,
-                        signature: signature.to_bytes().to_vec(),
+                        // Signed below, once for the whole batch.
+                        signature: Vec::new(),
                         max_sequencing_ts: sub.max_sequencing_ts,
                         trace_context: sub.trace_context.clone(),
                         // The effective time is computed inside the batch transaction
@@ -489,6 +482,7 @@ impl Writer {
         // Dedup rows are locked in one global order so concurrent batches on
         // different instances cannot deadlock.
         events.sort_by(|a, b| (a.sender, &a.message_id).cmp(&(b.sender, &b.message_id)));
+        sign_batch(&self.key, &domain_id, &mut events)?;
         let watermark = generator.last();
         metrics::histogram!(m::BATCH_SIZE).record(events.len() as f64);
         let started = Instant::now();
@@ -766,6 +760,37 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Signs a batch of events once: the Merkle root of their contents, in `events`' order,
+/// and stores with each event the signature and its inclusion proof
+/// ([`crate::event_auth::stored_signature`]). Every event of a batch carries the same
+/// signature, so a recipient verifies it once per batch (issue 17).
+fn sign_batch(
+    key: &SigningKeyPair,
+    domain_id: &str,
+    events: &mut [NewEvent],
+) -> Result<(), StoreError> {
+    let leaves: Vec<batch::Hash> = events
+        .iter()
+        .map(|e| batch::leaf_hash(&e.content))
+        .collect();
+    let Some((root, paths)) = batch::tree(&leaves) else {
+        return Ok(());
+    };
+    let count = u32::try_from(events.len())
+        .map_err(|_| StoreError::Internal("batch of more than 2^32 events".into()))?;
+    let signature = key
+        .sign_with_domain_str(
+            SignaturePurpose::SequencedBatch,
+            domain_id,
+            &batch::root_payload(count, &root),
+        )
+        .map_err(|e| StoreError::Internal(format!("cannot sign batch: {e}")))?;
+    for (index, (event, path)) in (0u32..).zip(events.iter_mut().zip(paths)) {
+        event.signature = crate::event_auth::stored_signature(&signature, index, count, path);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
