@@ -248,6 +248,7 @@ pub async fn run(config: SequencerConfig, started: Started<Listeners>) -> anyhow
     ));
     tasks.spawn(checkpointer(
         pool.clone(),
+        reader.clone(),
         config.reader.clone(),
         internal.clone(),
     ));
@@ -598,21 +599,47 @@ async fn offline_checker(
 
 async fn checkpointer(
     pool: deadpool_postgres::Pool,
+    reader: Arc<SharedReader>,
     cfg: config::ReaderConfig,
     shutdown: CancellationToken,
 ) {
     let mut ticks = Ticks::new(cfg.checkpoint_interval, &shutdown);
+    // The first run probes every member: events sequenced before this process started were
+    // never seen by its reader.
+    let mut probed_all = false;
     while ticks.next().await {
-        let Ok(mut client) = pool.get().await else {
+        // Probing every registered member each round made the database's reads grow with
+        // the number of members, idle ones included; members that received nothing since
+        // the last round have no new events to count.
+        let touched = reader.take_touched();
+        let only: Option<Vec<i32>> =
+            (probed_all && !touched.broadcast).then(|| touched.members.iter().copied().collect());
+        if only.as_ref().is_some_and(Vec::is_empty) {
             continue;
-        };
-        let safe = match store::safe_watermark(&**client).await {
-            Ok(s) => s,
-            Err(_) => continue,
-        };
-        match store::write_checkpoints(&mut client, safe, cfg.checkpoint_every_events).await {
-            Ok(n) => ::metrics::counter!(crate::metrics::CHECKPOINTS_WRITTEN).increment(n),
-            Err(error) => tracing::warn!(%error, "checkpoint write failed"),
+        }
+        let result = async {
+            let mut client = pool.get().await?;
+            let safe = store::safe_watermark(&**client).await?;
+            store::write_checkpoints(
+                &mut client,
+                safe,
+                cfg.checkpoint_every_events,
+                only.as_deref(),
+            )
+            .await
+        }
+        .await;
+        match result {
+            Ok(Some(n)) => {
+                probed_all = true;
+                ::metrics::counter!(crate::metrics::CHECKPOINTS_WRITTEN).increment(n);
+            }
+            // Another instance is at it; these members stay for the next round.
+            Ok(None) => reader.restore_touched(touched),
+            Err(error) => {
+                reader.restore_touched(touched);
+                tracing::warn!(%error, "checkpoint write failed");
+            }
         }
     }
 }

@@ -46,7 +46,8 @@ pub fn below_bound_rule(n: usize) -> String {
 /// newest checkpoint at or below `$1` and `$1`. Events are counted under `rule` (a
 /// [`BELOW_BOUND_RULE`] with the bound substituted), exactly as readers count them.
 /// Deterministic, so a checkpoint two instances both write is the same row.
-pub fn checkpoints_sql(rule: &str, min_new: &str) -> String {
+/// `members` is an SQL condition on `m` (a `seq_members` row) choosing the members to probe.
+pub fn checkpoints_sql(rule: &str, min_new: &str, members: &str) -> String {
     format!(
         "INSERT INTO seq_checkpoints (member_id, counter, ts)
          SELECT m.id, cp.counter + x.n, x.max_ts
@@ -60,7 +61,7 @@ pub fn checkpoints_sql(rule: &str, min_new: &str) -> String {
                  SELECT r.ts FROM seq_recipients r WHERE r.member_id = -1 AND r.ts > greatest(cp.ts, m.registered_ts)
                                                      AND r.ts <= $1) u
              WHERE {rule}) x
-         WHERE x.n >= {min_new}
+         WHERE x.n >= {min_new} AND ({members})
          ON CONFLICT DO NOTHING"
     )
 }
@@ -335,7 +336,7 @@ pub async fn prune_to(
             return housekeep(client, limits, outcome).await;
         }
         outcome.bound = bound;
-        tx.execute(&checkpoints_sql(&rule, "1"), &[&bound, &previous])
+        tx.execute(&checkpoints_sql(&rule, "1", "true"), &[&bound, &previous])
             .await?;
         tx.execute(
             "UPDATE seq_lower_bound SET ts = greatest(ts, $1)",

@@ -314,6 +314,42 @@ pub struct SharedReader {
     pub wake: Notify,
     started: tokio::sync::watch::Sender<bool>,
     hints: std::sync::Mutex<Hints>,
+    touched: std::sync::Mutex<Touched>,
+}
+
+/// Members that received events this reader published since the checkpointer last looked
+/// ([`SharedReader::take_touched`]), so it probes those instead of every member: its cost
+/// then follows the events, not the number of registered members (issue 17).
+#[derive(Debug, Default)]
+pub struct Touched {
+    pub members: std::collections::HashSet<i32>,
+    /// A broadcast reached every member.
+    pub broadcast: bool,
+}
+
+impl Touched {
+    fn record(&mut self, events: &[Arc<GlobalEvent>]) {
+        for e in events {
+            if e.recipients.first() == Some(&BROADCAST_MEMBER_ID) {
+                self.broadcast = true;
+            } else if !self.broadcast {
+                self.members.extend(e.recipients.iter().copied());
+            }
+        }
+        if self.broadcast {
+            // Every member is probed anyway; the set need not grow.
+            self.members.clear();
+        }
+    }
+
+    fn merge(&mut self, other: Touched) {
+        self.broadcast |= other.broadcast;
+        if self.broadcast {
+            self.members.clear();
+        } else {
+            self.members.extend(other.members);
+        }
+    }
 }
 
 impl SharedReader {
@@ -329,7 +365,21 @@ impl SharedReader {
             wake: Notify::new(),
             started,
             hints: std::sync::Mutex::new(Hints::default()),
+            touched: std::sync::Mutex::new(Touched::default()),
         })
+    }
+
+    /// The members touched since the last call (and forgets them).
+    pub fn take_touched(&self) -> Touched {
+        std::mem::take(&mut *self.touched.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Gives back what [`Self::take_touched`] returned when it could not be used.
+    pub fn restore_touched(&self, touched: Touched) {
+        self.touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .merge(touched);
     }
 
     /// Follows a watermark notification, waking the reader only when the safe watermark
@@ -520,6 +570,10 @@ impl SharedReader {
                 .map(|e| Arc::new(GlobalEvent::from_stored(e)))
                 .collect();
             metrics::counter!(m::EVENTS_READ).increment(events.len() as u64);
+            self.touched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(&events);
             let mut inner = self.inner.lock().await;
             if let Some(last) = events.last() {
                 inner.last_event = Some(last.ts);
@@ -585,6 +639,54 @@ pub struct ReadPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn touched_by(recipients: &[&[i32]]) -> Touched {
+        let events: Vec<Arc<GlobalEvent>> = recipients
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Arc::new(GlobalEvent {
+                    ts: Timestamp::from_micros(i as i64 + 1),
+                    sender: 1,
+                    message_id: String::new(),
+                    recipients: r.to_vec(),
+                    envelopes: vec![],
+                    content: vec![],
+                    auth: EventAuth::from_stored(vec![]),
+                    trace_context: None,
+                })
+            })
+            .collect();
+        let mut t = Touched::default();
+        t.record(&events);
+        t
+    }
+
+    #[test]
+    fn touched_members_accumulate_until_taken_and_a_broadcast_means_everyone() {
+        let t = touched_by(&[&[1, 2], &[2, 3]]);
+        assert!(!t.broadcast);
+        let mut ids: Vec<i32> = t.members.iter().copied().collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 2, 3]);
+
+        let reader = SharedReader::new(FeedLimits {
+            batches: 4,
+            bytes: 1024,
+        });
+        reader.restore_touched(t);
+        reader.restore_touched(touched_by(&[&[7]]));
+        let taken = reader.take_touched();
+        assert_eq!(taken.members.len(), 4);
+        assert!(reader.take_touched().members.is_empty(), "taking forgets");
+
+        let b = touched_by(&[&[1], &[BROADCAST_MEMBER_ID], &[5]]);
+        assert!(b.broadcast);
+        assert!(b.members.is_empty());
+        let mut merged = touched_by(&[&[9]]);
+        merged.merge(b);
+        assert!(merged.broadcast && merged.members.is_empty());
+    }
 
     fn batch(after: i64) -> Arc<EventBatch> {
         let after = Timestamp::from_micros(after);

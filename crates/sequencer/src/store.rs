@@ -1147,11 +1147,19 @@ pub async fn checkpoint_below(
 /// Writes checkpoints at `up_to` (a safe watermark) for every member with at
 /// least `min_new` events since its last checkpoint. Deterministic, so several
 /// instances may run it; an advisory lock keeps them from doing it at once.
+///
+/// `only` restricts the probe to those member ids (the ones that received events since the
+/// last run, [`crate::reader::Touched`]); `None` probes every member. A member left out only
+/// gets its checkpoint at a later run: checkpoints bound how far a resume scans, and each
+/// one written is counted from the rows, whichever members are probed.
+///
+/// `None` when another instance is writing checkpoints right now (nothing was done).
 pub async fn write_checkpoints(
     client: &mut deadpool_postgres::Object,
     up_to: Timestamp,
     min_new: i64,
-) -> Result<u64, StoreError> {
+    only: Option<&[i32]>,
+) -> Result<Option<u64>, StoreError> {
     let tx = client.transaction().await?;
     let locked: bool = tx
         .query_one(
@@ -1161,19 +1169,28 @@ pub async fn write_checkpoints(
         .await?
         .get(0);
     if !locked {
-        return Ok(0);
+        return Ok(None);
     }
-    let n = tx
-        .execute(
-            &crate::pruning::checkpoints_sql(
-                &crate::pruning::BELOW_BOUND_RULE.replace("$L", "(SELECT ts FROM seq_lower_bound)"),
-                "$2",
-            ),
-            &[&up_to, &min_new],
-        )
-        .await?;
+    let rule = crate::pruning::BELOW_BOUND_RULE.replace("$L", "(SELECT ts FROM seq_lower_bound)");
+    let n = match only {
+        None => {
+            tx.execute(
+                &crate::pruning::checkpoints_sql(&rule, "$2", "true"),
+                &[&up_to, &min_new],
+            )
+            .await?
+        }
+        Some([]) => 0,
+        Some(ids) => {
+            tx.execute(
+                &crate::pruning::checkpoints_sql(&rule, "$2", "m.id = ANY($3)"),
+                &[&up_to, &min_new, &ids],
+            )
+            .await?
+        }
+    };
     tx.commit().await?;
-    Ok(n)
+    Ok(Some(n))
 }
 
 pub async fn load_member(

@@ -1,6 +1,7 @@
 //! The sequencer's store against a real PostgreSQL (the shared test cluster), with the
 //! helpers those tests share. In-crate so the store can stay private.
 
+mod checkpoints;
 mod peer_offline;
 mod read_limits;
 mod topology_apply_order;
