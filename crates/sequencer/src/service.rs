@@ -138,6 +138,38 @@ pub struct SequencerCore {
     registrations: RegistrationLimiter,
     subscriptions: subscription::MemberSlots,
     domain_trust: Mutex<Option<(Instant, Arc<DomainTrust>)>>,
+    keys: ParsedKeys,
+}
+
+/// Members' public keys parsed once, by their stored bytes. Parsing checks the point is
+/// canonical and not weak, a decompression and a compression (two field inversions'
+/// worth of work, about a third of a verification), which every send used to repeat.
+#[derive(Default)]
+struct ParsedKeys(std::sync::Mutex<HashMap<Vec<u8>, PublicKey>>);
+
+impl ParsedKeys {
+    /// At most this many keys are kept; past it the map starts over. Keys are only ever
+    /// bound by registration, so this is the number of members, not anything a peer can
+    /// inflate on its own.
+    const CAPACITY: usize = 100_000;
+
+    fn get(&self, bytes: &[u8]) -> Result<PublicKey, domain_identity::KeyError> {
+        let lock = || {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(key) = lock().get(bytes) {
+            return Ok(key.clone());
+        }
+        let key = PublicKey::from_bytes(bytes)?;
+        let mut map = lock();
+        if map.len() >= Self::CAPACITY {
+            map.clear();
+        }
+        map.insert(bytes.to_vec(), key.clone());
+        Ok(key)
+    }
 }
 
 /// How long GetDomainInfo's namespace key and sequencer registrations are cached.
@@ -174,6 +206,7 @@ impl SequencerCore {
             registrations,
             subscriptions,
             domain_trust: Mutex::new(None),
+            keys: ParsedKeys::default(),
         })
     }
 
@@ -391,7 +424,9 @@ impl SequencerCore {
         let key_bytes = key_source.public_key.as_ref().ok_or_else(|| {
             SequencerError::SubmissionSignatureInvalid("no key bound to the sender".into())
         })?;
-        let key = PublicKey::from_bytes(key_bytes)
+        let key = self
+            .keys
+            .get(key_bytes)
             .map_err(|e| SequencerError::Internal(format!("stored key invalid: {e}")))?;
         // ed25519 verification (~45 us) is the heaviest CPU step of a send. It runs inline:
         // on the blocking pool each send cost two thread wake-ups and context switches,
@@ -993,5 +1028,30 @@ mod token_cache_tests {
             None,
             "an expired token is never served from the cache"
         );
+    }
+}
+
+#[cfg(test)]
+mod parsed_keys_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_parsed_once_and_bad_bytes_are_refused_every_time() {
+        let keys = ParsedKeys::default();
+        let pair = domain_identity::SigningKeyPair::from_seed(&[4; 32]);
+        let bytes = pair.public_key().as_bytes().to_vec();
+        let first = keys.get(&bytes).expect("valid key");
+        assert_eq!(first.fingerprint(), pair.public_key().fingerprint());
+        assert_eq!(keys.0.lock().expect("lock").len(), 1);
+        let again = keys.get(&bytes).expect("cached");
+        assert_eq!(again.as_bytes(), first.as_bytes());
+        assert_eq!(keys.0.lock().expect("lock").len(), 1);
+        // Not a key: refused, and nothing is cached for it.
+        assert!(keys.get(&[0u8; 31]).is_err());
+        assert!(
+            keys.get(&[0u8; 32]).is_err(),
+            "a small-order point is refused"
+        );
+        assert_eq!(keys.0.lock().expect("lock").len(), 1);
     }
 }
