@@ -44,15 +44,15 @@ impl EventAuth {
     /// as a per-event signature, which no recipient will verify: the stream stays gap-free
     /// and the recipient reports the bad signature.
     pub fn from_stored(mut stored: Vec<u8>) -> Self {
-        if stored.len() > SIGNATURE_LEN {
-            if let Ok(proof) = BatchProof::decode(&stored[SIGNATURE_LEN..]) {
-                stored.truncate(SIGNATURE_LEN);
-                return Self {
-                    signature: stored,
-                    purpose: SignaturePurpose::SequencedBatch,
-                    batch_proof: Some(proof),
-                };
-            }
+        if stored.len() > SIGNATURE_LEN
+            && let Ok(proof) = BatchProof::decode(&stored[SIGNATURE_LEN..])
+        {
+            stored.truncate(SIGNATURE_LEN);
+            return Self {
+                signature: stored,
+                purpose: SignaturePurpose::SequencedBatch,
+                batch_proof: Some(proof),
+            };
         }
         Self {
             signature: stored,
