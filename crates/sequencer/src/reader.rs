@@ -10,7 +10,7 @@ use std::time::Duration;
 use domain_proto::sequencer::v1::{Envelope, SubmissionRequest};
 use domain_time::Timestamp;
 use prost::Message as _;
-use tokio::sync::{Mutex, Notify, watch};
+use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::event_auth::EventAuth;
@@ -82,8 +82,28 @@ pub struct FeedLimits {
 struct Slot {
     batch: Arc<EventBatch>,
     bytes: u64,
-    /// Receivers that have not taken this batch yet.
+    /// Receivers this batch concerns (ascending ids), as of its publication.
+    interested: Vec<u64>,
+    /// Interested receivers that have not taken this batch yet.
     remaining: usize,
+}
+
+impl Slot {
+    fn concerns(&self, receiver: u64) -> bool {
+        self.interested.binary_search(&receiver).is_ok()
+    }
+}
+
+/// One receiver's place in the feed.
+struct ReceiverState {
+    /// The member whose events it wants; `None` wants every batch.
+    member: Option<i32>,
+    /// Sequence number of the next batch it looks at.
+    next: u64,
+    /// A batch it had not taken was dropped to keep the feed in its limits.
+    lagged: bool,
+    /// Woken when a batch that concerns it is published, and on close.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 struct FeedState {
@@ -91,31 +111,81 @@ struct FeedState {
     base: u64,
     slots: VecDeque<Slot>,
     bytes: u64,
-    receivers: usize,
+    /// `up_to` of the last batch dropped from the front: every receiver that is behind
+    /// `base` and not lagged has nothing to take below it.
+    dropped_through: Timestamp,
+    receivers: std::collections::BTreeMap<u64, ReceiverState>,
+    /// Receiver ids by member, for the members receivers asked for.
+    by_member: std::collections::HashMap<i32, Vec<u64>>,
+    /// Receivers of every batch.
+    everything: Vec<u64>,
+    next_id: u64,
     closed: bool,
 }
 
 impl FeedState {
-    /// Drops the batches every receiver has taken.
+    /// Drops the front batches no receiver still has to take.
     fn trim(&mut self) {
         while self.slots.front().is_some_and(|s| s.remaining == 0) {
             if let Some(slot) = self.slots.pop_front() {
-                self.bytes -= slot.bytes;
-                self.base += 1;
+                self.drop_front(slot);
             }
         }
     }
+
+    fn drop_front(&mut self, slot: Slot) {
+        self.bytes -= slot.bytes;
+        self.dropped_through = self.dropped_through.max(slot.batch.up_to);
+        let seq = self.base;
+        self.base += 1;
+        if slot.remaining > 0 {
+            // Dropped to stay in the limits while some interested receivers had not taken
+            // it: they must resume from the database.
+            for id in &slot.interested {
+                if let Some(r) = self.receivers.get_mut(id)
+                    && r.next <= seq
+                {
+                    r.lagged = true;
+                    r.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// The receivers a batch concerns: those of its recipients' members, every receiver
+    /// for a broadcast, and the receivers of everything. Ascending, without duplicates.
+    fn interested(&self, batch: &EventBatch) -> Vec<u64> {
+        if batch
+            .events
+            .iter()
+            .any(|e| e.recipients.first() == Some(&BROADCAST_MEMBER_ID))
+        {
+            return self.receivers.keys().copied().collect();
+        }
+        let mut ids = self.everything.clone();
+        for e in &batch.events {
+            for m in &e.recipients {
+                if let Some(r) = self.by_member.get(m) {
+                    ids.extend_from_slice(r);
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
 }
 
-/// The live feed: a broadcast of batches bounded in batches *and* bytes. A batch stays
-/// only until every receiver has taken it; when a slow receiver would make the feed keep
-/// more than its limits, the oldest batches go and that receiver gets
-/// [`FeedError::Lagged`] (its subscription is cut and resumes from the database), so the
-/// memory one instance holds for its subscribers does not grow with their slowness.
+/// The live feed: the batches the reader publishes, bounded in batches *and* bytes. A
+/// receiver follows one member (or everything) and is woken only by batches that concern
+/// it: with a thousand idle subscriptions, a batch for two members wakes two tasks, not a
+/// thousand (issue 17). A batch stays only until every receiver it concerns has taken it;
+/// when a slow receiver would make the feed keep more than its limits, the oldest batches
+/// go and that receiver gets [`FeedError::Lagged`] (its subscription is cut and resumes
+/// from the database), so the memory one instance holds for its subscribers does not grow
+/// with their slowness.
 pub struct Feed {
     state: std::sync::Mutex<FeedState>,
-    /// Bumped on every publish (and on close) to wake waiting receivers.
-    wake: watch::Sender<u64>,
     limits: FeedLimits,
 }
 
@@ -130,16 +200,18 @@ pub enum FeedError {
 
 impl Feed {
     pub fn new(limits: FeedLimits) -> Arc<Self> {
-        let (wake, _) = watch::channel(0);
         Arc::new(Self {
             state: std::sync::Mutex::new(FeedState {
                 base: 0,
                 slots: VecDeque::new(),
                 bytes: 0,
-                receivers: 0,
+                dropped_through: Timestamp::EPOCH,
+                receivers: std::collections::BTreeMap::new(),
+                by_member: std::collections::HashMap::new(),
+                everything: Vec::new(),
+                next_id: 0,
                 closed: false,
             }),
-            wake,
             limits: FeedLimits {
                 batches: limits.batches.max(1),
                 bytes: limits.bytes,
@@ -153,30 +225,59 @@ impl Feed {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A receiver of every batch published from now on.
+    /// A receiver of every batch published from now on (the tests' view of the feed).
+    #[cfg(test)]
     pub fn subscribe(self: &Arc<Self>) -> FeedReceiver {
-        let mut wake = self.wake.subscribe();
-        wake.borrow_and_update();
+        self.subscribe_for(None)
+    }
+
+    /// A receiver of the batches published from now on that hold events for `member_id`
+    /// (its own or broadcasts); it skips the others without being woken.
+    pub fn subscribe_member(self: &Arc<Self>, member_id: i32) -> FeedReceiver {
+        self.subscribe_for(Some(member_id))
+    }
+
+    fn subscribe_for(self: &Arc<Self>, member: Option<i32>) -> FeedReceiver {
         let mut st = self.lock();
-        st.receivers += 1;
+        let id = st.next_id;
+        st.next_id += 1;
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let next = st.base + st.slots.len() as u64;
+        st.receivers.insert(
+            id,
+            ReceiverState {
+                member,
+                next,
+                lagged: false,
+                wake: wake.clone(),
+            },
+        );
+        match member {
+            Some(m) => st.by_member.entry(m).or_default().push(id),
+            None => st.everything.push(id),
+        }
         FeedReceiver {
             feed: self.clone(),
-            next: st.base + st.slots.len() as u64,
+            id,
             wake,
+            skipped_through: None,
         }
     }
 
-    /// Publishes a batch of `bytes` (stored size) to every current receiver.
+    /// Publishes a batch of `bytes` (stored size) to the receivers it concerns.
     pub fn publish(&self, batch: Arc<EventBatch>, bytes: u64) {
         let mut st = self.lock();
-        if st.receivers == 0 {
-            // Nobody to deliver to; a later subscriber reads it from the database.
-            return;
+        let interested = st.interested(&batch);
+        let remaining = interested.len();
+        for id in &interested {
+            if let Some(r) = st.receivers.get(id) {
+                r.wake.notify_one();
+            }
         }
-        let remaining = st.receivers;
         st.slots.push_back(Slot {
             batch,
             bytes,
+            interested,
             remaining,
         });
         st.bytes += bytes;
@@ -185,19 +286,21 @@ impl Feed {
             && (st.slots.len() > self.limits.batches || st.bytes > self.limits.bytes)
         {
             if let Some(slot) = st.slots.pop_front() {
-                st.bytes -= slot.bytes;
-                st.base += 1;
+                st.drop_front(slot);
             }
         }
+        // A batch nobody needs (no receiver, or none it concerns) goes at once.
+        st.trim();
         metrics::gauge!(m::FEED_BYTES).set(st.bytes as f64);
-        drop(st);
-        self.wake.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// Ends the feed: receivers get [`FeedError::Closed`] once they took what is left.
     pub fn close(&self) {
-        self.lock().closed = true;
-        self.wake.send_modify(|v| *v = v.wrapping_add(1));
+        let mut st = self.lock();
+        st.closed = true;
+        for r in st.receivers.values() {
+            r.wake.notify_one();
+        }
     }
 
     /// Bytes currently kept for receivers.
@@ -210,50 +313,88 @@ impl Feed {
 /// One subscriber's position in the [`Feed`].
 pub struct FeedReceiver {
     feed: Arc<Feed>,
-    /// Sequence number of the next batch to take.
-    next: u64,
-    wake: watch::Receiver<u64>,
+    id: u64,
+    wake: Arc<tokio::sync::Notify>,
+    /// `up_to` of the newest batch skipped since the last [`Self::take_skipped_through`]:
+    /// batches that held nothing for this receiver's member.
+    skipped_through: Option<Timestamp>,
 }
 
 impl FeedReceiver {
-    /// The next batch, waiting for it if needed.
+    /// The next batch that concerns this receiver, waiting for it if needed. Batches in
+    /// between held nothing for it; [`Self::take_skipped_through`] says how far they went.
     pub async fn recv(&mut self) -> Result<Arc<EventBatch>, FeedError> {
         loop {
-            // Marked seen before looking, so a publish after the look wakes us.
-            self.wake.borrow_and_update();
             {
                 let mut st = self.feed.lock();
-                if self.next < st.base {
+                let st = &mut *st;
+                let Some(r) = st.receivers.get_mut(&self.id) else {
+                    return Err(FeedError::Closed);
+                };
+                if r.lagged {
                     return Err(FeedError::Lagged);
                 }
-                let idx = (self.next - st.base) as usize;
-                if let Some(slot) = st.slots.get_mut(idx) {
-                    slot.remaining -= 1;
-                    let batch = slot.batch.clone();
-                    self.next += 1;
-                    st.trim();
-                    return Ok(batch);
+                if r.next < st.base {
+                    // Everything below `base` that concerned us we took (or we would be
+                    // lagged): the rest held nothing for us.
+                    r.next = st.base;
+                    self.skipped_through = Some(
+                        self.skipped_through
+                            .map_or(st.dropped_through, |t| t.max(st.dropped_through)),
+                    );
+                }
+                while let Some(slot) = st.slots.get_mut((r.next - st.base) as usize) {
+                    r.next += 1;
+                    if slot.concerns(self.id) {
+                        slot.remaining -= 1;
+                        let batch = slot.batch.clone();
+                        st.trim();
+                        return Ok(batch);
+                    }
+                    let up_to = slot.batch.up_to;
+                    self.skipped_through =
+                        Some(self.skipped_through.map_or(up_to, |t| t.max(up_to)));
                 }
                 if st.closed {
                     return Err(FeedError::Closed);
                 }
             }
-            if self.wake.changed().await.is_err() {
-                return Err(FeedError::Closed);
-            }
+            // A publish between the look above and this wait left a permit: not missed.
+            self.wake.notified().await;
         }
+    }
+
+    /// How far the batches skipped since the last call went (none: `None`). They held no
+    /// event for this receiver, so a subscriber's position may move past them.
+    pub fn take_skipped_through(&mut self) -> Option<Timestamp> {
+        self.skipped_through.take()
     }
 }
 
 impl Drop for FeedReceiver {
     fn drop(&mut self) {
         let mut st = self.feed.lock();
-        let from = self.next.max(st.base);
+        let Some(r) = st.receivers.remove(&self.id) else {
+            return;
+        };
+        match r.member {
+            Some(m) => {
+                if let Some(ids) = st.by_member.get_mut(&m) {
+                    ids.retain(|i| *i != self.id);
+                    if ids.is_empty() {
+                        st.by_member.remove(&m);
+                    }
+                }
+            }
+            None => st.everything.retain(|i| *i != self.id),
+        }
+        let from = r.next.max(st.base);
         let start = (from - st.base) as usize;
         for slot in st.slots.iter_mut().skip(start) {
-            slot.remaining -= 1;
+            if slot.concerns(self.id) {
+                slot.remaining -= 1;
+            }
         }
-        st.receivers -= 1;
         st.trim();
     }
 }
@@ -406,11 +547,11 @@ impl SharedReader {
 
     /// Subscribes to live batches. Returns the position from which live batches
     /// start: the caller must read everything up to it from the database.
-    pub async fn subscribe(&self) -> (Timestamp, FeedReceiver) {
+    pub async fn subscribe(&self, member_id: i32) -> (Timestamp, FeedReceiver) {
         let mut started = self.started.subscribe();
         let _ = started.wait_for(|s| *s).await;
         let inner = self.inner.lock().await;
-        (inner.position, self.feed.subscribe())
+        (inner.position, self.feed.subscribe_member(member_id))
     }
 
     /// Runs the reader loop until shutdown.
@@ -794,6 +935,116 @@ mod tests {
         feed.publish(batch(5), 1);
         assert_eq!(r.recv().await.map(|b| b.after.as_micros()), Ok(4));
         assert_eq!(r.recv().await.map(|b| b.after.as_micros()), Ok(5));
+    }
+
+    fn batch_for(after: i64, recipients: &[&[i32]]) -> Arc<EventBatch> {
+        let after_ts = Timestamp::from_micros(after);
+        Arc::new(EventBatch {
+            after: after_ts,
+            up_to: after_ts + Duration::from_micros(10),
+            events: recipients
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    Arc::new(GlobalEvent {
+                        ts: after_ts + Duration::from_micros(i as u64 + 1),
+                        sender: 1,
+                        message_id: String::new(),
+                        recipients: r.to_vec(),
+                        envelopes: vec![],
+                        content: vec![],
+                        auth: EventAuth::from_stored(vec![]),
+                        trace_context: None,
+                    })
+                })
+                .collect(),
+        })
+    }
+
+    /// Not ready now: the receiver would wait (polled once, no clock involved).
+    async fn waits(r: &mut FeedReceiver) -> bool {
+        tokio::time::timeout(std::time::Duration::ZERO, r.recv())
+            .await
+            .is_err()
+    }
+
+    /// Issue 17 (subscriber curve): a member's receiver is woken only by batches holding
+    /// its events or a broadcast; the batches it skipped are reported so its position can
+    /// pass them, and their being dropped does not count as lagging.
+    #[tokio::test]
+    async fn a_member_receiver_takes_only_its_batches_and_broadcasts() {
+        let feed = Feed::new(LIMITS);
+        let mut one = feed.subscribe_member(1);
+        let mut two = feed.subscribe_member(2);
+        let mut idle = feed.subscribe_member(3);
+        let mut all = feed.subscribe();
+
+        feed.publish(batch_for(0, &[&[1, 9]]), 10);
+        assert_eq!(one.recv().await.map(|b| b.after.as_micros()), Ok(0));
+        assert!(waits(&mut two).await, "nothing for member 2 yet");
+        assert!(waits(&mut idle).await);
+
+        feed.publish(batch_for(10, &[&[2]]), 10);
+        assert_eq!(two.recv().await.map(|b| b.after.as_micros()), Ok(10));
+        assert_eq!(
+            two.take_skipped_through(),
+            Some(Timestamp::from_micros(10)),
+            "member 2 passed the first batch (up to 10) without taking it"
+        );
+        assert_eq!(two.take_skipped_through(), None);
+
+        // The receiver of everything takes both.
+        assert_eq!(all.recv().await.map(|b| b.after.as_micros()), Ok(0));
+        assert_eq!(all.recv().await.map(|b| b.after.as_micros()), Ok(10));
+        assert_eq!(all.take_skipped_through(), None);
+        assert_eq!(
+            feed.buffered_bytes(),
+            0,
+            "every concerned receiver took them"
+        );
+
+        // A broadcast concerns everyone, the idle member too.
+        feed.publish(batch_for(20, &[&[BROADCAST_MEMBER_ID]]), 10);
+        for r in [&mut one, &mut two, &mut idle, &mut all] {
+            assert_eq!(r.recv().await.map(|b| b.after.as_micros()), Ok(20));
+        }
+        assert_eq!(
+            idle.take_skipped_through(),
+            Some(Timestamp::from_micros(20)),
+            "the idle member passed batches 0 and 10, dropped before it looked"
+        );
+        drop(all);
+
+        // Many batches for member 1 go past the limits while member 2 never looks: member 1
+        // keeps up, member 2 is not lagged (none concerned it), an empty batch wakes nobody.
+        for i in 0..20 {
+            feed.publish(batch_for(30 + 10 * i, &[&[1]]), 300);
+            assert_eq!(
+                one.recv().await.map(|b| b.after.as_micros()),
+                Ok(30 + 10 * i)
+            );
+        }
+        feed.publish(batch_for(230, &[]), 0);
+        assert!(waits(&mut one).await, "an empty batch concerns nobody");
+        feed.publish(batch_for(240, &[&[2]]), 10);
+        assert_eq!(two.recv().await.map(|b| b.after.as_micros()), Ok(240));
+        assert_eq!(
+            two.take_skipped_through(),
+            Some(Timestamp::from_micros(240))
+        );
+
+        // Member 2 does not take its batches: once they are dropped, it is lagged, and
+        // member 1, which takes its own, is not.
+        for i in 0..5 {
+            feed.publish(batch_for(250 + 10 * i, &[&[1], &[2]]), 300);
+            assert!(one.recv().await.is_ok());
+        }
+        assert_eq!(
+            two.recv().await.map(|b| b.after.as_micros()),
+            Err(FeedError::Lagged)
+        );
+        feed.close();
+        assert_eq!(one.recv().await.map(|_| ()), Err(FeedError::Closed));
     }
 
     /// Batches are kept only while a receiver still needs them, nothing is stored

@@ -218,7 +218,7 @@ async fn stream(
     out: &Outbox,
 ) -> Result<(), SequencerError> {
     // Subscribe to the live feed first so nothing published during catch-up is missed.
-    let (live_from, mut live) = ctx.reader.subscribe().await;
+    let (live_from, mut live) = ctx.reader.subscribe(member.id).await;
     let mut cursor = catch_up(ctx, member, from_counter, live_from, out).await?;
     // A disable handled while catching up ends the stream here at the latest.
     check_revoked(ctx, member).await?;
@@ -250,6 +250,10 @@ async fn stream(
                         return Err(SequencerError::InstanceOffline("reader stopped".into()));
                     }
                 };
+                // The batches the feed skipped held nothing for this member.
+                if let Some(skipped) = live.take_skipped_through() {
+                    cursor.position = cursor.position.max(skipped);
+                }
                 if batch.after > cursor.position {
                     // Cannot happen while the reader publishes contiguous ranges; refuse
                     // to guess rather than risk a gap.
