@@ -360,7 +360,9 @@ pub fn verify_event_with(
                     &signature,
                 )
                 .map_err(|e| {
-                    ClientError::InvalidEvent(format!("bad sequencer batch signature: {e}"))
+                    ClientError::InvalidEvent(format!(
+                        "bad sequencer signature (over the batch root): {e}"
+                    ))
                 })?;
                 if let Some(roots) = roots {
                     roots.insert(payload);
@@ -631,13 +633,19 @@ mod batch_signature_tests {
         let mut tampered = events[2].clone();
         tampered.content = content(999);
         tampered.timestamp_micros = 999;
-        assert!(rejected(verify_event(pk, DOMAIN, &tampered)).contains("batch signature"));
+        assert!(
+            rejected(verify_event(pk, DOMAIN, &tampered))
+                .contains("bad sequencer signature (over the batch root)")
+        );
 
         let mut moved = events[2].clone();
         if let Some(p) = moved.batch_proof.as_mut() {
             p.leaf_index = 3;
         }
-        assert!(rejected(verify_event(pk, DOMAIN, &moved)).contains("batch signature"));
+        assert!(
+            rejected(verify_event(pk, DOMAIN, &moved))
+                .contains("bad sequencer signature (over the batch root)")
+        );
 
         let mut recounted = events[2].clone();
         if let Some(p) = recounted.batch_proof.as_mut() {
