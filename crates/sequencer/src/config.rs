@@ -158,6 +158,11 @@ pub struct WriterConfig {
     /// Max sequencing time applied when a submission leaves it at 0. Default `60s`.
     #[serde(with = "humantime_serde")]
     pub default_max_sequencing: Duration,
+    /// Sign each batch of events once (a Merkle root; every event carries its inclusion
+    /// proof) instead of every event. Members need a client that knows
+    /// `SequencedEvent.batch_proof` to verify such events: during a rolling upgrade, keep
+    /// this `false` until every member's client is upgraded. Default `true`.
+    pub batch_signatures: bool,
 }
 
 impl Default for WriterConfig {
@@ -170,6 +175,7 @@ impl Default for WriterConfig {
             max_member_queue_bytes: 16 * 1024 * 1024,
             commit_timeout: Duration::from_secs(2),
             default_max_sequencing: Duration::from_secs(60),
+            batch_signatures: true,
         }
     }
 }

@@ -169,6 +169,7 @@ pub async fn run(config: SequencerConfig, started: Started<Listeners>) -> anyhow
             batch_heartbeat: config.ha.offline_after / 4,
             address: config.advertised_address.clone(),
             faults: fault_hooks(),
+            batch_signatures: config.writer.batch_signatures,
         },
         db: config.database.clone(),
         domain: domain_id.clone(),

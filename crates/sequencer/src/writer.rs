@@ -107,6 +107,8 @@ pub struct WriterSettings {
     pub batch_heartbeat: Duration,
     pub address: String,
     pub faults: FaultHooks,
+    /// `writer.batch-signatures`: one signature per batch, or one per event.
+    pub batch_signatures: bool,
 }
 
 /// Cheap handle used by the gRPC handlers.
@@ -482,7 +484,11 @@ impl Writer {
         // Dedup rows are locked in one global order so concurrent batches on
         // different instances cannot deadlock.
         events.sort_by(|a, b| (a.sender, &a.message_id).cmp(&(b.sender, &b.message_id)));
-        sign_batch(&self.key, &domain_id, &mut events)?;
+        if self.settings.batch_signatures {
+            sign_batch(&self.key, &domain_id, &mut events)?;
+        } else {
+            sign_each(&self.key, &domain_id, &mut events)?;
+        }
         let watermark = generator.last();
         metrics::histogram!(m::BATCH_SIZE).record(events.len() as f64);
         let started = Instant::now();
@@ -762,6 +768,22 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Signs every event on its own (`writer.batch-signatures = false`): the form every
+/// client verifies, including those that predate batch signatures.
+fn sign_each(
+    key: &SigningKeyPair,
+    domain_id: &str,
+    events: &mut [NewEvent],
+) -> Result<(), StoreError> {
+    for event in events {
+        let signature = key
+            .sign_with_domain_str(SignaturePurpose::SequencedEvent, domain_id, &event.content)
+            .map_err(|e| StoreError::Internal(format!("cannot sign event: {e}")))?;
+        event.signature = signature.to_bytes().to_vec();
+    }
+    Ok(())
+}
+
 /// Signs a batch of events once: the Merkle root of their contents, in `events`' order,
 /// and stores with each event the signature and its inclusion proof
 /// ([`crate::event_auth::stored_signature`]). Every event of a batch carries the same
@@ -796,6 +818,76 @@ fn sign_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn events(n: usize) -> Vec<NewEvent> {
+        (0..n)
+            .map(|i| NewEvent {
+                ts: Timestamp::from_micros(100 + i as i64),
+                sender: 1,
+                message_id: format!("m-{i}"),
+                recipients: vec![1],
+                submission: vec![],
+                content: format!("content {i}").into_bytes(),
+                signature: vec![],
+                max_sequencing_ts: Timestamp::from_micros(1_000),
+                trace_context: None,
+                topology: vec![],
+            })
+            .collect()
+    }
+
+    /// Issue 17: with `writer.batch-signatures` every stored event carries the batch's one
+    /// signature over leaf count || root and a proof from its content to that root; without
+    /// it, each event is signed on its own, as every client (old ones too) verifies.
+    #[test]
+    fn events_are_signed_per_batch_or_each_on_its_own() {
+        use crate::event_auth::EventAuth;
+        use domain_proto::common::v1::SignaturePurpose as Proto;
+        let key = SigningKeyPair::from_seed(&[8; 32]);
+        let domain = "d::1220aa";
+
+        let mut batch_signed = events(5);
+        sign_batch(&key, domain, &mut batch_signed).expect("sign");
+        let mut signatures = std::collections::HashSet::new();
+        for (i, e) in batch_signed.iter().enumerate() {
+            let auth = EventAuth::from_stored(e.signature.clone());
+            assert_eq!(auth.purpose, Proto::SequencedBatch);
+            let proof = auth.batch_proof.expect("a proof");
+            assert_eq!((proof.leaf_index, proof.leaf_count), (i as u32, 5));
+            let root = batch::root_from_path(
+                batch::leaf_hash(&e.content),
+                proof.leaf_index,
+                proof.leaf_count,
+                &proof.path,
+            )
+            .expect("the proof leads to a root");
+            let sig = domain_identity::Signature::from_bytes(&auth.signature, *key.fingerprint())
+                .expect("64 bytes");
+            key.public_key()
+                .verify_with_domain_str(
+                    SignaturePurpose::SequencedBatch,
+                    domain,
+                    &batch::root_payload(5, &root),
+                    &sig,
+                )
+                .expect("the batch signature verifies");
+            signatures.insert(auth.signature);
+        }
+        assert_eq!(signatures.len(), 1, "one signature for the whole batch");
+
+        let mut each_signed = events(3);
+        sign_each(&key, domain, &mut each_signed).expect("sign");
+        for e in &each_signed {
+            let auth = EventAuth::from_stored(e.signature.clone());
+            assert_eq!(auth.purpose, Proto::SequencedEvent);
+            assert!(auth.batch_proof.is_none());
+            let sig = domain_identity::Signature::from_bytes(&auth.signature, *key.fingerprint())
+                .expect("64 bytes");
+            key.public_key()
+                .verify_with_domain_str(SignaturePurpose::SequencedEvent, domain, &e.content, &sig)
+                .expect("the event's own signature verifies");
+        }
+    }
 
     fn submit(bytes: usize) -> WriteCommand {
         let (reply, _) = oneshot::channel();
