@@ -573,29 +573,19 @@ fn batch_signed(
     f: &Fixture,
     events: &[sequencer_pb::SequencedEvent],
 ) -> Vec<sequencer_pb::SequencedEvent> {
-    use domain_identity::batch;
-    let leaves: Vec<batch::Hash> = events
-        .iter()
-        .map(|e| batch::leaf_hash(&e.content))
-        .collect();
-    let Some((root, paths)) = batch::tree(&leaves) else {
+    let contents: Vec<&[u8]> = events.iter().map(|e| e.content.as_slice()).collect();
+    let Some((payload, proofs)) = domain_identity::batch::prepare(&contents) else {
         return Vec::new();
     };
-    let count = u32::try_from(events.len()).expect("few events");
-    let sig = f.sequencer_key.sign(
-        SignaturePurpose::SequencedBatch,
-        &f.domain_id,
-        &batch::root_payload(count, &root),
-    );
-    (0u32..)
-        .zip(events.iter().zip(paths))
-        .map(|(leaf_index, (e, path))| sequencer_pb::SequencedEvent {
+    let sig = f
+        .sequencer_key
+        .sign(SignaturePurpose::SequencedBatch, &f.domain_id, &payload);
+    events
+        .iter()
+        .zip(proofs)
+        .map(|(e, proof)| sequencer_pb::SequencedEvent {
             signature: Some(to_proto_signature(&sig, SignaturePurpose::SequencedBatch)),
-            batch_proof: Some(sequencer_pb::BatchProof {
-                leaf_index,
-                leaf_count: count,
-                path: path.iter().map(|h| h.to_vec()).collect(),
-            }),
+            batch_proof: Some(proof.into()),
             ..e.clone()
         })
         .collect()

@@ -63,6 +63,29 @@ pub fn root_payload(count: u32, root: &Hash) -> [u8; ROOT_PAYLOAD_LEN] {
     out
 }
 
+/// One content's place in its batch, as `BatchProof` carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafProof {
+    pub index: u32,
+    pub count: u32,
+    /// Sibling hashes from the leaf up to the root.
+    pub path: Vec<Hash>,
+}
+
+/// Everything signing a batch of contents needs: the bytes to sign ([`root_payload`] of the
+/// tree over them, in order) and each content's proof. `None` for an empty batch or one of
+/// more than `u32::MAX` contents.
+pub fn prepare<B: AsRef<[u8]>>(contents: &[B]) -> Option<([u8; ROOT_PAYLOAD_LEN], Vec<LeafProof>)> {
+    let count = u32::try_from(contents.len()).ok()?;
+    let leaves: Vec<Hash> = contents.iter().map(|c| leaf_hash(c.as_ref())).collect();
+    let (root, paths) = tree(&leaves)?;
+    let proofs = (0..count)
+        .zip(paths)
+        .map(|(index, path)| LeafProof { index, count, path })
+        .collect();
+    Some((root_payload(count, &root), proofs))
+}
+
 /// The root of `leaves` and, for each leaf in order, its inclusion path (sibling hashes from
 /// the leaf up to the root, RFC 9162's `PATH`). `None` for an empty batch.
 #[must_use]
@@ -178,6 +201,19 @@ mod tests {
             }
         }
         assert!(tree(&[]).is_none());
+    }
+
+    #[test]
+    fn prepared_proofs_lead_to_the_signed_root() {
+        let contents: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 10]).collect();
+        let (payload, proofs) = prepare(&contents).expect("non-empty");
+        assert_eq!(proofs.len(), 6);
+        for (c, p) in contents.iter().zip(&proofs) {
+            assert_eq!(p.count, 6);
+            let root = root_from_path(leaf_hash(c), p.index, p.count, &p.path).expect("proof");
+            assert_eq!(root_payload(p.count, &root), payload);
+        }
+        assert!(prepare::<Vec<u8>>(&[]).is_none());
     }
 
     #[test]

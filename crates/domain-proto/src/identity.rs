@@ -12,15 +12,29 @@
 //! * id strings ⇄ [`MemberId`], [`DomainId`]: [`member_id`], [`domain_id`] (errors name the
 //!   field).
 //! * `*_micros` ⇄ [`Timestamp`]: [`timestamp`], [`Timestamp::as_micros`].
+//! * [`batch::LeafProof`] → `sequencer.v1.BatchProof`: `From` (an event's place in its
+//!   signed batch; verifiers read the proto's fields straight into
+//!   [`batch::root_from_path`]).
 
 use std::fmt;
 
+use domain_identity::batch;
 use domain_identity::{
     DomainId, IdError, KeyError, MemberId, PublicKey, Signature, SignatureError, SignaturePurpose,
 };
 use domain_time::Timestamp;
 
 use crate::common::v1 as pb;
+
+impl From<batch::LeafProof> for crate::sequencer::v1::BatchProof {
+    fn from(leaf: batch::LeafProof) -> Self {
+        Self {
+            leaf_index: leaf.index,
+            leaf_count: leaf.count,
+            path: leaf.path.into_iter().map(|h| h.to_vec()).collect(),
+        }
+    }
+}
 
 impl From<&PublicKey> for pb::PublicKey {
     fn from(key: &PublicKey) -> Self {

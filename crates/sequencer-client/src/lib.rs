@@ -584,24 +584,18 @@ mod batch_signature_tests {
     /// A batch of `n` events signed the way the sequencer's writer does.
     fn batch_of(key: &SigningKeyPair, n: usize) -> Vec<pb::SequencedEvent> {
         let contents: Vec<Vec<u8>> = (0..n).map(|i| content(100 + i as i64)).collect();
-        let leaves: Vec<batch::Hash> = contents.iter().map(|c| batch::leaf_hash(c)).collect();
-        let (root, paths) = batch::tree(&leaves).expect("non-empty");
-        let payload = batch::root_payload(n as u32, &root);
+        let (payload, proofs) = batch::prepare(&contents).expect("non-empty");
         let signature = proto_sig(key, SignaturePurpose::SequencedBatch, &payload);
         contents
             .into_iter()
-            .zip(paths)
+            .zip(proofs)
             .enumerate()
-            .map(|(i, (content, path))| pb::SequencedEvent {
+            .map(|(i, (content, proof))| pb::SequencedEvent {
                 counter: i as i64,
                 timestamp_micros: 100 + i as i64,
                 content,
                 signature: Some(signature.clone()),
-                batch_proof: Some(pb::BatchProof {
-                    leaf_index: i as u32,
-                    leaf_count: n as u32,
-                    path: path.iter().map(|h| h.to_vec()).collect(),
-                }),
+                batch_proof: Some(proof.into()),
                 ..Default::default()
             })
             .collect()

@@ -13,17 +13,8 @@ use domain_proto::sequencer::v1::BatchProof;
 use prost::Message as _;
 
 /// The column value for an event of a batch signed with `signature`.
-pub fn stored_signature(
-    signature: &Signature,
-    leaf_index: u32,
-    leaf_count: u32,
-    path: Vec<batch::Hash>,
-) -> Vec<u8> {
-    let proof = BatchProof {
-        leaf_index,
-        leaf_count,
-        path: path.into_iter().map(|h| h.to_vec()).collect(),
-    };
+pub fn stored_signature(signature: &Signature, leaf: batch::LeafProof) -> Vec<u8> {
+    let proof = BatchProof::from(leaf);
     let mut out = Vec::with_capacity(SIGNATURE_LEN + proof.encoded_len());
     out.extend_from_slice(&signature.to_bytes());
     proof.encode_raw(&mut out);
@@ -77,7 +68,12 @@ mod tests {
                 b"payload",
             )
             .expect("sign");
-        let stored = stored_signature(&sig, 2, 5, vec![[1; 32], [2; 32], [3; 32]]);
+        let leaf = batch::LeafProof {
+            index: 2,
+            count: 5,
+            path: vec![[1; 32], [2; 32], [3; 32]],
+        };
+        let stored = stored_signature(&sig, leaf);
         let auth = EventAuth::from_stored(stored);
         assert_eq!(auth.signature, sig.to_bytes().to_vec());
         assert_eq!(auth.purpose, SignaturePurpose::SequencedBatch);

@@ -781,13 +781,13 @@ pub struct ReadPage {
 mod tests {
     use super::*;
 
-    fn touched_by(recipients: &[&[i32]]) -> Touched {
-        let events: Vec<Arc<GlobalEvent>> = recipients
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
+    /// One event per entry of `recipients`, at timestamps `after + 1`, `after + 2`, ...
+    fn events_to(after: i64, recipients: &[&[i32]]) -> Vec<Arc<GlobalEvent>> {
+        (after + 1..)
+            .zip(recipients)
+            .map(|(ts, r)| {
                 Arc::new(GlobalEvent {
-                    ts: Timestamp::from_micros(i as i64 + 1),
+                    ts: Timestamp::from_micros(ts),
                     sender: 1,
                     message_id: String::new(),
                     recipients: r.to_vec(),
@@ -797,7 +797,11 @@ mod tests {
                     trace_context: None,
                 })
             })
-            .collect();
+            .collect()
+    }
+
+    fn touched_by(recipients: &[&[i32]]) -> Touched {
+        let events = events_to(0, recipients);
         let mut t = Touched::default();
         t.record(&events);
         t
@@ -942,22 +946,7 @@ mod tests {
         Arc::new(EventBatch {
             after: after_ts,
             up_to: after_ts + Duration::from_micros(10),
-            events: recipients
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    Arc::new(GlobalEvent {
-                        ts: after_ts + Duration::from_micros(i as u64 + 1),
-                        sender: 1,
-                        message_id: String::new(),
-                        recipients: r.to_vec(),
-                        envelopes: vec![],
-                        content: vec![],
-                        auth: EventAuth::from_stored(vec![]),
-                        trace_context: None,
-                    })
-                })
-                .collect(),
+            events: events_to(after, recipients),
         })
     }
 

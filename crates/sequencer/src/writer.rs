@@ -793,24 +793,18 @@ fn sign_batch(
     domain_id: &str,
     events: &mut [NewEvent],
 ) -> Result<(), StoreError> {
-    let leaves: Vec<batch::Hash> = events
-        .iter()
-        .map(|e| batch::leaf_hash(&e.content))
-        .collect();
-    let Some((root, paths)) = batch::tree(&leaves) else {
+    if events.is_empty() {
+        // A batch of registrations only.
         return Ok(());
-    };
-    let count = u32::try_from(events.len())
-        .map_err(|_| StoreError::Internal("batch of more than 2^32 events".into()))?;
+    }
+    let contents: Vec<&[u8]> = events.iter().map(|e| e.content.as_slice()).collect();
+    let (payload, proofs) = batch::prepare(&contents)
+        .ok_or_else(|| StoreError::Internal("batch of more than 2^32 events".into()))?;
     let signature = key
-        .sign_with_domain_str(
-            SignaturePurpose::SequencedBatch,
-            domain_id,
-            &batch::root_payload(count, &root),
-        )
+        .sign_with_domain_str(SignaturePurpose::SequencedBatch, domain_id, &payload)
         .map_err(|e| StoreError::Internal(format!("cannot sign batch: {e}")))?;
-    for (index, (event, path)) in (0u32..).zip(events.iter_mut().zip(paths)) {
-        event.signature = crate::event_auth::stored_signature(&signature, index, count, path);
+    for (event, proof) in events.iter_mut().zip(proofs) {
+        event.signature = crate::event_auth::stored_signature(&signature, proof);
     }
     Ok(())
 }
