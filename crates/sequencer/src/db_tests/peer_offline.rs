@@ -214,12 +214,14 @@ async fn writer_detects_a_watermark_below_its_last_commit() {
         "{err}"
     );
     // The row of the last commit is gone altogether (a restored backup older than the
-    // instance): also a loss.
+    // instance): also a loss. Index 40 is outside the modulus (32) `come_back` claims in,
+    // so no claim above can have created its row: with 17 this failed in CI whenever an
+    // earlier claim without a preferred index had drawn 17 at random.
     let err = come_back(
         &mut client,
         &owner,
         None,
-        claim(17, Timestamp::from_micros(1)),
+        claim(40, Timestamp::from_micros(1)),
     )
     .await
     .expect_err("row missing");
@@ -227,7 +229,7 @@ async fn writer_detects_a_watermark_below_its_last_commit() {
         matches!(
             err,
             StoreError::HistoryLost {
-                index: 17,
+                index: 40,
                 stored: None,
                 ..
             }
