@@ -61,6 +61,10 @@ pub struct Args {
     /// Phase 1 rows per transaction.
     #[arg(long, default_value_t = 500)]
     pub raw_batch: usize,
+    /// Skip phase 0b (the transport floor: `Send`s and deliveries over TLS with nothing
+    /// behind them).
+    #[arg(long)]
+    pub skip_floor: bool,
     /// Skip phase 1.
     #[arg(long)]
     pub skip_raw: bool,

@@ -4,6 +4,8 @@
 //! Modules:
 //! - [`cli`]: the `seqbench` command line.
 //! - [`crypto`]: phase 0, the cost of the per-event ed25519 work on this machine.
+//! - [`floor`]: phase 0b, the transport floor: one `Send` and one delivery over TLS with
+//!   nothing behind them, and the ceiling of events/s the floors give.
 //! - [`rawpg`]: phase 1, the raw PostgreSQL insert limit for the sequencer's row shape.
 //! - [`load`]: phases 2 and 3, senders and verifying subscribers against a real cluster.
 //! - [`idle`]: idle subscribers, and the sequencer RSS they cost.
@@ -16,6 +18,7 @@
 
 pub mod cli;
 pub mod crypto;
+pub mod floor;
 pub mod idle;
 pub mod jetstream;
 pub mod load;

@@ -152,6 +152,10 @@ pub struct Summary {
     pub machine: Machine,
     pub shape: Shape,
     pub crypto: Option<crate::crypto::CryptoCost>,
+    /// Phase 0b: one `Send` and one delivery over TLS with nothing behind them.
+    pub transport_floor: Option<crate::floor::FloorResult>,
+    /// The ceiling of events/s the floors of phases 0, 0b and 1 give on this box.
+    pub ceiling: Option<crate::floor::Ceiling>,
     pub raw_postgres: Option<RawResult>,
     pub throughput: Option<PhaseResult>,
     pub latency: Option<PhaseResult>,
@@ -282,9 +286,36 @@ impl Summary {
                 c.message_bytes, c.sign_us, c.verify_us
             );
             o += &format!(
-                "  signature work alone caps the box at {:.0} events/s (client sign + sequencer verify + sequencer sign + \
-                 {} subscriber verify); the sequencer's share alone at {:.0}/s\n",
-                c.ceiling_events_per_sec, s.fanout, c.sequencer_only_ceiling_events_per_sec
+                "  signature work alone caps the box at {:.0} events/s (sender sign + sequencer verify; \
+                 the batch signature is once per batch); the sequencer's share alone at {:.0}/s\n",
+                c.ceiling_events_per_sec, c.sequencer_only_ceiling_events_per_sec
+            );
+        }
+        if let Some(f) = &self.transport_floor {
+            o += &format!(
+                "\nPhase 0b transport floor ({} TLS conns x {} in flight, {} subscribers; a {}-byte Send answered at once \
+                 and a {}-byte event delivered, nothing else)\n",
+                f.connections,
+                f.in_flight_per_connection,
+                f.subscribers,
+                f.request_bytes,
+                f.event_bytes
+            );
+            o += &format!(
+                "  {:>10.0} events/s   CPU per event (sender + server + subscriber) {:.1} us   box busy {:.0}%\n",
+                f.events_per_sec, f.cpu_micros_per_event, f.machine_busy_pct
+            );
+        }
+        if let Some(c) = &self.ceiling {
+            o += &format!(
+                "  ceiling on this box: {} cores / ({:.1} transport + {:.1} sign + {:.1} verify + {:.1} PostgreSQL per row) \
+                 = {:.0} events/s\n",
+                c.cores,
+                c.transport_us,
+                c.sign_us,
+                c.verify_us,
+                c.postgres_row_us,
+                c.events_per_sec
             );
         }
         if let Some(r) = &self.raw_postgres {

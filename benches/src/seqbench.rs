@@ -21,6 +21,10 @@ use crate::report::{CpuPerEvent, Machine, PhaseResult, Shape, Summary};
 use crate::sysstat::{self, CpuUsage};
 use crate::{Percentiles, rawpg};
 
+/// Phase 0b's warm-up and window: enough for a stable rate, short beside phases 2 and 3.
+const FLOOR_WARMUP: Duration = Duration::from_secs(2);
+const FLOOR_WINDOW: Duration = Duration::from_secs(5);
+
 /// How long subscribers may take to receive everything acknowledged after a phase.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -54,12 +58,30 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
         None => None,
     };
 
-    let crypto = crate::crypto::measure(args.payload_bytes, args.fanout)?;
+    let crypto = crate::crypto::measure(args.payload_bytes)?;
     eprintln!(
         "seqbench: phase 0: ed25519 sign {:.1} us, verify {:.1} us",
         crypto.sign_us, crypto.verify_us
     );
     summary.crypto = Some(crypto);
+
+    if !args.skip_floor {
+        let floor = crate::floor::run(
+            args.payload_bytes,
+            args.senders,
+            args.in_flight,
+            args.subscribers,
+            FLOOR_WARMUP,
+            FLOOR_WINDOW,
+        )
+        .await
+        .context("phase 0b (transport floor)")?;
+        eprintln!(
+            "seqbench: phase 0b: transport floor {:.0} events/s, {:.1} us CPU per event",
+            floor.events_per_sec, floor.cpu_micros_per_event
+        );
+        summary.transport_floor = Some(floor);
+    }
 
     let pg = PgCluster::shared();
     let db = pg
@@ -90,6 +112,13 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
             raw.rows_per_sec, raw.txn_latency.p50_ms, raw.txn_latency.p99_ms
         );
         summary.raw_postgres = Some(raw);
+    }
+    if let (Some(f), Some(c)) = (&summary.transport_floor, &summary.crypto) {
+        let row_us = summary
+            .raw_postgres
+            .as_ref()
+            .map_or(0.0, |r| r.postgres_cpu_micros_per_row);
+        summary.ceiling = Some(crate::floor::Ceiling::of(f, c.sign_us, c.verify_us, row_us));
     }
 
     let logs = TestLogs::new("seqbench");

@@ -23,6 +23,7 @@ fn args(extra: &[&str]) -> Args {
         "500ms",
         "--duration",
         "1s",
+        "--skip-floor",
         "--skip-raw",
         "--skip-latency",
     ];
