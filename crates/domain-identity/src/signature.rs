@@ -181,17 +181,25 @@ pub(crate) fn signing_input_str(
     domain_id: &str,
     payload: &[u8],
 ) -> Vec<u8> {
-    let tag = purpose.tag().as_bytes();
-    let mut message =
-        Vec::with_capacity(SIGNING_CONTEXT.len() + tag.len() + domain_id.len() + payload.len() + 3);
-    message.extend_from_slice(SIGNING_CONTEXT);
-    message.push(0);
-    message.extend_from_slice(tag);
-    message.push(0);
-    message.extend_from_slice(domain_id.as_bytes());
-    message.push(0);
-    message.extend_from_slice(payload);
-    message
+    signing_input_parts(purpose, domain_id, payload).concat()
+}
+
+/// [`signing_input_str`] as the parts it concatenates, for signing and verifying without
+/// copying the payload: ed25519 hashes the parts as one message.
+pub(crate) fn signing_input_parts<'a>(
+    purpose: SignaturePurpose,
+    domain_id: &'a str,
+    payload: &'a [u8],
+) -> [&'a [u8]; 7] {
+    [
+        SIGNING_CONTEXT,
+        &[0],
+        purpose.tag().as_bytes(),
+        &[0],
+        domain_id.as_bytes(),
+        &[0],
+        payload,
+    ]
 }
 
 /// A domain id string must be non-empty and NUL-free so the signed bytes parse unambiguously.
