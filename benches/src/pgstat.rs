@@ -115,3 +115,24 @@ impl PgDelta {
         }
     }
 }
+
+/// Databases on the server besides `postgres` and the templates. Tests that fail keep
+/// theirs on the shared test server, and autovacuum visits every database in turn: with
+/// hundreds of them it runs all the time and its CPU counts as PostgreSQL's (on
+/// 2026-12-08 the shared test server held 553; the effect on a run was not isolated).
+pub async fn other_databases(url: &str) -> anyhow::Result<i64> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .context("pg stats connect")?;
+    let conn = tokio::spawn(conn);
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')",
+            &[],
+        )
+        .await?
+        .get(0);
+    drop(client);
+    let _ = conn.await;
+    Ok(n)
+}

@@ -150,6 +150,9 @@ pub struct Summary {
     pub command: String,
     pub unix_time: u64,
     pub machine: Machine,
+    /// Databases on the PostgreSQL server during the run besides `postgres` and the
+    /// templates, the bench's own included (see `pgstat::other_databases`).
+    pub server_databases: i64,
     pub shape: Shape,
     pub crypto: Option<crate::crypto::CryptoCost>,
     /// Phase 0b: one `Send` and one delivery over TLS with nothing behind them.
@@ -275,6 +278,12 @@ impl Summary {
             o += &format!(
                 "idle    : {} idle subscribers per instance (subscribed, nothing addressed to them)\n",
                 s.idle_subscribers_per_instance
+            );
+        }
+        if self.server_databases > 20 {
+            o += &format!(
+                "WARNING : the PostgreSQL server held {} databases; autovacuum visiting them inflated PostgreSQL's CPU\n",
+                self.server_databases
             );
         }
         if !s.sequencer_config.is_empty() {

@@ -25,6 +25,9 @@ use crate::{Percentiles, rawpg};
 const FLOOR_WARMUP: Duration = Duration::from_secs(2);
 const FLOOR_WINDOW: Duration = Duration::from_secs(5);
 
+/// More databases than this on the server (the bench's own included) get a warning.
+const OTHER_DATABASES_WARNING: i64 = 20;
+
 /// How long subscribers may take to receive everything acknowledged after a phase.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -93,6 +96,15 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
         db.name,
         redact(pg.admin_url())
     );
+    let others = crate::pgstat::other_databases(&db.url).await?;
+    summary.server_databases = others;
+    if others > OTHER_DATABASES_WARNING {
+        eprintln!(
+            "seqbench: WARNING: the server holds {others} databases (kept by failed tests?); \
+             autovacuum visiting them costs PostgreSQL CPU during the run. Drop them for \
+             figures worth comparing."
+        );
+    }
 
     if !args.skip_raw {
         eprintln!(
