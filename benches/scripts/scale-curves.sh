@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scale curves of seqbench (issue 17): throughput against sequencer instances, database
 # reads and RSS against subscribers per instance, and the broadcast cost against fanout.
-# Runs phase 2 only (--skip-raw --skip-latency) once per point, keeps one JSON per point
+# Runs phase 2 only (--skip-floor --skip-raw --skip-latency) once per point, keeps one JSON per point
 # in OUTDIR, then prints one markdown table per curve from those files.
 #
 #   benches/scripts/scale-curves.sh [OUTDIR]        (default target/scale-curves-<UTC time>)
@@ -82,7 +82,7 @@ for p in $points; do
     read -r -a args <<<"$(point_args "$p")"
     echo "scale-curves: $p: seqbench ${args[*]} ${extra[*]}" >&2
     log="$outdir/${p/:/-}.log"
-    if ! "$seqbench" "${args[@]}" --skip-raw --skip-latency --duration "$duration" --warmup "$warmup" \
+    if ! "$seqbench" "${args[@]}" --skip-floor --skip-raw --skip-latency --duration "$duration" --warmup "$warmup" \
         "${extra[@]}" --json "$json.partial" >"$log" 2>&1; then
         rm -f "$json.partial"
         echo "scale-curves: $p FAILED; last lines of $log:" >&2
