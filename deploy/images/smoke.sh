@@ -14,8 +14,9 @@
 #   deploy/images/smoke.sh --registry R --tag T
 #
 # Needs podman and runc, openssl, curl and the PostgreSQL 15 server binaries (PG_BIN_DIR,
-# default /usr/lib/postgresql/15/bin). Uses host networking and ports from 56100 up
-# (SMOKE_PORT_BASE). Starts its own throwaway PostgreSQL and stops it again.
+# default /usr/lib/postgresql/15/bin). Uses host networking and four consecutive free ports,
+# the first of them SMOKE_PORT_BASE when set, else the first free block from 24100 up.
+# Starts its own throwaway PostgreSQL and stops it again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -32,7 +33,30 @@ VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 COMPONENTS=(sequencer mediator domain-manager domainctl participant)
 TOOLS=(domain-bootstrap)
 PG_BIN=${PG_BIN_DIR:-/usr/lib/postgresql/15/bin}
-BASE=${SMOKE_PORT_BASE:-56100}
+# Below the kernel's ephemeral range (32768-60999 here): a fixed 56100 was taken once by an
+# outgoing connection of the tests that ran before, and PostgreSQL could not bind it.
+free_port_block() {
+  python3 - "$1" <<'PY'
+import socket, sys
+start = int(sys.argv[1])
+for base in range(start, start + 4000, 10):
+    socks = []
+    try:
+        for port in range(base, base + 4):
+            s = socket.socket()
+            s.bind(("127.0.0.1", port))
+            socks.append(s)
+    except OSError:
+        continue
+    finally:
+        for s in socks:
+            s.close()
+    print(base)
+    sys.exit(0)
+sys.exit("no block of 4 free ports from %d" % start)
+PY
+}
+BASE=${SMOKE_PORT_BASE:-$(free_port_block 24100)}
 PG_PORT=$BASE PUBLIC=$((BASE + 1)) ADMIN=$((BASE + 2)) OPS=$((BASE + 3))
 
 work=$(mktemp -d /tmp/domain-image-smoke.XXXXXX)
