@@ -42,13 +42,19 @@ pub struct PgDelta {
     pub table_writes_per_event: std::collections::BTreeMap<String, f64>,
 }
 
-pub async fn sample(url: &str) -> anyhow::Result<PgSample> {
+/// A plain connection for reading statistics; its connection task ends with the client.
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
         .context("pg stats connect")?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
+    Ok(client)
+}
+
+pub async fn sample(url: &str) -> anyhow::Result<PgSample> {
+    let client = connect(url).await?;
     let row = client
         .query_one(
             "SELECT xact_commit, xact_rollback, tup_inserted, tup_returned, tup_fetched,
@@ -121,18 +127,16 @@ impl PgDelta {
 /// hundreds of them it runs all the time and its CPU counts as PostgreSQL's (on
 /// 2026-12-08 the shared test server held 553; the effect on a run was not isolated).
 pub async fn other_databases(url: &str) -> anyhow::Result<i64> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .context("pg stats connect")?;
-    let conn = tokio::spawn(conn);
-    let n: i64 = client
+    let n = connect(url)
+        .await?
         .query_one(
             "SELECT count(*) FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1')",
             &[],
         )
         .await?
         .get(0);
-    drop(client);
-    let _ = conn.await;
     Ok(n)
 }
+
+/// More databases than this on the server (the bench's own included) get a warning.
+pub const MANY_DATABASES: i64 = 20;

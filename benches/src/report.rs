@@ -280,9 +280,9 @@ impl Summary {
                 s.idle_subscribers_per_instance
             );
         }
-        if self.server_databases > 20 {
+        if self.server_databases > crate::pgstat::MANY_DATABASES {
             o += &format!(
-                "WARNING : the PostgreSQL server held {} databases; autovacuum visiting them inflated PostgreSQL's CPU\n",
+                "WARNING : the PostgreSQL server held {} databases; autovacuum visiting them costs PostgreSQL CPU\n",
                 self.server_databases
             );
         }

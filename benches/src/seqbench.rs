@@ -25,9 +25,6 @@ use crate::{Percentiles, rawpg};
 const FLOOR_WARMUP: Duration = Duration::from_secs(2);
 const FLOOR_WINDOW: Duration = Duration::from_secs(5);
 
-/// More databases than this on the server (the bench's own included) get a warning.
-const OTHER_DATABASES_WARNING: i64 = 20;
-
 /// How long subscribers may take to receive everything acknowledged after a phase.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -98,7 +95,7 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
     );
     let others = crate::pgstat::other_databases(&db.url).await?;
     summary.server_databases = others;
-    if others > OTHER_DATABASES_WARNING {
+    if others > crate::pgstat::MANY_DATABASES {
         eprintln!(
             "seqbench: WARNING: the server holds {others} databases (kept by failed tests?); \
              autovacuum visiting them costs PostgreSQL CPU during the run. Drop them for \

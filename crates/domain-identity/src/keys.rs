@@ -182,8 +182,9 @@ impl PublicKey {
         // small order. The cofactorless equation already refuses any R that is not the
         // canonical encoding of a point, so comparing R with the eight canonical encodings
         // of small-order points refuses the same signatures. The key is never of small
-        // order (see `from_bytes`). `a_signature_verify_strict_refuses_is_refused` checks
-        // the equivalence on the small-order case and on random and tampered signatures.
+        // order (see `from_bytes`). Tests: `a_signature_verify_strict_refuses_is_refused`
+        // (the small-order case) and `verification_accepts_exactly_what_verify_strict_accepts`
+        // (random and tampered signatures).
         self.key
             .multipart_verify(&signing_input_parts(purpose, domain_id, payload), &sig)
             .map_err(|_| SignatureError::Invalid)?;
@@ -253,11 +254,7 @@ impl SigningKeyPair {
         domain_id: &DomainId,
         payload: &[u8],
     ) -> Signature {
-        let domain_id = domain_id.to_string();
-        let sig = self
-            .signing
-            .multipart_sign(&signing_input_parts(purpose, &domain_id, payload));
-        Signature::new(sig.to_bytes(), *self.fingerprint())
+        self.sign_parts(purpose, &domain_id.to_string(), payload)
     }
 
     /// Like [`SigningKeyPair::sign`], with the domain id given as a string. The string must
@@ -269,10 +266,15 @@ impl SigningKeyPair {
         payload: &[u8],
     ) -> Result<Signature, SignatureError> {
         validate_domain_id_str(domain_id)?;
+        Ok(self.sign_parts(purpose, domain_id, payload))
+    }
+
+    /// Signs the signing input's parts as one message, without copying the payload.
+    fn sign_parts(&self, purpose: SignaturePurpose, domain_id: &str, payload: &[u8]) -> Signature {
         let sig = self
             .signing
             .multipart_sign(&signing_input_parts(purpose, domain_id, payload));
-        Ok(Signature::new(sig.to_bytes(), *self.fingerprint()))
+        Signature::new(sig.to_bytes(), *self.fingerprint())
     }
 
     /// The private key as PKCS#8 v2 PEM (`-----BEGIN PRIVATE KEY-----`, LF line endings),
